@@ -1,0 +1,149 @@
+"""The input API: ``LLMProvider`` and ``LLMRoute`` (``istio.alibabacloud.com/v1beta1``).
+
+Field names and shapes follow Alibaba Cloud ASM, so the seed's manifests are accepted verbatim.
+Extensions that ASM lacks are marked "llmc extension" in their descriptions; all are optional, so
+an ASM manifest never needs them. These models are the single source of truth for the CRDs in
+``schemas/`` (see :mod:`compiler.crds`) and for the schema check of raw documents
+(:mod:`compiler.schema`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SecretKeyRef(_Strict):
+    """A key of a Kubernetes Secret in the namespace of the proxies that use the provider."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+class OpenAIConfig(_Strict):
+    """Request parameters that the proxy sets on every request to the provider."""
+
+    model: str | None = Field(None, description="Value written to the request body's `model` field.")
+    stream: bool | None = Field(None, description="Value written to the request body's `stream` field.")
+    apiKey: str | None = Field(
+        None,
+        description="API key sent as `Authorization: Bearer <key>`. Stored in the generated "
+        "EnvoyFilter; prefer apiKeySecretRef.")
+    apiKeySecretRef: SecretKeyRef | None = Field(
+        None,
+        description="llmc extension: read the API key from this Secret key, mounted into the proxy "
+        "(see README, 'API keys'). The key never appears in generated objects. "
+        "Mutually exclusive with apiKey.")
+
+
+class ProviderConfig(_Strict):
+    openAIConfig: OpenAIConfig | None = Field(None, description="OpenAI-compatible request settings.")
+
+
+class ProviderConfigs(_Strict):
+    defaultConfig: ProviderConfig | None = Field(None, description="Settings for every request.")
+    routeSpecificConfigs: dict[str, ProviderConfig] | None = Field(
+        None,
+        description="Per-rule overrides keyed by LLMRoute rule name; fields set here replace the "
+        "defaultConfig's for requests matched by that rule.")
+
+
+class WorkloadSelector(_Strict):
+    labels: dict[str, str] | None = Field(None, description="Pod labels of the proxies to configure.")
+
+
+class ProviderTLS(_Strict):
+    """llmc extension: how the proxy connects to the provider."""
+
+    mode: Literal["SIMPLE", "DISABLE"] = Field(
+        "SIMPLE", description="SIMPLE: originate TLS (default). DISABLE: plain HTTP (e.g. in-cluster vLLM).")
+    sni: str | None = Field(None, description="SNI to send; defaults to the provider host.")
+    subjectAltNames: list[str] | None = Field(
+        None, description="Names accepted in the provider certificate; defaults to [sni].")
+    caCertificates: str | None = Field(
+        None, description="Path (in the proxy) of a CA bundle; defaults to the system roots.")
+
+
+class LLMProviderSpec(_Strict):
+    """LLMProvider registers an LLM provider: its host, path, API key and request settings."""
+
+    host: str = Field(min_length=1, max_length=253,
+                      description="Provider host name; unique among the providers of a namespace.")
+    path: str = Field(min_length=1, pattern=r"^/", description="Request path the provider serves, "
+                      "e.g. /v1/chat/completions.")
+    workloadSelector: WorkloadSelector | None = Field(
+        None, description="Proxies that shape requests for this provider (default: every proxy in "
+        "the namespace).")
+    configs: ProviderConfigs | None = Field(None, description="Request settings.")
+    port: int | None = Field(None, ge=1, le=65535, description="llmc extension: provider port "
+                             "(default 443 with TLS, 80 without).")
+    tls: ProviderTLS | None = Field(None, description="llmc extension: TLS settings.")
+    timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="llmc extension: "
+                                "request timeout, e.g. 300s (default: Istio's, i.e. none).")
+    maxRequestBytes: int | None = Field(None, ge=1024, le=64 * 1024 * 1024, description="llmc "
+                                        "extension: largest request body accepted (default 8 MiB); "
+                                        "larger bodies get 413.")
+
+
+class StringMatch(_Strict):
+    """Istio StringMatch: exactly one of exact, prefix, regex (RE2)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+
+class RouteMatch(_Strict):
+    headers: dict[str, StringMatch] | None = Field(None, description="Header conditions (all must hold).")
+    sourceLabels: dict[str, str] | None = Field(None, description="Labels of the calling workload.")
+    gateways: list[str] | None = Field(None, description="Gateways this match applies to.")
+
+
+class BackendRef(_Strict):
+    providerHost: str = Field(min_length=1, description="Host of an LLMProvider in the same namespace.")
+    weight: int | None = Field(None, ge=0, le=1000000, description="Relative weight (default: equal).")
+
+
+class RouteRule(_Strict):
+    name: str | None = Field(None, description="Rule name; keys routeSpecificConfigs.")
+    matches: list[RouteMatch] | None = Field(
+        None, description="Any one match selects the rule; no matches = default rule.")
+    backendRefs: list[BackendRef] = Field(min_length=1, description="Providers, optionally weighted.")
+
+
+class LLMRouteSpec(_Strict):
+    """LLMRoute sends requests for a host to LLMProviders by header rules and weights."""
+
+    host: str = Field(min_length=1, max_length=253,
+                      description="A provider host, or an in-mesh Service name (e.g. demo-llm-server).")
+    gateways: list[str] | None = Field(None, description="Gateways the route binds to (default: mesh).")
+    rules: list[RouteRule] = Field(min_length=1, description="Rules, tried in order.")
+    port: int | None = Field(None, ge=1, le=65535, description="llmc extension: port clients call "
+                             "on host (default 80).")
+
+
+class LLMProvider(_Strict):
+    apiVersion: str
+    kind: Literal["LLMProvider"]
+    metadata: dict
+    spec: LLMProviderSpec
+    status: dict | None = None
+
+
+class LLMRoute(_Strict):
+    apiVersion: str
+    kind: Literal["LLMRoute"]
+    metadata: dict
+    spec: LLMRouteSpec
+    status: dict | None = None
+
+
+SPEC_MODELS: dict[str, type[BaseModel]] = {"LLMProvider": LLMProviderSpec, "LLMRoute": LLMRouteSpec}
+OBJECT_MODELS: dict[str, type[BaseModel]] = {"LLMProvider": LLMProvider, "LLMRoute": LLMRoute}

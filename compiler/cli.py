@@ -1,0 +1,140 @@
+"""The ``llmc`` command line. Heavy modules are imported inside commands so ``--help`` stays fast.
+
+Exit codes: 0 success (warnings allowed), 1 input errors, 2 usage errors.
+Generated objects go to stdout; diagnostics, notes and the summary go to stderr; on any error
+stdout stays empty (all or nothing).
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile LLMProvider/LLMRoute (istio.alibabacloud.com/v1beta1) into stock "
+                       "Istio ServiceEntry, DestinationRule, VirtualService and EnvoyFilter objects.")
+
+
+class OutputFormat(str, Enum):
+    yaml = "yaml"
+    json = "json"
+
+
+class Emit(str, Enum):
+    objects = "objects"
+    ir = "ir"
+
+
+class DiagFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+FilesOpt = Annotated[list[str], typer.Option("-f", "--filename", help="File, directory (recursive) or - for stdin.")]
+NamespaceOpt = Annotated[str, typer.Option("-n", "--namespace", help="Namespace for objects that name none.")]
+DomainOpt = Annotated[str, typer.Option("--cluster-domain", help="Kubernetes cluster DNS domain.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"llmc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """llmc: LLM traffic routing for stock Istio."""
+
+
+def _compile(files: list[str], namespace: str, cluster_domain: str):
+    from .pipeline import compile_paths
+    from .resolve import Options
+
+    return compile_paths(files, Options(namespace=namespace, cluster_domain=cluster_domain))
+
+
+def _report(result, fmt: DiagFormat = DiagFormat.text) -> None:
+    diags = result.diagnostics
+    if fmt is DiagFormat.json:
+        return
+    if diags.items:
+        sys.stderr.write(diags.format_text() + "\n")
+        sys.stderr.write(f"llmc: {diags.summary()}\n")
+
+
+@app.command()
+def render(
+    filename: FilesOpt,
+    namespace: NamespaceOpt = "default",
+    output: Annotated[OutputFormat, typer.Option("-o", "--output", help="Output format.")] = OutputFormat.yaml,
+    emit: Annotated[Emit, typer.Option("--emit", help="objects: Istio objects; ir: the compiler's IR.")] = Emit.objects,
+    cluster_domain: DomainOpt = "cluster.local",
+) -> None:
+    """Compile and print the Istio objects, ready for `kubectl apply -f -`."""
+    result = _compile(filename, namespace, cluster_domain)
+    _report(result)
+    if not result.ok:
+        raise typer.Exit(1)
+    if emit is Emit.ir:
+        import json
+
+        from .ir import to_data
+
+        sys.stdout.write(json.dumps(to_data(result.program), indent=2, ensure_ascii=False) + "\n")
+        return
+    from .emit import dump_json, dump_yaml
+
+    text = dump_json(result.objects) if output is OutputFormat.json else dump_yaml(result.objects)
+    sys.stdout.write(text)
+
+
+@app.command()
+def validate(
+    filename: FilesOpt,
+    namespace: NamespaceOpt = "default",
+    output: Annotated[DiagFormat, typer.Option("-o", "--output", help="Diagnostics format.")] = DiagFormat.text,
+    cluster_domain: DomainOpt = "cluster.local",
+) -> None:
+    """Check the inputs and report every problem; print nothing else."""
+    result = _compile(filename, namespace, cluster_domain)
+    if output is DiagFormat.json:
+        sys.stdout.write(result.diagnostics.format_json() + "\n")
+    else:
+        _report(result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def crds(
+    out_dir: Annotated[str | None, typer.Option("--out-dir", help="Write one file per CRD here "
+                                                 "instead of printing (used for schemas/).")] = None,
+) -> None:
+    """Print the CustomResourceDefinitions for LLMProvider and LLMRoute."""
+    from pathlib import Path
+
+    from .crds import render_crds
+
+    files = render_crds()
+    if out_dir is None:
+        sys.stdout.write("".join(files.values()))
+        return
+    for name, text in files.items():
+        Path(out_dir, name).write_text(text, encoding="utf-8")
+        sys.stderr.write(f"wrote {Path(out_dir, name)}\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

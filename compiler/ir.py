@@ -1,0 +1,136 @@
+"""The intermediate representation: what to build, with every cross-object question answered.
+
+Frozen dataclasses with no Istio, Envoy or Kubernetes types, and no reference back to the API
+models. Everything a translator needs is resolved here: rule names, merged per-rule request
+settings, normalised weights, sorted label maps. Translators only lay this out as Istio objects.
+``llmc render --emit ir`` prints it (see :func:`to_data`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class RequestConfig:
+    """Settings applied to one request: body fields and the credential."""
+
+    model: str | None = None
+    stream: bool | None = None
+    api_key: str | None = dataclasses.field(default=None, repr=False)  # literal key: a secret
+    api_key_secret: SecretRef | None = None
+
+    def overlay(self, other: RequestConfig | None) -> RequestConfig:
+        """Fields set in ``other`` replace ours; a credential in ``other`` replaces both of ours."""
+        if other is None:
+            return self
+        has_key = other.api_key is not None or other.api_key_secret is not None
+        return RequestConfig(
+            model=other.model if other.model is not None else self.model,
+            stream=other.stream if other.stream is not None else self.stream,
+            api_key=other.api_key if has_key else self.api_key,
+            api_key_secret=other.api_key_secret if has_key else self.api_key_secret,
+        )
+
+
+@dataclass(frozen=True)
+class Provider:
+    namespace: str
+    name: str
+    host: str
+    path: str
+    port: int  # the provider's real port (443 for TLS by default)
+    service_port: int  # the port clients call: 80 (ServiceEntry port), or the Service port in-mesh
+    in_mesh: bool  # a Kubernetes Service of this cluster: no ServiceEntry/DestinationRule emitted
+    tls: bool
+    sni: str
+    subject_alt_names: tuple[str, ...]
+    ca_certificates: str | None
+    timeout: str | None
+    max_request_bytes: int
+    selector: tuple[tuple[str, str], ...]
+    default: RequestConfig
+    overrides: tuple[tuple[str, RequestConfig], ...]  # (rule name, override), sorted
+    source: str  # "LLMProvider ns/name"
+
+    def config_for_rule(self, rule: str) -> RequestConfig:
+        return self.default.overlay(dict(self.overrides).get(rule))
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    name: str  # lower-case
+    kind: str  # exact | prefix | regex
+    value: str
+
+
+@dataclass(frozen=True)
+class Match:
+    headers: tuple[HeaderMatch, ...] = ()
+    source_labels: tuple[tuple[str, str], ...] = ()
+    gateways: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Backend:
+    provider: Provider
+    weight: int
+    config: RequestConfig  # provider default overlaid with the rule's routeSpecificConfigs entry
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    matches: tuple[Match, ...]  # empty: matches everything
+    backends: tuple[Backend, ...]  # weight > 0 only, in the user's order
+
+    @property
+    def weighted(self) -> bool:
+        return len(self.backends) > 1
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    """One host clients call: an LLMRoute's host, or a provider host without an LLMRoute."""
+
+    namespace: str
+    object_name: str  # base of generated object names
+    label: str  # short name used in route names (LLMRoute or LLMProvider name)
+    host: str  # as written into VirtualService.hosts
+    fqdn: str  # the name istiod uses for the Envoy virtual host
+    port: int
+    rules: tuple[Rule, ...]
+    selector: tuple[tuple[str, str], ...]
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Program:
+    providers: tuple[Provider, ...]
+    vhosts: tuple[VirtualHost, ...]
+
+    def namespaces(self) -> list[str]:
+        return sorted({p.namespace for p in self.providers} | {v.namespace for v in self.vhosts})
+
+
+def to_data(value: Any) -> Any:
+    """Plain data for ``--emit ir``; literal API keys are masked."""
+    if dataclasses.is_dataclass(value):
+        out = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if f.name == "api_key" and v is not None:
+                v = "***"
+            out[f.name] = to_data(v)
+        return out
+    if isinstance(value, tuple | list):
+        return [to_data(v) for v in value]
+    return value

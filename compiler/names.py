@@ -1,0 +1,71 @@
+"""Naming: generated object names, Envoy route names, host names. Pure functions, unit-tested.
+
+Generated names are derived from source names only (never from order or time), are valid RFC 1123
+labels, and are capped at 63 characters: a longer name keeps a readable prefix and ends in a short
+hash of the full name, so two long names never collide by truncation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_NAME = 63
+PREFIX = "llmc"
+ROUTING_HEADER = "x-llmc-provider"  # internal: set by the Lua filter, matched by pinned VS routes
+RESERVED_HEADER_PREFIX = "x-llmc-"
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+RULE_NAME = re.compile(r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")
+
+
+def short_hash(text: str, n: int = 8) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+def cap(name: str, limit: int = MAX_NAME) -> str:
+    """Cap ``name`` at ``limit`` characters, keeping it unique with a hash suffix."""
+    if len(name) <= limit:
+        return name
+    head = name[: limit - 9].rstrip("-.")
+    return f"{head}-{short_hash(name)}"
+
+
+def to_label(text: str) -> str:
+    """Lower-case RFC 1123 label from arbitrary text (dots and other characters become '-')."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return label or "x"
+
+
+def object_name(kind_prefix: str, name: str) -> str:
+    """Name of a generated object, e.g. ``llmc-provider-dashscope-qwen``."""
+    full = f"{PREFIX}-{kind_prefix}-{to_label(name)}"
+    if to_label(name) != name:
+        # Names that needed rewriting get a hash so that "a.b" and "a-b" do not collide.
+        full = f"{full}-{short_hash(name, 6)}"
+    return cap(full)
+
+
+def is_label(name: str) -> bool:
+    return len(name) <= MAX_NAME and bool(_LABEL.match(name))
+
+
+def route_name(label: str, rule: str, provider: str | None = None) -> str:
+    """Envoy route name (VirtualService ``http[].name``); EnvoyFilter HTTP_ROUTE patches match it."""
+    parts = [PREFIX, label, rule] + ([provider] if provider else [])
+    return ".".join(parts)
+
+
+def fqdn(host: str, namespace: str, domain: str) -> str:
+    """The name istiod gives ``host`` as written in a VirtualService of ``namespace``.
+
+    Short names (no dot) are Kubernetes Services of the VirtualService's namespace; names with dots
+    are taken as fully qualified, as Istio does.
+    """
+    if "." in host:
+        return host
+    return f"{host}.{namespace}.svc.{domain}"
+
+
+def vhost_name(host_fqdn: str, port: int) -> str:
+    """istiod's virtual host name (``net.JoinHostPort``)."""
+    return f"{host_fqdn}:{port}"

@@ -1,0 +1,70 @@
+"""The one place that orders the stages; `llmc render`, `llmc validate` and the controller call it.
+
+load → schema → api objects → resolve (IR) → translate (view-models) → render (templates) → sort.
+Each stage reports into one :class:`Diagnostics`; the pipeline stops between stages once an error
+exists, so translators only ever see valid input, and output is all or nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .diagnostics import Diagnostics
+from .ir import Program
+from .load import Document, apply_default_namespace, load_inputs, load_text
+from .resolve import Options, Sourced, resolve
+from .schema import build_object, validate_document
+
+KIND_ORDER = {"ServiceEntry": 0, "DestinationRule": 1, "VirtualService": 2, "EnvoyFilter": 3}
+
+
+@dataclass
+class Result:
+    diagnostics: Diagnostics
+    program: Program | None = None
+    objects: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.diagnostics.has_errors
+
+
+def compile_documents(docs: list[Document], opts: Options, diags: Diagnostics) -> Result:
+    valid = [d for d in docs if validate_document(d, diags)]
+    if diags.has_errors:
+        return Result(diags)
+    items = []
+    for d in valid:
+        obj = build_object(d, diags)
+        if obj is not None:
+            items.append(Sourced(d, obj))
+    if diags.has_errors:
+        return Result(diags)
+    program = resolve(items, opts, diags)
+    if program is None or diags.has_errors:
+        return Result(diags)
+    return Result(diags, program, translate_program(program))
+
+
+def translate_program(program: Program) -> list[dict]:
+    from .render import render_object
+    from .translate import TRANSLATORS
+
+    objects = []
+    for template, translator in TRANSLATORS:
+        for view in translator(program):
+            objects.append(render_object(template, view))
+    return sorted(objects, key=lambda o: (KIND_ORDER[o["kind"]], o["metadata"]["namespace"],
+                                          o["metadata"]["name"]))
+
+
+def compile_paths(inputs: list[str], opts: Options) -> Result:
+    diags = Diagnostics()
+    docs = load_inputs(inputs, opts.namespace, diags)
+    return compile_documents(docs, opts, diags)
+
+
+def compile_text(text: str, opts: Options, name: str = "<input>") -> Result:
+    diags = Diagnostics()
+    docs = apply_default_namespace(load_text(name, text, diags), opts.namespace)
+    return compile_documents(docs, opts, diags)

@@ -1,0 +1,322 @@
+"""Stage 4, resolve: cross-object checks, then the IR.
+
+Input is schema-valid typed objects with their source documents (for positions). Every check that
+needs more than one field or object lives here: duplicate objects and hosts, backendRefs to unknown
+providers, header matches and regexes, weights, rule names, routeSpecificConfigs keys,
+placeholder keys. Resolution is namespace-local: an LLMRoute sees the LLMProviders of its own
+namespace (generated ServiceEntries are exported to that namespace only).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+from . import names
+from .api import LLMProvider, LLMRoute, OpenAIConfig, StringMatch
+from .diagnostics import Diagnostics
+from .ir import (Backend, HeaderMatch, Match, Program, Provider, RequestConfig, Rule, SecretRef,
+                 VirtualHost)
+from .load import Document
+
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+PLACEHOLDER = re.compile(r"^\s*(\$\{.*\}|\$[A-Z_][A-Z0-9_]*|<.*>|changeme|xxx+|todo)\s*$", re.I)
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-zA-Z-]+$")
+NON_RE2 = re.compile(r"\(\?[=!<]|\\[1-9]|\(\?P=")
+
+
+@dataclass(frozen=True)
+class Options:
+    namespace: str = "default"
+    cluster_domain: str = "cluster.local"
+
+
+@dataclass
+class Sourced:
+    doc: Document
+    obj: LLMProvider | LLMRoute
+
+
+def _request_config(cfg: OpenAIConfig | None, doc: Document, path: tuple, diags: Diagnostics,
+                    ) -> RequestConfig | None:
+    if cfg is None:
+        return None
+    if cfg.apiKey is not None and cfg.apiKeySecretRef is not None:
+        diags.error("LLMC211", "set apiKey or apiKeySecretRef, not both", **doc.where(path + ("apiKey",)),
+                    hint="apiKeySecretRef keeps the key out of generated objects")
+    if cfg.apiKey is not None:
+        if PLACEHOLDER.match(cfg.apiKey) or "${" in cfg.apiKey:
+            diags.warning("LLMC207", "apiKey looks like a placeholder, not a key; the provider will "
+                          "reject requests", **doc.where(path + ("apiKey",)),
+                          hint="put the real key in a Secret and use apiKeySecretRef")
+        else:
+            diags.register_secret(cfg.apiKey)
+            diags.warning("LLMC215", "literal apiKey is copied into the generated EnvoyFilter, where "
+                          "anyone who can read EnvoyFilters or a proxy config dump can see it",
+                          **doc.where(path + ("apiKey",)), hint="use apiKeySecretRef")
+    secret = cfg.apiKeySecretRef
+    return RequestConfig(model=cfg.model, stream=cfg.stream, api_key=cfg.apiKey,
+                         api_key_secret=SecretRef(secret.name, secret.key) if secret else None)
+
+
+def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provider:
+    doc, obj = item.doc, item.obj
+    assert isinstance(obj, LLMProvider)
+    spec = obj.spec
+    in_mesh = spec.host.lower().endswith(f".svc.{opts.cluster_domain}")
+    base = ("spec", "configs")
+    configs = spec.configs
+    default = None
+    overrides: list[tuple[str, RequestConfig]] = []
+    if configs is not None:
+        if configs.defaultConfig is not None:
+            default = _request_config(configs.defaultConfig.openAIConfig, doc,
+                                      base + ("defaultConfig", "openAIConfig"), diags)
+        for rule, pc in sorted((configs.routeSpecificConfigs or {}).items()):
+            rc = _request_config(pc.openAIConfig, doc,
+                                 base + ("routeSpecificConfigs", rule, "openAIConfig"), diags)
+            overrides.append((rule, rc or RequestConfig()))
+    tls_mode = spec.tls.mode if spec.tls else ("DISABLE" if in_mesh else "SIMPLE")
+    if in_mesh and tls_mode == "SIMPLE":
+        diags.error("LLMC104", "TLS origination to an in-mesh Service is not supported: the mesh "
+                    "already secures the connection with mTLS", **doc.where(("spec", "tls", "mode")),
+                    hint="remove spec.tls or set mode: DISABLE")
+    tls = tls_mode == "SIMPLE"
+    port = spec.port or (443 if tls else 80)
+    sni = (spec.tls.sni if spec.tls and spec.tls.sni else spec.host)
+    sans = tuple(spec.tls.subjectAltNames) if spec.tls and spec.tls.subjectAltNames else (sni,)
+    labels = (spec.workloadSelector.labels or {}) if spec.workloadSelector else {}
+    return Provider(
+        namespace=doc.namespace, name=doc.name, host=spec.host.lower(), path=spec.path,
+        port=port, service_port=port if in_mesh else 80, in_mesh=in_mesh, tls=tls, sni=sni,
+        subject_alt_names=sans, ca_certificates=spec.tls.caCertificates if spec.tls else None,
+        timeout=spec.timeout, max_request_bytes=spec.maxRequestBytes or DEFAULT_MAX_REQUEST_BYTES,
+        selector=tuple(sorted(labels.items())), default=default or RequestConfig(),
+        overrides=tuple(overrides), source=f"LLMProvider {doc.namespace}/{doc.name}")
+
+
+def _header_matches(headers: dict[str, StringMatch], doc: Document, path: tuple,
+                    diags: Diagnostics) -> tuple[HeaderMatch, ...]:
+    out = []
+    for name, sm in sorted(headers.items()):
+        hpath = path + ("headers", name)
+        if not HEADER_NAME.match(name):
+            diags.error("LLMC204", f"invalid header name {name!r}", **doc.where(hpath))
+            continue
+        if name.lower().startswith(names.RESERVED_HEADER_PREFIX):
+            diags.error("LLMC214", f"header {name!r} is reserved for llmc's internal routing",
+                        **doc.where(hpath), hint=f"choose a name not starting with "
+                        f"{names.RESERVED_HEADER_PREFIX!r}")
+            continue
+        set_fields = [(k, v) for k, v in (("exact", sm.exact), ("prefix", sm.prefix),
+                                          ("regex", sm.regex)) if v is not None]
+        if len(set_fields) != 1:
+            diags.error("LLMC204", "a header match needs exactly one of exact, prefix, regex "
+                        f"(found {len(set_fields)})", **doc.where(hpath))
+            continue
+        kind, value = set_fields[0]
+        if kind == "regex":
+            bad = NON_RE2.search(value)
+            try:
+                re.compile(value)
+            except re.error as exc:
+                diags.error("LLMC205", f"invalid regular expression: {exc}", **doc.where(hpath + ("regex",)))
+                continue
+            if bad:
+                diags.error("LLMC205", f"regular expression uses {bad.group(0)!r}, which RE2 (Envoy) "
+                            "does not support", **doc.where(hpath + ("regex",)))
+                continue
+        out.append(HeaderMatch(name=name.lower(), kind=kind, value=value))
+    return tuple(out)
+
+
+def _rule_name(rule_name: str | None, index: int) -> str:
+    return rule_name if rule_name is not None else f"rule-{index}"
+
+
+def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
+                  diags: Diagnostics) -> VirtualHost | None:
+    doc, obj = item.doc, item.obj
+    assert isinstance(obj, LLMRoute)
+    spec = obj.spec
+    ok = True
+    if spec.gateways and any(g != "mesh" for g in spec.gateways):
+        diags.error("LLMC104", "binding an LLMRoute to gateways other than 'mesh' is not supported by "
+                    "this version of llmc", **doc.where(("spec", "gateways")))
+        ok = False
+    rules: list[Rule] = []
+    seen_rules: dict[str, int] = {}
+    default_seen: int | None = None
+    for i, rule in enumerate(spec.rules):
+        rpath = ("spec", "rules", i)
+        name = _rule_name(rule.name, i)
+        if not names.RULE_NAME.match(name) or len(name) > 63:
+            diags.error("LLMC208", f"rule name {name!r} cannot be used in generated route names",
+                        **doc.where(rpath + ("name",)),
+                        hint="use letters, digits, '-', '_' or '.' (at most 63), starting and "
+                        "ending with a letter or digit")
+            ok = False
+        if name in seen_rules:
+            diags.error("LLMC209", f"rule name {name!r} is already used by rules[{seen_rules[name]}]",
+                        **doc.where(rpath + ("name",)))
+            ok = False
+        seen_rules.setdefault(name, i)
+        if default_seen is not None:
+            diags.warning("LLMC212", f"rule is never used: rules[{default_seen}] has no matches and "
+                          "catches every request first", **doc.where(rpath))
+        matches = []
+        for j, m in enumerate(rule.matches or []):
+            mpath = rpath + ("matches", j)
+            if m.gateways and any(g != "mesh" for g in m.gateways):
+                diags.error("LLMC104", "match gateways other than 'mesh' are not supported by this "
+                            "version of llmc", **doc.where(mpath + ("gateways",)))
+                ok = False
+            matches.append(Match(
+                headers=_header_matches(m.headers or {}, doc, mpath, diags),
+                source_labels=tuple(sorted((m.sourceLabels or {}).items())),
+                gateways=tuple(m.gateways or ())))
+        if not rule.matches:
+            default_seen = i if default_seen is None else default_seen
+        backends = _backends(rule, name, providers, doc, rpath, diags)
+        if backends is None:
+            ok = False
+            continue
+        rules.append(Rule(name=name, matches=tuple(matches), backends=backends))
+    if not ok:
+        return None
+    host = spec.host.lower()
+    provider_host = host in providers
+    route_fqdn = host if provider_host else names.fqdn(host, doc.namespace, opts.cluster_domain)
+    if provider_host and rules and rules[-1].matches:
+        # Direct calls to a provider host always reach that provider: requests no rule matches
+        # fall back to the provider's default settings, exactly as without an LLMRoute.
+        p = providers[host]
+        rules.append(Rule(name="default" if "default" not in seen_rules else "llmc-default",
+                          matches=(), backends=(Backend(p, 1, p.default),)))
+    selectors = {b.provider.selector for r in rules for b in r.backends}
+    if len(selectors) > 1:
+        diags.error("LLMC213", "backends of one LLMRoute must share one workloadSelector",
+                    **doc.where(("spec", "rules")))
+        return None
+    return VirtualHost(
+        namespace=doc.namespace, object_name=names.object_name("route", doc.name), label=doc.name,
+        host=route_fqdn, fqdn=route_fqdn, port=spec.port or 80, rules=tuple(rules),
+        selector=next(iter(selectors)) if selectors else (), sources=(f"LLMRoute {doc.namespace}/{doc.name}",))
+
+
+def _backends(rule, rule_name: str, providers: dict[str, Provider], doc: Document, rpath: tuple,
+              diags: Diagnostics) -> tuple[Backend, ...] | None:
+    refs = rule.backendRefs
+    weights = [b.weight for b in refs]
+    ok = True
+    if len(refs) > 1 and any(w is None for w in weights) and any(w is not None for w in weights):
+        diags.error("LLMC206", "set weight on every backendRef of the rule or on none",
+                    **doc.where(rpath + ("backendRefs",)))
+        ok = False
+    elif all(w is not None for w in weights) and sum(w or 0 for w in weights) == 0:
+        diags.error("LLMC206", "weights add up to 0: no provider would receive traffic",
+                    **doc.where(rpath + ("backendRefs",)), hint="give at least one backendRef a weight above 0")
+        ok = False
+    seen: set[str] = set()
+    out = []
+    for k, ref in enumerate(refs):
+        bpath = rpath + ("backendRefs", k, "providerHost")
+        host = ref.providerHost.lower()
+        provider = providers.get(host)
+        if provider is None:
+            known = ", ".join(sorted(providers)) or "none"
+            diags.error("LLMC202", f"no LLMProvider in namespace {doc.namespace!r} has host {host!r}",
+                        **doc.where(bpath), hint=f"known provider hosts: {known}")
+            ok = False
+            continue
+        if host in seen:
+            diags.error("LLMC206", f"provider host {host!r} is listed twice in this rule",
+                        **doc.where(bpath))
+            ok = False
+        seen.add(host)
+        weight = 1 if ref.weight is None else ref.weight
+        if weight > 0:
+            out.append(Backend(provider, weight, provider.config_for_rule(rule_name)))
+    return tuple(out) if ok else None
+
+
+def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program | None:
+    # Duplicate objects: the first by (file, line) wins the report position of the others.
+    by_id: dict[tuple[str, str, str], list[Sourced]] = defaultdict(list)
+    for it in items:
+        by_id[(it.doc.kind, it.doc.namespace, it.doc.name)].append(it)
+    unique: list[Sourced] = []
+    for key in sorted(by_id):
+        group = sorted(by_id[key], key=lambda s: (s.doc.file, s.doc.positions.get((), (0, 0))))
+        unique.append(group[0])
+        for dup in group[1:]:
+            first = group[0].doc
+            diags.error("LLMC003", f"{key[0]} {key[1]}/{key[2]} is defined more than once",
+                        **dup.doc.where(("metadata", "name")),
+                        hint=f"first defined in {first.file}:{first.positions.get((), (0, 0))[0]}")
+    providers_by_ns: dict[str, dict[str, Provider]] = defaultdict(dict)
+    provider_docs: dict[tuple[str, str], Document] = {}
+    for it in (u for u in unique if u.doc.kind == "LLMProvider"):
+        p = resolve_provider(it, opts, diags)
+        other = providers_by_ns[p.namespace].get(p.host)
+        if other is not None:
+            diags.error("LLMC201", f"host {p.host!r} is already served by {other.source}",
+                        **it.doc.where(("spec", "host")), hint="different providers cannot have the same host")
+            continue
+        providers_by_ns[p.namespace][p.host] = p
+        provider_docs[(p.namespace, p.name)] = it.doc
+    for ns, provs in sorted(providers_by_ns.items()):
+        selectors = {p.selector for p in provs.values()}
+        if len(selectors) > 1:
+            for p in sorted(provs.values(), key=lambda p: p.name)[1:]:
+                diags.error("LLMC213", f"all LLMProviders of namespace {ns!r} must use the same "
+                            "workloadSelector", **provider_docs[(ns, p.name)].where(("spec", "workloadSelector")),
+                            hint="put providers for different workloads in different namespaces")
+    vhosts: list[VirtualHost] = []
+    route_hosts: dict[tuple[str, str, int], str] = {}
+    for it in (u for u in unique if u.doc.kind == "LLMRoute"):
+        vh = resolve_route(it, providers_by_ns.get(it.doc.namespace, {}), opts, diags)
+        if vh is None:
+            continue
+        key = (vh.namespace, vh.fqdn, vh.port)
+        if key in route_hosts:
+            diags.error("LLMC210", f"host {vh.fqdn!r} port {vh.port} is already routed by {route_hosts[key]}",
+                        **it.doc.where(("spec", "host")), hint="merge the rules into one LLMRoute")
+            continue
+        route_hosts[key] = vh.sources[0]
+        vhosts.append(vh)
+    # Providers without an LLMRoute on their own host get an implicit single-rule route, so that
+    # `curl http://<provider host>` works with an LLMProvider alone (the seed's first scenario).
+    for ns, provs in sorted(providers_by_ns.items()):
+        for host, p in sorted(provs.items()):
+            if (ns, host, p.service_port) in route_hosts:
+                continue
+            vhosts.append(VirtualHost(
+                namespace=ns, object_name=names.object_name("provider", p.name), label=p.name,
+                host=host, fqdn=host, port=p.service_port,
+                rules=(Rule(name="default", matches=(), backends=(Backend(p, 1, p.default),)),),
+                selector=p.selector, sources=(p.source,)))
+    _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, diags)
+    if diags.has_errors:
+        return None
+    providers = tuple(sorted((p for provs in providers_by_ns.values() for p in provs.values()),
+                             key=lambda p: (p.namespace, p.name)))
+    return Program(providers=providers,
+                   vhosts=tuple(sorted(vhosts, key=lambda v: (v.namespace, v.object_name))))
+
+
+def _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, diags: Diagnostics) -> None:
+    used: set[tuple[str, str, str]] = set()  # (ns, provider, rule)
+    for vh in vhosts:
+        for rule in vh.rules:
+            for b in rule.backends:
+                used.add((vh.namespace, b.provider.name, rule.name))
+    for ns, provs in sorted(providers_by_ns.items()):
+        for p in provs.values():
+            for rule, _ in p.overrides:
+                if (ns, p.name, rule) not in used:
+                    diags.warning("LLMC203", f"no LLMRoute rule named {rule!r} routes to this provider; "
+                                  "the override is unused", **provider_docs[(ns, p.name)].where(
+                                      ("spec", "configs", "routeSpecificConfigs", rule)),
+                                  hint="fine if the LLMRoute is applied later")

@@ -1,0 +1,113 @@
+"""Stage 2, schema: check raw documents against the CRD schema, then build typed API objects.
+
+The schema is the structural schema generated from :mod:`compiler.api` (the one in the CRDs), so a
+document that passes here is one the API server accepts. jsonschema errors are turned into
+diagnostics with stable codes and the user's line/column.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ValidationError
+
+from .api import OBJECT_MODELS
+from .crds import object_schema
+from .diagnostics import Diagnostics
+from .load import Document
+
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+_TYPE_NAMES = {"string": "a string", "integer": "an integer", "boolean": "a boolean (true/false)",
+               "object": "a mapping", "array": "a list", "number": "a number"}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    return "null"
+
+
+def _validators() -> dict[str, Draft202012Validator]:
+    return {kind: Draft202012Validator(object_schema(kind)) for kind in OBJECT_MODELS}
+
+
+_VALIDATORS: dict[str, Draft202012Validator] | None = None
+
+
+def validate_metadata(doc: Document, diags: Diagnostics) -> bool:
+    meta = doc.data.get("metadata")
+    ok = True
+    if not isinstance(meta, dict):
+        diags.error("LLMC103", "metadata with a name is required", **doc.where(("metadata",)))
+        return False
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        diags.error("LLMC103", "metadata.name is required", **doc.where(("metadata", "name")))
+        ok = False
+    elif len(name) > 253 or not DNS_SUBDOMAIN.match(name):
+        diags.error("LLMC105", f"invalid name {name!r}: must be a lowercase RFC 1123 subdomain "
+                    "(a-z, 0-9, '-', '.'; at most 253 characters)", **doc.where(("metadata", "name")))
+        ok = False
+    ns = meta.get("namespace")
+    if not isinstance(ns, str) or len(ns) > 63 or not DNS_LABEL.match(ns):
+        diags.error("LLMC105", f"invalid namespace {ns!r}: must be an RFC 1123 label",
+                    **doc.where(("metadata", "namespace")))
+        ok = False
+    return ok
+
+
+def validate_document(doc: Document, diags: Diagnostics) -> bool:
+    """Report every schema violation of ``doc``; True when it is valid."""
+    global _VALIDATORS
+    if _VALIDATORS is None:
+        _VALIDATORS = _validators()
+    ok = validate_metadata(doc, diags)
+    for err in sorted(_VALIDATORS[doc.kind].iter_errors(doc.data), key=lambda e: list(map(str, e.path))):
+        ok = False
+        path = tuple(err.absolute_path)
+        validator = err.validator
+        if validator == "additionalProperties":
+            known = sorted(err.schema.get("properties", {}))
+            extra = sorted(set(err.instance) - set(known))
+            for key in extra:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(known)}"
+                diags.error("LLMC101", f"unknown field {key!r}", **doc.where(path + (key,)), hint=hint)
+        elif validator == "type":
+            expected = err.validator_value
+            diags.error("LLMC102", f"expected {_TYPE_NAMES.get(expected, expected)}, got "
+                        f"{_json_type(err.instance)}", **doc.where(path))
+        elif validator == "required":
+            missing = [k for k in err.validator_value if k not in err.instance]
+            for key in missing:
+                diags.error("LLMC103", f"missing required field {key!r}", **doc.where(path + (key,)))
+        elif validator == "minItems" and err.validator_value == 1:
+            diags.error("LLMC103", "must have at least one entry", **doc.where(path))
+        else:
+            diags.error("LLMC104", f"invalid value: {err.message}", **doc.where(path))
+    return ok
+
+
+def build_object(doc: Document, diags: Diagnostics) -> BaseModel | None:
+    """Typed API object for a schema-valid document."""
+    try:
+        return OBJECT_MODELS[doc.kind].model_validate(doc.data)
+    except ValidationError as exc:  # the schema should have caught it; report rather than crash
+        for e in exc.errors():
+            diags.error("LLMC104", f"invalid value: {e['msg']}", **doc.where(tuple(e["loc"])))
+        return None

