@@ -8,7 +8,7 @@ stdout stays empty (all or nothing).
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -18,17 +18,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "Istio ServiceEntry, DestinationRule, VirtualService and EnvoyFilter objects.")
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     yaml = "yaml"
     json = "json"
 
 
-class Emit(str, Enum):
+class Emit(StrEnum):
     objects = "objects"
     ir = "ir"
 
 
-class DiagFormat(str, Enum):
+class DiagFormat(StrEnum):
     text = "text"
     json = "json"
 
@@ -36,6 +36,8 @@ class DiagFormat(str, Enum):
 FilesOpt = Annotated[list[str], typer.Option("-f", "--filename", help="File, directory (recursive) or - for stdin.")]
 NamespaceOpt = Annotated[str, typer.Option("-n", "--namespace", help="Namespace for objects that name none.")]
 DomainOpt = Annotated[str, typer.Option("--cluster-domain", help="Kubernetes cluster DNS domain.")]
+SecretsOpt = Annotated[str, typer.Option("--secrets-dir", help="Directory in the proxy where Secrets "
+                                         "named by apiKeySecretRef are mounted (one folder per Secret).")]
 
 
 def _version(value: bool) -> None:
@@ -54,11 +56,12 @@ def main_callback(
     """llmc: LLM traffic routing for stock Istio."""
 
 
-def _compile(files: list[str], namespace: str, cluster_domain: str):
+def _compile(files: list[str], namespace: str, cluster_domain: str, secrets_dir: str):
     from .pipeline import compile_paths
     from .resolve import Options
 
-    return compile_paths(files, Options(namespace=namespace, cluster_domain=cluster_domain))
+    return compile_paths(files, Options(namespace=namespace, cluster_domain=cluster_domain,
+                                        secrets_dir=secrets_dir))
 
 
 def _report(result, fmt: DiagFormat = DiagFormat.text) -> None:
@@ -77,9 +80,10 @@ def render(
     output: Annotated[OutputFormat, typer.Option("-o", "--output", help="Output format.")] = OutputFormat.yaml,
     emit: Annotated[Emit, typer.Option("--emit", help="objects: Istio objects; ir: the compiler's IR.")] = Emit.objects,
     cluster_domain: DomainOpt = "cluster.local",
+    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
 ) -> None:
     """Compile and print the Istio objects, ready for `kubectl apply -f -`."""
-    result = _compile(filename, namespace, cluster_domain)
+    result = _compile(filename, namespace, cluster_domain, secrets_dir)
     _report(result)
     if not result.ok:
         raise typer.Exit(1)
@@ -102,9 +106,10 @@ def validate(
     namespace: NamespaceOpt = "default",
     output: Annotated[DiagFormat, typer.Option("-o", "--output", help="Diagnostics format.")] = DiagFormat.text,
     cluster_domain: DomainOpt = "cluster.local",
+    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
 ) -> None:
     """Check the inputs and report every problem; print nothing else."""
-    result = _compile(filename, namespace, cluster_domain)
+    result = _compile(filename, namespace, cluster_domain, secrets_dir)
     if output is DiagFormat.json:
         sys.stdout.write(result.diagnostics.format_json() + "\n")
     else:

@@ -13,7 +13,11 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.representer import RoundTripRepresenter
-from ruamel.yaml.scalarstring import LiteralScalarString
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, LiteralScalarString
+
+# Characters YAML 1.1 readers (ruamel's included) treat as line breaks or refuse raw: a scalar
+# holding one is emitted double-quoted, where ruamel escapes them (\N, \L, \P, \x..).
+_NEEDS_ESCAPE = frozenset("\x85\u2028\u2029\ufeff") | frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)])) - {"\n"}
 
 
 def _prepare(value: Any) -> Any:
@@ -21,16 +25,19 @@ def _prepare(value: Any) -> Any:
         return {k: _prepare(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_prepare(v) for v in value]
-    if isinstance(value, str) and "\n" in value and _literal_safe(value):
-        return LiteralScalarString(value)
+    if isinstance(value, str):
+        if "\n" in value and _literal_safe(value):
+            return LiteralScalarString(value)
+        if "\n" in value or not _NEEDS_ESCAPE.isdisjoint(value):
+            return DoubleQuotedScalarString(value)
     return value
 
 
 def _literal_safe(text: str) -> bool:
-    """Literal blocks cannot hold trailing spaces on lines or most control characters faithfully."""
-    if any(line != line.rstrip(" \t") for line in text.split("\n")):
+    """Literal blocks hold no escapes: no trailing blanks on a line, no special characters."""
+    if "\t" in text or any(line != line.rstrip(" ") for line in text.split("\n")):
         return False
-    return all(ch == "\n" or ch == "\t" or 0x20 <= ord(ch) < 0x7F or ord(ch) > 0xA0 for ch in text)
+    return _NEEDS_ESCAPE.isdisjoint(text.replace("\n", ""))
 
 
 def _yaml() -> YAML:

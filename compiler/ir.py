@@ -114,6 +114,7 @@ class VirtualHost:
 
 @dataclass(frozen=True)
 class Program:
+    secrets_dir: str  # directory in the proxy where Secrets are mounted, one folder per Secret
     providers: tuple[Provider, ...]
     vhosts: tuple[VirtualHost, ...]
 

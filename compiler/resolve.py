@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from . import names
 from .api import LLMProvider, LLMRoute, OpenAIConfig, StringMatch
 from .diagnostics import Diagnostics
-from .ir import (Backend, HeaderMatch, Match, Program, Provider, RequestConfig, Rule, SecretRef,
-                 VirtualHost)
+from .ir import Backend, HeaderMatch, Match, Program, Provider, RequestConfig, Rule, SecretRef, VirtualHost
 from .load import Document
 
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -30,6 +29,8 @@ NON_RE2 = re.compile(r"\(\?[=!<]|\\[1-9]|\(\?P=")
 class Options:
     namespace: str = "default"
     cluster_domain: str = "cluster.local"
+    #: where proxies find mounted Secrets: apiKeySecretRef {name, key} → <secrets_dir>/<name>/<key>
+    secrets_dir: str = "/etc/llmc/secrets"
 
 
 @dataclass
@@ -302,7 +303,7 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
         return None
     providers = tuple(sorted((p for provs in providers_by_ns.values() for p in provs.values()),
                              key=lambda p: (p.namespace, p.name)))
-    return Program(providers=providers,
+    return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
                    vhosts=tuple(sorted(vhosts, key=lambda v: (v.namespace, v.object_name))))
 
 

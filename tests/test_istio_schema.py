@@ -32,8 +32,8 @@ def test_checker_rejects_unknown_fields_and_cel_violations(istio_crds: str):
     errors = validate(se, istio_crds)
     assert any("bogus" in e for e in errors)
     assert any("port number cannot be duplicated" in e for e in errors)
+    route = {"timeout": "0.1ms", "route": [{"destination": {"host": "a"}}]}
     vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-          "metadata": {"name": "x"}, "spec": {"hosts": ["a"], "http": [{"timeout": "0.1ms",
-                                                                            "route": [{"destination": {"host": "a"}}]}]}}
+          "metadata": {"name": "x"}, "spec": {"hosts": ["a"], "http": [route]}}
     assert any("duration" in e for e in validate(vs, istio_crds))
     assert validate({"apiVersion": "networking.istio.io/v9", "kind": "VirtualService"}, istio_crds)

@@ -52,8 +52,7 @@ def write(tmp_path, docs, files: int) -> list[str]:
     for i in range(files):
         part = docs[i::files]
         p = tmp_path / f"in{i}.yaml"
-        with p.open("w", encoding="utf-8") as f:
-            YAML(typ="safe", pure=True).dump_all(part, f)
+        p.write_text("\n---\n".join(to_flow(d) for d in part), encoding="utf-8")
         paths.append(str(p))
     return paths
 
@@ -95,6 +94,13 @@ def test_distinct_names_stay_distinct():
     long_a, long_b = "x" * 80 + "a", "x" * 80 + "b"
     assert object_name("route", long_a) != object_name("route", long_b)
     assert len(cap("y" * 300)) == 63
+
+
+@given(text=st.text() | st.lists(st.sampled_from(["a", "\n", " ", "\t", "\u2028", "\x85", "é", "#", ":"]),
+                                 max_size=12).map("".join))
+@settings(max_examples=500)
+def test_emitted_strings_round_trip(text):
+    assert YAML(typ="safe").load(dump_yaml([{"v": text}]))["v"] == text
 
 
 @given(text=st.text())

@@ -26,7 +26,6 @@ from .common import metadata
 
 FILTER_NAME = "llmc.lua"
 SOURCE_NAME = "llmc"
-SECRETS_DIR = "/etc/llmc/secrets"
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 LUA_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 
@@ -36,12 +35,12 @@ def lua_source() -> str:
     return resources.files("llmc_templates.lua").joinpath("llmc.lua").read_text(encoding="utf-8")
 
 
-def secret_path(ref: SecretRef) -> str:
-    """Where the proxy reads a Secret key: the Secret is mounted at ``SECRETS_DIR/<name>``."""
-    return f"{SECRETS_DIR}/{ref.name}/{ref.key}"
+def secret_path(secrets_dir: str, ref: SecretRef) -> str:
+    """Where the proxy reads a Secret key: the Secret is mounted at ``<secrets_dir>/<name>``."""
+    return f"{secrets_dir}/{ref.name}/{ref.key}"
 
 
-def _backend_context(b: Backend) -> dict:
+def _backend_context(b: Backend, secrets_dir: str) -> dict:
     p, c = b.provider, b.config
     ctx: dict = {"provider": p.name, "host": p.host, "path": p.path, "weight": b.weight,
                  "max_body": p.max_request_bytes}
@@ -50,13 +49,13 @@ def _backend_context(b: Backend) -> dict:
     if c.stream is not None:
         ctx["stream"] = c.stream
     if c.api_key_secret is not None:
-        ctx["api_key_file"] = secret_path(c.api_key_secret)
+        ctx["api_key_file"] = secret_path(secrets_dir, c.api_key_secret)
     elif c.api_key is not None:
         ctx["api_key"] = c.api_key
     return ctx
 
 
-def lua_context(vh: VirtualHost, rule: Rule) -> dict:
+def lua_context(vh: VirtualHost, rule: Rule, secrets_dir: str) -> dict:
     """The Lua filter's per-route data for ``rule`` (same for its entry and pinned routes).
 
     ``id`` is a digest of everything else: the Lua caches its prepared form of a context by id,
@@ -65,16 +64,16 @@ def lua_context(vh: VirtualHost, rule: Rule) -> dict:
     body = {
         "route": f"{vh.namespace}/{vh.label}",
         "rule": rule.name,
-        "backends": [_backend_context(b) for b in rule.backends],
+        "backends": [_backend_context(b, secrets_dir) for b in rule.backends],
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return {"id": digest[:16], **body}
 
 
-def _route_patches(vh: VirtualHost) -> list[dict]:
+def _route_patches(vh: VirtualHost, secrets_dir: str) -> list[dict]:
     patches = []
     for rule in vh.rules:
-        ctx = lua_context(vh, rule)
+        ctx = lua_context(vh, rule, secrets_dir)
         limit = max(b.provider.max_request_bytes for b in rule.backends)
         route_names = [names.route_name(vh.label, rule.name)]
         if rule.weighted:
@@ -106,7 +105,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                     b.provider.source for r in vh.rules for b in r.backends)),
                 "selector": [{"name": k, "value": v} for k, v in vh.selector],
                 "kind": "routes",
-                "patches": _route_patches(vh),
+                "patches": _route_patches(vh, program.secrets_dir),
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,
             })

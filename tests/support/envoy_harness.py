@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -81,7 +82,10 @@ def envoy_binary() -> str:
 def envoy_version(binary: str | None = None) -> str:
     out = subprocess.run([binary or envoy_binary(), "--version"], capture_output=True, text=True,
                          timeout=30).stdout
-    return out.split("/")[1] if "/" in out else out.strip()
+    found = re.search(r"version: [0-9a-f]+/(\d+\.\d+\.\d+)", out)
+    if not found:
+        raise RuntimeError(f"cannot read the Envoy version from {out!r}")
+    return found.group(1)
 
 
 def _visible(obj: dict, namespace: str) -> bool:
@@ -313,7 +317,9 @@ def _apply_patch(listener: dict, route_config: dict, patch: dict) -> bool:
         return hit
     if apply_to in ("VIRTUAL_HOST", "HTTP_ROUTE"):
         rc = match.get("routeConfiguration", {})
-        if rc.get("portNumber", LOGICAL_PORT) != LOGICAL_PORT or rc.get("name", route_config["name"]) != route_config["name"]:
+        if rc.get("portNumber", LOGICAL_PORT) != LOGICAL_PORT:
+            return False
+        if rc.get("name", route_config["name"]) != route_config["name"]:
             return False
         vm = rc.get("vhost", {})
         hit = False

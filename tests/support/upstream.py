@@ -48,7 +48,7 @@ class Upstream:
             def do_POST(self):
                 upstream._handle(self)
 
-            do_GET = do_POST
+            do_GET = do_PUT = do_POST
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

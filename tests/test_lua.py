@@ -1,0 +1,239 @@
+"""Unit tests of templates/lua/llmc.lua under LuaJIT (lupa), with a fake Envoy handle.
+
+The end-to-end tests in test_envoy_e2e.py run the same file in a real Envoy; these are the fast,
+exhaustive ones: JSON scanning against Python's json module, byte preservation, every request
+error, weighting, keys, and config values travelling from LLMProvider YAML to the request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from ruamel.yaml import YAML
+
+from compiler import Options, compile_text
+from compiler.emit import dump_yaml
+from compiler.render import to_flow
+from tests.support.lua import LuaFilter
+
+
+@pytest.fixture(scope="module")
+def lua() -> LuaFilter:
+    return LuaFilter()
+
+
+def ctx(**backend) -> dict:
+    b = {"provider": "p", "host": "h.example.com", "path": "/v1/chat/completions", "weight": 1,
+         "max_body": 1 << 20, **backend}
+    return {"id": json.dumps(b, sort_keys=True), "route": "default/r", "rule": "r", "backends": [b]}
+
+
+JSON_SCALARS = (st.none() | st.booleans() | st.integers(-2**53, 2**53)
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text())
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda c: st.lists(c, max_size=5)
+                           | st.dictionaries(st.text(max_size=8), c, max_size=5), max_leaves=25)
+OBJECTS = st.dictionaries(st.text(max_size=10), JSON_VALUES, max_size=8)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(obj=OBJECTS, model=st.text(), stream=st.booleans(), indent=st.sampled_from([None, 0, 2]),
+       ascii_only=st.booleans())
+@example(obj={"model": {"model": "nested"}, "messages": []}, model="x", stream=True, indent=None,
+         ascii_only=False)
+def test_rewrite_changes_only_model_and_stream(lua, obj, model, stream, indent, ascii_only):
+    body = json.dumps(obj, indent=indent, ensure_ascii=ascii_only)
+    out, err = lua.rewrite(body, [("model", json.dumps(model, ensure_ascii=False)),
+                                  ("stream", "true" if stream else "false")])
+    assert err is None
+    assert json.loads(out) == {**obj, "model": model, "stream": stream}
+
+
+@given(obj=OBJECTS.filter(lambda o: "model" not in o and "stream" not in o and o))
+def test_rewrite_preserves_every_other_byte(obj):
+    lua = _LUA
+    body = json.dumps(obj, ensure_ascii=True, indent=1)
+    out, _ = lua.rewrite(body, [("model", '"m"')])
+    close = body.rindex("}")
+    last = body[:close].rstrip()
+    assert out == last + ',"model":"m"' + body[len(last):]
+
+
+_LUA = LuaFilter()
+
+
+def test_rewrite_examples_byte_exact(lua):
+    cases = [
+        ('{"messages":[{"role":"user","content":"\\u4f60\\u597d"}],"temperature":0.5e-1,"tools":[]}',
+         '{"messages":[{"role":"user","content":"\\u4f60\\u597d"}],"temperature":0.5e-1,"tools":[],'
+         '"model":"qwen"}'),
+        ('{"model":"client", "messages":[]}', '{"model":"qwen", "messages":[]}'),
+        ('{"a":{"model":"keep"},"model" : "x" ,"model":"y"}', '{"a":{"model":"keep"},"model" : "qwen"}'),
+        ('{"\\u006dodel":"escaped-key"}', '{"\\u006dodel":"qwen"}'),
+        ('  {}  ', '  {"model":"qwen"}  '),
+        ('{"n":-0.0E+5,"big":123456789012345678901234567890}',
+         '{"n":-0.0E+5,"big":123456789012345678901234567890,"model":"qwen"}'),
+    ]
+    for body, expected in cases:
+        out, err = lua.rewrite(body, [("model", '"qwen"')])
+        assert (out, err) == (expected, None), body
+
+
+JSONISH = st.text(alphabet='{}[]",:0123456789.eE+-tfrueanl \\u/bx\n\t\x01é', max_size=40)
+
+
+@settings(max_examples=2000)
+@given(text=JSONISH | st.builds(lambda o: json.dumps(o)[:-1], OBJECTS))
+@example(text='{"a":1}x')
+@example(text='{"a":01}')
+@example(text='{"a":"\\x"}')
+@example(text='{"a":"\t"}')
+@example(text="{'a':1}")
+@example(text='{"a":NaN}')
+@example(text='{"a":[1,]}')
+def test_validity_agrees_with_python_json(text):
+    def reject(_):
+        raise ValueError("non-standard constant")
+
+    try:
+        ok_py = isinstance(json.loads(text, parse_constant=reject), dict)
+    except ValueError:
+        ok_py = False
+    out, err = _LUA.rewrite(text, [])
+    assert (err is None) == ok_py, (text, err)
+
+
+def test_deep_nesting_is_rejected_not_crashing(lua):
+    body = '{"a":' + "[" * 200 + "]" * 200 + "}"
+    out, err = lua.rewrite(body, [])
+    assert out is None and "too deep" in err
+
+
+@settings(max_examples=60, deadline=None)
+@given(model=st.text(min_size=1), key=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e),
+                                                   min_size=8))
+@example(model='q"\n]]\\u0000 中文 \U0001F600', key="sk-]]--[[x")
+def test_config_values_reach_the_request_exactly(model, key):
+    """LLMProvider YAML → llmc render → filter_context → Lua → request body and header."""
+    provider = {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
+                "metadata": {"name": "p"}, "spec": {"host": "p.example.com", "path": "/v1/chat/completions",
+                "configs": {"defaultConfig": {"openAIConfig": {"model": model, "apiKey": key}}}}}
+    result = compile_text(to_flow(provider), Options())
+    assert result.ok, result.diagnostics.format_text()
+    objects = list(YAML(typ="safe").load_all(dump_yaml(result.objects)))
+    patch = next(o for o in objects if o["kind"] == "EnvoyFilter" and o["metadata"]["name"] != "llmc-filter")
+    value = patch["spec"]["configPatches"][0]["patch"]["value"]
+    context = value["typed_per_filter_config"]["llmc.lua"]["filter_context"]
+    reply = _LUA.request(context, '{"messages":[{"role":"user","content":"hi"}]}')
+    assert reply.status is None
+    assert json.loads(reply.body)["model"] == model
+    assert reply.headers["authorization"] == f"Bearer {key}"
+
+
+def test_errors_are_openai_format(lua):
+    c = ctx(model="m", api_key="sk-secret-value", max_body=2048)
+    cases = [
+        (dict(body='{"messages":[]}', method="GET"), 405, "method_not_allowed"),
+        (dict(body=None), 400, "invalid_json"),
+        (dict(body=""), 400, "invalid_json"),
+        (dict(body="[1,2]"), 400, "invalid_json"),
+        (dict(body='"text"'), 400, "invalid_json"),
+        (dict(body='{"messages": [}'), 400, "invalid_json"),
+        (dict(body="x" * 4096), 413, "request_too_large"),
+        (dict(body="x" * 4096, headers={"content-length": "100"}), 413, "request_too_large"),
+    ]
+    for kwargs, status, code in cases:
+        r = lua.request(c, **kwargs)
+        assert r.status == status, kwargs
+        err = json.loads(r.response_body)["error"]
+        assert err["code"] == code and err["message"].startswith("llmc: ")
+        assert set(err) == {"message", "type", "param", "code"}
+        assert "sk-secret-value" not in r.response_body
+        assert "authorization" not in r.headers, "a rejected request is never half-rewritten"
+
+
+def test_success_shapes_path_headers_and_metadata(lua):
+    r = lua.request(ctx(model="qwen", stream=False, api_key="k1"), '{"messages":[]}',
+                    headers={"authorization": "Bearer client", "x-llmc-provider": "evil",
+                             "content-type": "text/plain"}, path="/anything?api-version=2")
+    assert r.status is None
+    assert r.headers[":path"] == "/v1/chat/completions?api-version=2"
+    assert r.headers["authorization"] == "Bearer k1"
+    assert r.headers["content-type"] == "application/json"
+    assert "x-llmc-provider" not in r.headers
+    assert json.loads(r.body) == {"messages": [], "model": "qwen", "stream": False}
+    assert r.metadata == {"llmc:provider": "p", "llmc:route": "default/r", "llmc:rule": "r",
+                          "llmc:request_model": "qwen"}
+
+
+def test_without_configured_key_the_clients_header_passes(lua):
+    r = lua.request(ctx(model="m"), "{}", headers={"authorization": "Bearer own"})
+    assert r.headers["authorization"] == "Bearer own"
+
+
+def test_no_context_means_untouched(lua):
+    r = lua.request(None, "not json at all", method="GET")
+    assert r.status is None and r.body == "not json at all" and r.headers[":path"] == "/"
+
+
+def test_internal_errors_become_500_without_details(lua):
+    broken = ctx(model="m")
+    broken["backends"][0]["path"] = None  # impossible from the compiler; forces a Lua error
+    broken["id"] = "broken"
+    r = lua.request(broken, "{}")
+    assert r.status == 500
+    assert json.loads(r.response_body)["error"]["code"] == "llmc_internal_error"
+    assert any("llmc: internal error" in log for log in r.logs)
+
+
+def weighted_ctx(weights: dict[str, int]) -> dict:
+    backends = [{"provider": n, "host": f"{n}.example.com", "path": f"/{n}", "weight": w,
+                 "max_body": 1 << 20, "model": f"model-{n}", "api_key": f"key-{n}"} for n, w in weights.items()]
+    return {"id": json.dumps(weights), "route": "default/r", "rule": "split", "backends": backends}
+
+
+def test_weighted_pick_is_exact_over_the_unit_interval(lua):
+    cfg = lua.M.prepare(lua.lua.eval("function(t) return function(k) return t[k] end end")(
+        lua.table(weighted_ctx({"a": 1, "b": 3}))))
+    picks = [lua.M.pick(cfg, i / 1000).provider for i in range(1000)]
+    assert picks.count("a") == 250 and picks.count("b") == 750
+
+
+def test_weighted_request_is_shaped_for_the_picked_provider(lua):
+    seen = {}
+    for _ in range(200):
+        r = lua.request(weighted_ctx({"a": 50, "b": 50}), '{"messages":[]}',
+                        headers={"x-llmc-provider": "a"})
+        p = r.headers["x-llmc-provider"]
+        seen[p] = seen.get(p, 0) + 1
+        assert r.cleared == 1
+        assert r.headers[":path"] == f"/{p}"
+        assert r.headers["authorization"] == f"Bearer key-{p}"
+        assert json.loads(r.body)["model"] == f"model-{p}"
+    # 200 fair coin flips: P(outside 70..130) < 3e-5
+    assert 70 <= seen.get("a", 0) <= 130, seen
+
+
+def test_key_file_is_read_trimmed_and_rotated(lua, tmp_path):
+    key = tmp_path / "key"
+    key.write_text("sk-one\n")
+    b = lua.table({"api_key_file": str(key)})
+    now = math.floor(time.time())
+    assert lua.M.api_key(b, now) == "sk-one"
+    key.write_text("sk-two")
+    assert lua.M.api_key(b, now) == "sk-one"  # cached within the TTL
+    assert lua.M.api_key(b, now + 1) == "sk-two"
+    os.remove(key)
+    assert lua.M.api_key(b, now + 2) is None
+
+
+def test_missing_key_file_is_503_without_forwarding(lua, tmp_path):
+    c = ctx(model="m", api_key_file=str(tmp_path / "absent"))
+    r = lua.request(c, '{"messages":[]}')
+    assert r.status == 503
+    assert json.loads(r.response_body)["error"]["code"] == "api_key_unavailable"
