@@ -64,10 +64,8 @@ def _compile(files: list[str], namespace: str, cluster_domain: str, secrets_dir:
                                         secrets_dir=secrets_dir))
 
 
-def _report(result, fmt: DiagFormat = DiagFormat.text) -> None:
+def _report(result) -> None:
     diags = result.diagnostics
-    if fmt is DiagFormat.json:
-        return
     if diags.items:
         sys.stderr.write(diags.format_text() + "\n")
         sys.stderr.write(f"llmc: {diags.summary()}\n")

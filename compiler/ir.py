@@ -111,6 +111,11 @@ class VirtualHost:
     selector: tuple[tuple[str, str], ...]
     sources: tuple[str, ...]
 
+    @property
+    def all_sources(self) -> tuple[str, ...]:
+        """The route's own sources and every provider it sends traffic to."""
+        return self.sources + tuple(b.provider.source for r in self.rules for b in r.backends)
+
 
 @dataclass(frozen=True)
 class Program:

@@ -92,7 +92,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             continue
         selector = vhosts[0].selector
         out.append({
-            "metadata": metadata(f"{names.PREFIX}-filter", ns, [s for v in vhosts for s in v.sources]),
+            "metadata": metadata(f"{names.PREFIX}-filter", ns, [s for v in vhosts for s in v.all_sources]),
             "selector": [{"name": k, "value": v} for k, v in selector],
             "kind": "filter",
             "ports": sorted({v.port for v in vhosts}),
@@ -101,8 +101,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
         })
         for vh in vhosts:
             out.append({
-                "metadata": metadata(vh.object_name, ns, vh.sources + tuple(
-                    b.provider.source for r in vh.rules for b in r.backends)),
+                "metadata": metadata(vh.object_name, ns, vh.all_sources),
                 "selector": [{"name": k, "value": v} for k, v in vh.selector],
                 "kind": "routes",
                 "patches": _route_patches(vh, program.secrets_dir),

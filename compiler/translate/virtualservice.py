@@ -61,8 +61,7 @@ def translate_virtualservices(program: Program) -> list[dict]:
     for vh in program.vhosts:
         routes = [r for rule in vh.rules for r in _rule_routes(vh, rule)]
         out.append({
-            "metadata": metadata(vh.object_name, vh.namespace, vh.sources + tuple(
-                b.provider.source for r in vh.rules for b in r.backends)),
+            "metadata": metadata(vh.object_name, vh.namespace, vh.all_sources),
             "host": vh.host,
             "routes": routes,
             "routing_header": names.ROUTING_HEADER,
