@@ -1,9 +1,12 @@
 """Stage 1, load: read YAML files, directories and stdin into documents that remember positions.
 
-ruamel's round-trip loader keeps the line and column of every key and list item; we flatten that
-into ``positions[path] = (line, col)`` (1-based) so later stages can point a diagnostic at
-``spec.rules[0].backendRefs[1].providerHost`` in the user's file. Documents are converted to plain
-``dict``/``list`` values at once, so no later stage depends on ruamel types.
+Documents are loaded with libyaml (PyYAML's C loader, YAML 1.1 like kubectl; duplicate keys are
+errors, as with ``kubectl apply``) into plain ``dict``/``list`` values. Positions are needed only
+for diagnostics, so they are computed lazily: the first time a diagnostic asks for one, the file
+is parsed again with ruamel's round-trip loader, which keeps the line and column of every key and
+list item, flattened into
+``positions[path] = (line, col)`` (1-based) for ``spec.rules[0].backendRefs[1].providerHost``.
+(The round-trip loader is pure Python and ~20× slower; large meshes compile without it.)
 
 Only ``LLMProvider`` and ``LLMRoute`` documents are returned; other kinds are reported as notes
 (they are ignored, which lets users point llmc at a directory that also holds Deployments).
@@ -14,13 +17,13 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
 
 from .diagnostics import Diagnostics
 
@@ -32,26 +35,50 @@ YAML_SUFFIXES = (".yaml", ".yml", ".json")
 Path_ = tuple[str | int, ...]
 
 
+class SourceText:
+    """A file's text; parsed with the round-trip loader on demand, for positions."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._positions: list[dict[Path_, tuple[int, int]]] | None = None
+
+    def positions(self, index: int) -> dict[Path_, tuple[int, int]]:
+        if self._positions is None:
+            self._positions = []
+            for raw in YAML(typ="rt").load_all(io.StringIO(self.text)):
+                found: dict[Path_, tuple[int, int]] = {}
+                if isinstance(raw, CommentedMap | CommentedSeq):
+                    found[()] = (raw.lc.line + 1, raw.lc.col + 1)
+                _positions(raw, (), found)
+                self._positions.append(found)
+        return self._positions[index] if index < len(self._positions) else {}
+
+
 @dataclass
 class Document:
     """One LLMProvider or LLMRoute document as the user wrote it."""
 
     file: str
     data: dict[str, Any]
-    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    source: SourceText | None = None
+    index: int = 0  # position of the document in its file (for positions and stable ordering)
+
+    @property
+    def positions(self) -> dict[Path_, tuple[int, int]]:
+        return self.source.positions(self.index) if self.source is not None else {}
 
     @property
     def kind(self) -> str:
-        return str(self.data.get("kind", ""))
+        return str(self.data.get("kind", "")) if isinstance(self.data, dict) else ""
 
     @property
     def name(self) -> str:
-        meta = self.data.get("metadata")
+        meta = self.data.get("metadata") if isinstance(self.data, dict) else None
         return str(meta.get("name", "")) if isinstance(meta, dict) else ""
 
     @property
     def namespace(self) -> str:
-        meta = self.data.get("metadata")
+        meta = self.data.get("metadata") if isinstance(self.data, dict) else None
         return str(meta.get("namespace", "") or "") if isinstance(meta, dict) else ""
 
     @property
@@ -79,39 +106,26 @@ def format_path(path: Iterable[str | int]) -> str:
     return out
 
 
-def _plain(node: Any, path: Path_, positions: dict[Path_, tuple[int, int]]) -> Any:
-    """Convert ruamel nodes to plain Python, recording 1-based positions of keys and items."""
+def _positions(node: Any, path: Path_, out: dict[Path_, tuple[int, int]]) -> None:
+    """Record 1-based positions of every key and list item under ``node``."""
     if isinstance(node, CommentedMap):
-        out: dict[str, Any] = {}
         for key, value in node.items():
             sub = path + (str(key),)
             try:
                 line, col = node.lc.key(key)
-                positions[sub] = (line + 1, col + 1)
+                out[sub] = (line + 1, col + 1)
             except (KeyError, TypeError):
                 pass
-            out[str(key)] = _plain(value, sub, positions)
-        return out
-    if isinstance(node, CommentedSeq):
-        items = []
+            _positions(value, sub, out)
+    elif isinstance(node, CommentedSeq):
         for i, value in enumerate(node):
             sub = path + (i,)
             try:
                 line, col = node.lc.item(i)
-                positions[sub] = (line + 1, col + 1)
+                out[sub] = (line + 1, col + 1)
             except (KeyError, TypeError, IndexError):
                 pass
-            items.append(_plain(value, sub, positions))
-        return items
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
+            _positions(value, sub, out)
 
 
 def _register_secrets(node: Any, diags: Diagnostics) -> None:
@@ -150,34 +164,47 @@ def expand_inputs(inputs: list[str], diags: Diagnostics) -> list[tuple[str, str]
     return sources
 
 
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's safe loader, refusing duplicate mapping keys."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def load_text(name: str, text: str, diags: Diagnostics) -> list[Document]:
-    yaml = YAML(typ="rt")
-    docs: list[Document] = []
     try:
-        raw_docs = list(yaml.load_all(io.StringIO(text)))
-    except MarkedYAMLError as exc:
+        raw_docs = list(yaml.load_all(text, Loader=_Loader))
+    except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         problem = exc.problem or exc.context or "invalid YAML"
         diags.error("LLMC001", f"YAML syntax error: {problem}", file=name, line=line, col=col)
         return []
-    except Exception as exc:  # ruamel raises a few unmarked errors (e.g. duplicate keys)
+    except yaml.YAMLError as exc:
         diags.error("LLMC001", f"YAML error: {exc}".splitlines()[0], file=name)
         return []
-    for raw in raw_docs:
-        if raw is None:
+    source = SourceText(text)
+    docs: list[Document] = []
+    for index, data in enumerate(raw_docs):
+        if data is None:
             continue
-        positions: dict[Path_, tuple[int, int]] = {}
-        if isinstance(raw, CommentedMap):
-            positions[()] = (raw.lc.line + 1, raw.lc.col + 1)
-        data = _plain(raw, (), positions)
+        doc = Document(file=name, data=data, source=source, index=index)
         if not isinstance(data, dict) or "kind" not in data or "apiVersion" not in data:
-            line, col = positions.get((), (0, 0))
             diags.error("LLMC002", "document is not a Kubernetes object (needs apiVersion and kind)",
-                        file=name, line=line, col=col)
+                        **{**doc.where(()), "object": "", "path": ""})
             continue
         _register_secrets(data, diags)
-        doc = Document(file=name, data=data, positions=positions)
         api_version = str(data.get("apiVersion", ""))
         if doc.kind not in KINDS:
             diags.note("LLMC002", f"ignoring {doc.kind} {doc.name or '<unnamed>'} ({api_version}): "

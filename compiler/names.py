@@ -46,7 +46,7 @@ def object_name(kind_prefix: str, name: str) -> str:
 
 
 def is_label(name: str) -> bool:
-    return len(name) <= MAX_NAME and bool(_LABEL.match(name))
+    return len(name) <= MAX_NAME and bool(_LABEL.fullmatch(name))
 
 
 def route_name(label: str, rule: str, provider: str | None = None) -> str:

@@ -13,7 +13,7 @@ from .diagnostics import Diagnostics
 from .ir import Program
 from .load import Document, apply_default_namespace, load_inputs, load_text
 from .resolve import Options, Sourced, resolve
-from .schema import build_object, validate_document
+from .schema import check_document
 
 KIND_ORDER = {"ServiceEntry": 0, "DestinationRule": 1, "VirtualService": 2, "EnvoyFilter": 3}
 
@@ -30,12 +30,9 @@ class Result:
 
 
 def compile_documents(docs: list[Document], opts: Options, diags: Diagnostics) -> Result:
-    valid = [d for d in docs if validate_document(d, diags)]
-    if diags.has_errors:
-        return Result(diags)
     items = []
-    for d in valid:
-        obj = build_object(d, diags)
+    for d in docs:
+        obj = check_document(d, diags)
         if obj is not None:
             items.append(Sourced(d, obj))
     if diags.has_errors:

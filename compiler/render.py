@@ -1,25 +1,32 @@
 """Stage 6, render: lay view-models out with the jinja templates and parse the result back.
 
-Every value reaches YAML through :func:`to_flow` (the ``q`` filter), which writes YAML flow
-syntax with double-quoted strings escaped for YAML, so no user string can change the document's
-structure. Rendered text is parsed back at once; a parse failure is an llmc bug, never a user error.
+Templates are JSON (a subset of YAML): every value reaches a template through the ``q`` filter,
+which JSON-encodes it, so no user string can change the document's structure; the rendered text
+is parsed back at once with ``json.loads`` (a parse failure is an llmc bug, never a user error).
+JSON rather than YAML templates because parsing every object back with a YAML loader was most of
+``render``'s time on large meshes (README, "Performance").
+
+:func:`yaml_quote` and :func:`to_flow` are the YAML quoting the emitter uses for strings that
+cannot be written plain; both are property-tested to round-trip.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from functools import cache
 from typing import Any
 
 import jinja2
-from ruamel.yaml import YAML
 
-# The C loader (ruamel.yaml.clib) when installed: parsing back is most of render's time.
-_LOADER = YAML(typ="safe")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
+_SIMPLE = re.compile(r'^[ !#-\[\]-~]*$')  # printable ASCII without '"' and '\\'
 
 
 def yaml_quote(text: str) -> str:
     """A YAML double-quoted scalar that loads back as exactly ``text``."""
+    if _SIMPLE.fullmatch(text):
+        return f'"{text}"'
     out = []
     for ch in text:
         code = ord(ch)
@@ -35,6 +42,7 @@ def yaml_quote(text: str) -> str:
 
 
 def to_flow(value: Any) -> str:
+    """YAML flow text for plain data (used for test inputs and anything written inline)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -52,6 +60,14 @@ def to_flow(value: Any) -> str:
     raise TypeError(f"cannot render {type(value).__name__} into YAML")
 
 
+def _json(value: Any) -> str:
+    if isinstance(value, str) and _SIMPLE.fullmatch(value):
+        return f'"{value}"'  # the common case, without json.dumps' call overhead
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -60,16 +76,16 @@ def environment() -> jinja2.Environment:
         autoescape=False,
         keep_trailing_newline=True,
     )
-    env.filters["q"] = to_flow
+    env.filters["q"] = _json
     return env
 
 
 def render_object(template: str, view: dict) -> dict:
     text = environment().get_template(template).render(o=view)
     try:
-        obj = _LOADER.load(text)
-    except Exception as exc:  # pragma: no cover - would be a template bug
-        raise RuntimeError(f"internal error: template {template} produced invalid YAML: {exc}\n{text}") from exc
+        obj = json.loads(text)
+    except ValueError as exc:  # pragma: no cover - would be a template bug
+        raise RuntimeError(f"internal error: template {template} produced invalid JSON: {exc}\n{text}") from exc
     if not isinstance(obj, dict):  # pragma: no cover
-        raise RuntimeError(f"internal error: template {template} did not produce a mapping")
+        raise RuntimeError(f"internal error: template {template} did not produce an object")
     return obj

@@ -102,7 +102,7 @@ def _header_matches(headers: dict[str, StringMatch], doc: Document, path: tuple,
     out = []
     for name, sm in sorted(headers.items()):
         hpath = path + ("headers", name)
-        if not HEADER_NAME.match(name):
+        if not HEADER_NAME.fullmatch(name):
             diags.error("LLMC204", f"invalid header name {name!r}", **doc.where(hpath))
             continue
         if name.lower().startswith(names.RESERVED_HEADER_PREFIX):
@@ -152,7 +152,7 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
     for i, rule in enumerate(spec.rules):
         rpath = ("spec", "rules", i)
         name = _rule_name(rule.name, i)
-        if not names.RULE_NAME.match(name) or len(name) > 63:
+        if not names.RULE_NAME.fullmatch(name) or len(name) > 63:
             diags.error("LLMC208", f"rule name {name!r} cannot be used in generated route names",
                         **doc.where(rpath + ("name",)),
                         hint="use letters, digits, '-', '_' or '.' (at most 63), starting and "
@@ -249,7 +249,7 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
         by_id[(it.doc.kind, it.doc.namespace, it.doc.name)].append(it)
     unique: list[Sourced] = []
     for key in sorted(by_id):
-        group = sorted(by_id[key], key=lambda s: (s.doc.file, s.doc.positions.get((), (0, 0))))
+        group = sorted(by_id[key], key=lambda s: (s.doc.file, s.doc.index))
         unique.append(group[0])
         for dup in group[1:]:
             first = group[0].doc

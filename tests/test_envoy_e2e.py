@@ -12,16 +12,14 @@ import http.client
 import json
 import os
 import ssl
-import subprocess
-import sys
 import time
 
 import pytest
 import trustme
-from ruamel.yaml import YAML
 
-from tests.conftest import REPO, TESTDATA
+from tests.conftest import TESTDATA
 from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_binary, envoy_version
+from tests.support.mesh import llmc_render, seed_mesh
 from tests.support.upstream import Upstream
 
 pytestmark = pytest.mark.envoy
@@ -31,13 +29,6 @@ PLAIN_HOSTS = ("stream.example.com", "tiny.example.com", "keyed.example.com", "o
 DASHSCOPE_KEY = "${API_KEY of dashscope}"  # the seed's placeholder, injected verbatim
 MOONSHOT_KEY = "${API_KEY of Moonshot}"
 CHAT = json.dumps({"messages": [{"role": "user", "content": "Please introduce yourself"}]})
-
-
-def llmc_render(*args: str) -> list[dict]:
-    """Run the real CLI and parse its stdout: the tests consume the emitted YAML."""
-    out = subprocess.run([sys.executable, "-m", "compiler.cli", "render", *args], cwd=REPO,
-                         capture_output=True, text=True, check=True)
-    return [d for d in YAML(typ="safe").load_all(out.stdout) if d]
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +65,8 @@ def secrets_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mesh(upstreams, ca, secrets_dir):
     """One sidecar with the seed's end state plus the e2e extras, and a non-LLM service."""
-    objects = llmc_render("-f", "samples/seed", "-f", str(TESTDATA / "e2e" / "extras.yaml"),
-                          "--secrets-dir", str(secrets_dir))
-    other = {"name": "other.default.svc.cluster.local:80",
-             "domains": ["other.default.svc.cluster.local", "other"],
-             "routes": [{"name": "default", "match": {"prefix": "/"},
-                         "route": {"cluster": "outbound|80||other.default.svc.cluster.local"}}]}
-    other_cluster = {"name": "outbound|80||other.default.svc.cluster.local", "type": "STATIC",
-                     "load_assignment": {"cluster_name": "other", "endpoints": [{"lb_endpoints": [{
-                         "endpoint": {"address": {"socket_address": {
-                             "address": "127.0.0.1", "port_value": upstreams["other.example.com"].port}}}}]}]}}
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, ca[1],
-                             extra_vhosts=[other], extra_clusters=[other_cluster])
+    ports = {h: u.port for h, u in upstreams.items()}
+    layout = seed_mesh(ports, ca[1], secrets_dir)
     assert layout.unmatched == [], f"EnvoyFilter patches that match nothing: {layout.unmatched}"
     envoy = Envoy(layout.bootstrap)
     yield envoy

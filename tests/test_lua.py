@@ -29,9 +29,11 @@ def lua() -> LuaFilter:
 
 
 def ctx(**backend) -> dict:
+    """A virtual host context with one single-provider rule ``r`` on route ``llmc.r.r``."""
     b = {"provider": "p", "host": "h.example.com", "path": "/v1/chat/completions", "weight": 1,
          "max_body": 1 << 20, **backend}
-    return {"id": json.dumps(b, sort_keys=True), "route": "default/r", "rule": "r", "backends": [b]}
+    return {"id": json.dumps(b, sort_keys=True), "route": "default/r", "routes": {"llmc.r.r": "r"},
+            "rules": {"r": {"backends": [b]}}}
 
 
 JSON_SCALARS = (st.none() | st.booleans() | st.integers(-2**53, 2**53)
@@ -127,6 +129,7 @@ def test_config_values_reach_the_request_exactly(model, key):
     assert result.ok, result.diagnostics.format_text()
     objects = list(YAML(typ="safe").load_all(dump_yaml(result.objects)))
     patch = next(o for o in objects if o["kind"] == "EnvoyFilter" and o["metadata"]["name"] != "llmc-filter")
+    assert patch["spec"]["configPatches"][0]["applyTo"] == "VIRTUAL_HOST"
     value = patch["spec"]["configPatches"][0]["patch"]["value"]
     context = value["typed_per_filter_config"]["llmc.lua"]["filter_context"]
     reply = _LUA.request(context, '{"messages":[{"role":"user","content":"hi"}]}')
@@ -159,16 +162,21 @@ def test_errors_are_openai_format(lua):
 
 def test_success_shapes_path_headers_and_metadata(lua):
     r = lua.request(ctx(model="qwen", stream=False, api_key="k1"), '{"messages":[]}',
-                    headers={"authorization": "Bearer client", "x-llmc-provider": "evil",
-                             "content-type": "text/plain"}, path="/anything?api-version=2")
+                    headers={"authorization": "Bearer client", "content-type": "text/plain"},
+                    path="/anything?api-version=2")
     assert r.status is None
     assert r.headers[":path"] == "/v1/chat/completions?api-version=2"
     assert r.headers["authorization"] == "Bearer k1"
     assert r.headers["content-type"] == "application/json"
-    assert "x-llmc-provider" not in r.headers
     assert json.loads(r.body) == {"messages": [], "model": "qwen", "stream": False}
-    assert r.metadata == {"llmc:provider": "p", "llmc:route": "default/r", "llmc:rule": "r",
-                          "llmc:request_model": "qwen"}
+    assert r.metadata == {"llmc:provider": "p", "llmc:request_model": "qwen"}
+
+
+def test_unknown_route_on_an_llmc_vhost_fails_closed(lua):
+    r = lua.request(ctx(model="m", api_key="k"), '{"messages":[]}', route="someone-elses-route")
+    assert r.status == 500
+    assert json.loads(r.response_body)["error"]["code"] == "llmc_route_unknown"
+    assert "authorization" not in r.headers
 
 
 def test_without_configured_key_the_clients_header_passes(lua):
@@ -183,7 +191,7 @@ def test_no_context_means_untouched(lua):
 
 def test_internal_errors_become_500_without_details(lua):
     broken = ctx(model="m")
-    broken["backends"][0]["path"] = None  # impossible from the compiler; forces a Lua error
+    broken["rules"]["r"]["backends"][0]["path"] = None  # impossible from the compiler; forces a Lua error
     broken["id"] = "broken"
     r = lua.request(broken, "{}")
     assert r.status == 500
@@ -192,14 +200,19 @@ def test_internal_errors_become_500_without_details(lua):
 
 
 def weighted_ctx(weights: dict[str, int]) -> dict:
+    """Rule ``split``: entry route ``llmc.r.split`` and one pinned route per provider."""
     backends = [{"provider": n, "host": f"{n}.example.com", "path": f"/{n}", "weight": w,
                  "max_body": 1 << 20, "model": f"model-{n}", "api_key": f"key-{n}"} for n, w in weights.items()]
-    return {"id": json.dumps(weights), "route": "default/r", "rule": "split", "backends": backends}
+    routes = {"llmc.r.split": "split", **{f"llmc.r.split.{n}": "split" for n in weights}}
+    return {"id": json.dumps(weights), "route": "default/r", "routes": routes,
+            "rules": {"split": {"backends": backends}}}
 
 
 def test_weighted_pick_is_exact_over_the_unit_interval(lua):
-    cfg = lua.M.prepare(lua.lua.eval("function(t) return function(k) return t[k] end end")(
+    by_route = lua.M.prepare(lua.lua.eval("function(t) return function(k) return t[k] end end")(
         lua.table(weighted_ctx({"a": 1, "b": 3}))))
+    cfg = by_route["llmc.r.split"]
+    assert lua.lua.eval("rawequal")(by_route["llmc.r.split.a"], cfg)  # pinned routes share their rule
     picks = [lua.M.pick(cfg, i / 1000).provider for i in range(1000)]
     assert picks.count("a") == 250 and picks.count("b") == 750
 
@@ -207,8 +220,9 @@ def test_weighted_pick_is_exact_over_the_unit_interval(lua):
 def test_weighted_request_is_shaped_for_the_picked_provider(lua):
     seen = {}
     for _ in range(200):
+        # a spoofed header made Envoy match the pinned route of "a": the filter still picks fairly
         r = lua.request(weighted_ctx({"a": 50, "b": 50}), '{"messages":[]}',
-                        headers={"x-llmc-provider": "a"})
+                        headers={"x-llmc-provider": "a"}, route="llmc.r.split.a")
         p = r.headers["x-llmc-provider"]
         seen[p] = seen.get(p, 0) + 1
         assert r.cleared == 1

@@ -76,8 +76,8 @@ def test_order_independent_and_deterministic(tmp_path_factory, docs, perm, files
         if o["kind"] == "EnvoyFilter":
             for patch in o["spec"]["configPatches"]:
                 ctx = patch["patch"]["value"].get("typed_per_filter_config", {}).get("llmc.lua", {})
-                for b in ctx.get("filter_context", {}).get("backends", []):
-                    seen.add(b["model"])
+                for rule in ctx.get("filter_context", {}).get("rules", {}).values():
+                    seen.update(b["model"] for b in rule["backends"])
     assert seen <= models and seen
 
 
@@ -113,3 +113,24 @@ def test_yaml_quote_round_trips(text):
                           max_leaves=20))
 def test_flow_serializer_round_trips(value):
     assert YAML(typ="safe", pure=True).load(f"v: {to_flow(value)}")["v"] == value
+
+
+@settings(max_examples=25)
+@given(name=st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True),
+       junk=st.sampled_from(["\n", "\n\n", " "]))
+def test_names_with_trailing_newlines_are_rejected(name, junk):
+    """`$` matches before a trailing newline in Python: every name check must use fullmatch."""
+    from compiler import Severity, compile_text
+
+    bad = name + junk
+    provider = {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
+                "metadata": {"name": bad}, "spec": {"host": "a.example.com", "path": "/v1/chat"}}
+    route = {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute", "metadata": {"name": "r"},
+             "spec": {"host": "a.example.com", "rules": [
+                 {"name": bad, "backendRefs": [{"providerHost": "a.example.com"}]},
+                 {"matches": [{"headers": {bad: {"exact": "x"}}}], "backendRefs": [{"providerHost": "a.example.com"}]}]}}
+    first = compile_text(to_flow(provider), Options())
+    assert {d.code for d in first.diagnostics.items if d.severity is Severity.ERROR} == {"LLMC105"}
+    provider["metadata"]["name"] = "p"
+    second = compile_text(to_flow(provider) + "\n---\n" + to_flow(route), Options())
+    assert {d.code for d in second.diagnostics.items if d.severity is Severity.ERROR} == {"LLMC208", "LLMC204"}

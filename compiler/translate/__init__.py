@@ -14,10 +14,10 @@ from .virtualservice import translate_virtualservices
 
 #: (template, translator) in emit order.
 TRANSLATORS = (
-    ("serviceentry.yaml.j2", translate_serviceentries),
-    ("destinationrule.yaml.j2", translate_destinationrules),
-    ("virtualservice.yaml.j2", translate_virtualservices),
-    ("envoyfilter.yaml.j2", translate_envoyfilters),
+    ("serviceentry.json.j2", translate_serviceentries),
+    ("destinationrule.json.j2", translate_destinationrules),
+    ("virtualservice.json.j2", translate_virtualservices),
+    ("envoyfilter.json.j2", translate_envoyfilters),
 )
 
 __all__ = ["TRANSLATORS", "Program"]

@@ -6,8 +6,10 @@
   header changes for any other traffic). ``clear_route_cache: false``: the script clears the route
   cache itself, exactly once, after it set the routing header (facts notes §1.5).
 * ``llmc-route-*`` / ``llmc-provider-*`` (one per virtual host) MERGE a ``LuaPerRoute`` with the
-  rule's context into each generated route, addressed by virtual host and route name, and raise the
-  route's request buffer limit to the largest ``maxRequestBytes`` of the rule's providers.
+  virtual host's context into the virtual host istiod builds for the VirtualService
+  (``<fqdn>:<port>``), and raise its request buffer limit to the largest ``maxRequestBytes`` of
+  its providers. One context per virtual host keeps each rule's data once, however many routes
+  the rule becomes.
 
 The per-route context is built by :func:`lua_context`, the one serializer between the IR and the
 Lua program; the Lua reads it with ``filterContext()`` (a protobuf Struct, so it is data, never code).
@@ -21,8 +23,8 @@ from functools import cache
 from importlib import resources
 
 from .. import names
-from ..ir import Backend, Program, Rule, SecretRef, VirtualHost
-from .common import metadata
+from ..ir import Backend, Program, SecretRef, VirtualHost
+from .common import metadata, rule_route_names
 
 FILTER_NAME = "llmc.lua"
 SOURCE_NAME = "llmc"
@@ -55,33 +57,27 @@ def _backend_context(b: Backend, secrets_dir: str) -> dict:
     return ctx
 
 
-def lua_context(vh: VirtualHost, rule: Rule, secrets_dir: str) -> dict:
-    """The Lua filter's per-route data for ``rule`` (same for its entry and pinned routes).
+def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
+    """The Lua filter's data for one virtual host: every rule once, and which route is which rule.
 
-    ``id`` is a digest of everything else: the Lua caches its prepared form of a context by id,
-    so it parses each context once per worker, and a changed context is never served stale.
+    Envoy hands the filter the virtual host's context on every route of it; the filter looks up
+    its rule by the matched route's name (``routes``), so the entry and pinned routes of a
+    weighted rule share one entry in ``rules``. ``id`` is a digest of everything else: the Lua
+    caches its prepared form by id, parsing each context once per worker, never serving a stale one.
     """
+    routes: dict[str, str] = {}
+    for rule in vh.rules:
+        entry, pinned = rule_route_names(vh, rule)
+        routes[entry] = rule.name
+        routes.update({name: rule.name for name in pinned.values()})
     body = {
         "route": f"{vh.namespace}/{vh.label}",
-        "rule": rule.name,
-        "backends": [_backend_context(b, secrets_dir) for b in rule.backends],
+        "routes": routes,
+        "rules": {rule.name: {"backends": [_backend_context(b, secrets_dir) for b in rule.backends]}
+                  for rule in vh.rules},
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return {"id": digest[:16], **body}
-
-
-def _route_patches(vh: VirtualHost, secrets_dir: str) -> list[dict]:
-    patches = []
-    for rule in vh.rules:
-        ctx = lua_context(vh, rule, secrets_dir)
-        limit = max(b.provider.max_request_bytes for b in rule.backends)
-        route_names = [names.route_name(vh.label, rule.name)]
-        if rule.weighted:
-            route_names += [names.route_name(vh.label, rule.name, b.provider.name) for b in rule.backends]
-        for rname in route_names:
-            patches.append({"vhost": names.vhost_name(vh.fqdn, vh.port), "port": vh.port,
-                            "route": rname, "buffer_limit": limit, "context": ctx})
-    return patches
 
 
 def translate_envoyfilters(program: Program) -> list[dict]:
@@ -103,8 +99,10 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             out.append({
                 "metadata": metadata(vh.object_name, ns, vh.all_sources),
                 "selector": [{"name": k, "value": v} for k, v in vh.selector],
-                "kind": "routes",
-                "patches": _route_patches(vh, program.secrets_dir),
+                "kind": "vhost",
+                "vhost": names.vhost_name(vh.fqdn, vh.port), "port": vh.port,
+                "buffer_limit": max(b.provider.max_request_bytes for r in vh.rules for b in r.backends),
+                "context": lua_context(vh, program.secrets_dir),
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,
             })

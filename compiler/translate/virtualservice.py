@@ -15,7 +15,7 @@ import json
 
 from .. import names
 from ..ir import Match, Program, Provider, Rule, VirtualHost
-from .common import metadata
+from .common import metadata, rule_route_names
 
 NOT_SHAPED_BODY = json.dumps({"error": {
     "message": "llmc: the request was not shaped by the LLM filter (is the llmc EnvoyFilter applied "
@@ -41,14 +41,14 @@ def _forward(p: Provider) -> dict:
 
 def _rule_routes(vh: VirtualHost, rule: Rule) -> list[dict]:
     matches = rule.matches or (Match(),)
-    entry_name = names.route_name(vh.label, rule.name)
+    entry_name, pinned = rule_route_names(vh, rule)
     if not rule.weighted:
         return [{"name": entry_name, "matches": [_match(m, vh.port, None) for m in matches],
                  "forward": _forward(rule.backends[0].provider), "direct_response": None}]
     routes = []
     for b in rule.backends:
         routes.append({
-            "name": names.route_name(vh.label, rule.name, b.provider.name),
+            "name": pinned[b.provider.name],
             "matches": [_match(m, vh.port, b.provider.name) for m in matches],
             "forward": _forward(b.provider), "direct_response": None})
     routes.append({"name": entry_name, "matches": [_match(m, vh.port, None) for m in matches],

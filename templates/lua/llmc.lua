@@ -4,16 +4,17 @@
 -- carries a small validating scanner for the request body: it checks the whole body is valid JSON,
 -- finds the top-level members, and splices new values for `model` and `stream` into the original
 -- text. Every other byte of the client's JSON is preserved as sent (escapes, number formats, key
--- order, nested objects). Per-route data arrives as the route's filter_context (see
+-- order, nested objects). Per-virtual-host data arrives as its filter_context (see
 -- compiler/translate/envoyfilter.py, lua_context); nothing in this file is generated.
 --
--- Per request (only on llmc routes; the filter has no default script):
---   1. drop any client-sent x-llmc-provider header (clients cannot steer routing);
---   2. pick the backend (by weight when the rule has several) and, if weighted, set the routing
---      header and clear the route cache once, so Envoy re-selects the pinned route of that backend;
---   3. read and validate the body, set model/stream, set Authorization, :path and content-type
+-- Per request (only on llmc virtual hosts; the filter has no default script):
+--   1. pick the backend (by weight when the rule has several) and, if weighted, overwrite the
+--      routing header x-llmc-provider (so a client-sent value cannot steer) and clear the route
+--      cache once, so Envoy re-selects the pinned route of that backend; every llmc route removes
+--      the header before the request goes upstream;
+--   2. read and validate the body, set model/stream, set Authorization, :path and content-type
 --      for the backend the request will actually reach;
---   4. answer bad requests with an OpenAI-format JSON error; never forward a half-rewritten request.
+--   3. answer bad requests with an OpenAI-format JSON error; never forward a half-rewritten request.
 
 local byte, sub, find, format, concat, char = string.byte, string.sub, string.find, string.format,
   table.concat, string.char
@@ -31,33 +32,97 @@ local M = {}
 -- JSON
 ---------------------------------------------------------------------------------------------------
 
-local function skip_ws(s, i)
-  return find(s, "[^ \t\r\n]", i) or (#s + 1)
+-- The scanner is written for LuaJIT's trace compiler: byte loops and *plain* string.find (both
+-- compiled) instead of pattern matching (interpreted). Inside strings it jumps from quote to
+-- quote; the next backslash and the next control character are found once and cached for the
+-- whole body (they only move forward), so a 1 MiB body costs a few passes of memchr.
+local HUGE = math.huge
+local next_bs, next_ctl = 0, 0 -- cached positions of the next '\' and control byte; reset per body
+
+local function reset_scan()
+  next_bs, next_ctl = 0, 0
 end
 
--- s[i] is '"'; returns the index after the closing quote.
-local function skip_string(s, i)
-  local j = i + 1
+local function find_bs(s, j)
+  if next_bs < j then next_bs = find(s, "\\", j, true) or HUGE end
+  return next_bs
+end
+
+-- Position of the next control byte (< 0x20) at or after j. Lua's pattern matcher needs ~10 ns a
+-- byte for a character class; a JIT-compiled FFI byte loop is ~20x faster. Envoy's LuaJIT has the
+-- FFI (read-only access to the string's bytes here); without it, fall back to the pattern.
+local scan_ctl
+local has_ffi, ffi = pcall(require, "ffi")
+if has_ffi then
+  local cast = ffi.cast
+  scan_ctl = function(s, j)
+    local p = cast("const uint8_t *", s)
+    for k = j - 1, #s - 1 do
+      if p[k] < 32 then return k + 1 end
+    end
+    return HUGE
+  end
+else
+  scan_ctl = function(s, j)
+    return find(s, "[%z\1-\31]", j) or HUGE
+  end
+end
+
+local function find_ctl(s, j)
+  if next_ctl < j then next_ctl = scan_ctl(s, j) end
+  return next_ctl
+end
+
+-- No Lua loops on the hot path: a loop inside the scanner's main loop makes LuaJIT abort and
+-- finally blacklist the main loop's trace. Runs of whitespace longer than one byte (pretty-printed
+-- JSON) and digits use a pattern search in C instead.
+local function skip_ws(s, i)
+  local c = byte(s, i)
+  if c ~= 32 and c ~= 10 and c ~= 13 and c ~= 9 then return i end
+  c = byte(s, i + 1)
+  if c ~= 32 and c ~= 10 and c ~= 13 and c ~= 9 then return i + 1 end
+  return find(s, "[^ \t\r\n]", i + 2) or (#s + 1)
+end
+
+local function is_hex(c)
+  return c ~= nil and ((c >= 48 and c <= 57) or (c >= 65 and c <= 70) or (c >= 97 and c <= 102))
+end
+
+-- The rest of a string from j on, when it has escapes or control bytes (the slow path).
+local function skip_string_escaped(s, j)
   while true do
-    local k = find(s, '[%z\1-\31"\\]', j)
-    if not k then return nil, "unterminated string" end
-    local c = byte(s, k)
-    if c == 34 then return k + 1 end
-    if c ~= 92 then return nil, "control character in string" end
-    local e = byte(s, k + 1)
+    local q = find(s, '"', j, true)
+    if not q then return nil, "unterminated string" end
+    local b = find_bs(s, j)
+    local stop = b < q and b or q
+    if find_ctl(s, j) < stop then return nil, "control character in string" end
+    if b > q then return q + 1 end
+    local e = byte(s, b + 1)
     if e == 117 then
-      if not find(s, "^%x%x%x%x", k + 2) then return nil, "invalid \\u escape in string" end
-      j = k + 6
+      if not (is_hex(byte(s, b + 2)) and is_hex(byte(s, b + 3)) and is_hex(byte(s, b + 4))
+          and is_hex(byte(s, b + 5))) then
+        return nil, "invalid \\u escape in string"
+      end
+      j = b + 6
     elseif e == 34 or e == 92 or e == 47 or e == 98 or e == 102 or e == 110 or e == 114 or e == 116 then
-      j = k + 2
+      j = b + 2
     else
       return nil, "invalid escape in string"
     end
   end
 end
 
+-- s[i] is '"'; returns the index after the closing quote.
+local function skip_string(s, i)
+  local q = find(s, '"', i + 1, true)
+  if q and q < find_bs(s, i + 1) and q < find_ctl(s, i + 1) then return q + 1 end
+  return skip_string_escaped(s, i + 1)
+end
+
 local function skip_digits(s, i)
-  return find(s, "[^0-9]", i) or (#s + 1)
+  local c = byte(s, i)
+  if c == nil or c < 48 or c > 57 then return i end
+  return find(s, "[^0-9]", i + 1) or (#s + 1)
 end
 
 local function skip_number(s, i)
@@ -88,63 +153,91 @@ local function skip_number(s, i)
   return j
 end
 
-local skip_value
-
-local function skip_array(s, i, depth)
-  if depth > MAX_DEPTH then return nil, "JSON nesting is too deep" end
-  local j = skip_ws(s, i + 1)
-  if byte(s, j) == 93 then return j + 1 end
-  while true do
-    local e, err = skip_value(s, j, depth)
-    if not e then return nil, err end
-    j = skip_ws(s, e)
-    local c = byte(s, j)
-    if c == 44 then
-      j = skip_ws(s, j + 1)
-    elseif c == 93 then
-      return j + 1
-    else
-      return nil, "expected ',' or ']' in array"
+-- Literals and numbers: returns the index after the scalar starting at i, or nil.
+local function skip_scalar(s, i, c)
+  if c == 116 then
+    if byte(s, i + 1) == 114 and byte(s, i + 2) == 117 and byte(s, i + 3) == 101 then return i + 4 end
+  elseif c == 102 then
+    if byte(s, i + 1) == 97 and byte(s, i + 2) == 108 and byte(s, i + 3) == 115 and byte(s, i + 4) == 101 then
+      return i + 5
     end
-  end
-end
-
-local function skip_object(s, i, depth)
-  if depth > MAX_DEPTH then return nil, "JSON nesting is too deep" end
-  local j = skip_ws(s, i + 1)
-  if byte(s, j) == 125 then return j + 1 end
-  while true do
-    if byte(s, j) ~= 34 then return nil, "expected a string key in object" end
-    local e, err = skip_string(s, j)
-    if not e then return nil, err end
-    j = skip_ws(s, e)
-    if byte(s, j) ~= 58 then return nil, "expected ':' after object key" end
-    e, err = skip_value(s, skip_ws(s, j + 1), depth)
-    if not e then return nil, err end
-    j = skip_ws(s, e)
-    local c = byte(s, j)
-    if c == 44 then
-      j = skip_ws(s, j + 1)
-    elseif c == 125 then
-      return j + 1
-    else
-      return nil, "expected ',' or '}' in object"
-    end
-  end
-end
-
-skip_value = function(s, i, depth)
-  local c = byte(s, i)
-  if c == 34 then return skip_string(s, i) end
-  if c == 123 then return skip_object(s, i, depth + 1) end
-  if c == 91 then return skip_array(s, i, depth + 1) end
-  if c == 116 then if sub(s, i, i + 3) == "true" then return i + 4 end
-  elseif c == 102 then if sub(s, i, i + 4) == "false" then return i + 5 end
-  elseif c == 110 then if sub(s, i, i + 3) == "null" then return i + 4 end
-  elseif c == 45 or (c and c >= 48 and c <= 57) then return skip_number(s, i)
+  elseif c == 110 then
+    if byte(s, i + 1) == 117 and byte(s, i + 2) == 108 and byte(s, i + 3) == 108 then return i + 4 end
+  elseif c == 45 or (c and c >= 48 and c <= 57) then
+    return skip_number(s, i)
   end
   if c == nil then return nil, "unexpected end of JSON" end
   return nil, "invalid JSON value"
+end
+
+-- Nested containers are validated by one loop with an explicit stack (no recursion, so the
+-- trace compiler can compile it). States: what the next token may be.
+local KEY_OR_END, KEY, VALUE_OR_END, VALUE, AFTER = 1, 2, 3, 4, 5
+local stack = {}
+
+-- s[i] is '{' or '['; returns the index after its matching bracket.
+local function skip_container(s, i)
+  local c = byte(s, i)
+  local depth = 1
+  stack[1] = c
+  local state = c == 123 and KEY_OR_END or VALUE_OR_END
+  i = i + 1
+  while true do
+    i = skip_ws(s, i)
+    c = byte(s, i)
+    local close = false
+    if state == AFTER then
+      local top = stack[depth]
+      if c == 44 then
+        state = top == 123 and KEY or VALUE
+        i = i + 1
+      elseif (c == 125 and top == 123) or (c == 93 and top == 91) then
+        close = true
+      else
+        return nil, top == 123 and "expected ',' or '}' in object" or "expected ',' or ']' in array"
+      end
+    elseif state <= KEY then
+      if c == 125 and state == KEY_OR_END then
+        close = true
+      elseif c == 34 then
+        local e, err = skip_string(s, i)
+        if not e then return nil, err end
+        i = skip_ws(s, e)
+        if byte(s, i) ~= 58 then return nil, "expected ':' after object key" end
+        i = i + 1
+        state = VALUE
+      else
+        return nil, "expected a string key in object"
+      end
+    elseif c == 93 and state == VALUE_OR_END then
+      close = true
+    elseif c == 123 or c == 91 then
+      depth = depth + 1
+      if depth > MAX_DEPTH then return nil, "JSON nesting is too deep" end
+      stack[depth] = c
+      state = c == 123 and KEY_OR_END or VALUE_OR_END
+      i = i + 1
+    else
+      local e, err
+      if c == 34 then e, err = skip_string(s, i) else e, err = skip_scalar(s, i, c) end
+      if not e then return nil, err end
+      i = e
+      state = AFTER
+    end
+    if close then
+      depth = depth - 1
+      i = i + 1
+      if depth == 0 then return i end
+      state = AFTER
+    end
+  end
+end
+
+local function skip_value(s, i)
+  local c = byte(s, i)
+  if c == 34 then return skip_string(s, i) end
+  if c == 123 or c == 91 then return skip_container(s, i) end
+  return skip_scalar(s, i, c)
 end
 
 local function utf8_char(cp)
@@ -207,10 +300,11 @@ M.encode_string = encode_string
 -- Scans a top-level JSON object. Returns an array of members {key, value_start, value_end}
 -- (value_end exclusive) and the index of the closing brace, or nil and an error message.
 function M.scan_object(s)
+  reset_scan()
   local i = skip_ws(s, 1)
   if i > #s then return nil, "the request body is empty" end
   if byte(s, i) ~= 123 then
-    local e = skip_value(s, i, 0)
+    local e = skip_value(s, i)
     if e and skip_ws(s, e) > #s then return nil, "the request body must be a JSON object" end
     return nil, "the request body is not valid JSON"
   end
@@ -229,7 +323,7 @@ function M.scan_object(s)
       if byte(s, k) ~= 58 then return nil, "the request body is not valid JSON: expected ':'" end
       local vstart = skip_ws(s, k + 1)
       local vend
-      vend, err = skip_value(s, vstart, 1)
+      vend, err = skip_value(s, vstart)
       if not vend then return nil, "the request body is not valid JSON: " .. err end
       members[#members + 1] = { key, vstart, vend }
       j = skip_ws(s, vend)
@@ -293,13 +387,13 @@ function M.rewrite(s, fields)
 end
 
 ---------------------------------------------------------------------------------------------------
--- Per-route configuration
+-- Per-virtual-host configuration
 ---------------------------------------------------------------------------------------------------
 
--- Prepares a filter_context (a table view of the protobuf Struct) once per id and worker.
-function M.prepare(get)
-  local cfg = { route = get("route"), rule = get("rule"), backends = {}, total = 0 }
-  for i, b in ipairs(get("backends")) do
+-- Prepares one rule: its backends with pre-encoded body fields and cumulative weights.
+local function prepare_rule(route, name, rule)
+  local cfg = { route = route, rule = name, backends = {}, total = 0 }
+  for i, b in ipairs(rule.backends) do
     local fields = {}
     if b.model ~= nil then fields[#fields + 1] = { "model", encode_string(b.model) } end
     if b.stream ~= nil then fields[#fields + 1] = { "stream", b.stream and "true" or "false" } end
@@ -312,20 +406,31 @@ function M.prepare(get)
   return cfg
 end
 
+-- Prepares a virtual host's filter_context (read through `get`) once per id and worker:
+-- returns {route name -> prepared rule}.
+function M.prepare(get)
+  local route, rules, by_route = get("route"), {}, {}
+  for name, rule in pairs(get("rules")) do rules[name] = prepare_rule(route, name, rule) end
+  for route_name, rule_name in pairs(get("routes")) do by_route[route_name] = rules[rule_name] end
+  return by_route
+end
+
 local contexts, ncontexts = {}, 0
 
-local function load_context(h)
+-- The prepared rule for this request, `false` when the route is unknown to the context, or nil
+-- when the route carries no llmc context at all (not our traffic). `info` is h:streamInfo().
+local function load_rule(h, info)
   local ctx = h:filterContext()
   if ctx == nil then return nil end
   local id = ctx:get("id")
   if id == nil then return nil end
-  local cfg = contexts[id]
-  if cfg == nil then
-    cfg = M.prepare(function(k) return ctx:get(k) end)
+  local by_route = contexts[id]
+  if by_route == nil then
+    by_route = M.prepare(function(k) return ctx:get(k) end)
     if ncontexts >= MAX_CACHED_CONTEXTS then contexts, ncontexts = {}, 0 end
-    contexts[id], ncontexts = cfg, ncontexts + 1
+    contexts[id], ncontexts = by_route, ncontexts + 1
   end
-  return cfg
+  return by_route[info:routeName()] or false
 end
 
 function M.pick(cfg, r)
@@ -379,11 +484,18 @@ local function with_query(path, original)
   return path
 end
 
+-- Every call into Envoy costs; this path makes as few as it can (see README, "Performance").
 function M.on_request(h)
-  local cfg = load_context(h)
+  local info = h:streamInfo()
+  local cfg = load_rule(h, info)
   if cfg == nil then return end
   local headers = h:headers()
-  headers:remove(ROUTING_HEADER)
+  if cfg == false then
+    -- The virtual host is llmc's but this route is not in its context: never forward unshaped.
+    h:logErr("llmc: route " .. tostring(info:routeName()) .. " has no llmc rule")
+    return reply(h, 500, "server_error", "llmc_route_unknown",
+      "llmc: this route has no LLM configuration (is the VirtualService out of date?)")
+  end
   if headers:get(":method") ~= "POST" then
     return reply(h, 405, "invalid_request_error", "method_not_allowed",
       "llmc: only POST requests with a JSON chat completion body are accepted")
@@ -399,7 +511,8 @@ function M.on_request(h)
     return reply(h, 413, "invalid_request_error", "request_too_large",
       format("llmc: the request body is larger than the limit of %d bytes", b.max_body))
   end
-  local key = M.api_key(b, os.time())
+  local key = b.api_key
+  if b.api_key_file ~= nil then key = M.api_key(b, os.time()) end
   if key == nil and b.api_key_file ~= nil then
     h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
     return reply(h, 503, "server_error", "api_key_unavailable",
@@ -425,10 +538,10 @@ function M.on_request(h)
   if key ~= nil then headers:replace("authorization", "Bearer " .. key) end
   headers:replace(":path", with_query(b.path, original_path))
   headers:replace("content-type", "application/json")
-  local md = h:streamInfo():dynamicMetadata()
+  -- Route and rule are in the access log's %ROUTE_NAME% (llmc.<route>.<rule>[.<provider>]);
+  -- each metadata entry costs a few percent of throughput on small requests.
+  local md = h:streamInfo():dynamicMetadata() -- like headers, `info` is out of scope after body()
   md:set(METADATA_NS, "provider", b.provider)
-  md:set(METADATA_NS, "route", cfg.route)
-  md:set(METADATA_NS, "rule", cfg.rule)
   if b.model ~= nil then md:set(METADATA_NS, "request_model", b.model) end
 end
 

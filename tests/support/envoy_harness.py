@@ -344,16 +344,18 @@ def _apply_patch(listener: dict, route_config: dict, patch: dict) -> bool:
 
 
 class Envoy:
-    """A running Envoy with a bootstrap; ``port`` is the bound port of listener ``0.0.0.0_80``."""
+    """A running Envoy with a bootstrap; ``port`` is the bound port of ``listener``."""
 
-    def __init__(self, bootstrap: dict, log_level: str = "warning"):
+    def __init__(self, bootstrap: dict, log_level: str = "warning", concurrency: int = 2,
+                 listener: str = f"0.0.0.0_{LOGICAL_PORT}"):
+        self.listener = listener
         self.dir = tempfile.mkdtemp(prefix="llmc-envoy-")
         self.config = Path(self.dir, "envoy.json")
         self.config.write_text(json.dumps(bootstrap, indent=1))
         self.admin_file = Path(self.dir, "admin.txt")
         self.log = Path(self.dir, "envoy.log")
         self.proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(self.config), "--use-dynamic-base-id", "--concurrency", "2",
+            [envoy_binary(), "-c", str(self.config), "--use-dynamic-base-id", "--concurrency", str(concurrency),
              "--admin-address-path", str(self.admin_file), "-l", log_level,
              "--log-path", str(self.log), "--disable-hot-restart"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -380,9 +382,9 @@ class Envoy:
         with urllib.request.urlopen(f"http://{self.admin}/listeners?format=json", timeout=5) as r:
             data = json.load(r)
         for ls in data["listener_statuses"]:
-            if ls["name"] == f"0.0.0.0_{LOGICAL_PORT}":
+            if ls["name"] == self.listener:
                 return int(ls["local_address"]["socket_address"]["port_value"])
-        raise RuntimeError("listener 0.0.0.0_80 not found")
+        raise RuntimeError(f"listener {self.listener} not found")
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

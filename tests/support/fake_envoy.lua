@@ -1,21 +1,37 @@
 -- A minimal stand-in for Envoy's Lua stream handle, for unit tests under LuaJIT (lupa).
 -- Only what templates/lua/llmc.lua uses: headers(), body(), respond(), filterContext(),
--- clearRouteCache(), streamInfo():dynamicMetadata(), logErr(). respond() records the reply;
+-- clearRouteCache(), streamInfo():dynamicMetadata(), streamInfo():routeName(), logErr(). respond() records the reply;
 -- in Envoy it also stops the script, which llmc.lua never relies on (every reply is a return).
+-- Like Envoy, wrappers returned by headers() and streamInfo() before a body() call are out of
+-- scope afterwards: using one raises "object used outside of proper scope".
 local Fake = {}
+
+local function scoped(h, methods)
+  local gen = h.generation
+  local wrapper = {}
+  for name, fn in pairs(methods) do
+    wrapper[name] = function(...)
+      if h.generation ~= gen then error("object used outside of proper scope") end
+      return fn(...)
+    end
+  end
+  return wrapper
+end
 
 function Fake.handle(req)
   local h = { headers_map = req.headers, body_text = req.body, context = req.context,
+              route_name = req.route_name, generation = 0,
               cleared = 0, metadata = {}, logs = {}, response = nil }
   local hm = h.headers_map
-  local headers = {
+  local header_methods = {
     get = function(_, k) return hm[k] end,
     replace = function(_, k, v) hm[k] = v end,
     add = function(_, k, v) hm[k] = v end,
     remove = function(_, k) hm[k] = nil end,
   }
-  function h:headers() return headers end
+  function h:headers() return scoped(self, header_methods) end
   function h:body()
+    self.generation = self.generation + 1
     if self.body_text == nil then return nil end
     local fake = self
     return {
@@ -33,10 +49,13 @@ function Fake.handle(req)
   function h:clearRouteCache() self.cleared = self.cleared + 1 end
   function h:logErr(msg) self.logs[#self.logs + 1] = msg end
   function h:streamInfo()
-    local md = self.metadata
-    return { dynamicMetadata = function(_)
-      return { set = function(_, ns, k, v) md[ns .. ":" .. k] = v end }
-    end }
+    local md, route_name = self.metadata, self.route_name
+    return scoped(self, {
+      dynamicMetadata = function(_)
+        return { set = function(_, ns, k, v) md[ns .. ":" .. k] = v end }
+      end,
+      routeName = function(_) return route_name end,
+    })
   end
   return h
 end

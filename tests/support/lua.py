@@ -44,12 +44,16 @@ class LuaFilter:
             return result[0], result[1]
         return result, None
 
-    def request(self, context: dict, body: str | None, headers: dict[str, str] | None = None,
-                method: str = "POST", path: str = "/") -> Reply:
+    def request(self, context: dict | None, body: str | None, headers: dict[str, str] | None = None,
+                method: str = "POST", path: str = "/", route: str | None = None) -> Reply:
+        """Run envoy_on_request; ``route`` is the matched route's name (default: the context's first)."""
+        if route is None and context is not None:
+            route = next(iter(context["routes"]))
         hdrs = {":method": method, ":path": path, ":authority": "example", **(headers or {})}
         if body is not None and "content-length" not in hdrs:
             hdrs["content-length"] = str(len(body.encode()))
-        h = self.fake.handle(self.table({"headers": hdrs, "body": body, "context": context}))
+        h = self.fake.handle(self.table({"headers": hdrs, "body": body, "context": context,
+                                         "route_name": route}))
         self.envoy_on_request(h)
         resp = h.response
         headers_out = dict(h.headers_map.items())

@@ -32,7 +32,8 @@ class Recorded:
 class Upstream:
     name: str
     tls_context: ssl.SSLContext | None = None
-    sse_pause: float = 0.6
+    sse_pause: float = 0.6  # after the first SSE chunk
+    first_token_delay: float = 0.0  # before the first SSE chunk (a model's time to first token)
     requests: list[Recorded] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -96,6 +97,8 @@ class Upstream:
         h.end_headers()
         events = [{"choices": [{"delta": {"content": w}}], "model": model} for w in ("Hel", "lo")]
         chunks = [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
+        if self.first_token_delay:
+            time.sleep(self.first_token_delay)
         for i, chunk in enumerate(chunks):
             h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             h.wfile.flush()
