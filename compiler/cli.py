@@ -92,10 +92,15 @@ def render(
 
         sys.stdout.write(json.dumps(to_data(result.program), indent=2, ensure_ascii=False) + "\n")
         return
-    from .emit import dump_json, dump_yaml
+    from .emit import dump_json, iter_yaml
+    from .pipeline import gc_paused
 
-    text = dump_json(result.objects) if output is OutputFormat.json else dump_yaml(result.objects)
-    sys.stdout.write(text)
+    with gc_paused():
+        if output is OutputFormat.json:
+            sys.stdout.write(dump_json(result.objects))
+        else:
+            for chunk in iter_yaml(result.objects):
+                sys.stdout.write(chunk)
 
 
 @app.command()

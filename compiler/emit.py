@@ -106,13 +106,17 @@ def _entry(key: str, item: Any, indent: int, out: list[str], head: str, cache: d
                                         else _scalar(item, cache)))
 
 
-def dump_yaml(objects: list[dict]) -> str:
+def iter_yaml(objects: list[dict]):
+    """One YAML document (``---`` first) per object, so large outputs can be written as they go."""
     cache: dict[str, str] = {}
-    out: list[str] = []
     for obj in objects:
-        out.append("---")
+        out: list[str] = ["---"]
         _node(obj, 0, out, "", cache)
-    return "\n".join(out) + "\n" if out else ""
+        yield "\n".join(out) + "\n"
+
+
+def dump_yaml(objects: list[dict]) -> str:
+    return "".join(iter_yaml(objects))
 
 
 def dump_json(objects: list[dict]) -> str:

@@ -9,6 +9,7 @@ tests can tell a streamed response from a buffered one.
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import threading
 import time
@@ -45,6 +46,11 @@ class Upstream:
 
             def log_message(self, *args):  # quiet
                 pass
+
+            def setup(self):
+                super().setup()
+                # like real servers: no Nagle delay on small writes (SSE chunks)
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_POST(self):
                 upstream._handle(self)
