@@ -38,6 +38,35 @@ NamespaceOpt = Annotated[str, typer.Option("-n", "--namespace", help="Namespace 
 DomainOpt = Annotated[str, typer.Option("--cluster-domain", help="Kubernetes cluster DNS domain.")]
 SecretsOpt = Annotated[str, typer.Option("--secrets-dir", help="Directory in the proxy where Secrets "
                                          "named by apiKeySecretRef are mounted (one folder per Secret).")]
+EgressOpt = Annotated[str | None, typer.Option(
+    "--egress-gateway", help="Egress-gateway mode: NAMESPACE/SERVICE of the egress gateway. Sidecars send "
+    "LLM traffic to it over mTLS; it shapes requests and holds the keys.")]
+EgressLabelsOpt = Annotated[str, typer.Option(
+    "--egress-gateway-labels", help="Labels of the egress gateway pods, k=v[,k=v].")]
+
+
+def _labels(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected k=v, got {item!r}", param_hint="--egress-gateway-labels")
+        pairs.append((key, value))
+    if not pairs:
+        raise typer.BadParameter("at least one label is needed", param_hint="--egress-gateway-labels")
+    return tuple(sorted(pairs))
+
+
+def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str):
+    import re
+
+    from .resolve import Options
+
+    if egress is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?", egress):
+        raise typer.BadParameter("expected NAMESPACE/SERVICE, e.g. istio-system/istio-egressgateway",
+                                 param_hint="--egress-gateway")
+    return Options(namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
+                   egress_gateway=egress, egress_labels=_labels(egress_labels))
 
 
 def _version(value: bool) -> None:
@@ -56,12 +85,10 @@ def main_callback(
     """llmc: LLM traffic routing for stock Istio."""
 
 
-def _compile(files: list[str], namespace: str, cluster_domain: str, secrets_dir: str):
+def _compile(files: list[str], opts):
     from .pipeline import compile_paths
-    from .resolve import Options
 
-    return compile_paths(files, Options(namespace=namespace, cluster_domain=cluster_domain,
-                                        secrets_dir=secrets_dir))
+    return compile_paths(files, opts)
 
 
 def _report(result) -> None:
@@ -79,9 +106,12 @@ def render(
     emit: Annotated[Emit, typer.Option("--emit", help="objects: Istio objects; ir: the compiler's IR.")] = Emit.objects,
     cluster_domain: DomainOpt = "cluster.local",
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
+    egress_gateway: EgressOpt = None,
+    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
 ) -> None:
     """Compile and print the Istio objects, ready for `kubectl apply -f -`."""
-    result = _compile(filename, namespace, cluster_domain, secrets_dir)
+    result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
+                                         egress_gateway_labels))
     _report(result)
     if not result.ok:
         raise typer.Exit(1)
@@ -110,15 +140,39 @@ def validate(
     output: Annotated[DiagFormat, typer.Option("-o", "--output", help="Diagnostics format.")] = DiagFormat.text,
     cluster_domain: DomainOpt = "cluster.local",
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
+    egress_gateway: EgressOpt = None,
+    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
 ) -> None:
     """Check the inputs and report every problem; print nothing else."""
-    result = _compile(filename, namespace, cluster_domain, secrets_dir)
+    result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
+                                         egress_gateway_labels))
     if output is DiagFormat.json:
         sys.stdout.write(result.diagnostics.format_json() + "\n")
     else:
         _report(result)
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def mounts(
+    filename: FilesOpt,
+    namespace: NamespaceOpt = "default",
+    cluster_domain: DomainOpt = "cluster.local",
+    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
+    egress_gateway: EgressOpt = None,
+    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+) -> None:
+    """Print where the Secrets named by apiKeySecretRef must be mounted (sidecar annotations or
+    gateway Deployment patches). Never reads a Secret."""
+    result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
+                                         egress_gateway_labels))
+    _report(result)
+    if not result.ok:
+        raise typer.Exit(1)
+    from .mounts import render_plan
+
+    sys.stdout.write(render_plan(result.program))
 
 
 @app.command()

@@ -48,6 +48,8 @@ CODES: dict[str, str] = {
     "LLMC213": "conflicting workloadSelector",
     "LLMC214": "reserved header",
     "LLMC215": "literal apiKey is stored in generated config",
+    "LLMC216": "sourceLabels in egress-gateway mode",
+    "LLMC217": "gateway route without a gateway workloadSelector",
     "LLMC901": "internal error",
 }
 

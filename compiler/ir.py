@@ -76,7 +76,7 @@ class HeaderMatch:
 class Match:
     headers: tuple[HeaderMatch, ...] = ()
     source_labels: tuple[tuple[str, str], ...] = ()
-    gateways: tuple[str, ...] = ()
+    gateways: tuple[str, ...] = ()  # normalised: "mesh" or "ns/name"
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,15 @@ class VirtualHost:
     rules: tuple[Rule, ...]
     selector: tuple[tuple[str, str], ...]
     sources: tuple[str, ...]
+    gateways: tuple[str, ...] = ("mesh",)  # "mesh" and/or "ns/name" of Istio Gateways, sorted
+
+    @property
+    def in_mesh(self) -> bool:
+        return "mesh" in self.gateways
+
+    @property
+    def bound_gateways(self) -> tuple[str, ...]:
+        return tuple(g for g in self.gateways if g != "mesh")
 
     @property
     def all_sources(self) -> tuple[str, ...]:
@@ -118,10 +127,27 @@ class VirtualHost:
 
 
 @dataclass(frozen=True)
+class EgressGateway:
+    """Egress-gateway mode: sidecars send LLM traffic over mTLS to this gateway, which shapes it."""
+
+    namespace: str
+    service: str  # the gateway's Service (and, by Istio's convention, Deployment) name
+    service_host: str  # its FQDN
+    labels: tuple[tuple[str, str], ...]  # selects the gateway pods
+    gateway_name: str  # the Istio Gateway object llmc emits for it
+    port: int = 443  # the Gateway server port (HTTPS, ISTIO_MUTUAL)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.gateway_name}"
+
+
+@dataclass(frozen=True)
 class Program:
     secrets_dir: str  # directory in the proxy where Secrets are mounted, one folder per Secret
     providers: tuple[Provider, ...]
     vhosts: tuple[VirtualHost, ...]
+    egress: EgressGateway | None = None
 
     def namespaces(self) -> list[str]:
         return sorted({p.namespace for p in self.providers} | {v.namespace for v in self.vhosts})

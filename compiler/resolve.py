@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from . import names
 from .api import LLMProvider, LLMRoute, OpenAIConfig, StringMatch
 from .diagnostics import Diagnostics
-from .ir import Backend, HeaderMatch, Match, Program, Provider, RequestConfig, Rule, SecretRef, VirtualHost
+from .ir import Backend, EgressGateway, HeaderMatch, Match, Program, Provider, RequestConfig, Rule, SecretRef, VirtualHost
 from .load import Document
 
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -31,6 +31,9 @@ class Options:
     cluster_domain: str = "cluster.local"
     #: where proxies find mounted Secrets: apiKeySecretRef {name, key} → <secrets_dir>/<name>/<key>
     secrets_dir: str = "/etc/llmc/secrets"
+    #: egress-gateway mode: "namespace/service" of the egress gateway (None: shape in sidecars)
+    egress_gateway: str | None = None
+    egress_labels: tuple[tuple[str, str], ...] = (("istio", "egressgateway"),)
 
 
 @dataclass
@@ -132,6 +135,25 @@ def _header_matches(headers: dict[str, StringMatch], doc: Document, path: tuple,
     return tuple(out)
 
 
+GATEWAY_REF = re.compile(r"(?:([a-z0-9]([-a-z0-9]*[a-z0-9])?)/)?([a-z0-9]([-a-z0-9.]*[a-z0-9])?)")
+
+
+def _gateways(refs: list[str], doc: Document, path: tuple, diags: Diagnostics) -> tuple[str, ...] | None:
+    """Normalise gateway references as Istio does: "mesh", "ns/name", or "name" (this namespace)."""
+    out = set()
+    for i, ref in enumerate(refs):
+        if ref == "mesh":
+            out.add(ref)
+            continue
+        m = GATEWAY_REF.fullmatch(ref)
+        if not m:
+            diags.error("LLMC104", f"invalid gateway reference {ref!r}: use mesh, <name> or <namespace>/<name>",
+                        **doc.where(path + (i,)))
+            return None
+        out.add(ref if "/" in ref else f"{doc.namespace}/{ref}")
+    return tuple(sorted(out))
+
+
 def _rule_name(rule_name: str | None, index: int) -> str:
     return rule_name if rule_name is not None else f"rule-{index}"
 
@@ -142,10 +164,9 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
     assert isinstance(obj, LLMRoute)
     spec = obj.spec
     ok = True
-    if spec.gateways and any(g != "mesh" for g in spec.gateways):
-        diags.error("LLMC104", "binding an LLMRoute to gateways other than 'mesh' is not supported by "
-                    "this version of llmc", **doc.where(("spec", "gateways")))
-        ok = False
+    route_gateways = _gateways(spec.gateways or ["mesh"], doc, ("spec", "gateways"), diags)
+    if route_gateways is None:
+        return None
     rules: list[Rule] = []
     seen_rules: dict[str, int] = {}
     default_seen: int | None = None
@@ -169,14 +190,24 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
         matches = []
         for j, m in enumerate(rule.matches or []):
             mpath = rpath + ("matches", j)
-            if m.gateways and any(g != "mesh" for g in m.gateways):
-                diags.error("LLMC104", "match gateways other than 'mesh' are not supported by this "
-                            "version of llmc", **doc.where(mpath + ("gateways",)))
+            match_gateways = _gateways(m.gateways or [], doc, mpath + ("gateways",), diags)
+            if match_gateways is None:
+                ok = False
+                continue
+            stray = [g for g in match_gateways if g not in route_gateways]
+            if stray:
+                diags.error("LLMC104", f"match gateways {', '.join(stray)} are not in the route's gateways "
+                            f"({', '.join(route_gateways)})", **doc.where(mpath + ("gateways",)))
+                ok = False
+            if m.sourceLabels and opts.egress_gateway and "mesh" in route_gateways:
+                diags.error("LLMC216", "sourceLabels cannot be used in egress-gateway mode: the rules run "
+                            "on the egress gateway, which cannot see the calling workload's labels",
+                            **doc.where(mpath + ("sourceLabels",)))
                 ok = False
             matches.append(Match(
                 headers=_header_matches(m.headers or {}, doc, mpath, diags),
                 source_labels=tuple(sorted((m.sourceLabels or {}).items())),
-                gateways=tuple(m.gateways or ())))
+                gateways=match_gateways))
         if not rule.matches:
             default_seen = i if default_seen is None else default_seen
         backends = _backends(rule, name, providers, doc, rpath, diags)
@@ -200,10 +231,16 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
         diags.error("LLMC213", "backends of one LLMRoute must share one workloadSelector",
                     **doc.where(("spec", "rules")))
         return None
+    if any(g != "mesh" for g in route_gateways) and selectors == {()}:
+        diags.error("LLMC217", "an LLMRoute bound to a gateway needs providers whose workloadSelector "
+                    "selects the gateway's pods", **doc.where(("spec", "gateways")),
+                    hint="e.g. spec.workloadSelector.labels: {istio: ingressgateway} on the LLMProviders")
+        return None
     return VirtualHost(
         namespace=doc.namespace, object_name=names.object_name("route", doc.name), label=doc.name,
         host=route_fqdn, fqdn=route_fqdn, port=spec.port or 80, rules=tuple(rules),
-        selector=next(iter(selectors)) if selectors else (), sources=(f"LLMRoute {doc.namespace}/{doc.name}",))
+        selector=next(iter(selectors)) if selectors else (), sources=(f"LLMRoute {doc.namespace}/{doc.name}",),
+        gateways=route_gateways)
 
 
 def _backends(rule, rule_name: str, providers: dict[str, Provider], doc: Document, rpath: tuple,
@@ -304,7 +341,16 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
     providers = tuple(sorted((p for provs in providers_by_ns.values() for p in provs.values()),
                              key=lambda p: (p.namespace, p.name)))
     return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
+                   egress=egress_gateway(opts),
                    vhosts=tuple(sorted(vhosts, key=lambda v: (v.namespace, v.object_name))))
+
+
+def egress_gateway(opts: Options) -> EgressGateway | None:
+    if not opts.egress_gateway:
+        return None
+    ns, _, service = opts.egress_gateway.partition("/")
+    return EgressGateway(namespace=ns, service=service, service_host=f"{service}.{ns}.svc.{opts.cluster_domain}",
+                         labels=tuple(sorted(opts.egress_labels)), gateway_name=f"{names.PREFIX}-{service}")
 
 
 def _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, diags: Diagnostics) -> None:

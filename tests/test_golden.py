@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from compiler import Options, compile_paths
-from compiler.emit import dump_yaml
+from compiler.cli import app
 from tests.conftest import REPO, TESTDATA
 from tests.support.golden import check_golden
 
@@ -16,10 +18,16 @@ GOLDEN = sorted((TESTDATA / "golden").glob("*.in.yaml"))
 SAMPLE_DIRS = sorted(p for p in (REPO / "samples").iterdir() if p.is_dir())
 
 
+ARGS = re.compile(r"^# llmc-args: (.*)$", re.M)
+
+
 def render(path: Path) -> tuple[str, str]:
-    result = compile_paths([os.path.relpath(path, REPO)], Options())
-    assert result.ok, result.diagnostics.format_text()
-    return dump_yaml(result.objects), result.diagnostics.format_text()
+    """Run `llmc render` on ``path`` with the extra flags a ``# llmc-args:`` header line names."""
+    found = ARGS.search(path.read_text()) if path.is_file() else None
+    args = shlex.split(found.group(1)) if found else []
+    res = CliRunner().invoke(app, ["render", "-f", os.path.relpath(path, REPO), *args])
+    assert res.exit_code == 0, res.stderr
+    return res.stdout, "\n".join(line for line in res.stderr.splitlines() if not line.startswith("llmc: "))
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..ir import Program
 from .destinationrule import translate_destinationrules
 from .envoyfilter import translate_envoyfilters
+from .gateway import translate_gateways
 from .serviceentry import translate_serviceentries
 from .virtualservice import translate_virtualservices
 
@@ -16,6 +17,7 @@ from .virtualservice import translate_virtualservices
 TRANSLATORS = (
     ("serviceentry.json.j2", translate_serviceentries),
     ("destinationrule.json.j2", translate_destinationrules),
+    ("gateway.json.j2", translate_gateways),
     ("virtualservice.json.j2", translate_virtualservices),
     ("envoyfilter.json.j2", translate_envoyfilters),
 )

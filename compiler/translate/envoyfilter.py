@@ -1,7 +1,8 @@
 """EnvoyFilters: the Lua filter once per namespace, and per-route Lua context per virtual host.
 
-* ``llmc-filter`` (one per namespace) inserts the Lua filter ``llmc.lua`` before the router of the
-  outbound HTTP listener of every port llmc routes on. It carries the Lua source once and has no
+* ``llmc-filter`` (one per namespace, or ``llmc-gateway-filter-*`` per gateway namespace and
+  selector) inserts the Lua filter ``llmc.lua`` before the router of the outbound HTTP listener of
+  every port llmc routes on (gateways: every HTTP listener of the selected pods). It carries the Lua source once and has no
   default script, so it does nothing on routes without llmc's per-route config (no buffering, no
   header changes for any other traffic). ``clear_route_cache: false``: the script clears the route
   cache itself, exactly once, after it set the routing header (facts notes §1.5).
@@ -24,7 +25,7 @@ from importlib import resources
 
 from .. import names
 from ..ir import Backend, Program, SecretRef, VirtualHost
-from .common import metadata, rule_route_names
+from .common import Placement, metadata, placements, rule_route_names
 
 FILTER_NAME = "llmc.lua"
 SOURCE_NAME = "llmc"
@@ -80,30 +81,53 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
     return {"id": digest[:16], **body}
 
 
+def _filter_name(context: str, selector: tuple[tuple[str, str], ...]) -> str:
+    base = f"{names.PREFIX}-filter" if context == "SIDECAR_OUTBOUND" else f"{names.PREFIX}-gateway-filter"
+    if selector:
+        base += "-" + names.to_label("-".join(v for _, v in selector))
+    return names.cap(base)
+
+
+def _vhost_filter_name(vh: VirtualHost, placement: Placement) -> str:
+    if placement.context == "SIDECAR_OUTBOUND":
+        return vh.object_name
+    # In a gateway's namespace, next to the EnvoyFilters of other namespaces' routes.
+    tag = names.short_hash(f"{vh.namespace}/{vh.object_name}@{placement.namespace}", 6)
+    return names.cap(f"{vh.object_name}-{names.to_label(vh.namespace)}-{tag}")
+
+
 def translate_envoyfilters(program: Program) -> list[dict]:
     out = []
-    for ns in program.namespaces():
-        vhosts = [v for v in program.vhosts if v.namespace == ns]
-        if not vhosts:
-            continue
-        selector = vhosts[0].selector
-        out.append({
-            "metadata": metadata(f"{names.PREFIX}-filter", ns, [s for v in vhosts for s in v.all_sources]),
-            "selector": [{"name": k, "value": v} for k, v in selector],
-            "kind": "filter",
-            "ports": sorted({v.port for v in vhosts}),
-            "filter_name": FILTER_NAME, "lua_type": LUA_TYPE, "source_name": SOURCE_NAME,
-            "lua_source": lua_source(),
-        })
-        for vh in vhosts:
+    filters: dict[tuple, dict] = {}
+    for vh in program.vhosts:
+        seen = set()
+        for pl in placements(program, vh):
+            key = (pl.namespace, pl.context, pl.selector, pl.port, pl.vhost)
+            if key in seen:  # two Gateways of one namespace share the patch
+                continue
+            seen.add(key)
+            f = filters.setdefault((pl.namespace, pl.context, pl.selector), {"ports": set(), "sources": set()})
+            f["ports"].add(pl.port if pl.context == "SIDECAR_OUTBOUND" else None)
+            f["sources"].update(vh.all_sources)
             out.append({
-                "metadata": metadata(vh.object_name, ns, vh.all_sources),
-                "selector": [{"name": k, "value": v} for k, v in vh.selector],
-                "kind": "vhost",
-                "vhost": names.vhost_name(vh.fqdn, vh.port), "port": vh.port,
+                "metadata": metadata(_vhost_filter_name(vh, pl), pl.namespace, vh.all_sources),
+                "selector": [{"name": k, "value": v} for k, v in pl.selector],
+                "kind": "vhost", "context": pl.context,
+                "vhost": pl.vhost, "port": pl.port,
                 "buffer_limit": max(b.provider.max_request_bytes for r in vh.rules for b in r.backends),
-                "context": lua_context(vh, program.secrets_dir),
+                "context_data": lua_context(vh, program.secrets_dir),
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,
             })
+    for (ns, context, selector), f in sorted(filters.items()):
+        out.append({
+            "metadata": metadata(_filter_name(context, selector), ns, sorted(f["sources"])),
+            "selector": [{"name": k, "value": v} for k, v in selector],
+            "kind": "filter", "context": context,
+            # Sidecars: one patch per outbound listener port. Gateways: no port (istiod matches the
+            # listener's target port there); the filter is inert on every other route.
+            "ports": sorted(f["ports"], key=lambda p: -1 if p is None else p),
+            "filter_name": FILTER_NAME, "lua_type": LUA_TYPE, "source_name": SOURCE_NAME,
+            "lua_source": lua_source(),
+        })
     return out

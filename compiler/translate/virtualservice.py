@@ -7,6 +7,10 @@ route picks a provider by weight, sets the header and clears the route cache, so
 the pinned route and the request is shaped for, and sent to, the same provider. The entry route
 itself answers 500 in case the filter did not run, so an unshaped request never leaves the proxy.
 Pinned routes remove the internal header before the request goes upstream.
+
+In egress-gateway mode the rules are bound to the egress Gateway instead of the sidecars (``mesh``),
+and a second VirtualService sends the sidecars' traffic for the host to the egress gateway's
+Service (mTLS, SNI = the host, Host set to the FQDN the gateway's virtual host is named by).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 
 from .. import names
 from ..ir import Match, Program, Provider, Rule, VirtualHost
-from .common import metadata, rule_route_names
+from .common import egress_subset, export_to, metadata, rule_route_names
 
 NOT_SHAPED_BODY = json.dumps({"error": {
     "message": "llmc: the request was not shaped by the LLM filter (is the llmc EnvoyFilter applied "
@@ -23,47 +27,80 @@ NOT_SHAPED_BODY = json.dumps({"error": {
     "type": "server_error", "param": None, "code": "llmc_filter_missing"}}, separators=(",", ":"))
 
 
-def _match(m: Match, port: int, pin: str | None) -> dict:
+def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str]) -> dict | None:
+    """A VirtualService match, or None when the match is for gateways this VirtualService does not serve."""
+    gateways: list[str] = []
+    if m.gateways:
+        gateways = sorted({gateway_map[g] for g in m.gateways if g in gateway_map})
+        if not gateways:
+            return None
     headers = [{"name": h.name, "kind": h.kind, "value": h.value} for h in m.headers]
     if pin is not None:
         headers.append({"name": names.ROUTING_HEADER, "kind": "exact", "value": pin})
     return {
         "headers": sorted(headers, key=lambda h: h["name"]),
         "source_labels": [{"name": k, "value": v} for k, v in m.source_labels],
-        "gateways": list(m.gateways),
+        "gateways": gateways,
         "port": port,
     }
 
 
 def _forward(p: Provider) -> dict:
-    return {"host": p.host, "port": p.service_port, "timeout": p.timeout}
+    return {"host": p.host, "port": p.service_port, "subset": None, "host_header": p.host, "timeout": p.timeout}
 
 
-def _rule_routes(vh: VirtualHost, rule: Rule) -> list[dict]:
-    matches = rule.matches or (Match(),)
+def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, str]) -> list[dict]:
+    def matches(pin: str | None) -> list[dict]:
+        found = (_match(m, port, pin, gateway_map) for m in (rule.matches or (Match(),)))
+        return [m for m in found if m is not None]
+
+    if not matches(None):
+        return []
     entry_name, pinned = rule_route_names(vh, rule)
     if not rule.weighted:
-        return [{"name": entry_name, "matches": [_match(m, vh.port, None) for m in matches],
+        return [{"name": entry_name, "matches": matches(None),
                  "forward": _forward(rule.backends[0].provider), "direct_response": None}]
     routes = []
     for b in rule.backends:
-        routes.append({
-            "name": pinned[b.provider.name],
-            "matches": [_match(m, vh.port, b.provider.name) for m in matches],
-            "forward": _forward(b.provider), "direct_response": None})
-    routes.append({"name": entry_name, "matches": [_match(m, vh.port, None) for m in matches],
+        routes.append({"name": pinned[b.provider.name], "matches": matches(b.provider.name),
+                       "forward": _forward(b.provider), "direct_response": None})
+    routes.append({"name": entry_name, "matches": matches(None),
                    "forward": None, "direct_response": {"status": 500, "body": NOT_SHAPED_BODY}})
     return routes
 
 
+def _rules_vs(program: Program, vh: VirtualHost, name: str, gateways: list[str], port: int,
+              gateway_map: dict[str, str]) -> dict:
+    shown = [] if gateways == ["mesh"] else gateways
+    return {
+        "metadata": metadata(name, vh.namespace, vh.all_sources),
+        "host": vh.host,
+        "gateways": shown,
+        "export_to": export_to(vh.namespace, {g.split("/", 1)[0] for g in gateways if g != "mesh"}),
+        "routes": [r for rule in vh.rules for r in _rule_routes(vh, rule, port, gateway_map)],
+        "routing_header": names.ROUTING_HEADER,
+    }
+
+
 def translate_virtualservices(program: Program) -> list[dict]:
     out = []
+    egress = program.egress
     for vh in program.vhosts:
-        routes = [r for rule in vh.rules for r in _rule_routes(vh, rule)]
-        out.append({
-            "metadata": metadata(vh.object_name, vh.namespace, vh.all_sources),
-            "host": vh.host,
-            "routes": routes,
-            "routing_header": names.ROUTING_HEADER,
-        })
+        served = [g for g in vh.gateways if g != "mesh" or egress is None]
+        if served:
+            out.append(_rules_vs(program, vh, vh.object_name, served, vh.port, {g: g for g in served}))
+        if egress is not None and vh.in_mesh:
+            # Egress-gateway mode: the rules run on the egress gateway; sidecars only forward there.
+            name = vh.object_name if not served else names.cap(f"{vh.object_name}-egress")
+            out.append(_rules_vs(program, vh, name, [egress.ref], egress.port, {"mesh": egress.ref}))
+            out.append({
+                "metadata": metadata(names.cap(f"{vh.object_name}-mesh"), vh.namespace, vh.all_sources),
+                "host": vh.host, "gateways": [], "export_to": ["."],
+                "routes": [{"name": names.route_name(vh.label, "egress"),
+                            "matches": [{"headers": [], "source_labels": [], "gateways": [], "port": vh.port}],
+                            "forward": {"host": egress.service_host, "port": egress.port,
+                                        "subset": egress_subset(vh), "host_header": vh.fqdn, "timeout": None},
+                            "direct_response": None}],
+                "routing_header": names.ROUTING_HEADER,
+            })
     return out

@@ -110,12 +110,22 @@ def _header_matcher(name: str, spec: dict) -> dict:
     return {"name": name.lower(), "string_match": sm}
 
 
-def _routes_from_vs(vs: dict, proxy_labels: dict[str, str]) -> list[dict]:
+def _gateway_refs(vs: dict) -> set[str]:
+    ns = vs["metadata"].get("namespace", "default")
+    return {g if g == "mesh" or "/" in g else f"{ns}/{g}" for g in vs["spec"].get("gateways", ["mesh"])}
+
+
+def _routes_from_vs(vs: dict, proxy_labels: dict[str, str], port: int = LOGICAL_PORT,
+                    gateway: str = "mesh") -> list[dict]:
     routes = []
+    ns = vs["metadata"].get("namespace", "default")
     for http in vs["spec"].get("http", []):
         matches = http.get("match") or [{}]
         for m in matches:
-            if m.get("port", LOGICAL_PORT) != LOGICAL_PORT:
+            if m.get("port", port) != port:
+                continue
+            match_gws = {g if g == "mesh" or "/" in g else f"{ns}/{g}" for g in m.get("gateways", [])}
+            if match_gws and gateway not in match_gws:
                 continue
             if any(proxy_labels.get(k) != v for k, v in (m.get("sourceLabels") or {}).items()):
                 continue
@@ -133,8 +143,8 @@ def _routes_from_vs(vs: dict, proxy_labels: dict[str, str]) -> list[dict]:
             else:
                 (dest,) = http["route"]
                 d = dest["destination"]
-                port = d.get("port", {}).get("number", LOGICAL_PORT)
-                action: dict[str, Any] = {"cluster": f"outbound|{port}||{d['host']}",
+                dport = d.get("port", {}).get("number", LOGICAL_PORT)
+                action: dict[str, Any] = {"cluster": f"outbound|{dport}|{d.get('subset', '')}|{d['host']}",
                                           "timeout": http.get("timeout", "0s"),
                                           "retry_policy": copy.deepcopy(ISTIO_RETRY)}
                 host = (dest.get("headers", {}).get("request", {}).get("set", {}) or {}).get("host")
@@ -173,33 +183,139 @@ class Layout:
     unmatched: list[str] = field(default_factory=list)
 
 
-def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str | None,
-                    proxy_namespace: str = "default", proxy_labels: dict[str, str] | None = None,
-                    cluster_domain: str = "cluster.local", extra_vhosts: list[dict] | None = None,
-                    extra_clusters: list[dict] | None = None, apply_envoyfilters: bool = True) -> Layout:
-    labels = proxy_labels or {"app": "sleep"}
-    visible = [o for o in objects if o["kind"] != "EnvoyFilter" and _visible(o, proxy_namespace)]
+def _clusters(visible: list[dict], upstreams: dict[str, int], ca_file: str | None,
+              mesh_cert: tuple[str, str] | None) -> list[dict]:
+    """Clusters from ServiceEntries and DestinationRules, and for in-mesh VirtualService destinations
+    (Kubernetes Services have no ServiceEntry: istiod builds their clusters from the Service
+    registry; here the test's upstream map stands in for it)."""
     ses = [o for o in visible if o["kind"] == "ServiceEntry"]
     drs = {o["spec"]["host"]: o for o in visible if o["kind"] == "DestinationRule"}
-    vss = [o for o in visible if o["kind"] == "VirtualService"]
-
     clusters = []
     for se in ses:
         for host in se["spec"]["hosts"]:
             for port in se["spec"]["ports"]:
                 clusters.append(_cluster(host, port["number"], upstreams[host], drs.get(host), ca_file))
-    # In-mesh destinations (Kubernetes Services) have no ServiceEntry: istiod builds their
-    # clusters from the Service registry; here the test's upstream map stands in for it.
     known = {c["name"] for c in clusters}
-    for vs in vss:
+    for vs in (o for o in visible if o["kind"] == "VirtualService"):
         for http in vs["spec"].get("http", []):
             for dest in http.get("route", []):
                 d = dest["destination"]
-                name = f"outbound|{d.get('port', {}).get('number', LOGICAL_PORT)}||{d['host']}"
+                port = d.get("port", {}).get("number", LOGICAL_PORT)
+                name = f"outbound|{port}|{d.get('subset', '')}|{d['host']}"
                 if name not in known and d["host"] in upstreams:
-                    clusters.append(_cluster(d["host"], d.get("port", {}).get("number", LOGICAL_PORT),
-                                             upstreams[d["host"]], None, ca_file))
+                    clusters.append(_cluster(d["host"], port, upstreams[d["host"]], drs.get(d["host"]), ca_file,
+                                             d.get("subset", ""), mesh_cert))
                     known.add(name)
+    return clusters
+
+
+def _http_filters() -> list[dict]:
+    return [
+        {"name": "envoy.filters.http.fault", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
+        {"name": "envoy.filters.http.cors", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+        {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+    ]
+
+
+def _hcm(stat_prefix: str, route_config: dict) -> dict:
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                 ".HttpConnectionManager",
+        "stat_prefix": stat_prefix, "route_config": route_config, "http_filters": _http_filters()}}
+
+
+def _apply_envoyfilters(layout: Layout, objects: list[dict], namespace: str, labels: dict[str, str],
+                        context: str, listener: dict, route_config: dict, listener_port: int, rc_port: int) -> None:
+    for ef in sorted((o for o in objects if o["kind"] == "EnvoyFilter"),
+                     key=lambda o: (o["spec"].get("priority", 0), o["metadata"]["name"])):
+        if ef["metadata"].get("namespace") != namespace:
+            continue
+        selector = (ef["spec"].get("workloadSelector") or {}).get("labels", {})
+        if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        for i, patch in enumerate(ef["spec"]["configPatches"]):
+            if not _apply_patch(listener, route_config, patch, context, listener_port, rc_port):
+                layout.unmatched.append(f"{ef['metadata']['name']}.configPatches[{i}]")
+
+
+def build_gateway_bootstrap(objects: list[dict], gateway_namespace: str, gateway_labels: dict[str, str],
+                            upstreams: dict[str, int], ca_file: str, mesh_cert: tuple[str, str] | None = None,
+                            apply_envoyfilters: bool = True) -> Layout:
+    """An Istio gateway pod (ingress or egress), as istiod configures it.
+
+    Mirrors: Gateway servers of every ``Gateway`` whose selector matches the pod; one listener per
+    server on the container target port (Istio's charts: 80→8080, 443→8443) named ``0.0.0.0_<target>``;
+    route configuration ``http.<port>`` for HTTP servers and ``https.<port>.<portName>.<gateway>.<ns>``
+    for TLS servers; ISTIO_MUTUAL servers terminate mTLS with the mesh certificate and pick the filter
+    chain by SNI (the server's hosts); virtual hosts ``<host>:<port>`` for each host of the
+    VirtualServices bound to the Gateway (domains ``host`` and ``host:port``); matches whose
+    ``gateways`` exclude this Gateway or whose ``port`` differs are dropped. EnvoyFilters apply with
+    context GATEWAY in the gateway's namespace when their workloadSelector matches; listener
+    ``portNumber`` is the target port, route configuration ``portNumber`` the server port.
+    Listeners bind 127.0.0.1 on free ports; ``Layout.listeners`` maps listener name → server port.
+    """
+    visible = [o for o in objects if o["kind"] not in ("EnvoyFilter", "Gateway") and _visible(o, gateway_namespace)]
+    layout = Layout({"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+                     "node": {"id": f"router~127.0.0.1~gw.{gateway_namespace}~{gateway_namespace}.svc.cluster.local",
+                              "cluster": f"gw.{gateway_namespace}"},
+                     "static_resources": {"listeners": [],
+                                          "clusters": _clusters(visible, upstreams, ca_file, mesh_cert)}})
+    for gw in (o for o in objects if o["kind"] == "Gateway"):
+        if any(gateway_labels.get(k) != v for k, v in gw["spec"].get("selector", {}).items()):
+            continue
+        ref = f"{gw['metadata'].get('namespace', 'default')}/{gw['metadata']['name']}"
+        for server in gw["spec"]["servers"]:
+            port = server["port"]["number"]
+            target = port + 8000
+            tls = server.get("tls")
+            rc_name = (f"https.{port}.{server['port']['name']}.{gw['metadata']['name']}."
+                       f"{gw['metadata'].get('namespace', 'default')}" if tls else f"http.{port}")
+            vhosts = []
+            for vs in sorted((o for o in visible if o["kind"] == "VirtualService"), key=lambda o: o["metadata"]["name"]):
+                if ref not in _gateway_refs(vs):
+                    continue
+                for host in vs["spec"]["hosts"]:
+                    vhosts.append({"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"],
+                                   "routes": _routes_from_vs(vs, gateway_labels, port, ref)})
+            route_config = {"name": rc_name, "virtual_hosts": vhosts, "validate_clusters": False}
+            hcm = _hcm(f"outbound_0.0.0.0_{target}", route_config)
+            chain: dict[str, Any] = {"filters": [hcm]}
+            if tls:
+                assert tls["mode"] == "ISTIO_MUTUAL", tls
+                cert, key = mesh_cert
+                chain["filter_chain_match"] = {"server_names": [h.split("/", 1)[-1] for h in server["hosts"]]}
+                chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": True,
+                    "common_tls_context": {
+                        "tls_certificates": [{"certificate_chain": {"filename": cert},
+                                              "private_key": {"filename": key}}],
+                        "validation_context": {"trusted_ca": {"filename": ca_file}}}}}
+            listener = {"name": f"0.0.0.0_{target}", "filter_chains": [chain],
+                        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+            if tls:  # istiod adds the TLS inspector so filter chains can match on SNI
+                listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
+            layout.bootstrap["static_resources"]["listeners"].append(listener)
+            if apply_envoyfilters:
+                _apply_envoyfilters(layout, objects, gateway_namespace, gateway_labels, "GATEWAY", listener,
+                                    route_config, target, port)
+    return layout
+
+
+def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str | None,
+                    proxy_namespace: str = "default", proxy_labels: dict[str, str] | None = None,
+                    cluster_domain: str = "cluster.local", extra_vhosts: list[dict] | None = None,
+                    extra_clusters: list[dict] | None = None, apply_envoyfilters: bool = True,
+                    mesh_cert: tuple[str, str] | None = None) -> Layout:
+    labels = proxy_labels or {"app": "sleep"}
+    visible = [o for o in objects if o["kind"] not in ("EnvoyFilter", "Gateway") and _visible(o, proxy_namespace)]
+    ses = [o for o in visible if o["kind"] == "ServiceEntry"]
+    vss = [o for o in visible if o["kind"] == "VirtualService" and "mesh" in _gateway_refs(o)]
+    clusters = _clusters(visible, upstreams, ca_file, mesh_cert)
     vhosts = []
     vs_hosts = set()
     for vs in sorted(vss, key=lambda o: o["metadata"]["name"]):
@@ -215,24 +331,8 @@ def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str
                                            "route": {"cluster": f"outbound|{LOGICAL_PORT}||{host}",
                                                      "timeout": "0s"}}]})
     vhosts += extra_vhosts or []
-    hcm = {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                     ".HttpConnectionManager",
-            "stat_prefix": f"outbound_0.0.0.0_{LOGICAL_PORT}",
-            "route_config": {"name": str(LOGICAL_PORT), "virtual_hosts": vhosts,
-                             "validate_clusters": False},
-            "http_filters": [
-                {"name": "envoy.filters.http.fault", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
-                {"name": "envoy.filters.http.cors", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
-                {"name": "envoy.filters.http.router", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-            ],
-        },
-    }
+    hcm = _hcm(f"outbound_0.0.0.0_{LOGICAL_PORT}", {"name": str(LOGICAL_PORT), "virtual_hosts": vhosts,
+                                                     "validate_clusters": False})
     listener = {"name": f"0.0.0.0_{LOGICAL_PORT}",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
                 "filter_chains": [{"filters": [hcm]}]}
@@ -243,34 +343,40 @@ def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str
         "static_resources": {"listeners": [listener], "clusters": clusters + (extra_clusters or [])},
     })
     if apply_envoyfilters:
-        for ef in sorted((o for o in objects if o["kind"] == "EnvoyFilter"),
-                         key=lambda o: (o["spec"].get("priority", 0), o["metadata"]["name"])):
-            if ef["metadata"].get("namespace") != proxy_namespace:
-                continue
-            selector = (ef["spec"].get("workloadSelector") or {}).get("labels", {})
-            if any(labels.get(k) != v for k, v in selector.items()):
-                continue
-            for i, patch in enumerate(ef["spec"]["configPatches"]):
-                if not _apply_patch(listener, hcm["typed_config"]["route_config"], patch):
-                    layout.unmatched.append(f"{ef['metadata']['name']}.configPatches[{i}]")
+        _apply_envoyfilters(layout, objects, proxy_namespace, labels, "SIDECAR_OUTBOUND", listener,
+                            hcm["typed_config"]["route_config"], LOGICAL_PORT, LOGICAL_PORT)
     return layout
 
 
-def _cluster(host: str, port: int, upstream_port: int, dr: dict | None, ca_file: str | None) -> dict:
+def _cluster(host: str, port: int, upstream_port: int, dr: dict | None, ca_file: str | None,
+             subset: str = "", mesh_cert: tuple[str, str] | None = None) -> dict:
+    name = f"outbound|{port}|{subset}|{host}"
     cluster: dict[str, Any] = {
-        "name": f"outbound|{port}||{host}",
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "10s",
-        "load_assignment": {"cluster_name": f"outbound|{port}||{host}", "endpoints": [{"lb_endpoints": [
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
                                                           "port_value": upstream_port}}}}]}]},
     }
+    policy = (dr or {}).get("spec", {}).get("trafficPolicy", {})
+    if subset:
+        policy = next(s for s in dr["spec"]["subsets"] if s["name"] == subset).get("trafficPolicy", {})
     tls = None
-    for pls in (dr or {}).get("spec", {}).get("trafficPolicy", {}).get("portLevelSettings", []):
+    for pls in policy.get("portLevelSettings", []):
         if pls["port"]["number"] == port:
             tls = pls.get("tls")
-    if tls is None and dr is not None:
-        tls = dr["spec"].get("trafficPolicy", {}).get("tls")
+    if tls is None:
+        tls = policy.get("tls")
+    if tls and tls.get("mode") == "ISTIO_MUTUAL":
+        # istiod: the workload certificate from SDS; here the test mesh CA's certificate.
+        cert, key = mesh_cert
+        cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.get("sni", host),
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}],
+                "validation_context": {"trusted_ca": {"filename": ca_file}}}}}
     if tls and tls.get("mode") == "SIMPLE":
         validation: dict[str, Any] = {"trusted_ca": {"filename": ca_file}}
         if tls.get("subjectAltNames"):
@@ -283,14 +389,15 @@ def _cluster(host: str, port: int, upstream_port: int, dr: dict | None, ca_file:
     return cluster
 
 
-def _apply_patch(listener: dict, route_config: dict, patch: dict) -> bool:
+def _apply_patch(listener: dict, route_config: dict, patch: dict, context: str = "SIDECAR_OUTBOUND",
+                 listener_port: int = LOGICAL_PORT, rc_port: int = LOGICAL_PORT) -> bool:
     match = patch.get("match", {})
-    if match.get("context", "ANY") not in ("ANY", "SIDECAR_OUTBOUND"):
+    if match.get("context", "ANY") not in ("ANY", context):
         return False
     apply_to, op, value = patch["applyTo"], patch["patch"]["operation"], patch["patch"].get("value", {})
     if apply_to == "HTTP_FILTER":
         lm = match.get("listener", {})
-        if lm.get("portNumber", LOGICAL_PORT) != LOGICAL_PORT:
+        if lm.get("portNumber", listener_port) != listener_port:
             return False
         fc = lm.get("filterChain", {})
         hit = False
@@ -317,7 +424,7 @@ def _apply_patch(listener: dict, route_config: dict, patch: dict) -> bool:
         return hit
     if apply_to in ("VIRTUAL_HOST", "HTTP_ROUTE"):
         rc = match.get("routeConfiguration", {})
-        if rc.get("portNumber", LOGICAL_PORT) != LOGICAL_PORT:
+        if rc.get("portNumber", rc_port) != rc_port:
             return False
         if rc.get("name", route_config["name"]) != route_config["name"]:
             return False
@@ -347,7 +454,9 @@ class Envoy:
     """A running Envoy with a bootstrap; ``port`` is the bound port of ``listener``."""
 
     def __init__(self, bootstrap: dict, log_level: str = "warning", concurrency: int = 2,
-                 listener: str = f"0.0.0.0_{LOGICAL_PORT}"):
+                 listener: str | None = None):
+        if listener is None:
+            listener = bootstrap["static_resources"]["listeners"][0]["name"]
         self.listener = listener
         self.dir = tempfile.mkdtemp(prefix="llmc-envoy-")
         self.config = Path(self.dir, "envoy.json")
