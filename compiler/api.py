@@ -36,6 +36,10 @@ class OpenAIConfig(_Strict):
         None,
         description="API key sent as `Authorization: Bearer <key>`. Stored in the generated "
         "EnvoyFilter; prefer apiKeySecretRef.")
+    streamIncludeUsage: bool | None = Field(
+        None, description="llmc extension: when stream is turned on by this config and the client sent no "
+        "stream_options, add stream_options.include_usage: true so the provider reports token usage "
+        "(default true).")
     apiKeySecretRef: SecretKeyRef | None = Field(
         None,
         description="llmc extension: read the API key from this Secret key, mounted into the proxy "

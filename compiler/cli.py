@@ -57,7 +57,8 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs))
 
 
-def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str):
+def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
+             telemetry: bool = False):
     import re
 
     from .resolve import Options
@@ -66,7 +67,7 @@ def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str 
         raise typer.BadParameter("expected NAMESPACE/SERVICE, e.g. istio-system/istio-egressgateway",
                                  param_hint="--egress-gateway")
     return Options(namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
-                   egress_gateway=egress, egress_labels=_labels(egress_labels))
+                   egress_gateway=egress, egress_labels=_labels(egress_labels), telemetry=telemetry)
 
 
 def _version(value: bool) -> None:
@@ -108,10 +109,13 @@ def render(
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+    telemetry: Annotated[bool, typer.Option("--telemetry", help="Also emit Telemetry resources (access log "
+                                            "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
+                                            "and token-metric EnvoyFilters.")] = False,
 ) -> None:
     """Compile and print the Istio objects, ready for `kubectl apply -f -`."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
-                                         egress_gateway_labels))
+                                         egress_gateway_labels, telemetry))
     _report(result)
     if not result.ok:
         raise typer.Exit(1)
@@ -173,6 +177,17 @@ def mounts(
     from .mounts import render_plan
 
     sys.stdout.write(render_plan(result.program))
+
+
+@app.command()
+def meshconfig() -> None:
+    """Print the MeshConfig extensionProviders entry for llmc's access log (merge it into your
+    IstioOperator/Helm meshConfig; `llmc render --telemetry` emits the Telemetry that enables it)."""
+    from .emit import dump_yaml
+    from .telemetry import mesh_config
+
+    sys.stdout.write("# meshConfig entry for llmc's LLM access log (istioctl/Helm values: meshConfig.*)\n")
+    sys.stdout.write(dump_yaml([mesh_config()]))
 
 
 @app.command()

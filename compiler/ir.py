@@ -27,6 +27,8 @@ class RequestConfig:
     stream: bool | None = None
     api_key: str | None = dataclasses.field(default=None, repr=False)  # literal key: a secret
     api_key_secret: SecretRef | None = None
+    include_usage: bool = True  # add stream_options.include_usage when streaming is turned on
+    include_usage_set: bool = dataclasses.field(default=False, compare=False)  # set explicitly in input
 
     def overlay(self, other: RequestConfig | None) -> RequestConfig:
         """Fields set in ``other`` replace ours; a credential in ``other`` replaces both of ours."""
@@ -38,6 +40,7 @@ class RequestConfig:
             stream=other.stream if other.stream is not None else self.stream,
             api_key=other.api_key if has_key else self.api_key,
             api_key_secret=other.api_key_secret if has_key else self.api_key_secret,
+            include_usage=other.include_usage if other.include_usage_set else self.include_usage,
         )
 
 
@@ -148,6 +151,7 @@ class Program:
     providers: tuple[Provider, ...]
     vhosts: tuple[VirtualHost, ...]
     egress: EgressGateway | None = None
+    telemetry: bool = False  # emit Telemetry resources and token-metric EnvoyFilters
 
     def namespaces(self) -> list[str]:
         return sorted({p.namespace for p in self.providers} | {v.namespace for v in self.vhosts})

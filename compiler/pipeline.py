@@ -18,7 +18,8 @@ from .load import Document, apply_default_namespace, load_inputs, load_text
 from .resolve import Options, Sourced, resolve
 from .schema import check_document
 
-KIND_ORDER = {"ServiceEntry": 0, "DestinationRule": 1, "Gateway": 2, "VirtualService": 3, "EnvoyFilter": 4}
+KIND_ORDER = {"ServiceEntry": 0, "DestinationRule": 1, "Gateway": 2, "VirtualService": 3, "EnvoyFilter": 4,
+              "Telemetry": 5}
 
 
 @dataclass

@@ -34,6 +34,8 @@ class Options:
     #: egress-gateway mode: "namespace/service" of the egress gateway (None: shape in sidecars)
     egress_gateway: str | None = None
     egress_labels: tuple[tuple[str, str], ...] = (("istio", "egressgateway"),)
+    #: emit Telemetry (access log provider + llm_model tag) and token metrics (opt-in)
+    telemetry: bool = False
 
 
 @dataclass
@@ -61,7 +63,9 @@ def _request_config(cfg: OpenAIConfig | None, doc: Document, path: tuple, diags:
                           **doc.where(path + ("apiKey",)), hint="use apiKeySecretRef")
     secret = cfg.apiKeySecretRef
     return RequestConfig(model=cfg.model, stream=cfg.stream, api_key=cfg.apiKey,
-                         api_key_secret=SecretRef(secret.name, secret.key) if secret else None)
+                         api_key_secret=SecretRef(secret.name, secret.key) if secret else None,
+                         include_usage=cfg.streamIncludeUsage is not False,
+                         include_usage_set=cfg.streamIncludeUsage is not None)
 
 
 def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provider:
@@ -341,7 +345,7 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
     providers = tuple(sorted((p for provs in providers_by_ns.values() for p in provs.values()),
                              key=lambda p: (p.namespace, p.name)))
     return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
-                   egress=egress_gateway(opts),
+                   egress=egress_gateway(opts), telemetry=opts.telemetry,
                    vhosts=tuple(sorted(vhosts, key=lambda v: (v.namespace, v.object_name))))
 
 

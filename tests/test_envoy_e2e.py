@@ -120,7 +120,7 @@ def test_seed_scenario_1_provider_alone(upstreams, ca):
         assert req.headers["host"] == "dashscope.aliyuncs.com"
         assert req.headers["authorization"] == "Bearer ${ API_KEY of dashscope}"
         assert req.json() == {**json.loads(CHAT), "model": "qwen-1.8b-chat", "stream": False}
-        assert json.loads(body)["model"] == "qwen-1.8b-chat"
+        assert json.loads(body)["model"] == "qwen-1.8b-chat-2026"  # the provider's own model name
     finally:
         envoy.stop()
 

@@ -251,3 +251,34 @@ def test_missing_key_file_is_503_without_forwarding(lua, tmp_path):
     r = lua.request(c, '{"messages":[]}')
     assert r.status == 503
     assert json.loads(r.response_body)["error"]["code"] == "api_key_unavailable"
+
+
+def test_usage_from_json_response(lua):
+    body = '{"id":"x","model":"qwen-turbo-0919","usage":{"prompt_tokens":3,"completion_tokens":72,"total_tokens":75}}'
+    assert tuple(lua.M.usage_of(body)) == (3, 72, 75, "qwen-turbo-0919")
+    assert tuple(lua.M.usage_of('{"usage":"lots","model":7}')) == (None, None, None, None)
+    assert lua.M.usage_of("not json") is None
+
+
+@given(cuts=st.lists(st.integers(1, 400), max_size=8))
+def test_usage_from_sse_split_anywhere(cuts):
+    events = [{"choices": [{"delta": {"content": "Hel"}}], "model": "m-1", "usage": None},
+              {"choices": [], "model": "m-1", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}]
+    stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    u = _LUA.M.new_usage(True)
+    start = 0
+    for cut in sorted(set(cuts)) + [len(stream)]:
+        if cut > start:
+            u.feed(stream[start:cut])
+            start = cut
+    assert tuple(u.finish()) == (5, 2, 7, "m-1")
+
+
+def test_stream_options_added_only_when_llmc_turns_streaming_on(lua):
+    c = ctx(model="m", stream=True, include_usage=True)
+    added = json.loads(lua.request(c, '{"messages":[]}').body)
+    assert added["stream_options"] == {"include_usage": True} and added["stream"] is True
+    kept = json.loads(lua.request(c, '{"messages":[],"stream_options":{"include_usage":false}}').body)
+    assert kept["stream_options"] == {"include_usage": False}
+    plain = json.loads(lua.request(ctx(model="m", stream=True), '{"messages":[]}').body)
+    assert "stream_options" not in plain

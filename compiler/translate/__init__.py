@@ -11,6 +11,7 @@ from .destinationrule import translate_destinationrules
 from .envoyfilter import translate_envoyfilters
 from .gateway import translate_gateways
 from .serviceentry import translate_serviceentries
+from .telemetry import translate_telemetries, translate_token_metrics
 from .virtualservice import translate_virtualservices
 
 #: (template, translator) in emit order.
@@ -20,6 +21,8 @@ TRANSLATORS = (
     ("gateway.json.j2", translate_gateways),
     ("virtualservice.json.j2", translate_virtualservices),
     ("envoyfilter.json.j2", translate_envoyfilters),
+    ("tokenmetrics.json.j2", translate_token_metrics),
+    ("telemetry.json.j2", translate_telemetries),
 )
 
 __all__ = ["TRANSLATORS", "Program"]

@@ -51,6 +51,8 @@ def _backend_context(b: Backend, secrets_dir: str) -> dict:
         ctx["model"] = c.model
     if c.stream is not None:
         ctx["stream"] = c.stream
+    if c.stream is True and c.include_usage:
+        ctx["include_usage"] = True
     if c.api_key_secret is not None:
         ctx["api_key_file"] = secret_path(secrets_dir, c.api_key_secret)
     elif c.api_key is not None:

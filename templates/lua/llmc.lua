@@ -342,15 +342,20 @@ function M.scan_object(s)
   return members, close
 end
 
--- Sets top-level fields of the JSON object text `s`. `fields` is an array of {name, json_text};
--- an existing member keeps its place (later duplicates are dropped), a missing one is appended.
+-- Sets top-level fields of the JSON object text `s`. `fields` is an array of {name, json_text,
+-- keep}: an existing member keeps its place (later duplicates are dropped), a missing one is
+-- appended; with `keep` set, a member the client sent is left as it is.
 -- Returns the new text, or nil and an error message when `s` is not a JSON object.
 function M.rewrite(s, fields)
   local members, close = M.scan_object(s)
   if not members then return nil, close end
   if #fields == 0 then return s end
   local wanted = {}
-  for _, f in ipairs(fields) do wanted[f[1]] = f[2] end
+  for _, f in ipairs(fields) do
+    if not f[3] then wanted[f[1]] = f[2] end
+  end
+  local present = {}
+  for idx = 1, #members do present[members[idx][1]] = true end
   local out, cursor, prev_end, seen = {}, 1, nil, {}
   for idx = 1, #members do
     local m = members[idx]
@@ -369,7 +374,9 @@ function M.rewrite(s, fields)
   end
   local adds = {}
   for _, f in ipairs(fields) do
-    if not seen[f[1]] then adds[#adds + 1] = encode_string(f[1]) .. ":" .. f[2] end
+    if not seen[f[1]] and not (f[3] and present[f[1]]) then
+      adds[#adds + 1] = encode_string(f[1]) .. ":" .. f[2]
+    end
   end
   if #adds > 0 then
     if prev_end then
@@ -397,6 +404,10 @@ local function prepare_rule(route, name, rule)
     local fields = {}
     if b.model ~= nil then fields[#fields + 1] = { "model", encode_string(b.model) } end
     if b.stream ~= nil then fields[#fields + 1] = { "stream", b.stream and "true" or "false" } end
+    if b.stream == true and b.include_usage then
+      -- OpenAI sends usage in a stream's last event only when asked; ask unless the client chose.
+      fields[#fields + 1] = { "stream_options", '{"include_usage":true}', true }
+    end
     cfg.total = cfg.total + b.weight
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, fields = fields, api_key = b.api_key,
@@ -543,6 +554,101 @@ function M.on_request(h)
   local md = h:streamInfo():dynamicMetadata() -- like headers, `info` is out of scope after body()
   md:set(METADATA_NS, "provider", b.provider)
   if b.model ~= nil then md:set(METADATA_NS, "request_model", b.model) end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Response: token usage, read from the body as it streams past (never buffered by Envoy)
+---------------------------------------------------------------------------------------------------
+
+local MAX_JSON_SCAN = 1048576 -- a non-streaming response larger than this is passed, not read
+local MAX_SSE_LINE = 262144 -- an SSE line longer than this is not read
+
+local function count(text, name)
+  local v = text:match('"' .. name .. '"%s*:%s*(%d+)[%s,}]')
+  return v and tonumber(v)
+end
+
+-- Usage and model from a JSON object's text: prompt, completion, total (numbers or nil), model.
+function M.usage_of(s)
+  local members = M.scan_object(s)
+  if not members then return nil end
+  local p, c, t, model
+  for i = 1, #members do
+    local m = members[i]
+    if m[1] == "usage" and byte(s, m[2]) == 123 then
+      local u = sub(s, m[2], m[3] - 1)
+      p, c, t = count(u, "prompt_tokens"), count(u, "completion_tokens"), count(u, "total_tokens")
+    elseif m[1] == "model" and byte(s, m[2]) == 34 then
+      model = decode_string(sub(s, m[2] + 1, m[3] - 2))
+    end
+  end
+  return p, c, t, model
+end
+
+-- The accounting state of one response; `feed` takes body chunks, `finish` returns the usage.
+function M.new_usage(sse)
+  local u = { sse = sse, parts = {}, size = 0, carry = "" }
+
+  local function take(json)
+    local p, c, t, model = M.usage_of(json)
+    if model ~= nil and u.model == nil then u.model = model end
+    if p ~= nil or c ~= nil or t ~= nil then u.prompt, u.completion, u.total = p, c, t end
+  end
+
+  function u.feed(s)
+    if not u.sse then
+      if u.size + #s <= MAX_JSON_SCAN then u.parts[#u.parts + 1] = s end
+      u.size = u.size + #s
+      return
+    end
+    local text = u.carry .. s
+    local start = 1
+    while true do
+      local nl = find(text, "\n", start, true)
+      if not nl then break end
+      if byte(text, start) == 100 and sub(text, start, start + 4) == "data:" then
+        local line = sub(text, start + 5, nl - 1)
+        if find(line, '"usage"', 1, true) or (u.model == nil and find(line, '"model"', 1, true)) then
+          take(line)
+        end
+      end
+      start = nl + 1
+    end
+    u.carry = sub(text, start)
+    if #u.carry > MAX_SSE_LINE then u.carry = "" end
+  end
+
+  function u.finish()
+    if not u.sse and u.size <= MAX_JSON_SCAN and u.size > 0 then take(concat(u.parts)) end
+    return u.prompt, u.completion, u.total, u.model
+  end
+
+  return u
+end
+
+function M.on_response(h)
+  local state = h:streamInfo():dynamicMetadata():get(METADATA_NS)
+  if state == nil or state.provider == nil then return end -- not a request llmc shaped
+  local ctype = h:headers():get("content-type") or ""
+  local u = M.new_usage(find(ctype, "text/event-stream", 1, true) ~= nil)
+  for chunk in h:bodyChunks() do
+    local n = chunk:length()
+    if n > 0 then u.feed(chunk:getBytes(0, n)) end
+  end
+  local p, c, t, model = u.finish()
+  local md = h:streamInfo():dynamicMetadata()
+  if model ~= nil then md:set(METADATA_NS, "response_model", model) end
+  if p ~= nil then md:set(METADATA_NS, "request_prompt_tokens", p) end
+  if c ~= nil then md:set(METADATA_NS, "request_completion_tokens", c) end
+  if t ~= nil then md:set(METADATA_NS, "request_total_tokens", t) end
+end
+
+function envoy_on_response(h)
+  local ok, err = pcall(M.on_response, h)
+  if not ok then
+    -- Accounting never breaks a response: the body has already gone on chunk by chunk.
+    h:logErr("llmc: internal error while reading usage: " .. tostring(err))
+  end
 end
 
 function envoy_on_request(h)

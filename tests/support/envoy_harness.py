@@ -227,6 +227,16 @@ def _hcm(stat_prefix: str, route_config: dict) -> dict:
         "stat_prefix": stat_prefix, "route_config": route_config, "http_filters": _http_filters()}}
 
 
+def access_log(path: str, labels: dict[str, str]) -> dict:
+    """What istiod makes of a MeshConfig ``envoyFileAccessLog`` provider with ``logFormat.labels``
+    (enabled by a Telemetry resource): a file access log with that JSON format, CEL formatter on."""
+    return {"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": path,
+        "log_format": {"json_format": labels, "formatters": [{"name": "envoy.formatter.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"}}]}}}
+
+
 def _apply_envoyfilters(layout: Layout, objects: list[dict], namespace: str, labels: dict[str, str],
                         context: str, listener: dict, route_config: dict, listener_port: int, rc_port: int) -> None:
     for ef in sorted((o for o in objects if o["kind"] == "EnvoyFilter"),
@@ -310,7 +320,7 @@ def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str
                     proxy_namespace: str = "default", proxy_labels: dict[str, str] | None = None,
                     cluster_domain: str = "cluster.local", extra_vhosts: list[dict] | None = None,
                     extra_clusters: list[dict] | None = None, apply_envoyfilters: bool = True,
-                    mesh_cert: tuple[str, str] | None = None) -> Layout:
+                    mesh_cert: tuple[str, str] | None = None, access_logs: list[dict] | None = None) -> Layout:
     labels = proxy_labels or {"app": "sleep"}
     visible = [o for o in objects if o["kind"] not in ("EnvoyFilter", "Gateway") and _visible(o, proxy_namespace)]
     ses = [o for o in visible if o["kind"] == "ServiceEntry"]
@@ -333,12 +343,16 @@ def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str
     vhosts += extra_vhosts or []
     hcm = _hcm(f"outbound_0.0.0.0_{LOGICAL_PORT}", {"name": str(LOGICAL_PORT), "virtual_hosts": vhosts,
                                                      "validate_clusters": False})
+    if access_logs:
+        hcm["typed_config"]["access_log"] = access_logs
     listener = {"name": f"0.0.0.0_{LOGICAL_PORT}",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
                 "filter_chains": [{"filters": [hcm]}]}
     layout = Layout({
         "node": {"id": f"sidecar~127.0.0.1~sleep.{proxy_namespace}~{proxy_namespace}.svc.{cluster_domain}",
-                 "cluster": f"sleep.{proxy_namespace}"},
+                 "cluster": f"sleep.{proxy_namespace}",
+                 # istiod/the injector put these in the node metadata; istio.stats reads them
+                 "metadata": {"WORKLOAD_NAME": "sleep", "NAMESPACE": proxy_namespace}},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {"listeners": [listener], "clusters": clusters + (extra_clusters or [])},
     })
@@ -465,7 +479,7 @@ class Envoy:
         self.log = Path(self.dir, "envoy.log")
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config), "--use-dynamic-base-id", "--concurrency", str(concurrency),
-             "--admin-address-path", str(self.admin_file), "-l", log_level,
+             "--admin-address-path", str(self.admin_file), "-l", log_level, "--file-flush-interval-msec", "20",
              "--log-path", str(self.log), "--disable-hot-restart"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self.admin = self._wait_admin()

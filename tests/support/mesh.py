@@ -27,7 +27,8 @@ def llmc_render(*args: str) -> list[dict]:
     return [d for d in YAML(typ="safe").load_all(out.stdout) if d]
 
 
-def seed_mesh(upstreams: dict[str, int], ca_file: str, secrets_dir: Path, apply_envoyfilters: bool = True):
+def seed_mesh(upstreams: dict[str, int], ca_file: str, secrets_dir: Path, apply_envoyfilters: bool = True,
+              access_logs: list[dict] | None = None):
     """The harness layout; ``upstreams`` maps provider hosts (and ``other``) to local ports."""
     objects = llmc_render("-f", "samples/seed", "-f", str(EXTRAS), "--secrets-dir", str(secrets_dir))
     other_port = upstreams.get(OTHER, upstreams.get("other.example.com", 1))
@@ -38,7 +39,7 @@ def seed_mesh(upstreams: dict[str, int], ca_file: str, secrets_dir: Path, apply_
                          "endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
                                                                      "port_value": other_port}}}}]}]}}
     return build_bootstrap(objects, upstreams, ca_file, extra_vhosts=[other], extra_clusters=[other_cluster],
-                           apply_envoyfilters=apply_envoyfilters)
+                           apply_envoyfilters=apply_envoyfilters, access_logs=access_logs)
 
 
 def sidecar_layouts(upstreams: dict[str, int], ca_file: str, secrets_dir: Path) -> dict[str, dict]:

@@ -81,27 +81,40 @@ class Upstream:
         except ValueError:
             req = {}
         model = req.get("model") if isinstance(req, dict) else None
-        if isinstance(req, dict) and req.get("stream") is True:
-            self._sse(h, model)
+        # Test controls, sent by the tests as headers (they pass through the proxy untouched):
+        # x-test-usage: none | malformed; x-test-status: an HTTP status to answer with.
+        usage_mode = h.headers.get("x-test-usage", "")
+        usage = {"none": None, "malformed": {"prompt_tokens": "many"}}.get(
+            usage_mode, {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18})
+        status = int(h.headers.get("x-test-status", "200"))
+        if isinstance(req, dict) and req.get("stream") is True and status == 200:
+            include = (req.get("stream_options") or {}).get("include_usage") is True
+            self._sse(h, model, usage if include else None)
             return
-        payload = json.dumps({
-            "id": "chatcmpl-test", "object": "chat.completion", "model": model,
-            "upstream": self.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
-        h.send_response(200)
+        body: dict = {"id": "chatcmpl-test", "object": "chat.completion", "model": f"{model}-2026",
+                      "upstream": self.name,
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                   "finish_reason": "stop"}]}
+        if status != 200:
+            body = {"error": {"message": "overloaded", "type": "server_error"}}
+        elif usage is not None:
+            body["usage"] = usage
+        payload = json.dumps(body).encode()
+        h.send_response(status)
         h.send_header("content-type", "application/json")
         h.send_header("content-length", str(len(payload)))
         h.end_headers()
         h.wfile.write(payload)
 
-    def _sse(self, h: BaseHTTPRequestHandler, model: str | None) -> None:
+    def _sse(self, h: BaseHTTPRequestHandler, model: str | None, usage: dict | None = None) -> None:
         h.send_response(200)
         h.send_header("content-type", "text/event-stream")
         h.send_header("transfer-encoding", "chunked")
         h.end_headers()
-        events = [{"choices": [{"delta": {"content": w}}], "model": model} for w in ("Hel", "lo")]
+        events = [{"choices": [{"delta": {"content": w}}], "model": f"{model}-2026", "usage": None}
+                  for w in ("Hel", "lo")]
+        if usage is not None:  # OpenAI: a last event with empty choices and the usage
+            events.append({"choices": [], "model": f"{model}-2026", "usage": usage})
         chunks = [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
         if self.first_token_delay:
             time.sleep(self.first_token_delay)

@@ -1,0 +1,93 @@
+"""Observability on stock Istio: the access-log provider, Telemetry resources, token metrics.
+
+The Lua filter records, as dynamic metadata in namespace ``llmc``: ``provider``, ``request_model``
+(the model llmc set), ``response_model`` (the model the provider reported), and
+``request_prompt_tokens``, ``request_completion_tokens``, ``request_total_tokens`` (the seed
+system's names). The LLMRoute and rule are in ``%ROUTE_NAME%`` (``llmc.<route>.<rule>[.<provider>]``).
+
+* :func:`mesh_config` — the MeshConfig ``extensionProviders`` entry (an Envoy file access log with a
+  JSON format) that ``llmc meshconfig`` prints; istiod turns ``logFormat.labels`` into Envoy's
+  ``json_format``.
+* :func:`telemetry_resources` — with ``llmc render --telemetry``, per namespace whose proxies shape
+  LLM traffic: a ``Telemetry`` enabling that provider and adding ``llm_model``/``llm_provider`` as
+  dimensions of ``istio_requests_total`` and ``istio_request_duration_milliseconds``
+  (``tagOverrides``), and an EnvoyFilter that MERGEs token
+  counter ``definitions`` into Istio's stats filter (the Telemetry API cannot define metrics).
+"""
+
+from __future__ import annotations
+
+from .ir import Program
+
+PROVIDER_NAME = "llmc-access-log"
+NS = "llmc"
+
+
+def _md(key: str) -> str:
+    return f"%DYNAMIC_METADATA({NS}:{key})%"
+
+
+ACCESS_LOG_LABELS: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "response_duration_ms": "%RESPONSE_DURATION%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "route_name": "%ROUTE_NAME%",
+    "llm_provider": _md("provider"),
+    "request_model": _md("request_model"),
+    "response_model": _md("response_model"),
+    "request_prompt_tokens": _md("request_prompt_tokens"),
+    "request_completion_tokens": _md("request_completion_tokens"),
+    "request_total_tokens": _md("request_total_tokens"),
+}
+
+
+def cel(key: str) -> str:
+    return f"metadata.filter_metadata['{NS}']['{key}']"
+
+
+#: Token counters through Istio's stats filter: COUNTER values are added per request.
+TOKEN_METRICS = {
+    "llm_prompt_tokens": cel("request_prompt_tokens"),
+    "llm_completion_tokens": cel("request_completion_tokens"),
+    "llm_total_tokens": cel("request_total_tokens"),
+}
+TOKEN_DIMENSIONS = {
+    "llm_provider": cel("provider"),
+    "llm_model": cel("request_model"),
+    "source_workload": "xds.node.metadata['WORKLOAD_NAME']",
+    "source_workload_namespace": "xds.node.metadata['NAMESPACE']",
+}
+REQUEST_TAGS = {"llm_model": cel("request_model"), "llm_provider": cel("provider")}
+
+
+def mesh_config() -> dict:
+    return {"extensionProviders": [{"name": PROVIDER_NAME, "envoyFileAccessLog": {
+        "path": "/dev/stdout", "logFormat": {"labels": dict(ACCESS_LOG_LABELS)}}}]}
+
+
+def telemetry_views(program: Program) -> tuple[list[dict], list[dict]]:
+    """(Telemetry view-models, metrics EnvoyFilter view-models), one per (namespace, selector, context)."""
+    from .translate.common import metadata, placements
+
+    groups: dict[tuple, set[str]] = {}
+    for vh in program.vhosts:
+        for pl in placements(program, vh):
+            groups.setdefault((pl.namespace, pl.selector, pl.context), set()).update(vh.all_sources)
+    telemetries, filters = [], []
+    for (ns, selector, context), sources in sorted(groups.items()):
+        suffix = "" if not selector else "-" + "-".join(v for _, v in selector)
+        telemetries.append({"metadata": metadata(f"llmc-telemetry{suffix}"[:63], ns, sorted(sources)),
+                            "selector": dict(selector), "provider": PROVIDER_NAME,
+                            "metrics": ["REQUEST_COUNT", "REQUEST_DURATION"],
+                            "tags": [{"name": k, "value": v} for k, v in REQUEST_TAGS.items()]})
+        filters.append({"metadata": metadata(f"llmc-token-metrics{suffix}"[:63], ns, sorted(sources)),
+                        "selector": [{"name": k, "value": v} for k, v in selector], "context": context,
+                        "definitions": [{"name": k, "value": v} for k, v in TOKEN_METRICS.items()],
+                        "dimensions": TOKEN_DIMENSIONS})
+    return telemetries, filters
