@@ -626,9 +626,9 @@ function M.new_usage(sse)
   return u
 end
 
+-- Runs only on llmc's virtual hosts (the filter has no default script), and not for the replies
+-- this filter sent itself; a request it did not shape never reaches a provider.
 function M.on_response(h)
-  local state = h:streamInfo():dynamicMetadata():get(METADATA_NS)
-  if state == nil or state.provider == nil then return end -- not a request llmc shaped
   local ctype = h:headers():get("content-type") or ""
   local u = M.new_usage(find(ctype, "text/event-stream", 1, true) ~= nil)
   for chunk in h:bodyChunks() do
