@@ -112,6 +112,12 @@ def render(
     telemetry: Annotated[bool, typer.Option("--telemetry", help="Also emit Telemetry resources (access log "
                                             "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
                                             "and token-metric EnvoyFilters.")] = False,
+    out_dir: Annotated[str | None, typer.Option("--out-dir", help="Write one file per object under DIR "
+                                                "(<namespace>/<kind>-<name>.yaml); remove files of earlier runs "
+                                                "that are no longer produced.")] = None,
+    check: Annotated[str | None, typer.Option("--check", help="Compare with the committed output at PATH "
+                                              "(an --out-dir directory or a rendered file); exit 1 with a "
+                                              "unified diff when they differ.")] = None,
 ) -> None:
     """Compile and print the Istio objects, ready for `kubectl apply -f -`."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
@@ -119,6 +125,24 @@ def render(
     _report(result)
     if not result.ok:
         raise typer.Exit(1)
+    if check is not None or out_dir is not None:
+        from pathlib import Path
+
+        from . import gitops
+
+        if check is not None:
+            diff = gitops.check(Path(check), result.objects)
+            if diff:
+                sys.stdout.write(diff)
+                sys.stderr.write(f"llmc: {check} is out of date: run `llmc render ... "
+                                 f"{'--out-dir' if Path(check).is_dir() else '>'} {check}`\n")
+                raise typer.Exit(1)
+            sys.stderr.write(f"llmc: {check} is up to date\n")
+            return
+        changed, removed = gitops.write_out_dir(Path(out_dir), gitops.out_dir_files(result.objects))
+        sys.stderr.write(f"llmc: {len(result.objects)} objects in {out_dir}: {len(changed)} written, "
+                         f"{len(removed)} stale removed\n")
+        return
     if emit is Emit.ir:
         import json
 
@@ -177,6 +201,18 @@ def mounts(
     from .mounts import render_plan
 
     sys.stdout.write(render_plan(result.program))
+
+
+@app.command()
+def krm() -> None:
+    """KRM function: read a config.kubernetes.io/v1 ResourceList on stdin, write one on stdout
+    (for kustomize exec functions and kpt). functionConfig.data: namespace, clusterDomain,
+    secretsDir, egressGateway, telemetry, keepSources."""
+    from .gitops import krm as run
+
+    out, code = run(sys.stdin.read())
+    sys.stdout.write(out)
+    raise typer.Exit(code)
 
 
 @app.command()

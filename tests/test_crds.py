@@ -41,6 +41,8 @@ def test_seed_manifests_validate_against_generated_crd():
     y = YAML(typ="safe")
     for path in sorted((REPO / "samples").rglob("*.yaml")):
         for doc in y.load_all(path.read_text()):
+            if doc.get("kind") not in ("LLMProvider", "LLMRoute"):
+                continue
             schema = next(v for v in crd(doc["kind"])["spec"]["versions"])["schema"]["openAPIV3Schema"]
             errors = list(Draft202012Validator(schema).iter_errors(doc))
             assert not errors, (path, [e.message for e in errors])

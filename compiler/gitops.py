@@ -1,0 +1,179 @@
+"""GitOps pipeline support: one file per object (``--out-dir``), drift checks (``--check``), and
+the KRM function (``llmc krm``) for kustomize and kpt.
+
+* ``--out-dir DIR`` writes ``DIR/<namespace>/<kind>-<name>.yaml`` (lower-case kind), one object per
+  file, so Git diffs stay small. It records what it wrote in ``DIR/.llmc-files`` and, on the next
+  run, removes files it wrote before and no longer produces — only those, and only when they
+  still carry llmc's ``managed-by`` label; any other file in DIR is never touched.
+* ``--check PATH`` renders afresh and compares with what is committed at PATH (a directory written
+  by ``--out-dir``, or a file written from ``render`` stdout); differences are a unified diff.
+* ``llmc krm`` reads a ``config.kubernetes.io/v1`` ``ResourceList`` on stdin and writes one on stdout:
+  LLMProvider/LLMRoute items are compiled (and, unless ``functionConfig.data.keepSources`` is
+  ``"true"``, removed), the generated objects are appended, every other item passes through as it
+  was, and diagnostics become ``results`` with severity, message, ``resourceRef`` and ``field.path``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+from pathlib import Path
+
+from .emit import dump_yaml, iter_yaml
+
+MANIFEST = ".llmc-files"
+MANAGED = "app.kubernetes.io/managed-by: llmc"
+
+
+def object_path(obj: dict) -> str:
+    meta = obj["metadata"]
+    return f"{meta.get('namespace', '_cluster')}/{obj['kind'].lower()}-{meta['name']}.yaml"
+
+
+def out_dir_files(objects: list[dict]) -> dict[str, str]:
+    return {object_path(o): text for o, text in zip(objects, iter_yaml(objects), strict=True)}
+
+
+def write_out_dir(directory: Path, files: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Write ``files``; remove stale files of an earlier run. Returns (changed, removed)."""
+    manifest = directory / MANIFEST
+    previous = set(manifest.read_text().split()) if manifest.exists() else set()
+    changed, removed = [], []
+    for rel, text in sorted(files.items()):
+        path = directory / rel
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            changed.append(rel)
+    for rel in sorted(previous - set(files)):
+        path = directory / rel
+        if path.is_file() and MANAGED in path.read_text(encoding="utf-8"):
+            path.unlink()
+            removed.append(rel)
+            if path.parent != directory and not any(path.parent.iterdir()):
+                path.parent.rmdir()
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("".join(f"{rel}\n" for rel in sorted(files)), encoding="utf-8")
+    return changed, removed
+
+
+def check(path: Path, objects: list[dict]) -> str:
+    """A unified diff between what is committed at ``path`` and a fresh render ("" when equal)."""
+    if path.is_dir():
+        files = out_dir_files(objects)
+        manifest = path / MANIFEST
+        committed = set(manifest.read_text().split()) if manifest.exists() else set()
+        diffs = []
+        for rel in sorted(committed | set(files)):
+            old = (path / rel).read_text(encoding="utf-8") if (path / rel).is_file() else ""
+            new = files.get(rel, "")
+            if old != new:
+                diffs.append("".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                                          f"a/{rel}", f"b/{rel}")))
+        return "".join(diffs)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    new = dump_yaml(objects)
+    if old == new:
+        return ""
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"a/{path}", f"b/{path}"))
+
+
+# ------------------------------------------------------------------------------------------------
+# KRM function
+
+
+def _ruamel():
+    from ruamel.yaml import YAML
+
+    y = YAML(typ="rt")
+    y.width = 4096
+    y.indent(mapping=2, sequence=2, offset=0)
+    y.preserve_quotes = True
+    return y
+
+
+def _for_ruamel(value):
+    """Plain data → ruamel scalars that round-trip: literal blocks for the Lua source, and
+    double quotes (with escapes) for strings ruamel would otherwise write raw but read back
+    differently (NEL, line/paragraph separators, control characters)."""
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString, LiteralScalarString
+
+    from .emit import _NEEDS_ESCAPE, _literal_ok
+
+    if isinstance(value, dict):
+        return {k: _for_ruamel(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_for_ruamel(v) for v in value]
+    if isinstance(value, str):
+        if "\n" in value and _literal_ok(value):
+            return LiteralScalarString(value)
+        if "\n" in value or not _NEEDS_ESCAPE.isdisjoint(value):
+            return DoubleQuotedScalarString(value)
+    return value
+
+
+def krm(text: str) -> tuple[str, int]:
+    """Run the KRM function on a ResourceList; returns (output ResourceList YAML, exit code)."""
+    from .diagnostics import Diagnostics, Severity
+    from .load import KINDS, apply_default_namespace, load_text
+    from .pipeline import compile_documents
+    from .resolve import Options
+
+    y = _ruamel()
+    rl = y.load(io.StringIO(text)) if text.strip() else None
+    if not isinstance(rl, dict) or rl.get("kind") != "ResourceList":
+        out = {"apiVersion": "config.kubernetes.io/v1", "kind": "ResourceList", "items": [],
+               "results": [{"message": "llmc krm: stdin is not a config.kubernetes.io/v1 ResourceList",
+                            "severity": "error"}]}
+        return dump_yaml([out])[4:], 1
+    items = rl.get("items") or []
+    config = (rl.get("functionConfig") or {}).get("data") or {}
+    keep = str(config.get("keepSources", "false")).lower() == "true"
+    opts = Options(namespace=str(config.get("namespace", "default")),
+                   cluster_domain=str(config.get("clusterDomain", "cluster.local")),
+                   secrets_dir=str(config.get("secretsDir", "/etc/llmc/secrets")),
+                   egress_gateway=config.get("egressGateway") or None,
+                   telemetry=str(config.get("telemetry", "false")).lower() == "true")
+    sources, passthrough = [], []
+    for index, item in enumerate(items):
+        is_llm = (isinstance(item, dict) and item.get("kind") in KINDS
+                  and str(item.get("apiVersion", "")).startswith("istio.alibabacloud.com/"))
+        if is_llm:
+            sources.append((index, item))
+        else:
+            passthrough.append(item)
+    diags = Diagnostics()
+    docs = []
+    for index, item in sources:
+        buf = io.StringIO()
+        y.dump(item, buf)
+        annotations = (item.get("metadata") or {}).get("annotations") or {}
+        name = (annotations.get("config.kubernetes.io/path") or annotations.get("internal.config.kubernetes.io/path")
+                or f"items[{index}]")
+        docs.extend(load_text(str(name), buf.getvalue(), diags))
+    result = compile_documents(apply_default_namespace(docs, opts.namespace), opts, diags)
+    results = []
+    for d in result.diagnostics.sorted():
+        entry = {"message": f"{d.code}: {d.message}" + (f" (hint: {d.hint})" if d.hint else ""),
+                 "severity": {Severity.ERROR: "error", Severity.WARNING: "warning"}.get(d.severity, "info")}
+        if d.object:
+            kind, _, ref = d.object.partition(" ")
+            ns, _, nm = ref.rpartition("/")
+            entry["resourceRef"] = {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": kind, "name": nm,
+                                    **({"namespace": ns} if ns else {})}
+        if d.path:
+            entry["field"] = {"path": d.path}
+        if d.file:
+            entry["file"] = {"path": d.file}
+        results.append(entry)
+    out_items = list(passthrough) + ([item for _, item in sources] if keep else [])
+    if result.ok:
+        out_items += [_for_ruamel(o) for o in result.objects]
+    rl["items"] = out_items
+    if results:
+        rl["results"] = results
+    elif "results" in rl:
+        del rl["results"]
+    buf = io.StringIO()
+    y.dump(rl, buf)
+    return buf.getvalue(), 0 if result.ok else 1
