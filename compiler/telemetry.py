@@ -1,9 +1,10 @@
 """Observability on stock Istio: the access-log provider, Telemetry resources, token metrics.
 
-The Lua filter records, as dynamic metadata in namespace ``llmc``: ``provider``, ``request_model``
+The Lua filter records, as dynamic metadata in namespace ``llmc``: ``provider``, ``rule``
+(``<namespace>/<LLMRoute or LLMProvider>/<rule>``), ``request_model``
 (the model llmc set), ``response_model`` (the model the provider reported), and
 ``request_prompt_tokens``, ``request_completion_tokens``, ``request_total_tokens`` (the seed
-system's names). The LLMRoute and rule are in ``%ROUTE_NAME%`` (``llmc.<route>.<rule>[.<provider>]``).
+system's names).
 
 * :func:`mesh_config` — the MeshConfig ``extensionProviders`` entry (an Envoy file access log with a
   JSON format) that ``llmc meshconfig`` prints; istiod turns ``logFormat.labels`` into Envoy's
@@ -39,6 +40,7 @@ ACCESS_LOG_LABELS: dict[str, str] = {
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "route_name": "%ROUTE_NAME%",
     "llm_provider": _md("provider"),
+    "llm_rule": _md("rule"),
     "request_model": _md("request_model"),
     "response_model": _md("response_model"),
     "request_prompt_tokens": _md("request_prompt_tokens"),

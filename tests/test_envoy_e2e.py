@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import ssl
 import time
 
 import pytest
@@ -20,7 +19,7 @@ import trustme
 from tests.conftest import TESTDATA
 from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_binary, envoy_version
 from tests.support.mesh import llmc_render, seed_mesh
-from tests.support.upstream import Upstream
+from tests.support.upstream import start_upstreams
 
 pytestmark = pytest.mark.envoy
 
@@ -41,14 +40,7 @@ def ca(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def upstreams(ca):
-    authority, _ = ca
-    ups = {}
-    for host in TLS_HOSTS:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        authority.issue_cert(host).configure_cert(ctx)
-        ups[host] = Upstream(host, ctx)
-    for host in PLAIN_HOSTS:
-        ups[host] = Upstream(host)
+    ups = start_upstreams(ca[0], TLS_HOSTS, PLAIN_HOSTS)
     yield ups
     for u in ups.values():
         u.stop()

@@ -9,7 +9,6 @@ Lua filter, and the gateway, reached over mTLS with the test mesh CA, which shap
 from __future__ import annotations
 
 import json
-import ssl
 
 import pytest
 import trustme
@@ -18,7 +17,7 @@ from ruamel.yaml import YAML
 from tests.conftest import TESTDATA
 from tests.support.envoy_harness import Envoy, build_bootstrap, build_gateway_bootstrap
 from tests.support.mesh import EXTRAS, llmc_render
-from tests.support.upstream import Upstream
+from tests.support.upstream import start_upstreams
 from tests.test_envoy_e2e import CHAT, call
 
 pytestmark = pytest.mark.envoy
@@ -42,14 +41,7 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def upstreams(pki):
-    ca = pki[0]
-    ups = {}
-    for host in TLS_HOSTS:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(host).configure_cert(ctx)
-        ups[host] = Upstream(host, ctx)
-    for host in PLAIN_HOSTS:
-        ups[host] = Upstream(host)
+    ups = start_upstreams(pki[0], TLS_HOSTS, PLAIN_HOSTS)
     yield ups
     for u in ups.values():
         u.stop()

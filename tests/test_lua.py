@@ -169,7 +169,7 @@ def test_success_shapes_path_headers_and_metadata(lua):
     assert r.headers["authorization"] == "Bearer k1"
     assert r.headers["content-type"] == "application/json"
     assert json.loads(r.body) == {"messages": [], "model": "qwen", "stream": False}
-    assert r.metadata == {"llmc:provider": "p", "llmc:request_model": "qwen"}
+    assert r.metadata == {"llmc:provider": "p", "llmc:request_model": "qwen", "llmc:rule": "default/r/r"}
 
 
 def test_unknown_route_on_an_llmc_vhost_fails_closed(lua):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from ruamel.yaml import YAML
 from tests.conftest import REPO
 from tests.support.envoy_harness import Envoy, access_log
 from tests.support.mesh import llmc_render, seed_mesh
-from tests.support.upstream import Upstream
+from tests.support.upstream import start_upstreams
 from tests.test_envoy_e2e import CHAT, call
 
 pytestmark = pytest.mark.envoy
@@ -51,13 +50,7 @@ def env(tmp_path_factory):
     d = tmp_path_factory.mktemp("obs")
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    ups = {}
-    for host in HOSTS:
-        ctx = None
-        if host in ("dashscope.aliyuncs.com", "api.moonshot.cn"):
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ca.issue_cert(host).configure_cert(ctx)
-        ups[host] = Upstream(host, ctx, sse_pause=0.3)
+    ups = start_upstreams(ca, HOSTS[:2], HOSTS[2:], sse_pause=0.3)
     (d / "secrets" / "llm-keys").mkdir(parents=True)
     (d / "secrets" / "llm-keys" / "keyed").write_text("k")
     logs = [access_log(str(d / "access.log"), meshconfig_labels()),
@@ -92,6 +85,7 @@ def test_non_streaming_usage(env):
     status, log, metrics, _ = logged(env, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"})
     assert status == 200
     assert log["llm_provider"] == "dashscope-qwen" and log["route_name"] == "llmc.dashscope-route.vip-route"
+    assert log["llm_rule"] == "default/dashscope-route/vip-route"
     assert log["request_model"] == "qwen-turbo" and log["response_model"] == "qwen-turbo-2026"
     assert (log["request_prompt_tokens"], log["request_completion_tokens"], log["request_total_tokens"]) == (11, 7, 18)
     # the CEL formatter prints values as text; istio.stats parses a COUNTER's value as an integer

@@ -399,7 +399,7 @@ end
 
 -- Prepares one rule: its backends with pre-encoded body fields and cumulative weights.
 local function prepare_rule(route, name, rule)
-  local cfg = { route = route, rule = name, backends = {}, total = 0 }
+  local cfg = { route = route, rule = name, rule_id = route .. "/" .. name, backends = {}, total = 0 }
   for i, b in ipairs(rule.backends) do
     local fields = {}
     if b.model ~= nil then fields[#fields + 1] = { "model", encode_string(b.model) } end
@@ -549,10 +549,10 @@ function M.on_request(h)
   if key ~= nil then headers:replace("authorization", "Bearer " .. key) end
   headers:replace(":path", with_query(b.path, original_path))
   headers:replace("content-type", "application/json")
-  -- Route and rule are in the access log's %ROUTE_NAME% (llmc.<route>.<rule>[.<provider>]);
-  -- each metadata entry costs a few percent of throughput on small requests.
+  -- Each metadata entry costs ~1.5% of throughput on small requests: three, no more.
   local md = h:streamInfo():dynamicMetadata() -- like headers, `info` is out of scope after body()
   md:set(METADATA_NS, "provider", b.provider)
+  md:set(METADATA_NS, "rule", cfg.rule_id)
   if b.model ~= nil then md:set(METADATA_NS, "request_model", b.model) end
 end
 

@@ -133,3 +133,15 @@ class Upstream:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def start_upstreams(ca, tls_hosts, plain_hosts, **options) -> dict[str, Upstream]:
+    """One recording provider per host: TLS (certificate from the trustme ``ca``) or plain HTTP."""
+    ups = {}
+    for host in tls_hosts:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(host).configure_cert(ctx)
+        ups[host] = Upstream(host, ctx, **options)
+    for host in plain_hosts:
+        ups[host] = Upstream(host, **options)
+    return ups
