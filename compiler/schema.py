@@ -92,8 +92,12 @@ def validate_document(doc: Document, diags: Diagnostics, metadata_checked: bool 
                 diags.error("LLMC101", f"unknown field {key!r}", **doc.where(path + (key,)), hint=hint)
         elif validator == "type":
             expected = err.validator_value
+            hint = ""
+            if expected == "string" and isinstance(err.instance, bool | int | float):
+                hint = ("YAML reads unquoted yes/no/on/off/true/false as booleans and digits as numbers, "
+                        "as kubectl does: quote the value as you wrote it, e.g. \"yes\" or \"1.5\"")
             diags.error("LLMC102", f"expected {_TYPE_NAMES.get(expected, expected)}, got "
-                        f"{_json_type(err.instance)}", **doc.where(path))
+                        f"{_json_type(err.instance)}", **doc.where(path), hint=hint)
         elif validator == "required":
             missing = [k for k in err.validator_value if k not in err.instance]
             for key in missing:
