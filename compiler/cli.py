@@ -204,6 +204,32 @@ def mounts(
 
 
 @app.command()
+def controller(
+    kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster "
+                                                    "service account, else ~/.kube/config).")] = None,
+    watch_namespace: Annotated[list[str] | None, typer.Option("--watch-namespace", help="Namespace to watch "
+                                                              "(repeatable; default: all).")] = None,
+    lease_namespace: Annotated[str, typer.Option("--lease-namespace", help="Namespace of the leader-election "
+                                                 "Lease.")] = "llmc-system",
+    identity: Annotated[str | None, typer.Option("--identity", envvar="POD_NAME", help="This replica's "
+                                                 "identity in the Lease (default: hostname).")] = None,
+    health_port: Annotated[int, typer.Option("--health-port", help="Port of /healthz, /readyz, /metrics.")] = 8080,
+    resync: Annotated[float, typer.Option("--resync", help="Seconds between full reconciles.")] = 30.0,
+    cluster_domain: DomainOpt = "cluster.local",
+    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
+    egress_gateway: EgressOpt = None,
+    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+    telemetry: Annotated[bool, typer.Option("--telemetry", help="As for render.")] = False,
+) -> None:
+    """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
+    from .controller.runtime import run
+
+    opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry)
+    run(opts, kubeconfig=kubeconfig, namespaces=watch_namespace, lease_namespace=lease_namespace,
+        identity=identity, health_port=health_port, resync=resync)
+
+
+@app.command()
 def krm() -> None:
     """KRM function: read a config.kubernetes.io/v1 ResourceList on stdin, write one on stdout
     (for kustomize exec functions and kpt). functionConfig.data: namespace, clusterDomain,

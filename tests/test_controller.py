@@ -1,0 +1,278 @@
+"""`llmc controller` against the in-process fake API server, through the real kubernetes client."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pytest
+from kubernetes import client
+from ruamel.yaml import YAML
+
+from compiler import Options, compile_paths
+from compiler.controller.reconcile import HASH_ANNOTATION
+from compiler.controller.runtime import Controller
+from tests.conftest import REPO
+from tests.support.fake_apiserver import FakeAPIServer
+
+SRC = "apis/istio.alibabacloud.com/v1beta1"
+NET = "apis/networking.istio.io/v1"
+EF = "apis/networking.istio.io/v1alpha3"
+PLURAL = {"LLMProvider": "llmproviders", "LLMRoute": "llmroutes"}
+GEN = {"ServiceEntry": (NET, "serviceentries"), "DestinationRule": (NET, "destinationrules"),
+       "VirtualService": (NET, "virtualservices"), "EnvoyFilter": (EF, "envoyfilters")}
+
+
+def seed_objects() -> list[dict]:
+    docs = []
+    for f in sorted((REPO / "samples" / "seed").glob("*.yaml")):
+        for d in YAML(typ="safe").load_all(f.read_text()):
+            d["metadata"].setdefault("namespace", "default")
+            docs.append(d)
+    return docs
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture()
+def api():
+    server = FakeAPIServer()
+    yield server
+    server.stop()
+
+
+def start(server: FakeAPIServer, identity: str = "a", **kw) -> Controller:
+    cfg = client.Configuration()
+    cfg.host = server.url
+    ctrl = Controller(client.ApiClient(cfg), Options(), identity, "llmc-system", resync=kw.pop("resync", 60),
+                      watch_timeout=kw.pop("watch_timeout", 2), lease_seconds=kw.pop("lease_seconds", 2), **kw)
+    ctrl.start()
+    return ctrl
+
+
+def generated(server: FakeAPIServer) -> list[dict]:
+    out = []
+    for prefix, plural in GEN.values():
+        out += server.list(prefix, plural)
+    return out
+
+
+def strip(obj: dict) -> dict:
+    """An applied object as `llmc render` prints it: without server fields, owners and hash."""
+    obj = {k: v for k, v in obj.items() if k != "status"}
+    meta = {k: v for k, v in obj["metadata"].items()
+            if k not in ("resourceVersion", "uid", "generation", "creationTimestamp", "ownerReferences")}
+    meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != HASH_ANNOTATION}
+    return {**obj, "metadata": meta}
+
+
+def conditions(server, kind, name, ns="default") -> dict:
+    obj = server.get(SRC, PLURAL[kind], ns, name) or {}
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+
+
+def programmed(server, kind, name, ns="default") -> bool:
+    return conditions(server, kind, name, ns).get("Programmed", {}).get("status") == "True"
+
+
+def test_create_applies_what_render_prints_and_sets_status(api):
+    for obj in seed_objects():
+        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    ctrl = start(api)
+    try:
+        expected = compile_paths([str(REPO / "samples" / "seed")], Options()).objects
+        wait_for(lambda: len(generated(api)) == len(expected), what="objects applied")
+        by_key = {(o["kind"], o["metadata"]["name"]): strip(o) for o in generated(api)}
+        assert by_key == {(o["kind"], o["metadata"]["name"]): o for o in expected}
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="status")
+        conds = conditions(api, "LLMRoute", "demo-llm-server")
+        assert conds["Accepted"]["status"] == "True" and conds["ResolvedRefs"]["status"] == "True"
+        assert conds["Programmed"]["observedGeneration"] == 1
+        assert "LLMC207" in conditions(api, "LLMProvider", "moonshot")["Accepted"]["message"]
+        se = api.get(NET, "serviceentries", "default", "llmc-provider-moonshot")
+        assert se["metadata"]["ownerReferences"][0]["name"] == "moonshot"
+        assert "${API_KEY" not in str([c for o in api.list(SRC, "llmproviders") for c in o.get("status", {}).values()])
+        # a second reconcile of unchanged input writes nothing
+        def writes():  # lease renewals aside
+            return [w for w in api.writes() if "/leases" not in w[1]]
+
+        before, count = len(writes()), ctrl.metrics.values["llmc_reconciles_total"]
+        ctrl.dirty.set()
+        wait_for(lambda: ctrl.metrics.values["llmc_reconciles_total"] > count, what="another reconcile")
+        time.sleep(0.3)
+        assert len(writes()) == before
+    finally:
+        ctrl.stop()
+
+
+def test_update_rewrites_only_changed_objects_and_delete_prunes_owned_only(api):
+    for obj in seed_objects():
+        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    foreign = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "someone-elses", "namespace": "default"}, "spec": {"hosts": ["x"]}}
+    api.put_object(NET, "virtualservices", foreign)
+    ctrl = start(api)
+    try:
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="programmed")
+        before = len(api.writes("/apis/networking.istio.io"))
+        route = api.get(SRC, "llmroutes", "default", "demo-llm-server")
+        route["spec"]["rules"][0]["backendRefs"][0]["weight"] = 80
+        api.put_object(SRC, "llmroutes", route)
+        wait_for(lambda: conditions(api, "LLMRoute", "demo-llm-server")["Programmed"]["observedGeneration"] == 2,
+                 what="generation 2 programmed")
+        changed = api.writes("/apis/networking.istio.io")[before:]
+        assert [w[1].rsplit("/", 1)[-1] for w in changed] == ["llmc-route-demo-llm-server"], changed
+        api.delete_object(SRC, "llmroutes", "default", "demo-llm-server")
+        wait_for(lambda: api.get(NET, "virtualservices", "default", "llmc-route-demo-llm-server") is None,
+                 what="pruned")
+        assert api.get(EF, "envoyfilters", "default", "llmc-route-demo-llm-server") is None
+        assert api.get(NET, "virtualservices", "default", "someone-elses") is not None
+        assert api.get(NET, "serviceentries", "default", "llmc-provider-moonshot") is not None
+    finally:
+        ctrl.stop()
+
+
+def test_invalid_object_does_not_stop_the_others(api):
+    for obj in seed_objects():
+        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    broken = {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute",
+              "metadata": {"name": "broken", "namespace": "default"},
+              "spec": {"host": "other", "rules": [{"backendRefs": [{"providerHost": "nowhere.example.com"}]}]}}
+    api.put_object(SRC, "llmroutes", broken)
+    ctrl = start(api)
+    try:
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="others programmed")
+        conds = wait_for(lambda: conditions(api, "LLMRoute", "broken") or None, what="broken status")
+        assert conds["Accepted"]["status"] == "False" and "LLMC202" in conds["Accepted"]["message"]
+        assert conds["ResolvedRefs"]["reason"] == "ProviderNotFound"
+        assert conds["Programmed"]["status"] == "False"
+    finally:
+        ctrl.stop()
+
+
+def test_watch_drops_and_410_resync_without_losing_events(api):
+    ctrl = start(api)
+    try:
+        wait_for(ctrl.ready, what="synced")
+        objs = seed_objects()
+        api.put_object(SRC, PLURAL[objs[0]["kind"]], objs[0])
+        api.drop_watches()
+        for obj in objs[1:3]:
+            api.put_object(SRC, PLURAL[obj["kind"]], obj)
+        api.compact()  # the next watch resumes from a compacted version: 410 Gone, then a relist
+        api.drop_watches()
+        api.put_object(SRC, PLURAL[objs[3]["kind"]], objs[3])
+        wait_for(lambda: all(programmed(api, o["kind"], o["metadata"]["name"]) for o in objs), what="all programmed")
+    finally:
+        ctrl.stop()
+
+
+def test_api_errors_and_conflicts_converge(api):
+    for obj in seed_objects():
+        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    api.fail("PATCH", "/virtualservices/", 500, times=4)
+    api.fail("PATCH", "/envoyfilters/", 409, times=3)
+    api.fail("GET", "/serviceentries", 500, times=2)
+    ctrl = start(api)
+    try:
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="converged")
+        assert api.get(NET, "virtualservices", "default", "llmc-route-demo-llm-server") is not None
+    finally:
+        ctrl.stop()
+
+
+def test_two_controllers_one_leader(api):
+    for obj in seed_objects():
+        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    a, b = start(api, "a"), start(api, "b")
+    try:
+        wait_for(lambda: a.leader or b.leader, what="a leader")
+        time.sleep(1.0)
+        assert a.leader != b.leader
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="programmed")
+        leader, follower = (a, b) if a.leader else (b, a)
+        leader.stop()  # graceful shutdown hands the Lease over
+        wait_for(lambda: follower.leader, timeout=10, what="takeover")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_health_ready_and_metrics(api):
+    ctrl = start(api)
+    port = ctrl.serve_health("127.0.0.1", 0)
+    try:
+        wait_for(ctrl.ready, what="synced")
+        base = f"http://127.0.0.1:{port}"
+        assert urllib.request.urlopen(f"{base}/healthz").status == 200
+        assert urllib.request.urlopen(f"{base}/readyz").status == 200
+        wait_for(lambda: ctrl.metrics.values["llmc_reconciles_total"] > 0, what="a reconcile")
+        text = urllib.request.urlopen(f"{base}/metrics").read().decode()
+        assert "llmc_reconciles_total" in text and "llmc_leader 1" in text
+    finally:
+        ctrl.stop()
+
+
+def test_cli_process_runs_and_stops_gracefully(api, tmp_path):
+    import json as _json
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    for obj in seed_objects():
+        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(_json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}]}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "controller", "--kubeconfig", str(kubeconfig),
+                             "--health-port", str(port), "--identity", "pod-1"], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), timeout=20, what="programmed by the CLI")
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        lease = api.get("apis/coordination.k8s.io/v1", "leases", "llmc-system", "llmc-controller")
+        assert lease["spec"]["holderIdentity"] == ""  # handed back on shutdown
+        logs = [_json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+        assert any(entry["msg"] == "reconciled" for entry in logs)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_missing_secret_is_reported_then_resolved_and_everything_removed_with_the_sources(api):
+    docs = list(YAML(typ="safe").load_all((REPO / "samples" / "secret-ref" / "dashscope.yaml").read_text()))
+    for obj in docs:
+        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    ctrl = start(api, resync=0.5)
+    try:
+        conds = wait_for(lambda: conditions(api, "LLMProvider", "dashscope-qwen", "llm-apps") or None, what="status")
+        assert conds["ResolvedRefs"]["status"] == "False" and conds["ResolvedRefs"]["reason"] == "SecretNotFound"
+        assert "llm-apps/llm-provider-keys" in conds["ResolvedRefs"]["message"]
+        api.put_object("api/v1", "secrets", {"apiVersion": "v1", "kind": "Secret",
+                                             "metadata": {"name": "llm-provider-keys", "namespace": "llm-apps"},
+                                             "data": {"dashscope": "c2stc2VjcmV0"}})
+        wait_for(lambda: conditions(api, "LLMProvider", "dashscope-qwen", "llm-apps")["ResolvedRefs"]["status"] == "True",
+                 what="secret resolved on resync")
+        assert "c2stc2VjcmV0" not in str(api.list(SRC, "llmproviders")) + str(generated(api))
+        for obj in docs:
+            api.delete_object(SRC, PLURAL[obj["kind"]], "llm-apps", obj["metadata"]["name"])
+        wait_for(lambda: not generated(api), what="everything removed")
+    finally:
+        ctrl.stop()
