@@ -103,8 +103,13 @@ class Kube:
         """(kind, namespace, name) → live object, for objects llmc owns (label and annotation)."""
         out = {}
         for kind, (group, version, plural) in GENERATED.items():
-            data = retrying(lambda g=group, v=version, p=plural: self.custom.list_cluster_custom_object(
-                g, v, p, label_selector=MANAGED_SELECTOR), f"list {plural}")
+            try:
+                data = retrying(lambda g=group, v=version, p=plural: self.custom.list_cluster_custom_object(
+                    g, v, p, label_selector=MANAGED_SELECTOR), f"list {plural}")
+            except ApiException as exc:
+                if exc.status == 404:  # that kind's CRD is not installed: nothing of it can be ours
+                    continue
+                raise
             for item in data.get("items", []):
                 meta = item["metadata"]
                 if SOURCES_ANNOTATION in (meta.get("annotations") or {}):
