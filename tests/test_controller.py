@@ -32,6 +32,12 @@ def seed_objects() -> list[dict]:
     return docs
 
 
+def load_seed(server: FakeAPIServer) -> None:
+    """`kubectl apply -f samples/seed/`."""
+    for obj in seed_objects():
+        server.put_object(SRC, PLURAL[obj["kind"]], obj)
+
+
 def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -84,8 +90,7 @@ def programmed(server, kind, name, ns="default") -> bool:
 
 
 def test_create_applies_what_render_prints_and_sets_status(api):
-    for obj in seed_objects():
-        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    load_seed(api)
     ctrl = start(api)
     try:
         expected = compile_paths([str(REPO / "samples" / "seed")], Options()).objects
@@ -114,8 +119,7 @@ def test_create_applies_what_render_prints_and_sets_status(api):
 
 
 def test_update_rewrites_only_changed_objects_and_delete_prunes_owned_only(api):
-    for obj in seed_objects():
-        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    load_seed(api)
     foreign = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                "metadata": {"name": "someone-elses", "namespace": "default"}, "spec": {"hosts": ["x"]}}
     api.put_object(NET, "virtualservices", foreign)
@@ -141,8 +145,7 @@ def test_update_rewrites_only_changed_objects_and_delete_prunes_owned_only(api):
 
 
 def test_invalid_object_does_not_stop_the_others(api):
-    for obj in seed_objects():
-        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    load_seed(api)
     broken = {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute",
               "metadata": {"name": "broken", "namespace": "default"},
               "spec": {"host": "other", "rules": [{"backendRefs": [{"providerHost": "nowhere.example.com"}]}]}}
@@ -176,8 +179,7 @@ def test_watch_drops_and_410_resync_without_losing_events(api):
 
 
 def test_api_errors_and_conflicts_converge(api):
-    for obj in seed_objects():
-        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    load_seed(api)
     api.fail("PATCH", "/virtualservices/", 500, times=4)
     api.fail("PATCH", "/envoyfilters/", 409, times=3)
     api.fail("GET", "/serviceentries", 500, times=2)
@@ -190,8 +192,7 @@ def test_api_errors_and_conflicts_converge(api):
 
 
 def test_two_controllers_one_leader(api):
-    for obj in seed_objects():
-        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    load_seed(api)
     a, b = start(api, "a"), start(api, "b")
     try:
         wait_for(lambda: a.leader or b.leader, what="a leader")
@@ -228,8 +229,7 @@ def test_cli_process_runs_and_stops_gracefully(api, tmp_path):
     import subprocess
     import sys
 
-    for obj in seed_objects():
-        api.put_object(SRC, PLURAL[obj["kind"]], obj)
+    load_seed(api)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(_json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "fake",
