@@ -7,7 +7,7 @@ render time on large meshes, and its rules are few enough to state:
 * key order is the templates' order (what Istio's docs show); objects are sorted by the caller;
 * a string is written plain only when it is unambiguously a string in YAML 1.1 *and* 1.2 (a
   conservative pattern, minus words like ``yes``/``null``); otherwise double-quoted with
-  :func:`compiler.render.yaml_quote`'s escapes; multi-line text without special characters (the Lua
+  :func:`yaml_quote`'s escapes; multi-line text without special characters (the Lua
   source) is a literal block, so ``kubectl get -o yaml`` diffs stay readable;
 * empty mappings and lists are ``{}`` and ``[]``.
 
@@ -20,14 +20,35 @@ import json
 import re
 from typing import Any
 
-from .render import yaml_quote
-
 _PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./@-]*(?: [A-Za-z0-9_./@()-]+)*$")
 _RESERVED = frozenset(
     "y n yes no on off true false null ~ .nan .inf -.inf".split()
 )
 _NEEDS_ESCAPE = frozenset("\x85\u2028\u2029\ufeff") | frozenset(
     chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)] if c != 0x0A)
+
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
+#: printable ASCII without '"' and '\\': the same text in a YAML or JSON double-quoted string
+SIMPLE_QUOTED = re.compile(r'^[ !#-\[\]-~]*$')
+
+
+def yaml_quote(text: str) -> str:
+    """A YAML double-quoted scalar that loads back as exactly ``text``."""
+    if SIMPLE_QUOTED.fullmatch(text):
+        return f'"{text}"'
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append(f"\\x{code:02x}")
+        elif code in (0x2028, 0x2029, 0xFEFF) or 0xD800 <= code <= 0xDFFF or code in (0xFFFE, 0xFFFF):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _string(text: str, cache: dict[str, str]) -> str:

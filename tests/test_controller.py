@@ -258,6 +258,9 @@ def test_cli_process_runs_and_stops_gracefully(api, tmp_path):
 
 def test_missing_secret_is_reported_then_resolved_and_everything_removed_with_the_sources(api):
     docs = list(YAML(typ="safe").load_all((REPO / "samples" / "secret-ref" / "dashscope.yaml").read_text()))
+    docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",  # needs no Secret
+                 "metadata": {"name": "moonshot", "namespace": "llm-apps"},
+                 "spec": {"host": "api.moonshot.cn", "path": "/v1/chat/completions"}})
     for obj in docs:
         api.put_object(SRC, PLURAL[obj["kind"]], obj)
     ctrl = start(api, resync=0.5)
@@ -265,6 +268,10 @@ def test_missing_secret_is_reported_then_resolved_and_everything_removed_with_th
         conds = wait_for(lambda: conditions(api, "LLMProvider", "dashscope-qwen", "llm-apps") or None, what="status")
         assert conds["ResolvedRefs"]["status"] == "False" and conds["ResolvedRefs"]["reason"] == "SecretNotFound"
         assert "llm-apps/llm-provider-keys" in conds["ResolvedRefs"]["message"]
+        route = wait_for(lambda: conditions(api, "LLMRoute", "dashscope-route", "llm-apps") or None, what="status")
+        assert route["ResolvedRefs"]["status"] == "False"
+        other = wait_for(lambda: conditions(api, "LLMProvider", "moonshot", "llm-apps") or None, what="status")
+        assert other["ResolvedRefs"]["status"] == "True", "only sources that use the Secret are affected"
         api.put_object("api/v1", "secrets", {"apiVersion": "v1", "kind": "Secret",
                                              "metadata": {"name": "llm-provider-keys", "namespace": "llm-apps"},
                                              "data": {"dashscope": "c2stc2VjcmV0"}})

@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 
 from compiler import Options, compile_text
 from compiler.emit import dump_yaml
-from compiler.render import to_flow
+from tests.support.flow import to_flow
 from tests.support.lua import LuaFilter
 
 

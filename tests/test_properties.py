@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from compiler import Options, compile_paths
-from compiler.emit import dump_yaml
+from compiler.emit import dump_yaml, yaml_quote
 from compiler.names import cap, is_label, object_name
-from compiler.render import to_flow, yaml_quote
+from tests.support.flow import to_flow
 
 LABEL = st.from_regex(r"[a-z][a-z0-9-]{0,20}[a-z0-9]", fullmatch=True)
 TEXT = st.text(max_size=40)

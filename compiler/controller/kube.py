@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -131,7 +131,3 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-
-
-def status_of(obj: dict) -> Any:
-    return (obj.get("status") or {}).get("conditions")

@@ -20,7 +20,6 @@ from ..resolve import Options
 HASH_ANNOTATION = "llmc.io/hash"
 SOURCES_ANNOTATION = "llmc.io/sources"
 SOURCE_GROUP = "istio.alibabacloud.com"
-SERVER_FIELDS = ("resourceVersion", "uid", "generation", "creationTimestamp", "managedFields")
 
 
 def source_key(obj: dict) -> str:

@@ -148,7 +148,7 @@ class Controller:
                 self.metrics.add("llmc_deletes_total")
         missing = self._missing_secrets(outcome)
         for src in sources:
-            conds = conditions(src, outcome, applied_ok, missing.get(src["metadata"].get("namespace"), []))
+            conds = conditions(src, outcome, applied_ok, missing.get(source_key(src), []))
             old = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
                    for c in (src.get("status") or {}).get("conditions") or []]
             if old != conds:
@@ -165,18 +165,29 @@ class Controller:
             raise RuntimeError("some objects could not be applied")
 
     def _missing_secrets(self, outcome) -> dict[str, list[str]]:
-        """Source namespace → referenced Secrets missing where the proxies need them."""
+        """Source key → the Secrets it references that are missing where its proxies need them
+        (the namespace of the sidecars or gateway that shape its traffic). Each Secret is checked once."""
         if outcome.program is None:
             return {}
-        from ..mounts import plan
+        from ..translate.common import placements
 
+        exists: dict[tuple[str, str], bool] = {}
         missing: dict[str, list[str]] = {}
-        for entry in plan(outcome.program):
-            gone = [f"{entry['namespace']}/{s}" for s in entry["secrets"]
-                    if not self.kube.secret_exists(entry["namespace"], s)]
-            if gone:
-                for vh in outcome.program.vhosts:
-                    missing.setdefault(vh.namespace, []).extend(g for g in gone if g not in missing.get(vh.namespace, []))
+        for vh in outcome.program.vhosts:
+            for rule in vh.rules:
+                for b in rule.backends:
+                    ref = b.config.api_key_secret
+                    if ref is None:
+                        continue
+                    for pl in placements(outcome.program, vh):
+                        key = (pl.namespace, ref.name)
+                        if key not in exists:
+                            exists[key] = self.kube.secret_exists(*key)
+                        if not exists[key]:
+                            for source in (*vh.sources, b.provider.source):
+                                gone = missing.setdefault(source, [])
+                                if f"{key[0]}/{key[1]}" not in gone:
+                                    gone.append(f"{key[0]}/{key[1]}")
         return missing
 
     def _reconcile_loop(self) -> None:

@@ -69,7 +69,7 @@ def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, 
     return routes
 
 
-def _rules_vs(program: Program, vh: VirtualHost, name: str, gateways: list[str], port: int,
+def _rules_vs(vh: VirtualHost, name: str, gateways: list[str], port: int,
               gateway_map: dict[str, str]) -> dict:
     shown = [] if gateways == ["mesh"] else gateways
     return {
@@ -88,11 +88,11 @@ def translate_virtualservices(program: Program) -> list[dict]:
     for vh in program.vhosts:
         served = [g for g in vh.gateways if g != "mesh" or egress is None]
         if served:
-            out.append(_rules_vs(program, vh, vh.object_name, served, vh.port, {g: g for g in served}))
+            out.append(_rules_vs(vh, vh.object_name, served, vh.port, {g: g for g in served}))
         if egress is not None and vh.in_mesh:
             # Egress-gateway mode: the rules run on the egress gateway; sidecars only forward there.
             name = vh.object_name if not served else names.cap(f"{vh.object_name}-egress")
-            out.append(_rules_vs(program, vh, name, [egress.ref], egress.port, {"mesh": egress.ref}))
+            out.append(_rules_vs(vh, name, [egress.ref], egress.port, {"mesh": egress.ref}))
             out.append({
                 "metadata": metadata(names.cap(f"{vh.object_name}-mesh"), vh.namespace, vh.all_sources),
                 "host": vh.host, "gateways": [], "export_to": ["."],

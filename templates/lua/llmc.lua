@@ -399,7 +399,7 @@ end
 
 -- Prepares one rule: its backends with pre-encoded body fields and cumulative weights.
 local function prepare_rule(route, name, rule)
-  local cfg = { route = route, rule = name, rule_id = route .. "/" .. name, backends = {}, total = 0 }
+  local cfg = { rule_id = route .. "/" .. name, backends = {}, total = 0 }
   for i, b in ipairs(rule.backends) do
     local fields = {}
     if b.model ~= nil then fields[#fields + 1] = { "model", encode_string(b.model) } end
@@ -486,7 +486,6 @@ local function reply(h, status, etype, code, message)
     '","param":null,"code":"' .. code .. '"}}'
   h:respond({ [":status"] = tostring(status), ["content-type"] = "application/json" }, body)
 end
-M.reply = reply
 
 local function with_query(path, original)
   if find(path, "?", 1, true) then return path end
