@@ -50,6 +50,8 @@ CODES: dict[str, str] = {
     "LLMC215": "literal apiKey is stored in generated config",
     "LLMC216": "sourceLabels in egress-gateway mode",
     "LLMC217": "gateway route without a gateway workloadSelector",
+    "LLMC218": "generated route names collide",
+    "LLMC219": "streaming turned on for clients that do not ask",
     "LLMC901": "internal error",
 }
 

@@ -13,7 +13,10 @@ import re
 MAX_NAME = 63
 PREFIX = "llmc"
 ROUTING_HEADER = "x-llmc-provider"  # internal: set by the Lua filter, matched by pinned VS routes
+#: Every internal header; routes remove them before a request goes upstream.
+INTERNAL_HEADERS = (ROUTING_HEADER,)
 RESERVED_HEADER_PREFIX = "x-llmc-"
+ROUTE_SEPARATOR = "/"  # appears in no Kubernetes name, rule name or provider name
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 RULE_NAME = re.compile(r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")
 
@@ -49,10 +52,23 @@ def is_label(name: str) -> bool:
     return len(name) <= MAX_NAME and bool(_LABEL.fullmatch(name))
 
 
-def route_name(label: str, rule: str, provider: str | None = None) -> str:
-    """Envoy route name (VirtualService ``http[].name``); EnvoyFilter HTTP_ROUTE patches match it."""
-    parts = [PREFIX, label, rule] + ([provider] if provider else [])
-    return ".".join(parts)
+def route_name(namespace: str, label: str, rule: str | None = None, provider: str | None = None) -> str:
+    """Envoy route name (VirtualService ``http[].name``, ``%ROUTE_NAME%`` in access logs).
+
+    ``llmc/<namespace>/<route>/<rule>`` for a rule, ``…/<rule>/<provider>`` for the pinned route of
+    a weighted rule's provider, ``llmc/<namespace>/<route>`` for a route that only forwards. No
+    component can contain ``/`` (Kubernetes names, rule names and provider names exclude it), so
+    two different (route, rule, provider) triples never share a name.
+    """
+    parts = [PREFIX, namespace, label] + [p for p in (rule, provider) if p is not None]
+    assert not any(ROUTE_SEPARATOR in p for p in parts), parts
+    return ROUTE_SEPARATOR.join(parts)
+
+
+def rule_routes(namespace: str, label: str, rule: str, pinned: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
+    """(the rule's route name, {provider: pinned route name}) for the providers in ``pinned``."""
+    return (route_name(namespace, label, rule),
+            {p: route_name(namespace, label, rule, p) for p in pinned})
 
 
 def fqdn(host: str, namespace: str, domain: str) -> str:

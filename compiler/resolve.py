@@ -61,6 +61,12 @@ def _request_config(cfg: OpenAIConfig | None, doc: Document, path: tuple, diags:
             diags.warning("LLMC215", "literal apiKey is copied into the generated EnvoyFilter, where "
                           "anyone who can read EnvoyFilters or a proxy config dump can see it",
                           **doc.where(path + ("apiKey",)), hint="use apiKeySecretRef")
+    if cfg.stream is True:
+        diags.warning("LLMC219", "stream: true makes every request that does not say `stream` a streaming "
+                      "one; the openai SDK omits `stream` on non-streaming calls, so those callers get "
+                      "server-sent events they do not parse", **doc.where(path + ("stream",)),
+                      hint="leave `stream` unset and let clients choose (a client's explicit `stream` "
+                      "always wins)")
     secret = cfg.apiKeySecretRef
     return RequestConfig(model=cfg.model, stream=cfg.stream, api_key=cfg.apiKey,
                          api_key_secret=SecretRef(secret.name, secret.key) if secret else None,
@@ -340,6 +346,7 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
                 rules=(Rule(name="default", matches=(), backends=(Backend(p, 1, p.default),)),),
                 selector=p.selector, sources=(p.source,)))
     _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, diags)
+    _check_route_names(vhosts, diags)
     if diags.has_errors:
         return None
     providers = tuple(sorted((p for provs in providers_by_ns.values() for p in provs.values()),
@@ -355,6 +362,25 @@ def egress_gateway(opts: Options) -> EgressGateway | None:
     ns, _, service = opts.egress_gateway.partition("/")
     return EgressGateway(namespace=ns, service=service, service_host=f"{service}.{ns}.svc.{opts.cluster_domain}",
                          labels=tuple(sorted(opts.egress_labels)), gateway_name=f"{names.PREFIX}-{service}")
+
+
+def _check_route_names(vhosts, diags: Diagnostics) -> None:
+    """Envoy route names must be unique per virtual host: the filter maps names to rules and pins.
+
+    names.route_name makes them unique by construction (its separator appears in no name it joins);
+    this check keeps that true if naming ever changes.
+    """
+    for vh in vhosts:
+        seen: dict[str, str] = {}
+        for rule in vh.rules:
+            pinned = tuple(b.provider.name for b in rule.backends) if rule.weighted else ()
+            entry, pins = names.rule_routes(vh.namespace, vh.label, rule.name, pinned)
+            for name in (entry, *pins.values()):
+                if name in seen:
+                    diags.error("LLMC218", f"generated Envoy route name {name!r} is used by rule {seen[name]!r} "
+                                f"and rule {rule.name!r}", object=vh.sources[0],
+                                hint="rename one of the rules")
+                seen.setdefault(name, rule.name)
 
 
 def _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, diags: Diagnostics) -> None:

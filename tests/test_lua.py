@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 
 from compiler import Options, compile_text
 from compiler.emit import dump_yaml
+from compiler.translate.envoyfilter import buffer_limit
 from tests.support.flow import to_flow
 from tests.support.lua import LuaFilter
 
@@ -29,10 +30,11 @@ def lua() -> LuaFilter:
 
 
 def ctx(**backend) -> dict:
-    """A virtual host context with one single-provider rule ``r`` on route ``llmc.r.r``."""
+    """A virtual host context with one single-provider rule ``r`` on route ``llmc/default/r/r``."""
     b = {"provider": "p", "host": "h.example.com", "path": "/v1/chat/completions", "weight": 1,
          "max_body": 1 << 20, **backend}
-    return {"id": json.dumps(b, sort_keys=True), "route": "default/r", "routes": {"llmc.r.r": "r"},
+    return {"id": json.dumps(b, sort_keys=True), "route": "default/r", "pin_header": "x-llmc-provider",
+            "buffer_limit": buffer_limit(b["max_body"]), "routes": {"llmc/default/r/r": "r"},
             "rules": {"r": {"backends": [b]}}}
 
 
@@ -200,19 +202,20 @@ def test_internal_errors_become_500_without_details(lua):
 
 
 def weighted_ctx(weights: dict[str, int]) -> dict:
-    """Rule ``split``: entry route ``llmc.r.split`` and one pinned route per provider."""
+    """Rule ``split``: entry route ``llmc/default/r/split`` and one pinned route per provider."""
     backends = [{"provider": n, "host": f"{n}.example.com", "path": f"/{n}", "weight": w,
-                 "max_body": 1 << 20, "model": f"model-{n}", "api_key": f"key-{n}"} for n, w in weights.items()]
-    routes = {"llmc.r.split": "split", **{f"llmc.r.split.{n}": "split" for n in weights}}
-    return {"id": json.dumps(weights), "route": "default/r", "routes": routes,
+                 "max_body": 1 << 20, "model": f"model-{n}", "api_key": f"key-{n}",
+                 "pin": f"llmc/default/r/split/{n}"} for n, w in weights.items()]
+    return {"id": json.dumps(weights), "route": "default/r", "pin_header": "x-llmc-provider",
+            "buffer_limit": buffer_limit(1 << 20), "routes": {"llmc/default/r/split": "split"},
             "rules": {"split": {"backends": backends}}}
 
 
 def test_weighted_pick_is_exact_over_the_unit_interval(lua):
     by_route = lua.M.prepare(lua.lua.eval("function(t) return function(k) return t[k] end end")(
         lua.table(weighted_ctx({"a": 1, "b": 3}))))
-    cfg = by_route["llmc.r.split"]
-    assert lua.lua.eval("rawequal")(by_route["llmc.r.split.a"], cfg)  # pinned routes share their rule
+    cfg = by_route.by_route["llmc/default/r/split"]
+    assert by_route.by_route["llmc/default/r/split/a"].pinned  # pinned routes are only reached by the pin
     picks = [lua.M.pick(cfg, i / 1000).provider for i in range(1000)]
     assert picks.count("a") == 250 and picks.count("b") == 750
 
@@ -220,10 +223,8 @@ def test_weighted_pick_is_exact_over_the_unit_interval(lua):
 def test_weighted_request_is_shaped_for_the_picked_provider(lua):
     seen = {}
     for _ in range(200):
-        # a spoofed header made Envoy match the pinned route of "a": the filter still picks fairly
-        r = lua.request(weighted_ctx({"a": 50, "b": 50}), '{"messages":[]}',
-                        headers={"x-llmc-provider": "a"}, route="llmc.r.split.a")
-        p = r.headers["x-llmc-provider"]
+        r = lua.request(weighted_ctx({"a": 50, "b": 50}), '{"messages":[]}', route="llmc/default/r/split")
+        p = r.headers["x-llmc-provider"].rsplit("/", 1)[1]
         seen[p] = seen.get(p, 0) + 1
         assert r.cleared == 1
         assert r.headers[":path"] == f"/{p}"

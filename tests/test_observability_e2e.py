@@ -84,7 +84,7 @@ def logged(env, host: str, body: str = CHAT, headers: dict | None = None) -> tup
 def test_non_streaming_usage(env):
     status, log, metrics, _ = logged(env, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"})
     assert status == 200
-    assert log["llm_provider"] == "dashscope-qwen" and log["route_name"] == "llmc.dashscope-route.vip-route"
+    assert log["llm_provider"] == "dashscope-qwen" and log["route_name"] == "llmc/default/dashscope-route/vip-route"
     assert log["llm_rule"] == "default/dashscope-route/vip-route"
     assert log["request_model"] == "qwen-turbo" and log["response_model"] == "qwen-turbo-2026"
     assert (log["request_prompt_tokens"], log["request_completion_tokens"], log["request_total_tokens"]) == (11, 7, 18)
@@ -131,6 +131,9 @@ def test_client_stream_options_are_kept(env):
     assert log["request_prompt_tokens"] is None
 
 
-def test_rejected_requests_log_without_usage(env):
+def test_rejected_requests_are_attributed_without_usage(env):
+    """llmc's own error replies carry the rule and the provider in the access log."""
     status, log, _, _ = logged(env, "dashscope.aliyuncs.com", body="not json")
-    assert status == 400 and log["response_code"] == 400 and log["llm_provider"] is None
+    assert status == 400 and log["response_code"] == 400
+    assert log["llm_provider"] == "dashscope-qwen" and log["llm_rule"] == "default/dashscope-route/rule-1"
+    assert log["request_prompt_tokens"] is None

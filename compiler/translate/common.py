@@ -26,11 +26,8 @@ def rule_route_names(vh: VirtualHost, rule: Rule) -> tuple[str, dict[str, str]]:
     The VirtualService names its routes with these and the Lua context maps them back to the rule,
     so both translators must use this one function.
     """
-    entry = names.route_name(vh.label, rule.name)
-    if not rule.weighted:
-        return entry, {}
-    return entry, {b.provider.name: names.route_name(vh.label, rule.name, b.provider.name)
-                   for b in rule.backends}
+    pinned = tuple(b.provider.name for b in rule.backends) if rule.weighted else ()
+    return names.rule_routes(vh.namespace, vh.label, rule.name, pinned)
 
 
 @dataclass(frozen=True)

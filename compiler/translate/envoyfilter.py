@@ -43,7 +43,18 @@ def secret_path(secrets_dir: str, ref: SecretRef) -> str:
     return f"{secrets_dir}/{ref.name}/{ref.key}"
 
 
-def _backend_context(b: Backend, secrets_dir: str) -> dict:
+#: Room the shaped body may take beyond ``maxRequestBytes`` (README, "Request size limits"): the
+#: filter adds ``model``/``stream``/``stream_options`` (later steps translate bodies too), and Envoy
+#: answers a body over its buffer limit with a plain-text 413 the client cannot parse.
+MIN_HEADROOM = 64 * 1024
+
+
+def buffer_limit(max_request_bytes: int) -> int:
+    """Envoy's per-route request buffer limit for a virtual host whose largest limit is given."""
+    return max_request_bytes + max(MIN_HEADROOM, max_request_bytes // 4)
+
+
+def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
     p, c = b.provider, b.config
     ctx: dict = {"provider": p.name, "host": p.host, "path": p.path, "weight": b.weight,
                  "max_body": p.max_request_bytes}
@@ -57,6 +68,8 @@ def _backend_context(b: Backend, secrets_dir: str) -> dict:
         ctx["api_key_file"] = secret_path(secrets_dir, c.api_key_secret)
     elif c.api_key is not None:
         ctx["api_key"] = c.api_key
+    if pin is not None:
+        ctx["pin"] = pin
     return ctx
 
 
@@ -64,23 +77,43 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
     """The Lua filter's data for one virtual host: every rule once, and which route is which rule.
 
     Envoy hands the filter the virtual host's context on every route of it; the filter looks up
-    its rule by the matched route's name (``routes``), so the entry and pinned routes of a
-    weighted rule share one entry in ``rules``. ``id`` is a digest of everything else: the Lua
-    caches its prepared form by id, parsing each context once per worker, never serving a stale one.
+    its rule by the matched route's name (``routes``: the rules' own routes). Each backend of a
+    weighted rule names its pinned route (``pin``), which is also the value of the internal
+    routing header ``pin_header`` that selects it. ``buffer_limit`` is the largest body the filter
+    may hand to Envoy. ``id`` is a digest of everything else: the Lua caches its prepared form by
+    id, parsing each context once per worker, never serving a stale one.
     """
     routes: dict[str, str] = {}
+    rules: dict[str, dict] = {}
     for rule in vh.rules:
         entry, pinned = rule_route_names(vh, rule)
         routes[entry] = rule.name
-        routes.update({name: rule.name for name in pinned.values()})
+        rules[rule.name] = {"backends": [_backend_context(b, secrets_dir, pinned.get(b.provider.name))
+                                         for b in rule.backends]}
     body = {
         "route": f"{vh.namespace}/{vh.label}",
+        "pin_header": names.ROUTING_HEADER,
+        "buffer_limit": buffer_limit(max_request_bytes(vh)),
         "routes": routes,
-        "rules": {rule.name: {"backends": [_backend_context(b, secrets_dir) for b in rule.backends]}
-                  for rule in vh.rules},
+        "rules": rules,
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return {"id": digest[:16], **body}
+
+
+def route_names(vh: VirtualHost) -> list[str]:
+    """Every route of the virtual host the filter may shape on; each carries its own name as route
+    metadata (``llmc.lua``: ``route``), which the filter reads after it made Envoy select a route
+    again (``streamInfo():routeName()`` keeps naming the first route)."""
+    out = []
+    for rule in vh.rules:
+        entry, pinned = rule_route_names(vh, rule)
+        out += [*pinned.values(), entry]
+    return out
+
+
+def max_request_bytes(vh: VirtualHost) -> int:
+    return max(b.provider.max_request_bytes for r in vh.rules for b in r.backends)
 
 
 def _filter_name(context: str, selector: tuple[tuple[str, str], ...]) -> str:
@@ -116,8 +149,9 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 "selector": [{"name": k, "value": v} for k, v in pl.selector],
                 "kind": "vhost", "context": pl.context,
                 "vhost": pl.vhost, "port": pl.port,
-                "buffer_limit": max(b.provider.max_request_bytes for r in vh.rules for b in r.backends),
+                "buffer_limit": buffer_limit(max_request_bytes(vh)),
                 "context_data": lua_context(vh, program.secrets_dir),
+                "routes": route_names(vh),
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,
             })

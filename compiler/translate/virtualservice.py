@@ -1,12 +1,15 @@
 """VirtualService per virtual host: header rules, pinned provider routes, Host rewrite.
 
 Shape (README "Design"): a rule with one provider is one route to that provider. A weighted rule
-becomes one *pinned* route per provider, matching the rule's conditions plus the internal header
-``x-llmc-provider: <provider>``, followed by the rule's *entry* route. The Lua filter on the entry
-route picks a provider by weight, sets the header and clears the route cache, so Envoy re-selects
-the pinned route and the request is shaped for, and sent to, the same provider. The entry route
-itself answers 500 in case the filter did not run, so an unshaped request never leaves the proxy.
-Pinned routes remove the internal header before the request goes upstream.
+becomes one *pinned* route per provider, followed by the rule's *entry* route (the rule's
+conditions). A pinned route matches only the internal header ``x-llmc-provider: <its own route
+name>`` (plus the rule's static conditions: port, gateways, source labels), never the headers the
+rule matches on: the filter rewrites some of those (``authorization``, ``content-type``, ``:path``),
+so a pinned route that repeated them could stop matching when Envoy re-selects the route. The Lua
+filter on the entry route picks a provider by weight, sets the header, makes Envoy select the route
+at once and checks it got that pinned route before it shapes anything. The entry route itself
+answers 500 in case the filter did not run, so an unshaped request never leaves the proxy. Every
+route removes the internal headers before the request goes upstream.
 
 In egress-gateway mode the rules are bound to the egress Gateway instead of the sidecars (``mesh``),
 and a second VirtualService sends the sidecars' traffic for the host to the egress gateway's
@@ -28,7 +31,10 @@ NOT_SHAPED_BODY = json.dumps({"error": {
 
 
 def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str]) -> dict | None:
-    """A VirtualService match, or None when the match is for gateways this VirtualService does not serve."""
+    """A VirtualService match, or None when the match is for gateways this VirtualService does not serve.
+
+    With ``pin`` (a pinned route): the internal header instead of the rule's header conditions.
+    """
     gateways: list[str] = []
     if m.gateways:
         gateways = sorted({gateway_map[g] for g in m.gateways if g in gateway_map})
@@ -36,7 +42,7 @@ def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str]) ->
             return None
     headers = [{"name": h.name, "kind": h.kind, "value": h.value} for h in m.headers]
     if pin is not None:
-        headers.append({"name": names.ROUTING_HEADER, "kind": "exact", "value": pin})
+        headers = [{"name": names.ROUTING_HEADER, "kind": "exact", "value": pin}]
     return {
         "headers": sorted(headers, key=lambda h: h["name"]),
         "source_labels": [{"name": k, "value": v} for k, v in m.source_labels],
@@ -52,7 +58,11 @@ def _forward(p: Provider) -> dict:
 def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, str]) -> list[dict]:
     def matches(pin: str | None) -> list[dict]:
         found = (_match(m, port, pin, gateway_map) for m in (rule.matches or (Match(),)))
-        return [m for m in found if m is not None]
+        unique = []  # pinned: matches that differed only in headers are one match
+        for m in found:
+            if m is not None and m not in unique:
+                unique.append(m)
+        return unique
 
     if not matches(None):
         return []
@@ -62,7 +72,7 @@ def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, 
                  "forward": _forward(rule.backends[0].provider), "direct_response": None}]
     routes = []
     for b in rule.backends:
-        routes.append({"name": pinned[b.provider.name], "matches": matches(b.provider.name),
+        routes.append({"name": pinned[b.provider.name], "matches": matches(pinned[b.provider.name]),
                        "forward": _forward(b.provider), "direct_response": None})
     routes.append({"name": entry_name, "matches": matches(None),
                    "forward": None, "direct_response": {"status": 500, "body": NOT_SHAPED_BODY}})
@@ -78,7 +88,7 @@ def _rules_vs(vh: VirtualHost, name: str, gateways: list[str], port: int,
         "gateways": shown,
         "export_to": export_to(vh.namespace, {g.split("/", 1)[0] for g in gateways if g != "mesh"}),
         "routes": [r for rule in vh.rules for r in _rule_routes(vh, rule, port, gateway_map)],
-        "routing_header": names.ROUTING_HEADER,
+        "internal_headers": list(names.INTERNAL_HEADERS),
     }
 
 
@@ -96,11 +106,11 @@ def translate_virtualservices(program: Program) -> list[dict]:
             out.append({
                 "metadata": metadata(names.cap(f"{vh.object_name}-mesh"), vh.namespace, vh.all_sources),
                 "host": vh.host, "gateways": [], "export_to": ["."],
-                "routes": [{"name": names.route_name(vh.label, "egress"),
+                "routes": [{"name": names.route_name(vh.namespace, vh.label),
                             "matches": [{"headers": [], "source_labels": [], "gateways": [], "port": vh.port}],
                             "forward": {"host": egress.service_host, "port": egress.port,
                                         "subset": egress_subset(vh), "host_header": vh.fqdn, "timeout": None},
                             "direct_response": None}],
-                "routing_header": names.ROUTING_HEADER,
+                "internal_headers": list(names.INTERNAL_HEADERS),
             })
     return out

@@ -20,7 +20,6 @@ local byte, sub, find, format, concat, char = string.byte, string.sub, string.fi
   table.concat, string.char
 local floor = math.floor
 
-local ROUTING_HEADER = "x-llmc-provider"
 local METADATA_NS = "llmc"
 local MAX_DEPTH = 128
 local KEY_TTL_SECONDS = 1
@@ -34,13 +33,19 @@ local M = {}
 
 -- The scanner is written for LuaJIT's trace compiler: byte loops and *plain* string.find (both
 -- compiled) instead of pattern matching (interpreted). Inside strings it jumps from quote to
--- quote; the next backslash and the next control character are found once and cached for the
--- whole body (they only move forward), so a 1 MiB body costs a few passes of memchr.
+-- quote; the next quote, the next backslash and the next "bad" byte (control byte or invalid
+-- UTF-8) are found once and cached for the whole body (they only move forward), so scanning is
+-- linear in the body size whatever the number of escapes: a 1 MiB body costs a few passes of memchr.
 local HUGE = math.huge
-local next_bs, next_ctl = 0, 0 -- cached positions of the next '\' and control byte; reset per body
+local next_q, next_bs, next_bad = 0, 0, 0 -- cached positions; reset per body
 
 local function reset_scan()
-  next_bs, next_ctl = 0, 0
+  next_q, next_bs, next_bad = 0, 0, 0
+end
+
+local function find_q(s, j)
+  if next_q < j then next_q = find(s, '"', j, true) or HUGE end
+  return next_q
 end
 
 local function find_bs(s, j)
@@ -48,29 +53,66 @@ local function find_bs(s, j)
   return next_bs
 end
 
--- Position of the next control byte (< 0x20) at or after j. Lua's pattern matcher needs ~10 ns a
--- byte for a character class; a JIT-compiled FFI byte loop is ~20x faster. Envoy's LuaJIT has the
--- FFI (read-only access to the string's bytes here); without it, fall back to the pattern.
-local scan_ctl
+-- Position of the next byte at or after j that cannot appear raw in a JSON string: a control byte
+-- (< 0x20) or the start of an invalid UTF-8 sequence (RFC 3629: no overlong forms, no surrogates,
+-- nothing above U+10FFFF). j is always at a character boundary (after a quote or an escape).
+-- Lua's pattern matcher needs ~10 ns a byte for a character class; a JIT-compiled FFI byte loop is
+-- ~20x faster. Envoy's LuaJIT has the FFI (read-only access to the string's bytes here); without
+-- it, fall back to a pattern that finds control bytes only.
+local scan_bad
 local has_ffi, ffi = pcall(require, "ffi")
 if has_ffi then
   local cast = ffi.cast
-  scan_ctl = function(s, j)
+  scan_bad = function(s, j)
     local p = cast("const uint8_t *", s)
-    for k = j - 1, #s - 1 do
-      if p[k] < 32 then return k + 1 end
+    local n = #s
+    local k = j - 1
+    while k < n do
+      local c = p[k]
+      if c < 128 then
+        if c < 32 then return k + 1 end
+        k = k + 1
+      else
+        -- lead byte: how many continuation bytes, and the allowed range of the first one
+        local need, lo, hi = 0, 128, 191
+        if c >= 194 and c <= 223 then need = 1
+        elseif c == 224 then need, lo = 2, 160
+        elseif c == 237 then need, hi = 2, 159
+        elseif c >= 225 and c <= 239 then need = 2
+        elseif c == 240 then need, lo = 3, 144
+        elseif c == 244 then need, hi = 3, 143
+        elseif c >= 241 and c <= 243 then need = 3
+        else return k + 1 end
+        if k + need >= n then return k + 1 end
+        local c1 = p[k + 1]
+        if c1 < lo or c1 > hi then return k + 1 end
+        if need >= 2 then
+          local c2 = p[k + 2]
+          if c2 < 128 or c2 > 191 then return k + 1 end
+          if need == 3 then
+            local c3 = p[k + 3]
+            if c3 < 128 or c3 > 191 then return k + 1 end
+          end
+        end
+        k = k + need + 1
+      end
     end
     return HUGE
   end
 else
-  scan_ctl = function(s, j)
+  scan_bad = function(s, j)
     return find(s, "[%z\1-\31]", j) or HUGE
   end
 end
 
-local function find_ctl(s, j)
-  if next_ctl < j then next_ctl = scan_ctl(s, j) end
-  return next_ctl
+local function find_bad(s, j)
+  if next_bad < j then next_bad = scan_bad(s, j) end
+  return next_bad
+end
+
+local function bad_byte(s, k)
+  if byte(s, k) < 32 then return "control character in string" end
+  return "invalid UTF-8 in string"
 end
 
 -- No Lua loops on the hot path: a loop inside the scanner's main loop makes LuaJIT abort and
@@ -88,14 +130,15 @@ local function is_hex(c)
   return c ~= nil and ((c >= 48 and c <= 57) or (c >= 65 and c <= 70) or (c >= 97 and c <= 102))
 end
 
--- The rest of a string from j on, when it has escapes or control bytes (the slow path).
+-- The rest of a string from j on, when it has escapes or bad bytes (the slow path).
 local function skip_string_escaped(s, j)
   while true do
-    local q = find(s, '"', j, true)
-    if not q then return nil, "unterminated string" end
+    local q = find_q(s, j)
+    if q == HUGE then return nil, "unterminated string" end
     local b = find_bs(s, j)
     local stop = b < q and b or q
-    if find_ctl(s, j) < stop then return nil, "control character in string" end
+    local bad = find_bad(s, j)
+    if bad < stop then return nil, bad_byte(s, bad) end
     if b > q then return q + 1 end
     local e = byte(s, b + 1)
     if e == 117 then
@@ -114,8 +157,8 @@ end
 
 -- s[i] is '"'; returns the index after the closing quote.
 local function skip_string(s, i)
-  local q = find(s, '"', i + 1, true)
-  if q and q < find_bs(s, i + 1) and q < find_ctl(s, i + 1) then return q + 1 end
+  local q = find_q(s, i + 1)
+  if q < find_bs(s, i + 1) and q < find_bad(s, i + 1) then return q + 1 end
   return skip_string_escaped(s, i + 1)
 end
 
@@ -297,8 +340,8 @@ local function encode_string(s)
 end
 M.encode_string = encode_string
 
--- Scans a top-level JSON object. Returns an array of members {key, value_start, value_end}
--- (value_end exclusive) and the index of the closing brace, or nil and an error message.
+-- Scans a top-level JSON object. Returns an array of members {key, value_start, value_end,
+-- key_start} (value_end exclusive) and the index of the closing brace, or nil and an error message.
 function M.scan_object(s)
   reset_scan()
   local i = skip_ws(s, 1)
@@ -325,7 +368,7 @@ function M.scan_object(s)
       local vend
       vend, err = skip_value(s, vstart)
       if not vend then return nil, "the request body is not valid JSON: " .. err end
-      members[#members + 1] = { key, vstart, vend }
+      members[#members + 1] = { key, vstart, vend, j }
       j = skip_ws(s, vend)
       local c = byte(s, j)
       if c == 44 then
@@ -342,44 +385,51 @@ function M.scan_object(s)
   return members, close
 end
 
--- Sets top-level fields of the JSON object text `s`. `fields` is an array of {name, json_text,
--- keep}: an existing member keeps its place (later duplicates are dropped), a missing one is
--- appended; with `keep` set, a member the client sent is left as it is.
+-- Sets or deletes top-level fields of the JSON object text `s`. `fields` is an array of
+-- {name, json_text}, where json_text `false` deletes the member: an existing member keeps its
+-- place (later duplicates are dropped, so the upstream sees one member), a missing one is
+-- appended. `members` and `close` are the result of scan_object(s) when the caller has it.
 -- Returns the new text, or nil and an error message when `s` is not a JSON object.
-function M.rewrite(s, fields)
-  local members, close = M.scan_object(s)
-  if not members then return nil, close end
+function M.rewrite(s, fields, members, close)
+  if members == nil then
+    members, close = M.scan_object(s)
+    if not members then return nil, close end
+  end
   if #fields == 0 then return s end
   local wanted = {}
-  for _, f in ipairs(fields) do
-    if not f[3] then wanted[f[1]] = f[2] end
-  end
-  local present = {}
-  for idx = 1, #members do present[members[idx][1]] = true end
-  local out, cursor, prev_end, seen = {}, 1, nil, {}
+  for _, f in ipairs(fields) do wanted[f[1]] = f[2] end
+  local out, cursor, prev_end, seen, kept, skip_lead = {}, 1, nil, {}, 0, false
   for idx = 1, #members do
     local m = members[idx]
+    if skip_lead then
+      -- the members before this one were all deleted: drop the separator in front of this one
+      cursor, skip_lead = m[4], false
+    end
     local value = wanted[m[1]]
-    if value ~= nil then
-      if not seen[m[1]] then
+    if value == nil or (value ~= false and not seen[m[1]]) then
+      if value ~= nil then
         seen[m[1]] = true
         out[#out + 1] = sub(s, cursor, m[2] - 1)
         out[#out + 1] = value
-      else
-        out[#out + 1] = sub(s, cursor, prev_end - 1)
+        cursor = m[3]
       end
+      kept = kept + 1
+    elseif kept > 0 then
+      out[#out + 1] = sub(s, cursor, prev_end - 1) -- drop ",<ws>key:value" after the previous member
       cursor = m[3]
+    else
+      out[#out + 1] = sub(s, cursor, m[4] - 1) -- the first kept member will start here
+      cursor, skip_lead = m[3], true
     end
     prev_end = m[3]
   end
   local adds = {}
   for _, f in ipairs(fields) do
-    if not seen[f[1]] and not (f[3] and present[f[1]]) then
-      adds[#adds + 1] = encode_string(f[1]) .. ":" .. f[2]
-    end
+    if f[2] ~= false and not seen[f[1]] then adds[#adds + 1] = encode_string(f[1]) .. ":" .. f[2] end
   end
+  if skip_lead then cursor = close end -- every member was deleted
   if #adds > 0 then
-    if prev_end then
+    if kept > 0 then
       out[#out + 1] = sub(s, cursor, prev_end - 1)
       out[#out + 1] = "," .. concat(adds, ",")
       cursor = prev_end
@@ -393,6 +443,49 @@ function M.rewrite(s, fields)
   return concat(out)
 end
 
+-- What the client said about streaming: true, false or nil (not said; the last of duplicate
+-- members counts, as in the JSON parsers of providers), and whether it sent stream_options.
+-- Returns nil and a message when `stream` is not a boolean.
+local function client_stream(s, members)
+  local stream, options = nil, false
+  for idx = 1, #members do
+    local m = members[idx]
+    if m[1] == "stream" then
+      local v = sub(s, m[2], m[3] - 1)
+      if v == "true" then stream = true elseif v == "false" then stream = false else
+        return nil, nil, "'stream' must be a boolean"
+      end
+    elseif m[1] == "stream_options" then
+      options = true
+    end
+  end
+  return stream, options
+end
+
+-- The request body for backend `b` (see README, "What the data plane does"): the configured model
+-- replaces the client's; the client's explicit `stream` wins over the configured one, which
+-- applies when the client says nothing; `stream_options` is dropped when the request does not
+-- stream (OpenAI-compatible servers reject it then) and, when llmc turned streaming on, asks for
+-- usage unless the client chose. Returns the new text, or nil, message and the offending field.
+function M.shape(s, b)
+  local members, close = M.scan_object(s)
+  if not members then return nil, close end
+  local said, options, err = client_stream(s, members)
+  if err then return nil, err, "stream" end
+  local fields = {}
+  if b.model_json ~= nil then fields[1] = { "model", b.model_json } end
+  local stream = said
+  if stream == nil then stream = b.stream end
+  if stream ~= nil then fields[#fields + 1] = { "stream", stream and "true" or "false" } end
+  if stream ~= true then
+    if options then fields[#fields + 1] = { "stream_options", false } end
+  elseif said == nil and b.include_usage and not options then
+    -- OpenAI sends usage in a stream's last event only when asked; ask when llmc chose to stream.
+    fields[#fields + 1] = { "stream_options", '{"include_usage":true}' }
+  end
+  return M.rewrite(s, fields, members, close)
+end
+
 ---------------------------------------------------------------------------------------------------
 -- Per-virtual-host configuration
 ---------------------------------------------------------------------------------------------------
@@ -401,47 +494,52 @@ end
 local function prepare_rule(route, name, rule)
   local cfg = { rule_id = route .. "/" .. name, backends = {}, total = 0 }
   for i, b in ipairs(rule.backends) do
-    local fields = {}
-    if b.model ~= nil then fields[#fields + 1] = { "model", encode_string(b.model) } end
-    if b.stream ~= nil then fields[#fields + 1] = { "stream", b.stream and "true" or "false" } end
-    if b.stream == true and b.include_usage then
-      -- OpenAI sends usage in a stream's last event only when asked; ask unless the client chose.
-      fields[#fields + 1] = { "stream_options", '{"include_usage":true}', true }
-    end
     cfg.total = cfg.total + b.weight
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
-      upto = cfg.total, max_body = b.max_body, fields = fields, api_key = b.api_key,
-      api_key_file = b.api_key_file }
+      upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
+      model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,
+      include_usage = b.include_usage, pin = b.pin,
+      -- protocol facts (OpenAI's unless the context says otherwise)
+      auth_header = b.auth_header or "authorization", auth_prefix = b.auth_prefix or "Bearer " }
   end
   cfg.weighted = #cfg.backends > 1
   return cfg
 end
 
+-- The prepared rule of a pinned route: reached only through the internal routing header.
+local PINNED = { pinned = true }
+
 -- Prepares a virtual host's filter_context (read through `get`) once per id and worker:
--- returns {route name -> prepared rule}.
+-- returns {by_route = {route name -> prepared rule, or PINNED}, pin_header, buffer_limit}.
 function M.prepare(get)
   local route, rules, by_route = get("route"), {}, {}
-  for name, rule in pairs(get("rules")) do rules[name] = prepare_rule(route, name, rule) end
+  for name, rule in pairs(get("rules")) do
+    local cfg = prepare_rule(route, name, rule)
+    rules[name] = cfg
+    for _, b in ipairs(cfg.backends) do
+      if b.pin ~= nil then by_route[b.pin] = PINNED end
+    end
+  end
   for route_name, rule_name in pairs(get("routes")) do by_route[route_name] = rules[rule_name] end
-  return by_route
+  return { by_route = by_route, pin_header = get("pin_header"), buffer_limit = get("buffer_limit") }
 end
 
 local contexts, ncontexts = {}, 0
 
--- The prepared rule for this request, `false` when the route is unknown to the context, or nil
--- when the route carries no llmc context at all (not our traffic). `info` is h:streamInfo().
-local function load_rule(h, info)
+-- The prepared virtual host context, or nil when the route carries no llmc context at all (not
+-- our traffic).
+local function load_vhost(h)
   local ctx = h:filterContext()
   if ctx == nil then return nil end
   local id = ctx:get("id")
   if id == nil then return nil end
-  local by_route = contexts[id]
-  if by_route == nil then
-    by_route = M.prepare(function(k) return ctx:get(k) end)
+  local vh = contexts[id]
+  if vh == nil then
+    vh = M.prepare(function(k) return ctx:get(k) end)
     if ncontexts >= MAX_CACHED_CONTEXTS then contexts, ncontexts = {}, 0 end
-    contexts[id], ncontexts = by_route, ncontexts + 1
+    contexts[id], ncontexts = vh, ncontexts + 1
   end
-  return by_route[info:routeName()] or false
+  return vh
 end
 
 function M.pick(cfg, r)
@@ -481,10 +579,22 @@ end
 -- Request handling
 ---------------------------------------------------------------------------------------------------
 
-local function reply(h, status, etype, code, message)
+-- An OpenAI-format error, attributed in access logs and metrics like a shaped request (the rule,
+-- and the provider when one was picked).
+local function reply(h, status, etype, code, message, cfg, b, param)
   local body = '{"error":{"message":' .. encode_string(message) .. ',"type":"' .. etype ..
-    '","param":null,"code":"' .. code .. '"}}'
+    '","param":' .. (param and encode_string(param) or "null") .. ',"code":"' .. code .. '"}}'
+  if cfg ~= nil then
+    local md = h:streamInfo():dynamicMetadata()
+    md:set(METADATA_NS, "rule", cfg.rule_id)
+    if b ~= nil then md:set(METADATA_NS, "provider", b.provider) end
+  end
   h:respond({ [":status"] = tostring(status), ["content-type"] = "application/json" }, body)
+end
+
+local function too_large(h, cfg, b, limit)
+  return reply(h, 413, "invalid_request_error", "request_too_large",
+    format("llmc: the request body is larger than the limit of %d bytes", limit), cfg, b)
 end
 
 local function with_query(path, original)
@@ -494,60 +604,101 @@ local function with_query(path, original)
   return path
 end
 
+-- Makes Envoy select the route again, now, with the request headers as they are, and returns
+-- the new route's name. Envoy would otherwise select it lazily in the router, with the headers as
+-- they are *after* shaping. h:metadata() (route metadata) is the one call that makes Envoy resolve
+-- a cleared route cache at once; h:route() and streamInfo():routeName() keep naming the first
+-- route. Every llmc route carries its own name in its metadata (an EnvoyFilter HTTP_ROUTE patch).
+-- Envoy builds the metadata wrapper once per script run between yields, so this works once per
+-- request before body() — which is all the request path needs.
+local function reselect(h)
+  h:clearRouteCache()
+  return h:metadata():get("route")
+end
+
+-- Step 1: the rule of the matched route. A pinned route is reachable only through the internal
+-- routing header, which clients must not send: matched first, it means the client did.
+local function resolve_rule(vh, info)
+  return vh.by_route[info:routeName()]
+end
+
+-- Step 2: the backend. For a weighted rule, pick by weight and pin the request to that backend's
+-- route with the internal header (set before any other header changes, so no header the rule
+-- matches on has changed yet); then check that Envoy selected exactly that route, and fail
+-- closed otherwise: a request is only ever shaped for the route that sends it.
+local function pick_backend(h, vh, cfg, headers)
+  if not cfg.weighted then return cfg.backends[1] end
+  local b = M.pick(cfg, math.random())
+  headers:replace(vh.pin_header, b.pin)
+  local final = reselect(h)
+  if final ~= b.pin then
+    h:logErr("llmc: pinned route " .. b.pin .. " was not selected (got " .. tostring(final) .. ")")
+    return nil
+  end
+  return b
+end
+
+-- Step 3: the credential of backend `b` (a literal, or a mounted Secret file); false when missing.
+local function credential(b)
+  if b.api_key_file == nil then return b.api_key end
+  return M.api_key(b, os.time()) or false
+end
+
 -- Every call into Envoy costs; this path makes as few as it can (see README, "Performance").
 function M.on_request(h)
+  local vh = load_vhost(h)
+  if vh == nil then return end
   local info = h:streamInfo()
-  local cfg = load_rule(h, info)
-  if cfg == nil then return end
-  local headers = h:headers()
-  if cfg == false then
+  local cfg = resolve_rule(vh, info)
+  if cfg == PINNED then
+    return reply(h, 400, "invalid_request_error", "reserved_header",
+      "llmc: the request carries the internal header " .. vh.pin_header .. "; remove it")
+  end
+  if cfg == nil then
     -- The virtual host is llmc's but this route is not in its context: never forward unshaped.
     h:logErr("llmc: route " .. tostring(info:routeName()) .. " has no llmc rule")
     return reply(h, 500, "server_error", "llmc_route_unknown",
       "llmc: this route has no LLM configuration (is the VirtualService out of date?)")
   end
+  local headers = h:headers()
   if headers:get(":method") ~= "POST" then
     return reply(h, 405, "invalid_request_error", "method_not_allowed",
-      "llmc: only POST requests with a JSON chat completion body are accepted")
+      "llmc: only POST requests with a JSON chat completion body are accepted", cfg)
   end
-  local b = cfg.backends[1]
-  if cfg.weighted then
-    b = M.pick(cfg, math.random())
-    headers:replace(ROUTING_HEADER, b.provider)
-    h:clearRouteCache()
+  local b = pick_backend(h, vh, cfg, headers)
+  if b == nil then
+    return reply(h, 500, "server_error", "llmc_route_mismatch",
+      "llmc: the request was routed to an unexpected route; nothing was sent", cfg)
   end
   local declared = tonumber(headers:get("content-length") or "")
-  if declared and declared > b.max_body then
-    return reply(h, 413, "invalid_request_error", "request_too_large",
-      format("llmc: the request body is larger than the limit of %d bytes", b.max_body))
-  end
-  local key = b.api_key
-  if b.api_key_file ~= nil then key = M.api_key(b, os.time()) end
-  if key == nil and b.api_key_file ~= nil then
+  if declared and declared > b.max_body then return too_large(h, cfg, b, b.max_body) end
+  local key = credential(b)
+  if key == false then
     h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
     return reply(h, 503, "server_error", "api_key_unavailable",
-      "llmc: the API key for provider " .. b.provider .. " is not available")
+      "llmc: the API key for provider " .. b.provider .. " is not available", cfg, b)
   end
   local original_path = headers:get(":path")
   local body = h:body()
   local len = body and body:length() or 0
   if len == 0 then
-    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: the request body is empty")
+    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: the request body is empty", cfg, b)
   end
-  if len > b.max_body then
-    return reply(h, 413, "invalid_request_error", "request_too_large",
-      format("llmc: the request body is larger than the limit of %d bytes", b.max_body))
-  end
+  if len > b.max_body then return too_large(h, cfg, b, b.max_body) end
   local s = body:getBytes(0, len)
-  local out, err = M.rewrite(s, b.fields)
+  local out, err, param = M.shape(s, b)
   if out == nil then
-    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err)
+    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
   end
+  if #out > vh.buffer_limit then return too_large(h, cfg, b, b.max_body) end
   if out ~= s then body:setBytes(out) end
   headers = h:headers() -- the wrapper from before body() is out of scope now
-  if key ~= nil then headers:replace("authorization", "Bearer " .. key) end
+  if key ~= nil then headers:replace(b.auth_header, b.auth_prefix .. key) end
   headers:replace(":path", with_query(b.path, original_path))
   headers:replace("content-type", "application/json")
+  -- Token usage is read from the response: ask the provider not to compress it. The client
+  -- gets what Envoy sends it (the sidecar adds no compression).
+  headers:replace("accept-encoding", "identity")
   -- Each metadata entry costs ~1.5% of throughput on small requests: three, no more.
   local md = h:streamInfo():dynamicMetadata() -- like headers, `info` is out of scope after body()
   md:set(METADATA_NS, "provider", b.provider)

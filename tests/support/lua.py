@@ -52,13 +52,16 @@ class LuaFilter:
         hdrs = {":method": method, ":path": path, ":authority": "example", **(headers or {})}
         if body is not None and "content-length" not in hdrs:
             hdrs["content-length"] = str(len(body.encode()))
+        pinned = {b["pin"]: True for rule in (context or {}).get("rules", {}).values()
+                  for b in rule["backends"] if "pin" in b}
         h = self.fake.handle(self.table({"headers": hdrs, "body": body, "context": context,
-                                         "route_name": route}))
+                                         "route_name": route, "pinned": pinned,
+                                         "pin_header": (context or {}).get("pin_header")}))
         self.envoy_on_request(h)
         resp = h.response
         headers_out = dict(h.headers_map.items())
         return Reply(
             status=int(resp.headers[":status"]) if resp is not None else None,
             headers=headers_out, body=h.body_text, cleared=h.cleared,
-            metadata=dict(h.metadata.items()), logs=list(h.logs.values()),
+            metadata=dict(h.dynamic_metadata.items()), logs=list(h.logs.values()),
             response_body=resp.body if resp is not None else None)
