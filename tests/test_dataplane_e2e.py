@@ -7,8 +7,6 @@ client did not ask for, compressed responses losing usage, limits answered in pl
 
 from __future__ import annotations
 
-import json
-
 import openai
 import pytest
 
