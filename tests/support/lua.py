@@ -44,14 +44,22 @@ class LuaFilter:
             return result[0], result[1]
         return result, None
 
-    def request(self, context: dict | None, body: str | None, headers: dict[str, str] | None = None,
+    @staticmethod
+    def _text(table: Any, key: str) -> str | bytes | None:
+        """A string field of a Lua table; bytes where it is not UTF-8 (lupa decodes to str)."""
+        try:
+            return table[key]
+        except UnicodeDecodeError as exc:
+            return exc.object
+
+    def request(self, context: dict | None, body: str | bytes | None, headers: dict[str, str] | None = None,
                 method: str = "POST", path: str = "/", route: str | None = None) -> Reply:
         """Run envoy_on_request; ``route`` is the matched route's name (default: the context's first)."""
         if route is None and context is not None:
             route = next(iter(context["routes"]))
         hdrs = {":method": method, ":path": path, ":authority": "example", **(headers or {})}
         if body is not None and "content-length" not in hdrs:
-            hdrs["content-length"] = str(len(body.encode()))
+            hdrs["content-length"] = str(len(body if isinstance(body, bytes) else body.encode()))
         pinned = {b["pin"]: True for rule in (context or {}).get("rules", {}).values()
                   for b in rule["backends"] if "pin" in b}
         h = self.fake.handle(self.table({"headers": hdrs, "body": body, "context": context,
@@ -62,6 +70,6 @@ class LuaFilter:
         headers_out = dict(h.headers_map.items())
         return Reply(
             status=int(resp.headers[":status"]) if resp is not None else None,
-            headers=headers_out, body=h.body_text, cleared=h.cleared,
+            headers=headers_out, body=self._text(h, "body_text"), cleared=h.cleared,
             metadata=dict(h.dynamic_metadata.items()), logs=list(h.logs.values()),
             response_body=resp.body if resp is not None else None)

@@ -1,0 +1,243 @@
+"""Unit tests (LuaJIT via lupa) for the data-plane hardening of templates/lua/llmc.lua.
+
+Differential fuzzing of the JSON scanner and rewriter against Python's ``json`` on bytes (invalid
+UTF-8 included), the scanner's work growing linearly with the body, the stream decision table, and
+error replies attributed to their rule and provider.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from lupa import luajit21
+
+from compiler.translate.envoyfilter import buffer_limit, lua_source
+from tests.support.lua import LuaFilter
+
+_LUA = LuaFilter()
+
+
+def _reject_constant(_):
+    raise ValueError("non-standard constant")
+
+
+def python_accepts(raw: bytes) -> bool:
+    """What a provider's JSON parser accepts: UTF-8 text holding one JSON object, standard constants."""
+    try:
+        return isinstance(json.loads(raw.decode("utf-8"), parse_constant=_reject_constant), dict)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+
+
+def lua_rewrite(raw: bytes, fields: list) -> tuple[bytes | None, str | None]:
+    result = _LUA.M.rewrite(raw, _LUA.table([list(f) for f in fields]))
+    out, err = result if isinstance(result, tuple) else (result, None)
+    if isinstance(out, str):
+        out = out.encode("utf-8", "surrogateescape")
+    return out, err
+
+
+# Bodies as bytes: valid JSON of arbitrary objects, then byte-level damage (cuts, inserted bytes,
+# including invalid UTF-8 and control bytes) so both sides see the same near-miss inputs.
+JSON_SCALARS = (st.none() | st.booleans() | st.integers(-2**53, 2**53)
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text())
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda c: st.lists(c, max_size=4)
+                           | st.dictionaries(st.text(max_size=6), c, max_size=4), max_leaves=20)
+OBJECTS = st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=6)
+ENCODED = st.builds(lambda o, a, i: json.dumps(o, ensure_ascii=a, indent=i).encode(), OBJECTS, st.booleans(),
+                    st.sampled_from([None, 1]))
+INSERTS = st.sampled_from([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe4\xbd", b"\x01",
+                           b"\n", b"\\", b'"', b"\\u12", b"\xe4\xbd\xa0", b"\xf0\x9f\x98\x80", b"\x7f"])
+
+
+@st.composite
+def damaged(draw) -> bytes:
+    raw = draw(ENCODED)
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(raw)))
+        raw = raw[:at] + draw(INSERTS) + raw[at:]
+    if draw(st.booleans()) and raw:
+        raw = raw[: draw(st.integers(0, len(raw)))]
+    return raw
+
+
+@settings(max_examples=1500, deadline=None)
+@given(raw=damaged())
+@example(raw=b'{"a":"\xff"}')
+@example(raw=b'{"a":"\xc3\xa9\xe4\xbd\xa0\xf0\x9f\x98\x80"}')
+@example(raw=b'{"a":"\xed\xa0\x80"}')  # an encoded surrogate is not UTF-8
+@example(raw=b'{"a":"\xf4\x90\x80\x80"}')  # above U+10FFFF
+@example(raw=b'{"a":"\xe0\x80\xaf"}')  # overlong
+@example(raw=b'{"a":"x\xe4\xbd"}')  # truncated at the end of a string
+@example(raw=b'{"\xff":1}')
+def test_validity_agrees_with_python_on_bytes(raw):
+    out, err = lua_rewrite(raw, [])
+    assert (err is None) == python_accepts(raw), (raw, err)
+    if err is None:
+        assert out == raw
+
+
+@given(raw=ENCODED, model=st.text(), drop=st.sets(st.sampled_from(["stream", "stream_options", "n", "messages"])),
+       add=st.dictionaries(st.sampled_from(["stream", "temperature", "model"]), JSON_SCALARS, max_size=2))
+def test_set_and_delete_agree_with_python(raw, model, drop, add):
+    """Setting and deleting top-level members gives what Python's json makes of the same edit."""
+    fields = [("model", json.dumps(model))] + [(k, False) for k in sorted(drop)]
+    fields += [(k, json.dumps(v)) for k, v in sorted(add.items()) if k != "model" and k not in drop]
+    out, err = lua_rewrite(raw, fields)
+    assert err is None
+    expected = json.loads(raw)
+    for k, v in fields:
+        if v is False:
+            expected.pop(k, None)
+        else:
+            expected[k] = json.loads(v)
+    assert json.loads(out) == expected
+
+
+@pytest.mark.parametrize("body,expected", [
+    ('{"stream_options":{"a":1},"messages":[]}', '{"messages":[]}'),
+    ('{"messages":[] , "stream_options":{}}', '{"messages":[]}'),
+    ('{ "stream_options":1 }', '{ }'),
+    ('{"stream_options":1,"stream_options":2,"x":1}', '{"x":1}'),
+    ('{"a":1,"stream_options":1,"b":2}', '{"a":1,"b":2}'),
+])
+def test_delete_is_byte_exact(body, expected):
+    assert lua_rewrite(body.encode(), [("stream_options", False)]) == (expected.encode(), None)
+
+
+class FindCounter:
+    """The filter loaded in a LuaJIT whose string.find counts the bytes each plain search examines."""
+
+    def __init__(self) -> None:
+        self.lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
+        self.lua.execute("""
+          scanned = 0
+          local find = string.find
+          string.find = function(s, p, init, plain)
+            local a, b = find(s, p, init, plain)
+            scanned = scanned + ((a or #s + 1) - (init or 1) + 1)
+            return a, b
+          end""")
+        self.M = self.lua.execute(lua_source())
+
+    def work(self, body: str) -> int:
+        self.lua.execute("scanned = 0")
+        out = self.M.rewrite(body, self.lua.table_from([]))
+        assert not isinstance(out, tuple), out
+        return self.lua.globals().scanned
+
+
+@pytest.mark.parametrize("unit", ["\\u4f60\\u597d", "- item\\n", '\\"q\\"'])
+def test_scanning_work_grows_linearly_with_escapes(unit):
+    """Bytes examined by string.find for a body of n escapes: 8x the escapes, at most ~8x the work
+    (the quadratic scanner searched for the closing quote afresh after every escape: ~64x)."""
+    counter = FindCounter()
+
+    def body(n: int) -> str:
+        return '{"messages":[{"role":"user","content":"' + unit * n + '"}]}'
+
+    small, large = counter.work(body(4000)), counter.work(body(32000))
+    assert large <= 9 * small, (small, large)
+
+
+def ctx(**backend) -> dict:
+    b = {"provider": "p", "host": "h.example.com", "path": "/v1/chat/completions", "weight": 1,
+         "max_body": 1 << 20, **backend}
+    return {"id": json.dumps(b, sort_keys=True), "route": "default/r", "pin_header": "x-llmc-provider",
+            "buffer_limit": buffer_limit(b["max_body"]), "routes": {"llmc/default/r/r": "r"},
+            "rules": {"r": {"backends": [b]}}}
+
+
+ABSENT = object()
+
+
+# (configured stream, include_usage, client's stream, client's stream_options) ->
+# (stream the provider gets, stream_options the provider gets)
+STREAM_CASES = [
+    (None, False, ABSENT, ABSENT, ABSENT, ABSENT),
+    (None, False, True, {"include_usage": True}, True, {"include_usage": True}),
+    (None, False, False, {"include_usage": True}, False, ABSENT),   # OpenAI rejects options without stream
+    (None, False, ABSENT, {"include_usage": True}, ABSENT, ABSENT),
+    (False, True, ABSENT, ABSENT, False, ABSENT),
+    (False, True, True, {"include_usage": True}, True, {"include_usage": True}),  # the client's choice wins
+    (False, True, True, ABSENT, True, ABSENT),
+    (False, True, ABSENT, {"include_usage": True}, False, ABSENT),
+    (True, True, ABSENT, ABSENT, True, {"include_usage": True}),    # llmc turned streaming on: ask for usage
+    (True, False, ABSENT, ABSENT, True, ABSENT),                    # ... unless streamIncludeUsage: false
+    (True, True, ABSENT, {"include_usage": False}, True, {"include_usage": False}),
+    (True, True, False, ABSENT, False, ABSENT),                     # the client's choice wins
+    (True, True, False, {"include_usage": True}, False, ABSENT),
+    (True, True, True, ABSENT, True, ABSENT),                       # the client streams by itself: as sent
+]
+
+
+@pytest.mark.parametrize("configured,usage,client,options,want_stream,want_options", STREAM_CASES)
+def test_stream_decision(configured, usage, client, options, want_stream, want_options):
+    backend = {"model": "m"}
+    if configured is not None:
+        backend["stream"] = configured
+    if configured and usage:
+        backend["include_usage"] = True
+    req = {"messages": []}
+    if client is not ABSENT:
+        req["stream"] = client
+    if options is not ABSENT:
+        req["stream_options"] = options
+    r = _LUA.request(ctx(**backend), json.dumps(req))
+    assert r.status is None, r.response_body
+    sent = json.loads(r.body)
+    assert sent.get("stream", ABSENT) == want_stream
+    assert sent.get("stream_options", ABSENT) == want_options
+
+
+@pytest.mark.parametrize("value", ['"yes"', "1", "null", "{}"])
+def test_non_boolean_stream_is_400_naming_the_param(value):
+    r = _LUA.request(ctx(model="m"), '{"messages":[],"stream":' + value + "}")
+    assert r.status == 400
+    err = json.loads(r.response_body)["error"]
+    assert err["param"] == "stream" and err["code"] == "invalid_json"
+
+
+def test_duplicate_stream_members_count_as_providers_read_them():
+    r = _LUA.request(ctx(model="m", stream=False), '{"stream":false,"messages":[],"stream":true}')
+    assert r.body == '{"stream":true,"messages":[],"model":"m"}'
+
+
+def test_invalid_utf8_in_a_string_is_400():
+    r = _LUA.request(ctx(model="m"), b'{"messages":[{"role":"user","content":"caf\xe9"}]}')
+    assert r.status == 400
+    assert "invalid UTF-8" in json.loads(r.response_body)["error"]["message"]
+
+
+def test_error_replies_are_attributed_to_rule_and_provider():
+    r = _LUA.request(ctx(model="m"), "not json")
+    assert r.status == 400
+    assert r.metadata == {"llmc:rule": "default/r/r", "llmc:provider": "p"}
+    r = _LUA.request(ctx(model="m"), "{}", method="GET")
+    assert r.status == 405 and r.metadata == {"llmc:rule": "default/r/r"}  # before a provider is picked
+
+
+def test_shaped_requests_ask_for_an_uncompressed_response():
+    r = _LUA.request(ctx(model="m"), "{}", headers={"accept-encoding": "gzip, deflate"})
+    assert r.status is None and r.headers["accept-encoding"] == "identity"
+
+
+def test_a_body_that_outgrows_the_buffer_is_json_413():
+    c = ctx(model="m" * 70000, max_body=1000)
+    r = _LUA.request(c, '{"messages":[]}')
+    assert r.status == 413 and json.loads(r.response_body)["error"]["code"] == "request_too_large"
+
+
+def test_client_sent_pin_of_a_pinned_route_is_400():
+    c = ctx(model="m")
+    c["id"] = "two-pinned-backends"
+    c["rules"]["r"]["backends"].append({**c["rules"]["r"]["backends"][0], "provider": "q"})
+    for i, b in enumerate(c["rules"]["r"]["backends"]):
+        b["pin"] = f"llmc/default/r/r/{b['provider']}"
+        b["weight"] = i + 1
+    r = _LUA.request(c, "{}", headers={"x-llmc-provider": "llmc/default/r/r/q"}, route="llmc/default/r/r/q")
+    assert r.status == 400 and json.loads(r.response_body)["error"]["code"] == "reserved_header"
+    assert r.cleared == 0
