@@ -335,7 +335,8 @@ def test_non_post_is_rejected(mesh, upstreams):
 
 def test_sdk_get_is_rejected_with_405(mesh, upstreams):
     """The SDK's own GET (models.list) on a provider host: llmc serves chat completions only."""
-    err = status_error(lambda: client(mesh.port, "api.moonshot.cn").models.list())
+    with client(mesh.port, "api.moonshot.cn") as sdk:
+        err = status_error(sdk.models.list)
     assert type(err) is openai.APIStatusError and err.status_code == 405
     assert (err.code, err.type) == ("method_not_allowed", "invalid_request_error")
     assert all(not u.requests for u in upstreams.values())

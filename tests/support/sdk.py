@@ -34,7 +34,8 @@ def chat(port: int, host: str, headers: dict | None = None, **params) -> ChatCom
     """One non-streaming chat completion; raises the SDK's exception for an error status."""
     params.setdefault("messages", MESSAGES)
     params.setdefault("model", APP_MODEL)
-    return client(port, host).chat.completions.create(extra_headers=headers, **params)
+    with client(port, host) as sdk:  # closes its connections: one client per call, as short-lived as a test
+        return sdk.chat.completions.create(extra_headers=headers, **params)
 
 
 @dataclass
@@ -63,15 +64,16 @@ def chat_stream(port: int, host: str, headers: dict | None = None,
     options = {"include_usage": True} if stream_options is None else stream_options
     if options:
         params["stream_options"] = options
-    start = time.monotonic()
-    stream = client(port, host).chat.completions.create(stream=True, extra_headers=headers, **params)
     chunks, first_at = [], None
-    with stream:
-        for chunk in stream:
-            if first_at is None:
-                first_at = time.monotonic() - start
-            chunks.append(chunk)
-    total = time.monotonic() - start
+    with client(port, host) as sdk:
+        start = time.monotonic()
+        stream = sdk.chat.completions.create(stream=True, extra_headers=headers, **params)
+        with stream:
+            for chunk in stream:
+                if first_at is None:
+                    first_at = time.monotonic() - start
+                chunks.append(chunk)
+        total = time.monotonic() - start
     return Streamed(chunks, {k.lower(): v for k, v in stream.response.headers.items()}, first_at or total, total)
 
 
