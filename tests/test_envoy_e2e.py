@@ -4,6 +4,10 @@ The emitted YAML comes from running the `llmc` CLI in a subprocess; tests/suppor
 turns it into the sidecar's Envoy config (its docstring lists which istiod behaviours it mirrors).
 Providers are local recording servers (TLS with a throwaway CA where the DestinationRule asks for
 TLS origination). Each assertion checks what the provider actually received.
+
+The client of every well-formed request is the official ``openai`` SDK (tests/support/sdk.py), the
+way an app in the mesh calls a provider; raw ``http.client`` is used only for what the SDK cannot
+send (broken JSON, chunked bodies, exact bytes, a non-LLM service).
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import json
 import os
 import time
 
+import openai
 import pytest
 import trustme
 
 from tests.conftest import TESTDATA
 from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_binary, envoy_version
 from tests.support.mesh import llmc_render, seed_mesh
+from tests.support.sdk import APP_KEY, SDK_PATH, SENT, chat, chat_stream, client, status_error
 from tests.support.upstream import start_upstreams
 
 pytestmark = pytest.mark.envoy
@@ -104,28 +110,28 @@ def test_seed_scenario_1_provider_alone(upstreams, ca):
     assert layout.unmatched == []
     envoy = Envoy(layout.bootstrap)
     try:
-        status, _, body = call(envoy, "dashscope.aliyuncs.com")
-        assert status == 200, body
+        completion = chat(envoy.port, "dashscope.aliyuncs.com")
         req = only_request(upstreams, "dashscope.aliyuncs.com")
+        assert req.headers["user-agent"].startswith("OpenAI/Python")  # the SDK is the client
         assert req.sni == "dashscope.aliyuncs.com"  # reached over TLS, SNI set by the DestinationRule
-        assert req.path == "/compatible-mode/v1/chat/completions"
+        # the SDK's own path and the app's own key are replaced by the provider's
+        assert req.path == "/compatible-mode/v1/chat/completions" != SDK_PATH
         assert req.headers["host"] == "dashscope.aliyuncs.com"
-        assert req.headers["authorization"] == "Bearer ${ API_KEY of dashscope}"
-        assert req.json() == {**json.loads(CHAT), "model": "qwen-1.8b-chat", "stream": False}
-        assert json.loads(body)["model"] == "qwen-1.8b-chat-2026"  # the provider's own model name
+        assert req.headers["authorization"] == "Bearer ${ API_KEY of dashscope}" != f"Bearer {APP_KEY}"
+        assert req.json() == {**SENT, "model": "qwen-1.8b-chat", "stream": False}
+        assert completion.model == "qwen-1.8b-chat-2026"  # the provider's own model name
+        assert completion.choices[0].message.content == "hi" and completion.usage.total_tokens == 18
     finally:
         envoy.stop()
 
 
 def test_seed_scenario_2_header_rule(mesh, upstreams):
-    status, _, _ = call(mesh, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"})
-    assert status == 200
+    chat(mesh.port, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"})
     vip = only_request(upstreams, "dashscope.aliyuncs.com")
     assert vip.json()["model"] == "qwen-turbo"
     assert vip.headers["authorization"] == f"Bearer {DASHSCOPE_KEY}"
     upstreams["dashscope.aliyuncs.com"].clear()
-    status, _, _ = call(mesh, "dashscope.aliyuncs.com", headers={"user-type": "visitor"})
-    assert status == 200
+    chat(mesh.port, "dashscope.aliyuncs.com", headers={"user-type": "visitor"})
     assert only_request(upstreams, "dashscope.aliyuncs.com").json()["model"] == "qwen-1.8b-chat"
 
 
@@ -140,15 +146,14 @@ def assert_shaped_for_receiver(upstreams):
         for req in upstreams[host].requests:
             assert req.path == path and req.headers["host"] == host and req.sni == host
             assert req.headers["authorization"] == f"Bearer {key}"
-            assert req.json() == {**json.loads(CHAT), "model": model, "stream": False}
+            assert req.json() == {**SENT, "model": model, "stream": False}
             assert "x-llmc-provider" not in req.headers
 
 
 def test_seed_scenario_3_weighted_50_50(mesh, upstreams):
     """200 requests; each provider gets 70..130 (a fair coin leaves that range with p < 3e-5)."""
-    for _ in range(200):
-        status, _, body = call(mesh, "demo-llm-server")
-        assert status == 200, body
+    models = {chat(mesh.port, "demo-llm-server").model for _ in range(200)}
+    assert models == {"qwen-1.8b-chat-2026", "moonshot-v1-8k-2026"}
     counts = {h: len(upstreams[h].requests) for h in SHAPES}
     assert sum(counts.values()) == 200
     assert all(70 <= c <= 130 for c in counts.values()), counts
@@ -158,9 +163,7 @@ def test_seed_scenario_3_weighted_50_50(mesh, upstreams):
 def test_clients_cannot_steer_the_provider(mesh, upstreams):
     """A client-sent x-llmc-provider neither picks the provider nor reaches it (p < 6e-5)."""
     for _ in range(100):
-        status, _, _ = call(mesh, "demo-llm-server.default.svc.cluster.local",
-                            headers={"x-llmc-provider": "moonshot"})
-        assert status == 200
+        chat(mesh.port, "demo-llm-server.default.svc.cluster.local", headers={"x-llmc-provider": "moonshot"})
     counts = {h: len(upstreams[h].requests) for h in SHAPES}
     assert sum(counts.values()) == 100 and 30 <= counts["api.moonshot.cn"] <= 70, counts
     assert_shaped_for_receiver(upstreams)
@@ -180,10 +183,24 @@ def test_bad_bodies_get_openai_errors(mesh, upstreams, body, status):
     assert all(not u.requests for u in upstreams.values()), "a bad request must not be forwarded"
 
 
+def test_json_nested_too_deep_is_a_bad_request_for_the_sdk(mesh, upstreams):
+    """Valid JSON the SDK sends, refused by llmc's scanner (depth > 128): BadRequestError, invalid_json."""
+    nested: dict = {}
+    for _ in range(200):
+        nested = {"n": nested}
+    err = status_error(chat, mesh.port, "dashscope.aliyuncs.com", extra_body={"llmc_test": nested})
+    assert type(err) is openai.BadRequestError and err.status_code == 400
+    assert (err.code, err.type) == ("invalid_json", "invalid_request_error") and "too deep" in err.message
+    assert all(not u.requests for u in upstreams.values()), "a bad request must not be forwarded"
+
+
 def test_oversize_body_with_content_length_gets_json_413(mesh, upstreams):
-    body = json.dumps({"messages": [{"role": "user", "content": "x" * 8000}]})
-    code, headers, payload = call(mesh, "tiny.example.com", body=body)
-    assert code == 413 and json.loads(payload)["error"]["code"] == "request_too_large"
+    messages = [{"role": "user", "content": "x" * 8000}]
+    err = status_error(chat, mesh.port, "tiny.example.com", messages=messages)
+    # the SDK has no class of its own for 413: the base APIStatusError
+    assert type(err) is openai.APIStatusError and err.status_code == 413
+    assert (err.code, err.type) == ("request_too_large", "invalid_request_error")
+    assert "4096 bytes" in err.message
     assert not upstreams["tiny.example.com"].requests
 
 
@@ -217,40 +234,88 @@ def test_one_mib_body_and_unicode_bytes_are_preserved(mesh, upstreams):
 
 
 def test_sse_streams_through_chunk_by_chunk(mesh, upstreams):
-    conn = http.client.HTTPConnection("127.0.0.1", mesh.port, timeout=30)
-    start = time.monotonic()
-    conn.request("POST", "/", body=CHAT, headers={"host": "stream.example.com"})
-    resp = conn.getresponse()
-    first = resp.read1(65536)  # whatever arrived first (chunked decoding by http.client)
-    first_at = time.monotonic() - start
-    rest = resp.read()
-    total = time.monotonic() - start
-    conn.close()
+    streamed = chat_stream(mesh.port, "stream.example.com")
     pause = upstreams["stream.example.com"].sse_pause
-    assert resp.status == 200 and resp.getheader("content-type") == "text/event-stream"
-    assert first.startswith(b"data: ")
-    assert total >= pause and first_at < pause * 0.7, (first_at, total)
-    assert b"[DONE]" in rest
-    assert only_request(upstreams, "stream.example.com").json()["stream"] is True
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.total >= pause and streamed.first_at < pause * 0.7, (streamed.first_at, streamed.total)
+    assert streamed.text == "Hello" and streamed.chunks[0].model == "stream-model-2026"
+    assert streamed.chunks[-2].choices[0].finish_reason == "stop"
+    usage = streamed.usage  # the last event: empty choices and the usage the SDK asked for
+    assert streamed.chunks[-1].choices == [] and (usage.prompt_tokens, usage.total_tokens) == (11, 18)
+    req = only_request(upstreams, "stream.example.com")
+    # the streamer provider configures no key: llmc leaves the app's own Authorization as it is
+    assert req.path == "/v1/chat/completions" and req.headers["authorization"] == f"Bearer {APP_KEY}"
+    assert req.json() == {**SENT, "model": "stream-model", "stream": True, "stream_options": {"include_usage": True}}
+
+
+def _set_key_file(secrets_dir, value: str | None) -> None:
+    path = secrets_dir / "llm-keys" / "keyed"
+    if value is None:
+        path.unlink()
+        return
+    # kubelet updates Secret volumes by swapping files atomically
+    tmp = secrets_dir / "llm-keys" / ".keyed.new"
+    tmp.write_text(value)
+    os.replace(tmp, path)
+
+
+def _until(probe, want, timeout: float = 10.0):
+    """Calls ``probe`` until it returns ``want`` (the key file is re-read at most once a second)."""
+    deadline = time.monotonic() + timeout
+    seen = probe()
+    while seen != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+        seen = probe()
+    return seen
 
 
 def test_key_from_mounted_secret_and_rotation(mesh, upstreams, secrets_dir):
-    call(mesh, "keyed.example.com")
-    assert only_request(upstreams, "keyed.example.com").headers["authorization"] == "Bearer sk-from-secret-1"
-    # kubelet updates Secret volumes by swapping files atomically
-    tmp = secrets_dir / "llm-keys" / ".keyed.new"
-    tmp.write_text("sk-from-secret-2")
-    os.replace(tmp, secrets_dir / "llm-keys" / "keyed")
-    deadline = time.monotonic() + 10
-    seen = None
-    while time.monotonic() < deadline:
+    def key_received() -> str:
         upstreams["keyed.example.com"].clear()
-        call(mesh, "keyed.example.com")
-        seen = upstreams["keyed.example.com"].requests[0].headers["authorization"]
-        if seen == "Bearer sk-from-secret-2":
-            break
-        time.sleep(0.2)
-    assert seen == "Bearer sk-from-secret-2"
+        chat(mesh.port, "keyed.example.com")
+        return only_request(upstreams, "keyed.example.com").headers["authorization"]
+
+    assert key_received() == "Bearer sk-from-secret-1"
+    _set_key_file(secrets_dir, "sk-from-secret-2")
+    assert _until(key_received, "Bearer sk-from-secret-2") == "Bearer sk-from-secret-2"
+
+
+def test_missing_key_file_is_a_503_for_the_sdk(mesh, upstreams, secrets_dir):
+    def outcome():
+        upstreams["keyed.example.com"].clear()
+        try:
+            chat(mesh.port, "keyed.example.com")
+        except openai.APIStatusError as err:
+            return type(err), err.status_code, err.code
+        return "ok"
+
+    previous = (secrets_dir / "llm-keys" / "keyed").read_text()
+    _set_key_file(secrets_dir, None)
+    try:
+        want = (openai.InternalServerError, 503, "api_key_unavailable")
+        assert _until(outcome, want) == want
+        assert not upstreams["keyed.example.com"].requests, "never forwarded without the provider's key"
+    finally:
+        _set_key_file(secrets_dir, previous)
+    assert _until(outcome, "ok") == "ok"
+
+
+@pytest.mark.parametrize("status,exc,code", [
+    (429, openai.RateLimitError, "rate_limit_exceeded"),
+    (500, openai.InternalServerError, None),
+    (503, openai.InternalServerError, None),
+])
+def test_provider_errors_reach_the_sdk_with_their_headers(mesh, upstreams, status, exc, code):
+    err = status_error(chat, mesh.port, "dashscope.aliyuncs.com", headers={"x-test-status": str(status)})
+    assert type(err) is exc and err.status_code == status and err.code == code
+    assert err.type == ("requests" if status == 429 else "server_error")
+    only_request(upstreams, "dashscope.aliyuncs.com")  # exactly one attempt: no retry by Envoy or the SDK
+    assert err.request_id.startswith("req_dashscope-")  # the provider's x-request-id, not Envoy's
+    assert err.response.headers["retry-after"] == "1"
+    if status == 429:
+        assert err.response.headers["x-ratelimit-remaining-requests"] == "0"
+        assert err.response.headers["x-ratelimit-reset-tokens"] == "2ms"
+
 
 
 def test_other_services_are_untouched(mesh, upstreams):
@@ -266,6 +331,33 @@ def test_other_services_are_untouched(mesh, upstreams):
 def test_non_post_is_rejected(mesh, upstreams):
     code, _, payload = call(mesh, "dashscope.aliyuncs.com", body=None, method="GET")
     assert code == 405 and json.loads(payload)["error"]["code"] == "method_not_allowed"
+
+
+def test_sdk_get_is_rejected_with_405(mesh, upstreams):
+    """The SDK's own GET (models.list) on a provider host: llmc serves chat completions only."""
+    with client(mesh.port, "api.moonshot.cn") as sdk:
+        err = status_error(sdk.models.list)
+    assert type(err) is openai.APIStatusError and err.status_code == 405
+    assert (err.code, err.type) == ("method_not_allowed", "invalid_request_error")
+    assert all(not u.requests for u in upstreams.values())
+
+
+def test_route_missing_from_the_context_is_a_500_for_the_sdk(upstreams, ca):
+    """A VirtualService route that llmc's context does not know (a stale or hand-edited VirtualService)
+    is answered 500, never forwarded unshaped."""
+    objects = llmc_render("-f", str(TESTDATA / "golden" / "seed-1-provider.in.yaml"))
+    (vs,) = [o for o in objects if o["kind"] == "VirtualService"]
+    for rule in vs["spec"]["http"]:
+        rule["name"] = "hand-edited"
+    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, ca[1])
+    envoy = Envoy(layout.bootstrap)
+    try:
+        err = status_error(chat, envoy.port, "dashscope.aliyuncs.com")
+    finally:
+        envoy.stop()
+    assert type(err) is openai.InternalServerError and err.status_code == 500
+    assert (err.code, err.type) == ("llmc_route_unknown", "server_error")
+    assert all(not u.requests for u in upstreams.values())
 
 
 def test_harness_reports_patches_that_match_nothing(upstreams, ca):

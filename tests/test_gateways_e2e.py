@@ -4,6 +4,7 @@ The ingress gateway and the egress gateway are laid out by
 ``tests/support/envoy_harness.build_gateway_bootstrap`` (its docstring lists what it mirrors);
 the egress path chains two Envoys on loopback: the app's sidecar, which must hold no key and no
 Lua filter, and the gateway, reached over mTLS with the test mesh CA, which shapes and injects.
+The official ``openai`` SDK is the client (tests/support/sdk.py); raw HTTP only for broken JSON.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from ruamel.yaml import YAML
 from tests.conftest import TESTDATA
 from tests.support.envoy_harness import Envoy, build_bootstrap, build_gateway_bootstrap
 from tests.support.mesh import EXTRAS, llmc_render
+from tests.support.sdk import APP_KEY, SENT, chat, chat_stream
 from tests.support.upstream import start_upstreams
-from tests.test_envoy_e2e import CHAT, call
+from tests.test_envoy_e2e import call
 
 pytestmark = pytest.mark.envoy
 
@@ -65,8 +67,8 @@ def secrets(tmp_path_factory):
 def shaped(req, host: str, model: str, key: str) -> None:
     path = "/compatible-mode/v1/chat/completions" if host == "dashscope.aliyuncs.com" else "/v1/chat/completions"
     assert (req.path, req.headers["host"], req.sni) == (path, host, host)
-    assert req.headers["authorization"] == f"Bearer {key}"
-    assert req.json() == {**json.loads(CHAT), "model": model, "stream": False}
+    assert req.headers["authorization"] == f"Bearer {key}" != f"Bearer {APP_KEY}"
+    assert req.json() == {**SENT, "model": model, "stream": False}
 
 
 def test_ingress_gateway(upstreams, pki, secrets):
@@ -79,15 +81,15 @@ def test_ingress_gateway(upstreams, pki, secrets):
     assert [ls["name"] for ls in layout.bootstrap["static_resources"]["listeners"]] == ["0.0.0.0_8080"]
     envoy = Envoy(layout.bootstrap)
     try:
-        assert call(envoy, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"})[0] == 200
+        assert chat(envoy.port, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"}).model == "qwen-turbo-2026"
         shaped(upstreams["dashscope.aliyuncs.com"].requests[-1], "dashscope.aliyuncs.com", "qwen-turbo", "sk-ds-gw")
-        assert call(envoy, "dashscope.aliyuncs.com")[0] == 200
+        assert chat(envoy.port, "dashscope.aliyuncs.com").model == "qwen-1.8b-chat-2026"
         shaped(upstreams["dashscope.aliyuncs.com"].requests[-1], "dashscope.aliyuncs.com", "qwen-1.8b-chat",
                "sk-ds-gw")
         for h in TLS_HOSTS:
             upstreams[h].clear()
         for _ in range(60):  # weighted rule whose match is limited to this gateway (p < 1e-4 outside 15..45)
-            assert call(envoy, "chat.example.com")[0] == 200
+            chat(envoy.port, "chat.example.com")
         counts = {h: len(upstreams[h].requests) for h in TLS_HOSTS}
         assert sum(counts.values()) == 60 and all(15 <= c <= 45 for c in counts.values()), counts
         for req in upstreams["api.moonshot.cn"].requests:
@@ -118,18 +120,17 @@ def test_egress_gateway_shapes_and_sidecar_holds_no_key(egress, upstreams):
     sidecar, sidecar_layout, _ = egress
     config = json.dumps(sidecar_layout.bootstrap)
     assert "llmc.lua" not in config and "API_KEY" not in config and "llm-keys" not in config
-    assert call(sidecar, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"})[0] == 200
+    assert chat(sidecar.port, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"}).model == "qwen-turbo-2026"
     shaped(upstreams["dashscope.aliyuncs.com"].requests[-1], "dashscope.aliyuncs.com", "qwen-turbo",
            "${API_KEY of dashscope}")
-    assert call(sidecar, "keyed.example.com")[0] == 200
+    assert chat(sidecar.port, "keyed.example.com").model == "keyed-model-2026"
     assert upstreams["keyed.example.com"].requests[-1].headers["authorization"] == "Bearer sk-keyed-gw"
 
 
 def test_egress_gateway_weighted_split(egress, upstreams):
     sidecar = egress[0]
     for _ in range(60):
-        status, _, body = call(sidecar, "demo-llm-server")
-        assert status == 200, body
+        chat(sidecar.port, "demo-llm-server")
     counts = {h: len(upstreams[h].requests) for h in TLS_HOSTS}
     assert sum(counts.values()) == 60 and all(15 <= c <= 45 for c in counts.values()), counts
     for req in upstreams["api.moonshot.cn"].requests:
@@ -140,3 +141,13 @@ def test_egress_gateway_rejects_bad_json_at_the_gateway(egress, upstreams):
     status, _, payload = call(egress[0], "dashscope.aliyuncs.com", body="[1]")
     assert status == 400 and json.loads(payload)["error"]["code"] == "invalid_json"
     assert not any(u.requests for u in upstreams.values())
+
+
+def test_egress_gateway_streams_chunk_by_chunk(egress, upstreams):
+    """SSE through two Envoys (sidecar, then the gateway that shapes): events arrive one by one."""
+    streamed = chat_stream(egress[0].port, "stream.example.com")
+    pause = upstreams["stream.example.com"].sse_pause
+    assert streamed.total >= pause and streamed.first_at < pause * 0.7, (streamed.first_at, streamed.total)
+    assert streamed.text == "Hello" and streamed.usage.total_tokens == 18
+    req = upstreams["stream.example.com"].requests[-1]
+    assert req.json() == {**SENT, "model": "stream-model", "stream": True, "stream_options": {"include_usage": True}}

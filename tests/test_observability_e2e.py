@@ -4,16 +4,19 @@ The sidecar gets two access logs: the one istiod builds from llmc's MeshConfig p
 whose fields are the CEL expressions of llmc's token-metric EnvoyFilter (`render --telemetry`) put
 through Envoy's CEL formatter — istio.stats is not in upstream Envoy, so this is how its
 expressions are checked against the same dynamic metadata.
+
+The official ``openai`` SDK is the client (tests/support/sdk.py): it asks for gzip and sends
+``stream_options`` itself; raw HTTP only for a body that is not JSON.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 import sys
 import time
 
+import openai
 import pytest
 import trustme
 from ruamel.yaml import YAML
@@ -21,8 +24,9 @@ from ruamel.yaml import YAML
 from tests.conftest import REPO
 from tests.support.envoy_harness import Envoy, access_log
 from tests.support.mesh import llmc_render, seed_mesh
+from tests.support.sdk import APP_KEY, SENT, chat, chat_stream
 from tests.support.upstream import start_upstreams
-from tests.test_envoy_e2e import CHAT, call
+from tests.test_envoy_e2e import call
 
 pytestmark = pytest.mark.envoy
 HOSTS = ("dashscope.aliyuncs.com", "api.moonshot.cn", "stream.example.com", "tiny.example.com", "keyed.example.com")
@@ -58,7 +62,7 @@ def env(tmp_path_factory):
     layout = seed_mesh({h: u.port for h, u in ups.items()}, str(d / "ca.pem"), d / "secrets", access_logs=logs)
     assert layout.unmatched == []
     envoy = Envoy(layout.bootstrap)
-    yield envoy, d
+    yield envoy, d, ups
     envoy.stop()
     for u in ups.values():
         u.stop()
@@ -74,16 +78,23 @@ def last_line(path, previous: int, timeout: float = 5.0) -> dict:
     raise AssertionError(f"no new access-log line in {path}")
 
 
-def logged(env, host: str, body: str = CHAT, headers: dict | None = None) -> tuple[int, dict, dict, bytes]:
-    envoy, d = env
+def logged(env, send) -> tuple[object, dict, dict]:
+    """``send(port)``'s result (or the SDK's exception for an error status) and the two new log lines."""
+    envoy, d, _ = env
     before = {n: len((d / n).read_text().splitlines()) if (d / n).exists() else 0 for n in ("access.log", "metrics.log")}
-    status, _, payload = call(envoy, host, body=body, headers=headers)
-    return status, last_line(d / "access.log", before["access.log"]), last_line(d / "metrics.log", before["metrics.log"]), payload
+    try:
+        result = send(envoy.port)
+    except openai.APIStatusError as err:
+        result = err
+    return result, last_line(d / "access.log", before["access.log"]), last_line(d / "metrics.log", before["metrics.log"])
 
 
 def test_non_streaming_usage(env):
-    status, log, metrics, _ = logged(env, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"})
-    assert status == 200
+    completion, log, metrics = logged(env, lambda port: chat(port, "dashscope.aliyuncs.com",
+                                                             headers={"user-type": "subscriber"}))
+    assert completion.model == "qwen-turbo-2026" and completion.usage.total_tokens == 18  # what the app got
+    assert log["method"] == "POST" and log["authority"] == "dashscope.aliyuncs.com"  # the SDK's Host header
+    assert log["response_code"] == 200
     assert log["llm_provider"] == "dashscope-qwen" and log["route_name"] == "llmc/default/dashscope-route/vip-route"
     assert log["llm_rule"] == "default/dashscope-route/vip-route"
     assert log["request_model"] == "qwen-turbo" and log["response_model"] == "qwen-turbo-2026"
@@ -94,29 +105,47 @@ def test_non_streaming_usage(env):
     assert metrics["source_workload"] == "sleep" and metrics["source_workload_namespace"] == "default"
 
 
-def test_streaming_usage_is_requested_and_read_from_the_last_event(env):
-    envoy, d = env
-    before = len((d / "access.log").read_text().splitlines())
-    conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=30)
-    start = time.monotonic()
-    conn.request("POST", "/", body=CHAT, headers={"host": "stream.example.com"})
-    resp = conn.getresponse()
-    first = resp.read1(65536)
-    ttfb = time.monotonic() - start
-    rest = resp.read()
-    conn.close()
-    assert first.startswith(b"data: ") and ttfb < 0.25, ttfb  # first event before the upstream's pause
-    assert b'"usage": {"prompt_tokens": 11' in rest  # llmc asked for usage: stream_options.include_usage
-    log = last_line(d / "access.log", before)
+def test_streaming_usage_is_read_from_the_last_event(env):
+    """The app streams and asks for usage: the provider's last event carries it, llmc logs it."""
+    streamed, log, _ = logged(env, lambda port: chat_stream(port, "stream.example.com"))
+    assert streamed.first_at < 0.25, streamed.first_at  # first event before the upstream's 0.3 s pause
+    req = env[2]["stream.example.com"].requests[-1]
+    assert req.json() == {**SENT, "model": "stream-model", "stream": True, "stream_options": {"include_usage": True}}
+    assert streamed.chunks[-1].choices == [] and streamed.usage.prompt_tokens == 11
+    assert log["authority"] == "stream.example.com"
     assert log["request_model"] == "stream-model" and log["response_model"] == "stream-model-2026"
+    assert (log["request_prompt_tokens"], log["request_completion_tokens"], log["request_total_tokens"]) == (11, 7, 18)
+
+
+def test_an_app_that_streams_by_itself_gets_the_stream_it_asked_for(env):
+    """`stream: true` sent by the app is the app's choice: llmc adds no usage event the app did not ask
+    for (code reading `chunk.choices[0]` would break on it); the log then has no token counts."""
+    streamed, log, _ = logged(env, lambda port: chat_stream(port, "stream.example.com", stream_options={}))
+    req = env[2]["stream.example.com"].requests[-1]
+    assert req.json() == {**SENT, "model": "stream-model", "stream": True}
+    assert all(c.choices for c in streamed.chunks) and streamed.usage is None
+    assert log["request_model"] == "stream-model" and log["request_prompt_tokens"] is None
+
+
+def test_llmc_asks_for_usage_when_config_turns_streaming_on(env):
+    """A caller that says nothing about streaming (the seed's curl) is streamed by config: llmc asks
+    the provider for the usage event and logs the tokens."""
+    (status, _, payload), log, _ = logged(env, lambda _: call(env[0], "stream.example.com"))
+    assert status == 200 and b'"usage":' in payload
+    req = env[2]["stream.example.com"].requests[-1]
+    assert req.json()["stream"] is True and req.json()["stream_options"] == {"include_usage": True}
     assert (log["request_prompt_tokens"], log["request_completion_tokens"], log["request_total_tokens"]) == (11, 7, 18)
 
 
 @pytest.mark.parametrize("headers", [{"x-test-usage": "none"}, {"x-test-usage": "malformed"},
                                      {"x-test-status": "503"}], ids=["no-usage", "malformed", "5xx"])
 def test_responses_without_usable_usage_log_cleanly(env, headers):
-    status, log, metrics, _ = logged(env, "api.moonshot.cn", headers=headers)
-    assert status == int(headers.get("x-test-status", 200))
+    result, log, metrics = logged(env, lambda port: chat(port, "api.moonshot.cn", headers=headers))
+    if "x-test-status" in headers:
+        assert type(result) is openai.InternalServerError and result.status_code == 503
+    else:
+        assert result.model == "moonshot-v1-8k-2026"
+    assert log["response_code"] == int(headers.get("x-test-status", 200))
     assert log["llm_provider"] == "moonshot" and log["request_model"] == "moonshot-v1-8k"
     assert log["request_prompt_tokens"] is None and log["request_total_tokens"] is None
     assert metrics["llm_model"] == "moonshot-v1-8k"
@@ -125,15 +154,18 @@ def test_responses_without_usable_usage_log_cleanly(env, headers):
 
 
 def test_client_stream_options_are_kept(env):
-    body = json.dumps({"messages": [], "stream_options": {"include_usage": False}})
-    status, log, _, payload = logged(env, "stream.example.com", body=body)
-    assert status == 200 and b'"usage": {' not in payload
+    streamed, log, _ = logged(env, lambda port: chat_stream(port, "stream.example.com",
+                                                            stream_options={"include_usage": False}))
+    req = env[2]["stream.example.com"].requests[-1]
+    assert req.json()["stream_options"] == {"include_usage": False}
+    assert streamed.text == "Hello" and streamed.usage is None  # no usage event: the app did not ask
+    assert req.headers["authorization"] == f"Bearer {APP_KEY}"  # streamer configures no key of its own
     assert log["request_prompt_tokens"] is None
 
 
 def test_rejected_requests_are_attributed_without_usage(env):
     """llmc's own error replies carry the rule and the provider in the access log."""
-    status, log, _, _ = logged(env, "dashscope.aliyuncs.com", body="not json")
+    (status, _, _), log, _ = logged(env, lambda _: call(env[0], "dashscope.aliyuncs.com", body="not json"))
     assert status == 400 and log["response_code"] == 400
     assert log["llm_provider"] == "dashscope-qwen" and log["llm_rule"] == "default/dashscope-route/rule-1"
     assert log["request_prompt_tokens"] is None

@@ -1,13 +1,28 @@
-"""A local stand-in for an LLM provider: records every request it receives and answers like one.
+"""A local stand-in for an OpenAI-compatible provider: records every request, answers like OpenAI's API.
 
 Listens on 127.0.0.1 (optionally TLS with a certificate from the test CA, recording the SNI the
-client sent). Non-streaming requests get a chat.completion JSON; requests whose JSON body has
-``"stream": true`` get an SSE stream sent chunk by chunk, with a pause after the first chunk so
-tests can tell a streamed response from a buffered one.
+client sent). ``Upstream.requests`` (what the provider received) is the tests' oracle. Answers
+follow OpenAI's documented chat-completions API, so the official ``openai`` SDK can be the client:
+
+* a ``chat.completion`` object (``id``, ``object``, ``created``, ``model``, ``choices``, ``usage``);
+  gzip-compressed (``content-encoding: gzip``) when the request's ``Accept-Encoding`` allows gzip,
+  as OpenAI does for the SDK's ``gzip, deflate``;
+* with ``"stream": true``, an SSE stream of ``chat.completion.chunk`` events sent chunk by chunk
+  (never compressed), a pause after the first so tests can tell streamed from buffered; the usage
+  arrives in a last chunk with empty ``choices`` only when ``stream_options.include_usage`` is true,
+  then ``data: [DONE]``;
+* ``stream_options`` without ``"stream": true`` is refused with OpenAI's 400 (wording from the API);
+* errors in OpenAI's format with the headers OpenAI sends (``x-request-id`` on every answer,
+  ``retry-after`` on 429/5xx, ``x-ratelimit-*`` on 429).
+
+Test controls, sent as request headers (they pass through the proxy untouched):
+``x-test-usage: none | malformed`` and ``x-test-status: <an HTTP status to answer with>``.
 """
 
 from __future__ import annotations
 
+import gzip
+import itertools
 import json
 import socket
 import ssl
@@ -15,6 +30,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+USAGE_MODES = {"none": None, "malformed": {"prompt_tokens": "many"}}
+STREAM_OPTIONS_ERROR = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+# OpenAI's error bodies for the statuses tests ask for with x-test-status (type, code, message).
+ERRORS = {
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests. Please try again in 1s."),
+    500: ("server_error", None, "The server had an error while processing your request. Sorry about that!"),
+    502: ("server_error", None, "Bad gateway."),
+    503: ("server_error", None, "The server is overloaded or not ready yet."),
+}
+RATE_LIMIT_HEADERS = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "0",
+                      "x-ratelimit-reset-requests": "1s", "x-ratelimit-limit-tokens": "30000",
+                      "x-ratelimit-remaining-tokens": "29000", "x-ratelimit-reset-tokens": "2ms"}
 
 
 @dataclass
@@ -29,6 +58,14 @@ class Recorded:
         return json.loads(self.body)
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
 @dataclass
 class Upstream:
     name: str
@@ -39,6 +76,7 @@ class Upstream:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._ids = itertools.count(1)
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,46 +114,67 @@ class Upstream:
         rec = Recorded(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body, sni)
         with self._lock:
             self.requests.append(rec)
+            n = next(self._ids)
         try:
             req = json.loads(body) if body else {}
         except ValueError:
             req = {}
-        model = req.get("model") if isinstance(req, dict) else None
-        # Test controls, sent by the tests as headers (they pass through the proxy untouched):
-        # x-test-usage: none | malformed; x-test-status: an HTTP status to answer with.
-        usage_mode = h.headers.get("x-test-usage", "")
-        usage = {"none": None, "malformed": {"prompt_tokens": "many"}}.get(
-            usage_mode, {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18})
+        if not isinstance(req, dict):
+            req = {}
+        ident = f"{self.name.split('.')[0]}-{n}"
         status = int(h.headers.get("x-test-status", "200"))
-        if isinstance(req, dict) and req.get("stream") is True and status == 200:
-            include = (req.get("stream_options") or {}).get("include_usage") is True
-            self._sse(h, model, usage if include else None)
-            return
-        body: dict = {"id": "chatcmpl-test", "object": "chat.completion", "model": f"{model}-2026",
-                      "upstream": self.name,
-                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                                   "finish_reason": "stop"}]}
         if status != 200:
-            body = {"error": {"message": "overloaded", "type": "server_error"}}
-        elif usage is not None:
-            body["usage"] = usage
+            etype, code, message = ERRORS.get(status, ("server_error", None, "error"))
+            return self._json(h, status, _error(message, etype, None, code), ident)
+        if req.get("stream_options") is not None and req.get("stream") is not True:
+            return self._json(h, 400, _error(STREAM_OPTIONS_ERROR, "invalid_request_error", "stream_options"), ident)
+        usage = USAGE_MODES.get(h.headers.get("x-test-usage", ""), USAGE)
+        model = f"{req.get('model')}-2026"  # the provider's own name for the model it ran
+        if req.get("stream") is True:
+            include = (req.get("stream_options") or {}).get("include_usage") is True
+            return self._sse(h, ident, model, usage, include)
+        completion = {"id": f"chatcmpl-{ident}", "object": "chat.completion", "created": int(time.time()),
+                      "model": model, "system_fingerprint": "fp_llmc_test",
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": None},
+                                   "logprobs": None, "finish_reason": "stop"}]}
+        if usage is not None:
+            completion["usage"] = usage
+        self._json(h, 200, completion, ident)
+
+    def _json(self, h: BaseHTTPRequestHandler, status: int, body: dict, ident: str) -> None:
         payload = json.dumps(body).encode()
         h.send_response(status)
         h.send_header("content-type", "application/json")
+        h.send_header("x-request-id", f"req_{ident}")
+        if status == 429 or status >= 500:
+            h.send_header("retry-after", "1")
+        if status == 429:
+            for k, v in RATE_LIMIT_HEADERS.items():
+                h.send_header(k, v)
+        if accepts_gzip(h.headers.get("accept-encoding", "")):
+            payload = gzip.compress(payload, mtime=0)
+            h.send_header("content-encoding", "gzip")
+            h.send_header("vary", "Accept-Encoding")
         h.send_header("content-length", str(len(payload)))
         h.end_headers()
         h.wfile.write(payload)
 
-    def _sse(self, h: BaseHTTPRequestHandler, model: str | None, usage: dict | None = None) -> None:
+    def _sse(self, h: BaseHTTPRequestHandler, ident: str, model: str, usage: dict | None, include: bool) -> None:
         h.send_response(200)
-        h.send_header("content-type", "text/event-stream")
+        h.send_header("content-type", "text/event-stream; charset=utf-8")
+        h.send_header("x-request-id", f"req_{ident}")
         h.send_header("transfer-encoding", "chunked")
         h.end_headers()
-        events = [{"choices": [{"delta": {"content": w}}], "model": f"{model}-2026", "usage": None}
-                  for w in ("Hel", "lo")]
-        if usage is not None:  # OpenAI: a last event with empty choices and the usage
-            events.append({"choices": [], "model": f"{model}-2026", "usage": usage})
-        chunks = [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
+        base = {"id": f"chatcmpl-{ident}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": model, "system_fingerprint": "fp_llmc_test"}
+        deltas = [({"role": "assistant", "content": "Hel"}, None), ({"content": "lo"}, None), ({}, "stop")]
+        events = [{**base, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": f}]}
+                  for d, f in deltas]
+        if include:  # OpenAI: "usage": null on every chunk, then one with empty choices and the usage
+            events = [{**e, "usage": None} for e in events] + [{**base, "choices": [], "usage": usage}]
+        # OpenAI's events are compact JSON
+        chunks = [f"data: {json.dumps(e, separators=(',', ':'))}\n\n".encode() for e in events]
+        chunks.append(b"data: [DONE]\n\n")
         if self.first_token_delay:
             time.sleep(self.first_token_delay)
         for i, chunk in enumerate(chunks):
@@ -133,6 +192,10 @@ class Upstream:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _error(message: str, etype: str, param: str | None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": etype, "param": param, "code": code}}
 
 
 def start_upstreams(ca, tls_hosts, plain_hosts, **options) -> dict[str, Upstream]:
