@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile LLMProvider/LLMRoute (istio.alibabacloud.com/v1beta1) into stock "
                        "Istio ServiceEntry, DestinationRule, VirtualService and EnvoyFilter objects.")
 
