@@ -292,6 +292,38 @@ def krm() -> None:
     raise typer.Exit(code)
 
 
+kustomize_app = typer.Typer(no_args_is_help=True, help="llmc as a kustomize exec plugin, for "
+                            "`kubectl kustomize --enable-alpha-plugins` (see README, GitOps).")
+app.add_typer(kustomize_app, name="kustomize-plugin")
+
+
+@kustomize_app.command("install")
+def kustomize_install(
+    plugin_home: Annotated[str | None, typer.Option("--plugin-home", help="kustomize's plugin home (default: "
+                                                    "$KUSTOMIZE_PLUGIN_HOME, else $XDG_CONFIG_HOME/kustomize/plugin, "
+                                                    "else ~/.config/kustomize/plugin).")] = None,
+) -> None:
+    """Install the plugin executable for transformers of apiVersion llmc.io/v1, kind LLMCompiler."""
+    from pathlib import Path
+
+    from .kustomize import install
+
+    path = install(Path(plugin_home) if plugin_home else None)
+    sys.stderr.write(f"llmc: installed {path}\n"
+                     "llmc: build with `kubectl kustomize --enable-alpha-plugins DIR | kubectl apply -f -`\n")
+
+
+@kustomize_app.command("run", hidden=True)
+def kustomize_run(config: Annotated[str, typer.Argument(help="The LLMCompiler config file kustomize passes.")]) -> None:
+    """What kustomize runs: the resources on stdin, the transformed resources on stdout."""
+    from .kustomize import run
+
+    out, err, code = run(config, sys.stdin.read())
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    raise typer.Exit(code)
+
+
 @app.command()
 def meshconfig() -> None:
     """Print the MeshConfig extensionProviders entry for llmc's access log (merge it into your
