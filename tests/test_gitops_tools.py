@@ -276,8 +276,11 @@ def test_readme_shows_the_tested_recipes():
         assert command in gitops, f"README's GitOps section lacks the tested recipe {command!r}"
     plugin = YAML(typ="safe").load(CMP_PLUGIN.read_text())["data"]["plugin.yaml"]
     assert plugin in gitops, "README shows deploy/argocd/cmp-plugin.yaml's plugin.yaml verbatim"
-    # forms that do not work (or silently apply raw sources) are not shown
-    for broken in ("--exec llmc -- krm", "--enable-exec", "kustomize build", "config.kubernetes.io/function"):
-        assert broken not in readme, broken
-    for line in re.findall(r"^.*kpt fn .*$", gitops, re.M):
-        assert any(c in line for c in (KPT_IN_PLACE, KPT_PIPE)), line
+    # no code block shows a form that fails (or silently applies raw sources), and every kpt or
+    # kubectl kustomize line in one is a tested recipe
+    code = "\n".join(re.findall(r"^```\w*\n(.*?)^```", readme, re.M | re.S))
+    assert KUSTOMIZE_BUILD in code and KPT_PIPE in code and "llmc render -f . --passthrough" in code
+    for broken in ("--exec llmc", "--enable-exec", "kustomize build", "config.kubernetes.io/function", "apply -k samples"):
+        assert broken not in code, broken
+    for line in re.findall(r"^.*(?:kpt fn|kubectl kustomize) .*$", code, re.M):
+        assert any(c in line for c in (KPT_IN_PLACE, KPT_PIPE, KUSTOMIZE_BUILD)), line
