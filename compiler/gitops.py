@@ -10,7 +10,11 @@ the KRM function (``llmc krm``) for kustomize and kpt.
 * ``llmc krm`` reads a ``config.kubernetes.io/v1`` ``ResourceList`` on stdin and writes one on stdout:
   LLMProvider/LLMRoute items are compiled (and, unless ``functionConfig.data.keepSources`` is
   ``"true"``, removed), the generated objects are appended, every other item passes through as it
-  was, and diagnostics become ``results`` with severity, message, ``resourceRef`` and ``field.path``.
+  was (objects llmc generated in an earlier run are replaced when there are sources), and
+  diagnostics become ``results`` with severity, message, ``resourceRef`` and ``field.path``.
+  :func:`transform` is the function itself; the kustomize plugin (``compiler/kustomize.py``) runs it
+  on kustomize's resource stream. Unknown options are errors (``LLMC007``): under ``kpt fn eval``
+  in place, a mistyped ``keepSources`` would otherwise delete the user's sources.
 """
 
 from __future__ import annotations

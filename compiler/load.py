@@ -59,7 +59,11 @@ class SourceText:
     def positions(self, index: int) -> dict[Path_, tuple[int, int]]:
         if self._positions is None:
             self._positions = []
-            for raw in YAML(typ="rt").load_all(io.StringIO(self.text)):
+            try:
+                raws = list(YAML(typ="rt").load_all(io.StringIO(self.text)))
+            except Exception:  # a JSON file only json.loads could read: no positions
+                raws = []
+            for raw in raws:
                 found: dict[Path_, tuple[int, int]] = {}
                 if isinstance(raw, CommentedMap | CommentedSeq):
                     found[()] = (raw.lc.line + 1, raw.lc.col + 1)

@@ -153,3 +153,21 @@ def test_passthrough_is_for_streams_only():
     for extra in (["--out-dir", "x"], ["--check", "x"], ["--emit", "ir"]):
         res = runner.invoke(app, ["render", "-f", str(SEED), "--passthrough", *extra])
         assert res.exit_code == 2, extra
+
+
+def test_json_that_yaml_cannot_read(tmp_path):
+    """JSON escapes libyaml rejects (a surrogate pair: an emoji in a dashboard) are read as JSON."""
+    (tmp_path / "cm.json").write_text('{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "emoji"},'
+                                      ' "data": {"icon": "\\ud83d\\ude00"}}')
+    (tmp_path / "dash.json").write_text('{"title": "\\ud83d\\ude00 tokens"}')
+    (tmp_path / "p.yaml").write_text((SEED / "moonshot.yaml").read_text())
+    res = runner.invoke(app, ["render", "-f", str(tmp_path), "--passthrough"])
+    assert res.exit_code == 0, res.stderr
+    first = next(YAML(typ="safe").load_all(res.stdout))
+    assert first["data"] == {"icon": "\U0001F600"}
+    assert "skipped 1 file(s) that hold no Kubernetes object: " + str(tmp_path / "dash.json") in res.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider", "metadata": {"name": "x"},'
+                   ' "spec": {"host": "\\ud83d\\ude00"}}')
+    res = runner.invoke(app, ["validate", "-f", str(bad)])
+    assert res.exit_code == 1 and "LLMC10" in res.stderr and "Traceback" not in res.stderr
