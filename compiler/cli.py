@@ -283,8 +283,8 @@ def controller(
 @app.command()
 def krm() -> None:
     """KRM function: read a config.kubernetes.io/v1 ResourceList on stdin, write one on stdout
-    (for kustomize exec functions and kpt). functionConfig.data: namespace, clusterDomain,
-    secretsDir, egressGateway, telemetry, keepSources."""
+    (kpt: `kpt fn eval DIR --exec "llmc krm"`; for kubectl kustomize use `llmc kustomize-plugin`).
+    functionConfig.data: namespace, clusterDomain, secretsDir, egressGateway, telemetry, keepSources."""
     from .gitops import krm as run
 
     out, code = run(sys.stdin.read())
