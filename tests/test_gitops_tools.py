@@ -198,6 +198,12 @@ def test_kubectl_kustomize_reports_llmc_errors(kustomize_home, tmp_path: Path):
 # ------------------------------------------------------------------------------------ Argo CD plugin
 
 
+def test_argocd_plugin_config_map_is_valid_kubernetes():
+    import kubernetes_validate
+
+    kubernetes_validate.validate(YAML(typ="safe").load(CMP_PLUGIN.read_text()), "1.30.0", strict=True)
+
+
 def cmp_spec() -> dict:
     config_map = YAML(typ="safe").load(CMP_PLUGIN.read_text())
     plugin = YAML(typ="safe").load(config_map["data"]["plugin.yaml"])
