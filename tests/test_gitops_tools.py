@@ -75,6 +75,16 @@ def kubectl() -> str:
     return require_tool("kubectl")
 
 
+def test_missing_tools_skip_outside_ci_and_fail_under_ci(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs the real `kpt` on PATH"):
+        require_tool("kpt")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="needs the real `kubectl` on PATH"):
+        require_tool("kubectl")
+
+
 # ------------------------------------------------------------------------------------------------ kpt
 
 
