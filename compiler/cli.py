@@ -7,13 +7,14 @@ stdout stays empty (all or nothing).
 
 from __future__ import annotations
 
+import shlex
 import sys
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile LLMProvider/LLMRoute (istio.alibabacloud.com/v1beta1) into stock "
                        "Istio ServiceEntry, DestinationRule, VirtualService and EnvoyFilter objects.")
 
@@ -101,6 +102,7 @@ def _report(result) -> None:
 
 @app.command()
 def render(
+    ctx: typer.Context,
     filename: FilesOpt,
     namespace: NamespaceOpt = "default",
     output: Annotated[OutputFormat, typer.Option("-o", "--output", help="Output format.")] = OutputFormat.yaml,
@@ -112,6 +114,13 @@ def render(
     telemetry: Annotated[bool, typer.Option("--telemetry", help="Also emit Telemetry resources (access log "
                                             "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
                                             "and token-metric EnvoyFilters.")] = False,
+    passthrough: Annotated[bool, typer.Option("--passthrough", help="Render a whole app folder (Argo CD, "
+                                              "Flux): print its other Kubernetes objects unchanged before the "
+                                              "generated ones, and skip files that hold no Kubernetes object "
+                                              "(one note names them).")] = False,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Accept an input without any LLMProvider "
+                                              "or LLMRoute (default: error LLMC006, so that an empty or wrong "
+                                              "folder never empties --out-dir or a GitOps app).")] = False,
     out_dir: Annotated[str | None, typer.Option("--out-dir", help="Write one file per object under DIR "
                                                 "(<namespace>/<kind>-<name>.yaml); remove files of earlier runs "
                                                 "that are no longer produced.")] = None,
@@ -120,28 +129,20 @@ def render(
                                               "unified diff when they differ.")] = None,
 ) -> None:
     """Compile and print the Istio objects, ready for `kubectl apply -f -`."""
-    result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
-                                         egress_gateway_labels, telemetry))
+    if passthrough and (out_dir is not None or check is not None or emit is Emit.ir):
+        raise typer.BadParameter("--passthrough prints one stream for a GitOps tool to apply; it cannot be "
+                                 "combined with --out-dir, --check or --emit ir", param_hint="--passthrough")
+    opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry)
+    from .pipeline import compile_paths
+
+    result = compile_paths(filename, opts, passthrough=passthrough)
+    if result.ok and result.sources == 0 and not allow_empty:
+        _empty_input(ctx, result, filename, out_dir)
     _report(result)
     if not result.ok:
         raise typer.Exit(1)
     if check is not None or out_dir is not None:
-        from pathlib import Path
-
-        from . import gitops
-
-        if check is not None:
-            diff = gitops.check(Path(check), result.objects)
-            if diff:
-                sys.stdout.write(diff)
-                sys.stderr.write(f"llmc: {check} is out of date: run `llmc render ... "
-                                 f"{'--out-dir' if Path(check).is_dir() else '>'} {check}`\n")
-                raise typer.Exit(1)
-            sys.stderr.write(f"llmc: {check} is up to date\n")
-            return
-        changed, removed = gitops.write_out_dir(Path(out_dir), gitops.out_dir_files(result.objects))
-        sys.stderr.write(f"llmc: {len(result.objects)} objects in {out_dir}: {len(changed)} written, "
-                         f"{len(removed)} stale removed\n")
+        _gitops_files(ctx, result, check, out_dir)
         return
     if emit is Emit.ir:
         import json
@@ -155,10 +156,60 @@ def render(
 
     with gc_paused():
         if output is OutputFormat.json:
-            sys.stdout.write(dump_json(result.objects))
+            sys.stdout.write(dump_json([p.data for p in result.passthrough] + result.objects))
+            return
+        for item in result.passthrough:
+            sys.stdout.write("---\n" + item.text)
+        for chunk in iter_yaml(result.objects):
+            sys.stdout.write(chunk)
+
+
+def _empty_input(ctx: typer.Context, result, filename: list[str], out_dir: str | None) -> None:
+    effect = (f"(it removes every file llmc wrote in {out_dir})" if out_dir is not None
+              else "(it prints nothing)")
+    result.diagnostics.error(
+        "LLMC006", "no LLMProvider or LLMRoute in the input: refusing to render nothing",
+        file=", ".join(filename),
+        hint=f"if that is intended, run `{_command(ctx, add=['--allow-empty'])}` {effect}")
+
+
+def _gitops_files(ctx: typer.Context, result, check: str | None, out_dir: str | None) -> None:
+    """--check: diff against committed output; --out-dir: write it. Messages name the command to run."""
+    from pathlib import Path
+
+    from . import gitops
+
+    if check is not None:
+        diff = gitops.check(Path(check), result.objects)
+        if diff:
+            sys.stdout.write(diff)
+            fix = (_command(ctx, drop={"check", "output", "emit"}, add=["--out-dir", check]) if Path(check).is_dir()
+                   else _command(ctx, drop={"check", "output", "emit"}) + f" > {shlex.quote(check)}")
+            sys.stderr.write(f"llmc: {check} is out of date; update it with:\n  {fix}\n")
+            raise typer.Exit(1)
+        sys.stderr.write(f"llmc: {check} is up to date\n")
+        return
+    changed, removed = gitops.write_out_dir(Path(out_dir), gitops.out_dir_files(result.objects))
+    sys.stderr.write(f"llmc: {len(result.objects)} objects in {out_dir}: {len(changed)} written, "
+                     f"{len(removed)} stale removed; check it in CI with:\n"
+                     f"  {_command(ctx, drop={'out_dir', 'output', 'emit'}, add=['--check', out_dir])}\n")
+
+
+def _command(ctx: typer.Context, drop: set[str] = frozenset(), add: list[str] = ()) -> str:  # type: ignore[assignment]
+    """The running `llmc` command line, rebuilt from its parsed options (non-defaults only, in
+    declaration order), minus the options named in ``drop``, plus ``add``: a command to copy."""
+    words = ["llmc", ctx.info_name or "render"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in drop or param.param_type_name != "option" or value is None or value == param.default:
+            continue
+        flag = param.opts[0]
+        if param.is_flag:
+            words += [flag] if value else []
         else:
-            for chunk in iter_yaml(result.objects):
-                sys.stdout.write(chunk)
+            for item in value if isinstance(value, list | tuple) else [value]:
+                words += [flag, str(getattr(item, "value", item))]
+    return shlex.join(words + list(add))
 
 
 @app.command()
@@ -232,12 +283,44 @@ def controller(
 @app.command()
 def krm() -> None:
     """KRM function: read a config.kubernetes.io/v1 ResourceList on stdin, write one on stdout
-    (for kustomize exec functions and kpt). functionConfig.data: namespace, clusterDomain,
-    secretsDir, egressGateway, telemetry, keepSources."""
+    (kpt: `kpt fn eval DIR --exec "llmc krm"`; for kubectl kustomize use `llmc kustomize-plugin`).
+    functionConfig.data: namespace, clusterDomain, secretsDir, egressGateway, telemetry, keepSources."""
     from .gitops import krm as run
 
     out, code = run(sys.stdin.read())
     sys.stdout.write(out)
+    raise typer.Exit(code)
+
+
+kustomize_app = typer.Typer(no_args_is_help=True, help="llmc as a kustomize exec plugin, for "
+                            "`kubectl kustomize --enable-alpha-plugins` (see README, GitOps).")
+app.add_typer(kustomize_app, name="kustomize-plugin")
+
+
+@kustomize_app.command("install")
+def kustomize_install(
+    plugin_home: Annotated[str | None, typer.Option("--plugin-home", help="kustomize's plugin home (default: "
+                                                    "$KUSTOMIZE_PLUGIN_HOME, else $XDG_CONFIG_HOME/kustomize/plugin, "
+                                                    "else ~/.config/kustomize/plugin).")] = None,
+) -> None:
+    """Install the plugin executable for transformers of apiVersion llmc.io/v1, kind LLMCompiler."""
+    from pathlib import Path
+
+    from .kustomize import install
+
+    path = install(Path(plugin_home) if plugin_home else None)
+    sys.stderr.write(f"llmc: installed {path}\n"
+                     "llmc: build with `kubectl kustomize --enable-alpha-plugins DIR | kubectl apply -f -`\n")
+
+
+@kustomize_app.command("run", hidden=True)
+def kustomize_run(config: Annotated[str, typer.Argument(help="The LLMCompiler config file kustomize passes.")]) -> None:
+    """What kustomize runs: the resources on stdin, the transformed resources on stdout."""
+    from .kustomize import run
+
+    out, err, code = run(config, sys.stdin.read())
+    sys.stdout.write(out)
+    sys.stderr.write(err)
     raise typer.Exit(code)
 
 

@@ -28,6 +28,8 @@ CODES: dict[str, str] = {
     "LLMC003": "duplicate object",
     "LLMC004": "cannot read input",
     "LLMC005": "unsupported apiVersion",
+    "LLMC006": "no LLMProvider or LLMRoute in the input",
+    "LLMC007": "unknown function option",
     "LLMC101": "unknown field",
     "LLMC102": "wrong type",
     "LLMC103": "missing required field",

@@ -142,4 +142,12 @@ def dump_yaml(objects: list[dict]) -> str:
 
 def dump_json(objects: list[dict]) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2,
-                      ensure_ascii=False) + "\n"
+                      ensure_ascii=False, default=_json_default) + "\n"
+
+
+def _json_default(value: Any) -> Any:
+    """Timestamps in passed-through objects (YAML 1.1 reads ``2024-01-01`` as a date): ISO 8601
+    text, as kubectl's YAML-to-JSON conversion writes them."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -10,7 +10,11 @@ the KRM function (``llmc krm``) for kustomize and kpt.
 * ``llmc krm`` reads a ``config.kubernetes.io/v1`` ``ResourceList`` on stdin and writes one on stdout:
   LLMProvider/LLMRoute items are compiled (and, unless ``functionConfig.data.keepSources`` is
   ``"true"``, removed), the generated objects are appended, every other item passes through as it
-  was, and diagnostics become ``results`` with severity, message, ``resourceRef`` and ``field.path``.
+  was (objects llmc generated in an earlier run are replaced when there are sources), and
+  diagnostics become ``results`` with severity, message, ``resourceRef`` and ``field.path``.
+  :func:`transform` is the function itself; the kustomize plugin (``compiler/kustomize.py``) runs it
+  on kustomize's resource stream. Unknown options are errors (``LLMC007``): under ``kpt fn eval``
+  in place, a mistyped ``keepSources`` would otherwise delete the user's sources.
 """
 
 from __future__ import annotations
@@ -112,12 +116,13 @@ def _for_ruamel(value):
     return value
 
 
+#: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys
+FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "telemetry", "keepSources")
+
+
 def krm(text: str) -> tuple[str, int]:
     """Run the KRM function on a ResourceList; returns (output ResourceList YAML, exit code)."""
-    from .diagnostics import Diagnostics, Severity
-    from .load import KINDS, apply_default_namespace, load_text
-    from .pipeline import compile_documents
-    from .resolve import Options
+    from .diagnostics import Severity
 
     y = _ruamel()
     rl = y.load(io.StringIO(text)) if text.strip() else None
@@ -126,32 +131,8 @@ def krm(text: str) -> tuple[str, int]:
                "results": [{"message": "llmc krm: stdin is not a config.kubernetes.io/v1 ResourceList",
                             "severity": "error"}]}
         return dump_yaml([out])[4:], 1
-    items = rl.get("items") or []
     config = (rl.get("functionConfig") or {}).get("data") or {}
-    keep = str(config.get("keepSources", "false")).lower() == "true"
-    opts = Options(namespace=str(config.get("namespace", "default")),
-                   cluster_domain=str(config.get("clusterDomain", "cluster.local")),
-                   secrets_dir=str(config.get("secretsDir", "/etc/llmc/secrets")),
-                   egress_gateway=config.get("egressGateway") or None,
-                   telemetry=str(config.get("telemetry", "false")).lower() == "true")
-    sources, passthrough = [], []
-    for index, item in enumerate(items):
-        is_llm = (isinstance(item, dict) and item.get("kind") in KINDS
-                  and str(item.get("apiVersion", "")).startswith("istio.alibabacloud.com/"))
-        if is_llm:
-            sources.append((index, item))
-        else:
-            passthrough.append(item)
-    diags = Diagnostics()
-    docs = []
-    for index, item in sources:
-        buf = io.StringIO()
-        y.dump(item, buf)
-        annotations = (item.get("metadata") or {}).get("annotations") or {}
-        name = (annotations.get("config.kubernetes.io/path") or annotations.get("internal.config.kubernetes.io/path")
-                or f"items[{index}]")
-        docs.extend(load_text(str(name), buf.getvalue(), diags))
-    result = compile_documents(apply_default_namespace(docs, opts.namespace), opts, diags)
+    out_items, result = transform(rl.get("items") or [], config, y)
     results = []
     for d in result.diagnostics.sorted():
         entry = {"message": f"{d.code}: {d.message}" + (f" (hint: {d.hint})" if d.hint else ""),
@@ -166,9 +147,6 @@ def krm(text: str) -> tuple[str, int]:
         if d.file:
             entry["file"] = {"path": d.file}
         results.append(entry)
-    out_items = list(passthrough) + ([item for _, item in sources] if keep else [])
-    if result.ok:
-        out_items += [_for_ruamel(o) for o in result.objects]
     rl["items"] = out_items
     if results:
         rl["results"] = results
@@ -177,3 +155,64 @@ def krm(text: str) -> tuple[str, int]:
     buf = io.StringIO()
     y.dump(rl, buf)
     return buf.getvalue(), 0 if result.ok else 1
+
+
+def transform(items: list, config: dict, y=None, config_file: str = "functionConfig"):
+    """The function itself, shared by ``llmc krm`` and the kustomize plugin: LLMProvider/LLMRoute
+    items are compiled; the generated objects follow the other items, which pass through as they
+    were — except objects llmc generated in an earlier run (its ``managed-by`` label and sources
+    annotation) when there are sources to generate them afresh, so that running in place again
+    (``kpt fn eval`` with ``keepSources``) replaces them instead of duplicating them. Sources are
+    dropped unless ``keepSources`` is ``"true"``. Returns (items, pipeline Result)."""
+    from .diagnostics import Diagnostics
+    from .load import KINDS, apply_default_namespace, generated_by_llmc, load_text
+    from .pipeline import Result, compile_documents
+
+    y = y or _ruamel()
+    diags = Diagnostics()
+    opts, keep = _function_options(config, diags, config_file)
+    if opts is None:
+        return list(items), Result(diags)
+    sources, passthrough = [], []
+    for index, item in enumerate(items):
+        is_llm = (isinstance(item, dict) and item.get("kind") in KINDS
+                  and str(item.get("apiVersion", "")).startswith("istio.alibabacloud.com/"))
+        (sources if is_llm else passthrough).append((index, item))
+    docs = []
+    for index, item in sources:
+        buf = io.StringIO()
+        y.dump(item, buf)
+        annotations = (item.get("metadata") or {}).get("annotations") or {}
+        name = (annotations.get("config.kubernetes.io/path") or annotations.get("internal.config.kubernetes.io/path")
+                or f"items[{index}]")
+        docs.extend(load_text(str(name), buf.getvalue(), diags))
+    result = compile_documents(apply_default_namespace(docs, opts.namespace), opts, diags)
+    result.sources = len(sources)
+    out_items = [item for _, item in passthrough if not (sources and generated_by_llmc(item))]
+    out_items += [item for _, item in sources] if keep else []
+    if result.ok:
+        out_items += [_for_ruamel(o) for o in result.objects]
+    return out_items, result
+
+
+def _function_options(config: dict, diags, config_file: str):
+    """(Options, keepSources) from a function config; (None, False) after an error for unknown keys
+    (a mistyped ``keepSources`` would otherwise delete sources in place)."""
+    import difflib
+
+    from .resolve import Options
+
+    for key in config:
+        if key not in FUNCTION_OPTIONS:
+            close = difflib.get_close_matches(str(key), FUNCTION_OPTIONS, n=1)
+            diags.error("LLMC007", f"unknown llmc option {key!r}", file=config_file, path=str(key),
+                        hint=(f"did you mean {close[0]!r}? " if close else "") + "known: " + ", ".join(FUNCTION_OPTIONS))
+    if diags.has_errors:
+        return None, False
+    flag = lambda key: str(config.get(key, "false")).lower() == "true"  # noqa: E731
+    opts = Options(namespace=str(config.get("namespace", "default")),
+                   cluster_domain=str(config.get("clusterDomain", "cluster.local")),
+                   secrets_dir=str(config.get("secretsDir", "/etc/llmc/secrets")),
+                   egress_gateway=config.get("egressGateway") or None,
+                   telemetry=flag("telemetry"))
+    return opts, flag("keepSources")

@@ -10,11 +10,21 @@ list item, flattened into
 
 Only ``LLMProvider`` and ``LLMRoute`` documents are returned; other kinds are reported as notes
 (they are ignored, which lets users point llmc at a directory that also holds Deployments).
+
+Directories are read recursively (``*.yaml``, ``*.yml``, ``*.json``), skipping hidden files and
+folders (``.git``, ``.venv``, ``.github``: never manifests, and a virtualenv alone holds thousands
+of YAML files). With ``passthrough`` (``llmc render --passthrough``, a whole Argo CD/Flux app
+folder) other Kubernetes objects are kept as :class:`Passthrough` — their source text, byte for
+byte — and a file that holds no Kubernetes object at all (``Taskfile.yml``, a dashboard JSON) is
+skipped, all such files named in one note. A YAML syntax error is still an error there: the file
+might be an LLMProvider, and dropping it silently would delete its generated objects downstream.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +41,10 @@ API_GROUP = "istio.alibabacloud.com"
 API_VERSIONS = ("v1beta1",)
 KINDS = ("LLMProvider", "LLMRoute")
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
+#: What llmc puts on every object it generates (with the sources annotation): earlier output read
+#: back as input (kpt in place, an app folder holding rendered files) is replaced, not duplicated.
+MANAGED_BY = ("app.kubernetes.io/managed-by", "llmc")
+SOURCES_ANNOTATION = "llmc.io/sources"
 
 Path_ = tuple[str | int, ...]
 
@@ -45,7 +59,11 @@ class SourceText:
     def positions(self, index: int) -> dict[Path_, tuple[int, int]]:
         if self._positions is None:
             self._positions = []
-            for raw in YAML(typ="rt").load_all(io.StringIO(self.text)):
+            try:
+                raws = list(YAML(typ="rt").load_all(io.StringIO(self.text)))
+            except Exception:  # a JSON file only json.loads could read: no positions
+                raws = []
+            for raw in raws:
                 found: dict[Path_, tuple[int, int]] = {}
                 if isinstance(raw, CommentedMap | CommentedSeq):
                     found[()] = (raw.lc.line + 1, raw.lc.col + 1)
@@ -94,6 +112,25 @@ class Document:
         line, col = self.positions.get(probe, (0, 0))
         return {"file": self.file, "line": line, "col": col, "object": self.label,
                 "path": format_path(path)}
+
+
+@dataclass
+class Passthrough:
+    """Another Kubernetes object of the input, passed through as written (``--passthrough``)."""
+
+    file: str
+    text: str  # the document's source text (JSON re-encoded when only the JSON parser could read it)
+    data: dict[str, Any]
+
+
+def generated_by_llmc(data: Any) -> bool:
+    """True for an object llmc generated (its ``managed-by`` label and sources annotation)."""
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    if not isinstance(meta, dict):
+        return False
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    return (isinstance(labels, dict) and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]
+            and isinstance(annotations, dict) and SOURCES_ANNOTATION in annotations)
 
 
 def format_path(path: Iterable[str | int]) -> str:
@@ -150,7 +187,7 @@ def expand_inputs(inputs: list[str], diags: Diagnostics) -> list[tuple[str, str]
             continue
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES)
+            files = walk(path)
         elif path.is_file():
             files = [path]
         else:
@@ -162,6 +199,15 @@ def expand_inputs(inputs: list[str], diags: Diagnostics) -> list[tuple[str, str]
             except (OSError, UnicodeDecodeError) as exc:
                 diags.error("LLMC004", f"cannot read file: {exc}", file=str(f))
     return sources
+
+
+def walk(root: Path) -> list[Path]:
+    """Manifest files under ``root``, sorted; hidden files and folders are not entered."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder, f) for f in files if not f.startswith(".") and Path(f).suffix in YAML_SUFFIXES]
+    return sorted(found)
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -182,31 +228,58 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def load_text(name: str, text: str, diags: Diagnostics) -> list[Document]:
+def parse_text(name: str, text: str, diags: Diagnostics) -> list[Any] | None:
+    """All documents of a file as plain data; ``None`` (and an LLMC001 error) when it is not YAML.
+    A ``.json`` file libyaml cannot read (YAML 1.1 is not quite a JSON superset) is read as JSON."""
     try:
-        raw_docs = list(yaml.load_all(text, Loader=_Loader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        problem = exc.problem or exc.context or "invalid YAML"
-        diags.error("LLMC001", f"YAML syntax error: {problem}", file=name, line=line, col=col)
-        return []
+        return list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as exc:
-        diags.error("LLMC001", f"YAML error: {exc}".splitlines()[0], file=name)
-        return []
+        if name.endswith(".json"):
+            try:
+                return [json.loads(text)]
+            except ValueError:
+                pass
+        if isinstance(exc, yaml.MarkedYAMLError):
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+            problem = exc.problem or exc.context or "invalid YAML"
+            diags.error("LLMC001", f"YAML syntax error: {problem}", file=name, line=line, col=col)
+        else:
+            diags.error("LLMC001", f"YAML error: {exc}".splitlines()[0], file=name)
+        return None
+
+
+def is_object(data: Any) -> bool:
+    return isinstance(data, dict) and "kind" in data and "apiVersion" in data
+
+
+def load_text(name: str, text: str, diags: Diagnostics, keep: list[Passthrough] | None = None) -> list[Document]:
+    """The LLMProvider/LLMRoute documents of one file. With ``keep``, other Kubernetes objects are
+    appended to it (passthrough) instead of being noted as ignored."""
+    raw_docs = parse_text(name, text, diags)
+    return [] if raw_docs is None else _documents(name, text, raw_docs, diags, keep)
+
+
+def _documents(name: str, text: str, raw_docs: list[Any], diags: Diagnostics,
+               keep: list[Passthrough] | None) -> list[Document]:
     source = SourceText(text)
+    spans: list[str] | None = None
     docs: list[Document] = []
     for index, data in enumerate(raw_docs):
         if data is None:
             continue
         doc = Document(file=name, data=data, source=source, index=index)
-        if not isinstance(data, dict) or "kind" not in data or "apiVersion" not in data:
+        if not is_object(data):
             diags.error("LLMC002", "document is not a Kubernetes object (needs apiVersion and kind)",
                         **{**doc.where(()), "object": "", "path": ""})
             continue
         _register_secrets(data, diags)
         api_version = str(data.get("apiVersion", ""))
         if doc.kind not in KINDS:
+            if keep is not None:
+                spans = _spans(text, len(raw_docs)) if spans is None else spans
+                keep.append(Passthrough(name, spans[index], data))
+                continue
             diags.note("LLMC002", f"ignoring {doc.kind} {doc.name or '<unnamed>'} ({api_version}): "
                        "llmc compiles only LLMProvider and LLMRoute", **doc.where(("kind",)))
             continue
@@ -220,10 +293,36 @@ def load_text(name: str, text: str, diags: Diagnostics) -> list[Document]:
     return docs
 
 
-def load_inputs(inputs: list[str], default_namespace: str, diags: Diagnostics) -> list[Document]:
+def _spans(text: str, count: int) -> list[str]:
+    """The source text of each document (from its root node to the next document), for passthrough.
+    A file only the JSON parser could read has one document: it is re-encoded as JSON (valid YAML)."""
+    try:
+        nodes = list(yaml.compose_all(text, Loader=_Loader))
+    except yaml.YAMLError:
+        return [json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n"]
+    out = [text[n.start_mark.index:n.end_mark.index].rstrip() + "\n" if n is not None else "" for n in nodes]
+    assert len(out) == count, "compose_all and load_all disagree on the documents"
+    return out
+
+
+def load_inputs(inputs: list[str], default_namespace: str, diags: Diagnostics,
+                keep: list[Passthrough] | None = None) -> list[Document]:
+    """Documents of every input. With ``keep`` (passthrough), other Kubernetes objects go there and
+    files without any Kubernetes object are skipped, named in one note."""
     docs: list[Document] = []
+    skipped: list[str] = []
     for name, text in expand_inputs(inputs, diags):
-        docs.extend(load_text(name, text, diags))
+        raw_docs = parse_text(name, text, diags)
+        if raw_docs is None:
+            continue
+        if keep is not None and not any(is_object(d) for d in raw_docs):
+            skipped.append(name)
+            continue
+        docs.extend(_documents(name, text, raw_docs, diags, keep))
+    if skipped:
+        shown = ", ".join(skipped[:10]) + (f", … ({len(skipped) - 10} more)" if len(skipped) > 10 else "")
+        diags.note("LLMC002", f"skipped {len(skipped)} file(s) that hold no Kubernetes object: {shown}",
+                   file=", ".join(inputs))
     return apply_default_namespace(docs, default_namespace)
 
 

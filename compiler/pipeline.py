@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .diagnostics import Diagnostics
 from .ir import Program
-from .load import Document, apply_default_namespace, load_inputs, load_text
+from .load import Document, Passthrough, apply_default_namespace, generated_by_llmc, load_inputs, load_text
 from .resolve import Options, Sourced, resolve
 from .schema import check_document
 
@@ -27,6 +27,10 @@ class Result:
     diagnostics: Diagnostics
     program: Program | None = None
     objects: list[dict] = field(default_factory=list)
+    #: other Kubernetes objects of the input, in input order (``compile_paths(passthrough=True)``)
+    passthrough: list[Passthrough] = field(default_factory=list)
+    #: how many LLMProvider/LLMRoute documents the input held
+    sources: int = 0
 
     @property
     def ok(self) -> bool:
@@ -77,11 +81,19 @@ def translate_program(program: Program) -> list[dict]:
                                           o["metadata"]["name"]))
 
 
-def compile_paths(inputs: list[str], opts: Options) -> Result:
+def compile_paths(inputs: list[str], opts: Options, passthrough: bool = False) -> Result:
+    """Compile files, directories or ``-``. With ``passthrough`` the result also carries the input's
+    other Kubernetes objects, minus objects llmc generated earlier when there are sources to
+    generate them afresh (so an app folder holding rendered output yields each object once)."""
     diags = Diagnostics()
+    keep: list[Passthrough] | None = [] if passthrough else None
     with gc_paused():
-        docs = load_inputs(inputs, opts.namespace, diags)
-    return compile_documents(docs, opts, diags)
+        docs = load_inputs(inputs, opts.namespace, diags, keep)
+    result = compile_documents(docs, opts, diags)
+    result.sources = len(docs)
+    if keep:
+        result.passthrough = [p for p in keep if not (docs and generated_by_llmc(p.data))]
+    return result
 
 
 def compile_text(text: str, opts: Options, name: str = "<input>") -> Result:

@@ -1,13 +1,16 @@
-"""Shared fixtures: repository paths, the golden-update switch, and access to ../shared.
+"""Shared fixtures: repository paths, the golden-update switch, access to ../shared, and the
+GitOps tools.
 
 Tests that need Istio's CRD file read it from ``$LLMC_SHARED/istio-1.30/crd-all.gen.yaml``
 (``.ci/run`` sets ``LLMC_SHARED``). Without it they skip with that reason on a developer machine,
-and fail under ``CI=true`` so CI can never pass without the strict schema check.
+and fail under ``CI=true`` so CI can never pass without the strict schema check. The same holds
+for the real ``kpt`` and ``kubectl`` binaries (:func:`require_tool`): CI machines have them on PATH.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,15 @@ def shared_path(relative: str) -> Path:
 @pytest.fixture(scope="session")
 def istio_crds() -> str:
     return str(shared_path("istio-1.30/crd-all.gen.yaml"))
+
+
+def require_tool(name: str) -> str:
+    """The path of ``name`` on PATH; skip with the reason when it is missing, fail under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        reason = (f"needs the real `{name}` on PATH (README, Development: kpt and kubectl are "
+                  f"prerequisites of the full test suite)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path

@@ -87,3 +87,87 @@ def test_crds_command():
     res = runner.invoke(app, ["crds"])
     docs = list(YAML(typ="safe").load_all(res.stdout))
     assert [d["spec"]["names"]["kind"] for d in docs] == ["LLMProvider", "LLMRoute"]
+
+
+def test_directory_walk_skips_hidden_files_and_folders(tmp_path):
+    (tmp_path / "p.yaml").write_text((SEED / "moonshot.yaml").read_text())
+    for hidden in (".venv/lib/site-packages/x", ".git", "sub/.cache"):
+        (tmp_path / hidden).mkdir(parents=True)
+        (tmp_path / hidden / "broken.yaml").write_text("kind: [\n")
+    (tmp_path / ".pre-commit-config.yaml").write_text("repos: [\n")
+    res = runner.invoke(app, ["validate", "-f", str(tmp_path)])
+    assert res.exit_code == 0, res.stderr
+    # an explicitly named hidden folder is read
+    res = runner.invoke(app, ["validate", "-f", str(tmp_path / ".git")])
+    assert res.exit_code == 1 and "LLMC001" in res.stderr
+
+
+def app_folder(tmp_path):
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "llm" / "moonshot.yaml").write_text((SEED / "moonshot.yaml").read_text())
+    (tmp_path / "web.yaml").write_text("# the web app\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n"
+                                       "  name: web   # keep this comment\nspec: {replicas: 2}\n---\n"
+                                       "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata:\n"
+                                       "  day: 2024-01-31\n  flag: 'yes'\n")
+    (tmp_path / "Taskfile.yml").write_text("version: '3'\ntasks: {}\n")
+    (tmp_path / "dash.json").write_text('{\n\t"title": "tabs are fine in JSON, not in YAML",\n\t"panels": []\n}\n')
+    (tmp_path / "empty.yaml").write_text("# nothing here\n")
+    return tmp_path
+
+
+def test_passthrough_renders_a_whole_app_folder(tmp_path):
+    folder = app_folder(tmp_path)
+    res = runner.invoke(app, ["render", "-f", str(folder), "--passthrough"])
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.startswith("---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n"
+                                 "  name: web   # keep this comment\nspec: {replicas: 2}\n"
+                                 "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata:\n"
+                                 "  day: 2024-01-31\n  flag: 'yes'\n---\napiVersion: networking.istio.io/v1\n")
+    docs = list(YAML(typ="safe").load_all(res.stdout))
+    assert [d["kind"] for d in docs][:2] == ["Deployment", "ConfigMap"]
+    assert {d["kind"] for d in docs[2:]} == {"ServiceEntry", "DestinationRule", "VirtualService", "EnvoyFilter"}
+    skipped = [line for line in res.stderr.splitlines() if "LLMC002" in line]
+    assert skipped == [f"{folder}: note[LLMC002] skipped 3 file(s) that hold no Kubernetes object: "
+                       f"{folder}/Taskfile.yml, {folder}/dash.json, {folder}/empty.yaml"]
+    as_json = json.loads(runner.invoke(app, ["render", "-f", str(folder), "--passthrough", "-o", "json"]).stdout)
+    assert as_json["items"][1]["data"] == {"day": "2024-01-31", "flag": "yes"}
+    # without --passthrough: other kinds are noted and dropped, non-Kubernetes files are errors
+    plain = runner.invoke(app, ["render", "-f", str(folder)])
+    assert plain.exit_code == 1 and "error[LLMC002]" in plain.stderr
+
+
+def test_passthrough_drops_earlier_llmc_output_and_keeps_errors(tmp_path):
+    folder = app_folder(tmp_path)
+    first = runner.invoke(app, ["render", "-f", str(folder), "--passthrough"]).stdout
+    rendered = runner.invoke(app, ["render", "-f", str(folder / "llm")]).stdout
+    (folder / "rendered.yaml").write_text(rendered)  # an app folder that also holds rendered output
+    again = runner.invoke(app, ["render", "-f", str(folder), "--passthrough"])
+    assert again.exit_code == 0 and again.stdout == first
+    # a YAML error is an error even here: the broken file might be an LLMProvider
+    (folder / "llm" / "broken.yaml").write_text("apiVersion: istio.alibabacloud.com/v1beta1\nkind: [\n")
+    res = runner.invoke(app, ["render", "-f", str(folder), "--passthrough"])
+    assert res.exit_code == 1 and res.stdout == "" and "error[LLMC001]" in res.stderr
+
+
+def test_passthrough_is_for_streams_only():
+    for extra in (["--out-dir", "x"], ["--check", "x"], ["--emit", "ir"]):
+        res = runner.invoke(app, ["render", "-f", str(SEED), "--passthrough", *extra])
+        assert res.exit_code == 2, extra
+
+
+def test_json_that_yaml_cannot_read(tmp_path):
+    """JSON escapes libyaml rejects (a surrogate pair: an emoji in a dashboard) are read as JSON."""
+    (tmp_path / "cm.json").write_text('{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "emoji"},'
+                                      ' "data": {"icon": "\\ud83d\\ude00"}}')
+    (tmp_path / "dash.json").write_text('{"title": "\\ud83d\\ude00 tokens"}')
+    (tmp_path / "p.yaml").write_text((SEED / "moonshot.yaml").read_text())
+    res = runner.invoke(app, ["render", "-f", str(tmp_path), "--passthrough"])
+    assert res.exit_code == 0, res.stderr
+    first = next(YAML(typ="safe").load_all(res.stdout))
+    assert first["data"] == {"icon": "\U0001F600"}
+    assert "skipped 1 file(s) that hold no Kubernetes object: " + str(tmp_path / "dash.json") in res.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider", "metadata": {"name": "x"},'
+                   ' "spec": {"host": "\\ud83d\\ude00"}}')
+    res = runner.invoke(app, ["validate", "-f", str(bad)])
+    assert res.exit_code == 1 and "LLMC10" in res.stderr and "Traceback" not in res.stderr

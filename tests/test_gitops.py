@@ -1,10 +1,6 @@
-"""GitOps: the KRM function, --check, --out-dir, and a kustomize-style run of samples/kustomize.
-
-No kustomize binary runs here; `kustomize_exec` does what kustomize does for an exec transformer:
-it loads the kustomization's resources, annotates each with its path and index
-(`config.kubernetes.io/path`, `.../index`), wraps them in a ResourceList with the function config,
-pipes it to the executable named in `config.kubernetes.io/function`, and reads a ResourceList back.
-"""
+"""GitOps: the KRM function, the kustomize plugin's stream protocol, --check, --out-dir, and the
+safety rules (empty input, exact commands in messages). The real kpt and kubectl run in
+tests/test_gitops_tools.py."""
 
 from __future__ import annotations
 
@@ -23,7 +19,6 @@ from compiler.cli import app
 from tests.conftest import REPO, TESTDATA
 
 runner = CliRunner()
-KUSTOMIZE = REPO / "samples" / "kustomize"
 
 
 def yaml_rt():
@@ -111,34 +106,73 @@ def test_krm_rejects_non_resource_lists():
     assert code == 1 and "not a config.kubernetes.io/v1 ResourceList" in out
 
 
-def kustomize_exec(root: Path) -> tuple[int, dict]:
-    y = YAML(typ="safe")
-    kustomization = y.load((root / "kustomization.yaml").read_text())
-    items = []
-    for rel in kustomization["resources"]:
-        for i, doc in enumerate(y.load_all((root / rel).read_text())):
-            doc.setdefault("metadata", {}).setdefault("annotations", {}).update(
-                {"config.kubernetes.io/path": rel, "config.kubernetes.io/index": str(i)})
-            items.append(doc)
-    (fn_file,) = kustomization["transformers"]
-    function_config = y.load((root / fn_file).read_text())
-    spec = y.load(function_config["metadata"]["annotations"]["config.kubernetes.io/function"])
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run([str(root / spec["exec"]["path"])], input=resource_list(items, function_config),
-                          text=True, capture_output=True, env=env, cwd=root)
-    return proc.returncode, load(proc.stdout)
+def test_krm_replaces_objects_it_generated_earlier():
+    """kpt in place with keepSources: the second run sees sources *and* last run's output."""
+    sources = list(YAML(typ="safe").load_all((REPO / "samples" / "seed" / "moonshot.yaml").read_text()))
+    fc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "llmc"}, "data": {"keepSources": "true"}}
+    code, first = run_krm(resource_list(sources, fc))
+    assert code == 0
+    items = load(first)["items"]
+    code, second = run_krm(resource_list(items, fc))
+    assert code == 0
+    again = load(second)["items"]
+    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, items)), "no duplicates"
+    # without sources in the list, earlier output passes through untouched (a second in-place run
+    # after the sources were replaced must not delete everything)
+    generated = [i for i in items if i["kind"] != "LLMProvider"]
+    code, out = run_krm(resource_list(generated))
+    assert code == 0 and sorted(map(key, load(out)["items"])) == sorted(map(key, generated))
+    # an object that only carries the label (the CRDs of `llmc crds`) is not llmc output
+    crd = {"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "x", "labels": {"app.kubernetes.io/managed-by": "llmc"}}}
+    code, out = run_krm(resource_list([crd, *sources]))
+    assert code == 0 and ("ConfigMap", "x") in map(key, load(out)["items"])
 
 
-def test_kustomize_style_run_of_the_example():
-    code, result = kustomize_exec(KUSTOMIZE)
-    assert code == 0, result.get("results")
-    by_kind = {}
-    for item in result["items"]:
-        by_kind.setdefault(item["kind"], []).append(item)
-    assert by_kind["Deployment"][0]["metadata"]["name"] == "sleep"  # passed through
-    assert "LLMProvider" not in by_kind and "LLMRoute" not in by_kind
-    assert {o["metadata"]["namespace"] for k in ("ServiceEntry", "EnvoyFilter") for o in by_kind[k]} == {"gitops-demo"}
-    assert "results" not in result  # clean input: no diagnostics
+def test_krm_rejects_unknown_options_and_keeps_everything():
+    sources = list(YAML(typ="safe").load_all((REPO / "samples" / "seed" / "moonshot.yaml").read_text()))
+    fc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "llmc"}, "data": {"keepsource": "true"}}
+    code, out = run_krm(resource_list(sources, fc))
+    result = load(out)
+    assert code == 1
+    assert result["results"][0]["message"].startswith("LLMC007: unknown llmc option 'keepsource'")
+    assert "did you mean 'keepSources'" in result["results"][0]["message"]
+    assert [i["kind"] for i in result["items"]] == ["LLMProvider"], "nothing dropped on a config error"
+
+
+def test_kustomize_plugin_protocol(tmp_path):
+    """What kustomize does for a legacy exec plugin: config file as argv[1], resources on stdin."""
+    config = tmp_path / "llmc.yaml"
+    config.write_text("apiVersion: llmc.io/v1\nkind: LLMCompiler\nmetadata: {name: llmc}\nnamespace: team-z\n")
+    stream = (REPO / "samples" / "seed" / "moonshot.yaml").read_text() + "---\n" + \
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep   # as written\n"
+    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "kustomize-plugin", "run", str(config)],
+                          input=stream, text=True, capture_output=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    objects = list(YAML(typ="safe").load_all(proc.stdout))
+    assert objects[0] == {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keep"}}
+    assert "name: keep   # as written" in proc.stdout
+    assert {o["kind"] for o in objects[1:]} == {"ServiceEntry", "DestinationRule", "VirtualService", "EnvoyFilter"}
+    assert {o["metadata"]["namespace"] for o in objects[1:]} == {"team-z"}
+    assert "warning[LLMC207]" in proc.stderr
+    config.write_text("apiVersion: llmc.io/v1\nkind: LLMCompiler\nmetadata: {name: llmc}\nnamepsace: x\n")
+    bad = subprocess.run([sys.executable, "-m", "compiler.cli", "kustomize-plugin", "run", str(config)],
+                         input=stream, text=True, capture_output=True, cwd=REPO)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert "error[LLMC007] namepsace: unknown llmc option 'namepsace'" in bad.stderr
+
+
+def test_kustomize_plugin_install_finds_kustomizes_plugin_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("KUSTOMIZE_PLUGIN_HOME", raising=False)
+    res = runner.invoke(app, ["kustomize-plugin", "install"])
+    exe = tmp_path / "xdg" / "kustomize" / "plugin" / "llmc.io" / "v1" / "llmcompiler" / "LLMCompiler"
+    assert res.exit_code == 0 and str(exe) in res.stderr
+    assert os.access(exe, os.X_OK) and f"exec {sys.executable} -m compiler.cli kustomize-plugin run" in exe.read_text()
+    monkeypatch.setenv("KUSTOMIZE_PLUGIN_HOME", str(tmp_path / "home"))
+    assert runner.invoke(app, ["kustomize-plugin", "install"]).exit_code == 0
+    assert (tmp_path / "home" / "llmc.io" / "v1" / "llmcompiler" / "LLMCompiler").is_file()
 
 
 def test_check_detects_one_character_drift_and_passes_when_clean(tmp_path):
@@ -192,3 +226,48 @@ def dump_all(docs) -> str:
     buf = io.StringIO()
     yaml_rt().dump_all(docs, buf)
     return buf.getvalue()
+
+
+def test_empty_input_never_empties_the_out_dir(tmp_path):
+    out = tmp_path / "rendered"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert runner.invoke(app, ["render", "-f", "samples/seed", "--out-dir", str(out)]).exit_code == 0
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    res = runner.invoke(app, ["render", "-f", str(empty), "--out-dir", str(out)])
+    assert res.exit_code == 1 and res.stdout == ""
+    assert f"{empty}: error[LLMC006] no LLMProvider or LLMRoute in the input" in res.stderr
+    assert (f"hint: if that is intended, run `llmc render -f {empty} --out-dir {out} --allow-empty` "
+            f"(it removes every file llmc wrote in {out})") in res.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+    # the same for stdout, --check and other kinds only
+    (empty / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    for args in (["render", "-f", str(empty)], ["render", "-f", str(empty), "--check", str(out)],
+                 ["render", "-f", "-"]):
+        res = runner.invoke(app, args, input="")
+        assert res.exit_code == 1 and "LLMC006" in res.stderr, args
+    res = runner.invoke(app, ["render", "-f", str(empty), "--out-dir", str(out), "--allow-empty"])
+    assert res.exit_code == 0 and "0 written, 11 stale removed" in res.stderr
+    assert not list(out.glob("default/*.yaml"))
+
+
+def test_messages_name_the_exact_command(tmp_path):
+    out = tmp_path / "rendered"
+    res = runner.invoke(app, ["render", "-f", "samples/seed", "-n", "team-a", "--telemetry", "--out-dir", str(out)])
+    assert res.exit_code == 1  # demo-llm-server's route names namespace default, its providers are in team-a
+    res = runner.invoke(app, ["render", "-f", "samples/seed/moonshot.yaml", "-n", "team-a", "--telemetry",
+                              "-o", "json", "--out-dir", str(out)])
+    command = f"llmc render -f samples/seed/moonshot.yaml -n team-a --telemetry --check {out}"
+    assert res.exit_code == 0 and res.stderr.endswith(f"check it in CI with:\n  {command}\n")
+    assert runner.invoke(app, command.split()[1:]).exit_code == 0, "the printed command passes"
+    stale = runner.invoke(app, ["render", "-f", "samples/seed/moonshot.yaml", "-f", "samples/secret-ref",
+                                "-n", "team-a", "--telemetry", "--check", str(out)])
+    fix = f"llmc render -f samples/seed/moonshot.yaml -f samples/secret-ref -n team-a --telemetry --out-dir {out}"
+    assert stale.exit_code == 1 and stale.stderr.endswith(f"{out} is out of date; update it with:\n  {fix}\n")
+    assert runner.invoke(app, fix.split()[1:]).exit_code == 0
+    assert runner.invoke(app, ["render", "-f", "samples/seed/moonshot.yaml", "-f", "samples/secret-ref", "-n", "team-a",
+                               "--telemetry", "--check", str(out)]).exit_code == 0, "the printed fix works"
+    single = tmp_path / "all of it.yaml"
+    res = runner.invoke(app, ["render", "-f", "samples/seed", "-o", "json", "--check", str(single)])
+    assert res.exit_code == 1
+    assert res.stderr.endswith(f"update it with:\n  llmc render -f samples/seed > '{single}'\n")

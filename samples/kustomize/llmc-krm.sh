@@ -1,3 +1,0 @@
-#!/bin/sh
-# kustomize runs this with the ResourceList on stdin; llmc must be on PATH.
-exec llmc krm
