@@ -7,22 +7,25 @@ client did not ask for, compressed responses losing usage, limits answered in pl
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 
 from tests.conftest import TESTDATA
 from tests.support.envoy_harness import Envoy, build_bootstrap
 from tests.support.mesh import llmc_render
+from tests.support.sdk import chat, chat_stream
 from tests.support.upstream import start_upstreams
+from tests.test_envoy_e2e import call
 
 pytestmark = pytest.mark.envoy
 
-HOSTS = ("one.example.com", "two.example.com", "three.example.com")
+HOSTS = ("one.example.com", "two.example.com", "three.example.com", "four.example.com")
 KEYS = {"one.example.com": "sk-one-0000000000000000", "two.example.com": "sk-two-0000000000000000",
-        "three.example.com": "sk-three-000000000000000"}
-PATHS = {"one.example.com": "/one/chat/completions", "two.example.com": "/two/chat/completions",
-         "three.example.com": "/three/chat/completions"}
-MODELS = {"one.example.com": "one-model", "two.example.com": "two-model", "three.example.com": "three-model"}
+        "three.example.com": "sk-three-000000000000000", "four.example.com": "sk-four-00000000000000000"}
+PATHS = {h: f"/{h.split('.')[0]}/chat/completions" for h in HOSTS}
+MODELS = {h: f"{h.split('.')[0]}-model" for h in HOSTS}
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
@@ -152,4 +155,62 @@ def test_a_pinned_route_that_is_not_selected_fails_closed(upstreams):
             assert err.value.code == "llmc_route_mismatch"
     finally:
         proxy.stop()
+    assert not received(upstreams)
+
+
+def test_sdk_streaming_call_to_a_provider_configured_not_to_stream_gets_a_stream(envoy, upstreams):
+    """Config `stream: false`; the app asks for a stream with usage: the app's explicit choice wins
+    (it gets a stream, not a silently empty one), and the provider gets a request it accepts."""
+    streamed = chat_stream(envoy.port, "four.example.com")
+    assert streamed.text == "Hello" and streamed.usage.total_tokens == 18
+    (_, req), = received(upstreams)
+    sent = req.json()
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert_shaped_for_receiver(upstreams)
+
+
+def test_stream_options_without_streaming_never_reach_the_provider(envoy, upstreams):
+    """A non-streaming call that still carries stream_options (OpenAI answers that with a 400)."""
+    completion = chat(envoy.port, "four.example.com", stream_options={"include_usage": True})
+    assert completion.choices[0].message.content
+    (_, req), = received(upstreams)
+    assert req.json()["stream"] is False and "stream_options" not in req.json()
+
+
+def test_compressed_responses_keep_usage(envoy, upstreams):
+    """The SDK asks for gzip; llmc asks the provider for identity so usage can be read."""
+    completion = chat(envoy.port, "one.example.com")
+    assert completion.usage.total_tokens == 18
+    (_, req), = received(upstreams)
+    assert req.headers["accept-encoding"] == "identity"
+
+
+LIMIT = 1 << 20  # p-four's maxRequestBytes
+
+
+@pytest.mark.parametrize("size", [LIMIT - 40, LIMIT])
+def test_bodies_up_to_the_limit_are_shaped_not_refused(envoy, upstreams, size):
+    """A body just under or at maxRequestBytes grows by model/stream: still within Envoy's buffer
+    (without headroom, Envoy answered a plain-text 413 the SDK cannot parse)."""
+    head, tail = '{"messages":[{"role":"user","content":"', '"}]}'
+    body = head + "x" * (size - len(head) - len(tail)) + tail
+    assert len(body) == size
+    status, _, payload = call(envoy, "four.example.com", body=body)
+    assert status == 200, payload
+    (_, req), = received(upstreams)
+    assert req.json()["model"] == "four-model" and len(req.body) > size
+
+
+def test_a_body_over_the_limit_gets_openai_413(envoy, upstreams):
+    body = '{"messages":[{"role":"user","content":"' + "x" * LIMIT + '"}]}'
+    status, headers, payload = call(envoy, "four.example.com", body=body)
+    assert status == 413 and headers["content-type"] == "application/json"
+    assert json.loads(payload)["error"]["code"] == "request_too_large"
+    assert not received(upstreams)
+
+
+def test_invalid_utf8_inside_a_string_is_refused(envoy, upstreams):
+    status, headers, payload = call(envoy, "one.example.com", body=b'{"messages":[{"role":"user","content":"caf\xe9"}]}')
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert "invalid UTF-8" in json.loads(payload)["error"]["message"]
     assert not received(upstreams)
