@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from compiler.cli import app
 from tests.conftest import REPO, TESTDATA
-from tests.support.golden import check_golden
+from tests.support.golden import check_golden, lua_marker, mask_lua
 
 GOLDEN = sorted((TESTDATA / "golden").glob("*.in.yaml"))
 SAMPLE_DIRS = sorted(p for p in (REPO / "samples").iterdir() if p.is_dir())
@@ -21,13 +21,13 @@ SAMPLE_DIRS = sorted(p for p in (REPO / "samples").iterdir() if p.is_dir())
 ARGS = re.compile(r"^# llmc-args: (.*)$", re.M)
 
 
-def render(path: Path) -> tuple[str, str]:
+def render(path: Path, *extra: str) -> tuple[str, str]:
     """Run `llmc render` on ``path`` with the extra flags a ``# llmc-args:`` header line names."""
     found = ARGS.search(path.read_text()) if path.is_file() else None
     args = shlex.split(found.group(1)) if found else []
-    res = CliRunner().invoke(app, ["render", "-f", os.path.relpath(path, REPO), *args])
+    res = CliRunner().invoke(app, ["render", "-f", os.path.relpath(path, REPO), *args, *extra])
     assert res.exit_code == 0, res.stderr
-    return res.stdout, "\n".join(line for line in res.stderr.splitlines() if not line.startswith("llmc: "))
+    return mask_lua(res.stdout), "\n".join(line for line in res.stderr.splitlines() if not line.startswith("llmc: "))
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +41,9 @@ def test_golden(case: Path, update_golden: bool):
     stem = case.name.removesuffix(".in.yaml")
     check_golden(case.with_name(f"{stem}.out.yaml"), out, update_golden)
     check_golden(case.with_name(f"{stem}.diagnostics.txt"), diags + "\n" if diags else "", update_golden)
+    # The IR pins what the compiler decided before any YAML (as Envoy Gateway pins its xdsIR).
+    ir, _ = render(case, "--emit", "ir")
+    check_golden(case.with_name(f"{stem}.ir.json"), ir, update_golden)
 
 
 @pytest.mark.parametrize("sample", SAMPLE_DIRS, ids=lambda p: p.name)
@@ -59,3 +62,23 @@ def test_all_samples_together(update_golden: bool):
 
 def test_goldens_exist_for_every_case():
     assert len(GOLDEN) >= 5 and len(SAMPLE_DIRS) >= 2
+
+
+def test_goldens_carry_the_lua_source_only_as_a_marker():
+    """Every EnvoyFilter that inserts the filter carries exactly templates/lua/llmc.lua (checked by
+    mask_lua); goldens show a marker with its digest instead of ~700 lines per copy."""
+    out, _ = render(REPO / "samples")
+    assert out.count(lua_marker()) >= 1 and "envoy_on_request" not in out
+    raw = CliRunner().invoke(app, ["render", "-f", "samples"]).stdout
+    assert raw.count("function envoy_on_request(h)") == out.count(lua_marker())
+
+
+def test_no_orphaned_golden_files():
+    """Every file under testdata/golden and testdata/samples belongs to a case."""
+    stems = {p.name.removesuffix(".in.yaml") for p in GOLDEN}
+    for f in (TESTDATA / "golden").iterdir():
+        stem = re.sub(r"\.(in\.yaml|out\.yaml|diagnostics\.txt|ir\.json)$", "", f.name)
+        assert stem in stems, f"orphaned golden file {f}"
+    samples = {p.name for p in SAMPLE_DIRS} | {"all"}
+    for f in (TESTDATA / "samples").iterdir():
+        assert f.name.removesuffix(".out.yaml") in samples, f"orphaned golden file {f}"

@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import re
 from pathlib import Path
 
 import pytest
+
+from compiler.translate.envoyfilter import lua_source
+
+_BLOCK = re.compile(r"^( *)inline_string: \|[-+]?\n((?:\1  .*\n|\n)+)", re.M)
+
+
+def lua_marker() -> str:
+    return f"<llmc.lua sha256:{hashlib.sha256(lua_source().encode()).hexdigest()[:16]}>"
+
+
+def mask_lua(text: str) -> str:
+    """Replace each emitted copy of templates/lua/llmc.lua by one marker line, so goldens pin the
+    configuration around it (a one-line Lua change rewrites no golden). A block that is not exactly
+    today's source is left as it is, so the golden comparison shows it."""
+    def sub(m: re.Match) -> str:
+        indent = m.group(1) + "  "
+        body = "".join(line[len(indent):] if line.strip() else "\n" for line in m.group(2).splitlines(True))
+        if body.rstrip("\n") != lua_source().rstrip("\n"):
+            return m.group(0)
+        return f"{m.group(1)}inline_string: {lua_marker()}\n"
+    return _BLOCK.sub(sub, text)
 
 
 def check_golden(path: Path, actual: str, update: bool) -> None:
