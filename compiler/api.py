@@ -150,4 +150,4 @@ class LLMRoute(_Strict):
 
 
 SPEC_MODELS: dict[str, type[BaseModel]] = {"LLMProvider": LLMProviderSpec, "LLMRoute": LLMRouteSpec}
-OBJECT_MODELS: dict[str, type[BaseModel]] = {"LLMProvider": LLMProvider, "LLMRoute": LLMRoute}
+OBJECT_MODELS: dict[str, type[LLMProvider] | type[LLMRoute]] = {"LLMProvider": LLMProvider, "LLMRoute": LLMRoute}

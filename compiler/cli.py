@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from enum import StrEnum
 from typing import Annotated
 
@@ -189,13 +191,14 @@ def _gitops_files(ctx: typer.Context, result, check: str | None, out_dir: str | 
             raise typer.Exit(1)
         sys.stderr.write(f"llmc: {check} is up to date\n")
         return
+    assert out_dir is not None  # the caller passes one of check and out_dir
     changed, removed = gitops.write_out_dir(Path(out_dir), gitops.out_dir_files(result.objects))
     sys.stderr.write(f"llmc: {len(result.objects)} objects in {out_dir}: {len(changed)} written, "
                      f"{len(removed)} stale removed; check it in CI with:\n"
                      f"  {_command(ctx, drop={'out_dir', 'output', 'emit'}, add=['--check', out_dir])}\n")
 
 
-def _command(ctx: typer.Context, drop: set[str] = frozenset(), add: list[str] = ()) -> str:  # type: ignore[assignment]
+def _command(ctx: typer.Context, drop: AbstractSet[str] = frozenset(), add: Sequence[str] = ()) -> str:
     """The running `llmc` command line, rebuilt from its parsed options (non-defaults only, in
     declaration order), minus the options named in ``drop``, plus ``add``: a command to copy."""
     words = ["llmc", ctx.info_name or "render"]
@@ -204,7 +207,7 @@ def _command(ctx: typer.Context, drop: set[str] = frozenset(), add: list[str] = 
         if param.name in drop or param.param_type_name != "option" or value is None or value == param.default:
             continue
         flag = param.opts[0]
-        if param.is_flag:
+        if getattr(param, "is_flag", False):
             words += [flag] if value else []
         else:
             for item in value if isinstance(value, list | tuple) else [value]:

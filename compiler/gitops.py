@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import io
 from pathlib import Path
+from typing import Any
 
 from .emit import dump_yaml, iter_yaml
 
@@ -135,7 +136,7 @@ def krm(text: str) -> tuple[str, int]:
     out_items, result = transform(rl.get("items") or [], config, y)
     results = []
     for d in result.diagnostics.sorted():
-        entry = {"message": f"{d.code}: {d.message}" + (f" (hint: {d.hint})" if d.hint else ""),
+        entry: dict[str, Any] = {"message": f"{d.code}: {d.message}" + (f" (hint: {d.hint})" if d.hint else ""),
                  "severity": {Severity.ERROR: "error", Severity.WARNING: "warning"}.get(d.severity, "info")}
         if d.object:
             kind, _, ref = d.object.partition(" ")
@@ -173,7 +174,8 @@ def transform(items: list, config: dict, y=None, config_file: str = "functionCon
     opts, keep = _function_options(config, diags, config_file)
     if opts is None:
         return list(items), Result(diags)
-    sources, passthrough = [], []
+    sources: list[tuple[int, Any]] = []
+    passthrough: list[tuple[int, Any]] = []
     for index, item in enumerate(items):
         is_llm = (isinstance(item, dict) and item.get("kind") in KINDS
                   and str(item.get("apiVersion", "")).startswith("istio.alibabacloud.com/"))

@@ -327,12 +327,12 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
         vh = resolve_route(it, providers_by_ns.get(it.doc.namespace, {}), opts, diags)
         if vh is None:
             continue
-        key = (vh.namespace, vh.fqdn, vh.port)
-        if key in route_hosts:
-            diags.error("LLMC210", f"host {vh.fqdn!r} port {vh.port} is already routed by {route_hosts[key]}",
+        host_key = (vh.namespace, vh.fqdn, vh.port)
+        if host_key in route_hosts:
+            diags.error("LLMC210", f"host {vh.fqdn!r} port {vh.port} is already routed by {route_hosts[host_key]}",
                         **it.doc.where(("spec", "host")), hint="merge the rules into one LLMRoute")
             continue
-        route_hosts[key] = vh.sources[0]
+        route_hosts[host_key] = vh.sources[0]
         vhosts.append(vh)
     # Providers without an LLMRoute on their own host get an implicit single-rule route, so that
     # `curl http://<provider host>` works with an LLMProvider alone (the seed's first scenario).

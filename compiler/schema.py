@@ -14,9 +14,9 @@ import re
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from .api import OBJECT_MODELS
+from .api import OBJECT_MODELS, LLMProvider, LLMRoute
 from .crds import object_schema
 from .diagnostics import Diagnostics
 from .load import Document
@@ -109,7 +109,7 @@ def validate_document(doc: Document, diags: Diagnostics, metadata_checked: bool 
     return ok
 
 
-def check_document(doc: Document, diags: Diagnostics) -> BaseModel | None:
+def check_document(doc: Document, diags: Diagnostics) -> LLMProvider | LLMRoute | None:
     """The typed API object, or None after reporting every schema violation of ``doc``."""
     if not validate_metadata(doc, diags):
         validate_document(doc, diags, metadata_checked=True)
