@@ -101,6 +101,24 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a virtual host's rules run and its requests get shaped: the sidecars of a namespace
+    (``gateway`` is None), or the pods of an Istio Gateway (``gateway`` = "ns/name"). ``namespace``
+    is where those proxies (and so the objects that configure them, and the Secrets they read) are;
+    ``selector`` selects the proxies' pods there (empty: every pod); ``port`` is the port the proxies
+    know the host by (the Service port for sidecars, the Gateway server port for gateways)."""
+
+    namespace: str
+    selector: tuple[tuple[str, str], ...]
+    port: int
+    gateway: str | None = None
+
+    @property
+    def on_gateway(self) -> bool:
+        return self.gateway is not None
+
+
+@dataclass(frozen=True)
 class VirtualHost:
     """One host clients call: an LLMRoute's host, or a provider host without an LLMRoute."""
 
@@ -114,6 +132,8 @@ class VirtualHost:
     selector: tuple[tuple[str, str], ...]
     sources: tuple[str, ...]
     gateways: tuple[str, ...] = ("mesh",)  # "mesh" and/or "ns/name" of Istio Gateways, sorted
+    #: where the rules run (computed by resolve, read by every translator, `llmc mounts`, the controller)
+    placements: tuple[Placement, ...] = ()
 
     @property
     def in_mesh(self) -> bool:

@@ -18,11 +18,7 @@ from __future__ import annotations
 import json
 
 from .ir import Program
-from .translate.common import placements
-
-
-def _volume_name(secret: str) -> str:
-    return f"llmc-{secret}"[:63].rstrip("-.")
+from .names import volume_name
 
 
 def plan(program: Program) -> list[dict]:
@@ -32,16 +28,17 @@ def plan(program: Program) -> list[dict]:
         secrets = {b.config.api_key_secret.name for r in vh.rules for b in r.backends if b.config.api_key_secret}
         if not secrets:
             continue
-        for pl in placements(program, vh):
-            groups.setdefault((pl.context, pl.namespace, pl.selector), set()).update(secrets)
+        for pl in vh.placements:
+            groups.setdefault((pl.on_gateway, pl.namespace, pl.selector), set()).update(secrets)
     out = []
-    for (context, namespace, selector), secrets in sorted(groups.items()):
+    for (on_gateway, namespace, selector), secrets in sorted(groups.items()):
         names = sorted(secrets)
-        volumes = [{"name": _volume_name(s), "secret": {"secretName": s}} for s in names]
-        mounts = [{"name": _volume_name(s), "mountPath": f"{program.secrets_dir}/{s}", "readOnly": True}
+        volumes = [{"name": volume_name(s), "secret": {"secretName": s}} for s in names]
+        mounts = [{"name": volume_name(s), "mountPath": f"{program.secrets_dir}/{s}", "readOnly": True}
                   for s in names]
-        entry = {"context": context, "namespace": namespace, "selector": dict(selector), "secrets": names}
-        if context == "SIDECAR_OUTBOUND":
+        entry = {"proxies": "gateway" if on_gateway else "sidecars", "namespace": namespace,
+                 "selector": dict(selector), "secrets": names}
+        if not on_gateway:
             entry["patch"] = {"spec": {"template": {"metadata": {"annotations": {
                 "sidecar.istio.io/userVolume": json.dumps(volumes, separators=(",", ":")),
                 "sidecar.istio.io/userVolumeMount": json.dumps(mounts, separators=(",", ":")),
@@ -66,7 +63,7 @@ def render_plan(program: Program) -> str:
     for entry in plan(program):
         labels = ",".join(f"{k}={v}" for k, v in entry["selector"].items())
         secrets = ", ".join(entry["secrets"])
-        if entry["context"] == "SIDECAR_OUTBOUND":
+        if entry["proxies"] == "sidecars":
             pods = f" (pods with labels {labels})" if labels else ""
             head = [f"# Sidecars in namespace {entry['namespace']}{pods} need Secret(s) {secrets} "
                     "(in that namespace).",

@@ -48,6 +48,27 @@ def object_name(kind_prefix: str, name: str) -> str:
     return cap(full)
 
 
+def _labelled(base: str, raw: str) -> str:
+    """``<base>-<raw as a label>``; a hash of ``raw`` keeps rewritten values apart ("a.b" vs "a-b")."""
+    label = to_label(raw)
+    full = f"{base}-{label}"
+    if label != raw:
+        full = f"{full}-{short_hash(raw, 6)}"
+    return cap(full)
+
+
+def selector_name(base: str, selector: tuple[tuple[str, str], ...]) -> str:
+    """Name of an object generated per workload selector, e.g. ``llmc-telemetry-ratings``."""
+    if not selector:
+        return cap(base)
+    return _labelled(base, "-".join(v for _, v in selector))
+
+
+def volume_name(secret: str) -> str:
+    """Pod volume (a DNS-1123 label) that mounts Secret ``secret`` for the proxy."""
+    return _labelled(PREFIX, secret)
+
+
 def is_label(name: str) -> bool:
     return len(name) <= MAX_NAME and bool(_LABEL.fullmatch(name))
 

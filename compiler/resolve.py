@@ -9,6 +9,7 @@ namespace (generated ServiceEntries are exported to that namespace only).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from . import names
 from .api import LLMProvider, LLMRoute, OpenAIConfig, StringMatch
 from .diagnostics import Diagnostics
-from .ir import Backend, EgressGateway, HeaderMatch, Match, Program, Provider, RequestConfig, Rule, SecretRef, VirtualHost
+from .ir import (Backend, EgressGateway, HeaderMatch, Match, Placement, Program, Provider, RequestConfig, Rule,
+                 SecretRef, VirtualHost)
 from .load import Document
 
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -351,9 +353,25 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
         return None
     providers = tuple(sorted((p for provs in providers_by_ns.values() for p in provs.values()),
                              key=lambda p: (p.namespace, p.name)))
+    egress = egress_gateway(opts)
+    placed = (dataclasses.replace(vh, placements=place(vh, egress)) for vh in vhosts)
     return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
-                   egress=egress_gateway(opts), telemetry=opts.telemetry,
-                   vhosts=tuple(sorted(vhosts, key=lambda v: (v.namespace, v.object_name))))
+                   egress=egress, telemetry=opts.telemetry,
+                   vhosts=tuple(sorted(placed, key=lambda v: (v.namespace, v.object_name))))
+
+
+def place(vh: VirtualHost, egress: EgressGateway | None) -> tuple[Placement, ...]:
+    """Where the virtual host's rules run: the sidecars of its namespace (or, in egress-gateway mode,
+    the egress gateway instead), and every Gateway the LLMRoute binds to (whose pods are selected by
+    the providers' workloadSelector, in the Gateway's namespace)."""
+    out = []
+    if vh.in_mesh and egress is None:
+        out.append(Placement(vh.namespace, vh.selector, vh.port))
+    if vh.in_mesh and egress is not None:
+        out.append(Placement(egress.namespace, egress.labels, egress.port, gateway=egress.ref))
+    for ref in vh.bound_gateways:
+        out.append(Placement(ref.split("/", 1)[0], vh.selector, vh.port, gateway=ref))
+    return tuple(out)
 
 
 def egress_gateway(opts: Options) -> EgressGateway | None:

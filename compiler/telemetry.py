@@ -9,7 +9,7 @@ system's names).
 * :func:`mesh_config` — the MeshConfig ``extensionProviders`` entry (an Envoy file access log with a
   JSON format) that ``llmc meshconfig`` prints; istiod turns ``logFormat.labels`` into Envoy's
   ``json_format``.
-* :func:`telemetry_resources` — with ``llmc render --telemetry``, per namespace whose proxies shape
+* ``compiler/translate/telemetry.py`` — with ``llmc render --telemetry``, per namespace whose proxies shape
   LLM traffic: a ``Telemetry`` enabling that provider and adding ``llm_model``/``llm_provider`` as
   dimensions of ``istio_requests_total`` and ``istio_request_duration_milliseconds``
   (``tagOverrides``), and an EnvoyFilter that MERGEs token
@@ -17,8 +17,6 @@ system's names).
 """
 
 from __future__ import annotations
-
-from .ir import Program
 
 PROVIDER_NAME = "llmc-access-log"
 NS = "llmc"
@@ -71,25 +69,3 @@ REQUEST_TAGS = {"llm_model": cel("request_model"), "llm_provider": cel("provider
 def mesh_config() -> dict:
     return {"extensionProviders": [{"name": PROVIDER_NAME, "envoyFileAccessLog": {
         "path": "/dev/stdout", "logFormat": {"labels": dict(ACCESS_LOG_LABELS)}}}]}
-
-
-def telemetry_views(program: Program) -> tuple[list[dict], list[dict]]:
-    """(Telemetry view-models, metrics EnvoyFilter view-models), one per (namespace, selector, context)."""
-    from .translate.common import metadata, placements
-
-    groups: dict[tuple, set[str]] = {}
-    for vh in program.vhosts:
-        for pl in placements(program, vh):
-            groups.setdefault((pl.namespace, pl.selector, pl.context), set()).update(vh.all_sources)
-    telemetries, filters = [], []
-    for (ns, selector, context), sources in sorted(groups.items()):
-        suffix = "" if not selector else "-" + "-".join(v for _, v in selector)
-        telemetries.append({"metadata": metadata(f"llmc-telemetry{suffix}"[:63], ns, sorted(sources)),
-                            "selector": dict(selector), "provider": PROVIDER_NAME,
-                            "metrics": ["REQUEST_COUNT", "REQUEST_DURATION"],
-                            "tags": [{"name": k, "value": v} for k, v in REQUEST_TAGS.items()]})
-        filters.append({"metadata": metadata(f"llmc-token-metrics{suffix}"[:63], ns, sorted(sources)),
-                        "selector": [{"name": k, "value": v} for k, v in selector], "context": context,
-                        "definitions": [{"name": k, "value": v} for k, v in TOKEN_METRICS.items()],
-                        "dimensions": TOKEN_DIMENSIONS})
-    return telemetries, filters

@@ -169,8 +169,6 @@ class Controller:
         (the namespace of the sidecars or gateway that shape its traffic). Each Secret is checked once."""
         if outcome.program is None:
             return {}
-        from ..translate.common import placements
-
         exists: dict[tuple[str, str], bool] = {}
         missing: dict[str, list[str]] = {}
         for vh in outcome.program.vhosts:
@@ -179,7 +177,7 @@ class Controller:
                     ref = b.config.api_key_secret
                     if ref is None:
                         continue
-                    for pl in placements(outcome.program, vh):
+                    for pl in vh.placements:
                         key = (pl.namespace, ref.name)
                         if key not in exists:
                             exists[key] = self.kube.secret_exists(*key)

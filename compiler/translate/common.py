@@ -31,42 +31,25 @@ def rule_route_names(vh: VirtualHost, rule: Rule) -> tuple[str, dict[str, str]]:
 
 
 @dataclass(frozen=True)
-class Placement:
-    """Where a virtual host's rules run and requests get shaped.
+class EnvoyPlacement:
+    """An IR placement in Istio's terms: the EnvoyFilter match context, and the names istiod gives
+    the route configuration's port and the virtual host there."""
 
-    ``gateway`` is the VirtualService gateway reference ("mesh" for sidecars); ``port`` is the port
-    istiod names the route configuration and virtual host by: the Service port for sidecars, the
-    Gateway server port for gateways.
-    """
-
-    gateway: str
-    context: str  # EnvoyFilter match context: SIDECAR_OUTBOUND or GATEWAY
+    context: str  # SIDECAR_OUTBOUND or GATEWAY
     namespace: str  # where the EnvoyFilters for it live (a gateway's own namespace)
     selector: tuple[tuple[str, str], ...]
     port: int
     vhost: str  # Envoy virtual host name: <fqdn>:<port>
 
 
-def placements(program: Program, vh: VirtualHost) -> list[Placement]:
-    """The sidecars of the namespace (or, in egress-gateway mode, the egress gateway instead) and
-    every Gateway the LLMRoute binds to."""
-    out = []
-    egress = program.egress
-    if vh.in_mesh and egress is None:
-        out.append(Placement("mesh", "SIDECAR_OUTBOUND", vh.namespace, vh.selector, vh.port,
-                             names.vhost_name(vh.fqdn, vh.port)))
-    if vh.in_mesh and egress is not None:
-        out.append(Placement(egress.ref, "GATEWAY", egress.namespace, egress.labels, egress.port,
-                             names.vhost_name(vh.fqdn, egress.port)))
-    for ref in vh.bound_gateways:
-        out.append(Placement(ref, "GATEWAY", ref.split("/", 1)[0], vh.selector, vh.port,
-                             names.vhost_name(vh.fqdn, vh.port)))
-    return out
+def envoy_placements(vh: VirtualHost) -> list[EnvoyPlacement]:
+    return [EnvoyPlacement("GATEWAY" if p.on_gateway else "SIDECAR_OUTBOUND", p.namespace, p.selector, p.port,
+                           names.vhost_name(vh.fqdn, p.port)) for p in vh.placements]
 
 
-def gateway_namespaces(program: Program, vh: VirtualHost) -> list[str]:
+def gateway_namespaces(vh: VirtualHost) -> list[str]:
     """Namespaces of gateways that run this virtual host's rules (they must see its objects)."""
-    return sorted({p.namespace for p in placements(program, vh) if p.context == "GATEWAY"})
+    return sorted({p.namespace for p in vh.placements if p.on_gateway})
 
 
 def export_to(namespace: str, others: list[str] | set[str]) -> list[str]:
@@ -82,7 +65,7 @@ def provider_gateway_namespaces(program: Program) -> dict[tuple[str, str], set[s
     """(provider namespace, name) → namespaces of gateways that send it traffic."""
     out: dict[tuple[str, str], set[str]] = {}
     for vh in program.vhosts:
-        gws = gateway_namespaces(program, vh)
+        gws = gateway_namespaces(vh)
         for rule in vh.rules:
             for b in rule.backends:
                 out.setdefault((b.provider.namespace, b.provider.name), set()).update(gws)

@@ -25,7 +25,7 @@ from importlib import resources
 
 from .. import names
 from ..ir import Backend, Program, SecretRef, VirtualHost
-from .common import Placement, metadata, placements, rule_route_names
+from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 
 FILTER_NAME = "llmc.lua"
 SOURCE_NAME = "llmc"
@@ -118,12 +118,10 @@ def max_request_bytes(vh: VirtualHost) -> int:
 
 def _filter_name(context: str, selector: tuple[tuple[str, str], ...]) -> str:
     base = f"{names.PREFIX}-filter" if context == "SIDECAR_OUTBOUND" else f"{names.PREFIX}-gateway-filter"
-    if selector:
-        base += "-" + names.to_label("-".join(v for _, v in selector))
-    return names.cap(base)
+    return names.selector_name(base, selector)
 
 
-def _vhost_filter_name(vh: VirtualHost, placement: Placement) -> str:
+def _vhost_filter_name(vh: VirtualHost, placement: EnvoyPlacement) -> str:
     if placement.context == "SIDECAR_OUTBOUND":
         return vh.object_name
     # In a gateway's namespace, next to the EnvoyFilters of other namespaces' routes.
@@ -136,7 +134,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
     filters: dict[tuple, dict] = {}
     for vh in program.vhosts:
         seen = set()
-        for pl in placements(program, vh):
+        for pl in envoy_placements(vh):
             key = (pl.namespace, pl.context, pl.selector, pl.port, pl.vhost)
             if key in seen:  # two Gateways of one namespace share the patch
                 continue
