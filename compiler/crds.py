@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 from .api import SPEC_MODELS
-from .load import API_GROUP, API_VERSIONS
+from .constants import GROUP as API_GROUP, SERVED_VERSIONS as API_VERSIONS
 
 _KEEP = ("type", "description", "properties", "items", "additionalProperties", "required", "enum",
          "minimum", "maximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "default")

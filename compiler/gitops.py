@@ -24,10 +24,10 @@ import io
 from pathlib import Path
 from typing import Any
 
+from .constants import API_VERSION, GROUP, KINDS, is_generated
 from .emit import dump_yaml, iter_yaml
 
 MANIFEST = ".llmc-files"
-MANAGED = "app.kubernetes.io/managed-by: llmc"
 
 
 def object_path(obj: dict) -> str:
@@ -52,7 +52,7 @@ def write_out_dir(directory: Path, files: dict[str, str]) -> tuple[list[str], li
             changed.append(rel)
     for rel in sorted(previous - set(files)):
         path = directory / rel
-        if path.is_file() and MANAGED in path.read_text(encoding="utf-8"):
+        if path.is_file() and _only_generated(path):
             path.unlink()
             removed.append(rel)
             if path.parent != directory and not any(path.parent.iterdir()):
@@ -60,6 +60,18 @@ def write_out_dir(directory: Path, files: dict[str, str]) -> tuple[list[str], li
     directory.mkdir(parents=True, exist_ok=True)
     manifest.write_text("".join(f"{rel}\n" for rel in sorted(files)), encoding="utf-8")
     return changed, removed
+
+
+def _only_generated(path: Path) -> bool:
+    """True when every document of the file is an object llmc generated (never a hand-written file,
+    even one that mentions llmc's label)."""
+    import yaml
+
+    try:
+        docs = [d for d in yaml.load_all(path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader) if d is not None]
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return bool(docs) and all(is_generated(d) for d in docs)
 
 
 def check(path: Path, objects: list[dict]) -> str:
@@ -141,7 +153,7 @@ def krm(text: str) -> tuple[str, int]:
         if d.object:
             kind, _, ref = d.object.partition(" ")
             ns, _, nm = ref.rpartition("/")
-            entry["resourceRef"] = {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": kind, "name": nm,
+            entry["resourceRef"] = {"apiVersion": API_VERSION, "kind": kind, "name": nm,
                                     **({"namespace": ns} if ns else {})}
         if d.path:
             entry["field"] = {"path": d.path}
@@ -166,7 +178,7 @@ def transform(items: list, config: dict, y=None, config_file: str = "functionCon
     (``kpt fn eval`` with ``keepSources``) replaces them instead of duplicating them. Sources are
     dropped unless ``keepSources`` is ``"true"``. Returns (items, pipeline Result)."""
     from .diagnostics import Diagnostics
-    from .load import KINDS, apply_default_namespace, generated_by_llmc, load_text
+    from .load import apply_default_namespace, load_text
     from .pipeline import Result, compile_documents
 
     y = y or _ruamel()
@@ -178,7 +190,7 @@ def transform(items: list, config: dict, y=None, config_file: str = "functionCon
     passthrough: list[tuple[int, Any]] = []
     for index, item in enumerate(items):
         is_llm = (isinstance(item, dict) and item.get("kind") in KINDS
-                  and str(item.get("apiVersion", "")).startswith("istio.alibabacloud.com/"))
+                  and str(item.get("apiVersion", "")).startswith(f"{GROUP}/"))
         (sources if is_llm else passthrough).append((index, item))
     docs = []
     for index, item in sources:
@@ -190,7 +202,7 @@ def transform(items: list, config: dict, y=None, config_file: str = "functionCon
         docs.extend(load_text(str(name), buf.getvalue(), diags))
     result = compile_documents(apply_default_namespace(docs, opts.namespace), opts, diags)
     result.sources = len(sources)
-    out_items = [item for _, item in passthrough if not (sources and generated_by_llmc(item))]
+    out_items = [item for _, item in passthrough if not (sources and is_generated(item))]
     out_items += [item for _, item in sources] if keep else []
     if result.ok:
         out_items += [_for_ruamel(o) for o in result.objects]

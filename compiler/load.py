@@ -35,16 +35,10 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from .constants import API_VERSION, GROUP, KINDS, SERVED_VERSIONS
 from .diagnostics import Diagnostics
 
-API_GROUP = "istio.alibabacloud.com"
-API_VERSIONS = ("v1beta1",)
-KINDS = ("LLMProvider", "LLMRoute")
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
-#: What llmc puts on every object it generates (with the sources annotation): earlier output read
-#: back as input (kpt in place, an app folder holding rendered files) is replaced, not duplicated.
-MANAGED_BY = ("app.kubernetes.io/managed-by", "llmc")
-SOURCES_ANNOTATION = "llmc.io/sources"
 
 Path_ = tuple[str | int, ...]
 
@@ -121,16 +115,6 @@ class Passthrough:
     file: str
     text: str  # the document's source text (JSON re-encoded when only the JSON parser could read it)
     data: dict[str, Any]
-
-
-def generated_by_llmc(data: Any) -> bool:
-    """True for an object llmc generated (its ``managed-by`` label and sources annotation)."""
-    meta = data.get("metadata") if isinstance(data, dict) else None
-    if not isinstance(meta, dict):
-        return False
-    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
-    return (isinstance(labels, dict) and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]
-            and isinstance(annotations, dict) and SOURCES_ANNOTATION in annotations)
 
 
 def format_path(path: Iterable[str | int]) -> str:
@@ -284,10 +268,10 @@ def _documents(name: str, text: str, raw_docs: list[Any], diags: Diagnostics,
                        "llmc compiles only LLMProvider and LLMRoute", **doc.where(("kind",)))
             continue
         group, _, version = api_version.partition("/")
-        if group != API_GROUP or version not in API_VERSIONS:
+        if group != GROUP or version not in SERVED_VERSIONS:
             diags.error("LLMC005", f"unsupported apiVersion {api_version!r} for {doc.kind}",
                         **doc.where(("apiVersion",)),
-                        hint=f"use {API_GROUP}/{API_VERSIONS[-1]}")
+                        hint=f"use {API_VERSION}")
             continue
         docs.append(doc)
     return docs

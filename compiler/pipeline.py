@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 
 from .diagnostics import Diagnostics
 from .ir import Program
-from .load import Document, Passthrough, apply_default_namespace, generated_by_llmc, load_inputs, load_text
+from .constants import GENERATED, KIND_ORDER, is_generated
+from .load import Document, Passthrough, apply_default_namespace, load_inputs, load_text
 from .resolve import Options, Sourced, resolve
 from .schema import check_document
 
-KIND_ORDER = {"ServiceEntry": 0, "DestinationRule": 1, "Gateway": 2, "VirtualService": 3, "EnvoyFilter": 4,
-              "Telemetry": 5}
 
 
 @dataclass
@@ -74,9 +73,11 @@ def translate_program(program: Program) -> list[dict]:
     from .translate import TRANSLATORS
 
     objects = []
-    for template, translator in TRANSLATORS:
+    for kind, template, translator in TRANSLATORS:
         for view in translator(program):
-            objects.append(render_object(template, view))
+            obj = render_object(template, view)
+            assert obj["kind"] == kind and obj["apiVersion"] == GENERATED[kind].api_version, (template, obj["kind"])
+            objects.append(obj)
     return sorted(objects, key=lambda o: (KIND_ORDER[o["kind"]], o["metadata"]["namespace"],
                                           o["metadata"]["name"]))
 
@@ -92,7 +93,7 @@ def compile_paths(inputs: list[str], opts: Options, passthrough: bool = False) -
     result = compile_documents(docs, opts, diags)
     result.sources = len(docs)
     if keep:
-        result.passthrough = [p for p in keep if not (docs and generated_by_llmc(p.data))]
+        result.passthrough = [p for p in keep if not (docs and is_generated(p.data))]
     return result
 
 

@@ -210,6 +210,21 @@ def test_out_dir_is_idempotent_and_removes_only_its_own_stale_files(tmp_path):
     assert (out / "README.md").read_text() == "hand-written" and (out / "default" / "custom.yaml").exists()
 
 
+def test_out_dir_never_removes_a_hand_written_file_that_mentions_the_label(tmp_path):
+    """A file listed in the manifest but edited by hand (it still carries llmc's label text) stays:
+    stale files are removed only when every document in them is an object llmc generated."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "samples" / "seed", src)
+    out = tmp_path / "rendered"
+    assert runner.invoke(app, ["render", "-f", str(src), "--out-dir", str(out)]).exit_code == 0
+    stale = out / "default" / "virtualservice-llmc-route-demo-llm-server.yaml"
+    stale.write_text("# notes: app.kubernetes.io/managed-by: llmc was here\napiVersion: v1\nkind: ConfigMap\n"
+                     "metadata:\n  name: mine\n  labels: {app.kubernetes.io/managed-by: llmc}\n")
+    (src / "demo-llm-server-route.yaml").unlink()
+    res = runner.invoke(app, ["render", "-f", str(src), "--out-dir", str(out)])
+    assert res.exit_code == 0 and stale.exists()
+
+
 def test_out_dir_is_order_independent(tmp_path):
     docs = [d for f in sorted((REPO / "samples" / "seed").glob("*.yaml")) for d in YAML(typ="safe").load_all(f.read_text())]
     random.Random(7).shuffle(docs)

@@ -14,15 +14,16 @@ from .serviceentry import translate_serviceentries
 from .telemetry import translate_telemetries, translate_token_metrics
 from .virtualservice import translate_virtualservices
 
-#: (template, translator) in emit order.
+#: (kind, template, translator): every generated kind of ``constants.GENERATED_KINDS`` and the
+#: templates that lay it out. The pipeline sorts the output by the registry's order.
 TRANSLATORS = (
-    ("serviceentry.json.j2", translate_serviceentries),
-    ("destinationrule.json.j2", translate_destinationrules),
-    ("gateway.json.j2", translate_gateways),
-    ("virtualservice.json.j2", translate_virtualservices),
-    ("envoyfilter.json.j2", translate_envoyfilters),
-    ("tokenmetrics.json.j2", translate_token_metrics),
-    ("telemetry.json.j2", translate_telemetries),
+    ("ServiceEntry", "serviceentry.json.j2", translate_serviceentries),
+    ("DestinationRule", "destinationrule.json.j2", translate_destinationrules),
+    ("Gateway", "gateway.json.j2", translate_gateways),
+    ("VirtualService", "virtualservice.json.j2", translate_virtualservices),
+    ("EnvoyFilter", "envoyfilter.json.j2", translate_envoyfilters),
+    ("EnvoyFilter", "tokenmetrics.json.j2", translate_token_metrics),
+    ("Telemetry", "telemetry.json.j2", translate_telemetries),
 )
 
 __all__ = ["TRANSLATORS", "Program"]

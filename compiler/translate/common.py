@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import names
+from ..constants import MANAGED_BY, SOURCES_ANNOTATION
 from ..ir import Program, Rule, VirtualHost
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "llmc"}
-SOURCES_ANNOTATION = "llmc.io/sources"
 
 
 def metadata(name: str, namespace: str, sources: tuple[str, ...] | list[str]) -> dict:
