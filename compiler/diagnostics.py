@@ -21,41 +21,61 @@ class Severity(StrEnum):
     NOTE = "note"
 
 
-#: Stable diagnostic codes. 0xx: input reading, 1xx: schema, 2xx: cross-object checks, 9xx: internal.
-CODES: dict[str, str] = {
-    "LLMC001": "YAML syntax error",
-    "LLMC002": "document is not a Kubernetes object",
-    "LLMC003": "duplicate object",
-    "LLMC004": "cannot read input",
-    "LLMC005": "unsupported apiVersion",
-    "LLMC006": "no LLMProvider or LLMRoute in the input",
-    "LLMC007": "unknown function option",
-    "LLMC101": "unknown field",
-    "LLMC102": "wrong type",
-    "LLMC103": "missing required field",
-    "LLMC104": "invalid value",
-    "LLMC105": "invalid object name",
-    "LLMC201": "duplicate provider host",
-    "LLMC202": "backendRef names an unknown provider host",
-    "LLMC203": "routeSpecificConfigs key names no rule",
-    "LLMC204": "invalid header match",
-    "LLMC205": "invalid regular expression",
-    "LLMC206": "invalid weights",
-    "LLMC207": "apiKey is a placeholder",
-    "LLMC208": "generated name is invalid",
-    "LLMC209": "duplicate rule name",
-    "LLMC210": "two LLMRoutes for one host",
-    "LLMC211": "conflicting api key settings",
-    "LLMC212": "unreachable rule",
-    "LLMC213": "conflicting workloadSelector",
-    "LLMC214": "reserved header",
-    "LLMC215": "literal apiKey is stored in generated config",
-    "LLMC216": "sourceLabels in egress-gateway mode",
-    "LLMC217": "gateway route without a gateway workloadSelector",
-    "LLMC218": "generated route names collide",
-    "LLMC219": "streaming turned on for clients that do not ask",
-    "LLMC901": "internal error",
-}
+@dataclass(frozen=True)
+class Message:
+    """One registered diagnostic: its public code, its one severity and its one meaning (as in
+    Istio's analyzer ``messages.yaml``). Codes are public and never reused for another meaning."""
+
+    code: str
+    severity: Severity
+    title: str
+
+
+_E, _W, _N = Severity.ERROR, Severity.WARNING, Severity.NOTE
+
+#: The registry. 0xx: input reading, 1xx: schema, 2xx: cross-object checks, 9xx: internal.
+MESSAGES: tuple[Message, ...] = (
+    Message("LLMC001", _E, "YAML syntax error"),
+    Message("LLMC002", _E, "document is not a Kubernetes object"),
+    Message("LLMC003", _E, "duplicate object"),
+    Message("LLMC004", _E, "cannot read input"),
+    Message("LLMC005", _E, "unsupported apiVersion"),
+    Message("LLMC006", _E, "no LLMProvider or LLMRoute in the input"),
+    Message("LLMC007", _E, "unknown function option"),
+    Message("LLMC008", _N, "an object that is not llmc's is ignored"),
+    Message("LLMC009", _N, "files that hold no Kubernetes object are skipped"),
+    Message("LLMC101", _E, "unknown field"),
+    Message("LLMC102", _E, "wrong type"),
+    Message("LLMC103", _E, "missing required field"),
+    Message("LLMC104", _E, "invalid value"),
+    Message("LLMC105", _E, "invalid object name"),
+    Message("LLMC201", _E, "duplicate provider host"),
+    Message("LLMC202", _E, "backendRef names an unknown provider host"),
+    Message("LLMC203", _W, "routeSpecificConfigs key names no rule"),
+    Message("LLMC204", _E, "invalid header match"),
+    Message("LLMC205", _E, "invalid regular expression"),
+    Message("LLMC206", _E, "invalid weights"),
+    Message("LLMC207", _W, "apiKey is a placeholder"),
+    Message("LLMC208", _E, "generated name is invalid"),
+    Message("LLMC209", _E, "duplicate rule name"),
+    Message("LLMC210", _E, "two LLMRoutes for one host"),
+    Message("LLMC211", _E, "conflicting api key settings"),
+    Message("LLMC212", _W, "unreachable rule"),
+    Message("LLMC213", _E, "conflicting workloadSelector"),
+    Message("LLMC214", _E, "reserved header"),
+    Message("LLMC215", _W, "literal apiKey is stored in generated config"),
+    Message("LLMC216", _E, "sourceLabels in egress-gateway mode"),
+    Message("LLMC217", _E, "gateway route without a gateway workloadSelector"),
+    Message("LLMC218", _E, "generated route names collide"),
+    Message("LLMC219", _W, "streaming turned on for clients that do not ask"),
+    Message("LLMC220", _E, "TLS origination to an in-mesh Service"),
+    Message("LLMC221", _E, "invalid gateway reference"),
+    Message("LLMC222", _E, "match gateways outside the route's gateways"),
+    Message("LLMC901", _E, "internal error"),
+)
+REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}
+#: code → title (kept for callers that only need the meaning)
+CODES: dict[str, str] = {m.code: m.title for m in MESSAGES}
 
 
 @dataclass(frozen=True)
@@ -100,8 +120,11 @@ class Diagnostics:
             self._secrets.add(value)
 
     def add(self, code: str, severity: Severity, message: str, **where: object) -> Diagnostic:
-        if code not in CODES:
+        registered = REGISTRY.get(code)
+        if registered is None:
             raise KeyError(f"unregistered diagnostic code {code}")
+        if registered.severity is not severity:
+            raise ValueError(f"{code} is registered as {registered.severity.value}, not {severity.value}")
         message = self.mask(message)
         hint = self.mask(str(where.pop("hint", "") or ""))
         diag = Diagnostic(code=code, severity=severity, message=message, hint=hint, **where)  # type: ignore[arg-type]

@@ -264,7 +264,7 @@ def _documents(name: str, text: str, raw_docs: list[Any], diags: Diagnostics,
                 spans = _spans(text, len(raw_docs)) if spans is None else spans
                 keep.append(Passthrough(name, spans[index], data))
                 continue
-            diags.note("LLMC002", f"ignoring {doc.kind} {doc.name or '<unnamed>'} ({api_version}): "
+            diags.note("LLMC008", f"ignoring {doc.kind} {doc.name or '<unnamed>'} ({api_version}): "
                        "llmc compiles only LLMProvider and LLMRoute", **doc.where(("kind",)))
             continue
         group, _, version = api_version.partition("/")
@@ -305,7 +305,7 @@ def load_inputs(inputs: list[str], default_namespace: str, diags: Diagnostics,
         docs.extend(_documents(name, text, raw_docs, diags, keep))
     if skipped:
         shown = ", ".join(skipped[:10]) + (f", … ({len(skipped) - 10} more)" if len(skipped) > 10 else "")
-        diags.note("LLMC002", f"skipped {len(skipped)} file(s) that hold no Kubernetes object: {shown}",
+        diags.note("LLMC009", f"skipped {len(skipped)} file(s) that hold no Kubernetes object: {shown}",
                    file=", ".join(inputs))
     return apply_default_namespace(docs, default_namespace)
 

@@ -65,7 +65,13 @@ def _compile_documents(docs: list[Document], opts: Options, diags: Diagnostics) 
     program = resolve(items, opts, diags)
     if program is None or diags.has_errors:
         return Result(diags)
-    return Result(diags, program, translate_program(program))
+    try:
+        objects = translate_program(program)
+    except Exception as exc:  # a bug: report it like any problem, write nothing
+        diags.error("LLMC901", f"internal error while generating output: {type(exc).__name__}: {exc}",
+                    hint="this is a bug in llmc; please report it with the input that triggers it")
+        return Result(diags, program)
+    return Result(diags, program, objects)
 
 
 def translate_program(program: Program) -> list[dict]:

@@ -95,7 +95,7 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
             overrides.append((rule, rc or RequestConfig()))
     tls_mode = spec.tls.mode if spec.tls else ("DISABLE" if in_mesh else "SIMPLE")
     if in_mesh and tls_mode == "SIMPLE":
-        diags.error("LLMC104", "TLS origination to an in-mesh Service is not supported: the mesh "
+        diags.error("LLMC220", "TLS origination to an in-mesh Service is not supported: the mesh "
                     "already secures the connection with mTLS", **doc.where(("spec", "tls", "mode")),
                     hint="remove spec.tls or set mode: DISABLE")
     tls = tls_mode == "SIMPLE"
@@ -159,7 +159,7 @@ def _gateways(refs: list[str], doc: Document, path: tuple, diags: Diagnostics) -
             continue
         m = GATEWAY_REF.fullmatch(ref)
         if not m:
-            diags.error("LLMC104", f"invalid gateway reference {ref!r}: use mesh, <name> or <namespace>/<name>",
+            diags.error("LLMC221", f"invalid gateway reference {ref!r}: use mesh, <name> or <namespace>/<name>",
                         **doc.where(path + (i,)))
             return None
         out.add(ref if "/" in ref else f"{doc.namespace}/{ref}")
@@ -208,7 +208,7 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
                 continue
             stray = [g for g in match_gateways if g not in route_gateways]
             if stray:
-                diags.error("LLMC104", f"match gateways {', '.join(stray)} are not in the route's gateways "
+                diags.error("LLMC222", f"match gateways {', '.join(stray)} are not in the route's gateways "
                             f"({', '.join(route_gateways)})", **doc.where(mpath + ("gateways",)))
                 ok = False
             if m.sourceLabels and opts.egress_gateway and "mesh" in route_gateways:

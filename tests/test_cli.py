@@ -60,7 +60,7 @@ def test_other_kinds_are_ignored_with_a_note(tmp_path):
     (tmp_path / "p.yaml").write_text((SEED / "moonshot.yaml").read_text())
     res = runner.invoke(app, ["render", "-f", str(tmp_path)])
     assert res.exit_code == 0
-    assert "note[LLMC002]" in res.stderr and "ignoring Deployment sleep" in res.stderr
+    assert "note[LLMC008]" in res.stderr and "ignoring Deployment sleep" in res.stderr
     assert "kind: Deployment" not in res.stdout
 
 
@@ -126,8 +126,8 @@ def test_passthrough_renders_a_whole_app_folder(tmp_path):
     docs = list(YAML(typ="safe").load_all(res.stdout))
     assert [d["kind"] for d in docs][:2] == ["Deployment", "ConfigMap"]
     assert {d["kind"] for d in docs[2:]} == {"ServiceEntry", "DestinationRule", "VirtualService", "EnvoyFilter"}
-    skipped = [line for line in res.stderr.splitlines() if "LLMC002" in line]
-    assert skipped == [f"{folder}: note[LLMC002] skipped 3 file(s) that hold no Kubernetes object: "
+    skipped = [line for line in res.stderr.splitlines() if "LLMC009" in line]
+    assert skipped == [f"{folder}: note[LLMC009] skipped 3 file(s) that hold no Kubernetes object: "
                        f"{folder}/Taskfile.yml, {folder}/dash.json, {folder}/empty.yaml"]
     as_json = json.loads(runner.invoke(app, ["render", "-f", str(folder), "--passthrough", "-o", "json"]).stdout)
     assert as_json["items"][1]["data"] == {"day": "2024-01-31", "flag": "yes"}

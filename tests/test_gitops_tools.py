@@ -262,8 +262,8 @@ def test_argocd_plugin_generate_renders_the_whole_app(app_folder: Path):
     # the sources' namespace (default) comes from Argo CD's destination namespace
     assert {o["metadata"]["namespace"] for o in objects if o["kind"] in GENERATED} == {"team-a"}
     # non-Kubernetes files: one note naming them; hidden folders never read
-    notes = [line for line in proc.stderr.splitlines() if "note[LLMC002]" in line]
-    assert notes == [".: note[LLMC002] skipped 2 file(s) that hold no Kubernetes object: "
+    notes = [line for line in proc.stderr.splitlines() if "note[LLMC009]" in line]
+    assert notes == [".: note[LLMC009] skipped 2 file(s) that hold no Kubernetes object: "
                      "Taskfile.yml, dashboards/llm.json"]
     assert ".venv" not in proc.stderr and ".github" not in proc.stderr
 
