@@ -48,29 +48,16 @@ EgressLabelsOpt = Annotated[str, typer.Option(
     "--egress-gateway-labels", help="Labels of the egress gateway pods, k=v[,k=v].")]
 
 
-def _labels(text: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected k=v, got {item!r}", param_hint="--egress-gateway-labels")
-        pairs.append((key, value))
-    if not pairs:
-        raise typer.BadParameter("at least one label is needed", param_hint="--egress-gateway-labels")
-    return tuple(sorted(pairs))
-
-
 def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
              telemetry: bool = False):
-    import re
+    """Options from the command line, validated by compiler/options.py (as for `llmc krm`)."""
+    from .options import parse_options
 
-    from .resolve import Options
-
-    if egress is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?", egress):
-        raise typer.BadParameter("expected NAMESPACE/SERVICE, e.g. istio-system/istio-egressgateway",
-                                 param_hint="--egress-gateway")
-    return Options(namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
-                   egress_gateway=egress, egress_labels=_labels(egress_labels), telemetry=telemetry)
+    opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry)
+    if opts is None:
+        option, problem = problems[0]
+        raise typer.BadParameter(problem, param_hint=f"--{option}")
+    return opts
 
 
 def _version(value: bool) -> None:

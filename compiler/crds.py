@@ -14,7 +14,8 @@ from functools import cache
 from typing import Any
 
 from .api import SPEC_MODELS
-from .constants import GROUP as API_GROUP, SERVED_VERSIONS as API_VERSIONS
+from .constants import GROUP as API_GROUP
+from .constants import SERVED_VERSIONS as API_VERSIONS
 
 _KEEP = ("type", "description", "properties", "items", "additionalProperties", "required", "enum",
          "minimum", "maximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "default")

@@ -44,6 +44,7 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC007", _E, "unknown function option"),
     Message("LLMC008", _N, "an object that is not llmc's is ignored"),
     Message("LLMC009", _N, "files that hold no Kubernetes object are skipped"),
+    Message("LLMC010", _E, "invalid option value"),
     Message("LLMC101", _E, "unknown field"),
     Message("LLMC102", _E, "wrong type"),
     Message("LLMC103", _E, "missing required field"),

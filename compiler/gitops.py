@@ -130,7 +130,8 @@ def _for_ruamel(value):
 
 
 #: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys
-FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "telemetry", "keepSources")
+FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
+                    "keepSources")
 
 
 def krm(text: str) -> tuple[str, int]:
@@ -214,7 +215,7 @@ def _function_options(config: dict, diags, config_file: str):
     (a mistyped ``keepSources`` would otherwise delete sources in place)."""
     import difflib
 
-    from .resolve import Options
+    from .options import CONFIG_KEYS, parse_options
 
     for key in config:
         if key not in FUNCTION_OPTIONS:
@@ -223,10 +224,16 @@ def _function_options(config: dict, diags, config_file: str):
                         hint=(f"did you mean {close[0]!r}? " if close else "") + "known: " + ", ".join(FUNCTION_OPTIONS))
     if diags.has_errors:
         return None, False
-    flag = lambda key: str(config.get(key, "false")).lower() == "true"  # noqa: E731
-    opts = Options(namespace=str(config.get("namespace", "default")),
-                   cluster_domain=str(config.get("clusterDomain", "cluster.local")),
-                   secrets_dir=str(config.get("secretsDir", "/etc/llmc/secrets")),
-                   egress_gateway=config.get("egressGateway") or None,
-                   telemetry=flag("telemetry"))
-    return opts, flag("keepSources")
+    opts, problems = parse_options(
+        namespace=str(config.get("namespace", "default")),
+        cluster_domain=str(config.get("clusterDomain", "cluster.local")),
+        secrets_dir=str(config.get("secretsDir", "/etc/llmc/secrets")),
+        egress_gateway=str(config["egressGateway"]) if config.get("egressGateway") else None,
+        egress_gateway_labels=str(config.get("egressGatewayLabels", "istio=egressgateway")),
+        telemetry=str(config.get("telemetry", "false")))
+    for option, problem in problems:
+        diags.error("LLMC010", f"invalid value for llmc option {CONFIG_KEYS[option]!r}: {problem}", file=config_file,
+                    path=CONFIG_KEYS[option])
+    if opts is None:
+        return None, False
+    return opts, str(config.get("keepSources", "false")).lower() == "true"

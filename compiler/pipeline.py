@@ -12,13 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from .constants import GENERATED, KIND_ORDER, is_generated
 from .diagnostics import Diagnostics
 from .ir import Program
-from .constants import GENERATED, KIND_ORDER, is_generated
 from .load import Document, Passthrough, apply_default_namespace, load_inputs, load_text
 from .resolve import Options, Sourced, resolve
 from .schema import check_document
-
 
 
 @dataclass

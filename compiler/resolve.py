@@ -17,27 +17,26 @@ from dataclasses import dataclass
 from . import names
 from .api import LLMProvider, LLMRoute, OpenAIConfig, StringMatch
 from .diagnostics import Diagnostics
-from .ir import (Backend, EgressGateway, HeaderMatch, Match, Placement, Program, Provider, RequestConfig, Rule,
-                 SecretRef, VirtualHost)
+from .ir import (
+    Backend,
+    EgressGateway,
+    HeaderMatch,
+    Match,
+    Placement,
+    Program,
+    Provider,
+    RequestConfig,
+    Rule,
+    SecretRef,
+    VirtualHost,
+)
 from .load import Document
+from .options import Options
 
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 PLACEHOLDER = re.compile(r"^\s*(\$\{.*\}|\$[A-Z_][A-Z0-9_]*|<.*>|changeme|xxx+|todo)\s*$", re.I)
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-zA-Z-]+$")
 NON_RE2 = re.compile(r"\(\?[=!<]|\\[1-9]|\(\?P=")
-
-
-@dataclass(frozen=True)
-class Options:
-    namespace: str = "default"
-    cluster_domain: str = "cluster.local"
-    #: where proxies find mounted Secrets: apiKeySecretRef {name, key} → <secrets_dir>/<name>/<key>
-    secrets_dir: str = "/etc/llmc/secrets"
-    #: egress-gateway mode: "namespace/service" of the egress gateway (None: shape in sidecars)
-    egress_gateway: str | None = None
-    egress_labels: tuple[tuple[str, str], ...] = (("istio", "egressgateway"),)
-    #: emit Telemetry (access log provider + llm_model tag) and token metrics (opt-in)
-    telemetry: bool = False
 
 
 @dataclass

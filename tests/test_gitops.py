@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
@@ -286,3 +287,22 @@ def test_messages_name_the_exact_command(tmp_path):
     res = runner.invoke(app, ["render", "-f", "samples/seed", "-o", "json", "--check", str(single)])
     assert res.exit_code == 1
     assert res.stderr.endswith(f"update it with:\n  llmc render -f samples/seed > '{single}'\n")
+
+
+@pytest.mark.parametrize("key,value", [("egressGateway", "istio-system"), ("secretsDir", "relative/dir"),
+                                       ("namespace", "Not_A_Namespace"), ("telemetry", "yes"),
+                                       ("egressGatewayLabels", "istio")])
+def test_krm_rejects_the_option_values_the_cli_rejects(key, value):
+    """One validation for every front end: `egressGateway: istio-system` (no Service) once emitted a
+    Gateway named `llmc-` and a host `.istio-system.svc.cluster.local`."""
+    from compiler.gitops import transform
+
+    flag = {"egressGateway": "--egress-gateway", "secretsDir": "--secrets-dir", "namespace": "--namespace",
+            "egressGatewayLabels": "--egress-gateway-labels"}.get(key)
+    items = [dict(d) for d in YAML(typ="safe").load_all((REPO / "samples" / "seed" / "dashscope-qwen.yaml").read_text()) if d]
+    out, result = transform(items, {key: value})
+    assert not result.ok and [d.code for d in result.diagnostics.items] == ["LLMC010"]
+    assert not [o for o in out if o.get("kind") in ("Gateway", "VirtualService")]
+    if flag:
+        res = runner.invoke(app, ["render", "-f", "samples/seed", flag, value])
+        assert res.exit_code == 2 and flag in res.stderr

@@ -9,7 +9,6 @@ from ..constants import MANAGED_BY, SOURCES_ANNOTATION
 from ..ir import Program, Rule, VirtualHost
 
 
-
 def metadata(name: str, namespace: str, sources: tuple[str, ...] | list[str]) -> dict:
     return {
         "name": name,

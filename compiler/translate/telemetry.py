@@ -8,7 +8,6 @@ MERGEs token counter ``definitions`` into Istio's stats filter (the Telemetry AP
 
 from __future__ import annotations
 
-
 from .. import names
 from ..ir import Program
 from ..telemetry import PROVIDER_NAME, REQUEST_TAGS, TOKEN_DIMENSIONS, TOKEN_METRICS

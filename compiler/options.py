@@ -1,0 +1,79 @@
+"""Compiler options, validated in one place for every front end: the CLI (``llmc render`` and
+friends, the controller's flags) and the function configs of ``llmc krm`` and the kustomize plugin.
+
+:func:`parse_options` takes the options as text, the way every front end receives them, and returns
+:class:`Options` or the list of problems (option name, message); each front end reports them in its
+own way (a usage error, a KRM ``results`` entry).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_NAMESPACE = re.compile(_LABEL)
+_EGRESS = re.compile(rf"{_LABEL}/{_LABEL}")
+_DOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+_LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+
+
+@dataclass(frozen=True)
+class Options:
+    namespace: str = "default"
+    cluster_domain: str = "cluster.local"
+    #: where proxies find mounted Secrets: apiKeySecretRef {name, key} → <secrets_dir>/<name>/<key>
+    secrets_dir: str = "/etc/llmc/secrets"
+    #: egress-gateway mode: "namespace/service" of the egress gateway (None: shape in sidecars)
+    egress_gateway: str | None = None
+    egress_labels: tuple[tuple[str, str], ...] = (("istio", "egressgateway"),)
+    #: emit Telemetry (access log provider + llm_model tag) and token metrics (opt-in)
+    telemetry: bool = False
+
+
+#: option name (as the CLI spells it) → its name in a function config
+CONFIG_KEYS = {"namespace": "namespace", "cluster-domain": "clusterDomain", "secrets-dir": "secretsDir",
+               "egress-gateway": "egressGateway", "egress-gateway-labels": "egressGatewayLabels",
+               "telemetry": "telemetry"}
+
+
+def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    pairs = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+            return (), f"expected label=value pairs separated by commas, got {item!r}"
+        pairs.append((key, value))
+    if not pairs:
+        return (), "at least one label is needed"
+    return tuple(sorted(pairs)), None
+
+
+def parse_options(namespace: str = "default", cluster_domain: str = "cluster.local",
+                  secrets_dir: str = "/etc/llmc/secrets", egress_gateway: str | None = None,
+                  egress_gateway_labels: str = "istio=egressgateway", telemetry: bool | str = False,
+                  ) -> tuple[Options | None, list[tuple[str, str]]]:
+    """(Options, []) or (None, [(option, problem), ...])."""
+    problems: list[tuple[str, str]] = []
+    if not _NAMESPACE.fullmatch(namespace):
+        problems.append(("namespace", f"{namespace!r} is not a namespace name (a DNS-1123 label)"))
+    if not _DOMAIN.fullmatch(cluster_domain):
+        problems.append(("cluster-domain", f"{cluster_domain!r} is not a DNS domain, e.g. cluster.local"))
+    if not secrets_dir.startswith("/"):
+        problems.append(("secrets-dir", f"{secrets_dir!r} must be an absolute path in the proxy container"))
+    if egress_gateway is not None and not _EGRESS.fullmatch(egress_gateway):
+        problems.append(("egress-gateway", f"expected NAMESPACE/SERVICE, e.g. istio-system/istio-egressgateway, "
+                                           f"got {egress_gateway!r}"))
+    labels, problem = parse_labels(egress_gateway_labels)
+    if problem:
+        problems.append(("egress-gateway-labels", problem))
+    if isinstance(telemetry, str):
+        if telemetry.lower() not in ("true", "false"):
+            problems.append(("telemetry", f"expected true or false, got {telemetry!r}"))
+        telemetry = telemetry.lower() == "true"
+    if problems:
+        return None, problems
+    return Options(namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
+                   egress_gateway=egress_gateway, egress_labels=labels, telemetry=telemetry), []
