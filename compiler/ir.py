@@ -63,6 +63,7 @@ class Provider:
     default: RequestConfig
     overrides: tuple[tuple[str, RequestConfig], ...]  # (rule name, override), sorted
     source: str  # "LLMProvider ns/name"
+    protocol: str = "openai"  # a key of compiler.protocols.PROTOCOLS
 
     def config_for_rule(self, rule: str) -> RequestConfig:
         return self.default.overlay(dict(self.overrides).get(rule))

@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 
 from compiler import Options, compile_text
 from compiler.emit import dump_yaml
+from compiler.protocols import OPENAI
 from compiler.translate.envoyfilter import buffer_limit
 from tests.support.flow import to_flow
 from tests.support.lua import LuaFilter
@@ -29,11 +30,14 @@ def lua() -> LuaFilter:
     return LuaFilter()
 
 
+PROTOCOLS = {"openai": OPENAI.context()}
+
+
 def ctx(**backend) -> dict:
     """A virtual host context with one single-provider rule ``r`` on route ``llmc/default/r/r``."""
-    b = {"provider": "p", "host": "h.example.com", "path": "/v1/chat/completions", "weight": 1,
+    b = {"provider": "p", "protocol": "openai", "host": "h.example.com", "path": "/v1/chat/completions", "weight": 1,
          "max_body": 1 << 20, **backend}
-    return {"id": json.dumps(b, sort_keys=True), "route": "default/r", "pin_header": "x-llmc-provider",
+    return {"id": json.dumps(b, sort_keys=True), "route": "default/r", "pin_header": "x-llmc-provider", "protocols": PROTOCOLS,
             "buffer_limit": buffer_limit(b["max_body"]), "routes": {"llmc/default/r/r": "r"},
             "rules": {"r": {"backends": [b]}}}
 
@@ -203,10 +207,10 @@ def test_internal_errors_become_500_without_details(lua):
 
 def weighted_ctx(weights: dict[str, int]) -> dict:
     """Rule ``split``: entry route ``llmc/default/r/split`` and one pinned route per provider."""
-    backends = [{"provider": n, "host": f"{n}.example.com", "path": f"/{n}", "weight": w,
+    backends = [{"provider": n, "protocol": "openai", "host": f"{n}.example.com", "path": f"/{n}", "weight": w,
                  "max_body": 1 << 20, "model": f"model-{n}", "api_key": f"key-{n}",
                  "pin": f"llmc/default/r/split/{n}"} for n, w in weights.items()]
-    return {"id": json.dumps(weights), "route": "default/r", "pin_header": "x-llmc-provider",
+    return {"id": json.dumps(weights), "route": "default/r", "pin_header": "x-llmc-provider", "protocols": PROTOCOLS,
             "buffer_limit": buffer_limit(1 << 20), "routes": {"llmc/default/r/split": "split"},
             "rules": {"split": {"backends": backends}}}
 

@@ -14,6 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lupa import luajit21
 
+from compiler.protocols import OPENAI
 from compiler.translate.envoyfilter import buffer_limit, lua_source
 from tests.support.lua import LuaFilter
 
@@ -143,10 +144,13 @@ def test_scanning_work_grows_linearly_with_escapes(unit):
     assert large <= 9 * small, (small, large)
 
 
+PROTOCOLS = {"openai": OPENAI.context()}
+
+
 def ctx(**backend) -> dict:
-    b = {"provider": "p", "host": "h.example.com", "path": "/v1/chat/completions", "weight": 1,
+    b = {"provider": "p", "protocol": "openai", "host": "h.example.com", "path": "/v1/chat/completions", "weight": 1,
          "max_body": 1 << 20, **backend}
-    return {"id": json.dumps(b, sort_keys=True), "route": "default/r", "pin_header": "x-llmc-provider",
+    return {"id": json.dumps(b, sort_keys=True), "route": "default/r", "pin_header": "x-llmc-provider", "protocols": PROTOCOLS,
             "buffer_limit": buffer_limit(b["max_body"]), "routes": {"llmc/default/r/r": "r"},
             "rules": {"r": {"backends": [b]}}}
 
@@ -241,3 +245,23 @@ def test_client_sent_pin_of_a_pinned_route_is_400():
     r = _LUA.request(c, "{}", headers={"x-llmc-provider": "llmc/default/r/r/q"}, route="llmc/default/r/r/q")
     assert r.status == 400 and json.loads(r.response_body)["error"]["code"] == "reserved_header"
     assert r.cleared == 0
+
+
+def test_protocol_facts_come_from_the_context():
+    """The auth header, its prefix and fixed headers are data (a protocol record), not code."""
+    c = ctx(model="m", api_key="sk-1", protocol="gw")
+    c["id"] = "protocol-gw"
+    c["protocols"] = {"gw": {"auth_header": "x-api-key", "auth_prefix": "", "usage": "openai",
+                             "headers": {"x-api-version": "7"}}}
+    r = _LUA.request(c, "{}", headers={"authorization": "Bearer app"})
+    assert r.status is None
+    assert r.headers["x-api-key"] == "sk-1" and r.headers["x-api-version"] == "7"
+    assert r.headers["authorization"] == "Bearer app"  # not this protocol's credential header
+
+
+def test_the_luas_constants_equal_the_pythons():
+    import re
+
+    from compiler import telemetry
+
+    assert re.search(r'^local METADATA_NS = "(\w+)"$', lua_source(), re.M).group(1) == telemetry.NS

@@ -25,6 +25,7 @@ from importlib import resources
 
 from .. import names
 from ..ir import Backend, Program, SecretRef, VirtualHost
+from ..protocols import PROTOCOLS
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 
 FILTER_NAME = "llmc.lua"
@@ -56,7 +57,7 @@ def buffer_limit(max_request_bytes: int) -> int:
 
 def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
     p, c = b.provider, b.config
-    ctx: dict = {"provider": p.name, "host": p.host, "path": p.path, "weight": b.weight,
+    ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": p.path, "weight": b.weight,
                  "max_body": p.max_request_bytes}
     if c.model is not None:
         ctx["model"] = c.model
@@ -79,7 +80,9 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
     Envoy hands the filter the virtual host's context on every route of it; the filter looks up
     its rule by the matched route's name (``routes``: the rules' own routes). Each backend of a
     weighted rule names its pinned route (``pin``), which is also the value of the internal
-    routing header ``pin_header`` that selects it. ``buffer_limit`` is the largest body the filter
+    routing header ``pin_header`` that selects it. ``protocols`` holds, once per virtual host, the
+    record (auth header and prefix, fixed headers, usage format) of each provider API its backends
+    speak; each backend names its ``protocol``. ``buffer_limit`` is the largest body the filter
     may hand to Envoy. ``id`` is a digest of everything else: the Lua caches its prepared form by
     id, parsing each context once per worker, never serving a stale one.
     """
@@ -90,9 +93,11 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
         routes[entry] = rule.name
         rules[rule.name] = {"backends": [_backend_context(b, secrets_dir, pinned.get(b.provider.name))
                                          for b in rule.backends]}
+    used = sorted({b.provider.protocol for r in vh.rules for b in r.backends})
     body = {
         "route": f"{vh.namespace}/{vh.label}",
         "pin_header": names.ROUTING_HEADER,
+        "protocols": {name: PROTOCOLS[name].context() for name in used},
         "buffer_limit": buffer_limit(max_request_bytes(vh)),
         "routes": routes,
         "rules": rules,

@@ -490,17 +490,20 @@ end
 -- Per-virtual-host configuration
 ---------------------------------------------------------------------------------------------------
 
--- Prepares one rule: its backends with pre-encoded body fields and cumulative weights.
-local function prepare_rule(route, name, rule)
+-- Prepares one rule: its backends with pre-encoded body fields, cumulative weights, and the
+-- record of the provider API each speaks (`protocols`: auth header and prefix, fixed headers).
+local function prepare_rule(route, name, rule, protocols)
   local cfg = { rule_id = route .. "/" .. name, backends = {}, total = 0 }
   for i, b in ipairs(rule.backends) do
+    local proto = protocols[b.protocol]
     cfg.total = cfg.total + b.weight
+    local headers = {}
+    for k, v in pairs(proto.headers or {}) do headers[#headers + 1] = { k, v } end
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
       model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,
       include_usage = b.include_usage, pin = b.pin,
-      -- protocol facts (OpenAI's unless the context says otherwise)
-      auth_header = b.auth_header or "authorization", auth_prefix = b.auth_prefix or "Bearer " }
+      auth_header = proto.auth_header, auth_prefix = proto.auth_prefix, headers = headers }
   end
   cfg.weighted = #cfg.backends > 1
   return cfg
@@ -512,9 +515,9 @@ local PINNED = { pinned = true }
 -- Prepares a virtual host's filter_context (read through `get`) once per id and worker:
 -- returns {by_route = {route name -> prepared rule, or PINNED}, pin_header, buffer_limit}.
 function M.prepare(get)
-  local route, rules, by_route = get("route"), {}, {}
+  local route, rules, by_route, protocols = get("route"), {}, {}, get("protocols")
   for name, rule in pairs(get("rules")) do
-    local cfg = prepare_rule(route, name, rule)
+    local cfg = prepare_rule(route, name, rule, protocols)
     rules[name] = cfg
     for _, b in ipairs(cfg.backends) do
       if b.pin ~= nil then by_route[b.pin] = PINNED end
@@ -638,6 +641,19 @@ local function pick_backend(h, vh, cfg, headers)
   return b
 end
 
+-- The request headers for backend `b` (a pure function, like M.shape: any entry point that shapes a
+-- request for a backend calls both): the key in the protocol's auth header, the provider's path
+-- with the client's query string, the protocol's fixed headers. Token usage is read from the
+-- response, so the provider is asked not to compress it; the client gets what Envoy sends it (the
+-- sidecar adds no compression).
+function M.request_headers(b, key, original_path)
+  local out = { { ":path", with_query(b.path, original_path) }, { "content-type", "application/json" },
+    { "accept-encoding", "identity" } }
+  if key ~= nil then out[#out + 1] = { b.auth_header, b.auth_prefix .. key } end
+  for i = 1, #b.headers do out[#out + 1] = b.headers[i] end
+  return out
+end
+
 -- Step 3: the credential of backend `b` (a literal, or a mounted Secret file); false when missing.
 local function credential(b)
   if b.api_key_file == nil then return b.api_key end
@@ -693,12 +709,8 @@ function M.on_request(h)
   if #out > vh.buffer_limit then return too_large(h, cfg, b, b.max_body) end
   if out ~= s then body:setBytes(out) end
   headers = h:headers() -- the wrapper from before body() is out of scope now
-  if key ~= nil then headers:replace(b.auth_header, b.auth_prefix .. key) end
-  headers:replace(":path", with_query(b.path, original_path))
-  headers:replace("content-type", "application/json")
-  -- Token usage is read from the response: ask the provider not to compress it. The client
-  -- gets what Envoy sends it (the sidecar adds no compression).
-  headers:replace("accept-encoding", "identity")
+  local set = M.request_headers(b, key, original_path)
+  for i = 1, #set do headers:replace(set[i][1], set[i][2]) end
   -- Each metadata entry costs ~1.5% of throughput on small requests: three, no more.
   local md = h:streamInfo():dynamicMetadata() -- like headers, `info` is out of scope after body()
   md:set(METADATA_NS, "provider", b.provider)
