@@ -91,6 +91,12 @@ class LLMProviderSpec(_Strict):
     tls: ProviderTLS | None = Field(None, description="llmc extension: TLS settings.")
     timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="llmc extension: "
                                 "request timeout, e.g. 300s (default: Istio's, i.e. none).")
+    basePath: str | None = Field(
+        None, pattern=r"^/", max_length=1024, description="llmc extension: path prefix of the provider's other "
+        "OpenAI-compatible endpoints (e.g. /v1 or /compatible-mode/v1). With it, POSTs to a path ending in "
+        "/embeddings or /completions go to <basePath>/embeddings or <basePath>/completions, / and paths ending "
+        "in /chat/completions to `path`, and other paths get 404. Without it every POST is a chat completion "
+        "at `path` (ASM's behaviour).")
     maxRequestBytes: int | None = Field(None, ge=1024, le=64 * 1024 * 1024, description="llmc "
                                         "extension: largest request body accepted (default 8 MiB); "
                                         "larger bodies get 413.")
@@ -108,6 +114,11 @@ class RouteMatch(_Strict):
     headers: dict[str, StringMatch] | None = Field(None, description="Header conditions (all must hold).")
     sourceLabels: dict[str, str] | None = Field(None, description="Labels of the calling workload.")
     gateways: list[str] | None = Field(None, description="Gateways this match applies to.")
+    model: StringMatch | None = Field(
+        None, description="llmc extension: condition on the request body's top-level `model` (exact, prefix "
+        "or RE2 regex on the decoded string); all conditions of the match must hold. A body without a "
+        "string `model`, or with one longer than 256 bytes or holding control characters, matches no "
+        "model condition.")
 
 
 class BackendRef(_Strict):

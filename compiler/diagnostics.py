@@ -72,6 +72,9 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC220", _E, "TLS origination to an in-mesh Service"),
     Message("LLMC221", _E, "invalid gateway reference"),
     Message("LLMC222", _E, "match gateways outside the route's gateways"),
+    Message("LLMC223", _E, "invalid model match"),
+    Message("LLMC224", _W, "model match shadowed by an earlier rule"),
+    Message("LLMC225", _W, "a rule's providers differ in basePath"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

@@ -64,6 +64,7 @@ class Provider:
     overrides: tuple[tuple[str, RequestConfig], ...]  # (rule name, override), sorted
     source: str  # "LLMProvider ns/name"
     protocol: str = "openai"  # a key of compiler.protocols.PROTOCOLS
+    base_path: str | None = None  # prefix of the provider's other OpenAI endpoints (llmc extension)
 
     def config_for_rule(self, rule: str) -> RequestConfig:
         return self.default.overlay(dict(self.overrides).get(rule))
@@ -77,10 +78,31 @@ class HeaderMatch:
 
 
 @dataclass(frozen=True)
+class ModelMatch:
+    """A condition on the request body's top-level ``model`` (llmc extension)."""
+
+    kind: str  # exact | prefix | regex
+    value: str
+
+    def accepts(self, model: str, regex_match) -> bool:
+        if self.kind == "exact":
+            return model == self.value
+        if self.kind == "prefix":
+            return model.startswith(self.value)
+        return regex_match(self.value, model)
+
+
+@dataclass(frozen=True)
 class Match:
     headers: tuple[HeaderMatch, ...] = ()
     source_labels: tuple[tuple[str, str], ...] = ()
     gateways: tuple[str, ...] = ()  # normalised: "mesh" or "ns/name"
+    model: ModelMatch | None = None
+
+    @property
+    def only_model(self) -> bool:
+        """No condition but the model: such a match shadows later matches of the same model."""
+        return self.model is not None and not (self.headers or self.source_labels or self.gateways)
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,11 @@ class VirtualHost:
     @property
     def in_mesh(self) -> bool:
         return "mesh" in self.gateways
+
+    @property
+    def routes_by_model(self) -> bool:
+        """Some rule matches on the body's model: the filter reads the body before Envoy picks the rule."""
+        return any(m.model is not None for r in self.rules for m in r.matches)
 
     @property
     def bound_gateways(self) -> tuple[str, ...]:

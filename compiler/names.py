@@ -13,8 +13,11 @@ import re
 MAX_NAME = 63
 PREFIX = "llmc"
 ROUTING_HEADER = "x-llmc-provider"  # internal: set by the Lua filter, matched by pinned VS routes
+MODEL_HEADER = "x-llmc-model"  # internal: the body's model, set by the Lua filter, matched by model rules
 #: Every internal header; routes remove them before a request goes upstream.
-INTERNAL_HEADERS = (ROUTING_HEADER,)
+INTERNAL_HEADERS = (ROUTING_HEADER, MODEL_HEADER)
+#: Longest body `model` the filter exposes for routing (longer ones match no model condition).
+MAX_MODEL_BYTES = 256
 RESERVED_HEADER_PREFIX = "x-llmc-"
 ROUTE_SEPARATOR = "/"  # appears in no Kubernetes name, rule name or provider name
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -84,6 +87,18 @@ def route_name(namespace: str, label: str, rule: str | None = None, provider: st
     parts = [PREFIX, namespace, label] + [p for p in (rule, provider) if p is not None]
     assert not any(ROUTE_SEPARATOR in p for p in parts), parts
     return ROUTE_SEPARATOR.join(parts)
+
+
+def pin_list_regex(pin: str) -> str:
+    """RE2 pattern matching a space-separated list of pinned route names that contains ``pin`` (the
+    filter sets the routing header to `` <pin> <pin> … `` on hosts that route by model)."""
+    return ".* " + "".join(c if c.isalnum() or c == "_" else "\\" + c for c in pin) + " .*"
+
+
+def special_route(namespace: str, label: str, what: str) -> str:
+    """A route of llmc's own (``*models``: the model list; ``*nomatch``: no rule matched): rule names
+    start with a letter or digit, so ``*`` keeps these apart from every rule's route."""
+    return route_name(namespace, label, f"*{what}")
 
 
 def rule_routes(namespace: str, label: str, rule: str, pinned: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:

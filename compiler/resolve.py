@@ -22,6 +22,7 @@ from .ir import (
     EgressGateway,
     HeaderMatch,
     Match,
+    ModelMatch,
     Placement,
     Program,
     Provider,
@@ -104,6 +105,7 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
     labels = (spec.workloadSelector.labels or {}) if spec.workloadSelector else {}
     return Provider(
         namespace=doc.namespace, name=doc.name, host=spec.host.lower(), path=spec.path,
+        base_path=spec.basePath.rstrip("/") if spec.basePath else None,
         port=port, service_port=port if in_mesh else 80, in_mesh=in_mesh, tls=tls, sni=sni,
         subject_alt_names=sans, ca_certificates=spec.tls.caCertificates if spec.tls else None,
         timeout=spec.timeout, max_request_bytes=spec.maxRequestBytes or DEFAULT_MAX_REQUEST_BYTES,
@@ -144,6 +146,77 @@ def _header_matches(headers: dict[str, StringMatch], doc: Document, path: tuple,
                 continue
         out.append(HeaderMatch(name=name.lower(), kind=kind, value=value))
     return tuple(out)
+
+
+def _model_match(sm: StringMatch, doc: Document, path: tuple, diags: Diagnostics) -> ModelMatch | None:
+    """A `model` condition: exactly one non-empty kind; regexes must compile with RE2 (as Envoy's)."""
+    set_fields = [(k, v) for k, v in (("exact", sm.exact), ("prefix", sm.prefix), ("regex", sm.regex)) if v is not None]
+    if len(set_fields) != 1 or not set_fields[0][1]:
+        diags.error("LLMC223", "a model match needs exactly one non-empty exact, prefix or regex "
+                    f"(found {len(set_fields)})", **doc.where(path),
+                    hint="e.g. model: {exact: gpt-4o}; to match any model, leave `model` out")
+        return None
+    kind, value = set_fields[0]
+    if len(value.encode()) > names.MAX_MODEL_BYTES:
+        diags.error("LLMC223", f"a model match longer than {names.MAX_MODEL_BYTES} bytes can never hold",
+                    **doc.where(path + (kind,)))
+        return None
+    if kind == "regex":
+        problem = re2_problem(value)
+        if problem:
+            diags.error("LLMC205", f"invalid RE2 regular expression: {problem}", **doc.where(path + ("regex",)))
+            return None
+    return ModelMatch(kind, value)
+
+
+def re2_problem(pattern: str) -> str | None:
+    """Why RE2 (the regex engine of Envoy) rejects ``pattern``, or None."""
+    import re2
+
+    try:
+        re2.compile(pattern)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else exc
+        return detail.decode() if isinstance(detail, bytes) else str(detail)
+    return None
+
+
+def re2_fullmatch(pattern: str, text: str) -> bool:
+    import re2
+
+    return re2.fullmatch(pattern, text) is not None
+
+
+def _check_model_rule(rules: list[Rule], index: int, doc: Document, diags: Diagnostics) -> None:
+    """Warnings for the rule just added (``rules[-1]``, ``spec.rules[index]``): a model alias that an
+    earlier rule always catches first, and a weighted rule mixing providers with and without
+    `basePath` (an embeddings request would get 404 from some picks and reach the endpoint with others)."""
+    rule = rules[-1]
+    for j, m in enumerate(rule.matches):
+        if m.model is None or m.model.kind == "regex":
+            continue
+        for earlier in rules[:-1]:
+            shadow = next((e for e in earlier.matches if e.only_model and e.model and _covers(e.model, m.model)), None)
+            if shadow is not None and shadow.model is not None:
+                diags.warning("LLMC224", f"model {m.model.kind} {m.model.value!r} is always caught first by rule "
+                              f"{earlier.name!r} ({shadow.model.kind} {shadow.model.value!r})",
+                              **doc.where(("spec", "rules", index, "matches", j, "model")),
+                              hint="put the more specific rule first")
+                break
+    if len({b.provider.base_path is not None for b in rule.backends}) > 1:
+        diags.warning("LLMC225", "the rule's providers differ in `basePath`: requests to /v1/embeddings or "
+                      "/v1/completions get 404 when a provider without it is picked",
+                      **doc.where(("spec", "rules", index, "backendRefs")),
+                      hint="give every provider of the rule a basePath, or none")
+
+
+def _covers(earlier: ModelMatch, later: ModelMatch) -> bool:
+    """True when every model ``later`` accepts is also accepted by ``earlier``."""
+    if earlier.kind == "exact":
+        return later.kind == "exact" and later.value == earlier.value
+    if earlier.kind == "prefix":
+        return later.value.startswith(earlier.value)
+    return later.kind == "exact" and re2_fullmatch(earlier.value, later.value)
 
 
 GATEWAY_REF = re.compile(r"(?:([a-z0-9]([-a-z0-9]*[a-z0-9])?)/)?([a-z0-9]([-a-z0-9.]*[a-z0-9])?)")
@@ -215,10 +288,16 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
                             "on the egress gateway, which cannot see the calling workload's labels",
                             **doc.where(mpath + ("sourceLabels",)))
                 ok = False
+            model = None
+            if m.model is not None:
+                model = _model_match(m.model, doc, mpath + ("model",), diags)
+                if model is None:
+                    ok = False
+                    continue
             matches.append(Match(
                 headers=_header_matches(m.headers or {}, doc, mpath, diags),
                 source_labels=tuple(sorted((m.sourceLabels or {}).items())),
-                gateways=match_gateways))
+                gateways=match_gateways, model=model))
         if not rule.matches:
             default_seen = i if default_seen is None else default_seen
         backends = _backends(rule, name, providers, doc, rpath, diags)
@@ -226,6 +305,7 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
             ok = False
             continue
         rules.append(Rule(name=name, matches=tuple(matches), backends=backends))
+        _check_model_rule(rules, i, doc, diags)
     if not ok:
         return None
     host = spec.host.lower()

@@ -71,6 +71,8 @@ def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
         ctx["api_key"] = c.api_key
     if pin is not None:
         ctx["pin"] = pin
+    if p.base_path is not None:
+        ctx["base_path"] = p.base_path
     return ctx
 
 
@@ -93,28 +95,42 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
         routes[entry] = rule.name
         rules[rule.name] = {"backends": [_backend_context(b, secrets_dir, pinned.get(b.provider.name))
                                          for b in rule.backends]}
+    by_model = {}
+    if vh.routes_by_model:
+        # The filter reads the body first, exposes its model in `model_header` and selects the route
+        # once; `nomatch` is the route Envoy selects when no rule matches then.
+        by_model = {"model_header": names.MODEL_HEADER, "model_limit": names.MAX_MODEL_BYTES,
+                    "nomatch": names.special_route(vh.namespace, vh.label, "nomatch")}
     used = sorted({b.provider.protocol for r in vh.rules for b in r.backends})
     body = {
         "route": f"{vh.namespace}/{vh.label}",
         "pin_header": names.ROUTING_HEADER,
         "protocols": {name: PROTOCOLS[name].context() for name in used},
         "buffer_limit": buffer_limit(max_request_bytes(vh)),
+        "max_body": max_request_bytes(vh),
         "routes": routes,
         "rules": rules,
+        **by_model,
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return {"id": digest[:16], **body}
 
 
-def route_names(vh: VirtualHost) -> list[str]:
-    """Every route of the virtual host the filter may shape on; each carries its own name as route
-    metadata (``llmc.lua``: ``route``), which the filter reads after it made Envoy select a route
-    again (``streamInfo():routeName()`` keeps naming the first route)."""
+def route_patches(vh: VirtualHost) -> list[dict]:
+    """One HTTP_ROUTE MERGE per route of the virtual host. Every route the filter may shape on carries
+    its own name as route metadata (``llmc.lua``: ``route``), which the filter reads after it made
+    Envoy select a route again (``streamInfo():routeName()`` keeps naming the first route). On the
+    ``GET /v1/models`` route (a direct response) the filter is disabled."""
     out = []
     for rule in vh.rules:
         entry, pinned = rule_route_names(vh, rule)
         out += [*pinned.values(), entry]
-    return out
+    if vh.routes_by_model:
+        out.append(names.special_route(vh.namespace, vh.label, "nomatch"))
+    patches = [{"name": r, "value": {"metadata": {"filter_metadata": {FILTER_NAME: {"route": r}}}}} for r in out]
+    patches.append({"name": names.special_route(vh.namespace, vh.label, "models"),
+                    "value": {"typed_per_filter_config": {FILTER_NAME: {"@type": LUA_PER_ROUTE_TYPE, "disabled": True}}}})
+    return patches
 
 
 def max_request_bytes(vh: VirtualHost) -> int:
@@ -154,7 +170,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 "vhost": pl.vhost, "port": pl.port,
                 "buffer_limit": buffer_limit(max_request_bytes(vh)),
                 "context_data": lua_context(vh, program.secrets_dir),
-                "routes": route_names(vh),
+                "routes": route_patches(vh),
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,
             })

@@ -30,10 +30,14 @@ NOT_SHAPED_BODY = json.dumps({"error": {
     "type": "server_error", "param": None, "code": "llmc_filter_missing"}}, separators=(",", ":"))
 
 
-def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str]) -> dict | None:
+def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str], by_model: bool = False) -> dict | None:
     """A VirtualService match, or None when the match is for gateways this VirtualService does not serve.
 
-    With ``pin`` (a pinned route): the internal header instead of the rule's header conditions.
+    A ``model`` condition becomes one on the internal header the filter sets from the body. With
+    ``pin`` (a pinned route): on a host that routes by model, the rule's conditions plus "the routing
+    header lists ``pin``" (the filter picks a provider for every weighted rule, then makes Envoy select
+    rule and provider at once, before it changes any other header); elsewhere the internal header
+    instead of the rule's header conditions (README, "Weighted rules: pinning").
     """
     gateways: list[str] = []
     if m.gateways:
@@ -41,9 +45,14 @@ def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str]) ->
         if not gateways:
             return None
     headers = [{"name": h.name, "kind": h.kind, "value": h.value} for h in m.headers]
-    if pin is not None:
+    if m.model is not None:
+        headers.append({"name": names.MODEL_HEADER, "kind": m.model.kind, "value": m.model.value})
+    if pin is not None and by_model:
+        headers.append({"name": names.ROUTING_HEADER, "kind": "regex", "value": names.pin_list_regex(pin)})
+    elif pin is not None:
         headers = [{"name": names.ROUTING_HEADER, "kind": "exact", "value": pin}]
     return {
+        "uri": None, "method": None,
         "headers": sorted(headers, key=lambda h: h["name"]),
         "source_labels": [{"name": k, "value": v} for k, v in m.source_labels],
         "gateways": gateways,
@@ -57,7 +66,7 @@ def _forward(p: Provider) -> dict:
 
 def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, str]) -> list[dict]:
     def matches(pin: str | None) -> list[dict]:
-        found = (_match(m, port, pin, gateway_map) for m in (rule.matches or (Match(),)))
+        found = (_match(m, port, pin, gateway_map, vh.routes_by_model) for m in (rule.matches or (Match(),)))
         unique = []  # pinned: matches that differed only in headers are one match
         for m in found:
             if m is not None and m not in unique:
@@ -79,15 +88,52 @@ def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, 
     return routes
 
 
+def models_list(vh: VirtualHost) -> str:
+    """The body of ``GET /v1/models`` on the host (OpenAI's list format): the ``exact`` model ids of
+    its rules and the configured models of the rules' backends (other conditions ignored), each
+    owned by the first backend of the first rule that names it; sorted by id."""
+    owners: dict[str, str] = {}
+    for rule in vh.rules:
+        ids = [m.model.value for m in rule.matches if m.model is not None and m.model.kind == "exact"]
+        ids += [b.config.model for b in rule.backends if b.config.model is not None]
+        for model in ids:
+            owners.setdefault(model, rule.backends[0].provider.name)
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": owners[m]} for m in sorted(owners)]
+    return json.dumps({"object": "list", "data": data}, separators=(",", ":"), ensure_ascii=False)
+
+
+#: istiod's route configurations allow direct-response bodies up to 1 MiB
+#: (``max_direct_response_body_size_bytes``); the harness sets the same.
+MAX_DIRECT_RESPONSE_BYTES = 1 << 20
+
+
+def _special_routes(vh: VirtualHost, port: int) -> tuple[list[dict], list[dict]]:
+    """(routes before the rules, routes after them): ``GET /v1/models`` answered by Envoy (the filter is
+    disabled on that route), and on hosts that route by model the route Envoy selects when no rule
+    matches once the model is known (the filter answers 404 there)."""
+    def match(uri: str | None = None, method: str | None = None) -> dict:
+        return {"uri": uri, "method": method, "headers": [], "source_labels": [], "gateways": [], "port": port}
+
+    models = {"name": names.special_route(vh.namespace, vh.label, "models"),
+              "matches": [match("/v1/models", "GET")], "forward": None,
+              "direct_response": {"status": 200, "body": models_list(vh)}}
+    after = []
+    if vh.routes_by_model:
+        after.append({"name": names.special_route(vh.namespace, vh.label, "nomatch"), "matches": [match()],
+                      "forward": None, "direct_response": {"status": 500, "body": NOT_SHAPED_BODY}})
+    return [models], after
+
+
 def _rules_vs(vh: VirtualHost, name: str, gateways: list[str], port: int,
               gateway_map: dict[str, str]) -> dict:
     shown = [] if gateways == ["mesh"] else gateways
+    before, after = _special_routes(vh, port)
     return {
         "metadata": metadata(name, vh.namespace, vh.all_sources),
         "host": vh.host,
         "gateways": shown,
         "export_to": export_to(vh.namespace, {g.split("/", 1)[0] for g in gateways if g != "mesh"}),
-        "routes": [r for rule in vh.rules for r in _rule_routes(vh, rule, port, gateway_map)],
+        "routes": before + [r for rule in vh.rules for r in _rule_routes(vh, rule, port, gateway_map)] + after,
         "internal_headers": list(names.INTERNAL_HEADERS),
     }
 
@@ -107,7 +153,8 @@ def translate_virtualservices(program: Program) -> list[dict]:
                 "metadata": metadata(names.cap(f"{vh.object_name}-mesh"), vh.namespace, vh.all_sources),
                 "host": vh.host, "gateways": [], "export_to": ["."],
                 "routes": [{"name": names.route_name(vh.namespace, vh.label),
-                            "matches": [{"headers": [], "source_labels": [], "gateways": [], "port": vh.port}],
+                            "matches": [{"uri": None, "method": None, "headers": [], "source_labels": [],
+                                         "gateways": [], "port": vh.port}],
                             "forward": {"host": egress.service_host, "port": egress.port,
                                         "subset": egress_subset(vh), "host_header": vh.fqdn, "timeout": None},
                             "direct_response": None}],

@@ -463,17 +463,24 @@ local function client_stream(s, members)
 end
 
 -- The request body for backend `b` (see README, "What the data plane does"): the configured model
--- replaces the client's; the client's explicit `stream` wins over the configured one, which
+-- replaces the client's (`client_model_json`, when given, stands in for an unconfigured one;
+-- `scanned` is {members, close} when the caller already scanned `s`); the client's explicit `stream` wins over the configured one, which
 -- applies when the client says nothing; `stream_options` is dropped when the request does not
 -- stream (OpenAI-compatible servers reject it then) and, when llmc turned streaming on, asks for
 -- usage unless the client chose. Returns the new text, or nil, message and the offending field.
-function M.shape(s, b)
-  local members, close = M.scan_object(s)
-  if not members then return nil, close end
+function M.shape(s, b, client_model_json, scanned)
+  local members, close
+  if scanned ~= nil then
+    members, close = scanned[1], scanned[2]
+  else
+    members, close = M.scan_object(s)
+    if not members then return nil, close end
+  end
   local said, options, err = client_stream(s, members)
   if err then return nil, err, "stream" end
   local fields = {}
-  if b.model_json ~= nil then fields[1] = { "model", b.model_json } end
+  local model_json = b.model_json or client_model_json
+  if model_json ~= nil then fields[1] = { "model", model_json } end
   local stream = said
   if stream == nil then stream = b.stream end
   if stream ~= nil then fields[#fields + 1] = { "stream", stream and "true" or "false" } end
@@ -502,7 +509,7 @@ local function prepare_rule(route, name, rule, protocols)
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
       model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,
-      include_usage = b.include_usage, pin = b.pin,
+      include_usage = b.include_usage, pin = b.pin, base_path = b.base_path,
       auth_header = proto.auth_header, auth_prefix = proto.auth_prefix, headers = headers }
   end
   cfg.weighted = #cfg.backends > 1
@@ -516,15 +523,25 @@ local PINNED = { pinned = true }
 -- returns {by_route = {route name -> prepared rule, or PINNED}, pin_header, buffer_limit}.
 function M.prepare(get)
   local route, rules, by_route, protocols = get("route"), {}, {}, get("protocols")
-  for name, rule in pairs(get("rules")) do
-    local cfg = prepare_rule(route, name, rule, protocols)
+  local pinned, weighted, names = {}, {}, {}
+  local all = get("rules")
+  for name in pairs(all) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local cfg = prepare_rule(route, name, all[name], protocols)
     rules[name] = cfg
+    if cfg.weighted then weighted[#weighted + 1] = cfg end
     for _, b in ipairs(cfg.backends) do
-      if b.pin ~= nil then by_route[b.pin] = PINNED end
+      if b.pin ~= nil then
+        by_route[b.pin] = PINNED
+        pinned[b.pin] = { cfg, b }
+      end
     end
   end
   for route_name, rule_name in pairs(get("routes")) do by_route[route_name] = rules[rule_name] end
-  return { by_route = by_route, pin_header = get("pin_header"), buffer_limit = get("buffer_limit") }
+  return { by_route = by_route, pinned = pinned, weighted = weighted, pin_header = get("pin_header"),
+    buffer_limit = get("buffer_limit"), max_body = get("max_body"), model_header = get("model_header"),
+    model_limit = get("model_limit"), nomatch = get("nomatch") }
 end
 
 local contexts, ncontexts = {}, 0
@@ -646,8 +663,8 @@ end
 -- with the client's query string, the protocol's fixed headers. Token usage is read from the
 -- response, so the provider is asked not to compress it; the client gets what Envoy sends it (the
 -- sidecar adds no compression).
-function M.request_headers(b, key, original_path)
-  local out = { { ":path", with_query(b.path, original_path) }, { "content-type", "application/json" },
+function M.request_headers(b, key, original_path, path)
+  local out = { { ":path", with_query(path or b.path, original_path) }, { "content-type", "application/json" },
     { "accept-encoding", "identity" } }
   if key ~= nil then out[#out + 1] = { b.auth_header, b.auth_prefix .. key } end
   for i = 1, #b.headers do out[#out + 1] = b.headers[i] end
@@ -660,10 +677,79 @@ local function credential(b)
   return M.api_key(b, os.time()) or false
 end
 
+-- Which OpenAI endpoint a request is for, from its path (query string ignored): "chat" for "/" and
+-- paths ending in /chat/completions, "embeddings", "completions", or nil (unknown: 404). Only for
+-- backends with a base path; every POST to one without is a chat completion (ASM's behaviour).
+function M.endpoint_of(path)
+  local p = path and path:match("^[^?]*") or "/"
+  if p == "/" or sub(p, -17) == "/chat/completions" then return "chat" end
+  if sub(p, -11) == "/embeddings" then return "embeddings" end
+  if sub(p, -12) == "/completions" then return "completions" end
+  return nil
+end
+
+-- The last step, once rule, backend, credential and body are known: the endpoint, the body, the
+-- headers, the metadata. `model_json` is the client's model (JSON text) when it chose the rule and
+-- no model is configured: written back so duplicates collapse to the model that routed.
+local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, model_json)
+  local path, endpoint = b.path, "chat"
+  if b.base_path ~= nil then
+    endpoint = M.endpoint_of(original_path)
+    if endpoint == nil then
+      return reply(h, 404, "invalid_request_error", "unknown_url", "llmc: unknown OpenAI endpoint " ..
+        (original_path or ""):match("^[^?]*") .. " (chat/completions, embeddings and completions are served)", cfg, b)
+    end
+    if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint end
+  end
+  local out, err, param
+  if endpoint == "chat" then
+    out, err, param = M.shape(s, b, model_json, scanned)
+  else
+    -- other endpoints keep the client's model and get no stream fields; the body is still validated
+    out, err = M.rewrite(s, {}, scanned and scanned[1], scanned and scanned[2])
+  end
+  if out == nil then
+    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
+  end
+  if #out > vh.buffer_limit then return too_large(h, cfg, b, b.max_body) end
+  if out ~= s then body:setBytes(out) end
+  local headers = h:headers() -- wrappers from before body() are out of scope now
+  local set = M.request_headers(b, key, original_path, path)
+  for i = 1, #set do headers:replace(set[i][1], set[i][2]) end
+  -- Each metadata entry costs ~1.5% of throughput on small requests: three, no more.
+  local md = h:streamInfo():dynamicMetadata()
+  md:set(METADATA_NS, "provider", b.provider)
+  md:set(METADATA_NS, "rule", cfg.rule_id)
+  local model = endpoint == "chat" and b.model or nil
+  if model ~= nil then md:set(METADATA_NS, "request_model", model) end
+end
+
+local function missing_key(h, cfg, b)
+  h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
+  return reply(h, 503, "server_error", "api_key_unavailable",
+    "llmc: the API key for provider " .. b.provider .. " is not available", cfg, b)
+end
+
+-- The body as a string, or nil after answering (empty, or over `limit`).
+local function read_body(h, cfg, b, limit)
+  local body = h:body()
+  local len = body and body:length() or 0
+  if len == 0 then
+    reply(h, 400, "invalid_request_error", "invalid_json", "llmc: the request body is empty", cfg, b)
+    return nil
+  end
+  if len > limit then
+    too_large(h, cfg, b, limit)
+    return nil
+  end
+  return body, body:getBytes(0, len)
+end
+
 -- Every call into Envoy costs; this path makes as few as it can (see README, "Performance").
 function M.on_request(h)
   local vh = load_vhost(h)
   if vh == nil then return end
+  if vh.model_header ~= nil then return M.on_model_request(h, vh) end
   local info = h:streamInfo()
   local cfg = resolve_rule(vh, info)
   if cfg == PINNED then
@@ -679,7 +765,7 @@ function M.on_request(h)
   local headers = h:headers()
   if headers:get(":method") ~= "POST" then
     return reply(h, 405, "invalid_request_error", "method_not_allowed",
-      "llmc: only POST requests with a JSON chat completion body are accepted", cfg)
+      "llmc: only POST requests with a JSON body are accepted", cfg)
   end
   local b = pick_backend(h, vh, cfg, headers)
   if b == nil then
@@ -689,33 +775,84 @@ function M.on_request(h)
   local declared = tonumber(headers:get("content-length") or "")
   if declared and declared > b.max_body then return too_large(h, cfg, b, b.max_body) end
   local key = credential(b)
-  if key == false then
-    h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
-    return reply(h, 503, "server_error", "api_key_unavailable",
-      "llmc: the API key for provider " .. b.provider .. " is not available", cfg, b)
-  end
+  if key == false then return missing_key(h, cfg, b) end
   local original_path = headers:get(":path")
-  local body = h:body()
-  local len = body and body:length() or 0
-  if len == 0 then
-    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: the request body is empty", cfg, b)
+  local body, s = read_body(h, cfg, b, b.max_body)
+  if body == nil then return end
+  return forward(h, vh, cfg, b, key, body, s, original_path)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Routing by the body's model (virtual hosts with `model` matches)
+---------------------------------------------------------------------------------------------------
+
+-- The client's model for routing: the last top-level `model` member (as providers' JSON parsers
+-- read duplicates) if it is a string of at most `limit` bytes without control characters; else nil
+-- (such a request matches no model condition). Returns the decoded model and its JSON text.
+function M.routable_model(s, members, limit)
+  local raw
+  for idx = 1, #members do
+    local m = members[idx]
+    if m[1] == "model" then raw = byte(s, m[2]) == 34 and sub(s, m[2], m[3] - 1) or nil end
   end
-  if len > b.max_body then return too_large(h, cfg, b, b.max_body) end
-  local s = body:getBytes(0, len)
-  local out, err, param = M.shape(s, b)
-  if out == nil then
-    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
+  if raw == nil then return nil end
+  local model = decode_string(sub(raw, 2, -2))
+  if #model > limit or find(model, "[%z\1-\31\127]") then return nil end
+  return model, raw
+end
+
+-- " <pin> <pin> … ": one weighted pick for every weighted rule of the virtual host; the pinned
+-- routes of model-routed hosts match the rule's conditions and "the list holds my name".
+local function picks(vh)
+  local out = { " " }
+  for i = 1, #vh.weighted do out[#out + 1] = M.pick(vh.weighted[i], math.random()).pin .. " " end
+  return concat(out)
+end
+
+-- The filter reads the body before Envoy picks the rule: it exposes the body's model in the
+-- internal model header (a client-sent value is overwritten or removed), picks a provider for every
+-- weighted rule, and makes Envoy select the route once, before any other header changes (the first
+-- h:metadata() after body() resolves the cleared route cache; see `reselect`). The route it lands
+-- on names the rule, and for a weighted rule the provider too. One forced re-selection per request.
+function M.on_model_request(h, vh)
+  local headers = h:headers()
+  if headers:get(":method") ~= "POST" then
+    return reply(h, 405, "invalid_request_error", "method_not_allowed",
+      "llmc: only POST requests with a JSON body are accepted (GET /v1/models lists the models)")
   end
-  if #out > vh.buffer_limit then return too_large(h, cfg, b, b.max_body) end
-  if out ~= s then body:setBytes(out) end
-  headers = h:headers() -- the wrapper from before body() is out of scope now
-  local set = M.request_headers(b, key, original_path)
-  for i = 1, #set do headers:replace(set[i][1], set[i][2]) end
-  -- Each metadata entry costs ~1.5% of throughput on small requests: three, no more.
-  local md = h:streamInfo():dynamicMetadata() -- like headers, `info` is out of scope after body()
-  md:set(METADATA_NS, "provider", b.provider)
-  md:set(METADATA_NS, "rule", cfg.rule_id)
-  if b.model ~= nil then md:set(METADATA_NS, "request_model", b.model) end
+  local declared = tonumber(headers:get("content-length") or "")
+  if declared and declared > vh.max_body then return too_large(h, nil, nil, vh.max_body) end
+  local original_path = headers:get(":path")
+  local body, s = read_body(h, nil, nil, vh.max_body)
+  if body == nil then return end
+  local members, close = M.scan_object(s)
+  if not members then return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. close) end
+  local model, model_json = M.routable_model(s, members, vh.model_limit)
+  headers = h:headers()
+  if model ~= nil then headers:replace(vh.model_header, model) else headers:remove(vh.model_header) end
+  if #vh.weighted > 0 then headers:replace(vh.pin_header, picks(vh)) else headers:remove(vh.pin_header) end
+  local name = reselect(h)
+  if name ~= nil and name == vh.nomatch then
+    return reply(h, 404, "invalid_request_error", "model_not_found", model and
+      ("llmc: no rule of this host serves model " .. model) or "llmc: no rule of this host matches the request")
+  end
+  local cfg, b
+  local pinned = vh.pinned[name or ""]
+  if pinned ~= nil then
+    cfg, b = pinned[1], pinned[2]
+  else
+    cfg = vh.by_route[name or ""]
+    if cfg == nil or cfg == PINNED or cfg.weighted then
+      h:logErr("llmc: model routing selected route " .. tostring(name) .. ", which is not one to shape on")
+      return reply(h, 500, "server_error", "llmc_route_mismatch",
+        "llmc: the request was routed to an unexpected route; nothing was sent", cfg ~= PINNED and cfg or nil)
+    end
+    b = cfg.backends[1]
+  end
+  if #s > b.max_body then return too_large(h, cfg, b, b.max_body) end
+  local key = credential(b)
+  if key == false then return missing_key(h, cfg, b) end
+  return forward(h, vh, cfg, b, key, body, s, original_path, { members, close }, model_json)
 end
 
 ---------------------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ VirtualService and EnvoyFilter objects into a static Envoy bootstrap that mirror
   (exact/prefix/regex → ``string_match``); a match whose ``port`` is not 80 or whose
   ``sourceLabels`` do not match the proxy is dropped, as istiod does; destination ``headers.request
   .set.host`` → ``host_rewrite_literal``; ``headers.request.remove`` → ``request_headers_to_remove``;
-  ``timeout`` (default ``0s``, i.e. none); Istio's default retry policy; ``directResponse``.
+  ``timeout`` (default ``0s``, i.e. none); Istio's default retry policy; ``directResponse`` (with
+  istiod's ``max_direct_response_body_size_bytes`` of 1 MiB on the route configuration); ``uri``
+  (exact/prefix) and ``method`` matches.
 * Clusters ``outbound|80||<host>`` per ServiceEntry port; DNS resolution is replaced by a static
   endpoint ``127.0.0.1:<upstream port>`` (the test's recording server stands in for ``targetPort``).
   DestinationRule ``portLevelSettings[].tls`` SIMPLE → ``UpstreamTlsContext`` with ``sni`` and SAN
@@ -49,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 LOGICAL_PORT = 80
+#: istiod sets max_direct_response_body_size_bytes to 1 MiB on every route configuration it builds
+MAX_DIRECT_RESPONSE_BYTES = 1 << 20
 ISTIO_RETRY = {
     "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
     "num_retries": 2,
@@ -134,6 +138,12 @@ def _routes_from_vs(vs: dict, proxy_labels: dict[str, str], port: int = LOGICAL_
                 "match": {"prefix": "/", "headers": [_header_matcher(k, v)
                                                      for k, v in (m.get("headers") or {}).items()]},
             }
+            if "uri" in m:
+                (kind, value), = m["uri"].items()
+                del route["match"]["prefix"]
+                route["match"][{"exact": "path", "prefix": "prefix"}[kind]] = value
+            if "method" in m:
+                route["match"]["headers"].append(_header_matcher(":method", m["method"]))
             if not route["match"]["headers"]:
                 del route["match"]["headers"]
             if "directResponse" in http:
@@ -290,7 +300,8 @@ def build_gateway_bootstrap(objects: list[dict], gateway_namespace: str, gateway
                 for host in vs["spec"]["hosts"]:
                     vhosts.append({"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"],
                                    "routes": _routes_from_vs(vs, gateway_labels, port, ref)})
-            route_config = {"name": rc_name, "virtual_hosts": vhosts, "validate_clusters": False}
+            route_config = {"name": rc_name, "virtual_hosts": vhosts, "validate_clusters": False,
+                            "max_direct_response_body_size_bytes": MAX_DIRECT_RESPONSE_BYTES}
             hcm = _hcm(f"outbound_0.0.0.0_{target}", route_config)
             chain: dict[str, Any] = {"filters": [hcm]}
             if tls:
@@ -342,7 +353,8 @@ def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str
                                                      "timeout": "0s"}}]})
     vhosts += extra_vhosts or []
     hcm = _hcm(f"outbound_0.0.0.0_{LOGICAL_PORT}", {"name": str(LOGICAL_PORT), "virtual_hosts": vhosts,
-                                                     "validate_clusters": False})
+                                                     "validate_clusters": False,
+                                                     "max_direct_response_body_size_bytes": MAX_DIRECT_RESPONSE_BYTES})
     if access_logs:
         hcm["typed_config"]["access_log"] = access_logs
     listener = {"name": f"0.0.0.0_{LOGICAL_PORT}",

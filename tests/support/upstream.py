@@ -130,6 +130,14 @@ class Upstream:
             return self._json(h, 400, _error(STREAM_OPTIONS_ERROR, "invalid_request_error", "stream_options"), ident)
         usage = USAGE_MODES.get(h.headers.get("x-test-usage", ""), USAGE)
         model = f"{req.get('model')}-2026"  # the provider's own name for the model it ran
+        if h.path.split("?")[0].endswith("/embeddings"):
+            # OpenAI's embeddings API: `input` is required; `stream` fields are not accepted.
+            if "input" not in req or "stream" in req or "stream_options" in req:
+                return self._json(h, 400, _error("invalid embeddings request", "invalid_request_error", "input"), ident)
+            inputs = req["input"] if isinstance(req["input"], list) else [req["input"]]
+            return self._json(h, 200, {"object": "list", "model": model, "usage": {"prompt_tokens": 5, "total_tokens": 5},
+                                       "data": [{"object": "embedding", "index": i, "embedding": [0.25, -0.5, 0.125]}
+                                                for i in range(len(inputs))]}, ident)
         if req.get("stream") is True:
             include = (req.get("stream_options") or {}).get("include_usage") is True
             return self._sse(h, ident, model, usage, include)
