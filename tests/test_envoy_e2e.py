@@ -334,11 +334,18 @@ def test_non_post_is_rejected(mesh, upstreams):
 
 
 def test_sdk_get_is_rejected_with_405(mesh, upstreams):
-    """The SDK's own GET (models.list) on a provider host: llmc serves chat completions only."""
+    """The SDK's own GET (files.list) on a provider host: llmc serves POSTs only (and GET /v1/models)."""
     with client(mesh.port, "api.moonshot.cn") as sdk:
-        err = status_error(sdk.models.list)
+        err = status_error(sdk.files.list)
     assert type(err) is openai.APIStatusError and err.status_code == 405
     assert (err.code, err.type) == ("method_not_allowed", "invalid_request_error")
+    assert all(not u.requests for u in upstreams.values())
+
+
+def test_sdk_models_list_on_a_provider_host(mesh, upstreams):
+    """GET /v1/models is the one non-POST path: Envoy answers it from the compiled configuration."""
+    with client(mesh.port, "api.moonshot.cn") as sdk:
+        assert [(m.id, m.owned_by) for m in sdk.models.list().data] == [("moonshot-v1-8k", "moonshot")]
     assert all(not u.requests for u in upstreams.values())
 
 

@@ -265,3 +265,41 @@ def test_the_luas_constants_equal_the_pythons():
     from compiler import telemetry
 
     assert re.search(r'^local METADATA_NS = "(\w+)"$', lua_source(), re.M).group(1) == telemetry.NS
+
+
+def routable_model(raw: str, limit: int = 256):
+    members = _LUA.M.scan_object(raw)
+    if isinstance(members, tuple):
+        members = members[0]
+    assert members is not None, raw
+    result = _LUA.M.routable_model(raw, members, limit)
+    return result[0] if isinstance(result, tuple) else result
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ('{"model":"gpt-4o"}', "gpt-4o"),
+    ('{"\\u006dodel":"escaped-key"}', "escaped-key"),           # keys compare decoded
+    ('{"model":"a\\u002fb"}', "a/b"),                            # so do values
+    ('{"model":"first","x":1,"model":"last"}', "last"),          # duplicates: the last, as providers read it
+    ('{"model":"first","model":7}', None),                       # ... even when it is not a string
+    ('{"meta":{"model":"nested"}}', None),                       # nested `model` keys are ignored
+    ('{"model":null}', None),
+    ('{"model":"tab\\there"}', None),                            # control characters match nothing
+    ('{"model":"' + "m" * 257 + '"}', None),                     # longer than the limit
+    ('{"model":"' + "m" * 256 + '"}', "m" * 256),
+    ('{"model":"\\u4f60\\u597d"}', "\u4f60\u597d"),
+])
+def test_routable_model(raw, expected):
+    assert routable_model(raw) == expected
+
+
+KEYS = st.sampled_from(["model", "messages", "\\u006dodel", "x"])
+
+
+@settings(max_examples=400)
+@given(pairs=st.lists(st.tuples(KEYS, JSON_SCALARS), max_size=6))
+def test_routable_model_agrees_with_python(pairs):
+    raw = "{" + ",".join(f'"{k}":{json.dumps(v)}' for k, v in pairs) + "}"
+    value = json.loads(raw).get("model")
+    ok = isinstance(value, str) and len(value.encode()) <= 256 and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+    assert routable_model(raw) == (value if ok else None)
