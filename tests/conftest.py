@@ -58,3 +58,11 @@ def require_tool(name: str) -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return path
+
+
+# Property tests check results, never time: no per-example deadline (the 2-core CI machines run
+# Envoy next to them; a deadline there would only measure load).
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("llmc", deadline=None)
+_hypothesis_settings.load_profile("llmc")

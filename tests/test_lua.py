@@ -49,7 +49,7 @@ JSON_VALUES = st.recursive(JSON_SCALARS, lambda c: st.lists(c, max_size=5)
 OBJECTS = st.dictionaries(st.text(max_size=10), JSON_VALUES, max_size=8)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(obj=OBJECTS, model=st.text(), stream=st.booleans(), indent=st.sampled_from([None, 0, 2]),
        ascii_only=st.booleans())
 @example(obj={"model": {"model": "nested"}, "messages": []}, model="x", stream=True, indent=None,
@@ -95,7 +95,7 @@ def test_rewrite_examples_byte_exact(lua):
 JSONISH = st.text(alphabet='{}[]",:0123456789.eE+-tfrueanl \\u/bx\n\t\x01é', max_size=40)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None)
 @given(text=JSONISH | st.builds(lambda o: json.dumps(o)[:-1], OBJECTS))
 @example(text='{"a":1}x')
 @example(text='{"a":01}')

@@ -98,7 +98,7 @@ def test_distinct_names_stay_distinct():
 
 @given(text=st.text() | st.lists(st.sampled_from(["a", "\n", " ", "\t", "\u2028", "\x85", "é", "#", ":"]),
                                  max_size=12).map("".join))
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 def test_emitted_strings_round_trip(text):
     assert YAML(typ="safe").load(dump_yaml([{"v": text}]))["v"] == text
 
@@ -115,7 +115,7 @@ def test_flow_serializer_round_trips(value):
     assert YAML(typ="safe", pure=True).load(f"v: {to_flow(value)}")["v"] == value
 
 
-@settings(max_examples=25)
+@settings(max_examples=25, deadline=None)
 @given(name=st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True),
        junk=st.sampled_from(["\n", "\n\n", " "]))
 def test_names_with_trailing_newlines_are_rejected(name, junk):

@@ -1,16 +1,29 @@
-"""Load templates/lua/llmc.lua under LuaJIT (lupa) with a fake Envoy handle for unit tests."""
+"""Load templates/lua/llmc.lua under LuaJIT (lupa) with the emulated Envoy handle (templates/lua/envoy_handle.lua,
+which `llmc explain` uses too) for unit tests."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 from lupa import luajit21
 
 from compiler.translate.envoyfilter import lua_source
 
-FAKE = Path(__file__).with_name("fake_envoy.lua").read_text()
+HANDLE = resources.files("llmc_templates.lua").joinpath("envoy_handle.lua").read_text(encoding="utf-8")
+# Route selection for unit tests: the pinned route the routing header names, else the first route;
+# every route's metadata names the route (as llmc's HTTP_ROUTE patches do).
+SELECT = """
+return function(pinned, pin_header, first)
+  return function(headers)
+    local pin = pin_header and headers[pin_header]
+    if pin and pinned[pin] then return pin end
+    return first
+  end
+end
+"""
+ROUTE_METADATA = "return setmetatable({}, {__index = function(_, k) return {route = k} end})"
 
 
 @dataclass
@@ -28,7 +41,8 @@ class LuaFilter:
     def __init__(self) -> None:
         self.lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
         self.M = self.lua.execute(lua_source())
-        self.fake = self.lua.execute(FAKE)
+        self.handle = self.lua.execute(HANDLE)
+        self.select = self.lua.execute(SELECT)
         self.envoy_on_request = self.lua.globals().envoy_on_request
 
     def table(self, value: Any) -> Any:
@@ -62,9 +76,10 @@ class LuaFilter:
             hdrs["content-length"] = str(len(body if isinstance(body, bytes) else body.encode()))
         pinned = {b["pin"]: True for rule in (context or {}).get("rules", {}).values()
                   for b in rule["backends"] if "pin" in b}
-        h = self.fake.handle(self.table({"headers": hdrs, "body": body, "context": context,
-                                         "route_name": route, "pinned": pinned,
-                                         "pin_header": (context or {}).get("pin_header")}))
+        req = self.table({"headers": hdrs, "body": body, "context": context, "route_name": route})
+        req.select = self.select(self.table(pinned), (context or {}).get("pin_header"), route)
+        req.route_metadata = self.lua.execute(ROUTE_METADATA)
+        h = self.handle.new(req)
         self.envoy_on_request(h)
         resp = h.response
         headers_out = dict(h.headers_map.items())
