@@ -26,6 +26,11 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
+class ExplainFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 class Emit(StrEnum):
     objects = "objects"
     ir = "ir"
@@ -312,6 +317,73 @@ def kustomize_run(config: Annotated[str, typer.Argument(help="The LLMCompiler co
     sys.stdout.write(out)
     sys.stderr.write(err)
     raise typer.Exit(code)
+
+
+@app.command()
+def explain(
+    filename: FilesOpt,
+    host: Annotated[str, typer.Option("--host", help="The Host the client calls, e.g. dashscope.aliyuncs.com.")],
+    header: Annotated[list[str] | None, typer.Option("-H", "--header", help="A request header, name:value "
+                                                     "(repeatable).")] = None,
+    data: Annotated[str | None, typer.Option("-d", "--data", help="The request body, or @FILE.")] = None,
+    method: Annotated[str, typer.Option("--method", help="HTTP method.")] = "POST",
+    path: Annotated[str, typer.Option("--path", help="Request path.")] = "/v1/chat/completions",
+    caller_namespace: Annotated[str, typer.Option("--namespace", help="Namespace of the calling workload "
+                                                  "(and default namespace of the sources).")] = "default",
+    labels: Annotated[str, typer.Option("--labels", help="Pod labels of the caller, k=v,k=v.")] = "",
+    via: Annotated[str, typer.Option("--via", help="mesh (a sidecar) or a Gateway as namespace/name.")] = "mesh",
+    port: Annotated[int, typer.Option("--port", help="Port the client calls.")] = 80,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed the filter's weighted pick.")] = None,
+    provider: Annotated[str | None, typer.Option("--provider", help="Force the weighted pick to this provider "
+                                                 "(LLMProvider name).")] = None,
+    output: Annotated[ExplainFormat, typer.Option("-o", "--output", help="Output format.")] = ExplainFormat.text,
+    cluster_domain: DomainOpt = "cluster.local",
+    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
+    egress_gateway: EgressOpt = None,
+    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+) -> None:
+    """What a request would become: the matched rule, the candidates, the exact upstream request (keys
+    masked) or the reply the client gets — computed offline by the real filter code under LuaJIT."""
+    from pathlib import Path
+
+    from .explain import ExplainError, Request
+    from .explain import explain as run
+    from .explain import format_text
+    from .options import parse_labels
+
+    opts = _options(caller_namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels)
+    result = _compile(filename, opts)
+    _report(result)
+    if not result.ok:
+        raise typer.Exit(1)
+    headers = {}
+    for item in header or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"expected name:value, got {item!r}", param_hint="-H")
+        headers[name.strip().lower()] = value.strip()
+    pod_labels: dict[str, str] = {}
+    if labels:
+        pairs, problem = parse_labels(labels)
+        if problem:
+            raise typer.BadParameter(problem, param_hint="--labels")
+        pod_labels = dict(pairs)
+    body = b""
+    if data is not None:
+        body = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+    req = Request(host=host, method=method.upper(), path=path, headers=headers, body=body,
+                  namespace=caller_namespace, labels=pod_labels, via=via, port=port)
+    try:
+        x = run(result.objects, req, seed=seed, provider=provider)
+    except ExplainError as exc:
+        sys.stderr.write(f"llmc: {exc}\n")
+        raise typer.Exit(1) from None
+    if output is ExplainFormat.json:
+        import json
+
+        sys.stdout.write(json.dumps(x, indent=2, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(format_text(x))
 
 
 @app.command()

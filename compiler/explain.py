@@ -1,0 +1,412 @@
+"""`llmc explain`: what a request would become, offline, from the real filter code.
+
+Given sources and a request (host, headers, body, method, path) and its caller (namespace, pod
+labels, or a gateway), it compiles the sources exactly as ``llmc render`` does, then:
+
+1. picks the objects the calling proxy would have: VirtualServices for the host visible from the
+   caller's namespace (``exportTo``) and bound to ``mesh`` (or to the gateway), and the EnvoyFilters
+   of the caller's namespace whose ``workloadSelector`` matches its labels (or of the gateway's);
+2. matches the request against the VirtualService's ``http`` routes in order, following Istio's
+   semantics (see :func:`route_matches`: every condition of one ``match`` entry must hold, any entry
+   selects the route; StringMatch ``exact``/``prefix``/``regex`` with RE2 full-match regexes through a
+   real RE2 binding; ``uri``, ``method``, ``headers``, ``withoutHeaders``, ``sourceLabels``,
+   ``gateways``, ``port``), and says why each earlier route did not match;
+3. runs the real ``templates/lua/llmc.lua`` under LuaJIT (``lupa``, the ``explain`` extra) with the
+   compiled filter context and route metadata of that virtual host, on an emulated Envoy handle
+   (``templates/lua/envoy_handle.lua``) whose route re-selection calls step 2 again;
+4. reports the matched rule, the candidate providers and their weights, the pick (``--seed`` seeds
+   the filter's PRNG; ``--provider`` forces one), the retry policy of the route, and the exact
+   upstream request (URL, headers, body) — or the reply the client would get.
+
+Secrets: a key file (``apiKeySecretRef``) is never read; the request shows ``<key from PATH>``.
+Literal keys are masked in every header and body printed (``***``).
+
+Not modelled: Envoy's own local replies (no route → 404 from the router, buffer limits), merging of
+several VirtualServices for one host (the first visible one counts), DNS and TLS.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+FILTER_NAME = "llmc.lua"
+
+
+@dataclass
+class Request:
+    host: str
+    method: str = "POST"
+    path: str = "/v1/chat/completions"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    namespace: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
+    via: str = "mesh"  # "mesh" or a Gateway as "namespace/name"
+    port: int = 80
+
+
+class ExplainError(Exception):
+    """The request cannot be explained (no proxy would handle it as llmc traffic)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The proxy's view
+# ------------------------------------------------------------------------------------------------
+
+def _visible(obj: dict, namespace: str) -> bool:
+    export = obj["spec"].get("exportTo", ["*"])
+    ns = obj["metadata"].get("namespace", "default")
+    return "*" in export or ("." in export and ns == namespace) or namespace in export
+
+
+def _gateway_refs(vs: dict) -> set[str]:
+    ns = vs["metadata"].get("namespace", "default")
+    return {g if g == "mesh" or "/" in g else f"{ns}/{g}" for g in vs["spec"].get("gateways", ["mesh"])}
+
+
+def _host_names(host: str, namespace: str, domain: str = "cluster.local") -> set[str]:
+    """The names a VirtualService host answers to, as istiod lists the virtual host's domains."""
+    names = {host}
+    if "." not in host:
+        names |= {f"{host}.{namespace}", f"{host}.{namespace}.svc", f"{host}.{namespace}.svc.{domain}"}
+    suffix = f".svc.{domain}"
+    if host.endswith(suffix):
+        short = host[: -len(suffix)]
+        names |= {short, f"{short}.svc", short.split(".")[0]}
+    return names
+
+
+def find_virtualservice(objects: list[dict], req: Request) -> dict:
+    """The VirtualService that defines the host's virtual host for the calling proxy."""
+    authority = req.host.split(":")[0].lower()
+    proxy_ns = req.namespace if req.via == "mesh" else req.via.split("/", 1)[0]
+    for vs in objects:
+        if vs["kind"] != "VirtualService" or not _visible(vs, proxy_ns) or req.via not in _gateway_refs(vs):
+            continue
+        ns = vs["metadata"].get("namespace", "default")
+        for host in vs["spec"]["hosts"]:
+            if host == "*" or authority in _host_names(host, ns):
+                return vs
+    raise ExplainError(f"no VirtualService for host {req.host!r} reaches a proxy {_proxy(req)}: the request "
+                       "is not llmc traffic there (istiod's default route would pass it as it is)")
+
+
+def _proxy(req: Request) -> str:
+    if req.via != "mesh":
+        return f"of gateway {req.via}"
+    labels = ",".join(f"{k}={v}" for k, v in sorted(req.labels.items()))
+    return f"in namespace {req.namespace}" + (f" with labels {labels}" if labels else "")
+
+
+def find_filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[dict | None, dict[str, dict]]:
+    """(the virtual host's filter_context, {route name: route-level patch value}) from the EnvoyFilters
+    that apply to the calling proxy."""
+    context_kind = "SIDECAR_OUTBOUND" if req.via == "mesh" else "GATEWAY"
+    proxy_ns = req.namespace if req.via == "mesh" else req.via.split("/", 1)[0]
+    context, routes = None, {}
+    for ef in objects:
+        if ef["kind"] != "EnvoyFilter" or ef["metadata"].get("namespace") != proxy_ns:
+            continue
+        selector = (ef["spec"].get("workloadSelector") or {}).get("labels") or {}
+        if req.via == "mesh" and any(req.labels.get(k) != v for k, v in selector.items()):
+            continue
+        for patch in ef["spec"]["configPatches"]:
+            match = patch.get("match", {})
+            rc = match.get("routeConfiguration", {})
+            if match.get("context") != context_kind or rc.get("vhost", {}).get("name") != vhost:
+                continue
+            value = patch["patch"]["value"]
+            if patch["applyTo"] == "VIRTUAL_HOST":
+                per_route = (value.get("typed_per_filter_config") or {}).get(FILTER_NAME) or {}
+                context = per_route.get("filter_context", context)
+            elif patch["applyTo"] == "HTTP_ROUTE":
+                routes[rc["vhost"]["route"]["name"]] = value
+    return context, routes
+
+
+# ------------------------------------------------------------------------------------------------
+# VirtualService matching, following Istio
+# ------------------------------------------------------------------------------------------------
+
+def _string_match(spec: dict, value: str | None) -> tuple[bool, str]:
+    """Istio StringMatch against a header value (None: absent). Regexes are RE2 full matches."""
+    import re2
+
+    (kind, expected), = spec.items()
+    if value is None:
+        return False, f"absent (expected {kind} {expected!r})"
+    if kind == "exact":
+        ok = value == expected
+    elif kind == "prefix":
+        ok = value.startswith(expected)
+    else:
+        ok = re2.fullmatch(expected, value) is not None
+    return ok, "" if ok else f"{value!r} is not {kind} {expected!r}"
+
+
+def route_matches(http: dict, headers: dict[str, str], req: Request, vs_ns: str) -> tuple[bool, str]:
+    """Whether an ``http[]`` route selects the request, and why not (the first failing condition of
+    each match entry). Header names compare lower-case; ``uri`` compares the path without the query."""
+    reasons = []
+    for m in http.get("match") or [{}]:
+        why = _match_fails(m, headers, req, vs_ns)
+        if why is None:
+            return True, ""
+        reasons.append(why)
+    return False, "; or ".join(reasons)
+
+
+def _match_fails(m: dict, headers: dict[str, str], req: Request, vs_ns: str) -> str | None:
+    if m.get("port", req.port) != req.port:
+        return f"port {m['port']}, not {req.port}"
+    gateways = {g if g == "mesh" or "/" in g else f"{vs_ns}/{g}" for g in m.get("gateways", [])}
+    if gateways and req.via not in gateways:
+        return f"only for gateways {sorted(gateways)}"
+    for k, v in (m.get("sourceLabels") or {}).items():
+        if req.via != "mesh" or req.labels.get(k) != v:
+            return f"source label {k}={v!r} does not hold"
+    if "uri" in m:
+        ok, why = _string_match(m["uri"], headers.get(":path", "/").split("?", 1)[0])
+        if not ok:
+            return f"path {why}"
+    if "method" in m:
+        ok, why = _string_match(m["method"], headers.get(":method"))
+        if not ok:
+            return f"method {why}"
+    for name, spec in (m.get("headers") or {}).items():
+        ok, why = _string_match(spec, headers.get(name.lower()))
+        if not ok:
+            return f"header {name}: {why}"
+    for name, spec in (m.get("withoutHeaders") or {}).items():
+        ok, _ = _string_match(spec, headers.get(name.lower()))
+        if ok:
+            return f"header {name} must not match"
+    return None
+
+
+def select(vs: dict, headers: dict[str, str], req: Request) -> tuple[dict | None, list[tuple[str, str]]]:
+    """(the selected http route or None, [(earlier route name, why it did not match)])."""
+    ns = vs["metadata"].get("namespace", "default")
+    skipped = []
+    for http in vs["spec"].get("http", []):
+        ok, why = route_matches(http, headers, req, ns)
+        if ok:
+            return http, skipped
+        skipped.append((http.get("name", ""), why))
+    return None, skipped
+
+
+# ------------------------------------------------------------------------------------------------
+# Running the filter
+# ------------------------------------------------------------------------------------------------
+
+def _lua_source(name: str) -> str:
+    return resources.files("llmc_templates.lua").joinpath(name).read_text(encoding="utf-8")
+
+
+class _Runtime:
+    def __init__(self, seed: int | None, forced: str | None) -> None:
+        try:
+            from lupa import luajit21
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ExplainError("llmc explain runs the filter under LuaJIT: pip install 'llmc-istio[explain]'") from exc
+        self.lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
+        self.M = self.lua.execute(_lua_source("llmc.lua"))
+        self.handle = self.lua.execute(_lua_source("envoy_handle.lua"))
+        if seed is not None:
+            self.lua.execute(f"math.randomseed({int(seed)})")
+        # A key file is never read: the request shows where the proxy would read the key.
+        self.lua.execute("local M = ...; M.api_key = function(b) return '<key from ' .. b.api_key_file .. '>' end",
+                         self.M)
+        if forced is not None:
+            self.lua.execute("""local M, forced = ...
+              local pick = M.pick
+              M.pick = function(cfg, r)
+                for _, b in ipairs(cfg.backends) do if b.provider == forced then return b end end
+                return pick(cfg, r)
+              end""", self.M, forced)
+
+    def table(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return self.lua.table_from({k: self.table(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return self.lua.table_from([self.table(v) for v in value])
+        return value
+
+
+def _py(value: Any) -> Any:
+    """Lua tables to plain Python (string keys → dict)."""
+    if hasattr(value, "items") and not isinstance(value, dict):
+        return {k: _py(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def explain(objects: list[dict], req: Request, seed: int | None = None, provider: str | None = None) -> dict:
+    """The explanation as data (``-o json``); :func:`format_text` prints it for people."""
+    vs = find_virtualservice(objects, req)
+    vs_ns = vs["metadata"].get("namespace", "default")
+    headers = {k.lower(): v for k, v in req.headers.items()}
+    headers.update({":method": req.method, ":path": req.path, ":authority": req.host})
+    if req.body and "content-length" not in headers:
+        headers["content-length"] = str(len(req.body))
+    first, skipped = select(vs, headers, req)
+    out: dict[str, Any] = {"virtual_service": f"{vs_ns}/{vs['metadata']['name']}", "proxy": _proxy(req),
+                           "not_matched": [{"route": n, "why": w} for n, w in skipped]}
+    if first is None:
+        out["result"] = {"status": 404, "by": "envoy", "body": "", "reason": "no route of the host matches"}
+        return out
+    out["route"] = first.get("name", "")
+    fqdn = vs["spec"]["hosts"][0]
+    context, route_patches = find_filter_context(objects, req, f"{_fqdn(fqdn, vs_ns)}:{req.port}")
+    lua_disabled = ((route_patches.get(out["route"]) or {}).get("typed_per_filter_config") or {}).get(
+        FILTER_NAME, {}).get("disabled")
+    if context is None or lua_disabled:
+        out["filter"] = "not run on this route"
+        out["result"] = _envoy_result(first, headers, req)
+        return out
+    rt = _Runtime(seed, provider)
+    secrets = _literal_keys(context)
+    route_metadata = {name: ((v.get("metadata") or {}).get("filter_metadata") or {}).get(FILTER_NAME, {})
+                      for name, v in route_patches.items()}
+
+    def reselect(lua_headers) -> str | None:
+        current = {k: v for k, v in lua_headers.items()}
+        http, _ = select(vs, current, req)
+        return http.get("name", "") if http is not None else None
+
+    lua_req = rt.table({"headers": dict(headers), "body": req.body or None, "context": context,
+                        "route_name": out["route"], "route_metadata": route_metadata})
+    lua_req.select = reselect
+    h = rt.handle.new(lua_req)
+    rt.lua.globals().envoy_on_request(h)
+    out["rule"] = _py(h.dynamic_metadata).get("llmc:rule")
+    out["candidates"] = _candidates(context, out["rule"])
+    final_headers = _py(h.headers_map)
+    final_route_name = h.current_route
+    if h.response is not None:
+        resp = h.response
+        out["result"] = {"status": int(resp.headers[":status"]), "by": "llmc filter",
+                         "body": _mask(resp.body, secrets)}
+        return out
+    final_http = next((r for r in vs["spec"]["http"] if r.get("name") == final_route_name), first) \
+        if h.cleared else first
+    out["final_route"] = final_http.get("name", "")
+    out["provider"] = _py(h.dynamic_metadata).get("llmc:provider")
+    if final_http.get("directResponse") is not None:
+        out["result"] = _envoy_result(final_http, final_headers, req)
+        return out
+    out["retries"] = final_http.get("retries") or "Istio's default (2 retries on connect-failure, refused-stream, " \
+                                                  "unavailable, cancelled, retriable-status-codes)"
+    out["upstream"] = _upstream(objects, final_http, final_headers, _text(h), secrets)
+    return out
+
+
+def _text(h: Any) -> str | None:
+    """The handle's body as text (lupa decodes Lua strings as UTF-8; a body that is not UTF-8 was
+    refused by the filter, so this only guards the printout)."""
+    try:
+        return h.body_text
+    except UnicodeDecodeError as exc:
+        return exc.object.decode("utf-8", "replace")
+
+
+def _fqdn(host: str, ns: str, domain: str = "cluster.local") -> str:
+    return host if "." in host or host == "*" else f"{host}.{ns}.svc.{domain}"
+
+
+def _candidates(context: dict, rule_id: str | None) -> list[dict]:
+    if not rule_id:
+        return []
+    rule = rule_id.rsplit("/", 1)[-1]
+    backends = (context.get("rules") or {}).get(rule, {}).get("backends", [])
+    total = sum(b["weight"] for b in backends) or 1
+    return [{"provider": b["provider"], "weight": b["weight"], "share": round(b["weight"] / total, 4)}
+            for b in backends]
+
+
+def _literal_keys(context: dict) -> list[str]:
+    return sorted({b["api_key"] for r in (context.get("rules") or {}).values() for b in r.get("backends", [])
+                   if b.get("api_key")}, key=len, reverse=True)
+
+
+def _mask(text: str | None, secrets: list[str]) -> str | None:
+    if text is None:
+        return None
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+def _envoy_result(http: dict, headers: dict[str, str], req: Request) -> dict:
+    dr = http.get("directResponse")
+    if dr is not None:
+        return {"status": dr["status"], "by": "envoy (direct response)", "body": (dr.get("body") or {}).get("string", "")}
+    return {"status": None, "by": "envoy", "reason": "forwarded without llmc shaping"}
+
+
+def _upstream(objects: list[dict], http: dict, headers: dict[str, str], body: str | None,
+              secrets: list[str]) -> dict:
+    (dest,) = http["route"]
+    d = dest["destination"]
+    host, port = d["host"], d.get("port", {}).get("number", 80)
+    tls = _tls(objects, host, port)
+    set_headers = ((dest.get("headers") or {}).get("request") or {}).get("set") or {}
+    remove = ((http.get("headers") or {}).get("request") or {}).get("remove") or []
+    final = {k: v for k, v in headers.items() if k not in remove and not k.startswith(":")}
+    authority = set_headers.get("host", headers.get(":authority"))
+    final = {k: _mask(v, secrets) for k, v in sorted(final.items())}
+    scheme = "https" if tls else "http"
+    return {"method": headers.get(":method"), "url": f"{scheme}://{authority}{headers.get(':path', '/')}",
+            "cluster": f"outbound|{port}|{d.get('subset', '')}|{host}", "headers": {"host": authority, **final},
+            "body": _mask(body, secrets)}
+
+
+def _tls(objects: list[dict], host: str, port: int) -> bool:
+    for dr in objects:
+        if dr["kind"] == "DestinationRule" and dr["spec"]["host"] == host:
+            for level in (dr["spec"].get("trafficPolicy") or {}).get("portLevelSettings", []):
+                if level.get("port", {}).get("number") == port and (level.get("tls") or {}).get("mode") == "SIMPLE":
+                    return True
+    return False
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+# ------------------------------------------------------------------------------------------------
+
+def format_text(x: dict) -> str:
+    lines = [f"proxy: {x['proxy']}", f"virtual service: {x['virtual_service']}"]
+    for skipped in x.get("not_matched", []):
+        lines.append(f"  route {skipped['route']}: no match — {skipped['why']}")
+    if "route" in x:
+        lines.append(f"matched route: {x['route']}")
+    if x.get("filter"):
+        lines.append(f"llmc filter: {x['filter']}")
+    if x.get("rule"):
+        lines.append(f"rule: {x['rule']}")
+    if x.get("candidates"):
+        lines.append("candidates: " + ", ".join(f"{c['provider']} (weight {c['weight']}, {c['share']:.0%})"
+                                                for c in x["candidates"]))
+    if x.get("provider"):
+        lines.append(f"provider: {x['provider']} (route {x.get('final_route')})")
+    if "upstream" in x:
+        up = x["upstream"]
+        lines.append(f"retries: {json.dumps(x['retries']) if isinstance(x['retries'], dict) else x['retries']}")
+        lines.append(f"upstream request: {up['method']} {up['url']}  [{up['cluster']}]")
+        lines += [f"  {k}: {v}" for k, v in up["headers"].items()]
+        if up["body"] is not None:
+            lines.append(f"  body: {up['body']}")
+    if "result" in x:
+        r = x["result"]
+        lines.append(f"client gets: {r.get('status')} from {r['by']}" + (f" — {r['reason']}" if r.get("reason") else ""))
+        if r.get("body"):
+            lines.append(f"  body: {r['body']}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["ExplainError", "Request", "explain", "format_text"]
