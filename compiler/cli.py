@@ -346,9 +346,8 @@ def explain(
     masked) or the reply the client gets — computed offline by the real filter code under LuaJIT."""
     from pathlib import Path
 
-    from .explain import ExplainError, Request
+    from .explain import ExplainError, Request, format_text
     from .explain import explain as run
-    from .explain import format_text
     from .options import parse_labels
 
     opts = _options(caller_namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels)
