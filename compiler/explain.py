@@ -190,7 +190,7 @@ def _match_fails(m: dict, headers: dict[str, str], req: Request, vs_ns: str) -> 
 def select(vs: dict, headers: dict[str, str], req: Request) -> tuple[dict | None, list[tuple[str, str]]]:
     """(the selected http route or None, [(earlier route name, why it did not match)])."""
     ns = vs["metadata"].get("namespace", "default")
-    skipped = []
+    skipped: list[tuple[str, str]] = []
     for http in vs["spec"].get("http", []):
         ok, why = route_matches(http, headers, req, ns)
         if ok:
@@ -359,7 +359,7 @@ def _upstream(objects: list[dict], http: dict, headers: dict[str, str], body: st
     remove = ((http.get("headers") or {}).get("request") or {}).get("remove") or []
     final = {k: v for k, v in headers.items() if k not in remove and not k.startswith(":")}
     authority = set_headers.get("host", headers.get(":authority"))
-    final = {k: _mask(v, secrets) for k, v in sorted(final.items())}
+    final = {k: _mask(v, secrets) or "" for k, v in sorted(final.items())}
     scheme = "https" if tls else "http"
     return {"method": headers.get(":method"), "url": f"{scheme}://{authority}{headers.get(':path', '/')}",
             "cluster": f"outbound|{port}|{d.get('subset', '')}|{host}", "headers": {"host": authority, **final},
