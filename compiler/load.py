@@ -1,12 +1,13 @@
 """Stage 1, load: read YAML files, directories and stdin into documents that remember positions.
 
 Documents are loaded with libyaml (PyYAML's C loader, YAML 1.1 like kubectl; duplicate keys are
-errors, as with ``kubectl apply``) into plain ``dict``/``list`` values. Positions are needed only
-for diagnostics, so they are computed lazily: the first time a diagnostic asks for one, the file
-is parsed again with ruamel's round-trip loader, which keeps the line and column of every key and
-list item, flattened into
-``positions[path] = (line, col)`` (1-based) for ``spec.rules[0].backendRefs[1].providerHost``.
-(The round-trip loader is pure Python and ~20× slower; large meshes compile without it.)
+errors, as with ``kubectl apply``) into plain ``dict``/``list`` values. Each document keeps the
+node tree of that same parse: every node carries libyaml's start mark, so a diagnostic's position
+(1-based line and column of the key, or of the list item, at a field path such as
+``spec.rules[0].backendRefs[1].providerHost``) is a walk down the path in the nodes. Nothing is
+parsed twice: thousands of diagnostics cost no more than the walks. (Until 2026-11 the first
+diagnostic re-parsed the file with ruamel's pure-Python round-trip loader, which made inputs with
+literal API keys, one warning each, compile 2–3× slower.)
 
 Only ``LLMProvider`` and ``LLMRoute`` documents are returned; other kinds are reported as notes
 (they are ignored, which lets users point llmc at a directory that also holds Deployments).
@@ -14,7 +15,6 @@ Only ``LLMProvider`` and ``LLMRoute`` documents are returned; other kinds are re
 
 from __future__ import annotations
 
-import io
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,9 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-
 from .diagnostics import Diagnostics
 
 API_GROUP = "istio.alibabacloud.com"
@@ -35,23 +32,26 @@ YAML_SUFFIXES = (".yaml", ".yml", ".json")
 Path_ = tuple[str | int, ...]
 
 
-class SourceText:
-    """A file's text; parsed with the round-trip loader on demand, for positions."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self._positions: list[dict[Path_, tuple[int, int]]] | None = None
-
-    def positions(self, index: int) -> dict[Path_, tuple[int, int]]:
-        if self._positions is None:
-            self._positions = []
-            for raw in YAML(typ="rt").load_all(io.StringIO(self.text)):
-                found: dict[Path_, tuple[int, int]] = {}
-                if isinstance(raw, CommentedMap | CommentedSeq):
-                    found[()] = (raw.lc.line + 1, raw.lc.col + 1)
-                _positions(raw, (), found)
-                self._positions.append(found)
-        return self._positions[index] if index < len(self._positions) else {}
+def node_position(root: yaml.Node | None, path: Path_) -> tuple[int, int]:
+    """1-based (line, col) of the deepest part of ``path`` found under ``root``: the key of a
+    mapping entry, the start of a list item, or the document itself for the empty path;
+    (0, 0) without a node."""
+    if root is None:
+        return (0, 0)
+    mark = root.start_mark
+    node = root
+    for part in path:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            entry = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
+            if entry is None:
+                break
+            mark, node = entry[0].start_mark, entry[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            mark = node.start_mark
+        else:
+            break
+    return (mark.line + 1, mark.column + 1)
 
 
 @dataclass
@@ -60,12 +60,12 @@ class Document:
 
     file: str
     data: dict[str, Any]
-    source: SourceText | None = None
-    index: int = 0  # position of the document in its file (for positions and stable ordering)
+    node: yaml.Node | None = None  # libyaml's node tree of the document, for positions
+    index: int = 0  # position of the document in its file (for stable ordering)
 
-    @property
-    def positions(self) -> dict[Path_, tuple[int, int]]:
-        return self.source.positions(self.index) if self.source is not None else {}
+    def position(self, path: Path_ = ()) -> tuple[int, int]:
+        """1-based (line, col) of ``path``, or of its nearest ancestor found in the source."""
+        return node_position(self.node, tuple(path))
 
     @property
     def kind(self) -> str:
@@ -88,10 +88,7 @@ class Document:
 
     def where(self, path: Path_ = ()) -> dict[str, Any]:
         """Keyword arguments for a diagnostic at ``path`` (nearest known ancestor position)."""
-        probe = tuple(path)
-        while probe not in self.positions and probe:
-            probe = probe[:-1]
-        line, col = self.positions.get(probe, (0, 0))
+        line, col = self.position(path)
         return {"file": self.file, "line": line, "col": col, "object": self.label,
                 "path": format_path(path)}
 
@@ -104,28 +101,6 @@ def format_path(path: Iterable[str | int]) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out
-
-
-def _positions(node: Any, path: Path_, out: dict[Path_, tuple[int, int]]) -> None:
-    """Record 1-based positions of every key and list item under ``node``."""
-    if isinstance(node, CommentedMap):
-        for key, value in node.items():
-            sub = path + (str(key),)
-            try:
-                line, col = node.lc.key(key)
-                out[sub] = (line + 1, col + 1)
-            except (KeyError, TypeError):
-                pass
-            _positions(value, sub, out)
-    elif isinstance(node, CommentedSeq):
-        for i, value in enumerate(node):
-            sub = path + (i,)
-            try:
-                line, col = node.lc.item(i)
-                out[sub] = (line + 1, col + 1)
-            except (KeyError, TypeError, IndexError):
-                pass
-            _positions(value, sub, out)
 
 
 def _register_secrets(node: Any, diags: Diagnostics) -> None:
@@ -165,7 +140,11 @@ def expand_inputs(inputs: list[str], diags: Diagnostics) -> list[tuple[str, str]
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """libyaml's safe loader, refusing duplicate mapping keys."""
+    """libyaml's safe loader, refusing duplicate mapping keys; keeps each document's node tree."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self.nodes.append(node)
+        return super().construct_document(node)
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
@@ -183,8 +162,12 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 
 
 def load_text(name: str, text: str, diags: Diagnostics) -> list[Document]:
+    loader = _Loader(text)
+    loader.nodes = []
     try:
-        raw_docs = list(yaml.load_all(text, Loader=_Loader))
+        raw_docs = []
+        while loader.check_data():
+            raw_docs.append(loader.get_data())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
@@ -194,12 +177,13 @@ def load_text(name: str, text: str, diags: Diagnostics) -> list[Document]:
     except yaml.YAMLError as exc:
         diags.error("LLMC001", f"YAML error: {exc}".splitlines()[0], file=name)
         return []
-    source = SourceText(text)
+    finally:
+        loader.dispose()
     docs: list[Document] = []
-    for index, data in enumerate(raw_docs):
+    for index, (data, node) in enumerate(zip(raw_docs, loader.nodes, strict=True)):
         if data is None:
             continue
-        doc = Document(file=name, data=data, source=source, index=index)
+        doc = Document(file=name, data=data, node=node, index=index)
         if not isinstance(data, dict) or "kind" not in data or "apiVersion" not in data:
             diags.error("LLMC002", "document is not a Kubernetes object (needs apiVersion and kind)",
                         **{**doc.where(()), "object": "", "path": ""})
