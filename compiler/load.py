@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from .diagnostics import Diagnostics
 
 API_GROUP = "istio.alibabacloud.com"
