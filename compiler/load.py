@@ -1,11 +1,12 @@
 """Stage 1, load: read YAML files, directories and stdin into documents that remember positions.
 
 Documents are loaded with libyaml (PyYAML's C loader, YAML 1.1 like kubectl; duplicate keys are
-errors, as with ``kubectl apply``) into plain ``dict``/``list`` values. Each document keeps the
-node tree of that same parse: every node carries libyaml's start mark, so a diagnostic's position
-(1-based line and column of the key, or of the list item, at a field path such as
-``spec.rules[0].backendRefs[1].providerHost``) is a walk down the path in the nodes. Nothing is
-parsed twice: thousands of diagnostics cost no more than the walks. (Until 2026-11 the first
+errors, as with ``kubectl apply``) into plain ``dict``/``list`` values. Each document also keeps
+the start marks of that same parse's nodes, boiled down to a tree of ``(line, col, children)``
+(a third of the node tree's memory), so a diagnostic's position (1-based line and column of the
+key, or of the list item, at a field path such as ``spec.rules[0].backendRefs[1].providerHost``)
+is a walk down the path. Nothing is parsed twice: thousands of diagnostics cost no more than the
+walks. (Until 2026-11 the first
 diagnostic re-parsed the file with ruamel's pure-Python round-trip loader, which made inputs with
 literal API keys, one warning each, compile 2–3× slower.)
 
@@ -33,26 +34,36 @@ YAML_SUFFIXES = (".yaml", ".yml", ".json")
 Path_ = tuple[str | int, ...]
 
 
-def node_position(root: yaml.Node | None, path: Path_) -> tuple[int, int]:
-    """1-based (line, col) of the deepest part of ``path`` found under ``root``: the key of a
-    mapping entry, the start of a list item, or the document itself for the empty path;
-    (0, 0) without a node."""
-    if root is None:
+#: (line, col, children): 0-based start of a key or list item; children are a dict by key for a
+#: mapping, a list for a sequence, None for a scalar.
+Marks = tuple[int, int, "dict[str, Marks] | list[Marks] | None"]
+
+
+def _marks(node: yaml.Node, mapping=yaml.MappingNode, sequence=yaml.SequenceNode, scalar=yaml.ScalarNode):
+    """The children of ``node`` with their start marks (keys for mappings, items for sequences)."""
+    if isinstance(node, mapping):
+        return {k.value: (k.start_mark.line, k.start_mark.column, _marks(v))
+                for k, v in node.value if isinstance(k, scalar)}
+    if isinstance(node, sequence):
+        return [(v.start_mark.line, v.start_mark.column, _marks(v)) for v in node.value]
+    return None
+
+
+def marks_position(marks: Marks | None, path: Path_) -> tuple[int, int]:
+    """1-based (line, col) of the deepest part of ``path`` found in ``marks``: the key of a mapping
+    entry, the start of a list item, or the document itself for the empty path; (0, 0) without
+    marks."""
+    if marks is None:
         return (0, 0)
-    mark = root.start_mark
-    node = root
+    line, col, children = marks
     for part in path:
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            entry = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
-            if entry is None:
-                break
-            mark, node = entry[0].start_mark, entry[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            node = node.value[part]
-            mark = node.start_mark
+        if isinstance(children, dict) and isinstance(part, str) and part in children:
+            line, col, children = children[part]
+        elif isinstance(children, list) and isinstance(part, int) and 0 <= part < len(children):
+            line, col, children = children[part]
         else:
             break
-    return (mark.line + 1, mark.column + 1)
+    return (line + 1, col + 1)
 
 
 @dataclass
@@ -61,12 +72,12 @@ class Document:
 
     file: str
     data: dict[str, Any]
-    node: yaml.Node | None = None  # libyaml's node tree of the document, for positions
+    marks: Marks | None = None  # where libyaml found each key and list item, for positions
     index: int = 0  # position of the document in its file (for stable ordering)
 
     def position(self, path: Path_ = ()) -> tuple[int, int]:
         """1-based (line, col) of ``path``, or of its nearest ancestor found in the source."""
-        return node_position(self.node, tuple(path))
+        return marks_position(self.marks, tuple(path))
 
     @property
     def kind(self) -> str:
@@ -141,10 +152,10 @@ def expand_inputs(inputs: list[str], diags: Diagnostics) -> list[tuple[str, str]
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """libyaml's safe loader, refusing duplicate mapping keys; keeps each document's node tree."""
+    """libyaml's safe loader, refusing duplicate mapping keys; keeps each document's marks."""
 
     def construct_document(self, node: yaml.Node) -> Any:
-        self.nodes.append(node)
+        self.marks.append((node.start_mark.line, node.start_mark.column, _marks(node)))
         return super().construct_document(node)
 
 
@@ -164,7 +175,7 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 
 def load_text(name: str, text: str, diags: Diagnostics) -> list[Document]:
     loader = _Loader(text)
-    loader.nodes = []
+    loader.marks = []
     try:
         raw_docs = []
         while loader.check_data():
@@ -181,10 +192,10 @@ def load_text(name: str, text: str, diags: Diagnostics) -> list[Document]:
     finally:
         loader.dispose()
     docs: list[Document] = []
-    for index, (data, node) in enumerate(zip(raw_docs, loader.nodes, strict=True)):
+    for index, (data, marks) in enumerate(zip(raw_docs, loader.marks, strict=True)):
         if data is None:
             continue
-        doc = Document(file=name, data=data, node=node, index=index)
+        doc = Document(file=name, data=data, marks=marks, index=index)
         if not isinstance(data, dict) or "kind" not in data or "apiVersion" not in data:
             diags.error("LLMC002", "document is not a Kubernetes object (needs apiVersion and kind)",
                         **{**doc.where(()), "object": "", "path": ""})
