@@ -19,6 +19,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -75,19 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(names)}")
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so sections stop the Envoys they started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = machine()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tables = []
     for n in chosen:
         print(f"== {n}", file=sys.stderr, flush=True)
         sec = section(n)
         results[n] = sec.run(args)
         tables.append(sec.format(results[n]))
+        print(tables[-1], file=sys.stderr, flush=True)  # each table as soon as it exists
+        out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     envoy = next((r["envoy"] for r in results.values() if isinstance(r, dict) and "envoy" in r), "-")
     print(f"llmc benchmarks — {results['date']} — {results['machine']} — Envoy {envoy}\n")
     print("\n\n".join(tables))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nresults written to {out}")
     return 0
 

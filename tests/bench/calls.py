@@ -22,7 +22,7 @@ import argparse
 
 from tests.bench import bodies
 from tests.bench.common import fmt_spread, spread
-from tests.bench.dataplane import add_load_arguments, load_of
+from tests.bench.dataplane import add_load_arguments, load_of, rounds_of, sizes_of
 from tests.bench.rig import Rig, deltas, interleave, worktree_lua
 
 NAME = "calls"
@@ -97,22 +97,23 @@ def variant_source(lua: str, tail: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_load_arguments(p, "1k", 3)
+    add_load_arguments(p)
 
 
 def run(args: argparse.Namespace) -> dict:
     lua = worktree_lua()
+    rounds = rounds_of(args, 3)
     rig = Rig()
     try:
         proxies = {name: rig.proxy(name, None if tail is None else variant_source(lua, tail))
                    for name, tail in VARIANTS.items()}
-        out = {"envoy": rig.envoy_version, "rounds": args.rounds, "bodies": []}
-        for name in bodies.parse(args.sizes):
+        out = {"envoy": rig.envoy_version, "rounds": rounds, "bodies": []}
+        for name in sizes_of(args, "1k"):
             data = bodies.body(name)
             body_file = rig.tmp / f"body-{name}.json"
             body_file.write_bytes(data)
             print(f"  calls {name}", flush=True)
-            runs = interleave(rig, proxies, body_file, args.rounds, load_of(args))
+            runs = interleave(rig, proxies, body_file, rounds, load_of(args))
             rows = [{"variant": v, "cpu_us": spread([r.cpu_us_per_request if r else None for r in runs[v]]),
                      "added_us": spread(deltas(runs, v, BASE)) if v != BASE else None} for v in VARIANTS]
             derived = []

@@ -25,17 +25,27 @@ NAME = "dataplane"
 HELP = "CPU per request, throughput and latency of llmc vs the passthrough layout, per body size"
 
 
-def add_load_arguments(p: argparse.ArgumentParser, sizes: str, rounds: int) -> None:
-    p.add_argument("--sizes", default=sizes, help=f"bodies, SIZE[-cjk|-md] (default {sizes})")
-    p.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds")
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by the sections that put load on Envoy. --sizes and --rounds default to
+    None: each section then uses its own default (see ``sizes_of``/``rounds_of``)."""
+    p.add_argument("--sizes", help=f"bodies, SIZE[-cjk|-md] (default: dataplane {bodies.DEFAULT}; calls, gate 1k)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default: dataplane, calls 3; gate 5)")
     p.add_argument("--seconds", type=float, default=3.0, help="cap on one load run's duration")
     p.add_argument("--max-requests", type=int, default=100_000, help="cap on one load run's requests")
     p.add_argument("--request-timeout", type=float, default=10.0,
                    help="a request slower than this marks the run (and the variant, for that body) timed out")
 
 
+def sizes_of(args: argparse.Namespace, default: str) -> list[str]:
+    return bodies.parse(args.sizes or default)
+
+
+def rounds_of(args: argparse.Namespace, default: int) -> int:
+    return args.rounds or default
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_load_arguments(p, bodies.DEFAULT, 3)
+    add_load_arguments(p)
     p.add_argument("--sse", type=int, default=40, help="SSE time-to-first-byte samples per layout (0: skip)")
 
 
@@ -65,7 +75,7 @@ def summarize(name: str, data: bytes, runs: dict, base: str, other: str) -> dict
 
 
 def run(args: argparse.Namespace) -> dict:
-    names = bodies.parse(args.sizes)
+    names, rounds = sizes_of(args, bodies.DEFAULT), rounds_of(args, 3)
     rig = Rig()
     try:
         proxies = {"passthrough": rig.proxy("passthrough", None), "llmc": rig.proxy("llmc", worktree_lua())}
@@ -75,10 +85,10 @@ def run(args: argparse.Namespace) -> dict:
             body_file = rig.tmp / f"body-{name}.json"
             body_file.write_bytes(data)
             print(f"  dataplane {name} ({len(data)} bytes)", flush=True)
-            runs = interleave(rig, proxies, body_file, args.rounds, load_of(args))
+            runs = interleave(rig, proxies, body_file, rounds, load_of(args))
             rows.append(summarize(name, data, runs, "passthrough", "llmc"))
         sse = _sse_ttfb(proxies, args.sse) if args.sse else None
-        return {"envoy": rig.envoy_version, "rounds": args.rounds, "seconds": args.seconds, "bodies": rows,
+        return {"envoy": rig.envoy_version, "rounds": rounds, "seconds": args.seconds, "bodies": rows,
                 "sse_ttfb": sse}
     finally:
         rig.close()
@@ -149,26 +159,27 @@ class Gate:
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        add_load_arguments(p, "1k", 5)
+        add_load_arguments(p)
         p.add_argument("--baseline-lua-rev", default="main", help="git revision of the baseline Lua")
         p.add_argument("--limit", type=float, default=1.03, help="the ratio a change must stay within")
 
     @staticmethod
     def run(args: argparse.Namespace) -> dict:
         baseline = lua_at_rev(args.baseline_lua_rev)
+        rounds = rounds_of(args, 5)
         rig = Rig()
         try:
             proxies = {"baseline": rig.proxy("baseline", baseline), "worktree": rig.proxy("worktree", worktree_lua())}
             rows = []
-            for name in bodies.parse(args.sizes):
+            for name in sizes_of(args, "1k"):
                 data = bodies.body(name)
                 body_file = rig.tmp / f"body-{name}.json"
                 body_file.write_bytes(data)
                 print(f"  gate {name}", flush=True)
-                runs = interleave(rig, proxies, body_file, args.rounds, load_of(args))
+                runs = interleave(rig, proxies, body_file, rounds, load_of(args))
                 rows.append(summarize(name, data, runs, "baseline", "worktree"))
             return {"envoy": rig.envoy_version, "rev": args.baseline_lua_rev, "limit": args.limit,
-                    "rounds": args.rounds, "same_source": baseline == worktree_lua(), "bodies": rows}
+                    "rounds": rounds, "same_source": baseline == worktree_lua(), "bodies": rows}
         finally:
             rig.close()
 
