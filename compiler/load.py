@@ -41,11 +41,14 @@ Marks = tuple[int, int, "dict[str, Marks] | list[Marks] | None"]
 
 def _marks(node: yaml.Node, mapping=yaml.MappingNode, sequence=yaml.SequenceNode, scalar=yaml.ScalarNode):
     """The children of ``node`` with their start marks (keys for mappings, items for sequences)."""
-    if isinstance(node, mapping):
-        return {k.value: (k.start_mark.line, k.start_mark.column, _marks(v))
-                for k, v in node.value if isinstance(k, scalar)}
-    if isinstance(node, sequence):
-        return [(v.start_mark.line, v.start_mark.column, _marks(v)) for v in node.value]
+    cls = node.__class__
+    if cls is mapping:
+        return {k.value: (k.start_mark.line, k.start_mark.column,
+                          None if v.__class__ is scalar else _marks(v))
+                for k, v in node.value if k.__class__ is scalar}
+    if cls is sequence:
+        return [(v.start_mark.line, v.start_mark.column, None if v.__class__ is scalar else _marks(v))
+                for v in node.value]
     return None
 
 
