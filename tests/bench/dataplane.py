@@ -6,8 +6,10 @@ and its per-round ratio (median and spread of interleaved rounds), next to throu
 latency, plus SSE time to first byte. This table is the gate for every change of the Lua.
 
 "gate" compares the work tree's Lua with the Lua of a git revision (``--baseline-lua-rev``) in the
-same layout, interleaved, at 1 KiB by default: the ratio of CPU per request is how a Lua change
-proves it stays "within +3%".
+layout as that revision's compiler renders it (the Lua reads the filter context its compiler
+writes), interleaved, at 1 KiB by default: the ratio of CPU per request is how a Lua change proves
+it stays "within +3%". Both proxies must answer a non-JSON body with llmc's own 400 first: a Lua
+that does not recognise its context passes requests on untouched and would look free.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def run(args: argparse.Namespace) -> dict:
     rig = Rig()
     try:
         proxies = {"passthrough": rig.proxy("passthrough", None), "llmc": rig.proxy("llmc", worktree_lua())}
+        if not rig.shapes(proxies["llmc"]) or rig.shapes(proxies["passthrough"]):
+            raise SystemExit("dataplane: llmc's Lua does not shape the bench's requests; the comparison would be void")
         rows = []
         for name in names:
             data = bodies.body(name)
@@ -169,7 +173,11 @@ class Gate:
         rounds = rounds_of(args, 5)
         rig = Rig()
         try:
-            proxies = {"baseline": rig.proxy("baseline", baseline), "worktree": rig.proxy("worktree", worktree_lua())}
+            proxies = {"baseline": rig.proxy("baseline", baseline, rig.llmc_layout_at(args.baseline_lua_rev)),
+                       "worktree": rig.proxy("worktree", worktree_lua())}
+            shaping = {name: rig.shapes(p) for name, p in proxies.items()}
+            if not all(shaping.values()):
+                raise SystemExit(f"gate: llmc's Lua does not shape requests in {shaping}; the comparison would be void")
             rows = []
             for name in sizes_of(args, "1k"):
                 data = bodies.body(name)

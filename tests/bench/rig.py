@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +87,27 @@ def lua_at_rev(rev: str) -> str:
     """templates/lua/llmc.lua as committed at git revision ``rev``."""
     return subprocess.run(["git", "show", f"{rev}:templates/lua/llmc.lua"], cwd=REPO, capture_output=True,
                           text=True, check=True).stdout
+
+
+def render_seed_at_rev(rev: str, workdir: Path, secrets_dir: Path) -> list[dict]:
+    """The seed mesh (samples/seed + the e2e extras) rendered by the compiler of git revision
+    ``rev``: its Lua reads the filter context its own compiler writes, so a baseline Lua must run in
+    its own revision's layout."""
+    from ruamel.yaml import YAML
+
+    tree = workdir / f"rev-{re.sub(r'[^A-Za-z0-9_.-]', '_', rev)}"
+    tree.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", rev, "compiler", "templates", "samples", "tests/testdata/e2e"],
+                             cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    pkgs = tree / "_pkgs"  # the templates package under its installed name, ahead of the work tree's
+    pkgs.mkdir(exist_ok=True)
+    (pkgs / "llmc_templates").symlink_to(tree / "templates")
+    out = subprocess.run([sys.executable, "-m", "compiler.cli", "render", "-f", "samples/seed",
+                          "-f", "tests/testdata/e2e/extras.yaml", "--secrets-dir", str(secrets_dir)],
+                         cwd=tree, env={**os.environ, "PYTHONPATH": f"{pkgs}:{tree}"},
+                         capture_output=True, text=True, check=True).stdout
+    return [d for d in YAML(typ="safe").load_all(out) if d]
 
 
 def worktree_lua() -> str:
@@ -194,14 +217,39 @@ class Rig:
         self.sse = Upstream("stream.example.com", sse_pause=0.01, first_token_delay=SSE_FIRST_TOKEN_S)
         ports = {HOST: self.upstream.port, "api.moonshot.cn": self.upstream.port,
                  **{h: self.sse.port for h in ("stream.example.com", "tiny.example.com", "keyed.example.com")}}
+        self.ports, self.ca_file = ports, ca_file
         self.layouts = sidecar_layouts(ports, str(ca_file), self.tmp)
 
-    def proxy(self, name: str, lua: str | None) -> Proxy:
-        """The passthrough layout when ``lua`` is None, else llmc's layout running ``lua``."""
-        boot = self.layouts["limit"] if lua is None else with_lua(self.layouts["llmc"], lua)
+    def llmc_layout_at(self, rev: str) -> dict:
+        """llmc's layout of the seed as the compiler of git revision ``rev`` renders it."""
+        from tests.support.mesh import seed_mesh
+
+        objects = render_seed_at_rev(rev, self.tmp, self.tmp)
+        layout = seed_mesh(self.ports, str(self.ca_file), self.tmp, objects=objects)
+        assert not layout.unmatched, layout.unmatched
+        return layout.bootstrap
+
+    def proxy(self, name: str, lua: str | None, layout: dict | None = None) -> Proxy:
+        """The passthrough layout when ``lua`` is None, else llmc's layout (or ``layout``) running ``lua``."""
+        boot = self.layouts["limit"] if lua is None else with_lua(layout or self.layouts["llmc"], lua)
         p = Proxy(name, boot).start()
         self.proxies.append(p)
         return p
+
+    def shapes(self, proxy: Proxy) -> bool:
+        """Whether llmc's Lua runs on the bench's route in ``proxy``: it answers a body that is not
+        JSON with its own 400 (the mock provider would answer 200). A Lua that does not recognise
+        its filter context passes every request on untouched, and would look free."""
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            conn.request("POST", "/", body=b"{", headers={"host": HOST, "content-type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status == 400
+        finally:
+            conn.close()
 
     def script(self, body: Path, cap: int) -> Path:
         path = body.with_suffix(f".{cap}.wrk.lua")
