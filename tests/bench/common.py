@@ -54,7 +54,10 @@ def machine() -> dict:
 
 
 def rotate(items: list, k: int) -> list:
-    """``items`` rotated by ``k``: each round starts with another variant, so no variant always
-    runs first (or right after the same neighbour)."""
-    k %= len(items) or 1
-    return items[k:] + items[:k]
+    """The order of round ``k``: ``items`` rotated by k//2, reversed in odd rounds. Over rounds each
+    variant runs first, and right after each other variant, equally often (a run can leave the
+    machine warmer or busier for the next one)."""
+    n = len(items) or 1
+    r = (k // 2) % n
+    order = items[r:] + items[:r]
+    return order[::-1] if k % 2 else order

@@ -31,7 +31,7 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by the sections that put load on Envoy. --sizes and --rounds default to
     None: each section then uses its own default (see ``sizes_of``/``rounds_of``)."""
     p.add_argument("--sizes", help=f"bodies, SIZE[-cjk|-md] (default: dataplane {bodies.DEFAULT}; calls, gate 1k)")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default: dataplane, calls 3; gate 5)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default: dataplane, calls 3; gate 10)")
     p.add_argument("--seconds", type=float, default=3.0, help="cap on one load run's duration")
     p.add_argument("--max-requests", type=int, default=100_000, help="cap on one load run's requests")
     p.add_argument("--request-timeout", type=float, default=10.0,
@@ -166,15 +166,19 @@ class Gate:
         add_load_arguments(p)
         p.add_argument("--baseline-lua-rev", default="main", help="git revision of the baseline Lua")
         p.add_argument("--limit", type=float, default=1.03, help="the ratio a change must stay within")
+        p.add_argument("--seconds", type=float, default=2.0, help="cap on one load run's duration")
 
     @staticmethod
     def run(args: argparse.Namespace) -> dict:
         baseline = lua_at_rev(args.baseline_lua_rev)
-        rounds = rounds_of(args, 5)
+        rounds = rounds_of(args, 10)
         rig = Rig()
         try:
-            proxies = {"baseline": rig.proxy("baseline", baseline, rig.llmc_layout_at(args.baseline_lua_rev)),
-                       "worktree": rig.proxy("worktree", worktree_lua())}
+            layout = rig.llmc_layout_at(args.baseline_lua_rev)
+            # "control" is a second Envoy with the baseline: the A/A ratio is this run's noise floor
+            proxies = {"baseline": rig.proxy("baseline", baseline, layout),
+                       "worktree": rig.proxy("worktree", worktree_lua()),
+                       "control": rig.proxy("control", baseline, layout)}
             shaping = {name: rig.shapes(p) for name, p in proxies.items()}
             if not all(shaping.values()):
                 raise SystemExit(f"gate: llmc's Lua does not shape requests in {shaping}; the comparison would be void")
@@ -185,20 +189,25 @@ class Gate:
                 body_file.write_bytes(data)
                 print(f"  gate {name}", flush=True)
                 runs = interleave(rig, proxies, body_file, rounds, load_of(args))
-                rows.append(summarize(name, data, runs, "baseline", "worktree"))
+                row = summarize(name, data, runs, "baseline", "worktree")
+                row["control_ratio"] = spread(ratios(runs, "control", "baseline"))
+                rows.append(row)
             return {"envoy": rig.envoy_version, "rev": args.baseline_lua_rev, "limit": args.limit,
-                    "rounds": rounds, "same_source": baseline == worktree_lua(), "bodies": rows}
+                    "rounds": rounds, "seconds": args.seconds, "same_source": baseline == worktree_lua(),
+                    "bodies": rows}
         finally:
             rig.close()
 
     @staticmethod
     def format(result: dict) -> str:
         lines = [f"Gate: CPU per request of the work tree's Lua / the Lua at {result['rev']} "
-                 f"({result['rounds']} interleaved rounds; median (min–max); limit {result['limit']:.2f}×)"
-                 + (" — the two sources are identical" if result["same_source"] else "")]
+                 f"({result['rounds']} interleaved rounds of ≤ {result['seconds']:g} s; median (min–max); "
+                 f"limit {result['limit']:.2f}×)" + (" — the two sources are identical" if result["same_source"] else "")]
         for b in result["bodies"]:
             r = b["cpu_ratio"]
             verdict = "-" if r["median"] is None else ("within" if r["median"] <= result["limit"] else "OVER")
             lines.append(f"{bodies.label(b['body']):>13}: {fmt_spread(b['cpu_us']['baseline'], 1)} µs → "
                          f"{fmt_spread(b['cpu_us']['worktree'], 1)} µs, ratio {fmt_spread(r, 3)} — {verdict}")
+            lines.append(f"{'':>13}  noise floor (a second Envoy with the baseline / the baseline): "
+                         f"{fmt_spread(b['control_ratio'], 3)}")
         return "\n".join(lines)
