@@ -204,8 +204,14 @@ class Gate:
                  f"({result['rounds']} interleaved rounds of ≤ {result['seconds']:g} s; median (min–max); "
                  f"limit {result['limit']:.2f}×)" + (" — the two sources are identical" if result["same_source"] else "")]
         for b in result["bodies"]:
-            r = b["cpu_ratio"]
-            verdict = "-" if r["median"] is None else ("within" if r["median"] <= result["limit"] else "OVER")
+            r, c = b["cpu_ratio"], b["control_ratio"]
+            margin = result["limit"] - 1
+            if r["median"] is None or c["median"] is None:
+                verdict = "-"
+            elif abs(c["median"] - 1) > margin:  # two identical Envoys differ by more than the margin
+                verdict = "inconclusive: the noise floor is wider than the limit (a quieter machine or more rounds)"
+            else:
+                verdict = "within" if r["median"] <= result["limit"] else "OVER"
             lines.append(f"{bodies.label(b['body']):>13}: {fmt_spread(b['cpu_us']['baseline'], 1)} µs → "
                          f"{fmt_spread(b['cpu_us']['worktree'], 1)} µs, ratio {fmt_spread(r, 3)} — {verdict}")
             lines.append(f"{'':>13}  noise floor (a second Envoy with the baseline / the baseline): "
