@@ -87,10 +87,14 @@ def _compile(files: list[str], opts):
     return compile_paths(files, opts)
 
 
+#: On the terminal, diagnostics of one code after the first few are summed up in one line.
+PER_CODE = 5
+
+
 def _report(result) -> None:
     diags = result.diagnostics
     if diags.items:
-        sys.stderr.write(diags.format_text() + "\n")
+        sys.stderr.write(diags.format_text(per_code=PER_CODE) + "\n")
         sys.stderr.write(f"llmc: {diags.summary()}\n")
 
 

@@ -118,10 +118,14 @@ class Diagnostics:
 
     items: list[Diagnostic] = field(default_factory=list)
     _secrets: set[str] = field(default_factory=set)
+    # masked text by text: a mesh with a thousand literal keys draws a thousand warnings with the
+    # same message, and masking one message tries every registered secret
+    _masked: dict[str, str] = field(default_factory=dict)
 
     def register_secret(self, value: str) -> None:
-        if value:
+        if value and value not in self._secrets:
             self._secrets.add(value)
+            self._masked.clear()
 
     def add(self, code: str, severity: Severity, message: str, **where: object) -> Diagnostic:
         registered = REGISTRY.get(code)
@@ -145,9 +149,15 @@ class Diagnostics:
         return self.add(code, Severity.NOTE, message, **where)
 
     def mask(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        if not text or not self._secrets:
+            return text
+        masked = self._masked.get(text)
+        if masked is None:
+            masked = text
+            for secret in self._secrets:
+                masked = masked.replace(secret, "***")
+            self._masked[text] = masked
+        return masked
 
     @property
     def has_errors(self) -> bool:
@@ -161,8 +171,24 @@ class Diagnostics:
         warnings = sum(d.severity is Severity.WARNING for d in self.items)
         return f"{errors} error(s), {warnings} warning(s)"
 
-    def format_text(self) -> str:
-        return "\n".join(d.format() for d in self.sorted())
+    def format_text(self, per_code: int | None = None) -> str:
+        """Every diagnostic, one after another; with ``per_code``, only the first ``per_code`` of
+        each code, then one line per code that had more, with the count left out (a mesh with a
+        thousand literal keys should not print a thousand identical warnings)."""
+        shown: list[str] = []
+        hidden: dict[tuple[str, str], int] = {}
+        seen: dict[str, int] = {}
+        for d in self.sorted():
+            seen[d.code] = seen.get(d.code, 0) + 1
+            if per_code is None or seen[d.code] <= per_code:
+                shown.append(d.format())
+            else:
+                key = (d.code, d.severity.value)
+                hidden[key] = hidden.get(key, 0) + 1
+        for (code, severity), n in sorted(hidden.items()):
+            shown.append(f"... and {n} more {severity}[{code}] ({CODES[code]}) not shown; "
+                         "`llmc validate -o json` lists every diagnostic")
+        return "\n".join(shown)
 
     def format_json(self) -> str:
         return json.dumps([d.to_json() for d in self.sorted()], indent=2, ensure_ascii=False)

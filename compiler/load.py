@@ -1,12 +1,14 @@
 """Stage 1, load: read YAML files, directories and stdin into documents that remember positions.
 
 Documents are loaded with libyaml (PyYAML's C loader, YAML 1.1 like kubectl; duplicate keys are
-errors, as with ``kubectl apply``) into plain ``dict``/``list`` values. Positions are needed only
-for diagnostics, so they are computed lazily: the first time a diagnostic asks for one, the file
-is parsed again with ruamel's round-trip loader, which keeps the line and column of every key and
-list item, flattened into
-``positions[path] = (line, col)`` (1-based) for ``spec.rules[0].backendRefs[1].providerHost``.
-(The round-trip loader is pure Python and ~20× slower; large meshes compile without it.)
+errors, as with ``kubectl apply``) into plain ``dict``/``list`` values. Each document also keeps
+the start marks of that same parse's nodes, boiled down to a tree of ``(line, col, children)``
+(a third of the node tree's memory), so a diagnostic's position (1-based line and column of the
+key, or of the list item, at a field path such as ``spec.rules[0].backendRefs[1].providerHost``)
+is a walk down the path. Nothing is parsed twice: thousands of diagnostics cost no more than the
+walks. (Until 2026-11 the first
+diagnostic re-parsed the file with ruamel's pure-Python round-trip loader, which made inputs with
+literal API keys, one warning each, compile 2–3× slower.)
 
 Only ``LLMProvider`` and ``LLMRoute`` documents are returned; other kinds are reported as notes
 (they are ignored, which lets users point llmc at a directory that also holds Deployments).
@@ -22,7 +24,6 @@ might be an LLMProvider, and dropping it silently would delete its generated obj
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -32,8 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from .constants import API_VERSION, GROUP, KINDS, SERVED_VERSIONS
 from .diagnostics import Diagnostics
@@ -43,27 +42,39 @@ YAML_SUFFIXES = (".yaml", ".yml", ".json")
 Path_ = tuple[str | int, ...]
 
 
-class SourceText:
-    """A file's text; parsed with the round-trip loader on demand, for positions."""
+#: (line, col, children): 0-based start of a key or list item; children are a dict by key for a
+#: mapping, a list for a sequence, None for a scalar.
+Marks = tuple[int, int, "dict[str, Marks] | list[Marks] | None"]
 
-    def __init__(self, text: str):
-        self.text = text
-        self._positions: list[dict[Path_, tuple[int, int]]] | None = None
 
-    def positions(self, index: int) -> dict[Path_, tuple[int, int]]:
-        if self._positions is None:
-            self._positions = []
-            try:
-                raws = list(YAML(typ="rt").load_all(io.StringIO(self.text)))
-            except Exception:  # a JSON file only json.loads could read: no positions
-                raws = []
-            for raw in raws:
-                found: dict[Path_, tuple[int, int]] = {}
-                if isinstance(raw, CommentedMap | CommentedSeq):
-                    found[()] = (raw.lc.line + 1, raw.lc.col + 1)
-                _positions(raw, (), found)
-                self._positions.append(found)
-        return self._positions[index] if index < len(self._positions) else {}
+def _marks(node: yaml.Node, mapping=yaml.MappingNode, sequence=yaml.SequenceNode, scalar=yaml.ScalarNode):
+    """The children of ``node`` with their start marks (keys for mappings, items for sequences)."""
+    cls = node.__class__
+    if cls is mapping:
+        return {k.value: (k.start_mark.line, k.start_mark.column,
+                          None if v.__class__ is scalar else _marks(v))
+                for k, v in node.value if k.__class__ is scalar}
+    if cls is sequence:
+        return [(v.start_mark.line, v.start_mark.column, None if v.__class__ is scalar else _marks(v))
+                for v in node.value]
+    return None
+
+
+def marks_position(marks: Marks | None, path: Path_) -> tuple[int, int]:
+    """1-based (line, col) of the deepest part of ``path`` found in ``marks``: the key of a mapping
+    entry, the start of a list item, or the document itself for the empty path; (0, 0) without
+    marks."""
+    if marks is None:
+        return (0, 0)
+    line, col, children = marks
+    for part in path:
+        if isinstance(children, dict) and isinstance(part, str) and part in children:
+            line, col, children = children[part]
+        elif isinstance(children, list) and isinstance(part, int) and 0 <= part < len(children):
+            line, col, children = children[part]
+        else:
+            break
+    return (line + 1, col + 1)
 
 
 @dataclass
@@ -72,12 +83,12 @@ class Document:
 
     file: str
     data: dict[str, Any]
-    source: SourceText | None = None
-    index: int = 0  # position of the document in its file (for positions and stable ordering)
+    marks: Marks | None = None  # where libyaml found each key and list item, for positions
+    index: int = 0  # position of the document in its file (for stable ordering)
 
-    @property
-    def positions(self) -> dict[Path_, tuple[int, int]]:
-        return self.source.positions(self.index) if self.source is not None else {}
+    def position(self, path: Path_ = ()) -> tuple[int, int]:
+        """1-based (line, col) of ``path``, or of its nearest ancestor found in the source."""
+        return marks_position(self.marks, tuple(path))
 
     @property
     def kind(self) -> str:
@@ -100,10 +111,7 @@ class Document:
 
     def where(self, path: Path_ = ()) -> dict[str, Any]:
         """Keyword arguments for a diagnostic at ``path`` (nearest known ancestor position)."""
-        probe = tuple(path)
-        while probe not in self.positions and probe:
-            probe = probe[:-1]
-        line, col = self.positions.get(probe, (0, 0))
+        line, col = self.position(path)
         return {"file": self.file, "line": line, "col": col, "object": self.label,
                 "path": format_path(path)}
 
@@ -125,28 +133,6 @@ def format_path(path: Iterable[str | int]) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out
-
-
-def _positions(node: Any, path: Path_, out: dict[Path_, tuple[int, int]]) -> None:
-    """Record 1-based positions of every key and list item under ``node``."""
-    if isinstance(node, CommentedMap):
-        for key, value in node.items():
-            sub = path + (str(key),)
-            try:
-                line, col = node.lc.key(key)
-                out[sub] = (line + 1, col + 1)
-            except (KeyError, TypeError):
-                pass
-            _positions(value, sub, out)
-    elif isinstance(node, CommentedSeq):
-        for i, value in enumerate(node):
-            sub = path + (i,)
-            try:
-                line, col = node.lc.item(i)
-                out[sub] = (line + 1, col + 1)
-            except (KeyError, TypeError, IndexError):
-                pass
-            _positions(value, sub, out)
 
 
 def _register_secrets(node: Any, diags: Diagnostics) -> None:
@@ -195,7 +181,13 @@ def walk(root: Path) -> list[Path]:
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """libyaml's safe loader, refusing duplicate mapping keys."""
+    """libyaml's safe loader, refusing duplicate mapping keys; keeps each document's marks."""
+
+    marks: list[Marks]
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self.marks.append((node.start_mark.line, node.start_mark.column, _marks(node)))
+        return super().construct_document(node)
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
@@ -212,15 +204,21 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def parse_text(name: str, text: str, diags: Diagnostics) -> list[Any] | None:
-    """All documents of a file as plain data; ``None`` (and an LLMC001 error) when it is not YAML.
-    A ``.json`` file libyaml cannot read (YAML 1.1 is not quite a JSON superset) is read as JSON."""
+def parse_text(name: str, text: str, diags: Diagnostics) -> tuple[list[Any], list[Marks | None]] | None:
+    """All documents of a file as plain data, with their marks; ``None`` (and an LLMC001 error) when
+    it is not YAML. A ``.json`` file libyaml cannot read (YAML 1.1 is not quite a JSON superset) is
+    read as JSON (without marks: its diagnostics name the file only)."""
+    loader = _Loader(text)
+    loader.marks = []
     try:
-        return list(yaml.load_all(text, Loader=_Loader))
+        raw_docs = []
+        while loader.check_data():
+            raw_docs.append(loader.get_data())
+        return raw_docs, list(loader.marks)
     except yaml.YAMLError as exc:
         if name.endswith(".json"):
             try:
-                return [json.loads(text)]
+                return [json.loads(text)], [None]
             except ValueError:
                 pass
         if isinstance(exc, yaml.MarkedYAMLError):
@@ -231,6 +229,8 @@ def parse_text(name: str, text: str, diags: Diagnostics) -> list[Any] | None:
         else:
             diags.error("LLMC001", f"YAML error: {exc}".splitlines()[0], file=name)
         return None
+    finally:
+        loader.dispose()
 
 
 def is_object(data: Any) -> bool:
@@ -240,19 +240,19 @@ def is_object(data: Any) -> bool:
 def load_text(name: str, text: str, diags: Diagnostics, keep: list[Passthrough] | None = None) -> list[Document]:
     """The LLMProvider/LLMRoute documents of one file. With ``keep``, other Kubernetes objects are
     appended to it (passthrough) instead of being noted as ignored."""
-    raw_docs = parse_text(name, text, diags)
-    return [] if raw_docs is None else _documents(name, text, raw_docs, diags, keep)
+    parsed = parse_text(name, text, diags)
+    return [] if parsed is None else _documents(name, text, parsed, diags, keep)
 
 
-def _documents(name: str, text: str, raw_docs: list[Any], diags: Diagnostics,
+def _documents(name: str, text: str, parsed: tuple[list[Any], list[Marks | None]], diags: Diagnostics,
                keep: list[Passthrough] | None) -> list[Document]:
-    source = SourceText(text)
+    raw_docs, marks = parsed
     spans: list[str] | None = None
     docs: list[Document] = []
-    for index, data in enumerate(raw_docs):
+    for index, (data, doc_marks) in enumerate(zip(raw_docs, marks, strict=True)):
         if data is None:
             continue
-        doc = Document(file=name, data=data, source=source, index=index)
+        doc = Document(file=name, data=data, marks=doc_marks, index=index)
         if not is_object(data):
             diags.error("LLMC002", "document is not a Kubernetes object (needs apiVersion and kind)",
                         **{**doc.where(()), "object": "", "path": ""})
@@ -296,13 +296,13 @@ def load_inputs(inputs: list[str], default_namespace: str, diags: Diagnostics,
     docs: list[Document] = []
     skipped: list[str] = []
     for name, text in expand_inputs(inputs, diags):
-        raw_docs = parse_text(name, text, diags)
-        if raw_docs is None:
+        parsed = parse_text(name, text, diags)
+        if parsed is None:
             continue
-        if keep is not None and not any(is_object(d) for d in raw_docs):
+        if keep is not None and not any(is_object(d) for d in parsed[0]):
             skipped.append(name)
             continue
-        docs.extend(_documents(name, text, raw_docs, diags, keep))
+        docs.extend(_documents(name, text, parsed, diags, keep))
     if skipped:
         shown = ", ".join(skipped[:10]) + (f", … ({len(skipped) - 10} more)" if len(skipped) > 10 else "")
         diags.note("LLMC009", f"skipped {len(skipped)} file(s) that hold no Kubernetes object: {shown}",

@@ -383,7 +383,7 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
             first = group[0].doc
             diags.error("LLMC003", f"{key[0]} {key[1]}/{key[2]} is defined more than once",
                         **dup.doc.where(("metadata", "name")),
-                        hint=f"first defined in {first.file}:{first.positions.get((), (0, 0))[0]}")
+                        hint=f"first defined in {first.file}:{first.position()[0]}")
     providers_by_ns: dict[str, dict[str, Provider]] = defaultdict(dict)
     provider_docs: dict[tuple[str, str], Document] = {}
     for it in (u for u in unique if u.doc.kind == "LLMProvider"):

@@ -171,3 +171,49 @@ def test_json_that_yaml_cannot_read(tmp_path):
                    ' "spec": {"host": "\\ud83d\\ude00"}}')
     res = runner.invoke(app, ["validate", "-f", str(bad)])
     assert res.exit_code == 1 and "LLMC10" in res.stderr and "Traceback" not in res.stderr
+
+
+def _literal_key_providers(n: int) -> str:
+    return "---\n".join(
+        f"apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {{name: p{i}}}\n"
+        f"spec:\n  host: p{i}.example.com\n  path: /v1/chat/completions\n  configs:\n"
+        f"    defaultConfig: {{openAIConfig: {{apiKey: sk-bench-key-{i:04d}}}}}\n" for i in range(n))
+
+
+def test_terminal_sums_up_repeated_diagnostics_json_lists_all(tmp_path):
+    from compiler.cli import PER_CODE
+
+    n = PER_CODE + 7
+    f = tmp_path / "providers.yaml"
+    f.write_text(_literal_key_providers(n))
+    res = runner.invoke(app, ["validate", "-f", str(f)])
+    assert res.exit_code == 0, res.stderr
+    lines = res.stderr.splitlines()
+    shown = [ln for ln in lines if "warning[LLMC215]" in ln and not ln.startswith("...")]
+    assert len(shown) == PER_CODE
+    assert [ln for ln in lines if ln.startswith("...")] == [
+        f"... and {n - PER_CODE} more warning[LLMC215] (literal apiKey is stored in generated config) not shown; "
+        "`llmc validate -o json` lists every diagnostic"]
+    assert lines[-1] == f"llmc: 0 error(s), {n} warning(s)"
+    assert "sk-bench-key" not in res.stderr
+    res = runner.invoke(app, ["validate", "-f", str(f), "-o", "json"])
+    diags = json.loads(res.stdout)
+    assert len([d for d in diags if d["code"] == "LLMC215"]) == n
+    # every one keeps its exact position: the apiKey of document i (9 lines each with "---") is on line 8 of it, column 36
+    assert {(d["line"], d["col"]) for d in diags if d["code"] == "LLMC215"} == {(9 * i + 8, 36) for i in range(n)}
+    assert "sk-bench-key" not in res.stdout
+
+
+def test_summary_keeps_the_first_per_code_in_order():
+    from compiler.diagnostics import Diagnostics
+
+    d = Diagnostics()
+    for i in range(4):
+        d.warning("LLMC215", "literal", file="a.yaml", line=10 - i, col=1)
+    d.error("LLMC202", "unknown host", file="a.yaml", line=3, col=1)
+    text = d.format_text(per_code=2).splitlines()
+    assert text == ["a.yaml:3:1: error[LLMC202] unknown host", "a.yaml:7:1: warning[LLMC215] literal",
+                    "a.yaml:8:1: warning[LLMC215] literal",
+                    "... and 2 more warning[LLMC215] (literal apiKey is stored in generated config) not shown; "
+                    "`llmc validate -o json` lists every diagnostic"]
+    assert len(d.format_text().splitlines()) == 5

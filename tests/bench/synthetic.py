@@ -2,7 +2,9 @@
 
 Deterministic (no randomness): provider i has host ``p<i>.example.com``; route i targets the
 Service ``chat-<i>`` and splits each rule across three providers by weight; namespaces hold 50
-providers each, so routes reference providers of their own namespace.
+providers each (``per_namespace``), so routes reference providers of their own namespace.
+Providers name their key with ``apiKeySecretRef``, or with ``literal=True`` carry a literal
+``apiKey`` (ASM's own style; each one draws warning LLMC215).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from pathlib import Path
 PER_NAMESPACE = 50
 
 
-def provider(i: int) -> str:
-    ns = f"team-{i // PER_NAMESPACE}"
+def provider(i: int, literal: bool = False, per_namespace: int = PER_NAMESPACE) -> str:
+    ns = f"team-{i // per_namespace}"
+    key = f"apiKey: sk-bench-{i:08d}" if literal else f"apiKeySecretRef: {{name: llm-keys, key: p{i}}}"
     return f"""apiVersion: istio.alibabacloud.com/v1beta1
 kind: LLMProvider
 metadata: {{name: provider-{i}, namespace: {ns}}}
@@ -22,16 +25,16 @@ spec:
   path: /v1/chat/completions
   configs:
     defaultConfig:
-      openAIConfig: {{model: model-{i}, stream: false, apiKeySecretRef: {{name: llm-keys, key: p{i}}}}}
+      openAIConfig: {{model: model-{i}, stream: false, {key}}}
     routeSpecificConfigs:
       premium:
         openAIConfig: {{model: model-{i}-large}}
 """
 
 
-def route(i: int, n: int) -> str:
-    ns_first = (i // PER_NAMESPACE) * PER_NAMESPACE
-    ns_size = min(PER_NAMESPACE, n - ns_first)
+def route(i: int, n: int, per_namespace: int = PER_NAMESPACE) -> str:
+    ns_first = (i // per_namespace) * per_namespace
+    ns_size = min(per_namespace, n - ns_first)
     pick = [ns_first + (i + k) % ns_size for k in range(3)]
     backends = "\n".join(f"    - {{providerHost: p{p}.example.com, weight: {w}}}"
                          for p, w in zip(pick, (60, 30, 10), strict=True))
@@ -42,7 +45,7 @@ def route(i: int, n: int) -> str:
         rules.append(f"  - name: {name}{m}\n    backendRefs:\n{backends}")
     return f"""apiVersion: istio.alibabacloud.com/v1beta1
 kind: LLMRoute
-metadata: {{name: route-{i}, namespace: team-{i // PER_NAMESPACE}}}
+metadata: {{name: route-{i}, namespace: team-{i // per_namespace}}}
 spec:
   host: chat-{i}
   rules:
@@ -50,10 +53,10 @@ spec:
 """
 
 
-def write_inputs(directory: Path, n: int) -> Path:
+def write_inputs(directory: Path, n: int, literal: bool = False, per_namespace: int = PER_NAMESPACE) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / "providers.yaml").open("w") as f:
-        f.write("---\n".join(provider(i) for i in range(n)))
+        f.write("---\n".join(provider(i, literal, per_namespace) for i in range(n)))
     with (directory / "routes.yaml").open("w") as f:
-        f.write("---\n".join(route(i, n) for i in range(n)))
+        f.write("---\n".join(route(i, n, per_namespace) for i in range(n)))
     return directory
