@@ -135,7 +135,9 @@ local function skip_string_escaped(s, j)
   while true do
     local q = find_q(s, j)
     if q == HUGE then return nil, "unterminated string" end
-    local b = find_bs(s, j)
+    -- dense escapes (`\u4f60\u597d…`, what json.dumps sends by default) follow each other: look at
+    -- the next byte before searching
+    local b = byte(s, j) == 92 and j or find_bs(s, j)
     local stop = b < q and b or q
     local bad = find_bad(s, j)
     if bad < stop then return nil, bad_byte(s, bad) end
