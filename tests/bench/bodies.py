@@ -35,7 +35,7 @@ def label(name: str) -> str:
     return f"{nominal} {kind}" if kind else nominal
 
 
-def _largest(build, size: int) -> bytes:
+def largest(build, size: int) -> bytes:
     """``build(n)`` for the largest n whose output is at most ``size`` bytes (n ≥ 1)."""
     lo, hi = 1, 2
     while len(build(hi)) <= size:
@@ -48,12 +48,12 @@ def _largest(build, size: int) -> bytes:
 
 def chat_body(size: int) -> bytes:
     """Many short messages, at most ``size`` bytes (and at least one message)."""
-    return _largest(lambda n: json.dumps({
+    return largest(lambda n: json.dumps({
         "messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}: " + "lorem ipsum " * 20}
                      for i in range(n)], "temperature": 0.7}).encode(), size)
 
 
-def _document(kind: str, n: int) -> str:
+def document(kind: str, n: int) -> str:
     """``n`` characters of a long document."""
     if kind == "cjk":  # common CJK ideographs, cycled: json.dumps escapes every one as \\uXXXX
         return "".join(chr(0x4E00 + (i * 7919) % 0x5000) for i in range(n))
@@ -63,8 +63,8 @@ def _document(kind: str, n: int) -> str:
 
 def escaped_body(kind: str, size: int) -> bytes:
     """A system prompt and one user message holding a long ``kind`` document, at most ``size`` bytes."""
-    return _largest(lambda n: json.dumps({"messages": [{"role": "system", "content": "Summarise the document."},
-                                                       {"role": "user", "content": _document(kind, n)}],
+    return largest(lambda n: json.dumps({"messages": [{"role": "system", "content": "Summarise the document."},
+                                                       {"role": "user", "content": document(kind, n)}],
                                           "temperature": 0.7}).encode(), size)
 
 

@@ -21,7 +21,7 @@ import time
 
 from tests.bench import bodies
 from tests.bench.common import fmt_spread, spread
-from tests.bench.rig import SSE_FIRST_TOKEN_S, Load, Rig, interleave, lua_at_rev, ratios, worktree_lua
+from tests.bench.rig import PATH, SSE_FIRST_TOKEN_S, Load, Rig, interleave, lua_at_rev, ratios, worktree_lua
 
 NAME = "dataplane"
 HELP = "CPU per request, throughput and latency of llmc vs the passthrough layout, per body size"
@@ -108,7 +108,7 @@ def _sse_ttfb(proxies: dict, n: int) -> dict:
         for name, proxy in proxies.items():
             conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
             start = time.perf_counter()
-            conn.request("POST", "/", body=body, headers={"host": "stream.example.com", "content-type": "application/json"})
+            conn.request("POST", PATH, body=body, headers={"host": "stream.example.com", "content-type": "application/json"})
             resp = conn.getresponse()
             resp.read1(1)
             times[name].append((time.perf_counter() - start) * 1000)

@@ -37,12 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def response_body(kind: str, size: int = RESPONSE_SIZE) -> bytes:
     def build(n: int) -> bytes:
-        content = bodies._document(kind, n) if kind != "plain" else ("lorem ipsum dolor sit amet " * (n // 27 + 1))[:n]
+        content = bodies.document(kind, n) if kind != "plain" else ("lorem ipsum dolor sit amet " * (n // 27 + 1))[:n]
         return json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": "qwen-turbo",
                            "choices": [{"index": 0, "finish_reason": "stop",
                                         "message": {"role": "assistant", "content": content}}],
                            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}).encode()
-    return bodies._largest(build, size)
+    return bodies.largest(build, size)
 
 
 # Runs in the child: measures one (what, file) pair and prints {"mb_s": ..., "copy_mb_s": ...}.

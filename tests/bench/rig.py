@@ -28,6 +28,7 @@ from pathlib import Path
 from tests.bench.common import REPO, cpu_seconds
 
 HOST = "dashscope.aliyuncs.com"
+PATH = "/v1/chat/completions"  # what OpenAI clients send (llmc may answer other paths itself, e.g. a model list)
 SSE_FIRST_TOKEN_S = 0.02  # a fast model's time to first token is 100 ms and more; 20 ms is strict
 FILTER_NAME = "llmc.lua"
 
@@ -89,25 +90,33 @@ def lua_at_rev(rev: str) -> str:
                           text=True, check=True).stdout
 
 
-def render_seed_at_rev(rev: str, workdir: Path, secrets_dir: Path) -> list[dict]:
-    """The seed mesh (samples/seed + the e2e extras) rendered by the compiler of git revision
-    ``rev``: its Lua reads the filter context its own compiler writes, so a baseline Lua must run in
-    its own revision's layout."""
-    from ruamel.yaml import YAML
+_LAYOUT_AT_REV = """
+import json, sys
+from pathlib import Path
+from tests.support.mesh import seed_mesh
+layout = seed_mesh(json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
+assert not layout.unmatched, layout.unmatched
+sys.stdout.write(json.dumps(layout.bootstrap))
+"""
 
+
+def layout_at_rev(rev: str, workdir: Path, ports: dict[str, int], ca_file: str, secrets_dir: Path) -> dict:
+    """llmc's sidecar layout of the seed mesh as git revision ``rev`` builds it: its compiler renders
+    the seed (its Lua reads the filter context its own compiler writes) and its test harness lays
+    the objects out (a newer compiler may emit what an older harness does not understand)."""
     tree = workdir / f"rev-{re.sub(r'[^A-Za-z0-9_.-]', '_', rev)}"
     tree.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", rev, "compiler", "templates", "samples", "tests/testdata/e2e"],
+    archive = subprocess.run(["git", "archive", rev, "compiler", "templates", "samples", "tests"],
                              cwd=REPO, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     pkgs = tree / "_pkgs"  # the templates package under its installed name, ahead of the work tree's
     pkgs.mkdir(exist_ok=True)
-    (pkgs / "llmc_templates").symlink_to(tree / "templates")
-    out = subprocess.run([sys.executable, "-m", "compiler.cli", "render", "-f", "samples/seed",
-                          "-f", "tests/testdata/e2e/extras.yaml", "--secrets-dir", str(secrets_dir)],
+    if not (pkgs / "llmc_templates").exists():
+        (pkgs / "llmc_templates").symlink_to(tree / "templates")
+    out = subprocess.run([sys.executable, "-c", _LAYOUT_AT_REV, json.dumps(ports), ca_file, str(secrets_dir)],
                          cwd=tree, env={**os.environ, "PYTHONPATH": f"{pkgs}:{tree}"},
                          capture_output=True, text=True, check=True).stdout
-    return [d for d in YAML(typ="safe").load_all(out) if d]
+    return json.loads(out)
 
 
 def worktree_lua() -> str:
@@ -221,13 +230,8 @@ class Rig:
         self.layouts = sidecar_layouts(ports, str(ca_file), self.tmp)
 
     def llmc_layout_at(self, rev: str) -> dict:
-        """llmc's layout of the seed as the compiler of git revision ``rev`` renders it."""
-        from tests.support.mesh import seed_mesh
-
-        objects = render_seed_at_rev(rev, self.tmp, self.tmp)
-        layout = seed_mesh(self.ports, str(self.ca_file), self.tmp, objects=objects)
-        assert not layout.unmatched, layout.unmatched
-        return layout.bootstrap
+        """llmc's layout of the seed as git revision ``rev`` renders and lays it out."""
+        return layout_at_rev(rev, self.tmp, self.ports, str(self.ca_file), self.tmp)
 
     def proxy(self, name: str, lua: str | None, layout: dict | None = None) -> Proxy:
         """The passthrough layout when ``lua`` is None, else llmc's layout (or ``layout``) running ``lua``."""
@@ -244,7 +248,7 @@ class Rig:
 
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
         try:
-            conn.request("POST", "/", body=b"{", headers={"host": HOST, "content-type": "application/json"})
+            conn.request("POST", PATH, body=b"{", headers={"host": HOST, "content-type": "application/json"})
             resp = conn.getresponse()
             resp.read()
             return resp.status == 400
@@ -261,7 +265,7 @@ class Rig:
         run in which no request completed counts as timed out; a warm-up only when wrk saw timeouts."""
         before = cpu_seconds(proxy.pid)
         cmd = ["wrk", "-t1", "-c4", f"-d{max(1, round(seconds))}s", f"--timeout={max(1, round(timeout_s))}s",
-               "--latency", "-s", str(script), f"http://127.0.0.1:{proxy.port}/"]
+               "--latency", "-s", str(script), f"http://127.0.0.1:{proxy.port}{PATH}"]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                                  timeout=seconds + timeout_s + 20).stdout

@@ -28,12 +28,9 @@ def llmc_render(*args: str) -> list[dict]:
 
 
 def seed_mesh(upstreams: dict[str, int], ca_file: str, secrets_dir: Path, apply_envoyfilters: bool = True,
-              access_logs: list[dict] | None = None, objects: list[dict] | None = None):
-    """The harness layout; ``upstreams`` maps provider hosts (and ``other``) to local ports.
-    ``objects``: the seed as rendered by another compiler (the benchmark's ``gate`` renders it
-    with a git revision's); default: the work tree's CLI."""
-    if objects is None:
-        objects = llmc_render("-f", "samples/seed", "-f", str(EXTRAS), "--secrets-dir", str(secrets_dir))
+              access_logs: list[dict] | None = None):
+    """The harness layout; ``upstreams`` maps provider hosts (and ``other``) to local ports."""
+    objects = llmc_render("-f", "samples/seed", "-f", str(EXTRAS), "--secrets-dir", str(secrets_dir))
     other_port = upstreams.get(OTHER, upstreams.get("other.example.com", 1))
     other = {"name": f"{OTHER}:80", "domains": [OTHER, "other"],
              "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": f"outbound|80||{OTHER}"}}]}
