@@ -72,6 +72,14 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC220", _E, "TLS origination to an in-mesh Service"),
     Message("LLMC221", _E, "invalid gateway reference"),
     Message("LLMC222", _E, "match gateways outside the route's gateways"),
+    Message("LLMC223", _E, "invalid host"),
+    Message("LLMC224", _E, "backendRef to an InferencePool"),
+    Message("LLMC225", _E, "invalid exportTo"),
+    Message("LLMC226", _W, "backendRef without a weight gets no traffic"),
+    Message("LLMC227", _E, "provider host is ambiguous"),
+    Message("LLMC228", _W, "API key must reach calling pods in another namespace"),
+    Message("LLMC229", _W, "generated object too large for kubectl apply"),
+    Message("LLMC230", _E, "generated object larger than etcd accepts"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

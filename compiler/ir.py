@@ -64,6 +64,8 @@ class Provider:
     overrides: tuple[tuple[str, RequestConfig], ...]  # (rule name, override), sorted
     source: str  # "LLMProvider ns/name"
     protocol: str = "openai"  # a key of compiler.protocols.PROTOCOLS
+    #: namespaces whose routes may use it (Istio's exportTo): "*" alone, or "." and namespace names
+    export_to: tuple[str, ...] = (".",)
 
     def config_for_rule(self, rule: str) -> RequestConfig:
         return self.default.overlay(dict(self.overrides).get(rule))
@@ -88,6 +90,11 @@ class Backend:
     provider: Provider
     weight: int
     config: RequestConfig  # provider default overlaid with the rule's routeSpecificConfigs entry
+    host_rewrite: str | None = None  # Host header sent upstream (default: the provider host)
+
+    @property
+    def host_header(self) -> str:
+        return self.host_rewrite or self.provider.host
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,12 @@ class VirtualHost:
     @property
     def in_mesh(self) -> bool:
         return "mesh" in self.gateways
+
+    @property
+    def shared(self) -> bool:
+        """Host "*" on gateways: Istio merges every VirtualService with "*" on a Gateway (other
+        teams' too) into one virtual host, so llmc's data goes on llmc's own routes only."""
+        return self.host == "*"
 
     @property
     def bound_gateways(self) -> tuple[str, ...]:

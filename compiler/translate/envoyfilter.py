@@ -10,7 +10,10 @@
   virtual host's context into the virtual host istiod builds for the VirtualService
   (``<fqdn>:<port>``), and raise its request buffer limit to the largest ``maxRequestBytes`` of
   its providers. One context per virtual host keeps each rule's data once, however many routes
-  the rule becomes.
+  the rule becomes. A route with host ``*`` on a gateway shares its Envoy virtual host (``*:<port>``)
+  with every other VirtualService with ``*`` on that Gateway, other teams' included: there the
+  context and the buffer limit go on llmc's own routes (HTTP_ROUTE), so other routes of the virtual
+  host carry no LuaPerRoute and the filter never touches them.
 
 The per-route context is built by :func:`lua_context`, the one serializer between the IR and the
 Lua program; the Lua reads it with ``filterContext()`` (a protobuf Struct, so it is data, never code).
@@ -155,6 +158,8 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 "buffer_limit": buffer_limit(max_request_bytes(vh)),
                 "context_data": lua_context(vh, program.secrets_dir),
                 "routes": route_names(vh),
+                # `*` hosts: per-route context (the virtual host is shared with other teams' routes)
+                "per_route": vh.shared,
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,
             })

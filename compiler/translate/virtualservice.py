@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 
 from .. import names
-from ..ir import Match, Program, Provider, Rule, VirtualHost
+from ..ir import Backend, Match, Program, Rule, VirtualHost
 from .common import egress_subset, export_to, metadata, rule_route_names
 
 NOT_SHAPED_BODY = json.dumps({"error": {
@@ -51,8 +51,9 @@ def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str]) ->
     }
 
 
-def _forward(p: Provider) -> dict:
-    return {"host": p.host, "port": p.service_port, "subset": None, "host_header": p.host, "timeout": p.timeout}
+def _forward(b: Backend) -> dict:
+    p = b.provider
+    return {"host": p.host, "port": p.service_port, "subset": None, "host_header": b.host_header, "timeout": p.timeout}
 
 
 def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, str]) -> list[dict]:
@@ -69,11 +70,11 @@ def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, 
     entry_name, pinned = rule_route_names(vh, rule)
     if not rule.weighted:
         return [{"name": entry_name, "matches": matches(None),
-                 "forward": _forward(rule.backends[0].provider), "direct_response": None}]
+                 "forward": _forward(rule.backends[0]), "direct_response": None}]
     routes = []
     for b in rule.backends:
         routes.append({"name": pinned[b.provider.name], "matches": matches(pinned[b.provider.name]),
-                       "forward": _forward(b.provider), "direct_response": None})
+                       "forward": _forward(b), "direct_response": None})
     routes.append({"name": entry_name, "matches": matches(None),
                    "forward": None, "direct_response": {"status": 500, "body": NOT_SHAPED_BODY}})
     return routes
