@@ -295,9 +295,9 @@ def _warn_remote_keys(rules: list[Rule], route_gateways: tuple[str, ...], opts: 
                      if b.provider.namespace != doc.namespace
                      and (b.config.api_key_secret is not None or b.config.api_key is not None)})
     if remote:
-        diags.warning("LLMC228", f"{', '.join(remote)} is shaped by the sidecars of namespace "
-                      f"{doc.namespace!r}: its API key must be in that namespace too (a Secret mounted into "
-                      "every calling pod, or a literal key in an EnvoyFilter there)",
+        diags.warning("LLMC228", f"the sidecars of namespace {doc.namespace!r} shape requests for "
+                      f"{', '.join(remote)}: the API key must be in {doc.namespace!r} too (a Secret mounted "
+                      "into every calling pod, or a literal key in an EnvoyFilter there)",
                       **doc.where(("spec", "rules")),
                       hint="egress-gateway mode (--egress-gateway) shapes on one gateway and keeps the keys "
                       "in its namespace only")
@@ -488,13 +488,20 @@ def _check_selector_overlap(vhosts: list[VirtualHost], provider_docs, diags: Dia
     keys = sorted(providers)
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
-            if a[:2] != b[:2] or not (_contains(a[2], b[2]) or _contains(b[2], a[2])) or not providers[b]:
+            # EnvoyFilters of the root namespace apply to the matching pods of every namespace (Istio)
+            same_pods = a[0] == b[0] or ROOT_NAMESPACE in (a[0], b[0])
+            if a[1] != b[1] or not same_pods or not (_contains(a[2], b[2]) or _contains(b[2], a[2])):
+                continue
+            if not providers[b]:
                 continue
             show = ", ".join("{" + (", ".join(f"{k}: {v}" for k, v in sel) or "every pod") + "}"
                              for sel in (a[2], b[2]))
-            others = ", ".join(f"LLMProvider {ns}/{name}" for ns, name in sorted(providers[a]))
+            others = ", ".join(f"LLMProvider {ns}/{name}" for ns, name in sorted(providers[a])) or "another"
             ns, name = min(providers[b])
-            diags.error("LLMC213", f"in namespace {a[0]!r} the workloadSelectors {show} select common pods, "
+            other_ns = b[0] if a[0] == ROOT_NAMESPACE else a[0]
+            where = (f"namespace {a[0]!r}" if a[0] == b[0]
+                     else f"the root namespace {ROOT_NAMESPACE!r} (its EnvoyFilters apply everywhere) and {other_ns!r}")
+            diags.error("LLMC213", f"in {where} the workloadSelectors {show} select common pods, "
                         "which would run the LLM filter twice", **provider_docs[(ns, name)].where(
                             ("spec", "workloadSelector")),
                         hint=f"{others} uses the other selector; give providers of different workloads "

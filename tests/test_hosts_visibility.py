@@ -188,3 +188,43 @@ def test_objects_kubernetes_cannot_store_are_reported(rules, code, ok):
         diag = next(d for d in result.diagnostics.items if d.code == code)
         assert diag.object.startswith(("VirtualService default/", "EnvoyFilter default/"))
         assert "LLMRoute default/big" in diag.hint
+
+
+STAR = """
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p, namespace: istio-system}
+spec: {host: api.openai.com, path: /v1/chat/completions, workloadSelector: {labels: {istio: ingressgateway}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: one, namespace: %s}
+spec:
+  host: "*"
+  gateways: [istio-system/ingress-gw]
+  rules: [{backendRefs: [{providerHost: api.openai.com}]}]
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: two, namespace: %s}
+spec:
+  host: "*"
+  gateways: [%s]
+  rules: [{backendRefs: [{providerHost: api.openai.com}]}]
+"""
+
+
+@pytest.mark.parametrize(("ns1", "ns2", "gw2", "conflict"), [
+    ("team-a", "team-a", "istio-system/ingress-gw", True),   # same host, port and gateways
+    ("team-a", "team-a", "istio-system/other-gw", False),    # another gateway
+    ("team-a", "team-b", "istio-system/ingress-gw", False),  # two teams on one Gateway: Istio merges them
+])
+def test_route_uniqueness_is_per_host_port_and_gateways(ns1, ns2, gw2, conflict):
+    result = compile_text(STAR % (ns1, ns2, gw2), Options())
+    assert ("LLMC210" in {d.code for d in result.diagnostics.items}) is conflict, result.diagnostics.format_text()
+    assert result.ok is not conflict
+    if not conflict:
+        vs = [o for o in result.objects if o["kind"] == "VirtualService"]
+        assert all(o["spec"]["hosts"] == ["*"] for o in vs)
+        patches = [p for o in result.objects if o["kind"] == "EnvoyFilter" for p in o["spec"]["configPatches"]]
+        assert not [p for p in patches if p["applyTo"] == "VIRTUAL_HOST"]  # shared vhost: per-route only

@@ -14,16 +14,23 @@ VirtualService and EnvoyFilter objects into a static Envoy bootstrap that mirror
   ``name``, ``name.ns``, ``name.ns.svc`` with and without ``:80``). A ServiceEntry host without a
   VirtualService gets istiod's route named ``default``.
 * Routes from ``VirtualService.http[]`` in order: route name = ``http[].name``; header matches
-  (exact/prefix/regex → ``string_match``); a match whose ``port`` is not 80 or whose
-  ``sourceLabels`` do not match the proxy is dropped, as istiod does; destination ``headers.request
-  .set.host`` → ``host_rewrite_literal``; ``headers.request.remove`` → ``request_headers_to_remove``;
-  ``timeout`` (default ``0s``, i.e. none); Istio's default retry policy; ``directResponse``.
+  (exact/prefix/regex → ``string_match``); ``uri`` prefix/exact (for hand-written VirtualServices);
+  a match whose ``port`` is not 80 or whose ``sourceLabels`` do not match the proxy is dropped, as
+  istiod does; destination ``headers.request.set.host`` → ``host_rewrite_literal``;
+  ``headers.request.remove`` → ``request_headers_to_remove``; ``timeout`` (default ``0s``, i.e.
+  none); Istio's default retry policy; ``directResponse``.
 * Clusters ``outbound|80||<host>`` per ServiceEntry port; DNS resolution is replaced by a static
   endpoint ``127.0.0.1:<upstream port>`` (the test's recording server stands in for ``targetPort``).
   DestinationRule ``portLevelSettings[].tls`` SIMPLE → ``UpstreamTlsContext`` with ``sni`` and SAN
   matchers; the system CA bundle istiod would use is replaced by the test CA.
-* ``exportTo: ["."]`` and namespace scoping: objects of other namespaces are invisible; EnvoyFilters
-  apply when in the proxy's namespace and their ``workloadSelector`` matches.
+* Visibility (Istio's ``exportTo``): a ServiceEntry, DestinationRule or VirtualService is visible to
+  a proxy in namespace N when its ``exportTo`` holds ``"*"``, holds N, or holds ``"."`` and the
+  object is in N; without ``exportTo`` it is visible everywhere (Istio's default export is ``*``).
+  So a provider's objects in a platform namespace exported to ``team-a`` reach a proxy in
+  ``team-a`` and no other namespace's proxy; istiod's tie-break between several namespaces
+  defining one host is not modelled (llmc refuses that input, LLMC227). EnvoyFilters apply when
+  they are in the proxy's namespace or in the root namespace ``istio-system`` (applied first, as
+  istiod does) and their ``workloadSelector`` matches.
 * EnvoyFilter ``configPatches`` applied generically by ``match``: ``HTTP_FILTER`` (listener
   ``portNumber``, ``filterChain.filter.name``, ``subFilter.name``; INSERT_BEFORE/INSERT_AFTER/
   INSERT_FIRST/MERGE), ``VIRTUAL_HOST`` and ``HTTP_ROUTE`` (route configuration ``portNumber``/
@@ -88,6 +95,9 @@ def envoy_version(binary: str | None = None) -> str:
     return found.group(1)
 
 
+ROOT_NAMESPACE = "istio-system"
+
+
 def _visible(obj: dict, namespace: str) -> bool:
     export = obj["spec"].get("exportTo", ["*"])
     ns = obj["metadata"].get("namespace", "default")
@@ -131,8 +141,10 @@ def _routes_from_vs(vs: dict, proxy_labels: dict[str, str], port: int = LOGICAL_
                 continue
             route: dict[str, Any] = {
                 "name": http.get("name", ""),
-                "match": {"prefix": "/", "headers": [_header_matcher(k, v)
-                                                     for k, v in (m.get("headers") or {}).items()]},
+                # istiod: uri.prefix → prefix, uri.exact → path (llmc never emits uri matches)
+                "match": {**({"path": m["uri"]["exact"]} if "exact" in m.get("uri", {})
+                             else {"prefix": m.get("uri", {}).get("prefix", "/")}),
+                          "headers": [_header_matcher(k, v) for k, v in (m.get("headers") or {}).items()]},
             }
             if not route["match"]["headers"]:
                 del route["match"]["headers"]
@@ -239,9 +251,12 @@ def access_log(path: str, labels: dict[str, str]) -> dict:
 
 def _apply_envoyfilters(layout: Layout, objects: list[dict], namespace: str, labels: dict[str, str],
                         context: str, listener: dict, route_config: dict, listener_port: int, rc_port: int) -> None:
-    for ef in sorted((o for o in objects if o["kind"] == "EnvoyFilter"),
-                     key=lambda o: (o["spec"].get("priority", 0), o["metadata"]["name"])):
-        if ef["metadata"].get("namespace") != namespace:
+    # istiod: root-namespace EnvoyFilters first (they apply to every namespace), then the proxy's own
+    def order(o: dict) -> tuple:
+        return (o["metadata"].get("namespace") != ROOT_NAMESPACE, o["spec"].get("priority", 0), o["metadata"]["name"])
+
+    for ef in sorted((o for o in objects if o["kind"] == "EnvoyFilter"), key=order):
+        if ef["metadata"].get("namespace") not in (namespace, ROOT_NAMESPACE):
             continue
         selector = (ef["spec"].get("workloadSelector") or {}).get("labels", {})
         if any(labels.get(k) != v for k, v in selector.items()):
@@ -261,9 +276,11 @@ def build_gateway_bootstrap(objects: list[dict], gateway_namespace: str, gateway
     route configuration ``http.<port>`` for HTTP servers and ``https.<port>.<portName>.<gateway>.<ns>``
     for TLS servers; ISTIO_MUTUAL servers terminate mTLS with the mesh certificate and pick the filter
     chain by SNI (the server's hosts); virtual hosts ``<host>:<port>`` for each host of the
-    VirtualServices bound to the Gateway (domains ``host`` and ``host:port``); matches whose
+    VirtualServices bound to the Gateway (domains ``host`` and ``host:port``, or ``*`` alone), one per
+    host: VirtualServices of several namespaces with the same host (typically ``*``) are merged into
+    one virtual host, their routes in the order of the VirtualServices' names; matches whose
     ``gateways`` exclude this Gateway or whose ``port`` differs are dropped. EnvoyFilters apply with
-    context GATEWAY in the gateway's namespace when their workloadSelector matches; listener
+    context GATEWAY in the gateway's namespace (or the root namespace) when their workloadSelector matches; listener
     ``portNumber`` is the target port, route configuration ``portNumber`` the server port.
     Listeners bind 127.0.0.1 on free ports; ``Layout.listeners`` maps listener name → server port.
     """
@@ -283,13 +300,15 @@ def build_gateway_bootstrap(objects: list[dict], gateway_namespace: str, gateway
             tls = server.get("tls")
             rc_name = (f"https.{port}.{server['port']['name']}.{gw['metadata']['name']}."
                        f"{gw['metadata'].get('namespace', 'default')}" if tls else f"http.{port}")
-            vhosts = []
+            by_host: dict[str, dict] = {}  # istiod merges every VirtualService of one host on a Gateway
             for vs in sorted((o for o in visible if o["kind"] == "VirtualService"), key=lambda o: o["metadata"]["name"]):
                 if ref not in _gateway_refs(vs):
                     continue
                 for host in vs["spec"]["hosts"]:
-                    vhosts.append({"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"],
-                                   "routes": _routes_from_vs(vs, gateway_labels, port, ref)})
+                    vhost = by_host.setdefault(host, {"name": f"{host}:{port}", "routes": [],
+                                                      "domains": ["*"] if host == "*" else [host, f"{host}:{port}"]})
+                    vhost["routes"] += _routes_from_vs(vs, gateway_labels, port, ref)
+            vhosts = list(by_host.values())
             route_config = {"name": rc_name, "virtual_hosts": vhosts, "validate_clusters": False}
             hcm = _hcm(f"outbound_0.0.0.0_{target}", route_config)
             chain: dict[str, Any] = {"filters": [hcm]}
