@@ -74,7 +74,7 @@ class Provider:
 @dataclass(frozen=True)
 class HeaderMatch:
     name: str  # lower-case
-    kind: str  # exact | prefix | regex
+    kind: str  # exact | prefix | regex | present (Istio's `{}`: the header is there, any value)
     value: str
 
 

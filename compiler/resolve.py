@@ -137,8 +137,12 @@ def _header_matches(headers: dict[str, StringMatch], doc: Document, path: tuple,
             continue
         set_fields = [(k, v) for k, v in (("exact", sm.exact), ("prefix", sm.prefix),
                                           ("regex", sm.regex)) if v is not None]
+        if not set_fields:
+            # Istio's VirtualService: `name: {}` checks that the header is present (any value)
+            out.append(HeaderMatch(name=name.lower(), kind="present", value=""))
+            continue
         if len(set_fields) != 1:
-            diags.error("LLMC204", "a header match needs exactly one of exact, prefix, regex "
+            diags.error("LLMC204", "a header match sets one of exact, prefix, regex, or none (\"{}\": the header is present) "
                         f"(found {len(set_fields)})", **doc.where(hpath))
             continue
         kind, value = set_fields[0]

@@ -92,6 +92,9 @@ def test_route_in_one_namespace_reaches_providers_of_another(objects, upstreams)
         assert chat(envoy.port, host, headers={"x-tier": "premium"}).model == "one-model-2026"
         shaped(upstreams["one.example.com"].requests[-1], "one.example.com")
         upstreams["one.example.com"].clear()
+        assert chat(envoy.port, host, headers={"x-debug": "any value"}).model == "two-model-2026"  # `{}`: present
+        shaped(upstreams["two.example.com"].requests[-1], "two.example.com")
+        upstreams["two.example.com"].clear()
         for _ in range(40):  # weighted over a provider exported to team-a and one exported to "*"
             chat(envoy.port, host)
         counts = {h: len(upstreams[h].requests) for h in ("one.example.com", "two.example.com")}

@@ -40,9 +40,9 @@ def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str]) ->
         gateways = sorted({gateway_map[g] for g in m.gateways if g in gateway_map})
         if not gateways:
             return None
-    headers = [{"name": h.name, "kind": h.kind, "value": h.value} for h in m.headers]
+    headers = [{"name": h.name, "match": {} if h.kind == "present" else {h.kind: h.value}} for h in m.headers]
     if pin is not None:
-        headers = [{"name": names.ROUTING_HEADER, "kind": "exact", "value": pin}]
+        headers = [{"name": names.ROUTING_HEADER, "match": {"exact": pin}}]
     return {
         "headers": sorted(headers, key=lambda h: h["name"]),
         "source_labels": [{"name": k, "value": v} for k, v in m.source_labels],

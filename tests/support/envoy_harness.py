@@ -115,6 +115,8 @@ def _domains(host: str, cluster_domain: str) -> list[str]:
 
 
 def _header_matcher(name: str, spec: dict) -> dict:
+    if not spec:  # istiod: an empty StringMatch checks presence
+        return {"name": name.lower(), "present_match": True}
     (kind, value), = spec.items()
     sm = {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
     return {"name": name.lower(), "string_match": sm}
