@@ -142,3 +142,30 @@ def test_star_host_on_a_shared_gateway(objects, upstreams):
                 shaped(req, h)
     finally:
         envoy.stop()
+
+
+@pytest.mark.parametrize("moved", [True, False])
+def test_gateway_pods_outside_the_gateway_namespace(upstreams, moved):
+    """The Gateway lives in `llm`, its pods in istio-system. Told so, llmc writes the gateway's
+    EnvoyFilters into istio-system and exports the VirtualService there: requests are shaped.
+    Not told, the gateway pods see neither (what the option exists for)."""
+    flags = ["--gateway-workload-namespace", "llm/llm-gateway=istio-system"] if moved else []
+    objects = llmc_render("-f", str(TESTDATA / "e2e" / "gateway-workload.yaml"), *flags)
+    gateway = {**GATEWAY, "metadata": {"name": "llm-gateway", "namespace": "llm"}}
+    layout = build_gateway_bootstrap(objects + [gateway], "istio-system", {"istio": "ingressgateway"},
+                                     {h: u.port for h, u in upstreams.items()}, None)
+    assert layout.unmatched == []
+    assert ("llmc.lua" in json.dumps(layout.bootstrap)) is moved
+    envoy = Envoy(layout.bootstrap)
+    try:
+        status, _, _ = call(envoy, "chat.example.com", path="/v1/chat/completions")
+        assert status == (200 if moved else 404)
+        if moved:
+            for _ in range(20):
+                chat(envoy.port, "chat.example.com")
+            got = [(h, r) for h in ("one.example.com", "two.example.com") for r in upstreams[h].requests]
+            assert len(got) == 21 and {h for h, _ in got} == {"one.example.com", "two.example.com"}
+            for h, req in got:
+                shaped(req, h)
+    finally:
+        envoy.stop()

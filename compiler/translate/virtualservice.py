@@ -87,7 +87,10 @@ def _rules_vs(vh: VirtualHost, name: str, gateways: list[str], port: int,
         "metadata": metadata(name, vh.namespace, vh.all_sources),
         "host": vh.host,
         "gateways": shown,
-        "export_to": export_to(vh.namespace, {g.split("/", 1)[0] for g in gateways if g != "mesh"}),
+        # gateway proxies see the VirtualServices exported to their own namespace (where the pods
+        # run: placements), besides the Gateway resource's namespace
+        "export_to": export_to(vh.namespace, {g.split("/", 1)[0] for g in gateways if g != "mesh"}
+                               | {p.namespace for p in vh.placements if p.gateway in gateways}),
         "routes": [r for rule in vh.rules for r in _rule_routes(vh, rule, port, gateway_map)],
         "internal_headers": list(names.INTERNAL_HEADERS),
     }
