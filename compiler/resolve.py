@@ -320,6 +320,7 @@ def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, 
                         hint="give at least one backendRef a weight above 0")
             ok = False
     seen: set[str] = set()
+    named: dict[str, str] = {}  # provider name → source
     out = []
     for k, ref in enumerate(refs):
         bpath = rpath + ("backendRefs", k)
@@ -356,7 +357,15 @@ def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, 
             diags.error("LLMC206", f"provider host {host!r} is listed twice in this rule",
                         **doc.where(bpath + ("providerHost",)))
             ok = False
+        elif provider.name in named:
+            # pinned route names end in the provider's name: two providers of one name (from two
+            # namespaces) would share one pinned route and one could get the other's request
+            diags.error("LLMC218", f"{provider.source} and {named[provider.name]} have the same name, which "
+                        "would give the rule's two pinned routes one name", **doc.where(bpath + ("providerHost",)),
+                        hint="rename one of the LLMProviders")
+            ok = False
         seen.add(host)
+        named.setdefault(provider.name, provider.source)
         weight = 1 if ref.weight is None and not mixed else (ref.weight or 0)
         if weight > 0:
             out.append(Backend(provider, weight, provider.config_for_rule(rule_name),
