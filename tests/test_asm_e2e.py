@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import TESTDATA
 from tests.support.envoy_harness import Envoy, build_bootstrap, build_gateway_bootstrap
 from tests.support.mesh import llmc_render
-from tests.support.sdk import APP_KEY, chat
+from tests.support.sdk import APP_KEY, chat, status_error
 from tests.test_envoy_e2e import call
 
 pytestmark = pytest.mark.envoy
@@ -129,6 +129,12 @@ def test_star_host_on_a_shared_gateway(objects, upstreams):
         assert status == 200
         req = upstreams["other.example.com"].requests[-1]
         assert (req.path, req.body, req.headers["authorization"]) == ("/other/x", b"not json", "Bearer team-b")
+        # a JSON POST that matches no route at all: an OpenAI-format 404 the SDK understands;
+        # anything else keeps Envoy's plain 404
+        err = status_error(chat, envoy.port, "llm.example.org")
+        assert err.status_code == 404 and err.code == "route_not_found"
+        status, headers, body = call(envoy, "llm.example.org", body=None, method="GET", path="/nothing")
+        assert (status, body) == (404, b"")
         # llmc's rules, on any host the Gateway serves
         assert chat(envoy.port, "llm.example.org", headers={"user-type": "subscriber"}).model == "three-model-2026"
         shaped(upstreams["three.example.com"].requests[-1], "three.example.com", "llm.three.example.com")

@@ -147,7 +147,9 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             if key in seen:  # two Gateways of one namespace share the patch
                 continue
             seen.add(key)
-            f = filters.setdefault((pl.namespace, pl.context, pl.selector), {"ports": set(), "sources": set()})
+            f = filters.setdefault((pl.namespace, pl.context, pl.selector),
+                                   {"ports": set(), "sources": set(), "shared": False})
+            f["shared"] = f["shared"] or vh.shared
             f["ports"].add(pl.port if pl.context == "SIDECAR_OUTBOUND" else None)
             f["sources"].update(vh.all_sources)
             out.append({
@@ -173,5 +175,30 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             "ports": sorted(f["ports"], key=lambda p: -1 if p is None else p),
             "filter_name": FILTER_NAME, "lua_type": LUA_TYPE, "source_name": SOURCE_NAME,
             "lua_source": lua_source(),
+            "local_reply": not_found_reply() if f["shared"] else None,
         })
     return out
+
+
+HCM = "envoy.filters.network.http_connection_manager"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+NOT_FOUND_BODY = json.dumps({"error": {
+    "message": "llmc: no route matches this request (no LLMRoute rule matches its host, path and headers)",
+    "type": "invalid_request_error", "param": None, "code": "route_not_found"}}, separators=(",", ":"))
+
+
+def not_found_reply() -> dict:
+    """HCM ``local_reply_config`` for gateways serving a ``*`` LLMRoute: a JSON POST that matches no
+    route at all (response flag ``NR``) gets an OpenAI-format 404 instead of Envoy's empty one. No
+    route means no per-route config, so the Lua filter cannot answer it; a catch-all route in the
+    VirtualService would shadow the routes of other teams' VirtualServices Istio merges after it.
+    The mapper applies to the whole listener of the selected gateway pods, so it is narrowed to
+    what OpenAI clients send (POST with a JSON body); other requests keep Envoy's reply."""
+    return {"name": HCM, "typed_config": {"@type": HCM_TYPE, "local_reply_config": {"mappers": [{
+        "filter": {"and_filter": {"filters": [
+            {"response_flag_filter": {"flags": ["NR"]}},
+            {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "POST"}}}},
+            {"header_filter": {"header": {"name": "content-type",
+                                          "string_match": {"prefix": "application/json"}}}}]}},
+        "body_format_override": {"text_format_source": {"inline_string": NOT_FOUND_BODY},
+                                 "content_type": "application/json"}}]}}}

@@ -33,7 +33,8 @@ VirtualService and EnvoyFilter objects into a static Envoy bootstrap that mirror
   istiod does) and their ``workloadSelector`` matches.
 * EnvoyFilter ``configPatches`` applied generically by ``match``: ``HTTP_FILTER`` (listener
   ``portNumber``, ``filterChain.filter.name``, ``subFilter.name``; INSERT_BEFORE/INSERT_AFTER/
-  INSERT_FIRST/MERGE), ``VIRTUAL_HOST`` and ``HTTP_ROUTE`` (route configuration ``portNumber``/
+  INSERT_FIRST/MERGE), ``NETWORK_FILTER`` (MERGE into the listener's filter by name),
+  ``VIRTUAL_HOST`` and ``HTTP_ROUTE`` (route configuration ``portNumber``/
   ``name``, ``vhost.name``, ``route.name``; MERGE with protobuf merge semantics: messages merged,
   repeated fields appended, map entries such as ``typed_per_filter_config`` replaced). A patch that
   matches nothing is recorded in ``unmatched`` — istiod silently ignores those, so tests assert the
@@ -456,6 +457,20 @@ def _apply_patch(listener: dict, route_config: dict, patch: dict, context: str =
                 else:
                     raise NotImplementedError(f"HTTP_FILTER {op}")
                 hit = True
+        return hit
+    if apply_to == "NETWORK_FILTER":
+        if op != "MERGE":
+            raise NotImplementedError(f"NETWORK_FILTER {op}")
+        lm = match.get("listener", {})
+        if lm.get("portNumber", listener_port) != listener_port:
+            return False
+        name = lm.get("filterChain", {}).get("filter", {}).get("name")
+        hit = False
+        for chain in listener["filter_chains"]:
+            for flt in chain["filters"]:
+                if name in (None, flt["name"]):
+                    merge(flt, value)
+                    hit = True
         return hit
     if apply_to in ("VIRTUAL_HOST", "HTTP_ROUTE"):
         rc = match.get("routeConfiguration", {})
