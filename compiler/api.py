@@ -135,7 +135,7 @@ class BackendRef(_Strict):
                                     description="Host header sent to the provider (default: its host).")
     backendRef: BackendObjectReference | None = Field(
         None, description="ASM: an InferencePool. Not supported by llmc (stock Istio reaches InferencePools "
-        "only from Gateway API HTTPRoutes); reported as LLMC224.")
+        "only from Gateway API HTTPRoutes); reported as LLMC227.")
 
 
 class RouteRule(_Strict):

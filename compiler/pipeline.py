@@ -94,10 +94,10 @@ def check_sizes(objects: list[dict], diags: Diagnostics) -> None:
                  "hint": f"it is generated from {meta['annotations'][SOURCES_ANNOTATION]}: split the LLMRoute's "
                  "rules over several LLMRoutes (hosts), or move providers to other LLMRoutes"}
         if size > ETCD_OBJECT_LIMIT:
-            diags.error("LLMC230", f"the object is {size // 1024} KiB; etcd stores at most 1536 KiB per object",
+            diags.error("LLMC233", f"the object is {size // 1024} KiB; etcd stores at most 1536 KiB per object",
                         **where)
         else:
-            diags.warning("LLMC229", f"the object is {size // 1024} KiB; `kubectl apply` cannot keep more than "
+            diags.warning("LLMC232", f"the object is {size // 1024} KiB; `kubectl apply` cannot keep more than "
                           "256 KiB in its last-applied annotation (use `kubectl apply --server-side`)", **where)
 
 

@@ -107,10 +107,10 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
     labels = (spec.workloadSelector.labels or {}) if spec.workloadSelector else {}
     problem = host_problem(spec.host)
     if problem is not None:
-        diags.error("LLMC223", problem.message, **doc.where(("spec", "host")), hint=problem.hint)
+        diags.error("LLMC226", problem.message, **doc.where(("spec", "host")), hint=problem.hint)
     export = visibility.check_export_to(spec.exportTo, doc.namespace)
     for i, message in export.problems:
-        diags.error("LLMC225", message, **doc.where(("spec", "exportTo") + ((i,) if i is not None else ())),
+        diags.error("LLMC228", message, **doc.where(("spec", "exportTo") + ((i,) if i is not None else ())),
                     hint="use \".\", \"*\" or namespace names, as in a ServiceEntry's exportTo")
     return Provider(
         namespace=doc.namespace, name=doc.name, host=spec.host.lower(), path=spec.path,
@@ -279,10 +279,10 @@ def _check_route_host(raw: str, route_gateways: tuple[str, ...], doc: Document, 
     every host the Gateway serves (a sidecar has no "every host": it needs the called Service)."""
     problem = host_problem(raw, wildcard=True, path_hint="")
     if problem is not None:
-        diags.error("LLMC223", problem.message, **doc.where(("spec", "host")), hint=problem.hint)
+        diags.error("LLMC226", problem.message, **doc.where(("spec", "host")), hint=problem.hint)
         return False
     if raw == "*" and "mesh" in route_gateways:
-        diags.error("LLMC223", "host \"*\" needs a route bound only to gateways: sidecars (mesh) route by the "
+        diags.error("LLMC226", "host \"*\" needs a route bound only to gateways: sidecars (mesh) route by the "
                     "host the application calls", **doc.where(("spec", "host")),
                     hint="name the Service or provider host the applications call, or set spec.gateways to "
                     "the ingress Gateway(s) without mesh")
@@ -299,7 +299,7 @@ def _warn_remote_keys(rules: list[Rule], route_gateways: tuple[str, ...], opts: 
                      if b.provider.namespace != doc.namespace
                      and (b.config.api_key_secret is not None or b.config.api_key is not None)})
     if remote:
-        diags.warning("LLMC228", f"the sidecars of namespace {doc.namespace!r} shape requests for "
+        diags.warning("LLMC231", f"the sidecars of namespace {doc.namespace!r} shape requests for "
                       f"{', '.join(remote)}: the API key must be in {doc.namespace!r} too (a Secret mounted "
                       "into every calling pod, or a literal key in an EnvoyFilter there)",
                       **doc.where(("spec", "rules")),
@@ -325,7 +325,7 @@ def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, 
     for k, ref in enumerate(refs):
         bpath = rpath + ("backendRefs", k)
         if ref.backendRef is not None:
-            diags.error("LLMC224", "backendRef (an InferencePool) cannot be reached from a VirtualService: "
+            diags.error("LLMC227", "backendRef (an InferencePool) cannot be reached from a VirtualService: "
                         "stock Istio routes to InferencePools only from Gateway API HTTPRoutes",
                         **doc.where(bpath + ("backendRef",)),
                         hint="register the model server's Service as an LLMProvider (host: "
@@ -338,13 +338,13 @@ def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, 
             ok = False
             continue
         if mixed and ref.weight is None:
-            diags.warning("LLMC226", "weight is not set while other backendRefs of the rule set one: as in "
+            diags.warning("LLMC229", "weight is not set while other backendRefs of the rule set one: as in "
                           "Istio, it counts as 0 and this provider gets no traffic", **doc.where(bpath),
                           hint="set a weight on every backendRef of the rule, or on none (equal weights)")
         if ref.hostRewrite is not None:
             problem = host_problem(ref.hostRewrite, path_hint="", field="hostRewrite")
             if problem is not None:
-                diags.error("LLMC223", problem.message, **doc.where(bpath + ("hostRewrite",)), hint=problem.hint)
+                diags.error("LLMC226", problem.message, **doc.where(bpath + ("hostRewrite",)), hint=problem.hint)
                 ok = False
         host = ref.providerHost.lower()
         found = catalog.find(host, doc.namespace)
@@ -377,7 +377,7 @@ def _unknown_provider(host: str, found: visibility.Lookup, catalog: visibility.C
                       path: tuple, diags: Diagnostics) -> None:
     if found.ambiguous:
         where = ", ".join(p.source for p in found.ambiguous)
-        diags.error("LLMC227", f"host {host!r} is exported to namespace {doc.namespace!r} by several "
+        diags.error("LLMC230", f"host {host!r} is exported to namespace {doc.namespace!r} by several "
                     f"LLMProviders ({where}); llmc cannot tell which one Istio would pick",
                     **doc.where(path), hint="narrow their exportTo so that one is visible here, or define the "
                     "provider in this namespace (it then wins)")

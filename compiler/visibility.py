@@ -5,7 +5,7 @@ namespace), as a ServiceEntry is; by default to its own namespace only, except i
 namespace, whose config Istio applies to every namespace (so a provider there is exported to
 ``"*"``). A route resolves ``providerHost`` among the providers visible to its namespace; as istiod
 does for a host defined in several namespaces, the route's own namespace wins. Between other
-namespaces llmc cannot apply istiod's tie-break (the oldest object), so that is an error (LLMC227).
+namespaces llmc cannot apply istiod's tie-break (the oldest object), so that is an error (LLMC230).
 Exporting never writes an object into another namespace: the generated ServiceEntry and
 DestinationRule carry the same ``exportTo`` and stay in the provider's namespace.
 """

@@ -144,7 +144,7 @@ spec:
 """
     result = compile_text(text, Options())
     assert result.ok
-    assert [d.code for d in result.diagnostics.items if d.severity is Severity.WARNING] == ["LLMC228"]
+    assert [d.code for d in result.diagnostics.items if d.severity is Severity.WARNING] == ["LLMC231"]
     egress, _ = parse_options(egress_gateway="istio-system/istio-egressgateway")
     assert egress is not None
     assert not compile_text(text, egress).diagnostics.items
@@ -177,13 +177,13 @@ spec:
     return text
 
 
-@pytest.mark.parametrize(("rules", "code", "ok"), [(200, None, True), (900, "LLMC229", True),
-                                                   (5000, "LLMC230", False)])
+@pytest.mark.parametrize(("rules", "code", "ok"), [(200, None, True), (900, "LLMC232", True),
+                                                   (5000, "LLMC233", False)])
 def test_objects_kubernetes_cannot_store_are_reported(rules, code, ok):
     result = compile_text(_big_route(rules), Options())
     codes = {d.code for d in result.diagnostics.items}
     assert result.ok is ok
-    assert (code in codes) if code else not codes & {"LLMC229", "LLMC230"}
+    assert (code in codes) if code else not codes & {"LLMC232", "LLMC233"}
     if code:
         diag = next(d for d in result.diagnostics.items if d.code == code)
         assert diag.object.startswith(("VirtualService default/", "EnvoyFilter default/"))

@@ -28,7 +28,7 @@ VirtualService and EnvoyFilter objects into a static Envoy bootstrap that mirror
   object is in N; without ``exportTo`` it is visible everywhere (Istio's default export is ``*``).
   So a provider's objects in a platform namespace exported to ``team-a`` reach a proxy in
   ``team-a`` and no other namespace's proxy; istiod's tie-break between several namespaces
-  defining one host is not modelled (llmc refuses that input, LLMC227). EnvoyFilters apply when
+  defining one host is not modelled (llmc refuses that input, LLMC230). EnvoyFilters apply when
   they are in the proxy's namespace or in the root namespace ``istio-system`` (applied first, as
   istiod does) and their ``workloadSelector`` matches.
 * EnvoyFilter ``configPatches`` applied generically by ``match``: ``HTTP_FILTER`` (listener
