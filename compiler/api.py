@@ -100,6 +100,10 @@ class LLMProviderSpec(_Strict):
     maxRequestBytes: int | None = Field(None, ge=1024, le=64 * 1024 * 1024, description="llmc "
                                         "extension: largest request body accepted (default 8 MiB); "
                                         "larger bodies get 413.")
+    exportTo: list[str] | None = Field(
+        None, description="llmc extension (Istio's ServiceEntry exportTo): namespaces whose LLMRoutes may "
+        "route to this provider: \".\" (its own), \"*\" (every namespace) or namespace names. Default: "
+        "[\".\"], or [\"*\"] for providers in the Istio root namespace (istio-system).")
 
 
 class StringMatch(_Strict):
@@ -121,9 +125,28 @@ class RouteMatch(_Strict):
         "model condition.")
 
 
+class BackendObjectReference(_Strict):
+    """ASM: a Gateway API InferencePool. Accepted by the schema so that llmc can say precisely why it
+    cannot route to one (a VirtualService never reaches an InferencePool; README, "Migrating from ASM")."""
+
+    group: str | None = None
+    kind: str | None = None
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+
+
 class BackendRef(_Strict):
-    providerHost: str = Field(min_length=1, description="Host of an LLMProvider in the same namespace.")
-    weight: int | None = Field(None, ge=0, le=1000000, description="Relative weight (default: equal).")
+    providerHost: str | None = Field(
+        None, min_length=1, description="Host of an LLMProvider visible to the route's namespace (its own, "
+        "or exported to it with exportTo). Required: llmc routes only to LLMProviders.")
+    weight: int | None = Field(None, ge=0, le=1000000, description="Relative weight. None set on the rule: "
+                               "equal weights; set on some: an unset weight is 0, as in Istio.")
+    hostRewrite: str | None = Field(None, min_length=1, max_length=253,
+                                    description="Host header sent to the provider (default: its host).")
+    backendRef: BackendObjectReference | None = Field(
+        None, description="ASM: an InferencePool. Not supported by llmc (stock Istio reaches InferencePools "
+        "only from Gateway API HTTPRoutes); reported as LLMC227.")
 
 
 class RouteRule(_Strict):
@@ -137,7 +160,8 @@ class LLMRouteSpec(_Strict):
     """LLMRoute sends requests for a host to LLMProviders by header rules and weights."""
 
     host: str = Field(min_length=1, max_length=253,
-                      description="A provider host, or an in-mesh Service name (e.g. demo-llm-server).")
+                      description="A provider host, an in-mesh Service name (e.g. demo-llm-server), or \"*\" "
+                      "on a route bound only to gateways (every host the Gateway serves).")
     gateways: list[str] | None = Field(None, description="Gateways the route binds to (default: mesh).")
     rules: list[RouteRule] = Field(min_length=1, description="Rules, tried in order.")
     port: int | None = Field(None, ge=1, le=65535, description="llmc extension: port clients call "

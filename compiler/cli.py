@@ -51,14 +51,19 @@ EgressOpt = Annotated[str | None, typer.Option(
     "LLM traffic to it over mTLS; it shapes requests and holds the keys.")]
 EgressLabelsOpt = Annotated[str, typer.Option(
     "--egress-gateway-labels", help="Labels of the egress gateway pods, k=v[,k=v].")]
+GatewayWorkloadOpt = Annotated[list[str] | None, typer.Option(
+    "--gateway-workload-namespace", help="GW=NS: the pods of Istio Gateway GW (namespace/name) run in "
+    "namespace NS (e.g. a shared ingress in istio-system); llmc writes the gateway's EnvoyFilters there. "
+    "Repeat for several gateways.")]
 
 
 def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
-             telemetry: bool = False):
+             telemetry: bool = False, gateway_workloads: list[str] | None = None):
     """Options from the command line, validated by compiler/options.py (as for `llmc krm`)."""
     from .options import parse_options
 
-    opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry)
+    opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry,
+                                   gateway_workloads)
     if opts is None:
         option, problem = problems[0]
         raise typer.BadParameter(problem, param_hint=f"--{option}")
@@ -109,6 +114,7 @@ def render(
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+    gateway_workload_namespace: GatewayWorkloadOpt = None,
     telemetry: Annotated[bool, typer.Option("--telemetry", help="Also emit Telemetry resources (access log "
                                             "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
                                             "and token-metric EnvoyFilters.")] = False,
@@ -130,7 +136,8 @@ def render(
     if passthrough and (out_dir is not None or check is not None or emit is Emit.ir):
         raise typer.BadParameter("--passthrough prints one stream for a GitOps tool to apply; it cannot be "
                                  "combined with --out-dir, --check or --emit ir", param_hint="--passthrough")
-    opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry)
+    opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
+                    gateway_workload_namespace)
     from .pipeline import compile_paths
 
     result = compile_paths(filename, opts, passthrough=passthrough)
@@ -220,10 +227,11 @@ def validate(
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+    gateway_workload_namespace: GatewayWorkloadOpt = None,
 ) -> None:
     """Check the inputs and report every problem; print nothing else."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
-                                         egress_gateway_labels))
+                                         egress_gateway_labels, gateway_workloads=gateway_workload_namespace))
     if output is DiagFormat.json:
         sys.stdout.write(result.diagnostics.format_json() + "\n")
     else:
@@ -240,11 +248,12 @@ def mounts(
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+    gateway_workload_namespace: GatewayWorkloadOpt = None,
 ) -> None:
     """Print where the Secrets named by apiKeySecretRef must be mounted (sidecar annotations or
     gateway Deployment patches). Never reads a Secret."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
-                                         egress_gateway_labels))
+                                         egress_gateway_labels, gateway_workloads=gateway_workload_namespace))
     _report(result)
     if not result.ok:
         raise typer.Exit(1)
@@ -269,12 +278,14 @@ def controller(
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+    gateway_workload_namespace: GatewayWorkloadOpt = None,
     telemetry: Annotated[bool, typer.Option("--telemetry", help="As for render.")] = False,
 ) -> None:
     """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
     from .controller.runtime import run
 
-    opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry)
+    opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
+                    gateway_workload_namespace)
     run(opts, kubeconfig=kubeconfig, namespaces=watch_namespace, lease_namespace=lease_namespace,
         identity=identity, health_port=health_port, resync=resync)
 

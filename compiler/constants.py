@@ -30,6 +30,11 @@ SOURCE_KINDS = (SourceKind("LLMProvider", "llmproviders", ("llmp",)), SourceKind
 KINDS = tuple(k.kind for k in SOURCE_KINDS)
 PLURALS = {k.kind: k.plural for k in SOURCE_KINDS}
 
+#: Istio's root namespace (meshConfig.rootNamespace, default istio-system): config there applies to
+#: every namespace, so LLMProviders there are exported to every namespace by default (ASM's guides
+#: put shared providers there).
+ROOT_NAMESPACE = "istio-system"
+
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "llmc"
 MANAGED_BY = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}

@@ -75,6 +75,14 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC223", _E, "invalid model match"),
     Message("LLMC224", _W, "model match shadowed by an earlier rule"),
     Message("LLMC225", _W, "a rule's providers differ in basePath"),
+    Message("LLMC226", _E, "invalid host"),
+    Message("LLMC227", _E, "backendRef to an InferencePool"),
+    Message("LLMC228", _E, "invalid exportTo"),
+    Message("LLMC229", _W, "backendRef without a weight gets no traffic"),
+    Message("LLMC230", _E, "provider host is ambiguous"),
+    Message("LLMC231", _W, "API key must reach calling pods in another namespace"),
+    Message("LLMC232", _W, "generated object too large for kubectl apply"),
+    Message("LLMC233", _E, "generated object larger than etcd accepts"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

@@ -131,7 +131,13 @@ def _for_ruamel(value):
 
 #: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys
 FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
-                    "keepSources")
+                    "gatewayWorkloadNamespace", "keepSources")
+
+
+def _text_or_list(value: object) -> str | list[str] | None:
+    if value is None:
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else str(value)
 
 
 def krm(text: str) -> tuple[str, int]:
@@ -230,7 +236,9 @@ def _function_options(config: dict, diags, config_file: str):
         secrets_dir=str(config.get("secretsDir", "/etc/llmc/secrets")),
         egress_gateway=str(config["egressGateway"]) if config.get("egressGateway") else None,
         egress_gateway_labels=str(config.get("egressGatewayLabels", "istio=egressgateway")),
-        telemetry=str(config.get("telemetry", "false")))
+        telemetry=str(config.get("telemetry", "false")),
+        # "GW=NS,GW=NS" as in kpt's `-- key=value`, or a YAML list of "GW=NS" in a plugin config
+        gateway_workload_namespace=_text_or_list(config.get("gatewayWorkloadNamespace")))
     for option, problem in problems:
         diags.error("LLMC010", f"invalid value for llmc option {CONFIG_KEYS[option]!r}: {problem}", file=config_file,
                     path=CONFIG_KEYS[option])

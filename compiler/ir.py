@@ -65,6 +65,8 @@ class Provider:
     source: str  # "LLMProvider ns/name"
     protocol: str = "openai"  # a key of compiler.protocols.PROTOCOLS
     base_path: str | None = None  # prefix of the provider's other OpenAI endpoints (llmc extension)
+    #: namespaces whose routes may use it (Istio's exportTo): "*" alone, or "." and namespace names
+    export_to: tuple[str, ...] = (".",)
 
     def config_for_rule(self, rule: str) -> RequestConfig:
         return self.default.overlay(dict(self.overrides).get(rule))
@@ -73,7 +75,7 @@ class Provider:
 @dataclass(frozen=True)
 class HeaderMatch:
     name: str  # lower-case
-    kind: str  # exact | prefix | regex
+    kind: str  # exact | prefix | regex | present (Istio's `{}`: the header is there, any value)
     value: str
 
 
@@ -110,6 +112,11 @@ class Backend:
     provider: Provider
     weight: int
     config: RequestConfig  # provider default overlaid with the rule's routeSpecificConfigs entry
+    host_rewrite: str | None = None  # Host header sent upstream (default: the provider host)
+
+    @property
+    def host_header(self) -> str:
+        return self.host_rewrite or self.provider.host
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,12 @@ class VirtualHost:
     def routes_by_model(self) -> bool:
         """Some rule matches on the body's model: the filter reads the body before Envoy picks the rule."""
         return any(m.model is not None for r in self.rules for m in r.matches)
+
+    @property
+    def shared(self) -> bool:
+        """Host "*" on gateways: Istio merges every VirtualService with "*" on a Gateway (other
+        teams' too) into one virtual host, so llmc's data goes on llmc's own routes only."""
+        return self.host == "*"
 
     @property
     def bound_gateways(self) -> tuple[str, ...]:

@@ -225,7 +225,11 @@ def parse_text(name: str, text: str, diags: Diagnostics) -> tuple[list[Any], lis
             mark = exc.problem_mark or exc.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
             problem = exc.problem or exc.context or "invalid YAML"
-            diags.error("LLMC001", f"YAML syntax error: {problem}", file=name, line=line, col=col)
+            hint = ""
+            lines = text.splitlines()
+            if "tab" in problem or "\t" in (lines[line - 1] if 0 < line <= len(lines) else ""):
+                hint = "YAML does not allow tabs for indentation: indent with spaces"
+            diags.error("LLMC001", f"YAML syntax error: {problem}", file=name, line=line, col=col, hint=hint)
         else:
             diags.error("LLMC001", f"YAML error: {exc}".splitlines()[0], file=name)
         return None

@@ -31,12 +31,15 @@ class Options:
     egress_labels: tuple[tuple[str, str], ...] = (("istio", "egressgateway"),)
     #: emit Telemetry (access log provider + llm_model tag) and token metrics (opt-in)
     telemetry: bool = False
+    #: ("gateway ns/name", namespace its pods run in), sorted: where gateway-bound rules are placed
+    #: when the pods are not in the Gateway resource's namespace (e.g. a shared ingress in istio-system)
+    gateway_workload_namespaces: tuple[tuple[str, str], ...] = ()
 
 
 #: option name (as the CLI spells it) → its name in a function config
 CONFIG_KEYS = {"namespace": "namespace", "cluster-domain": "clusterDomain", "secrets-dir": "secretsDir",
                "egress-gateway": "egressGateway", "egress-gateway-labels": "egressGatewayLabels",
-               "telemetry": "telemetry"}
+               "telemetry": "telemetry", "gateway-workload-namespace": "gatewayWorkloadNamespace"}
 
 
 def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
@@ -51,9 +54,26 @@ def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
     return tuple(sorted(pairs)), None
 
 
+def parse_gateway_workloads(text: str | list[str] | None) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """``GW=NS[,GW=NS]`` (or a list of ``GW=NS``): GW is ``namespace/name`` of an Istio Gateway, NS
+    the namespace its pods run in."""
+    items = text if isinstance(text, list) else (text or "").split(",")
+    out: dict[str, str] = {}
+    for item in filter(None, (str(p).strip() for p in items)):
+        gw, sep, ns = item.partition("=")
+        if not sep or not _EGRESS.fullmatch(gw) or not _NAMESPACE.fullmatch(ns):
+            return (), (f"expected GATEWAY_NAMESPACE/GATEWAY_NAME=POD_NAMESPACE, e.g. "
+                        f"llm/llm-gateway=istio-system, got {item!r}")
+        if out.get(gw, ns) != ns:
+            return (), f"gateway {gw} is given two namespaces ({out[gw]}, {ns})"
+        out[gw] = ns
+    return tuple(sorted(out.items())), None
+
+
 def parse_options(namespace: str = "default", cluster_domain: str = "cluster.local",
                   secrets_dir: str = "/etc/llmc/secrets", egress_gateway: str | None = None,
                   egress_gateway_labels: str = "istio=egressgateway", telemetry: bool | str = False,
+                  gateway_workload_namespace: str | list[str] | None = None,
                   ) -> tuple[Options | None, list[tuple[str, str]]]:
     """(Options, []) or (None, [(option, problem), ...])."""
     problems: list[tuple[str, str]] = []
@@ -73,7 +93,11 @@ def parse_options(namespace: str = "default", cluster_domain: str = "cluster.loc
         if telemetry.lower() not in ("true", "false"):
             problems.append(("telemetry", f"expected true or false, got {telemetry!r}"))
         telemetry = telemetry.lower() == "true"
+    workloads, problem = parse_gateway_workloads(gateway_workload_namespace)
+    if problem:
+        problems.append(("gateway-workload-namespace", problem))
     if problems:
         return None, problems
     return Options(namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
-                   egress_gateway=egress_gateway, egress_labels=labels, telemetry=telemetry), []
+                   egress_gateway=egress_gateway, egress_labels=labels, telemetry=telemetry,
+                   gateway_workload_namespaces=workloads), []

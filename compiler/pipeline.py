@@ -8,11 +8,12 @@ exists, so translators only ever see valid input, and output is all or nothing.
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .constants import GENERATED, KIND_ORDER, is_generated
+from .constants import GENERATED, KIND_ORDER, SOURCES_ANNOTATION, is_generated
 from .diagnostics import Diagnostics
 from .ir import Program
 from .load import Document, Passthrough, apply_default_namespace, load_inputs, load_text
@@ -70,7 +71,34 @@ def _compile_documents(docs: list[Document], opts: Options, diags: Diagnostics) 
         diags.error("LLMC901", f"internal error while generating output: {type(exc).__name__}: {exc}",
                     hint="this is a bug in llmc; please report it with the input that triggers it")
         return Result(diags, program)
+    check_sizes(objects, diags)
+    if diags.has_errors:
+        return Result(diags, program)
     return Result(diags, program, objects)
+
+
+#: ``kubectl apply`` (client side) keeps the whole object in an annotation, and annotations may
+#: hold 256 KiB in all; etcd refuses requests over 1.5 MiB (its default ``--max-request-bytes``).
+APPLY_ANNOTATION_LIMIT = 256 * 1024
+ETCD_OBJECT_LIMIT = 1536 * 1024
+
+
+def check_sizes(objects: list[dict], diags: Diagnostics) -> None:
+    """Objects Kubernetes would refuse (or `kubectl apply` could not track), named with their sources."""
+    for obj in objects:
+        size = len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
+        if size <= APPLY_ANNOTATION_LIMIT:
+            continue
+        meta = obj["metadata"]
+        where = {"object": f"{obj['kind']} {meta['namespace']}/{meta['name']}",
+                 "hint": f"it is generated from {meta['annotations'][SOURCES_ANNOTATION]}: split the LLMRoute's "
+                 "rules over several LLMRoutes (hosts), or move providers to other LLMRoutes"}
+        if size > ETCD_OBJECT_LIMIT:
+            diags.error("LLMC233", f"the object is {size // 1024} KiB; etcd stores at most 1536 KiB per object",
+                        **where)
+        else:
+            diags.warning("LLMC232", f"the object is {size // 1024} KiB; `kubectl apply` cannot keep more than "
+                          "256 KiB in its last-applied annotation (use `kubectl apply --server-side`)", **where)
 
 
 def translate_program(program: Program) -> list[dict]:

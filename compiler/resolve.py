@@ -3,8 +3,9 @@
 Input is schema-valid typed objects with their source documents (for positions). Every check that
 needs more than one field or object lives here: duplicate objects and hosts, backendRefs to unknown
 providers, header matches and regexes, weights, rule names, routeSpecificConfigs keys,
-placeholder keys. Resolution is namespace-local: an LLMRoute sees the LLMProviders of its own
-namespace (generated ServiceEntries are exported to that namespace only).
+placeholder keys, host names (:mod:`compiler.hosts`). An LLMRoute sees the LLMProviders visible
+to its namespace, with Istio's ``exportTo`` rules (:mod:`compiler.visibility`); every generated
+object stays in its source's namespace, and the rules run where the calling proxies are.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from . import names
+from . import names, visibility
 from .api import LLMProvider, LLMRoute, OpenAIConfig, StringMatch
+from .constants import ROOT_NAMESPACE
 from .diagnostics import Diagnostics
+from .hosts import host_problem
 from .ir import (
     Backend,
     EgressGateway,
@@ -103,6 +106,13 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
     sni = (spec.tls.sni if spec.tls and spec.tls.sni else spec.host)
     sans = tuple(spec.tls.subjectAltNames) if spec.tls and spec.tls.subjectAltNames else (sni,)
     labels = (spec.workloadSelector.labels or {}) if spec.workloadSelector else {}
+    problem = host_problem(spec.host)
+    if problem is not None:
+        diags.error("LLMC226", problem.message, **doc.where(("spec", "host")), hint=problem.hint)
+    export = visibility.check_export_to(spec.exportTo, doc.namespace)
+    for i, message in export.problems:
+        diags.error("LLMC228", message, **doc.where(("spec", "exportTo") + ((i,) if i is not None else ())),
+                    hint="use \".\", \"*\" or namespace names, as in a ServiceEntry's exportTo")
     return Provider(
         namespace=doc.namespace, name=doc.name, host=spec.host.lower(), path=spec.path,
         base_path=spec.basePath.rstrip("/") if spec.basePath else None,
@@ -110,7 +120,8 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
         subject_alt_names=sans, ca_certificates=spec.tls.caCertificates if spec.tls else None,
         timeout=spec.timeout, max_request_bytes=spec.maxRequestBytes or DEFAULT_MAX_REQUEST_BYTES,
         selector=tuple(sorted(labels.items())), default=default or RequestConfig(),
-        overrides=tuple(overrides), source=f"LLMProvider {doc.namespace}/{doc.name}")
+        overrides=tuple(overrides), source=f"LLMProvider {doc.namespace}/{doc.name}",
+        export_to=export.value)
 
 
 def _header_matches(headers: dict[str, StringMatch], doc: Document, path: tuple,
@@ -128,8 +139,12 @@ def _header_matches(headers: dict[str, StringMatch], doc: Document, path: tuple,
             continue
         set_fields = [(k, v) for k, v in (("exact", sm.exact), ("prefix", sm.prefix),
                                           ("regex", sm.regex)) if v is not None]
+        if not set_fields:
+            # Istio's VirtualService: `name: {}` checks that the header is present (any value)
+            out.append(HeaderMatch(name=name.lower(), kind="present", value=""))
+            continue
         if len(set_fields) != 1:
-            diags.error("LLMC204", "a header match needs exactly one of exact, prefix, regex "
+            diags.error("LLMC204", "a header match sets one of exact, prefix, regex, or none (\"{}\": the header is present) "
                         f"(found {len(set_fields)})", **doc.where(hpath))
             continue
         kind, value = set_fields[0]
@@ -242,7 +257,7 @@ def _rule_name(rule_name: str | None, index: int) -> str:
     return rule_name if rule_name is not None else f"rule-{index}"
 
 
-def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
+def resolve_route(item: Sourced, catalog: visibility.Catalog, opts: Options,
                   diags: Diagnostics) -> VirtualHost | None:
     doc, obj = item.doc, item.obj
     assert isinstance(obj, LLMRoute)
@@ -250,6 +265,9 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
     ok = True
     route_gateways = _gateways(spec.gateways or ["mesh"], doc, ("spec", "gateways"), diags)
     if route_gateways is None:
+        return None
+    host = spec.host.lower()
+    if not _check_route_host(spec.host, route_gateways, doc, diags):
         return None
     rules: list[Rule] = []
     seen_rules: dict[str, int] = {}
@@ -300,7 +318,7 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
                 gateways=match_gateways, model=model))
         if not rule.matches:
             default_seen = i if default_seen is None else default_seen
-        backends = _backends(rule, name, providers, doc, rpath, diags)
+        backends = _backends(rule, name, catalog, doc, rpath, diags)
         if backends is None:
             ok = False
             continue
@@ -308,15 +326,16 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
         _check_model_rule(rules, i, doc, diags)
     if not ok:
         return None
-    host = spec.host.lower()
-    provider_host = host in providers
-    route_fqdn = host if provider_host else names.fqdn(host, doc.namespace, opts.cluster_domain)
-    if provider_host and rules and rules[-1].matches:
+    target = catalog.find(host, doc.namespace).provider if host != "*" else None
+    if host == "*":
+        route_fqdn = "*"
+    else:
+        route_fqdn = host if target is not None else names.fqdn(host, doc.namespace, opts.cluster_domain)
+    if target is not None and rules and rules[-1].matches:
         # Direct calls to a provider host always reach that provider: requests no rule matches
         # fall back to the provider's default settings, exactly as without an LLMRoute.
-        p = providers[host]
         rules.append(Rule(name="default" if "default" not in seen_rules else "llmc-default",
-                          matches=(), backends=(Backend(p, 1, p.default),)))
+                          matches=(), backends=(Backend(target, 1, target.default),)))
     selectors = {b.provider.selector for r in rules for b in r.backends}
     if len(selectors) > 1:
         diags.error("LLMC213", "backends of one LLMRoute must share one workloadSelector",
@@ -327,6 +346,7 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
                     "selects the gateway's pods", **doc.where(("spec", "gateways")),
                     hint="e.g. spec.workloadSelector.labels: {istio: ingressgateway} on the LLMProviders")
         return None
+    _warn_remote_keys(rules, route_gateways, opts, doc, diags)
     return VirtualHost(
         namespace=doc.namespace, object_name=names.object_name("route", doc.name), label=doc.name,
         host=route_fqdn, fqdn=route_fqdn, port=spec.port or 80, rules=tuple(rules),
@@ -334,40 +354,123 @@ def resolve_route(item: Sourced, providers: dict[str, Provider], opts: Options,
         gateways=route_gateways)
 
 
-def _backends(rule, rule_name: str, providers: dict[str, Provider], doc: Document, rpath: tuple,
+def _check_route_host(raw: str, route_gateways: tuple[str, ...], doc: Document, diags: Diagnostics) -> bool:
+    """Host names as Istio accepts them; "*" only on a route bound only to gateways, where it means
+    every host the Gateway serves (a sidecar has no "every host": it needs the called Service)."""
+    problem = host_problem(raw, wildcard=True, path_hint="")
+    if problem is not None:
+        diags.error("LLMC226", problem.message, **doc.where(("spec", "host")), hint=problem.hint)
+        return False
+    if raw == "*" and "mesh" in route_gateways:
+        diags.error("LLMC226", "host \"*\" needs a route bound only to gateways: sidecars (mesh) route by the "
+                    "host the application calls", **doc.where(("spec", "host")),
+                    hint="name the Service or provider host the applications call, or set spec.gateways to "
+                    "the ingress Gateway(s) without mesh")
+        return False
+    return True
+
+
+def _warn_remote_keys(rules: list[Rule], route_gateways: tuple[str, ...], opts: Options, doc: Document,
+                      diags: Diagnostics) -> None:
+    """Sidecar shaping of a provider from another namespace needs its key where the callers are."""
+    if "mesh" not in route_gateways or opts.egress_gateway:
+        return
+    remote = sorted({b.provider.source for r in rules for b in r.backends
+                     if b.provider.namespace != doc.namespace
+                     and (b.config.api_key_secret is not None or b.config.api_key is not None)})
+    if remote:
+        diags.warning("LLMC231", f"the sidecars of namespace {doc.namespace!r} shape requests for "
+                      f"{', '.join(remote)}: the API key must be in {doc.namespace!r} too (a Secret mounted "
+                      "into every calling pod, or a literal key in an EnvoyFilter there)",
+                      **doc.where(("spec", "rules")),
+                      hint="egress-gateway mode (--egress-gateway) shapes on one gateway and keeps the keys "
+                      "in its namespace only")
+
+
+def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, rpath: tuple,
               diags: Diagnostics) -> tuple[Backend, ...] | None:
     refs = rule.backendRefs
     weights = [b.weight for b in refs]
     ok = True
-    if len(refs) > 1 and any(w is None for w in weights) and any(w is not None for w in weights):
-        diags.error("LLMC206", "set weight on every backendRef of the rule or on none",
-                    **doc.where(rpath + ("backendRefs",)))
-        ok = False
-    elif all(w is not None for w in weights) and sum(w or 0 for w in weights) == 0:
-        diags.error("LLMC206", "weights add up to 0: no provider would receive traffic",
-                    **doc.where(rpath + ("backendRefs",)), hint="give at least one backendRef a weight above 0")
-        ok = False
+    mixed = any(w is None for w in weights) and any(w is not None for w in weights)
+    if all(w is not None for w in weights) or mixed:
+        if sum(w or 0 for w in weights) == 0:
+            diags.error("LLMC206", "weights add up to 0: no provider would receive traffic",
+                        **doc.where(rpath + ("backendRefs",)),
+                        hint="give at least one backendRef a weight above 0")
+            ok = False
     seen: set[str] = set()
+    named: dict[str, str] = {}  # provider name → source
     out = []
     for k, ref in enumerate(refs):
-        bpath = rpath + ("backendRefs", k, "providerHost")
+        bpath = rpath + ("backendRefs", k)
+        if ref.backendRef is not None:
+            diags.error("LLMC227", "backendRef (an InferencePool) cannot be reached from a VirtualService: "
+                        "stock Istio routes to InferencePools only from Gateway API HTTPRoutes",
+                        **doc.where(bpath + ("backendRef",)),
+                        hint="register the model server's Service as an LLMProvider (host: "
+                        "<service>.<namespace>.svc.cluster.local, tls.mode: DISABLE) and use providerHost, or "
+                        "route to the InferencePool with an HTTPRoute of the Gateway API inference extension")
+            ok = False
+            continue
+        if ref.providerHost is None:
+            diags.error("LLMC103", "missing required field 'providerHost'", **doc.where(bpath + ("providerHost",)))
+            ok = False
+            continue
+        if mixed and ref.weight is None:
+            diags.warning("LLMC229", "weight is not set while other backendRefs of the rule set one: as in "
+                          "Istio, it counts as 0 and this provider gets no traffic", **doc.where(bpath),
+                          hint="set a weight on every backendRef of the rule, or on none (equal weights)")
+        if ref.hostRewrite is not None:
+            problem = host_problem(ref.hostRewrite, path_hint="", field="hostRewrite")
+            if problem is not None:
+                diags.error("LLMC226", problem.message, **doc.where(bpath + ("hostRewrite",)), hint=problem.hint)
+                ok = False
         host = ref.providerHost.lower()
-        provider = providers.get(host)
+        found = catalog.find(host, doc.namespace)
+        provider = found.provider
         if provider is None:
-            known = ", ".join(sorted(providers)) or "none"
-            diags.error("LLMC202", f"no LLMProvider in namespace {doc.namespace!r} has host {host!r}",
-                        **doc.where(bpath), hint=f"known provider hosts: {known}")
+            _unknown_provider(host, found, catalog, doc, bpath + ("providerHost",), diags)
             ok = False
             continue
         if host in seen:
             diags.error("LLMC206", f"provider host {host!r} is listed twice in this rule",
-                        **doc.where(bpath))
+                        **doc.where(bpath + ("providerHost",)))
+            ok = False
+        elif provider.name in named:
+            # pinned route names end in the provider's name: two providers of one name (from two
+            # namespaces) would share one pinned route and one could get the other's request
+            diags.error("LLMC218", f"{provider.source} and {named[provider.name]} have the same name, which "
+                        "would give the rule's two pinned routes one name", **doc.where(bpath + ("providerHost",)),
+                        hint="rename one of the LLMProviders")
             ok = False
         seen.add(host)
-        weight = 1 if ref.weight is None else ref.weight
+        named.setdefault(provider.name, provider.source)
+        weight = 1 if ref.weight is None and not mixed else (ref.weight or 0)
         if weight > 0:
-            out.append(Backend(provider, weight, provider.config_for_rule(rule_name)))
+            out.append(Backend(provider, weight, provider.config_for_rule(rule_name),
+                               host_rewrite=ref.hostRewrite.lower() if ref.hostRewrite else None))
     return tuple(out) if ok else None
+
+
+def _unknown_provider(host: str, found: visibility.Lookup, catalog: visibility.Catalog, doc: Document,
+                      path: tuple, diags: Diagnostics) -> None:
+    if found.ambiguous:
+        where = ", ".join(p.source for p in found.ambiguous)
+        diags.error("LLMC230", f"host {host!r} is exported to namespace {doc.namespace!r} by several "
+                    f"LLMProviders ({where}); llmc cannot tell which one Istio would pick",
+                    **doc.where(path), hint="narrow their exportTo so that one is visible here, or define the "
+                    "provider in this namespace (it then wins)")
+        return
+    known = ", ".join(catalog.visible_hosts(doc.namespace)) or "none"
+    hint = f"provider hosts visible here: {known}"
+    if found.hidden:
+        elsewhere = "; ".join(f"{p.source} has it but is exported to {list(p.export_to)} only"
+                              for p in found.hidden)
+        hint = (f"{elsewhere}: add {doc.namespace!r} (or \"*\") to its spec.exportTo, or define it in the "
+                f"Istio root namespace; {hint}")
+    diags.error("LLMC202", f"no LLMProvider visible in namespace {doc.namespace!r} has host {host!r}",
+                **doc.where(path), hint=hint)
 
 
 def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program | None:
@@ -395,62 +498,107 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
             continue
         providers_by_ns[p.namespace][p.host] = p
         provider_docs[(p.namespace, p.name)] = it.doc
-    for ns, provs in sorted(providers_by_ns.items()):
-        selectors = {p.selector for p in provs.values()}
-        if len(selectors) > 1:
-            for p in sorted(provs.values(), key=lambda p: p.name)[1:]:
-                diags.error("LLMC213", f"all LLMProviders of namespace {ns!r} must use the same "
-                            "workloadSelector", **provider_docs[(ns, p.name)].where(("spec", "workloadSelector")),
-                            hint="put providers for different workloads in different namespaces")
+    catalog = visibility.Catalog(p for provs in providers_by_ns.values() for p in provs.values())
     vhosts: list[VirtualHost] = []
-    route_hosts: dict[tuple[str, str, int], str] = {}
+    route_hosts: dict[tuple, str] = {}
+    unresolved_rules: set[str] = set()  # rule names of routes that failed: their keys are not "unused"
     for it in (u for u in unique if u.doc.kind == "LLMRoute"):
-        vh = resolve_route(it, providers_by_ns.get(it.doc.namespace, {}), opts, diags)
+        vh = resolve_route(it, catalog, opts, diags)
         if vh is None:
+            assert isinstance(it.obj, LLMRoute)
+            unresolved_rules.update(_rule_name(r.name, i) for i, r in enumerate(it.obj.spec.rules))
             continue
-        host_key = (vh.namespace, vh.fqdn, vh.port)
+        host_key = (vh.namespace, vh.fqdn, vh.port, vh.gateways)
         if host_key in route_hosts:
             diags.error("LLMC210", f"host {vh.fqdn!r} port {vh.port} is already routed by {route_hosts[host_key]}",
                         **it.doc.where(("spec", "host")), hint="merge the rules into one LLMRoute")
             continue
         route_hosts[host_key] = vh.sources[0]
         vhosts.append(vh)
+    routed = {(ns, fqdn, port) for ns, fqdn, port, _ in route_hosts}
     # Providers without an LLMRoute on their own host get an implicit single-rule route, so that
     # `curl http://<provider host>` works with an LLMProvider alone (the seed's first scenario).
+    # Not in the Istio root namespace without an egress gateway: the EnvoyFilters of sidecar
+    # placement there would apply to every sidecar of the mesh, whose virtual host for the provider
+    # (from the ServiceEntry exported everywhere) has no llmc route, so the filter would answer 500.
     for ns, provs in sorted(providers_by_ns.items()):
         for host, p in sorted(provs.items()):
-            if (ns, host, p.service_port) in route_hosts:
+            if (ns, host, p.service_port) in routed or (ns == ROOT_NAMESPACE and not opts.egress_gateway):
                 continue
             vhosts.append(VirtualHost(
                 namespace=ns, object_name=names.object_name("provider", p.name), label=p.name,
                 host=host, fqdn=host, port=p.service_port,
                 rules=(Rule(name="default", matches=(), backends=(Backend(p, 1, p.default),)),),
                 selector=p.selector, sources=(p.source,)))
-    _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, diags)
+    _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, unresolved_rules, diags)
     _check_route_names(vhosts, diags)
     if diags.has_errors:
         return None
     providers = tuple(sorted((p for provs in providers_by_ns.values() for p in provs.values()),
                              key=lambda p: (p.namespace, p.name)))
     egress = egress_gateway(opts)
-    placed = (dataclasses.replace(vh, placements=place(vh, egress)) for vh in vhosts)
+    placed = [dataclasses.replace(vh, placements=place(vh, egress, opts)) for vh in vhosts]
+    _check_selector_overlap(placed, provider_docs, diags)
+    if diags.has_errors:
+        return None
     return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
                    egress=egress, telemetry=opts.telemetry,
                    vhosts=tuple(sorted(placed, key=lambda v: (v.namespace, v.object_name))))
 
 
-def place(vh: VirtualHost, egress: EgressGateway | None) -> tuple[Placement, ...]:
+def place(vh: VirtualHost, egress: EgressGateway | None, opts: Options | None = None) -> tuple[Placement, ...]:
     """Where the virtual host's rules run: the sidecars of its namespace (or, in egress-gateway mode,
     the egress gateway instead), and every Gateway the LLMRoute binds to (whose pods are selected by
-    the providers' workloadSelector, in the Gateway's namespace)."""
+    the providers' workloadSelector, in the namespace the gateway's pods run in: the Gateway's own,
+    unless ``--gateway-workload-namespace`` says otherwise)."""
+    workloads = dict(opts.gateway_workload_namespaces) if opts is not None else {}
     out = []
     if vh.in_mesh and egress is None:
         out.append(Placement(vh.namespace, vh.selector, vh.port))
     if vh.in_mesh and egress is not None:
         out.append(Placement(egress.namespace, egress.labels, egress.port, gateway=egress.ref))
     for ref in vh.bound_gateways:
-        out.append(Placement(ref.split("/", 1)[0], vh.selector, vh.port, gateway=ref))
+        out.append(Placement(workloads.get(ref, ref.split("/", 1)[0]), vh.selector, vh.port, gateway=ref))
     return tuple(out)
+
+
+def _contains(big: tuple[tuple[str, str], ...], small: tuple[tuple[str, str], ...]) -> bool:
+    """Every pod ``big`` selects is also selected by ``small`` (``small``'s labels are a subset)."""
+    return set(small) <= set(big)
+
+
+def _check_selector_overlap(vhosts: list[VirtualHost], provider_docs, diags: Diagnostics) -> None:
+    """One Lua filter per (namespace, sidecar/gateway, selector) is inserted; when one selector's
+    labels contain another's, the pods both select get the filter twice and shape every request
+    twice. Selectors that overlap only through the pods' actual labels are invisible to llmc
+    (README, "Several workloads in one namespace")."""
+    providers: dict[tuple, set[tuple[str, str]]] = defaultdict(set)  # placement key → (ns, provider)
+    for vh in vhosts:
+        for pl in vh.placements:
+            providers[(pl.namespace, pl.on_gateway, pl.selector)].update(
+                (b.provider.namespace, b.provider.name) for r in vh.rules for b in r.backends
+                if b.provider.selector == pl.selector)
+    keys = sorted(providers)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            # EnvoyFilters of the root namespace apply to the matching pods of every namespace (Istio)
+            same_pods = a[0] == b[0] or ROOT_NAMESPACE in (a[0], b[0])
+            if a[1] != b[1] or not same_pods or not (_contains(a[2], b[2]) or _contains(b[2], a[2])):
+                continue
+            if not providers[b]:
+                continue
+            show = ", ".join("{" + (", ".join(f"{k}: {v}" for k, v in sel) or "every pod") + "}"
+                             for sel in (a[2], b[2]))
+            others = ", ".join(f"LLMProvider {ns}/{name}" for ns, name in sorted(providers[a])) or "another"
+            ns, name = min(providers[b])
+            other_ns = b[0] if a[0] == ROOT_NAMESPACE else a[0]
+            where = (f"namespace {a[0]!r}" if a[0] == b[0]
+                     else f"the root namespace {ROOT_NAMESPACE!r} (its EnvoyFilters apply everywhere) and {other_ns!r}")
+            diags.error("LLMC213", f"in {where} the workloadSelectors {show} select common pods, "
+                        "which would run the LLM filter twice", **provider_docs[(ns, name)].where(
+                            ("spec", "workloadSelector")),
+                        hint=f"{others} uses the other selector; give providers of different workloads "
+                        "selectors that do not contain each other, or the same selector")
 
 
 def egress_gateway(opts: Options) -> EgressGateway | None:
@@ -480,16 +628,17 @@ def _check_route_names(vhosts, diags: Diagnostics) -> None:
                 seen.setdefault(name, rule.name)
 
 
-def _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, diags: Diagnostics) -> None:
+def _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, unresolved_rules: set[str],
+                               diags: Diagnostics) -> None:
     used: set[tuple[str, str, str]] = set()  # (ns, provider, rule)
     for vh in vhosts:
         for rule in vh.rules:
             for b in rule.backends:
-                used.add((vh.namespace, b.provider.name, rule.name))
+                used.add((b.provider.namespace, b.provider.name, rule.name))
     for ns, provs in sorted(providers_by_ns.items()):
         for p in provs.values():
             for rule, _ in p.overrides:
-                if (ns, p.name, rule) not in used:
+                if (p.namespace, p.name, rule) not in used and rule not in unresolved_rules:
                     diags.warning("LLMC203", f"no LLMRoute rule named {rule!r} routes to this provider; "
                                   "the override is unused", **provider_docs[(ns, p.name)].where(
                                       ("spec", "configs", "routeSpecificConfigs", rule)),

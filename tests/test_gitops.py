@@ -291,14 +291,16 @@ def test_messages_name_the_exact_command(tmp_path):
 
 @pytest.mark.parametrize("key,value", [("egressGateway", "istio-system"), ("secretsDir", "relative/dir"),
                                        ("namespace", "Not_A_Namespace"), ("telemetry", "yes"),
-                                       ("egressGatewayLabels", "istio")])
+                                       ("egressGatewayLabels", "istio"),
+                                       ("gatewayWorkloadNamespace", "llm-gateway=istio-system")])
 def test_krm_rejects_the_option_values_the_cli_rejects(key, value):
     """One validation for every front end: `egressGateway: istio-system` (no Service) once emitted a
     Gateway named `llmc-` and a host `.istio-system.svc.cluster.local`."""
     from compiler.gitops import transform
 
     flag = {"egressGateway": "--egress-gateway", "secretsDir": "--secrets-dir", "namespace": "--namespace",
-            "egressGatewayLabels": "--egress-gateway-labels"}.get(key)
+            "egressGatewayLabels": "--egress-gateway-labels",
+            "gatewayWorkloadNamespace": "--gateway-workload-namespace"}.get(key)
     items = [dict(d) for d in YAML(typ="safe").load_all((REPO / "samples" / "seed" / "dashscope-qwen.yaml").read_text()) if d]
     out, result = transform(items, {key: value})
     assert not result.ok and [d.code for d in result.diagnostics.items] == ["LLMC010"]
@@ -306,3 +308,21 @@ def test_krm_rejects_the_option_values_the_cli_rejects(key, value):
     if flag:
         res = runner.invoke(app, ["render", "-f", "samples/seed", flag, value])
         assert res.exit_code == 2 and flag in res.stderr
+
+
+def test_krm_gateway_workload_namespace_moves_the_gateway_filters():
+    """ASM's shared ingress runs in istio-system while the Gateway lives in `llm`: the function config
+    says so (as the CLI flag does), and the gateway's EnvoyFilters are written there."""
+    from compiler.gitops import transform
+
+    items = [dict(d) for d in YAML(typ="safe").load_all(
+        (REPO / "tests" / "testdata" / "golden" / "gateway-workload-namespace.in.yaml").read_text()) if d]
+    for config in ({"gatewayWorkloadNamespace": "llm/llm-gateway=istio-system"},
+                   {"gatewayWorkloadNamespace": ["llm/llm-gateway=istio-system"]}):
+        out, result = transform(items, config)
+        assert result.ok, result.diagnostics.format_text()
+        gateway_filters = [o for o in out if o.get("kind") == "EnvoyFilter"
+                           and o["spec"]["configPatches"][0]["match"]["context"] == "GATEWAY"]
+        assert gateway_filters and {o["metadata"]["namespace"] for o in gateway_filters} == {"istio-system"}
+        route = next(o for o in out if o.get("kind") == "VirtualService" and o["spec"].get("gateways"))
+        assert route["metadata"]["namespace"] == "llm" and "istio-system" in route["spec"]["exportTo"]

@@ -50,8 +50,12 @@ def gateway_namespaces(vh: VirtualHost) -> list[str]:
     return sorted({p.namespace for p in vh.placements if p.on_gateway})
 
 
-def export_to(namespace: str, others: list[str] | set[str]) -> list[str]:
-    return ["."] + sorted(set(others) - {namespace})
+def export_to(namespace: str, others: list[str] | set[str], base: tuple[str, ...] = (".",)) -> list[str]:
+    """Istio exportTo: ``base`` (a provider's own exportTo) plus ``others``; "*" stays alone."""
+    if "*" in base:
+        return ["*"]
+    head = ["."] if "." in base else []
+    return head + sorted((set(base) | set(others)) - {namespace, "."})
 
 
 def egress_subset(vh: VirtualHost) -> str:

@@ -26,7 +26,7 @@ def translate_destinationrules(program: Program) -> list[dict]:
         out.append({
             "metadata": metadata(names.object_name("provider", p.name), p.namespace, [p.source]),
             "host": p.host,
-            "export_to": export_to(p.namespace, gateways.get((p.namespace, p.name), set())),
+            "export_to": export_to(p.namespace, gateways.get((p.namespace, p.name), set()), p.export_to),
             "port_settings": [{"port": p.service_port, "tls": tls}],
             "subsets": [],
         })

@@ -10,7 +10,10 @@
   virtual host's context into the virtual host istiod builds for the VirtualService
   (``<fqdn>:<port>``), and raise its request buffer limit to the largest ``maxRequestBytes`` of
   its providers. One context per virtual host keeps each rule's data once, however many routes
-  the rule becomes.
+  the rule becomes. A route with host ``*`` on a gateway shares its Envoy virtual host (``*:<port>``)
+  with every other VirtualService with ``*`` on that Gateway, other teams' included: there the
+  context and the buffer limit go on llmc's own routes (HTTP_ROUTE), so other routes of the virtual
+  host carry no LuaPerRoute and the filter never touches them.
 
 The per-route context is built by :func:`lua_context`, the one serializer between the IR and the
 Lua program; the Lua reads it with ``filterContext()`` (a protobuf Struct, so it is data, never code).
@@ -116,18 +119,26 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
     return {"id": digest[:16], **body}
 
 
-def route_patches(vh: VirtualHost) -> list[dict]:
+def route_patches(vh: VirtualHost, shared_context: dict | None = None) -> list[dict]:
     """One HTTP_ROUTE MERGE per route of the virtual host. Every route the filter may shape on carries
     its own name as route metadata (``llmc.lua``: ``route``), which the filter reads after it made
     Envoy select a route again (``streamInfo():routeName()`` keeps naming the first route). On the
-    ``GET /v1/models`` route (a direct response) the filter is disabled."""
+    ``GET /v1/models`` route (a direct response) the filter is disabled. On a shared ``*`` virtual
+    host (``shared_context``) each llmc route also carries the filter context and buffer limit, which
+    elsewhere sit on the virtual host: other teams' routes there must stay untouched."""
     out = []
     for rule in vh.rules:
         entry, pinned = rule_route_names(vh, rule)
         out += [*pinned.values(), entry]
     if vh.routes_by_model:
         out.append(names.special_route(vh.namespace, vh.label, "nomatch"))
-    patches = [{"name": r, "value": {"metadata": {"filter_metadata": {FILTER_NAME: {"route": r}}}}} for r in out]
+    per_route = {}
+    if shared_context is not None:
+        per_route = {"request_body_buffer_limit": buffer_limit(max_request_bytes(vh)),
+                     "typed_per_filter_config": {FILTER_NAME: {"@type": LUA_PER_ROUTE_TYPE, "name": SOURCE_NAME,
+                                                               "filter_context": shared_context}}}
+    patches = [{"name": r, "value": {"metadata": {"filter_metadata": {FILTER_NAME: {"route": r}}}, **per_route}}
+               for r in out]
     patches.append({"name": names.special_route(vh.namespace, vh.label, "models"),
                     "value": {"typed_per_filter_config": {FILTER_NAME: {"@type": LUA_PER_ROUTE_TYPE, "disabled": True}}}})
     return patches
@@ -160,17 +171,22 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             if key in seen:  # two Gateways of one namespace share the patch
                 continue
             seen.add(key)
-            f = filters.setdefault((pl.namespace, pl.context, pl.selector), {"ports": set(), "sources": set()})
+            f = filters.setdefault((pl.namespace, pl.context, pl.selector),
+                                   {"ports": set(), "sources": set(), "shared": False})
+            f["shared"] = f["shared"] or vh.shared
             f["ports"].add(pl.port if pl.context == "SIDECAR_OUTBOUND" else None)
             f["sources"].update(vh.all_sources)
+            context_data = lua_context(vh, program.secrets_dir)
             out.append({
                 "metadata": metadata(_vhost_filter_name(vh, pl), pl.namespace, vh.all_sources),
                 "selector": [{"name": k, "value": v} for k, v in pl.selector],
                 "kind": "vhost", "context": pl.context,
                 "vhost": pl.vhost, "port": pl.port,
                 "buffer_limit": buffer_limit(max_request_bytes(vh)),
-                "context_data": lua_context(vh, program.secrets_dir),
-                "routes": route_patches(vh),
+                "context_data": context_data,
+                "routes": route_patches(vh, context_data if vh.shared else None),
+                # `*` hosts: per-route context (the virtual host is shared with other teams' routes)
+                "per_route": vh.shared,
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,
             })
@@ -184,5 +200,30 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             "ports": sorted(f["ports"], key=lambda p: -1 if p is None else p),
             "filter_name": FILTER_NAME, "lua_type": LUA_TYPE, "source_name": SOURCE_NAME,
             "lua_source": lua_source(),
+            "local_reply": not_found_reply() if f["shared"] else None,
         })
     return out
+
+
+HCM = "envoy.filters.network.http_connection_manager"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+NOT_FOUND_BODY = json.dumps({"error": {
+    "message": "llmc: no route matches this request (no LLMRoute rule matches its host, path and headers)",
+    "type": "invalid_request_error", "param": None, "code": "route_not_found"}}, separators=(",", ":"))
+
+
+def not_found_reply() -> dict:
+    """HCM ``local_reply_config`` for gateways serving a ``*`` LLMRoute: a JSON POST that matches no
+    route at all (response flag ``NR``) gets an OpenAI-format 404 instead of Envoy's empty one. No
+    route means no per-route config, so the Lua filter cannot answer it; a catch-all route in the
+    VirtualService would shadow the routes of other teams' VirtualServices Istio merges after it.
+    The mapper applies to the whole listener of the selected gateway pods, so it is narrowed to
+    what OpenAI clients send (POST with a JSON body); other requests keep Envoy's reply."""
+    return {"name": HCM, "typed_config": {"@type": HCM_TYPE, "local_reply_config": {"mappers": [{
+        "filter": {"and_filter": {"filters": [
+            {"response_flag_filter": {"flags": ["NR"]}},
+            {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "POST"}}}},
+            {"header_filter": {"header": {"name": "content-type",
+                                          "string_match": {"prefix": "application/json"}}}}]}},
+        "body_format_override": {"text_format_source": {"inline_string": NOT_FOUND_BODY},
+                                 "content_type": "application/json"}}]}}}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 
 from .. import names
-from ..ir import Match, Program, Provider, Rule, VirtualHost
+from ..ir import Backend, Match, Program, Rule, VirtualHost
 from .common import egress_subset, export_to, metadata, rule_route_names
 
 NOT_SHAPED_BODY = json.dumps({"error": {
@@ -44,13 +44,13 @@ def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str], by
         gateways = sorted({gateway_map[g] for g in m.gateways if g in gateway_map})
         if not gateways:
             return None
-    headers = [{"name": h.name, "kind": h.kind, "value": h.value} for h in m.headers]
+    headers = [{"name": h.name, "match": {} if h.kind == "present" else {h.kind: h.value}} for h in m.headers]
     if m.model is not None:
-        headers.append({"name": names.MODEL_HEADER, "kind": m.model.kind, "value": m.model.value})
+        headers.append({"name": names.MODEL_HEADER, "match": {m.model.kind: m.model.value}})
     if pin is not None and by_model:
-        headers.append({"name": names.ROUTING_HEADER, "kind": "regex", "value": names.pin_list_regex(pin)})
+        headers.append({"name": names.ROUTING_HEADER, "match": {"regex": names.pin_list_regex(pin)}})
     elif pin is not None:
-        headers = [{"name": names.ROUTING_HEADER, "kind": "exact", "value": pin}]
+        headers = [{"name": names.ROUTING_HEADER, "match": {"exact": pin}}]
     return {
         "uri": None, "method": None,
         "headers": sorted(headers, key=lambda h: h["name"]),
@@ -60,8 +60,9 @@ def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str], by
     }
 
 
-def _forward(p: Provider) -> dict:
-    return {"host": p.host, "port": p.service_port, "subset": None, "host_header": p.host, "timeout": p.timeout}
+def _forward(b: Backend) -> dict:
+    p = b.provider
+    return {"host": p.host, "port": p.service_port, "subset": None, "host_header": b.host_header, "timeout": p.timeout}
 
 
 def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, str]) -> list[dict]:
@@ -78,11 +79,11 @@ def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, 
     entry_name, pinned = rule_route_names(vh, rule)
     if not rule.weighted:
         return [{"name": entry_name, "matches": matches(None),
-                 "forward": _forward(rule.backends[0].provider), "direct_response": None}]
+                 "forward": _forward(rule.backends[0]), "direct_response": None}]
     routes = []
     for b in rule.backends:
         routes.append({"name": pinned[b.provider.name], "matches": matches(pinned[b.provider.name]),
-                       "forward": _forward(b.provider), "direct_response": None})
+                       "forward": _forward(b), "direct_response": None})
     routes.append({"name": entry_name, "matches": matches(None),
                    "forward": None, "direct_response": {"status": 500, "body": NOT_SHAPED_BODY}})
     return routes
@@ -132,7 +133,10 @@ def _rules_vs(vh: VirtualHost, name: str, gateways: list[str], port: int,
         "metadata": metadata(name, vh.namespace, vh.all_sources),
         "host": vh.host,
         "gateways": shown,
-        "export_to": export_to(vh.namespace, {g.split("/", 1)[0] for g in gateways if g != "mesh"}),
+        # gateway proxies see the VirtualServices exported to their own namespace (where the pods
+        # run: placements), besides the Gateway resource's namespace
+        "export_to": export_to(vh.namespace, {g.split("/", 1)[0] for g in gateways if g != "mesh"}
+                               | {p.namespace for p in vh.placements if p.gateway in gateways}),
         "routes": before + [r for rule in vh.rules for r in _rule_routes(vh, rule, port, gateway_map)] + after,
         "internal_headers": list(names.INTERNAL_HEADERS),
     }

@@ -14,21 +14,28 @@ VirtualService and EnvoyFilter objects into a static Envoy bootstrap that mirror
   ``name``, ``name.ns``, ``name.ns.svc`` with and without ``:80``). A ServiceEntry host without a
   VirtualService gets istiod's route named ``default``.
 * Routes from ``VirtualService.http[]`` in order: route name = ``http[].name``; header matches
-  (exact/prefix/regex → ``string_match``); a match whose ``port`` is not 80 or whose
-  ``sourceLabels`` do not match the proxy is dropped, as istiod does; destination ``headers.request
-  .set.host`` → ``host_rewrite_literal``; ``headers.request.remove`` → ``request_headers_to_remove``;
-  ``timeout`` (default ``0s``, i.e. none); Istio's default retry policy; ``directResponse`` (with
-  istiod's ``max_direct_response_body_size_bytes`` of 1 MiB on the route configuration); ``uri``
-  (exact/prefix) and ``method`` matches.
+  (exact/prefix/regex → ``string_match``); ``uri`` prefix/exact and ``method``; a match whose
+  ``port`` is not 80 or whose ``sourceLabels`` do not match the proxy is dropped, as istiod does;
+  destination ``headers.request.set.host`` → ``host_rewrite_literal``; ``headers.request.remove`` →
+  ``request_headers_to_remove``; ``timeout`` (default ``0s``, i.e. none); Istio's default retry
+  policy; ``directResponse`` (with istiod's ``max_direct_response_body_size_bytes`` of 1 MiB on the
+  route configuration).
 * Clusters ``outbound|80||<host>`` per ServiceEntry port; DNS resolution is replaced by a static
   endpoint ``127.0.0.1:<upstream port>`` (the test's recording server stands in for ``targetPort``).
   DestinationRule ``portLevelSettings[].tls`` SIMPLE → ``UpstreamTlsContext`` with ``sni`` and SAN
   matchers; the system CA bundle istiod would use is replaced by the test CA.
-* ``exportTo: ["."]`` and namespace scoping: objects of other namespaces are invisible; EnvoyFilters
-  apply when in the proxy's namespace and their ``workloadSelector`` matches.
+* Visibility (Istio's ``exportTo``): a ServiceEntry, DestinationRule or VirtualService is visible to
+  a proxy in namespace N when its ``exportTo`` holds ``"*"``, holds N, or holds ``"."`` and the
+  object is in N; without ``exportTo`` it is visible everywhere (Istio's default export is ``*``).
+  So a provider's objects in a platform namespace exported to ``team-a`` reach a proxy in
+  ``team-a`` and no other namespace's proxy; istiod's tie-break between several namespaces
+  defining one host is not modelled (llmc refuses that input, LLMC230). EnvoyFilters apply when
+  they are in the proxy's namespace or in the root namespace ``istio-system`` (applied first, as
+  istiod does) and their ``workloadSelector`` matches.
 * EnvoyFilter ``configPatches`` applied generically by ``match``: ``HTTP_FILTER`` (listener
   ``portNumber``, ``filterChain.filter.name``, ``subFilter.name``; INSERT_BEFORE/INSERT_AFTER/
-  INSERT_FIRST/MERGE), ``VIRTUAL_HOST`` and ``HTTP_ROUTE`` (route configuration ``portNumber``/
+  INSERT_FIRST/MERGE), ``NETWORK_FILTER`` (MERGE into the listener's filter by name),
+  ``VIRTUAL_HOST`` and ``HTTP_ROUTE`` (route configuration ``portNumber``/
   ``name``, ``vhost.name``, ``route.name``; MERGE with protobuf merge semantics: messages merged,
   repeated fields appended, map entries such as ``typed_per_filter_config`` replaced). A patch that
   matches nothing is recorded in ``unmatched`` — istiod silently ignores those, so tests assert the
@@ -92,6 +99,9 @@ def envoy_version(binary: str | None = None) -> str:
     return found.group(1)
 
 
+ROOT_NAMESPACE = "istio-system"
+
+
 def _visible(obj: dict, namespace: str) -> bool:
     export = obj["spec"].get("exportTo", ["*"])
     ns = obj["metadata"].get("namespace", "default")
@@ -109,6 +119,8 @@ def _domains(host: str, cluster_domain: str) -> list[str]:
 
 
 def _header_matcher(name: str, spec: dict) -> dict:
+    if not spec:  # istiod: an empty StringMatch checks presence
+        return {"name": name.lower(), "present_match": True}
     (kind, value), = spec.items()
     sm = {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
     return {"name": name.lower(), "string_match": sm}
@@ -135,13 +147,11 @@ def _routes_from_vs(vs: dict, proxy_labels: dict[str, str], port: int = LOGICAL_
                 continue
             route: dict[str, Any] = {
                 "name": http.get("name", ""),
-                "match": {"prefix": "/", "headers": [_header_matcher(k, v)
-                                                     for k, v in (m.get("headers") or {}).items()]},
+                # istiod: uri.prefix → prefix, uri.exact → path (llmc's `GET /v1/models` route)
+                "match": {**({"path": m["uri"]["exact"]} if "exact" in m.get("uri", {})
+                             else {"prefix": m.get("uri", {}).get("prefix", "/")}),
+                          "headers": [_header_matcher(k, v) for k, v in (m.get("headers") or {}).items()]},
             }
-            if "uri" in m:
-                (kind, value), = m["uri"].items()
-                del route["match"]["prefix"]
-                route["match"][{"exact": "path", "prefix": "prefix"}[kind]] = value
             if "method" in m:
                 route["match"]["headers"].append(_header_matcher(":method", m["method"]))
             if not route["match"]["headers"]:
@@ -249,9 +259,12 @@ def access_log(path: str, labels: dict[str, str]) -> dict:
 
 def _apply_envoyfilters(layout: Layout, objects: list[dict], namespace: str, labels: dict[str, str],
                         context: str, listener: dict, route_config: dict, listener_port: int, rc_port: int) -> None:
-    for ef in sorted((o for o in objects if o["kind"] == "EnvoyFilter"),
-                     key=lambda o: (o["spec"].get("priority", 0), o["metadata"]["name"])):
-        if ef["metadata"].get("namespace") != namespace:
+    # istiod: root-namespace EnvoyFilters first (they apply to every namespace), then the proxy's own
+    def order(o: dict) -> tuple:
+        return (o["metadata"].get("namespace") != ROOT_NAMESPACE, o["spec"].get("priority", 0), o["metadata"]["name"])
+
+    for ef in sorted((o for o in objects if o["kind"] == "EnvoyFilter"), key=order):
+        if ef["metadata"].get("namespace") not in (namespace, ROOT_NAMESPACE):
             continue
         selector = (ef["spec"].get("workloadSelector") or {}).get("labels", {})
         if any(labels.get(k) != v for k, v in selector.items()):
@@ -271,9 +284,11 @@ def build_gateway_bootstrap(objects: list[dict], gateway_namespace: str, gateway
     route configuration ``http.<port>`` for HTTP servers and ``https.<port>.<portName>.<gateway>.<ns>``
     for TLS servers; ISTIO_MUTUAL servers terminate mTLS with the mesh certificate and pick the filter
     chain by SNI (the server's hosts); virtual hosts ``<host>:<port>`` for each host of the
-    VirtualServices bound to the Gateway (domains ``host`` and ``host:port``); matches whose
+    VirtualServices bound to the Gateway (domains ``host`` and ``host:port``, or ``*`` alone), one per
+    host: VirtualServices of several namespaces with the same host (typically ``*``) are merged into
+    one virtual host, their routes in the order of the VirtualServices' names; matches whose
     ``gateways`` exclude this Gateway or whose ``port`` differs are dropped. EnvoyFilters apply with
-    context GATEWAY in the gateway's namespace when their workloadSelector matches; listener
+    context GATEWAY in the gateway's namespace (or the root namespace) when their workloadSelector matches; listener
     ``portNumber`` is the target port, route configuration ``portNumber`` the server port.
     Listeners bind 127.0.0.1 on free ports; ``Layout.listeners`` maps listener name → server port.
     """
@@ -293,13 +308,15 @@ def build_gateway_bootstrap(objects: list[dict], gateway_namespace: str, gateway
             tls = server.get("tls")
             rc_name = (f"https.{port}.{server['port']['name']}.{gw['metadata']['name']}."
                        f"{gw['metadata'].get('namespace', 'default')}" if tls else f"http.{port}")
-            vhosts = []
+            by_host: dict[str, dict] = {}  # istiod merges every VirtualService of one host on a Gateway
             for vs in sorted((o for o in visible if o["kind"] == "VirtualService"), key=lambda o: o["metadata"]["name"]):
                 if ref not in _gateway_refs(vs):
                     continue
                 for host in vs["spec"]["hosts"]:
-                    vhosts.append({"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"],
-                                   "routes": _routes_from_vs(vs, gateway_labels, port, ref)})
+                    vhost = by_host.setdefault(host, {"name": f"{host}:{port}", "routes": [],
+                                                      "domains": ["*"] if host == "*" else [host, f"{host}:{port}"]})
+                    vhost["routes"] += _routes_from_vs(vs, gateway_labels, port, ref)
+            vhosts = list(by_host.values())
             route_config = {"name": rc_name, "virtual_hosts": vhosts, "validate_clusters": False,
                             "max_direct_response_body_size_bytes": MAX_DIRECT_RESPONSE_BYTES}
             hcm = _hcm(f"outbound_0.0.0.0_{target}", route_config)
@@ -447,6 +464,20 @@ def _apply_patch(listener: dict, route_config: dict, patch: dict, context: str =
                 else:
                     raise NotImplementedError(f"HTTP_FILTER {op}")
                 hit = True
+        return hit
+    if apply_to == "NETWORK_FILTER":
+        if op != "MERGE":
+            raise NotImplementedError(f"NETWORK_FILTER {op}")
+        lm = match.get("listener", {})
+        if lm.get("portNumber", listener_port) != listener_port:
+            return False
+        name = lm.get("filterChain", {}).get("filter", {}).get("name")
+        hit = False
+        for chain in listener["filter_chains"]:
+            for flt in chain["filters"]:
+                if name in (None, flt["name"]):
+                    merge(flt, value)
+                    hit = True
         return hit
     if apply_to in ("VIRTUAL_HOST", "HTTP_ROUTE"):
         rc = match.get("routeConfiguration", {})
