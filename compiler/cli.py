@@ -215,6 +215,14 @@ def controller(
                                                  "identity in the Lease (default: hostname).")] = None,
     health_port: Annotated[int, typer.Option("--health-port", help="Port of /healthz, /readyz, /metrics.")] = 8080,
     resync: Annotated[float, typer.Option("--resync", help="Seconds between full reconciles.")] = 30.0,
+    lease_duration: Annotated[float, typer.Option("--lease-duration", help="Seconds another replica waits, "
+                                                  "observing no renewal, before taking the Lease.")] = 15.0,
+    renew_deadline: Annotated[float, typer.Option("--renew-deadline", help="Seconds without a successful "
+                                                  "renewal after which the leader stops writing and exits "
+                                                  "(< lease duration).")] = 10.0,
+    retry_period: Annotated[float, typer.Option("--retry-period", help="Seconds between Lease attempts.")] = 2.0,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Timeout of every API call "
+                                                   "(seconds).")] = 5.0,
     cluster_domain: DomainOpt = "cluster.local",
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
@@ -222,11 +230,17 @@ def controller(
     telemetry: Annotated[bool, typer.Option("--telemetry", help="As for render.")] = False,
 ) -> None:
     """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
+    from .controller.leader import LeaseConfig
     from .controller.runtime import run
 
     opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry)
-    run(opts, kubeconfig=kubeconfig, namespaces=watch_namespace, lease_namespace=lease_namespace,
-        identity=identity, health_port=health_port, resync=resync)
+    try:
+        lease = LeaseConfig(lease_duration, renew_deadline, retry_period, request_timeout)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    code = run(opts, kubeconfig=kubeconfig, namespaces=watch_namespace, lease_namespace=lease_namespace,
+               identity=identity, health_port=health_port, resync=resync, lease=lease)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -43,3 +43,13 @@ def shared_path(relative: str) -> Path:
 @pytest.fixture(scope="session")
 def istio_crds() -> str:
     return str(shared_path("istio-1.30/crd-all.gen.yaml"))
+
+
+@pytest.fixture()
+def api():
+    """A fresh in-process fake Kubernetes API server (tests/support/fake_apiserver.py)."""
+    from tests.support.fake_apiserver import FakeAPIServer
+
+    server = FakeAPIServer()
+    yield server
+    server.stop()

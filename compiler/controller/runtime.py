@@ -22,7 +22,7 @@ from kubernetes.client.rest import ApiException
 
 from ..resolve import Options
 from .kube import SOURCE_PLURALS, Kube
-from .leader import LeaderElector
+from .leader import LeaderElector, LeadershipLost, LeaseConfig
 from .reconcile import HASH_ANNOTATION, conditions, desired_state, source_key
 
 log = logging.getLogger("llmc.controller")
@@ -59,21 +59,33 @@ class Metrics:
 
 
 class Controller:
+    """``on_lost`` runs when leadership is lost (after every write has stopped); the CLI exits the
+    process then, as controller-runtime does, so Kubernetes restarts it as a follower."""
+
     def __init__(self, api, opts: Options, identity: str, lease_namespace: str, namespaces: list[str] | None = None,
-                 resync: float = 30.0, watch_timeout: int = 30, lease_seconds: int = 15):
-        self.kube = Kube(api)
+                 resync: float = 30.0, watch_timeout: int = 30, lease: LeaseConfig | None = None,
+                 on_lost=None):
+        lease = lease or LeaseConfig()
+        api.user_agent = f"llmc-controller/{identity}"  # tells replicas apart in API server logs
+        self.elector = LeaderElector(api, lease_namespace, "llmc-controller", identity, lease)
+        self.kube = Kube(api, fence=self.elector.check_fence, timeout=lease.request_timeout)
         self.opts, self.namespaces, self.resync, self.watch_timeout = opts, set(namespaces or []), resync, watch_timeout
-        self.elector = LeaderElector(api, lease_namespace, "llmc-controller", identity, lease_seconds)
-        self.lease_seconds = lease_seconds
+        self.on_lost = on_lost
+        self.lost = threading.Event()
         self.sources: dict[str, dict[str, dict]] = {p: {} for p in SOURCE_PLURALS.values()}
         self.synced = {p: False for p in SOURCE_PLURALS.values()}
         self.lock = threading.Lock()
         self.dirty = threading.Event()
         self.stop_event = threading.Event()
-        self.leader = False
         self.metrics = Metrics()
         self.threads: list[threading.Thread] = []
+        self.loops: list[threading.Thread] = []
         self.server: ThreadingHTTPServer | None = None
+
+    @property
+    def leader(self) -> bool:
+        """True while writes may start (the fence is open)."""
+        return self.elector.is_leader() and not self.lost.is_set()
 
     # watches ---------------------------------------------------------------------------------------
 
@@ -202,6 +214,9 @@ class Controller:
                 self.reconcile_once()
                 backoff = 0.1
                 last = time.monotonic()
+            except LeadershipLost:
+                log.warning("pass aborted: leadership lost", extra={"leader": False})
+                continue
             except Exception as exc:
                 self.metrics.add("llmc_reconcile_errors_total")
                 log.warning("reconcile failed, will retry", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
@@ -210,20 +225,28 @@ class Controller:
                 backoff = min(backoff * 2, 5.0)
 
     def _leader_loop(self) -> None:
-        while not self.stop_event.is_set():
-            leader = self.elector.try_acquire_or_renew()
-            if leader != self.leader:
-                log.info("leadership changed", extra={"leader": leader})
-                self.leader = leader
-                self.metrics.set("llmc_leader", int(leader))
-                if leader:
-                    self.dirty.set()
-            self.stop_event.wait(max(self.lease_seconds / 3, 0.2))
+        def started() -> None:
+            self.metrics.set("llmc_leader", 1)
+            self.dirty.set()
+
+        self.elector.run(self.stop_event, on_started=started, on_lost=self._lost)
+
+    def _lost(self) -> None:
+        self.lost.set()
+        self.metrics.set("llmc_leader", 0)
+        if self.on_lost is not None:
+            self.on_lost()
 
     # process -------------------------------------------------------------------------------------
 
     def ready(self) -> bool:
         return all(self.synced.values())
+
+    def healthy(self) -> bool:
+        """False once a loop thread has died or leadership was lost (the process should restart)."""
+        if self.lost.is_set():
+            return False
+        return self.stop_event.is_set() or all(t.is_alive() for t in self.loops)
 
     def serve_health(self, host: str, port: int) -> int:
         controller = self
@@ -234,7 +257,7 @@ class Controller:
 
             def do_GET(self):
                 if self.path == "/healthz":
-                    code, body = 200, "ok\n"
+                    code, body = (200, "ok\n") if controller.healthy() else (503, "loops not running\n")
                 elif self.path == "/readyz":
                     code, body = (200, "ok\n") if controller.ready() else (503, "caches not synced\n")
                 elif self.path == "/metrics":
@@ -260,9 +283,13 @@ class Controller:
             t = threading.Thread(target=target, daemon=True)
             t.start()
             self.threads.append(t)
+            self.loops.append(t)
 
     def stop(self) -> None:
         self.stop_event.set()
+        for t in self.loops[:2]:  # leader and reconcile: a pass in progress ends before the Lease is handed back
+            if t is not threading.current_thread():
+                t.join(timeout=self.elector.config.request_timeout * 2)
         if self.leader:
             self.elector.release()
         if self.server is not None:
@@ -271,8 +298,9 @@ class Controller:
 
 
 def run(opts: Options, kubeconfig: str | None, namespaces: list[str] | None, lease_namespace: str,
-        identity: str | None, health_port: int, resync: float) -> None:
-    """The `llmc controller` process: until SIGTERM/SIGINT, then a graceful stop."""
+        identity: str | None, health_port: int, resync: float, lease: LeaseConfig | None = None) -> int:
+    """The `llmc controller` process: until SIGTERM/SIGINT (a graceful stop, exit code 0) or lost
+    leadership (exit code 1, so Kubernetes restarts the pod as a follower)."""
     import signal
     import socket
     import sys
@@ -289,13 +317,17 @@ def run(opts: Options, kubeconfig: str | None, namespaces: list[str] | None, lea
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-    ctrl = Controller(client.ApiClient(), opts, identity or socket.gethostname(), lease_namespace,
-                      namespaces=namespaces, resync=resync)
-    ctrl.serve_health("0.0.0.0", health_port)
     done = threading.Event()
+    ctrl = Controller(client.ApiClient(), opts, identity or socket.gethostname(), lease_namespace,
+                      namespaces=namespaces, resync=resync, lease=lease, on_lost=done.set)
+    ctrl.serve_health("0.0.0.0", health_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     ctrl.start()
     log.info("started", extra={"leader": False})
     done.wait()
+    if ctrl.lost.is_set():
+        log.warning("exiting: leadership lost", extra={"leader": False})
+        return 1
     ctrl.stop()  # stop watches and loops, hand the Lease back
+    return 0

@@ -24,6 +24,8 @@ bookmarks, pagination, admission, authentication, and garbage collection of owne
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -43,6 +45,10 @@ class FakeAPIServer:
         self.compacted = 0
         self.faults: list[dict] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self.log: list[tuple[float, str, str, str]] = []  # (monotonic time, method, path, user agent)
+        self.outage_until = 0.0
+        self.outage_mode = "reset"
+        self.delays: dict[str, float] = {}  # method -> seconds every such request takes
         self.watch_generation = 0
         server = self
 
@@ -51,6 +57,11 @@ class FakeAPIServer:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                # Without it every small response waits for the client's delayed ACK (Nagle, ~40 ms).
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_GET(self):
                 server._dispatch(self, "GET")
@@ -77,6 +88,26 @@ class FakeAPIServer:
     def fail(self, method: str, path_part: str, status: int, times: int = 1) -> None:
         with self.lock:
             self.faults.append({"method": method, "path": path_part, "status": status, "times": times})
+
+    def outage(self, seconds: float, mode: str = "reset") -> None:
+        """For ``seconds``, every request fails at the connection level: ``reset`` closes it with a
+        TCP RST, ``hang`` holds it unanswered until the outage ends, then closes it. Watches drop."""
+        with self.lock:
+            self.outage_until, self.outage_mode = time.monotonic() + seconds, mode
+        self.drop_watches()
+
+    def delay(self, method: str, seconds: float) -> None:
+        """Every ``method`` request takes ``seconds`` before it is handled (a slow API server)."""
+        with self.lock:
+            self.delays[method] = seconds
+
+    def writes_by(self, agent_part: str, since: float = 0.0, leases: bool = False) -> list[tuple[float, str, str]]:
+        """(time, method, path) of writes whose User-Agent contains ``agent_part``, received at or
+        after ``since`` (monotonic); Lease writes only with ``leases``."""
+        with self.lock:
+            return [(t, m, p) for t, m, p, ua in self.log
+                    if m in ("POST", "PUT", "PATCH", "DELETE") and agent_part in ua and t >= since
+                    and (leases or "/leases" not in p)]
 
     def drop_watches(self) -> None:
         with self.lock:
@@ -177,16 +208,34 @@ class FakeAPIServer:
         self._send(h, code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
                              "reason": reason, "message": message})
 
+    @staticmethod
+    def _reset(h: BaseHTTPRequestHandler) -> None:
+        """Close the connection with a TCP RST and no response."""
+        h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        h.close_connection = True
+
     def _dispatch(self, h: BaseHTTPRequestHandler, method: str) -> None:
         url = urlparse(h.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         length = int(h.headers.get("content-length") or 0)
         body = h.rfile.read(length) if length else b""
         with self.lock:
+            self.log.append((time.monotonic(), method, url.path, h.headers.get("user-agent", "")))
+            outage_left, mode = self.outage_until - time.monotonic(), self.outage_mode
+            delay = self.delays.get(method, 0.0)
+        if outage_left > 0:
+            if mode == "hang":
+                time.sleep(outage_left)
+            return self._reset(h)
+        if delay:
+            time.sleep(delay)
+        with self.lock:
             self.requests.append((method, url.path))
             for fault in self.faults:
                 if fault["method"] == method and fault["path"] in url.path and fault["times"] > 0:
                     fault["times"] -= 1
+                    if fault["status"] == "reset":
+                        return self._reset(h)
                     reason = {409: "Conflict", 500: "InternalError"}.get(fault["status"], "Error")
                     return self._status(h, fault["status"], reason, "injected fault")
         prefix, plural, ns, name, status = self._parse(url.path)
