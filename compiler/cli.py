@@ -214,7 +214,16 @@ def controller(
     identity: Annotated[str | None, typer.Option("--identity", envvar="POD_NAME", help="This replica's "
                                                  "identity in the Lease (default: hostname).")] = None,
     health_port: Annotated[int, typer.Option("--health-port", help="Port of /healthz, /readyz, /metrics.")] = 8080,
-    resync: Annotated[float, typer.Option("--resync", help="Seconds between full reconciles.")] = 30.0,
+    gateway_namespaces: Annotated[list[str] | None, typer.Option(
+        "--gateway-namespaces", help="Namespace (repeatable, or comma-separated) the controller may write "
+        "into for sources of other namespaces, i.e. gateway namespaces (default: none; a source's own "
+        "namespace is always allowed). The Istio root namespace is writable only if listed.")] = None,
+    istio_root_namespace: Annotated[str, typer.Option("--istio-root-namespace", help="Istio's root "
+                                                      "namespace (mesh-wide config).")] = "istio-system",
+    resync: Annotated[float, typer.Option("--resync", help="Seconds between full reconciles (edits of "
+                                          "generated objects are repaired at once, via watches).")] = 300.0,
+    api_qps: Annotated[float, typer.Option("--api-qps", help="Client-side rate limit of API writes.")] = 50.0,
+    api_burst: Annotated[int, typer.Option("--api-burst", help="Burst of API writes.")] = 100,
     lease_duration: Annotated[float, typer.Option("--lease-duration", help="Seconds another replica waits, "
                                                   "observing no renewal, before taking the Lease.")] = 15.0,
     renew_deadline: Annotated[float, typer.Option("--renew-deadline", help="Seconds without a successful "
@@ -231,15 +240,19 @@ def controller(
 ) -> None:
     """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
     from .controller.leader import LeaseConfig
-    from .controller.runtime import run
+    from .controller.runtime import Tuning, run
 
     opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry)
     try:
         lease = LeaseConfig(lease_duration, renew_deadline, retry_period, request_timeout)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    code = run(opts, kubeconfig=kubeconfig, namespaces=watch_namespace, lease_namespace=lease_namespace,
-               identity=identity, health_port=health_port, resync=resync, lease=lease)
+    allowed = sorted({n.strip() for item in gateway_namespaces or [] for n in item.split(",") if n.strip()})
+    watched = sorted({n.strip() for item in watch_namespace or [] for n in item.split(",") if n.strip()})
+    code = run(opts, kubeconfig=kubeconfig, namespaces=watched, lease_namespace=lease_namespace,
+               identity=identity, health_port=health_port, lease=lease,
+               tuning=Tuning(resync=resync, qps=api_qps, burst=api_burst),
+               gateway_namespaces=allowed, istio_root_namespace=istio_root_namespace)
     raise typer.Exit(code)
 
 

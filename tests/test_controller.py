@@ -47,7 +47,7 @@ def test_create_applies_what_render_prints_and_sets_status(api):
             return [w for w in api.writes() if "/leases" not in w[1]]
 
         before, count = len(writes()), ctrl.metrics.values["llmc_reconciles_total"]
-        ctrl.dirty.set()
+        ctrl.enqueue_all()
         wait_for(lambda: ctrl.metrics.values["llmc_reconciles_total"] > count, what="another reconcile")
         time.sleep(0.3)
         assert len(writes()) == before
@@ -145,6 +145,7 @@ def test_two_controllers_one_leader(api):
 
 
 def test_health_ready_and_metrics(api):
+    load_seed(api)
     ctrl = start(api)
     port = ctrl.serve_health("127.0.0.1", 0)
     try:

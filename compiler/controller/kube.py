@@ -1,8 +1,12 @@
 """The controller's Kubernetes API calls, on the official client, with retries and backoff.
 
-Generated objects are applied with server-side apply (field manager ``llmc``, forced), pruned only
-when they carry llmc's ``managed-by`` label *and* its sources annotation, and never read or
-written otherwise. Secrets are only checked for existence: their contents are never read.
+Generated objects are applied with server-side apply (field manager ``llmc-controller``, forced)
+and carry the owner label :data:`OWNER_LABEL` besides llmc's ``managed-by`` label: only objects with
+both (and the sources annotation) are watched and ever pruned, so the output of
+``llmc render | kubectl apply`` (same ``managed-by`` label, no owner label) is never deleted. An
+object of the same name that ``render`` applied earlier is adopted: the forced apply takes its
+fields over and adds the owner label. Secrets are only checked for existence: their contents are
+never read. Every call has a timeout; writes pass the leader fence and a client-side rate limiter.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError as TransportError
 
-from .reconcile import SOURCE_GROUP, SOURCES_ANNOTATION
+from .reconcile import OWNER_LABEL, OWNER_VALUE, SOURCE_GROUP
 
 log = logging.getLogger("llmc.controller")
-FIELD_MANAGER = "llmc"
-MANAGED_SELECTOR = "app.kubernetes.io/managed-by=llmc"
+FIELD_MANAGER = "llmc-controller"
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by=llmc,{OWNER_LABEL}={OWNER_VALUE}"
 SOURCE_VERSION = "v1beta1"
 SOURCE_PLURALS = {"LLMProvider": "llmproviders", "LLMRoute": "llmroutes"}
 #: kind → (group, version, plural) of everything llmc generates
@@ -33,6 +37,7 @@ GENERATED = {
     "EnvoyFilter": ("networking.istio.io", "v1alpha3", "envoyfilters"),
     "Telemetry": ("telemetry.istio.io", "v1", "telemetries"),
 }
+RESOURCES = {**GENERATED, **{k: (SOURCE_GROUP, SOURCE_VERSION, p) for k, p in SOURCE_PLURALS.items()}}
 T = TypeVar("T")
 
 
@@ -63,32 +68,49 @@ def _no_fence() -> None:
 
 
 class Kube:
-    """Every call carries ``timeout`` (seconds); every write first passes ``fence``."""
+    """Every call carries ``timeout`` (seconds); every write first passes ``fence`` and ``limiter``."""
 
-    def __init__(self, api: client.ApiClient, fence: Callable[[], None] = _no_fence, timeout: float = 5.0):
+    def __init__(self, api: client.ApiClient, fence: Callable[[], None] = _no_fence, timeout: float = 5.0,
+                 limiter: Callable[[], None] = _no_fence):
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
-        self.fence, self.timeout = fence, timeout
+        self.timeout, self.limiter, self._fence = timeout, limiter, fence
 
-    # sources ---------------------------------------------------------------------------------------
+    def fence(self) -> None:
+        self.limiter()
+        self._fence()  # after the limiter's wait: the fence is checked right before the request
 
-    def list_sources(self, plural: str) -> tuple[list[dict], str]:
-        data = retrying(lambda: self.custom.list_cluster_custom_object(
-            SOURCE_GROUP, SOURCE_VERSION, plural, _request_timeout=self.timeout),
-                        f"list {plural}")
+    # list and watch ------------------------------------------------------------------------------
+
+    def list(self, kind: str, namespace: str | None, selector: str | None = None) -> tuple[list[dict], str]:
+        """Items (with apiVersion and kind set) and the list's resourceVersion."""
+        group, version, plural = RESOURCES[kind]
+        kw = {"label_selector": selector} if selector else {}
+        if namespace is None:
+            data = retrying(lambda: self.custom.list_cluster_custom_object(
+                group, version, plural, _request_timeout=self.timeout, **kw), f"list {plural}")
+        else:
+            data = retrying(lambda: self.custom.list_namespaced_custom_object(
+                group, version, namespace, plural, _request_timeout=self.timeout, **kw), f"list {plural}")
         items = data.get("items", [])
         for item in items:  # list items may omit apiVersion/kind
-            item.setdefault("apiVersion", f"{SOURCE_GROUP}/{SOURCE_VERSION}")
-            item.setdefault("kind", next(k for k, p in SOURCE_PLURALS.items() if p == plural))
+            item.setdefault("apiVersion", f"{group}/{version}")
+            item.setdefault("kind", kind)
         return items, data["metadata"]["resourceVersion"]
 
-    def watch_sources(self, plural: str, resource_version: str, timeout: int):
+    def watch(self, kind: str, namespace: str | None, selector: str | None, resource_version: str, timeout: int):
         from kubernetes import watch
 
+        group, version, plural = RESOURCES[kind]
+        kw = {"label_selector": selector} if selector else {}
         w = watch.Watch()
-        return w, w.stream(self.custom.list_cluster_custom_object, SOURCE_GROUP, SOURCE_VERSION, plural,
+        if namespace is None:
+            return w, w.stream(self.custom.list_cluster_custom_object, group, version, plural,
+                               resource_version=resource_version, timeout_seconds=timeout,
+                               _request_timeout=timeout + self.timeout, **kw)
+        return w, w.stream(self.custom.list_namespaced_custom_object, group, version, namespace, plural,
                            resource_version=resource_version, timeout_seconds=timeout,
-                           _request_timeout=timeout + self.timeout)
+                           _request_timeout=timeout + self.timeout, **kw)
 
     def patch_status(self, obj: dict, status: dict) -> None:
         meta = obj["metadata"]
@@ -115,23 +137,6 @@ class Kube:
             raise
 
     # generated objects ---------------------------------------------------------------------------
-
-    def list_managed(self) -> dict[tuple[str, str, str], dict]:
-        """(kind, namespace, name) → live object, for objects llmc owns (label and annotation)."""
-        out = {}
-        for kind, (group, version, plural) in GENERATED.items():
-            try:
-                data = retrying(lambda g=group, v=version, p=plural: self.custom.list_cluster_custom_object(
-                    g, v, p, label_selector=MANAGED_SELECTOR, _request_timeout=self.timeout), f"list {plural}")
-            except ApiException as exc:
-                if exc.status == 404:  # that kind's CRD is not installed: nothing of it can be ours
-                    continue
-                raise
-            for item in data.get("items", []):
-                meta = item["metadata"]
-                if SOURCES_ANNOTATION in (meta.get("annotations") or {}):
-                    out[(kind, meta["namespace"], meta["name"])] = item
-        return out
 
     def apply(self, obj: dict) -> None:
         group, version, plural = GENERATED[obj["kind"]]

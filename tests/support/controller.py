@@ -10,8 +10,8 @@ from ruamel.yaml import YAML
 
 from compiler import Options
 from compiler.controller.leader import LeaseConfig
-from compiler.controller.reconcile import HASH_ANNOTATION
-from compiler.controller.runtime import Controller
+from compiler.controller.reconcile import HASH_ANNOTATION, OWNER_LABEL
+from compiler.controller.runtime import Controller, Tuning
 from tests.conftest import REPO
 from tests.support.fake_apiserver import FakeAPIServer
 
@@ -54,8 +54,10 @@ FAST_LEASE = LeaseConfig(lease_duration=2.0, renew_deadline=1.5, retry_period=0.
 def start(server: FakeAPIServer, identity: str = "a", **kw) -> Controller:
     cfg = client.Configuration()
     cfg.host = server.url
-    ctrl = Controller(client.ApiClient(cfg), Options(), identity, "llmc-system", resync=kw.pop("resync", 60),
-                      watch_timeout=kw.pop("watch_timeout", 2), lease=kw.pop("lease", FAST_LEASE), **kw)
+    tuning = Tuning(resync=kw.pop("resync", 60), watch_timeout=kw.pop("watch_timeout", 2), debounce=0.02,
+                    backoff_base=0.05, backoff_cap=1.0, qps=0)
+    ctrl = Controller(client.ApiClient(cfg), kw.pop("opts", Options()), identity, "llmc-system",
+                      lease=kw.pop("lease", FAST_LEASE), tuning=tuning, **kw)
     ctrl.start()
     return ctrl
 
@@ -71,8 +73,10 @@ def strip(obj: dict) -> dict:
     """An applied object as `llmc render` prints it: without server fields, owners and hash."""
     obj = {k: v for k, v in obj.items() if k != "status"}
     meta = {k: v for k, v in obj["metadata"].items()
-            if k not in ("resourceVersion", "uid", "generation", "creationTimestamp", "ownerReferences")}
+            if k not in ("resourceVersion", "uid", "generation", "creationTimestamp", "ownerReferences",
+                         "managedFields")}
     meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != HASH_ANNOTATION}
+    meta["labels"] = {k: v for k, v in meta["labels"].items() if k != OWNER_LABEL}
     return {**obj, "metadata": meta}
 
 
