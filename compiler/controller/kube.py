@@ -120,7 +120,8 @@ class Kube:
             _request_timeout=self.timeout),
             f"status {obj['kind']} {meta['namespace']}/{meta['name']}", fence=self.fence)
 
-    def secret_exists(self, namespace: str, name: str) -> bool:
+    def secret_exists(self, namespace: str, name: str) -> bool | None:
+        """True or False; None when RBAC does not let the controller look (403)."""
         try:
             # The raw response is drained unread: only the status code is used, the data never decoded.
             resp = retrying(lambda: self.core.read_namespaced_secret(
@@ -134,6 +135,8 @@ class Kube:
         except ApiException as exc:
             if exc.status == 404:
                 return False
+            if exc.status == 403:
+                return None
             raise
 
     # generated objects ---------------------------------------------------------------------------

@@ -183,7 +183,8 @@ def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope) -> Plan:
         sources = annotated_sources(obj)
         namespaces = {s.split(" ", 1)[-1].split("/", 1)[0] for s in sources}
         if not scope.allows(namespaces, key[1]):
-            for s in sources:
+            # blame the routes, whose `gateways` chose the namespace; providers only if alone
+            for s in [s for s in sources if s.startswith("LLMRoute ")] or sources:
                 if s.split(" ", 1)[-1].split("/", 1)[0] != key[1]:
                     msgs = out.refused.setdefault(s, [])
                     if scope.refusal(key[1]) not in msgs:
@@ -219,13 +220,11 @@ def conditions(obj: dict, outcome: Outcome, failures: list[str], missing_secrets
     accepted = not errors
     if unresolved:
         resolved = ("False", "ProviderNotFound", text(unresolved))
-    elif refused:
-        resolved = ("False", "GatewayNamespaceNotAllowed", "; ".join(refused)[:1024])
     elif missing_secrets:
         resolved = ("False", "SecretNotFound", f"Secret(s) not found: {', '.join(missing_secrets)}")
     elif unchecked_secrets:
-        resolved = ("Unknown", "NotChecked", "Secret(s) not checked: they are needed in a namespace the controller "
-                    "may not read (" + ", ".join(unchecked_secrets) + ")")
+        resolved = ("Unknown", "NotChecked", "Secret(s) not checked: needed in namespace(s) the controller may not "
+                    "read Secrets in (" + ", ".join(unchecked_secrets) + ")")
     else:
         resolved = ("True", "ResolvedRefs", "")
     conds = [

@@ -235,7 +235,7 @@ class Controller:
             return {}, {}
         from ..translate.common import placements
 
-        exists: dict[tuple[str, str], bool] = {}
+        exists: dict[tuple[str, str], bool | None] = {}
         missing: dict[str, list[str]] = {}
         unchecked: dict[str, list[str]] = {}
         for vh in outcome.program.vhosts:
@@ -254,7 +254,11 @@ class Controller:
                         key = (pl.namespace, ref.name)
                         if key not in exists:
                             exists[key] = self.kube.secret_exists(*key)
-                        if not exists[key]:
+                        if exists[key] is None:  # no RBAC to look there
+                            for s in users:
+                                if pl.namespace not in unchecked.setdefault(s, []):
+                                    unchecked[s].append(pl.namespace)
+                        elif not exists[key]:
                             for s in users:
                                 if f"{key[0]}/{key[1]}" not in missing.setdefault(s, []):
                                     missing[s].append(f"{key[0]}/{key[1]}")

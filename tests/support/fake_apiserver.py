@@ -85,6 +85,9 @@ class FakeAPIServer:
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # A fresh cluster's namespaces, plus llmc-system as after `kubectl apply -k deploy/`.
+        for ns in ("default", "kube-system", "kube-public", "kube-node-lease", "llmc-system"):
+            self.create_namespace(ns)
 
     # -- test controls -----------------------------------------------------------------------------
 
@@ -134,8 +137,21 @@ class FakeAPIServer:
         with self.lock:
             return [deepcopy(o) for k, o in sorted(self.objects.items()) if k[:2] == (prefix, plural)]
 
+    def create_namespace(self, name: str) -> None:
+        with self.lock:
+            key = ("api/v1", "namespaces", "", name)
+            if key not in self.objects:
+                self._store(key, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, "ADDED")
+
+    def namespace_exists(self, name: str) -> bool:
+        with self.lock:
+            return ("api/v1", "namespaces", "", name) in self.objects
+
     def put_object(self, prefix: str, plural: str, obj: dict) -> dict:
-        """Create or replace directly (as kubectl apply would), emitting the watch event."""
+        """Create or replace directly (as kubectl apply would), emitting the watch event; creates
+        the object's namespace first if needed (as a test's `kubectl create namespace`)."""
+        if obj["metadata"].get("namespace"):
+            self.create_namespace(obj["metadata"]["namespace"])
         with self.lock:
             meta = obj["metadata"]
             key = (prefix, plural, meta.get("namespace", ""), meta["name"])
@@ -262,6 +278,9 @@ class FakeAPIServer:
                     return self._status(h, 404, "NotFound", f"{plural} {name} not found")
                 return self._send(h, 200, {"kind": "Status", "status": "Success"})
             doc = yaml.safe_load(body) if body else {}
+            creates = method == "POST" or method == "PATCH" and current is None and not status
+            if creates and ns and ("api/v1", "namespaces", "", ns) not in self.objects:
+                return self._status(h, 404, "NotFound", f'namespaces "{ns}" not found')
             if method == "POST":
                 key = (prefix, plural, ns or "", doc["metadata"]["name"])
                 if key in self.objects:
