@@ -1,29 +1,46 @@
 """An in-process fake Kubernetes API server, for driving `llmc controller` through the real
-`kubernetes` Python client.
+`kubernetes` Python client and the real `kubectl`.
 
 Implements (enough of the real REST and watch protocol for a controller, on 127.0.0.1):
 * custom and built-in resources at ``/apis/<group>/<version>/namespaces/<ns>/<plural>[/<name>[/status]]``
-  and ``/api/v1/...``; cluster-wide lists at ``/apis/<group>/<version>/<plural>``;
-* LIST with ``labelSelector`` (``k=v`` terms) returning ``metadata.resourceVersion``;
+  and ``/api/v1/...``; cluster-wide lists at ``/apis/<group>/<version>/<plural>``; any resource path is
+  served, whether or not a CRD for it is stored;
+* discovery, OpenAPI v3 and ``Table`` responses (:mod:`tests.support.fake_discovery`), so ``kubectl
+  apply --server-side`` and ``kubectl get`` (printer columns, short names, categories) work;
+* LIST with ``labelSelector`` (``=``, ``==``, ``!=``, ``in``, ``notin``, exists, ``!``exists); a
+  selector it cannot parse is answered with ``400``, never with an empty list;
 * WATCH (``?watch=true&resourceVersion=N``): a chunked stream of ``{"type", "object"}`` lines for
   events after N, open until ``timeoutSeconds``; N older than the compacted history gets an
   ``ERROR`` event with a ``410 Gone`` Status, as etcd compaction causes;
-* server-side apply (``PATCH`` with ``application/apply-patch+yaml``): creates, or replaces the
-  applied fields (labels, annotations, ownerReferences, spec/data); a no-op apply changes nothing
-  (same resourceVersion); ``generation`` moves when ``spec`` changes;
-* the ``status`` subresource (merge patch), ``DELETE``, ``POST`` (409 if it exists) and ``PUT`` with
-  optimistic concurrency (409 on a stale ``resourceVersion``) — what leader election needs;
-* fault injection (:meth:`FakeAPIServer.fail`), dropping all watches (:meth:`drop_watches`),
-  history compaction (:meth:`compact`), and a request log for asserting on writes.
+* server-side apply (``PATCH`` with ``application/apply-patch+yaml``, ``fieldManager`` required) with
+  ``managedFields`` and field ownership (:mod:`tests.support.fake_ssa`): a second manager's fields
+  survive, conflicts are 409 unless forced, a no-op apply changes nothing (same resourceVersion);
+  ``generation`` moves when ``spec`` changes; JSON merge patch; creates, updates and the test's
+  :meth:`FakeAPIServer.put_object` (manager ``test-edit``) record ownership too;
+* pruning of unknown fields by a stored CRD's structural schema (``fieldValidation=Strict``: 400);
+* the ``status`` subresource: ``/status`` writes change only ``status``, main-resource writes never
+  change it; ``DELETE``, ``POST`` (409 if it exists) and ``PUT`` with optimistic concurrency (409 on a
+  stale ``resourceVersion``) — what leader election needs;
+* ``404`` for creates in a namespace that does not exist (a fresh cluster's namespaces and
+  ``llmc-system`` exist; :meth:`FakeAPIServer.create_namespace` adds one; ``put_object`` creates the
+  object's namespace as a test's ``kubectl create namespace`` would);
+* TCP_NODELAY (no Nagle delay per response) and a listen backlog for a dozen concurrent watches;
+* fault injection: HTTP errors or connection resets per method and path (:meth:`FakeAPIServer.fail`),
+  an outage of resets or hangs (:meth:`FakeAPIServer.outage`), slow requests
+  (:meth:`FakeAPIServer.delay`), dropping all watches (:meth:`FakeAPIServer.drop_watches`), history
+  compaction (:meth:`FakeAPIServer.compact`); a request log with times and User-Agents.
 
-Not implemented: field managers and conflicts between them, strategic merge, field selectors,
-bookmarks, pagination, admission, authentication, and garbage collection of ownerReferences
-(tests assert the references instead).
+Not implemented: strategic merge patch, list-map merging by key in server-side apply (lists are
+atomic), ownership of ``status`` fields, field selectors, bookmarks, pagination, aggregated discovery
+(v2), OpenAPI v2 (protobuf), admission (CEL rules, defaults, webhooks), authentication and RBAC (no
+403 unless injected), namespace deletion, finalizers, and garbage collection of ownerReferences (tests
+assert the references instead).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import threading
@@ -34,6 +51,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import yaml
+
+from tests.support import fake_ssa as ssa
+from tests.support.fake_discovery import crds, discovery, table
 
 
 class FakeAPIServer:
@@ -155,7 +175,9 @@ class FakeAPIServer:
         with self.lock:
             meta = obj["metadata"]
             key = (prefix, plural, meta.get("namespace", ""), meta["name"])
-            return self._store(key, deepcopy(obj), "MODIFIED" if key in self.objects else "ADDED")
+            current = self.objects.get(key)
+            obj = ssa.update(current, _keep_status(current, obj) if "status" not in obj else obj, "test-edit")
+            return self._store(key, obj, "MODIFIED" if current is not None else "ADDED")
 
     def delete_object(self, prefix: str, plural: str, ns: str, name: str) -> None:
         with self.lock:
@@ -175,7 +197,7 @@ class FakeAPIServer:
         meta["resourceVersion"] = str(self.rv)
         if old is None:
             meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+            meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             meta["generation"] = 1
         else:
             meta["uid"] = old["metadata"]["uid"]
@@ -210,7 +232,7 @@ class FakeAPIServer:
         ns = None
         if rest and rest[0] == "namespaces" and len(rest) >= 3:
             ns, rest = rest[1], rest[2:]
-        plural = rest[0]
+        plural = rest[0] if rest else None
         name = rest[1] if len(rest) > 1 else None
         status = len(rest) > 2 and rest[2] == "status"
         return prefix, plural, ns, name, status
@@ -257,14 +279,33 @@ class FakeAPIServer:
                         return self._reset(h)
                     reason = {409: "Conflict", 500: "InternalError"}.get(fault["status"], "Error")
                     return self._status(h, fault["status"], reason, "injected fault")
-        prefix, plural, ns, name, status = self._parse(url.path)
+        if method == "GET":
+            with self.lock:
+                found = discovery(self.objects, url.path)
+            if found is not None:
+                return self._send(h, 200, found)
+        try:
+            prefix, plural, ns, name, status = self._parse(url.path)
+        except IndexError:
+            return self._status(h, 404, "NotFound", f"the server could not find the requested resource {url.path}")
+        if url.path.strip("/").split("/")[0] not in ("api", "apis") or plural is None:
+            return self._status(h, 404, "NotFound", f"the server could not find the requested resource {url.path}")
+        selector = query.get("labelSelector", "")
+        try:
+            parse_selector(selector)
+        except ValueError as exc:
+            return self._status(h, 400, "BadRequest", f"unable to parse requirement: {exc}")
         if method == "GET" and name is None and query.get("watch") in ("true", "1"):
             return self._watch(h, prefix, plural, ns, query)
+        as_table = "as=Table" in h.headers.get("accept", "")
+        group = prefix.split("/")[1] if prefix.startswith("apis/") else ""
         with self.lock:
             if method == "GET" and name is None:
                 items = [deepcopy(o) for k, o in sorted(self.objects.items())
                          if k[:2] == (prefix, plural) and (ns is None or k[2] == ns)
-                         and _selected(o, query.get("labelSelector", ""))]
+                         and _selected(o, selector)]
+                if as_table:
+                    return self._send(h, 200, table(self.objects, group, plural, items))
                 return self._send(h, 200, {"kind": "List", "apiVersion": "v1", "items": items,
                                            "metadata": {"resourceVersion": str(self.rv)}})
             key = (prefix, plural, ns or "", name)
@@ -272,7 +313,7 @@ class FakeAPIServer:
             if method == "GET":
                 if current is None:
                     return self._status(h, 404, "NotFound", f"{plural} {name} not found")
-                return self._send(h, 200, current)
+                return self._send(h, 200, table(self.objects, group, plural, [current]) if as_table else current)
             if method == "DELETE":
                 if self._delete(key) is None:
                     return self._status(h, 404, "NotFound", f"{plural} {name} not found")
@@ -281,39 +322,69 @@ class FakeAPIServer:
             creates = method == "POST" or method == "PATCH" and current is None and not status
             if creates and ns and ("api/v1", "namespaces", "", ns) not in self.objects:
                 return self._status(h, 404, "NotFound", f'namespaces "{ns}" not found')
+            manager = query.get("fieldManager") or h.headers.get("user-agent", "unknown").split("/")[0]
+            if method != "DELETE" and not status:
+                unknown = self._prune(group, plural, doc)
+                if unknown and query.get("fieldValidation") == "Strict":
+                    return self._status(h, 400, "BadRequest", "strict decoding error: "
+                                        + ", ".join(f'unknown field "{u}"' for u in unknown))
             if method == "POST":
                 key = (prefix, plural, ns or "", doc["metadata"]["name"])
                 if key in self.objects:
                     return self._status(h, 409, "AlreadyExists", "already exists")
-                return self._send(h, 201, self._store(key, doc, "ADDED"))
+                return self._send(h, 201, self._store(key, ssa.update(None, doc, manager), "ADDED"))
             if method == "PUT":
                 if current is None:
                     return self._status(h, 404, "NotFound", "not found")
                 if doc["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
                     return self._status(h, 409, "Conflict", "the object has been modified")
-                return self._send(h, 200, self._store(key, doc, "MODIFIED"))
-            if method == "PATCH" and status:
+                doc = _keep_status(current, doc)
+                return self._send(h, 200, self._store(key, ssa.update(current, doc, manager), "MODIFIED"))
+            if method == "PATCH" and status:  # the status subresource: only status changes
                 if current is None:
                     return self._status(h, 404, "NotFound", "not found")
                 updated = deepcopy(current)
-                updated["status"] = doc.get("status", {})
+                updated["status"] = _merge(current.get("status") or {}, doc.get("status") or {})
                 if updated == current:
                     return self._send(h, 200, current)
                 return self._send(h, 200, self._store(key, updated, "MODIFIED"))
             if method == "PATCH" and "apply-patch" in h.headers.get("content-type", ""):
+                if not query.get("fieldManager"):
+                    return self._status(h, 400, "BadRequest", "PATCH with apply requires fieldManager")
+                updated, conflicts = ssa.apply(current, doc, manager, query.get("force") == "true")
+                if updated is None:
+                    return self._status(h, 409, "Conflict", f"Apply failed with {len(conflicts)} conflict(s): "
+                                        + ", ".join(conflicts))
                 if current is None:
-                    return self._send(h, 201, self._store(key, doc, "ADDED"))
-                updated = deepcopy(current)
-                for field, value in doc.items():
-                    if field != "metadata":
-                        updated[field] = value
-                for field in ("labels", "annotations", "ownerReferences"):
-                    if field in doc.get("metadata", {}):
-                        updated["metadata"][field] = doc["metadata"][field]
-                if updated == current:
+                    return self._send(h, 201, self._store(key, updated, "ADDED"))
+                updated = _keep_status(current, updated)
+                if _same(updated, current):  # a no-op apply writes nothing
                     return self._send(h, 200, current)
                 return self._send(h, 200, self._store(key, updated, "MODIFIED"))
+            if method == "PATCH" and "merge-patch" in h.headers.get("content-type", ""):
+                if current is None:
+                    return self._status(h, 404, "NotFound", "not found")
+                updated = _keep_status(current, _merge(current, doc))
+                if updated == current:
+                    return self._send(h, 200, current)
+                return self._send(h, 200, self._store(key, ssa.update(current, updated, manager), "MODIFIED"))
             return self._status(h, 405, "MethodNotAllowed", f"{method} {url.path}")
+
+    def _prune(self, group: str, plural: str, doc: dict) -> list[str]:
+        """Drop fields the stored CRD's structural schema does not specify (as the API server
+        prunes them); the dropped paths. Kinds without a stored CRD are kept as they are."""
+        schema = None
+        for crd in crds(self.objects):
+            if crd["spec"]["group"] == group and crd["spec"]["names"]["plural"] == plural:
+                version = doc.get("apiVersion", "").rsplit("/", 1)[-1]
+                for v in crd["spec"]["versions"]:
+                    if v["name"] == version:
+                        schema = (v.get("schema") or {}).get("openAPIV3Schema")
+        if schema is None:
+            return []
+        dropped: list[str] = []
+        _prune_node(doc, schema, "", dropped, root=True)
+        return dropped
 
     def _watch(self, h: BaseHTTPRequestHandler, prefix: str, plural: str, ns: str | None, query: dict) -> None:
         since = int(query.get("resourceVersion") or 0)
@@ -354,10 +425,108 @@ class FakeAPIServer:
             pass
 
 
+def _prune_node(node, schema: dict, path: str, dropped: list[str], root: bool = False) -> None:
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    if isinstance(node, dict) and schema.get("type") == "object":
+        props, extra = schema.get("properties") or {}, schema.get("additionalProperties")
+        for key in list(node):
+            if root and key in ("apiVersion", "kind", "metadata"):
+                continue
+            sub = props.get(key) or (extra if isinstance(extra, dict) else None)
+            if sub is None and extra is not True:
+                dropped.append(f"{path}{key}")
+                del node[key]
+            elif sub is not None:
+                _prune_node(node[key], sub, f"{path}{key}.", dropped)
+    elif isinstance(node, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(node):
+            _prune_node(item, schema["items"], f"{path[:-1]}[{i}].", dropped)
+
+
+def _merge(base, patch):
+    """JSON merge patch (RFC 7386)."""
+    if not isinstance(patch, dict) or not isinstance(base, dict):
+        return deepcopy(patch)
+    out = deepcopy(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge(out.get(k), v)
+    return out
+
+
+def _keep_status(current: dict | None, new: dict) -> dict:
+    """Main-resource writes leave ``status`` alone (the status subresource is on)."""
+    new = deepcopy(new)
+    new.pop("status", None)
+    if current is not None and "status" in current:
+        new["status"] = deepcopy(current["status"])
+    return new
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Equal but for managedFields timestamps."""
+    def strip(o: dict) -> dict:
+        o = deepcopy(o)
+        for e in o.get("metadata", {}).get("managedFields") or []:
+            e.pop("time", None)
+        return o
+    return strip(a) == strip(b)
+
+
+_TERM = re.compile(r"^\s*(!)?\s*([A-Za-z0-9][-A-Za-z0-9_./]*)\s*(?:(==|=|!=)\s*([-A-Za-z0-9_.]*)|"
+                   r"\s+(in|notin)\s+\(([^()]*)\))?\s*$")
+
+
+def _split_terms(selector: str) -> list[str]:
+    terms, depth, cur = [], 0, ""
+    for ch in selector:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            terms.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [t for t in terms + [cur] if t.strip()]
+
+
+def parse_selector(selector: str) -> list[tuple]:
+    """Label selector terms (=, ==, !=, in, notin, exists, !exists); ValueError for anything else,
+    which the server answers with 400 — never with an empty list."""
+    out = []
+    for term in _split_terms(selector):
+        m = _TERM.match(term)
+        if m is None:
+            raise ValueError(repr(term))
+        neg, key, op, value, set_op, values = m.groups()
+        if neg and (op or set_op):
+            raise ValueError(repr(term))
+        if set_op:
+            out.append((set_op, key, {v.strip() for v in values.split(",") if v.strip()}))
+        elif op:
+            out.append(("!=" if op == "!=" else "=", key, value))
+        else:
+            out.append(("!exists" if neg else "exists", key, None))
+    return out
+
+
 def _selected(obj: dict, selector: str) -> bool:
     labels = obj.get("metadata", {}).get("labels") or {}
-    for term in filter(None, selector.split(",")):
-        key, _, value = term.partition("=")
-        if labels.get(key) != value:
+    for op, key, value in parse_selector(selector):
+        have = labels.get(key)
+        if op == "=":
+            ok = have == value
+        elif op == "!=":
+            ok = have != value
+        elif op == "in":
+            ok = have in value
+        elif op == "notin":
+            ok = have not in value
+        else:
+            ok = (key in labels) == (op == "exists")
+        if not ok:
             return False
     return True
