@@ -325,4 +325,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["controller"]:  # the controller section runs on its own (tests/bench/controller.py)
+        from tests.bench.controller import main as controller_main
+
+        sys.exit(controller_main(sys.argv[2:]))
     sys.exit(main())

@@ -69,6 +69,7 @@ class FakeAPIServer:
         self.outage_until = 0.0
         self.outage_mode = "reset"
         self.delays: dict[str, float] = {}  # method -> seconds every such request takes
+        self.chaos_rate, self.chaos_rng, self.chaos_count = 0.0, None, 0
         self.watch_generation = 0
         server = self
 
@@ -121,6 +122,14 @@ class FakeAPIServer:
         with self.lock:
             self.outage_until, self.outage_mode = time.monotonic() + seconds, mode
         self.drop_watches()
+
+    def chaos(self, rate: float, seed: int = 0) -> None:
+        """Fail a ``rate`` fraction of requests (not watches), deterministically from ``seed``:
+        alternately with a 500, a 429 and a connection reset."""
+        import random
+
+        with self.lock:
+            self.chaos_rate, self.chaos_rng = rate, random.Random(seed)
 
     def delay(self, method: str, seconds: float) -> None:
         """Every ``method`` request takes ``seconds`` before it is handled (a slow API server)."""
@@ -272,6 +281,12 @@ class FakeAPIServer:
             time.sleep(delay)
         with self.lock:
             self.requests.append((method, url.path))
+            if self.chaos_rate and "watch=" not in url.query and self.chaos_rng.random() < self.chaos_rate:
+                self.chaos_count += 1
+                kind = self.chaos_count % 3
+                if kind == 0:
+                    return self._reset(h)
+                return self._status(h, 500 if kind == 1 else 429, "InternalError", "injected fault")
             for fault in self.faults:
                 if fault["method"] == method and fault["path"] in url.path and fault["times"] > 0:
                     fault["times"] -= 1
