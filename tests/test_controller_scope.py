@@ -216,3 +216,40 @@ def test_the_work_key_is_the_namespace_or_everything_when_objects_aggregate():
     assert work_key("ns-00", Options()) == "ns-00"
     assert work_key("ns-00", Options(egress_gateway="istio-system/istio-egressgateway")) == "*"
     assert work_key("ns-00", Options(telemetry=True)) == "*"
+
+
+def test_routes_of_several_namespaces_on_one_gateway_share_its_filter_as_render_does(api):
+    """The gateway-wide EnvoyFilter lists the rules of every namespace: one key covers them all, so
+    the controller applies what `llmc render` prints for all the sources together."""
+    from compiler import compile_paths
+    from tests.support.controller import strip
+
+    api.create_namespace("istio-system")
+    docs = []
+    for ns in ("team-a", "team-b"):
+        docs += [provider("p", ns, f"{ns}.example.com", gateway=True),
+                 route("r", ns, f"{ns}.example.com", gateways=["istio-system/gw"])]
+    put(api, *docs)
+    ctrl = start(api, gateway_namespaces=["istio-system"])
+    try:
+        wait_for(lambda: all(programmed(api, d["kind"], d["metadata"]["name"], d["metadata"]["namespace"])
+                             for d in docs), what="all programmed")
+        import json
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, "in.yaml")
+            path.write_text("\n---\n".join(json.dumps(d) for d in docs))
+            expected = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o
+                        for o in compile_paths([str(path)], Options()).objects}
+        wait_for(lambda: {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): strip(o)
+                          for o in generated(api)} == expected, what="render's objects")
+        wait_for(lambda: len(ctrl.queue) == 0 and not ctrl.queue.processing, what="queue drained")
+        assert {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): strip(o)
+                for o in generated(api)} == expected, "the keys fought over a shared object"
+        shared = [k for k in expected if k[1] == "istio-system" and "gateway-filter" in k[2]]
+        assert shared and "team-a" in expected[shared[0]]["metadata"]["annotations"]["llmc.io/sources"] \
+            and "team-b" in expected[shared[0]]["metadata"]["annotations"]["llmc.io/sources"]
+    finally:
+        ctrl.stop()

@@ -3,9 +3,11 @@ tests call it.
 
 * :func:`work_key` — the one place that decides the unit of work. Resolution is namespace-scoped
   today (a backendRef names a provider of its own namespace), so a source namespace is the closure
-  of the provider → route dependency index and is the key; in egress-gateway or telemetry mode one
-  object aggregates every namespace, so everything is one key (``*``). When placements move into the
-  IR (and routes may name providers of other namespaces) this function is what changes.
+  of the provider → route dependency index and is the key. Where one object aggregates several
+  namespaces, everything is one key (``*``): in egress-gateway or telemetry mode, and while any
+  LLMRoute binds a Gateway (the gateway-wide ``llmc-gateway-filter-*`` EnvoyFilter lists the rules of
+  every namespace). When placements move into the IR (and routes may name providers of other
+  namespaces) this function is what changes.
 * :func:`desired_state` — compiles one key's sources; invalid sources are set aside and the rest
   compiled again, so a broken LLMRoute never takes its namespace's providers down with it.
 * :func:`plan` — per object: apply, prune, keep (last known good) or refuse (tenancy).
@@ -40,9 +42,15 @@ def source_key(obj: dict) -> str:
     return f"{obj['kind']} {meta.get('namespace', '')}/{meta['name']}"
 
 
-def work_key(namespace: str, opts: Options) -> str:
-    """The work-queue key of a source in ``namespace`` (see the module docstring)."""
-    return ALL if opts.egress_gateway or opts.telemetry else namespace
+def work_key(namespace: str, opts: Options, shared: bool = False) -> str:
+    """The work-queue key of a source in ``namespace`` (see the module docstring); ``shared``: some
+    LLMRoute binds a Gateway (:func:`binds_gateway`)."""
+    return ALL if opts.egress_gateway or opts.telemetry or shared else namespace
+
+
+def binds_gateway(source: dict) -> bool:
+    return source.get("kind") == "LLMRoute" and any(
+        g != "mesh" for g in ((source.get("spec") or {}).get("gateways") or []))
 
 
 def annotated_sources(obj: dict) -> list[str]:
@@ -50,12 +58,12 @@ def annotated_sources(obj: dict) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def live_work_key(obj: dict, opts: Options) -> str | None:
+def live_work_key(obj: dict, opts: Options, shared: bool = False) -> str | None:
     """The key whose pass owns a live generated object: that of its first source."""
     sources = annotated_sources(obj)
     if not sources:
         return None
-    return work_key(sources[0].split(" ", 1)[-1].split("/", 1)[0], opts)
+    return work_key(sources[0].split(" ", 1)[-1].split("/", 1)[0], opts, shared)
 
 
 def obj_key(obj: dict) -> ObjKey:

@@ -33,6 +33,7 @@ from .reconcile import (
     Outcome,
     Scope,
     annotated_sources,
+    binds_gateway,
     conditions,
     desired_state,
     live_work_key,
@@ -105,6 +106,7 @@ class Controller:
         self.scope = Scope(frozenset(gateway_namespaces or []), istio_root_namespace)
         self.on_lost = on_lost
         self.lost = threading.Event()
+        self.was_shared = False
         self.stop_event = threading.Event()
         self.queue = WorkQueue(self.tuning.debounce, self.tuning.backoff_base, self.tuning.backoff_cap)
         self.metrics = Metrics()
@@ -134,10 +136,18 @@ class Controller:
                 {k: v for k, v in new["metadata"].items() if k in ("labels", "annotations", "generation")}:
             return  # a status or resourceVersion change: nothing to compile
         obj = new or old
-        self.queue.add(work_key(obj["metadata"].get("namespace", ""), self.opts))
+        shared = self._shared()
+        if shared != self.was_shared:  # the keys changed: everything is queued under the new ones
+            self.was_shared = shared
+            self.enqueue_all()
+        self.queue.add(work_key(obj["metadata"].get("namespace", ""), self.opts, shared))
+
+    def _shared(self) -> bool:
+        """Whether some LLMRoute binds a Gateway (then one key covers every namespace)."""
+        return any(binds_gateway(o) for i in self.sources if i.kind == "LLMRoute" for o in i.items())
 
     def _generated_event(self, old: dict | None, new: dict | None) -> None:
-        key = live_work_key(new or old, self.opts)  # an edit or deletion: repair at once
+        key = live_work_key(new or old, self.opts, self._shared())  # an edit or deletion: repair at once
         if key is not None:
             self.queue.add(key)
 
@@ -148,9 +158,10 @@ class Controller:
         return all(s.split(" ", 1)[-1].split("/", 1)[0] in self.namespaces for s in annotated_sources(obj))
 
     def keys(self) -> set[str]:
-        out = {work_key(o["metadata"].get("namespace", ""), self.opts) for i in self.sources for o in i.items()}
+        shared = self._shared()
+        out = {work_key(o["metadata"].get("namespace", ""), self.opts, shared) for i in self.sources for o in i.items()}
         out |= {k for i in self.generated for o in i.items() if self._in_scope(o)
-                for k in [live_work_key(o, self.opts)] if k is not None}
+                for k in [live_work_key(o, self.opts, shared)] if k is not None}
         return out
 
     def enqueue_all(self) -> None:
@@ -162,11 +173,18 @@ class Controller:
     def reconcile_key(self, key: str) -> bool:
         """One pass over ``key``; False when something failed (the key is retried with backoff)."""
         start = time.monotonic()
+        shared = self._shared()
+        if key != ALL and work_key(key, self.opts, shared) == ALL:
+            self.queue.add(ALL)  # a stale key from before the keys changed
+            return True
+        if key == ALL and work_key("", self.opts, shared) != ALL:
+            self.enqueue_all()  # likewise, the other way round
+            return True
         sources = [o for i in self.sources for o in i.items()
                    if key == ALL or o["metadata"].get("namespace") == key]
         outcome = desired_state(sources, self.opts)
         live = {obj_key(o): o for i in self.generated for o in i.items()
-                if live_work_key(o, self.opts) == key and self._in_scope(o)}
+                if live_work_key(o, self.opts, shared) == key and self._in_scope(o)}
         todo = plan(outcome, live, self.scope)
         failures: dict[str, list[str]] = {}
         ok = True
