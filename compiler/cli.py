@@ -224,6 +224,7 @@ def controller(
                                           "generated objects are repaired at once, via watches).")] = 300.0,
     api_qps: Annotated[float, typer.Option("--api-qps", help="Client-side rate limit of API writes.")] = 50.0,
     api_burst: Annotated[int, typer.Option("--api-burst", help="Burst of API writes.")] = 100,
+    workers: Annotated[int, typer.Option("--workers", help="Work keys reconciled in parallel.")] = 4,
     lease_duration: Annotated[float, typer.Option("--lease-duration", help="Seconds another replica waits, "
                                                   "observing no renewal, before taking the Lease.")] = 15.0,
     renew_deadline: Annotated[float, typer.Option("--renew-deadline", help="Seconds without a successful "
@@ -251,7 +252,7 @@ def controller(
     watched = sorted({n.strip() for item in watch_namespace or [] for n in item.split(",") if n.strip()})
     code = run(opts, kubeconfig=kubeconfig, namespaces=watched, lease_namespace=lease_namespace,
                identity=identity, health_port=health_port, lease=lease,
-               tuning=Tuning(resync=resync, qps=api_qps, burst=api_burst),
+               tuning=Tuning(resync=resync, qps=api_qps, burst=api_burst, workers=workers),
                gateway_namespaces=allowed, istio_root_namespace=istio_root_namespace)
     raise typer.Exit(code)
 

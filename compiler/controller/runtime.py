@@ -88,6 +88,7 @@ class Tuning:
     backoff_cap: float = 60.0
     qps: float = 50.0  # client-side rate limit of writes
     burst: int = 100
+    workers: int = 4  # keys processed in parallel (never one key twice at once)
 
 
 class Controller:
@@ -107,6 +108,8 @@ class Controller:
         self.on_lost = on_lost
         self.lost = threading.Event()
         self.was_shared = False
+        self.resync_lock = threading.Lock()
+        self.last_resync = time.monotonic()
         self.stop_event = threading.Event()
         self.queue = WorkQueue(self.tuning.debounce, self.tuning.backoff_base, self.tuning.backoff_cap)
         self.metrics = Metrics()
@@ -285,14 +288,14 @@ class Controller:
     # loops -----------------------------------------------------------------------------------------
 
     def _worker_loop(self) -> None:
-        last_resync = time.monotonic()
         while not self.stop_event.is_set():
             if not self.leader or not self.ready():
                 self.stop_event.wait(0.05)
                 continue
-            if time.monotonic() - last_resync > self.tuning.resync:
-                last_resync = time.monotonic()
-                self.enqueue_all()
+            with self.resync_lock:
+                if time.monotonic() - self.last_resync > self.tuning.resync:
+                    self.last_resync = time.monotonic()
+                    self.enqueue_all()
             key = self.queue.get(timeout=0.1)
             self.metrics.set("llmc_queue_depth", len(self.queue))
             if key is None:
@@ -367,7 +370,8 @@ class Controller:
         return self.server.server_address[1]
 
     def start(self) -> None:
-        targets = [self._leader_loop, self._worker_loop] + [i.run for i in self.sources + self.generated]
+        targets = [self._leader_loop] + [self._worker_loop] * self.tuning.workers + \
+            [i.run for i in self.sources + self.generated]
         for target in targets:
             t = threading.Thread(target=target, daemon=True)
             t.start()
@@ -377,7 +381,7 @@ class Controller:
     def stop(self) -> None:
         self.stop_event.set()
         self.queue.close()
-        for t in self.loops[:2]:  # leader and worker: a pass in progress ends before the Lease is handed back
+        for t in self.loops[:1 + self.tuning.workers]:  # leader and workers: passes end before the Lease goes
             if t is not threading.current_thread():
                 t.join(timeout=self.elector.config.request_timeout * 2)
         if self.leader:
@@ -409,7 +413,9 @@ def run(opts: Options, kubeconfig: str | None, namespaces: list[str] | None, lea
         except config.ConfigException:
             config.load_kube_config()
     done = threading.Event()
-    ctrl = Controller(client.ApiClient(), opts, identity or socket.gethostname(), lease_namespace,
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = 64  # a dozen long-lived watches plus the workers' requests
+    ctrl = Controller(client.ApiClient(cfg), opts, identity or socket.gethostname(), lease_namespace,
                       namespaces=namespaces, lease=lease, on_lost=done.set, tuning=tuning,
                       gateway_namespaces=gateway_namespaces, istio_root_namespace=istio_root_namespace)
     ctrl.serve_health("0.0.0.0", health_port)

@@ -9,8 +9,9 @@ Implements (enough of the real REST and watch protocol for a controller, on 127.
   apply --server-side`` and ``kubectl get`` (printer columns, short names, categories) work;
 * LIST with ``labelSelector`` (``=``, ``==``, ``!=``, ``in``, ``notin``, exists, ``!``exists); a
   selector it cannot parse is answered with ``400``, never with an empty list;
-* WATCH (``?watch=true&resourceVersion=N``): a chunked stream of ``{"type", "object"}`` lines for
-  events after N, open until ``timeoutSeconds``; N older than the compacted history gets an
+* WATCH (``?watch=true&resourceVersion=N``, with ``labelSelector``): a chunked stream of
+  ``{"type", "object"}`` lines for events after N, open until ``timeoutSeconds`` (an object that
+  stops matching the selector is not announced as ``DELETED``, unlike a real server); N older than the compacted history gets an
   ``ERROR`` event with a ``410 Gone`` Status, as etcd compaction causes;
 * server-side apply (``PATCH`` with ``application/apply-patch+yaml``, ``fieldManager`` required) with
   ``managedFields`` and field ownership (:mod:`tests.support.fake_ssa`): a second manager's fields
@@ -39,6 +40,7 @@ assert the references instead).
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import socket
@@ -403,6 +405,7 @@ class FakeAPIServer:
 
     def _watch(self, h: BaseHTTPRequestHandler, prefix: str, plural: str, ns: str | None, query: dict) -> None:
         since = int(query.get("resourceVersion") or 0)
+        selector = query.get("labelSelector", "")
         deadline = time.monotonic() + float(query.get("timeoutSeconds", 30))
         h.send_response(200)
         h.send_header("content-type", "application/json")
@@ -427,8 +430,11 @@ class FakeAPIServer:
                 with self.lock:
                     if generation != self.watch_generation:
                         break
-                    pending = [e for e in self.events if e[0] > since and e[1][:2] == (prefix, plural)
-                               and (ns is None or e[1][2] == ns)]
+                    start = bisect.bisect_right(self.events, since, key=lambda e: e[0])  # events are in rv order
+                    pending = [e for e in self.events[start:] if e[1][:2] == (prefix, plural)
+                               and (ns is None or e[1][2] == ns) and _selected(e[3], selector)]
+                    if not pending and start < len(self.events):
+                        since = self.events[-1][0]
                     if not pending:
                         self.lock.wait(timeout=0.2)
                         continue
