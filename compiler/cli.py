@@ -221,7 +221,7 @@ def controller(
     istio_root_namespace: Annotated[str, typer.Option("--istio-root-namespace", help="Istio's root "
                                                       "namespace (mesh-wide config).")] = "istio-system",
     resync: Annotated[float, typer.Option("--resync", help="Seconds between full reconciles (edits of "
-                                          "generated objects are repaired at once, via watches).")] = 300.0,
+                                          "generated objects are repaired at once, via watches).")] = 60.0,
     api_qps: Annotated[float, typer.Option("--api-qps", help="Client-side rate limit of API writes.")] = 50.0,
     api_burst: Annotated[int, typer.Option("--api-burst", help="Burst of API writes.")] = 100,
     workers: Annotated[int, typer.Option("--workers", help="Work keys reconciled in parallel.")] = 4,

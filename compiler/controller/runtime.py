@@ -81,7 +81,8 @@ class Metrics:
 class Tuning:
     """Durations and limits; the defaults suit a cluster, tests shrink them to run in seconds."""
 
-    resync: float = 300.0  # every key is queued this often (drift is repaired at once via watches)
+    resync: float = 60.0  # every key is queued this often (drift is repaired at once via watches;
+    # the periodic pass picks up Secrets created or deleted since, which are not watched)
     watch_timeout: int = 300
     debounce: float = 0.1  # a burst of events for one key costs one pass
     backoff_base: float = 0.2  # per-key retry: base * 2**failures, capped
