@@ -255,6 +255,17 @@ class FakeAPIServer:
         return prefix, plural, ns, name, status
 
     def _send(self, h: BaseHTTPRequestHandler, code: int, body: dict) -> None:
+        """Queue the response; :meth:`_dispatch` writes it once the store's lock is released (stored
+        objects are never changed in place, so serializing later is safe)."""
+        h.llmc_response = (code, body)
+
+    @staticmethod
+    def _flush(h: BaseHTTPRequestHandler) -> None:
+        response = getattr(h, "llmc_response", None)
+        if response is None:
+            return
+        h.llmc_response = None
+        code, body = response
         data = json.dumps(body).encode()
         h.send_response(code)
         h.send_header("content-type", "application/json")
@@ -273,6 +284,12 @@ class FakeAPIServer:
         h.close_connection = True
 
     def _dispatch(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        try:
+            self._handle(h, method)
+        finally:
+            self._flush(h)
+
+    def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         url = urlparse(h.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         length = int(h.headers.get("content-length") or 0)
