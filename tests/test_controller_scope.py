@@ -139,11 +139,13 @@ def test_secrets_checked_only_in_own_or_allowed_namespaces(api):
         other.stop()
 
 
-def test_one_refused_object_fails_only_its_own_sources(api):
+def test_one_refused_object_fails_only_its_own_sources(api, caplog):
     load_seed(api)
     put(api, provider("gw-p", "edge", "gw.example.com", gateway=True),
         route("to-missing-ns", "edge", "gw.example.com", gateways=["missing/gw"]))
-    api.fail("PATCH", "/virtualservices/llmc-provider-moonshot", 422, times=10**6)
+    # an API server may echo the refused object, and an EnvoyFilter can hold a literal key
+    api.fail("PATCH", "/virtualservices/llmc-provider-moonshot", 422, times=10**6,
+             message='VirtualService is invalid: apiKey "sk-echoed-secret"')
     ctrl = start(api, gateway_namespaces=["missing"])  # allowed, but it does not exist: 404
     try:
         wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="others programmed")
@@ -153,6 +155,8 @@ def test_one_refused_object_fails_only_its_own_sources(api):
         moon = wait_for(lambda: (c := conditions(api, "LLMProvider", "moonshot")) and
                         c["Programmed"]["reason"] == "ApplyFailed" and c, what="422 reported")
         assert "422" in moon["Programmed"]["message"]
+        assert "sk-echoed-secret" not in str(api.list(SRC, "llmproviders") + api.list(SRC, "llmroutes"))
+        assert "apply failed" in caplog.text and "sk-echoed-secret" not in caplog.text
         assert programmed(api, "LLMProvider", "dashscope-qwen") and programmed(api, "LLMRoute", "dashscope-route")
         # the provider is a source of the refused EnvoyFilter too (its settings run on that gateway)
         assert "missing/" in conditions(api, "LLMProvider", "gw-p", "edge")["Programmed"]["message"]

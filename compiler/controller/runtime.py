@@ -14,7 +14,6 @@ contents are never read).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ from ..resolve import Options
 from .informer import Informer
 from .kube import GENERATED, MANAGED_SELECTOR, SOURCE_PLURALS, Kube
 from .leader import LeaderElector, LeadershipLost, LeaseConfig
+from .observe import JsonFormatter, Metrics
 from .queue import RateLimiter, WorkQueue
 from .reconcile import (
     ALL,
@@ -46,35 +46,12 @@ from .reconcile import (
 log = logging.getLogger("llmc.controller")
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "msg": record.getMessage()}
-        for key in ("op", "status", "attempt", "kind", "object", "objects", "applied", "pruned", "error",
-                    "duration_ms", "leader", "plural", "key", "retry_in"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
-        return json.dumps(entry)
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.values = {"llmc_reconciles_total": 0, "llmc_reconcile_errors_total": 0, "llmc_applies_total": 0,
-                       "llmc_deletes_total": 0, "llmc_reconcile_duration_seconds_sum": 0.0,
-                       "llmc_reconcile_duration_seconds_count": 0, "llmc_objects_managed": 0, "llmc_leader": 0,
-                       "llmc_queue_depth": 0}
-
-    def add(self, name: str, value: float = 1) -> None:
-        with self.lock:
-            self.values[name] += value
-
-    def set(self, name: str, value: float) -> None:
-        with self.lock:
-            self.values[name] = value
-
-    def render(self) -> str:
-        with self.lock:
-            return "".join(f"{k} {v}\n" for k, v in sorted(self.values.items()))
+def describe(exc: Exception) -> str:
+    """An error for logs and status: an API error by its status and reason only — its body may echo
+    the object, and an EnvoyFilter can hold a literal apiKey."""
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason or ''}".strip()
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 @dataclass(frozen=True)
@@ -201,8 +178,8 @@ class Controller:
             except Exception as exc:  # this object fails its own sources only
                 ok = False
                 what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
-                reason = f"{what}: {getattr(exc, 'status', None) or type(exc).__name__} {getattr(exc, 'reason', '')}"
-                log.warning("apply failed", extra={"object": what, "error": reason.strip()[:200]})
+                reason = f"{what}: {describe(exc) if isinstance(exc, ApiException) else type(exc).__name__}"
+                log.warning("apply failed", extra={"object": what, "error": reason[:200]})
                 for s in annotated_sources(obj):
                     failures.setdefault(s, []).append(reason.strip())
         for kind, ns, name in todo.prune:
@@ -316,7 +293,7 @@ class Controller:
                 self.metrics.add("llmc_reconcile_errors_total")
                 delay = self.queue.retry(key)
                 log.warning("reconcile failed, will retry", extra={
-                    "key": key, "retry_in": round(delay, 2), "error": f"{type(exc).__name__}: {exc}"[:300]})
+                    "key": key, "retry_in": round(delay, 2), "error": describe(exc)})
 
     def _leader_loop(self) -> None:
         def started() -> None:

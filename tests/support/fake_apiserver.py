@@ -120,9 +120,13 @@ class FakeAPIServer:
 
     # -- test controls -----------------------------------------------------------------------------
 
-    def fail(self, method: str, path_part: str, status: int, times: int = 1) -> None:
+    def fail(self, method: str, path_part: str, status: int | str, times: int = 1,
+             message: str = "injected fault") -> None:
+        """The next ``times`` requests matching: an HTTP ``status`` error (with ``message``), or
+        ``"reset"`` for a connection reset."""
         with self.lock:
-            self.faults.append({"method": method, "path": path_part, "status": status, "times": times})
+            self.faults.append({"method": method, "path": path_part, "status": status, "times": times,
+                                "message": message})
 
     def outage(self, seconds: float, mode: str = "reset") -> None:
         """For ``seconds``, every request fails at the connection level: ``reset`` closes it with a
@@ -318,7 +322,7 @@ class FakeAPIServer:
                     if fault["status"] == "reset":
                         return self._reset(h)
                     reason = {409: "Conflict", 500: "InternalError"}.get(fault["status"], "Error")
-                    return self._status(h, fault["status"], reason, "injected fault")
+                    return self._status(h, fault["status"], reason, fault["message"])
         if method == "GET":
             with self.lock:
                 found = discovery(self.objects, url.path)
