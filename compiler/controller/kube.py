@@ -71,10 +71,12 @@ class Kube:
     """Every call carries ``timeout`` (seconds); every write first passes ``fence`` and ``limiter``."""
 
     def __init__(self, api: client.ApiClient, fence: Callable[[], None] = _no_fence, timeout: float = 5.0,
-                 limiter: Callable[[], None] = _no_fence):
+                 limiter: Callable[[], None] = _no_fence, list_timeout: float = 120.0):
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.timeout, self.limiter, self._fence = timeout, limiter, fence
+        # a LIST of thousands of EnvoyFilters (each with the Lua source) takes far longer than a write
+        self.list_timeout = max(list_timeout, timeout)
 
     def fence(self) -> None:
         self.limiter()
@@ -88,10 +90,10 @@ class Kube:
         kw = {"label_selector": selector} if selector else {}
         if namespace is None:
             data = retrying(lambda: self.custom.list_cluster_custom_object(
-                group, version, plural, _request_timeout=self.timeout, **kw), f"list {plural}")
+                group, version, plural, _request_timeout=self.list_timeout, **kw), f"list {plural}")
         else:
             data = retrying(lambda: self.custom.list_namespaced_custom_object(
-                group, version, namespace, plural, _request_timeout=self.timeout, **kw), f"list {plural}")
+                group, version, namespace, plural, _request_timeout=self.list_timeout, **kw), f"list {plural}")
         items = data.get("items", [])
         for item in items:  # list items may omit apiVersion/kind
             item.setdefault("apiVersion", f"{group}/{version}")

@@ -61,11 +61,12 @@ def _writes(server: FakeAPIServer, since: float = 0.0) -> list[tuple[float, str,
     return server.writes_by(AGENT, since=since)
 
 
-def _converge(server: FakeAPIServer, since: float, timeout: float, quiet: float = 2.0) -> float:
+def _converge(server: FakeAPIServer, since: float, timeout: float, proc: Process, quiet: float = 2.0) -> float:
     """Seconds from ``since`` to the last controller write, once every source is Programmed and no
     write came for ``quiet`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        proc.supervise()
         writes = _writes(server, since)
         last = writes[-1][0] if writes else since
         if _all_programmed(server) and time.monotonic() - last > quiet:
@@ -75,11 +76,23 @@ def _converge(server: FakeAPIServer, since: float, timeout: float, quiet: float 
 
 
 class Process:
+    """The controller process, restarted when it exits (as Kubernetes restarts a pod); restarts are
+    counted and reported."""
+
     def __init__(self, server: FakeAPIServer, tmp: Path, qps: float):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "compiler.cli", "controller", "--kubeconfig", kubeconfig(server, tmp / "kubeconfig"),
-             "--identity", "bench", "--health-port", "0", "--api-qps", str(qps), "--api-burst", str(int(qps))],
-            cwd=REPO, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.cmd = [sys.executable, "-m", "compiler.cli", "controller", "--kubeconfig",
+                    kubeconfig(server, tmp / "kubeconfig"), "--identity", "bench", "--health-port", "0",
+                    "--api-qps", str(qps), "--api-burst", str(int(qps))]
+        self.restarts = 0
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(self.cmd, cwd=REPO, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+    def supervise(self) -> None:
+        if self.proc.poll() is not None:
+            self.restarts += 1
+            self.proc = self._spawn()
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -139,7 +152,7 @@ def bench_controller(n: int = 1000, qps: float = 2000.0, timeout: float = 900.0)
         start = time.monotonic()
         proc = Process(server, tmp, qps)
         try:
-            cold = _converge(server, start, timeout)
+            cold = _converge(server, start, timeout, proc)
             writes = _writes(server, start)
             result["cold"] = {"seconds": cold, "writes": len(writes),
                               "applies": sum(1 for w in writes if "/status" not in w[2] and w[1] == "PATCH"),
@@ -151,7 +164,7 @@ def bench_controller(n: int = 1000, qps: float = 2000.0, timeout: float = 900.0)
             expected = _affected(objs, {k: v for k, v in changed.items() if k != "status"})
             t0 = time.monotonic()
             server.put_object(SRC, "llmproviders", changed)
-            seconds = _converge(server, t0, timeout)
+            seconds = _converge(server, t0, timeout, proc)
             writes = _writes(server, t0)
             written = _written(writes)
             result["one_provider_changed"] = {
@@ -166,9 +179,11 @@ def bench_controller(n: int = 1000, qps: float = 2000.0, timeout: float = 900.0)
             down["spec"]["configs"]["defaultConfig"]["openAIConfig"]["model"] = f"model-{last}-v2"
             server.put_object(SRC, "llmproviders", down)
             t0 = time.monotonic()
+            restarts = proc.restarts
             proc = Process(server, tmp, qps)
-            seconds = _converge(server, t0, timeout)
+            seconds = _converge(server, t0, timeout, proc)
             result["recovery_after_sigkill"] = {"seconds": seconds, "writes": len(_writes(server, t0))}
+            result["cold"]["restarts"] = restarts
         finally:
             proc.stop()
             server.stop()
@@ -179,8 +194,9 @@ def bench_controller(n: int = 1000, qps: float = 2000.0, timeout: float = 900.0)
         start = time.monotonic()
         proc = Process(server, tmp, qps)
         try:
-            seconds = _converge(server, start, timeout)
+            seconds = _converge(server, start, timeout, proc)
             result["cold_with_10pct_faults"] = {"seconds": seconds, "writes": len(_writes(server, start)),
+                                                "restarts": proc.restarts,
                                                 "faults_injected": server.chaos_count,
                                                 "ratio_to_cold": seconds / result["cold"]["seconds"]}
         finally:
@@ -195,14 +211,15 @@ def report(r: dict) -> str:
         f"controller: {r['providers']} providers + {r['routes']} routes in {r['namespaces']} namespaces "
         f"(fake API server in-process; --api-qps {r['api_qps_limit']:g})",
         f"  cold convergence      {c['seconds']:8.1f} s   {c['writes']} writes ({c['applies']} applies of "
-        f"{c['objects']} objects, {c['status_patches']} status patches)   peak RSS {c['peak_rss_mb']:.0f} MB",
+        f"{c['objects']} objects, {c['status_patches']} status patches)   peak RSS {c['peak_rss_mb']:.0f} MB, "
+        f"{c.get('restarts', 0)} restarts",
         f"  one provider changed  {o['seconds']:8.2f} s   {o['writes']} writes; objects written "
         f"{len(o['objects_written'])}, changed {len(o['objects_changed'])}, only affected: "
         f"{o['only_affected_written']}; {o['ratio_to_cold']:.1%} of cold (target < 5%: "
         f"{'met' if o['meets_target'] else 'NOT met'})",
         f"  recovery after SIGKILL {k['seconds']:7.1f} s   {k['writes']} writes (one source changed while down)",
         f"  cold, 10% API faults  {f['seconds']:8.1f} s   {f['writes']} writes, {f['faults_injected']} faults "
-        f"injected; {f['ratio_to_cold']:.2f}x the fault-free cold start",
+        f"injected; {f['ratio_to_cold']:.2f}x the fault-free cold start; {f['restarts']} restarts",
     ]
     return "\n".join(lines)
 
