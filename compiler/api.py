@@ -14,6 +14,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+# Bounds on everything a CEL rule iterates, so the API server's cost estimate stays finite.
+MAX_RULES, MAX_BACKENDS, MAX_MATCHES, MAX_GATEWAYS, MAX_NAME = 128, 32, 32, 32, 253
+
+
+def cel(rule: str, message: str) -> dict:
+    """A CEL ``x-kubernetes-validations`` entry (core CEL only: no Kubernetes library functions)."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
 
 
 class _Strict(BaseModel):
@@ -29,6 +36,9 @@ class SecretKeyRef(_Strict):
 
 class OpenAIConfig(_Strict):
     """Request parameters that the proxy sets on every request to the provider."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        "!(has(self.apiKey) && has(self.apiKeySecretRef))", "set apiKey or apiKeySecretRef, not both"))
 
     model: str | None = Field(None, description="Value written to the request body's `model` field.")
     stream: bool | None = Field(None, description="Value written to the request body's `stream` field.")
@@ -54,7 +64,7 @@ class ProviderConfig(_Strict):
 class ProviderConfigs(_Strict):
     defaultConfig: ProviderConfig | None = Field(None, description="Settings for every request.")
     routeSpecificConfigs: dict[str, ProviderConfig] | None = Field(
-        None,
+        None, max_length=MAX_RULES,
         description="Per-rule overrides keyed by LLMRoute rule name; fields set here replace the "
         "defaultConfig's for requests matched by that rule.")
 
@@ -107,7 +117,11 @@ class LLMProviderSpec(_Strict):
 
 
 class StringMatch(_Strict):
-    """Istio StringMatch: exactly one of exact, prefix, regex (RE2)."""
+    """Istio StringMatch: one of exact, prefix, regex (RE2); an empty one matches a present header."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        "[has(self.exact), has(self.prefix), has(self.regex)].filter(x, x).size() <= 1",
+        "a string match sets at most one of exact, prefix, regex (none: a header must be present)"))
 
     exact: str | None = None
     prefix: str | None = None
@@ -115,9 +129,10 @@ class StringMatch(_Strict):
 
 
 class RouteMatch(_Strict):
-    headers: dict[str, StringMatch] | None = Field(None, description="Header conditions (all must hold).")
+    headers: dict[str, StringMatch] | None = Field(None, max_length=MAX_MATCHES,
+                                                   description="Header conditions (all must hold).")
     sourceLabels: dict[str, str] | None = Field(None, description="Labels of the calling workload.")
-    gateways: list[str] | None = Field(None, description="Gateways this match applies to.")
+    gateways: list[str] | None = Field(None, max_length=MAX_GATEWAYS, description="Gateways this match applies to.")
     model: StringMatch | None = Field(
         None, description="llmc extension: condition on the request body's top-level `model` (exact, prefix "
         "or RE2 regex on the decoded string); all conditions of the match must hold. A body without a "
@@ -138,7 +153,7 @@ class BackendObjectReference(_Strict):
 
 class BackendRef(_Strict):
     providerHost: str | None = Field(
-        None, min_length=1, description="Host of an LLMProvider visible to the route's namespace (its own, "
+        None, min_length=1, max_length=MAX_NAME, description="Host of an LLMProvider visible to the route's namespace (its own, "
         "or exported to it with exportTo). Required: llmc routes only to LLMProviders.")
     weight: int | None = Field(None, ge=0, le=1000000, description="Relative weight. None set on the rule: "
                                "equal weights; set on some: an unset weight is 0, as in Istio.")
@@ -150,10 +165,21 @@ class BackendRef(_Strict):
 
 
 class RouteRule(_Strict):
-    name: str | None = Field(None, description="Rule name; keys routeSpecificConfigs.")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        # Istio's rule (README, "Validation rules"): with weights set on some backendRefs, an unset one
+        # is 0 (a warning in the compiler); all set weights 0 is an error.
+        {"rule": "!self.backendRefs.exists(b, has(b.weight)) || self.backendRefs.exists(b, has(b.weight) && b.weight > 0)",
+         "message": "weights add up to 0: no provider would receive traffic"},
+        {"rule": "self.backendRefs.all(b, !has(b.providerHost) || "
+                 "self.backendRefs.exists_one(o, has(o.providerHost) && o.providerHost == b.providerHost))",
+         "message": "a provider host is listed twice in this rule"},
+    ]})
+
+    name: str | None = Field(None, max_length=MAX_NAME, description="Rule name; keys routeSpecificConfigs.")
     matches: list[RouteMatch] | None = Field(
-        None, description="Any one match selects the rule; no matches = default rule.")
-    backendRefs: list[BackendRef] = Field(min_length=1, description="Providers, optionally weighted.")
+        None, max_length=MAX_MATCHES, description="Any one match selects the rule; no matches = default rule.")
+    backendRefs: list[BackendRef] = Field(min_length=1, max_length=MAX_BACKENDS,
+                                          description="Providers, optionally weighted.")
 
 
 class LLMRouteSpec(_Strict):
@@ -162,8 +188,14 @@ class LLMRouteSpec(_Strict):
     host: str = Field(min_length=1, max_length=253,
                       description="A provider host, an in-mesh Service name (e.g. demo-llm-server), or \"*\" "
                       "on a route bound only to gateways (every host the Gateway serves).")
-    gateways: list[str] | None = Field(None, description="Gateways the route binds to (default: mesh).")
-    rules: list[RouteRule] = Field(min_length=1, description="Rules, tried in order.")
+    gateways: list[str] | None = Field(None, max_length=MAX_GATEWAYS,
+                                       description="Gateways the route binds to (default: mesh).")
+    rules: list[RouteRule] = Field(
+        min_length=1, max_length=MAX_RULES, description="Rules, tried in order.",
+        json_schema_extra={"x-kubernetes-list-type": "atomic", **cel(
+            # ASM rules may be unnamed: only the names that are set must be unique.
+            "self.all(r, !has(r.name) || self.exists_one(o, has(o.name) && o.name == r.name))",
+            "rule names must be unique")})
     port: int | None = Field(None, ge=1, le=65535, description="llmc extension: port clients call "
                              "on host (default 80).")
 

@@ -273,7 +273,25 @@ def controller(
     identity: Annotated[str | None, typer.Option("--identity", envvar="POD_NAME", help="This replica's "
                                                  "identity in the Lease (default: hostname).")] = None,
     health_port: Annotated[int, typer.Option("--health-port", help="Port of /healthz, /readyz, /metrics.")] = 8080,
-    resync: Annotated[float, typer.Option("--resync", help="Seconds between full reconciles.")] = 30.0,
+    gateway_namespaces: Annotated[list[str] | None, typer.Option(
+        "--gateway-namespaces", help="Namespace (repeatable, or comma-separated) the controller may write "
+        "into for sources of other namespaces, i.e. gateway namespaces (default: none; a source's own "
+        "namespace is always allowed). The Istio root namespace is writable only if listed.")] = None,
+    istio_root_namespace: Annotated[str, typer.Option("--istio-root-namespace", help="Istio's root "
+                                                      "namespace (mesh-wide config).")] = "istio-system",
+    resync: Annotated[float, typer.Option("--resync", help="Seconds between full reconciles (edits of "
+                                          "generated objects are repaired at once, via watches).")] = 60.0,
+    api_qps: Annotated[float, typer.Option("--api-qps", help="Client-side rate limit of API writes.")] = 50.0,
+    api_burst: Annotated[int, typer.Option("--api-burst", help="Burst of API writes.")] = 100,
+    workers: Annotated[int, typer.Option("--workers", help="Work keys reconciled in parallel.")] = 4,
+    lease_duration: Annotated[float, typer.Option("--lease-duration", help="Seconds another replica waits, "
+                                                  "observing no renewal, before taking the Lease.")] = 15.0,
+    renew_deadline: Annotated[float, typer.Option("--renew-deadline", help="Seconds without a successful "
+                                                  "renewal after which the leader stops writing and exits "
+                                                  "(< lease duration).")] = 10.0,
+    retry_period: Annotated[float, typer.Option("--retry-period", help="Seconds between Lease attempts.")] = 2.0,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Timeout of every API call "
+                                                   "(seconds).")] = 5.0,
     cluster_domain: DomainOpt = "cluster.local",
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
@@ -282,12 +300,22 @@ def controller(
     telemetry: Annotated[bool, typer.Option("--telemetry", help="As for render.")] = False,
 ) -> None:
     """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
-    from .controller.runtime import run
+    from .controller.leader import LeaseConfig
+    from .controller.runtime import Tuning, run
 
     opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
                     gateway_workload_namespace)
-    run(opts, kubeconfig=kubeconfig, namespaces=watch_namespace, lease_namespace=lease_namespace,
-        identity=identity, health_port=health_port, resync=resync)
+    try:
+        lease = LeaseConfig(lease_duration, renew_deadline, retry_period, request_timeout)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    allowed = sorted({n.strip() for item in gateway_namespaces or [] for n in item.split(",") if n.strip()})
+    watched = sorted({n.strip() for item in watch_namespace or [] for n in item.split(",") if n.strip()})
+    code = run(opts, kubeconfig=kubeconfig, namespaces=watched, lease_namespace=lease_namespace,
+               identity=identity, health_port=health_port, lease=lease,
+               tuning=Tuning(resync=resync, qps=api_qps, burst=api_burst, workers=workers),
+               gateway_namespaces=allowed, istio_root_namespace=istio_root_namespace)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -66,3 +66,13 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 
 _hypothesis_settings.register_profile("llmc", deadline=None)
 _hypothesis_settings.load_profile("llmc")
+
+
+@pytest.fixture()
+def api():
+    """A fresh in-process fake Kubernetes API server (tests/support/fake_apiserver.py)."""
+    from tests.support.fake_apiserver import FakeAPIServer
+
+    server = FakeAPIServer()
+    yield server
+    server.stop()

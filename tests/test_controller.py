@@ -5,88 +5,25 @@ from __future__ import annotations
 import time
 import urllib.request
 
-import pytest
-from kubernetes import client
 from ruamel.yaml import YAML
 
 from compiler import Options, compile_paths
-from compiler.controller.reconcile import HASH_ANNOTATION
-from compiler.controller.runtime import Controller
 from tests.conftest import REPO
-from tests.support.fake_apiserver import FakeAPIServer
-
-SRC = "apis/istio.alibabacloud.com/v1beta1"
-NET = "apis/networking.istio.io/v1"
-EF = "apis/networking.istio.io/v1alpha3"
-PLURAL = {"LLMProvider": "llmproviders", "LLMRoute": "llmroutes"}
-GEN = {"ServiceEntry": (NET, "serviceentries"), "DestinationRule": (NET, "destinationrules"),
-       "VirtualService": (NET, "virtualservices"), "EnvoyFilter": (EF, "envoyfilters")}
-
-
-def seed_objects() -> list[dict]:
-    docs = []
-    for f in sorted((REPO / "samples" / "seed").glob("*.yaml")):
-        for d in YAML(typ="safe").load_all(f.read_text()):
-            d["metadata"].setdefault("namespace", "default")
-            docs.append(d)
-    return docs
-
-
-def load_seed(server: FakeAPIServer) -> None:
-    """`kubectl apply -f samples/seed/`."""
-    for obj in seed_objects():
-        server.put_object(SRC, PLURAL[obj["kind"]], obj)
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture()
-def api():
-    server = FakeAPIServer()
-    yield server
-    server.stop()
-
-
-def start(server: FakeAPIServer, identity: str = "a", **kw) -> Controller:
-    cfg = client.Configuration()
-    cfg.host = server.url
-    ctrl = Controller(client.ApiClient(cfg), Options(), identity, "llmc-system", resync=kw.pop("resync", 60),
-                      watch_timeout=kw.pop("watch_timeout", 2), lease_seconds=kw.pop("lease_seconds", 2), **kw)
-    ctrl.start()
-    return ctrl
-
-
-def generated(server: FakeAPIServer) -> list[dict]:
-    out = []
-    for prefix, plural in GEN.values():
-        out += server.list(prefix, plural)
-    return out
-
-
-def strip(obj: dict) -> dict:
-    """An applied object as `llmc render` prints it: without server fields, owners and hash."""
-    obj = {k: v for k, v in obj.items() if k != "status"}
-    meta = {k: v for k, v in obj["metadata"].items()
-            if k not in ("resourceVersion", "uid", "generation", "creationTimestamp", "ownerReferences")}
-    meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != HASH_ANNOTATION}
-    return {**obj, "metadata": meta}
-
-
-def conditions(server, kind, name, ns="default") -> dict:
-    obj = server.get(SRC, PLURAL[kind], ns, name) or {}
-    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
-
-
-def programmed(server, kind, name, ns="default") -> bool:
-    return conditions(server, kind, name, ns).get("Programmed", {}).get("status") == "True"
+from tests.support.controller import (
+    EF,
+    NET,
+    PLURAL,
+    SRC,
+    conditions,
+    generated,
+    kubeconfig,
+    load_seed,
+    programmed,
+    seed_objects,
+    start,
+    strip,
+    wait_for,
+)
 
 
 def test_create_applies_what_render_prints_and_sets_status(api):
@@ -110,7 +47,7 @@ def test_create_applies_what_render_prints_and_sets_status(api):
             return [w for w in api.writes() if "/leases" not in w[1]]
 
         before, count = len(writes()), ctrl.metrics.values["llmc_reconciles_total"]
-        ctrl.dirty.set()
+        ctrl.enqueue_all()
         wait_for(lambda: ctrl.metrics.values["llmc_reconciles_total"] > count, what="another reconcile")
         time.sleep(0.3)
         assert len(writes()) == before
@@ -208,6 +145,7 @@ def test_two_controllers_one_leader(api):
 
 
 def test_health_ready_and_metrics(api):
+    load_seed(api)
     ctrl = start(api)
     port = ctrl.serve_health("127.0.0.1", 0)
     try:
@@ -230,16 +168,11 @@ def test_cli_process_runs_and_stops_gracefully(api, tmp_path):
     import sys
 
     load_seed(api)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(_json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}]}))
+    config = kubeconfig(api, tmp_path / "kubeconfig")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "controller", "--kubeconfig", str(kubeconfig),
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "controller", "--kubeconfig", config,
                              "--health-port", str(port), "--identity", "pod-1"], cwd=REPO,
                             stderr=subprocess.PIPE, text=True)
     try:

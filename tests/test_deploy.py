@@ -42,8 +42,22 @@ def test_controller_deployment_shape():
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
-    secret_rules = [r for r in docs["ClusterRole"]["rules"] if "secrets" in r["resources"]]
-    assert secret_rules == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    assert "--gateway-namespaces" in container["args"]
+    assert container["args"][container["args"].index("--gateway-namespaces") + 1] == "istio-system"
+
+
+def test_rbac_grants_only_the_verbs_the_controller_uses():
+    docs = [d for _, d in manifests()]
+    cluster = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert not [r for r in cluster["rules"] if "secrets" in r["resources"]], "no cluster-wide Secret access"
+    verbs = {res: set(r["verbs"]) for r in cluster["rules"] for res in r["resources"]}
+    assert verbs["llmroutes"] == {"list", "watch"} and verbs["llmroutes/status"] == {"patch"}
+    assert verbs["envoyfilters"] == {"list", "watch", "create", "patch", "delete"}
+    roles = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "Role"}
+    secrets = roles[("istio-system", "llmc-secrets-check")]
+    assert secrets["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    bindings = {(d["metadata"]["namespace"], d["roleRef"]["name"]) for d in docs if d["kind"] == "RoleBinding"}
+    assert ("istio-system", "llmc-secrets-check") in bindings
 
 
 def test_validator_can_fail():

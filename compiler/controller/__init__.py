@@ -5,11 +5,14 @@ on the LLMProvider/LLMRoute objects it watches, so what it applies is exactly wh
 for the same input (plus ownerReferences and a content hash annotation). Only this package imports
 the Kubernetes client; the compiler core never does.
 
-* :mod:`.reconcile` — pure: sources → desired objects and per-source status conditions; invalid
-  sources are left out so one bad object never stops the others.
-* :mod:`.kube` — the API calls: list/watch, server-side apply (field manager ``llmc``), pruning of
-  objects it owns, status patches, with retries and backoff.
-* :mod:`.leader` — leader election on a ``coordination.k8s.io`` Lease.
-* :mod:`.runtime` — the process: watch threads, the reconcile loop, ``/healthz``, ``/readyz``,
-  ``/metrics``, structured logs, graceful shutdown.
+* :mod:`.reconcile` — pure: the work key of a source, sources → desired objects, what to write
+  (drift, prune, last known good, tenancy) and per-source status conditions.
+* :mod:`.queue` — the keyed work queue (debounce, per-key backoff) and the client-side rate limiter.
+* :mod:`.informer` — list-then-watch caches of the sources and of the objects the controller applied.
+* :mod:`.kube` — the API calls: list/watch, server-side apply (field manager ``llmc-controller``),
+  deletes, status patches, Secret existence checks; every call with a timeout, every write fenced.
+* :mod:`.leader` — leader election on a ``coordination.k8s.io`` Lease by client-go's rules, and the
+  write fence.
+* :mod:`.runtime` — the process: informers, workers, ``/healthz``, ``/readyz``, ``/metrics``,
+  structured logs, graceful shutdown, exit on lost leadership.
 """

@@ -1,8 +1,12 @@
 """The controller's Kubernetes API calls, on the official client, with retries and backoff.
 
-Generated objects are applied with server-side apply (field manager ``llmc``, forced), pruned only
-when they carry llmc's ``managed-by`` label *and* its sources annotation, and never read or
-written otherwise. Secrets are only checked for existence: their contents are never read.
+Generated objects are applied with server-side apply (field manager ``llmc-controller``, forced)
+and carry the owner label :data:`OWNER_LABEL` besides llmc's ``managed-by`` label: only objects with
+both (and the sources annotation) are watched and ever pruned, so the output of
+``llmc render | kubectl apply`` (same ``managed-by`` label, no owner label) is never deleted. An
+object of the same name that ``render`` applied earlier is adopted: the forced apply takes its
+fields over and adds the owner label. Secrets are only checked for existence: their contents are
+never read. Every call has a timeout; writes pass the leader fence and a client-side rate limiter.
 """
 
 from __future__ import annotations
@@ -11,16 +15,17 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError as TransportError
 
-from .reconcile import SOURCE_GROUP, SOURCES_ANNOTATION
+from .reconcile import OWNER_LABEL, OWNER_VALUE, SOURCE_GROUP
 
 log = logging.getLogger("llmc.controller")
-FIELD_MANAGER = "llmc"
-MANAGED_SELECTOR = "app.kubernetes.io/managed-by=llmc"
+FIELD_MANAGER = "llmc-controller"
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by=llmc,{OWNER_LABEL}={OWNER_VALUE}"
 SOURCE_VERSION = "v1beta1"
 SOURCE_PLURALS = {"LLMProvider": "llmproviders", "LLMRoute": "llmroutes"}
 #: kind → (group, version, plural) of everything llmc generates
@@ -32,60 +37,98 @@ GENERATED = {
     "EnvoyFilter": ("networking.istio.io", "v1alpha3", "envoyfilters"),
     "Telemetry": ("telemetry.istio.io", "v1", "telemetries"),
 }
+RESOURCES = {**GENERATED, **{k: (SOURCE_GROUP, SOURCE_VERSION, p) for k, p in SOURCE_PLURALS.items()}}
 T = TypeVar("T")
 
 
-def retrying(call: Callable[[], T], what: str, attempts: int = 6, base: float = 0.05) -> T:
+def retrying(call: Callable[[], T], what: str, attempts: int = 6, base: float = 0.05,
+             fence: Callable[[], None] | None = None) -> T:
     """Retry transient API failures (5xx, 409 conflicts, 429, connection errors) with jittered
-    exponential backoff; other errors are raised at once."""
+    exponential backoff; other errors are raised at once. ``fence`` (writes only) is checked before
+    every attempt: it raises :class:`~.leader.LeadershipLost` rather than let a write start."""
     for attempt in range(attempts):
         try:
+            if fence is not None:
+                fence()
             return call()
         except ApiException as exc:
             if exc.status not in (409, 429, 500, 502, 503, 504) or attempt == attempts - 1:
                 raise
             log.info("retrying", extra={"op": what, "status": exc.status, "attempt": attempt + 1})
-        except OSError:
+        except (OSError, TransportError) as exc:  # resets, refused connections, timeouts
             if attempt == attempts - 1:
                 raise
+            log.info("retrying", extra={"op": what, "error": type(exc).__name__, "attempt": attempt + 1})
         time.sleep(base * (2 ** attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
 
+def _no_fence() -> None:
+    return None
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient):
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+    """Every call carries ``timeout`` (seconds); every write first passes ``fence`` and ``limiter``."""
 
-    # sources ---------------------------------------------------------------------------------------
+    def __init__(self, api: client.ApiClient, fence: Callable[[], None] = _no_fence, timeout: float = 5.0,
+                 limiter: Callable[[], None] = _no_fence, list_timeout: float = 120.0):
+        # Any: the generated client's signatures name model classes where it accepts (and we pass) dicts
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.core: Any = client.CoreV1Api(api)
+        self.timeout, self.limiter, self._fence = timeout, limiter, fence
+        # a LIST of thousands of EnvoyFilters (each with the Lua source) takes far longer than a write
+        self.list_timeout = max(list_timeout, timeout)
 
-    def list_sources(self, plural: str) -> tuple[list[dict], str]:
-        data = retrying(lambda: self.custom.list_cluster_custom_object(SOURCE_GROUP, SOURCE_VERSION, plural),
-                        f"list {plural}")
+    def fence(self) -> None:
+        self.limiter()
+        self._fence()  # after the limiter's wait: the fence is checked right before the request
+
+    # list and watch ------------------------------------------------------------------------------
+
+    def list(self, kind: str, namespace: str | None, selector: str | None = None) -> tuple[list[dict], str]:
+        """Items (with apiVersion and kind set) and the list's resourceVersion."""
+        group, version, plural = RESOURCES[kind]
+        kw = {"label_selector": selector} if selector else {}
+        if namespace is None:
+            data = retrying(lambda: self.custom.list_cluster_custom_object(
+                group, version, plural, _request_timeout=self.list_timeout, **kw), f"list {plural}")
+        else:
+            data = retrying(lambda: self.custom.list_namespaced_custom_object(
+                group, version, namespace, plural, _request_timeout=self.list_timeout, **kw), f"list {plural}")
         items = data.get("items", [])
         for item in items:  # list items may omit apiVersion/kind
-            item.setdefault("apiVersion", f"{SOURCE_GROUP}/{SOURCE_VERSION}")
-            item.setdefault("kind", next(k for k, p in SOURCE_PLURALS.items() if p == plural))
+            item.setdefault("apiVersion", f"{group}/{version}")
+            item.setdefault("kind", kind)
         return items, data["metadata"]["resourceVersion"]
 
-    def watch_sources(self, plural: str, resource_version: str, timeout: int):
+    def watch(self, kind: str, namespace: str | None, selector: str | None, resource_version: str | None, timeout: int):
         from kubernetes import watch
 
+        group, version, plural = RESOURCES[kind]
+        kw = {"label_selector": selector} if selector else {}
         w = watch.Watch()
-        return w, w.stream(self.custom.list_cluster_custom_object, SOURCE_GROUP, SOURCE_VERSION, plural,
-                           resource_version=resource_version, timeout_seconds=timeout)
+        if namespace is None:
+            return w, w.stream(self.custom.list_cluster_custom_object, group, version, plural,
+                               resource_version=resource_version, timeout_seconds=timeout,
+                               _request_timeout=timeout + self.timeout, **kw)
+        return w, w.stream(self.custom.list_namespaced_custom_object, group, version, namespace, plural,
+                           resource_version=resource_version, timeout_seconds=timeout,
+                           _request_timeout=timeout + self.timeout, **kw)
 
     def patch_status(self, obj: dict, status: dict) -> None:
         meta = obj["metadata"]
         plural = SOURCE_PLURALS[obj["kind"]]
         retrying(lambda: self.custom.patch_namespaced_custom_object_status(
-            SOURCE_GROUP, SOURCE_VERSION, meta["namespace"], plural, meta["name"], {"status": status}),
-            f"status {obj['kind']} {meta['namespace']}/{meta['name']}")
+            SOURCE_GROUP, SOURCE_VERSION, meta["namespace"], plural, meta["name"], {"status": status},
+            _request_timeout=self.timeout),
+            f"status {obj['kind']} {meta['namespace']}/{meta['name']}", fence=self.fence)
 
-    def secret_exists(self, namespace: str, name: str) -> bool:
+    def secret_exists(self, namespace: str, name: str) -> bool | None:
+        """True or False; None when RBAC does not let the controller look (403)."""
         try:
             # The raw response is drained unread: only the status code is used, the data never decoded.
-            resp = retrying(lambda: self.core.read_namespaced_secret(name, namespace, _preload_content=False),
+            resp = retrying(lambda: self.core.read_namespaced_secret(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout),
                             f"get secret {namespace}/{name}")
             try:
                 resp.drain_conn()
@@ -95,39 +138,26 @@ class Kube:
         except ApiException as exc:
             if exc.status == 404:
                 return False
+            if exc.status == 403:
+                return None
             raise
 
     # generated objects ---------------------------------------------------------------------------
-
-    def list_managed(self) -> dict[tuple[str, str, str], dict]:
-        """(kind, namespace, name) → live object, for objects llmc owns (label and annotation)."""
-        out = {}
-        for kind, (group, version, plural) in GENERATED.items():
-            try:
-                data = retrying(lambda g=group, v=version, p=plural: self.custom.list_cluster_custom_object(
-                    g, v, p, label_selector=MANAGED_SELECTOR), f"list {plural}")
-            except ApiException as exc:
-                if exc.status == 404:  # that kind's CRD is not installed: nothing of it can be ours
-                    continue
-                raise
-            for item in data.get("items", []):
-                meta = item["metadata"]
-                if SOURCES_ANNOTATION in (meta.get("annotations") or {}):
-                    out[(kind, meta["namespace"], meta["name"])] = item
-        return out
 
     def apply(self, obj: dict) -> None:
         group, version, plural = GENERATED[obj["kind"]]
         meta = obj["metadata"]
         retrying(lambda: self.custom.patch_namespaced_custom_object(
             group, version, meta["namespace"], plural, meta["name"], obj, field_manager=FIELD_MANAGER,
-            force=True, _content_type="application/apply-patch+yaml"), f"apply {obj['kind']} {meta['name']}")
+            force=True, _content_type="application/apply-patch+yaml", _request_timeout=self.timeout),
+            f"apply {obj['kind']} {meta['name']}", fence=self.fence)
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         group, version, plural = GENERATED[kind]
         try:
-            retrying(lambda: self.custom.delete_namespaced_custom_object(group, version, namespace, plural, name),
-                     f"delete {kind} {namespace}/{name}")
+            retrying(lambda: self.custom.delete_namespaced_custom_object(
+                group, version, namespace, plural, name, _request_timeout=self.timeout),
+                f"delete {kind} {namespace}/{name}", fence=self.fence)
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -1,8 +1,17 @@
-"""Sources → desired objects and status conditions. No I/O: the controller and its tests call it.
+"""Sources → desired objects, what to write, and status conditions. No I/O: the controller and its
+tests call it.
 
-Compiles all sources together (resolution needs the whole namespace). When some are invalid, the
-ones named by error diagnostics are set aside and the rest compiled again, until what is left
-compiles: a broken LLMRoute never takes its namespace's providers down with it.
+* :func:`work_key` — the one place that decides the unit of work. Resolution is namespace-scoped
+  today (a backendRef names a provider of its own namespace), so a source namespace is the closure
+  of the provider → route dependency index and is the key. Where one object aggregates several
+  namespaces, everything is one key (``*``): in egress-gateway or telemetry mode, and while any
+  LLMRoute binds a Gateway (the gateway-wide ``llmc-gateway-filter-*`` EnvoyFilter lists the rules of
+  every namespace). When placements move into the IR (and routes may name providers of other
+  namespaces) this function is what changes.
+* :func:`desired_state` — compiles one key's sources; invalid sources are set aside and the rest
+  compiled again, so a broken LLMRoute never takes its namespace's providers down with it.
+* :func:`plan` — per object: apply, prune, keep (last known good) or refuse (tenancy).
+* :func:`conditions` — Accepted, ResolvedRefs, Programmed per source.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from ..constants import SOURCES_ANNOTATION
 from ..diagnostics import Diagnostic, Diagnostics, Severity
 from ..ir import Program
 from ..load import Document
@@ -18,13 +28,57 @@ from ..pipeline import compile_documents
 from ..resolve import Options
 
 HASH_ANNOTATION = "llmc.io/hash"
-SOURCES_ANNOTATION = "llmc.io/sources"
 SOURCE_GROUP = "istio.alibabacloud.com"
+#: marks objects the controller applied (``llmc render`` output lacks it): only these are pruned
+OWNER_LABEL = "llmc.io/owner"
+OWNER_VALUE = "controller"
+ALL = "*"
+
+ObjKey = tuple[str, str, str]  # (kind, namespace, name)
 
 
 def source_key(obj: dict) -> str:
     meta = obj["metadata"]
     return f"{obj['kind']} {meta.get('namespace', '')}/{meta['name']}"
+
+
+def work_key(namespace: str, opts: Options, shared: bool = False) -> str:
+    """The work-queue key of a source in ``namespace`` (see the module docstring); ``shared``: some
+    source makes namespaces depend on each other (:func:`crosses_namespaces`)."""
+    return ALL if opts.egress_gateway or opts.telemetry or shared else namespace
+
+
+def crosses_namespaces(source: dict, root_namespace: str = "istio-system") -> bool:
+    """An LLMRoute bound to a Gateway (a gateway-wide EnvoyFilter spans namespaces), or an LLMProvider
+    that routes of other namespaces may use (``exportTo`` beyond its own namespace, or any provider of
+    the Istio root namespace, visible everywhere by default): then one pass compiles every namespace."""
+    spec = source.get("spec") or {}
+    if source.get("kind") == "LLMRoute":
+        return any(g != "mesh" for g in (spec.get("gateways") or []))
+    if source.get("kind") == "LLMProvider":
+        export = spec.get("exportTo")
+        if export is None:
+            return (source.get("metadata") or {}).get("namespace") == root_namespace
+        return any(e != "." for e in export)
+    return False
+
+
+def annotated_sources(obj: dict) -> list[str]:
+    text = ((obj.get("metadata") or {}).get("annotations") or {}).get(SOURCES_ANNOTATION, "")
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def live_work_key(obj: dict, opts: Options, shared: bool = False) -> str | None:
+    """The key whose pass owns a live generated object: that of its first source."""
+    sources = annotated_sources(obj)
+    if not sources:
+        return None
+    return work_key(sources[0].split(" ", 1)[-1].split("/", 1)[0], opts, shared)
+
+
+def obj_key(obj: dict) -> ObjKey:
+    meta = obj["metadata"]
+    return obj["kind"], meta["namespace"], meta["name"]
 
 
 @dataclass
@@ -45,6 +99,7 @@ def _document(obj: dict) -> Document:
 def desired_state(sources: list[dict], opts: Options) -> Outcome:
     out = Outcome()
     remaining = sorted(sources, key=source_key)
+    by_key = {source_key(s): s for s in sources}
     for _ in range(len(sources) + 1):
         diags = Diagnostics()
         result = compile_documents([_document(o) for o in remaining], opts, diags)
@@ -54,7 +109,7 @@ def desired_state(sources: list[dict], opts: Options) -> Outcome:
                 out.diagnostics.setdefault(d.object, []).append(d)
         if result.ok:
             out.program = result.program
-            out.objects = [_with_ownership(o, {source_key(s): s for s in sources}) for o in result.objects]
+            out.objects = [_with_ownership(o, by_key) for o in result.objects]
             return out
         if not bad:  # errors that name no object: nothing can be programmed
             out.invalid |= {source_key(s) for s in remaining}
@@ -69,26 +124,108 @@ def desired_state(sources: list[dict], opts: Options) -> Outcome:
 
 def _with_ownership(obj: dict, sources: dict[str, dict]) -> dict:
     """ownerReferences to the sources in the object's namespace (Kubernetes GC removes the object
-    once they are all gone), and a hash of the result so unchanged objects are never re-applied."""
+    once they are all gone; objects in other namespaces are pruned by the controller, as owner
+    references cannot cross namespaces), the owner label, and a hash of the result."""
     obj = json.loads(json.dumps(obj))
     meta = obj["metadata"]
-    names = [s.strip() for s in meta.get("annotations", {}).get(SOURCES_ANNOTATION, "").split(",") if s.strip()]
     owners = []
-    for name in names:
+    for name in annotated_sources(obj):
         src = sources.get(name)
         if src is not None and src["metadata"].get("namespace") == meta["namespace"] and src["metadata"].get("uid"):
             owners.append({"apiVersion": src["apiVersion"], "kind": src["kind"], "name": src["metadata"]["name"],
                            "uid": src["metadata"]["uid"]})
     if owners:
         meta["ownerReferences"] = owners
+    meta.setdefault("labels", {})[OWNER_LABEL] = OWNER_VALUE
     digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
     meta.setdefault("annotations", {})[HASH_ANNOTATION] = digest
     return obj
 
 
-def conditions(obj: dict, outcome: Outcome, applied_ok: bool, missing_secrets: list[str]) -> list[dict]:
+def _covers(live, desired) -> bool:
+    """True when ``live`` holds everything ``desired`` sets (maps may hold more: other managers'
+    fields survive server-side apply; lists and scalars must be equal)."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(k in live and _covers(live[k], v) for k, v in desired.items())
+    return live == desired
+
+
+def drifted(desired: dict, live: dict | None) -> bool:
+    """Whether ``live`` differs from what the controller would apply (a hand edit, a deletion)."""
+    if live is None:
+        return True
+    dm, lm = desired["metadata"], live.get("metadata") or {}
+    if not _covers(lm.get("labels") or {}, dm.get("labels") or {}):
+        return True
+    if not _covers(lm.get("annotations") or {}, dm.get("annotations") or {}):
+        return True
+    owners = [(o["kind"], o["name"], o["uid"]) for o in dm.get("ownerReferences") or []]
+    if owners != [(o.get("kind"), o.get("name"), o.get("uid")) for o in lm.get("ownerReferences") or []]:
+        return True
+    return any(not _covers(live.get(k), v) for k, v in desired.items() if k not in ("metadata", "apiVersion", "kind"))
+
+
+@dataclass
+class Scope:
+    """Where the controller may write: a source's own namespace, and gateway namespaces an operator
+    allowed (``--gateway-namespaces``; the Istio root namespace only when listed there)."""
+
+    gateway_namespaces: frozenset[str] = frozenset()
+    root_namespace: str = "istio-system"
+
+    def allows(self, source_namespaces: set[str], namespace: str) -> bool:
+        return namespace in source_namespaces or namespace in self.gateway_namespaces
+
+    def refusal(self, namespace: str) -> str:
+        root = " (the Istio root namespace: its EnvoyFilters apply mesh-wide)" \
+            if namespace == self.root_namespace else ""
+        return (f"writing into namespace {namespace!r}{root} is not allowed: the operator lists the gateway "
+                "namespaces the controller may write into (--gateway-namespaces)")
+
+
+@dataclass
+class Plan:
+    apply: list[dict] = field(default_factory=list)
+    prune: list[ObjKey] = field(default_factory=list)
+    kept: list[ObjKey] = field(default_factory=list)  # last known good: a source is invalid
+    refused: dict[str, list[str]] = field(default_factory=dict)  # source key → messages (tenancy)
+
+
+def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope) -> Plan:
+    """What one key's pass writes. ``live`` holds the controller's objects owned by that key."""
+    out = Plan()
+    pinned = {k for k, o in live.items() if set(annotated_sources(o)) & outcome.invalid}
+    desired: dict[ObjKey, dict] = {}
+    for obj in outcome.objects:
+        key = obj_key(obj)
+        sources = annotated_sources(obj)
+        namespaces = {s.split(" ", 1)[-1].split("/", 1)[0] for s in sources}
+        if not scope.allows(namespaces, key[1]):
+            # blame the routes, whose `gateways` chose the namespace; providers only if alone
+            for s in [s for s in sources if s.startswith("LLMRoute ")] or sources:
+                if s.split(" ", 1)[-1].split("/", 1)[0] != key[1]:
+                    msgs = out.refused.setdefault(s, [])
+                    if scope.refusal(key[1]) not in msgs:
+                        msgs.append(scope.refusal(key[1]))
+            continue
+        desired[key] = obj
+    for key, obj in sorted(desired.items()):
+        if key in pinned:
+            out.kept.append(key)
+        elif drifted(obj, live.get(key)):
+            out.apply.append(obj)
+    for key in sorted(set(live) - set(desired)):
+        if key in pinned:
+            out.kept.append(key)
+        else:
+            out.prune.append(key)
+    return out
+
+
+def conditions(obj: dict, outcome: Outcome, failures: list[str], missing_secrets: list[str],
+               unchecked_secrets: list[str], refused: list[str]) -> list[dict]:
     """Accepted, ResolvedRefs and Programmed for one source; messages come from diagnostics
-    (which never contain key values)."""
+    (which never contain key values) and name only the source's own or allowed namespaces."""
     key = source_key(obj)
     diags = outcome.diagnostics.get(key, [])
     errors = [d for d in diags if d.severity is Severity.ERROR]
@@ -99,26 +236,34 @@ def conditions(obj: dict, outcome: Outcome, applied_ok: bool, missing_secrets: l
         return "; ".join(f"{d.code} {d.path + ': ' if d.path else ''}{d.message}" for d in items)[:1024]
 
     accepted = not errors
-    resolved = not unresolved and not missing_secrets
+    if unresolved:
+        resolved = ("False", "ProviderNotFound", text(unresolved))
+    elif missing_secrets:
+        resolved = ("False", "SecretNotFound", f"Secret(s) not found: {', '.join(missing_secrets)}")
+    elif unchecked_secrets:
+        resolved = ("Unknown", "NotChecked", "Secret(s) not checked: needed in namespace(s) the controller may not "
+                    "read Secrets in (" + ", ".join(unchecked_secrets) + ")")
+    else:
+        resolved = ("True", "ResolvedRefs", "")
     conds = [
         {"type": "Accepted", "status": "True" if accepted else "False",
          "reason": "Accepted" if accepted else "Invalid",
          "message": text(warnings) if accepted else text(errors)},
-        {"type": "ResolvedRefs", "status": "True" if resolved else "False",
-         "reason": "ResolvedRefs" if resolved else ("ProviderNotFound" if unresolved else "SecretNotFound"),
-         "message": text(unresolved) if unresolved else
-         (f"Secret(s) not found: {', '.join(missing_secrets)}" if missing_secrets else "")},
+        {"type": "ResolvedRefs", "status": resolved[0], "reason": resolved[1], "message": resolved[2]},
     ]
-    programmed = accepted and applied_ok and key not in outcome.invalid
-    if programmed:
-        reason, message = "Programmed", ""
-    elif not accepted:
-        reason, message = "Invalid", text(errors)
+    if not accepted or key in outcome.invalid:
+        programmed = ("False", "Invalid", (text(errors) or "not compiled") +
+                      "; objects applied for a previous valid version, if any, are kept as they are")
+    elif refused:
+        programmed = ("False", "GatewayNamespaceNotAllowed", "; ".join(refused)[:1024])
+    elif failures:
+        programmed = ("False", "ApplyFailed", ("; ".join(failures) + "; retrying")[:1024])
     else:
-        reason, message = "ApplyFailed", "applying generated objects failed; retrying"
-    conds.append({"type": "Programmed", "status": "True" if programmed else "False", "reason": reason,
-                  "message": message})
+        programmed = ("True", "Programmed", "")
+    conds.append({"type": "Programmed", "status": programmed[0], "reason": programmed[1],
+                  "message": programmed[2][:1024]})
     generation = obj["metadata"].get("generation")
-    for c in conds:
-        c["observedGeneration"] = generation
+    if generation is not None:
+        for c in conds:
+            c["observedGeneration"] = generation
     return conds

@@ -1,227 +1,324 @@
-"""The controller process: watches, the reconcile loop, leader election, health and metrics.
+"""The controller process: informers, a keyed work queue, leader election, health and metrics.
 
-Two watch threads (LLMProvider, LLMRoute) keep a cache of sources: list, then watch from the
-list's resourceVersion; a dropped watch is resumed from the last version seen, and ``410 Gone``
-(history compacted) or any error leads to a fresh list — so no event is lost, only coalesced.
-Every change marks the state dirty; the reconcile loop (leader only) compiles all sources with
-the same pipeline as ``llmc render``, applies changed objects (a content hash makes a second
-reconcile of unchanged input write nothing), prunes objects it owns that are no longer produced,
-and patches status conditions. It also reconciles every ``resync`` seconds (Secrets referenced
-by ``apiKeySecretRef`` are checked for existence then; their contents are never read).
+Informers (:mod:`.informer`) cache the sources (LLMProvider, LLMRoute; per watched namespace, or
+cluster-wide) and the objects the controller applied (every generated kind, by its owner label).
+A source change, or an edit or deletion of an applied object, queues the work key it belongs to
+(:func:`.reconcile.work_key`); a worker (leader only) takes keys from the queue and, per key,
+compiles its sources with the same pipeline as ``llmc render``, applies what drifted (server-side
+apply), prunes what is no longer produced, keeps objects of invalid sources as they are (last known
+good), refuses writes into namespaces the operator did not allow, and patches status. A failing key
+is retried with its own exponential backoff; the others go on. Every key is also queued every
+``resync`` seconds (Secrets referenced by ``apiKeySecretRef`` are checked for existence then; their
+contents are never read).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from kubernetes.client.rest import ApiException
 
 from ..resolve import Options
-from .kube import SOURCE_PLURALS, Kube
-from .leader import LeaderElector
-from .reconcile import HASH_ANNOTATION, conditions, desired_state, source_key
+from .informer import Informer
+from .kube import GENERATED, MANAGED_SELECTOR, SOURCE_PLURALS, Kube
+from .leader import LeaderElector, LeadershipLost, LeaseConfig
+from .observe import JsonFormatter, Metrics
+from .queue import RateLimiter, WorkQueue
+from .reconcile import (
+    ALL,
+    Outcome,
+    Scope,
+    annotated_sources,
+    conditions,
+    crosses_namespaces,
+    desired_state,
+    live_work_key,
+    obj_key,
+    plan,
+    source_key,
+    work_key,
+)
 
 log = logging.getLogger("llmc.controller")
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "msg": record.getMessage()}
-        for key in ("op", "status", "attempt", "kind", "object", "objects", "applied", "pruned", "error",
-                    "duration_ms", "leader", "plural"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
-        return json.dumps(entry)
+def describe(exc: Exception) -> str:
+    """An error for logs and status: an API error by its status and reason only — its body may echo
+    the object, and an EnvoyFilter can hold a literal apiKey."""
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason or ''}".strip()
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.values = {"llmc_reconciles_total": 0, "llmc_reconcile_errors_total": 0, "llmc_applies_total": 0,
-                       "llmc_deletes_total": 0, "llmc_reconcile_duration_seconds_sum": 0.0,
-                       "llmc_reconcile_duration_seconds_count": 0, "llmc_objects_managed": 0, "llmc_leader": 0}
+@dataclass(frozen=True)
+class Tuning:
+    """Durations and limits; the defaults suit a cluster, tests shrink them to run in seconds."""
 
-    def add(self, name: str, value: float = 1) -> None:
-        with self.lock:
-            self.values[name] += value
-
-    def set(self, name: str, value: float) -> None:
-        with self.lock:
-            self.values[name] = value
-
-    def render(self) -> str:
-        with self.lock:
-            return "".join(f"{k} {v}\n" for k, v in sorted(self.values.items()))
+    resync: float = 60.0  # every key is queued this often (drift is repaired at once via watches;
+    # the periodic pass picks up Secrets created or deleted since, which are not watched)
+    watch_timeout: int = 300
+    debounce: float = 0.1  # a burst of events for one key costs one pass
+    backoff_base: float = 0.2  # per-key retry: base * 2**failures, capped
+    backoff_cap: float = 60.0
+    qps: float = 50.0  # client-side rate limit of writes
+    burst: int = 100
+    workers: int = 4  # keys processed in parallel (never one key twice at once)
 
 
 class Controller:
+    """``on_lost`` runs when leadership is lost (after every write has stopped); the CLI exits the
+    process then, as controller-runtime does, so Kubernetes restarts it as a follower."""
+
     def __init__(self, api, opts: Options, identity: str, lease_namespace: str, namespaces: list[str] | None = None,
-                 resync: float = 30.0, watch_timeout: int = 30, lease_seconds: int = 15):
-        self.kube = Kube(api)
-        self.opts, self.namespaces, self.resync, self.watch_timeout = opts, set(namespaces or []), resync, watch_timeout
-        self.elector = LeaderElector(api, lease_namespace, "llmc-controller", identity, lease_seconds)
-        self.lease_seconds = lease_seconds
-        self.sources: dict[str, dict[str, dict]] = {p: {} for p in SOURCE_PLURALS.values()}
-        self.synced = {p: False for p in SOURCE_PLURALS.values()}
-        self.lock = threading.Lock()
-        self.dirty = threading.Event()
+                 lease: LeaseConfig | None = None, on_lost=None, gateway_namespaces: list[str] | None = None,
+                 istio_root_namespace: str = "istio-system", tuning: Tuning | None = None):
+        lease, self.tuning = lease or LeaseConfig(), tuning or Tuning()
+        api.user_agent = f"llmc-controller/{identity}"  # tells replicas apart in API server logs
+        self.elector = LeaderElector(api, lease_namespace, "llmc-controller", identity, lease)
+        self.limiter = RateLimiter(self.tuning.qps, self.tuning.burst)
+        self.kube = Kube(api, fence=self.elector.check_fence, timeout=lease.request_timeout, limiter=self.limiter.wait)
+        self.opts, self.namespaces = opts, set(namespaces or [])
+        self.scope = Scope(frozenset(gateway_namespaces or []), istio_root_namespace)
+        self.on_lost = on_lost
+        self.lost = threading.Event()
+        self.was_shared = False
+        self.resync_lock = threading.Lock()
+        self.last_resync = time.monotonic()
         self.stop_event = threading.Event()
-        self.leader = False
+        self.queue = WorkQueue(self.tuning.debounce, self.tuning.backoff_base, self.tuning.backoff_cap)
         self.metrics = Metrics()
         self.threads: list[threading.Thread] = []
+        self.loops: list[threading.Thread] = []
         self.server: ThreadingHTTPServer | None = None
+        watched: list[str | None] = [*sorted(self.namespaces)] or [None]
+        t = self.tuning.watch_timeout
+        self.sources = [Informer(self.kube, kind, ns, None, self._source_event, self.stop_event, t)
+                        for kind in SOURCE_PLURALS for ns in watched]
+        # generated objects live in the watched namespaces and the allowed gateway namespaces
+        targets = sorted(self.namespaces | self.scope.gateway_namespaces) if self.namespaces else [None]
+        self.generated = [Informer(self.kube, kind, ns, MANAGED_SELECTOR, self._generated_event, self.stop_event, t)
+                          for kind in GENERATED for ns in targets]
 
-    # watches ---------------------------------------------------------------------------------------
+    @property
+    def leader(self) -> bool:
+        """True while writes may start (the fence is open)."""
+        return self.elector.is_leader() and not self.lost.is_set()
+
+    # events → keys ---------------------------------------------------------------------------------
+
+    def _source_event(self, old: dict | None, new: dict | None) -> None:
+        if old is not None and new is not None and all(
+                old.get(k) == new.get(k) for k in ("spec",)) and \
+                {k: v for k, v in old["metadata"].items() if k in ("labels", "annotations", "generation")} == \
+                {k: v for k, v in new["metadata"].items() if k in ("labels", "annotations", "generation")}:
+            return  # a status or resourceVersion change: nothing to compile
+        obj = new or old
+        assert obj is not None  # an event carries at least one side
+        shared = self._shared()
+        if shared != self.was_shared:  # the keys changed: everything is queued under the new ones
+            self.was_shared = shared
+            self.enqueue_all()
+        self.queue.add(work_key(obj["metadata"].get("namespace", ""), self.opts, shared))
+
+    def _shared(self) -> bool:
+        """Whether some source makes namespaces depend on each other (then one key covers them all)."""
+        return any(crosses_namespaces(o, self.scope.root_namespace) for i in self.sources for o in i.items())
+
+    def _generated_event(self, old: dict | None, new: dict | None) -> None:
+        obj = new or old
+        assert obj is not None
+        key = live_work_key(obj, self.opts, self._shared())  # an edit or deletion: repair at once
+        if key is not None:
+            self.queue.add(key)
 
     def _in_scope(self, obj: dict) -> bool:
-        return not self.namespaces or obj["metadata"].get("namespace") in self.namespaces
+        """A live object is the controller's to change only if all its sources are watched."""
+        if not self.namespaces:
+            return True
+        return all(s.split(" ", 1)[-1].split("/", 1)[0] in self.namespaces for s in annotated_sources(obj))
 
-    def _watch_loop(self, plural: str) -> None:
-        rv = None
-        while not self.stop_event.is_set():
-            try:
-                if rv is None:
-                    items, rv = self.kube.list_sources(plural)
-                    with self.lock:
-                        self.sources[plural] = {source_key(o): o for o in items if self._in_scope(o)}
-                        self.synced[plural] = True
-                    self.dirty.set()
-                w, stream = self.kube.watch_sources(plural, rv, self.watch_timeout)
-                for event in stream:
-                    if self.stop_event.is_set():
-                        w.stop()
-                        break
-                    obj = event["object"]
-                    if event["type"] == "ERROR":
-                        code = obj.get("code") if isinstance(obj, dict) else None
-                        log.info("watch expired, relisting", extra={"plural": plural, "status": code})
-                        rv = None
-                        break
-                    rv = obj["metadata"]["resourceVersion"]
-                    if not self._in_scope(obj):
-                        continue
-                    with self.lock:
-                        if event["type"] == "DELETED":
-                            self.sources[plural].pop(source_key(obj), None)
-                        else:
-                            self.sources[plural][source_key(obj)] = obj
-                    self.dirty.set()
-            except ApiException as exc:
-                log.info("watch failed, relisting", extra={"plural": plural, "status": exc.status})
-                rv = None
-                self.stop_event.wait(0.2)
-            except Exception as exc:  # connection resets and the like: resume from the last version
-                log.info("watch interrupted", extra={"plural": plural, "error": type(exc).__name__})
-                self.stop_event.wait(0.1)
+    def keys(self) -> set[str]:
+        shared = self._shared()
+        out = {work_key(o["metadata"].get("namespace", ""), self.opts, shared) for i in self.sources for o in i.items()}
+        out |= {k for i in self.generated for o in i.items() if self._in_scope(o)
+                for k in [live_work_key(o, self.opts, shared)] if k is not None}
+        return out
 
-    # reconcile -----------------------------------------------------------------------------------
+    def enqueue_all(self) -> None:
+        for key in sorted(self.keys()):
+            self.queue.add(key)
 
-    def reconcile_once(self) -> None:
+    # one key ---------------------------------------------------------------------------------------
+
+    def reconcile_key(self, key: str) -> bool:
+        """One pass over ``key``; False when something failed (the key is retried with backoff)."""
         start = time.monotonic()
-        with self.lock:
-            sources = [o for group in self.sources.values() for o in group.values()]
+        shared = self._shared()
+        if key != ALL and work_key(key, self.opts, shared) == ALL:
+            self.queue.add(ALL)  # a stale key from before the keys changed
+            return True
+        if key == ALL and work_key("", self.opts, shared) != ALL:
+            self.enqueue_all()  # likewise, the other way round
+            return True
+        sources = [o for i in self.sources for o in i.items()
+                   if key == ALL or o["metadata"].get("namespace") == key]
         outcome = desired_state(sources, self.opts)
-        live = self.kube.list_managed()
-        desired = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in outcome.objects}
-        applied_ok = True
-        applied = pruned = 0
-        for key, obj in sorted(desired.items()):
-            current = live.get(key)
-            if current is not None and (current["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == \
-                    obj["metadata"]["annotations"][HASH_ANNOTATION]:
-                continue
+        live = {obj_key(o): o for i in self.generated for o in i.items()
+                if live_work_key(o, self.opts, shared) == key and self._in_scope(o)}
+        todo = plan(outcome, live, self.scope)
+        failures: dict[str, list[str]] = {}
+        ok = True
+        for obj in todo.apply:
             try:
                 self.kube.apply(obj)
-                applied += 1
                 self.metrics.add("llmc_applies_total")
-            except ApiException as exc:
-                applied_ok = False
-                log.warning("apply failed", extra={"object": f"{key[0]} {key[1]}/{key[2]}", "status": exc.status})
-        if outcome.program is not None or not sources:
-            for key in sorted(set(live) - set(desired)):
-                self.kube.delete(*key)
-                pruned += 1
+            except LeadershipLost:
+                raise
+            except Exception as exc:  # this object fails its own sources only
+                ok = False
+                what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+                reason = f"{what}: {describe(exc) if isinstance(exc, ApiException) else type(exc).__name__}"
+                log.warning("apply failed", extra={"object": what, "error": reason[:200]})
+                for s in annotated_sources(obj):
+                    failures.setdefault(s, []).append(reason.strip())
+        for kind, ns, name in todo.prune:
+            try:
+                self.kube.delete(kind, ns, name)
                 self.metrics.add("llmc_deletes_total")
-        missing = self._missing_secrets(outcome)
+            except LeadershipLost:
+                raise
+            except Exception as exc:
+                ok = False
+                log.warning("prune failed", extra={"object": f"{kind} {ns}/{name}", "error": type(exc).__name__})
+        missing, unchecked = self._secrets(outcome)
         for src in sources:
-            conds = conditions(src, outcome, applied_ok, missing.get(source_key(src), []))
-            old = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
-                   for c in (src.get("status") or {}).get("conditions") or []]
-            if old != conds:
-                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                self.kube.patch_status(src, {"conditions": [{**c, "lastTransitionTime": stamp} for c in conds]})
-        self.metrics.set("llmc_objects_managed", len(desired))
+            k = source_key(src)
+            conds = conditions(src, outcome, failures.get(k, []), missing.get(k, []), unchecked.get(k, []),
+                               todo.refused.get(k, []))
+            ok = self._patch_status(src, conds) and ok
+        self.metrics.set("llmc_objects_managed", sum(len(i.cache) for i in self.generated))
         self.metrics.add("llmc_reconciles_total")
         elapsed = time.monotonic() - start
         self.metrics.add("llmc_reconcile_duration_seconds_sum", elapsed)
         self.metrics.add("llmc_reconcile_duration_seconds_count")
-        log.info("reconciled", extra={"objects": len(desired), "applied": applied, "pruned": pruned,
-                                      "duration_ms": round(elapsed * 1000, 1)})
-        if not applied_ok:
-            raise RuntimeError("some objects could not be applied")
+        log.info("reconciled", extra={"key": key, "objects": len(outcome.objects), "applied": len(todo.apply),
+                                      "pruned": len(todo.prune), "duration_ms": round(elapsed * 1000, 1)})
+        return ok
 
-    def _missing_secrets(self, outcome) -> dict[str, list[str]]:
-        """Source key → the Secrets it references that are missing where its proxies need them
-        (the namespace of the sidecars or gateway that shape its traffic). Each Secret is checked once."""
+    def _patch_status(self, src: dict, conds: list[dict]) -> bool:
+        old = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+               for c in (src.get("status") or {}).get("conditions") or []]
+        if old == conds:
+            return True
+        stamps = {c["type"]: (c.get("status"), c.get("lastTransitionTime"))
+                  for c in (src.get("status") or {}).get("conditions") or []}
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = [{**c, "lastTransitionTime": stamps[c["type"]][1] if stamps.get(c["type"], (None,))[0] == c["status"]
+                 and stamps[c["type"]][1] else now} for c in conds]
+        try:
+            self.kube.patch_status(src, {"conditions": body})
+            return True
+        except LeadershipLost:
+            raise
+        except ApiException as exc:
+            return exc.status == 404  # the source is gone: nothing to report on
+        except Exception:
+            return False
+
+    def _secrets(self, outcome: Outcome) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Per source key: the Secrets missing where its proxies need them, and the namespaces where
+        they are needed but may not be read (neither the source's own nor an allowed gateway
+        namespace). Each Secret is checked once per pass; contents are never read."""
         if outcome.program is None:
-            return {}
-        exists: dict[tuple[str, str], bool] = {}
+            return {}, {}
+        exists: dict[tuple[str, str], bool | None] = {}
         missing: dict[str, list[str]] = {}
+        unchecked: dict[str, list[str]] = {}
         for vh in outcome.program.vhosts:
             for rule in vh.rules:
                 for b in rule.backends:
                     ref = b.config.api_key_secret
                     if ref is None:
                         continue
+                    users = (*vh.sources, b.provider.source)
                     for pl in vh.placements:
+                        if not self.scope.allows({vh.namespace, b.provider.namespace}, pl.namespace):
+                            for s in users:
+                                if pl.namespace not in unchecked.setdefault(s, []):
+                                    unchecked[s].append(pl.namespace)
+                            continue
                         key = (pl.namespace, ref.name)
                         if key not in exists:
                             exists[key] = self.kube.secret_exists(*key)
-                        if not exists[key]:
-                            for source in (*vh.sources, b.provider.source):
-                                gone = missing.setdefault(source, [])
-                                if f"{key[0]}/{key[1]}" not in gone:
-                                    gone.append(f"{key[0]}/{key[1]}")
-        return missing
+                        if exists[key] is None:  # no RBAC to look there
+                            for s in users:
+                                if pl.namespace not in unchecked.setdefault(s, []):
+                                    unchecked[s].append(pl.namespace)
+                        elif not exists[key]:
+                            for s in users:
+                                if f"{key[0]}/{key[1]}" not in missing.setdefault(s, []):
+                                    missing[s].append(f"{key[0]}/{key[1]}")
+        return missing, unchecked
 
-    def _reconcile_loop(self) -> None:
-        backoff = 0.1
-        last = 0.0
+    # loops -----------------------------------------------------------------------------------------
+
+    def _worker_loop(self) -> None:
         while not self.stop_event.is_set():
-            due = self.dirty.wait(timeout=0.1) or time.monotonic() - last > self.resync
-            if not due or not self.leader or not all(self.synced.values()):
+            if not self.leader or not self.ready():
+                self.stop_event.wait(0.05)
                 continue
-            self.dirty.clear()
+            with self.resync_lock:
+                if time.monotonic() - self.last_resync > self.tuning.resync:
+                    self.last_resync = time.monotonic()
+                    self.enqueue_all()
+            key = self.queue.get(timeout=0.1)
+            self.metrics.set("llmc_queue_depth", len(self.queue))
+            if key is None:
+                continue
             try:
-                self.reconcile_once()
-                backoff = 0.1
-                last = time.monotonic()
+                if self.reconcile_key(key):
+                    self.queue.forget(key)
+                    self.queue.done(key)
+                else:
+                    self.metrics.add("llmc_reconcile_errors_total")
+                    delay = self.queue.retry(key)
+                    log.info("key failed, retrying", extra={"key": key, "retry_in": round(delay, 2)})
+            except LeadershipLost:
+                log.warning("pass aborted: leadership lost", extra={"leader": False, "key": key})
+                self.queue.done(key)
             except Exception as exc:
                 self.metrics.add("llmc_reconcile_errors_total")
-                log.warning("reconcile failed, will retry", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
-                self.dirty.set()
-                self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                delay = self.queue.retry(key)
+                log.warning("reconcile failed, will retry", extra={
+                    "key": key, "retry_in": round(delay, 2), "error": describe(exc)})
 
     def _leader_loop(self) -> None:
-        while not self.stop_event.is_set():
-            leader = self.elector.try_acquire_or_renew()
-            if leader != self.leader:
-                log.info("leadership changed", extra={"leader": leader})
-                self.leader = leader
-                self.metrics.set("llmc_leader", int(leader))
-                if leader:
-                    self.dirty.set()
-            self.stop_event.wait(max(self.lease_seconds / 3, 0.2))
+        def started() -> None:
+            self.metrics.set("llmc_leader", 1)
+            self.enqueue_all()
+
+        self.elector.run(self.stop_event, on_started=started, on_lost=self._lost)
+
+    def _lost(self) -> None:
+        self.lost.set()
+        self.metrics.set("llmc_leader", 0)
+        if self.on_lost is not None:
+            self.on_lost()
 
     # process -------------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return all(self.synced.values())
+        return all(i.synced.is_set() for i in self.sources + self.generated)
+
+    def healthy(self) -> bool:
+        """False once a loop thread has died or leadership was lost (the process should restart)."""
+        if self.lost.is_set():
+            return False
+        return self.stop_event.is_set() or all(t.is_alive() for t in self.loops)
 
     def serve_health(self, host: str, port: int) -> int:
         controller = self
@@ -232,7 +329,7 @@ class Controller:
 
             def do_GET(self):
                 if self.path == "/healthz":
-                    code, body = 200, "ok\n"
+                    code, body = (200, "ok\n") if controller.healthy() else (503, "loops not running\n")
                 elif self.path == "/readyz":
                     code, body = (200, "ok\n") if controller.ready() else (503, "caches not synced\n")
                 elif self.path == "/metrics":
@@ -252,15 +349,20 @@ class Controller:
         return self.server.server_address[1]
 
     def start(self) -> None:
-        targets = [self._leader_loop, self._reconcile_loop] + [
-            (lambda p=p: self._watch_loop(p)) for p in SOURCE_PLURALS.values()]
+        targets = [self._leader_loop] + [self._worker_loop] * self.tuning.workers + \
+            [i.run for i in self.sources + self.generated]
         for target in targets:
             t = threading.Thread(target=target, daemon=True)
             t.start()
             self.threads.append(t)
+            self.loops.append(t)
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.queue.close()
+        for t in self.loops[:1 + self.tuning.workers]:  # leader and workers: passes end before the Lease goes
+            if t is not threading.current_thread():
+                t.join(timeout=self.elector.config.request_timeout * 2)
         if self.leader:
             self.elector.release()
         if self.server is not None:
@@ -269,8 +371,10 @@ class Controller:
 
 
 def run(opts: Options, kubeconfig: str | None, namespaces: list[str] | None, lease_namespace: str,
-        identity: str | None, health_port: int, resync: float) -> None:
-    """The `llmc controller` process: until SIGTERM/SIGINT, then a graceful stop."""
+        identity: str | None, health_port: int, lease: LeaseConfig | None = None, tuning: Tuning | None = None,
+        gateway_namespaces: list[str] | None = None, istio_root_namespace: str = "istio-system") -> int:
+    """The `llmc controller` process: until SIGTERM/SIGINT (a graceful stop, exit code 0) or lost
+    leadership (exit code 1, so Kubernetes restarts the pod as a follower)."""
     import signal
     import socket
     import sys
@@ -287,13 +391,20 @@ def run(opts: Options, kubeconfig: str | None, namespaces: list[str] | None, lea
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-    ctrl = Controller(client.ApiClient(), opts, identity or socket.gethostname(), lease_namespace,
-                      namespaces=namespaces, resync=resync)
-    ctrl.serve_health("0.0.0.0", health_port)
     done = threading.Event()
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = 64  # a dozen long-lived watches plus the workers' requests
+    ctrl = Controller(client.ApiClient(cfg), opts, identity or socket.gethostname(), lease_namespace,
+                      namespaces=namespaces, lease=lease, on_lost=done.set, tuning=tuning,
+                      gateway_namespaces=gateway_namespaces, istio_root_namespace=istio_root_namespace)
+    ctrl.serve_health("0.0.0.0", health_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     ctrl.start()
     log.info("started", extra={"leader": False})
     done.wait()
+    if ctrl.lost.is_set():
+        log.warning("exiting: leadership lost", extra={"leader": False})
+        return 1
     ctrl.stop()  # stop watches and loops, hand the Lease back
+    return 0

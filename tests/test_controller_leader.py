@@ -1,0 +1,161 @@
+"""Leader election and fencing of `llmc controller`: client-go's rules, connection-level faults,
+an API outage, a paused (SIGSTOP) leader, and /healthz when the loops are dead."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from kubernetes import client
+
+from compiler.controller.leader import LeaderElector, LeadershipLost, LeaseConfig
+from tests.conftest import REPO
+from tests.support.controller import SRC, kubeconfig, load_seed, programmed, start, wait_for
+
+LEASES = "apis/coordination.k8s.io/v1"
+
+
+def _api(server, agent: str = "test") -> client.ApiClient:
+    cfg = client.Configuration()
+    cfg.host = server.url
+    api = client.ApiClient(cfg)
+    api.user_agent = agent
+    return api
+
+
+def test_lease_config_follows_client_go_rules():
+    LeaseConfig(15, 10, 2)
+    with pytest.raises(ValueError, match="greater than the renew deadline"):
+        LeaseConfig(lease_duration=10, renew_deadline=10, retry_period=2)
+    with pytest.raises(ValueError, match="retry period"):
+        LeaseConfig(lease_duration=15, renew_deadline=2, retry_period=2)
+
+
+def test_expiry_is_judged_on_the_local_clock_not_the_holders_renew_time(api):
+    """A Lease whose renewTime is years old is still held until *we* saw it unchanged for a lease
+    duration: other replicas' clocks are never compared with ours."""
+    api.put_object(LEASES, "leases", {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "llmc-controller", "namespace": "llmc-system"},
+        "spec": {"holderIdentity": "ghost", "leaseDurationSeconds": 15, "renewTime": "2020-01-01T00:00:00.000000Z"}})
+    now = [100.0]
+    elector = LeaderElector(_api(api), "llmc-system", "llmc-controller", "b", LeaseConfig(15, 10, 2),
+                            clock=lambda: now[0])
+    assert not elector.try_acquire_or_renew()
+    now[0] += 14.9
+    assert not elector.try_acquire_or_renew()
+    now[0] += 0.2
+    assert elector.try_acquire_or_renew()
+    lease = api.get(LEASES, "leases", "llmc-system", "llmc-controller")
+    assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] == 1
+    # the fence: open right after the renewal, shut once the renew deadline passed without one
+    elector.check_fence()
+    now[0] += 10.0
+    with pytest.raises(LeadershipLost):
+        elector.check_fence()
+
+
+def test_connection_resets_do_not_kill_the_leader(api):
+    load_seed(api)
+    ctrl = start(api)
+    port = ctrl.serve_health("127.0.0.1", 0)
+    try:
+        wait_for(lambda: ctrl.leader, what="leader")
+        api.fail("GET", "/leases/", "reset", times=3)  # connection-level errors, not ApiExceptions
+        api.fail("PUT", "/leases/", "reset", times=2)
+        wait_for(lambda: not [f for f in api.faults if f["times"]], what="faults consumed")
+        time.sleep(0.5)
+        assert ctrl.leader and not ctrl.lost.is_set()
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").status == 200
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="programmed")
+    finally:
+        ctrl.stop()
+
+
+@pytest.mark.parametrize("mode", ["reset", "hang"])
+def test_an_api_outage_never_yields_two_writers(api, mode):
+    load_seed(api)
+    a = start(api, "a")
+    wait_for(lambda: a.leader, what="a leads")
+    b = start(api, "b")
+    port = a.serve_health("127.0.0.1", 0)
+    try:
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="programmed")
+        api.outage(3.0, mode)
+        route = api.get(SRC, "llmroutes", "default", "demo-llm-server")
+        route["spec"]["rules"][0]["backendRefs"][0]["weight"] = 70
+        api.put_object(SRC, "llmroutes", route)  # work for whoever leads after the outage
+        wait_for(lambda: a.lost.is_set(), what="a gives up after its renew deadline")
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz")
+        assert exc.value.code == 503
+        wait_for(lambda: b.leader, timeout=15, what="b takes over")
+        wait_for(lambda: api.writes_by("/b"), timeout=15, what="b writes")
+        writes = sorted([(t, "a") for t, _, _ in api.writes_by("/a")] + [(t, "b") for t, _, _ in api.writes_by("/b")])
+        runs = [w[1] for i, w in enumerate(writes) if i == 0 or writes[i - 1][1] != w[1]]
+        assert runs == ["a", "b"], "the writers interleaved"
+        assert not a.leader
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_paused_leader_starts_no_write_after_its_renew_deadline(api, tmp_path):
+    """SIGSTOP the leading process mid-pass, let another replica take over, SIGCONT it: it starts no
+    write, and exits so that Kubernetes restarts it."""
+    for i in range(12):  # enough objects that a pass with slow writes takes seconds
+        api.put_object(SRC, "llmproviders", {
+            "apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
+            "metadata": {"name": f"p{i}", "namespace": "default"},
+            "spec": {"host": f"p{i}.example.com", "path": "/v1/chat/completions"}})
+    api.delay("PATCH", 0.1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "controller", "--kubeconfig",
+                             kubeconfig(api, tmp_path / "kubeconfig"), "--health-port", str(port),
+                             "--identity", "pod-a", "--lease-duration", "2", "--renew-deadline", "1.5",
+                             "--retry-period", "0.2", "--request-timeout", "1"],
+                            cwd=REPO, stderr=subprocess.DEVNULL)
+    b = None
+    try:
+        wait_for(lambda: len(api.writes_by("/pod-a")) >= 3, timeout=30, what="pod-a mid-pass")
+        proc.send_signal(signal.SIGSTOP)
+        paused = time.monotonic()
+        b = start(api, "b")
+        wait_for(lambda: b.leader, timeout=15, what="b takes over")
+        assert time.monotonic() - paused > 1.5
+        resumed = time.monotonic()
+        proc.send_signal(signal.SIGCONT)
+        assert proc.wait(timeout=15) == 1, "an ex-leader exits so that it is restarted"
+        assert api.writes_by("/pod-a", since=resumed) == []
+        lease = api.get(LEASES, "leases", "llmc-system", "llmc-controller")
+        assert lease["spec"]["holderIdentity"] == "b"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        if b is not None:
+            b.stop()
+
+
+def test_the_lease_records_transitions_and_acquire_time(api):
+    a = start(api, "a")
+    try:
+        wait_for(lambda: a.leader, what="a leads")
+        lease = api.get(LEASES, "leases", "llmc-system", "llmc-controller")
+        assert lease["spec"]["holderIdentity"] == "a" and lease["spec"]["leaseDurationSeconds"] == 2
+        first = dt.datetime.fromisoformat(lease["spec"]["acquireTime"])
+        time.sleep(0.5)
+        renewed = api.get(LEASES, "leases", "llmc-system", "llmc-controller")
+        assert renewed["spec"]["renewTime"] != lease["spec"]["renewTime"]
+        assert dt.datetime.fromisoformat(renewed["spec"]["acquireTime"]) == first
+    finally:
+        a.stop()
