@@ -46,14 +46,18 @@ EgressOpt = Annotated[str | None, typer.Option(
     "LLM traffic to it over mTLS; it shapes requests and holds the keys.")]
 EgressLabelsOpt = Annotated[str, typer.Option(
     "--egress-gateway-labels", help="Labels of the egress gateway pods, k=v[,k=v].")]
+IstioVersionOpt = Annotated[str | None, typer.Option(
+    "--istio-version", help="Istio version of the proxies the output is for (1.29, 1.30, 1.31; default: the "
+    "newest). Failover (rules[].retries, backendRefs[].priority) needs 1.31.")]
 
 
 def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
-             telemetry: bool = False):
+             telemetry: bool = False, istio_version: str | None = None):
     """Options from the command line, validated by compiler/options.py (as for `llmc krm`)."""
-    from .options import parse_options
+    from .options import DEFAULT_ISTIO_VERSION, parse_options
 
-    opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry)
+    opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry,
+                                   istio_version or DEFAULT_ISTIO_VERSION)
     if opts is None:
         option, problem = problems[0]
         raise typer.BadParameter(problem, param_hint=f"--{option}")
@@ -103,6 +107,7 @@ def render(
     telemetry: Annotated[bool, typer.Option("--telemetry", help="Also emit Telemetry resources (access log "
                                             "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
                                             "and token-metric EnvoyFilters.")] = False,
+    istio_version: IstioVersionOpt = None,
     passthrough: Annotated[bool, typer.Option("--passthrough", help="Render a whole app folder (Argo CD, "
                                               "Flux): print its other Kubernetes objects unchanged before the "
                                               "generated ones, and skip files that hold no Kubernetes object "
@@ -121,7 +126,8 @@ def render(
     if passthrough and (out_dir is not None or check is not None or emit is Emit.ir):
         raise typer.BadParameter("--passthrough prints one stream for a GitOps tool to apply; it cannot be "
                                  "combined with --out-dir, --check or --emit ir", param_hint="--passthrough")
-    opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry)
+    opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
+                    istio_version)
     from .pipeline import compile_paths
 
     result = compile_paths(filename, opts, passthrough=passthrough)
@@ -211,10 +217,11 @@ def validate(
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+    istio_version: IstioVersionOpt = None,
 ) -> None:
     """Check the inputs and report every problem; print nothing else."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
-                                         egress_gateway_labels))
+                                         egress_gateway_labels, istio_version=istio_version))
     if output is DiagFormat.json:
         sys.stdout.write(result.diagnostics.format_json() + "\n")
     else:

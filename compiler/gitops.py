@@ -131,7 +131,7 @@ def _for_ruamel(value):
 
 #: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys
 FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
-                    "keepSources")
+                    "istioVersion", "keepSources")
 
 
 def krm(text: str) -> tuple[str, int]:
@@ -215,7 +215,7 @@ def _function_options(config: dict, diags, config_file: str):
     (a mistyped ``keepSources`` would otherwise delete sources in place)."""
     import difflib
 
-    from .options import CONFIG_KEYS, parse_options
+    from .options import CONFIG_KEYS, DEFAULT_ISTIO_VERSION, parse_options
 
     for key in config:
         if key not in FUNCTION_OPTIONS:
@@ -230,7 +230,8 @@ def _function_options(config: dict, diags, config_file: str):
         secrets_dir=str(config.get("secretsDir", "/etc/llmc/secrets")),
         egress_gateway=str(config["egressGateway"]) if config.get("egressGateway") else None,
         egress_gateway_labels=str(config.get("egressGatewayLabels", "istio=egressgateway")),
-        telemetry=str(config.get("telemetry", "false")))
+        telemetry=str(config.get("telemetry", "false")),
+        istio_version=str(config.get("istioVersion", DEFAULT_ISTIO_VERSION)))
     for option, problem in problems:
         diags.error("LLMC010", f"invalid value for llmc option {CONFIG_KEYS[option]!r}: {problem}", file=config_file,
                     path=CONFIG_KEYS[option])

@@ -15,6 +15,8 @@ PREFIX = "llmc"
 ROUTING_HEADER = "x-llmc-provider"  # internal: set by the Lua filter, matched by pinned VS routes
 #: Every internal header; routes remove them before a request goes upstream.
 INTERNAL_HEADERS = (ROUTING_HEADER,)
+#: internal, failover rules only: the weighted clusters' random value ("0": tries in list order)
+ORDER_HEADER = "x-llmc-order"
 RESERVED_HEADER_PREFIX = "x-llmc-"
 ROUTE_SEPARATOR = "/"  # appears in no Kubernetes name, rule name or provider name
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -20,6 +20,19 @@ _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
+#: Istio minor versions llmc supports (README, "Supported Istio and Envoy versions"), oldest first
+ISTIO_VERSIONS = ("1.29", "1.30", "1.31")
+#: the default target: the newest supported
+DEFAULT_ISTIO_VERSION = ISTIO_VERSIONS[-1]
+#: the first Istio whose proxy (Envoy 1.39) has RetryPolicy.refresh_cluster_on_retry (failover)
+FAILOVER_ISTIO_VERSION = "1.31"
+
+
+def istio_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
 @dataclass(frozen=True)
 class Options:
     namespace: str = "default"
@@ -31,12 +44,18 @@ class Options:
     egress_labels: tuple[tuple[str, str], ...] = (("istio", "egressgateway"),)
     #: emit Telemetry (access log provider + llm_model tag) and token metrics (opt-in)
     telemetry: bool = False
+    #: the Istio minor version the output targets (failover needs 1.31)
+    istio_version: str = DEFAULT_ISTIO_VERSION
+
+    @property
+    def supports_failover(self) -> bool:
+        return istio_minor(self.istio_version) >= istio_minor(FAILOVER_ISTIO_VERSION)
 
 
 #: option name (as the CLI spells it) → its name in a function config
 CONFIG_KEYS = {"namespace": "namespace", "cluster-domain": "clusterDomain", "secrets-dir": "secretsDir",
                "egress-gateway": "egressGateway", "egress-gateway-labels": "egressGatewayLabels",
-               "telemetry": "telemetry"}
+               "telemetry": "telemetry", "istio-version": "istioVersion"}
 
 
 def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
@@ -54,7 +73,7 @@ def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
 def parse_options(namespace: str = "default", cluster_domain: str = "cluster.local",
                   secrets_dir: str = "/etc/llmc/secrets", egress_gateway: str | None = None,
                   egress_gateway_labels: str = "istio=egressgateway", telemetry: bool | str = False,
-                  ) -> tuple[Options | None, list[tuple[str, str]]]:
+                  istio_version: str = DEFAULT_ISTIO_VERSION) -> tuple[Options | None, list[tuple[str, str]]]:
     """(Options, []) or (None, [(option, problem), ...])."""
     problems: list[tuple[str, str]] = []
     if not _NAMESPACE.fullmatch(namespace):
@@ -73,7 +92,14 @@ def parse_options(namespace: str = "default", cluster_domain: str = "cluster.loc
         if telemetry.lower() not in ("true", "false"):
             problems.append(("telemetry", f"expected true or false, got {telemetry!r}"))
         telemetry = telemetry.lower() == "true"
+    version = istio_version.strip()
+    if version.count(".") == 2:  # 1.31.2 → 1.31: the output depends on the minor version only
+        version = version.rsplit(".", 1)[0]
+    if version not in ISTIO_VERSIONS:
+        problems.append(("istio-version", f"{istio_version!r} is not a supported Istio version; supported: "
+                                          f"{', '.join(ISTIO_VERSIONS)}"))
     if problems:
         return None, problems
     return Options(namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
-                   egress_gateway=egress_gateway, egress_labels=labels, telemetry=telemetry), []
+                   egress_gateway=egress_gateway, egress_labels=labels, telemetry=telemetry,
+                   istio_version=version), []
