@@ -103,3 +103,30 @@ def test_outputs_without_failover_are_the_same_for_every_supported_istio(sample)
     outs = {runner.invoke(app, ["render", "-f", str(REPO / sample), "--istio-version", v]).output
             for v in ("1.29", "1.30", "1.31")}
     assert len(outs) == 1
+
+
+def test_a_try_removes_every_credential_header_and_sets_only_its_own():
+    """The upstream entry point under LuaJIT: the header map a try sees may hold a key an earlier try
+    set for another provider, in any protocol's header; all are removed, then this provider's set."""
+    import json
+
+    from compiler.protocols import OPENAI
+    from tests.support.lua import LuaFilter
+
+    lua = LuaFilter()
+    ctx = {"id": "t1", "route": "default/chat", "rule": "backup",
+           "attempt": {"provider": "p-two", "protocol": "openai", "host": "two.example.com",
+                       "path": "/two/chat/completions", "weight": 1, "max_body": 1 << 20, "model": "two-model",
+                       "api_key": "sk-two"},
+           "protocols": {"openai": OPENAI.context()},
+           "credential_headers": ["api-key", "authorization", "x-api-key"],
+           "internal_headers": ["x-llmc-provider", "x-llmc-order"]}
+    sent = {"authorization": "Bearer sk-one", "api-key": "sk-one", "x-api-key": "sk-one", "x-llmc-order": "0",
+            ":authority": "one.example.com"}
+    r = lua.request(ctx, '{"model":"one-model","messages":[],"stream":false}', headers=sent,
+                    path="/one/chat/completions?x=1", route="llmc/default/chat/backup/p-one")
+    assert r.status is None, r.response_body
+    assert r.headers["authorization"] == "Bearer sk-two"
+    assert not {"api-key", "x-api-key", "x-llmc-order"} & set(r.headers)
+    assert r.headers[":path"] == "/two/chat/completions?x=1" and r.headers[":authority"] == "two.example.com"
+    assert json.loads(r.body) == {"model": "two-model", "messages": [], "stream": False}

@@ -284,3 +284,34 @@ def test_an_older_proxy_fails_closed(objects, upstreams):
     finally:
         proxy.stop()
     assert tries(upstreams) == []
+
+
+@needs_failover
+def test_failover_between_tls_providers_keeps_tls_and_sni(tmp_path):
+    """The CLUSTER patch replaces istiod's HttpProtocolOptions of the provider clusters; TLS
+    origination (DestinationRule: SNI and SAN pinned) must keep working on every try."""
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    source = (TESTDATA / "e2e" / "failover.yaml").read_text().replace("  tls: {mode: DISABLE}\n", "")
+    (tmp_path / "failover.yaml").write_text(source)
+    objects = llmc_render("-f", str(tmp_path / "failover.yaml"))
+    ups = start_upstreams(ca, HOSTS, ())
+    proxy = None
+    try:
+        layout = build_bootstrap(objects, {h: u.port for h, u in ups.items()}, str(ca_file))
+        assert layout.unmatched == []
+        proxy = Envoy(layout.bootstrap)
+        ups["one.example.com"].fail = "503"
+        assert chat(proxy.port, ROUTE_HOST, headers=case("backup")).model == "two-model-2026"
+        for host in ("one.example.com", "two.example.com"):
+            (req,) = ups[host].requests
+            assert req.sni == host
+            assert_shaped(host, req)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        for u in ups.values():
+            u.stop()

@@ -861,12 +861,14 @@ end
 
 -- The upstream filter's context: one backend (the provider of this cluster), the protocols, and
 -- every credential header any protocol uses. Prepared once per id and worker.
-local attempts = {}
+local attempts, nattempts = {}, 0
 
 local function load_attempt(ctx)
   local id = ctx:get("id")
   local a = attempts[id]
   if a == nil then
+    if nattempts >= MAX_CACHED_CONTEXTS then attempts, nattempts = {}, 0 end
+    nattempts = nattempts + 1
     local protocols = ctx:get("protocols")
     local rule = prepare_rule(ctx:get("route"), ctx:get("rule"), { backends = { ctx:get("attempt") } }, protocols)
     a = { b = rule.backends[1], rule_id = rule.rule_id, host = ctx:get("attempt").host,
