@@ -812,7 +812,6 @@ function M.on_response(h)
   if t ~= nil then md:set(METADATA_NS, "request_total_tokens", t) end
 end
 
-
 ---------------------------------------------------------------------------------------------------
 -- Failover (Istio >= 1.31, Envoy >= 1.39): retries that move to another provider
 ---------------------------------------------------------------------------------------------------
