@@ -158,6 +158,18 @@ def test_a_stream_that_fails_after_its_first_event_is_not_retried(envoy, upstrea
 
 
 @needs_failover
+def test_a_stream_longer_than_the_per_try_timeout_is_not_cut(envoy, upstreams):
+    """perTryTimeout (1s) bounds the wait for the response; a stream that has started runs on."""
+    upstreams["one.example.com"].sse_pause = 2.0
+    try:
+        streamed = chat_stream(envoy.port, ROUTE_HOST, headers=case("backup"))
+    finally:
+        upstreams["one.example.com"].sse_pause = 0.6
+    assert streamed.text == "Hello" and streamed.usage.total_tokens == 18
+    assert tries(upstreams) == ["one.example.com"]
+
+
+@needs_failover
 def test_a_stream_fails_over_before_its_first_byte(envoy, upstreams):
     upstreams["one.example.com"].fail = "503"
     streamed = chat_stream(envoy.port, ROUTE_HOST, headers=case("backup"))
@@ -197,6 +209,16 @@ def test_all_providers_resetting_gets_an_openai_format_error(envoy, upstreams):
     assert err.response.headers["content-type"] == "application/json"
     assert err.code == "upstream_unavailable" and err.type == "server_error"
     assert len(tries(upstreams)) == 3
+
+
+@needs_failover
+def test_every_try_timing_out_gets_an_openai_format_504(envoy, upstreams):
+    for u in upstreams.values():
+        u.fail, u.hang = "hang", 2.0
+    err = status_error(chat, envoy.port, ROUTE_HOST, headers=case("timeout"))
+    assert err.status_code == 504 and err.response.headers["content-type"] == "application/json"
+    assert err.code == "upstream_unavailable" and "upstream request timeout" in err.body["message"]
+    assert tries(upstreams) == ["one.example.com", "two.example.com"]
 
 
 @needs_failover

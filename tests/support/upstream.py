@@ -223,6 +223,8 @@ def _reset(h: BaseHTTPRequestHandler) -> None:
 
 
 class _Sink:
+    closed = True  # the handler's finish() then skips its flush
+
     def write(self, data):
         return len(data)
 
