@@ -72,8 +72,8 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC220", _E, "TLS origination to an in-mesh Service"),
     Message("LLMC221", _E, "invalid gateway reference"),
     Message("LLMC222", _E, "match gateways outside the route's gateways"),
-    Message("LLMC223", _E, "failover needs a newer Istio"),
-    Message("LLMC224", _E, "invalid failover settings"),
+    Message("LLMC234", _E, "failover needs a newer Istio"),
+    Message("LLMC235", _E, "invalid failover settings"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

@@ -305,7 +305,7 @@ def _retries(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, 
     prioritized = [k for k, b in enumerate(rule.backendRefs) if b.priority is not None]
     if (rule.retries is not None or prioritized) and not opts.supports_failover:
         where = rpath + (("retries",) if rule.retries is not None else ("backendRefs", prioritized[0], "priority"))
-        diags.error("LLMC223", f"failover (retries, priority) needs Istio {FAILOVER_ISTIO_VERSION} or newer "
+        diags.error("LLMC234", f"failover (retries, priority) needs Istio {FAILOVER_ISTIO_VERSION} or newer "
                     f"(Envoy 1.39's refresh_cluster_on_retry); the target is Istio {opts.istio_version}",
                     **doc.where(where),
                     hint=f"render with --istio-version {FAILOVER_ISTIO_VERSION} once the mesh runs it, or "
@@ -313,14 +313,14 @@ def _retries(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, 
         return False
     if rule.retries is None:
         if prioritized:
-            diags.error("LLMC224", "priority needs retries: without them no request ever moves to a higher "
+            diags.error("LLMC235", "priority needs retries: without them no request ever moves to a higher "
                         "priority", **doc.where(rpath + ("backendRefs", prioritized[0], "priority")),
                         hint="add retries: {} to the rule (every backend is then tried once) or remove priority")
             return False
         return None
     attempts = rule.retries.attempts or len(backends)
     if attempts > len(backends):
-        diags.error("LLMC224", f"attempts {attempts} is more than the rule's {len(backends)} backends: a retry "
+        diags.error("LLMC235", f"attempts {attempts} is more than the rule's {len(backends)} backends: a retry "
                     "always moves to a provider not tried yet", **doc.where(rpath + ("retries", "attempts")),
                     hint=f"use at most {len(backends)}")
         return False

@@ -45,7 +45,7 @@ def test_failover_for_an_older_istio_names_the_version_needed(version):
     opts, _ = parse_options(istio_version=version)
     result = compile_text(FAILOVER, opts, "failover.yaml")
     assert not result.ok
-    (diag,) = [d for d in result.diagnostics.sorted() if d.code == "LLMC223"]
+    (diag,) = [d for d in result.diagnostics.sorted() if d.code == "LLMC234"]
     assert diag.path == "spec.rules[0].retries"
     assert "Istio 1.31" in diag.message and version in diag.message
 
@@ -53,14 +53,14 @@ def test_failover_for_an_older_istio_names_the_version_needed(version):
 def test_priority_alone_for_an_older_istio_gets_the_version_diagnostic():
     text = FAILOVER.replace("    retries: {attempts: 2, perTryTimeout: 30s}\n", "")
     opts, _ = parse_options(istio_version="1.30")
-    assert codes(compile_text(text, opts, "f.yaml")) == [("LLMC223", "spec.rules[0].backendRefs[1].priority")]
+    assert codes(compile_text(text, opts, "f.yaml")) == [("LLMC234", "spec.rules[0].backendRefs[1].priority")]
 
 
 def test_cli_istio_version_flag(tmp_path):
     src = tmp_path / "f.yaml"
     src.write_text(FAILOVER)
     res = runner.invoke(app, ["render", "-f", str(src), "--istio-version", "1.30"])
-    assert res.exit_code == 1 and "LLMC223" in res.output
+    assert res.exit_code == 1 and "LLMC234" in res.output
     assert runner.invoke(app, ["render", "-f", str(src)]).exit_code == 0
     res = runner.invoke(app, ["render", "-f", str(src), "--istio-version", "1.27"])
     assert res.exit_code == 2 and "--istio-version" in res.output
@@ -71,7 +71,7 @@ def test_krm_function_config_takes_istio_version():
 
     items = list(YAML().load_all(FAILOVER))
     _, result = transform(items, {"istioVersion": "1.30"}, YAML())
-    assert "LLMC223" in [d.code for d in result.diagnostics.sorted()]
+    assert "LLMC234" in [d.code for d in result.diagnostics.sorted()]
     _, result = transform(items, {"istioVersion": "1.31"}, YAML())
     assert result.ok
     _, result = transform(items, {"istioVersion": "9"}, YAML())
