@@ -162,6 +162,26 @@ class BackendRef(_Strict):
     backendRef: BackendObjectReference | None = Field(
         None, description="ASM: an InferencePool. Not supported by llmc (stock Istio reaches InferencePools "
         "only from Gateway API HTTPRoutes); reported as LLMC227.")
+    priority: int | None = Field(
+        None, ge=0, le=100, description="llmc extension (failover, Istio >= 1.31): the first try goes to a "
+        "backend of the rule's lowest priority (by weight among them); higher priorities are tried only when "
+        "a retry moves on (default 0).")
+
+
+RETRY_CONDITIONS = ("connect-failure", "reset", "5xx", "429", "timeout")
+
+
+class Retries(_Strict):
+    """llmc extension (failover, Istio >= 1.31): retries across the rule's backends, each try shaped for
+    the provider it reaches."""
+
+    attempts: int | None = Field(None, ge=1, le=10, description="Total tries, including the first "
+                                 "(default: one per backend of the rule); at most the number of backends.")
+    perTryTimeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Time one try may take "
+                                      "until the provider's response starts, e.g. 30s (default: none).")
+    retryOn: list[Literal["connect-failure", "reset", "5xx", "429", "timeout"]] | None = Field(
+        None, min_length=1, description="Failures that move on to the next backend (default: "
+        "connect-failure, reset, 5xx, 429).")
 
 
 class RouteRule(_Strict):
@@ -180,6 +200,9 @@ class RouteRule(_Strict):
         None, max_length=MAX_MATCHES, description="Any one match selects the rule; no matches = default rule.")
     backendRefs: list[BackendRef] = Field(min_length=1, max_length=MAX_BACKENDS,
                                           description="Providers, optionally weighted.")
+    retries: Retries | None = Field(None, description="llmc extension (failover, Istio >= 1.31): retry "
+                                    "failed requests on the rule's other backends (default: Istio's retry "
+                                    "policy, which stays on the same provider).")
 
 
 class LLMRouteSpec(_Strict):

@@ -57,13 +57,18 @@ GatewayWorkloadOpt = Annotated[list[str] | None, typer.Option(
     "Repeat for several gateways.")]
 
 
+IstioVersionOpt = Annotated[str | None, typer.Option(
+    "--istio-version", help="Istio version of the proxies the output is for (1.29, 1.30, 1.31; default: the "
+    "newest). Failover (rules[].retries, backendRefs[].priority) needs 1.31.")]
+
+
 def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
-             telemetry: bool = False, gateway_workloads: list[str] | None = None):
+             telemetry: bool = False, gateway_workloads: list[str] | None = None, istio_version: str | None = None):
     """Options from the command line, validated by compiler/options.py (as for `llmc krm`)."""
-    from .options import parse_options
+    from .options import DEFAULT_ISTIO_VERSION, parse_options
 
     opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry,
-                                   gateway_workloads)
+                                   gateway_workloads, istio_version or DEFAULT_ISTIO_VERSION)
     if opts is None:
         option, problem = problems[0]
         raise typer.BadParameter(problem, param_hint=f"--{option}")
@@ -118,6 +123,7 @@ def render(
     telemetry: Annotated[bool, typer.Option("--telemetry", help="Also emit Telemetry resources (access log "
                                             "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
                                             "and token-metric EnvoyFilters.")] = False,
+    istio_version: IstioVersionOpt = None,
     passthrough: Annotated[bool, typer.Option("--passthrough", help="Render a whole app folder (Argo CD, "
                                               "Flux): print its other Kubernetes objects unchanged before the "
                                               "generated ones, and skip files that hold no Kubernetes object "
@@ -137,7 +143,7 @@ def render(
         raise typer.BadParameter("--passthrough prints one stream for a GitOps tool to apply; it cannot be "
                                  "combined with --out-dir, --check or --emit ir", param_hint="--passthrough")
     opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace)
+                    gateway_workload_namespace, istio_version)
     from .pipeline import compile_paths
 
     result = compile_paths(filename, opts, passthrough=passthrough)
@@ -228,10 +234,12 @@ def validate(
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     gateway_workload_namespace: GatewayWorkloadOpt = None,
+    istio_version: IstioVersionOpt = None,
 ) -> None:
     """Check the inputs and report every problem; print nothing else."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
-                                         egress_gateway_labels, gateway_workloads=gateway_workload_namespace))
+                                         egress_gateway_labels, gateway_workloads=gateway_workload_namespace,
+                                         istio_version=istio_version))
     if output is DiagFormat.json:
         sys.stdout.write(result.diagnostics.format_json() + "\n")
     else:
@@ -297,6 +305,7 @@ def controller(
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     gateway_workload_namespace: GatewayWorkloadOpt = None,
+    istio_version: IstioVersionOpt = None,
     telemetry: Annotated[bool, typer.Option("--telemetry", help="As for render.")] = False,
 ) -> None:
     """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
@@ -304,7 +313,7 @@ def controller(
     from .controller.runtime import Tuning, run
 
     opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace)
+                    gateway_workload_namespace, istio_version)
     try:
         lease = LeaseConfig(lease_duration, renew_deadline, retry_period, request_timeout)
     except ValueError as exc:

@@ -83,6 +83,8 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC231", _W, "API key must reach calling pods in another namespace"),
     Message("LLMC232", _W, "generated object too large for kubectl apply"),
     Message("LLMC233", _E, "generated object larger than etcd accepts"),
+    Message("LLMC234", _E, "failover needs a newer Istio"),
+    Message("LLMC235", _E, "invalid failover settings"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

@@ -131,7 +131,7 @@ def _for_ruamel(value):
 
 #: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys
 FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
-                    "gatewayWorkloadNamespace", "keepSources")
+                    "gatewayWorkloadNamespace", "istioVersion", "keepSources")
 
 
 def _text_or_list(value: object) -> str | list[str] | None:
@@ -221,7 +221,7 @@ def _function_options(config: dict, diags, config_file: str):
     (a mistyped ``keepSources`` would otherwise delete sources in place)."""
     import difflib
 
-    from .options import CONFIG_KEYS, parse_options
+    from .options import CONFIG_KEYS, DEFAULT_ISTIO_VERSION, parse_options
 
     for key in config:
         if key not in FUNCTION_OPTIONS:
@@ -238,7 +238,8 @@ def _function_options(config: dict, diags, config_file: str):
         egress_gateway_labels=str(config.get("egressGatewayLabels", "istio=egressgateway")),
         telemetry=str(config.get("telemetry", "false")),
         # "GW=NS,GW=NS" as in kpt's `-- key=value`, or a YAML list of "GW=NS" in a plugin config
-        gateway_workload_namespace=_text_or_list(config.get("gatewayWorkloadNamespace")))
+        gateway_workload_namespace=_text_or_list(config.get("gatewayWorkloadNamespace")),
+        istio_version=str(config.get("istioVersion", DEFAULT_ISTIO_VERSION)))
     for option, problem in problems:
         diags.error("LLMC010", f"invalid value for llmc option {CONFIG_KEYS[option]!r}: {problem}", file=config_file,
                     path=CONFIG_KEYS[option])

@@ -113,6 +113,7 @@ class Backend:
     weight: int
     config: RequestConfig  # provider default overlaid with the rule's routeSpecificConfigs entry
     host_rewrite: str | None = None  # Host header sent upstream (default: the provider host)
+    priority: int = 0  # failover: lower first; only retries move to a higher one
 
     @property
     def host_header(self) -> str:
@@ -120,14 +121,42 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class Retries:
+    """Failover across a rule's backends (Envoy retries that move to another provider)."""
+
+    attempts: int  # total tries including the first, 1..len(backends)
+    per_try_timeout: str | None
+    retry_on: tuple[str, ...]  # llmc's condition names, sorted
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     matches: tuple[Match, ...]  # empty: matches everything
     backends: tuple[Backend, ...]  # weight > 0 only, in the user's order
+    retries: Retries | None = None  # failover rule (Istio >= 1.31)
 
     @property
     def weighted(self) -> bool:
-        return len(self.backends) > 1
+        """Routed through pinned routes: the filter picks the (first) backend."""
+        return len(self.backends) > 1 or self.retries is not None
+
+    @property
+    def first_choices(self) -> tuple[Backend, ...]:
+        """The backends a first try may go to (picked by weight): those of the lowest priority."""
+        low = min(b.priority for b in self.backends)
+        return tuple(b for b in self.backends if b.priority == low)
+
+    @property
+    def pinned(self) -> tuple[Backend, ...]:
+        """The backends that get a pinned route: every first choice of a rule the filter picks for."""
+        return self.first_choices if self.weighted else ()
+
+    def failover_order(self, first: Backend) -> tuple[Backend, ...]:
+        """The order tries take when ``first`` was picked: ``first``, then the others by priority,
+        then by weight (highest first), then in the user's order."""
+        rest = sorted((b for b in self.backends if b is not first), key=lambda b: (b.priority, -b.weight))
+        return (first, *rest)
 
 
 @dataclass(frozen=True)

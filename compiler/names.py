@@ -18,6 +18,8 @@ MODEL_HEADER = "x-llmc-model"  # internal: the body's model, set by the Lua filt
 INTERNAL_HEADERS = (ROUTING_HEADER, MODEL_HEADER)
 #: Longest body `model` the filter exposes for routing (longer ones match no model condition).
 MAX_MODEL_BYTES = 256
+#: internal, failover rules only: the weighted clusters' random value ("0": tries in list order)
+ORDER_HEADER = "x-llmc-order"
 RESERVED_HEADER_PREFIX = "x-llmc-"
 ROUTE_SEPARATOR = "/"  # appears in no Kubernetes name, rule name or provider name
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -20,6 +20,19 @@ _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
+#: Istio minor versions llmc supports (README, "Supported Istio and Envoy versions"), oldest first
+ISTIO_VERSIONS = ("1.29", "1.30", "1.31")
+#: the default target: the newest supported
+DEFAULT_ISTIO_VERSION = ISTIO_VERSIONS[-1]
+#: the first Istio whose proxy (Envoy 1.39) has RetryPolicy.refresh_cluster_on_retry (failover)
+FAILOVER_ISTIO_VERSION = "1.31"
+
+
+def istio_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
 @dataclass(frozen=True)
 class Options:
     namespace: str = "default"
@@ -34,12 +47,19 @@ class Options:
     #: ("gateway ns/name", namespace its pods run in), sorted: where gateway-bound rules are placed
     #: when the pods are not in the Gateway resource's namespace (e.g. a shared ingress in istio-system)
     gateway_workload_namespaces: tuple[tuple[str, str], ...] = ()
+    #: the Istio minor version the output targets (failover needs 1.31)
+    istio_version: str = DEFAULT_ISTIO_VERSION
+
+    @property
+    def supports_failover(self) -> bool:
+        return istio_minor(self.istio_version) >= istio_minor(FAILOVER_ISTIO_VERSION)
 
 
 #: option name (as the CLI spells it) → its name in a function config
 CONFIG_KEYS = {"namespace": "namespace", "cluster-domain": "clusterDomain", "secrets-dir": "secretsDir",
                "egress-gateway": "egressGateway", "egress-gateway-labels": "egressGatewayLabels",
-               "telemetry": "telemetry", "gateway-workload-namespace": "gatewayWorkloadNamespace"}
+               "telemetry": "telemetry", "gateway-workload-namespace": "gatewayWorkloadNamespace",
+               "istio-version": "istioVersion"}
 
 
 def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
@@ -74,6 +94,7 @@ def parse_options(namespace: str = "default", cluster_domain: str = "cluster.loc
                   secrets_dir: str = "/etc/llmc/secrets", egress_gateway: str | None = None,
                   egress_gateway_labels: str = "istio=egressgateway", telemetry: bool | str = False,
                   gateway_workload_namespace: str | list[str] | None = None,
+                  istio_version: str = DEFAULT_ISTIO_VERSION,
                   ) -> tuple[Options | None, list[tuple[str, str]]]:
     """(Options, []) or (None, [(option, problem), ...])."""
     problems: list[tuple[str, str]] = []
@@ -96,8 +117,14 @@ def parse_options(namespace: str = "default", cluster_domain: str = "cluster.loc
     workloads, problem = parse_gateway_workloads(gateway_workload_namespace)
     if problem:
         problems.append(("gateway-workload-namespace", problem))
+    version = istio_version.strip()
+    if version.count(".") == 2:  # 1.31.2 → 1.31: the output depends on the minor version only
+        version = version.rsplit(".", 1)[0]
+    if version not in ISTIO_VERSIONS:
+        problems.append(("istio-version", f"{istio_version!r} is not a supported Istio version; supported: "
+                                          f"{', '.join(ISTIO_VERSIONS)}"))
     if problems:
         return None, problems
     return Options(namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
                    egress_gateway=egress_gateway, egress_labels=labels, telemetry=telemetry,
-                   gateway_workload_namespaces=workloads), []
+                   gateway_workload_namespaces=workloads, istio_version=version), []

@@ -30,12 +30,13 @@ from .ir import (
     Program,
     Provider,
     RequestConfig,
+    Retries,
     Rule,
     SecretRef,
     VirtualHost,
 )
 from .load import Document
-from .options import Options
+from .options import FAILOVER_ISTIO_VERSION, Options
 
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 PLACEHOLDER = re.compile(r"^\s*(\$\{.*\}|\$[A-Z_][A-Z0-9_]*|<.*>|changeme|xxx+|todo)\s*$", re.I)
@@ -322,7 +323,11 @@ def resolve_route(item: Sourced, catalog: visibility.Catalog, opts: Options,
         if backends is None:
             ok = False
             continue
-        rules.append(Rule(name=name, matches=tuple(matches), backends=backends))
+        retries = _retries(rule, backends, opts, doc, rpath, diags)
+        if retries is False or retries is True:
+            ok = False
+            continue
+        rules.append(Rule(name=name, matches=tuple(matches), backends=backends, retries=retries))
         _check_model_rule(rules, i, doc, diags)
     if not ok:
         return None
@@ -449,7 +454,8 @@ def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, 
         weight = 1 if ref.weight is None and not mixed else (ref.weight or 0)
         if weight > 0:
             out.append(Backend(provider, weight, provider.config_for_rule(rule_name),
-                               host_rewrite=ref.hostRewrite.lower() if ref.hostRewrite else None))
+                               host_rewrite=ref.hostRewrite.lower() if ref.hostRewrite else None,
+                               priority=ref.priority or 0))
     return tuple(out) if ok else None
 
 
@@ -471,6 +477,39 @@ def _unknown_provider(host: str, found: visibility.Lookup, catalog: visibility.C
                 f"Istio root namespace; {hint}")
     diags.error("LLMC202", f"no LLMProvider visible in namespace {doc.namespace!r} has host {host!r}",
                 **doc.where(path), hint=hint)
+
+
+#: llmc's retry conditions (``rules[].retries.retryOn``) when a rule names none
+DEFAULT_RETRY_ON = ("connect-failure", "reset", "5xx", "429")
+
+
+def _retries(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, rpath: tuple,
+             diags: Diagnostics) -> Retries | None | bool:
+    """The rule's failover settings: None (no failover), Retries, or False after an error."""
+    prioritized = [k for k, b in enumerate(rule.backendRefs) if b.priority is not None]
+    if (rule.retries is not None or prioritized) and not opts.supports_failover:
+        where = rpath + (("retries",) if rule.retries is not None else ("backendRefs", prioritized[0], "priority"))
+        diags.error("LLMC234", f"failover (retries, priority) needs Istio {FAILOVER_ISTIO_VERSION} or newer "
+                    f"(Envoy 1.39's refresh_cluster_on_retry); the target is Istio {opts.istio_version}",
+                    **doc.where(where),
+                    hint=f"render with --istio-version {FAILOVER_ISTIO_VERSION} once the mesh runs it, or "
+                    "remove retries and priority")
+        return False
+    if rule.retries is None:
+        if prioritized:
+            diags.error("LLMC235", "priority needs retries: without them no request ever moves to a higher "
+                        "priority", **doc.where(rpath + ("backendRefs", prioritized[0], "priority")),
+                        hint="add retries: {} to the rule (every backend is then tried once) or remove priority")
+            return False
+        return None
+    attempts = rule.retries.attempts or len(backends)
+    if attempts > len(backends):
+        diags.error("LLMC235", f"attempts {attempts} is more than the rule's {len(backends)} backends: a retry "
+                    "always moves to a provider not tried yet", **doc.where(rpath + ("retries", "attempts")),
+                    hint=f"use at most {len(backends)}")
+        return False
+    return Retries(attempts=attempts, per_try_timeout=rule.retries.perTryTimeout,
+                   retry_on=tuple(sorted(set(rule.retries.retryOn or DEFAULT_RETRY_ON))))
 
 
 def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program | None:
@@ -618,7 +657,7 @@ def _check_route_names(vhosts, diags: Diagnostics) -> None:
     for vh in vhosts:
         seen: dict[str, str] = {}
         for rule in vh.rules:
-            pinned = tuple(b.provider.name for b in rule.backends) if rule.weighted else ()
+            pinned = tuple(b.provider.name for b in rule.pinned)
             entry, pins = names.rule_routes(vh.namespace, vh.label, rule.name, pinned)
             for name in (entry, *pins.values()):
                 if name in seen:

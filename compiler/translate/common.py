@@ -19,12 +19,13 @@ def metadata(name: str, namespace: str, sources: tuple[str, ...] | list[str]) ->
 
 
 def rule_route_names(vh: VirtualHost, rule: Rule) -> tuple[str, dict[str, str]]:
-    """(entry route name, {provider name: pinned route name}) of a rule; pinned only if weighted.
+    """(entry route name, {provider name: pinned route name}) of a rule; pinned only if weighted
+    (for a failover rule: its first choices).
 
     The VirtualService names its routes with these and the Lua context maps them back to the rule,
     so both translators must use this one function.
     """
-    pinned = tuple(b.provider.name for b in rule.backends) if rule.weighted else ()
+    pinned = tuple(b.provider.name for b in rule.pinned)
     return names.rule_routes(vh.namespace, vh.label, rule.name, pinned)
 
 

@@ -27,7 +27,7 @@ from functools import cache
 from importlib import resources
 
 from .. import names
-from ..ir import Backend, Program, SecretRef, VirtualHost
+from ..ir import Backend, Program, Rule, SecretRef, VirtualHost
 from ..protocols import PROTOCOLS
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 
@@ -35,6 +35,10 @@ FILTER_NAME = "llmc.lua"
 SOURCE_NAME = "llmc"
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 LUA_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+UPSTREAM_FILTER_PREFIX = "llmc.upstream."
+#: ``match.proxy.proxyVersion`` of failover patches: Istio 1.31 or newer (Envoy 1.39's
+#: ``refresh_cluster_on_retry``); istiod matches it against the proxy's ISTIO_VERSION.
+FAILOVER_PROXY_VERSION = r"^1\.(3[1-9]|[4-9][0-9])([.-].*)?$"
 
 
 @cache
@@ -59,7 +63,7 @@ def buffer_limit(max_request_bytes: int) -> int:
 
 
 def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
-    p, c = b.provider, b.config
+    p, c = b.provider, b.config  # (a failover rule's backends also carry their priority)
     ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": p.path, "weight": b.weight,
                  "max_body": p.max_request_bytes}
     if c.model is not None:
@@ -96,8 +100,12 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
     for rule in vh.rules:
         entry, pinned = rule_route_names(vh, rule)
         routes[entry] = rule.name
+        # A failover rule lists only its first choices: the filter picks one; tries are shaped upstream.
+        listed = rule.first_choices if rule.retries is not None else rule.backends
         rules[rule.name] = {"backends": [_backend_context(b, secrets_dir, pinned.get(b.provider.name))
-                                         for b in rule.backends]}
+                                         for b in listed]}
+        if rule.retries is not None:
+            rules[rule.name]["failover"] = True
     by_model = {}
     if vh.routes_by_model:
         # The filter reads the body first, exposes its model in `model_header` and selects the route
@@ -105,7 +113,9 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
         by_model = {"model_header": names.MODEL_HEADER, "model_limit": names.MAX_MODEL_BYTES,
                     "nomatch": names.special_route(vh.namespace, vh.label, "nomatch")}
     used = sorted({b.provider.protocol for r in vh.rules for b in r.backends})
+    failover: dict = {"order_header": names.ORDER_HEADER} if any(r.retries for r in vh.rules) else {}
     body = {
+        **failover,
         "route": f"{vh.namespace}/{vh.label}",
         "pin_header": names.ROUTING_HEADER,
         "protocols": {name: PROTOCOLS[name].context() for name in used},
@@ -117,6 +127,56 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return {"id": digest[:16], **body}
+
+
+def attempt_filter_name(b: Backend) -> str:
+    """The upstream Lua filter's name on the provider's cluster; a route's per-filter config for this
+    name is what the filter of that cluster reads, so one route carries one context per provider."""
+    return f"{UPSTREAM_FILTER_PREFIX}{b.provider.host}"
+
+
+def attempt_contexts(vh: VirtualHost, rule: Rule, secrets_dir: str) -> dict[str, dict]:
+    """Per upstream filter name: what the provider's cluster filter needs to shape one try of ``rule``."""
+    route = f"{vh.namespace}/{vh.label}"
+    out = {}
+    for b in rule.backends:
+        body = {"route": route, "rule": rule.name, "attempt": _backend_context(b, secrets_dir, None),
+                "protocols": {b.provider.protocol: PROTOCOLS[b.provider.protocol].context()},
+                "credential_headers": sorted({p.auth_header for p in PROTOCOLS.values()}),
+                "internal_headers": [*names.INTERNAL_HEADERS, names.ORDER_HEADER]}
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        out[attempt_filter_name(b)] = {"id": digest[:16], **body}
+    return out
+
+
+def failover_routes(vh: VirtualHost, secrets_dir: str) -> list[dict]:
+    """The failover patch of each pinned route of a failover rule (applied to Istio >= 1.31 proxies
+    only): the route marked for the filter, the order header as the weighted clusters' random value,
+    clusters refreshed on retry, and the upstream filters' contexts."""
+    out = []
+    for rule in vh.rules:
+        if rule.retries is None:
+            continue
+        _, pinned = rule_route_names(vh, rule)
+        contexts = attempt_contexts(vh, rule, secrets_dir)
+        for name in pinned.values():
+            route: dict = {}
+            if len(rule.backends) > 1:
+                route["weighted_clusters"] = {"header_name": names.ORDER_HEADER}
+            if rule.retries.attempts > 1:
+                route["retry_policy"] = {"refresh_cluster_on_retry": True}
+            out.append({"name": name, "value": {
+                "metadata": {"filter_metadata": {FILTER_NAME: {"route": name, "failover": True}}},
+                **({"route": route} if route else {}),
+                "typed_per_filter_config": {
+                    fname: {"@type": LUA_PER_ROUTE_TYPE, "name": SOURCE_NAME, "filter_context": ctx}
+                    for fname, ctx in sorted(contexts.items())}}})
+    return out
+
+
+def failover_clusters(vh: VirtualHost) -> list[tuple[str, int]]:
+    """(host, port) of every provider cluster a failover rule may send a try to."""
+    return sorted({(b.provider.host, b.provider.service_port) for r in vh.rules if r.retries for b in r.backends})
 
 
 def route_patches(vh: VirtualHost, shared_context: dict | None = None) -> list[dict]:
@@ -172,7 +232,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 continue
             seen.add(key)
             f = filters.setdefault((pl.namespace, pl.context, pl.selector),
-                                   {"ports": set(), "sources": set(), "shared": False})
+                                   {"ports": set(), "sources": set(), "shared": False, "clusters": set()})
             f["shared"] = f["shared"] or vh.shared
             f["ports"].add(pl.port if pl.context == "SIDECAR_OUTBOUND" else None)
             f["sources"].update(vh.all_sources)
@@ -187,9 +247,12 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 "routes": route_patches(vh, context_data if vh.shared else None),
                 # `*` hosts: per-route context (the virtual host is shared with other teams' routes)
                 "per_route": vh.shared,
+                "failover_routes": failover_routes(vh, program.secrets_dir),
+                "proxy_version": FAILOVER_PROXY_VERSION,
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,
             })
+            f["clusters"].update(failover_clusters(vh))
     for (ns, context, selector), f in sorted(filters.items()):
         out.append({
             "metadata": metadata(_filter_name(context, selector), ns, sorted(f["sources"])),
@@ -201,6 +264,10 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             "filter_name": FILTER_NAME, "lua_type": LUA_TYPE, "source_name": SOURCE_NAME,
             "lua_source": lua_source(),
             "local_reply": not_found_reply() if f["shared"] else None,
+            # Failover: an upstream Lua filter on each provider cluster a failover rule sends to.
+            "clusters": [{"host": h, "port": p, "filter_name": f"{UPSTREAM_FILTER_PREFIX}{h}"}
+                         for h, p in sorted(f["clusters"])],
+            "proxy_version": FAILOVER_PROXY_VERSION,
         })
     return out
 

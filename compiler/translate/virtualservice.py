@@ -65,6 +65,40 @@ def _forward(b: Backend) -> dict:
     return {"host": p.host, "port": p.service_port, "subset": None, "host_header": b.host_header, "timeout": p.timeout}
 
 
+#: llmc's retry conditions → Istio ``retryOn`` items (a number is a retriable status code). Envoy has
+#: no separate per-try-timeout condition: its ``reset`` covers per-try timeouts as well.
+RETRY_ON = {"connect-failure": "connect-failure", "reset": "reset", "5xx": "5xx", "429": "429", "timeout": "reset"}
+
+
+def _failover(rule: Rule, first) -> dict:
+    """A failover rule's pinned route for its first choice ``first``: every backend as a weighted
+    destination in failover order (the EnvoyFilter makes Envoy try them in this order; the weights
+    only apply if that patch is missing, where the filter refuses the request anyway), and Istio's
+    retry policy with attempts = retries (tries - 1)."""
+    order = rule.failover_order(first)
+    weights = [1] * len(order)
+    weights[0] = 100 - (len(order) - 1)  # Istio drops weight 0; the weights add up to 100
+    timeouts = [b.provider.timeout for b in order if b.provider.timeout]
+    retries = rule.retries
+    assert retries is not None  # only failover rules get here
+    return {
+        "destinations": [{"host": b.provider.host, "port": b.provider.service_port, "weight": w,
+                          "host_header": b.host_header} for b, w in zip(order, weights, strict=True)],
+        "retries": {"attempts": retries.attempts - 1,
+                    **({"perTryTimeout": retries.per_try_timeout} if retries.per_try_timeout else {}),
+                    "retryOn": ",".join(sorted({RETRY_ON[c] for c in retries.retry_on}))},
+        "timeout": max(timeouts, key=_seconds) if timeouts else None,
+        "remove": [*names.INTERNAL_HEADERS, names.ORDER_HEADER],
+    }
+
+
+def _seconds(duration: str) -> float:
+    import re
+
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", duration))
+
+
 def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, str]) -> list[dict]:
     def matches(pin: str | None) -> list[dict]:
         found = (_match(m, port, pin, gateway_map, vh.routes_by_model) for m in (rule.matches or (Match(),)))
@@ -81,9 +115,12 @@ def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, 
         return [{"name": entry_name, "matches": matches(None),
                  "forward": _forward(rule.backends[0]), "direct_response": None}]
     routes = []
-    for b in rule.backends:
-        routes.append({"name": pinned[b.provider.name], "matches": matches(pinned[b.provider.name]),
-                       "forward": _forward(b), "direct_response": None})
+    for b in rule.pinned:
+        route = {"name": pinned[b.provider.name], "matches": matches(pinned[b.provider.name]),
+                 "forward": _forward(b), "direct_response": None}
+        if rule.retries is not None:
+            route["forward"], route["failover"] = None, _failover(rule, b)
+        routes.append(route)
     routes.append({"name": entry_name, "matches": matches(None),
                    "forward": None, "direct_response": {"status": 500, "body": NOT_SHAPED_BODY}})
     return routes

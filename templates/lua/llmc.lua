@@ -514,7 +514,8 @@ local function prepare_rule(route, name, rule, protocols)
       include_usage = b.include_usage, pin = b.pin, base_path = b.base_path,
       auth_header = proto.auth_header, auth_prefix = proto.auth_prefix, headers = headers }
   end
-  cfg.weighted = #cfg.backends > 1
+  cfg.failover = rule.failover == true
+  cfg.weighted = #cfg.backends > 1 or cfg.failover
   return cfg
 end
 
@@ -543,7 +544,7 @@ function M.prepare(get)
   for route_name, rule_name in pairs(get("routes")) do by_route[route_name] = rules[rule_name] end
   return { by_route = by_route, pinned = pinned, weighted = weighted, pin_header = get("pin_header"),
     buffer_limit = get("buffer_limit"), max_body = get("max_body"), model_header = get("model_header"),
-    model_limit = get("model_limit"), nomatch = get("nomatch") }
+    model_limit = get("model_limit"), nomatch = get("nomatch"), order_header = get("order_header") }
 end
 
 local contexts, ncontexts = {}, 0
@@ -635,7 +636,8 @@ end
 -- request before body() — which is all the request path needs.
 local function reselect(h)
   h:clearRouteCache()
-  return h:metadata():get("route")
+  local md = h:metadata()
+  return md:get("route"), md:get("failover")
 end
 
 -- Step 1: the rule of the matched route. A pinned route is reachable only through the internal
@@ -652,11 +654,13 @@ local function pick_backend(h, vh, cfg, headers)
   if not cfg.weighted then return cfg.backends[1] end
   local b = M.pick(cfg, math.random())
   headers:replace(vh.pin_header, b.pin)
-  local final = reselect(h)
+  if cfg.failover then headers:replace(vh.order_header, "0") end -- see "Failover" below
+  local final, failover = reselect(h)
   if final ~= b.pin then
     h:logErr("llmc: pinned route " .. b.pin .. " was not selected (got " .. tostring(final) .. ")")
     return nil
   end
+  if cfg.failover and failover ~= true then return nil, "failover" end
   return b
 end
 
@@ -769,11 +773,13 @@ function M.on_request(h)
     return reply(h, 405, "invalid_request_error", "method_not_allowed",
       "llmc: only POST requests with a JSON body are accepted", cfg)
   end
-  local b = pick_backend(h, vh, cfg, headers)
+  local b, why = pick_backend(h, vh, cfg, headers)
+  if why == "failover" then return M.failover_unsupported(h, cfg) end
   if b == nil then
     return reply(h, 500, "server_error", "llmc_route_mismatch",
       "llmc: the request was routed to an unexpected route; nothing was sent", cfg)
   end
+  if cfg.failover then return M.failover_request(h, vh, cfg, b, headers) end
   local declared = tonumber(headers:get("content-length") or "")
   if declared and declared > b.max_body then return too_large(h, cfg, b, b.max_body) end
   local key = credential(b)
@@ -833,7 +839,9 @@ function M.on_model_request(h, vh)
   headers = h:headers()
   if model ~= nil then headers:replace(vh.model_header, model) else headers:remove(vh.model_header) end
   if #vh.weighted > 0 then headers:replace(vh.pin_header, picks(vh)) else headers:remove(vh.pin_header) end
-  local name = reselect(h)
+  -- failover rules read the order of their tries from this header when Envoy selects the route
+  if vh.order_header ~= nil then headers:replace(vh.order_header, "0") end
+  local name, failover = reselect(h)
   if name ~= nil and name == vh.nomatch then
     return reply(h, 404, "invalid_request_error", "model_not_found", model and
       ("llmc: no rule of this host serves model " .. model) or "llmc: no rule of this host matches the request")
@@ -852,6 +860,19 @@ function M.on_model_request(h, vh)
     b = cfg.backends[1]
   end
   if #s > b.max_body then return too_large(h, cfg, b, b.max_body) end
+  if cfg.failover then
+    -- each try is shaped by the upstream filter of its provider's cluster (see "Failover")
+    if failover ~= true then return M.failover_unsupported(h, cfg) end
+    local out, err, param = M.shape(s, b, model_json, { members, close })
+    if out == nil then
+      return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
+    end
+    local md = h:streamInfo():dynamicMetadata()
+    md:set(METADATA_NS, "rule", cfg.rule_id)
+    md:set(METADATA_NS, "first_provider", b.provider)
+    md:set(METADATA_NS, "failover", true)
+    return
+  end
   local key = credential(b)
   if key == false then return missing_key(h, cfg, b) end
   return forward(h, vh, cfg, b, key, body, s, original_path, { members, close }, model_json)
@@ -944,16 +965,164 @@ function M.on_response(h)
   if t ~= nil then md:set(METADATA_NS, "request_total_tokens", t) end
 end
 
+---------------------------------------------------------------------------------------------------
+-- Failover (Istio >= 1.31, Envoy >= 1.39): retries that move to another provider
+---------------------------------------------------------------------------------------------------
+-- A failover rule routes through pinned routes like a weighted one, but the pinned route sends to
+-- every backend of the rule as weighted clusters in failover order, with `refresh_cluster_on_retry`
+-- and the random value taken from the internal header x-llmc-order, set to "0": the first try goes
+-- to the first cluster (the backend this filter picked by weight among the first priority), and
+-- each retry to the next cluster not tried yet (Envoy zeroes the weight of tried clusters). Those
+-- route fields come from an EnvoyFilter patch pinned to Istio >= 1.31 proxies, which also marks
+-- the route (metadata `failover: true`); a proxy without that patch gets an error, never a request
+-- that could reach a provider other than the one it was shaped for.
+--
+-- This (downstream) filter runs once per request, so here it only validates the request, picks the
+-- first backend and pins the route; it does not shape anything. Each try is shaped by the upstream
+-- filter of the provider's cluster (same file, entry point M.on_attempt below, selected by its
+-- filter context), from the original client body, which Envoy keeps for retries.
+
+local ANSWERED_BY = "x-llmc-answered-by" -- response header: upstream filter -> this filter
+
+function M.failover_unsupported(h, cfg)
+  h:logErr("llmc: rule " .. cfg.rule_id .. " needs failover, which this proxy was not configured for")
+  return reply(h, 503, "server_error", "failover_unsupported",
+    "llmc: this rule fails over between providers, which needs Istio 1.31 or newer on this proxy; " ..
+    "nothing was sent", cfg)
+end
+
+function M.failover_request(h, vh, cfg, b, headers)
+  local declared = tonumber(headers:get("content-length") or "")
+  if declared and declared > b.max_body then return too_large(h, cfg, b, b.max_body) end
+  local body = h:body()
+  local len = body and body:length() or 0
+  if len == 0 then
+    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: the request body is empty", cfg, b)
+  end
+  if len > b.max_body then return too_large(h, cfg, b, b.max_body) end
+  -- Validate once here (each try shapes the same body); the result is not kept.
+  local out, err, param = M.shape(body:getBytes(0, len), b)
+  if out == nil then
+    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
+  end
+  local md = h:streamInfo():dynamicMetadata()
+  md:set(METADATA_NS, "rule", cfg.rule_id)
+  md:set(METADATA_NS, "first_provider", b.provider)
+  md:set(METADATA_NS, "failover", true)
+end
+
+-- The upstream filter's context: one backend (the provider of this cluster), the protocols, and
+-- every credential header any protocol uses. Prepared once per id and worker.
+local attempts, nattempts = {}, 0
+
+local function load_attempt(ctx)
+  local id = ctx:get("id")
+  local a = attempts[id]
+  if a == nil then
+    if nattempts >= MAX_CACHED_CONTEXTS then attempts, nattempts = {}, 0 end
+    nattempts = nattempts + 1
+    local protocols = ctx:get("protocols")
+    local rule = prepare_rule(ctx:get("route"), ctx:get("rule"), { backends = { ctx:get("attempt") } }, protocols)
+    a = { b = rule.backends[1], rule_id = rule.rule_id, host = ctx:get("attempt").host,
+      credential_headers = ctx:get("credential_headers"), internal_headers = ctx:get("internal_headers") }
+    attempts[id] = a
+  end
+  return a
+end
+
+-- One try, in the upstream filter of the provider's cluster: shapes the original client body and
+-- the headers for this provider. The header map is shared by all tries, so every credential header
+-- (of any protocol) is removed first: a key set for another provider by an earlier try never
+-- reaches this one.
+function M.on_attempt(h, ctx)
+  local a = load_attempt(ctx)
+  local b = a.b
+  local headers = h:headers()
+  for i = 1, #a.credential_headers do headers:remove(a.credential_headers[i]) end
+  for i = 1, #a.internal_headers do headers:remove(a.internal_headers[i]) end
+  local key = credential(b)
+  if key == false then
+    h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
+    key = nil -- sent without a key: the provider refuses it, and the next try moves on
+  end
+  local original_path = headers:get(":path")
+  local body = h:body()
+  local s = body:getBytes(0, body:length())
+  local out = M.shape(s, b) -- validated by the downstream filter
+  if out ~= nil and out ~= s then body:setBytes(out) end
+  headers = h:headers()
+  local set = M.request_headers(b, key, original_path)
+  for i = 1, #set do headers:replace(set[i][1], set[i][2]) end
+  -- the cluster's Host: Envoy applies a weighted cluster's host rewrite to the first try only
+  headers:replace(":authority", a.host)
+end
+
+function M.on_attempt_response(h, ctx)
+  h:headers():replace(ANSWERED_BY, load_attempt(ctx).b.provider)
+end
+
+-- Downstream, on a failover request's response: the provider that answered (from the upstream
+-- filter's header, which the client never sees) goes into the access log as llmc:provider. No
+-- such header means Envoy answered itself (every try reset or timed out): the client gets that
+-- error in OpenAI's format. Returns true when it replaced the response.
+function M.failover_response(h)
+  local info = h:streamInfo()
+  local md = info:dynamicMetadata()
+  local mine = md:get(METADATA_NS)
+  if mine == nil or mine.failover ~= true then return false end
+  local headers = h:headers()
+  local by = headers:get(ANSWERED_BY)
+  if by ~= nil then
+    headers:remove(ANSWERED_BY)
+    md:set(METADATA_NS, "provider", by)
+    if by ~= mine.first_provider then
+      -- stat http.<listener>.lua.llmc.failovers.<rule>.<provider>: requests a backup answered
+      h:stats():counter("failovers." .. (mine.rule or ""):gsub("[^%w_-]", "_") .. "." .. by):add(1)
+    end
+    return false
+  end
+  local status = tonumber(headers:get(":status") or "") or 502
+  if status < 400 then return false end
+  local body = h:body()
+  local detail = body and body:length() > 0 and body:getBytes(0, body:length()) or ""
+  body:setBytes('{"error":{"message":' .. encode_string("llmc: no provider answered (" .. detail .. ")") ..
+    ',"type":"server_error","param":null,"code":"upstream_unavailable"}}')
+  headers = h:headers()
+  headers:replace("content-type", "application/json")
+  return true
+end
+
+-- The upstream filter (failover) and this filter run the same file: the upstream filter's context
+-- carries `attempt`.
+local function attempt_context(h)
+  local ctx = h:filterContext()
+  if ctx ~= nil and ctx:get("attempt") ~= nil then return ctx end
+  return nil
+end
+
+local function on_response(h)
+  local ctx = attempt_context(h)
+  if ctx ~= nil then return M.on_attempt_response(h, ctx) end
+  if M.failover_response(h) then return end
+  return M.on_response(h)
+end
+
 function envoy_on_response(h)
-  local ok, err = pcall(M.on_response, h)
+  local ok, err = pcall(on_response, h)
   if not ok then
     -- Accounting never breaks a response: the body has already gone on chunk by chunk.
     h:logErr("llmc: internal error while reading usage: " .. tostring(err))
   end
 end
 
+local function on_request(h)
+  local ctx = attempt_context(h)
+  if ctx ~= nil then return M.on_attempt(h, ctx) end
+  return M.on_request(h)
+end
+
 function envoy_on_request(h)
-  local ok, err = pcall(M.on_request, h)
+  local ok, err = pcall(on_request, h)
   if not ok then
     -- Errors raised here never carry request data or keys: only this file's own messages.
     h:logErr("llmc: internal error: " .. tostring(err))

@@ -40,11 +40,23 @@ VirtualService and EnvoyFilter objects into a static Envoy bootstrap that mirror
   repeated fields appended, map entries such as ``typed_per_filter_config`` replaced). A patch that
   matches nothing is recorded in ``unmatched`` — istiod silently ignores those, so tests assert the
   list is empty.
+* As istiod 1.31 (for failover): ``match.proxy.proxyVersion`` is a regular expression searched in the
+  proxy's ISTIO_VERSION — here the Istio release that ships the running Envoy (1.38 → 1.30.0, 1.39 →
+  1.31.0; ``proxy_version`` overrides it); patches for other versions are skipped (``skipped``).
+  ``CLUSTER`` MERGE patches match ``cluster.service``/``portNumber``/``subset``/``name`` and merge
+  into the cluster; ``typed_extension_protocol_options`` entries are replaced wholesale (so an upstream
+  HTTP filter chain replaces istiod's ``HttpProtocolOptions``, as on a real istiod). VirtualService
+  ``retries`` become istiod's retry policy (``attempts: 0`` removes it; numeric ``retryOn`` items become
+  ``retriable_status_codes``), and several weighted destinations become ``weighted_clusters`` in
+  VirtualService order with each destination's ``host`` as the ClusterWeight's ``host_rewrite_literal``
+  (weight-0 destinations are dropped). Route-metadata ``filter_metadata`` entries are map entries
+  (replaced by a later MERGE).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -69,7 +81,10 @@ ISTIO_RETRY = {
                                   ".PreviousHostsPredicate"}}],
     "host_selection_retry_max_attempts": "5",
 }
-MAP_FIELDS = {"typed_per_filter_config"}  # protobuf map fields: entries are replaced, not merged
+# protobuf map fields: entries are replaced, not merged
+MAP_FIELDS = {"typed_per_filter_config", "filter_metadata", "typed_extension_protocol_options"}
+#: the Istio minor release that ships each Envoy minor release (facts notes, version map)
+ISTIO_FOR_ENVOY = {"1.36": "1.28", "1.37": "1.29", "1.38": "1.30", "1.39": "1.31", "1.40": "1.32"}
 
 
 def envoy_binary() -> str:
@@ -90,6 +105,7 @@ def envoy_binary() -> str:
     return found
 
 
+@functools.cache
 def envoy_version(binary: str | None = None) -> str:
     out = subprocess.run([binary or envoy_binary(), "--version"], capture_output=True, text=True,
                          timeout=30).stdout
@@ -100,6 +116,43 @@ def envoy_version(binary: str | None = None) -> str:
 
 
 ROOT_NAMESPACE = "istio-system"
+
+
+def envoy_minor(binary: str | None = None) -> tuple[int, int]:
+    major, minor = envoy_version(binary or envoy_binary()).split(".")[:2]
+    return int(major), int(minor)
+
+
+def istio_proxy_version(binary: str | None = None) -> str:
+    """The ISTIO_VERSION istiod would see for a proxy running this Envoy (``1.31.0`` for 1.39.x)."""
+    minor = ".".join(envoy_version(binary or envoy_binary()).split(".")[:2])
+    return ISTIO_FOR_ENVOY[minor] + ".0"
+
+
+def retry_policy(retries: dict | None) -> dict | None:
+    """istiod's ``route/retry.ConvertPolicy``: no ``retries`` → Istio's default policy; ``attempts: 0``
+    → none; else ``num_retries``, ``per_try_timeout``, and ``retryOn`` items, where numbers become
+    ``retriable_status_codes`` (plus ``retriable-status-codes`` in ``retry_on``)."""
+    if retries is None:
+        return copy.deepcopy(ISTIO_RETRY)
+    if not retries.get("attempts"):
+        return None
+    policy = copy.deepcopy(ISTIO_RETRY)
+    policy["num_retries"] = retries["attempts"]
+    if retries.get("perTryTimeout"):
+        policy["per_try_timeout"] = retries["perTryTimeout"]
+    if retries.get("retryOn"):
+        on, codes = [], []
+        for item in retries["retryOn"].split(","):
+            if item.isdigit():
+                codes.append(int(item))
+            else:
+                on.append(item)
+        if codes:
+            on.append("retriable-status-codes")
+            policy["retriable_status_codes"] = codes
+        policy["retry_on"] = ",".join(on)
+    return policy
 
 
 def _visible(obj: dict, namespace: str) -> bool:
@@ -161,15 +214,26 @@ def _routes_from_vs(vs: dict, proxy_labels: dict[str, str], port: int = LOGICAL_
                 route["direct_response"] = {"status": dr["status"],
                                             "body": {"inline_string": dr.get("body", {}).get("string", "")}}
             else:
-                (dest,) = http["route"]
-                d = dest["destination"]
-                dport = d.get("port", {}).get("number", LOGICAL_PORT)
-                action: dict[str, Any] = {"cluster": f"outbound|{dport}|{d.get('subset', '')}|{d['host']}",
-                                          "timeout": http.get("timeout", "0s"),
-                                          "retry_policy": copy.deepcopy(ISTIO_RETRY)}
-                host = (dest.get("headers", {}).get("request", {}).get("set", {}) or {}).get("host")
-                if host:
-                    action["host_rewrite_literal"] = host
+                action: dict[str, Any] = {"timeout": http.get("timeout", "0s")}
+                policy = retry_policy(http.get("retries"))
+                if policy is not None:
+                    action["retry_policy"] = policy
+                if len(http["route"]) == 1:
+                    (dest,) = http["route"]
+                    action["cluster"] = _cluster_name(dest["destination"])
+                    host = _host_header(dest)
+                    if host:
+                        action["host_rewrite_literal"] = host
+                else:  # istiod: weighted_clusters in VirtualService order, host header per ClusterWeight
+                    clusters = []
+                    for dest in http["route"]:
+                        if not dest.get("weight"):
+                            continue  # istiod drops weight-0 destinations
+                        cw: dict[str, Any] = {"name": _cluster_name(dest["destination"]), "weight": dest["weight"]}
+                        if _host_header(dest):
+                            cw["host_rewrite_literal"] = _host_header(dest)
+                        clusters.append(cw)
+                    action["weighted_clusters"] = {"clusters": clusters}
                 route["route"] = action
             req = http.get("headers", {}).get("request", {})
             if req.get("remove"):
@@ -181,6 +245,14 @@ def _routes_from_vs(vs: dict, proxy_labels: dict[str, str], port: int = LOGICAL_
                     for k, v in resp["set"].items()]
             routes.append(route)
     return routes
+
+
+def _cluster_name(d: dict) -> str:
+    return f"outbound|{d.get('port', {}).get('number', LOGICAL_PORT)}|{d.get('subset', '')}|{d['host']}"
+
+
+def _host_header(dest: dict) -> str | None:
+    return (dest.get("headers", {}).get("request", {}).get("set", {}) or {}).get("host")
 
 
 def merge(dst: dict, src: dict) -> dict:
@@ -201,6 +273,7 @@ def merge(dst: dict, src: dict) -> dict:
 class Layout:
     bootstrap: dict
     unmatched: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # patches whose proxyVersion excludes this proxy
 
 
 def _clusters(visible: list[dict], upstreams: dict[str, int], ca_file: str | None,
@@ -258,7 +331,11 @@ def access_log(path: str, labels: dict[str, str]) -> dict:
 
 
 def _apply_envoyfilters(layout: Layout, objects: list[dict], namespace: str, labels: dict[str, str],
-                        context: str, listener: dict, route_config: dict, listener_port: int, rc_port: int) -> None:
+                        context: str, listener: dict, route_config: dict, listener_port: int, rc_port: int,
+                        proxy_version: str | None = None) -> None:
+    proxy_version = proxy_version or istio_proxy_version()
+    clusters = layout.bootstrap["static_resources"]["clusters"]
+
     # istiod: root-namespace EnvoyFilters first (they apply to every namespace), then the proxy's own
     def order(o: dict) -> tuple:
         return (o["metadata"].get("namespace") != ROOT_NAMESPACE, o["spec"].get("priority", 0), o["metadata"]["name"])
@@ -270,7 +347,15 @@ def _apply_envoyfilters(layout: Layout, objects: list[dict], namespace: str, lab
         if any(labels.get(k) != v for k, v in selector.items()):
             continue
         for i, patch in enumerate(ef["spec"]["configPatches"]):
-            if not _apply_patch(listener, route_config, patch, context, listener_port, rc_port):
+            wanted = patch.get("match", {}).get("proxy", {}).get("proxyVersion")
+            if wanted and not re.search(wanted, proxy_version):
+                layout.skipped.append(f"{ef['metadata']['name']}.configPatches[{i}]")  # istiod: not for this proxy
+                continue
+            if patch["applyTo"] == "CLUSTER":
+                hit = _apply_cluster_patch(clusters, patch, context)
+            else:
+                hit = _apply_patch(listener, route_config, patch, context, listener_port, rc_port)
+            if not hit:
                 layout.unmatched.append(f"{ef['metadata']['name']}.configPatches[{i}]")
 
 
@@ -348,7 +433,8 @@ def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str
                     proxy_namespace: str = "default", proxy_labels: dict[str, str] | None = None,
                     cluster_domain: str = "cluster.local", extra_vhosts: list[dict] | None = None,
                     extra_clusters: list[dict] | None = None, apply_envoyfilters: bool = True,
-                    mesh_cert: tuple[str, str] | None = None, access_logs: list[dict] | None = None) -> Layout:
+                    mesh_cert: tuple[str, str] | None = None, access_logs: list[dict] | None = None,
+                    proxy_version: str | None = None) -> Layout:
     labels = proxy_labels or {"app": "sleep"}
     visible = [o for o in objects if o["kind"] not in ("EnvoyFilter", "Gateway") and _visible(o, proxy_namespace)]
     ses = [o for o in visible if o["kind"] == "ServiceEntry"]
@@ -387,7 +473,7 @@ def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str
     })
     if apply_envoyfilters:
         _apply_envoyfilters(layout, objects, proxy_namespace, labels, "SIDECAR_OUTBOUND", listener,
-                            hcm["typed_config"]["route_config"], LOGICAL_PORT, LOGICAL_PORT)
+                            hcm["typed_config"]["route_config"], LOGICAL_PORT, LOGICAL_PORT, proxy_version)
     return layout
 
 
@@ -430,6 +516,26 @@ def _cluster(host: str, port: int, upstream_port: int, dr: dict | None, ca_file:
             "sni": tls.get("sni", host),
             "common_tls_context": {"validation_context": validation}}}
     return cluster
+
+
+def _apply_cluster_patch(clusters: list[dict], patch: dict, context: str) -> bool:
+    """``applyTo: CLUSTER`` MERGE, matched by ``cluster.service``/``portNumber``/``subset``/``name``
+    on istiod's ``outbound|<port>|<subset>|<service>`` names (istiod 1.31, ``cluster_patch.go``)."""
+    match = patch.get("match", {})
+    if match.get("context", "ANY") not in ("ANY", context):
+        return False
+    if patch["patch"]["operation"] != "MERGE":
+        raise NotImplementedError(f"CLUSTER {patch['patch']['operation']}")
+    cm = match.get("cluster", {})
+    hit = False
+    for cluster in clusters:
+        _, port, subset, service = cluster["name"].split("|")
+        if (cm.get("name", cluster["name"]) != cluster["name"] or cm.get("service", service) != service
+                or cm.get("portNumber", int(port)) != int(port) or cm.get("subset", subset) != subset):
+            continue
+        merge(cluster, patch["patch"]["value"])
+        hit = True
+    return hit
 
 
 def _apply_patch(listener: dict, route_config: dict, patch: dict, context: str = "SIDECAR_OUTBOUND",

@@ -17,6 +17,10 @@ follow OpenAI's documented chat-completions API, so the official ``openai`` SDK 
 
 Test controls, sent as request headers (they pass through the proxy untouched):
 ``x-test-usage: none | malformed`` and ``x-test-status: <an HTTP status to answer with>``.
+Per upstream (failover tests), ``Upstream.fail``: ``"429"``/``"503"`` (always that OpenAI error),
+``"reset"`` (close the connection without answering), ``"hang"`` (answer nothing for ``hang``
+seconds, then close), ``"stream-reset"`` (a streaming request gets the headers and the first SSE
+chunk, then the connection is reset).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import itertools
 import json
 import socket
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,6 +78,8 @@ class Upstream:
     sse_pause: float = 0.6  # after the first SSE chunk
     first_token_delay: float = 0.0  # before the first SSE chunk (a model's time to first token)
     requests: list[Recorded] = field(default_factory=list)
+    fail: str | None = None  # see the module docstring (failover tests)
+    hang: float = 5.0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -122,7 +129,14 @@ class Upstream:
         if not isinstance(req, dict):
             req = {}
         ident = f"{self.name.split('.')[0]}-{n}"
-        status = int(h.headers.get("x-test-status", "200"))
+        if self.fail in ("reset", "hang"):
+            if self.fail == "hang":
+                time.sleep(self.hang)
+            _reset(h)
+            return
+        if self.fail == "stream-reset" and req.get("stream") is True:
+            return self._sse(h, ident, f"{req.get('model')}-2026", None, False, reset_after_first=True)
+        status = int(self.fail) if self.fail and self.fail.isdigit() else int(h.headers.get("x-test-status", "200"))
         if status != 200:
             etype, code, message = ERRORS.get(status, ("server_error", None, "error"))
             return self._json(h, status, _error(message, etype, None, code), ident)
@@ -167,7 +181,8 @@ class Upstream:
         h.end_headers()
         h.wfile.write(payload)
 
-    def _sse(self, h: BaseHTTPRequestHandler, ident: str, model: str, usage: dict | None, include: bool) -> None:
+    def _sse(self, h: BaseHTTPRequestHandler, ident: str, model: str, usage: dict | None, include: bool,
+             reset_after_first: bool = False) -> None:
         h.send_response(200)
         h.send_header("content-type", "text/event-stream; charset=utf-8")
         h.send_header("x-request-id", f"req_{ident}")
@@ -188,6 +203,10 @@ class Upstream:
         for i, chunk in enumerate(chunks):
             h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             h.wfile.flush()
+            if i == 0 and reset_after_first:
+                time.sleep(0.2)
+                _reset(h)  # the stream breaks after its first event
+                return
             if i == 0:
                 time.sleep(self.sse_pause)
         h.wfile.write(b"0\r\n\r\n")
@@ -196,10 +215,35 @@ class Upstream:
     def clear(self) -> None:
         with self._lock:
             self.requests.clear()
+        self.fail = None
 
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _reset(h: BaseHTTPRequestHandler) -> None:
+    """Close the connection with a TCP RST (SO_LINGER 0), as a crashed or overloaded server does."""
+    h.close_connection = True
+    h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    h.connection.close()
+    h.wfile = h.rfile = _Sink()
+
+
+class _Sink:
+    closed = True  # the handler's finish() then skips its flush
+
+    def write(self, data):
+        return len(data)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+    def readline(self, *args):
+        return b""
 
 
 def _error(message: str, etype: str, param: str | None, code: str | None = None) -> dict:
