@@ -25,7 +25,7 @@ from importlib import resources
 
 from .. import names
 from ..ir import Backend, Program, SecretRef, VirtualHost
-from ..protocols import PROTOCOLS
+from ..protocols import ANTHROPIC_MAX_TOKENS, ANTHROPIC_VERSION, PROTOCOLS, endpoint
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 
 FILTER_NAME = "llmc.lua"
@@ -57,8 +57,10 @@ def buffer_limit(max_request_bytes: int) -> int:
 
 def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
     p, c = b.provider, b.config
-    ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": p.path, "weight": b.weight,
+    path = endpoint(p.protocol, p.path, c.deployment, c.api_version)
+    ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": path, "weight": b.weight,
                  "max_body": p.max_request_bytes}
+    ctx.update(_protocol_settings(p.protocol, c))
     if c.model is not None:
         ctx["model"] = c.model
     if c.stream is not None:
@@ -72,6 +74,22 @@ def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
     if pin is not None:
         ctx["pin"] = pin
     return ctx
+
+
+def _protocol_settings(protocol: str, c) -> dict:
+    """Per-backend values that refine the protocol's record: another auth header or prefix
+    (openAIConfig.authHeader/authPrefix), Anthropic's max_tokens default and version header."""
+    out: dict = {}
+    if c.auth_header is not None or c.auth_prefix is not None:
+        proto = PROTOCOLS[protocol]
+        header = c.auth_header or proto.auth_header
+        default_prefix = proto.auth_prefix if header == proto.auth_header else ""
+        out["auth_header"] = header
+        out["auth_prefix"] = c.auth_prefix if c.auth_prefix is not None else default_prefix
+    if protocol == "anthropic":
+        out["max_tokens"] = c.max_tokens or ANTHROPIC_MAX_TOKENS
+        out["headers"] = {"anthropic-version": c.version or ANTHROPIC_VERSION}
+    return out
 
 
 def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:

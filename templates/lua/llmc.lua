@@ -497,13 +497,22 @@ local function prepare_rule(route, name, rule, protocols)
   for i, b in ipairs(rule.backends) do
     local proto = protocols[b.protocol]
     cfg.total = cfg.total + b.weight
-    local headers = {}
-    for k, v in pairs(proto.headers or {}) do headers[#headers + 1] = { k, v } end
+    -- the protocol's fixed headers, then the backend's own (e.g. anthropic-version), sorted
+    local merged, headers = {}, {}
+    for k, v in pairs(proto.headers or {}) do merged[k] = v end
+    for k, v in pairs(b.headers or {}) do merged[k] = v end
+    for k, v in pairs(merged) do headers[#headers + 1] = { k, v } end
+    table.sort(headers, function(x, y) return x[1] < y[1] end)
+    local auth_header = b.auth_header or proto.auth_header
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
       model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,
-      include_usage = b.include_usage, pin = b.pin,
-      auth_header = proto.auth_header, auth_prefix = proto.auth_prefix, headers = headers }
+      include_usage = b.include_usage, pin = b.pin, format = proto.format or "openai",
+      max_tokens = b.max_tokens, client_key = proto.client_key == true,
+      auth_header = auth_header, auth_prefix = b.auth_prefix or proto.auth_prefix, headers = headers,
+      -- a key sent in another header replaces the client's credential: the client's own
+      -- Authorization (its key for llmc, or for another provider) never reaches this provider
+      drop_authorization = auth_header ~= "authorization" }
   end
   cfg.weighted = #cfg.backends > 1
   return cfg
@@ -649,9 +658,21 @@ end
 function M.request_headers(b, key, original_path)
   local out = { { ":path", with_query(b.path, original_path) }, { "content-type", "application/json" },
     { "accept-encoding", "identity" } }
-  if key ~= nil then out[#out + 1] = { b.auth_header, b.auth_prefix .. key } end
+  if key ~= nil then
+    out[#out + 1] = { b.auth_header, b.auth_prefix .. key }
+    if b.drop_authorization then out[#out + 1] = { "authorization", false } end -- false: remove
+  end
   for i = 1, #b.headers do out[#out + 1] = b.headers[i] end
   return out
+end
+
+-- The client's own key, for protocols that do not read Authorization (Anthropic's x-api-key): with
+-- no key configured, `Authorization: Bearer <key>` (what the openai SDK sends) moves to the
+-- protocol's header. nil when the client sent no bearer token.
+function M.client_key(authorization)
+  if authorization == nil then return nil end
+  local key = authorization:match("^[Bb]earer%s+(%S+)%s*$")
+  return key
 end
 
 -- Step 3: the credential of backend `b` (a literal, or a mounted Secret file); false when missing.
@@ -694,6 +715,7 @@ function M.on_request(h)
     return reply(h, 503, "server_error", "api_key_unavailable",
       "llmc: the API key for provider " .. b.provider .. " is not available", cfg, b)
   end
+  if key == nil and b.client_key then key = M.client_key(headers:get("authorization")) end
   local original_path = headers:get(":path")
   local body = h:body()
   local len = body and body:length() or 0
@@ -710,7 +732,10 @@ function M.on_request(h)
   if out ~= s then body:setBytes(out) end
   headers = h:headers() -- the wrapper from before body() is out of scope now
   local set = M.request_headers(b, key, original_path)
-  for i = 1, #set do headers:replace(set[i][1], set[i][2]) end
+  for i = 1, #set do
+    local v = set[i][2]
+    if v then headers:replace(set[i][1], v) else headers:remove(set[i][1]) end
+  end
   -- Each metadata entry costs ~1.5% of throughput on small requests: three, no more.
   local md = h:streamInfo():dynamicMetadata() -- like headers, `info` is out of scope after body()
   md:set(METADATA_NS, "provider", b.provider)
