@@ -468,7 +468,7 @@ end
 -- stream (OpenAI-compatible servers reject it then) and, when llmc turned streaming on, asks for
 -- usage unless the client chose. Returns the new text, or nil, message and the offending field.
 function M.shape(s, b)
-  if b.format ~= "openai" then return M.to_anthropic(s, b) end -- translated (the only other format)
+  if b.format == "anthropic" then return M.to_anthropic(s, b) end -- translated, not shaped
   local members, close = M.scan_object(s)
   if not members then return nil, close end
   local said, options, err = client_stream(s, members)
@@ -1009,7 +1009,7 @@ local function refused(req)
   local modalities = oget(req, "modalities")
   if is_arr(modalities) then
     for i = 1, modalities.n do
-      if modalities[i] ~= "text" then return "modalities", "only text output is supported by this provider" end
+      if modalities[i] ~= "text" then return "modalities", "output modalities other than text are not supported by this provider" end
     end
   end
   return nil
