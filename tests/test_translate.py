@@ -121,7 +121,7 @@ def test_any_valid_openai_request_becomes_a_valid_anthropic_request(req):
     system = [m["content"] for m in req["messages"] if m["role"] in ("system", "developer")]
     assert [b["text"] for b in out.get("system", [])] == system
     roles = [m["role"] for m in out["messages"]]
-    assert all(a != b for a, b in zip(roles, roles[1:]))  # alternating: same-role turns merged
+    assert all(a != b for a, b in zip(roles, roles[1:], strict=False))  # alternating: same-role turns merged
     for key in ("temperature", "top_p"):
         assert out.get(key) == req.get(key)
     assert out.get("stream", False) == req.get("stream", False)
@@ -260,7 +260,7 @@ def anthropic_streams(draw):
         else:
             args = json.dumps(draw(ARGS))
             cuts = sorted(draw(st.lists(st.integers(0, len(args)), max_size=3)))
-            parts = [args[a:b] for a, b in zip([0, *cuts], [*cuts, len(args)])]
+            parts = [args[a:b] for a, b in zip([0, *cuts], [*cuts, len(args)], strict=True)]
             tools.append((f"toolu_{index}", args))
             events.append({"type": "content_block_start", "index": index, "content_block": {
                 "type": "tool_use", "id": f"toolu_{index}", "name": "f", "input": {}}})
@@ -274,7 +274,7 @@ def anthropic_streams(draw):
                 "usage": {"output_tokens": usage["output_tokens"]}}, {"type": "message_stop"}]
     body = sse(events).encode()
     cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=6)))
-    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]
+    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
     return chunks, text, tools, stop, usage
 
 
