@@ -220,3 +220,10 @@ def test_runs_on_the_envoy_it_names():
     from tests.support.envoy_harness import envoy_binary, envoy_version
 
     assert envoy_version(envoy_binary()).startswith(os.environ.get("LLMC_EXPECT_ENVOY", "1.38."))
+
+
+def test_the_internal_translate_header_never_reaches_the_client(envoy, upstreams):
+    for host in ("claude.example.com", "openai.example.com"):
+        status, headers, payload = call(envoy, host, body='{"messages":[{"role":"user","content":"hi"}]}')
+        assert status == 200 and "x-llmc-translate" not in headers, (host, headers)
+    assert json.loads(payload)["choices"][0]["message"]["content"] == "hi"

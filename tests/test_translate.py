@@ -319,3 +319,12 @@ def test_an_error_event_mid_stream_becomes_an_openai_error_chunk():
     assert json.loads(last.removeprefix("data: ")) == {"error": {"message": "Overloaded", "type": "overloaded_error",
                                                                  "param": None, "code": None}}
     assert "[DONE]" not in out  # nothing after the error
+
+
+def test_the_luas_translate_header_is_the_compilers():
+    import re
+
+    from compiler import names
+    from compiler.translate.envoyfilter import lua_source
+
+    assert re.search(r'^local TRANSLATE_HEADER = "([\w-]+)"', lua_source(), re.M).group(1) == names.TRANSLATE_HEADER

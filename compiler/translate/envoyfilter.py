@@ -124,14 +124,25 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
     return {"id": digest[:16], **body}
 
 
-def route_names(vh: VirtualHost) -> list[str]:
-    """Every route of the virtual host the filter may shape on; each carries its own name as route
-    metadata (``llmc.lua``: ``route``), which the filter reads after it made Envoy select a route
-    again (``streamInfo():routeName()`` keeps naming the first route)."""
+def route_patches(vh: VirtualHost, filter_name: str) -> list[dict]:
+    """Every route of the virtual host the filter may shape on, with its HTTP_ROUTE patch value.
+    Each route carries its own name as route metadata (``llmc.lua``: ``route``), which the filter
+    reads after it made Envoy select a route again (``streamInfo():routeName()`` keeps naming the
+    first route). A route whose requests all go to a translated provider (a pinned route, or the
+    entry route of a one-backend rule) also adds the internal response header
+    ``names.TRANSLATE_HEADER`` naming the body format, so the response path needs no metadata read."""
     out = []
     for rule in vh.rules:
         entry, pinned = rule_route_names(vh, rule)
-        out += [*pinned.values(), entry]
+        sends = [(pinned[b.provider.name], b) for b in rule.backends] if pinned else [(entry, rule.backends[0])]
+        formats = {name: PROTOCOLS[b.provider.protocol].format for name, b in sends}
+        for name in [*pinned.values(), entry]:
+            value: dict = {"metadata": {"filter_metadata": {filter_name: {"route": name}}}}
+            if formats.get(name, "openai") != "openai":
+                value["response_headers_to_add"] = [{
+                    "header": {"key": names.TRANSLATE_HEADER, "value": formats[name]},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+            out.append({"name": name, "value": value})
     return out
 
 
@@ -172,7 +183,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 "vhost": pl.vhost, "port": pl.port,
                 "buffer_limit": buffer_limit(max_request_bytes(vh)),
                 "context_data": lua_context(vh, program.secrets_dir),
-                "routes": route_names(vh),
+                "routes": route_patches(vh, FILTER_NAME),
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,
             })

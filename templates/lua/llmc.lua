@@ -21,6 +21,7 @@ local byte, sub, find, format, concat, char = string.byte, string.sub, string.fi
 local floor = math.floor
 
 local METADATA_NS = "llmc"
+local TRANSLATE_HEADER = "x-llmc-translate" -- compiler/names.py: added by routes of translated providers
 local MAX_DEPTH = 128
 local KEY_TTL_SECONDS = 1
 local MAX_CACHED_CONTEXTS = 512
@@ -1397,10 +1398,16 @@ end
 -- Runs only on llmc's virtual hosts (the filter has no default script), and not for the replies
 -- this filter sent itself; a request it did not shape never reaches a provider.
 function M.on_response(h)
-  local shaped = h:streamInfo():dynamicMetadata():get(METADATA_NS)
-  local note = shaped and shaped.translate
-  if note ~= nil then return M.on_translated_response(h, note) end
-  local ctype = h:headers():get("content-type") or ""
+  local headers = h:headers()
+  if headers:get(TRANSLATE_HEADER) ~= nil then
+    -- The route's mark, never the client's business; the request's own note decides (a provider
+    -- cannot fake one: the route overwrites the header, and the note comes from M.shape).
+    headers:remove(TRANSLATE_HEADER)
+    local shaped = h:streamInfo():dynamicMetadata():get(METADATA_NS)
+    local note = shaped and shaped.translate
+    if note ~= nil then return M.on_translated_response(h, note) end
+  end
+  local ctype = headers:get("content-type") or ""
   local u = M.new_usage(find(ctype, "text/event-stream", 1, true) ~= nil)
   for chunk in h:bodyChunks() do
     local n = chunk:length()
