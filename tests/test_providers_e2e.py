@@ -11,17 +11,19 @@ provider. Azure OpenAI and a gateway with its own key header need only headers a
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
 
 from tests.conftest import TESTDATA
 from tests.support.anthropic import USAGE, AnthropicUpstream
-from tests.support.envoy_harness import Envoy, build_bootstrap
+from tests.support.envoy_harness import Envoy, access_log, build_bootstrap
 from tests.support.mesh import llmc_render
 from tests.support.sdk import APP_KEY, chat, chat_stream, status_error
 from tests.support.upstream import Upstream
 from tests.test_envoy_e2e import call
+from tests.test_observability_e2e import meshconfig_labels, metric_expressions
 
 pytestmark = pytest.mark.envoy
 
@@ -44,9 +46,18 @@ def upstreams():
 
 
 @pytest.fixture(scope="module")
-def envoy(upstreams):
+def logs(tmp_path_factory):
+    return tmp_path_factory.mktemp("providers")
+
+
+@pytest.fixture(scope="module")
+def envoy(upstreams, logs):
     objects = llmc_render("-f", str(TESTDATA / "e2e" / "providers.yaml"))
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None)
+    # the access log `llmc meshconfig` defines, and the token metrics' CEL expressions (as in
+    # test_observability_e2e.py): the same names for every protocol
+    access = [access_log(str(logs / "access.log"), meshconfig_labels()),
+              access_log(str(logs / "metrics.log"), {**metric_expressions(), "path": "%REQ(:PATH)%"})]
+    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None, access_logs=access)
     assert layout.unmatched == []
     proxy = Envoy(layout.bootstrap)
     yield proxy
@@ -227,3 +238,33 @@ def test_the_internal_translate_header_never_reaches_the_client(envoy, upstreams
         status, headers, payload = call(envoy, host, body='{"messages":[{"role":"user","content":"hi"}]}')
         assert status == 200 and "x-llmc-translate" not in headers, (host, headers)
     assert json.loads(payload)["choices"][0]["message"]["content"] == "hi"
+
+
+def line_with(path, marker: str, timeout: float = 5.0) -> dict:
+    """The access-log line of the request whose query string carries ``marker`` (lines of earlier
+    requests may still be arriving)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in (path.read_text().splitlines() if path.exists() else []):
+            if marker in line:
+                return json.loads(line)
+        time.sleep(0.02)
+    raise AssertionError(f"no access-log line for {marker} in {path}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_usage_reaches_access_logs_and_metrics_like_openai(envoy, upstreams, logs, stream):
+    marker = f"obs-{stream}"
+    if stream:  # usage recorded though the client did not ask for it
+        chat_stream(envoy.port, "claude.example.com", stream_options={}, extra_query={"t": marker})
+    else:
+        chat(envoy.port, "claude.example.com", extra_query={"t": marker})
+    entry = line_with(logs / "access.log", marker)
+    total = PROMPT + USAGE["output_tokens"]
+    assert entry["llm_provider"] == "claude" and entry["request_model"] == "claude-test"
+    assert entry["response_model"] == "claude-test"
+    assert (entry["request_prompt_tokens"], entry["request_completion_tokens"], entry["request_total_tokens"]) == (
+        PROMPT, USAGE["output_tokens"], total)
+    metrics = line_with(logs / "metrics.log", marker)
+    assert int(metrics["llm_total_tokens"]) == total and int(metrics["llm_prompt_tokens"]) == PROMPT
+    assert metrics["llm_provider"] == "claude" and metrics["llm_model"] == "claude-test"

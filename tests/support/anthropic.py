@@ -128,7 +128,7 @@ def body_problems(body) -> list[str]:
 
 def request_problems(path: str, headers: dict[str, str], body: bytes) -> list[str]:
     out = []
-    if path != "/v1/messages":
+    if path.partition("?")[0] != "/v1/messages":  # the client's query string is passed on, as for OpenAI
         out.append(f"path: {path!r} is not /v1/messages")
     if not headers.get("x-api-key"):
         out.append("x-api-key: header is required")
