@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import TESTDATA
 from tests.support.anthropic import USAGE, AnthropicUpstream
+from tests.support.azure import AzureUpstream
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap
 from tests.support.mesh import llmc_render
 from tests.support.sdk import APP_KEY, chat, chat_stream, status_error
@@ -27,7 +28,7 @@ from tests.test_observability_e2e import meshconfig_labels, metric_expressions
 
 pytestmark = pytest.mark.envoy
 
-OPENAI_HOSTS = ("openai.example.com", "azure.example.com", "gw.example.com")
+OPENAI_HOSTS = ("openai.example.com", "gw.example.com")
 ANTHROPIC_HOSTS = ("claude.example.com", "byok.example.com")
 PROMPT = USAGE["input_tokens"] + USAGE["cache_creation_input_tokens"] + USAGE["cache_read_input_tokens"]
 TOOLS = [{"type": "function", "function": {"name": "weather", "description": "Weather forecast",
@@ -39,6 +40,7 @@ TOOLS = [{"type": "function", "function": {"name": "weather", "description": "We
 @pytest.fixture(scope="module")
 def upstreams():
     ups = {h: Upstream(h, sse_pause=0.6) for h in OPENAI_HOSTS}
+    ups["azure.example.com"] = AzureUpstream("azure.example.com", ("dep-mini",), sse_pause=0.6)
     ups.update({h: AnthropicUpstream(h, sse_pause=0.6) for h in ANTHROPIC_HOSTS})
     yield ups
     for u in ups.values():
@@ -187,6 +189,23 @@ def test_azure_openai(envoy, upstreams):
     assert req.path == "/openai/deployments/dep-mini/chat/completions?api-version=2024-10-21"
     assert req.headers["api-key"] == "sk-azure-0000000000000000" and "authorization" not in req.headers
     assert completion.choices[0].message.content == "hi"
+    streamed = chat_stream(envoy.port, "azure.example.com")
+    assert streamed.text == "Hello" and streamed.usage.total_tokens == 18
+
+
+def test_azure_double_refuses_what_azure_refuses(upstreams):
+    """The double is an oracle only if it can fail: wrong deployment, no api-version, no key."""
+    import http.client
+
+    port = upstreams["azure.example.com"].port
+    cases = [("/openai/deployments/other/chat/completions?api-version=2024-10-21", {"api-key": "k"}, 404),
+             ("/openai/deployments/dep-mini/chat/completions", {"api-key": "k"}, 404),
+             ("/openai/deployments/dep-mini/chat/completions?api-version=2024-10-21", {}, 401)]
+    for path, headers, status in cases:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", path, body='{"messages":[]}', headers={"content-type": "application/json", **headers})
+        assert conn.getresponse().status == status, path
+        conn.close()
 
 
 def test_gateway_with_its_own_key_header(envoy, upstreams):

@@ -328,3 +328,28 @@ def test_the_luas_translate_header_is_the_compilers():
     from compiler.translate.envoyfilter import lua_source
 
     assert re.search(r'^local TRANSLATE_HEADER = "([\w-]+)"', lua_source(), re.M).group(1) == names.TRANSLATE_HEADER
+
+
+@pytest.mark.parametrize("body,problem", [
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+    ({"model": "m", "max_tokens": 1, "messages": [{"role": "system", "content": "x"}]}, "messages.0"),
+    ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}], "n": 2}, "n: Extra"),
+    ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "tool_use"}]}]}, "messages.0.content.0"),
+    ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}], "temperature": 1.5}, "temperature"),
+    ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],
+      "tools": [{"name": "f", "parameters": {}}]}, "tools.0"),
+])
+def test_the_anthropic_schema_check_can_fail(body, problem):
+    """The double's checker is the oracle of the request properties: it must reject bad requests."""
+    assert any(p.startswith(problem) for p in body_problems(body)), body_problems(body)
+
+
+def test_the_anthropic_header_check_can_fail():
+    from tests.support.anthropic import request_problems
+
+    body = b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}]}'
+    assert request_problems("/v1/messages", {"x-api-key": "k", "anthropic-version": "2023-06-01",
+                                             "content-type": "application/json"}, body) == []
+    assert request_problems("/v1/chat/completions", {"authorization": "Bearer k"}, body) == [
+        "path: '/v1/chat/completions' is not /v1/messages", "x-api-key: header is required",
+        "anthropic-version: header is required", "content-type: must be application/json"]

@@ -15,6 +15,11 @@
 --   2. read and validate the body, set model/stream, set Authorization, :path and content-type
 --      for the backend the request will actually reach;
 --   3. answer bad requests with an OpenAI-format JSON error; never forward a half-rewritten request.
+--
+-- Providers of another protocol (README, "Providers that do not speak OpenAI"): their record's
+-- `format` makes M.shape translate the body instead of splicing it (Anthropic Messages:
+-- M.to_anthropic, with a real JSON decoder/encoder that keeps numbers as text), and the response
+-- path translate the answer back (M.on_translated_response), streams event by event as they pass.
 
 local byte, sub, find, format, concat, char = string.byte, string.sub, string.find, string.format,
   table.concat, string.char
