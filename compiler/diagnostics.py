@@ -72,9 +72,9 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC220", _E, "TLS origination to an in-mesh Service"),
     Message("LLMC221", _E, "invalid gateway reference"),
     Message("LLMC222", _E, "match gateways outside the route's gateways"),
-    Message("LLMC223", _E, "a provider's configs mix protocols"),
-    Message("LLMC224", _E, "missing endpoint setting"),
-    Message("LLMC225", _E, "invalid authHeader"),
+    Message("LLMC236", _E, "a provider's configs mix protocols"),
+    Message("LLMC237", _E, "missing endpoint setting"),
+    Message("LLMC238", _E, "invalid authHeader"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

@@ -75,7 +75,7 @@ def _auth_header(cfg: OpenAIConfig, doc: Document, path: tuple, diags: Diagnosti
     name = cfg.authHeader.lower()
     if (not HEADER_NAME.fullmatch(name) or name in RESERVED_AUTH_HEADERS
             or name.startswith(names.RESERVED_HEADER_PREFIX)):
-        diags.error("LLMC225", f"authHeader {cfg.authHeader!r} cannot carry the API key: it is not a header "
+        diags.error("LLMC238", f"authHeader {cfg.authHeader!r} cannot carry the API key: it is not a header "
                     "name, or the filter or the HTTP framing owns it", **doc.where(path + ("authHeader",)),
                     hint="e.g. x-api-key or authorization")
         return None
@@ -89,7 +89,7 @@ def _request_config(pc: ProviderConfig | None, doc: Document, path: tuple, diags
         return None, None
     set_fields = [f for f in CONFIG_FIELDS if getattr(pc, f) is not None]
     if len(set_fields) > 1:
-        diags.error("LLMC223", f"one provider speaks one protocol: {' and '.join(set_fields)} are both set",
+        diags.error("LLMC236", f"one provider speaks one protocol: {' and '.join(set_fields)} are both set",
                     **doc.where(path + (set_fields[1],)), hint=f"keep only {set_fields[0]}")
     if not set_fields:
         return None, None
@@ -123,7 +123,7 @@ def _provider_protocol(found: list[tuple[str, tuple]], doc: Document, diags: Dia
     protocol = found[0][0]
     for other, path in found[1:]:
         if other != protocol:
-            diags.error("LLMC223", f"one provider speaks one protocol: this config is {other!r}, an earlier "
+            diags.error("LLMC236", f"one provider speaks one protocol: this config is {other!r}, an earlier "
                         f"one {protocol!r}", **doc.where(path),
                         hint="use one LLMProvider per provider API")
     return protocol
@@ -132,11 +132,11 @@ def _provider_protocol(found: list[tuple[str, tuple]], doc: Document, diags: Dia
 def _check_endpoint(protocol: str, spec_path: str | None, configs: list[RequestConfig], doc: Document,
                     diags: Diagnostics) -> None:
     if protocol == "openai" and spec_path is None:
-        diags.error("LLMC224", "spec.path is required for an OpenAI-compatible provider", **doc.where(("spec",)),
+        diags.error("LLMC237", "spec.path is required for an OpenAI-compatible provider", **doc.where(("spec",)),
                     hint="e.g. path: /v1/chat/completions; only azureOpenAIConfig and anthropicConfig "
                     "have a default endpoint")
     if protocol == "azure-openai" and spec_path is None and any(c.deployment is None for c in configs):
-        diags.error("LLMC224", "azureOpenAIConfig needs a deployment in defaultConfig (a "
+        diags.error("LLMC237", "azureOpenAIConfig needs a deployment in defaultConfig (a "
                     "routeSpecificConfigs entry may replace it) unless spec.path is set", **doc.where(("spec", "configs")),
                     hint="deployment: <the Azure deployment name>")
 
