@@ -55,10 +55,57 @@ class OpenAIConfig(_Strict):
         description="llmc extension: read the API key from this Secret key, mounted into the proxy "
         "(see README, 'API keys'). The key never appears in generated objects. "
         "Mutually exclusive with apiKey.")
+    authHeader: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="llmc extension: the request header that carries the API key, for "
+        "OpenAI-compatible providers that expect another header than Authorization (e.g. x-api-key). "
+        "Default Authorization.")
+    authPrefix: str | None = Field(
+        None, max_length=64,
+        description="llmc extension: text before the key in authHeader. Default 'Bearer ' for "
+        "Authorization, empty for any other header.")
+
+
+_KEY_DOC = ("API key. Stored in the generated EnvoyFilter; prefer apiKeySecretRef.")
+_SECRET_DOC = ("Read the API key from this Secret key, mounted into the proxy (see README, 'API keys'). "
+               "Mutually exclusive with apiKey.")
+
+
+class AzureOpenAIConfig(_Strict):
+    """llmc extension: Azure OpenAI Service (the OpenAI body format, a deployment path, `api-key`)."""
+
+    deployment: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Deployment name: requests go to /openai/deployments/<deployment>/chat/completions "
+        "(spec.path, when set, replaces that path). The deployment decides the model.")
+    apiVersion: str | None = Field(
+        None, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$",
+        description="The api-version query parameter (default 2024-10-21).")
+    apiKey: str | None = Field(None, description=_KEY_DOC + " Sent as `api-key: <key>`.")
+    apiKeySecretRef: SecretKeyRef | None = Field(None, description=_SECRET_DOC)
+
+
+class AnthropicConfig(_Strict):
+    """llmc extension: Anthropic Messages API; OpenAI chat requests and responses are translated."""
+
+    model: str | None = Field(None, min_length=1, description="Value written to the Messages request's "
+                              "`model` (replacing the client's).")
+    maxTokens: int | None = Field(None, ge=1, le=1048576, description="`max_tokens` when the client "
+                                  "sends neither max_completion_tokens nor max_tokens (default 4096).")
+    version: str | None = Field(None, min_length=1, max_length=64,
+                                description="The anthropic-version header (default 2023-06-01).")
+    apiKey: str | None = Field(None, description=_KEY_DOC + " Sent as `x-api-key: <key>`.")
+    apiKeySecretRef: SecretKeyRef | None = Field(None, description=_SECRET_DOC)
 
 
 class ProviderConfig(_Strict):
     openAIConfig: OpenAIConfig | None = Field(None, description="OpenAI-compatible request settings.")
+    azureOpenAIConfig: AzureOpenAIConfig | None = Field(
+        None, description="llmc extension: Azure OpenAI request settings. One protocol per provider: "
+        "do not mix with openAIConfig or anthropicConfig.")
+    anthropicConfig: AnthropicConfig | None = Field(
+        None, description="llmc extension: Anthropic Messages request settings. One protocol per "
+        "provider: do not mix with openAIConfig or azureOpenAIConfig.")
 
 
 class ProviderConfigs(_Strict):
@@ -90,8 +137,10 @@ class LLMProviderSpec(_Strict):
 
     host: str = Field(min_length=1, max_length=253,
                       description="Provider host name; unique among the providers of a namespace.")
-    path: str = Field(min_length=1, pattern=r"^/", description="Request path the provider serves, "
-                      "e.g. /v1/chat/completions.")
+    path: str | None = Field(None, min_length=1, pattern=r"^/", description="Request path the provider "
+                             "serves, e.g. /v1/chat/completions. Required for OpenAI-compatible "
+                             "providers; optional for azureOpenAIConfig and anthropicConfig (llmc "
+                             "extensions), where it replaces their default endpoint.")
     workloadSelector: WorkloadSelector | None = Field(
         None, description="Proxies that shape requests for this provider (default: every proxy in "
         "the namespace).")

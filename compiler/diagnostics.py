@@ -85,6 +85,9 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC233", _E, "generated object larger than etcd accepts"),
     Message("LLMC234", _E, "failover needs a newer Istio"),
     Message("LLMC235", _E, "invalid failover settings"),
+    Message("LLMC236", _E, "a provider's configs mix protocols"),
+    Message("LLMC237", _E, "missing endpoint setting"),
+    Message("LLMC238", _E, "invalid authHeader"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

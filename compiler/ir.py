@@ -29,18 +29,27 @@ class RequestConfig:
     api_key_secret: SecretRef | None = None
     include_usage: bool = True  # add stream_options.include_usage when streaming is turned on
     include_usage_set: bool = dataclasses.field(default=False, compare=False)  # set explicitly in input
+    auth_header: str | None = None  # openAIConfig.authHeader (lower-case); None: the protocol's
+    auth_prefix: str | None = None  # openAIConfig.authPrefix; None: the protocol's (or "" for another header)
+    deployment: str | None = None  # azureOpenAIConfig.deployment
+    api_version: str | None = None  # azureOpenAIConfig.apiVersion
+    max_tokens: int | None = None  # anthropicConfig.maxTokens
+    version: str | None = None  # anthropicConfig.version (the anthropic-version header)
+
+    _PLAIN = ("model", "stream", "auth_header", "auth_prefix", "deployment", "api_version", "max_tokens",
+              "version")
 
     def overlay(self, other: RequestConfig | None) -> RequestConfig:
         """Fields set in ``other`` replace ours; a credential in ``other`` replaces both of ours."""
         if other is None:
             return self
         has_key = other.api_key is not None or other.api_key_secret is not None
+        plain = {f: getattr(other, f) if getattr(other, f) is not None else getattr(self, f) for f in self._PLAIN}
         return RequestConfig(
-            model=other.model if other.model is not None else self.model,
-            stream=other.stream if other.stream is not None else self.stream,
             api_key=other.api_key if has_key else self.api_key,
             api_key_secret=other.api_key_secret if has_key else self.api_key_secret,
             include_usage=other.include_usage if other.include_usage_set else self.include_usage,
+            **plain,
         )
 
 
@@ -49,7 +58,7 @@ class Provider:
     namespace: str
     name: str
     host: str
-    path: str
+    path: str | None  # spec.path; None: the protocol's default endpoint (see protocols.endpoint)
     port: int  # the provider's real port (443 for TLS by default)
     service_port: int  # the port clients call: 80 (ServiceEntry port), or the Service port in-mesh
     in_mesh: bool  # a Kubernetes Service of this cluster: no ServiceEntry/DestinationRule emitted

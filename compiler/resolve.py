@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import names, visibility
-from .api import LLMProvider, LLMRoute, OpenAIConfig, StringMatch
+from .api import AnthropicConfig, AzureOpenAIConfig, LLMProvider, LLMRoute, OpenAIConfig, ProviderConfig, StringMatch
 from .constants import ROOT_NAMESPACE
 from .diagnostics import Diagnostics
 from .hosts import host_problem
@@ -37,6 +37,7 @@ from .ir import (
 )
 from .load import Document
 from .options import FAILOVER_ISTIO_VERSION, Options
+from .protocols import CONFIG_FIELDS, PROTOCOLS
 
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 PLACEHOLDER = re.compile(r"^\s*(\$\{.*\}|\$[A-Z_][A-Z0-9_]*|<.*>|changeme|xxx+|todo)\s*$", re.I)
@@ -50,10 +51,14 @@ class Sourced:
     obj: LLMProvider | LLMRoute
 
 
-def _request_config(cfg: OpenAIConfig | None, doc: Document, path: tuple, diags: Diagnostics,
-                    ) -> RequestConfig | None:
-    if cfg is None:
-        return None
+#: Headers an authHeader may not name: the filter sets them itself, or they frame the request.
+RESERVED_AUTH_HEADERS = {"host", "content-type", "content-length", "transfer-encoding", "accept-encoding",
+                         "connection", "te", "upgrade", "anthropic-version"}
+
+AnyConfig = OpenAIConfig | AzureOpenAIConfig | AnthropicConfig
+
+
+def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics) -> None:
     if cfg.apiKey is not None and cfg.apiKeySecretRef is not None:
         diags.error("LLMC211", "set apiKey or apiKeySecretRef, not both", **doc.where(path + ("apiKey",)),
                     hint="apiKeySecretRef keeps the key out of generated objects")
@@ -67,17 +72,78 @@ def _request_config(cfg: OpenAIConfig | None, doc: Document, path: tuple, diags:
             diags.warning("LLMC215", "literal apiKey is copied into the generated EnvoyFilter, where "
                           "anyone who can read EnvoyFilters or a proxy config dump can see it",
                           **doc.where(path + ("apiKey",)), hint="use apiKeySecretRef")
+
+
+def _auth_header(cfg: OpenAIConfig, doc: Document, path: tuple, diags: Diagnostics) -> str | None:
+    if cfg.authHeader is None:
+        return None
+    name = cfg.authHeader.lower()
+    if (not HEADER_NAME.fullmatch(name) or name in RESERVED_AUTH_HEADERS
+            or name.startswith(names.RESERVED_HEADER_PREFIX)):
+        diags.error("LLMC238", f"authHeader {cfg.authHeader!r} cannot carry the API key: it is not a header "
+                    "name, or the filter or the HTTP framing owns it", **doc.where(path + ("authHeader",)),
+                    hint="e.g. x-api-key or authorization")
+        return None
+    return name
+
+
+def _request_config(pc: ProviderConfig | None, doc: Document, path: tuple, diags: Diagnostics,
+                    ) -> tuple[str | None, RequestConfig | None]:
+    """The protocol a ProviderConfig names (None: it names none) and its settings."""
+    if pc is None:
+        return None, None
+    set_fields = [f for f in CONFIG_FIELDS if getattr(pc, f) is not None]
+    if len(set_fields) > 1:
+        diags.error("LLMC236", f"one provider speaks one protocol: {' and '.join(set_fields)} are both set",
+                    **doc.where(path + (set_fields[1],)), hint=f"keep only {set_fields[0]}")
+    if not set_fields:
+        return None, None
+    field = set_fields[0]
+    cfg = getattr(pc, field)
+    cpath = path + (field,)
+    _check_key(cfg, doc, cpath, diags)
+    secret = cfg.apiKeySecretRef
+    common = {"api_key": cfg.apiKey, "api_key_secret": SecretRef(secret.name, secret.key) if secret else None}
+    if isinstance(cfg, AzureOpenAIConfig):
+        return CONFIG_FIELDS[field], RequestConfig(deployment=cfg.deployment, api_version=cfg.apiVersion, **common)
+    if isinstance(cfg, AnthropicConfig):
+        return CONFIG_FIELDS[field], RequestConfig(model=cfg.model, max_tokens=cfg.maxTokens, version=cfg.version,
+                                                   **common)
     if cfg.stream is True:
         diags.warning("LLMC219", "stream: true makes every request that does not say `stream` a streaming "
                       "one; the openai SDK omits `stream` on non-streaming calls, so those callers get "
-                      "server-sent events they do not parse", **doc.where(path + ("stream",)),
+                      "server-sent events they do not parse", **doc.where(cpath + ("stream",)),
                       hint="leave `stream` unset and let clients choose (a client's explicit `stream` "
                       "always wins)")
-    secret = cfg.apiKeySecretRef
-    return RequestConfig(model=cfg.model, stream=cfg.stream, api_key=cfg.apiKey,
-                         api_key_secret=SecretRef(secret.name, secret.key) if secret else None,
-                         include_usage=cfg.streamIncludeUsage is not False,
-                         include_usage_set=cfg.streamIncludeUsage is not None)
+    return CONFIG_FIELDS[field], RequestConfig(
+        model=cfg.model, stream=cfg.stream, include_usage=cfg.streamIncludeUsage is not False,
+        include_usage_set=cfg.streamIncludeUsage is not None,
+        auth_header=_auth_header(cfg, doc, cpath, diags), auth_prefix=cfg.authPrefix, **common)
+
+
+def _provider_protocol(found: list[tuple[str, tuple]], doc: Document, diags: Diagnostics) -> str:
+    """One protocol per provider: the first config's; a config naming another is an error."""
+    if not found:
+        return "openai"
+    protocol = found[0][0]
+    for other, path in found[1:]:
+        if other != protocol:
+            diags.error("LLMC236", f"one provider speaks one protocol: this config is {other!r}, an earlier "
+                        f"one {protocol!r}", **doc.where(path),
+                        hint="use one LLMProvider per provider API")
+    return protocol
+
+
+def _check_endpoint(protocol: str, spec_path: str | None, configs: list[RequestConfig], doc: Document,
+                    diags: Diagnostics) -> None:
+    if protocol == "openai" and spec_path is None:
+        diags.error("LLMC237", "spec.path is required for an OpenAI-compatible provider", **doc.where(("spec",)),
+                    hint="e.g. path: /v1/chat/completions; only azureOpenAIConfig and anthropicConfig "
+                    "have a default endpoint")
+    if protocol == "azure-openai" and spec_path is None and any(c.deployment is None for c in configs):
+        diags.error("LLMC237", "azureOpenAIConfig needs a deployment in defaultConfig (a "
+                    "routeSpecificConfigs entry may replace it) unless spec.path is set", **doc.where(("spec", "configs")),
+                    hint="deployment: <the Azure deployment name>")
 
 
 def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provider:
@@ -89,14 +155,20 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
     configs = spec.configs
     default = None
     overrides: list[tuple[str, RequestConfig]] = []
+    found: list[tuple[str, tuple]] = []  # (protocol, path) of every config, in source order
     if configs is not None:
         if configs.defaultConfig is not None:
-            default = _request_config(configs.defaultConfig.openAIConfig, doc,
-                                      base + ("defaultConfig", "openAIConfig"), diags)
+            proto, default = _request_config(configs.defaultConfig, doc, base + ("defaultConfig",), diags)
+            if proto is not None:
+                found.append((proto, base + ("defaultConfig",)))
         for rule, pc in sorted((configs.routeSpecificConfigs or {}).items()):
-            rc = _request_config(pc.openAIConfig, doc,
-                                 base + ("routeSpecificConfigs", rule, "openAIConfig"), diags)
+            proto, rc = _request_config(pc, doc, base + ("routeSpecificConfigs", rule), diags)
+            if proto is not None:
+                found.append((proto, base + ("routeSpecificConfigs", rule)))
             overrides.append((rule, rc or RequestConfig()))
+    protocol = _provider_protocol(found, doc, diags)
+    _check_endpoint(protocol, spec.path, [(default or RequestConfig()).overlay(rc) for _, rc in
+                                          [("", None), *overrides]], doc, diags)
     tls_mode = spec.tls.mode if spec.tls else ("DISABLE" if in_mesh else "SIMPLE")
     if in_mesh and tls_mode == "SIMPLE":
         diags.error("LLMC220", "TLS origination to an in-mesh Service is not supported: the mesh "
@@ -122,7 +194,7 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
         timeout=spec.timeout, max_request_bytes=spec.maxRequestBytes or DEFAULT_MAX_REQUEST_BYTES,
         selector=tuple(sorted(labels.items())), default=default or RequestConfig(),
         overrides=tuple(overrides), source=f"LLMProvider {doc.namespace}/{doc.name}",
-        export_to=export.value)
+        export_to=export.value, protocol=protocol)
 
 
 def _header_matches(headers: dict[str, StringMatch], doc: Document, path: tuple,
@@ -502,6 +574,13 @@ def _retries(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, 
                         hint="add retries: {} to the rule (every backend is then tried once) or remove priority")
             return False
         return None
+    formats = {PROTOCOLS[b.provider.protocol].format for b in backends}
+    if formats != {"openai"}:
+        diags.error("LLMC235", "failover rules need providers that speak OpenAI's format (openAIConfig or "
+                    "azureOpenAIConfig): a translated response cannot be told apart per try",
+                    **doc.where(rpath + ("retries",)), hint="move translated providers (anthropicConfig) to a "
+                    "rule without retries")
+        return False
     attempts = rule.retries.attempts or len(backends)
     if attempts > len(backends):
         diags.error("LLMC235", f"attempts {attempts} is more than the rule's {len(backends)} backends: a retry "

@@ -23,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "envoy"
 E2E = ["tests/test_envoy_e2e.py", "tests/test_gateways_e2e.py", "tests/test_observability_e2e.py",
-       "tests/test_dataplane_e2e.py", "tests/test_models_e2e.py", "tests/test_failover_e2e.py"]
+       "tests/test_dataplane_e2e.py", "tests/test_models_e2e.py", "tests/test_failover_e2e.py",
+       "tests/test_providers_e2e.py"]
 
 
 def fetch(version: str) -> Path:

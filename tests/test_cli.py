@@ -168,7 +168,7 @@ def test_json_that_yaml_cannot_read(tmp_path):
     assert "skipped 1 file(s) that hold no Kubernetes object: " + str(tmp_path / "dash.json") in res.stderr
     bad = tmp_path / "bad.json"
     bad.write_text('{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider", "metadata": {"name": "x"},'
-                   ' "spec": {"host": "\\ud83d\\ude00"}}')
+                   ' "spec": {"host": "\\ud83d\\ude00", "path": 1}}')
     res = runner.invoke(app, ["validate", "-f", str(bad)])
     assert res.exit_code == 1 and "LLMC10" in res.stderr and "Traceback" not in res.stderr
 

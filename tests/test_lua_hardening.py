@@ -256,7 +256,36 @@ def test_protocol_facts_come_from_the_context():
     r = _LUA.request(c, "{}", headers={"authorization": "Bearer app"})
     assert r.status is None
     assert r.headers["x-api-key"] == "sk-1" and r.headers["x-api-version"] == "7"
-    assert r.headers["authorization"] == "Bearer app"  # not this protocol's credential header
+    # A configured key in another header replaces the client's credential: the app's own
+    # Authorization (its key for llmc or another provider) never reaches this provider.
+    assert "authorization" not in r.headers
+    r = _LUA.request({**c, "id": "protocol-gw-nokey", "rules": {"r": {"backends": [
+        {k: v for k, v in c["rules"]["r"]["backends"][0].items() if k != "api_key"}]}}}, "{}",
+        headers={"authorization": "Bearer app"})
+    assert r.status is None and "x-api-key" not in r.headers
+    assert r.headers["authorization"] == "Bearer app"  # no key configured: the client's passes
+
+
+def test_a_client_key_moves_to_the_protocols_header_when_none_is_configured():
+    """Anthropic-style records (`client_key`): the openai SDK's bearer token becomes x-api-key."""
+    c = ctx(model="m", protocol="gw")
+    c["id"] = "protocol-gw-client-key"
+    c["protocols"] = {"gw": {"auth_header": "x-api-key", "auth_prefix": "", "usage": "openai",
+                             "headers": {}, "client_key": True}}
+    r = _LUA.request(c, "{}", headers={"authorization": "Bearer sk-app"})
+    assert r.status is None and r.headers["x-api-key"] == "sk-app" and "authorization" not in r.headers
+    r = _LUA.request(c, "{}", headers={"authorization": "Basic abc"})
+    assert r.status is None and "x-api-key" not in r.headers and r.headers["authorization"] == "Basic abc"
+
+
+def test_a_backend_refines_its_protocols_auth_header_and_headers():
+    """openAIConfig.authHeader/authPrefix and per-backend headers (anthropic-version) from the context."""
+    c = ctx(model="m", api_key="sk-1", auth_header="x-gw-key", auth_prefix="Key ",
+            headers={"x-extra": "1"})
+    c["id"] = "backend-auth"
+    r = _LUA.request(c, "{}", headers={"authorization": "Bearer app"})
+    assert r.status is None and r.headers["x-gw-key"] == "Key sk-1" and r.headers["x-extra"] == "1"
+    assert "authorization" not in r.headers
 
 
 def test_the_luas_constants_equal_the_pythons():

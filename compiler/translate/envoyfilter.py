@@ -28,7 +28,7 @@ from importlib import resources
 
 from .. import names
 from ..ir import Backend, Program, Rule, SecretRef, VirtualHost
-from ..protocols import PROTOCOLS
+from ..protocols import ANTHROPIC_MAX_TOKENS, ANTHROPIC_VERSION, PROTOCOLS, endpoint
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 
 FILTER_NAME = "llmc.lua"
@@ -64,8 +64,10 @@ def buffer_limit(max_request_bytes: int) -> int:
 
 def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
     p, c = b.provider, b.config  # (a failover rule's backends also carry their priority)
-    ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": p.path, "weight": b.weight,
+    path = endpoint(p.protocol, p.path, c.deployment, c.api_version)
+    ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": path, "weight": b.weight,
                  "max_body": p.max_request_bytes}
+    ctx.update(_protocol_settings(p.protocol, c))
     if c.model is not None:
         ctx["model"] = c.model
     if c.stream is not None:
@@ -81,6 +83,22 @@ def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
     if p.base_path is not None:
         ctx["base_path"] = p.base_path
     return ctx
+
+
+def _protocol_settings(protocol: str, c) -> dict:
+    """Per-backend values that refine the protocol's record: another auth header or prefix
+    (openAIConfig.authHeader/authPrefix), Anthropic's max_tokens default and version header."""
+    out: dict = {}
+    if c.auth_header is not None or c.auth_prefix is not None:
+        proto = PROTOCOLS[protocol]
+        header = c.auth_header or proto.auth_header
+        default_prefix = proto.auth_prefix if header == proto.auth_header else ""
+        out["auth_header"] = header
+        out["auth_prefix"] = c.auth_prefix if c.auth_prefix is not None else default_prefix
+    if protocol == "anthropic":
+        out["max_tokens"] = c.max_tokens or ANTHROPIC_MAX_TOKENS
+        out["headers"] = {"anthropic-version": c.version or ANTHROPIC_VERSION}
+    return out
 
 
 def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
@@ -185,10 +203,17 @@ def route_patches(vh: VirtualHost, shared_context: dict | None = None) -> list[d
     Envoy select a route again (``streamInfo():routeName()`` keeps naming the first route). On the
     ``GET /v1/models`` route (a direct response) the filter is disabled. On a shared ``*`` virtual
     host (``shared_context``) each llmc route also carries the filter context and buffer limit, which
-    elsewhere sit on the virtual host: other teams' routes there must stay untouched."""
+    elsewhere sit on the virtual host: other teams' routes there must stay untouched. A route whose
+    requests all go to a translated provider (a pinned route, or the route of a one-backend rule) also
+    adds the internal response header ``names.TRANSLATE_HEADER`` naming the body format, so the
+    response path needs no metadata read."""
     out = []
+    formats: dict[str, str] = {}
     for rule in vh.rules:
         entry, pinned = rule_route_names(vh, rule)
+        sends = [(pinned[b.provider.name], b) for b in rule.backends if b.provider.name in pinned] if pinned \
+            else [(entry, rule.backends[0])]
+        formats.update({name: PROTOCOLS[b.provider.protocol].format for name, b in sends})
         out += [*pinned.values(), entry]
     if vh.routes_by_model:
         out.append(names.special_route(vh.namespace, vh.label, "nomatch"))
@@ -197,8 +222,13 @@ def route_patches(vh: VirtualHost, shared_context: dict | None = None) -> list[d
         per_route = {"request_body_buffer_limit": buffer_limit(max_request_bytes(vh)),
                      "typed_per_filter_config": {FILTER_NAME: {"@type": LUA_PER_ROUTE_TYPE, "name": SOURCE_NAME,
                                                                "filter_context": shared_context}}}
-    patches = [{"name": r, "value": {"metadata": {"filter_metadata": {FILTER_NAME: {"route": r}}}, **per_route}}
-               for r in out]
+    patches = []
+    for r in out:
+        value: dict = {"metadata": {"filter_metadata": {FILTER_NAME: {"route": r}}}, **per_route}
+        if formats.get(r, "openai") != "openai":
+            value["response_headers_to_add"] = [{"header": {"key": names.TRANSLATE_HEADER, "value": formats[r]},
+                                                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+        patches.append({"name": r, "value": value})
     patches.append({"name": names.special_route(vh.namespace, vh.label, "models"),
                     "value": {"typed_per_filter_config": {FILTER_NAME: {"@type": LUA_PER_ROUTE_TYPE, "disabled": True}}}})
     return patches

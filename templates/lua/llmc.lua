@@ -15,12 +15,18 @@
 --   2. read and validate the body, set model/stream, set Authorization, :path and content-type
 --      for the backend the request will actually reach;
 --   3. answer bad requests with an OpenAI-format JSON error; never forward a half-rewritten request.
+--
+-- Providers of another protocol (README, "Providers that do not speak OpenAI"): their record's
+-- `format` makes M.shape translate the body instead of splicing it (Anthropic Messages:
+-- M.to_anthropic, with a real JSON decoder/encoder that keeps numbers as text), and the response
+-- path translate the answer back (M.on_translated_response), streams event by event as they pass.
 
 local byte, sub, find, format, concat, char = string.byte, string.sub, string.find, string.format,
   table.concat, string.char
 local floor = math.floor
 
 local METADATA_NS = "llmc"
+local TRANSLATE_HEADER = "x-llmc-translate" -- compiler/names.py: added by routes of translated providers
 local MAX_DEPTH = 128
 local KEY_TTL_SECONDS = 1
 local MAX_CACHED_CONTEXTS = 512
@@ -471,6 +477,7 @@ end
 -- stream (OpenAI-compatible servers reject it then) and, when llmc turned streaming on, asks for
 -- usage unless the client chose. Returns the new text, or nil, message and the offending field.
 function M.shape(s, b, client_model_json, scanned)
+  if b.format == "anthropic" then return M.to_anthropic(s, b) end -- translated, not shaped
   local members, close
   if scanned ~= nil then
     members, close = scanned[1], scanned[2]
@@ -506,13 +513,22 @@ local function prepare_rule(route, name, rule, protocols)
   for i, b in ipairs(rule.backends) do
     local proto = protocols[b.protocol]
     cfg.total = cfg.total + b.weight
-    local headers = {}
-    for k, v in pairs(proto.headers or {}) do headers[#headers + 1] = { k, v } end
+    -- the protocol's fixed headers, then the backend's own (e.g. anthropic-version), sorted
+    local merged, headers = {}, {}
+    for k, v in pairs(proto.headers or {}) do merged[k] = v end
+    for k, v in pairs(b.headers or {}) do merged[k] = v end
+    for k, v in pairs(merged) do headers[#headers + 1] = { k, v } end
+    table.sort(headers, function(x, y) return x[1] < y[1] end)
+    local auth_header = b.auth_header or proto.auth_header
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
       model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,
-      include_usage = b.include_usage, pin = b.pin, base_path = b.base_path,
-      auth_header = proto.auth_header, auth_prefix = proto.auth_prefix, headers = headers }
+      include_usage = b.include_usage, pin = b.pin, base_path = b.base_path, format = proto.format or "openai",
+      max_tokens = b.max_tokens, client_key = proto.client_key == true,
+      auth_header = auth_header, auth_prefix = b.auth_prefix or proto.auth_prefix, headers = headers,
+      -- a key sent in another header replaces the client's credential: the client's own
+      -- Authorization (its key for llmc, or for another provider) never reaches this provider
+      drop_authorization = auth_header ~= "authorization" }
   end
   cfg.failover = rule.failover == true
   cfg.weighted = #cfg.backends > 1 or cfg.failover
@@ -672,9 +688,21 @@ end
 function M.request_headers(b, key, original_path, path)
   local out = { { ":path", with_query(path or b.path, original_path) }, { "content-type", "application/json" },
     { "accept-encoding", "identity" } }
-  if key ~= nil then out[#out + 1] = { b.auth_header, b.auth_prefix .. key } end
+  if key ~= nil then
+    out[#out + 1] = { b.auth_header, b.auth_prefix .. key }
+    if b.drop_authorization then out[#out + 1] = { "authorization", false } end -- false: remove
+  end
   for i = 1, #b.headers do out[#out + 1] = b.headers[i] end
   return out
+end
+
+-- The client's own key, for protocols that do not read Authorization (Anthropic's x-api-key): with
+-- no key configured, `Authorization: Bearer <key>` (what the openai SDK sends) moves to the
+-- protocol's header. nil when the client sent no bearer token.
+function M.client_key(authorization)
+  if authorization == nil then return nil end
+  local key = authorization:match("^[Bb]earer%s+(%S+)%s*$")
+  return key
 end
 
 -- Step 3: the credential of backend `b` (a literal, or a mounted Secret file); false when missing.
@@ -707,9 +735,9 @@ local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, mode
     end
     if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint end
   end
-  local out, err, param
+  local out, err, param, note
   if endpoint == "chat" then
-    out, err, param = M.shape(s, b, model_json, scanned)
+    out, err, param, note = M.shape(s, b, model_json, scanned)
   else
     -- other endpoints keep the client's model and get no stream fields; the body is still validated
     out, err = M.rewrite(s, {}, scanned and scanned[1], scanned and scanned[2])
@@ -721,13 +749,17 @@ local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, mode
   if out ~= s then body:setBytes(out) end
   local headers = h:headers() -- wrappers from before body() are out of scope now
   local set = M.request_headers(b, key, original_path, path)
-  for i = 1, #set do headers:replace(set[i][1], set[i][2]) end
+  for i = 1, #set do
+    local v = set[i][2]
+    if v then headers:replace(set[i][1], v) else headers:remove(set[i][1]) end
+  end
   -- Each metadata entry costs ~1.5% of throughput on small requests: three, no more.
   local md = h:streamInfo():dynamicMetadata()
   md:set(METADATA_NS, "provider", b.provider)
   md:set(METADATA_NS, "rule", cfg.rule_id)
   local model = endpoint == "chat" and b.model or nil
   if model ~= nil then md:set(METADATA_NS, "request_model", model) end
+  if note ~= nil then md:set(METADATA_NS, "translate", note) end -- the response path translates back
 end
 
 local function missing_key(h, cfg, b)
@@ -784,6 +816,7 @@ function M.on_request(h)
   if declared and declared > b.max_body then return too_large(h, cfg, b, b.max_body) end
   local key = credential(b)
   if key == false then return missing_key(h, cfg, b) end
+  if key == nil and b.client_key then key = M.client_key(headers:get("authorization")) end
   local original_path = headers:get(":path")
   local body, s = read_body(h, cfg, b, b.max_body)
   if body == nil then return end
@@ -875,6 +908,7 @@ function M.on_model_request(h, vh)
   end
   local key = credential(b)
   if key == false then return missing_key(h, cfg, b) end
+  if key == nil and b.client_key then key = M.client_key(headers:get("authorization")) end
   return forward(h, vh, cfg, b, key, body, s, original_path, { members, close }, model_json)
 end
 
@@ -948,10 +982,598 @@ function M.new_usage(sse)
   return u
 end
 
+---------------------------------------------------------------------------------------------------
+-- JSON values: decoding and encoding for translated protocols (README, "Providers")
+---------------------------------------------------------------------------------------------------
+
+-- The OpenAI path above never decodes: it splices. Translation needs values, so this decodes a
+-- text the scanner has validated into Lua values and encodes them back: objects keep their key
+-- order (OBJ: keys, map; a duplicate key keeps its first place and its last value, as Python's
+-- json does), arrays are ARR {n = count, ...}, null is NULL, and numbers stay their original text
+-- (NUM {text}): Lua numbers are doubles, which would turn 0.7 into 0.69999… or round integers
+-- above 2^53. RAW {text} is JSON text passed through as it is (tool schemas, tool arguments).
+local NULL = setmetatable({}, { __name = "null" })
+local OBJ, ARR, NUM, RAW = { __name = "object" }, { __name = "array" }, { __name = "number" }, { __name = "raw" }
+M.NULL = NULL
+
+local function is_obj(v) return type(v) == "table" and getmetatable(v) == OBJ end
+local function is_arr(v) return type(v) == "table" and getmetatable(v) == ARR end
+
+local function oget(o, k)
+  if is_obj(o) then return o.map[k] end
+  return nil
+end
+
+local function oset(o, k, v)
+  if v == nil then return end
+  if o.map[k] == nil then o.keys[#o.keys + 1] = k end
+  o.map[k] = v
+end
+
+-- An object from key/value pairs (nil values are left out).
+local function obj(...)
+  local o = setmetatable({ keys = {}, map = {} }, OBJ)
+  for i = 1, select("#", ...), 2 do
+    local k, v = select(i, ...)
+    oset(o, k, v)
+  end
+  return o
+end
+
+local function arr(list)
+  list = list or {}
+  list.n = #list
+  return setmetatable(list, ARR)
+end
+
+local function apush(a, v)
+  a.n = a.n + 1
+  a[a.n] = v
+end
+
+local function raw(text) return setmetatable({ text }, RAW) end
+
+local function present(v) -- nil for a missing member or an explicit null
+  if v == NULL then return nil end
+  return v
+end
+
+-- The JSON text of a decoded object or array, as it was sent.
+local function source_of(v) return sub(v.s, v.i, v.j - 1) end
+
+local decode_at
+
+local function decode_container(s, i, c)
+  local close = c == 123 and 125 or 93
+  local v = c == 123 and setmetatable({ keys = {}, map = {}, s = s, i = i }, OBJ)
+    or setmetatable({ n = 0, s = s, i = i }, ARR)
+  i = skip_ws(s, i + 1)
+  if byte(s, i) == close then
+    v.j = i + 1
+    return v, i + 1
+  end
+  while true do
+    if c == 123 then
+      local e = skip_string(s, i)
+      local k = decode_string(sub(s, i + 1, e - 2))
+      local item
+      item, i = decode_at(s, skip_ws(s, e) + 1)
+      if v.map[k] == nil then v.keys[#v.keys + 1] = k end
+      v.map[k] = item
+    else
+      local item
+      item, i = decode_at(s, i)
+      v.n = v.n + 1
+      v[v.n] = item
+    end
+    i = skip_ws(s, i)
+    if byte(s, i) ~= 44 then
+      v.j = i + 1
+      return v, i + 1
+    end
+    i = skip_ws(s, i + 1)
+  end
+end
+
+-- The value at i of an already validated text, and the index after it.
+decode_at = function(s, i)
+  i = skip_ws(s, i)
+  local c = byte(s, i)
+  if c == 34 then
+    local e = skip_string(s, i)
+    return decode_string(sub(s, i + 1, e - 2)), e
+  elseif c == 123 or c == 91 then
+    return decode_container(s, i, c)
+  elseif c == 116 then
+    return true, i + 4
+  elseif c == 102 then
+    return false, i + 5
+  elseif c == 110 then
+    return NULL, i + 4
+  end
+  local e = skip_number(s, i)
+  return setmetatable({ sub(s, i, e - 1) }, NUM), e
+end
+
+-- Decodes a JSON text: the value, or nil and a message when it is not valid JSON.
+function M.decode(s)
+  reset_scan()
+  local i = skip_ws(s, 1)
+  if i > #s then return nil, "empty JSON text" end
+  local e, err = skip_value(s, i)
+  if not e then return nil, err end
+  if skip_ws(s, e) <= #s then return nil, "data after the JSON value" end
+  reset_scan()
+  return (decode_at(s, i))
+end
+
+local function encode_into(v, out)
+  local t = type(v)
+  if t == "string" then
+    out[#out + 1] = encode_string(v)
+  elseif t == "boolean" then
+    out[#out + 1] = v and "true" or "false"
+  elseif t == "number" then -- computed by this file: token counts, indexes, timestamps
+    out[#out + 1] = (v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53) and format("%d", v) or format("%.17g", v)
+  elseif v == NULL then
+    out[#out + 1] = "null"
+  else
+    local mt = getmetatable(v)
+    if mt == NUM or mt == RAW then
+      out[#out + 1] = v[1]
+    elseif mt == OBJ then
+      out[#out + 1] = "{"
+      local first = true
+      for _, k in ipairs(v.keys) do
+        if not first then out[#out + 1] = "," end
+        first = false
+        out[#out + 1] = encode_string(k)
+        out[#out + 1] = ":"
+        encode_into(v.map[k], out)
+      end
+      out[#out + 1] = "}"
+    elseif mt == ARR then
+      out[#out + 1] = "["
+      for i = 1, v.n do
+        if i > 1 then out[#out + 1] = "," end
+        encode_into(v[i], out)
+      end
+      out[#out + 1] = "]"
+    else
+      error("llmc: cannot encode a " .. t)
+    end
+  end
+end
+
+-- Compact JSON text of a value built from the types above.
+function M.encode(v)
+  local out = {}
+  encode_into(v, out)
+  return concat(out)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Anthropic Messages: OpenAI chat request -> Messages request (called from M.shape)
+---------------------------------------------------------------------------------------------------
+
+-- Request fields that would change the shape of the answer and have no Messages equivalent: the
+-- request is refused (400) rather than answered differently. Every other field without a mapping
+-- is tuning only and dropped (README, "Providers").
+local function refused(req)
+  local n = oget(req, "n")
+  if n ~= nil and n ~= NULL and not (getmetatable(n) == NUM and tonumber(n[1]) == 1) then
+    return "n", "'n' other than 1 (several choices) is not supported by this provider"
+  end
+  if oget(req, "logprobs") == true then return "logprobs", "'logprobs' is not supported by this provider" end
+  local tl = oget(req, "top_logprobs")
+  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs' is not supported by this provider" end
+  local rf = oget(req, "response_format")
+  if rf ~= nil and rf ~= NULL and oget(rf, "type") ~= "text" then
+    return "response_format", "'response_format' other than text is not supported by this provider"
+  end
+  local audio = oget(req, "audio")
+  if audio ~= nil and audio ~= NULL then return "audio", "audio output is not supported by this provider" end
+  local modalities = oget(req, "modalities")
+  if is_arr(modalities) then
+    for i = 1, modalities.n do
+      if modalities[i] ~= "text" then return "modalities", "output modalities other than text are not supported by this provider" end
+    end
+  end
+  return nil
+end
+
+local IMAGE_TYPES = { ["image/jpeg"] = true, ["image/png"] = true, ["image/gif"] = true, ["image/webp"] = true }
+
+local function image_block(part)
+  local url = oget(oget(part, "image_url"), "url")
+  if type(url) ~= "string" then return nil, "an image_url part needs image_url.url" end
+  local mt, data = url:match("^data:([^;,]+);base64,(.*)$")
+  if mt then
+    if not IMAGE_TYPES[mt] then return nil, "image type " .. mt .. " is not supported by this provider" end
+    return obj("type", "image", "source", obj("type", "base64", "media_type", mt, "data", data))
+  end
+  if url:match("^https?://") then return obj("type", "image", "source", obj("type", "url", "url", url)) end
+  return nil, "an image URL must be https:// or a base64 data: URL"
+end
+
+-- Content blocks of a message's `content`: a string, or an array of parts (text; images where
+-- `images`), or null (no blocks).
+local function content_blocks(content, images, blocks)
+  if content == nil or content == NULL then return blocks end
+  if type(content) == "string" then
+    apush(blocks, obj("type", "text", "text", content))
+    return blocks
+  end
+  if not is_arr(content) then return nil, "'content' must be a string or an array of parts" end
+  for i = 1, content.n do
+    local part = content[i]
+    local ptype = oget(part, "type")
+    if ptype == "text" and type(oget(part, "text")) == "string" then
+      apush(blocks, obj("type", "text", "text", oget(part, "text")))
+    elseif ptype == "refusal" and type(oget(part, "refusal")) == "string" then
+      apush(blocks, obj("type", "text", "text", oget(part, "refusal")))
+    elseif ptype == "image_url" and images then
+      local block, err = image_block(part)
+      if not block then return nil, err end
+      apush(blocks, block)
+    else
+      return nil, "content part type " .. tostring(ptype) .. " is not supported here by this provider"
+    end
+  end
+  return blocks
+end
+
+local function tool_use_blocks(calls, blocks)
+  if calls == nil or calls == NULL then return blocks end
+  if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
+  for i = 1, calls.n do
+    local call = calls[i]
+    local fn = oget(call, "function")
+    local id, name, args = oget(call, "id"), oget(fn, "name"), oget(fn, "arguments")
+    if type(id) ~= "string" or type(name) ~= "string" or type(args) ~= "string" then
+      return nil, "a tool call needs id, function.name and function.arguments (a string)"
+    end
+    local input = args == "" and obj() or M.decode(args)
+    if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
+    apush(blocks, obj("type", "tool_use", "id", id, "name", name,
+      "input", input.s and raw(source_of(input)) or input))
+  end
+  return blocks
+end
+
+-- OpenAI messages -> Anthropic `system` blocks and alternating `messages` (consecutive messages of
+-- one role are merged into one, as tool results must be).
+local function translate_messages(messages)
+  if not is_arr(messages) or messages.n == 0 then return nil, nil, "'messages' must be a non-empty array" end
+  local system, out = arr(), arr()
+  for i = 1, messages.n do
+    local m = messages[i]
+    local role = oget(m, "role")
+    local blocks, err
+    if role == "system" or role == "developer" then
+      blocks, err = content_blocks(oget(m, "content"), false, system)
+      if not blocks then return nil, nil, err end
+    else
+      local target
+      if role == "user" then
+        blocks, err = content_blocks(oget(m, "content"), true, arr())
+      elseif role == "assistant" then
+        blocks, err = content_blocks(oget(m, "content"), false, arr())
+        if blocks then blocks, err = tool_use_blocks(oget(m, "tool_calls"), blocks) end
+      elseif role == "tool" then
+        local id = oget(m, "tool_call_id")
+        if type(id) ~= "string" then return nil, nil, "a tool message needs tool_call_id" end
+        local inner
+        inner, err = content_blocks(oget(m, "content"), false, arr())
+        if inner then
+          blocks = arr({ obj("type", "tool_result", "tool_use_id", id, "content", inner) })
+        end
+        role = "user"
+      else
+        return nil, nil, "message role " .. tostring(role) .. " is not supported by this provider"
+      end
+      if not blocks then return nil, nil, err end
+      local last = out[out.n]
+      if last ~= nil and oget(last, "role") == role then
+        target = oget(last, "content")
+        for k = 1, blocks.n do apush(target, blocks[k]) end
+      else
+        apush(out, obj("role", role, "content", blocks))
+      end
+    end
+  end
+  return system, out
+end
+
+local TOOL_CHOICE = { none = "none", auto = "auto", required = "any" }
+
+local function translate_tools(req)
+  local tools, choice = oget(req, "tools"), oget(req, "tool_choice")
+  local out
+  if tools ~= nil and tools ~= NULL then
+    if not is_arr(tools) then return nil, nil, "tools", "'tools' must be an array" end
+    out = arr()
+    for i = 1, tools.n do
+      local fn = oget(tools[i], "function")
+      if oget(tools[i], "type") ~= "function" or type(oget(fn, "name")) ~= "string" then
+        return nil, nil, "tools", "only function tools with a name are supported by this provider"
+      end
+      local params = oget(fn, "parameters")
+      apush(out, obj("name", oget(fn, "name"), "description", oget(fn, "description"),
+        "input_schema", is_obj(params) and raw(source_of(params)) or obj("type", "object")))
+    end
+  end
+  local tc
+  if type(choice) == "string" then
+    if not TOOL_CHOICE[choice] then return nil, nil, "tool_choice", "unknown tool_choice " .. choice end
+    tc = obj("type", TOOL_CHOICE[choice])
+  elseif is_obj(choice) then
+    local name = oget(oget(choice, "function"), "name")
+    if type(name) ~= "string" then return nil, nil, "tool_choice", "tool_choice needs function.name" end
+    tc = obj("type", "tool", "name", name)
+  end
+  if oget(req, "parallel_tool_calls") == false and out ~= nil then
+    tc = tc or obj("type", "auto")
+    if oget(tc, "type") ~= "none" then oset(tc, "disable_parallel_tool_use", true) end
+  end
+  return out, tc
+end
+
+-- The Messages request for an OpenAI chat request `s` (already known to be a JSON object) sent to
+-- backend `b`. Returns the text and a note for the response path ("anthropic", or
+-- "anthropic+usage" when a streaming client asked for usage), or nil, message, field.
+function M.to_anthropic(s, b)
+  local req, err = M.decode(s)
+  if err then return nil, "the request body is not valid JSON: " .. err end
+  if not is_obj(req) then return nil, "the request body must be a JSON object" end
+  local param, why = refused(req)
+  if param then return nil, why, param end
+  local model = b.model or oget(req, "model")
+  if type(model) ~= "string" then return nil, "'model' is required", "model" end
+  local stream = oget(req, "stream")
+  if stream ~= nil and stream ~= NULL and type(stream) ~= "boolean" then return nil, "'stream' must be a boolean", "stream" end
+  local system, messages, merr = translate_messages(oget(req, "messages"))
+  if not system then return nil, merr, "messages" end
+  local tools, choice, tparam, terr = translate_tools(req)
+  if tparam then return nil, terr, tparam end
+  local max_tokens = present(oget(req, "max_completion_tokens")) or present(oget(req, "max_tokens")) or b.max_tokens
+  local stop = oget(req, "stop")
+  if type(stop) == "string" then stop = arr({ stop }) elseif not is_arr(stop) then stop = nil end
+  local user = oget(req, "user")
+  local out = obj("model", model, "max_tokens", max_tokens, "system", system.n > 0 and system or nil,
+    "messages", messages, "temperature", present(oget(req, "temperature")), "top_p", present(oget(req, "top_p")),
+    "stop_sequences", stop, "stream", stream == true or nil, "tools", tools, "tool_choice", choice,
+    "metadata", type(user) == "string" and obj("user_id", user) or nil)
+  local note = "anthropic"
+  if stream == true and oget(oget(req, "stream_options"), "include_usage") == true then note = "anthropic+usage" end
+  return M.encode(out), nil, nil, note
+end
+
+---------------------------------------------------------------------------------------------------
+-- Anthropic Messages: response -> OpenAI chat completion, stream -> chat.completion.chunk events
+---------------------------------------------------------------------------------------------------
+
+local FINISH = { end_turn = "stop", stop_sequence = "stop", max_tokens = "length", tool_use = "tool_calls",
+  refusal = "content_filter", pause_turn = "stop", model_context_window_exceeded = "length" }
+
+local function count_of(v)
+  if getmetatable(v) == NUM then return tonumber(v[1]) end
+  return nil
+end
+
+-- OpenAI usage from Anthropic usage: prompt_tokens includes the cache read and cache creation
+-- tokens (as OpenAI's includes its cached tokens; the cache reads are also in
+-- prompt_tokens_details.cached_tokens). Returns the object and prompt, completion, total.
+local function usage_from(u, prev)
+  prev = prev or {}
+  local input = count_of(oget(u, "input_tokens")) or prev.input
+  local created = count_of(oget(u, "cache_creation_input_tokens")) or prev.created
+  local read = count_of(oget(u, "cache_read_input_tokens")) or prev.read
+  local output = count_of(oget(u, "output_tokens")) or prev.output
+  return { input = input, created = created, read = read, output = output }
+end
+
+local function usage_object(u)
+  local prompt = (u.input or 0) + (u.created or 0) + (u.read or 0)
+  local completion = u.output or 0
+  return obj("prompt_tokens", prompt, "completion_tokens", completion, "total_tokens", prompt + completion,
+    "prompt_tokens_details", obj("cached_tokens", u.read or 0)), prompt, completion, prompt + completion
+end
+
+local function openai_error(message, etype)
+  return obj("error", obj("message", message, "type", etype, "param", NULL, "code", NULL))
+end
+
+-- An Anthropic error body ({"type":"error","error":{type, message}}) as an OpenAI error body; a
+-- body that is not one becomes a generic error naming the status.
+function M.error_from_anthropic(s, status)
+  local v = M.decode(s)
+  local e = oget(v, "error")
+  if type(oget(e, "message")) == "string" then
+    return M.encode(openai_error(oget(e, "message"), type(oget(e, "type")) == "string" and oget(e, "type") or "api_error"))
+  end
+  return M.encode(openai_error("llmc: the provider answered " .. tostring(status) .. " without an error message",
+    "api_error"))
+end
+
+-- A non-streamed Messages answer `s` with HTTP `status` -> the OpenAI body, and prompt,
+-- completion, total tokens and model for accounting (nil when not known).
+function M.from_anthropic(s, status, created)
+  if status ~= 200 then return M.error_from_anthropic(s, status) end
+  local msg = M.decode(s)
+  if oget(msg, "type") ~= "message" then return M.error_from_anthropic(s, status) end
+  local texts, calls = {}, arr()
+  local content = oget(msg, "content")
+  for i = 1, (is_arr(content) and content.n or 0) do
+    local block = content[i]
+    local btype = oget(block, "type")
+    if btype == "text" then
+      texts[#texts + 1] = oget(block, "text")
+    elseif btype == "tool_use" then
+      local input = oget(block, "input")
+      apush(calls, obj("id", oget(block, "id"), "type", "function", "function", obj("name", oget(block, "name"),
+        "arguments", is_obj(input) and input.s and source_of(input) or "{}")))
+    end -- thinking and other blocks have no OpenAI equivalent: dropped
+  end
+  local message = obj("role", "assistant", "content", #texts > 0 and concat(texts) or NULL,
+    "refusal", NULL, "tool_calls", calls.n > 0 and calls or nil)
+  local usage, p, c, t = usage_object(usage_from(oget(msg, "usage")))
+  local model = oget(msg, "model")
+  local out = obj("id", oget(msg, "id"), "object", "chat.completion", "created", created, "model", model,
+    "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL,
+      "finish_reason", FINISH[oget(msg, "stop_reason")] or "stop") }), "usage", usage)
+  return M.encode(out), p, c, t, type(model) == "string" and model or nil
+end
+
+-- The translation state of one streamed answer: `feed` takes body chunks and returns the OpenAI
+-- events for every complete Anthropic event in them (a partial line waits for the next chunk);
+-- afterwards `prompt`, `completion`, `total`, `model` hold the usage for accounting.
+function M.new_anthropic_stream(include_usage, created)
+  local st = { carry = "", id = "", model = "", tools = {}, ntools = 0, usage = {} }
+
+  local function event(delta, finish)
+    return "data: " .. M.encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
+      "model", st.model, "choices", arr({ obj("index", 0, "delta", delta, "logprobs", NULL,
+        "finish_reason", finish or NULL) }))) .. "\n\n"
+  end
+
+  local function tool_delta(index, fields)
+    return event(obj("tool_calls", arr({ obj("index", st.tools[index], unpack(fields)) })))
+  end
+
+  local handlers = {}
+  function handlers.message_start(ev)
+    local msg = oget(ev, "message")
+    st.id = type(oget(msg, "id")) == "string" and oget(msg, "id") or ""
+    st.model = type(oget(msg, "model")) == "string" and oget(msg, "model") or ""
+    st.usage = usage_from(oget(msg, "usage"), st.usage)
+    return event(obj("role", "assistant", "content", ""))
+  end
+  function handlers.content_block_start(ev)
+    local block, index = oget(ev, "content_block"), count_of(oget(ev, "index"))
+    if oget(block, "type") == "tool_use" and index then
+      st.tools[index] = st.ntools
+      st.ntools = st.ntools + 1
+      return tool_delta(index, { "id", oget(block, "id"), "type", "function",
+        "function", obj("name", oget(block, "name"), "arguments", "") })
+    elseif oget(block, "type") == "text" and type(oget(block, "text")) == "string" and oget(block, "text") ~= "" then
+      return event(obj("content", oget(block, "text")))
+    end
+    return ""
+  end
+  function handlers.content_block_delta(ev)
+    local delta, index = oget(ev, "delta"), count_of(oget(ev, "index"))
+    local dtype = oget(delta, "type")
+    if dtype == "text_delta" then return event(obj("content", oget(delta, "text"))) end
+    if dtype == "input_json_delta" and index and st.tools[index] then
+      return tool_delta(index, { "function", obj("arguments", oget(delta, "partial_json")) })
+    end
+    return "" -- thinking, signatures, citations: no OpenAI equivalent
+  end
+  function handlers.message_delta(ev)
+    st.usage = usage_from(oget(ev, "usage"), st.usage)
+    local reason = oget(oget(ev, "delta"), "stop_reason")
+    if type(reason) == "string" then return event(obj(), FINISH[reason] or "stop") end
+    return ""
+  end
+  function handlers.message_stop()
+    local out = ""
+    if include_usage then
+      local usage = usage_object(st.usage)
+      out = "data: " .. M.encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
+        "model", st.model, "choices", arr(), "usage", usage)) .. "\n\n"
+    end
+    st.done = true
+    return out .. "data: [DONE]\n\n"
+  end
+  function handlers.error(ev)
+    local e = oget(ev, "error")
+    st.done = true
+    return "data: " .. M.encode(openai_error(type(oget(e, "message")) == "string" and oget(e, "message")
+      or "llmc: the provider reported an error", type(oget(e, "type")) == "string" and oget(e, "type")
+      or "api_error")) .. "\n\n"
+  end
+
+  local function on_line(line)
+    local ev = M.decode(line)
+    local handler = handlers[oget(ev, "type")]
+    if handler == nil or st.done then return "" end -- ping, unknown events
+    return handler(ev)
+  end
+
+  function st.feed(s)
+    local text = st.carry .. s
+    local out, start = {}, 1
+    while true do
+      local nl = find(text, "\n", start, true)
+      if not nl then break end
+      if byte(text, start) == 100 and sub(text, start, start + 4) == "data:" then
+        out[#out + 1] = on_line(sub(text, start + 5, nl - 1))
+      end
+      start = nl + 1
+    end
+    st.carry = sub(text, start)
+    if #st.carry > MAX_SSE_LINE then st.carry = "" end
+    return concat(out)
+  end
+
+  function st.totals()
+    if st.usage.input == nil and st.usage.output == nil then return nil end
+    local _, p, c, t = usage_object(st.usage)
+    return p, c, t, st.model ~= "" and st.model or nil
+  end
+
+  return st
+end
+
+-- Runs instead of the usage reader when the request was translated (`note`, from M.shape through
+-- dynamic metadata). A stream is rewritten event by event as its chunks pass: Content-Length is
+-- dropped first (the length changes; Envoy sends the answer chunked), then every chunk's bytes are
+-- replaced by the OpenAI events of the Anthropic events it completes (tests/test_anthropic_e2e.py
+-- proves this on Envoy 1.37-1.39; README, "Providers", has the fallback). Any other answer is a
+-- JSON body, small (one message, or an error): read whole with body(), translated, replaced.
+function M.on_translated_response(h, note)
+  local headers = h:headers()
+  local status = tonumber(headers:get(":status"))
+  local sse = find(headers:get("content-type") or "", "text/event-stream", 1, true) ~= nil
+  local created = os.time()
+  local p, c, t, model
+  if sse and status == 200 then
+    headers:remove("content-length")
+    local st = M.new_anthropic_stream(note == "anthropic+usage", created)
+    for chunk in h:bodyChunks() do
+      local n = chunk:length()
+      if n > 0 then chunk:setBytes(st.feed(chunk:getBytes(0, n))) end
+    end
+    p, c, t, model = st.totals()
+  else
+    headers:replace("content-type", "application/json")
+    local body = h:body()
+    local n = body and body:length() or 0
+    local out
+    out, p, c, t, model = M.from_anthropic(n > 0 and body:getBytes(0, n) or "", status, created)
+    if body then body:setBytes(out) end
+  end
+  local md = h:streamInfo():dynamicMetadata()
+  if model ~= nil then md:set(METADATA_NS, "response_model", model) end
+  if p ~= nil then md:set(METADATA_NS, "request_prompt_tokens", p) end
+  if c ~= nil then md:set(METADATA_NS, "request_completion_tokens", c) end
+  if t ~= nil then md:set(METADATA_NS, "request_total_tokens", t) end
+end
+
 -- Runs only on llmc's virtual hosts (the filter has no default script), and not for the replies
 -- this filter sent itself; a request it did not shape never reaches a provider.
 function M.on_response(h)
-  local ctype = h:headers():get("content-type") or ""
+  local headers = h:headers()
+  if headers:get(TRANSLATE_HEADER) ~= nil then
+    -- The route's mark, never the client's business; the request's own note decides (a provider
+    -- cannot fake one: the route overwrites the header, and the note comes from M.shape).
+    headers:remove(TRANSLATE_HEADER)
+    local shaped = h:streamInfo():dynamicMetadata():get(METADATA_NS)
+    local note = shaped and shaped.translate
+    if note ~= nil then return M.on_translated_response(h, note) end
+  end
+  local ctype = headers:get("content-type") or ""
   local u = M.new_usage(find(ctype, "text/event-stream", 1, true) ~= nil)
   for chunk in h:bodyChunks() do
     local n = chunk:length()
@@ -1052,7 +1674,10 @@ function M.on_attempt(h, ctx)
   if out ~= nil and out ~= s then body:setBytes(out) end
   headers = h:headers()
   local set = M.request_headers(b, key, original_path)
-  for i = 1, #set do headers:replace(set[i][1], set[i][2]) end
+  for i = 1, #set do
+    local v = set[i][2]
+    if v then headers:replace(set[i][1], v) else headers:remove(set[i][1]) end
+  end
   -- the cluster's Host: Envoy applies a weighted cluster's host rewrite to the first try only
   headers:replace(":authority", a.host)
 end

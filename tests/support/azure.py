@@ -1,0 +1,56 @@
+"""Azure OpenAI's chat completions API as a local stand-in (learn.microsoft.com, "Azure OpenAI in
+Azure AI Foundry Models REST API reference", data plane inference).
+
+``POST /openai/deployments/{deployment-id}/chat/completions?api-version={api-version}``, the key in
+the ``api-key`` header (or an Entra ID token in ``Authorization: Bearer``), a JSON body with
+``messages`` (the deployment decides the model). Checked here: the path shape and a known
+deployment (else 404 ``DeploymentNotFound``), ``api-version`` present (else 404 — Azure answers a
+missing version with ``Resource not found``), a credential (else 401 with Azure's message), and
+``messages`` an array (else 400). A request that passes is answered by the OpenAI double
+(tests/support/upstream.py: the response format is OpenAI's), plus Azure's
+``prompt_filter_results``-free subset of fields; every request is recorded either way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, urlsplit
+
+from tests.support.upstream import Recorded, Upstream
+
+PATH = re.compile(r"^/openai/deployments/([A-Za-z0-9._-]+)/chat/completions$")
+NO_KEY = ("Access denied due to missing subscription key. Make sure to include subscription key when making "
+          "requests to an API.")
+
+
+class AzureUpstream(Upstream):
+    deployments: tuple[str, ...] = ()
+
+    def __init__(self, name: str, deployments: tuple[str, ...], **options):
+        self.deployments = deployments
+        super().__init__(name, **options)
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(h.path)
+        found = PATH.match(url.path)
+        problem = None
+        if not found or found.group(1) not in self.deployments:
+            problem = (404, {"error": {"code": "DeploymentNotFound", "message": "The API deployment for this "
+                                       "resource does not exist."}})
+        elif not parse_qs(url.query).get("api-version"):
+            problem = (404, {"error": {"code": "404", "message": "Resource not found"}})
+        elif not h.headers.get("api-key") and not (h.headers.get("authorization") or "").startswith("Bearer "):
+            problem = (401, {"statusCode": 401, "message": NO_KEY})
+        if problem is None:
+            return super()._handle(h)
+        body = h.rfile.read(int(h.headers.get("content-length") or 0))
+        with self._lock:
+            self.requests.append(Recorded(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body, None))
+        payload = json.dumps(problem[1]).encode()
+        h.send_response(problem[0])
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)

@@ -1,0 +1,289 @@
+"""Provider protocols through a real Envoy, with the official ``openai`` SDK as the app.
+
+Anthropic (tests/support/anthropic.py: requests checked against the Messages API's documented
+schema, documented answers and event sequences) is translated both ways: non-streaming, streaming
+with usage (rewritten chunk by chunk while it streams: the double pauses after its first event and
+the SDK must see that event before the pause ends), a tool-calling round trip, errors with their
+status, an error event in the middle of a stream, and a 50/50 split with an OpenAI-protocol
+provider. Azure OpenAI and a gateway with its own key header need only headers and a path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+
+from tests.conftest import TESTDATA
+from tests.support.anthropic import USAGE, AnthropicUpstream
+from tests.support.azure import AzureUpstream
+from tests.support.envoy_harness import Envoy, access_log, build_bootstrap
+from tests.support.mesh import llmc_render
+from tests.support.sdk import APP_KEY, chat, chat_stream, status_error
+from tests.support.upstream import Upstream
+from tests.test_envoy_e2e import call
+from tests.test_observability_e2e import meshconfig_labels, metric_expressions
+
+pytestmark = pytest.mark.envoy
+
+OPENAI_HOSTS = ("openai.example.com", "gw.example.com")
+ANTHROPIC_HOSTS = ("claude.example.com", "byok.example.com")
+PROMPT = USAGE["input_tokens"] + USAGE["cache_creation_input_tokens"] + USAGE["cache_read_input_tokens"]
+TOOLS = [{"type": "function", "function": {"name": "weather", "description": "Weather forecast",
+                                           "parameters": {"type": "object", "properties": {
+                                               "city": {"type": "string"}, "days": {"type": "integer"}},
+                                               "required": ["city"]}}}]
+
+
+@pytest.fixture(scope="module")
+def upstreams():
+    ups = {h: Upstream(h, sse_pause=0.6) for h in OPENAI_HOSTS}
+    ups["azure.example.com"] = AzureUpstream("azure.example.com", ("dep-mini",), sse_pause=0.6)
+    ups.update({h: AnthropicUpstream(h, sse_pause=0.6) for h in ANTHROPIC_HOSTS})
+    yield ups
+    for u in ups.values():
+        u.stop()
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    return tmp_path_factory.mktemp("providers")
+
+
+@pytest.fixture(scope="module")
+def envoy(upstreams, logs):
+    objects = llmc_render("-f", str(TESTDATA / "e2e" / "providers.yaml"))
+    # the access log `llmc meshconfig` defines, and the token metrics' CEL expressions (as in
+    # test_observability_e2e.py): the same names for every protocol
+    access = [access_log(str(logs / "access.log"), meshconfig_labels()),
+              access_log(str(logs / "metrics.log"), {**metric_expressions(), "path": "%REQ(:PATH)%"})]
+    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None, access_logs=access)
+    assert layout.unmatched == []
+    proxy = Envoy(layout.bootstrap)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clear(upstreams):
+    for u in upstreams.values():
+        u.clear()
+
+
+def claude_request(upstreams, host="claude.example.com"):
+    up = upstreams[host]
+    assert len(up.requests) == 1 and up.problems == [[]], up.problems
+    return up.requests[0]
+
+
+def test_anthropic_non_streaming(envoy, upstreams):
+    completion = chat(envoy.port, "claude.example.com", temperature=0.7, stop=["END"], max_tokens=100)
+    req = claude_request(upstreams)
+    sent = req.json()
+    assert req.path == "/v1/messages" and req.headers["x-api-key"] == "sk-ant-000000000000000000"
+    assert req.headers["anthropic-version"] == "2023-06-01" and "authorization" not in req.headers
+    assert sent["model"] == "claude-test" and sent["max_tokens"] == 100 and sent["stop_sequences"] == ["END"]
+    assert b'"temperature":0.7' in req.body  # the client's number text, not a double's
+    assert completion.choices[0].message.content == "Hello from Claude"
+    assert completion.choices[0].finish_reason == "stop" and completion.model == "claude-test"
+    assert completion.usage.prompt_tokens == PROMPT and completion.usage.completion_tokens == USAGE["output_tokens"]
+    assert completion.usage.total_tokens == PROMPT + USAGE["output_tokens"]
+
+
+def test_anthropic_max_tokens_default_and_system(envoy, upstreams):
+    chat(envoy.port, "claude.example.com", messages=[{"role": "system", "content": "Be brief."},
+                                                     {"role": "user", "content": "hi"}])
+    sent = claude_request(upstreams).json()
+    assert sent["max_tokens"] == 512 and sent["system"] == [{"type": "text", "text": "Be brief."}]
+    assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+
+
+def test_anthropic_streaming_with_usage(envoy, upstreams):
+    streamed = chat_stream(envoy.port, "claude.example.com")
+    sent = claude_request(upstreams).json()
+    assert sent["stream"] is True and "stream_options" not in sent
+    assert streamed.text == "Hello"
+    assert streamed.usage.prompt_tokens == PROMPT and streamed.usage.total_tokens == PROMPT + USAGE["output_tokens"]
+    finishes = [c.choices[0].finish_reason for c in streamed.chunks if c.choices]
+    assert finishes[-1] == "stop" and all(f is None for f in finishes[:-1])
+    # Streamed, not buffered: the first event reached the SDK before the double's pause ended.
+    assert streamed.first_at < 0.5 < streamed.total
+
+
+def test_anthropic_streaming_without_usage(envoy, upstreams):
+    streamed = chat_stream(envoy.port, "claude.example.com", stream_options={})
+    assert streamed.text == "Hello" and all(c.usage is None for c in streamed.chunks)
+
+
+def test_anthropic_tool_calling_round_trip(envoy, upstreams):
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    first = chat(envoy.port, "claude.example.com", messages=messages, tools=TOOLS, tool_choice="auto")
+    call_ = first.choices[0].message.tool_calls[0]
+    assert first.choices[0].finish_reason == "tool_calls" and call_.function.name == "weather"
+    assert json.loads(call_.function.arguments) == {"city": "Paris", "days": 2}
+    sent = claude_request(upstreams).json()
+    assert sent["tools"] == [{"name": "weather", "description": "Weather forecast",
+                              "input_schema": TOOLS[0]["function"]["parameters"]}]
+    assert sent["tool_choice"] == {"type": "auto"}
+    upstreams["claude.example.com"].clear()
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call_.id, "content": "sunny, 21°C"}]
+    second = chat(envoy.port, "claude.example.com", messages=messages, tools=TOOLS)
+    assert second.choices[0].message.content == "Hello from Claude" and second.choices[0].finish_reason == "stop"
+    sent = claude_request(upstreams).json()
+    assert sent["messages"][1]["content"][-1] == {"type": "tool_use", "id": call_.id, "name": "weather",
+                                                  "input": {"city": "Paris", "days": 2}}
+    assert sent["messages"][2] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_.id,
+                                                                "content": [{"type": "text", "text": "sunny, 21°C"}]}]}
+
+
+def test_anthropic_streamed_tool_call(envoy, upstreams):
+    streamed = chat_stream(envoy.port, "claude.example.com", tools=TOOLS,
+                           messages=[{"role": "user", "content": "Weather in Paris?"}])
+    calls = [tc for c in streamed.chunks if c.choices and c.choices[0].delta.tool_calls
+             for tc in c.choices[0].delta.tool_calls]
+    assert calls[0].id and calls[0].function.name == "weather"
+    assert json.loads("".join(tc.function.arguments or "" for tc in calls)) == {"city": "Paris", "days": 2}
+    assert [c.choices[0].finish_reason for c in streamed.chunks if c.choices][-1] == "tool_calls"
+
+
+@pytest.mark.parametrize("status,etype", [(429, "rate_limit_error"), (529, "overloaded_error"),
+                                          (401, "authentication_error")])
+def test_anthropic_errors_keep_their_status(envoy, upstreams, status, etype):
+    err = status_error(chat, envoy.port, "claude.example.com", headers={"x-test-status": str(status)})
+    assert err.status_code == status
+    assert err.body == {"message": f"test error {status}", "type": etype, "param": None, "code": None}
+
+
+def test_anthropic_error_event_mid_stream_becomes_an_openai_error(envoy, upstreams):
+    with pytest.raises(openai.APIError) as err:
+        chat_stream(envoy.port, "claude.example.com", headers={"x-test-stream-error": "1"})
+    assert "Overloaded" in str(err.value)
+
+
+@pytest.mark.parametrize("params,field", [({"n": 2}, "n"), ({"logprobs": True}, "logprobs"),
+                                          ({"response_format": {"type": "json_object"}}, "response_format")])
+def test_shape_changing_fields_are_refused(envoy, upstreams, params, field):
+    err = status_error(chat, envoy.port, "claude.example.com", **params)
+    assert err.status_code == 400 and err.body["param"] == field
+    assert not upstreams["claude.example.com"].requests
+
+
+def test_tuning_fields_without_a_mapping_are_dropped(envoy, upstreams):
+    chat(envoy.port, "claude.example.com", seed=7, presence_penalty=0.5, frequency_penalty=0.1)
+    sent = claude_request(upstreams).json()
+    assert not {"seed", "presence_penalty", "frequency_penalty"} & set(sent)
+
+
+def test_anthropic_without_a_configured_key_uses_the_clients(envoy, upstreams):
+    chat(envoy.port, "byok.example.com")
+    req = claude_request(upstreams, "byok.example.com")
+    assert req.headers["x-api-key"] == APP_KEY and "authorization" not in req.headers
+
+
+def test_azure_openai(envoy, upstreams):
+    completion = chat(envoy.port, "azure.example.com")
+    (req,) = upstreams["azure.example.com"].requests
+    assert req.path == "/openai/deployments/dep-mini/chat/completions?api-version=2024-10-21"
+    assert req.headers["api-key"] == "sk-azure-0000000000000000" and "authorization" not in req.headers
+    assert completion.choices[0].message.content == "hi"
+    streamed = chat_stream(envoy.port, "azure.example.com")
+    assert streamed.text == "Hello" and streamed.usage.total_tokens == 18
+
+
+def test_azure_double_refuses_what_azure_refuses(upstreams):
+    """The double is an oracle only if it can fail: wrong deployment, no api-version, no key."""
+    import http.client
+
+    port = upstreams["azure.example.com"].port
+    cases = [("/openai/deployments/other/chat/completions?api-version=2024-10-21", {"api-key": "k"}, 404),
+             ("/openai/deployments/dep-mini/chat/completions", {"api-key": "k"}, 404),
+             ("/openai/deployments/dep-mini/chat/completions?api-version=2024-10-21", {}, 401)]
+    for path, headers, status in cases:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", path, body='{"messages":[]}', headers={"content-type": "application/json", **headers})
+        assert conn.getresponse().status == status, path
+        conn.close()
+
+
+def test_gateway_with_its_own_key_header(envoy, upstreams):
+    chat(envoy.port, "gw.example.com")
+    (req,) = upstreams["gw.example.com"].requests
+    assert req.path == "/gw/chat/completions" and req.headers["x-api-key"] == "sk-gw-00000000000000000000"
+    assert "authorization" not in req.headers and req.json()["model"] == "gw-model"
+
+
+def test_fifty_fifty_between_openai_and_anthropic(envoy, upstreams):
+    for _ in range(30):
+        completion = chat(envoy.port, "mixed.example.com")
+        assert completion.choices[0].message.content in ("hi", "Hello from Claude")
+        assert completion.usage.total_tokens > 0
+    openai_reqs, claude_reqs = upstreams["openai.example.com"].requests, upstreams["claude.example.com"].requests
+    assert len(openai_reqs) + len(claude_reqs) == 30 and openai_reqs and claude_reqs
+    assert upstreams["claude.example.com"].problems == [[]] * len(claude_reqs)
+    for r in openai_reqs:
+        assert r.path == "/v1/chat/completions" and r.headers["authorization"] == "Bearer sk-openai-00000000000000"
+        assert r.json()["model"] == "gpt-test" and "x-api-key" not in r.headers
+    for r in claude_reqs:
+        assert r.json()["model"] == "claude-test" and "authorization" not in r.headers
+
+
+def test_streaming_split_translates_each_stream_for_its_provider(envoy, upstreams):
+    for _ in range(12):
+        streamed = chat_stream(envoy.port, "mixed.example.com")
+        assert streamed.text == "Hello" and streamed.usage.total_tokens > 0
+    assert upstreams["openai.example.com"].requests and upstreams["claude.example.com"].requests
+
+
+def test_raw_invalid_body_to_anthropic_is_an_openai_400(envoy, upstreams):
+    status, headers, payload = call(envoy, "claude.example.com", body='{"messages": [}')
+    assert status == 400 and json.loads(payload)["error"]["code"] == "invalid_json"
+    assert not upstreams["claude.example.com"].requests
+
+
+def test_runs_on_the_envoy_it_names():
+    """tests/envoy_versions.py runs this file on other releases: it must really run that one."""
+    import os
+
+    from tests.support.envoy_harness import envoy_binary, envoy_version
+
+    assert envoy_version(envoy_binary()).startswith(os.environ.get("LLMC_EXPECT_ENVOY", "1.38."))
+
+
+def test_the_internal_translate_header_never_reaches_the_client(envoy, upstreams):
+    for host in ("claude.example.com", "openai.example.com"):
+        status, headers, payload = call(envoy, host, body='{"messages":[{"role":"user","content":"hi"}]}')
+        assert status == 200 and "x-llmc-translate" not in headers, (host, headers)
+    assert json.loads(payload)["choices"][0]["message"]["content"] == "hi"
+
+
+def line_with(path, marker: str, timeout: float = 5.0) -> dict:
+    """The access-log line of the request whose query string carries ``marker`` (lines of earlier
+    requests may still be arriving)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in (path.read_text().splitlines() if path.exists() else []):
+            if marker in line:
+                return json.loads(line)
+        time.sleep(0.02)
+    raise AssertionError(f"no access-log line for {marker} in {path}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_usage_reaches_access_logs_and_metrics_like_openai(envoy, upstreams, logs, stream):
+    marker = f"obs-{stream}"
+    if stream:  # usage recorded though the client did not ask for it
+        chat_stream(envoy.port, "claude.example.com", stream_options={}, extra_query={"t": marker})
+    else:
+        chat(envoy.port, "claude.example.com", extra_query={"t": marker})
+    entry = line_with(logs / "access.log", marker)
+    total = PROMPT + USAGE["output_tokens"]
+    assert entry["llm_provider"] == "claude" and entry["request_model"] == "claude-test"
+    assert entry["response_model"] == "claude-test"
+    assert (entry["request_prompt_tokens"], entry["request_completion_tokens"], entry["request_total_tokens"]) == (
+        PROMPT, USAGE["output_tokens"], total)
+    metrics = line_with(logs / "metrics.log", marker)
+    assert int(metrics["llm_total_tokens"]) == total and int(metrics["llm_prompt_tokens"]) == PROMPT
+    assert metrics["llm_provider"] == "claude" and metrics["llm_model"] == "claude-test"
