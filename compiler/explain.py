@@ -123,8 +123,20 @@ def find_filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[
                 per_route = (value.get("typed_per_filter_config") or {}).get(FILTER_NAME) or {}
                 context = per_route.get("filter_context", context)
             elif patch["applyTo"] == "HTTP_ROUTE":
-                routes[rc["vhost"]["route"]["name"]] = value
+                # several patches may MERGE into one route (route metadata, then failover settings)
+                _merge(routes.setdefault(rc["vhost"]["route"]["name"], {}), value)
     return context, routes
+
+
+def _merge(dst: dict, src: dict) -> None:
+    """Protobuf MERGE as istiod applies a patch: messages merged, map entries replaced."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k != "typed_per_filter_config":
+            _merge(dst[k], v)
+        elif isinstance(v, dict) and isinstance(dst.get(k), dict):
+            dst[k].update(v)
+        else:
+            dst[k] = v
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,7 +314,41 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         return out
     out["retries"] = final_http.get("retries") or "Istio's default (2 retries on connect-failure, refused-stream, " \
                                                   "unavailable, cancelled, retriable-status-codes)"
+    if _py(h.dynamic_metadata).get("llmc:failover"):
+        out["attempts"] = _attempts(rt, objects, final_http, route_patches.get(out["final_route"], {}),
+                                    final_headers, req.body, secrets)
+        out["upstream"] = out["attempts"][0]
+        return out
     out["upstream"] = _upstream(objects, final_http, final_headers, _text(h), secrets)
+    return out
+
+
+def _attempts(rt: _Runtime, objects: list[dict], http: dict, patch: dict, headers: dict[str, str], body: bytes,
+              secrets: list[str]) -> list[dict]:
+    """A failover route's tries, in order: each shaped by the upstream filter of its provider's
+    cluster (the same llmc.lua, with that cluster's context from the route), on the original client
+    body and on the request headers as the previous try left them (Envoy shares the header map)."""
+    per_filter = patch.get("typed_per_filter_config") or {}
+    retries = http.get("retries") or {}
+    tries = 1 + int(retries.get("attempts", 0))
+    shared = dict(headers)
+    out = []
+    for dest in http["route"][:tries]:
+        d = dest["destination"]
+        ctx = (per_filter.get(f"llmc.upstream.{d['host']}") or {}).get("filter_context")
+        if ctx is None:
+            out.append({"cluster": d["host"], "error": "no upstream filter context for this provider"})
+            continue
+        lua_req = rt.table({"headers": shared, "body": body or None, "context": ctx, "route_name": "",
+                            "route_metadata": {}})
+        h = rt.handle.new(lua_req)
+        rt.lua.globals().envoy_on_request(h)
+        shared = _py(h.headers_map)
+        one = {"route": [dest]}
+        up = _upstream(objects, one, {**shared, ":authority": shared.get(":authority", d["host"])}, _text(h), secrets)
+        up["headers"]["host"] = shared.get(":authority", d["host"])
+        up["url"] = up["url"].split("://", 1)[0] + "://" + shared.get(":authority", d["host"]) + shared.get(":path", "/")
+        out.append(up)
     return out
 
 
@@ -394,12 +440,19 @@ def format_text(x: dict) -> str:
                                                 for c in x["candidates"]))
     if x.get("provider"):
         lines.append(f"provider: {x['provider']} (route {x.get('final_route')})")
+    elif x.get("attempts"):
+        lines.append(f"failover: {len(x['attempts'])} tries in order (route {x.get('final_route')})")
     if "upstream" in x:
         up = x["upstream"]
         lines.append(f"retries: {json.dumps(x['retries']) if isinstance(x['retries'], dict) else x['retries']}")
         lines.append(f"upstream request: {up['method']} {up['url']}  [{up['cluster']}]")
         lines += [f"  {k}: {v}" for k, v in up["headers"].items()]
         if up["body"] is not None:
+            lines.append(f"  body: {up['body']}")
+    for i, up in enumerate(x.get("attempts", [])[1:], start=2):
+        lines.append(f"try {i} if the previous one fails: {up.get('method')} {up.get('url')}  [{up.get('cluster')}]")
+        lines += [f"  {k}: {v}" for k, v in up.get("headers", {}).items()]
+        if up.get("body") is not None:
             lines.append(f"  body: {up['body']}")
     if "result" in x:
         r = x["result"]

@@ -173,3 +173,41 @@ def test_a_caller_in_another_namespace_is_not_llmc_traffic():
     with pytest.raises(Exception, match="no VirtualService for host 'dashscope.aliyuncs.com' reaches a proxy in "
                                         "namespace default"):
         explain(result.objects, Request(host="dashscope.aliyuncs.com", body=b"{}"))
+
+
+def test_failover_tries_are_each_shaped_for_their_provider():
+    """A failover rule: explain runs the upstream filter of each provider's cluster, in order, on the
+    original body (the e2e suite on Envoy 1.39 checks the same shaping at the upstreams)."""
+    result = compile_paths([str(TESTDATA / "e2e" / "failover.yaml")], Options())
+    assert result.ok
+    x = explain(result.objects, Request(host="chat.example.com", headers={"content-type": "application/json",
+                                                                          "x-case": "backup"},
+                                        body=b'{"messages":[{"role":"user","content":"hi"}]}'))
+    tries = x["attempts"]
+    assert [t["url"] for t in tries] == ["http://one.example.com/one/chat/completions",
+                                         "http://two.example.com/two/chat/completions"]
+    assert [json.loads(t["body"])["model"] for t in tries] == ["one-model", "two-model"]
+    assert all(t["headers"]["authorization"] == "Bearer ***" for t in tries)
+    assert "sk-" not in json.dumps(x)
+
+
+@pytest.mark.parametrize("host,url,auth_header", [
+    ("claude.example.com", "/v1/messages", "x-api-key"),
+    ("azure.example.com", "/openai/deployments/dep-mini/chat/completions?api-version=2024-10-21", "api-key"),
+])
+def test_translated_and_header_only_protocols(host, url, auth_header):
+    """explain shows the request as the provider's protocol needs it (the filter's own translation)."""
+    result = compile_paths([str(TESTDATA / "e2e" / "providers.yaml")], Options())
+    assert result.ok
+    x = explain(result.objects, Request(host=host, headers={"content-type": "application/json"},
+                                        body=json.dumps({"model": "m", "messages": [
+                                            {"role": "system", "content": "be brief"},
+                                            {"role": "user", "content": "hi"}]}).encode()))
+    up = x["upstream"]
+    assert up["url"].endswith(url), up["url"]
+    assert up["headers"][auth_header] == "***" and "sk-" not in json.dumps(x)
+    if host.startswith("claude"):
+        sent = json.loads(up["body"])
+        assert sent["system"] == [{"type": "text", "text": "be brief"}]
+        assert sent["model"] == "claude-test" and sent["max_tokens"] == 512
+        assert up["headers"]["anthropic-version"]
