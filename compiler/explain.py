@@ -106,7 +106,8 @@ def find_filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[
     that apply to the calling proxy."""
     context_kind = "SIDECAR_OUTBOUND" if req.via == "mesh" else "GATEWAY"
     proxy_ns = req.namespace if req.via == "mesh" else req.via.split("/", 1)[0]
-    context, routes = None, {}
+    context: dict | None = None
+    routes: dict[str, dict] = {}
     for ef in objects:
         if ef["kind"] != "EnvoyFilter" or ef["metadata"].get("namespace") != proxy_ns:
             continue
