@@ -33,9 +33,10 @@ SECTIONS: dict[str, str] = {
     "memory": "tests.bench.memory",
     "lua": "tests.bench.luarate",
     "gate": "tests.bench.dataplane:Gate",
+    "models": "tests.bench.models",
 }
 # `python -m tests.bench controller` (tests/bench/controller.py) runs on its own: see the end of this file.
-DEFAULT = ["compile", "dataplane", "calls", "memory", "lua"]
+DEFAULT = ["compile", "dataplane", "calls", "memory", "lua", "models"]
 
 
 def section(name: str):
