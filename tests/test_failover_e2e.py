@@ -337,3 +337,25 @@ def test_failover_between_tls_providers_keeps_tls_and_sni(tmp_path):
             proxy.stop()
         for u in ups.values():
             u.stop()
+
+
+@needs_failover
+def test_explain_predicts_every_try(envoy, upstreams, objects):
+    """`llmc explain` runs each try through its cluster's upstream filter: the requests it predicts
+    are the ones the failing primary and the backup received (keys masked)."""
+    from compiler.explain import Request, explain
+    from tests.test_envoy_e2e import call
+
+    headers = {"content-type": "application/json", "x-case": "backup", "authorization": f"Bearer {APP_KEY}"}
+    body = json.dumps(SENT)
+    upstreams["one.example.com"].fail = "503"
+    status, _, payload = call(envoy, ROUTE_HOST, body=body, headers=headers, path="/v1/chat/completions")
+    assert status == 200, payload
+    received = [upstreams[h].requests[0] for h in ("one.example.com", "two.example.com")]
+    x = explain(objects, Request(host=ROUTE_HOST, headers=headers, body=body.encode()))
+    assert len(x["attempts"]) == 2
+    for predicted, got, host in zip(x["attempts"], received, ("one.example.com", "two.example.com"), strict=True):
+        assert predicted["url"] == f"http://{host}{got.path}"
+        assert json.loads(predicted["body"]) == got.json()
+        assert predicted["headers"]["authorization"] == got.headers["authorization"].replace(KEYS[host], "***")
+    assert not any(k in json.dumps(x) for k in KEYS.values())
