@@ -148,6 +148,8 @@ def _string_match(spec: dict, value: str | None) -> tuple[bool, str]:
     """Istio StringMatch against a header value (None: absent). Regexes are RE2 full matches."""
     import re2
 
+    if not spec:  # an empty StringMatch: the header must be present (Istio)
+        return value is not None, "" if value is not None else "absent (expected present)"
     (kind, expected), = spec.items()
     if value is None:
         return False, f"absent (expected {kind} {expected!r})"

@@ -175,3 +175,30 @@ def test_gateway_pods_outside_the_gateway_namespace(upstreams, moved):
                 shaped(req, h)
     finally:
         envoy.stop()
+
+
+@pytest.mark.parametrize("headers,host", [({"x-tier": "premium"}, "one.example.com"),
+                                          ({"x-debug": "any value"}, "two.example.com")])
+def test_explain_predicts_the_cross_namespace_route(objects, upstreams, headers, host):
+    """`llmc explain --namespace team-a` sees what a team-a sidecar sees (exportTo), and predicts the
+    request the provider of the other namespace receives."""
+    import json
+
+    from compiler.explain import Request, explain
+    from tests.test_envoy_e2e import call
+
+    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None, proxy_namespace="team-a")
+    envoy = Envoy(layout.bootstrap)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    req_headers = {"content-type": "application/json", **headers}
+    try:
+        status, _, payload = call(envoy, "chat.team-a.svc.cluster.local", body=body, headers=req_headers)
+        assert status == 200, payload
+    finally:
+        envoy.stop()
+    got = upstreams[host].requests[-1]
+    x = explain(objects, Request(host="chat.team-a.svc.cluster.local", headers=req_headers, body=body.encode(),
+                                 path="/", namespace="team-a"))
+    assert x["upstream"]["url"] == f"http://{host}{got.path}"  # the providers here are plain HTTP
+    assert json.loads(x["upstream"]["body"]) == got.json()
+    assert x["upstream"]["headers"]["authorization"] == got.headers["authorization"].replace(KEYS[host], "***")
