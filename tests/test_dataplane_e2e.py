@@ -13,10 +13,10 @@ import openai
 import pytest
 
 from tests.conftest import TESTDATA
-from tests.support.envoy_harness import Envoy, build_bootstrap
-from tests.support.mesh import llmc_render
+from tests.support.envoy_harness import Envoy
+from tests.support.mesh import llmc_render, running_envoy
 from tests.support.sdk import chat, chat_stream
-from tests.support.upstream import start_upstreams
+from tests.support.upstream import serving
 from tests.test_envoy_e2e import call
 
 pytestmark = pytest.mark.envoy
@@ -31,20 +31,14 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def upstreams():
-    ups = start_upstreams(None, (), HOSTS)
-    yield ups
-    for u in ups.values():
-        u.stop()
+    with serving(HOSTS) as ups:
+        yield ups
 
 
 @pytest.fixture(scope="module")
 def envoy(upstreams):
-    objects = llmc_render("-f", str(TESTDATA / "e2e" / "hardening.yaml"))
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None)
-    assert layout.unmatched == []
-    proxy = Envoy(layout.bootstrap)
-    yield proxy
-    proxy.stop()
+    with running_envoy(llmc_render("-f", str(TESTDATA / "e2e" / "hardening.yaml")), upstreams) as proxy:
+        yield proxy
 
 
 @pytest.fixture(autouse=True)
@@ -145,16 +139,12 @@ def test_a_pinned_route_that_is_not_selected_fails_closed(upstreams):
                 for m in route["match"]:
                     if "x-llmc-provider" in m.get("headers", {}):
                         m["headers"]["x-llmc-provider"] = {"exact": "stale"}
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None)
-    proxy = Envoy(layout.bootstrap)
-    try:
+    with running_envoy(objects, upstreams) as proxy:
         sdk = client(proxy, "teams.example.com", api_key="team-gold")
         for _ in range(4):
             with pytest.raises(openai.InternalServerError) as err:
                 sdk.chat.completions.create(model="m", messages=MESSAGES)
             assert err.value.code == "llmc_route_mismatch"
-    finally:
-        proxy.stop()
     assert not received(upstreams)
 
 

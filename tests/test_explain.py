@@ -17,8 +17,8 @@ from compiler.explain import Request, explain
 from compiler.pipeline import compile_paths
 from compiler.resolve import Options
 from tests.conftest import REPO, TESTDATA
-from tests.support.envoy_harness import Envoy, build_bootstrap
-from tests.support.upstream import start_upstreams
+from tests.support.mesh import running_envoy
+from tests.support.upstream import serving
 from tests.test_envoy_e2e import call
 
 pytestmark = pytest.mark.envoy
@@ -70,10 +70,8 @@ def objects():
 
 @pytest.fixture(scope="module")
 def upstreams():
-    ups = start_upstreams(None, (), PLAIN)
-    yield ups
-    for u in ups.values():
-        u.stop()
+    with serving(PLAIN) as ups:
+        yield ups
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +79,8 @@ def envoy(objects, upstreams):
     # TLS origination is a DestinationRule detail explain reports as the URL scheme; the harness runs
     # every provider in plain HTTP here so that one set of recording upstreams serves all cases.
     plain = [o for o in objects if o["kind"] != "DestinationRule"]
-    layout = build_bootstrap(plain, {h: u.port for h, u in upstreams.items()}, None)
-    assert layout.unmatched == []
-    proxy = Envoy(layout.bootstrap)
-    yield proxy
-    proxy.stop()
+    with running_envoy(plain, upstreams) as proxy:
+        yield proxy
 
 
 def masked(text: str) -> str:

@@ -15,9 +15,9 @@ import openai
 import pytest
 
 from tests.conftest import TESTDATA
-from tests.support.envoy_harness import Envoy, build_bootstrap
-from tests.support.mesh import llmc_render
-from tests.support.upstream import start_upstreams
+from tests.support.envoy_harness import Envoy
+from tests.support.mesh import llmc_render, running_envoy
+from tests.support.upstream import serving
 from tests.test_envoy_e2e import call
 
 pytestmark = pytest.mark.envoy
@@ -33,20 +33,14 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def upstreams():
-    ups = start_upstreams(None, (), tuple(SHAPE))
-    yield ups
-    for u in ups.values():
-        u.stop()
+    with serving(tuple(SHAPE)) as ups:
+        yield ups
 
 
 @pytest.fixture(scope="module")
 def envoy(upstreams):
-    objects = llmc_render("-f", str(TESTDATA / "e2e" / "models.yaml"))
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None)
-    assert layout.unmatched == []
-    proxy = Envoy(layout.bootstrap)
-    yield proxy
-    proxy.stop()
+    with running_envoy(llmc_render("-f", str(TESTDATA / "e2e" / "models.yaml")), upstreams) as proxy:
+        yield proxy
 
 
 @pytest.fixture(autouse=True)

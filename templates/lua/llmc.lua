@@ -896,15 +896,7 @@ function M.on_model_request(h, vh)
   if cfg.failover then
     -- each try is shaped by the upstream filter of its provider's cluster (see "Failover")
     if failover ~= true then return M.failover_unsupported(h, cfg) end
-    local out, err, param = M.shape(s, b, model_json, { members, close })
-    if out == nil then
-      return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
-    end
-    local md = h:streamInfo():dynamicMetadata()
-    md:set(METADATA_NS, "rule", cfg.rule_id)
-    md:set(METADATA_NS, "first_provider", b.provider)
-    md:set(METADATA_NS, "failover", true)
-    return
+    return M.failover_accept(h, cfg, b, s, model_json, { members, close })
   end
   local key = credential(b)
   if key == false then return missing_key(h, cfg, b) end
@@ -1616,14 +1608,15 @@ end
 function M.failover_request(h, vh, cfg, b, headers)
   local declared = tonumber(headers:get("content-length") or "")
   if declared and declared > b.max_body then return too_large(h, cfg, b, b.max_body) end
-  local body = h:body()
-  local len = body and body:length() or 0
-  if len == 0 then
-    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: the request body is empty", cfg, b)
-  end
-  if len > b.max_body then return too_large(h, cfg, b, b.max_body) end
-  -- Validate once here (each try shapes the same body); the result is not kept.
-  local out, err, param = M.shape(body:getBytes(0, len), b)
+  local body, s = read_body(h, cfg, b, b.max_body)
+  if body == nil then return end
+  return M.failover_accept(h, cfg, b, s)
+end
+
+-- A failover request whose route was checked: the body is validated once here (each try shapes
+-- the same body; the result is not kept) and the request recorded for the access log.
+function M.failover_accept(h, cfg, b, s, model_json, scanned)
+  local out, err, param = M.shape(s, b, model_json, scanned)
   if out == nil then
     return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
   end

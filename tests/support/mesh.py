@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from tests.support.envoy_harness import build_bootstrap
+from tests.support.envoy_harness import Envoy, build_bootstrap
 
 REPO = Path(__file__).resolve().parents[2]
 EXTRAS = REPO / "tests" / "testdata" / "e2e" / "extras.yaml"
@@ -50,3 +52,15 @@ def sidecar_layouts(upstreams: dict[str, int], ca_file: str, secrets_dir: Path) 
         assert not layout.unmatched, layout.unmatched
         layouts[name] = layout.bootstrap
     return layouts
+
+
+@contextmanager
+def running_envoy(objects: list[dict], upstreams: dict, ca_file: str | None = None, **layout) -> Iterator[Envoy]:
+    """A real Envoy with ``objects`` laid out as istiod would (every EnvoyFilter patch must match)."""
+    built = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, ca_file, **layout)
+    assert built.unmatched == [], built.unmatched
+    proxy = Envoy(built.bootstrap)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

@@ -33,6 +33,8 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -260,3 +262,14 @@ def start_upstreams(ca, tls_hosts, plain_hosts, **options) -> dict[str, Upstream
     for host in plain_hosts:
         ups[host] = Upstream(host, **options)
     return ups
+
+
+@contextmanager
+def serving(hosts) -> Iterator[dict[str, Upstream]]:
+    """Plain-HTTP recording providers for ``hosts``, stopped on exit."""
+    ups = start_upstreams(None, (), tuple(hosts))
+    try:
+        yield ups
+    finally:
+        for u in ups.values():
+            u.stop()
