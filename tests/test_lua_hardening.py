@@ -219,7 +219,8 @@ def test_invalid_utf8_in_a_string_is_400():
 def test_error_replies_are_attributed_to_rule_and_provider():
     r = _LUA.request(ctx(model="m"), "not json")
     assert r.status == 400
-    assert r.metadata == {"llmc:rule": "default/r/r", "llmc:provider": "p"}
+    # recorded before the body is read: the model the request would have carried
+    assert r.metadata == {"llmc:rule": "default/r/r", "llmc:provider": "p", "llmc:request_model": "m"}
     r = _LUA.request(ctx(model="m"), "{}", method="GET")
     assert r.status == 405 and r.metadata == {"llmc:rule": "default/r/r"}  # before a provider is picked
 

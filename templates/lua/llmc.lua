@@ -557,28 +557,38 @@ function M.prepare(get)
       end
     end
   end
+  local failover = false
+  for _, cfg in pairs(rules) do failover = failover or cfg.failover end
   for route_name, rule_name in pairs(get("routes")) do by_route[route_name] = rules[rule_name] end
   return { by_route = by_route, pinned = pinned, weighted = weighted, pin_header = get("pin_header"),
+    failover = failover,
     buffer_limit = get("buffer_limit"), max_body = get("max_body"), model_header = get("model_header"),
     model_limit = get("model_limit"), nomatch = get("nomatch"), order_header = get("order_header") }
 end
 
 local contexts, ncontexts = {}, 0
+local prepare_attempt -- the upstream filter's context (see "Failover")
 
--- The prepared virtual host context, or nil when the route carries no llmc context at all (not
--- our traffic).
-local function load_vhost(h)
+-- The prepared context of this route: a virtual host's ({by_route = ...}), or in the upstream
+-- filter of a provider cluster one try's ({attempt = true, ...}); nil when the route carries no
+-- llmc context at all (not our traffic). Two calls into Envoy per request (filterContext, get
+-- "id"); the rest is read once per id and worker.
+local function load_context(h)
   local ctx = h:filterContext()
   if ctx == nil then return nil end
   local id = ctx:get("id")
   if id == nil then return nil end
-  local vh = contexts[id]
-  if vh == nil then
-    vh = M.prepare(function(k) return ctx:get(k) end)
+  local entry = contexts[id]
+  if entry == nil then
+    if ctx:get("attempt") ~= nil then
+      entry = prepare_attempt(ctx)
+    else
+      entry = M.prepare(function(k) return ctx:get(k) end)
+    end
     if ncontexts >= MAX_CACHED_CONTEXTS then contexts, ncontexts = {}, 0 end
-    contexts[id], ncontexts = vh, ncontexts + 1
+    contexts[id], ncontexts = entry, ncontexts + 1
   end
-  return vh
+  return entry
 end
 
 function M.pick(cfg, r)
@@ -649,11 +659,13 @@ end
 -- a cleared route cache at once; h:route() and streamInfo():routeName() keep naming the first
 -- route. Every llmc route carries its own name in its metadata (an EnvoyFilter HTTP_ROUTE patch).
 -- Envoy builds the metadata wrapper once per script run between yields, so this works once per
--- request before body() — which is all the request path needs.
-local function reselect(h)
+-- request before body() — which is all the request path needs. The failover mark is read only
+-- when a failover rule may be the one selected (`failover`).
+local function reselect(h, failover)
   h:clearRouteCache()
   local md = h:metadata()
-  return md:get("route"), md:get("failover")
+  if failover then return md:get("route"), md:get("failover") end
+  return md:get("route")
 end
 
 -- Step 1: the rule of the matched route. A pinned route is reachable only through the internal
@@ -671,7 +683,7 @@ local function pick_backend(h, vh, cfg, headers)
   local b = M.pick(cfg, math.random())
   headers:replace(vh.pin_header, b.pin)
   if cfg.failover then headers:replace(vh.order_header, "0") end -- see "Failover" below
-  local final, failover = reselect(h)
+  local final, failover = reselect(h, cfg.failover)
   if final ~= b.pin then
     h:logErr("llmc: pinned route " .. b.pin .. " was not selected (got " .. tostring(final) .. ")")
     return nil
@@ -722,13 +734,27 @@ function M.endpoint_of(path)
   return nil
 end
 
+-- What the access log says about a request shaped for backend `b` of rule `cfg`: three entries at
+-- most (each costs a call into Envoy). `md` is the stream's dynamic metadata.
+local function record(md, cfg, b, endpoint)
+  md:set(METADATA_NS, "provider", b.provider)
+  md:set(METADATA_NS, "rule", cfg.rule_id)
+  local model = endpoint == "chat" and b.model or nil
+  if model ~= nil then md:set(METADATA_NS, "request_model", model) end
+end
+
+local function endpoint_for(b, original_path)
+  if b.base_path == nil then return "chat" end
+  return M.endpoint_of(original_path)
+end
+
 -- The last step, once rule, backend, credential and body are known: the endpoint, the body, the
--- headers, the metadata. `model_json` is the client's model (JSON text) when it chose the rule and
--- no model is configured: written back so duplicates collapse to the model that routed.
-local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, model_json)
-  local path, endpoint = b.path, "chat"
+-- headers, the metadata (unless `recorded`: the caller recorded it before body(), with the stream
+-- info wrapper it already had). `model_json` is the client's model (JSON text) when it chose the
+-- rule and no model is configured: written back so duplicates collapse to the model that routed.
+local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, model_json, recorded)
+  local path, endpoint = b.path, endpoint_for(b, original_path)
   if b.base_path ~= nil then
-    endpoint = M.endpoint_of(original_path)
     if endpoint == nil then
       return reply(h, 404, "invalid_request_error", "unknown_url", "llmc: unknown OpenAI endpoint " ..
         (original_path or ""):match("^[^?]*") .. " (chat/completions, embeddings and completions are served)", cfg, b)
@@ -753,12 +779,9 @@ local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, mode
     local v = set[i][2]
     if v then headers:replace(set[i][1], v) else headers:remove(set[i][1]) end
   end
-  -- Each metadata entry costs ~1.5% of throughput on small requests: three, no more.
-  local md = h:streamInfo():dynamicMetadata()
-  md:set(METADATA_NS, "provider", b.provider)
-  md:set(METADATA_NS, "rule", cfg.rule_id)
-  local model = endpoint == "chat" and b.model or nil
-  if model ~= nil then md:set(METADATA_NS, "request_model", model) end
+  if recorded and note == nil then return end
+  local md = h:streamInfo():dynamicMetadata() -- wrappers from before body() are out of scope now
+  if not recorded then record(md, cfg, b, endpoint) end
   if note ~= nil then md:set(METADATA_NS, "translate", note) end -- the response path translates back
 end
 
@@ -785,8 +808,9 @@ end
 
 -- Every call into Envoy costs; this path makes as few as it can (see README, "Performance").
 function M.on_request(h)
-  local vh = load_vhost(h)
+  local vh = load_context(h)
   if vh == nil then return end
+  if vh.attempt then return M.on_attempt(h, vh) end
   if vh.model_header ~= nil then return M.on_model_request(h, vh) end
   local info = h:streamInfo()
   local cfg = resolve_rule(vh, info)
@@ -818,9 +842,11 @@ function M.on_request(h)
   if key == false then return missing_key(h, cfg, b) end
   if key == nil and b.client_key then key = M.client_key(headers:get("authorization")) end
   local original_path = headers:get(":path")
+  -- recorded now, with this segment's stream info wrapper: after body() it would take a new one
+  record(info:dynamicMetadata(), cfg, b, endpoint_for(b, original_path))
   local body, s = read_body(h, cfg, b, b.max_body)
   if body == nil then return end
-  return forward(h, vh, cfg, b, key, body, s, original_path)
+  return forward(h, vh, cfg, b, key, body, s, original_path, nil, nil, true)
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -874,7 +900,7 @@ function M.on_model_request(h, vh)
   if #vh.weighted > 0 then headers:replace(vh.pin_header, picks(vh)) else headers:remove(vh.pin_header) end
   -- failover rules read the order of their tries from this header when Envoy selects the route
   if vh.order_header ~= nil then headers:replace(vh.order_header, "0") end
-  local name, failover = reselect(h)
+  local name, failover = reselect(h, vh.failover)
   if name ~= nil and name == vh.nomatch then
     return reply(h, 404, "invalid_request_error", "model_not_found", model and
       ("llmc: no rule of this host serves model " .. model) or "llmc: no rule of this host matches the request")
@@ -1627,30 +1653,19 @@ function M.failover_accept(h, cfg, b, s, model_json, scanned)
 end
 
 -- The upstream filter's context: one backend (the provider of this cluster), the protocols, and
--- every credential header any protocol uses. Prepared once per id and worker.
-local attempts, nattempts = {}, 0
-
-local function load_attempt(ctx)
-  local id = ctx:get("id")
-  local a = attempts[id]
-  if a == nil then
-    if nattempts >= MAX_CACHED_CONTEXTS then attempts, nattempts = {}, 0 end
-    nattempts = nattempts + 1
-    local protocols = ctx:get("protocols")
-    local rule = prepare_rule(ctx:get("route"), ctx:get("rule"), { backends = { ctx:get("attempt") } }, protocols)
-    a = { b = rule.backends[1], rule_id = rule.rule_id, host = ctx:get("attempt").host,
-      credential_headers = ctx:get("credential_headers"), internal_headers = ctx:get("internal_headers") }
-    attempts[id] = a
-  end
-  return a
+-- every credential header any protocol uses. Prepared once per id and worker (load_context).
+prepare_attempt = function(ctx)
+  local attempt = ctx:get("attempt")
+  local rule = prepare_rule(ctx:get("route"), ctx:get("rule"), { backends = { attempt } }, ctx:get("protocols"))
+  return { attempt = true, b = rule.backends[1], rule_id = rule.rule_id, host = attempt.host,
+    credential_headers = ctx:get("credential_headers"), internal_headers = ctx:get("internal_headers") }
 end
 
 -- One try, in the upstream filter of the provider's cluster: shapes the original client body and
 -- the headers for this provider. The header map is shared by all tries, so every credential header
 -- (of any protocol) is removed first: a key set for another provider by an earlier try never
--- reaches this one.
-function M.on_attempt(h, ctx)
-  local a = load_attempt(ctx)
+-- reaches this one. `a` is the prepared context (prepare_attempt).
+function M.on_attempt(h, a)
   local b = a.b
   local headers = h:headers()
   for i = 1, #a.credential_headers do headers:remove(a.credential_headers[i]) end
@@ -1675,8 +1690,9 @@ function M.on_attempt(h, ctx)
   headers:replace(":authority", a.host)
 end
 
-function M.on_attempt_response(h, ctx)
-  h:headers():replace(ANSWERED_BY, load_attempt(ctx).b.provider)
+function M.on_attempt_response(h)
+  local a = load_context(h)
+  if a ~= nil and a.attempt then h:headers():replace(ANSWERED_BY, a.b.provider) end
 end
 
 -- Downstream, on a failover request's response: the provider that answered (from the upstream
@@ -1684,8 +1700,7 @@ end
 -- such header means Envoy answered itself (every try reset or timed out): the client gets that
 -- error in OpenAI's format. Returns true when it replaced the response.
 function M.failover_response(h)
-  local info = h:streamInfo()
-  local md = info:dynamicMetadata()
+  local md = h:streamInfo():dynamicMetadata()
   local mine = md:get(METADATA_NS)
   if mine == nil or mine.failover ~= true then return false end
   local headers = h:headers()
@@ -1711,16 +1726,10 @@ function M.failover_response(h)
 end
 
 -- The upstream filter (failover) and this filter run the same file: the upstream filter's context
--- carries `attempt`.
-local function attempt_context(h)
-  local ctx = h:filterContext()
-  if ctx ~= nil and ctx:get("attempt") ~= nil then return ctx end
-  return nil
-end
-
+-- carries `attempt` (load_context prepares it as such).
 local function on_response(h)
-  local ctx = attempt_context(h)
-  if ctx ~= nil then return M.on_attempt_response(h, ctx) end
+  local ctx = h:filterContext()
+  if ctx ~= nil and ctx:get("attempt") ~= nil then return M.on_attempt_response(h) end
   if M.failover_response(h) then return end
   return M.on_response(h)
 end
@@ -1733,14 +1742,8 @@ function envoy_on_response(h)
   end
 end
 
-local function on_request(h)
-  local ctx = attempt_context(h)
-  if ctx ~= nil then return M.on_attempt(h, ctx) end
-  return M.on_request(h)
-end
-
 function envoy_on_request(h)
-  local ok, err = pcall(on_request, h)
+  local ok, err = pcall(M.on_request, h)
   if not ok then
     -- Errors raised here never carry request data or keys: only this file's own messages.
     h:logErr("llmc: internal error: " .. tostring(err))
