@@ -25,6 +25,9 @@ RESERVED_HEADER_PREFIX = "x-llmc-"
 #: filter's response path learns with one header read (not a dynamic-metadata read, which costs ~10%
 #: of a small request's CPU) that it must translate; the filter removes it
 TRANSLATE_HEADER = "x-llmc-translate"
+#: internal response header, likewise: the pinned routes of failover rules add it (also to the
+#: router's own replies when every try failed), so only their responses read dynamic metadata
+FAILOVER_HEADER = "x-llmc-failover"
 ROUTE_SEPARATOR = "/"  # appears in no Kubernetes name, rule name or provider name
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 RULE_NAME = re.compile(r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")

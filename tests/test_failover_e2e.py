@@ -175,6 +175,8 @@ def test_a_stream_fails_over_before_its_first_byte(envoy, upstreams):
     streamed = chat_stream(envoy.port, ROUTE_HOST, headers=case("backup"))
     assert streamed.text == "Hello" and streamed.usage.total_tokens == 18
     assert_shaped("two.example.com", upstreams["two.example.com"].requests[0], stream=True)
+    # the route's and the upstream filter's internal response headers never reach the client
+    assert not any(k.startswith("x-llmc-") for k in streamed.headers), streamed.headers
 
 
 @needs_failover
@@ -185,6 +187,7 @@ def test_all_providers_failing_returns_the_last_error(envoy, upstreams):
     err = status_error(chat, envoy.port, ROUTE_HOST)
     assert err.status_code == 503 and err.body["message"] == "The server is overloaded or not ready yet."
     assert tries(upstreams) == list(HOSTS)
+    assert not any(k.lower().startswith("x-llmc-") for k in err.response.headers), err.response.headers
     for host in HOSTS:
         assert_shaped(host, upstreams[host].requests[0])
 
@@ -209,6 +212,7 @@ def test_all_providers_resetting_gets_an_openai_format_error(envoy, upstreams):
     assert err.response.headers["content-type"] == "application/json"
     assert err.code == "upstream_unavailable" and err.type == "server_error"
     assert len(tries(upstreams)) == 3
+    assert not any(k.lower().startswith("x-llmc-") for k in err.response.headers), err.response.headers
 
 
 @needs_failover

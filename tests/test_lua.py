@@ -265,6 +265,64 @@ def test_usage_from_json_response(lua):
     assert lua.M.usage_of("not json") is None
 
 
+# A response-path handle: headers, bodyChunks (counted), dynamic metadata; no filter context
+# outside the routes' (the downstream filter's response path needs none).
+RESPONSE_HANDLE = """
+return function(status, ctype, chunks)
+  local hm = { [":status"] = status, ["content-type"] = ctype }
+  local h = { reads = 0, md = {}, hm = hm }
+  local headers = { get = function(_, k) return hm[k] end, remove = function(_, k) hm[k] = nil end,
+                    replace = function(_, k, v) hm[k] = v end }
+  function h:headers() return headers end
+  function h:filterContext() return nil end
+  function h:bodyChunks()
+    h.reads = h.reads + 1
+    local i = 0
+    return function()
+      i = i + 1
+      local c = chunks[i]
+      if c == nil then return nil end
+      return { length = function() return #c end, getBytes = function(_, a, n) return c:sub(a + 1, a + n) end }
+    end
+  end
+  local md = { set = function(_, ns, k, v) h.md[ns .. ":" .. k] = v end, get = function() return nil end }
+  function h:streamInfo() return { dynamicMetadata = function() return md end } end
+  function h:logErr(m) h.err = m end
+  return h
+end
+"""
+
+
+@pytest.mark.parametrize("status,ctype,read", [
+    ("200", "application/json", True), ("200", "application/json; charset=utf-8", True),
+    ("201", None, True),  # no content type: read as JSON
+    ("429", "application/json", False), ("500", "application/json", False), ("304", None, False),
+    ("200", "text/html", False), ("200", "application/octet-stream", False)])
+def test_the_response_path_reads_only_2xx_json_or_event_streams(status, ctype, read):
+    """Nothing is read (no bodyChunks(), no metadata) from a response that cannot hold usage, even
+    when its body looks like a completion with usage."""
+    f = LuaFilter()  # a VM of its own: no earlier request left it marked as an upstream filter's
+    new = f.lua.execute(RESPONSE_HANDLE)
+    body = '{"model":"m-1","usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}'
+    h = new(status, ctype, f.table([body[:20], body[20:]]))
+    f.lua.globals().envoy_on_response(h)
+    assert h.err is None
+    assert h.reads == (1 if read else 0)
+    assert dict(h.md.items()) == ({"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 3,
+                                   "llmc:request_completion_tokens": 4, "llmc:request_total_tokens": 7}
+                                  if read else {})
+
+
+def test_the_failover_mark_is_removed_and_only_failover_responses_read_metadata():
+    f = LuaFilter()
+    new = f.lua.execute(RESPONSE_HANDLE)
+    h = new("200", "application/json", f.table(['{"usage":{"total_tokens":2}}']))
+    h.hm["x-llmc-failover"] = "1"  # a failover route's mark; no failover request recorded: a normal response
+    f.lua.globals().envoy_on_response(h)
+    assert "x-llmc-failover" not in dict(h.hm.items()) and h.err is None
+    assert dict(h.md.items()) == {"llmc:request_total_tokens": 2}
+
+
 @given(cuts=st.lists(st.integers(1, 400), max_size=8))
 def test_usage_from_sse_split_anywhere(cuts):
     events = [{"choices": [{"delta": {"content": "Hel"}}], "model": "m-1", "usage": None},

@@ -321,13 +321,14 @@ def test_an_error_event_mid_stream_becomes_an_openai_error_chunk():
     assert "[DONE]" not in out  # nothing after the error
 
 
-def test_the_luas_translate_header_is_the_compilers():
+@pytest.mark.parametrize("name", ["TRANSLATE_HEADER", "FAILOVER_HEADER"])
+def test_the_luas_internal_response_headers_are_the_compilers(name):
     import re
 
     from compiler import names
     from compiler.translate.envoyfilter import lua_source
 
-    assert re.search(r'^local TRANSLATE_HEADER = "([\w-]+)"', lua_source(), re.M).group(1) == names.TRANSLATE_HEADER
+    assert re.search(rf'^local {name} = "([\w-]+)"', lua_source(), re.M).group(1) == getattr(names, name)
 
 
 @pytest.mark.parametrize("body,problem", [

@@ -169,8 +169,9 @@ def attempt_contexts(vh: VirtualHost, rule: Rule, secrets_dir: str) -> dict[str,
 
 def failover_routes(vh: VirtualHost, secrets_dir: str) -> list[dict]:
     """The failover patch of each pinned route of a failover rule (applied to Istio >= 1.31 proxies
-    only): the route marked for the filter, the order header as the weighted clusters' random value,
-    clusters refreshed on retry, and the upstream filters' contexts."""
+    only): the route marked for the filter (route metadata for the request path, the internal
+    response header ``names.FAILOVER_HEADER`` for the response path), the order header as the
+    weighted clusters' random value, clusters refreshed on retry, and the upstream filters' contexts."""
     out = []
     for rule in vh.rules:
         if rule.retries is None:
@@ -186,6 +187,8 @@ def failover_routes(vh: VirtualHost, secrets_dir: str) -> list[dict]:
             out.append({"name": name, "value": {
                 "metadata": {"filter_metadata": {FILTER_NAME: {"route": name, "failover": True}}},
                 **({"route": route} if route else {}),
+                "response_headers_to_add": [{"header": {"key": names.FAILOVER_HEADER, "value": "1"},
+                                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
                 "typed_per_filter_config": {
                     fname: {"@type": LUA_PER_ROUTE_TYPE, "name": SOURCE_NAME, "filter_context": ctx}
                     for fname, ctx in sorted(contexts.items())}}})

@@ -27,6 +27,7 @@ local floor = math.floor
 
 local METADATA_NS = "llmc"
 local TRANSLATE_HEADER = "x-llmc-translate" -- compiler/names.py: added by routes of translated providers
+local FAILOVER_HEADER = "x-llmc-failover" -- compiler/names.py: added by the pinned routes of failover rules
 local MAX_DEPTH = 128
 local KEY_TTL_SECONDS = 1
 local MAX_CACHED_CONTEXTS = 512
@@ -806,11 +807,17 @@ local function read_body(h, cfg, b, limit)
   return body, body:getBytes(0, len)
 end
 
+-- Which filter this Lua VM serves: Envoy gives every filter config its own VM per worker, so a VM
+-- runs either the downstream filter or the upstream filter of one provider cluster, never both.
+-- Set by every request; the response path of the same stream runs after it, in the same VM.
+local upstream_vm = false
+
 -- Every call into Envoy costs; this path makes as few as it can (see README, "Performance").
 function M.on_request(h)
   local vh = load_context(h)
   if vh == nil then return end
-  if vh.attempt then return M.on_attempt(h, vh) end
+  upstream_vm = vh.attempt == true
+  if upstream_vm then return M.on_attempt(h, vh) end
   if vh.model_header ~= nil then return M.on_model_request(h, vh) end
   local info = h:streamInfo()
   local cfg = resolve_rule(vh, info)
@@ -1579,10 +1586,20 @@ function M.on_translated_response(h, note)
   if t ~= nil then md:set(METADATA_NS, "request_total_tokens", t) end
 end
 
+-- What an OpenAI-protocol response can hold usage in: "sse", "json", or nil — not a 2xx, or a
+-- content type that is neither JSON nor an event stream (a missing one is read as JSON). Such a
+-- response passes without its body being touched.
+function M.readable(status, ctype)
+  if status == nil or byte(status, 1) ~= 50 or #status ~= 3 then return nil end
+  if ctype == nil then return "json" end
+  if find(ctype, "text/event-stream", 1, true) then return "sse" end
+  if find(ctype, "json", 1, true) then return "json" end
+  return nil
+end
+
 -- Runs only on llmc's virtual hosts (the filter has no default script), and not for the replies
 -- this filter sent itself; a request it did not shape never reaches a provider.
-function M.on_response(h)
-  local headers = h:headers()
+function M.on_response(h, headers)
   if headers:get(TRANSLATE_HEADER) ~= nil then
     -- The route's mark, never the client's business; the request's own note decides (a provider
     -- cannot fake one: the route overwrites the header, and the note comes from M.shape).
@@ -1591,8 +1608,9 @@ function M.on_response(h)
     local note = shaped and shaped.translate
     if note ~= nil then return M.on_translated_response(h, note) end
   end
-  local ctype = headers:get("content-type") or ""
-  local u = M.new_usage(find(ctype, "text/event-stream", 1, true) ~= nil)
+  local kind = M.readable(headers:get(":status"), headers:get("content-type"))
+  if kind == nil then return end
+  local u = M.new_usage(kind == "sse")
   for chunk in h:bodyChunks() do
     local n = chunk:length()
     if n > 0 then u.feed(chunk:getBytes(0, n)) end
@@ -1695,15 +1713,15 @@ function M.on_attempt_response(h)
   if a ~= nil and a.attempt then h:headers():replace(ANSWERED_BY, a.b.provider) end
 end
 
--- Downstream, on a failover request's response: the provider that answered (from the upstream
--- filter's header, which the client never sees) goes into the access log as llmc:provider. No
--- such header means Envoy answered itself (every try reset or timed out): the client gets that
--- error in OpenAI's format. Returns true when it replaced the response.
-function M.failover_response(h)
+-- Downstream, on a failover request's response (its route added FAILOVER_HEADER, which the caller
+-- removed): the provider that answered (from the upstream filter's header, which the client never
+-- sees) goes into the access log as llmc:provider. No such header means Envoy answered itself
+-- (every try reset or timed out; the route's response headers apply to the router's own replies
+-- too): the client gets that error in OpenAI's format. Returns true when it replaced the response.
+function M.failover_response(h, headers)
   local md = h:streamInfo():dynamicMetadata()
   local mine = md:get(METADATA_NS)
   if mine == nil or mine.failover ~= true then return false end
-  local headers = h:headers()
   local by = headers:get(ANSWERED_BY)
   if by ~= nil then
     headers:remove(ANSWERED_BY)
@@ -1725,13 +1743,17 @@ function M.failover_response(h)
   return true
 end
 
--- The upstream filter (failover) and this filter run the same file: the upstream filter's context
--- carries `attempt` (load_context prepares it as such).
+-- The upstream filter (failover) and this filter run the same file, in VMs of their own
+-- (`upstream_vm`). Downstream, only the routes of failover rules add FAILOVER_HEADER; every other
+-- response goes straight to the usage reader, with no call into Envoy before the headers.
 local function on_response(h)
-  local ctx = h:filterContext()
-  if ctx ~= nil and ctx:get("attempt") ~= nil then return M.on_attempt_response(h) end
-  if M.failover_response(h) then return end
-  return M.on_response(h)
+  if upstream_vm then return M.on_attempt_response(h) end
+  local headers = h:headers()
+  if headers:get(FAILOVER_HEADER) ~= nil then
+    headers:remove(FAILOVER_HEADER) -- the route's mark, never the client's business
+    if M.failover_response(h, headers) then return end
+  end
+  return M.on_response(h, headers)
 end
 
 function envoy_on_response(h)
