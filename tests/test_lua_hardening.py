@@ -81,6 +81,21 @@ def test_validity_agrees_with_python_on_bytes(raw):
         assert out == raw
 
 
+# The validator reads eight bytes at a time while they are plain ASCII: put each kind of byte at
+# every offset of a word, in strings long enough for the word path, and at a body's last bytes.
+WORD_INSERTS = [b"\x00", b"\x1f", b"\x7f", b"\x80", b"\xbf", b"\xc2\xa9", b"\xe4\xbd\xa0", b"\xf0\x9f\x98\x80",
+                b"\xed\xa0\x80", b"\xc0\xaf", b"\xff", b"\xe4\xbd", b" ", b"~"]
+
+
+@pytest.mark.parametrize("insert", WORD_INSERTS, ids=lambda b: b.hex())
+def test_validity_agrees_with_python_at_every_offset_of_a_word(insert):
+    for lead in range(0, 18):
+        for tail in (0, 1, 7, 8, 9):
+            raw = b'{"k":"' + b"a" * lead + insert + b"b" * tail + b'"}'
+            out, err = lua_rewrite(raw, [])
+            assert (err is None) == python_accepts(raw), (raw, err)
+
+
 @given(raw=ENCODED, model=st.text(), drop=st.sets(st.sampled_from(["stream", "stream_options", "n", "messages"])),
        add=st.dictionaries(st.sampled_from(["stream", "temperature", "model"]), JSON_SCALARS, max_size=2))
 def test_set_and_delete_agree_with_python(raw, model, drop, add):

@@ -63,20 +63,29 @@ end
 -- Position of the next byte at or after j that cannot appear raw in a JSON string: a control byte
 -- (< 0x20) or the start of an invalid UTF-8 sequence (RFC 3629: no overlong forms, no surrogates,
 -- nothing above U+10FFFF). j is always at a character boundary (after a quote or an escape).
--- Lua's pattern matcher needs ~10 ns a byte for a character class; a JIT-compiled FFI byte loop is
--- ~20x faster. Envoy's LuaJIT has the FFI (read-only access to the string's bytes here); without
--- it, fall back to a pattern that finds control bytes only.
+-- Lua's pattern matcher needs ~10 ns a byte for a character class; a JIT-compiled FFI loop is
+-- ~20x faster byte by byte, and ~2.5x faster again reading plain ASCII eight bytes at a time (this
+-- pass was two thirds of the scan of a plain body). Envoy's LuaJIT has the FFI (read-only access
+-- to the string's bytes here); without it, fall back to a pattern that finds control bytes only.
 local scan_bad
 local has_ffi, ffi = pcall(require, "ffi")
 if has_ffi then
-  local cast = ffi.cast
+  local cast, band, bor, bnot = ffi.cast, bit.band, bit.bor, bit.bnot
+  local u8p, u64p = ffi.typeof("const uint8_t *"), ffi.typeof("const uint64_t *")
+  local HIGH, SPACES = 0x8080808080808080ULL, 0x2020202020202020ULL
   scan_bad = function(s, j)
-    local p = cast("const uint8_t *", s)
+    local p = cast(u8p, s)
     local n = #s
     local k = j - 1
     while k < n do
+      -- Eight bytes at a time while they are all plain ASCII (0x20-0x7f): a word has a byte
+      -- >= 0x80 when x & HIGH ~= 0, and one < 0x20 when (x - SPACES) & ~x & HIGH ~= 0 (the
+      -- borrow sets bit 7 of such a byte). Any other word is looked at byte by byte.
+      local x = k + 8 <= n and cast(u64p, p + k)[0] or HIGH
       local c = p[k]
-      if c < 128 then
+      if band(bor(x, band(x - SPACES, bnot(x))), HIGH) == 0 then
+        k = k + 8
+      elseif c < 128 then
         if c < 32 then return k + 1 end
         k = k + 1
       else
