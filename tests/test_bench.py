@@ -58,3 +58,41 @@ def test_every_registered_section_has_the_interface():
     for name in bench.available():
         sec = bench.section(name)
         assert all(hasattr(sec, a) for a in ("HELP", "add_arguments", "run", "format")), name
+
+
+def test_steps_compares_a_revision_with_its_listed_parent_else_the_row_above():
+    from tests.bench.steps import parent_of
+
+    assert parent_of("HEAD", ["HEAD~1", "HEAD"]) == "HEAD~1"
+    assert parent_of("HEAD", ["HEAD~2", "HEAD"]) is None  # not listed: the caller takes the row above
+    assert parent_of("HEAD~1", ["HEAD~1", "HEAD"]) is None
+
+
+def test_steps_table_names_each_revision_with_its_ratios():
+    from tests.bench.steps import format as fmt
+
+    cell = {"median": 1.5, "min": 1.4, "max": 1.6, "n": 3}
+    row = {"rev": "abc", "subject": "abc1234 Fewer calls", "cpu_us": {**cell, "median": 120.0, "min": 110.0,
+                                                                      "max": 130.0},
+           "before": "def", "vs_passthrough": cell, "vs_previous": {**cell, "median": 0.81},
+           "rps_vs_passthrough": {**cell, "median": 0.66}}
+    out = fmt({"rounds": 3, "seconds": 3.0, "bodies": [{"body": "1k", "bytes": 891, "steps": [row],
+                                                         "passthrough_cpu_us": {**cell, "median": 80.0}}]})
+    line = next(ln for ln in out.splitlines() if "Fewer calls" in ln)
+    assert "120.0 (110.0–130.0)" in line and "1.50 (1.40–1.60)" in line and "0.810" in line and "0.66" in line
+    assert "1 KiB: passthrough 80.0" in out
+
+
+def test_the_mock_provider_answers_json_like_a_provider():
+    """Envoy's direct responses say text/plain; a provider says application/json, and llmc's response
+    path reads only JSON and event streams: the bench must measure the read it does in production."""
+    from tests.bench.rig import upstream_bootstrap
+
+    boot = upstream_bootstrap("cert.pem", "key.pem")
+    (chain,) = boot["static_resources"]["listeners"][0]["filter_chains"]
+    routes = chain["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert [r["direct_response"]["status"] for r in routes] == [429, 200]
+    for r in routes:
+        (h,) = r["response_headers_to_add"]
+        assert h == {"header": {"key": "content-type", "value": "application/json"},
+                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}

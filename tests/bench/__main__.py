@@ -7,6 +7,7 @@ A new section is one module plus one line in :data:`SECTIONS`.
     python -m tests.bench                          # the default sections, default sizes
     python -m tests.bench dataplane --sizes 1k,64k --rounds 3
     python -m tests.bench gate --baseline-lua-rev main
+    python -m tests.bench steps --revs 0a0b010,9bae89f,7d01af6 --sizes 1k,64k,1m
     python -m tests.bench calls compile --compile-sizes 1000
 
 Every figure has a baseline measured in the same run, over interleaved rounds where it is a
@@ -34,6 +35,7 @@ SECTIONS: dict[str, str] = {
     "lua": "tests.bench.luarate",
     "gate": "tests.bench.dataplane:Gate",
     "models": "tests.bench.models",
+    "steps": "tests.bench.steps",
 }
 # `python -m tests.bench controller` (tests/bench/controller.py) runs on its own: see the end of this file.
 DEFAULT = ["compile", "dataplane", "calls", "memory", "lua", "models"]

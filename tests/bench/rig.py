@@ -33,16 +33,29 @@ SSE_FIRST_TOKEN_S = 0.02  # a fast model's time to first token is 100 ms and mor
 FILTER_NAME = "llmc.lua"
 
 
+#: what the mock provider answers to a request carrying ``x-bench-status: 429`` (``Load.status``)
+RATE_LIMITED = json.dumps({"error": {"message": "Rate limit reached for requests", "type": "requests",
+                                     "param": None, "code": "rate_limit_exceeded"}})
+
+
 def upstream_bootstrap(cert: str, key: str) -> dict:
-    """A fast TLS upstream: buffers the whole request (like a real server reads it) and answers."""
+    """A fast TLS upstream: buffers the whole request (like a real server reads it) and answers: a
+    completion with usage, or OpenAI's 429 error when the request asks for it (``x-bench-status``)."""
     reply = json.dumps({"id": "x", "object": "chat.completion", "model": "m",
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
                     ".HttpConnectionManager",
            "stat_prefix": "up", "route_config": {"virtual_hosts": [{
-               "name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {
-                   "status": 200, "body": {"inline_string": reply}}}]}]},
+               "name": "all", "domains": ["*"], "routes": [
+                   {"match": {"prefix": "/", "headers": [{"name": "x-bench-status",
+                                                          "string_match": {"exact": "429"}}]},
+                    "direct_response": {"status": 429, "body": {"inline_string": RATE_LIMITED}},
+                    "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"},
+                                                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]},
+                   {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": reply}},
+                    "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"},
+                                                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}]}]},
            "http_filters": [
                {"name": "envoy.filters.http.buffer", "typed_config": {
                    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
@@ -127,7 +140,7 @@ WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Host"] = "{host}"
 wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open("{body}", "rb"))
+{status}local f = assert(io.open("{body}", "rb"))
 wrk.body = f:read("*a")
 f:close()
 local done, cap = 0, {cap}
@@ -255,9 +268,11 @@ class Rig:
         finally:
             conn.close()
 
-    def script(self, body: Path, cap: int) -> Path:
-        path = body.with_suffix(f".{cap}.wrk.lua")
-        path.write_text(WRK_SCRIPT.format(host=HOST, body=body, cap=cap))
+    def script(self, body: Path, cap: int, status: int = 200) -> Path:
+        """wrk's script: POST ``body``; ``status`` 429 asks the mock provider for its 429 answer."""
+        path = body.with_suffix(f".{cap}.{status}.wrk.lua")
+        ask = "" if status == 200 else f'wrk.headers["x-bench-status"] = "{status}"\n'
+        path.write_text(WRK_SCRIPT.format(host=HOST, body=body, cap=cap, status=ask))
         return path
 
     def load(self, proxy: Proxy, script: Path, seconds: float, timeout_s: float, warmup: bool = False) -> Run:
@@ -311,6 +326,7 @@ class Load:
     max_requests: int = 100_000
     request_timeout: float = 10.0
     warmup_seconds: float = 1.0
+    status: int = 200  # the mock provider's answer: 200 (a completion with usage) or 429
 
 
 def interleave(rig: Rig, proxies: dict[str, Proxy], body_file: Path, rounds: int, load: Load,
@@ -319,7 +335,7 @@ def interleave(rig: Rig, proxies: dict[str, Proxy], body_file: Path, rounds: int
     warm-up or a round times out is not run again for this body (its later rounds are None)."""
     from tests.bench.common import rotate
 
-    script = rig.script(body_file, load.max_requests)
+    script = rig.script(body_file, load.max_requests, load.status)
     runs: dict[str, list[Run | None]] = {name: [] for name in proxies}
     dead: set[str] = set()
     for name, proxy in proxies.items():
