@@ -348,3 +348,30 @@ def test_routable_model_agrees_with_python(pairs):
     value = json.loads(raw).get("model")
     ok = isinstance(value, str) and len(value.encode()) <= 256 and not any(ord(c) < 32 or ord(c) == 127 for c in value)
     assert routable_model(raw) == (value if ok else None)
+
+
+def _without_string_buffer() -> LuaFilter:
+    """The filter loaded in a LuaJIT where require("string.buffer") fails (older LuaJIT builds)."""
+    f = LuaFilter.__new__(LuaFilter)
+    f.lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
+    f.lua.execute('package.loaded["string.buffer"] = nil; '
+                  'package.preload["string.buffer"] = function() error("no string.buffer here") end')
+    f.M = f.lua.execute(lua_source())
+    return f
+
+
+_NO_BUFFER = _without_string_buffer()
+
+
+@given(raw=ENCODED, model=st.text())
+def test_the_rewrite_is_the_same_without_string_buffer(raw, model):
+    fields = [["model", json.dumps(model)], ["stream_options", False], ["stream", "true"]]
+    with_buffer = _LUA.M.rewrite(raw, _LUA.table(fields))
+    without = _NO_BUFFER.M.rewrite(raw, _NO_BUFFER.table(fields))
+    assert with_buffer == without
+    assert json.loads(with_buffer)["model"] == model
+
+
+def test_the_fallback_really_has_no_string_buffer():
+    assert _NO_BUFFER.lua.eval('(pcall(require, "string.buffer"))') is False
+    assert (_NO_BUFFER.M.assembly, _LUA.M.assembly) == ("concat", "string.buffer")
