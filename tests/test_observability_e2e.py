@@ -61,6 +61,9 @@ def env(tmp_path_factory):
             access_log(str(d / "metrics.log"), metric_expressions())]
     layout = seed_mesh({h: u.port for h, u in ups.items()}, str(d / "ca.pem"), d / "secrets", access_logs=logs)
     assert layout.unmatched == []
+    # a connection buffer below llmc's largest buffered response (Istio 1.31's gateway profile has
+    # 32 KiB): the route's body buffer limit, which llmc sets, must be what bounds it
+    layout.bootstrap["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 16384
     envoy = Envoy(layout.bootstrap)
     yield envoy, d, ups
     envoy.stop()
@@ -103,6 +106,17 @@ def test_non_streaming_usage(env):
     assert tuple(int(metrics[k]) for k in ("llm_prompt_tokens", "llm_completion_tokens", "llm_total_tokens")) == (11, 7, 18)
     assert metrics["llm_provider"] == "dashscope-qwen" and metrics["llm_model"] == "qwen-turbo"
     assert metrics["source_workload"] == "sleep" and metrics["source_workload_namespace"] == "default"
+
+
+@pytest.mark.parametrize("pad", [40_000, 100_000], ids=["read-whole", "read-by-chunks"])
+def test_usage_of_large_answers_is_read_whole_or_by_chunks(env, pad):
+    """JSON answers up to 64 KiB are read with body() (one yield), larger ones chunk by chunk; both
+    pass whole, over a listener whose connection buffer (16 KiB) is smaller than either."""
+    completion, log, _ = logged(env, lambda port: chat(port, "dashscope.aliyuncs.com",
+                                                       headers={"user-type": "subscriber", "x-test-pad": str(pad)}))
+    assert completion.choices[0].message.content == "hi" + "." * pad
+    assert log["response_code"] == 200 and log["response_model"] == "qwen-turbo-2026"
+    assert (log["request_prompt_tokens"], log["request_completion_tokens"], log["request_total_tokens"]) == (11, 7, 18)
 
 
 def test_streaming_usage_is_read_from_the_last_event(env):

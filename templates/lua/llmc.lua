@@ -1006,6 +1006,7 @@ end
 
 local MAX_JSON_SCAN = 1048576 -- a non-streaming response larger than this is passed, not read
 local MAX_SSE_LINE = 262144 -- an SSE line longer than this is not read
+local MAX_BUFFERED_RESPONSE = 65536 -- a JSON response up to this size is read with body()
 
 local function count(text, name)
   local v = text:match('"' .. name .. '"%s*:%s*(%d+)[%s,}]')
@@ -1614,6 +1615,16 @@ function M.new_anthropic_stream(include_usage, created)
   return st
 end
 
+-- Records what a response said (each value may be nil); nothing found, no call into Envoy.
+local function record_usage(h, p, c, t, model)
+  if p == nil and c == nil and t == nil and model == nil then return end
+  local md = h:streamInfo():dynamicMetadata()
+  if model ~= nil then md:set(METADATA_NS, "response_model", model) end
+  if p ~= nil then md:set(METADATA_NS, "request_prompt_tokens", p) end
+  if c ~= nil then md:set(METADATA_NS, "request_completion_tokens", c) end
+  if t ~= nil then md:set(METADATA_NS, "request_total_tokens", t) end
+end
+
 -- Runs instead of the usage reader when the request was translated (`note`, from M.shape through
 -- dynamic metadata). A stream is rewritten event by event as its chunks pass: Content-Length is
 -- dropped first (the length changes; Envoy sends the answer chunked), then every chunk's bytes are
@@ -1642,11 +1653,7 @@ function M.on_translated_response(h, note)
     out, p, c, t, model = M.from_anthropic(n > 0 and body:getBytes(0, n) or "", status, created)
     if body then body:setBytes(out) end
   end
-  local md = h:streamInfo():dynamicMetadata()
-  if model ~= nil then md:set(METADATA_NS, "response_model", model) end
-  if p ~= nil then md:set(METADATA_NS, "request_prompt_tokens", p) end
-  if c ~= nil then md:set(METADATA_NS, "request_completion_tokens", c) end
-  if t ~= nil then md:set(METADATA_NS, "request_total_tokens", t) end
+  record_usage(h, p, c, t, model)
 end
 
 -- What an OpenAI-protocol response can hold usage in: "sse", "json", or nil — not a 2xx, or a
@@ -1673,17 +1680,26 @@ function M.on_response(h, headers)
   end
   local kind = M.readable(headers:get(":status"), headers:get("content-type"))
   if kind == nil then return end
+  if kind == "json" then
+    -- A small JSON answer (a completion) is read whole: body() yields once, where bodyChunks()
+    -- yields per chunk and wraps each. Small means under the route's body buffer limit, which
+    -- applies to responses too and is never below MAX_BUFFERED_RESPONSE (compiler: maxRequestBytes
+    -- >= 1 KiB plus >= 64 KiB of headroom); an answer without Content-Length streams as before.
+    local len = tonumber(headers:get("content-length") or "")
+    if len ~= nil and len <= MAX_BUFFERED_RESPONSE then
+      local body = h:body()
+      local n = body and body:length() or 0
+      if n > 0 then record_usage(h, M.usage_of(body:getBytes(0, n))) end
+      return
+    end
+  end
   local u = M.new_usage(kind == "sse")
   for chunk in h:bodyChunks() do
     local n = chunk:length()
     if n > 0 then u.feed(chunk:getBytes(0, n)) end
   end
   local p, c, t, model = u.finish()
-  local md = h:streamInfo():dynamicMetadata()
-  if model ~= nil then md:set(METADATA_NS, "response_model", model) end
-  if p ~= nil then md:set(METADATA_NS, "request_prompt_tokens", p) end
-  if c ~= nil then md:set(METADATA_NS, "request_completion_tokens", c) end
-  if t ~= nil then md:set(METADATA_NS, "request_total_tokens", t) end
+  record_usage(h, p, c, t, model)
 end
 
 ---------------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ follow OpenAI's documented chat-completions API, so the official ``openai`` SDK 
   ``retry-after`` on 429/5xx, ``x-ratelimit-*`` on 429).
 
 Test controls, sent as request headers (they pass through the proxy untouched):
-``x-test-usage: none | malformed`` and ``x-test-status: <an HTTP status to answer with>``.
+``x-test-usage: none | malformed``, ``x-test-status: <an HTTP status to answer with>`` and
+``x-test-pad: <n>`` (n more characters in a completion's content: a large answer).
 Per upstream (failover tests), ``Upstream.fail``: ``"429"``/``"503"`` (always that OpenAI error),
 ``"reset"`` (close the connection without answering), ``"hang"`` (answer nothing for ``hang``
 seconds, then close), ``"stream-reset"`` (a streaming request gets the headers and the first SSE
@@ -159,7 +160,8 @@ class Upstream:
             return self._sse(h, ident, model, usage, include)
         completion = {"id": f"chatcmpl-{ident}", "object": "chat.completion", "created": int(time.time()),
                       "model": model, "system_fingerprint": "fp_llmc_test",
-                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": None},
+                      "choices": [{"index": 0, "message": {"role": "assistant", "refusal": None,
+                                                           "content": "hi" + "." * int(h.headers.get("x-test-pad", "0"))},
                                    "logprobs": None, "finish_reason": "stop"}]}
         if usage is not None:
             completion["usage"] = usage
