@@ -268,9 +268,9 @@ def test_usage_from_json_response(lua):
 # A response-path handle: headers, bodyChunks (counted), dynamic metadata; no filter context
 # outside the routes' (the downstream filter's response path needs none).
 RESPONSE_HANDLE = """
-return function(status, ctype, chunks)
-  local hm = { [":status"] = status, ["content-type"] = ctype }
-  local h = { reads = 0, md = {}, hm = hm }
+return function(status, ctype, chunks, clen)
+  local hm = { [":status"] = status, ["content-type"] = ctype, ["content-length"] = clen }
+  local h = { reads = 0, buffered = 0, md_reads = 0, md = {}, hm = hm }
   local headers = { get = function(_, k) return hm[k] end, remove = function(_, k) hm[k] = nil end,
                     replace = function(_, k, v) hm[k] = v end }
   function h:headers() return headers end
@@ -285,7 +285,13 @@ return function(status, ctype, chunks)
       return { length = function() return #c end, getBytes = function(_, a, n) return c:sub(a + 1, a + n) end }
     end
   end
-  local md = { set = function(_, ns, k, v) h.md[ns .. ":" .. k] = v end, get = function() return nil end }
+  function h:body()
+    h.buffered = h.buffered + 1
+    local text = table.concat(chunks)
+    return { length = function() return #text end, getBytes = function(_, a, n) return text:sub(a + 1, a + n) end }
+  end
+  local md = { set = function(_, ns, k, v) h.md[ns .. ":" .. k] = v end,
+               get = function() h.md_reads = h.md_reads + 1; return nil end }
   function h:streamInfo() return { dynamicMetadata = function() return md end } end
   function h:logErr(m) h.err = m end
   return h
@@ -297,7 +303,8 @@ end
     ("200", "application/json", True), ("200", "application/json; charset=utf-8", True),
     ("201", None, True),  # no content type: read as JSON
     ("429", "application/json", False), ("500", "application/json", False), ("304", None, False),
-    ("200", "text/html", False), ("200", "application/octet-stream", False)])
+    ("200", "text/html", False), ("200", "application/octet-stream", False),
+    ("200", "Application/JSON; Charset=UTF-8", True)])  # media types ignore case
 def test_the_response_path_reads_only_2xx_json_or_event_streams(status, ctype, read):
     """Nothing is read (no bodyChunks(), no metadata) from a response that cannot hold usage, even
     when its body looks like a completion with usage."""
@@ -307,7 +314,7 @@ def test_the_response_path_reads_only_2xx_json_or_event_streams(status, ctype, r
     h = new(status, ctype, f.table([body[:20], body[20:]]))
     f.lua.globals().envoy_on_response(h)
     assert h.err is None
-    assert h.reads == (1 if read else 0)
+    assert h.reads == (1 if read else 0) and h.buffered == 0 and h.md_reads == 0
     assert dict(h.md.items()) == ({"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 3,
                                    "llmc:request_completion_tokens": 4, "llmc:request_total_tokens": 7}
                                   if read else {})
@@ -320,7 +327,27 @@ def test_the_failover_mark_is_removed_and_only_failover_responses_read_metadata(
     h.hm["x-llmc-failover"] = "1"  # a failover route's mark; no failover request recorded: a normal response
     f.lua.globals().envoy_on_response(h)
     assert "x-llmc-failover" not in dict(h.hm.items()) and h.err is None
+    assert h.md_reads == 1  # the mark makes the response look for the failover request's record
     assert dict(h.md.items()) == {"llmc:request_total_tokens": 2}
+    h = new("200", "application/json", f.table(['{"usage":{"total_tokens":2}}']))
+    f.lua.globals().envoy_on_response(h)
+    assert h.md_reads == 0 and dict(h.md.items()) == {"llmc:request_total_tokens": 2}  # unmarked: no read
+
+
+def test_event_streams_are_recognised_in_any_case(lua):
+    assert lua.M.readable("200", "TEXT/Event-Stream; charset=utf-8") == "sse"
+    assert lua.M.readable("204", None) == "json" and lua.M.readable("2000", "application/json") is None
+
+
+@pytest.mark.parametrize("clen,whole", [("80", True), ("65536", True), ("65537", False), (None, False)])
+def test_json_answers_up_to_64_kib_are_read_whole_larger_ones_by_chunks(clen, whole):
+    f = LuaFilter()
+    new = f.lua.execute(RESPONSE_HANDLE)
+    body = '{"model":"m-1","usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}'
+    h = new("200", "application/json", f.table([body[:30], body[30:]]), clen)
+    f.lua.globals().envoy_on_response(h)
+    assert h.err is None and (h.buffered, h.reads) == ((1, 0) if whole else (0, 1))
+    assert dict(h.md.items())["llmc:request_total_tokens"] == 7
 
 
 @given(cuts=st.lists(st.integers(1, 400), max_size=8))

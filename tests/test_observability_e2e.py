@@ -108,14 +108,20 @@ def test_non_streaming_usage(env):
     assert metrics["source_workload"] == "sleep" and metrics["source_workload_namespace"] == "default"
 
 
-@pytest.mark.parametrize("pad", [40_000, 100_000], ids=["read-whole", "read-by-chunks"])
-def test_usage_of_large_answers_is_read_whole_or_by_chunks(env, pad):
-    """JSON answers up to 64 KiB are read with body() (one yield), larger ones chunk by chunk; both
-    pass whole, over a listener whose connection buffer (16 KiB) is smaller than either."""
-    completion, log, _ = logged(env, lambda port: chat(port, "dashscope.aliyuncs.com",
-                                                       headers={"user-type": "subscriber", "x-test-pad": str(pad)}))
+@pytest.mark.parametrize("host,pad,model", [
+    ("dashscope.aliyuncs.com", 40_000, "qwen-turbo-2026"),
+    # tiny's maxRequestBytes (4096) gives its routes the smallest buffer limit llmc sets (4 KiB +
+    # 64 KiB): an answer just under 64 KiB fits it, one over it would not, so it must stream
+    ("tiny.example.com", 65_000, "tiny-model-2026"), ("tiny.example.com", 80_000, "tiny-model-2026")],
+    ids=["read-whole", "read-whole-at-the-smallest-route-limit", "read-by-chunks-over-the-route-limit"])
+def test_usage_of_large_answers_is_read_whole_or_by_chunks(env, host, pad, model):
+    """JSON answers up to 64 KiB are read with body() (one yield), larger ones chunk by chunk; all
+    pass whole, over a listener whose connection buffer (16 KiB) is smaller than any of them: the
+    route's body buffer limit bounds a buffered answer, and an answer over it is never buffered."""
+    headers = {"user-type": "subscriber", "x-test-pad": str(pad)}
+    completion, log, _ = logged(env, lambda port: chat(port, host, headers=headers))
     assert completion.choices[0].message.content == "hi" + "." * pad
-    assert log["response_code"] == 200 and log["response_model"] == "qwen-turbo-2026"
+    assert log["response_code"] == 200 and log["response_model"] == model
     assert (log["request_prompt_tokens"], log["request_completion_tokens"], log["request_total_tokens"]) == (11, 7, 18)
 
 

@@ -408,8 +408,9 @@ end
 -- copied straight from `s` into one reused buffer, and the buffer into the result: two copies of
 -- the body. sub() + table.concat took three (the range's own string, concat's scratch buffer, the
 -- result) and a new allocation the size of the body. The buffer keeps its memory between
--- requests unless the last body was over KEEP_BUFFER bytes.
-local KEEP_BUFFER = 2097152
+-- requests unless the last body was over KEEP_BUFFER bytes: at most 1 MiB per Lua VM (Envoy runs
+-- one per worker for each listener's filter and each failover cluster's upstream filter).
+local KEEP_BUFFER = 1048576
 local has_buffer, strbuf = pcall(require, "string.buffer")
 local out_buf = has_buffer and has_ffi and strbuf.new() or nil
 M.assembly = out_buf ~= nil and "string.buffer" or "concat" -- which way M.rewrite assembles (tests)
@@ -692,15 +693,28 @@ end
 -- Request handling
 ---------------------------------------------------------------------------------------------------
 
--- An OpenAI-format error, attributed in access logs and metrics like a shaped request (the rule,
--- and the provider when one was picked).
+-- What the access log says about a request shaped for backend `b` of rule `cfg`: three entries at
+-- most (each costs a call into Envoy). `md` is the stream's dynamic metadata.
+local function record(md, cfg, b, endpoint)
+  md:set(METADATA_NS, "provider", b.provider)
+  md:set(METADATA_NS, "rule", cfg.rule_id)
+  local model = endpoint == "chat" and b.model or nil
+  if model ~= nil then md:set(METADATA_NS, "request_model", model) end
+end
+
+-- An OpenAI-format error, attributed in access logs and metrics like a shaped request: the rule,
+-- and once a provider was picked the provider and the model the request would have carried (for
+-- a provider with a base path that depends on the endpoint: recorded only when the caller knew it).
 local function reply(h, status, etype, code, message, cfg, b, param)
   local body = '{"error":{"message":' .. encode_string(message) .. ',"type":"' .. etype ..
     '","param":' .. (param and encode_string(param) or "null") .. ',"code":"' .. code .. '"}}'
   if cfg ~= nil then
     local md = h:streamInfo():dynamicMetadata()
-    md:set(METADATA_NS, "rule", cfg.rule_id)
-    if b ~= nil then md:set(METADATA_NS, "provider", b.provider) end
+    if b ~= nil then
+      record(md, cfg, b, b.base_path == nil and "chat" or nil)
+    else
+      md:set(METADATA_NS, "rule", cfg.rule_id)
+    end
   end
   h:respond({ [":status"] = tostring(status), ["content-type"] = "application/json" }, body)
 end
@@ -796,15 +810,6 @@ function M.endpoint_of(path)
   if sub(p, -11) == "/embeddings" then return "embeddings" end
   if sub(p, -12) == "/completions" then return "completions" end
   return nil
-end
-
--- What the access log says about a request shaped for backend `b` of rule `cfg`: three entries at
--- most (each costs a call into Envoy). `md` is the stream's dynamic metadata.
-local function record(md, cfg, b, endpoint)
-  md:set(METADATA_NS, "provider", b.provider)
-  md:set(METADATA_NS, "rule", cfg.rule_id)
-  local model = endpoint == "chat" and b.model or nil
-  if model ~= nil then md:set(METADATA_NS, "request_model", model) end
 end
 
 local function endpoint_for(b, original_path)
@@ -906,14 +911,15 @@ function M.on_request(h)
       "llmc: the request was routed to an unexpected route; nothing was sent", cfg)
   end
   if cfg.failover then return M.failover_request(h, vh, cfg, b, headers) end
+  local original_path = headers:get(":path")
+  -- recorded now, with this segment's stream info wrapper (after body() it would take a new one);
+  -- llmc's own replies from here on record the same again
+  record(info:dynamicMetadata(), cfg, b, endpoint_for(b, original_path))
   local declared = tonumber(headers:get("content-length") or "")
   if declared and declared > b.max_body then return too_large(h, cfg, b, b.max_body) end
   local key = credential(b)
   if key == false then return missing_key(h, cfg, b) end
   if key == nil and b.client_key then key = M.client_key(headers:get("authorization")) end
-  local original_path = headers:get(":path")
-  -- recorded now, with this segment's stream info wrapper: after body() it would take a new one
-  record(info:dynamicMetadata(), cfg, b, endpoint_for(b, original_path))
   local body, s = read_body(h, cfg, b, b.max_body)
   if body == nil then return end
   return forward(h, vh, cfg, b, key, body, s, original_path, nil, nil, true)
@@ -1662,6 +1668,7 @@ end
 function M.readable(status, ctype)
   if status == nil or byte(status, 1) ~= 50 or #status ~= 3 then return nil end
   if ctype == nil then return "json" end
+  ctype = ctype:lower() -- media types are case-insensitive (RFC 9110)
   if find(ctype, "text/event-stream", 1, true) then return "sse" end
   if find(ctype, "json", 1, true) then return "json" end
   return nil
