@@ -1665,13 +1665,17 @@ end
 -- What an OpenAI-protocol response can hold usage in: "sse", "json", or nil — not a 2xx, or a
 -- content type that is neither JSON nor an event stream (a missing one is read as JSON). Such a
 -- response passes without its body being touched.
-function M.readable(status, ctype)
-  if status == nil or byte(status, 1) ~= 50 or #status ~= 3 then return nil end
-  if ctype == nil then return "json" end
-  ctype = ctype:lower() -- media types are case-insensitive (RFC 9110)
+local function media(ctype)
   if find(ctype, "text/event-stream", 1, true) then return "sse" end
   if find(ctype, "json", 1, true) then return "json" end
   return nil
+end
+
+function M.readable(status, ctype)
+  if status == nil or byte(status, 1) ~= 50 or #status ~= 3 then return nil end
+  if ctype == nil then return "json" end
+  -- media types are case-insensitive (RFC 9110); lower-case ones, the usual, need no copy
+  return media(ctype) or media(ctype:lower())
 end
 
 -- Runs only on llmc's virtual hosts (the filter has no default script), and not for the replies
