@@ -109,9 +109,7 @@ def run(args: argparse.Namespace) -> dict:
                    for name, tail in VARIANTS.items()}
         out = {"envoy": rig.envoy_version, "rounds": rounds, "bodies": []}
         for name in sizes_of(args, "1k"):
-            data = bodies.body(name)
-            body_file = rig.tmp / f"body-{name}.json"
-            body_file.write_bytes(data)
+            data, body_file = rig.body(name)
             print(f"  calls {name}", flush=True)
             runs = interleave(rig, proxies, body_file, rounds, load_of(args))
             rows = [{"variant": v, "cpu_us": spread([r.cpu_us_per_request if r else None for r in runs[v]]),

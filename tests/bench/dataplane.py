@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_of(args: argparse.Namespace) -> Load:
-    return Load(seconds=args.seconds, max_requests=args.max_requests, request_timeout=args.request_timeout)
+    return Load(seconds=args.seconds, max_requests=args.max_requests, request_timeout=args.request_timeout,
+                status=getattr(args, "status", 200))
 
 
 def summarize(name: str, data: bytes, runs: dict, base: str, other: str) -> dict:
@@ -85,9 +86,7 @@ def run(args: argparse.Namespace) -> dict:
             raise SystemExit("dataplane: llmc's Lua does not shape the bench's requests; the comparison would be void")
         rows = []
         for name in names:
-            data = bodies.body(name)
-            body_file = rig.tmp / f"body-{name}.json"
-            body_file.write_bytes(data)
+            data, body_file = rig.body(name)
             print(f"  dataplane {name} ({len(data)} bytes)", flush=True)
             runs = interleave(rig, proxies, body_file, rounds, load_of(args))
             rows.append(summarize(name, data, runs, "passthrough", "llmc"))
@@ -184,9 +183,7 @@ class Gate:
                 raise SystemExit(f"gate: llmc's Lua does not shape requests in {shaping}; the comparison would be void")
             rows = []
             for name in sizes_of(args, "1k"):
-                data = bodies.body(name)
-                body_file = rig.tmp / f"body-{name}.json"
-                body_file.write_bytes(data)
+                data, body_file = rig.body(name)
                 print(f"  gate {name}", flush=True)
                 runs = interleave(rig, proxies, body_file, rounds, load_of(args))
                 row = summarize(name, data, runs, "baseline", "worktree")

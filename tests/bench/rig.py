@@ -268,6 +268,15 @@ class Rig:
         finally:
             conn.close()
 
+    def body(self, name: str) -> tuple[bytes, Path]:
+        """The bench body ``name`` (``tests/bench/bodies.py``) and the file wrk sends it from."""
+        from tests.bench import bodies
+
+        data = bodies.body(name)
+        path = self.tmp / f"body-{name}.json"
+        path.write_bytes(data)
+        return data, path
+
     def script(self, body: Path, cap: int, status: int = 200) -> Path:
         """wrk's script: POST ``body``; ``status`` 429 asks the mock provider for its 429 answer."""
         path = body.with_suffix(f".{cap}.{status}.wrk.lua")

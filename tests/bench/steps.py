@@ -62,13 +62,9 @@ def run(args: argparse.Namespace) -> dict:
                 raise SystemExit(f"steps: the Lua at {rev} does not shape requests; its row would be void")
         rows = []
         for name in sizes_of(args, "1k"):
-            data = bodies.body(name)
-            body_file = rig.tmp / f"body-{name}.json"
-            body_file.write_bytes(data)
+            data, body_file = rig.body(name)
             print(f"  steps {name}", flush=True)
-            load = load_of(args)
-            load.status = args.status
-            runs = interleave(rig, proxies, body_file, rounds, load)
+            runs = interleave(rig, proxies, body_file, rounds, load_of(args))
             steps = []
             for i, rev in enumerate(revs):
                 cpu = [r.cpu_us_per_request if r else None for r in runs[rev]]
