@@ -268,9 +268,9 @@ def test_usage_from_json_response(lua):
 # A response-path handle: headers, bodyChunks (counted), dynamic metadata; no filter context
 # outside the routes' (the downstream filter's response path needs none).
 RESPONSE_HANDLE = """
-return function(status, ctype, chunks, clen)
+return function(status, ctype, chunks, clen, stall)
   local hm = { [":status"] = status, ["content-type"] = ctype, ["content-length"] = clen }
-  local h = { reads = 0, buffered = 0, md_reads = 0, md = {}, hm = hm }
+  local h = { reads = 0, buffered = 0, md_reads = 0, md_writes = 0, md = {}, hm = hm }
   local headers = { get = function(_, k) return hm[k] end, remove = function(_, k) hm[k] = nil end,
                     replace = function(_, k, v) hm[k] = v end }
   function h:headers() return headers end
@@ -281,6 +281,8 @@ return function(status, ctype, chunks, clen)
     return function()
       i = i + 1
       local c = chunks[i]
+      -- stall: the stream's end never comes (its client left; Envoy never resumes the script)
+      if c == nil and stall then coroutine.yield() end
       if c == nil then return nil end
       return { length = function() return #c end, getBytes = function(_, a, n) return c:sub(a + 1, a + n) end }
     end
@@ -290,7 +292,7 @@ return function(status, ctype, chunks, clen)
     local text = table.concat(chunks)
     return { length = function() return #text end, getBytes = function(_, a, n) return text:sub(a + 1, a + n) end }
   end
-  local md = { set = function(_, ns, k, v) h.md[ns .. ":" .. k] = v end,
+  local md = { set = function(_, ns, k, v) h.md_writes = h.md_writes + 1; h.md[ns .. ":" .. k] = v end,
                get = function() h.md_reads = h.md_reads + 1; return nil end }
   function h:streamInfo() return { dynamicMetadata = function() return md end } end
   function h:logErr(m) h.err = m end
@@ -348,6 +350,25 @@ def test_json_answers_up_to_64_kib_are_read_whole_larger_ones_by_chunks(clen, wh
     f.lua.globals().envoy_on_response(h)
     assert h.err is None and (h.buffered, h.reads) == ((1, 0) if whole else (0, 1))
     assert dict(h.md.items())["llmc:request_total_tokens"] == 7
+
+
+def test_a_stream_records_usage_as_it_passes_not_at_its_end():
+    """The official SDK closes the connection at ``data: [DONE]``; when the provider's stream ends
+    after that, Envoy never resumes the script. What passed is recorded already, each value once."""
+    f = LuaFilter()
+    new = f.lua.execute(RESPONSE_HANDLE)
+    events = [{"choices": [{"delta": {"content": "Hel"}}], "model": "m-1", "usage": None},
+              {"choices": [{"delta": {"content": "lo"}}], "model": "m-1", "usage": None},
+              {"choices": [], "model": "m-1", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}]
+    chunks = [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]
+    h = new("200", "text/event-stream", f.table(chunks), None, True)
+    run = f.lua.eval("function(h) local co = coroutine.create(envoy_on_response); "
+                     "local ok, err = coroutine.resume(co, h); return ok, err, coroutine.status(co) end")
+    ok, err, state = run(h)
+    assert ok and err is None and state == "suspended" and h.err is None  # waiting for an end that never comes
+    assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
+                                  "llmc:request_completion_tokens": 2, "llmc:request_total_tokens": 7}
+    assert h.md_writes == 4  # the model when it first passed, the usage when it passed; nothing twice
 
 
 @given(cuts=st.lists(st.integers(1, 400), max_size=8))

@@ -271,14 +271,18 @@ def line_with(path, marker: str, timeout: float = 5.0) -> dict:
     raise AssertionError(f"no access-log line for {marker} in {path}")
 
 
-@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("stream", [False, True, "client-leaves-at-done"])
 def test_anthropic_usage_reaches_access_logs_and_metrics_like_openai(envoy, upstreams, logs, stream):
+    """Streamed usage is recorded as it passes: the official SDK closes the connection at ``data:
+    [DONE]`` (which llmc writes on ``message_stop``), and Anthropic's stream may end after that."""
     marker = f"obs-{stream}"
     if stream:  # usage recorded though the client did not ask for it
-        chat_stream(envoy.port, "claude.example.com", stream_options={}, extra_query={"t": marker})
+        linger = {"x-test-linger": "0.5"} if stream == "client-leaves-at-done" else None
+        chat_stream(envoy.port, "claude.example.com", headers=linger, stream_options={}, extra_query={"t": marker})
     else:
         chat(envoy.port, "claude.example.com", extra_query={"t": marker})
     entry = line_with(logs / "access.log", marker)
+    assert ("DC" in entry["response_flags"]) == (stream == "client-leaves-at-done")
     total = PROMPT + USAGE["output_tokens"]
     assert entry["llm_provider"] == "claude" and entry["request_model"] == "claude-test"
     assert entry["response_model"] == "claude-test"

@@ -1007,7 +1007,7 @@ function M.on_model_request(h, vh)
 end
 
 ---------------------------------------------------------------------------------------------------
--- Response: token usage, read from the body as it streams past (never buffered by Envoy)
+-- Response: token usage, read as the body passes (small JSON answers whole, the rest chunk by chunk)
 ---------------------------------------------------------------------------------------------------
 
 local MAX_JSON_SCAN = 1048576 -- a non-streaming response larger than this is passed, not read
@@ -1631,6 +1631,17 @@ local function record_usage(h, p, c, t, model)
   if t ~= nil then md:set(METADATA_NS, "request_total_tokens", t) end
 end
 
+-- A stream records what it shows as it passes, not at its end: the official openai client stops
+-- reading at `data: [DONE]` and closes the connection, and a provider's stream may end after that
+-- event; Envoy then resets the stream and code after the chunk loop never runs. `seen` holds what
+-- was recorded; only values that changed are written (an event stream calls into Envoy about twice).
+local function record_news(h, seen, p, c, t, model)
+  if p == seen.p and c == seen.c and t == seen.t and model == seen.model then return end
+  record_usage(h, p ~= seen.p and p or nil, c ~= seen.c and c or nil, t ~= seen.t and t or nil,
+    model ~= seen.model and model or nil)
+  seen.p, seen.c, seen.t, seen.model = p or seen.p, c or seen.c, t or seen.t, model or seen.model
+end
+
 -- Runs instead of the usage reader when the request was translated (`note`, from M.shape through
 -- dynamic metadata). A stream is rewritten event by event as its chunks pass: Content-Length is
 -- dropped first (the length changes; Envoy sends the answer chunked), then every chunk's bytes are
@@ -1646,11 +1657,19 @@ function M.on_translated_response(h, note)
   if sse and status == 200 then
     headers:remove("content-length")
     local st = M.new_anthropic_stream(note == "anthropic+usage", created)
+    local seen, usage = {}, st.usage
     for chunk in h:bodyChunks() do
       local n = chunk:length()
-      if n > 0 then chunk:setBytes(st.feed(chunk:getBytes(0, n))) end
+      if n > 0 then
+        chunk:setBytes(st.feed(chunk:getBytes(0, n)))
+        -- message_start and message_delta replace the usage table; recorded then (record_news)
+        if st.usage ~= usage then
+          usage = st.usage
+          record_news(h, seen, st.totals())
+        end
+      end
     end
-    p, c, t, model = st.totals()
+    return
   else
     headers:replace("content-type", "application/json")
     local body = h:body()
@@ -1705,12 +1724,22 @@ function M.on_response(h, headers)
     end
   end
   local u = M.new_usage(kind == "sse")
+  if kind == "sse" then
+    local seen = {}
+    for chunk in h:bodyChunks() do
+      local n = chunk:length()
+      if n > 0 then
+        u.feed(chunk:getBytes(0, n))
+        record_news(h, seen, u.prompt, u.completion, u.total, u.model)
+      end
+    end
+    return
+  end
   for chunk in h:bodyChunks() do
     local n = chunk:length()
     if n > 0 then u.feed(chunk:getBytes(0, n)) end
   end
-  local p, c, t, model = u.finish()
-  record_usage(h, p, c, t, model)
+  record_usage(h, u.finish())
 end
 
 ---------------------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ Both follow Anthropic's documented API (docs.anthropic.com, "Messages", "Streami
   by event with a pause after the first; a ``tool_use`` block when the request offers tools and its
   last message is the user's text; errors as ``{"type": "error", "error": {type, message}}`` with
   Anthropic's statuses (``x-test-status``), and an ``overloaded_error`` event in the middle of a
-  stream (``x-test-stream-error: 1``). A request that fails :func:`request_problems` gets Anthropic's
-  400 ``invalid_request_error`` and is recorded, so tests see it.
+  stream (``x-test-stream-error: 1``); ``x-test-linger`` as in :mod:`tests.support.upstream`. A
+  request that fails :func:`request_problems` gets Anthropic's 400 ``invalid_request_error`` and is
+  recorded, so tests see it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.support.upstream import Recorded
+from tests.support.upstream import Recorded, end_stream
 
 TOP_LEVEL = {"model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k", "stop_sequences",
              "stream", "tools", "tool_choice", "metadata", "thinking", "service_tier"}
@@ -255,8 +256,7 @@ class AnthropicUpstream:
             h.wfile.flush()
             if i == 0:
                 time.sleep(self.sse_pause)
-        h.wfile.write(b"0\r\n\r\n")
-        h.wfile.flush()
+        end_stream(h)
 
     def clear(self) -> None:
         with self._lock:

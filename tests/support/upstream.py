@@ -17,7 +17,9 @@ follow OpenAI's documented chat-completions API, so the official ``openai`` SDK 
 
 Test controls, sent as request headers (they pass through the proxy untouched):
 ``x-test-usage: none | malformed``, ``x-test-status: <an HTTP status to answer with>`` and
-``x-test-pad: <n>`` (n more characters in a completion's content: a large answer).
+``x-test-pad: <n>`` (n more characters in a completion's content: a large answer) and
+``x-test-linger: <seconds>`` (a stream's end comes that long after its last event, ``data: [DONE]``:
+the official SDK stops reading at ``[DONE]`` and closes the connection before the end arrives).
 Per upstream (failover tests), ``Upstream.fail``: ``"429"``/``"503"`` (always that OpenAI error),
 ``"reset"`` (close the connection without answering), ``"hang"`` (answer nothing for ``hang``
 seconds, then close), ``"stream-reset"`` (a streaming request gets the headers and the first SSE
@@ -213,8 +215,7 @@ class Upstream:
                 return
             if i == 0:
                 time.sleep(self.sse_pause)
-        h.wfile.write(b"0\r\n\r\n")
-        h.wfile.flush()
+        end_stream(h)
 
     def clear(self) -> None:
         with self._lock:
@@ -224,6 +225,18 @@ class Upstream:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def end_stream(h: BaseHTTPRequestHandler) -> None:
+    """Ends a chunked stream, ``x-test-linger`` seconds (none without it) after its last event. If the
+    proxy has closed the connection meanwhile (its client left), the end is not sent, as a provider's
+    write would fail."""
+    time.sleep(float(h.headers.get("x-test-linger", "0")))
+    try:
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+    except OSError:
+        h.close_connection = True
 
 
 def _reset(h: BaseHTTPRequestHandler) -> None:
