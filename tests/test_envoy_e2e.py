@@ -237,7 +237,7 @@ def test_sse_streams_through_chunk_by_chunk(mesh, upstreams):
     streamed = chat_stream(mesh.port, "stream.example.com")
     pause = upstreams["stream.example.com"].sse_pause
     assert streamed.headers["content-type"].startswith("text/event-stream")
-    assert streamed.total >= pause and streamed.first_at < pause * 0.7, (streamed.first_at, streamed.total)
+    assert streamed.lead > pause / 2, (streamed.first_at, streamed.total)
     assert streamed.text == "Hello" and streamed.chunks[0].model == "stream-model-2026"
     assert streamed.chunks[-2].choices[0].finish_reason == "stop"
     usage = streamed.usage  # the last event: empty choices and the usage the SDK asked for

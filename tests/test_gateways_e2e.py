@@ -147,7 +147,7 @@ def test_egress_gateway_streams_chunk_by_chunk(egress, upstreams):
     """SSE through two Envoys (sidecar, then the gateway that shapes): events arrive one by one."""
     streamed = chat_stream(egress[0].port, "stream.example.com")
     pause = upstreams["stream.example.com"].sse_pause
-    assert streamed.total >= pause and streamed.first_at < pause * 0.7, (streamed.first_at, streamed.total)
+    assert streamed.lead > pause / 2, (streamed.first_at, streamed.total)
     assert streamed.text == "Hello" and streamed.usage.total_tokens == 18
     req = upstreams["stream.example.com"].requests[-1]
     assert req.json() == {**SENT, "model": "stream-model", "stream": True, "stream_options": {"include_usage": True}}

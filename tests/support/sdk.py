@@ -46,6 +46,13 @@ class Streamed:
     total: float  # seconds until the stream ended ([DONE])
 
     @property
+    def lead(self) -> float:
+        """Seconds from the first event to the end. Streamed through, it is about the pause the test
+        upstream makes after its first event; buffered by a proxy, about 0. Unlike ``first_at`` it
+        does not grow with the machine's load before the first event (tests compare it to half the pause)."""
+        return self.total - self.first_at
+
+    @property
     def text(self) -> str:
         return "".join(c.choices[0].delta.content or "" for c in self.chunks if c.choices)
 
