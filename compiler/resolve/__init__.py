@@ -1,0 +1,147 @@
+"""Stage 4, resolve: cross-object checks, then the IR.
+
+Input is schema-valid typed objects with their source documents (for positions). Every check that
+needs more than one field or object lives in this package: duplicate objects and hosts, backendRefs
+to unknown providers, header matches and regexes, weights, rule names, routeSpecificConfigs keys,
+placeholder keys, host names (:mod:`compiler.hosts`). An LLMRoute sees the LLMProviders visible
+to its namespace, with Istio's ``exportTo`` rules (:mod:`compiler.visibility`); every generated
+object stays in its source's namespace, and the rules run where the calling proxies are.
+
+One module per object the checks are about: :mod:`.providers` (an LLMProvider: its protocol, keys
+and endpoint), :mod:`.matches` (a rule's header and model conditions), :mod:`.routes` (an LLMRoute:
+gateways, rules, backends, failover), :mod:`.placement` (where a virtual host's rules run); this
+module checks the program as a whole (duplicates, route names, unused overrides) and builds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .. import names, visibility
+from ..api import LLMProvider, LLMRoute
+from ..constants import ROOT_NAMESPACE
+from ..diagnostics import Diagnostics
+from ..ir import Backend, Program, Provider, Rule, VirtualHost
+from ..load import Document
+from ..options import Options
+from .placement import check_selector_overlap, egress_gateway, place
+from .providers import resolve_provider
+from .routes import resolve_route, rule_name
+
+__all__ = ["Options", "Sourced", "resolve"]
+
+
+@dataclass
+class Sourced:
+    doc: Document
+    obj: LLMProvider | LLMRoute
+
+
+def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program | None:
+    # Duplicate objects: the first by (file, line) wins the report position of the others.
+    by_id: dict[tuple[str, str, str], list[Sourced]] = defaultdict(list)
+    for it in items:
+        by_id[(it.doc.kind, it.doc.namespace, it.doc.name)].append(it)
+    unique: list[Sourced] = []
+    for key in sorted(by_id):
+        group = sorted(by_id[key], key=lambda s: (s.doc.file, s.doc.index))
+        unique.append(group[0])
+        for dup in group[1:]:
+            first = group[0].doc
+            diags.error("LLMC003", f"{key[0]} {key[1]}/{key[2]} is defined more than once",
+                        **dup.doc.where(("metadata", "name")),
+                        hint=f"first defined in {first.file}:{first.position()[0]}")
+    providers_by_ns: dict[str, dict[str, Provider]] = defaultdict(dict)
+    provider_docs: dict[tuple[str, str], Document] = {}
+    for it in (u for u in unique if u.doc.kind == "LLMProvider"):
+        p = resolve_provider(it, opts, diags)
+        other = providers_by_ns[p.namespace].get(p.host)
+        if other is not None:
+            diags.error("LLMC201", f"host {p.host!r} is already served by {other.source}",
+                        **it.doc.where(("spec", "host")), hint="different providers cannot have the same host")
+            continue
+        providers_by_ns[p.namespace][p.host] = p
+        provider_docs[(p.namespace, p.name)] = it.doc
+    catalog = visibility.Catalog(p for provs in providers_by_ns.values() for p in provs.values())
+    vhosts: list[VirtualHost] = []
+    route_hosts: dict[tuple, str] = {}
+    unresolved_rules: set[str] = set()  # rule names of routes that failed: their keys are not "unused"
+    for it in (u for u in unique if u.doc.kind == "LLMRoute"):
+        vh = resolve_route(it, catalog, opts, diags)
+        if vh is None:
+            assert isinstance(it.obj, LLMRoute)
+            unresolved_rules.update(rule_name(r.name, i) for i, r in enumerate(it.obj.spec.rules))
+            continue
+        host_key = (vh.namespace, vh.fqdn, vh.port, vh.gateways)
+        if host_key in route_hosts:
+            diags.error("LLMC210", f"host {vh.fqdn!r} port {vh.port} is already routed by {route_hosts[host_key]}",
+                        **it.doc.where(("spec", "host")), hint="merge the rules into one LLMRoute")
+            continue
+        route_hosts[host_key] = vh.sources[0]
+        vhosts.append(vh)
+    routed = {(ns, fqdn, port) for ns, fqdn, port, _ in route_hosts}
+    # Providers without an LLMRoute on their own host get an implicit single-rule route, so that
+    # `curl http://<provider host>` works with an LLMProvider alone (the seed's first scenario).
+    # Not in the Istio root namespace without an egress gateway: the EnvoyFilters of sidecar
+    # placement there would apply to every sidecar of the mesh, whose virtual host for the provider
+    # (from the ServiceEntry exported everywhere) has no llmc route, so the filter would answer 500.
+    for ns, provs in sorted(providers_by_ns.items()):
+        for host, p in sorted(provs.items()):
+            if (ns, host, p.service_port) in routed or (ns == ROOT_NAMESPACE and not opts.egress_gateway):
+                continue
+            vhosts.append(VirtualHost(
+                namespace=ns, object_name=names.object_name("provider", p.name), label=p.name,
+                host=host, fqdn=host, port=p.service_port,
+                rules=(Rule(name="default", matches=(), backends=(Backend(p, 1, p.default),)),),
+                selector=p.selector, sources=(p.source,)))
+    _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, unresolved_rules, diags)
+    _check_route_names(vhosts, diags)
+    if diags.has_errors:
+        return None
+    providers = tuple(sorted((p for provs in providers_by_ns.values() for p in provs.values()),
+                             key=lambda p: (p.namespace, p.name)))
+    egress = egress_gateway(opts)
+    placed = [dataclasses.replace(vh, placements=place(vh, egress, opts)) for vh in vhosts]
+    check_selector_overlap(placed, provider_docs, diags)
+    if diags.has_errors:
+        return None
+    return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
+                   egress=egress, telemetry=opts.telemetry,
+                   vhosts=tuple(sorted(placed, key=lambda v: (v.namespace, v.object_name))))
+
+def _check_route_names(vhosts, diags: Diagnostics) -> None:
+    """Envoy route names must be unique per virtual host: the filter maps names to rules and pins.
+
+    names.route_name makes them unique by construction (its separator appears in no name it joins);
+    this check keeps that true if naming ever changes.
+    """
+    for vh in vhosts:
+        seen: dict[str, str] = {}
+        for rule in vh.rules:
+            pinned = tuple(b.provider.name for b in rule.pinned)
+            entry, pins = names.rule_routes(vh.namespace, vh.label, rule.name, pinned)
+            for name in (entry, *pins.values()):
+                if name in seen:
+                    diags.error("LLMC218", f"generated Envoy route name {name!r} is used by rule {seen[name]!r} "
+                                f"and rule {rule.name!r}", object=vh.sources[0],
+                                hint="rename one of the rules")
+                seen.setdefault(name, rule.name)
+
+
+def _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, unresolved_rules: set[str],
+                               diags: Diagnostics) -> None:
+    used: set[tuple[str, str, str]] = set()  # (ns, provider, rule)
+    for vh in vhosts:
+        for rule in vh.rules:
+            for b in rule.backends:
+                used.add((b.provider.namespace, b.provider.name, rule.name))
+    for ns, provs in sorted(providers_by_ns.items()):
+        for p in provs.values():
+            for rule, _ in p.overrides:
+                if (p.namespace, p.name, rule) not in used and rule not in unresolved_rules:
+                    diags.warning("LLMC203", f"no LLMRoute rule named {rule!r} routes to this provider; "
+                                  "the override is unused", **provider_docs[(ns, p.name)].where(
+                                      ("spec", "configs", "routeSpecificConfigs", rule)),
+                                  hint="fine if the LLMRoute is applied later")
