@@ -34,6 +34,7 @@ import json
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -76,6 +77,17 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
+class Server(ThreadingHTTPServer):
+    """A threading HTTP server that does not print a traceback when the proxy closes a connection
+    (an idle keep-alive one, or one whose client left): that is normal, not a test failure's cause."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class Upstream:
     name: str
@@ -107,8 +119,7 @@ class Upstream:
 
             do_GET = do_PUT = do_POST
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = Server(("127.0.0.1", 0), Handler)
         if self.tls_context is not None:
             def sni_cb(sslobj, server_name, _ctx):
                 sslobj.sni_seen = server_name
