@@ -1,4 +1,4 @@
-"""The controller process: informers, a keyed work queue, leader election, health and metrics.
+"""The controller process: informers, a keyed work queue, leader election, probes and metrics.
 
 Informers (:mod:`.informer`) cache the sources (LLMProvider, LLMRoute; per watched namespace, or
 cluster-wide) and the objects the controller applied (every generated kind, by its owner label).
@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 from kubernetes.client.rest import ApiException
 
@@ -26,7 +26,7 @@ from ..resolve import Options
 from .informer import Informer
 from .kube import GENERATED, MANAGED_SELECTOR, SOURCE_PLURALS, Kube
 from .leader import LeaderElector, LeadershipLost, LeaseConfig
-from .observe import JsonFormatter, Metrics
+from .observe import JsonFormatter, Metrics, serve_probes
 from .queue import RateLimiter, WorkQueue
 from .reconcile import (
     ALL,
@@ -321,29 +321,7 @@ class Controller:
         return self.stop_event.is_set() or all(t.is_alive() for t in self.loops)
 
     def serve_health(self, host: str, port: int) -> int:
-        controller = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path == "/healthz":
-                    code, body = (200, "ok\n") if controller.healthy() else (503, "loops not running\n")
-                elif self.path == "/readyz":
-                    code, body = (200, "ok\n") if controller.ready() else (503, "caches not synced\n")
-                elif self.path == "/metrics":
-                    code, body = 200, controller.metrics.render()
-                else:
-                    code, body = 404, "not found\n"
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("content-type", "text/plain; version=0.0.4")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = serve_probes(host, port, healthy=self.healthy, ready=self.ready, metrics=self.metrics)
         self.threads.append(threading.Thread(target=self.server.serve_forever, daemon=True))
         self.threads[-1].start()
         return self.server.server_address[1]
