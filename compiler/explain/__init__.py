@@ -7,10 +7,11 @@ labels, or a gateway), it compiles the sources exactly as ``llmc render`` does, 
    caller's namespace (``exportTo``) and bound to ``mesh`` (or to the gateway), and the EnvoyFilters
    of the caller's namespace whose ``workloadSelector`` matches its labels (or of the gateway's);
 2. matches the request against the VirtualService's ``http`` routes in order, following Istio's
-   semantics (see :func:`route_matches`: every condition of one ``match`` entry must hold, any entry
-   selects the route; StringMatch ``exact``/``prefix``/``regex`` with RE2 full-match regexes through a
-   real RE2 binding; ``uri``, ``method``, ``headers``, ``withoutHeaders``, ``sourceLabels``,
-   ``gateways``, ``port``), and says why each earlier route did not match;
+   semantics (:mod:`.istio`, which also does step 1; :func:`.istio.route_matches`: every condition of
+   one ``match`` entry must hold, any entry selects the route; StringMatch ``exact``/``prefix``/
+   ``regex`` with RE2 full-match regexes through a real RE2 binding; ``uri``, ``method``,
+   ``headers``, ``withoutHeaders``, ``sourceLabels``, ``gateways``, ``port``), and says why each
+   earlier route did not match;
 3. runs the real ``templates/lua/llmc.lua`` under LuaJIT (``lupa``, the ``explain`` extra) with the
    compiled filter context and route metadata of that virtual host, on an emulated Envoy handle
    (``templates/lua/envoy_handle.lua``) whose route re-selection calls step 2 again;
@@ -28,190 +29,12 @@ several VirtualServices for one host (the first visible one counts), DNS and TLS
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-FILTER_NAME = "llmc.lua"
+from .istio import FILTER_NAME, ExplainError, Request, describe_proxy, find_filter_context, find_virtualservice, select
 
-
-@dataclass
-class Request:
-    host: str
-    method: str = "POST"
-    path: str = "/v1/chat/completions"
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    namespace: str = "default"
-    labels: dict[str, str] = field(default_factory=dict)
-    via: str = "mesh"  # "mesh" or a Gateway as "namespace/name"
-    port: int = 80
-
-
-class ExplainError(Exception):
-    """The request cannot be explained (no proxy would handle it as llmc traffic)."""
-
-
-# ------------------------------------------------------------------------------------------------
-# The proxy's view
-# ------------------------------------------------------------------------------------------------
-
-def _visible(obj: dict, namespace: str) -> bool:
-    export = obj["spec"].get("exportTo", ["*"])
-    ns = obj["metadata"].get("namespace", "default")
-    return "*" in export or ("." in export and ns == namespace) or namespace in export
-
-
-def _gateway_refs(vs: dict) -> set[str]:
-    ns = vs["metadata"].get("namespace", "default")
-    return {g if g == "mesh" or "/" in g else f"{ns}/{g}" for g in vs["spec"].get("gateways", ["mesh"])}
-
-
-def _host_names(host: str, namespace: str, domain: str = "cluster.local") -> set[str]:
-    """The names a VirtualService host answers to, as istiod lists the virtual host's domains."""
-    names = {host}
-    if "." not in host:
-        names |= {f"{host}.{namespace}", f"{host}.{namespace}.svc", f"{host}.{namespace}.svc.{domain}"}
-    suffix = f".svc.{domain}"
-    if host.endswith(suffix):
-        short = host[: -len(suffix)]
-        names |= {short, f"{short}.svc", short.split(".")[0]}
-    return names
-
-
-def find_virtualservice(objects: list[dict], req: Request) -> dict:
-    """The VirtualService that defines the host's virtual host for the calling proxy."""
-    authority = req.host.split(":")[0].lower()
-    proxy_ns = req.namespace if req.via == "mesh" else req.via.split("/", 1)[0]
-    for vs in objects:
-        if vs["kind"] != "VirtualService" or not _visible(vs, proxy_ns) or req.via not in _gateway_refs(vs):
-            continue
-        ns = vs["metadata"].get("namespace", "default")
-        for host in vs["spec"]["hosts"]:
-            if host == "*" or authority in _host_names(host, ns):
-                return vs
-    raise ExplainError(f"no VirtualService for host {req.host!r} reaches a proxy {_proxy(req)}: the request "
-                       "is not llmc traffic there (istiod's default route would pass it as it is)")
-
-
-def _proxy(req: Request) -> str:
-    if req.via != "mesh":
-        return f"of gateway {req.via}"
-    labels = ",".join(f"{k}={v}" for k, v in sorted(req.labels.items()))
-    return f"in namespace {req.namespace}" + (f" with labels {labels}" if labels else "")
-
-
-def find_filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[dict | None, dict[str, dict]]:
-    """(the virtual host's filter_context, {route name: route-level patch value}) from the EnvoyFilters
-    that apply to the calling proxy."""
-    context_kind = "SIDECAR_OUTBOUND" if req.via == "mesh" else "GATEWAY"
-    proxy_ns = req.namespace if req.via == "mesh" else req.via.split("/", 1)[0]
-    context: dict | None = None
-    routes: dict[str, dict] = {}
-    for ef in objects:
-        if ef["kind"] != "EnvoyFilter" or ef["metadata"].get("namespace") != proxy_ns:
-            continue
-        selector = (ef["spec"].get("workloadSelector") or {}).get("labels") or {}
-        if req.via == "mesh" and any(req.labels.get(k) != v for k, v in selector.items()):
-            continue
-        for patch in ef["spec"]["configPatches"]:
-            match = patch.get("match", {})
-            rc = match.get("routeConfiguration", {})
-            if match.get("context") != context_kind or rc.get("vhost", {}).get("name") != vhost:
-                continue
-            value = patch["patch"]["value"]
-            if patch["applyTo"] == "VIRTUAL_HOST":
-                per_route = (value.get("typed_per_filter_config") or {}).get(FILTER_NAME) or {}
-                context = per_route.get("filter_context", context)
-            elif patch["applyTo"] == "HTTP_ROUTE":
-                # several patches may MERGE into one route (route metadata, then failover settings)
-                _merge(routes.setdefault(rc["vhost"]["route"]["name"], {}), value)
-    return context, routes
-
-
-def _merge(dst: dict, src: dict) -> None:
-    """Protobuf MERGE as istiod applies a patch: messages merged, map entries replaced."""
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k != "typed_per_filter_config":
-            _merge(dst[k], v)
-        elif isinstance(v, dict) and isinstance(dst.get(k), dict):
-            dst[k].update(v)
-        else:
-            dst[k] = v
-
-
-# ------------------------------------------------------------------------------------------------
-# VirtualService matching, following Istio
-# ------------------------------------------------------------------------------------------------
-
-def _string_match(spec: dict, value: str | None) -> tuple[bool, str]:
-    """Istio StringMatch against a header value (None: absent). Regexes are RE2 full matches."""
-    import re2
-
-    if not spec:  # an empty StringMatch: the header must be present (Istio)
-        return value is not None, "" if value is not None else "absent (expected present)"
-    (kind, expected), = spec.items()
-    if value is None:
-        return False, f"absent (expected {kind} {expected!r})"
-    if kind == "exact":
-        ok = value == expected
-    elif kind == "prefix":
-        ok = value.startswith(expected)
-    else:
-        ok = re2.fullmatch(expected, value) is not None
-    return ok, "" if ok else f"{value!r} is not {kind} {expected!r}"
-
-
-def route_matches(http: dict, headers: dict[str, str], req: Request, vs_ns: str) -> tuple[bool, str]:
-    """Whether an ``http[]`` route selects the request, and why not (the first failing condition of
-    each match entry). Header names compare lower-case; ``uri`` compares the path without the query."""
-    reasons = []
-    for m in http.get("match") or [{}]:
-        why = _match_fails(m, headers, req, vs_ns)
-        if why is None:
-            return True, ""
-        reasons.append(why)
-    return False, "; or ".join(reasons)
-
-
-def _match_fails(m: dict, headers: dict[str, str], req: Request, vs_ns: str) -> str | None:
-    if m.get("port", req.port) != req.port:
-        return f"port {m['port']}, not {req.port}"
-    gateways = {g if g == "mesh" or "/" in g else f"{vs_ns}/{g}" for g in m.get("gateways", [])}
-    if gateways and req.via not in gateways:
-        return f"only for gateways {sorted(gateways)}"
-    for k, v in (m.get("sourceLabels") or {}).items():
-        if req.via != "mesh" or req.labels.get(k) != v:
-            return f"source label {k}={v!r} does not hold"
-    if "uri" in m:
-        ok, why = _string_match(m["uri"], headers.get(":path", "/").split("?", 1)[0])
-        if not ok:
-            return f"path {why}"
-    if "method" in m:
-        ok, why = _string_match(m["method"], headers.get(":method"))
-        if not ok:
-            return f"method {why}"
-    for name, spec in (m.get("headers") or {}).items():
-        ok, why = _string_match(spec, headers.get(name.lower()))
-        if not ok:
-            return f"header {name}: {why}"
-    for name, spec in (m.get("withoutHeaders") or {}).items():
-        ok, _ = _string_match(spec, headers.get(name.lower()))
-        if ok:
-            return f"header {name} must not match"
-    return None
-
-
-def select(vs: dict, headers: dict[str, str], req: Request) -> tuple[dict | None, list[tuple[str, str]]]:
-    """(the selected http route or None, [(earlier route name, why it did not match)])."""
-    ns = vs["metadata"].get("namespace", "default")
-    skipped: list[tuple[str, str]] = []
-    for http in vs["spec"].get("http", []):
-        ok, why = route_matches(http, headers, req, ns)
-        if ok:
-            return http, skipped
-        skipped.append((http.get("name", ""), why))
-    return None, skipped
+__all__ = ["ExplainError", "Request", "explain", "format_text"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,7 +93,7 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
     if req.body and "content-length" not in headers:
         headers["content-length"] = str(len(req.body))
     first, skipped = select(vs, headers, req)
-    out: dict[str, Any] = {"virtual_service": f"{vs_ns}/{vs['metadata']['name']}", "proxy": _proxy(req),
+    out: dict[str, Any] = {"virtual_service": f"{vs_ns}/{vs['metadata']['name']}", "proxy": describe_proxy(req),
                            "not_matched": [{"route": n, "why": w} for n, w in skipped]}
     if first is None:
         out["result"] = {"status": 404, "by": "envoy", "body": "", "reason": "no route of the host matches"}
