@@ -7,6 +7,7 @@ error, weighting, keys, and config values travelling from LLMProvider YAML to th
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -352,23 +353,66 @@ def test_json_answers_up_to_64_kib_are_read_whole_larger_ones_by_chunks(clen, wh
     assert dict(h.md.items())["llmc:request_total_tokens"] == 7
 
 
-def test_a_stream_records_usage_as_it_passes_not_at_its_end():
-    """The official SDK closes the connection at ``data: [DONE]``; when the provider's stream ends
-    after that, Envoy never resumes the script. What passed is recorded already, each value once."""
+def stalled_stream(events: list[dict], cuts: list[int] | None = None):
+    """The unit handle after an OpenAI event stream (split at ``cuts``) whose end never comes."""
     f = LuaFilter()
     new = f.lua.execute(RESPONSE_HANDLE)
-    events = [{"choices": [{"delta": {"content": "Hel"}}], "model": "m-1", "usage": None},
-              {"choices": [{"delta": {"content": "lo"}}], "model": "m-1", "usage": None},
-              {"choices": [], "model": "m-1", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}]
-    chunks = [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]
-    h = new("200", "text/event-stream", f.table(chunks), None, True)
+    text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    bounds = [0, *sorted({c for c in cuts or [] if 0 < c < len(text)}), len(text)]
+    h = new("200", "text/event-stream", f.table([text[a:b] for a, b in itertools.pairwise(bounds)]), None, True)
     run = f.lua.eval("function(h) local co = coroutine.create(envoy_on_response); "
                      "local ok, err = coroutine.resume(co, h); return ok, err, coroutine.status(co) end")
     ok, err, state = run(h)
-    assert ok and err is None and state == "suspended" and h.err is None  # waiting for an end that never comes
+    assert ok and err is None and state == "suspended" and h.err is None
+    return h
+
+
+def test_a_stream_records_usage_as_it_passes_not_at_its_end():
+    """The official SDK closes the connection at ``data: [DONE]``; when the provider's stream ends
+    after that, Envoy never resumes the script. What passed is recorded already, each value once."""
+    events = [{"choices": [{"delta": {"content": "Hel"}}], "model": "m-1", "usage": None},
+              {"choices": [{"delta": {"content": "lo"}}], "model": "m-1", "usage": None},
+              {"choices": [], "model": "m-1", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}]
+    h = stalled_stream(events, list(itertools.accumulate(len(f"data: {json.dumps(e)}\n\n") for e in events)))
     assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
                                   "llmc:request_completion_tokens": 2, "llmc:request_total_tokens": 7}
     assert h.md_writes == 4  # the model when it first passed, the usage when it passed; nothing twice
+
+
+def test_usage_in_every_event_costs_the_changed_counts_only():
+    """vLLM's continuous_usage_stats: usage in every event. The prompt is written once, completion and
+    total when they change, the model once; the values are the last event's."""
+    events = [{"choices": [{"delta": {"content": "x"}}], "model": "m-1",
+               "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}} for n in range(1, 11)]
+    ends = list(itertools.accumulate(len(f"data: {json.dumps(e)}\n\n") for e in events))
+    h = stalled_stream(events, ends)  # one event per chunk
+    assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
+                                  "llmc:request_completion_tokens": 10, "llmc:request_total_tokens": 15}
+    assert h.md_writes == 2 + 2 * 10
+    assert stalled_stream(events).md_writes == 4  # all in one chunk: the last values only
+
+
+def test_a_later_usage_without_a_field_keeps_the_earlier_value():
+    """Each usage field keeps the last value any event gave it (what was recorded is never unset)."""
+    events = [{"choices": [], "model": "m-1", "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}},
+              {"choices": [], "model": "m-1", "usage": {"completion_tokens": 4, "total_tokens": 9}}]
+    h = stalled_stream(events)
+    assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
+                                  "llmc:request_completion_tokens": 4, "llmc:request_total_tokens": 9}
+    u = _LUA.M.new_usage(True)
+    for e in events:
+        u.feed(f"data: {json.dumps(e)}\n\n")
+    assert tuple(u.finish()) == (5, 4, 9, "m-1")  # the reader's state is what was recorded
+
+
+@given(cuts=st.lists(st.integers(1, 600), max_size=8))
+def test_a_stream_split_anywhere_records_its_usage_before_its_end(cuts):
+    events = [{"choices": [{"delta": {"content": "Hel"}}], "model": "m-1", "usage": None},
+              {"choices": [], "model": "m-2", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}]
+    h = stalled_stream(events, cuts)
+    assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
+                                  "llmc:request_completion_tokens": 2, "llmc:request_total_tokens": 7}
+    assert h.md_writes == 4
 
 
 @given(cuts=st.lists(st.integers(1, 400), max_size=8))

@@ -141,11 +141,13 @@ def test_streamed_usage_is_kept_when_the_client_leaves_at_done(env):
     """The official SDK stops reading at ``data: [DONE]`` and closes the connection; the provider's
     stream ends a moment later (here 0.5 s), so Envoy never sees its end. The model and the usage
     passed before [DONE]: llmc records them as they pass, and they are in the log."""
-    streamed, log, _ = logged(env, lambda port: chat_stream(port, "stream.example.com", headers={"x-test-linger": "0.5"}))
+    streamed, log, metrics = logged(env, lambda port: chat_stream(port, "stream.example.com",
+                                                                   headers={"x-test-linger": "0.5"}))
     assert streamed.usage.prompt_tokens == 11
     assert "DC" in log["response_flags"]  # the client left before the end (downstream connection termination)
     assert log["request_model"] == "stream-model" and log["response_model"] == "stream-model-2026"
     assert (log["request_prompt_tokens"], log["request_completion_tokens"], log["request_total_tokens"]) == (11, 7, 18)
+    assert tuple(int(metrics[k]) for k in ("llm_prompt_tokens", "llm_completion_tokens", "llm_total_tokens")) == (11, 7, 18)
 
 
 def test_an_app_that_streams_by_itself_gets_the_stream_it_asked_for(env):

@@ -1036,14 +1036,16 @@ function M.usage_of(s)
   return p, c, t, model
 end
 
--- The accounting state of one response; `feed` takes body chunks, `finish` returns the usage.
+-- The accounting state of one response; `feed` takes body chunks, `finish` returns the usage. Of a
+-- stream's events the first model counts, and each usage field keeps the last value an event gave
+-- it (a later usage object without a field does not erase it: what was recorded stays recorded).
 function M.new_usage(sse)
   local u = { sse = sse, parts = {}, size = 0, carry = "" }
 
   local function take(json)
     local p, c, t, model = M.usage_of(json)
     if model ~= nil and u.model == nil then u.model = model end
-    if p ~= nil or c ~= nil or t ~= nil then u.prompt, u.completion, u.total = p, c, t end
+    u.prompt, u.completion, u.total = p or u.prompt, c or u.completion, t or u.total
   end
 
   function u.feed(s)
@@ -1634,11 +1636,18 @@ end
 -- A stream records what it shows as it passes, not at its end: the official openai client stops
 -- reading at `data: [DONE]` and closes the connection, and a provider's stream may end after that
 -- event; Envoy then resets the stream and code after the chunk loop never runs. `seen` holds what
--- was recorded; only values that changed are written (an event stream calls into Envoy about twice).
+-- was recorded (values are never unset, see M.new_usage); only values that changed are written: an
+-- OpenAI stream writes its model with the first event and its usage with the last; a provider that
+-- sends usage in every event (vLLM's continuous_usage_stats) costs the changed counts per event.
+-- The metadata object is fetched each time: one kept across a yield (the next chunk) is dead in
+-- Envoy, and writing to it fails (tests/test_observability_e2e.py fails if it is kept).
 local function record_news(h, seen, p, c, t, model)
   if p == seen.p and c == seen.c and t == seen.t and model == seen.model then return end
-  record_usage(h, p ~= seen.p and p or nil, c ~= seen.c and c or nil, t ~= seen.t and t or nil,
-    model ~= seen.model and model or nil)
+  local md = h:streamInfo():dynamicMetadata()
+  if model ~= nil and model ~= seen.model then md:set(METADATA_NS, "response_model", model) end
+  if p ~= nil and p ~= seen.p then md:set(METADATA_NS, "request_prompt_tokens", p) end
+  if c ~= nil and c ~= seen.c then md:set(METADATA_NS, "request_completion_tokens", c) end
+  if t ~= nil and t ~= seen.t then md:set(METADATA_NS, "request_total_tokens", t) end
   seen.p, seen.c, seen.t, seen.model = p or seen.p, c or seen.c, t or seen.t, model or seen.model
 end
 
