@@ -10,25 +10,19 @@ tests skip with a reason on a developer machine and fail under ``CI=true``.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.conftest import REPO
+from tests.conftest import REPO, require_tool
 from tests.support.controller import NET, SRC, kubeconfig, programmed, start, wait_for
 
 
 @pytest.fixture()
 def kubectl(api, tmp_path):
-    binary = shutil.which("kubectl")
-    if binary is None:
-        reason = "needs the real kubectl on PATH (a CI prerequisite)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    binary = require_tool("kubectl")
     env = {"KUBECONFIG": kubeconfig(api, tmp_path / "kubeconfig"), "HOME": str(tmp_path),
            "PATH": os.environ.get("PATH", "")}
 

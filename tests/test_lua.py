@@ -353,11 +353,15 @@ def test_json_answers_up_to_64_kib_are_read_whole_larger_ones_by_chunks(clen, wh
     assert dict(h.md.items())["llmc:request_total_tokens"] == 7
 
 
-def stalled_stream(events: list[dict], cuts: list[int] | None = None):
-    """The unit handle after an OpenAI event stream (split at ``cuts``) whose end never comes."""
+def stalled_stream(events: list[dict], cuts: list[int] | str | None = None):
+    """The unit handle after an OpenAI event stream whose end never comes, in one chunk, split at
+    ``cuts``, or with ``cuts="events"`` one event per chunk."""
     f = LuaFilter()
     new = f.lua.execute(RESPONSE_HANDLE)
-    text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    lines = [f"data: {json.dumps(e)}\n\n" for e in events]
+    text = "".join(lines) + "data: [DONE]\n\n"
+    if cuts == "events":
+        cuts = list(itertools.accumulate(map(len, lines)))
     bounds = [0, *sorted({c for c in cuts or [] if 0 < c < len(text)}), len(text)]
     h = new("200", "text/event-stream", f.table([text[a:b] for a, b in itertools.pairwise(bounds)]), None, True)
     run = f.lua.eval("function(h) local co = coroutine.create(envoy_on_response); "
@@ -373,7 +377,7 @@ def test_a_stream_records_usage_as_it_passes_not_at_its_end():
     events = [{"choices": [{"delta": {"content": "Hel"}}], "model": "m-1", "usage": None},
               {"choices": [{"delta": {"content": "lo"}}], "model": "m-1", "usage": None},
               {"choices": [], "model": "m-1", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}]
-    h = stalled_stream(events, list(itertools.accumulate(len(f"data: {json.dumps(e)}\n\n") for e in events)))
+    h = stalled_stream(events, "events")
     assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
                                   "llmc:request_completion_tokens": 2, "llmc:request_total_tokens": 7}
     assert h.md_writes == 4  # the model when it first passed, the usage when it passed; nothing twice
@@ -384,8 +388,7 @@ def test_usage_in_every_event_costs_the_changed_counts_only():
     total when they change, the model once; the values are the last event's."""
     events = [{"choices": [{"delta": {"content": "x"}}], "model": "m-1",
                "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}} for n in range(1, 11)]
-    ends = list(itertools.accumulate(len(f"data: {json.dumps(e)}\n\n") for e in events))
-    h = stalled_stream(events, ends)  # one event per chunk
+    h = stalled_stream(events, "events")
     assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
                                   "llmc:request_completion_tokens": 10, "llmc:request_total_tokens": 15}
     assert h.md_writes == 2 + 2 * 10

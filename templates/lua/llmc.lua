@@ -1639,15 +1639,12 @@ end
 -- was recorded (values are never unset, see M.new_usage); only values that changed are written: an
 -- OpenAI stream writes its model with the first event and its usage with the last; a provider that
 -- sends usage in every event (vLLM's continuous_usage_stats) costs the changed counts per event.
--- The metadata object is fetched each time: one kept across a yield (the next chunk) is dead in
--- Envoy, and writing to it fails (tests/test_observability_e2e.py fails if it is kept).
+-- record_usage fetches the metadata object each time: one kept across a yield (the next chunk) is
+-- dead in Envoy, and writing to it fails (tests/test_observability_e2e.py fails if it is kept).
 local function record_news(h, seen, p, c, t, model)
   if p == seen.p and c == seen.c and t == seen.t and model == seen.model then return end
-  local md = h:streamInfo():dynamicMetadata()
-  if model ~= nil and model ~= seen.model then md:set(METADATA_NS, "response_model", model) end
-  if p ~= nil and p ~= seen.p then md:set(METADATA_NS, "request_prompt_tokens", p) end
-  if c ~= nil and c ~= seen.c then md:set(METADATA_NS, "request_completion_tokens", c) end
-  if t ~= nil and t ~= seen.t then md:set(METADATA_NS, "request_total_tokens", t) end
+  record_usage(h, p ~= seen.p and p or nil, c ~= seen.c and c or nil, t ~= seen.t and t or nil,
+    model ~= seen.model and model or nil)
   seen.p, seen.c, seen.t, seen.model = p or seen.p, c or seen.c, t or seen.t, model or seen.model
 end
 

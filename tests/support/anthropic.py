@@ -24,12 +24,11 @@ Both follow Anthropic's documented API (docs.anthropic.com, "Messages", "Streami
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
-from tests.support.upstream import Recorded, Server, end_stream
+from tests.support.upstream import ProviderHandler, Recorded, Server, end_stream
 
 TOP_LEVEL = {"model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k", "stop_sequences",
              "stream", "tools", "tool_choice", "metadata", "thinking", "service_tier"}
@@ -189,16 +188,7 @@ class AnthropicUpstream:
         self._n = 0
         upstream = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def setup(self):
-                super().setup()
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+        class Handler(ProviderHandler):
             def do_POST(self):
                 upstream._handle(self)
 

@@ -88,6 +88,19 @@ class Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class ProviderHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive, quiet, and like real servers no Nagle delay on small writes (SSE chunks)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 @dataclass
 class Upstream:
     name: str
@@ -103,17 +116,7 @@ class Upstream:
         self._ids = itertools.count(1)
         upstream = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def setup(self):
-                super().setup()
-                # like real servers: no Nagle delay on small writes (SSE chunks)
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+        class Handler(ProviderHandler):
             def do_POST(self):
                 upstream._handle(self)
 
