@@ -236,3 +236,23 @@ def test_a_try_after_a_try_that_rewrote_the_body_sends_its_own_content_length_an
     assert r.headers[":path"] == "/raw/v1/embeddings?trace=1"
     assert r.headers["authorization"] == "Bearer sk-raw" and "x-gw-key" not in r.headers
     assert json.loads(r.body) == json.loads(client)
+
+
+def test_explain_predicts_every_try_of_a_failover_embeddings_request():
+    """explain runs each try as the upstream filter does, with the route's removals applied first
+    and the downstream filter's metadata: try 2 serves the client's endpoint (was: chat, from try
+    1's path), carries only its own credential header and its own length."""
+    from compiler.explain import Request, explain
+
+    objects = [o for o in _compile_cross(CROSSINGS).objects]
+    body = b'{"model":"text-embedding-3-small","input":"hi"}'
+    x = explain(objects, Request(host="cross.example.com", path="/v1/embeddings?trace=1",
+                                 headers={"x-case": "endpoints", "x-gw-key": "sk-client", "x-llmc-order": "9"},
+                                 body=body))
+    first, second = x["attempts"]
+    assert first["url"].endswith("base1.example.com/v1/embeddings?trace=1")
+    assert second["url"].endswith("base2.example.com/api/v1/embeddings?trace=1")
+    for up in (first, second):
+        assert up["headers"]["content-length"] == str(len(body)) and up["body"] == body.decode()
+        assert not [k for k in up["headers"] if k.startswith("x-llmc-") or k in ("x-gw-key", "x-api-key")]
+        assert up["headers"]["authorization"].startswith("Bearer ")
