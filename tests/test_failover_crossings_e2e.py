@@ -29,7 +29,8 @@ KEYS = {"gw.example.com": ("x-gw-key", "sk-gw-00000000000000000"),
         "raw.example.com": ("authorization", "Bearer sk-raw-0000000000000000"),
         "base1.example.com": ("authorization", "Bearer sk-base1-00000000000000"),
         "base2.example.com": ("authorization", "Bearer sk-base2-00000000000000"),
-        "nokey.example.com": None}
+        "nokey.example.com": None,
+        "slow.example.com": ("authorization", "Bearer sk-slow-000000000000000")}
 #: every header a credential travels in, for any provider of the test file or protocol
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-gw-key")
 #: every internal header of llmc, as a client could send it
@@ -246,3 +247,20 @@ def test_on_plain_rules_the_clients_credentials_reach_only_a_keyless_provider(en
     assert req.headers["authorization"] == f"Bearer {APP_KEY}" and req.headers["x-api-key"] == "sk-client-x"
     chat(envoy.port, "cross.example.com", headers={"x-case": "single", **CLIENT_EXTRAS})
     assert_credentials_of("one.example.com", upstreams["one.example.com"].requests[0])
+
+
+@pytest.mark.parametrize(("case", "host", "failure", "status"), [
+    ("single", "one.example.com", "reset", 503),
+    ("slow", "slow.example.com", "hang", 504),
+])
+def test_envoys_own_error_replies_reach_the_client_in_openai_format(envoy, upstreams, case, host, failure, status):
+    """Found by the crossing matrix: on rules without failover, Envoy's own reply when the provider
+    resets (503, text/plain "upstream connect error ...") or the route times out (504) reached the
+    client as plain text, which the SDK cannot read as an error object."""
+    upstreams[host].fail, upstreams[host].hang = failure, 3.0
+    code, headers, answer = post(envoy.port, "cross.example.com", "/v1/chat/completions",
+                                 json.dumps({"messages": MESSAGES}).encode(), {"x-case": case})
+    assert code == status and headers["content-type"] == "application/json", (code, headers, answer)
+    error = json.loads(answer)["error"]
+    assert error["type"] == "server_error" and error["code"] == "upstream_error" and str(status) in error["message"]
+    assert "content-encoding" not in headers and int(headers["content-length"]) == len(answer)

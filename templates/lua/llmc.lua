@@ -1707,6 +1707,26 @@ function M.readable(status, ctype)
   return media(ctype) or media(ctype:lower())
 end
 
+-- An error status without a JSON body -- Envoy's own reply when the provider reset the connection
+-- or timed out (text/plain "upstream connect error ..."), a proxy's HTML page, an empty 503 --
+-- becomes an OpenAI-format error with the same status, so the client's SDK can read it. Only
+-- error answers get here (2xx ones are `readable`): the usual path costs nothing.
+local function error_response(h, headers, status)
+  local code = tonumber(status or "")
+  if code == nil or code < 400 then return end
+  local ctype = headers:get("content-type")
+  if ctype ~= nil and (media(ctype) or media(ctype:lower())) == "json" then return end
+  local body = h:body(true) -- a wrapper even when the answer has no body
+  local n = body:length()
+  local detail = n > 0 and body:getBytes(0, math.min(n, 200)):gsub("[^\32-\126]+", " ") or ""
+  body:setBytes('{"error":{"message":' .. encode_string("llmc: the provider answered " .. code ..
+    " without an OpenAI error" .. (detail ~= "" and (" (" .. detail .. ")") or "")) .. ',"type":"' ..
+    (code >= 500 and "server_error" or "invalid_request_error") .. '","param":null,"code":"upstream_error"}}')
+  headers = h:headers()
+  headers:replace("content-type", "application/json")
+  headers:remove("content-encoding")
+end
+
 -- Runs only on llmc's virtual hosts (the filter has no default script), and not for the replies
 -- this filter sent itself; a request it did not shape never reaches a provider.
 function M.on_response(h, headers)
@@ -1718,8 +1738,9 @@ function M.on_response(h, headers)
     local note = shaped and shaped.translate
     if note ~= nil then return M.on_translated_response(h, note) end
   end
-  local kind = M.readable(headers:get(":status"), headers:get("content-type"))
-  if kind == nil then return end
+  local status = headers:get(":status")
+  local kind = M.readable(status, headers:get("content-type"))
+  if kind == nil then return error_response(h, headers, status) end
   if kind == "json" then
     -- A small JSON answer (a completion) is read whole: body() yields once, where bodyChunks()
     -- yields per chunk and wraps each. Small means under the route's body buffer limit, which
