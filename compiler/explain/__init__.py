@@ -46,7 +46,12 @@ def _lua_source(name: str) -> str:
 
 
 class _Runtime:
-    def __init__(self, seed: int | None, forced: str | None) -> None:
+    """The filter under LuaJIT with the emulated handle: loaded once per process (loading the source
+    costs more than explaining a request; `llmc diff` explains thousands), then per request seeded
+    (:meth:`prepare`). The filter's caches (prepared contexts by digest, key files) hold nothing a
+    later request of another configuration could mistake for its own."""
+
+    def __init__(self) -> None:
         try:
             from lupa import luajit21
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -54,18 +59,25 @@ class _Runtime:
         self.lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
         self.M = self.lua.execute(_lua_source("llmc.lua"))
         self.handle = self.lua.execute(_lua_source("envoy_handle.lua"))
-        if seed is not None:
-            self.lua.execute(f"math.randomseed({int(seed)})")
         # A key file is never read: the request shows where the proxy would read the key.
         self.lua.execute("local M = ...; M.api_key = function(b) return '<key from ' .. b.api_key_file .. '>' end",
                          self.M)
-        if forced is not None:
-            self.lua.execute("""local M, forced = ...
-              local pick = M.pick
-              M.pick = function(cfg, r)
-                for _, b in ipairs(cfg.backends) do if b.provider == forced then return b end end
-                return pick(cfg, r)
-              end""", self.M, forced)
+        # --provider: the weighted pick goes to that provider when the rule has it
+        self._force = self.lua.execute("""local M = ...
+          local pick, forced = M.pick, nil
+          M.pick = function(cfg, r)
+            if forced ~= nil then
+              for _, b in ipairs(cfg.backends) do if b.provider == forced then return b end end
+            end
+            return pick(cfg, r)
+          end
+          return function(name) forced = name end""", self.M)
+
+    def prepare(self, seed: int | None, forced: str | None) -> _Runtime:
+        if seed is not None:
+            self.lua.execute(f"math.randomseed({int(seed)})")
+        self._force(forced)
+        return self
 
     def table(self, value: Any) -> Any:
         if isinstance(value, dict):
@@ -73,6 +85,15 @@ class _Runtime:
         if isinstance(value, list):
             return self.lua.table_from([self.table(v) for v in value])
         return value
+
+
+_RUNTIME: list[_Runtime] = []
+
+
+def _runtime() -> _Runtime:
+    if not _RUNTIME:
+        _RUNTIME.append(_Runtime())
+    return _RUNTIME[0]
 
 
 def _py(value: Any) -> Any:
@@ -107,7 +128,7 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         out["filter"] = "not run on this route"
         out["result"] = _envoy_result(first, headers, req)
         return out
-    rt = _Runtime(seed, provider)
+    rt = _runtime().prepare(seed, provider)
     secrets = _literal_keys(context)
     route_metadata = {name: ((v.get("metadata") or {}).get("filter_metadata") or {}).get(FILTER_NAME, {})
                       for name, v in route_patches.items()}
