@@ -65,7 +65,7 @@ def read_requests(path: str, base_objects: list[dict]) -> list[Case]:
             continue
         try:
             item = json.loads(line)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise CorpusError(f"{path}:{n}: not JSON ({exc.msg})") from None
         if not isinstance(item, dict):
             raise CorpusError(f"{path}:{n}: expected a JSON object")
@@ -90,7 +90,7 @@ def read_requests(path: str, base_objects: list[dict]) -> list[Case]:
 
 def _route_hosts(objects: list[dict]) -> dict[str, tuple[str, str, str]]:
     """route name -> (host, namespace, via) from the VirtualServices of a configuration."""
-    out = {}
+    out: dict[str, tuple[str, str, str]] = {}
     for o in objects:
         if o.get("kind") != "VirtualService":
             continue

@@ -30,9 +30,9 @@ def _is_revision_spec(spec: str) -> bool:
 
 @contextmanager
 def materialized(spec: str) -> Iterator[tuple[str, str]]:
-    """(a local path holding the side's files, the temporary folder's prefix that its diagnostics should
-    show as ``REV:`` instead; empty for a plain path). A plain path is used as it is; ``REV:PATH`` is extracted with ``git archive``
-    into a temporary folder removed on exit."""
+    """(a local path holding the side's files, the temporary folder's prefix that its diagnostics
+    should show as ``REV:`` instead; empty for a plain path). A plain path is used as it is;
+    ``REV:PATH`` is extracted with ``git archive`` into a temporary folder removed on exit."""
     if not _is_revision_spec(spec):
         yield spec, ""
         return
