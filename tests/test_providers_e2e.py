@@ -378,4 +378,4 @@ def test_azure_streams_record_the_first_non_empty_model(envoy, upstreams, logs):
             break
         time.sleep(0.02)
     (entry,) = entries
-    assert entry["response_model"] == "gpt-4o-mini-2026" and entry["request_total_tokens"] == "18"
+    assert entry["response_model"] == "gpt-4o-mini-2026" and entry["request_total_tokens"] == 18
