@@ -329,9 +329,7 @@ local function decode_string(raw)
     if e == 117 then
       local cp, adv = tonumber(sub(raw, k + 2, k + 5), 16), 6
       if cp >= 0xD800 and cp <= 0xDFFF then
-        -- A pair is one character. A lone surrogate (valid JSON) has no UTF-8 form: it decodes to
-        -- U+FFFD, as Go's encoding/json and browsers do, never to invalid UTF-8 (README, "Answers
-        -- llmc cannot translate"): the decoded text is sent to providers and echoed in errors.
+        -- a lone surrogate has no UTF-8 form: U+FFFD, as Go's encoding/json decodes it
         local lo = cp <= 0xDBFF and sub(raw, k + 6, k + 7) == "\\u" and tonumber(sub(raw, k + 8, k + 11), 16)
         if lo and lo >= 0xDC00 and lo <= 0xDFFF then
           cp, adv = 0x10000 + (cp - 0xD800) * 0x400 + (lo - 0xDC00), 12
@@ -1035,8 +1033,7 @@ function M.usage_of(s)
       local u = sub(s, m[2], m[3] - 1)
       p, c, t = count(u, "prompt_tokens"), count(u, "completion_tokens"), count(u, "total_tokens")
     elseif m[1] == "model" and byte(s, m[2]) == 34 and m[3] - m[2] > 2 then
-      -- "model": "" names no model (Azure's first streamed chunk with content filtering on): the
-      -- first non-empty one counts
+      -- "" is no model (Azure's first streamed chunk): the first non-empty one counts
       model = decode_string(sub(s, m[2] + 1, m[3] - 2))
     end
   end
@@ -1296,7 +1293,6 @@ local function image_block(part)
     if not IMAGE_TYPES[mt] then return nil, "image type " .. mt .. " is not supported by this provider" end
     return obj("type", "image", "source", obj("type", "base64", "media_type", mt, "data", data))
   end
-  -- README: https:// or data:, as Anthropic fetches only https URLs (the scheme in any case)
   if sub(url, 1, 8):lower() == "https://" then return obj("type", "image", "source", obj("type", "url", "url", url)) end
   return nil, "an image URL must be https:// or a base64 data: URL"
 end
@@ -1489,8 +1485,7 @@ local function openai_error(message, etype, code)
   return obj("error", obj("message", message, "type", etype, "param", NULL, "code", code or NULL))
 end
 
--- Anthropic's error type for each of its documented statuses: the type of an error whose body
--- says none (empty, or a proxy's HTML page).
+-- Anthropic's error types by status: for an error whose body says none (empty, HTML)
 local ERROR_TYPES = { [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
   [404] = "not_found_error", [413] = "request_too_large", [429] = "rate_limit_error", [529] = "overloaded_error" }
 
@@ -1506,16 +1501,15 @@ function M.error_from_anthropic(s, status)
     ERROR_TYPES[status] or "api_error"))
 end
 
--- Anthropic's tool-use documentation shows messages without "type": a body that names no other
--- type and has an array `content` or the assistant's role is a message.
+-- Anthropic's tool-use documentation shows messages without "type": one with no other type and
+-- an array `content` or the assistant's role is a message.
 local function is_message(msg)
   local mtype = oget(msg, "type")
   if mtype == "message" then return true end
   return mtype == nil and is_obj(msg) and (is_arr(oget(msg, "content")) or oget(msg, "role") == "assistant")
 end
 
--- A 2xx answer that is not a message: never an error body under a 2xx status (a client would
--- read it as a completion), but a 502 error, with the provider's error message if it gave one.
+-- A 2xx answer that is not a message: a 502 (never an error body under a 2xx).
 local function untranslatable(msg, status)
   local e = oget(msg, "error")
   local detail = type(oget(e, "message")) == "string" and (": " .. oget(e, "message")) or ""
@@ -1553,9 +1547,8 @@ function M.from_anthropic(s, status, created)
   return M.encode(out), p, c, t, type(model) == "string" and model or nil, status
 end
 
--- An event of a translated stream may wait for its end in memory up to this size (a provider's
--- event is rarely over a few KiB; a server tool's result can be large). Beyond it the stream ends
--- with an OpenAI error event, never with a finish_reason and [DONE] over a missing event.
+-- A translated stream's event may be this large (waiting for its end in memory); a larger one
+-- ends the stream with an OpenAI error event, never with finish_reason and [DONE] over a gap.
 local MAX_TRANSLATED_EVENT = 1048576
 
 -- The translation state of one streamed answer: `feed` takes body chunks and returns the OpenAI
@@ -1635,8 +1628,7 @@ function M.new_anthropic_stream(include_usage, created)
     return handler(ev)
   end
 
-  -- The pieces of a line not complete yet (a list: a string grown chunk by chunk would copy a
-  -- large event once per chunk), and their length.
+  -- the pieces of an unfinished line (a list: a string grown per chunk copies it per chunk)
   local pending, npending = {}, 0
 
   local function too_large()
@@ -1715,15 +1707,14 @@ local function record_news(h, seen, p, c, t, model)
   seen.p, seen.c, seen.t, seen.model = p or seen.p, c or seen.c, t or seen.t, model or seen.model
 end
 
--- A compressed answer (the provider ignored llmc's `accept-encoding: identity`): Envoy's Lua has
--- no zlib, so it cannot be read or translated. The client gets an OpenAI error and never the
--- provider's content-encoding over a body that is not encoded so: an error status is kept (a
--- client's retry logic reads it), any other becomes 502 (README, "Answers llmc cannot translate").
+-- A compressed answer despite `accept-encoding: identity` cannot be read (no zlib in Envoy's Lua):
+-- an OpenAI error without content-encoding, 502 or the error's own status (README, "Answers llmc
+-- cannot translate").
 local function compressed_answer(h, headers, status, encoding, sse)
   local answer = status >= 400 and status or 502
+  local etype = status >= 400 and (ERROR_TYPES[status] or "api_error") or "server_error"
   local err = M.encode(openai_error("llmc: the provider answered " .. tostring(status) .. " compressed " ..
-    "(content-encoding: " .. encoding .. "), which llmc cannot translate", status >= 400 and ERROR_TYPES[status]
-    or (status >= 400 and "api_error" or "server_error"), "llmc_compressed_answer"))
+    "(content-encoding: " .. encoding .. "), which llmc cannot translate", etype, "llmc_compressed_answer"))
   h:logWarn("llmc: the provider answered with content-encoding " .. encoding .. " although asked for identity")
   headers:remove("content-encoding")
   headers:replace("content-type", "application/json")
@@ -1732,7 +1723,7 @@ local function compressed_answer(h, headers, status, encoding, sse)
     h:body(true):setBytes(err) -- wrapped even when empty; setBytes fixes Content-Length
     return
   end
-  -- a stream is not buffered (it may be long): its first chunk becomes the error, the rest nothing
+  -- a stream is not buffered: its first chunk becomes the error, the rest nothing
   headers:remove("content-length")
   local sent = false
   for chunk in h:bodyChunks() do
@@ -1750,9 +1741,8 @@ end
 -- dropped first (the length changes; Envoy sends the answer chunked), then every chunk's bytes are
 -- replaced by the OpenAI events of the Anthropic events it completes (tests/test_anthropic_e2e.py
 -- proves this on Envoy 1.37-1.39; README, "Providers", has the fallback). Any other answer is a
--- JSON body, small (one message, or an error): read whole with body(true) (an empty error body
--- too, so that it can be given one), translated, replaced, and its status set when a 2xx could
--- not be translated.
+-- JSON body, small (one message, or an error): read whole with body(true) (wrapped even when
+-- empty, so an empty 529 gets a body), translated, replaced; an untranslatable 2xx becomes 502.
 function M.on_translated_response(h, note)
   local headers = h:headers()
   local status = tonumber(headers:get(":status")) or 502
@@ -1777,7 +1767,7 @@ function M.on_translated_response(h, note)
         end
         if st.failed then h:logWarn("llmc: a stream event over the translation limit ended the stream") end
       elseif n > 0 then
-        chunk:setBytes("") -- after the error event, nothing: the client saw the answer end there
+        chunk:setBytes("") -- nothing after the error event
       end
     end
     return
