@@ -6,6 +6,9 @@ with usage (rewritten chunk by chunk while it streams: the double pauses after i
 the SDK must see that event before the pause ends), a tool-calling round trip, errors with their
 status, an error event in the middle of a stream, and a 50/50 split with an OpenAI-protocol
 provider. Azure OpenAI and a gateway with its own key header need only headers and a path.
+A broken or surprising provider (README, "Answers llmc cannot translate"): an event over 256 KiB
+or over the 1 MiB limit, a gzip answer, an error without a JSON body, a message without "type", an
+HTML 200; a client's ``http://`` image and lone surrogate escape; Azure's first chunk without a model.
 """
 
 from __future__ import annotations
@@ -296,6 +299,7 @@ def test_anthropic_usage_reaches_access_logs_and_metrics_like_openai(envoy, upst
 
 # --- a broken or surprising provider (issue 24, items 8 and 9) ------------------------------------
 
+CHAT_BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 STREAM_BODY = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
 
 
@@ -321,8 +325,7 @@ def test_a_stream_event_over_the_limit_ends_in_an_error_never_in_done(envoy, ups
         chat_stream(envoy.port, "claude.example.com", headers={"x-test-pad": str(1024 * 1024 + 1)})
 
 
-@pytest.mark.parametrize("body", [CHAT_BODY := json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
-                                  STREAM_BODY], ids=["json", "stream"])
+@pytest.mark.parametrize("body", [CHAT_BODY, STREAM_BODY], ids=["json", "stream"])
 def test_a_compressed_answer_becomes_a_502_openai_error(envoy, upstreams, body):
     status, headers, payload = call(envoy, "claude.example.com", body=body, headers={"x-test-gzip": "1"})
     assert claude_request(upstreams).headers["accept-encoding"] == "identity"
