@@ -194,7 +194,7 @@ def _gitops_files(ctx: typer.Context, result, check: str | None, out_dir: str | 
         diff = gitops.check(Path(check), result.objects)
         if diff:
             sys.stdout.write(diff)
-            fix = (_command(ctx, drop={"check", "output", "emit"}, add=["--out-dir", check]) if Path(check).is_dir()
+            fix = (_command(ctx, drop={"check", "output", "emit"}, add=["--out-dir", check]) if _is_out_dir(check)
                    else _command(ctx, drop={"check", "output", "emit"}) + f" > {shlex.quote(check)}")
             sys.stderr.write(f"llmc: {check} is out of date; update it with:\n  {fix}\n")
             raise typer.Exit(1)
@@ -205,6 +205,19 @@ def _gitops_files(ctx: typer.Context, result, check: str | None, out_dir: str | 
     sys.stderr.write(f"llmc: {len(result.objects)} objects in {out_dir}: {len(changed)} written, "
                      f"{len(removed)} stale removed; check it in CI with:\n"
                      f"  {_command(ctx, drop={'out_dir', 'output', 'emit'}, add=['--check', out_dir])}\n")
+
+
+def _is_out_dir(check: str) -> bool:
+    """Whether --check PATH is (or, when it does not exist yet, is meant to be) an --out-dir folder:
+    an existing directory, or a path that does not name a YAML/JSON file (``out/``, ``rendered``)."""
+    from pathlib import Path
+
+    from .load import YAML_SUFFIXES
+
+    path = Path(check)
+    if path.exists():
+        return path.is_dir()
+    return check.endswith("/") or path.suffix not in YAML_SUFFIXES
 
 
 def _command(ctx: typer.Context, drop: AbstractSet[str] = frozenset(), add: Sequence[str] = ()) -> str:
@@ -462,6 +475,7 @@ def crds(
     if out_dir is None:
         sys.stdout.write("".join(files.values()))
         return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         Path(out_dir, name).write_text(text, encoding="utf-8")
         sys.stderr.write(f"wrote {Path(out_dir, name)}\n")

@@ -45,6 +45,7 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC008", _N, "an object that is not llmc's is ignored"),
     Message("LLMC009", _N, "files that hold no Kubernetes object are skipped"),
     Message("LLMC010", _E, "invalid option value"),
+    Message("LLMC011", _W, "target Istio version with a known limit"),
     Message("LLMC101", _E, "unknown field"),
     Message("LLMC102", _E, "wrong type"),
     Message("LLMC103", _E, "missing required field"),
@@ -88,6 +89,7 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC236", _E, "a provider's configs mix protocols"),
     Message("LLMC237", _E, "missing endpoint setting"),
     Message("LLMC238", _E, "invalid authHeader"),
+    Message("LLMC240", _N, "weights are shares of their sum"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}
