@@ -203,6 +203,9 @@ def test_kubectl_kustomize_reports_llmc_errors(kustomize_home, tmp_path: Path):
     proc = sh(f"kubectl kustomize --enable-alpha-plugins {app}", REPO, **kustomize_home)
     assert proc.returncode != 0 and proc.stdout == ""
     assert "error[LLMC202]" in proc.stderr and "spec.rules[0].backendRefs[0].providerHost" in proc.stderr
+    # located in the source file (kustomize names none; the plugin finds it under the kustomization)
+    row = next(n for n, line in enumerate(llm.read_text().splitlines(), 1) if "nowhere.cn" in line)
+    assert f"{llm}:{row}:7: error[LLMC202]" in proc.stderr and "items[" not in proc.stderr
 
 
 # ------------------------------------------------------------------------------------ Argo CD plugin
