@@ -60,3 +60,53 @@ def test_a_base_url_as_host_gets_the_full_chat_path_in_its_hint():
     result = compile_text(text, Options())
     (diag,) = [d for d in result.diagnostics.items if d.code == "LLMC226"]
     assert "path: /compatible-mode/v1/chat/completions" in diag.hint
+
+
+# ------------------------------------------------------------------------------------ explain wording
+
+MODELS = str(REPO / "tests" / "testdata" / "golden" / "model-routing.in.yaml")
+
+
+def test_explain_of_a_model_rule_never_says_the_winning_rule_had_no_match():
+    res = runner.invoke(app, ["explain", "-f", MODELS, "--host", "models-gateway",
+                              "-d", '{"model":"gpt-4o-mini","messages":[]}'])
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "rule: default/models-gateway/alias" in out
+    assert "route llmc/default/models-gateway/alias: not yet — x-llmc-model is absent" in out
+    assert "alias: no match" not in out and "matched route: llmc/default/models-gateway/*nomatch" not in out
+    assert "entry route: llmc/default/models-gateway/*nomatch (llmc's catch-all" in out
+
+
+def test_explain_of_failover_relates_istios_attempts_to_the_rules():
+    res = runner.invoke(app, ["explain", "-f", str(REPO / "tests" / "testdata" / "golden" / "failover.in.yaml"),
+                              "--host", "demo-llm-server", "-d", '{"messages":[]}'])
+    line = next(x for x in res.stdout.splitlines() if x.startswith("retries"))
+    assert '"attempts": 1' in line and "2 tries in all" in line and "retries.attempts counts every try" in line
+
+
+def test_explain_names_the_namespace_to_use():
+    res = runner.invoke(app, ["explain", "-f", str(REPO / "samples" / "anthropic"), "--host", "chat",
+                              "-d", '{"messages":[]}'])
+    assert res.exit_code == 1 and "--namespace apps" in res.stderr
+    res = runner.invoke(app, ["explain", "-f", str(REPO / "samples" / "anthropic"), "--host", "chat",
+                              "--namespace", "apps", "-d", '{"messages":[]}'])
+    assert res.exit_code == 0, res.output
+
+
+def test_explain_without_lupa_says_how_to_install_it_from_a_clone(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_lupa(name, *args, **kwargs):
+        if name == "lupa" or name.startswith("lupa."):
+            raise ImportError("No module named 'lupa'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_lupa)
+    import compiler.explain as explain_module
+
+    monkeypatch.setattr(explain_module, "_RUNTIME", None, raising=False)
+    res = runner.invoke(app, ["explain", "-f", str(SEED), "--host", "demo-llm-server", "-d", '{"messages":[]}'])
+    assert res.exit_code == 1 and "pip install '.[explain]'" in res.stderr and "llmc-istio[explain]" not in res.stderr
