@@ -110,3 +110,24 @@ def test_explain_without_lupa_says_how_to_install_it_from_a_clone(monkeypatch):
     monkeypatch.setattr(explain_module, "_RUNTIME", None, raising=False)
     res = runner.invoke(app, ["explain", "-f", str(SEED), "--host", "demo-llm-server", "-d", '{"messages":[]}'])
     assert res.exit_code == 1 and "pip install '.[explain]'" in res.stderr and "llmc-istio[explain]" not in res.stderr
+
+
+# ------------------------------------------------------------------------------------------ packaging
+
+
+def test_the_controller_without_its_extra_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kubernetes" else real(name, *a))
+    res = runner.invoke(app, ["controller"])
+    assert res.exit_code == 1 and "pip install '.[controller]'" in res.stderr and "Traceback" not in res.output
+
+
+def test_the_core_does_not_need_the_kubernetes_client():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("kubernetes")]
+    assert project["optional-dependencies"]["controller"] == ["kubernetes>=29"]
+    assert project["urls"] and len(project["classifiers"]) > 5 and project["authors"]

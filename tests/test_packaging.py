@@ -136,11 +136,24 @@ def test_dockerfile_installs_pinned_requirements_only():
     assert any("-r /tmp/requirements.txt" in a for a in installs)
     assert "COPY deploy/requirements.txt /tmp/requirements.txt" in text and "pip check" in text
     pins = requirement_pins()
-    for spec in PYPROJECT["project"]["dependencies"]:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    # the image runs the controller and `llmc explain`: the core and both extras are pinned
+    for spec in PYPROJECT["project"]["dependencies"] + extras["controller"] + extras["explain"]:
         req = Requirement(spec)
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not pinned in deploy/requirements.txt"
         assert req.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside pyproject's {req.specifier}"
+
+
+def test_dependencies_have_upper_bounds_where_minors_may_break():
+    """Every core dependency is capped: below its next major, and 0.x ones below a minor."""
+    for spec in PYPROJECT["project"]["dependencies"]:
+        req = Requirement(spec)
+        uppers = [s for s in req.specifier if s.operator == "<"]
+        assert uppers, f"{spec} has no upper bound"
+        lower = next(s.version for s in req.specifier if s.operator == ">=")
+        if lower.startswith("0."):
+            assert uppers[0].version.startswith("0."), f"{spec}: a 0.x dependency is capped below a minor"
 
 
 def test_shell_completion_is_on():
