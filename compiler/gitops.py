@@ -26,6 +26,7 @@ from typing import Any
 
 from .constants import API_VERSION, GROUP, KINDS, is_generated
 from .emit import dump_yaml, iter_yaml
+from .options import FUNCTION_OPTIONS
 
 MANIFEST = ".llmc-files"
 
@@ -129,9 +130,6 @@ def _for_ruamel(value):
     return value
 
 
-#: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys
-FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
-                    "gatewayWorkloadNamespace", "istioVersion", "keepSources")
 
 
 def _text_or_list(value: object) -> str | list[str] | None:
@@ -210,8 +208,9 @@ def transform(items: list, config: dict, y=None, config_file: str = "functionCon
                 or f"items[{index}]")
         loaded = load_text(str(name), buf.getvalue(), diags)
         origin = locate(item) if locate is not None else None
-        for doc in loaded if origin is not None else ():
-            doc.file, doc.marks = origin
+        if origin is not None:
+            for doc in loaded:
+                doc.file, doc.marks = origin
         docs.extend(loaded)
     result = compile_documents(apply_default_namespace(docs, opts.namespace), opts, diags)
     result.sources = len(sources)

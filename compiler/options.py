@@ -67,6 +67,12 @@ CONFIG_KEYS = {"namespace": "namespace", "cluster-domain": "clusterDomain", "sec
                "istio-version": "istioVersion"}
 
 
+#: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys: the function
+#: configs' names of the options above, and keepSources
+FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
+                    "gatewayWorkloadNamespace", "istioVersion", "keepSources")
+
+
 def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
     pairs = []
     for item in filter(None, (p.strip() for p in text.split(","))):

@@ -131,3 +131,59 @@ def test_the_core_does_not_need_the_kubernetes_client():
     assert not [d for d in project["dependencies"] if d.startswith("kubernetes")]
     assert project["optional-dependencies"]["controller"] == ["kubernetes>=29"]
     assert project["urls"] and len(project["classifiers"]) > 5 and project["authors"]
+
+
+# ------------------------------------------------------------------------------------------ CLI habits
+
+COMMANDS = ["render", "validate", "mounts", "controller", "krm", "explain", "meshconfig", "crds", "version",
+            "completion", "kustomize-plugin"]
+
+
+def _help(*args: str) -> str:
+    res = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert res.exit_code == 0, res.output
+    return res.stdout
+
+
+def test_help_shows_no_bool_or_list_types():
+    for command in [[], *[[c] for c in COMMANDS], ["kustomize-plugin", "install"]]:
+        text = _help(*command)
+        assert "<bool>" not in text and "list[" not in text, (command, text)
+
+
+def test_the_command_list_has_one_line_per_command():
+    text = _help()
+    rows = [line for line in text.splitlines() if line.startswith("│ ")]
+    listed = [row.split()[1] for row in rows if len(row.split()) > 1 and row.split()[1] in COMMANDS]
+    assert sorted(listed) == sorted(COMMANDS)
+    commands_panel = text[text.index("Commands"):]
+    continuation = [r for r in commands_panel.splitlines() if r.startswith("│   ")]
+    assert continuation == [], "a command's summary wraps or keeps a docstring's line break"
+
+
+def test_krm_help_lists_every_function_option():
+    from compiler.options import FUNCTION_OPTIONS
+
+    text = " ".join(_help("krm").split())
+    for key in FUNCTION_OPTIONS:
+        assert key in text, key
+
+
+def test_version_and_completion_subcommands():
+    from compiler import __version__
+
+    assert runner.invoke(app, ["version"]).stdout == f"llmc {__version__}\n"
+    assert runner.invoke(app, ["--version"]).stdout == f"llmc {__version__}\n"
+    for shell in ("bash", "zsh", "fish", "powershell"):
+        res = runner.invoke(app, ["completion", shell])
+        assert res.exit_code == 0 and "_LLMC_COMPLETE" in res.stdout, shell
+    assert runner.invoke(app, ["completion", "tcsh"]).exit_code == 2
+
+
+def test_render_o_name_is_kubectls_form():
+    res = runner.invoke(app, ["render", "-f", str(SEED), "-o", "name"])
+    names = res.stdout.splitlines()
+    assert res.exit_code == 0 and "envoyfilter.networking.istio.io/llmc-filter" in names
+    assert all(n.count("/") == 1 and "." in n.split("/")[0] for n in names)
+    full = runner.invoke(app, ["render", "-f", str(SEED)])
+    assert len(names) == full.stdout.count("\nkind: ") + full.stdout.startswith("kind: ")
