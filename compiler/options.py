@@ -20,7 +20,7 @@ _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
-#: Istio minor versions llmc supports (README, "Supported Istio and Envoy versions"), oldest first
+#: Istio minor versions llmc supports (docs/data-plane.md, "Supported Istio and Envoy versions"), oldest first
 ISTIO_VERSIONS = ("1.28", "1.29", "1.30", "1.31")
 #: targets that work with a known limit, said in a warning (LLMC011) on every compile for them
 ISTIO_LIMITS = {

@@ -39,7 +39,7 @@ class Result:
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause Python's cyclic GC: compiling allocates millions of acyclic objects, and the GC's
-    repeated full scans made large meshes superlinear (README, "Performance")."""
+    repeated full scans made large meshes superlinear (docs/performance.md)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

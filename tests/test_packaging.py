@@ -84,14 +84,14 @@ def test_wheel_installs_and_renders_the_samples(wheel: Path, tmp_path: Path):
     assert "kind: EnvoyFilter" in run.stdout
 
 
-def test_readme_installs_our_name_never_the_other_projects():
-    readme = (REPO / "README.md").read_text()
+def test_the_manual_installs_our_name_never_the_other_projects():
+    readme = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     installs = re.findall(r"pip install ([^\s`]+)", readme)
-    assert installs, "README has install recipes"
+    assert installs, "the manual has install recipes"
     for spec in installs:
         if spec.startswith(("-", ".", "'", '"', "git+")):
             continue
-        assert canonicalize_name(Requirement(spec).name) == DIST_NAME, f"README installs {spec!r}"
+        assert canonicalize_name(Requirement(spec).name) == DIST_NAME, f"the manual installs {spec!r}"
     assert re.search(r"pip install llmc(?![-\w])", readme) is None
 
 
