@@ -4,7 +4,8 @@ drivers keep one record per provider. A new protocol is a record here (plus, whe
 translated, a named step in ``templates/lua/llmc.lua``).
 
 ``format`` names the body format the provider speaks: ``openai`` bodies are shaped byte-preserving
-(model/stream spliced in); ``anthropic`` bodies are translated both ways by the Lua (docs/protocols.md). ``client_key``: with no key configured, the client's ``Authorization: Bearer <key>``
+(model/stream spliced in); ``anthropic`` bodies are translated both ways by the Lua (docs/protocols.md).
+``client_key``: with no key configured, the client's ``Authorization: Bearer <key>``
 is moved to ``auth_header`` (APIs that do not read Authorization); otherwise it passes unchanged.
 """
 

@@ -82,7 +82,8 @@ LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 
 def links(page: Path) -> list[str]:
     """Link and image targets of a page's prose."""
-    return [a or b for a, b in LINK.findall(prose(page.read_text(encoding="utf-8")))]
+    text = re.sub(r"`[^`\n]*`", "", prose(page.read_text(encoding="utf-8")))  # code spans hold no links
+    return [a or b for a, b in LINK.findall(text)]
 
 
 def toc(text: str) -> str:
