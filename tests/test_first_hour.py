@@ -49,10 +49,10 @@ def test_weights_that_do_not_add_up_to_100_get_a_note():
     providers = (_provider("dashscope", "dashscope.aliyuncs.com", "/compatible-mode/v1/chat/completions")
                  + _provider("moonshot", "api.moonshot.cn", "/v1/chat/completions"))
     result = compile_text(ROUTE % (70, 20) + providers, Options())
-    (note,) = [d for d in result.diagnostics.items if d.code == "LLMC240"]
+    (note,) = [d for d in result.diagnostics.items if d.code == "LLMC242"]
     assert result.ok and "78/22" in note.message and note.path == "spec.rules[0].backendRefs"
     result = compile_text(ROUTE % (70, 30) + providers, Options())
-    assert not [d for d in result.diagnostics.items if d.code == "LLMC240"]
+    assert not [d for d in result.diagnostics.items if d.code == "LLMC242"]
 
 
 def test_a_base_url_as_host_gets_the_full_chat_path_in_its_hint():
@@ -107,7 +107,7 @@ def test_explain_without_lupa_says_how_to_install_it_from_a_clone(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_lupa)
     import compiler.explain as explain_module
 
-    monkeypatch.setattr(explain_module, "_RUNTIME", None, raising=False)
+    monkeypatch.setattr(explain_module, "_RUNTIME", [])  # the process's LuaJIT, loaded afresh
     res = runner.invoke(app, ["explain", "-f", str(SEED), "--host", "demo-llm-server", "-d", '{"messages":[]}'])
     assert res.exit_code == 1 and "pip install '.[explain]'" in res.stderr and "llmc-istio[explain]" not in res.stderr
 
