@@ -94,6 +94,16 @@ def test_yaml_examples_compile_with_the_diagnostics_they_declare(block: manual.B
         assert result.objects, f"{block.where} compiles to nothing"
 
 
+def test_the_readmes_worked_example_is_the_sample():
+    """README shows samples/secret-ref in a compact form; both compile to the same objects."""
+    from compiler.pipeline import compile_paths
+
+    (block, text), *_ = [(b, t) for b, t in YAML_EXAMPLES if b.page.name == "README.md"]
+    shown = compile_text(text, Options(), block.where)
+    sample = compile_paths([str(REPO / "samples" / "secret-ref")], Options())
+    assert shown.ok and sample.ok and shown.objects == sample.objects
+
+
 # ------------------------------------------------------------------------------------------ shell
 
 PIPED_TOOLS = ("kubectl", "kpt", "curl", "docker")

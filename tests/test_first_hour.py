@@ -135,7 +135,7 @@ def test_the_core_does_not_need_the_kubernetes_client():
 
 # ------------------------------------------------------------------------------------------ CLI habits
 
-COMMANDS = ["render", "validate", "mounts", "controller", "krm", "explain", "meshconfig", "crds", "version",
+COMMANDS = ["render", "validate", "mounts", "controller", "krm", "explain", "diff", "meshconfig", "crds", "version",
             "completion", "kustomize-plugin"]
 
 
