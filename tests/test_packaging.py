@@ -163,3 +163,14 @@ def test_shell_completion_is_on():
     assert out.returncode == 0 and out.stdout.split() == ["render"]
     script = subprocess.run([str(llmc), "--show-completion", "bash"], capture_output=True, text=True)
     assert script.returncode == 0 and "_LLMC_COMPLETE=complete_bash" in script.stdout
+
+
+def test_ci_checks_the_plain_install_without_the_controller_extra_then_with_it():
+    ci = (REPO / ".ci" / "run").read_text()
+    plain = ci.index("pip install --quiet . ")
+    assert ci.index("llmc render -f samples/", plain) < ci.index("pip install --quiet '.[controller]'", plain) \
+        < ci.index('-c "import compiler.controller.runtime"', plain), "render without the extra, import with it"
+    assert "apt-get install -y" in ci and "graphviz" in ci, ".ci/run installs Graphviz for the picture's test"
+    assert "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest" in ci.replace(" --quiet", ""), \
+        "CI runs the README's test command (quietly)"
+    assert "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest" in (REPO / "README.md").read_text()
