@@ -16,7 +16,10 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+from .clihelp import SHELLS, Command, Group
+from .options import FAILOVER_ISTIO_VERSION, FUNCTION_OPTIONS, ISTIO_LIMITS, ISTIO_VERSIONS
+
+app = typer.Typer(cls=Group, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile LLMProvider/LLMRoute (istio.alibabacloud.com/v1beta1) into stock "
                        "Istio ServiceEntry, DestinationRule, VirtualService and EnvoyFilter objects.")
 
@@ -24,6 +27,7 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
 class OutputFormat(StrEnum):
     yaml = "yaml"
     json = "json"
+    name = "name"  # kubectl's `-o name`: kind.group/name, one object a line
 
 
 class ExplainFormat(StrEnum):
@@ -58,8 +62,9 @@ GatewayWorkloadOpt = Annotated[list[str] | None, typer.Option(
 
 
 IstioVersionOpt = Annotated[str | None, typer.Option(
-    "--istio-version", help="Istio version of the proxies the output is for (1.29, 1.30, 1.31; default: the "
-    "newest). Failover (rules[].retries, backendRefs[].priority) needs 1.31.")]
+    "--istio-version", help=f"Istio version of the proxies the output is for ({', '.join(ISTIO_VERSIONS)}; default: "
+    f"the newest; {', '.join(ISTIO_LIMITS)} with a warning). Failover (rules[].retries, backendRefs[].priority) "
+    f"needs {FAILOVER_ISTIO_VERSION}.")]
 
 
 def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
@@ -108,12 +113,14 @@ def _report(result) -> None:
         sys.stderr.write(f"llmc: {diags.summary()}\n")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Compile LLMProvider/LLMRoute into Istio objects for `kubectl apply -f -`.")
 def render(
     ctx: typer.Context,
     filename: FilesOpt,
     namespace: NamespaceOpt = "default",
-    output: Annotated[OutputFormat, typer.Option("-o", "--output", help="Output format.")] = OutputFormat.yaml,
+    output: Annotated[OutputFormat, typer.Option("-o", "--output", help="Output format: yaml (a stream for "
+                                                 "kubectl apply -f -), json (a List) or name (kind.group/name "
+                                                 "per line, as kubectl's -o name).")] = OutputFormat.yaml,
     emit: Annotated[Emit, typer.Option("--emit", help="objects: Istio objects; ir: the compiler's IR.")] = Emit.objects,
     cluster_domain: DomainOpt = "cluster.local",
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
@@ -169,10 +176,21 @@ def render(
         if output is OutputFormat.json:
             sys.stdout.write(dump_json([p.data for p in result.passthrough] + result.objects))
             return
+        if output is OutputFormat.name:
+            sys.stdout.write("".join(f"{_object_name(o)}\n" for o in [p.data for p in result.passthrough]
+                                     + result.objects))
+            return
         for item in result.passthrough:
             sys.stdout.write("---\n" + item.text)
         for chunk in iter_yaml(result.objects):
             sys.stdout.write(chunk)
+
+
+def _object_name(obj: dict) -> str:
+    """kubectl's ``-o name`` form: ``<kind>.<group>/<name>`` (``<kind>/<name>`` for the core group)."""
+    group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+    kind = str(obj.get("kind", "")).lower()
+    return f"{kind}.{group}/{obj['metadata']['name']}" if group else f"{kind}/{obj['metadata']['name']}"
 
 
 def _empty_input(ctx: typer.Context, result, filename: list[str], out_dir: str | None) -> None:
@@ -194,7 +212,7 @@ def _gitops_files(ctx: typer.Context, result, check: str | None, out_dir: str | 
         diff = gitops.check(Path(check), result.objects)
         if diff:
             sys.stdout.write(diff)
-            fix = (_command(ctx, drop={"check", "output", "emit"}, add=["--out-dir", check]) if Path(check).is_dir()
+            fix = (_command(ctx, drop={"check", "output", "emit"}, add=["--out-dir", check]) if _is_out_dir(check)
                    else _command(ctx, drop={"check", "output", "emit"}) + f" > {shlex.quote(check)}")
             sys.stderr.write(f"llmc: {check} is out of date; update it with:\n  {fix}\n")
             raise typer.Exit(1)
@@ -205,6 +223,19 @@ def _gitops_files(ctx: typer.Context, result, check: str | None, out_dir: str | 
     sys.stderr.write(f"llmc: {len(result.objects)} objects in {out_dir}: {len(changed)} written, "
                      f"{len(removed)} stale removed; check it in CI with:\n"
                      f"  {_command(ctx, drop={'out_dir', 'output', 'emit'}, add=['--check', out_dir])}\n")
+
+
+def _is_out_dir(check: str) -> bool:
+    """Whether --check PATH is (or, when it does not exist yet, is meant to be) an --out-dir folder:
+    an existing directory, or a path that does not name a YAML/JSON file (``out/``, ``rendered``)."""
+    from pathlib import Path
+
+    from .load import YAML_SUFFIXES
+
+    path = Path(check)
+    if path.exists():
+        return path.is_dir()
+    return check.endswith("/") or path.suffix not in YAML_SUFFIXES
 
 
 def _command(ctx: typer.Context, drop: AbstractSet[str] = frozenset(), add: Sequence[str] = ()) -> str:
@@ -224,7 +255,7 @@ def _command(ctx: typer.Context, drop: AbstractSet[str] = frozenset(), add: Sequ
     return shlex.join(words + list(add))
 
 
-@app.command()
+@app.command(cls=Command, short_help="Check the inputs and report every problem.")
 def validate(
     filename: FilesOpt,
     namespace: NamespaceOpt = "default",
@@ -248,7 +279,7 @@ def validate(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Show where the Secrets of apiKeySecretRef must be mounted.")
 def mounts(
     filename: FilesOpt,
     namespace: NamespaceOpt = "default",
@@ -270,7 +301,7 @@ def mounts(
     sys.stdout.write(render_plan(result.program))
 
 
-@app.command()
+@app.command(cls=Command, short_help="Run in the cluster: apply what `llmc render` prints, continuously.")
 def controller(
     kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster "
                                                     "service account, else ~/.kube/config).")] = None,
@@ -309,6 +340,7 @@ def controller(
     telemetry: Annotated[bool, typer.Option("--telemetry", help="As for render.")] = False,
 ) -> None:
     """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
+    _require_extra("kubernetes", "controller", "`llmc controller` talks to the API server with the Kubernetes client")
     from .controller.leader import LeaseConfig
     from .controller.runtime import Tuning, run
 
@@ -327,11 +359,22 @@ def controller(
     raise typer.Exit(code)
 
 
-@app.command()
+def _require_extra(module: str, extra: str, why: str) -> None:
+    """Exit 1 with an install line when an optional dependency is missing (``kubernetes`` is the
+    ``controller`` extra: 126 MB that only the controller uses)."""
+    from importlib.util import find_spec
+
+    if find_spec(module) is None:
+        sys.stderr.write(f"llmc: {why}, which is not installed: install llmc with the {extra} extra, "
+                         f"`pip install '.[{extra}]'` from a clone (the image of deploy/Dockerfile has it)\n")
+        raise typer.Exit(1)
+
+
+@app.command(cls=Command, short_help="KRM function (kpt): a ResourceList in, a ResourceList out.",
+             help="KRM function: read a config.kubernetes.io/v1 ResourceList on stdin, write one on stdout "
+             "(kpt: `kpt fn eval DIR --exec \"llmc krm\"`; for kubectl kustomize use `llmc kustomize-plugin`). "
+             f"Keys of functionConfig.data: {', '.join(FUNCTION_OPTIONS)}.")
 def krm() -> None:
-    """KRM function: read a config.kubernetes.io/v1 ResourceList on stdin, write one on stdout
-    (kpt: `kpt fn eval DIR --exec "llmc krm"`; for kubectl kustomize use `llmc kustomize-plugin`).
-    functionConfig.data: namespace, clusterDomain, secretsDir, egressGateway, telemetry, keepSources."""
     from .gitops import krm as run
 
     out, code = run(sys.stdin.read())
@@ -339,12 +382,13 @@ def krm() -> None:
     raise typer.Exit(code)
 
 
-kustomize_app = typer.Typer(no_args_is_help=True, help="llmc as a kustomize exec plugin, for "
-                            "`kubectl kustomize --enable-alpha-plugins` (see README, GitOps).")
+kustomize_app = typer.Typer(cls=Group, no_args_is_help=True, short_help="Install or run llmc as a kustomize exec plugin.",
+                            help="llmc as a kustomize exec plugin, for `kubectl kustomize --enable-alpha-plugins` "
+                            "(docs/gitops.md).")
 app.add_typer(kustomize_app, name="kustomize-plugin")
 
 
-@kustomize_app.command("install")
+@kustomize_app.command("install", cls=Command)
 def kustomize_install(
     plugin_home: Annotated[str | None, typer.Option("--plugin-home", help="kustomize's plugin home (default: "
                                                     "$KUSTOMIZE_PLUGIN_HOME, else $XDG_CONFIG_HOME/kustomize/plugin, "
@@ -360,7 +404,7 @@ def kustomize_install(
                      "llmc: build with `kubectl kustomize --enable-alpha-plugins DIR | kubectl apply -f -`\n")
 
 
-@kustomize_app.command("run", hidden=True)
+@kustomize_app.command("run", hidden=True, cls=Command)
 def kustomize_run(config: Annotated[str, typer.Argument(help="The LLMCompiler config file kustomize passes.")]) -> None:
     """What kustomize runs: the resources on stdin, the transformed resources on stdout."""
     from .kustomize import run
@@ -371,7 +415,7 @@ def kustomize_run(config: Annotated[str, typer.Argument(help="The LLMCompiler co
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Show what one request would become, offline.")
 def explain(
     filename: FilesOpt,
     host: Annotated[str, typer.Option("--host", help="The Host the client calls, e.g. dashscope.aliyuncs.com.")],
@@ -443,7 +487,7 @@ class DiffFormat(StrEnum):
     json = "json"
 
 
-@app.command()
+@app.command(cls=Command, short_help="What a change of the sources does to requests.")
 def diff(
     base: Annotated[str, typer.Option("--base", help="The configuration before: a file or folder, or REV:PATH "
                                       "(a revision of the current git repository, e.g. main:deploy/llm).")],
@@ -514,7 +558,7 @@ def diff(
     raise typer.Exit(1 if report["summary"]["changed"] else 0)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Print the MeshConfig entry of llmc's access log.")
 def meshconfig() -> None:
     """Print the MeshConfig extensionProviders entry for llmc's access log (merge it into your
     IstioOperator/Helm meshConfig; `llmc render --telemetry` emits the Telemetry that enables it)."""
@@ -525,7 +569,7 @@ def meshconfig() -> None:
     sys.stdout.write(dump_yaml([mesh_config()]))
 
 
-@app.command()
+@app.command(cls=Command, short_help="Print or write the CRDs of LLMProvider and LLMRoute.")
 def crds(
     out_dir: Annotated[str | None, typer.Option("--out-dir", help="Write one file per CRD here "
                                                  "instead of printing (used for schemas/).")] = None,
@@ -539,9 +583,29 @@ def crds(
     if out_dir is None:
         sys.stdout.write("".join(files.values()))
         return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         Path(out_dir, name).write_text(text, encoding="utf-8")
         sys.stderr.write(f"wrote {Path(out_dir, name)}\n")
+
+
+@app.command(cls=Command, short_help="Print llmc's version.")
+def version() -> None:
+    """Print llmc's version (the same as `llmc --version`)."""
+    _version(True)
+
+
+@app.command(cls=Command, short_help="Print the shell completion script.")
+def completion(
+    shell: Annotated[str, typer.Argument(help=f"One of {', '.join(SHELLS)}.", metavar="SHELL")],
+) -> None:
+    """Print the completion script for SHELL, as `kubectl completion` does: e.g. `source <(llmc completion
+    bash)`, or write it where your shell loads completions (`llmc --install-completion` does that)."""
+    from .clihelp import completion_script
+
+    if shell not in SHELLS:
+        raise typer.BadParameter(f"{shell!r} is not one of {', '.join(SHELLS)}", param_hint="SHELL")
+    sys.stdout.write(completion_script(shell).rstrip("\n") + "\n")
 
 
 def main() -> None:

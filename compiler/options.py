@@ -20,8 +20,13 @@ _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
-#: Istio minor versions llmc supports (README, "Supported Istio and Envoy versions"), oldest first
-ISTIO_VERSIONS = ("1.29", "1.30", "1.31")
+#: Istio minor versions llmc supports (docs/data-plane.md, "Supported Istio and Envoy versions"), oldest first
+ISTIO_VERSIONS = ("1.28", "1.29", "1.30", "1.31")
+#: targets that work with a known limit, said in a warning (LLMC011) on every compile for them
+ISTIO_LIMITS = {
+    "1.28": "Istio 1.28's proxy (Envoy 1.36) answers 413 to request bodies over 1 MiB whatever maxRequestBytes "
+            "says: it applies the route's buffer limit only after the Lua filter has hit the listener's 1 MiB",
+}
 #: the default target: the newest supported
 DEFAULT_ISTIO_VERSION = ISTIO_VERSIONS[-1]
 #: the first Istio whose proxy (Envoy 1.39) has RetryPolicy.refresh_cluster_on_retry (failover)
@@ -60,6 +65,12 @@ CONFIG_KEYS = {"namespace": "namespace", "cluster-domain": "clusterDomain", "sec
                "egress-gateway": "egressGateway", "egress-gateway-labels": "egressGatewayLabels",
                "telemetry": "telemetry", "gateway-workload-namespace": "gatewayWorkloadNamespace",
                "istio-version": "istioVersion"}
+
+
+#: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys: the function
+#: configs' names of the options above, and keepSources
+FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
+                    "gatewayWorkloadNamespace", "istioVersion", "keepSources")
 
 
 def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:

@@ -37,7 +37,7 @@ def check_selector_overlap(vhosts: list[VirtualHost], provider_docs, diags: Diag
     """One Lua filter per (namespace, sidecar/gateway, selector) is inserted; when one selector's
     labels contain another's, the pods both select get the filter twice and shape every request
     twice. Selectors that overlap only through the pods' actual labels are invisible to llmc
-    (README, "Several workloads in one namespace")."""
+    (docs/gateways.md, "Several gateways in one namespace")."""
     providers: dict[tuple, set[tuple[str, str]]] = defaultdict(set)  # placement key → (ns, provider)
     for vh in vhosts:
         for pl in vh.placements:
