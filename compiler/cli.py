@@ -55,6 +55,10 @@ GatewayWorkloadOpt = Annotated[list[str] | None, typer.Option(
     "--gateway-workload-namespace", help="GW=NS: the pods of Istio Gateway GW (namespace/name) run in "
     "namespace NS (e.g. a shared ingress in istio-system); llmc writes the gateway's EnvoyFilters there. "
     "Repeat for several gateways.")]
+GatewaySelectorsOpt = Annotated[str | None, typer.Option(
+    "--gateway-selectors", help="NAMESPACE/LABEL=VALUE[,...]: the only gateway pods routes may bind to; a "
+    "route's providers must select pods with one of these labels in the namespace the gateway's pods run "
+    "in (else LLMC242). Default: no restriction (deploy/ passes Istio's ingress and egress gateways).")]
 
 
 IstioVersionOpt = Annotated[str | None, typer.Option(
@@ -63,12 +67,13 @@ IstioVersionOpt = Annotated[str | None, typer.Option(
 
 
 def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
-             telemetry: bool = False, gateway_workloads: list[str] | None = None, istio_version: str | None = None):
+             telemetry: bool = False, gateway_workloads: list[str] | None = None, istio_version: str | None = None,
+             gateway_selectors: str | None = None):
     """Options from the command line, validated by compiler/options.py (as for `llmc krm`)."""
     from .options import DEFAULT_ISTIO_VERSION, parse_options
 
     opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry,
-                                   gateway_workloads, istio_version or DEFAULT_ISTIO_VERSION)
+                                   gateway_workloads, istio_version or DEFAULT_ISTIO_VERSION, gateway_selectors)
     if opts is None:
         option, problem = problems[0]
         raise typer.BadParameter(problem, param_hint=f"--{option}")
@@ -124,6 +129,7 @@ def render(
                                             "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
                                             "and token-metric EnvoyFilters.")] = False,
     istio_version: IstioVersionOpt = None,
+    gateway_selectors: GatewaySelectorsOpt = None,
     passthrough: Annotated[bool, typer.Option("--passthrough", help="Render a whole app folder (Argo CD, "
                                               "Flux): print its other Kubernetes objects unchanged before the "
                                               "generated ones, and skip files that hold no Kubernetes object "
@@ -143,7 +149,7 @@ def render(
         raise typer.BadParameter("--passthrough prints one stream for a GitOps tool to apply; it cannot be "
                                  "combined with --out-dir, --check or --emit ir", param_hint="--passthrough")
     opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace, istio_version)
+                    gateway_workload_namespace, istio_version, gateway_selectors)
     from .pipeline import compile_paths
 
     result = compile_paths(filename, opts, passthrough=passthrough)
@@ -235,11 +241,12 @@ def validate(
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     gateway_workload_namespace: GatewayWorkloadOpt = None,
     istio_version: IstioVersionOpt = None,
+    gateway_selectors: GatewaySelectorsOpt = None,
 ) -> None:
     """Check the inputs and report every problem; print nothing else."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
                                          egress_gateway_labels, gateway_workloads=gateway_workload_namespace,
-                                         istio_version=istio_version))
+                                         istio_version=istio_version, gateway_selectors=gateway_selectors))
     if output is DiagFormat.json:
         sys.stdout.write(result.diagnostics.format_json() + "\n")
     else:
@@ -306,6 +313,7 @@ def controller(
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     gateway_workload_namespace: GatewayWorkloadOpt = None,
     istio_version: IstioVersionOpt = None,
+    gateway_selectors: GatewaySelectorsOpt = None,
     telemetry: Annotated[bool, typer.Option("--telemetry", help="As for render.")] = False,
 ) -> None:
     """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
@@ -313,7 +321,7 @@ def controller(
     from .controller.runtime import Tuning, run
 
     opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace, istio_version)
+                    gateway_workload_namespace, istio_version, gateway_selectors)
     try:
         lease = LeaseConfig(lease_duration, renew_deadline, retry_period, request_timeout)
     except ValueError as exc:
@@ -331,7 +339,8 @@ def controller(
 def krm() -> None:
     """KRM function: read a config.kubernetes.io/v1 ResourceList on stdin, write one on stdout
     (kpt: `kpt fn eval DIR --exec "llmc krm"`; for kubectl kustomize use `llmc kustomize-plugin`).
-    functionConfig.data: namespace, clusterDomain, secretsDir, egressGateway, telemetry, keepSources."""
+    functionConfig.data: namespace, clusterDomain, secretsDir, egressGateway, telemetry, gatewaySelectors,
+    keepSources."""
     from .gitops import krm as run
 
     out, code = run(sys.stdin.read())

@@ -44,6 +44,15 @@ def test_controller_deployment_shape():
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
     assert "--gateway-namespaces" in container["args"]
     assert container["args"][container["args"].index("--gateway-namespaces") + 1] == "istio-system"
+    # tenants may bind only to Istio's default ingress and egress gateway pods (issue 29)
+    selectors = container["args"][container["args"].index("--gateway-selectors") + 1]
+    assert selectors == "istio-system/istio=ingressgateway,istio-system/istio=egressgateway"
+    from compiler.cli import app
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, ["render", "-f", str(REPO / "tests/testdata/golden/ingress-gateway.in.yaml"),
+                                   "--gateway-selectors", selectors])
+    assert res.exit_code == 0, res.stderr  # the documented ingress setup passes the shipped selectors
 
 
 def test_rbac_grants_only_the_verbs_the_controller_uses():

@@ -33,6 +33,9 @@ SOURCE_GROUP = "istio.alibabacloud.com"
 OWNER_LABEL = "llmc.io/owner"
 OWNER_VALUE = "controller"
 ALL = "*"
+#: diagnostics that refuse a source for tenancy (``--gateway-selectors``): its objects are not kept
+#: as last known good (they may be what the operator just forbade) and ``Programmed`` says so
+TENANCY_CODES = frozenset({"LLMC242"})
 
 ObjKey = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -87,6 +90,11 @@ class Outcome:
     program: Program | None = None
     diagnostics: dict[str, list[Diagnostic]] = field(default_factory=dict)  # per source key
     invalid: set[str] = field(default_factory=set)
+
+    @property
+    def refused(self) -> set[str]:
+        """Invalid sources refused for tenancy: their live objects are pruned, never kept."""
+        return {k for k in self.invalid if any(d.code in TENANCY_CODES for d in self.diagnostics.get(k, []))}
 
 
 def _document(obj: dict) -> Document:
@@ -191,10 +199,16 @@ class Plan:
     refused: dict[str, list[str]] = field(default_factory=dict)  # source key → messages (tenancy)
 
 
+def _allowed(obj: dict, namespace: str, scope: Scope) -> bool:
+    return scope.allows({s.split(" ", 1)[-1].split("/", 1)[0] for s in annotated_sources(obj)}, namespace)
+
+
 def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope) -> Plan:
     """What one key's pass writes. ``live`` holds the controller's objects owned by that key."""
     out = Plan()
-    pinned = {k for k, o in live.items() if set(annotated_sources(o)) & outcome.invalid}
+    refused = outcome.refused
+    pinned = {k for k, o in live.items() if set(annotated_sources(o)) & outcome.invalid
+              and not set(annotated_sources(o)) & refused and _allowed(o, k[1], scope)}
     desired: dict[ObjKey, dict] = {}
     for obj in outcome.objects:
         key = obj_key(obj)
@@ -241,8 +255,9 @@ def conditions(obj: dict, outcome: Outcome, failures: list[str], missing_secrets
     elif missing_secrets:
         resolved = ("False", "SecretNotFound", f"Secret(s) not found: {', '.join(missing_secrets)}")
     elif unchecked_secrets:
-        resolved = ("Unknown", "NotChecked", "Secret(s) not checked: needed in namespace(s) the controller may not "
-                    "read Secrets in (" + ", ".join(unchecked_secrets) + ")")
+        resolved = ("Unknown", "NotChecked", "Secret(s) not checked: needed in namespace(s) " +
+                    ", ".join(sorted(unchecked_secrets)) + "; status reports on Secrets of the source's own "
+                    "namespace only, where the controller may read them")
     else:
         resolved = ("True", "ResolvedRefs", "")
     conds = [
@@ -251,7 +266,10 @@ def conditions(obj: dict, outcome: Outcome, failures: list[str], missing_secrets
          "message": text(warnings) if accepted else text(errors)},
         {"type": "ResolvedRefs", "status": resolved[0], "reason": resolved[1], "message": resolved[2]},
     ]
-    if not accepted or key in outcome.invalid:
+    if any(d.code in TENANCY_CODES for d in errors):
+        programmed = ("False", "GatewayNotAllowed", text([d for d in errors if d.code in TENANCY_CODES]) +
+                      "; nothing is applied for it on gateways, and objects applied for it earlier are removed")
+    elif not accepted or key in outcome.invalid:
         programmed = ("False", "Invalid", (text(errors) or "not compiled") +
                       "; objects applied for a previous valid version, if any, are kept as they are")
     elif refused:

@@ -231,13 +231,21 @@ class Controller:
 
     def _secrets(self, outcome: Outcome) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """Per source key: the Secrets missing where its proxies need them, and the namespaces where
-        they are needed but may not be read (neither the source's own nor an allowed gateway
-        namespace). Each Secret is checked once per pass; contents are never read."""
+        they are needed but not checked for it. A source learns about Secrets of its own namespace
+        only: for another namespace (a gateway's) it gets ``NotChecked`` whether the Secret exists,
+        is missing or may not be looked at — else a tenant could probe Secret names there. Missing
+        ones there are logged for the operator. Each Secret is checked once per pass; contents are
+        never read."""
         if outcome.program is None:
             return {}, {}
         exists: dict[tuple[str, str], bool | None] = {}
         missing: dict[str, list[str]] = {}
         unchecked: dict[str, list[str]] = {}
+
+        def note(table: dict[str, list[str]], source: str, item: str) -> None:
+            if item not in table.setdefault(source, []):
+                table[source].append(item)
+
         for vh in outcome.program.vhosts:
             for rule in vh.rules:
                 for b in rule.backends:
@@ -246,22 +254,22 @@ class Controller:
                         continue
                     users = (*vh.sources, b.provider.source)
                     for pl in vh.placements:
-                        if not self.scope.allows({vh.namespace, b.provider.namespace}, pl.namespace):
-                            for s in users:
-                                if pl.namespace not in unchecked.setdefault(s, []):
-                                    unchecked[s].append(pl.namespace)
-                            continue
+                        own = [s for s in users if s.split(" ", 1)[-1].split("/", 1)[0] == pl.namespace]
+                        for s in users:
+                            if s not in own:
+                                note(unchecked, s, pl.namespace)
                         key = (pl.namespace, ref.name)
+                        if not self.scope.allows({vh.namespace, b.provider.namespace}, pl.namespace):
+                            continue
                         if key not in exists:
                             exists[key] = self.kube.secret_exists(*key)
-                        if exists[key] is None:  # no RBAC to look there
-                            for s in users:
-                                if pl.namespace not in unchecked.setdefault(s, []):
-                                    unchecked[s].append(pl.namespace)
-                        elif not exists[key]:
-                            for s in users:
-                                if f"{key[0]}/{key[1]}" not in missing.setdefault(s, []):
-                                    missing[s].append(f"{key[0]}/{key[1]}")
+                            if exists[key] is False and not own:
+                                log.warning("secret missing", extra={"secret": f"{key[0]}/{key[1]}"})
+                        for s in own:
+                            if exists[key] is None:  # no RBAC to look there
+                                note(unchecked, s, pl.namespace)
+                            elif not exists[key]:
+                                note(missing, s, f"{key[0]}/{key[1]}")
         return missing, unchecked
 
     # loops -----------------------------------------------------------------------------------------
