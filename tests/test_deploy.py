@@ -6,7 +6,9 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 from ruamel.yaml import YAML
+from typer.testing import CliRunner
 
+from compiler.cli import app
 from compiler.crds import render_crds
 from tests.conftest import REPO
 
@@ -47,9 +49,6 @@ def test_controller_deployment_shape():
     # tenants may bind only to Istio's default ingress and egress gateway pods (issue 29)
     selectors = container["args"][container["args"].index("--gateway-selectors") + 1]
     assert selectors == "istio-system/istio=ingressgateway,istio-system/istio=egressgateway"
-    from compiler.cli import app
-    from typer.testing import CliRunner
-
     res = CliRunner().invoke(app, ["render", "-f", str(REPO / "tests/testdata/golden/ingress-gateway.in.yaml"),
                                    "--gateway-selectors", selectors])
     assert res.exit_code == 0, res.stderr  # the documented ingress setup passes the shipped selectors
