@@ -71,6 +71,10 @@ class FakeAPIServer:
         self.outage_until = 0.0
         self.outage_mode = "reset"
         self.delays: dict[str, float] = {}  # method -> seconds every such request takes
+        self.holds: dict[str, float] = {}  # User-Agent part -> seconds every such request is held
+        self.queries: list[tuple[str, str, dict]] = []  # (method, path, query) of every request
+        self.committed: list[tuple[float, str, str, str]] = []  # writes that changed the store, as log
+        self.request_local = threading.local()  # the request a handler thread is serving
         self.chaos_rate, self.chaos_rng, self.chaos_count = 0.0, None, 0
         self.watch_generation = 0
         server = self
@@ -148,6 +152,12 @@ class FakeAPIServer:
         with self.lock:
             self.delays[method] = seconds
 
+    def hold(self, agent_part: str, seconds: float) -> None:
+        """Every request whose User-Agent contains ``agent_part`` is held ``seconds`` after it was
+        received, before it is handled (an API server queueing one client's requests; 0 ends it)."""
+        with self.lock:
+            self.holds[agent_part] = seconds
+
     def writes_by(self, agent_part: str, since: float = 0.0, leases: bool = False) -> list[tuple[float, str, str]]:
         """(time, method, path) of writes whose User-Agent contains ``agent_part``, received at or
         after ``since`` (monotonic); Lease writes only with ``leases``."""
@@ -211,7 +221,13 @@ class FakeAPIServer:
 
     # -- storage -----------------------------------------------------------------------------------
 
+    def _committed(self) -> None:
+        current = getattr(self.request_local, "request", None)
+        if current is not None:
+            self.committed.append((time.monotonic(), *current))
+
     def _store(self, key: tuple, obj: dict, event: str) -> dict:
+        self._committed()
         self.rv += 1
         meta = obj.setdefault("metadata", {})
         old = self.objects.get(key)
@@ -233,6 +249,7 @@ class FakeAPIServer:
     def _delete(self, key: tuple) -> dict | None:
         obj = self.objects.pop(key, None)
         if obj is not None:
+            self._committed()
             self.rv += 1
             obj = deepcopy(obj)
             obj["metadata"]["resourceVersion"] = str(self.rv)
@@ -288,9 +305,11 @@ class FakeAPIServer:
         h.close_connection = True
 
     def _dispatch(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        self.request_local.request = (method, urlparse(h.path).path, h.headers.get("user-agent", ""))
         try:
             self._handle(h, method)
         finally:
+            self.request_local.request = None
             self._flush(h)
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
@@ -298,10 +317,12 @@ class FakeAPIServer:
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         length = int(h.headers.get("content-length") or 0)
         body = h.rfile.read(length) if length else b""
+        agent = h.headers.get("user-agent", "")
         with self.lock:
-            self.log.append((time.monotonic(), method, url.path, h.headers.get("user-agent", "")))
+            self.log.append((time.monotonic(), method, url.path, agent))
+            self.queries.append((method, url.path, query))
             outage_left, mode = self.outage_until - time.monotonic(), self.outage_mode
-            delay = self.delays.get(method, 0.0)
+            delay = self.delays.get(method, 0.0) + sum(t for a, t in self.holds.items() if a in agent)
         if outage_left > 0:
             if mode == "hang":
                 time.sleep(outage_left)
