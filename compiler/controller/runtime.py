@@ -24,7 +24,7 @@ from kubernetes.client.rest import ApiException
 
 from ..resolve import Options
 from .informer import Informer
-from .kube import GENERATED, MANAGED_SELECTOR, SOURCE_PLURALS, Kube
+from .kube import GENERATED, MANAGED_SELECTOR, SOURCE_PLURALS, Kube, send_server_timeouts
 from .leader import LeaderElector, LeadershipLost, LeaseConfig
 from .observe import JsonFormatter, Metrics, serve_probes
 from .queue import RateLimiter, WorkQueue
@@ -78,6 +78,7 @@ class Controller:
                  istio_root_namespace: str = "istio-system", tuning: Tuning | None = None):
         lease, self.tuning = lease or LeaseConfig(), tuning or Tuning()
         api.user_agent = f"llmc-controller/{identity}"  # tells replicas apart in API server logs
+        send_server_timeouts(api, lease.request_timeout)  # the API server drops a write it cannot finish
         self.elector = LeaderElector(api, lease_namespace, "llmc-controller", identity, lease)
         self.limiter = RateLimiter(self.tuning.qps, self.tuning.burst)
         self.kube = Kube(api, fence=self.elector.check_fence, timeout=lease.request_timeout, limiter=self.limiter.wait)

@@ -26,10 +26,16 @@ Implements (enough of the real REST and watch protocol for a controller, on 127.
   ``llmc-system`` exist; :meth:`FakeAPIServer.create_namespace` adds one; ``put_object`` creates the
   object's namespace as a test's ``kubectl create namespace`` would);
 * TCP_NODELAY (no Nagle delay per response) and a listen backlog for a dozen concurrent watches;
+* the ``timeout`` query parameter as kube-apiserver honours it (:func:`_parse_timeout`): the deadline
+  is the request's receipt plus ``timeout``; a request still queued (:meth:`FakeAPIServer.hold`,
+  :meth:`FakeAPIServer.delay`) at its deadline gets ``504 Timeout`` and a write is not applied; a
+  malformed value is ``400``;
 * fault injection: HTTP errors or connection resets per method and path (:meth:`FakeAPIServer.fail`),
   an outage of resets or hangs (:meth:`FakeAPIServer.outage`), slow requests
-  (:meth:`FakeAPIServer.delay`), dropping all watches (:meth:`FakeAPIServer.drop_watches`), history
-  compaction (:meth:`FakeAPIServer.compact`); a request log with times and User-Agents.
+  (:meth:`FakeAPIServer.delay`; one client's requests: :meth:`FakeAPIServer.hold`), dropping all
+  watches (:meth:`FakeAPIServer.drop_watches`), history compaction (:meth:`FakeAPIServer.compact`);
+  a request log with times and User-Agents, the query of every request, and a log of the writes
+  that changed the store (``committed``), with their times.
 
 Not implemented: strategic merge patch, list-map merging by key in server-side apply (lists are
 atomic), ownership of ``status`` fields, field selectors, bookmarks, pagination, aggregated discovery
@@ -318,6 +324,11 @@ class FakeAPIServer:
         length = int(h.headers.get("content-length") or 0)
         body = h.rfile.read(length) if length else b""
         agent = h.headers.get("user-agent", "")
+        received = time.monotonic()
+        timeout = _parse_timeout(query.get("timeout")) if "watch=" not in url.query else None
+        if timeout is False:
+            return self._status(h, 400, "BadRequest", f"invalid timeout specified in the request URL - "
+                                f"time: invalid duration {query.get('timeout')!r}")
         with self.lock:
             self.log.append((time.monotonic(), method, url.path, agent))
             self.queries.append((method, url.path, query))
@@ -331,6 +342,11 @@ class FakeAPIServer:
             time.sleep(delay)
         with self.lock:
             self.requests.append((method, url.path))
+            # kube-apiserver: the deadline runs from receipt, so time spent queued counts (see
+            # _parse_timeout); a request that reaches the store after it is answered 504 unapplied
+            if timeout and time.monotonic() > received + timeout:
+                return self._status(h, 504, "Timeout", "request did not complete within requested timeout - "
+                                    "context deadline exceeded")
             if self.chaos_rate and "watch=" not in url.query and self.chaos_rng.random() < self.chaos_rate:
                 self.chaos_count += 1
                 kind = self.chaos_count % 3
@@ -492,6 +508,41 @@ class FakeAPIServer:
             h.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+#: kube-apiserver's --request-timeout default: a longer (or 0) ``timeout`` is capped to it
+MAX_REQUEST_TIMEOUT = 60.0
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _parse_timeout(value: str | None) -> float | bool | None:
+    """The ``timeout`` query parameter as kube-apiserver reads it: a Go duration (``5s``, ``1.5s``,
+    ``1m30s``); malformed: False (400). None when absent; 0, negative or above the server's maximum:
+    the maximum. The server gives the request the deadline *receipt time + timeout*
+    (``WithRequestDeadline``, staging/src/k8s.io/apiserver/pkg/endpoints/filters/request_deadline.go
+    L69-L96 at 08eaea4590821ab099551e334bfc0e0b2ebee348: ``started`` is the received timestamp), so
+    queueing counts; the storage call of a write runs under that context, and the handler answers
+    504 ``Timeout`` once it passes (finisher.go ``asyncFinisher``). Here: a write that has not
+    reached the store by its deadline is answered 504 and not applied."""
+    if value is None or value == "":
+        return None
+    text, total = value, 0.0
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.lstrip("+-")
+    if text == "0":
+        return MAX_REQUEST_TIMEOUT
+    pos = 0
+    while pos < len(text):
+        m = _DURATION.match(text, pos)
+        if m is None:
+            return False
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not text:
+        return False
+    total *= sign
+    return total if 0 < total < MAX_REQUEST_TIMEOUT else MAX_REQUEST_TIMEOUT
 
 
 def _prune_node(node, schema: dict, path: str, dropped: list[str], root: bool = False) -> None:
