@@ -197,6 +197,16 @@ class Plan:
     prune: list[ObjKey] = field(default_factory=list)
     kept: list[ObjKey] = field(default_factory=list)  # last known good: a source is invalid
     refused: dict[str, list[str]] = field(default_factory=dict)  # source key → messages (tenancy)
+    #: source key → (kept objects it contributes to, the invalid sources that froze them), sorted
+    frozen: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+
+    def _freeze(self, obj: dict, invalid: set[str]) -> None:
+        sources = annotated_sources(obj)
+        what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        causes = set(sources) & invalid
+        for s in sources:
+            objs, by = self.frozen.get(s, ([], []))
+            self.frozen[s] = (sorted({*objs, what}), sorted({*by, *causes}))
 
 
 def _allowed(obj: dict, namespace: str, scope: Scope) -> bool:
@@ -226,20 +236,33 @@ def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope) -> Plan:
     for key, obj in sorted(desired.items()):
         if key in pinned:
             out.kept.append(key)
+            out._freeze(live[key], outcome.invalid)
         elif drifted(obj, live.get(key)):
             out.apply.append(obj)
     for key in sorted(set(live) - set(desired)):
         if key in pinned:
             out.kept.append(key)
+            out._freeze(live[key], outcome.invalid)
         else:
             out.prune.append(key)
     return out
 
 
+def _frozen_text(frozen: tuple[list[str], list[str]]) -> str:
+    """Which objects are kept as last applied and which invalid sources froze them."""
+    objs, causes = frozen
+    shown = ", ".join(objs[:10]) + (f" and {len(objs) - 10} more" if len(objs) > 10 else "")
+    return (f"kept as last applied (last known good) while {', '.join(causes)} "
+            f"{'is' if len(causes) == 1 else 'are'} invalid: {shown}")
+
+
 def conditions(obj: dict, outcome: Outcome, failures: list[str], missing_secrets: list[str],
-               unchecked_secrets: list[str], refused: list[str]) -> list[dict]:
+               unchecked_secrets: list[str], refused: list[str],
+               frozen: tuple[list[str], list[str]] | None = None) -> list[dict]:
     """Accepted, ResolvedRefs and Programmed for one source; messages come from diagnostics
-    (which never contain key values) and name only the source's own or allowed namespaces."""
+    (which never contain key values) and name only the source's own or allowed namespaces.
+    ``frozen``: the objects of this source that last known good keeps, and the invalid sources that
+    froze them — a valid source whose changes cannot reach them is not ``Programmed`` either."""
     key = source_key(obj)
     diags = outcome.diagnostics.get(key, [])
     errors = [d for d in diags if d.severity is Severity.ERROR]
@@ -270,10 +293,13 @@ def conditions(obj: dict, outcome: Outcome, failures: list[str], missing_secrets
         programmed = ("False", "GatewayNotAllowed", text([d for d in errors if d.code in TENANCY_CODES]) +
                       "; nothing is applied for it on gateways, and objects applied for it earlier are removed")
     elif not accepted or key in outcome.invalid:
-        programmed = ("False", "Invalid", (text(errors) or "not compiled") +
-                      "; objects applied for a previous valid version, if any, are kept as they are")
+        programmed = ("False", "Invalid", (text(errors) or "not compiled") + "; " +
+                      (_frozen_text(frozen) if frozen else "no object applied for it is live, none is kept"))
     elif refused:
         programmed = ("False", "GatewayNamespaceNotAllowed", "; ".join(refused)[:1024])
+    elif frozen:
+        programmed = ("False", "LastKnownGood", _frozen_text(frozen) + "; changes of this source reach them "
+                      "once that is fixed")
     elif failures:
         programmed = ("False", "ApplyFailed", ("; ".join(failures) + "; retrying")[:1024])
     else:

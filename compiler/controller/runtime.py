@@ -199,7 +199,7 @@ class Controller:
         for src in sources:
             k = source_key(src)
             conds = conditions(src, outcome, failures.get(k, []), missing.get(k, []), unchecked.get(k, []),
-                               todo.refused.get(k, []))
+                               todo.refused.get(k, []), todo.frozen.get(k))
             ok = self._patch_status(src, conds) and ok
         self.metrics.set("llmc_objects_managed", sum(len(i.cache) for i in self.generated))
         self.metrics.add("llmc_reconciles_total")
