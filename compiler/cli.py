@@ -296,8 +296,9 @@ def controller(
                                                       "namespace (mesh-wide config).")] = "istio-system",
     resync: Annotated[float, typer.Option("--resync", help="Seconds between full reconciles (edits of "
                                           "generated objects are repaired at once, via watches).")] = 60.0,
-    api_qps: Annotated[float, typer.Option("--api-qps", help="Client-side rate limit of API writes.")] = 50.0,
-    api_burst: Annotated[int, typer.Option("--api-burst", help="Burst of API writes.")] = 100,
+    api_qps: Annotated[float, typer.Option("--api-qps", help="Client-side rate limit of API writes (a cold "
+                                           "start of 1,000 providers + 1,000 routes is ~6,900 writes).")] = 200.0,
+    api_burst: Annotated[int, typer.Option("--api-burst", help="Burst of API writes.")] = 400,
     workers: Annotated[int, typer.Option("--workers", help="Work keys reconciled in parallel.")] = 4,
     lease_duration: Annotated[float, typer.Option("--lease-duration", help="Seconds another replica waits, "
                                                   "observing no renewal, before taking the Lease.")] = 15.0,

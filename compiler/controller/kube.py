@@ -21,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError as TransportError
 
+from ..constants import GENERATED_KINDS
 from .reconcile import OWNER_LABEL, OWNER_VALUE, SOURCE_GROUP
 
 log = logging.getLogger("llmc.controller")
@@ -28,15 +29,8 @@ FIELD_MANAGER = "llmc-controller"
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by=llmc,{OWNER_LABEL}={OWNER_VALUE}"
 SOURCE_VERSION = "v1beta1"
 SOURCE_PLURALS = {"LLMProvider": "llmproviders", "LLMRoute": "llmroutes"}
-#: kind → (group, version, plural) of everything llmc generates
-GENERATED = {
-    "ServiceEntry": ("networking.istio.io", "v1", "serviceentries"),
-    "DestinationRule": ("networking.istio.io", "v1", "destinationrules"),
-    "Gateway": ("networking.istio.io", "v1", "gateways"),
-    "VirtualService": ("networking.istio.io", "v1", "virtualservices"),
-    "EnvoyFilter": ("networking.istio.io", "v1alpha3", "envoyfilters"),
-    "Telemetry": ("telemetry.istio.io", "v1", "telemetries"),
-}
+#: kind → (group, version, plural) of everything llmc generates (from the one table of kinds)
+GENERATED = {k.kind: (k.group, k.version, k.plural) for k in GENERATED_KINDS}
 RESOURCES = {**GENERATED, **{k: (SOURCE_GROUP, SOURCE_VERSION, p) for k, p in SOURCE_PLURALS.items()}}
 T = TypeVar("T")
 

@@ -64,8 +64,10 @@ class Tuning:
     debounce: float = 0.1  # a burst of events for one key costs one pass
     backoff_base: float = 0.2  # per-key retry: base * 2**failures, capped
     backoff_cap: float = 60.0
-    qps: float = 50.0  # client-side rate limit of writes
-    burst: int = 100
+    # client-side rate limit of writes: a cold start of 1,000 providers + 1,000 routes is ~6,900
+    # writes (objects and status), (6,900 - burst) / qps ~ 33 s; at 50/s it took ~138 s (issue 29)
+    qps: float = 200.0
+    burst: int = 400
     workers: int = 4  # keys processed in parallel (never one key twice at once)
 
 
