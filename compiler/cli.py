@@ -306,8 +306,9 @@ def controller(
                                                   "renewal after which the leader stops writing and exits "
                                                   "(< lease duration).")] = 10.0,
     retry_period: Annotated[float, typer.Option("--retry-period", help="Seconds between Lease attempts.")] = 2.0,
-    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Timeout of every API call "
-                                                   "(seconds).")] = 5.0,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Timeout of every API call, "
+                                                   "client side and (writes) server side, in seconds; keep "
+                                                   "renew deadline + this < lease duration.")] = 3.0,
     cluster_domain: DomainOpt = "cluster.local",
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,

@@ -32,6 +32,8 @@ def _api(server, agent: str = "test") -> client.ApiClient:
 
 def test_lease_config_follows_client_go_rules():
     LeaseConfig(15, 10, 2)
+    # the defaults leave 2 s for transit and etcd's commit after a stale write's server deadline
+    assert LeaseConfig().stale_write_margin == 2.0 and LeaseConfig(15, 10, 2, 5).stale_write_margin == 0
     with pytest.raises(ValueError, match="greater than the renew deadline"):
         LeaseConfig(lease_duration=10, renew_deadline=10, retry_period=2)
     with pytest.raises(ValueError, match="retry period"):

@@ -386,6 +386,9 @@ def run(opts: Options, kubeconfig: str | None, namespaces: list[str] | None, lea
     ctrl = Controller(client.ApiClient(cfg), opts, identity or socket.gethostname(), lease_namespace,
                       namespaces=namespaces, lease=lease, on_lost=done.set, tuning=tuning,
                       gateway_namespaces=gateway_namespaces, istio_root_namespace=istio_root_namespace)
+    if ctrl.elector.config.stale_write_margin <= 0:
+        log.warning("renew deadline + request timeout >= lease duration: a write of an ex-leader may land "
+                    "after the new leader's", extra={"margin_s": ctrl.elector.config.stale_write_margin})
     ctrl.serve_health("0.0.0.0", health_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
