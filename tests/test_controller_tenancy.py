@@ -148,3 +148,16 @@ def test_the_option_in_render_krm_and_the_controller(tmp_path):
     assert [d.code for d in krm.diagnostics.items] == ["LLMC010"]
     helptext = CliRunner().invoke(app, ["controller", "--help"], env={"COLUMNS": "200"}).stdout
     assert "--gateway-selectors" in helptext
+
+
+def test_frozen_status_names_no_source_of_another_namespace():
+    """A gateway-wide object frozen by another tenant's invalid route: the status counts that source
+    and names the object (in a gateway namespace the operator allowed), not the other tenant's route."""
+    from compiler.controller.reconcile import Outcome, conditions
+
+    src = {"kind": "LLMProvider", "metadata": {"name": "p", "namespace": "tenant-a"}}
+    frozen = (["EnvoyFilter istio-system/llmc-gateway-filter-x"], ["LLMProvider tenant-a/q", "LLMRoute tenant-b/plan-z"])
+    prog = conditions(src, Outcome(), [], [], [], [], frozen)[-1]
+    assert (prog["status"], prog["reason"]) == ("False", "LastKnownGood")
+    assert "LLMProvider tenant-a/q" in prog["message"] and "1 source(s) of other namespaces" in prog["message"]
+    assert "tenant-b" not in prog["message"] and "llmc-gateway-filter-x" in prog["message"]

@@ -248,11 +248,15 @@ def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope) -> Plan:
     return out
 
 
-def _frozen_text(frozen: tuple[list[str], list[str]]) -> str:
-    """Which objects are kept as last applied and which invalid sources froze them."""
+def _frozen_text(frozen: tuple[list[str], list[str]], namespace: str) -> str:
+    """Which objects are kept as last applied and which invalid sources froze them; sources of other
+    namespaces are counted, not named (a tenant's status names no other tenant's objects)."""
     objs, causes = frozen
+    own = [c for c in causes if c.split(" ", 1)[-1].split("/", 1)[0] == namespace]
+    others = len(causes) - len(own)
+    named = own + ([f"{others} source(s) of other namespaces"] if others else [])
     shown = ", ".join(objs[:10]) + (f" and {len(objs) - 10} more" if len(objs) > 10 else "")
-    return (f"kept as last applied (last known good) while {', '.join(causes)} "
+    return (f"kept as last applied (last known good) while {', '.join(named)} "
             f"{'is' if len(causes) == 1 else 'are'} invalid: {shown}")
 
 
@@ -289,16 +293,17 @@ def conditions(obj: dict, outcome: Outcome, failures: list[str], missing_secrets
          "message": text(warnings) if accepted else text(errors)},
         {"type": "ResolvedRefs", "status": resolved[0], "reason": resolved[1], "message": resolved[2]},
     ]
+    held = _frozen_text(frozen, obj["metadata"].get("namespace", "")) if frozen else ""
     if any(d.code in TENANCY_CODES for d in errors):
         programmed = ("False", "GatewayNotAllowed", text([d for d in errors if d.code in TENANCY_CODES]) +
                       "; nothing is applied for it on gateways, and objects applied for it earlier are removed")
     elif not accepted or key in outcome.invalid:
         programmed = ("False", "Invalid", (text(errors) or "not compiled") + "; " +
-                      (_frozen_text(frozen) if frozen else "no object applied for it is live, none is kept"))
+                      (held or "no object applied for it is live, none is kept"))
     elif refused:
         programmed = ("False", "GatewayNamespaceNotAllowed", "; ".join(refused)[:1024])
     elif frozen:
-        programmed = ("False", "LastKnownGood", _frozen_text(frozen) + "; changes of this source reach them "
+        programmed = ("False", "LastKnownGood", held + "; changes of this source reach them "
                       "once that is fixed")
     elif failures:
         programmed = ("False", "ApplyFailed", ("; ".join(failures) + "; retrying")[:1024])
