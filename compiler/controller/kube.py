@@ -6,7 +6,8 @@ both (and the sources annotation) are watched and ever pruned, so the output of
 ``llmc render | kubectl apply`` (same ``managed-by`` label, no owner label) is never deleted. An
 object of the same name that ``render`` applied earlier is adopted: the forced apply takes its
 fields over and adds the owner label. Secrets are only checked for existence: their contents are
-never read. Every call has a timeout; writes pass the leader fence and a client-side rate limiter.
+never read. Every call has a timeout; writes pass the leader fence and a client-side rate limiter,
+and carry the server-side ``timeout`` too (:func:`send_server_timeouts`).
 """
 
 from __future__ import annotations
