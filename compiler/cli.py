@@ -59,6 +59,10 @@ GatewayWorkloadOpt = Annotated[list[str] | None, typer.Option(
     "--gateway-workload-namespace", help="GW=NS: the pods of Istio Gateway GW (namespace/name) run in "
     "namespace NS (e.g. a shared ingress in istio-system); llmc writes the gateway's EnvoyFilters there. "
     "Repeat for several gateways.")]
+GatewaySelectorsOpt = Annotated[str | None, typer.Option(
+    "--gateway-selectors", help="NAMESPACE/LABEL=VALUE[,...]: the only gateway pods routes may bind to; a "
+    "route's providers must select pods with one of these labels in the namespace the gateway's pods run "
+    "in (else LLMC243). Default: no restriction (deploy/ passes Istio's ingress and egress gateways).")]
 
 
 IstioVersionOpt = Annotated[str | None, typer.Option(
@@ -68,12 +72,13 @@ IstioVersionOpt = Annotated[str | None, typer.Option(
 
 
 def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
-             telemetry: bool = False, gateway_workloads: list[str] | None = None, istio_version: str | None = None):
+             telemetry: bool = False, gateway_workloads: list[str] | None = None, istio_version: str | None = None,
+             gateway_selectors: str | None = None):
     """Options from the command line, validated by compiler/options.py (as for `llmc krm`)."""
     from .options import DEFAULT_ISTIO_VERSION, parse_options
 
     opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry,
-                                   gateway_workloads, istio_version or DEFAULT_ISTIO_VERSION)
+                                   gateway_workloads, istio_version or DEFAULT_ISTIO_VERSION, gateway_selectors)
     if opts is None:
         option, problem = problems[0]
         raise typer.BadParameter(problem, param_hint=f"--{option}")
@@ -131,6 +136,7 @@ def render(
                                             "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
                                             "and token-metric EnvoyFilters.")] = False,
     istio_version: IstioVersionOpt = None,
+    gateway_selectors: GatewaySelectorsOpt = None,
     passthrough: Annotated[bool, typer.Option("--passthrough", help="Render a whole app folder (Argo CD, "
                                               "Flux): print its other Kubernetes objects unchanged before the "
                                               "generated ones, and skip files that hold no Kubernetes object "
@@ -150,7 +156,7 @@ def render(
         raise typer.BadParameter("--passthrough prints one stream for a GitOps tool to apply; it cannot be "
                                  "combined with --out-dir, --check or --emit ir", param_hint="--passthrough")
     opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace, istio_version)
+                    gateway_workload_namespace, istio_version, gateway_selectors)
     from .pipeline import compile_paths
 
     result = compile_paths(filename, opts, passthrough=passthrough)
@@ -266,11 +272,12 @@ def validate(
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     gateway_workload_namespace: GatewayWorkloadOpt = None,
     istio_version: IstioVersionOpt = None,
+    gateway_selectors: GatewaySelectorsOpt = None,
 ) -> None:
     """Check the inputs and report every problem; print nothing else."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
                                          egress_gateway_labels, gateway_workloads=gateway_workload_namespace,
-                                         istio_version=istio_version))
+                                         istio_version=istio_version, gateway_selectors=gateway_selectors))
     if output is DiagFormat.json:
         sys.stdout.write(result.diagnostics.format_json() + "\n")
     else:
@@ -320,8 +327,9 @@ def controller(
                                                       "namespace (mesh-wide config).")] = "istio-system",
     resync: Annotated[float, typer.Option("--resync", help="Seconds between full reconciles (edits of "
                                           "generated objects are repaired at once, via watches).")] = 60.0,
-    api_qps: Annotated[float, typer.Option("--api-qps", help="Client-side rate limit of API writes.")] = 50.0,
-    api_burst: Annotated[int, typer.Option("--api-burst", help="Burst of API writes.")] = 100,
+    api_qps: Annotated[float, typer.Option("--api-qps", help="Client-side rate limit of API writes (a cold "
+                                           "start of 1,000 providers + 1,000 routes is ~6,900 writes).")] = 200.0,
+    api_burst: Annotated[int, typer.Option("--api-burst", help="Burst of API writes.")] = 400,
     workers: Annotated[int, typer.Option("--workers", help="Work keys reconciled in parallel.")] = 4,
     lease_duration: Annotated[float, typer.Option("--lease-duration", help="Seconds another replica waits, "
                                                   "observing no renewal, before taking the Lease.")] = 15.0,
@@ -329,14 +337,16 @@ def controller(
                                                   "renewal after which the leader stops writing and exits "
                                                   "(< lease duration).")] = 10.0,
     retry_period: Annotated[float, typer.Option("--retry-period", help="Seconds between Lease attempts.")] = 2.0,
-    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Timeout of every API call "
-                                                   "(seconds).")] = 5.0,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Timeout of every API call, "
+                                                   "client side and (writes) server side, in seconds; keep "
+                                                   "renew deadline + this < lease duration.")] = 3.0,
     cluster_domain: DomainOpt = "cluster.local",
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     gateway_workload_namespace: GatewayWorkloadOpt = None,
     istio_version: IstioVersionOpt = None,
+    gateway_selectors: GatewaySelectorsOpt = None,
     telemetry: Annotated[bool, typer.Option("--telemetry", help="As for render.")] = False,
 ) -> None:
     """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
@@ -345,7 +355,7 @@ def controller(
     from .controller.runtime import Tuning, run
 
     opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace, istio_version)
+                    gateway_workload_namespace, istio_version, gateway_selectors)
     try:
         lease = LeaseConfig(lease_duration, renew_deadline, retry_period, request_timeout)
     except ValueError as exc:

@@ -93,6 +93,7 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC240", _W, "hostRewrite sends a provider's key to another host name"),
     Message("LLMC241", _E, "basePath on a provider that does not speak OpenAI's API"),
     Message("LLMC242", _N, "weights are shares of their sum"),
+    Message("LLMC243", _E, "gateway pods the operator does not allow"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

@@ -244,7 +244,9 @@ def _function_options(config: dict, diags, config_file: str):
         telemetry=str(config.get("telemetry", "false")),
         # "GW=NS,GW=NS" as in kpt's `-- key=value`, or a YAML list of "GW=NS" in a plugin config
         gateway_workload_namespace=_text_or_list(config.get("gatewayWorkloadNamespace")),
-        istio_version=str(config.get("istioVersion", DEFAULT_ISTIO_VERSION)))
+        istio_version=str(config.get("istioVersion", DEFAULT_ISTIO_VERSION)),
+        # "NS/LABEL=VALUE,..." or a YAML list of them
+        gateway_selectors=_text_or_list(config.get("gatewaySelectors")))
     for option, problem in problems:
         diags.error("LLMC010", f"invalid value for llmc option {CONFIG_KEYS[option]!r}: {problem}", file=config_file,
                     path=CONFIG_KEYS[option])
