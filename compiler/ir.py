@@ -27,10 +27,12 @@ class RequestConfig:
 
     model: str | None = None
     stream: bool | None = None
-    api_key: str | None = dataclasses.field(default=None, repr=False)  # literal key: a secret
-    api_key_secret: SecretRef | None = None
-    include_usage: bool = True  # add stream_options.include_usage when streaming is turned on
-    include_usage_set: bool = dataclasses.field(default=False, compare=False)  # set explicitly in input
+    #: the credential: a literal key (a secret) or a Secret; one set in an overlay replaces both
+    api_key: str | None = dataclasses.field(default=None, repr=False, metadata={"overlay": "credential"})
+    api_key_secret: SecretRef | None = dataclasses.field(default=None, metadata={"overlay": "credential"})
+    #: add stream_options.include_usage when streaming is turned on; overlaid when set explicitly
+    include_usage: bool = dataclasses.field(default=True, metadata={"overlay": "include_usage_set"})
+    include_usage_set: bool = dataclasses.field(default=False, compare=False, metadata={"overlay": "flag"})
     auth_header: str | None = None  # openAIConfig.authHeader (lower-case); None: the protocol's
     auth_prefix: str | None = None  # openAIConfig.authPrefix; None: the protocol's (or "" for another header)
     deployment: str | None = None  # azureOpenAIConfig.deployment
@@ -38,21 +40,23 @@ class RequestConfig:
     max_tokens: int | None = None  # anthropicConfig.maxTokens
     version: str | None = None  # anthropicConfig.version (the anthropic-version header)
 
-    _PLAIN = ("model", "stream", "auth_header", "auth_prefix", "deployment", "api_version", "max_tokens",
-              "version")
-
     def overlay(self, other: RequestConfig | None) -> RequestConfig:
         """Fields set in ``other`` replace ours; a credential in ``other`` replaces both of ours."""
         if other is None:
             return self
         has_key = other.api_key is not None or other.api_key_secret is not None
-        plain = {f: getattr(other, f) if getattr(other, f) is not None else getattr(self, f) for f in self._PLAIN}
+        plain = {f: getattr(other, f) if getattr(other, f) is not None else getattr(self, f) for f in _PLAIN}
         return RequestConfig(
             api_key=other.api_key if has_key else self.api_key,
             api_key_secret=other.api_key_secret if has_key else self.api_key_secret,
             include_usage=other.include_usage if other.include_usage_set else self.include_usage,
             **plain,
         )
+
+
+#: The fields ``overlay`` takes from ``other`` when set (not None): every field of RequestConfig
+#: without an ``overlay`` rule in its metadata (the credential pair, include_usage and its flag).
+_PLAIN = tuple(f.name for f in dataclasses.fields(RequestConfig) if "overlay" not in f.metadata)
 
 
 @dataclass(frozen=True)
