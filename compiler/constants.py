@@ -4,9 +4,11 @@ own copies equal these).
 
 * the source API (group, version, kinds, plurals, short names);
 * the marks on every generated object (the managed-by label, the sources annotation);
-* the registry of generated kinds: group, version, plural and emit order, read by the pipeline (output
-  order), the translators (``compiler/translate/__init__.py`` maps each kind to its templates) and the
-  controller (the resources it applies, lists, watches and prunes).
+* the registry of generated kinds: group, version, plural, templates and translators, emit order and
+  RBAC verbs, read by the pipeline (output order), the translators (``compiler/translate/__init__.py``
+  imports them from here), the controller (the resources it applies, lists, watches and prunes, and
+  its RBAC) and ``llmc explain``;
+* the name of the Lua filter in Envoy (``FILTER_NAME``), read by the translators and ``llmc explain``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ PLURALS = {k.kind: k.plural for k in SOURCE_KINDS}
 #: put shared providers there).
 ROOT_NAMESPACE = "istio-system"
 
+#: the HTTP filter's name in Envoy: the key of its per-route config and route metadata
+FILTER_NAME = "llmc.lua"
+
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "llmc"
 MANAGED_BY = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
@@ -42,12 +47,24 @@ MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 SOURCES_ANNOTATION = "llmc.io/sources"
 
 
+#: RBAC verbs on a generated kind: always read (the controller lists and watches every generated kind,
+#: so a leftover object of a flag turned off is still seen); written (server-side apply is a PATCH that
+#: needs ``create`` to create, pruning a DELETE) only when the kind can be generated
+READ_VERBS = ("list", "watch")
+WRITE_VERBS = ("create", "patch", "delete")
+
+
 @dataclass(frozen=True)
 class GeneratedKind:
+    """One kind llmc generates: its API coordinates, how it is made and what the controller needs."""
+
     kind: str
     group: str
     version: str
     plural: str
+    #: (template under ``templates/``, translator ``module:function`` of ``compiler.translate``), in the
+    #: order they run; ``compiler/translate/__init__.py`` imports the translators from here
+    outputs: tuple[tuple[str, str], ...]
     #: the option (CLI spelling) without which llmc never generates the kind: the controller needs
     #: create/patch/delete on it only then (``compiler/controller/rbac.py``); None: always possible
     flag: str | None = None
@@ -56,18 +73,33 @@ class GeneratedKind:
     def api_version(self) -> str:
         return f"{self.group}/{self.version}"
 
+    def verbs(self, flags: frozenset[str] = frozenset()) -> tuple[str, ...]:
+        """The controller's RBAC verbs on this kind when it runs with ``flags`` (CLI spellings)."""
+        return READ_VERBS + (WRITE_VERBS if self.flag is None or self.flag in flags else ())
 
-#: Everything llmc generates, in emit order.
+
+#: Everything llmc generates, in emit order: the pipeline, the translators, the controller (apply,
+#: list, watch, prune), its RBAC (deploy/rbac.yaml, checked by tests/test_deploy.py) and
+#: ``llmc explain`` read this table.
 GENERATED_KINDS = (
-    GeneratedKind("ServiceEntry", "networking.istio.io", "v1", "serviceentries"),
-    GeneratedKind("DestinationRule", "networking.istio.io", "v1", "destinationrules"),
-    GeneratedKind("Gateway", "networking.istio.io", "v1", "gateways", flag="egress-gateway"),
-    GeneratedKind("VirtualService", "networking.istio.io", "v1", "virtualservices"),
-    GeneratedKind("EnvoyFilter", "networking.istio.io", "v1alpha3", "envoyfilters"),
-    GeneratedKind("Telemetry", "telemetry.istio.io", "v1", "telemetries", flag="telemetry"),
+    GeneratedKind("ServiceEntry", "networking.istio.io", "v1", "serviceentries",
+                  (("serviceentry.json.j2", "serviceentry:translate_serviceentries"),)),
+    GeneratedKind("DestinationRule", "networking.istio.io", "v1", "destinationrules",
+                  (("destinationrule.json.j2", "destinationrule:translate_destinationrules"),)),
+    GeneratedKind("Gateway", "networking.istio.io", "v1", "gateways",
+                  (("gateway.json.j2", "gateway:translate_gateways"),), flag="egress-gateway"),
+    GeneratedKind("VirtualService", "networking.istio.io", "v1", "virtualservices",
+                  (("virtualservice.json.j2", "virtualservice:translate_virtualservices"),)),
+    GeneratedKind("EnvoyFilter", "networking.istio.io", "v1alpha3", "envoyfilters",
+                  (("envoyfilter.json.j2", "envoyfilter:translate_envoyfilters"),
+                   ("tokenmetrics.json.j2", "telemetry:translate_token_metrics"))),
+    GeneratedKind("Telemetry", "telemetry.istio.io", "v1", "telemetries",
+                  (("telemetry.json.j2", "telemetry:translate_telemetries"),), flag="telemetry"),
 )
 GENERATED = {k.kind: k for k in GENERATED_KINDS}
 KIND_ORDER = {k.kind: i for i, k in enumerate(GENERATED_KINDS)}
+#: the kinds other modules compare objects with (``llmc explain``, ``llmc diff``)
+SERVICE_ENTRY, DESTINATION_RULE, GATEWAY, VIRTUAL_SERVICE, ENVOY_FILTER, TELEMETRY = (k.kind for k in GENERATED_KINDS)
 
 
 def is_generated(obj: object) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 from .api import SPEC_MODELS
 from .constants import GROUP as API_GROUP
+from .constants import KINDS, PLURALS, SOURCE_KINDS
 from .constants import SERVED_VERSIONS as API_VERSIONS
 
 _KEEP = ("type", "description", "properties", "items", "additionalProperties", "required", "enum",
@@ -34,8 +35,7 @@ _KEEP = ("type", "description", "properties", "items", "additionalProperties", "
 _KUBE_ONLY = ("x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-validations")
 CATEGORIES = ["llmc", "istio-io"]
 
-PLURALS = {"LLMProvider": "llmproviders", "LLMRoute": "llmroutes"}
-SHORT_NAMES = {"LLMProvider": ["llmp"], "LLMRoute": ["llmr"]}
+SHORT_NAMES = {k.kind: list(k.short_names) for k in SOURCE_KINDS}
 PRINTER_COLUMNS = {
     "LLMProvider": [
         {"name": "Host", "type": "string", "jsonPath": ".spec.host"},
@@ -191,4 +191,4 @@ def render_crds() -> dict[str, str]:
     """File name → YAML text, as committed under ``schemas/``."""
     from .emit import dump_yaml
 
-    return {f"{PLURALS[k]}.yaml": dump_yaml([crd(k)]) for k in ("LLMProvider", "LLMRoute")}
+    return {f"{PLURALS[k]}.yaml": dump_yaml([crd(k)]) for k in KINDS}

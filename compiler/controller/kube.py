@@ -22,17 +22,22 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError as TransportError
 
-from ..constants import GENERATED_KINDS
-from .reconcile import OWNER_LABEL, OWNER_VALUE, SOURCE_GROUP
+from ..constants import GENERATED, GROUP, PLURALS, VERSION
+from .reconcile import OWNER_LABEL, OWNER_VALUE
 
 log = logging.getLogger("llmc.controller")
 FIELD_MANAGER = "llmc-controller"
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by=llmc,{OWNER_LABEL}={OWNER_VALUE}"
-SOURCE_VERSION = "v1beta1"
-SOURCE_PLURALS = {"LLMProvider": "llmproviders", "LLMRoute": "llmroutes"}
-#: kind → (group, version, plural) of everything llmc generates (from the one table of kinds)
-GENERATED = {k.kind: (k.group, k.version, k.plural) for k in GENERATED_KINDS}
-RESOURCES = {**GENERATED, **{k: (SOURCE_GROUP, SOURCE_VERSION, p) for k, p in SOURCE_PLURALS.items()}}
+
+
+def resource(kind: str) -> tuple[str, str, str]:
+    """(group, version, plural) of a source kind or a generated kind, from the tables of
+    ``compiler/constants.py`` (read at call time: a kind added there is applied, watched and pruned)."""
+    if kind in PLURALS:
+        return GROUP, VERSION, PLURALS[kind]
+    k = GENERATED[kind]
+    return k.group, k.version, k.plural
+
 T = TypeVar("T")
 
 
@@ -119,7 +124,7 @@ class Kube:
 
     def list(self, kind: str, namespace: str | None, selector: str | None = None) -> tuple[list[dict], str]:
         """Items (with apiVersion and kind set) and the list's resourceVersion."""
-        group, version, plural = RESOURCES[kind]
+        group, version, plural = resource(kind)
         kw = {"label_selector": selector} if selector else {}
         if namespace is None:
             data = retrying(lambda: self.custom.list_cluster_custom_object(
@@ -136,7 +141,7 @@ class Kube:
     def watch(self, kind: str, namespace: str | None, selector: str | None, resource_version: str | None, timeout: int):
         from kubernetes import watch
 
-        group, version, plural = RESOURCES[kind]
+        group, version, plural = resource(kind)
         kw = {"label_selector": selector} if selector else {}
         w = watch.Watch()
         if namespace is None:
@@ -149,9 +154,9 @@ class Kube:
 
     def patch_status(self, obj: dict, status: dict) -> None:
         meta = obj["metadata"]
-        plural = SOURCE_PLURALS[obj["kind"]]
+        plural = PLURALS[obj["kind"]]
         retrying(lambda: self.custom.patch_namespaced_custom_object_status(
-            SOURCE_GROUP, SOURCE_VERSION, meta["namespace"], plural, meta["name"], {"status": status},
+            GROUP, VERSION, meta["namespace"], plural, meta["name"], {"status": status},
             _request_timeout=self.timeout),
             f"status {obj['kind']} {meta['namespace']}/{meta['name']}", fence=self.fence)
 
@@ -177,7 +182,7 @@ class Kube:
     # generated objects ---------------------------------------------------------------------------
 
     def apply(self, obj: dict) -> None:
-        group, version, plural = GENERATED[obj["kind"]]
+        group, version, plural = resource(obj["kind"])
         meta = obj["metadata"]
         retrying(lambda: self.custom.patch_namespaced_custom_object(
             group, version, meta["namespace"], plural, meta["name"], obj, field_manager=FIELD_MANAGER,
@@ -185,7 +190,7 @@ class Kube:
             f"apply {obj['kind']} {meta['name']}", fence=self.fence)
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
-        group, version, plural = GENERATED[kind]
+        group, version, plural = resource(kind)
         try:
             retrying(lambda: self.custom.delete_namespaced_custom_object(
                 group, version, namespace, plural, name, _request_timeout=self.timeout),

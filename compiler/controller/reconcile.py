@@ -28,7 +28,6 @@ from ..pipeline import compile_documents
 from ..resolve import Options
 
 HASH_ANNOTATION = "llmc.io/hash"
-SOURCE_GROUP = "istio.alibabacloud.com"
 #: marks objects the controller applied (``llmc render`` output lacks it): only these are pruned
 OWNER_LABEL = "llmc.io/owner"
 OWNER_VALUE = "controller"

@@ -22,9 +22,10 @@ from http.server import ThreadingHTTPServer
 
 from kubernetes.client.rest import ApiException
 
+from ..constants import GENERATED, PLURALS
 from ..resolve import Options
 from .informer import Informer
-from .kube import GENERATED, MANAGED_SELECTOR, SOURCE_PLURALS, Kube, send_server_timeouts
+from .kube import MANAGED_SELECTOR, Kube, send_server_timeouts
 from .leader import LeaderElector, LeadershipLost, LeaseConfig
 from .observe import JsonFormatter, Metrics, serve_probes
 from .queue import RateLimiter, WorkQueue
@@ -100,7 +101,7 @@ class Controller:
         watched: list[str | None] = [*sorted(self.namespaces)] or [None]
         t = self.tuning.watch_timeout
         self.sources = [Informer(self.kube, kind, ns, None, self._source_event, self.stop_event, t)
-                        for kind in SOURCE_PLURALS for ns in watched]
+                        for kind in PLURALS for ns in watched]
         # generated objects live in the watched namespaces and the allowed gateway namespaces
         targets = sorted(self.namespaces | self.scope.gateway_namespaces) if self.namespaces else [None]
         self.generated = [Informer(self.kube, kind, ns, MANAGED_SELECTOR, self._generated_event, self.stop_event, t)

@@ -22,6 +22,7 @@ import hashlib
 import json
 from typing import Any
 
+from ..constants import ENVOY_FILTER
 from ..explain import ExplainError, Request
 from ..explain import explain as run_explain
 from .corpus import Case, CorpusError, generate, read_requests
@@ -68,7 +69,7 @@ def _key_index(objects: list[dict]) -> dict[tuple[str, str, str], str]:
                 walk(v)
 
     for o in objects:
-        if o.get("kind") == "EnvoyFilter":
+        if o.get("kind") == ENVOY_FILTER:
             walk(o.get("spec"))
     return out
 
@@ -89,7 +90,7 @@ def _hosts_to_providers(objects: list[dict]) -> dict[str, str]:
                 walk(v)
 
     for o in objects:
-        if o.get("kind") == "EnvoyFilter":
+        if o.get("kind") == ENVOY_FILTER:
             walk(o.get("spec"))
     return out
 

@@ -27,6 +27,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..constants import VIRTUAL_SERVICE
 from ..explain import Request
 from ..ir import Program
 
@@ -92,7 +93,7 @@ def _route_hosts(objects: list[dict]) -> dict[str, tuple[str, str, str]]:
     """route name -> (host, namespace, via) from the VirtualServices of a configuration."""
     out: dict[str, tuple[str, str, str]] = {}
     for o in objects:
-        if o.get("kind") != "VirtualService":
+        if o.get("kind") != VIRTUAL_SERVICE:
             continue
         gateways = o["spec"].get("gateways") or ["mesh"]
         ns = o["metadata"].get("namespace", "default")

@@ -32,7 +32,8 @@ import json
 from importlib import resources
 from typing import Any
 
-from .istio import FILTER_NAME, ExplainError, Request, describe_proxy, find_filter_context, find_virtualservice, select
+from ..constants import DESTINATION_RULE, FILTER_NAME
+from .istio import ExplainError, Request, describe_proxy, find_filter_context, find_virtualservice, select
 
 __all__ = ["ExplainError", "Request", "explain", "format_text"]
 
@@ -310,7 +311,7 @@ def _upstream(objects: list[dict], http: dict, headers: dict[str, str], body: st
 
 def _tls(objects: list[dict], host: str, port: int) -> bool:
     for dr in objects:
-        if dr["kind"] == "DestinationRule" and dr["spec"]["host"] == host:
+        if dr["kind"] == DESTINATION_RULE and dr["spec"]["host"] == host:
             for level in (dr["spec"].get("trafficPolicy") or {}).get("portLevelSettings", []):
                 if level.get("port", {}).get("number") == port and (level.get("tls") or {}).get("mode") == "SIMPLE":
                     return True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FILTER_NAME = "llmc.lua"
+from ..constants import ENVOY_FILTER, FILTER_NAME, VIRTUAL_SERVICE
 
 
 @dataclass
@@ -63,13 +63,13 @@ def find_virtualservice(objects: list[dict], req: Request) -> dict:
     authority = req.host.split(":")[0].lower()
     proxy_ns = req.namespace if req.via == "mesh" else req.via.split("/", 1)[0]
     for vs in objects:
-        if vs["kind"] != "VirtualService" or not _visible(vs, proxy_ns) or req.via not in _gateway_refs(vs):
+        if vs["kind"] != VIRTUAL_SERVICE or not _visible(vs, proxy_ns) or req.via not in _gateway_refs(vs):
             continue
         ns = vs["metadata"].get("namespace", "default")
         for host in vs["spec"]["hosts"]:
             if host == "*" or authority in _host_names(host, ns):
                 return vs
-    elsewhere = sorted({vs["metadata"].get("namespace", "default") for vs in objects if vs["kind"] == "VirtualService"
+    elsewhere = sorted({vs["metadata"].get("namespace", "default") for vs in objects if vs["kind"] == VIRTUAL_SERVICE
                         and any(authority in _host_names(h, vs["metadata"].get("namespace", "default"))
                                 for h in vs["spec"]["hosts"])} - {proxy_ns})
     hint = (f"; it is routed for callers in namespace {', '.join(elsewhere)}: explain one of those with "
@@ -93,7 +93,7 @@ def find_filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[
     context: dict | None = None
     routes: dict[str, dict] = {}
     for ef in objects:
-        if ef["kind"] != "EnvoyFilter" or ef["metadata"].get("namespace") != proxy_ns:
+        if ef["kind"] != ENVOY_FILTER or ef["metadata"].get("namespace") != proxy_ns:
             continue
         selector = (ef["spec"].get("workloadSelector") or {}).get("labels") or {}
         if req.via == "mesh" and any(req.labels.get(k) != v for k, v in selector.items()):

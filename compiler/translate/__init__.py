@@ -1,29 +1,33 @@
 """Stage 5, translate: IR → view-models, one module per Istio kind.
 
 Each ``translate_*`` returns a list of finished view-models (names computed, lists sorted, defaults
-applied) that a template under ``templates/`` lays out. No decisions are left to templates.
+applied) that a template under ``templates/`` lays out. No decisions are left to templates. Which
+translator and template make which kind is the table of generated kinds (``constants.GENERATED_KINDS``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib import import_module
+
+from ..constants import GENERATED_KINDS, GeneratedKind
 from ..ir import Program
-from .destinationrule import translate_destinationrules
-from .envoyfilter import translate_envoyfilters
-from .gateway import translate_gateways
-from .serviceentry import translate_serviceentries
-from .telemetry import translate_telemetries, translate_token_metrics
-from .virtualservice import translate_virtualservices
 
-#: (kind, template, translator): every generated kind of ``constants.GENERATED_KINDS`` and the
-#: templates that lay it out. The pipeline sorts the output by the registry's order.
-TRANSLATORS = (
-    ("ServiceEntry", "serviceentry.json.j2", translate_serviceentries),
-    ("DestinationRule", "destinationrule.json.j2", translate_destinationrules),
-    ("Gateway", "gateway.json.j2", translate_gateways),
-    ("VirtualService", "virtualservice.json.j2", translate_virtualservices),
-    ("EnvoyFilter", "envoyfilter.json.j2", translate_envoyfilters),
-    ("EnvoyFilter", "tokenmetrics.json.j2", translate_token_metrics),
-    ("Telemetry", "telemetry.json.j2", translate_telemetries),
-)
+Translator = Callable[[Program], list[dict]]
 
-__all__ = ["TRANSLATORS", "Program"]
+
+def translators(kinds: tuple[GeneratedKind, ...] = GENERATED_KINDS) -> tuple[tuple[str, str, Translator], ...]:
+    """(kind, template, translator) for every output of ``kinds``, in table order."""
+    out = []
+    for k in kinds:
+        for template, ref in k.outputs:
+            module, _, function = ref.partition(":")
+            out.append((k.kind, template, getattr(import_module(f"{__name__}.{module}"), function)))
+    return tuple(out)
+
+
+#: (kind, template, translator): every generated kind's outputs. The pipeline sorts the output by
+#: the table's order.
+TRANSLATORS = translators()
+
+__all__ = ["TRANSLATORS", "Program", "translators"]

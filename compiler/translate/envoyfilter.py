@@ -27,6 +27,7 @@ from functools import cache
 from importlib import resources
 
 from .. import names
+from ..constants import FILTER_NAME
 from ..ir import Backend, Program, Rule, SecretRef, VirtualHost
 from ..protocols import (
     ANTHROPIC_MAX_TOKENS,
@@ -38,7 +39,6 @@ from ..protocols import (
 )
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 
-FILTER_NAME = "llmc.lua"
 SOURCE_NAME = "llmc"
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 LUA_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
