@@ -7,17 +7,19 @@ stdout stays empty (all or nothing).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .clihelp import SHELLS, Command, Group
-from .options import FAILOVER_ISTIO_VERSION, FUNCTION_OPTIONS, ISTIO_LIMITS, ISTIO_VERSIONS
+from .options import FUNCTION_ONLY, SETTINGS, Options, Setting
 
 app = typer.Typer(cls=Group, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile LLMProvider/LLMRoute (istio.alibabacloud.com/v1beta1) into stock "
@@ -46,39 +48,68 @@ class DiagFormat(StrEnum):
 
 
 FilesOpt = Annotated[list[str], typer.Option("-f", "--filename", help="File, directory (recursive) or - for stdin.")]
-NamespaceOpt = Annotated[str, typer.Option("-n", "--namespace", help="Namespace for objects that name none.")]
-DomainOpt = Annotated[str, typer.Option("--cluster-domain", help="Kubernetes cluster DNS domain.")]
-SecretsOpt = Annotated[str, typer.Option("--secrets-dir", help="Directory in the proxy where Secrets "
-                                         "named by apiKeySecretRef are mounted (one folder per Secret).")]
-EgressOpt = Annotated[str | None, typer.Option(
-    "--egress-gateway", help="Egress-gateway mode: NAMESPACE/SERVICE of the egress gateway. Sidecars send "
-    "LLM traffic to it over mTLS; it shapes requests and holds the keys.")]
-EgressLabelsOpt = Annotated[str, typer.Option(
-    "--egress-gateway-labels", help="Labels of the egress gateway pods, k=v[,k=v].")]
-GatewayWorkloadOpt = Annotated[list[str] | None, typer.Option(
-    "--gateway-workload-namespace", help="GW=NS: the pods of Istio Gateway GW (namespace/name) run in "
-    "namespace NS (e.g. a shared ingress in istio-system); llmc writes the gateway's EnvoyFilters there. "
-    "Repeat for several gateways.")]
-GatewaySelectorsOpt = Annotated[str | None, typer.Option(
-    "--gateway-selectors", help="NAMESPACE/LABEL=VALUE[,...]: the only gateway pods routes may bind to; a "
-    "route's providers must select pods with one of these labels in the namespace the gateway's pods run "
-    "in (else LLMC243). Default: no restriction (deploy/ passes Istio's ingress and egress gateways).")]
 
 
-IstioVersionOpt = Annotated[str | None, typer.Option(
-    "--istio-version", help=f"Istio version of the proxies the output is for ({', '.join(ISTIO_VERSIONS)}; default: "
-    f"the newest; {', '.join(ISTIO_LIMITS)} with a warning). Failover (rules[].retries, backendRefs[].priority) "
-    f"needs {FAILOVER_ISTIO_VERSION}.")]
+def _typer_option(s: Setting, help_text: str | None = None) -> tuple[Any, Any]:
+    """(annotation, default) of the CLI option of setting ``s`` (compiler/options.py)."""
+    info = typer.Option(*([s.short] if s.short else []), f"--{s.name}", help=help_text or s.help, metavar=s.metavar)
+    if s.switch:
+        return Annotated[bool, info], False
+    if s.repeatable:
+        return Annotated[list[str] | None, info], None
+    if s.text_default is None:
+        return Annotated[str | None, info], None
+    return Annotated[str, info], s.text_default
 
 
-def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
-             telemetry: bool = False, gateway_workloads: list[str] | None = None, istio_version: str | None = None,
-             gateway_selectors: str | None = None):
+def settings(*, controller: bool = False, help: dict[str, str] | None = None) -> Callable:
+    """Give a command the options of every setting of compiler/options.py (``llmc controller``: the
+    ones with ``controller=True``) in place of its ``opts`` parameter, which receives them validated
+    as :class:`Options` (a problem is a usage error naming the option). ``help`` replaces a setting's
+    help text for this command, keyed by its name."""
+    chosen = [s for s in SETTINGS if s.controller or not controller]
+
+    def decorate(func: Callable) -> Callable:
+        own = list(inspect.signature(func, eval_str=True).parameters.values())
+        at = next(i for i, p in enumerate(own) if p.name == "opts")
+        shared = []
+        for s in chosen:
+            annotation, default = _typer_option(s, (help or {}).get(s.name))
+            shared.append(inspect.Parameter(s.param, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                            default=default))
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at] + own[at + 1:]]
+        params[at:at] = shared
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            values = {s.param: kwargs.pop(s.param) for s in chosen}
+            return func(**kwargs, opts=_options(values))
+
+        del command.__wrapped__  # typer reads the signature below, not func's
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+#: the default of a command's ``opts`` parameter, which @settings replaces by the settings' options
+FROM_SETTINGS = Options()
+
+
+def function_keys() -> str:
+    """The function-config keys of ``llmc krm`` and the kustomize plugin, for their help: every
+    setting's key with its CLI option, and the keys of the function alone."""
+    keys = [f"{s.key} (--{s.name})" for s in SETTINGS]
+    keys += [f"{key} ({text})" for key, text in FUNCTION_ONLY.items()]
+    return ", ".join(keys)
+
+
+def _options(values: dict[str, Any]) -> Options:
     """Options from the command line, validated by compiler/options.py (as for `llmc krm`)."""
-    from .options import DEFAULT_ISTIO_VERSION, parse_options
+    from .options import parse_options
 
-    opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry,
-                                   gateway_workloads, istio_version or DEFAULT_ISTIO_VERSION, gateway_selectors)
+    opts, problems = parse_options(**{k: v for k, v in values.items() if v is not None})
     if opts is None:
         option, problem = problems[0]
         raise typer.BadParameter(problem, param_hint=f"--{option}")
@@ -119,24 +150,15 @@ def _report(result) -> None:
 
 
 @app.command(cls=Command, short_help="Compile LLMProvider/LLMRoute into Istio objects for `kubectl apply -f -`.")
+@settings()
 def render(
     ctx: typer.Context,
     filename: FilesOpt,
-    namespace: NamespaceOpt = "default",
+    opts: Options = FROM_SETTINGS,
     output: Annotated[OutputFormat, typer.Option("-o", "--output", help="Output format: yaml (a stream for "
                                                  "kubectl apply -f -), json (a List) or name (kind.group/name "
                                                  "per line, as kubectl's -o name).")] = OutputFormat.yaml,
     emit: Annotated[Emit, typer.Option("--emit", help="objects: Istio objects; ir: the compiler's IR.")] = Emit.objects,
-    cluster_domain: DomainOpt = "cluster.local",
-    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
-    egress_gateway: EgressOpt = None,
-    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
-    gateway_workload_namespace: GatewayWorkloadOpt = None,
-    telemetry: Annotated[bool, typer.Option("--telemetry", help="Also emit Telemetry resources (access log "
-                                            "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
-                                            "and token-metric EnvoyFilters.")] = False,
-    istio_version: IstioVersionOpt = None,
-    gateway_selectors: GatewaySelectorsOpt = None,
     passthrough: Annotated[bool, typer.Option("--passthrough", help="Render a whole app folder (Argo CD, "
                                               "Flux): print its other Kubernetes objects unchanged before the "
                                               "generated ones, and skip files that hold no Kubernetes object "
@@ -155,8 +177,6 @@ def render(
     if passthrough and (out_dir is not None or check is not None or emit is Emit.ir):
         raise typer.BadParameter("--passthrough prints one stream for a GitOps tool to apply; it cannot be "
                                  "combined with --out-dir, --check or --emit ir", param_hint="--passthrough")
-    opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace, istio_version, gateway_selectors)
     from .pipeline import compile_paths
 
     result = compile_paths(filename, opts, passthrough=passthrough)
@@ -262,22 +282,14 @@ def _command(ctx: typer.Context, drop: AbstractSet[str] = frozenset(), add: Sequ
 
 
 @app.command(cls=Command, short_help="Check the inputs and report every problem.")
+@settings()
 def validate(
     filename: FilesOpt,
-    namespace: NamespaceOpt = "default",
+    opts: Options = FROM_SETTINGS,
     output: Annotated[DiagFormat, typer.Option("-o", "--output", help="Diagnostics format.")] = DiagFormat.text,
-    cluster_domain: DomainOpt = "cluster.local",
-    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
-    egress_gateway: EgressOpt = None,
-    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
-    gateway_workload_namespace: GatewayWorkloadOpt = None,
-    istio_version: IstioVersionOpt = None,
-    gateway_selectors: GatewaySelectorsOpt = None,
 ) -> None:
     """Check the inputs and report every problem; print nothing else."""
-    result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
-                                         egress_gateway_labels, gateway_workloads=gateway_workload_namespace,
-                                         istio_version=istio_version, gateway_selectors=gateway_selectors))
+    result = _compile(filename, opts)
     if output is DiagFormat.json:
         sys.stdout.write(result.diagnostics.format_json() + "\n")
     else:
@@ -287,19 +299,14 @@ def validate(
 
 
 @app.command(cls=Command, short_help="Show where the Secrets of apiKeySecretRef must be mounted.")
+@settings()
 def mounts(
     filename: FilesOpt,
-    namespace: NamespaceOpt = "default",
-    cluster_domain: DomainOpt = "cluster.local",
-    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
-    egress_gateway: EgressOpt = None,
-    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
-    gateway_workload_namespace: GatewayWorkloadOpt = None,
+    opts: Options = FROM_SETTINGS,
 ) -> None:
     """Print where the Secrets named by apiKeySecretRef must be mounted (sidecar annotations or
     gateway Deployment patches). Never reads a Secret."""
-    result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
-                                         egress_gateway_labels, gateway_workloads=gateway_workload_namespace))
+    result = _compile(filename, opts)
     _report(result)
     if not result.ok:
         raise typer.Exit(1)
@@ -309,6 +316,7 @@ def mounts(
 
 
 @app.command(cls=Command, short_help="Run in the cluster: apply what `llmc render` prints, continuously.")
+@settings(controller=True)
 def controller(
     kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster "
                                                     "service account, else ~/.kube/config).")] = None,
@@ -340,22 +348,13 @@ def controller(
     request_timeout: Annotated[float, typer.Option("--request-timeout", help="Timeout of every API call, "
                                                    "client side and (writes) server side, in seconds; keep "
                                                    "renew deadline + this < lease duration.")] = 3.0,
-    cluster_domain: DomainOpt = "cluster.local",
-    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
-    egress_gateway: EgressOpt = None,
-    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
-    gateway_workload_namespace: GatewayWorkloadOpt = None,
-    istio_version: IstioVersionOpt = None,
-    gateway_selectors: GatewaySelectorsOpt = None,
-    telemetry: Annotated[bool, typer.Option("--telemetry", help="As for render.")] = False,
+    opts: Options = FROM_SETTINGS,
 ) -> None:
     """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
     _require_extra("kubernetes", "controller", "`llmc controller` talks to the API server with the Kubernetes client")
     from .controller.leader import LeaseConfig
     from .controller.runtime import Tuning, run
 
-    opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace, istio_version, gateway_selectors)
     try:
         lease = LeaseConfig(lease_duration, renew_deadline, retry_period, request_timeout)
     except ValueError as exc:
@@ -383,7 +382,7 @@ def _require_extra(module: str, extra: str, why: str) -> None:
 @app.command(cls=Command, short_help="KRM function (kpt): a ResourceList in, a ResourceList out.",
              help="KRM function: read a config.kubernetes.io/v1 ResourceList on stdin, write one on stdout "
              "(kpt: `kpt fn eval DIR --exec \"llmc krm\"`; for kubectl kustomize use `llmc kustomize-plugin`). "
-             f"Keys of functionConfig.data: {', '.join(FUNCTION_OPTIONS)}.")
+             f"Keys of functionConfig.data: {function_keys()}.")
 def krm() -> None:
     from .gitops import krm as run
 
@@ -394,7 +393,7 @@ def krm() -> None:
 
 kustomize_app = typer.Typer(cls=Group, no_args_is_help=True, short_help="Install or run llmc as a kustomize exec plugin.",
                             help="llmc as a kustomize exec plugin, for `kubectl kustomize --enable-alpha-plugins` "
-                            "(docs/gitops.md).")
+                            f"(docs/gitops.md). Keys of an LLMCompiler config: {function_keys()}.")
 app.add_typer(kustomize_app, name="kustomize-plugin")
 
 
@@ -426,6 +425,7 @@ def kustomize_run(config: Annotated[str, typer.Argument(help="The LLMCompiler co
 
 
 @app.command(cls=Command, short_help="Show what one request would become, offline.")
+@settings(help={"namespace": "Namespace of the calling workload (and default namespace of the sources)."})
 def explain(
     filename: FilesOpt,
     host: Annotated[str, typer.Option("--host", help="The Host the client calls, e.g. dashscope.aliyuncs.com.")],
@@ -434,8 +434,6 @@ def explain(
     data: Annotated[str | None, typer.Option("-d", "--data", help="The request body, or @FILE.")] = None,
     method: Annotated[str, typer.Option("--method", help="HTTP method.")] = "POST",
     path: Annotated[str, typer.Option("--path", help="Request path.")] = "/v1/chat/completions",
-    caller_namespace: Annotated[str, typer.Option("--namespace", help="Namespace of the calling workload "
-                                                  "(and default namespace of the sources).")] = "default",
     labels: Annotated[str, typer.Option("--labels", help="Pod labels of the caller, k=v,k=v.")] = "",
     via: Annotated[str, typer.Option("--via", help="mesh (a sidecar) or a Gateway as namespace/name.")] = "mesh",
     port: Annotated[int, typer.Option("--port", help="Port the client calls.")] = 80,
@@ -443,10 +441,7 @@ def explain(
     provider: Annotated[str | None, typer.Option("--provider", help="Force the weighted pick to this provider "
                                                  "(LLMProvider name).")] = None,
     output: Annotated[ExplainFormat, typer.Option("-o", "--output", help="Output format.")] = ExplainFormat.text,
-    cluster_domain: DomainOpt = "cluster.local",
-    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
-    egress_gateway: EgressOpt = None,
-    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+    opts: Options = FROM_SETTINGS,
 ) -> None:
     """What a request would become: the matched rule, the candidates, the exact upstream request (keys
     masked) or the reply the client gets — computed offline by the real filter code under LuaJIT."""
@@ -456,7 +451,6 @@ def explain(
     from .explain import explain as run
     from .options import parse_labels
 
-    opts = _options(caller_namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels)
     result = _compile(filename, opts)
     _report(result)
     if not result.ok:
@@ -477,7 +471,8 @@ def explain(
     if data is not None:
         body = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
     req = Request(host=host, method=method.upper(), path=path, headers=headers, body=body,
-                  namespace=caller_namespace, labels=pod_labels, via=via, port=port)
+                  namespace=opts.namespace, labels=pod_labels, via=via, port=port,
+                  cluster_domain=opts.cluster_domain)
     try:
         x = run(result.objects, req, seed=seed, provider=provider)
     except ExplainError as exc:
@@ -498,6 +493,7 @@ class DiffFormat(StrEnum):
 
 
 @app.command(cls=Command, short_help="What a change of the sources does to requests.")
+@settings()
 def diff(
     base: Annotated[str, typer.Option("--base", help="The configuration before: a file or folder, or REV:PATH "
                                       "(a revision of the current git repository, e.g. main:deploy/llm).")],
@@ -507,12 +503,7 @@ def diff(
     generate: Annotated[bool, typer.Option("--generate", help="Replay one request per match of every rule of "
                                            "both sides.")] = False,
     output: Annotated[DiffFormat, typer.Option("-o", "--output", help="Output format.")] = DiffFormat.text,
-    namespace: NamespaceOpt = "default",
-    cluster_domain: DomainOpt = "cluster.local",
-    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
-    egress_gateway: EgressOpt = None,
-    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
-    istio_version: IstioVersionOpt = None,
+    opts: Options = FROM_SETTINGS,
 ) -> None:
     """What a change does to requests: each request runs through both configurations with the engine
     of `llmc explain`; exit 0 when nothing changes, 1 when something does, 2 when a side does not compile."""
@@ -523,8 +514,6 @@ def diff(
 
     if (requests is None) == (not generate):
         raise typer.BadParameter("give exactly one of --requests FILE and --generate", param_hint="--requests")
-    opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels,
-                    istio_version=istio_version)
     results = []
     for label, spec in (("base", base), ("head", head)):
         try:
@@ -550,6 +539,8 @@ def diff(
         else:
             assert requests is not None
             cases = read_requests(requests, results[0].objects)
+        for case in cases:  # the requests are explained as the proxies of this cluster domain see them
+            case.request.cluster_domain = opts.cluster_domain
         report = run(results[0].objects, results[1].objects, cases)
     except (CorpusError, OSError) as exc:
         sys.stderr.write(f"llmc: {exc}\n")

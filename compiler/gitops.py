@@ -132,10 +132,8 @@ def _for_ruamel(value):
 
 
 
-def _text_or_list(value: object) -> str | list[str] | None:
-    if value is None:
-        return None
-    return [str(v) for v in value] if isinstance(value, list) else str(value)
+def _text(value: object) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
 def krm(text: str) -> tuple[str, int]:
@@ -226,7 +224,7 @@ def _function_options(config: dict, diags, config_file: str):
     (a mistyped ``keepSources`` would otherwise delete sources in place)."""
     import difflib
 
-    from .options import CONFIG_KEYS, DEFAULT_ISTIO_VERSION, parse_options
+    from .options import CONFIG_KEYS, SETTINGS, parse_options
 
     for key in config:
         if key not in FUNCTION_OPTIONS:
@@ -235,21 +233,12 @@ def _function_options(config: dict, diags, config_file: str):
                         hint=(f"did you mean {close[0]!r}? " if close else "") + "known: " + ", ".join(FUNCTION_OPTIONS))
     if diags.has_errors:
         return None, False
-    opts, problems = parse_options(
-        namespace=str(config.get("namespace", "default")),
-        cluster_domain=str(config.get("clusterDomain", "cluster.local")),
-        secrets_dir=str(config.get("secretsDir", "/etc/llmc/secrets")),
-        egress_gateway=str(config["egressGateway"]) if config.get("egressGateway") else None,
-        egress_gateway_labels=str(config.get("egressGatewayLabels", "istio=egressgateway")),
-        telemetry=str(config.get("telemetry", "false")),
-        # "GW=NS,GW=NS" as in kpt's `-- key=value`, or a YAML list of "GW=NS" in a plugin config
-        gateway_workload_namespace=_text_or_list(config.get("gatewayWorkloadNamespace")),
-        istio_version=str(config.get("istioVersion", DEFAULT_ISTIO_VERSION)),
-        # "NS/LABEL=VALUE,..." or a YAML list of them
-        gateway_selectors=_text_or_list(config.get("gatewaySelectors")))
+    # text as kpt's `-- key=value` gives it (a switch's "true"/"false", a list as "A,B"); a YAML list
+    # in a plugin config is that same list
+    opts, problems = parse_options(**{s.param: _text(config[s.key]) for s in SETTINGS if config.get(s.key) is not None})
     for option, problem in problems:
         diags.error("LLMC010", f"invalid value for llmc option {CONFIG_KEYS[option]!r}: {problem}", file=config_file,
                     path=CONFIG_KEYS[option])
     if opts is None:
         return None, False
-    return opts, str(config.get("keepSources", "false")).lower() == "true"
+    return opts, str(config.get("keepSources", "false")).lower() == "true"  # see options.FUNCTION_ONLY

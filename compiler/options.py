@@ -1,6 +1,11 @@
 """Compiler options, validated in one place for every front end: the CLI (``llmc render`` and
 friends, the controller's flags) and the function configs of ``llmc krm`` and the kustomize plugin.
 
+The settings are one table: the fields of :class:`Options` declared with :func:`setting` (name, type,
+default, help, function-config key, parser) make ``SETTINGS``, from which ``compiler/cli.py`` builds
+the options of every compiling command and of ``llmc controller``, and ``compiler/gitops.py`` reads
+the function configs of ``llmc krm`` and the kustomize plugin. A new setting is one field here.
+
 :func:`parse_options` takes the options as text, the way every front end receives them, and returns
 :class:`Options` or the list of problems (option name, message); each front end reports them in its
 own way (a usage error, a KRM ``results`` entry).
@@ -8,8 +13,11 @@ own way (a usage error, a KRM ``results`` entry).
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 _LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _NAMESPACE = re.compile(_LABEL)
@@ -38,42 +46,164 @@ def istio_minor(version: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+T = TypeVar("T")
+#: a setting's parser: the value as a front end received it (text, a list of texts for a repeatable
+#: setting, a bool for a switch; None when not given) → (the value of Options, problem or None)
+Parser = Callable[[Any], tuple[Any, "str | None"]]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One compiler setting, as every front end spells it: ``--name`` on the CLI (``llmc render`` and
+    the other compiling commands, ``llmc controller``), ``key`` in a function config (``llmc krm``, the
+    kustomize plugin). Declared once, by :func:`setting` on a field of :class:`Options`."""
+
+    field: str  # the attribute of Options
+    name: str  # CLI spelling, without the dashes; also the controller's flag
+    key: str  # function-config key
+    help: str
+    parse: Parser
+    text_default: str | None = None  # the default as a user writes it (None: not set)
+    switch: bool = False  # a flag without value on the CLI; "true"/"false" in a function config
+    repeatable: bool = False  # CLI: repeat the option; function config: a list or comma-separated text
+    short: str | None = None  # a one-letter CLI alias, e.g. "-n"
+    metavar: str | None = None
+    #: False: not a flag of ``llmc controller`` (which reads namespaced objects from the API server)
+    controller: bool = True
+    example: str = ""  # a valid value other than the default (a switch: "true"); tests/test_tables.py uses it
+
+    @property
+    def param(self) -> str:
+        """The keyword of :func:`parse_options` and the CLI functions' parameter."""
+        return self.name.replace("-", "_")
+
+
+def setting(default: T, help: str, parse: Parser, *, example: str, name: str | None = None, key: str | None = None,
+            text_default: str | None = None, switch: bool = False, repeatable: bool = False,
+            short: str | None = None, metavar: str | None = None, controller: bool = True) -> T:
+    """A field of :class:`Options` that is a setting of every front end. ``name`` defaults to the
+    field's name with dashes, ``key`` to its camelCase, ``text_default`` to ``default`` when that is
+    a string."""
+    spec = {"name": name, "key": key, "help": help, "parse": parse, "switch": switch, "repeatable": repeatable,
+            "short": short, "metavar": metavar, "controller": controller, "example": example,
+            "text_default": text_default if text_default is not None or not isinstance(default, str) else default}
+    return dataclasses.field(default=default, metadata={"setting": spec})  # type: ignore[return-value]
+
+
+def _setting(f: dataclasses.Field) -> Setting:
+    spec = dict(f.metadata["setting"])
+    spec["name"] = spec["name"] or f.name.replace("_", "-")
+    first, *rest = spec["name"].split("-")
+    spec["key"] = spec["key"] or first + "".join(w.capitalize() for w in rest)  # camelCase
+    return Setting(field=f.name, **spec)
+
+
+# Parsers: what each front end receives → (value, problem) --------------------------------------
+
+def _namespace(text: str) -> tuple[str, str | None]:
+    return text, None if _NAMESPACE.fullmatch(text) else f"{text!r} is not a namespace name (a DNS-1123 label)"
+
+
+def _domain(text: str) -> tuple[str, str | None]:
+    return text, None if _DOMAIN.fullmatch(text) else f"{text!r} is not a DNS domain, e.g. cluster.local"
+
+
+def _absolute(text: str) -> tuple[str, str | None]:
+    return text, None if text.startswith("/") else f"{text!r} must be an absolute path in the proxy container"
+
+
+def _egress(text: str | None) -> tuple[str | None, str | None]:
+    if not text:  # an empty function-config value is no egress gateway
+        return None, None
+    if not _EGRESS.fullmatch(text):
+        return None, f"expected NAMESPACE/SERVICE, e.g. istio-system/istio-egressgateway, got {text!r}"
+    return text, None
+
+
+def _switch(value: bool | str | None) -> tuple[bool, str | None]:
+    if value is None or isinstance(value, bool):
+        return bool(value), None
+    text = str(value).lower()
+    if text not in ("true", "false"):
+        return False, f"expected true or false, got {value!r}"
+    return text == "true", None
+
+
+def _istio_version(text: str | None) -> tuple[str, str | None]:
+    version = (text or DEFAULT_ISTIO_VERSION).strip()
+    if version.count(".") == 2:  # 1.31.2 → 1.31: the output depends on the minor version only
+        version = version.rsplit(".", 1)[0]
+    if version not in ISTIO_VERSIONS:
+        return DEFAULT_ISTIO_VERSION, (f"{text!r} is not a supported Istio version; supported: "
+                                       f"{', '.join(ISTIO_VERSIONS)}")
+    return version, None
+
+
+# The table ----------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class Options:
-    namespace: str = "default"
-    cluster_domain: str = "cluster.local"
+    """The compiler's settings. Each field declared with :func:`setting` is one setting of every front
+    end (``SETTINGS``): adding a field here adds the CLI option, the function-config key, the
+    controller flag, their help and their validation."""
+
+    namespace: str = setting(
+        "default", "Namespace for objects that name none.", _namespace, short="-n", controller=False,
+        example="team-a")
+    cluster_domain: str = setting("cluster.local", "Kubernetes cluster DNS domain.", _domain, example="corp.example")
     #: where proxies find mounted Secrets: apiKeySecretRef {name, key} → <secrets_dir>/<name>/<key>
-    secrets_dir: str = "/etc/llmc/secrets"
+    secrets_dir: str = setting(
+        "/etc/llmc/secrets", "Directory in the proxy where Secrets named by apiKeySecretRef are mounted (one "
+        "folder per Secret).", _absolute, example="/var/run/llm-keys")
     #: egress-gateway mode: "namespace/service" of the egress gateway (None: shape in sidecars)
-    egress_gateway: str | None = None
-    egress_labels: tuple[tuple[str, str], ...] = (("istio", "egressgateway"),)
+    egress_gateway: str | None = setting(
+        None, "Egress-gateway mode: NAMESPACE/SERVICE of the egress gateway. Sidecars send LLM traffic to it "
+        "over mTLS; it shapes requests and holds the keys.", _egress, example="istio-system/istio-egressgateway")
+    egress_labels: tuple[tuple[str, str], ...] = setting(
+        (("istio", "egressgateway"),), "Labels of the egress gateway pods, k=v[,k=v].",
+        lambda text: parse_labels(text), name="egress-gateway-labels", text_default="istio=egressgateway",
+        example="app=llm-egress")
     #: emit Telemetry (access log provider + llm_model tag) and token metrics (opt-in)
-    telemetry: bool = False
+    telemetry: bool = setting(
+        False, "Also emit Telemetry resources (access log provider from `llmc meshconfig`, llm_model on "
+        "istio_requests_total) and token-metric EnvoyFilters.", _switch, switch=True, example="true")
     #: ("gateway ns/name", namespace its pods run in), sorted: where gateway-bound rules are placed
     #: when the pods are not in the Gateway resource's namespace (e.g. a shared ingress in istio-system)
-    gateway_workload_namespaces: tuple[tuple[str, str], ...] = ()
+    gateway_workload_namespaces: tuple[tuple[str, str], ...] = setting(
+        (), "GW=NS: the pods of Istio Gateway GW (namespace/name) run in namespace NS (e.g. a shared ingress in "
+        "istio-system); llmc writes the gateway's EnvoyFilters there. Repeat for several gateways.",
+        lambda value: parse_gateway_workloads(value), name="gateway-workload-namespace", repeatable=True,
+        example="llm/llm-gateway=istio-system")
     #: the Istio minor version the output targets (failover needs 1.31)
-    istio_version: str = DEFAULT_ISTIO_VERSION
+    istio_version: str = setting(
+        DEFAULT_ISTIO_VERSION, f"Istio version of the proxies the output is for ({', '.join(ISTIO_VERSIONS)}; "
+        f"{', '.join(ISTIO_LIMITS)} with a warning). Failover (rules[].retries, backendRefs[].priority) needs "
+        f"{FAILOVER_ISTIO_VERSION}.", _istio_version, example="1.30")
     #: (namespace, label, value), sorted: the gateway pods rules may run on (a gateway placement's
     #: selector must contain one pair of its namespace); None: no restriction (``llmc render``'s default)
-    gateway_selectors: tuple[tuple[str, str, str], ...] | None = None
+    gateway_selectors: tuple[tuple[str, str, str], ...] | None = setting(
+        None, "NAMESPACE/LABEL=VALUE[,...]: the only gateway pods routes may bind to; a route's providers must "
+        "select pods with one of these labels in the namespace the gateway's pods run in (else LLMC243). "
+        "Default: no restriction (deploy/ passes Istio's ingress and egress gateways).",
+        lambda value: parse_gateway_selectors(value), example="istio-system/istio=ingressgateway")
 
     @property
     def supports_failover(self) -> bool:
         return istio_minor(self.istio_version) >= istio_minor(FAILOVER_ISTIO_VERSION)
 
 
+#: Every setting, in declaration order (the order of ``--help`` and of the function-config keys).
+SETTINGS = tuple(_setting(f) for f in dataclasses.fields(Options) if "setting" in f.metadata)
+
 #: option name (as the CLI spells it) → its name in a function config
-CONFIG_KEYS = {"namespace": "namespace", "cluster-domain": "clusterDomain", "secrets-dir": "secretsDir",
-               "egress-gateway": "egressGateway", "egress-gateway-labels": "egressGatewayLabels",
-               "telemetry": "telemetry", "gateway-workload-namespace": "gatewayWorkloadNamespace",
-               "istio-version": "istioVersion", "gateway-selectors": "gatewaySelectors"}
+CONFIG_KEYS = {s.name: s.key for s in SETTINGS}
 
+#: function-config keys that are no compiler setting: what the KRM function does with its input
+FUNCTION_ONLY = {"keepSources": '"true": keep the LLMProvider/LLMRoute items in the output'}
 
-#: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys: the function
-#: configs' names of the options above, and keepSources
-FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
-                    "gatewayWorkloadNamespace", "istioVersion", "gatewaySelectors", "keepSources")
+#: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys: the settings'
+#: keys, and keepSources
+FUNCTION_OPTIONS = (*CONFIG_KEYS.values(), *FUNCTION_ONLY)
 
 
 def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
@@ -123,46 +253,21 @@ def parse_gateway_selectors(text: str | list[str] | None) -> tuple[tuple[tuple[s
     return tuple(sorted(out)), None
 
 
-def parse_options(namespace: str = "default", cluster_domain: str = "cluster.local",
-                  secrets_dir: str = "/etc/llmc/secrets", egress_gateway: str | None = None,
-                  egress_gateway_labels: str = "istio=egressgateway", telemetry: bool | str = False,
-                  gateway_workload_namespace: str | list[str] | None = None,
-                  istio_version: str = DEFAULT_ISTIO_VERSION,
-                  gateway_selectors: str | list[str] | None = None,
-                  ) -> tuple[Options | None, list[tuple[str, str]]]:
-    """(Options, []) or (None, [(option, problem), ...])."""
+def parse_options(**values: Any) -> tuple[Options | None, list[tuple[str, str]]]:
+    """(Options, []) or (None, [(option, problem), ...]). ``values`` are keyed by :attr:`Setting.param`
+    (``secrets_dir``, ``gateway_workload_namespace``), as a front end received them; a setting not
+    given takes its default."""
+    unknown = set(values) - {s.param for s in SETTINGS}
+    if unknown:
+        raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
     problems: list[tuple[str, str]] = []
-    if not _NAMESPACE.fullmatch(namespace):
-        problems.append(("namespace", f"{namespace!r} is not a namespace name (a DNS-1123 label)"))
-    if not _DOMAIN.fullmatch(cluster_domain):
-        problems.append(("cluster-domain", f"{cluster_domain!r} is not a DNS domain, e.g. cluster.local"))
-    if not secrets_dir.startswith("/"):
-        problems.append(("secrets-dir", f"{secrets_dir!r} must be an absolute path in the proxy container"))
-    if egress_gateway is not None and not _EGRESS.fullmatch(egress_gateway):
-        problems.append(("egress-gateway", f"expected NAMESPACE/SERVICE, e.g. istio-system/istio-egressgateway, "
-                                           f"got {egress_gateway!r}"))
-    labels, problem = parse_labels(egress_gateway_labels)
-    if problem:
-        problems.append(("egress-gateway-labels", problem))
-    if isinstance(telemetry, str):
-        if telemetry.lower() not in ("true", "false"):
-            problems.append(("telemetry", f"expected true or false, got {telemetry!r}"))
-        telemetry = telemetry.lower() == "true"
-    workloads, problem = parse_gateway_workloads(gateway_workload_namespace)
-    if problem:
-        problems.append(("gateway-workload-namespace", problem))
-    version = istio_version.strip()
-    if version.count(".") == 2:  # 1.31.2 → 1.31: the output depends on the minor version only
-        version = version.rsplit(".", 1)[0]
-    if version not in ISTIO_VERSIONS:
-        problems.append(("istio-version", f"{istio_version!r} is not a supported Istio version; supported: "
-                                          f"{', '.join(ISTIO_VERSIONS)}"))
-    selectors, problem = parse_gateway_selectors(gateway_selectors)
-    if problem:
-        problems.append(("gateway-selectors", problem))
+    fields: dict[str, Any] = {}
+    for s in SETTINGS:
+        given = values.get(s.param)
+        value, problem = s.parse(s.text_default if given is None else given)
+        if problem:
+            problems.append((s.name, problem))
+        fields[s.field] = value
     if problems:
         return None, problems
-    return Options(namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
-                   egress_gateway=egress_gateway, egress_labels=labels, telemetry=telemetry,
-                   gateway_workload_namespaces=workloads, istio_version=version,
-                   gateway_selectors=selectors), []
+    return Options(**fields), []

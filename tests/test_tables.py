@@ -110,3 +110,107 @@ def test_a_kind_added_to_the_table_reaches_every_consumer(monkeypatch):
     assert runtime.GENERATED is constants.GENERATED, "the controller's informers start per table entry"
     granted = {(res, v) for r in rbac.cluster_role_rules() for res in r["resources"] for v in r["verbs"]}
     assert {("sidecars", v) for v in ("list", "watch", "create", "patch", "delete")} <= granted
+
+
+# ------------------------------------------------------------------------------------------------
+# Options: compiler/options.py's SETTINGS is the only place a setting is declared
+
+COMPILING = ("render", "validate", "mounts", "explain", "diff")
+
+
+class _Captured(Exception):
+    pass
+
+
+def _capture(monkeypatch) -> list[dict]:
+    """parse_options records what a front end passes it, then stops the front end."""
+    from compiler import options
+
+    seen: list[dict] = []
+    real = options.parse_options
+
+    def parse(**values):
+        seen.append(real(**values)[0])
+        raise _Captured
+
+    monkeypatch.setattr(options, "parse_options", parse)
+    return seen
+
+
+def _cli_args(command: str, s) -> list[str]:
+    base = {"render": ["-f", "x"], "validate": ["-f", "x"], "mounts": ["-f", "x"],
+            "explain": ["-f", "x", "--host", "h"], "diff": ["--base", "a", "--head", "b", "--generate"],
+            "controller": []}[command]
+    return [command, *base, *([f"--{s.name}"] if s.switch else [f"--{s.name}", s.example])]
+
+
+def test_every_setting_is_taken_alike_by_every_front_end(monkeypatch, tmp_path):
+    """Each setting of the table: every compiling command and `llmc controller` (unless the setting
+    says otherwise) take ``--name``, ``llmc krm`` and the kustomize plugin take ``key``, and all of
+    them make the same Options of its example value."""
+    from typer.testing import CliRunner
+
+    from compiler import Options, gitops, kustomize
+    from compiler.cli import app
+    from compiler.options import SETTINGS
+
+    seen = _capture(monkeypatch)
+    runner = CliRunner()
+    for s in SETTINGS:
+        assert s.example, f"{s.name}: give the setting an example"
+        wanted = None
+        for command in (*COMPILING, *(["controller"] if s.controller else [])):
+            res = runner.invoke(app, _cli_args(command, s))
+            assert isinstance(res.exception, _Captured), (command, s.name, res.output)
+            wanted = wanted or seen[-1]
+            assert seen[-1] == wanted, (command, s.name)
+        assert getattr(wanted, s.field) != getattr(Options(), s.field), f"{s.name}: the example is the default"
+        if not s.controller:
+            assert f"--{s.name}" not in runner.invoke(app, ["controller", "--help"]).stdout
+        try:
+            gitops.transform([], {s.key: s.example})
+        except _Captured:
+            assert seen[-1] == wanted, ("llmc krm", s.key)
+        config = tmp_path / "llmc.yaml"
+        config.write_text(f"apiVersion: llmc.io/v1\nkind: LLMCompiler\nmetadata: {{name: llmc}}\n{s.key}: '{s.example}'\n")
+        try:
+            kustomize.run(str(config), "")
+        except _Captured:
+            assert seen[-1] == wanted, ("kustomize plugin", s.key)
+        assert len(seen) == len(COMPILING) + s.controller + 2 + seen.index(wanted), f"{s.name}: a front end skipped it"
+
+
+def test_help_lists_every_setting_and_function_key():
+    from typer.testing import CliRunner
+
+    from compiler.cli import app
+    from compiler.options import FUNCTION_OPTIONS, SETTINGS
+
+    def helptext(*args: str) -> str:
+        res = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+        return " ".join(res.stdout.replace("│", " ").split())
+
+    for command in (*COMPILING, "controller"):
+        text = helptext(command)
+        for s in SETTINGS:
+            assert (f"--{s.name}" in text) == (s.controller or command != "controller"), (command, s.name)
+    for args in (("krm",), ("kustomize-plugin",)):
+        text = helptext(*args)
+        assert all(key in text for key in FUNCTION_OPTIONS), args
+
+
+def test_settings_defaults_are_written_once():
+    """A setting's default and function-config key appear in compiler/options.py only (the default
+    secrets folder was once written 8 times across five commands, the function config and the
+    options); the kinds table's flags name settings."""
+    from compiler import Options
+    from compiler.constants import GENERATED_KINDS
+    from compiler.options import SETTINGS, parse_options
+
+    assert parse_options() == (Options(), [])
+    assert {k.flag for k in GENERATED_KINDS if k.flag} <= {s.name for s in SETTINGS}
+    words = {f'"{s.text_default}"' for s in SETTINGS if s.text_default not in (None, "default")}
+    words |= {f'"{s.key}"' for s in SETTINGS if s.key != s.name}
+    found = [(path, w) for path, text in _compiler_sources().items() if path != "compiler/options.py"
+             for w in sorted(words) if w in text]
+    assert found == []

@@ -167,7 +167,7 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         return out
     out["route"] = first.get("name", "")
     fqdn = vs["spec"]["hosts"][0]
-    context, route_patches = _filter_context(objects, req, f"{_fqdn(fqdn, vs_ns)}:{req.port}")
+    context, route_patches = _filter_context(objects, req, f"{_fqdn(fqdn, vs_ns, req.cluster_domain)}:{req.port}")
     lua_disabled = ((route_patches.get(out["route"]) or {}).get("typed_per_filter_config") or {}).get(
         FILTER_NAME, {}).get("disabled")
     if context is None or lua_disabled:
@@ -258,7 +258,7 @@ def _text(h: Any) -> str | None:
         return exc.object.decode("utf-8", "replace")
 
 
-def _fqdn(host: str, ns: str, domain: str = "cluster.local") -> str:
+def _fqdn(host: str, ns: str, domain: str) -> str:
     return host if "." in host or host == "*" else f"{host}.{ns}.svc.{domain}"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..constants import ENVOY_FILTER, FILTER_NAME, VIRTUAL_SERVICE
+from ..options import Options
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Request:
     labels: dict[str, str] = field(default_factory=dict)
     via: str = "mesh"  # "mesh" or a Gateway as "namespace/name"
     port: int = 80
+    cluster_domain: str = Options().cluster_domain  # --cluster-domain of the compile
 
 
 class ExplainError(Exception):
@@ -46,7 +48,7 @@ def _gateway_refs(vs: dict) -> set[str]:
     return {g if g == "mesh" or "/" in g else f"{ns}/{g}" for g in vs["spec"].get("gateways", ["mesh"])}
 
 
-def _host_names(host: str, namespace: str, domain: str = "cluster.local") -> set[str]:
+def _host_names(host: str, namespace: str, domain: str) -> set[str]:
     """The names a VirtualService host answers to, as istiod lists the virtual host's domains."""
     names = {host}
     if "." not in host:
@@ -67,11 +69,11 @@ def find_virtualservice(objects: list[dict], req: Request) -> dict:
             continue
         ns = vs["metadata"].get("namespace", "default")
         for host in vs["spec"]["hosts"]:
-            if host == "*" or authority in _host_names(host, ns):
+            if host == "*" or authority in _host_names(host, ns, req.cluster_domain):
                 return vs
     elsewhere = sorted({vs["metadata"].get("namespace", "default") for vs in objects if vs["kind"] == VIRTUAL_SERVICE
-                        and any(authority in _host_names(h, vs["metadata"].get("namespace", "default"))
-                                for h in vs["spec"]["hosts"])} - {proxy_ns})
+                        and any(authority in _host_names(h, vs["metadata"].get("namespace", "default"),
+                                                         req.cluster_domain) for h in vs["spec"]["hosts"])} - {proxy_ns})
     hint = (f"; it is routed for callers in namespace {', '.join(elsewhere)}: explain one of those with "
             f"--namespace {elsewhere[0]}" if elsewhere and req.via == "mesh" else "")
     raise ExplainError(f"no VirtualService for host {req.host!r} reaches a proxy {describe_proxy(req)}: the request "
