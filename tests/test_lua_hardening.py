@@ -322,7 +322,7 @@ def routable_model(raw: str, limit: int = 256):
     if isinstance(members, tuple):
         members = members[0]
     assert members is not None, raw
-    result = _LUA.M.routable_model(raw, members, limit)
+    result = _LUA.M.routable_field(raw, members, "model", limit)
     return result[0] if isinstance(result, tuple) else result
 
 

@@ -206,7 +206,7 @@ def test_a_lone_surrogate_never_reaches_anthropic_as_invalid_utf8():
 def test_a_routed_model_with_a_lone_surrogate_is_valid_utf8():
     body = '{"model":"gpt\\ud800","messages":[]}'
     members = M.scan_object(body)[0]
-    assert M.routable_model(body, members, 256)[0] == "gpt\ufffd"
+    assert M.routable_field(body, members, "model", 256)[0] == "gpt\ufffd"
 
 
 # --- f. a message without "type", and 2xx answers that cannot be translated ----------------------

@@ -629,10 +629,16 @@ function M.prepare(get)
   local failover = false
   for _, cfg in pairs(rules) do failover = failover or cfg.failover end
   for route_name, rule_name in pairs(get("routes")) do by_route[route_name] = rules[rule_name] end
+  -- the body fields rules match on: `body_fields`, or the model alone; each `<f>_header`, `<f>_limit`
+  local fields, body = get("body_fields") or (get("model_header") and { "model" }), nil
+  for i, f in ipairs(fields or {}) do
+    body = body or {}
+    body[i] = { name = f, header = get(f .. "_header"), limit = get(f .. "_limit") }
+  end
   return { by_route = by_route, pinned = pinned, weighted = weighted, pin_header = get("pin_header"),
-    failover = failover,
-    buffer_limit = get("buffer_limit"), max_body = get("max_body"), model_header = get("model_header"),
-    model_limit = get("model_limit"), nomatch = get("nomatch"), order_header = get("order_header") }
+    failover = failover, body = body,
+    buffer_limit = get("buffer_limit"), max_body = get("max_body"),
+    nomatch = get("nomatch"), order_header = get("order_header") }
 end
 
 local contexts, ncontexts = {}, 0
@@ -894,7 +900,7 @@ function M.on_request(h)
   if vh == nil then return end
   upstream_vm = vh.attempt == true
   if upstream_vm then return M.on_attempt(h, vh) end
-  if vh.model_header ~= nil then return M.on_model_request(h, vh) end
+  if vh.body ~= nil then return M.on_model_request(h, vh) end
   local info = h:streamInfo()
   local cfg = resolve_rule(vh, info)
   if cfg == PINNED then
@@ -937,14 +943,15 @@ end
 -- Routing by the body's model (virtual hosts with `model` matches)
 ---------------------------------------------------------------------------------------------------
 
--- The client's model for routing: the last top-level `model` member (as providers' JSON parsers
--- read duplicates) if it is a string of at most `limit` bytes without control characters; else nil
--- (such a request matches no model condition). Returns the decoded model and its JSON text.
-function M.routable_model(s, members, limit)
+-- The client's value of body field `name` (e.g. "model") for routing: the last top-level member
+-- (as providers' JSON parsers read duplicates) if it is a string of at most `limit` bytes without
+-- control characters; else nil (such a request matches no condition on it). Returns the decoded
+-- value and its JSON text.
+function M.routable_field(s, members, name, limit)
   local raw
   for idx = 1, #members do
     local m = members[idx]
-    if m[1] == "model" then raw = byte(s, m[2]) == 34 and sub(s, m[2], m[3] - 1) or nil end
+    if m[1] == name then raw = byte(s, m[2]) == 34 and sub(s, m[2], m[3] - 1) or nil end
   end
   if raw == nil then return nil end
   local model = decode_string(sub(raw, 2, -2))
@@ -960,8 +967,8 @@ local function picks(vh)
   return concat(out)
 end
 
--- The filter reads the body before Envoy picks the rule: it exposes the body's model in the
--- internal model header (a client-sent value is overwritten or removed), picks a provider for every
+-- The filter reads the body before Envoy picks the rule: it exposes each body field rules match on
+-- in its internal header (a client-sent value is overwritten or removed), picks a provider for every
 -- weighted rule, and makes Envoy select the route once, before any other header changes (the first
 -- h:metadata() after body() resolves the cleared route cache; see `reselect`). The route it lands
 -- on names the rule, and for a weighted rule the provider too. One forced re-selection per request.
@@ -978,9 +985,14 @@ function M.on_model_request(h, vh)
   if body == nil then return end
   local members, close = M.scan_object(s)
   if not members then return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. close) end
-  local model, model_json = M.routable_model(s, members, vh.model_limit)
   headers = h:headers()
-  if model ~= nil then headers:replace(vh.model_header, model) else headers:remove(vh.model_header) end
+  local model, model_json
+  for i = 1, #vh.body do
+    local f = vh.body[i]
+    local value, raw = M.routable_field(s, members, f.name, f.limit)
+    if value ~= nil then headers:replace(f.header, value) else headers:remove(f.header) end
+    if f.name == "model" then model, model_json = value, raw end
+  end
   if #vh.weighted > 0 then headers:replace(vh.pin_header, picks(vh)) else headers:remove(vh.pin_header) end
   -- failover rules read the order of their tries from this header when Envoy selects the route
   if vh.order_header ~= nil then headers:replace(vh.order_header, "0") end
