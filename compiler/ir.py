@@ -95,18 +95,20 @@ class HeaderMatch:
 
 
 @dataclass(frozen=True)
-class ModelMatch:
-    """A condition on the request body's top-level ``model`` (llmc extension)."""
+class BodyMatch:
+    """A condition on a top-level string field of the request body (llmc extension), e.g. ``model``:
+    the fields are ``names.BODY_FIELDS``."""
 
+    field: str
     kind: str  # exact | prefix | regex
     value: str
 
-    def accepts(self, model: str, regex_match) -> bool:
+    def accepts(self, value: str, regex_match) -> bool:
         if self.kind == "exact":
-            return model == self.value
+            return value == self.value
         if self.kind == "prefix":
-            return model.startswith(self.value)
-        return regex_match(self.value, model)
+            return value.startswith(self.value)
+        return regex_match(self.value, value)
 
 
 @dataclass(frozen=True)
@@ -114,12 +116,17 @@ class Match:
     headers: tuple[HeaderMatch, ...] = ()
     source_labels: tuple[tuple[str, str], ...] = ()
     gateways: tuple[str, ...] = ()  # normalised: "mesh" or "ns/name"
-    model: ModelMatch | None = None
+    body: tuple[BodyMatch, ...] = ()  # at most one per field, sorted by field
 
     @property
-    def only_model(self) -> bool:
-        """No condition but the model: such a match shadows later matches of the same model."""
-        return self.model is not None and not (self.headers or self.source_labels or self.gateways)
+    def model(self) -> BodyMatch | None:
+        """The condition on the body's ``model``, if any."""
+        return next((b for b in self.body if b.field == "model"), None)
+
+    @property
+    def only_body(self) -> bool:
+        """No condition but on the body: such a match shadows later matches of the same values."""
+        return bool(self.body) and not (self.headers or self.source_labels or self.gateways)
 
 
 @dataclass(frozen=True)
@@ -224,9 +231,9 @@ class VirtualHost:
         return "mesh" in self.gateways
 
     @property
-    def routes_by_model(self) -> bool:
-        """Some rule matches on the body's model: the filter reads the body before Envoy picks the rule."""
-        return any(m.model is not None for r in self.rules for m in r.matches)
+    def body_fields(self) -> tuple[str, ...]:
+        """The body fields some rule matches on, sorted: the filter reads the body before Envoy picks the rule."""
+        return tuple(sorted({b.field for r in self.rules for m in r.matches for b in m.body}))
 
     @property
     def shared(self) -> bool:

@@ -9,13 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 MAX_NAME = 63
 PREFIX = "llmc"
 ROUTING_HEADER = "x-llmc-provider"  # internal: set by the Lua filter, matched by pinned VS routes
-MODEL_HEADER = "x-llmc-model"  # internal: the body's model, set by the Lua filter, matched by model rules
-#: Longest body `model` the filter exposes for routing (longer ones match no model condition).
-MAX_MODEL_BYTES = 256
+
+
+@dataclass(frozen=True)
+class BodyField:
+    """A top-level string field of the JSON request body that rules may match on (llmc extension;
+    ``matches[].<name>`` in compiler/api.py). The filter reads it and sets ``header`` before Envoy
+    selects the route; the VirtualService matches that header."""
+
+    name: str
+    header: str  # internal: set by the Lua filter, matched by the rules' VirtualService routes
+    limit: int  # longest value the filter exposes for routing (longer ones match no condition)
+    example: str  # a value for hints
+
+
+#: The body fields rules may match on: one entry (and the field on ``matches[]``) adds one.
+BODY_FIELDS = {f.name: f for f in (
+    BodyField("model", "x-llmc-model", 256, "gpt-4o"),
+)}
 #: internal, failover rules only: the weighted clusters' random value ("0": tries in list order)
 ORDER_HEADER = "x-llmc-order"
 RESERVED_HEADER_PREFIX = "x-llmc-"
@@ -30,8 +46,8 @@ FAILOVER_HEADER = "x-llmc-failover"
 ANSWERED_BY_HEADER = "x-llmc-answered-by"
 #: Every internal header. Every route removes them all from the request before it goes upstream,
 #: whoever set them (the filter, or a client): none ever reaches a provider.
-INTERNAL_HEADERS = (ROUTING_HEADER, MODEL_HEADER, ORDER_HEADER, TRANSLATE_HEADER, FAILOVER_HEADER,
-                    ANSWERED_BY_HEADER)
+INTERNAL_HEADERS = (ROUTING_HEADER, *(f.header for f in BODY_FIELDS.values()), ORDER_HEADER, TRANSLATE_HEADER,
+                    FAILOVER_HEADER, ANSWERED_BY_HEADER)
 ROUTE_SEPARATOR = "/"  # appears in no Kubernetes name, rule name or provider name
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 RULE_NAME = re.compile(r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")

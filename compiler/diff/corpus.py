@@ -152,6 +152,11 @@ def generate(programs: list[Program]) -> tuple[list[Case], list[str]]:
                             model_values = [x for x in models if re2.fullmatch(m.model.value, x)]
                             if not model_values:
                                 problem = f"{where}: match {k}: no provider's model satisfies model regex {m.model.value!r}"
+                    # other body fields: the exact value, or the prefix itself
+                    fields = {b.field: b.value for b in (m.body if m else ()) if b.field != "model"}
+                    for b in (m.body if m else ()):
+                        if b.field != "model" and b.kind == "regex":
+                            problem = f"{where}: match {k}: body field {b.field} is a regex condition"
                     if problem:
                         skipped.append(problem + ": not generated")
                         continue
@@ -159,7 +164,7 @@ def generate(programs: list[Program]) -> tuple[list[Case], list[str]]:
                     caller = gateway or via
                     labels = dict(m.source_labels) if m else {}
                     for model in model_values:
-                        body: dict = {"messages": DEFAULT_MESSAGES}
+                        body: dict = {"messages": DEFAULT_MESSAGES, **fields}
                         if model is not None:
                             body["model"] = model
                         host = vh.host if vh.host != "*" else "llm.example.com"

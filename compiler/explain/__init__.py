@@ -32,6 +32,7 @@ import json
 from importlib import resources
 from typing import Any
 
+from .. import names
 from ..constants import DESTINATION_RULE, FILTER_NAME
 from .istio import ExplainError, Request, describe_proxy, find_filter_context, find_virtualservice, select
 
@@ -324,8 +325,9 @@ def _tls(objects: list[dict], host: str, port: int) -> bool:
 
 #: what the internal headers mean, for the text trace: a route that needs one is passed over in
 #: Istio's first pass and may well be the one the filter selects afterwards
-_SET_BY_FILTER = {"x-llmc-model": "the filter sets it from the body's model, then Envoy selects again",
-                  "x-llmc-provider": "the filter sets it after its weighted pick, then Envoy selects again"}
+_SET_BY_FILTER = {**{f.header: f"the filter sets it from the body's {f.name}, then Envoy selects again"
+                     for f in names.BODY_FIELDS.values()},
+                  names.ROUTING_HEADER: "the filter sets it after its weighted pick, then Envoy selects again"}
 
 
 def _passed_over(why: str) -> str:

@@ -1,14 +1,15 @@
-"""A rule's conditions: header matches (as Istio's VirtualService takes them) and `model` matches,
-with the regular expressions Envoy's RE2 accepts, and the warnings about rules an earlier one shadows."""
+"""A rule's conditions: header matches (as Istio's VirtualService takes them) and body matches (the
+fields of ``names.BODY_FIELDS``, e.g. `model`), with the regular expressions Envoy's RE2 accepts, and
+the warnings about rules an earlier one shadows."""
 
 from __future__ import annotations
 
 import re
 
 from .. import names
-from ..api import StringMatch
+from ..api import RouteMatch, StringMatch
 from ..diagnostics import Diagnostics
-from ..ir import HeaderMatch, ModelMatch, Rule
+from ..ir import BodyMatch, HeaderMatch, Rule
 from ..load import Document
 
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-zA-Z-]+$")
@@ -54,17 +55,29 @@ def header_matches(headers: dict[str, StringMatch], doc: Document, path: tuple,
     return tuple(out)
 
 
-def model_match(sm: StringMatch, doc: Document, path: tuple, diags: Diagnostics) -> ModelMatch | None:
-    """A `model` condition: exactly one non-empty kind; regexes must compile with RE2 (as Envoy's)."""
+def body_matches(m: RouteMatch, doc: Document, path: tuple, diags: Diagnostics) -> tuple[BodyMatch, ...] | None:
+    """The match's conditions on body fields (``names.BODY_FIELDS``, each the field of the same name of
+    ``matches[]``), sorted by field; None after an error."""
+    out = []
+    for field in sorted(names.BODY_FIELDS):
+        sm = getattr(m, field)
+        if sm is not None:
+            out.append(body_match(field, sm, doc, path + (field,), diags))
+    return None if None in out else tuple(b for b in out if b is not None)
+
+
+def body_match(field: str, sm: StringMatch, doc: Document, path: tuple, diags: Diagnostics) -> BodyMatch | None:
+    """A condition on a body field: exactly one non-empty kind; regexes must compile with RE2 (as Envoy's)."""
+    spec = names.BODY_FIELDS[field]
     set_fields = [(k, v) for k, v in (("exact", sm.exact), ("prefix", sm.prefix), ("regex", sm.regex)) if v is not None]
     if len(set_fields) != 1 or not set_fields[0][1]:
-        diags.error("LLMC223", "a model match needs exactly one non-empty exact, prefix or regex "
+        diags.error("LLMC223", f"a {field} match needs exactly one non-empty exact, prefix or regex "
                     f"(found {len(set_fields)})", **doc.where(path),
-                    hint="e.g. model: {exact: gpt-4o}; to match any model, leave `model` out")
+                    hint=f"e.g. {field}: {{exact: {spec.example}}}; to match any {field}, leave `{field}` out")
         return None
     kind, value = set_fields[0]
-    if len(value.encode()) > names.MAX_MODEL_BYTES:
-        diags.error("LLMC223", f"a model match longer than {names.MAX_MODEL_BYTES} bytes can never hold",
+    if len(value.encode()) > spec.limit:
+        diags.error("LLMC223", f"a {field} match longer than {spec.limit} bytes can never hold",
                     **doc.where(path + (kind,)))
         return None
     if kind == "regex":
@@ -72,7 +85,7 @@ def model_match(sm: StringMatch, doc: Document, path: tuple, diags: Diagnostics)
         if problem:
             diags.error("LLMC205", f"invalid RE2 regular expression: {problem}", **doc.where(path + ("regex",)))
             return None
-    return ModelMatch(kind, value)
+    return BodyMatch(field, kind, value)
 
 
 def re2_problem(pattern: str) -> str | None:
@@ -93,20 +106,21 @@ def re2_fullmatch(pattern: str, text: str) -> bool:
     return re2.fullmatch(pattern, text) is not None
 
 
-def check_model_rule(rules: list[Rule], index: int, doc: Document, diags: Diagnostics) -> None:
-    """Warnings for the rule just added (``rules[-1]``, ``spec.rules[index]``): a model alias that an
-    earlier rule always catches first, and a weighted rule mixing providers with and without
-    `basePath` (an embeddings request would get 404 from some picks and reach the endpoint with others)."""
+def check_body_rule(rules: list[Rule], index: int, doc: Document, diags: Diagnostics) -> None:
+    """Warnings for the rule just added (``rules[-1]``, ``spec.rules[index]``): a body condition (a
+    model alias) that an earlier rule always catches first, and a weighted rule mixing providers with
+    and without `basePath` (an embeddings request would get 404 from some picks and reach the
+    endpoint with others)."""
     rule = rules[-1]
     for j, m in enumerate(rule.matches):
-        if m.model is None or m.model.kind == "regex":
-            continue
         for earlier in rules[:-1]:
-            shadow = next((e for e in earlier.matches if e.only_model and e.model and _covers(e.model, m.model)), None)
-            if shadow is not None and shadow.model is not None:
-                diags.warning("LLMC224", f"model {m.model.kind} {m.model.value!r} is always caught first by rule "
-                              f"{earlier.name!r} ({shadow.model.kind} {shadow.model.value!r})",
-                              **doc.where(("spec", "rules", index, "matches", j, "model")),
+            shadow = next(((e, c) for e in earlier.matches if e.only_body
+                           for c in [_caught(e.body, m.body)] if c is not None), None)
+            if shadow is not None:
+                (first, later) = shadow[1]
+                diags.warning("LLMC224", f"{later.field} {later.kind} {later.value!r} is always caught first by "
+                              f"rule {earlier.name!r} ({first.field} {first.kind} {first.value!r})",
+                              **doc.where(("spec", "rules", index, "matches", j, later.field)),
                               hint="put the more specific rule first")
                 break
     if len({b.provider.base_path is not None for b in rule.backends}) > 1:
@@ -116,8 +130,20 @@ def check_model_rule(rules: list[Rule], index: int, doc: Document, diags: Diagno
                       hint="give every provider of the rule a basePath, or none")
 
 
-def _covers(earlier: ModelMatch, later: ModelMatch) -> bool:
-    """True when every model ``later`` accepts is also accepted by ``earlier``."""
+def _caught(earlier: tuple[BodyMatch, ...], later: tuple[BodyMatch, ...]) -> tuple[BodyMatch, BodyMatch] | None:
+    """When every condition of ``earlier`` accepts all that a (non-regex) condition of ``later`` on
+    the same field accepts, a pair of them to name; else None."""
+    pairs = []
+    for e in earlier:
+        covered = next((lt for lt in later if lt.field == e.field and lt.kind != "regex" and _covers(e, lt)), None)
+        if covered is None:
+            return None
+        pairs.append((e, covered))
+    return pairs[0] if pairs else None
+
+
+def _covers(earlier: BodyMatch, later: BodyMatch) -> bool:
+    """True when every value ``later`` accepts is also accepted by ``earlier``."""
     if earlier.kind == "exact":
         return later.kind == "exact" and later.value == earlier.value
     if earlier.kind == "prefix":

@@ -14,7 +14,7 @@ from ..ir import Backend, Match, Retries, Rule, VirtualHost
 from ..load import Document
 from ..options import FAILOVER_ISTIO_VERSION, Options
 from ..protocols import PROTOCOLS
-from .matches import check_model_rule, header_matches, model_match
+from .matches import body_matches, check_body_rule, header_matches
 
 if TYPE_CHECKING:
     from . import Sourced
@@ -92,16 +92,14 @@ def resolve_route(item: Sourced, catalog: visibility.Catalog, opts: Options,
                             "on the egress gateway, which cannot see the calling workload's labels",
                             **doc.where(mpath + ("sourceLabels",)))
                 ok = False
-            model = None
-            if m.model is not None:
-                model = model_match(m.model, doc, mpath + ("model",), diags)
-                if model is None:
-                    ok = False
-                    continue
+            body = body_matches(m, doc, mpath, diags)
+            if body is None:
+                ok = False
+                continue
             matches.append(Match(
                 headers=header_matches(m.headers or {}, doc, mpath, diags),
                 source_labels=tuple(sorted((m.sourceLabels or {}).items())),
-                gateways=match_gateways, model=model))
+                gateways=match_gateways, body=body))
         if not rule.matches:
             default_seen = i if default_seen is None else default_seen
         backends = _backends(rule, name, catalog, doc, rpath, diags)
@@ -113,7 +111,7 @@ def resolve_route(item: Sourced, catalog: visibility.Catalog, opts: Options,
             ok = False
             continue
         rules.append(Rule(name=name, matches=tuple(matches), backends=backends, retries=retries))
-        check_model_rule(rules, i, doc, diags)
+        check_body_rule(rules, i, doc, diags)
     if not ok:
         return None
     target = catalog.find(host, doc.namespace).provider if host != "*" else None

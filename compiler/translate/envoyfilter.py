@@ -134,12 +134,7 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
                                          for b in listed]}
         if rule.retries is not None:
             rules[rule.name]["failover"] = True
-    by_model = {}
-    if vh.routes_by_model:
-        # The filter reads the body first, exposes its model in `model_header` and selects the route
-        # once; `nomatch` is the route Envoy selects when no rule matches then.
-        by_model = {"model_header": names.MODEL_HEADER, "model_limit": names.MAX_MODEL_BYTES,
-                    "nomatch": names.special_route(vh.namespace, vh.label, "nomatch")}
+    by_body = body_context(vh)
     used = sorted({b.provider.protocol for r in vh.rules for b in r.backends})
     failover: dict = {"order_header": names.ORDER_HEADER} if any(r.retries for r in vh.rules) else {}
     body = {
@@ -151,10 +146,27 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
         "max_body": max_request_bytes(vh),
         "routes": routes,
         "rules": rules,
-        **by_model,
+        **by_body,
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return {"id": digest[:16], **body}
+
+
+def body_context(vh: VirtualHost) -> dict:
+    """For a host whose rules match on body fields: the filter reads the body first, exposes each
+    field in its internal header (``<field>_header``; values longer than ``<field>_limit`` match
+    nothing) and selects the route once; ``nomatch`` is the route Envoy selects when no rule matches
+    then. ``body_fields`` lists the fields, unless the model is the only one (the filter's default)."""
+    if not vh.body_fields:
+        return {}
+    out: dict = {}
+    for field in vh.body_fields:
+        out[f"{field}_header"] = names.BODY_FIELDS[field].header
+        out[f"{field}_limit"] = names.BODY_FIELDS[field].limit
+    out["nomatch"] = names.special_route(vh.namespace, vh.label, "nomatch")
+    if vh.body_fields != ("model",):
+        out["body_fields"] = list(vh.body_fields)
+    return out
 
 
 def attempt_filter_name(b: Backend) -> str:
@@ -232,7 +244,7 @@ def route_patches(vh: VirtualHost, shared_context: dict | None = None) -> list[d
             else [(entry, rule.backends[0])]
         formats.update({name: PROTOCOLS[b.provider.protocol].format for name, b in sends})
         out += [*pinned.values(), entry]
-    if vh.routes_by_model:
+    if vh.body_fields:
         out.append(names.special_route(vh.namespace, vh.label, "nomatch"))
     per_route = {}
     if shared_context is not None:

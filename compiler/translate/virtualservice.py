@@ -31,11 +31,11 @@ NOT_SHAPED_BODY = json.dumps({"error": {
     "type": "server_error", "param": None, "code": "llmc_filter_missing"}}, separators=(",", ":"))
 
 
-def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str], by_model: bool = False) -> dict | None:
+def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str], by_body: bool = False) -> dict | None:
     """A VirtualService match, or None when the match is for gateways this VirtualService does not serve.
 
-    A ``model`` condition becomes one on the internal header the filter sets from the body. With
-    ``pin`` (a pinned route): on a host that routes by model, the rule's conditions plus "the routing
+    A body condition (``model``) becomes one on the internal header the filter sets from the body. With
+    ``pin`` (a pinned route): on a host that routes by the body, the rule's conditions plus "the routing
     header lists ``pin``" (the filter picks a provider for every weighted rule, then makes Envoy select
     rule and provider at once, before it changes any other header); elsewhere the internal header
     instead of the rule's header conditions (docs/data-plane.md, "Weighted rules: pinning").
@@ -46,9 +46,8 @@ def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str], by
         if not gateways:
             return None
     headers = [{"name": h.name, "match": {} if h.kind == "present" else {h.kind: h.value}} for h in m.headers]
-    if m.model is not None:
-        headers.append({"name": names.MODEL_HEADER, "match": {m.model.kind: m.model.value}})
-    if pin is not None and by_model:
+    headers += [{"name": names.BODY_FIELDS[b.field].header, "match": {b.kind: b.value}} for b in m.body]
+    if pin is not None and by_body:
         headers.append({"name": names.ROUTING_HEADER, "match": {"regex": names.pin_list_regex(pin)}})
     elif pin is not None:
         headers = [{"name": names.ROUTING_HEADER, "match": {"exact": pin}}]
@@ -126,7 +125,7 @@ def _seconds(duration: str) -> float:
 
 def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, str]) -> list[dict]:
     def matches(pin: str | None) -> list[dict]:
-        found = (_match(m, port, pin, gateway_map, vh.routes_by_model) for m in (rule.matches or (Match(),)))
+        found = (_match(m, port, pin, gateway_map, bool(vh.body_fields)) for m in (rule.matches or (Match(),)))
         unique = []  # pinned: matches that differed only in headers are one match
         for m in found:
             if m is not None and m not in unique:
@@ -172,8 +171,8 @@ MAX_DIRECT_RESPONSE_BYTES = 1 << 20
 
 def _special_routes(vh: VirtualHost, port: int) -> tuple[list[dict], list[dict]]:
     """(routes before the rules, routes after them): ``GET /v1/models`` answered by Envoy (the filter is
-    disabled on that route), and on hosts that route by model the route Envoy selects when no rule
-    matches once the model is known (the filter answers 404 there)."""
+    disabled on that route), and on hosts that route by the body the route Envoy selects when no rule
+    matches once the body's fields are known (the filter answers 404 there)."""
     def match(uri: str | None = None, method: str | None = None) -> dict:
         return {"uri": uri, "method": method, "headers": [], "source_labels": [], "gateways": [], "port": port}
 
@@ -181,7 +180,7 @@ def _special_routes(vh: VirtualHost, port: int) -> tuple[list[dict], list[dict]]
               "matches": [match("/v1/models", "GET")], "forward": None,
               "direct_response": {"status": 200, "body": models_list(vh)}}
     after = []
-    if vh.routes_by_model:
+    if vh.body_fields:
         after.append({"name": names.special_route(vh.namespace, vh.label, "nomatch"), "matches": [match()],
                       "forward": None, "direct_response": {"status": 500, "body": NOT_SHAPED_BODY}})
     return [models], after
