@@ -214,3 +214,117 @@ def test_settings_defaults_are_written_once():
     found = [(path, w) for path, text in _compiler_sources().items() if path != "compiler/options.py"
              for w in sorted(words) if w in text]
     assert found == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Body matches: a new body field is one table entry plus its field on matches[]
+
+#: The test-only body field ``user`` (OpenAI's end-user id): every source edit it takes, by file.
+#: CONTRIBUTING ("A new body match") lists these files; the test fails if it needs more.
+USER_FIELD = {
+    "compiler/api.py": ('string `model`, or with one longer than 256 bytes or holding control characters, matches no "\n'
+                        '        "model condition.")\n',
+                        '    user: StringMatch | None = Field(None, description="test-only: the body\'s `user`.")\n'),
+    "compiler/names.py": ('    BodyField("model", "x-llmc-model", 256, "gpt-4o"),\n',
+                          '    BodyField("user", "x-llmc-user", 64, "alice"),\n'),
+}
+
+USER_SOURCES = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: a}
+spec:
+  host: a.example.com
+  path: /v1/chat/completions
+  configs: {defaultConfig: {openAIConfig: {apiKey: sk-aaaaaaaaaaaaaaaaaaaaaaaa}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: b}
+spec:
+  host: b.example.com
+  path: /v1/chat/completions
+  configs: {defaultConfig: {openAIConfig: {apiKey: sk-bbbbbbbbbbbbbbbbbbbbbbbb}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: team}
+spec:
+  host: llm.team.svc.cluster.local
+  rules:
+  - name: alice-gpt
+    matches: [{user: {exact: alice}, model: {prefix: gpt-}}]
+    backendRefs: [{providerHost: a.example.com}]
+  - name: bobs
+    matches: [{user: {prefix: bob}}]
+    backendRefs: [{providerHost: a.example.com, weight: 1}, {providerHost: b.example.com, weight: 1}]
+  - name: rest
+    backendRefs: [{providerHost: b.example.com}]
+"""
+
+USER_CHECK = r'''
+import json, sys
+tree = sys.argv[1]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, tree)
+import compiler
+assert compiler.__file__.startswith(tree), compiler.__file__
+from compiler import Options, compile_paths
+from compiler.explain import Request, explain
+
+result = compile_paths([sys.argv[2]], Options())
+assert result.ok, result.diagnostics.format_text()
+vs = next(o for o in result.objects if o["kind"] == "VirtualService" and o["metadata"]["name"] == "llmc-route-team")
+conditions = [h for r in vs["spec"]["http"] for m in r.get("match", []) for h in m.get("headers", {}).items()]
+assert ("x-llmc-user", {"exact": "alice"}) in conditions, conditions
+assert all("x-llmc-user" in r["headers"]["request"]["remove"] for r in vs["spec"]["http"] if "route" in r)
+out = {}
+for user, model in (("alice", "gpt-4o"), ("alice", "qwen"), ("bob-2", "gpt-4o"), ("carol", "gpt-4o")):
+    body = json.dumps({"model": model, "user": user, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    x = explain(result.objects, Request(host="llm.team.svc.cluster.local", body=body, namespace="default"), seed=1)
+    out[f"{user}/{model}"] = x["rule"]
+bad = compile_paths([sys.argv[3]], Options())
+out["invalid"] = [(d.code, d.path, d.message) for d in bad.diagnostics.items if d.code == "LLMC223"]
+print(json.dumps(out))
+'''
+
+
+def test_a_body_field_is_one_table_entry_and_its_api_field(tmp_path):
+    """The test-only body match on ``user`` takes the edits of USER_FIELD (2 source files): then
+    resolve, the IR, the VirtualService, the filter context and the filter itself (run under
+    LuaJIT by ``llmc explain``) route on it, alone and together with ``model``."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    assert len(USER_FIELD) <= 4
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO / "compiler", tree / "compiler", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "templates", tree / "llmc_templates", ignore=shutil.ignore_patterns("__pycache__"))
+    for rel, (anchor, addition) in USER_FIELD.items():
+        text = (tree / rel).read_text()
+        assert text.count(anchor) == 1, f"{rel}: the anchor of the test-only edit moved"
+        (tree / rel).write_text(text.replace(anchor, anchor + addition))
+    (tmp_path / "route.yaml").write_text(USER_SOURCES)
+    (tmp_path / "bad.yaml").write_text(USER_SOURCES.replace("{user: {prefix: bob}}", "{user: {}}"))
+    run = subprocess.run([sys.executable, "-c", USER_CHECK, str(tree), str(tmp_path / "route.yaml"),
+                          str(tmp_path / "bad.yaml")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["alice/gpt-4o"] == "default/team/alice-gpt"
+    assert out["alice/qwen"] == out["carol/gpt-4o"] == "default/team/rest"
+    assert out["bob-2/gpt-4o"] == "default/team/bobs"
+    assert [(code, path) for code, path, _ in out["invalid"]] == [("LLMC223", "spec.rules[1].matches[0].user")]
+    assert "a user match needs exactly one" in out["invalid"][0][2]
+
+
+def test_contributing_names_the_files_of_the_test_only_additions():
+    from tests.conftest import REPO
+
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    section = text[text.index("**A new body match**"):text.index("**A new provider protocol**")]
+    assert f"{len(USER_FIELD)} files" in section
+    assert all(f"`{rel}`" in section for rel in USER_FIELD)
