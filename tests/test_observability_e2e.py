@@ -74,7 +74,8 @@ def env(tmp_path_factory):
 def last_line(path, previous: int, timeout: float = 5.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
+        text = path.read_text() if path.exists() else ""
+        lines = text[:text.rfind("\n") + 1].splitlines()  # complete lines only: Envoy may be mid-write
         if len(lines) > previous:
             return json.loads(lines[-1])
         time.sleep(0.02)
