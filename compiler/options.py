@@ -59,7 +59,7 @@ class Setting:
     kustomize plugin). Declared once, by :func:`setting` on a field of :class:`Options`."""
 
     field: str  # the attribute of Options
-    name: str  # CLI spelling, without the dashes; also the controller's flag
+    name: str  # CLI spelling without the leading "--" (also the controller's flag)
     key: str  # function-config key
     help: str
     parse: Parser
