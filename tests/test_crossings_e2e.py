@@ -1,0 +1,346 @@
+"""Where features cross, every promise holds: the crossing matrix of issue 24 through a real Envoy.
+
+The cells come from ``tests/support/crossings.py`` (rules × protocols × endpoints × client extras ×
+failure of the first try, all-pairs). One input holds every rule of every cell and one Envoy (laid out
+as istiod 1.31 would, or 1.30 on the pinned Envoy 1.38) serves them all; each cell sends one request
+with the official ``openai`` client and checks the same invariants, for every request any provider
+double received and for what the client got (:func:`check_request`, :func:`check_answer`):
+
+* the only credential header is the receiving provider's, with its key, once; no other provider's
+  key and no client credential anywhere — except that a keyless provider gets the client's own
+  credential as the client sent it (README "Keys") on a rule without failover or on the first try
+  of a failover rule, never on a try reached by failover;
+* the body is exactly ``Content-Length`` long: nothing missing, nothing more waiting behind it, and
+  no stray bytes read as a request on a kept connection (an HTTP desync);
+* no ``x-llmc-*`` header reaches a provider, whoever set it;
+* the endpoint is one the provider's API has, or the client gets a 404 and nothing is sent;
+* path, host, model and body are the receiving provider's (the Anthropic double checks the Messages
+  API); ``accept-encoding: identity`` (usage is read from the answer);
+* the client gets OpenAI's format: a JSON error object on errors, never a 2xx with an error body,
+  no internal header.
+
+Failover cells need Envoy 1.39+ (``python -m tests.envoy_versions 1.39.3 1.40.0`` runs them; a skip
+there fails). ``test_explain_predicts_the_cell`` runs every cell offline with ``llmc explain`` and
+compares the predicted upstream request with what the real Envoy sent. Cells that fail because of a
+known defect are strict-xfail, keyed in ``KNOWN`` (issue 24 item numbers): remove a line when its
+fix lands.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from compiler.pipeline import compile_text
+from compiler.resolve import Options
+from tests.support import crossings as X
+from tests.support.anthropic import AnthropicUpstream
+from tests.support.azure import AzureUpstream
+from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_minor
+from tests.support.mesh import llmc_render
+from tests.support.upstream import Recorded, Upstream
+
+pytestmark = pytest.mark.envoy
+
+CELLS = X.cells()
+FAILOVER_ENVOY = (1, 39)
+
+def _backends(c: X.Cell) -> list[X.Provider]:
+    return [X.PROVIDERS[n] for n in c.kind.providers(c.protocol)]
+
+
+def _reaches(c: X.Cell) -> bool:
+    return c.endpoint != "unknown" and any(c.endpoint in p.serves for p in _backends(c))
+
+
+#: Known defects → the cells they break (strict: when a fix lands the cell passes, XPASS fails the
+#: run, and the line goes). "issue 24 item N" are the issue's; "new:" ones were found by the matrix.
+KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = [
+    ("issue 24 item 5: x-llmc-order reaches providers on the non-failover routes of a host with a failover rule",
+     lambda c: c.kind.by_model and not c.kind.failover and _reaches(c)),
+    ("issue 24 item 5: client-sent x-llmc-* headers reach providers",
+     lambda c: c.extra == "internal" and _reaches(c)),
+    ("new: Envoy's own error replies (reset: text/plain 503, timeout: 504) on rules without failover are not "
+     "OpenAI format (translated providers' routes do translate them)",
+     lambda c: not c.kind.failover and c.failure in ("reset", "timeout") and _reaches(c)
+     and any(p.format == "openai" for p in _backends(c))),
+    ("new: a client's x-api-key reaches keyed providers whose key goes in another header (rules without failover)",
+     lambda c: c.extra == "client_keys" and not c.kind.failover and _reaches(c)
+     and any(p.key and p.auth_header != "x-api-key" for p in _backends(c))),
+    ("new: basePath on an Anthropic provider sends /v1/embeddings to Anthropic (no such API) with the key",
+     lambda c: c.endpoint == "embeddings" and any("embeddings" not in p.serves for p in _backends(c))),
+]
+
+
+def marks(cell: X.Cell) -> list:
+    reasons = [reason for reason, applies in KNOWN if applies(cell)]
+    return [pytest.mark.xfail(strict=True, reason="; ".join(reasons))] if reasons else []
+
+
+TRAFFIC = [c for c in CELLS if not c.rejected]
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory):
+    path = tmp_path_factory.mktemp("crossings") / "crossings.yaml"
+    path.write_text(X.manifest(TRAFFIC))
+    return llmc_render("-f", str(path), "--istio-version", "1.31")
+
+
+@pytest.fixture(scope="module")
+def upstreams():
+    ups: dict[str, Upstream | AnthropicUpstream] = {}
+    for p in X.PROVIDERS.values():
+        if p.double == "anthropic":
+            ups[p.host] = AnthropicUpstream(p.host, sse_pause=0.05)
+        elif p.double == "azure":
+            ups[p.host] = AzureUpstream(p.host, ("dep-x",), sse_pause=0.05)
+        else:
+            ups[p.host] = Upstream(p.host, sse_pause=0.05)
+        ups[p.host].hang = X.HANG
+    yield ups
+    for u in ups.values():
+        u.stop()
+
+
+@pytest.fixture(scope="module")
+def envoy(objects, upstreams):
+    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None)
+    assert layout.unmatched == []
+    assert (layout.skipped == []) is (envoy_minor() >= FAILOVER_ENVOY)  # failover patches: 1.31+ proxies only
+    proxy = Envoy(layout.bootstrap)
+    yield proxy
+    proxy.stop()
+
+
+@dataclass
+class Exchange:
+    """One cell's request as the client sent it, what it got, and what every provider received."""
+    sent_headers: dict[str, str]
+    sent_body: bytes
+    status: int
+    headers: dict[str, str]
+    payload: bytes
+    received: list[tuple[str, Recorded]]  # (provider name, request) in arrival order per provider
+
+
+RESULTS: dict[str, list[Exchange]] = {}
+HOST_PROVIDER = {p.host: p.name for p in X.PROVIDERS.values()}
+
+
+def send(port: int, cell: X.Cell) -> tuple[dict, int, dict, bytes]:
+    """The cell's request with the official SDK (its own Authorization left out unless the cell adds
+    one); returns the headers it really sent (lower-case), the status, headers and raw body."""
+    sent: dict[str, str] = {}
+
+    def capture(request: httpx.Request) -> None:
+        sent.update({k.lower(): v for k, v in request.headers.items()})
+
+    headers: dict = {"content-type": "application/json", **cell.headers()}
+    headers.setdefault("authorization", openai.Omit())
+    with openai.OpenAI(base_url=f"http://127.0.0.1:{port}", api_key=X.APP_KEY, max_retries=0, timeout=30,
+                       default_headers={"Host": cell.host},
+                       http_client=httpx.Client(event_hooks={"request": [capture]})) as sdk:
+        try:
+            resp = sdk.post(cell.path, cast_to=httpx.Response, content=cell.body(), options={"headers": headers})
+        except openai.APIStatusError as err:
+            resp = err.response
+        return sent, resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+
+
+def exchange(cell: X.Cell, envoy: Envoy, upstreams) -> Exchange:
+    """One request of the cell: the first tries' providers fail as the cell says."""
+    for u in upstreams.values():
+        u.clear()
+        u.server.stray.clear()
+    for name in first_tries(cell):
+        upstreams[X.PROVIDERS[name].host].fail = X.FAILURES[cell.failure]
+    sent, status, headers, payload = send(envoy.port, cell)
+    received = [(HOST_PROVIDER[h], r) for h, u in upstreams.items() for r in list(u.requests)]
+    stray = {h: list(u.server.stray) for h, u in upstreams.items() if u.server.stray}
+    assert not stray, f"bytes read as the start of a request (HTTP desync): {stray}"
+    return Exchange(sent, cell.body(), status, headers, payload, received)
+
+
+#: a weighted rule's cell is sent until each backend had a first try (50/50: 24 sends miss one
+#: backend with probability 2**-23), so its outcome does not depend on the draw
+MAX_SENDS = 24
+
+
+def run(cell: X.Cell, envoy: Envoy, upstreams) -> list[Exchange]:
+    """The cell's exchanges (several for a weighted rule), each checked; kept for the explain test."""
+    firsts = first_tries(cell)
+    done: list[Exchange] = []
+    RESULTS[cell.id] = done
+    while True:
+        x = exchange(cell, envoy, upstreams)
+        done.append(x)
+        check_answer(cell, x)
+        check_tries(cell, x, upstreams)
+        if len(firsts) == 1 or {pick(cell, x) for x in done} >= set(firsts) or len(done) >= MAX_SENDS:
+            return done
+
+
+def pick(cell: X.Cell, x: Exchange) -> str | None:
+    """The provider of the first try: the first to receive anything (failover: the rule's first), or
+    for a refused endpoint the one backend that lacks it."""
+    names = cell.kind.providers(cell.protocol)
+    if x.received:
+        return names[0] if cell.kind.failover else x.received[0][0]
+    lacking = [n for n in names if cell.endpoint not in X.PROVIDERS[n].serves]
+    return lacking[0] if len(lacking) == 1 and cell.endpoint != "unknown" else None
+
+
+def first_tries(cell: X.Cell) -> list[str]:
+    """The providers a first try may go to: the first priority of a failover rule, else every backend."""
+    names = cell.kind.providers(cell.protocol)
+    return names[:1] if cell.kind.failover else names
+
+
+# ------------------------------------------------------------------------------------------------
+# What must hold
+# ------------------------------------------------------------------------------------------------
+
+def expected_status(cell: X.Cell, first: str | None) -> int:
+    """What the client must get when ``first`` had the first try (None: nothing was sent)."""
+    if first is None or cell.endpoint not in X.PROVIDERS[first].serves:
+        return 404  # an endpoint the provider's API lacks: answered by llmc, nothing sent
+    if cell.failure == "none" or cell.kind.failover:
+        return 200
+    return {"503": 503, "reset": 503, "timeout": 504}[cell.failure]
+
+
+def expected_pairs(cell: X.Cell, p: X.Provider) -> list:
+    """The JSON members the provider must receive: the client's, with its model where llmc sets one
+    (the configured model on chat; on the model-routed host the model that routed), one `model`."""
+    model = p.model if cell.endpoint == "chat" else None
+    if model is None and cell.kind.by_model:
+        model = cell.routed_model
+    pairs = cell.client_pairs()
+    if model is None:
+        return pairs
+    out, seen = [], False
+    for k, v in pairs:
+        if k == "model":
+            if not seen:
+                out.append(("model", model))
+                seen = True
+            continue
+        out.append((k, v))
+    return out
+
+
+def client_credentials(cell: X.Cell) -> list[tuple[str, str]]:
+    headers = X.EXTRAS[cell.extra][0]
+    return sorted((k, v) for k, v in headers.items() if k in X.CREDENTIAL_HEADERS)
+
+
+def check_request(cell: X.Cell, p: X.Provider, rec: Recorded, reached_by_failover: bool, problems=None) -> None:
+    where = f"{p.name} received"
+    # framing: exactly Content-Length bytes, nothing more behind them
+    assert rec.declared is not None and rec.declared == len(rec.body), (where, rec.declared, len(rec.body))
+    assert rec.extra == b"", (where, "bytes beyond Content-Length", rec.extra[:200])
+    # internal headers
+    assert not [k for k, _ in rec.raw_headers if k.startswith("x-llmc-")], (where, [
+        h for h in rec.raw_headers if h[0].startswith("x-llmc-")])
+    # credentials
+    present = sorted((k, v) for k, v in rec.raw_headers if k in X.CREDENTIAL_HEADERS)
+    own_client_key = p.key is None and not reached_by_failover
+    if p.credential is not None:
+        assert present == [p.credential], (where, present)
+    elif own_client_key:
+        assert present == client_credentials(cell), (where, present)
+    else:
+        assert present == [], (where, present)
+    text = json.dumps(rec.raw_headers) + rec.body.decode("utf-8", "replace")
+    for other, key in X.KEYS.items():
+        assert other == p.name or key not in text, (where, f"the key of {other}")
+    if not own_client_key:
+        assert X.APP_KEY not in text and X.APP_XKEY not in text, (where, "the client's credential")
+    # endpoint, host, body
+    assert rec.path == p.path(cell.endpoint), (where, rec.path)
+    assert rec.headers.get("host") == p.host, (where, rec.headers.get("host"))
+    assert rec.headers.get("accept-encoding") == "identity", (where, rec.headers.get("accept-encoding"))
+    if p.format == "anthropic":
+        assert problems == [], (where, problems)
+        assert json.loads(rec.body)["model"] == p.model
+    else:
+        assert json.loads(rec.body, object_pairs_hook=list) == expected_pairs(cell, p), (where, rec.body)
+
+
+def check_answer(cell: X.Cell, x: Exchange) -> None:
+    assert x.status == expected_status(cell, pick(cell, x)), (x.status, x.payload[:300])
+    assert not [k for k in x.headers if k.startswith("x-llmc-")], x.headers
+    assert x.headers.get("content-type", "").startswith("application/json"), (x.headers, x.payload[:300])
+    body = json.loads(x.payload)
+    if x.status < 300:
+        assert "error" not in body, body
+        kind = openai.types.chat.ChatCompletion if cell.endpoint == "chat" else openai.types.CreateEmbeddingResponse
+        kind.model_validate(body)
+    else:
+        err = body.get("error")
+        assert isinstance(err, dict) and set(err) >= {"message", "type", "param", "code"}, body
+        assert isinstance(err["message"], str) and isinstance(err["type"], str), body
+
+
+def check_tries(cell: X.Cell, x: Exchange, upstreams) -> None:
+    """Who received what: nothing for a refused endpoint; one request without a failure; on failover
+    the first provider, then the next priority; and every request shaped for its receiver."""
+    names = cell.kind.providers(cell.protocol)
+    got = [n for n, _ in x.received]
+    if expected_status(cell, pick(cell, x)) == 404:
+        assert got == [], got
+        return
+    if cell.failure == "none":
+        assert len(got) == 1 and got[0] in names, got
+    elif cell.kind.failover:
+        assert sorted(got) == sorted(names[:2]), got
+    else:
+        assert got and set(got) <= set(names), got
+    for name, rec in x.received:
+        up = upstreams[X.PROVIDERS[name].host]
+        problems = None
+        if isinstance(up, AnthropicUpstream):
+            problems = up.problems[up.requests.index(rec)]
+        failover_try = cell.kind.failover and names.index(name) > 0
+        check_request(cell, X.PROVIDERS[name], rec, failover_try, problems)
+
+
+# ------------------------------------------------------------------------------------------------
+# The cells
+# ------------------------------------------------------------------------------------------------
+
+def params(cells):
+    return [pytest.param(c, id=c.id, marks=marks(c)) for c in cells]
+
+
+@pytest.mark.parametrize("cell", params(CELLS))
+def test_crossing(cell: X.Cell, request):
+    if cell.rejected:
+        code, field = cell.rejected
+        result = compile_text(X.rejected_manifest(cell), Options(), "crossing.yaml")
+        errors = [(d.code, d.path) for d in result.diagnostics.items if d.severity == "error"]
+        assert errors == [(code, f"spec.rules[0].{field}")], errors
+        return
+    if cell.kind.failover and envoy_minor() < FAILOVER_ENVOY:
+        pytest.skip("failover needs Envoy 1.39+; run `python -m tests.envoy_versions 1.39.3`")
+    envoy, upstreams = request.getfixturevalue("envoy"), request.getfixturevalue("upstreams")
+    run(cell, envoy, upstreams)
+
+
+def test_the_matrix_covers_every_pair():
+    """All-pairs: every two values of two dimensions meet in a cell (or the pair is refused)."""
+    dims = {k: list(v) for k, v in X.DIMENSIONS.items()}
+    rows = [vars(c) for c in TRAFFIC]
+    for a, b in ((a, b) for i, a in enumerate(dims) for b in list(dims)[i + 1:]):
+        for va in dims[a]:
+            for vb in dims[b]:
+                if {a, b} == {"rule", "protocol"} and (({a: va, b: vb}["rule"], {a: va, b: vb}["protocol"])
+                                                       in X.REJECTED):
+                    continue
+                assert any(r[a] == va and r[b] == vb for r in rows), (a, va, b, vb)
