@@ -58,13 +58,41 @@ def _reaches(c: X.Cell) -> bool:
     return c.endpoint != "unknown" and any(c.endpoint in p.serves for p in _backends(c))
 
 
+STANDARD_AUTH = {"authorization", "api-key", "x-api-key"}  # the protocols' own: an earlier try's are removed
+
+
+def _changes_body(c: X.Cell, name: str) -> bool:
+    return expected_pairs(c, X.PROVIDERS[name]) != c.client_pairs()
+
+
+def _failover_tries(c: X.Cell) -> list[str]:
+    """The providers a failover cell's request reaches in order (when its endpoint is served)."""
+    if not c.kind.failover or not _reaches(c):
+        return []
+    names = c.kind.providers(c.protocol)
+    return names[:1] if c.failure == "none" else names[:2]
+
+
 #: Known defects → the cells they break (strict: when a fix lands the cell passes, XPASS fails the
 #: run, and the line goes). "issue 24 item N" are the issue's; "new:" ones were found by the matrix.
+#: Each predicate says where the defect shows when the others are fixed.
 KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = [
+    ("issue 24 item 1: a custom authHeader (and its key) of an earlier try reaches the later tries",
+     lambda c: len(_failover_tries(c)) > 1 and X.PROVIDERS[_failover_tries(c)[0]].auth_header not in STANDARD_AUTH),
+    ("issue 24 item 2: a try whose body is the client's inherits the Content-Length of an earlier try",
+     lambda c: len(_failover_tries(c)) > 1 and _changes_body(c, _failover_tries(c)[0])
+     and not _changes_body(c, _failover_tries(c)[1])),
+    ("issue 24 item 3: failover rules ignore basePath (embeddings sent as chat, unknown paths forwarded)",
+     lambda c: c.kind.failover and c.endpoint != "chat"),
+    ("issue 24 item 4: a model-routed failover rule sends both `model` members",
+     lambda c: c.kind.by_model and c.extra == "dup_model" and any(
+         X.PROVIDERS[n].model is None for n in _failover_tries(c))),
     ("issue 24 item 5: x-llmc-order reaches providers on the non-failover routes of a host with a failover rule",
      lambda c: c.kind.by_model and not c.kind.failover and _reaches(c)),
     ("issue 24 item 5: client-sent x-llmc-* headers reach providers",
      lambda c: c.extra == "internal" and _reaches(c)),
+    ("issue 24 item 7: a keyless provider's first failover try loses the client's own credential (README: it passes)",
+     lambda c: c.extra == "client_keys" and any(X.PROVIDERS[n].key is None for n in _failover_tries(c)[:1])),
     ("new: Envoy's own error replies (reset: text/plain 503, timeout: 504) on rules without failover are not "
      "OpenAI format (translated providers' routes do translate them)",
      lambda c: not c.kind.failover and c.failure in ("reset", "timeout") and _reaches(c)

@@ -31,7 +31,9 @@ The wire, for tests of HTTP framing (every double reads requests with :func:`rea
 (``seq``: above 1 means a reused keep-alive connection), and ``extra``: bytes that were already
 waiting after the declared length (a proxy that sent more body than it declared). Bytes that do not
 parse as a request line where the next request should start are kept in ``Server.stray``: the rest
-of such a body, read as the start of the next request on that connection (an HTTP desync).
+of such a body, read as the start of the next request on that connection (an HTTP desync). After a
+request with ``extra`` the double answers with ``connection: close``, so the rest of that body does
+not reach a later test.
 """
 
 from __future__ import annotations
@@ -125,6 +127,13 @@ class ProviderHandler(BaseHTTPRequestHandler):
         self.conn_id = self.server.next_connection() if isinstance(self.server, Server) else 0
         self.served = 0
 
+    def end_headers(self) -> None:
+        if getattr(self, "desynced", False):
+            # more body than declared is waiting on this connection: close it after this answer, so
+            # the rest is not read as the next request (the test that caused it has seen `extra`)
+            self.send_header("connection", "close")
+        super().end_headers()
+
     def parse_request(self) -> bool:
         ok = super().parse_request()
         if (not ok or self.command not in HTTP_METHODS) and isinstance(self.server, Server):
@@ -138,9 +147,11 @@ def read_request(h: BaseHTTPRequestHandler, sni: str | None = None) -> Recorded:
     length = int(declared or 0)
     body = h.rfile.read(length) if length else b""
     h.served = getattr(h, "served", 0) + 1
+    extra = _waiting(h)
+    h.desynced = bool(extra)
     return Recorded(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body, sni,
                     raw_headers=[(k.lower(), v) for k, v in h.headers.items()], conn=getattr(h, "conn_id", 0),
-                    seq=h.served, declared=int(declared) if declared is not None else None, extra=_waiting(h))
+                    seq=h.served, declared=int(declared) if declared is not None else None, extra=extra)
 
 
 def _waiting(h: BaseHTTPRequestHandler) -> bytes:
