@@ -32,6 +32,7 @@ import json
 from importlib import resources
 from typing import Any
 
+from ..translate.envoyfilter import UPSTREAM_FILTER_PREFIX
 from .istio import FILTER_NAME, ExplainError, Request, describe_proxy, find_filter_context, find_virtualservice, select
 
 __all__ = ["ExplainError", "Request", "explain", "format_text"]
@@ -108,7 +109,7 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         out["result"] = _envoy_result(first, headers, req)
         return out
     rt = _Runtime(seed, provider)
-    secrets = _literal_keys(context)
+    secrets = _literal_keys(context, route_patches)
     route_metadata = {name: ((v.get("metadata") or {}).get("filter_metadata") or {}).get(FILTER_NAME, {})
                       for name, v in route_patches.items()}
 
@@ -201,9 +202,15 @@ def _candidates(context: dict, rule_id: str | None) -> list[dict]:
             for b in backends]
 
 
-def _literal_keys(context: dict) -> list[str]:
-    return sorted({b["api_key"] for r in (context.get("rules") or {}).values() for b in r.get("backends", [])
-                   if b.get("api_key")}, key=len, reverse=True)
+def _literal_keys(context: dict, route_patches: dict[str, dict]) -> list[str]:
+    """Every literal key the proxy holds for this virtual host: the first choices' (the virtual host's
+    context) and every failover try's (the upstream-filter contexts on the failover routes)."""
+    backends = [b for r in (context.get("rules") or {}).values() for b in r.get("backends", [])]
+    for patch in route_patches.values():
+        for name, per_filter in (patch.get("typed_per_filter_config") or {}).items():
+            if name.startswith(UPSTREAM_FILTER_PREFIX):
+                backends.append(((per_filter or {}).get("filter_context") or {}).get("attempt") or {})
+    return sorted({b["api_key"] for b in backends if b.get("api_key")}, key=len, reverse=True)
 
 
 def _mask(text: str | None, secrets: list[str]) -> str | None:
