@@ -372,3 +372,68 @@ def test_the_matrix_covers_every_pair():
                                                        in X.REJECTED):
                     continue
                 assert any(r[a] == va and r[b] == vb for r in rows), (a, va, b, vb)
+
+
+# ------------------------------------------------------------------------------------------------
+# explain, offline, on the same cells
+# ------------------------------------------------------------------------------------------------
+
+#: headers Envoy adds or drops on the way (not the filter's doing, so not explain's to predict)
+ENVOY_ADDS = {"x-forwarded-proto", "x-request-id", "x-envoy-expected-rq-timeout-ms", "x-envoy-attempt-count",
+              "x-envoy-original-host"}
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"}
+#: where explain does not predict what Envoy sends yet → the cells it concerns (strict xfail)
+EXPLAIN_KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = []
+
+
+def masked(text: str) -> str:
+    for key in sorted(X.KEYS.values(), key=len, reverse=True):
+        text = text.replace(key, "***")
+    return text
+
+
+def explain_marks(cell: X.Cell) -> list:
+    reasons = [reason for reason, applies in EXPLAIN_KNOWN if applies(cell)]
+    return [pytest.mark.xfail(strict=True, reason="; ".join(reasons))] if reasons else []
+
+
+def predicted_tries(objects, cell: X.Cell, x: Exchange) -> dict:
+    from compiler.explain import Request, explain
+
+    forced = None
+    if not cell.kind.failover and len(cell.kind.providers(cell.protocol)) > 1:
+        forced = f"p-{pick(cell, x)}"  # the draw this exchange had
+    return explain(objects, Request(host=cell.host, method="POST", path=cell.path, headers=x.sent_headers,
+                                    body=x.sent_body), provider=forced)
+
+
+def compare(predicted: dict, name: str, rec: Recorded) -> None:
+    p = X.PROVIDERS[name]
+    assert predicted["url"] == f"http://{p.host}{rec.path}", (predicted["url"], rec.path)
+    sent = rec.body + rec.extra  # what Envoy sent, whatever its Content-Length said (item 2)
+    assert predicted["body"] == masked(sent.decode()), (predicted["body"], sent)
+    got = {k: masked(v) for k, v in rec.raw_headers if k not in ENVOY_ADDS}
+    want = {k: v for k, v in predicted["headers"].items() if k not in HOP_BY_HOP}
+    assert want == got, {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
+
+
+@pytest.mark.parametrize("cell", [pytest.param(c, id=c.id, marks=explain_marks(c)) for c in TRAFFIC])
+def test_explain_predicts_the_cell(cell: X.Cell, objects):
+    """What `llmc explain` predicts for the cell's request is what the providers received: each try's
+    URL, headers (keys masked; Envoy's own additions aside), body and length; or llmc's reply."""
+    if cell.id not in RESULTS:
+        pytest.skip("the cell did not run here (failover needs Envoy 1.39+)")
+    names = cell.kind.providers(cell.protocol)
+    for x in RESULTS[cell.id]:
+        predicted = predicted_tries(objects, cell, x)
+        if not x.received:
+            assert predicted.get("result", {}).get("status") == x.status, predicted
+            assert json.loads(predicted["result"]["body"]) == json.loads(x.payload)
+            continue
+        tries = predicted.get("attempts") or [predicted["upstream"]]
+        received = sorted(x.received, key=lambda r: names.index(r[0]))
+        if not cell.kind.failover:
+            tries = tries * len(received)  # Envoy's own retries of one provider send the same request
+        assert len(tries) >= len(received), (tries, received)
+        for want, (name, rec) in zip(tries, received, strict=False):
+            compare(want, name, rec)

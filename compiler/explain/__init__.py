@@ -89,7 +89,8 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
     """The explanation as data (``-o json``); :func:`format_text` prints it for people."""
     vs = find_virtualservice(objects, req)
     vs_ns = vs["metadata"].get("namespace", "default")
-    headers = {k.lower(): v for k, v in req.headers.items()}
+    # HTTP/1.1's Host is Envoy's :authority (req.host): a `host` among the headers is not another header
+    headers = {k.lower(): v for k, v in req.headers.items() if k.lower() != "host"}
     headers.update({":method": req.method, ":path": req.path, ":authority": req.host})
     if req.body and "content-length" not in headers:
         headers["content-length"] = str(len(req.body))
