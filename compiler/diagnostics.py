@@ -88,6 +88,9 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC236", _E, "a provider's configs mix protocols"),
     Message("LLMC237", _E, "missing endpoint setting"),
     Message("LLMC238", _E, "invalid authHeader"),
+    Message("LLMC239", _W, "a keyless provider on a failover rule gets no key"),
+    Message("LLMC240", _W, "hostRewrite sends a provider's key to another host name"),
+    Message("LLMC241", _E, "basePath on a provider that does not speak OpenAI's API"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

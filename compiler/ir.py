@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .protocols import auth_header
+
 
 @dataclass(frozen=True)
 class SecretRef:
@@ -128,6 +130,11 @@ class Backend:
     def host_header(self) -> str:
         return self.host_rewrite or self.provider.host
 
+    @property
+    def keyed(self) -> bool:
+        """The platform holds a key for this backend (else the client's own credential may pass)."""
+        return self.config.api_key is not None or self.config.api_key_secret is not None
+
 
 @dataclass(frozen=True)
 class Retries:
@@ -160,6 +167,11 @@ class Rule:
     def pinned(self) -> tuple[Backend, ...]:
         """The backends that get a pinned route: every first choice of a rule the filter picks for."""
         return self.first_choices if self.weighted else ()
+
+    @property
+    def auth_headers(self) -> tuple[str, ...]:
+        """The header each backend's key travels in (its authHeader, else its protocol's), sorted."""
+        return tuple(sorted({auth_header(b.provider.protocol, b.config.auth_header) for b in self.backends}))
 
     def failover_order(self, first: Backend) -> tuple[Backend, ...]:
         """The order tries take when ``first`` was picked: ``first``, then the others by priority,

@@ -14,8 +14,6 @@ MAX_NAME = 63
 PREFIX = "llmc"
 ROUTING_HEADER = "x-llmc-provider"  # internal: set by the Lua filter, matched by pinned VS routes
 MODEL_HEADER = "x-llmc-model"  # internal: the body's model, set by the Lua filter, matched by model rules
-#: Every internal header; routes remove them before a request goes upstream.
-INTERNAL_HEADERS = (ROUTING_HEADER, MODEL_HEADER)
 #: Longest body `model` the filter exposes for routing (longer ones match no model condition).
 MAX_MODEL_BYTES = 256
 #: internal, failover rules only: the weighted clusters' random value ("0": tries in list order)
@@ -28,6 +26,12 @@ TRANSLATE_HEADER = "x-llmc-translate"
 #: internal response header, likewise: the pinned routes of failover rules add it (also to the
 #: router's own replies when every try failed), so only their responses read dynamic metadata
 FAILOVER_HEADER = "x-llmc-failover"
+#: internal response header of failover rules: the upstream filter names the provider that answered
+ANSWERED_BY_HEADER = "x-llmc-answered-by"
+#: Every internal header. Every route removes them all from the request before it goes upstream,
+#: whoever set them (the filter, or a client): none ever reaches a provider.
+INTERNAL_HEADERS = (ROUTING_HEADER, MODEL_HEADER, ORDER_HEADER, TRANSLATE_HEADER, FAILOVER_HEADER,
+                    ANSWERED_BY_HEADER)
 ROUTE_SEPARATOR = "/"  # appears in no Kubernetes name, rule name or provider name
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 RULE_NAME = re.compile(r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")

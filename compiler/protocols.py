@@ -11,6 +11,7 @@ is moved to ``auth_header`` (APIs that do not read Authorization); otherwise it 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 AZURE_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version (README, "Providers")
@@ -50,6 +51,16 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (OPENAI, AZURE_OPENAI, ANTH
 #: The API config field of each protocol in ``spec.configs.*``.
 CONFIG_FIELDS: dict[str, str] = {"openAIConfig": "openai", "azureOpenAIConfig": "azure-openai",
                                  "anthropicConfig": "anthropic"}
+
+
+def auth_header(protocol: str, auth_header_field: str | None) -> str:
+    """The header a backend's key travels in: its config's ``authHeader``, else the protocol's."""
+    return (auth_header_field or PROTOCOLS[protocol].auth_header).lower()
+
+
+def credential_headers(extra: Iterable[str] = ()) -> list[str]:
+    """Every header a credential may travel in: each protocol's, and the ``authHeader`` names given."""
+    return sorted({p.auth_header for p in PROTOCOLS.values()} | {h.lower() for h in extra})
 
 
 def azure_path(deployment: str, api_version: str | None) -> str:

@@ -130,3 +130,129 @@ def test_a_try_removes_every_credential_header_and_sets_only_its_own():
     assert not {"api-key", "x-api-key", "x-llmc-order"} & set(r.headers)
     assert r.headers[":path"] == "/two/chat/completions?x=1" and r.headers[":authority"] == "two.example.com"
     assert json.loads(r.body) == {"model": "two-model", "messages": [], "stream": False}
+
+
+# --- where failover crosses other features (issue 24) ---------------------------------------------
+
+CROSSINGS = (TESTDATA / "e2e" / "failover-crossings.yaml").read_text()
+
+
+def _compile_cross(text: str):
+    opts, _ = parse_options(istio_version="1.31")
+    return compile_text(text, opts, "cross.yaml")
+
+
+def test_weights_compare_only_within_one_priority():
+    """[{a, w50}, {b, w50}, {c, priority 1}]: c is a lone backup and needs no weight (it was weight 0,
+    dropped, and attempts 3 was refused as more than the 2 backends left)."""
+    result = _compile_cross(CROSSINGS)
+    assert result.ok, [d.format() for d in result.diagnostics.sorted()]
+    assert not [d for d in result.diagnostics.sorted() if d.code == "LLMC229"]
+    vs = next(o for o in result.objects if o["kind"] == "VirtualService" and o["spec"]["hosts"] == ["cross.example.com"])
+    weights = next(r for r in vs["spec"]["http"] if r["name"].endswith("/weights/p-one"))
+    assert [d["destination"]["host"] for d in weights["route"]] == ["one.example.com", "two.example.com",
+                                                                    "raw.example.com"]
+    assert weights["retries"]["attempts"] == 2
+
+
+def test_an_unset_weight_next_to_set_ones_still_counts_0_within_its_priority():
+    text = CROSSINGS.replace("    - {providerHost: two.example.com, weight: 50}\n    - {providerHost: raw.example.com, priority: 1}",
+                             "    - {providerHost: two.example.com}\n    - {providerHost: raw.example.com, priority: 1}")
+    result = _compile_cross(text)
+    assert ("LLMC229", "spec.rules[3].backendRefs[1]") in codes(result)
+    assert not result.ok  # attempts 3 > the 2 backends left (p-two got weight 0)
+
+
+def test_failover_providers_must_agree_on_base_path():
+    text = CROSSINGS.replace("  path: /api/v1/chat/completions\n  basePath: /api/v1\n", "  path: /api/v1/chat/completions\n")
+    result = _compile_cross(text)
+    (diag,) = [d for d in result.diagnostics.sorted() if d.code == "LLMC235"]
+    assert diag.path == "spec.rules[2].backendRefs" and "basePath" in diag.message and "p-base1" in diag.hint
+
+
+def test_a_keyless_provider_on_a_failover_rule_is_warned_about():
+    result = _compile_cross(CROSSINGS)
+    assert ("LLMC239", "spec.rules[5].backendRefs[1]") in codes(result)
+    assert not [d for d in result.diagnostics.sorted() if d.code == "LLMC239" and "rules[7]" in d.path]
+
+
+def test_host_rewrite_with_a_key_is_warned_about():
+    result = _compile_cross(CROSSINGS)
+    assert ("LLMC240", "spec.rules[4].backendRefs[0].hostRewrite") in codes(result)
+    assert ("LLMC240", "spec.rules[4].backendRefs[1].hostRewrite") in codes(result)
+    keyless = CROSSINGS.replace("{providerHost: nokey.example.com, priority: 1}",
+                                "{providerHost: nokey.example.com, priority: 1, hostRewrite: front.example.net}")
+    assert not [d for d in _compile_cross(keyless).diagnostics.sorted() if d.code == "LLMC240" and "rules[5]" in d.path]
+
+
+def test_every_route_removes_every_internal_header_and_other_providers_credential_headers():
+    from compiler import names
+
+    result = _compile_cross(CROSSINGS)
+    vs = next(o for o in result.objects if o["kind"] == "VirtualService" and o["spec"]["hosts"] == ["cross.example.com"])
+    routes = {r["name"].rsplit("/", 2)[-2] + "/" + r["name"].rsplit("/", 1)[-1]: r for r in vs["spec"]["http"]
+              if "route" in r}
+    for name, r in routes.items():
+        removed = r["headers"]["request"]["remove"]
+        assert set(names.INTERNAL_HEADERS) <= set(removed), name
+    # a keyed provider: every credential header but its own; a keyless one: the client's pass
+    assert set(routes["cross/single"]["headers"]["request"]["remove"]) >= {"x-api-key", "api-key", "x-gw-key"}
+    assert "authorization" not in routes["cross/single"]["headers"]["request"]["remove"]
+    assert not {"authorization", "x-api-key"} & set(routes["cross/open"]["headers"]["request"]["remove"])
+    # a failover route: every credential header (each try sets its own upstream)
+    assert {"authorization", "x-api-key", "api-key", "x-gw-key"} <= set(routes["gwfirst/p-gw"]["headers"]["request"]["remove"])
+
+
+def test_each_try_of_a_failover_rule_removes_every_auth_header_of_the_rule_and_uses_its_host_rewrite():
+    result = _compile_cross(CROSSINGS)
+    text = "\n".join(str(o) for o in result.objects if o["kind"] == "EnvoyFilter")
+    assert "'credential_headers': ['api-key', 'authorization', 'x-api-key', 'x-gw-key']" in text
+    assert "'host': 'two-front.example.net'" in text
+
+
+def test_a_try_after_a_try_that_rewrote_the_body_sends_its_own_content_length_and_the_clients_path():
+    """The header map a later try sees holds what an earlier try set: Content-Length of that try's
+    body, its path. A try whose shaped body is the client's own (no setBytes) must still set its own
+    length; the endpoint and query come from the client's path (dynamic metadata), not the map."""
+    import json
+
+    from compiler.protocols import OPENAI
+    from tests.support.lua import LuaFilter
+
+    lua = LuaFilter()
+    ctx = {"id": "t2", "route": "default/chat", "rule": "backup",
+           "attempt": {"provider": "p-raw", "protocol": "openai", "host": "raw.example.com",
+                       "path": "/raw/v1/chat/completions", "base_path": "/raw/v1", "weight": 1, "max_body": 1 << 20,
+                       "api_key": "sk-raw"},
+           "protocols": {"openai": OPENAI.context()},
+           "credential_headers": ["api-key", "authorization", "x-api-key", "x-gw-key"],
+           "internal_headers": ["x-llmc-provider", "x-llmc-order"]}
+    client = '{"model":"text-embedding-3-small","input":"hi"}'
+    sent = {"x-gw-key": "sk-gw", "content-length": "999", ":authority": "gw.example.com"}
+    md = {"llmc:client_path": "/v1/embeddings?trace=1", "llmc:failover": True}
+    r = lua.request(ctx, client, headers=sent, path="/gw/v1/chat/completions", route="x", metadata=md)
+    assert r.status is None, r.response_body
+    assert r.headers["content-length"] == str(len(client)) and r.body == client
+    assert r.headers[":path"] == "/raw/v1/embeddings?trace=1"
+    assert r.headers["authorization"] == "Bearer sk-raw" and "x-gw-key" not in r.headers
+    assert json.loads(r.body) == json.loads(client)
+
+
+def test_explain_predicts_every_try_of_a_failover_embeddings_request():
+    """explain runs each try as the upstream filter does, with the route's removals applied first
+    and the downstream filter's metadata: try 2 serves the client's endpoint (was: chat, from try
+    1's path), carries only its own credential header and its own length."""
+    from compiler.explain import Request, explain
+
+    objects = [o for o in _compile_cross(CROSSINGS).objects]
+    body = b'{"model":"text-embedding-3-small","input":"hi"}'
+    x = explain(objects, Request(host="cross.example.com", path="/v1/embeddings?trace=1",
+                                 headers={"x-case": "endpoints", "x-gw-key": "sk-client", "x-llmc-order": "9"},
+                                 body=body))
+    first, second = x["attempts"]
+    assert first["url"].endswith("base1.example.com/v1/embeddings?trace=1")
+    assert second["url"].endswith("base2.example.com/api/v1/embeddings?trace=1")
+    for up in (first, second):
+        assert up["headers"]["content-length"] == str(len(body)) and up["body"] == body.decode()
+        assert not [k for k in up["headers"] if k.startswith("x-llmc-") or k in ("x-gw-key", "x-api-key")]
+        assert up["headers"]["authorization"].startswith("Bearer ")

@@ -144,7 +144,7 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
                                                   "unavailable, cancelled, retriable-status-codes)"
     if _py(h.dynamic_metadata).get("llmc:failover"):
         out["attempts"] = _attempts(rt, objects, final_http, route_patches.get(out["final_route"], {}),
-                                    final_headers, req.body, secrets)
+                                    final_headers, req.body, secrets, _py(h.dynamic_metadata))
         out["upstream"] = out["attempts"][0]
         return out
     out["upstream"] = _upstream(objects, final_http, final_headers, _text(h), secrets)
@@ -152,14 +152,17 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
 
 
 def _attempts(rt: _Runtime, objects: list[dict], http: dict, patch: dict, headers: dict[str, str], body: bytes,
-              secrets: list[str]) -> list[dict]:
+              secrets: list[str], metadata: dict) -> list[dict]:
     """A failover route's tries, in order: each shaped by the upstream filter of its provider's
     cluster (the same llmc.lua, with that cluster's context from the route), on the original client
-    body and on the request headers as the previous try left them (Envoy shares the header map)."""
+    body and on the request headers as the previous try left them (Envoy shares the header map; the
+    route's header removals apply once, before the first try), with the stream's dynamic metadata
+    the downstream filter set (upstream filters see the downstream stream info)."""
     per_filter = patch.get("typed_per_filter_config") or {}
     retries = http.get("retries") or {}
     tries = 1 + int(retries.get("attempts", 0))
-    shared = dict(headers)
+    remove = set(((http.get("headers") or {}).get("request") or {}).get("remove") or [])
+    shared = {k: v for k, v in headers.items() if k not in remove}
     out = []
     for dest in http["route"][:tries]:
         d = dest["destination"]
@@ -170,6 +173,8 @@ def _attempts(rt: _Runtime, objects: list[dict], http: dict, patch: dict, header
         lua_req = rt.table({"headers": shared, "body": body or None, "context": ctx, "route_name": "",
                             "route_metadata": {}})
         h = rt.handle.new(lua_req)
+        for k, v in metadata.items():
+            h.dynamic_metadata[k] = v
         rt.lua.globals().envoy_on_request(h)
         shared = _py(h.headers_map)
         one = {"route": [dest]}

@@ -13,7 +13,7 @@ from ..hosts import host_problem
 from ..ir import Provider, RequestConfig, SecretRef
 from ..load import Document
 from ..options import Options
-from ..protocols import CONFIG_FIELDS
+from ..protocols import CONFIG_FIELDS, PROTOCOLS
 from .matches import HEADER_NAME
 
 if TYPE_CHECKING:
@@ -140,6 +140,11 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
     protocol = _provider_protocol(found, doc, diags)
     _check_endpoint(protocol, spec.path, [(default or RequestConfig()).overlay(rc) for _, rc in
                                           [("", None), *overrides]], doc, diags)
+    if spec.basePath is not None and PROTOCOLS[protocol].format != "openai":
+        diags.error("LLMC241", f"basePath is for providers that speak OpenAI's API: a {protocol} provider "
+                    "serves chat completions only (translated), so embeddings and completions requests would be "
+                    "sent, with its key, to endpoints it does not have", **doc.where(("spec", "basePath")),
+                    hint="remove spec.basePath; clients of this provider call /v1/chat/completions")
     tls_mode = spec.tls.mode if spec.tls else ("DISABLE" if in_mesh else "SIMPLE")
     if in_mesh and tls_mode == "SIMPLE":
         diags.error("LLMC220", "TLS origination to an in-mesh Service is not supported: the mesh "

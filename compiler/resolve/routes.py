@@ -180,13 +180,20 @@ def _warn_remote_keys(rules: list[Rule], route_gateways: tuple[str, ...], opts: 
 def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, rpath: tuple,
               diags: Diagnostics) -> tuple[Backend, ...] | None:
     refs = rule.backendRefs
-    weights = [b.weight for b in refs]
     ok = True
-    mixed = any(w is None for w in weights) and any(w is not None for w in weights)
-    if all(w is not None for w in weights) or mixed:
-        if sum(w or 0 for w in weights) == 0:
-            diags.error("LLMC206", "weights add up to 0: no provider would receive traffic",
-                        **doc.where(rpath + ("backendRefs",)),
+    # Weights compare within one priority only (a failover rule's backups are tried in priority
+    # order, whatever the first choices weigh): Istio's "an unset weight next to set ones counts 0"
+    # applies inside a priority, and a lone backend of its priority needs no weight.
+    groups: dict[int, list[int | None]] = {}
+    for ref in refs:
+        groups.setdefault(ref.priority or 0, []).append(ref.weight)
+    mixed_in = {prio for prio, ws in groups.items()
+                if any(w is None for w in ws) and any(w is not None for w in ws)}
+    for prio, ws in sorted(groups.items()):
+        if (all(w is not None for w in ws) or prio in mixed_in) and sum(w or 0 for w in ws) == 0:
+            where = rpath + ("backendRefs",)
+            diags.error("LLMC206", "weights add up to 0: no provider would receive traffic" +
+                        (f" at priority {prio}" if len(groups) > 1 else ""), **doc.where(where),
                         hint="give at least one backendRef a weight above 0")
             ok = False
     seen: set[str] = set()
@@ -207,9 +214,10 @@ def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, 
             diags.error("LLMC103", "missing required field 'providerHost'", **doc.where(bpath + ("providerHost",)))
             ok = False
             continue
+        mixed = (ref.priority or 0) in mixed_in
         if mixed and ref.weight is None:
-            diags.warning("LLMC229", "weight is not set while other backendRefs of the rule set one: as in "
-                          "Istio, it counts as 0 and this provider gets no traffic", **doc.where(bpath),
+            diags.warning("LLMC229", "weight is not set while other backendRefs of the rule (of the same "
+                          "priority) set one: as in Istio, it counts as 0 and this provider gets no traffic", **doc.where(bpath),
                           hint="set a weight on every backendRef of the rule, or on none (equal weights)")
         if ref.hostRewrite is not None:
             problem = host_problem(ref.hostRewrite, path_hint="", field="hostRewrite")
@@ -237,8 +245,17 @@ def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, 
         seen.add(host)
         named.setdefault(provider.name, provider.source)
         weight = 1 if ref.weight is None and not mixed else (ref.weight or 0)
+        config = provider.config_for_rule(rule_name)
+        if ref.hostRewrite is not None and ref.hostRewrite.lower() != host and \
+                (config.api_key is not None or config.api_key_secret is not None):
+            diags.warning("LLMC240", f"hostRewrite sends the key of provider {provider.name} to {host} with Host "
+                          f"{ref.hostRewrite.lower()!r}: behind a shared front (a CDN, a gateway) the Host header "
+                          "picks the service, so the key may reach one the provider's owner does not run",
+                          **doc.where(bpath + ("hostRewrite",)),
+                          hint="rewrite only to a name the provider serves itself, or register that host as an "
+                          "LLMProvider of its own")
         if weight > 0:
-            out.append(Backend(provider, weight, provider.config_for_rule(rule_name),
+            out.append(Backend(provider, weight, config,
                                host_rewrite=ref.hostRewrite.lower() if ref.hostRewrite else None,
                                priority=ref.priority or 0))
     return tuple(out) if ok else None
@@ -294,6 +311,22 @@ def _retries(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, 
                     **doc.where(rpath + ("retries",)), hint="move translated providers (anthropicConfig) to a "
                     "rule without retries")
         return False
+    if len({b.provider.base_path is None for b in backends}) > 1:
+        with_base = next(k for k, b in enumerate(backends) if b.provider.base_path is not None)
+        diags.error("LLMC235", "the providers of a failover rule must all set basePath or none: a retry sends the "
+                    "same request to the next provider, and a provider without basePath serves chat completions "
+                    "only", **doc.where(rpath + ("backendRefs",)),
+                    hint=f"set spec.basePath on every provider of the rule, or on none "
+                    f"({backends[with_base].provider.source} sets it)")
+        return False
+    for k, b in enumerate(backends):
+        if b.config.api_key is None and b.config.api_key_secret is None:
+            ref = next(i for i, r in enumerate(rule.backendRefs) if (r.providerHost or "").lower() == b.provider.host)
+            diags.warning("LLMC239", f"provider {b.provider.name} has no API key: on a failover rule the "
+                          "client's own credentials (Authorization, x-api-key, ...) never pass, so it is sent no "
+                          "key", **doc.where(rpath + ("backendRefs", ref)),
+                          hint="give the provider a key (apiKeySecretRef), or move it to a rule without retries, "
+                          "where a keyless provider receives the client's own Authorization")
     attempts = rule.retries.attempts or len(backends)
     if attempts > len(backends):
         diags.error("LLMC235", f"attempts {attempts} is more than the rule's {len(backends)} backends: a retry "

@@ -28,7 +28,7 @@ from importlib import resources
 
 from .. import names
 from ..ir import Backend, Program, Rule, SecretRef, VirtualHost
-from ..protocols import ANTHROPIC_MAX_TOKENS, ANTHROPIC_VERSION, PROTOCOLS, endpoint
+from ..protocols import ANTHROPIC_MAX_TOKENS, ANTHROPIC_VERSION, PROTOCOLS, credential_headers, endpoint
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 
 FILTER_NAME = "llmc.lua"
@@ -158,10 +158,14 @@ def attempt_contexts(vh: VirtualHost, rule: Rule, secrets_dir: str) -> dict[str,
     route = f"{vh.namespace}/{vh.label}"
     out = {}
     for b in rule.backends:
-        body = {"route": route, "rule": rule.name, "attempt": _backend_context(b, secrets_dir, None),
+        # the Host of this try: Envoy applies a weighted cluster's host rewrite to the first try only
+        attempt = {**_backend_context(b, secrets_dir, None), "host": b.host_header}
+        body = {"route": route, "rule": rule.name, "attempt": attempt,
                 "protocols": {b.provider.protocol: PROTOCOLS[b.provider.protocol].context()},
-                "credential_headers": sorted({p.auth_header for p in PROTOCOLS.values()}),
-                "internal_headers": [*names.INTERNAL_HEADERS, names.ORDER_HEADER]}
+                # the header map is shared by the tries: every header an earlier try of this rule may
+                # have set a key in (each protocol's, every backend's authHeader) is removed first
+                "credential_headers": credential_headers(rule.auth_headers),
+                "internal_headers": list(names.INTERNAL_HEADERS)}
         digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         out[attempt_filter_name(b)] = {"id": digest[:16], **body}
     return out

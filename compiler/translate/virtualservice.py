@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 
 from .. import names
+from ..protocols import auth_header, credential_headers
 from ..ir import Backend, Match, Program, Rule, VirtualHost
 from .common import egress_subset, export_to, metadata, rule_route_names
 
@@ -60,9 +61,32 @@ def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str], by
     }
 
 
-def _forward(b: Backend) -> dict:
+def vhost_credential_headers(vh: VirtualHost) -> list[str]:
+    """Every header a credential may travel in on this virtual host: each protocol's, and every
+    ``authHeader`` its providers use."""
+    return credential_headers(h for r in vh.rules for h in r.auth_headers)
+
+
+def forward_removes(vh: VirtualHost, b: Backend) -> list[str]:
+    """What the route of backend ``b`` removes from the request after the filter shaped it (Envoy's
+    router applies it last): every internal header, and for a provider the platform holds a key for,
+    every credential header but the one the filter set, so that no credential the client sent (its own
+    key, or one for another provider) reaches it; for a keyed Anthropic provider also the client's
+    ``anthropic-beta`` (a beta feature is opted into with the platform's key and bill). A keyless
+    provider receives the client's own credentials (README, "API keys")."""
+    remove = list(names.INTERNAL_HEADERS)
+    if b.keyed:
+        own = auth_header(b.provider.protocol, b.config.auth_header)
+        remove += [h for h in vhost_credential_headers(vh) if h != own]
+        if b.provider.protocol == "anthropic":
+            remove.append("anthropic-beta")
+    return remove
+
+
+def _forward(vh: VirtualHost, b: Backend) -> dict:
     p = b.provider
-    return {"host": p.host, "port": p.service_port, "subset": None, "host_header": b.host_header, "timeout": p.timeout}
+    return {"host": p.host, "port": p.service_port, "subset": None, "host_header": b.host_header, "timeout": p.timeout,
+            "remove": forward_removes(vh, b)}
 
 
 #: llmc's retry conditions → Istio ``retryOn`` items (a number is a retriable status code). Envoy has
@@ -70,7 +94,7 @@ def _forward(b: Backend) -> dict:
 RETRY_ON = {"connect-failure": "connect-failure", "reset": "reset", "5xx": "5xx", "429": "429", "timeout": "reset"}
 
 
-def _failover(rule: Rule, first) -> dict:
+def _failover(vh: VirtualHost, rule: Rule, first) -> dict:
     """A failover rule's pinned route for its first choice ``first``: every backend as a weighted
     destination in failover order (the EnvoyFilter makes Envoy try them in this order; the weights
     only apply if that patch is missing, where the filter refuses the request anyway), and Istio's
@@ -88,7 +112,8 @@ def _failover(rule: Rule, first) -> dict:
                     **({"perTryTimeout": retries.per_try_timeout} if retries.per_try_timeout else {}),
                     "retryOn": ",".join(sorted({RETRY_ON[c] for c in retries.retry_on}))},
         "timeout": max(timeouts, key=_seconds) if timeouts else None,
-        "remove": [*names.INTERNAL_HEADERS, names.ORDER_HEADER],
+        # every credential header: each try sets its own (the upstream filter of its provider)
+        "remove": [*names.INTERNAL_HEADERS, *vhost_credential_headers(vh)],
     }
 
 
@@ -113,13 +138,13 @@ def _rule_routes(vh: VirtualHost, rule: Rule, port: int, gateway_map: dict[str, 
     entry_name, pinned = rule_route_names(vh, rule)
     if not rule.weighted:
         return [{"name": entry_name, "matches": matches(None),
-                 "forward": _forward(rule.backends[0]), "direct_response": None}]
+                 "forward": _forward(vh, rule.backends[0]), "direct_response": None}]
     routes = []
     for b in rule.pinned:
         route = {"name": pinned[b.provider.name], "matches": matches(pinned[b.provider.name]),
-                 "forward": _forward(b), "direct_response": None}
+                 "forward": _forward(vh, b), "direct_response": None}
         if rule.retries is not None:
-            route["forward"], route["failover"] = None, _failover(rule, b)
+            route["forward"], route["failover"] = None, _failover(vh, rule, b)
         routes.append(route)
     routes.append({"name": entry_name, "matches": matches(None),
                    "forward": None, "direct_response": {"status": 500, "body": NOT_SHAPED_BODY}})

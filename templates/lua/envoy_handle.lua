@@ -4,7 +4,7 @@
 -- It provides what llmc.lua uses, with Envoy's semantics where they matter:
 -- * headers(), body() (getBytes/setBytes/length; setBytes fixes content-length), respond(),
 --   filterContext() (ctx:get), metadata() (route metadata: ctx:get), streamInfo()
---   (routeName(), dynamicMetadata():set), clearRouteCache(), logErr();
+--   (routeName(), dynamicMetadata():set/get), clearRouteCache(), logErr();
 -- * wrappers from headers() and streamInfo() are out of scope after body() (Envoy raises
 --   "object used outside of proper scope");
 -- * route selection: the route matched when the request started stays cached; after
@@ -80,7 +80,19 @@ function Handle.new(req)
     local md, route_name = self.dynamic_metadata, self.route_name
     return scoped(self, {
       dynamicMetadata = function(_)
-        return { set = function(_, ns, k, v) md[ns .. ":" .. k] = v end }
+        return {
+          set = function(_, ns, k, v) md[ns .. ":" .. k] = v end,
+          get = function(_, ns) -- the namespace's entries as a table, or nil (Envoy's)
+            local out, prefix = nil, ns .. ":"
+            for key, v in pairs(md) do
+              if key:sub(1, #prefix) == prefix then
+                out = out or {}
+                out[key:sub(#prefix + 1)] = v
+              end
+            end
+            return out
+          end,
+        }
       end,
       routeName = function(_) return route_name end,
     })

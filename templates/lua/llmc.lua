@@ -817,6 +817,19 @@ local function endpoint_for(b, original_path)
   return M.endpoint_of(original_path)
 end
 
+local function unknown_endpoint(h, cfg, b, original_path)
+  return reply(h, 404, "invalid_request_error", "unknown_url", "llmc: unknown OpenAI endpoint " ..
+    (original_path or ""):match("^[^?]*") .. " (chat/completions, embeddings and completions are served)", cfg, b)
+end
+
+-- The body for `endpoint` of backend `b` (a pure function): a chat completion is shaped (M.shape);
+-- other endpoints keep the client's model and get no stream fields, and are still validated.
+-- Returns the body, or nil and the error, its parameter and the translation note (M.shape's).
+local function body_for(endpoint, s, b, model_json, scanned)
+  if endpoint == "chat" then return M.shape(s, b, model_json, scanned) end
+  return M.rewrite(s, {}, scanned and scanned[1], scanned and scanned[2])
+end
+
 -- The last step, once rule, backend, credential and body are known: the endpoint, the body, the
 -- headers, the metadata (unless `recorded`: the caller recorded it before body(), with the stream
 -- info wrapper it already had). `model_json` is the client's model (JSON text) when it chose the
@@ -824,19 +837,10 @@ end
 local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, model_json, recorded)
   local path, endpoint = b.path, endpoint_for(b, original_path)
   if b.base_path ~= nil then
-    if endpoint == nil then
-      return reply(h, 404, "invalid_request_error", "unknown_url", "llmc: unknown OpenAI endpoint " ..
-        (original_path or ""):match("^[^?]*") .. " (chat/completions, embeddings and completions are served)", cfg, b)
-    end
+    if endpoint == nil then return unknown_endpoint(h, cfg, b, original_path) end
     if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint end
   end
-  local out, err, param, note
-  if endpoint == "chat" then
-    out, err, param, note = M.shape(s, b, model_json, scanned)
-  else
-    -- other endpoints keep the client's model and get no stream fields; the body is still validated
-    out, err = M.rewrite(s, {}, scanned and scanned[1], scanned and scanned[2])
-  end
+  local out, err, param, note = body_for(endpoint, s, b, model_json, scanned)
   if out == nil then
     return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
   end
@@ -998,7 +1002,7 @@ function M.on_model_request(h, vh)
   if cfg.failover then
     -- each try is shaped by the upstream filter of its provider's cluster (see "Failover")
     if failover ~= true then return M.failover_unsupported(h, cfg) end
-    return M.failover_accept(h, cfg, b, s, model_json, { members, close })
+    return M.failover_accept(h, cfg, b, s, model_json, { members, close }, original_path)
   end
   local key = credential(b)
   if key == false then return missing_key(h, cfg, b) end
@@ -1703,6 +1707,26 @@ function M.readable(status, ctype)
   return media(ctype) or media(ctype:lower())
 end
 
+-- An error status without a JSON body -- Envoy's own reply when the provider reset the connection
+-- or timed out (text/plain "upstream connect error ..."), a proxy's HTML page, an empty 503 --
+-- becomes an OpenAI-format error with the same status, so the client's SDK can read it. Only
+-- error answers get here (2xx ones are `readable`): the usual path costs nothing.
+local function error_response(h, headers, status)
+  local code = tonumber(status or "")
+  if code == nil or code < 400 then return end
+  local ctype = headers:get("content-type")
+  if ctype ~= nil and (media(ctype) or media(ctype:lower())) == "json" then return end
+  local body = h:body(true) -- a wrapper even when the answer has no body
+  local n = body:length()
+  local detail = n > 0 and body:getBytes(0, math.min(n, 200)):gsub("[^\32-\126]+", " ") or ""
+  body:setBytes('{"error":{"message":' .. encode_string("llmc: the provider answered " .. code ..
+    " without an OpenAI error" .. (detail ~= "" and (" (" .. detail .. ")") or "")) .. ',"type":"' ..
+    (code >= 500 and "server_error" or "invalid_request_error") .. '","param":null,"code":"upstream_error"}}')
+  headers = h:headers()
+  headers:replace("content-type", "application/json")
+  headers:remove("content-encoding")
+end
+
 -- Runs only on llmc's virtual hosts (the filter has no default script), and not for the replies
 -- this filter sent itself; a request it did not shape never reaches a provider.
 function M.on_response(h, headers)
@@ -1714,8 +1738,9 @@ function M.on_response(h, headers)
     local note = shaped and shaped.translate
     if note ~= nil then return M.on_translated_response(h, note) end
   end
-  local kind = M.readable(headers:get(":status"), headers:get("content-type"))
-  if kind == nil then return end
+  local status = headers:get(":status")
+  local kind = M.readable(status, headers:get("content-type"))
+  if kind == nil then return error_response(h, headers, status) end
   if kind == "json" then
     -- A small JSON answer (a completion) is read whole: body() yields once, where bodyChunks()
     -- yields per chunk and wraps each. Small means under the route's body buffer limit, which
@@ -1777,15 +1802,23 @@ end
 function M.failover_request(h, vh, cfg, b, headers)
   local declared = tonumber(headers:get("content-length") or "")
   if declared and declared > b.max_body then return too_large(h, cfg, b, b.max_body) end
+  local original_path = headers:get(":path")
   local body, s = read_body(h, cfg, b, b.max_body)
   if body == nil then return end
-  return M.failover_accept(h, cfg, b, s)
+  return M.failover_accept(h, cfg, b, s, nil, nil, original_path)
 end
 
--- A failover request whose route was checked: the body is validated once here (each try shapes
--- the same body; the result is not kept) and the request recorded for the access log.
-function M.failover_accept(h, cfg, b, s, model_json, scanned)
-  local out, err, param = M.shape(s, b, model_json, scanned)
+-- A failover request whose route was checked: the endpoint and the body are validated once here
+-- (each try shapes the same body; the result is not kept) and the request recorded for the access
+-- log. Every provider of a failover rule sets basePath or none (LLMC235), so the first choice's
+-- endpoint is every try's. What each try needs of the client's request and the header map no longer
+-- holds once a try changed it -- the client's path, the model that routed it -- goes into the
+-- stream's dynamic metadata, which the upstream filter reads (Envoy hands upstream filters the
+-- downstream stream info).
+function M.failover_accept(h, cfg, b, s, model_json, scanned, original_path)
+  local endpoint = endpoint_for(b, original_path)
+  if endpoint == nil then return unknown_endpoint(h, cfg, b, original_path) end
+  local out, err, param = body_for(endpoint, s, b, model_json, scanned)
   if out == nil then
     return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
   end
@@ -1793,6 +1826,8 @@ function M.failover_accept(h, cfg, b, s, model_json, scanned)
   md:set(METADATA_NS, "rule", cfg.rule_id)
   md:set(METADATA_NS, "first_provider", b.provider)
   md:set(METADATA_NS, "failover", true)
+  md:set(METADATA_NS, "client_path", original_path or "/")
+  if model_json ~= nil then md:set(METADATA_NS, "routed_model", model_json) end
 end
 
 -- The upstream filter's context: one backend (the provider of this cluster), the protocols, and
@@ -1805,9 +1840,14 @@ prepare_attempt = function(ctx)
 end
 
 -- One try, in the upstream filter of the provider's cluster: shapes the original client body and
--- the headers for this provider. The header map is shared by all tries, so every credential header
--- (of any protocol) is removed first: a key set for another provider by an earlier try never
--- reaches this one. `a` is the prepared context (prepare_attempt).
+-- the headers for this provider, through the same steps as the request path (endpoint_for,
+-- body_for, M.request_headers). The header map is shared by all tries and keeps what an earlier
+-- try set, so everything a try depends on is set or removed here: every credential header any
+-- backend of the rule uses (a key set for another provider by an earlier try never reaches this
+-- one; the client's own never passes on a failover rule), the internal headers, the path (from the
+-- client's, kept in the dynamic metadata), Content-Length (Envoy keeps the client's body for each
+-- try, but the length an earlier try's setBytes wrote stays in the map), and Host. `a` is the
+-- prepared context (prepare_attempt).
 function M.on_attempt(h, a)
   local b = a.b
   local headers = h:headers()
@@ -1818,18 +1858,23 @@ function M.on_attempt(h, a)
     h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
     key = nil -- sent without a key: the provider refuses it, and the next try moves on
   end
-  local original_path = headers:get(":path")
+  local mine = h:streamInfo():dynamicMetadata():get(METADATA_NS) or {}
+  local original_path = mine.client_path or headers:get(":path")
+  local endpoint = endpoint_for(b, original_path) or "chat" -- validated by the downstream filter
+  local path = b.path
+  if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint end
   local body = h:body()
   local s = body:getBytes(0, body:length())
-  local out = M.shape(s, b) -- validated by the downstream filter
-  if out ~= nil and out ~= s then body:setBytes(out) end
+  local out = body_for(endpoint, s, b, mine.routed_model) or s -- validated by the downstream filter
+  if out ~= s then body:setBytes(out) end
   headers = h:headers()
-  local set = M.request_headers(b, key, original_path)
+  local set = M.request_headers(b, key, original_path, path)
   for i = 1, #set do
     local v = set[i][2]
     if v then headers:replace(set[i][1], v) else headers:remove(set[i][1]) end
   end
-  -- the cluster's Host: Envoy applies a weighted cluster's host rewrite to the first try only
+  headers:replace("content-length", tostring(#out))
+  -- the try's Host (its hostRewrite): Envoy applies a weighted cluster's host rewrite to the first try only
   headers:replace(":authority", a.host)
 end
 

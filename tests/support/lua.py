@@ -67,8 +67,11 @@ class LuaFilter:
             return exc.object
 
     def request(self, context: dict | None, body: str | bytes | None, headers: dict[str, str] | None = None,
-                method: str = "POST", path: str = "/", route: str | None = None) -> Reply:
-        """Run envoy_on_request; ``route`` is the matched route's name (default: the context's first)."""
+                method: str = "POST", path: str = "/", route: str | None = None,
+                metadata: dict | None = None) -> Reply:
+        """Run envoy_on_request; ``route`` is the matched route's name (default: the context's first);
+        ``metadata``: the stream's dynamic metadata before the filter runs (``"ns:key": value``), as an
+        upstream filter finds what the downstream one set."""
         if route is None and context is not None:
             route = next(iter(context["routes"]))
         hdrs = {":method": method, ":path": path, ":authority": "example", **(headers or {})}
@@ -80,6 +83,8 @@ class LuaFilter:
         req.select = self.select(self.table(pinned), (context or {}).get("pin_header"), route)
         req.route_metadata = self.lua.execute(ROUTE_METADATA)
         h = self.handle.new(req)
+        for k, v in (metadata or {}).items():
+            h.dynamic_metadata[k] = v
         self.envoy_on_request(h)
         resp = h.response
         headers_out = dict(h.headers_map.items())

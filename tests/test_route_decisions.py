@@ -1,0 +1,104 @@
+"""Decisions where features cross (issue 24, item 10), each documented in the README
+("Where features cross") and held here: what ``GET /v1/models`` lists, whether a client's
+``anthropic-beta`` reaches Anthropic with the platform's key, and what ``hostRewrite`` may name."""
+
+from __future__ import annotations
+
+import json
+
+from compiler.options import parse_options
+from compiler.pipeline import compile_text
+
+PROVIDERS = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: claude}
+spec:
+  host: claude.example.com
+  configs: {defaultConfig: {anthropicConfig: {model: claude-test, apiKeySecretRef: {name: keys, key: claude}}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: byok}
+spec:
+  host: byok.example.com
+  configs: {defaultConfig: {anthropicConfig: {model: claude-test}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: qwen}
+spec:
+  host: qwen.example.com
+  path: /v1/chat/completions
+  configs: {defaultConfig: {openAIConfig: {model: qwen-plus, apiKeySecretRef: {name: keys, key: qwen}}}}
+"""
+
+ROUTE = """\
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: models}
+spec:
+  host: models.example.com
+  rules:
+  - name: gated
+    matches: [{headers: {x-team: {exact: blue}}, model: {exact: secret-model}}]
+    backendRefs: [{providerHost: qwen.example.com}]
+  - name: open
+    matches: [{model: {exact: open-model}}]
+    backendRefs: [{providerHost: claude.example.com}]
+"""
+
+
+def _objects(text: str) -> list[dict]:
+    opts, _ = parse_options()
+    result = compile_text(text, opts, "decisions.yaml")
+    assert result.ok, [d.format() for d in result.diagnostics.sorted()]
+    return result.objects
+
+
+def _routes(objects: list[dict], host: str) -> list[dict]:
+    vs = next(o for o in objects if o["kind"] == "VirtualService" and o["spec"]["hosts"] == [host])
+    return vs["spec"]["http"]
+
+
+def test_models_list_names_the_models_of_header_gated_rules_too():
+    """Decided: GET /v1/models is a catalogue, not an access check (header conditions route; an
+    AuthorizationPolicy authorizes), so a header-gated rule's exact models are listed, owned by the
+    provider's LLMProvider name."""
+    routes = _routes(_objects(PROVIDERS + ROUTE), "models.example.com")
+    models = next(r for r in routes if "directResponse" in r and r["match"][0].get("uri", {}).get("exact") == "/v1/models")
+    listed = json.loads(models["directResponse"]["body"]["string"])["data"]
+    assert {m["id"]: m["owned_by"] for m in listed} == {"secret-model": "qwen", "qwen-plus": "qwen",
+                                                        "open-model": "claude", "claude-test": "claude"}
+
+
+def test_a_clients_anthropic_beta_never_reaches_anthropic_with_the_platforms_key():
+    """Decided: a beta feature is opted into with the platform's key and bill, so a keyed Anthropic
+    provider's route removes the client's ``anthropic-beta``; with the client's own key (no key
+    configured) the client's header passes."""
+    objects = _objects(PROVIDERS)
+    keyed, keyless = ([r for r in _routes(objects, host) if "route" in r][0]["headers"]["request"]["remove"]
+                      for host in ("claude.example.com", "byok.example.com"))
+    assert "anthropic-beta" in keyed and "anthropic-beta" not in keyless
+    assert {"authorization", "api-key"} <= set(keyed) and "x-api-key" not in keyed  # its own key header stays
+    assert not {"authorization", "x-api-key", "api-key"} & set(keyless)
+
+
+def test_host_rewrite_to_another_name_with_a_key_is_a_warning_and_to_the_same_name_is_not():
+    route = """\
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: r}
+spec:
+  host: qwen.example.com
+  rules:
+  - backendRefs: [{providerHost: qwen.example.com, hostRewrite: %s}]
+"""
+    opts, _ = parse_options()
+    other = compile_text(PROVIDERS + route % "cdn-front.example.net", opts, "d.yaml")
+    same = compile_text(PROVIDERS + route % "QWEN.example.com", opts, "d.yaml")
+    assert [(d.code, d.path) for d in other.diagnostics.sorted() if d.code == "LLMC240"] == [
+        ("LLMC240", "spec.rules[0].backendRefs[0].hostRewrite")]
+    assert other.ok and not [d for d in same.diagnostics.sorted() if d.code == "LLMC240"]
