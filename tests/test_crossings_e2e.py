@@ -80,9 +80,6 @@ KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = [
     ("new: Azure's basePath endpoints (embeddings) are sent without ?api-version (Azure: 404 Resource not found)",
      lambda c: c.endpoint == "embeddings" and "azure" in (
          _failover_tries(c) if c.kind.failover else c.kind.providers(c.protocol))),
-    ("issue 24 item 4: a model-routed failover rule sends both `model` members",
-     lambda c: c.kind.by_model and c.extra == "dup_model" and any(
-         X.PROVIDERS[n].model is None for n in _failover_tries(c))),
 ]
 
 

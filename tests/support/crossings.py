@@ -12,10 +12,12 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 * ``FAILURES`` — what the first try meets: nothing, a 503, a reset, a hang past the per-try timeout.
 
 :func:`cells` selects the cells all-pairs (every pair of values of two dimensions appears in some
-cell; greedy and deterministic), and :func:`manifest` renders one input holding every rule the cells
-need, so one Envoy serves the whole matrix: a cell reaches its rule through the header ``x-cell-rule``
-(``cross.example.com``) or its body's model (``models.cross.example.com``). A (rule, protocol)
-combination the compiler rejects (``REJECTED``) is a cell of its own that asserts the diagnostic.
+cell; greedy and deterministic) and covers ``TRIPLES`` too (each rule with each protocol meets every
+endpoint and every failure: where issue 24's defects were). :func:`manifest` renders one input
+holding every rule the cells need, so one Envoy serves the whole matrix: a cell reaches its rule
+through the header ``x-cell-rule`` (``cross.example.com``) or its body's model
+(``models.cross.example.com``). A (rule, protocol) combination the compiler rejects (``REJECTED``)
+is a cell of its own that asserts the diagnostic.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ruamel.yaml import YAML
 
 REPO = Path(__file__).resolve().parents[2]
 AZURE_VERSION = "2024-10-21"
-TIMEOUT = "5s"  # every provider's request timeout: what a hang meets on a rule without failover
+TIMEOUT = "3s"  # every provider's request timeout: what a hang meets on a rule without failover
 PER_TRY_TIMEOUT = "1s"
 HEADER_HOST, MODEL_HOST = "cross.example.com", "models.cross.example.com"
 APP_KEY, APP_XKEY = "sk-app-own-key-0000", "sk-app-own-xkey-000"  # the client's own credentials
@@ -181,7 +183,7 @@ EXTRAS: dict[str, tuple[dict, bool]] = {
 
 # ---- dimension: what the first try meets (one line each): the doubles' `fail` mode --------------
 FAILURES: dict[str, str | None] = {"none": None, "503": "503", "reset": "reset", "timeout": "hang"}
-HANG = 7.0  # seconds a hanging provider waits before it resets: past the timeouts above
+HANG = 5.0  # seconds a hanging provider waits before it resets: past the timeouts above
 
 
 @dataclass(frozen=True)
@@ -239,31 +241,39 @@ class Cell:
 DIMENSIONS = {"rule": RULES, "protocol": PROTOCOLS, "endpoint": ENDPOINTS, "extra": EXTRAS, "failure": FAILURES}
 
 
-def pairwise(dimensions: dict[str, list[str]], allowed) -> list[dict[str, str]]:
-    """Greedy all-pairs: rows of the full product, each chosen to cover the most pairs not covered
-    yet (first in product order on ties), until every allowed pair of two dimensions' values is in
-    some row. Deterministic. ``allowed(row_or_partial)`` excludes combinations."""
+#: combinations covered beyond pairs, where issue 24's defects lived: every (rule, protocol) meets
+#: every endpoint and every failure of the first try (a line here makes a stronger matrix)
+TRIPLES: tuple[tuple[str, ...], ...] = (("rule", "protocol", "endpoint"), ("rule", "protocol", "failure"))
+
+
+def covering(dimensions: dict[str, list[str]], allowed, groups: tuple[tuple[str, ...], ...] = ()) -> list[dict]:
+    """Greedy covering array: rows of the full product, each chosen to cover the most combinations
+    not covered yet (first in product order on ties), until every allowed combination of values of
+    two dimensions (all-pairs), and of each group in ``groups``, is in some row. Deterministic.
+    ``allowed(row)`` excludes rows; a combination no allowed row has is not required."""
     names = list(dimensions)
     rows = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*dimensions.values())]
     rows = [r for r in rows if allowed(r)]
+    interactions = [*itertools.combinations(names, 2), *groups]
 
-    def pairs(row: dict) -> set:
-        return {((a, row[a]), (b, row[b])) for a, b in itertools.combinations(names, 2)}
+    def covers(row: dict) -> frozenset:
+        return frozenset((g, tuple(row[d] for d in g)) for g in interactions)
 
-    needed = set().union(*(pairs(r) for r in rows))
+    sets = [covers(r) for r in rows]
+    needed = set().union(*sets)
     chosen = []
     while needed:
-        best = max(rows, key=lambda r: len(pairs(r) & needed))
-        chosen.append(best)
-        needed -= pairs(best)
+        best = max(range(len(rows)), key=lambda i: len(sets[i] & needed))
+        chosen.append(rows[best])
+        needed -= sets[best]
     return chosen
 
 
 def cells() -> list[Cell]:
-    """The rejected combinations once each, then the traffic cells, all-pairs."""
+    """The rejected combinations once each, then the traffic cells: all-pairs, plus ``TRIPLES``."""
     rejected = [Cell(rule, protocol, rejected=diag) for (rule, protocol), diag in REJECTED.items()]
-    rows = pairwise({k: list(v) for k, v in DIMENSIONS.items()},
-                    lambda r: (r["rule"], r["protocol"]) not in REJECTED)
+    rows = covering({k: list(v) for k, v in DIMENSIONS.items()},
+                    lambda r: (r["rule"], r["protocol"]) not in REJECTED, TRIPLES)
     return rejected + [Cell(**row) for row in rows]
 
 
