@@ -437,6 +437,83 @@ def explain(
         sys.stdout.write(format_text(x))
 
 
+class DiffFormat(StrEnum):
+    text = "text"
+    markdown = "markdown"
+    json = "json"
+
+
+@app.command()
+def diff(
+    base: Annotated[str, typer.Option("--base", help="The configuration before: a file or folder, or REV:PATH "
+                                      "(a revision of the current git repository, e.g. main:deploy/llm).")],
+    head: Annotated[str, typer.Option("--head", help="The configuration after (same forms as --base).")],
+    requests: Annotated[str | None, typer.Option("--requests", help="Requests to replay: JSON Lines (host, path, "
+                                                 "headers, body) or llmc's access log.")] = None,
+    generate: Annotated[bool, typer.Option("--generate", help="Replay one request per match of every rule of "
+                                           "both sides.")] = False,
+    output: Annotated[DiffFormat, typer.Option("-o", "--output", help="Output format.")] = DiffFormat.text,
+    namespace: NamespaceOpt = "default",
+    cluster_domain: DomainOpt = "cluster.local",
+    secrets_dir: SecretsOpt = "/etc/llmc/secrets",
+    egress_gateway: EgressOpt = None,
+    egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+    istio_version: IstioVersionOpt = None,
+) -> None:
+    """What a change does to requests: each request runs through both configurations with the engine
+    of `llmc explain`; exit 0 when nothing changes, 1 when something does, 2 when a side does not compile."""
+    from .diff import CorpusError, format_markdown, format_text, read_requests, run
+    from .diff import generate as generate_cases
+    from .diff.sources import SourceError, materialized
+    from .explain import ExplainError
+
+    if (requests is None) == (not generate):
+        raise typer.BadParameter("give exactly one of --requests FILE and --generate", param_hint="--requests")
+    opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels,
+                    istio_version=istio_version)
+    results = []
+    for label, spec in (("base", base), ("head", head)):
+        try:
+            with materialized(spec) as (path, tmp):
+                result = _compile([path], opts)
+        except SourceError as exc:
+            sys.stderr.write(f"llmc: --{label} {exc}\n")
+            raise typer.Exit(2) from None
+        if result.diagnostics.items:
+            text = result.diagnostics.format_text(per_code=PER_CODE)
+            if tmp:
+                text = text.replace(tmp, spec.partition(":")[0] + ":")
+            sys.stderr.write(text + "\n")
+        if not result.ok:
+            sys.stderr.write(f"llmc: --{label} {spec} does not compile: {result.diagnostics.summary()}\n")
+            raise typer.Exit(2)
+        results.append(result)
+    try:
+        if generate:
+            cases, skipped = generate_cases([r.program for r in results if r.program is not None])
+            for line in skipped:
+                sys.stderr.write(f"llmc: {line}\n")
+        else:
+            assert requests is not None
+            cases = read_requests(requests, results[0].objects)
+        report = run(results[0].objects, results[1].objects, cases)
+    except (CorpusError, OSError) as exc:
+        sys.stderr.write(f"llmc: {exc}\n")
+        raise typer.Exit(2) from None
+    except ExplainError as exc:
+        sys.stderr.write(f"llmc: {exc}\n")
+        raise typer.Exit(2) from None
+    if output is DiffFormat.json:
+        import json
+
+        sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    elif output is DiffFormat.markdown:
+        sys.stdout.write(format_markdown(report))
+    else:
+        sys.stdout.write(format_text(report))
+    raise typer.Exit(1 if report["summary"]["changed"] else 0)
+
+
 @app.command()
 def meshconfig() -> None:
     """Print the MeshConfig extensionProviders entry for llmc's access log (merge it into your

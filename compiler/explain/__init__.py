@@ -47,7 +47,12 @@ def _lua_source(name: str) -> str:
 
 
 class _Runtime:
-    def __init__(self, seed: int | None, forced: str | None) -> None:
+    """The filter under LuaJIT with the emulated handle: loaded once per process (loading the source
+    costs more than explaining a request; `llmc diff` explains thousands), then per request seeded
+    (:meth:`prepare`). The filter's caches (prepared contexts by digest, key files) hold nothing a
+    later request of another configuration could mistake for its own."""
+
+    def __init__(self) -> None:
         try:
             from lupa import luajit21
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -55,18 +60,38 @@ class _Runtime:
         self.lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
         self.M = self.lua.execute(_lua_source("llmc.lua"))
         self.handle = self.lua.execute(_lua_source("envoy_handle.lua"))
-        if seed is not None:
-            self.lua.execute(f"math.randomseed({int(seed)})")
+        self._frozen: dict[int, tuple[Any, Any]] = {}
         # A key file is never read: the request shows where the proxy would read the key.
         self.lua.execute("local M = ...; M.api_key = function(b) return '<key from ' .. b.api_key_file .. '>' end",
                          self.M)
-        if forced is not None:
-            self.lua.execute("""local M, forced = ...
-              local pick = M.pick
-              M.pick = function(cfg, r)
-                for _, b in ipairs(cfg.backends) do if b.provider == forced then return b end end
-                return pick(cfg, r)
-              end""", self.M, forced)
+        # --provider: the weighted pick goes to that provider when the rule has it
+        self._force = self.lua.execute("""local M = ...
+          local pick, forced = M.pick, nil
+          M.pick = function(cfg, r)
+            if forced ~= nil then
+              for _, b in ipairs(cfg.backends) do if b.provider == forced then return b end end
+            end
+            return pick(cfg, r)
+          end
+          return function(name) forced = name end""", self.M)
+
+    def prepare(self, seed: int | None, forced: str | None) -> _Runtime:
+        if seed is not None:
+            self.lua.execute(f"math.randomseed({int(seed)})")
+        self._force(forced)
+        return self
+
+    def frozen(self, value: Any) -> Any:
+        """``table(value)`` for data the filter only reads (a filter context, route metadata),
+        converted once per object: explaining many requests of one configuration (`llmc diff`)
+        converts its contexts once. Holds the object, so its id is never reused while cached."""
+        key = id(value)
+        hit = self._frozen.get(key)
+        if hit is None or hit[0] is not value:
+            if len(self._frozen) >= 256:
+                self._frozen.clear()
+            hit = self._frozen[key] = (value, self.table(value))
+        return hit[1]
 
     def table(self, value: Any) -> Any:
         if isinstance(value, dict):
@@ -74,6 +99,45 @@ class _Runtime:
         if isinstance(value, list):
             return self.lua.table_from([self.table(v) for v in value])
         return value
+
+
+_CONTEXTS: dict[tuple, tuple[list[dict], tuple[dict | None, dict[str, dict]]]] = {}
+
+
+def _filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[dict | None, dict[str, dict]]:
+    """find_filter_context, remembered per objects list and caller (the objects of one compile are
+    never changed afterwards; `llmc diff` asks the same question for thousands of requests)."""
+    key = (id(objects), req.via, req.namespace, tuple(sorted(req.labels.items())), vhost)
+    hit = _CONTEXTS.get(key)
+    if hit is None or hit[0] is not objects:
+        if len(_CONTEXTS) >= 256:
+            _CONTEXTS.clear()
+        hit = _CONTEXTS[key] = (objects, find_filter_context(objects, req, vhost))
+    return hit[1]
+
+
+_METADATA: dict[int, tuple[dict, dict]] = {}
+
+
+def _route_metadata(route_patches: dict[str, dict]) -> dict[str, dict]:
+    """Each route's llmc route metadata, once per (remembered) set of route patches."""
+    hit = _METADATA.get(id(route_patches))
+    if hit is None or hit[0] is not route_patches:
+        if len(_METADATA) >= 256:
+            _METADATA.clear()
+        value = {name: ((v.get("metadata") or {}).get("filter_metadata") or {}).get(FILTER_NAME, {})
+                 for name, v in route_patches.items()}
+        hit = _METADATA[id(route_patches)] = (route_patches, value)
+    return hit[1]
+
+
+_RUNTIME: list[_Runtime] = []
+
+
+def _runtime() -> _Runtime:
+    if not _RUNTIME:
+        _RUNTIME.append(_Runtime())
+    return _RUNTIME[0]
 
 
 def _py(value: Any) -> Any:
@@ -102,25 +166,24 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         return out
     out["route"] = first.get("name", "")
     fqdn = vs["spec"]["hosts"][0]
-    context, route_patches = find_filter_context(objects, req, f"{_fqdn(fqdn, vs_ns)}:{req.port}")
+    context, route_patches = _filter_context(objects, req, f"{_fqdn(fqdn, vs_ns)}:{req.port}")
     lua_disabled = ((route_patches.get(out["route"]) or {}).get("typed_per_filter_config") or {}).get(
         FILTER_NAME, {}).get("disabled")
     if context is None or lua_disabled:
         out["filter"] = "not run on this route"
         out["result"] = _envoy_result(first, headers, req)
         return out
-    rt = _Runtime(seed, provider)
+    rt = _runtime().prepare(seed, provider)
     secrets = _literal_keys(context, route_patches)
-    route_metadata = {name: ((v.get("metadata") or {}).get("filter_metadata") or {}).get(FILTER_NAME, {})
-                      for name, v in route_patches.items()}
+    route_metadata = _route_metadata(route_patches)
 
     def reselect(lua_headers) -> str | None:
         current = {k: v for k, v in lua_headers.items()}
         http, _ = select(vs, current, req)
         return http.get("name", "") if http is not None else None
 
-    lua_req = rt.table({"headers": dict(headers), "body": req.body or None, "context": context,
-                        "route_name": out["route"], "route_metadata": route_metadata})
+    lua_req = rt.table({"headers": dict(headers), "body": req.body or None, "route_name": out["route"]})
+    lua_req.context, lua_req.route_metadata = rt.frozen(context), rt.frozen(route_metadata)
     lua_req.select = reselect
     h = rt.handle.new(lua_req)
     rt.lua.globals().envoy_on_request(h)
@@ -170,8 +233,8 @@ def _attempts(rt: _Runtime, objects: list[dict], http: dict, patch: dict, header
         if ctx is None:
             out.append({"cluster": d["host"], "error": "no upstream filter context for this provider"})
             continue
-        lua_req = rt.table({"headers": shared, "body": body or None, "context": ctx, "route_name": "",
-                            "route_metadata": {}})
+        lua_req = rt.table({"headers": shared, "body": body or None, "route_name": "", "route_metadata": {}})
+        lua_req.context = rt.frozen(ctx)
         h = rt.handle.new(lua_req)
         for k, v in metadata.items():
             h.dynamic_metadata[k] = v

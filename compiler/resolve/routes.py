@@ -319,7 +319,7 @@ def _retries(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, 
                     hint=f"set spec.basePath on every provider of the rule, or on none "
                     f"({backends[with_base].provider.source} sets it)")
         return False
-    for k, b in enumerate(backends):
+    for b in backends:
         if b.config.api_key is None and b.config.api_key_secret is None:
             ref = next(i for i, r in enumerate(rule.backendRefs) if (r.providerHost or "").lower() == b.provider.host)
             diags.warning("LLMC239", f"provider {b.provider.name} has no API key: on a failover rule the "

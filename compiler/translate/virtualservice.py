@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 
 from .. import names
-from ..protocols import auth_header, credential_headers
 from ..ir import Backend, Match, Program, Rule, VirtualHost
+from ..protocols import auth_header, credential_headers
 from .common import egress_subset, export_to, metadata, rule_route_names
 
 NOT_SHAPED_BODY = json.dumps({"error": {

@@ -36,9 +36,10 @@ SECTIONS: dict[str, str] = {
     "gate": "tests.bench.dataplane:Gate",
     "models": "tests.bench.models",
     "steps": "tests.bench.steps",
+    "diff": "tests.bench.diff",
 }
 # `python -m tests.bench controller` (tests/bench/controller.py) runs on its own: see the end of this file.
-DEFAULT = ["compile", "dataplane", "calls", "memory", "lua", "models"]
+DEFAULT = ["compile", "dataplane", "calls", "memory", "lua", "models", "diff"]
 
 
 def section(name: str):

@@ -1,0 +1,294 @@
+"""`llmc diff`: what a change to LLMProvider/LLMRoute does to requests, before it merges.
+
+Both configurations are compiled as ``llmc render`` compiles them; every request of the corpus
+(:mod:`.corpus`) runs through each with the engine of ``llmc explain`` (Istio's route selection and
+the emitted ``llmc.lua`` under LuaJIT), and what decides its fate is compared:
+
+* the **rule** that takes it, or the **reply** the client gets instead (status and OpenAI error code);
+* for each provider the rule may pick (every first choice of a weighted or failover rule, with its
+  **share** of the traffic computed from the weights, not sampled): the **endpoint** (URL), the
+  **model** sent, the **key** (by Secret name and key, or a fingerprint of a literal ``apiKey``:
+  never the key), the header it travels in, the **failover order** of the tries, and the body
+  **format** (``openai``, or ``anthropic`` when translated).
+
+Limits (token and money budgets) and ambient rendering are not columns yet: those features have not
+landed. Output: text, Markdown (for a pull-request comment) or JSON whose ``schema`` is
+:data:`SCHEMA` (README, "llmc diff"). Exit codes: 0 no change, 1 changes, 2 a side does not compile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ..explain import ExplainError, Request
+from ..explain import explain as run_explain
+from .corpus import Case, CorpusError, generate, read_requests
+
+__all__ = ["SCHEMA", "Case", "CorpusError", "compare", "decide", "format_markdown", "format_text", "generate",
+           "read_requests", "run"]
+
+#: The JSON output's schema id; a field is only ever added under the same id.
+SCHEMA = "llmc.diff/v1"
+
+#: the fields of one pick, in the order they are reported
+PICK_FIELDS = ("share", "endpoint", "model", "key", "tries", "format")
+
+
+def _key_index(objects: list[dict]) -> dict[tuple[str, str, str], str]:
+    """(route "ns/label", rule, provider) -> the key's identity, from every filter context emitted."""
+    out: dict[tuple[str, str, str], str] = {}
+
+    def identity(b: dict, protocols: dict) -> str:
+        header = b.get("auth_header") or (protocols.get(b.get("protocol"), {}) or {}).get("auth_header", "?")
+        if b.get("api_key_file"):
+            parts = b["api_key_file"].rstrip("/").split("/")
+            return f"Secret {parts[-2]}, key {parts[-1]} in {header}"
+        if b.get("api_key"):
+            digest = hashlib.sha256(b["api_key"].encode()).hexdigest()[:12]
+            return f"literal apiKey sha256:{digest} in {header}"
+        return "none (the client's own credential)"
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ctx = node.get("filter_context")
+            if isinstance(ctx, dict) and "route" in ctx:
+                protocols = ctx.get("protocols") or {}
+                for rule, r in (ctx.get("rules") or {}).items():
+                    for b in r.get("backends", []):
+                        out.setdefault((ctx["route"], rule, b["provider"]), identity(b, protocols))
+                if isinstance(ctx.get("attempt"), dict):
+                    b = ctx["attempt"]
+                    out.setdefault((ctx["route"], ctx.get("rule", ""), b["provider"]), identity(b, protocols))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for o in objects:
+        if o.get("kind") == "EnvoyFilter":
+            walk(o.get("spec"))
+    return out
+
+
+def _hosts_to_providers(objects: list[dict]) -> dict[str, str]:
+    """provider host -> LLMProvider name (from the ServiceEntries' source annotations is not kept, so
+    from the filter contexts: each backend names its provider and host)."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "provider" in node and "host" in node and isinstance(node.get("provider"), str):
+                out.setdefault(node["host"], node["provider"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for o in objects:
+        if o.get("kind") == "EnvoyFilter":
+            walk(o.get("spec"))
+    return out
+
+
+def _model_of(body: str | None) -> str | None:
+    try:
+        value = json.loads(body or "")
+    except ValueError:
+        return None
+    model = value.get("model") if isinstance(value, dict) else None
+    return model if isinstance(model, str) else None
+
+
+class _Side:
+    """One configuration, indexed once for every request."""
+
+    def __init__(self, objects: list[dict]) -> None:
+        self.objects = objects
+        self.keys = _key_index(objects)
+        self.providers = _hosts_to_providers(objects)
+
+
+def _pick(side: _Side, x: dict, share: float) -> dict:
+    tries = x.get("attempts") or ([x["upstream"]] if "upstream" in x else [])
+    first = tries[0] if tries else {}
+    rule = x.get("rule") or ""
+    route, _, rule_name = rule.rpartition("/")
+    hosts = [t.get("cluster", "").rsplit("|", 1)[-1] for t in tries]
+    provider = side.providers.get(hosts[0], hosts[0]) if hosts else None
+    headers = first.get("headers") or {}
+    return {
+        "provider": provider,
+        "share": share,
+        "endpoint": first.get("url"),
+        "model": _model_of(first.get("body")),
+        "key": side.keys.get((route, rule_name, provider or ""), "none (the client's own credential)"),
+        "tries": [side.providers.get(h, h) for h in hosts] if len(hosts) > 1 else None,
+        "format": "anthropic" if "anthropic-version" in headers else "openai",
+    }
+
+
+def decide(side: _Side | list[dict], req: Request) -> dict:
+    """What one configuration does with one request: ``{"rule", "reply" | "picks"}``."""
+    if not isinstance(side, _Side):
+        side = _Side(side)
+    try:
+        x = run_explain(side.objects, req)
+    except ExplainError as exc:
+        return {"rule": None, "reply": f"not llmc traffic: {exc}"}
+    rule = x.get("rule")
+    result = x.get("result")
+    if result is not None and result.get("status") is not None:
+        code = None
+        try:
+            code = (json.loads(result.get("body") or "") or {}).get("error", {}).get("code")
+        except (ValueError, AttributeError):
+            pass
+        return {"rule": rule, "reply": f"{result['status']} from {result['by']}" + (f" ({code})" if code else "")}
+    if result is not None:
+        return {"rule": rule, "reply": f"{result.get('by')}: {result.get('reason', '')}".strip()}
+    candidates = x.get("candidates") or []
+    picked = x.get("provider") or (candidates[0]["provider"] if len(candidates) == 1 else None)
+    picks = {}
+    if len(candidates) <= 1:
+        p = _pick(side, x, 1.0)
+        picks[p["provider"] or "?"] = p
+    else:
+        for c in candidates:
+            one = x if c["provider"] == picked else run_explain(side.objects, req, provider=c["provider"])
+            p = _pick(side, one, c["share"])
+            picks[c["provider"]] = p
+    return {"rule": rule, "picks": dict(sorted(picks.items()))}
+
+
+def _summary(p: dict | None) -> str | None:
+    """A pick in one line: its share, and the order of its tries (failover)."""
+    if p is None:
+        return None
+    return f"{p['share']:.0%}" + (f", tries {' → '.join(p['tries'])}" if p.get("tries") else "")
+
+
+def compare(base: dict, head: dict) -> list[dict]:
+    """The differences between two decisions, as ``{"what", "base", "head"}`` items."""
+    changes: list[dict] = []
+    if base.get("rule") != head.get("rule"):
+        changes.append({"what": "rule", "base": base.get("rule"), "head": head.get("rule")})
+    if base.get("reply") != head.get("reply"):
+        changes.append({"what": "reply", "base": base.get("reply"), "head": head.get("reply")})
+    bp, hp = base.get("picks") or {}, head.get("picks") or {}
+    for provider in sorted(set(bp) | set(hp)):
+        b, h = bp.get(provider), hp.get(provider)
+        if b is None or h is None:
+            changes.append({"what": "picked", "provider": provider, "base": _summary(b), "head": _summary(h)})
+            continue
+        for f in PICK_FIELDS:
+            if b[f] != h[f]:
+                changes.append({"what": f, "provider": provider, "base": b[f], "head": h[f]})
+    return changes
+
+
+def run(base_objects: list[dict], head_objects: list[dict], cases: list[Case]) -> dict:
+    """The report (JSON-ready): every request's decisions on both sides and what changed."""
+    base, head = _Side(base_objects), _Side(head_objects)
+    items = []
+    counts = {"requests": len(cases), "changed": 0, "unchanged": 0, "not_reproducible": 0}
+    for case in cases:
+        b = decide(base, case.request)
+        item: dict[str, Any] = {"name": case.name, "request": _describe(case.request)}
+        if case.unknown:
+            item["unknown"] = list(case.unknown)
+        if case.logged_rule is not None and b.get("rule") != case.logged_rule:
+            item["status"] = "not reproducible"
+            item["why"] = (f"the access log names rule {case.logged_rule}; replayed without the client's "
+                           f"{' and '.join(case.unknown)} it reaches {b.get('rule') or b.get('reply')}")
+            counts["not_reproducible"] += 1
+            items.append(item)
+            continue
+        h = decide(head, case.request)
+        changes = compare(b, h)
+        item.update({"status": "changed" if changes else "unchanged", "base": b, "head": h, "changes": changes})
+        counts["changed" if changes else "unchanged"] += 1
+        items.append(item)
+    return {"schema": SCHEMA, "summary": counts, "requests": items}
+
+
+def _describe(req: Request) -> dict:
+    out: dict[str, Any] = {"host": req.host, "method": req.method, "path": req.path}
+    if req.headers:
+        out["headers"] = dict(sorted(req.headers.items()))
+    model = _model_of(req.body.decode("utf-8", "replace") if req.body else None)
+    if model is not None:
+        out["model"] = model
+    if req.via != "mesh":
+        out["via"] = req.via
+    if req.labels:
+        out["labels"] = dict(sorted(req.labels.items()))
+    if req.namespace != "default":
+        out["namespace"] = req.namespace
+    return out
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.0%}"
+    if isinstance(v, list):
+        return " → ".join(str(x) for x in v)
+    return str(v)
+
+
+def _request_line(item: dict) -> str:
+    r = item["request"]
+    extra = [f"{k}: {v}" for k, v in (r.get("headers") or {}).items()]
+    if "model" in r:
+        extra.append(f"model {r['model']}")
+    if "via" in r:
+        extra.append(f"via {r['via']}")
+    return f"{r['method']} {r['host']}{r['path']}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _change_line(c: dict) -> str:
+    who = f"{c['provider']}: " if c.get("provider") else ""
+    if c["what"] == "picked":
+        return f"{who}now picked ({c['head']})" if c["base"] is None else f"{who}no longer picked (was {c['base']})"
+    return f"{who}{c['what']} {_show(c['base'])} → {_show(c['head'])}"
+
+
+def format_text(report: dict) -> str:
+    s = report["summary"]
+    lines = []
+    for item in report["requests"]:
+        if item["status"] == "unchanged":
+            continue
+        lines.append(f"{item['name']}: {_request_line(item)}")
+        if item["status"] == "not reproducible":
+            lines.append(f"  not reproducible: {item['why']}")
+            continue
+        lines += [f"  {_change_line(c)}" for c in item["changes"]]
+    lines.append(f"{s['requests']} requests: {s['changed']} changed, {s['unchanged']} unchanged"
+                 + (f", {s['not_reproducible']} not reproducible" if s["not_reproducible"] else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _md(v: Any) -> str:
+    return _show(v).replace("|", "\\|")
+
+
+def format_markdown(report: dict) -> str:
+    """A pull-request comment: the summary, then one table row per change."""
+    s = report["summary"]
+    lines = ["### llmc diff", "",
+             f"**{s['changed']}** of {s['requests']} requests change"
+             + (f"; {s['not_reproducible']} cannot be reproduced from the access log" if s["not_reproducible"] else "")
+             + "."]
+    rows = [(item, c) for item in report["requests"] if item["status"] == "changed" for c in item["changes"]]
+    if rows:
+        lines += ["", "| request | provider | what | base | head |", "|---|---|---|---|---|"]
+        for item, c in rows:
+            lines.append(f"| `{_md(_request_line(item))}` | {_md(c.get('provider'))} | {c['what']} | "
+                         f"{_md(c['base'])} | {_md(c['head'])} |")
+    return "\n".join(lines) + "\n"
