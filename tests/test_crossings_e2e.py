@@ -188,7 +188,7 @@ def exchanges(cell: X.Cell, request) -> list[Exchange]:
     if cell.id not in RESULTS:
         envoy, upstreams = request.getfixturevalue("envoy"), request.getfixturevalue("upstreams")
         firsts, done = first_tries(cell), []
-        while not done or (len(firsts) > 1 and not {pick(cell, x) for x in done} >= set(firsts)
+        while not done or (len(firsts) > 1 and _reaches(cell) and not {pick(cell, x) for x in done} >= set(firsts)
                            and len(done) < MAX_SENDS):
             done.append(exchange(cell, envoy, upstreams))
         RESULTS[cell.id] = done
@@ -346,9 +346,26 @@ def test_crossing(cell: X.Cell, request):
         errors = [(d.code, d.path) for d in result.diagnostics.items if d.severity == "error"]
         assert errors == [(code, f"spec.rules[0].{field}")], errors
         return
-    for x in exchanges(cell, request):
+    xs = exchanges(cell, request)
+    assert {pick(cell, x) for x in xs} >= set(first_tries(cell)) or not _reaches(cell), "a backend had no first try"
+    for x in xs:
         check_answer(cell, x)
         check_tries(cell, x)
+
+
+def test_the_matrix_input_draws_exactly_the_expected_warnings():
+    """The one input of every traffic cell compiles, with the warnings ``WARNED`` lists at their rules."""
+    result = compile_text(X.manifest(TRAFFIC), Options(), "crossings.yaml")
+    assert result.ok, [d.format() for d in result.diagnostics.items if d.severity == "error"]
+    codes = {code for code, _ in X.WARNED.values()}
+    got = {(d.object, d.code, d.path) for d in result.diagnostics.items if d.code in codes}
+    want = set()
+    for route, rules in X.route_rules(TRAFFIC).items():
+        for i, rule in enumerate(rules):
+            if rule in X.WARNED:
+                code, field = X.WARNED[rule]
+                want.add((f"LLMRoute default/{route}", code, f"spec.rules[{i}].{field}"))
+    assert got == want
 
 
 def test_the_matrix_covers_every_pair():
@@ -425,6 +442,14 @@ def test_explain_predicts_the_cell(cell: X.Cell, objects, request):
         assert len(tries) >= len(received), (tries, received)
         for want, (name, rec) in zip(tries, received, strict=False):
             compare(want, name, rec)
+
+
+def test_kept_connections_were_reused():
+    """The desync oracle has teeth only on kept connections: the providers saw requests on reused ones."""
+    recs = [r for xs in RESULTS.values() for x in xs for _, r in x.received]
+    if not recs:
+        pytest.skip("runs after the cells of this module")
+    assert any(r.seq > 1 for r in recs), [(r.conn, r.seq) for r in recs]
 
 
 def test_a_skipped_cell_fails_a_run_on_envoy_1_39():

@@ -155,6 +155,13 @@ REJECTED: dict[tuple[str, str], tuple[str, str]] = {
     ("failover_model", "anthropic"): ("LLMC235", "retries"),
 }
 
+#: (rule, protocol) → (code, field path under the rule): warnings the compiler must give such a rule
+WARNED: dict[tuple[str, str], tuple[str, str]] = {
+    ("failover", "nokey"): ("LLMC239", "backendRefs[0]"),  # no key on failover: the client's never passes
+    ("failover_model", "nokey"): ("LLMC239", "backendRefs[1]"),
+    ("weighted", "anthropic"): ("LLMC225", "backendRefs"),  # basePath on one provider of the rule only
+}
+
 CHAT_MESSAGES = [{"role": "user", "content": "Please introduce yourself"}]
 # ---- dimension: the endpoint the client calls (one line each): (path, body members) ------------
 ENDPOINTS: dict[str, tuple[str, list]] = {
@@ -277,16 +284,27 @@ def cells() -> list[Cell]:
     return rejected + [Cell(**row) for row in rows]
 
 
+ROUTES = (("cross", HEADER_HOST, False), ("cross-models", MODEL_HOST, True))  # (name, host, by model)
+
+
+def route_rules(cells_: list[Cell]) -> dict[str, list[tuple[str, str]]]:
+    """Per LLMRoute of :func:`manifest`, its rules as (rule, protocol), in their order there."""
+    out = {}
+    for name, _, by_model in ROUTES:
+        rules = sorted({(c.rule, c.protocol) for c in cells_ if c.kind.by_model is by_model})
+        if rules:
+            out[name] = rules
+    return out
+
+
 def manifest(cells_: list[Cell]) -> str:
     """YAML: every provider, and one LLMRoute per host holding the rules of ``cells_`` (sorted)."""
     docs: list[dict] = [{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
                          "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()]
-    for name, host, by_model in (("cross", HEADER_HOST, False), ("cross-models", MODEL_HOST, True)):
-        rules = sorted({(c.rule, c.protocol) for c in cells_ if c.kind.by_model is by_model})
-        if rules:
-            docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute",
-                         "metadata": {"name": name},
-                         "spec": {"host": host, "rules": [RULES[r].rule(p) for r, p in rules]}})
+    hosts = {name: host for name, host, _ in ROUTES}
+    for name, rules in route_rules(cells_).items():
+        docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute", "metadata": {"name": name},
+                     "spec": {"host": hosts[name], "rules": [RULES[r].rule(p) for r, p in rules]}})
     return dump(docs)
 
 
