@@ -1,19 +1,22 @@
 """Where features cross, every promise holds: the crossing matrix of issue 24 through a real Envoy.
 
 The cells come from ``tests/support/crossings.py`` (rules × protocols × endpoints × client extras ×
-failure of the first try, all-pairs). One input holds every rule of every cell and one Envoy (laid out
+failure of the first try: all-pairs, and every rule × protocol with every endpoint and every failure;
+combinations the compiler refuses assert its diagnostic instead). One input holds every rule of every cell and one Envoy (laid out
 as istiod 1.31 would, or 1.30 on the pinned Envoy 1.38) serves them all; each cell sends one request
 with the official ``openai`` client and checks the same invariants, for every request any provider
 double received and for what the client got (:func:`check_request`, :func:`check_answer`):
 
 * the only credential header is the receiving provider's, with its key, once; no other provider's
-  key and no client credential anywhere — except that a keyless provider gets the client's own
-  credential as the client sent it (README "Keys") on a rule without failover or on the first try
-  of a failover rule, never on a try reached by failover;
+  key and no client credential anywhere — except that a keyless provider on a rule without failover
+  gets the client's own credentials as the client sent them (README, "Credentials"); on a failover
+  rule no try ever gets them;
 * the body is exactly ``Content-Length`` long: nothing missing, nothing more waiting behind it, and
   no stray bytes read as a request on a kept connection (an HTTP desync);
 * no ``x-llmc-*`` header reaches a provider, whoever set it;
-* the endpoint is one the provider's API has, or the client gets a 404 and nothing is sent;
+* the endpoint is one the provider serves, or the client gets a 404 and nothing is sent (a
+  provider without ``basePath`` takes every POST as a chat completion: a body that is none for a
+  translated provider gets llmc's 400, nothing sent);
 * path, host, model and body are the receiving provider's (the Anthropic double checks the Messages
   API); ``accept-encoding: identity`` (usage is read from the answer);
 * the client gets OpenAI's format: a JSON error object on errors, never a 2xx with an error body,
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import httpx2 as httpx
 import openai
@@ -41,6 +43,15 @@ from compiler.resolve import Options
 from tests.support import crossings as X
 from tests.support.anthropic import AnthropicUpstream
 from tests.support.azure import AzureUpstream
+from tests.support.crossing_checks import (
+    Exchange,
+    check_answer,
+    check_tries,
+    failover_tries,
+    first_tries,
+    pick,
+    reaches,
+)
 from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_minor
 from tests.support.mesh import llmc_render
 from tests.support.upstream import Recorded, Upstream
@@ -50,28 +61,6 @@ pytestmark = pytest.mark.envoy
 CELLS = X.cells()
 FAILOVER_ENVOY = (1, 39)
 
-def _backends(c: X.Cell) -> list[X.Provider]:
-    return [X.PROVIDERS[n] for n in c.kind.providers(c.protocol)]
-
-
-def _reaches(c: X.Cell) -> bool:
-    return any(refusal(c, p) is None for p in _backends(c))
-
-
-STANDARD_AUTH = {"authorization", "api-key", "x-api-key"}  # the protocols' own: an earlier try's are removed
-
-
-def _changes_body(c: X.Cell, name: str) -> bool:
-    return expected_pairs(c, X.PROVIDERS[name]) != c.client_pairs()
-
-
-def _failover_tries(c: X.Cell) -> list[str]:
-    """The providers a failover cell's request reaches in order (when its endpoint is served)."""
-    if not c.kind.failover or not _reaches(c):
-        return []
-    names = c.kind.providers(c.protocol)
-    return names[:1] if c.failure == "none" else names[:2]
-
 
 #: Known defects → the cells they break (strict: when a fix lands the cell passes, XPASS fails the
 #: run, and the line goes). "issue 24 item N" are the issue's; "new:" ones were found by the matrix.
@@ -79,7 +68,7 @@ def _failover_tries(c: X.Cell) -> list[str]:
 KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = [
     ("new: Azure's basePath endpoints (embeddings) are sent without ?api-version (Azure: 404 Resource not found)",
      lambda c: c.endpoint == "embeddings" and "azure" in (
-         _failover_tries(c) if c.kind.failover else c.kind.providers(c.protocol))),
+         failover_tries(c) if c.kind.failover else c.kind.providers(c.protocol))),
 ]
 
 
@@ -122,19 +111,6 @@ def envoy(objects, upstreams):
     proxy = Envoy(layout.bootstrap)
     yield proxy
     proxy.stop()
-
-
-@dataclass
-class Exchange:
-    """One cell's request as the client sent it, what it got, and what every provider received."""
-    sent_headers: dict[str, str]
-    sent_body: bytes
-    status: int
-    headers: dict[str, str]
-    payload: bytes
-    received: list[tuple[str, Recorded]]  # (provider name, request) in arrival order per provider
-    problems: dict[int, list[str]]  # id(request) → what the Anthropic double found wrong with it
-    stray: dict[str, list[bytes]]  # provider host → bytes read where a request should start
 
 
 RESULTS: dict[str, list[Exchange]] = {}
@@ -188,146 +164,11 @@ def exchanges(cell: X.Cell, request) -> list[Exchange]:
     if cell.id not in RESULTS:
         envoy, upstreams = request.getfixturevalue("envoy"), request.getfixturevalue("upstreams")
         firsts, done = first_tries(cell), []
-        while not done or (len(firsts) > 1 and _reaches(cell) and not {pick(cell, x) for x in done} >= set(firsts)
+        while not done or (len(firsts) > 1 and reaches(cell) and not {pick(cell, x) for x in done} >= set(firsts)
                            and len(done) < MAX_SENDS):
             done.append(exchange(cell, envoy, upstreams))
         RESULTS[cell.id] = done
     return RESULTS[cell.id]
-
-
-def pick(cell: X.Cell, x: Exchange) -> str | None:
-    """The provider of the first try: the first to receive anything (failover: the rule's first), or
-    for a refused endpoint the one backend that lacks it."""
-    names = cell.kind.providers(cell.protocol)
-    if x.received:
-        return names[0] if cell.kind.failover else x.received[0][0]
-    refusing = [n for n in names if refusal(cell, X.PROVIDERS[n])]
-    return refusing[0] if len(refusing) == 1 or len(refusing) == len(names) else None
-
-
-def first_tries(cell: X.Cell) -> list[str]:
-    """The providers a first try may go to: the first priority of a failover rule, else every backend."""
-    names = cell.kind.providers(cell.protocol)
-    return names[:1] if cell.kind.failover else names
-
-
-# ------------------------------------------------------------------------------------------------
-# What must hold
-# ------------------------------------------------------------------------------------------------
-
-def refusal(cell: X.Cell, p: X.Provider) -> int | None:
-    """The status llmc answers itself, sending nothing, when the request would go to ``p``: 404 for an
-    endpoint it does not serve; 400 for a body a translated provider cannot take as a chat completion
-    (no ``messages``: an embeddings request to a provider without basePath, where every POST is chat)."""
-    if p.serves(cell.endpoint) is None:
-        return 404
-    if p.format != "openai" and "messages" not in dict(cell.client_pairs()):
-        return 400
-    return None
-
-
-def expected_status(cell: X.Cell, first: str | None) -> int:
-    """What the client must get when ``first`` had the first try (None: nothing was sent)."""
-    if first is None:
-        return 404
-    if refusal(cell, X.PROVIDERS[first]):
-        return refusal(cell, X.PROVIDERS[first])
-    if cell.failure == "none" or cell.kind.failover:
-        return 200
-    return {"503": 503, "reset": 503, "timeout": 504}[cell.failure]
-
-
-def expected_pairs(cell: X.Cell, p: X.Provider) -> list:
-    """The JSON members the provider must receive: the client's, with its model where llmc sets one
-    (the configured model on chat; on the model-routed host the model that routed), one `model`."""
-    model = p.model if p.serves(cell.endpoint) == "chat" else None
-    if model is None and cell.kind.by_model:
-        model = cell.routed_model
-    pairs = cell.client_pairs()
-    if model is None:
-        return pairs
-    out, seen = [], False
-    for k, v in pairs:
-        if k == "model":
-            if not seen:
-                out.append(("model", model))
-                seen = True
-            continue
-        out.append((k, v))
-    return out
-
-
-def client_credentials(cell: X.Cell) -> list[tuple[str, str]]:
-    headers = X.EXTRAS[cell.extra][0]
-    return sorted((k, v) for k, v in headers.items() if k in X.CREDENTIAL_HEADERS)
-
-
-def check_request(cell: X.Cell, p: X.Provider, rec: Recorded, problems: list[str] | None) -> None:
-    where = f"{p.name} received"
-    # framing: exactly Content-Length bytes, nothing more behind them
-    assert rec.declared is not None and rec.declared == len(rec.body), (where, rec.declared, len(rec.body))
-    assert rec.extra == b"", (where, "bytes beyond Content-Length", rec.extra[:200])
-    # internal headers
-    assert not [k for k, _ in rec.raw_headers if k.startswith("x-llmc-")], (where, [
-        h for h in rec.raw_headers if h[0].startswith("x-llmc-")])
-    # credentials
-    present = sorted((k, v) for k, v in rec.raw_headers if k in X.CREDENTIAL_HEADERS)
-    own_client_key = p.key is None and not cell.kind.failover  # README "Credentials"
-    if p.credential is not None:
-        assert present == [p.credential], (where, present)
-    elif own_client_key:
-        assert present == client_credentials(cell), (where, present)
-    else:
-        assert present == [], (where, present)
-    text = json.dumps(rec.raw_headers) + rec.body.decode("utf-8", "replace")
-    for other, key in X.KEYS.items():
-        assert other == p.name or key not in text, (where, f"the key of {other}")
-    if not own_client_key:
-        assert X.APP_KEY not in text and X.APP_XKEY not in text, (where, "the client's credential")
-    # endpoint, host, body
-    assert rec.path == p.path(cell.endpoint), (where, rec.path)
-    assert rec.headers.get("host") == p.host, (where, rec.headers.get("host"))
-    assert rec.headers.get("accept-encoding") == "identity", (where, rec.headers.get("accept-encoding"))
-    if p.format == "anthropic":
-        assert problems == [], (where, problems)
-        assert json.loads(rec.body)["model"] == p.model
-    else:
-        assert json.loads(rec.body, object_pairs_hook=list) == expected_pairs(cell, p), (where, rec.body)
-
-
-def check_answer(cell: X.Cell, x: Exchange) -> None:
-    assert x.status == expected_status(cell, pick(cell, x)), (x.status, x.payload[:300])
-    assert not [k for k in x.headers if k.startswith("x-llmc-")], x.headers
-    assert x.headers.get("content-type", "").startswith("application/json"), (x.headers, x.payload[:300])
-    body = json.loads(x.payload)
-    if x.status < 300:
-        assert "error" not in body, body
-        served = X.PROVIDERS[pick(cell, x)].serves(cell.endpoint)
-        kind = openai.types.chat.ChatCompletion if served == "chat" else openai.types.CreateEmbeddingResponse
-        kind.model_validate(body)
-    else:
-        err = body.get("error")
-        assert isinstance(err, dict) and set(err) >= {"message", "type", "param", "code"}, body
-        assert isinstance(err["message"], str) and isinstance(err["type"], str), body
-
-
-def check_tries(cell: X.Cell, x: Exchange) -> None:
-    """Who received what: nothing for a refused endpoint; one request without a failure; on failover
-    the first provider, then the next priority; and every request shaped for its receiver."""
-    assert not x.stray, f"bytes read as the start of a request (HTTP desync): {x.stray}"
-    names = cell.kind.providers(cell.protocol)
-    got = [n for n, _ in x.received]
-    if pick(cell, x) is None or refusal(cell, X.PROVIDERS[pick(cell, x)]):
-        assert got == [], got
-        return
-    if cell.failure == "none":
-        assert len(got) == 1 and got[0] in names, got
-    elif cell.kind.failover:
-        assert sorted(got) == sorted(names[:2]), got
-    else:
-        assert got and set(got) <= set(names), got
-    for name, rec in x.received:
-        check_request(cell, X.PROVIDERS[name], rec, x.problems.get(id(rec)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,7 +188,7 @@ def test_crossing(cell: X.Cell, request):
         assert errors == [(code, f"spec.rules[0].{field}")], errors
         return
     xs = exchanges(cell, request)
-    assert {pick(cell, x) for x in xs} >= set(first_tries(cell)) or not _reaches(cell), "a backend had no first try"
+    assert {pick(cell, x) for x in xs} >= set(first_tries(cell)) or not reaches(cell), "a backend had no first try"
     for x in xs:
         check_answer(cell, x)
         check_tries(cell, x)
