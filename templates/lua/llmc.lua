@@ -591,7 +591,8 @@ local function prepare_rule(route, name, rule, protocols)
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
       model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,
-      include_usage = b.include_usage, pin = b.pin, base_path = b.base_path, format = proto.format or "openai",
+      include_usage = b.include_usage, pin = b.pin, base_path = b.base_path, base_query = b.base_query or "",
+      format = proto.format or "openai",
       max_tokens = b.max_tokens, client_key = proto.client_key == true,
       auth_header = auth_header, auth_prefix = b.auth_prefix or proto.auth_prefix, headers = headers,
       -- a key sent in another header replaces the client's credential: the client's own
@@ -841,7 +842,7 @@ local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, mode
   local path, endpoint = b.path, endpoint_for(b, original_path)
   if b.base_path ~= nil then
     if endpoint == nil then return unknown_endpoint(h, cfg, b, original_path) end
-    if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint end
+    if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint .. b.base_query end
   end
   local out, err, param, note = body_for(endpoint, s, b, model_json, scanned)
   if out == nil then
@@ -1956,7 +1957,7 @@ function M.on_attempt(h, a)
   local original_path = mine.client_path or headers:get(":path")
   local endpoint = endpoint_for(b, original_path) or "chat" -- validated by the downstream filter
   local path = b.path
-  if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint end
+  if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint .. b.base_query end
   local body = h:body()
   local s = body:getBytes(0, body:length())
   local out = body_for(endpoint, s, b, mine.routed_model) or s -- validated by the downstream filter
