@@ -47,7 +47,6 @@ from tests.support.crossing_checks import (
     Exchange,
     check_answer,
     check_tries,
-    failover_tries,
     first_tries,
     pick,
     reaches,
@@ -64,12 +63,12 @@ FAILOVER_ENVOY = (1, 39)
 
 #: Known defects → the cells they break (strict: when a fix lands the cell passes, XPASS fails the
 #: run, and the line goes). "issue 24 item N" are the issue's; "new:" ones were found by the matrix.
-#: Each predicate says where the defect shows when the others are fixed.
-KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = [
-    ("new: Azure's basePath endpoints (embeddings) are sent without ?api-version (Azure: 404 Resource not found)",
-     lambda c: c.endpoint == "embeddings" and "azure" in (
-         failover_tries(c) if c.kind.failover else c.kind.providers(c.protocol))),
-]
+#: Each predicate says where the defect shows when the others are fixed. Empty: every cell holds. The
+#: form (e.g. the Azure finding, fixed on main in 4d72961):
+#:   ("new: Azure's basePath endpoints are sent without ?api-version",
+#:    lambda c: c.endpoint == "embeddings" and "azure" in (failover_tries(c) if c.kind.failover else
+#:                                                         c.kind.providers(c.protocol))),
+KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = []
 
 
 def marks(cell: X.Cell) -> list:
