@@ -144,7 +144,8 @@ def exchange(cell: X.Cell, envoy: Envoy, upstreams) -> Exchange:
     for name in first_tries(cell):
         upstreams[X.PROVIDERS[name].host].fail = X.FAILURES[cell.failure]
     sent, status, headers, payload = send(envoy.port, cell)
-    received = [(HOST_PROVIDER[h], r) for h, u in upstreams.items() for r in list(u.requests)]
+    received = sorted(((HOST_PROVIDER[h], r) for h, u in upstreams.items() for r in list(u.requests)),
+                      key=lambda item: item[1].order)
     problems = {id(r): p for u in upstreams.values() if isinstance(u, AnthropicUpstream)
                 for r, p in zip(u.requests, u.problems, strict=True)}
     stray = {h: list(u.server.stray) for h, u in upstreams.items() if u.server.stray}
@@ -208,17 +209,20 @@ def test_the_matrix_input_draws_exactly_the_expected_warnings():
     assert got == want
 
 
-def test_the_matrix_covers_every_pair():
-    """All-pairs: every two values of two dimensions meet in a cell (or the pair is refused)."""
+def test_the_matrix_covers_every_pair_and_triple():
+    """All-pairs, and every combination of each of ``TRIPLES``, meet in a traffic cell, unless the
+    compiler refuses the (rule, protocol) (then its rejected cell covers it)."""
+    import itertools
+
     dims = {k: list(v) for k, v in X.DIMENSIONS.items()}
     rows = [vars(c) for c in TRAFFIC]
-    for a, b in ((a, b) for i, a in enumerate(dims) for b in list(dims)[i + 1:]):
-        for va in dims[a]:
-            for vb in dims[b]:
-                if {a, b} == {"rule", "protocol"} and (({a: va, b: vb}["rule"], {a: va, b: vb}["protocol"])
-                                                       in X.REJECTED):
-                    continue
-                assert any(r[a] == va and r[b] == vb for r in rows), (a, va, b, vb)
+    for group in [*itertools.combinations(dims, 2), *X.TRIPLES]:
+        for values in itertools.product(*(dims[d] for d in group)):
+            combo = dict(zip(group, values, strict=True))
+            if (combo.get("rule"), combo.get("protocol")) in X.REJECTED:
+                continue
+            assert any(all(r[d] == v for d, v in combo.items()) for r in rows), combo
+    assert {(c.rule, c.protocol) for c in CELLS if c.rejected} == set(X.REJECTED)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,7 +252,7 @@ def predicted_tries(objects, cell: X.Cell, x: Exchange) -> dict:
     from compiler.explain import Request, explain
 
     forced = None
-    if not cell.kind.failover and len(cell.kind.providers(cell.protocol)) > 1:
+    if len(first_tries(cell)) > 1:
         forced = f"p-{pick(cell, x)}"  # the draw this exchange had
     return explain(objects, Request(host=cell.host, method="POST", path=cell.path, headers=x.sent_headers,
                                     body=x.sent_body), provider=forced)
@@ -268,7 +272,6 @@ def compare(predicted: dict, name: str, rec: Recorded) -> None:
 def test_explain_predicts_the_cell(cell: X.Cell, objects, request):
     """What `llmc explain` predicts for the cell's request is what the providers received: each try's
     URL, headers (keys masked; Envoy's own additions aside), body and length; or llmc's reply."""
-    names = cell.kind.providers(cell.protocol)
     for x in exchanges(cell, request):
         predicted = predicted_tries(objects, cell, x)
         if not x.received:
@@ -276,7 +279,7 @@ def test_explain_predicts_the_cell(cell: X.Cell, objects, request):
             assert json.loads(predicted["result"]["body"]) == json.loads(x.payload)
             continue
         tries = predicted.get("attempts") or [predicted["upstream"]]
-        received = sorted(x.received, key=lambda r: names.index(r[0]))
+        received = x.received  # in arrival order: the order of the tries
         if not cell.kind.failover:
             tries = tries * len(received)  # Envoy's own retries of one provider send the same request
         assert len(tries) >= len(received), (tries, received)

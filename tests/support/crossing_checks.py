@@ -26,11 +26,13 @@ def reaches(c: X.Cell) -> bool:
 
 
 def failover_tries(c: X.Cell) -> list[str]:
-    """The providers a failover cell's request reaches in order (when its endpoint is served)."""
+    """The providers a failover cell's request reaches, in order (when its endpoint is served; the
+    first priority's in the order of the draw when it has several)."""
     if not c.kind.failover or not reaches(c):
         return []
-    names = c.kind.providers(c.protocol)
-    return names[:1] if c.failure == "none" else names[:2]
+    levels = c.kind.priorities(c.protocol)
+    # no failure: the first pick only; else every first choice fails, then the next priority's first
+    return levels[0][:1] if c.failure == "none" else [*levels[0], levels[1][0]]
 
 
 @dataclass
@@ -41,25 +43,24 @@ class Exchange:
     status: int
     headers: dict[str, str]
     payload: bytes
-    received: list[tuple[str, Recorded]]  # (provider name, request) in arrival order per provider
+    received: list[tuple[str, Recorded]]  # (provider name, request) in arrival order
     problems: dict[int, list[str]]  # id(request) → what the Anthropic double found wrong with it
     stray: dict[str, list[bytes]]  # provider host → bytes read where a request should start
 
 
 def pick(cell: X.Cell, x: Exchange) -> str | None:
-    """The provider of the first try: the first to receive anything (failover: the rule's first), or
-    for a refused endpoint the one backend that lacks it."""
+    """The provider of the first try: the first to receive anything, or for a refused endpoint the one
+    backend that lacks it."""
     names = cell.kind.providers(cell.protocol)
     if x.received:
-        return names[0] if cell.kind.failover else x.received[0][0]
+        return x.received[0][0]
     refusing = [n for n in names if refusal(cell, X.PROVIDERS[n])]
     return refusing[0] if len(refusing) == 1 or len(refusing) == len(names) else None
 
 
 def first_tries(cell: X.Cell) -> list[str]:
     """The providers a first try may go to: the first priority of a failover rule, else every backend."""
-    names = cell.kind.providers(cell.protocol)
-    return names[:1] if cell.kind.failover else names
+    return cell.kind.priorities(cell.protocol)[0]
 
 
 
@@ -169,9 +170,10 @@ def check_tries(cell: X.Cell, x: Exchange) -> None:
         assert got == [], got
         return
     if cell.failure == "none":
-        assert len(got) == 1 and got[0] in names, got
+        assert len(got) == 1 and got[0] in first_tries(cell), got
     elif cell.kind.failover:
-        assert sorted(got) == sorted(names[:2]), got
+        assert sorted(got) == sorted(failover_tries(cell)), got
+        assert set(got[:len(first_tries(cell))]) == set(first_tries(cell)), ("priorities in order", got)
     else:
         assert got and set(got) <= set(names), got
     for name, rec in x.received:

@@ -4,7 +4,7 @@ Five dimensions, one table each; a value is one line, so a later feature joins t
 a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 
 * ``RULES`` — how the route picks providers: one backend, weighted, routed by the body's model,
-  failover with priorities, failover on a model-routed host;
+  failover with priorities, failover on a model-routed host, weighted first choices with a backup;
 * ``PROTOCOLS`` — the provider the cell is about: its API, where its key goes (or that it has none);
 * ``ENDPOINTS`` — what the client calls: chat, embeddings (through ``basePath``), an unknown path;
 * ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
@@ -32,7 +32,7 @@ from ruamel.yaml import YAML
 
 REPO = Path(__file__).resolve().parents[2]
 AZURE_VERSION = "2024-10-21"
-TIMEOUT = "3s"  # every provider's request timeout: what a hang meets on a rule without failover
+TIMEOUT = "4s"  # every provider's request timeout: what a hang meets on a rule without failover
 PER_TRY_TIMEOUT = "1s"
 HEADER_HOST, MODEL_HOST = "cross.example.com", "models.cross.example.com"
 APP_KEY, APP_XKEY = "sk-app-own-key-0000", "sk-app-own-xkey-000"  # the client's own credentials
@@ -129,6 +129,13 @@ class RuleKind:
     def providers(self, p: str) -> list[str]:
         return [p if name == "P" else name for name, _ in self.backends]
 
+    def priorities(self, p: str) -> list[list[str]]:
+        """The providers by failover priority (one list for a rule without failover)."""
+        levels: dict[int, list[str]] = {}
+        for name, (_, extra) in zip(self.providers(p), self.backends, strict=True):
+            levels.setdefault(extra.get("priority", 0) if self.failover else 0, []).append(name)
+        return [levels[k] for k in sorted(levels)]
+
     def rule(self, p: str) -> dict:
         rule: dict = {"name": f"{self.name}-{p}", "matches": [
             {"model": {"exact": f"{self.name}-{p}"}} if self.by_model else
@@ -147,18 +154,22 @@ RULES: dict[str, RuleKind] = {r.name: r for r in (
     RuleKind("model", (("P", {}),), by_model=True),
     RuleKind("failover", (("P", {}), ("aux", {"priority": 1})), failover=True),
     RuleKind("failover_model", (("auxc", {}), ("P", {"priority": 1})), by_model=True, failover=True),
+    RuleKind("failover_weighted", (("P", {"weight": 50}), ("aux", {"weight": 50}), ("auxc", {"priority": 1})),
+             failover=True),
 )}
 
 #: (rule, protocol) → (code, field path under the rule): inputs the compiler refuses
 REJECTED: dict[tuple[str, str], tuple[str, str]] = {
     ("failover", "anthropic"): ("LLMC235", "retries"),  # translated protocols: the drivers issue lifts it
     ("failover_model", "anthropic"): ("LLMC235", "retries"),
+    ("failover_weighted", "anthropic"): ("LLMC235", "retries"),
 }
 
 #: (rule, protocol) → (code, field path under the rule): warnings the compiler must give such a rule
 WARNED: dict[tuple[str, str], tuple[str, str]] = {
     ("failover", "nokey"): ("LLMC239", "backendRefs[0]"),  # no key on failover: the client's never passes
     ("failover_model", "nokey"): ("LLMC239", "backendRefs[1]"),
+    ("failover_weighted", "nokey"): ("LLMC239", "backendRefs[0]"),
     ("weighted", "anthropic"): ("LLMC225", "backendRefs"),  # basePath on one provider of the rule only
 }
 
@@ -190,7 +201,7 @@ EXTRAS: dict[str, tuple[dict, bool]] = {
 
 # ---- dimension: what the first try meets (one line each): the doubles' `fail` mode --------------
 FAILURES: dict[str, str | None] = {"none": None, "503": "503", "reset": "reset", "timeout": "hang"}
-HANG = 5.0  # seconds a hanging provider waits before it resets: past the timeouts above
+HANG = 6.0  # seconds a hanging provider waits before it resets: past the timeouts above
 
 
 @dataclass(frozen=True)

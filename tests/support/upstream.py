@@ -80,6 +80,7 @@ class Recorded:
     seq: int = 0  # the request's place on its connection: 1 on a new connection
     declared: int | None = None  # the Content-Length header's value, None without one
     extra: bytes = b""  # bytes waiting right after the declared body: more body than declared
+    order: int = 0  # arrival order across every double of the process (which try came first)
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -141,6 +142,9 @@ class ProviderHandler(BaseHTTPRequestHandler):
         return ok
 
 
+_ARRIVALS = itertools.count(1)
+
+
 def read_request(h: BaseHTTPRequestHandler, sni: str | None = None) -> Recorded:
     """Reads the body (``Content-Length`` bytes) and records the request with its wire details."""
     declared = h.headers.get("content-length")
@@ -151,7 +155,8 @@ def read_request(h: BaseHTTPRequestHandler, sni: str | None = None) -> Recorded:
     h.desynced = bool(extra)
     return Recorded(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body, sni,
                     raw_headers=[(k.lower(), v) for k, v in h.headers.items()], conn=getattr(h, "conn_id", 0),
-                    seq=h.served, declared=int(declared) if declared is not None else None, extra=extra)
+                    seq=h.served, declared=int(declared) if declared is not None else None, extra=extra,
+                    order=next(_ARRIVALS))
 
 
 def _waiting(h: BaseHTTPRequestHandler) -> bytes:
