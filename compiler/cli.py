@@ -62,13 +62,26 @@ IstioVersionOpt = Annotated[str | None, typer.Option(
     "newest). Failover (rules[].retries, backendRefs[].priority) needs 1.31.")]
 
 
+RateLimitServiceOpt = Annotated[str | None, typer.Option(
+    "--rate-limit-service", help="NAMESPACE/SERVICE:PORT of the rate-limit service (envoyproxy/ratelimit, gRPC) "
+    "that enforces tokenLimits (README, \"Token limits\").")]
+RateLimitTimeoutOpt = Annotated[str | None, typer.Option(
+    "--rate-limit-timeout", help="How long a request waits for the rate-limit service (default 100ms).")]
+RateLimitFailClosedOpt = Annotated[bool, typer.Option(
+    "--rate-limit-fail-closed", help="Refuse requests (429) when the rate-limit service fails (default: let "
+    "them pass).")]
+
+
 def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
-             telemetry: bool = False, gateway_workloads: list[str] | None = None, istio_version: str | None = None):
+             telemetry: bool = False, gateway_workloads: list[str] | None = None, istio_version: str | None = None,
+             rate_limit_service: str | None = None, rate_limit_timeout: str | None = None,
+             rate_limit_fail_closed: bool = False):
     """Options from the command line, validated by compiler/options.py (as for `llmc krm`)."""
     from .options import DEFAULT_ISTIO_VERSION, parse_options
 
     opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry,
-                                   gateway_workloads, istio_version or DEFAULT_ISTIO_VERSION)
+                                   gateway_workloads, istio_version or DEFAULT_ISTIO_VERSION, rate_limit_service,
+                                   rate_limit_timeout, rate_limit_fail_closed)
     if opts is None:
         option, problem = problems[0]
         raise typer.BadParameter(problem, param_hint=f"--{option}")
@@ -124,6 +137,9 @@ def render(
                                             "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
                                             "and token-metric EnvoyFilters.")] = False,
     istio_version: IstioVersionOpt = None,
+    rate_limit_service: RateLimitServiceOpt = None,
+    rate_limit_timeout: RateLimitTimeoutOpt = None,
+    rate_limit_fail_closed: RateLimitFailClosedOpt = False,
     passthrough: Annotated[bool, typer.Option("--passthrough", help="Render a whole app folder (Argo CD, "
                                               "Flux): print its other Kubernetes objects unchanged before the "
                                               "generated ones, and skip files that hold no Kubernetes object "
@@ -143,7 +159,8 @@ def render(
         raise typer.BadParameter("--passthrough prints one stream for a GitOps tool to apply; it cannot be "
                                  "combined with --out-dir, --check or --emit ir", param_hint="--passthrough")
     opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace, istio_version)
+                    gateway_workload_namespace, istio_version, rate_limit_service, rate_limit_timeout,
+                    rate_limit_fail_closed)
     from .pipeline import compile_paths
 
     result = compile_paths(filename, opts, passthrough=passthrough)
@@ -235,11 +252,16 @@ def validate(
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     gateway_workload_namespace: GatewayWorkloadOpt = None,
     istio_version: IstioVersionOpt = None,
+    rate_limit_service: RateLimitServiceOpt = None,
+    rate_limit_timeout: RateLimitTimeoutOpt = None,
+    rate_limit_fail_closed: RateLimitFailClosedOpt = False,
 ) -> None:
     """Check the inputs and report every problem; print nothing else."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
                                          egress_gateway_labels, gateway_workloads=gateway_workload_namespace,
-                                         istio_version=istio_version))
+                                         istio_version=istio_version, rate_limit_service=rate_limit_service,
+                                         rate_limit_timeout=rate_limit_timeout,
+                                         rate_limit_fail_closed=rate_limit_fail_closed))
     if output is DiagFormat.json:
         sys.stdout.write(result.diagnostics.format_json() + "\n")
     else:

@@ -51,7 +51,7 @@ class GeneratedKind:
 
     @property
     def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+        return f"{self.group}/{self.version}" if self.group else self.version
 
 
 #: Everything llmc generates, in emit order.
@@ -62,6 +62,8 @@ GENERATED_KINDS = (
     GeneratedKind("VirtualService", "networking.istio.io", "v1", "virtualservices"),
     GeneratedKind("EnvoyFilter", "networking.istio.io", "v1alpha3", "envoyfilters"),
     GeneratedKind("Telemetry", "telemetry.istio.io", "v1", "telemetries"),
+    # token limits: envoyproxy/ratelimit's configuration, in the rate-limit service's namespace
+    GeneratedKind("ConfigMap", "", "v1", "configmaps"),
 )
 GENERATED = {k.kind: k for k in GENERATED_KINDS}
 KIND_ORDER = {k.kind: i for i, k in enumerate(GENERATED_KINDS)}

@@ -131,7 +131,8 @@ def _for_ruamel(value):
 
 #: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys
 FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
-                    "gatewayWorkloadNamespace", "istioVersion", "keepSources")
+                    "gatewayWorkloadNamespace", "istioVersion", "keepSources",
+                    "rateLimitService", "rateLimitTimeout", "rateLimitFailClosed")
 
 
 def _text_or_list(value: object) -> str | list[str] | None:
@@ -239,7 +240,10 @@ def _function_options(config: dict, diags, config_file: str):
         telemetry=str(config.get("telemetry", "false")),
         # "GW=NS,GW=NS" as in kpt's `-- key=value`, or a YAML list of "GW=NS" in a plugin config
         gateway_workload_namespace=_text_or_list(config.get("gatewayWorkloadNamespace")),
-        istio_version=str(config.get("istioVersion", DEFAULT_ISTIO_VERSION)))
+        istio_version=str(config.get("istioVersion", DEFAULT_ISTIO_VERSION)),
+        rate_limit_service=str(config["rateLimitService"]) if config.get("rateLimitService") else None,
+        rate_limit_timeout=str(config["rateLimitTimeout"]) if config.get("rateLimitTimeout") else None,
+        rate_limit_fail_closed=str(config.get("rateLimitFailClosed", "false")))
     for option, problem in problems:
         diags.error("LLMC010", f"invalid value for llmc option {CONFIG_KEYS[option]!r}: {problem}", file=config_file,
                     path=CONFIG_KEYS[option])

@@ -34,6 +34,52 @@ def istio_minor(version: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class RateLimitOptions:
+    """``--rate-limit-service NS/SVC:PORT`` and its settings (token limits, README "Token limits")."""
+
+    namespace: str
+    service: str
+    port: int
+    timeout: str = "0.1s"  # Envoy's Duration form
+    fail_closed: bool = False
+
+
+#: the token-limit options' names in a function config (kept together so the options table can absorb them)
+RATE_LIMIT_CONFIG_KEYS = {"rate-limit-service": "rateLimitService", "rate-limit-timeout": "rateLimitTimeout",
+                          "rate-limit-fail-closed": "rateLimitFailClosed"}
+_RLS = re.compile(rf"({_LABEL})/({_LABEL}):([0-9]{{1,5}})")
+_TIMEOUT = re.compile(r"([0-9]+)(ms|s)")
+
+
+def parse_rate_limit(service: str | None, timeout: str | None, fail_closed: bool | str,
+                     problems: list[tuple[str, str]]) -> RateLimitOptions | None:
+    """The token-limit options; problems are appended as (option, message)."""
+    if isinstance(fail_closed, str):
+        if fail_closed.lower() not in ("true", "false"):
+            problems.append(("rate-limit-fail-closed", f"expected true or false, got {fail_closed!r}"))
+        fail_closed = fail_closed.lower() == "true"
+    seconds = 0.1
+    if timeout is not None:
+        m = _TIMEOUT.fullmatch(timeout.strip())
+        if not m or int(m.group(1)) == 0:
+            problems.append(("rate-limit-timeout", f"expected a duration such as 100ms or 1s, got {timeout!r}"))
+        else:
+            seconds = int(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    if service is None:
+        if timeout is not None or fail_closed:
+            problems.append(("rate-limit-service", "--rate-limit-timeout and --rate-limit-fail-closed need "
+                                                   "--rate-limit-service"))
+        return None
+    m = _RLS.fullmatch(service.strip())
+    if not m or not 1 <= int(m.group(5)) <= 65535:
+        problems.append(("rate-limit-service", f"expected NAMESPACE/SERVICE:PORT, e.g. llmc-system/ratelimit:8081, "
+                                               f"got {service!r}"))
+        return None
+    return RateLimitOptions(namespace=m.group(1), service=m.group(3), port=int(m.group(5)),
+                            timeout=f"{seconds:g}s", fail_closed=bool(fail_closed))
+
+
+@dataclass(frozen=True)
 class Options:
     namespace: str = "default"
     cluster_domain: str = "cluster.local"
@@ -49,6 +95,8 @@ class Options:
     gateway_workload_namespaces: tuple[tuple[str, str], ...] = ()
     #: the Istio minor version the output targets (failover needs 1.31)
     istio_version: str = DEFAULT_ISTIO_VERSION
+    #: token limits (issue 30): the rate-limit service, its timeout, and whether its failure refuses requests
+    rate_limit: RateLimitOptions | None = None
 
     @property
     def supports_failover(self) -> bool:
@@ -59,7 +107,7 @@ class Options:
 CONFIG_KEYS = {"namespace": "namespace", "cluster-domain": "clusterDomain", "secrets-dir": "secretsDir",
                "egress-gateway": "egressGateway", "egress-gateway-labels": "egressGatewayLabels",
                "telemetry": "telemetry", "gateway-workload-namespace": "gatewayWorkloadNamespace",
-               "istio-version": "istioVersion"}
+               "istio-version": "istioVersion", **RATE_LIMIT_CONFIG_KEYS}
 
 
 def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
@@ -94,7 +142,8 @@ def parse_options(namespace: str = "default", cluster_domain: str = "cluster.loc
                   secrets_dir: str = "/etc/llmc/secrets", egress_gateway: str | None = None,
                   egress_gateway_labels: str = "istio=egressgateway", telemetry: bool | str = False,
                   gateway_workload_namespace: str | list[str] | None = None,
-                  istio_version: str = DEFAULT_ISTIO_VERSION,
+                  istio_version: str = DEFAULT_ISTIO_VERSION, rate_limit_service: str | None = None,
+                  rate_limit_timeout: str | None = None, rate_limit_fail_closed: bool | str = False,
                   ) -> tuple[Options | None, list[tuple[str, str]]]:
     """(Options, []) or (None, [(option, problem), ...])."""
     problems: list[tuple[str, str]] = []
@@ -123,8 +172,9 @@ def parse_options(namespace: str = "default", cluster_domain: str = "cluster.loc
     if version not in ISTIO_VERSIONS:
         problems.append(("istio-version", f"{istio_version!r} is not a supported Istio version; supported: "
                                           f"{', '.join(ISTIO_VERSIONS)}"))
+    rate_limit = parse_rate_limit(rate_limit_service, rate_limit_timeout, rate_limit_fail_closed, problems)
     if problems:
         return None, problems
-    return Options(namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
+    return Options(rate_limit=rate_limit, namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
                    egress_gateway=egress_gateway, egress_labels=labels, telemetry=telemetry,
                    gateway_workload_namespaces=workloads, istio_version=version), []

@@ -10,6 +10,7 @@ from ..ir import Program
 from .destinationrule import translate_destinationrules
 from .envoyfilter import translate_envoyfilters
 from .gateway import translate_gateways
+from .ratelimit import translate_ratelimit_config
 from .serviceentry import translate_serviceentries
 from .telemetry import translate_telemetries, translate_token_metrics
 from .virtualservice import translate_virtualservices
@@ -24,6 +25,7 @@ TRANSLATORS = (
     ("EnvoyFilter", "envoyfilter.json.j2", translate_envoyfilters),
     ("EnvoyFilter", "tokenmetrics.json.j2", translate_token_metrics),
     ("Telemetry", "telemetry.json.j2", translate_telemetries),
+    ("ConfigMap", "configmap.json.j2", translate_ratelimit_config),
 )
 
 __all__ = ["TRANSLATORS", "Program"]

@@ -30,6 +30,8 @@ from .. import names
 from ..ir import Backend, Program, Rule, SecretRef, VirtualHost
 from ..protocols import ANTHROPIC_MAX_TOKENS, ANTHROPIC_VERSION, PROTOCOLS, credential_headers, endpoint
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
+from .ratelimit import local_reply as rate_limit_reply
+from .ratelimit import rate_limit_filter, with_rate_limits
 
 FILTER_NAME = "llmc.lua"
 SOURCE_NAME = "llmc"
@@ -281,7 +283,8 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 "vhost": pl.vhost, "port": pl.port,
                 "buffer_limit": buffer_limit(max_request_bytes(vh)),
                 "context_data": context_data,
-                "routes": route_patches(vh, context_data if vh.shared else None),
+                "routes": with_rate_limits(route_patches(vh, context_data if vh.shared else None), vh,
+                                           program.rate_limit),
                 # `*` hosts: per-route context (the virtual host is shared with other teams' routes)
                 "per_route": vh.shared,
                 "failover_routes": failover_routes(vh, program.secrets_dir),
@@ -305,8 +308,18 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             "clusters": [{"host": h, "port": p, "filter_name": f"{UPSTREAM_FILTER_PREFIX}{h}"}
                          for h, p in sorted(f["clusters"])],
             "proxy_version": FAILOVER_PROXY_VERSION,
+            # token limits: Envoy's rate-limit filter after the Lua, and the HCM's 429 in OpenAI format
+            "rate_limit": _rate_limit_view(program),
         })
     return out
+
+
+def _rate_limit_view(program: Program) -> dict | None:
+    if program.rate_limit is None:
+        return None
+    return {"filter": rate_limit_filter(program.rate_limit),
+            "hcm": {"name": HCM, "typed_config": {"@type": HCM_TYPE, "local_reply_config": {
+                "mappers": rate_limit_reply(program.rate_limit)}}}}
 
 
 HCM = "envoy.filters.network.http_connection_manager"
