@@ -84,7 +84,13 @@ def test_source_workload_in_egress_gateway_mode_is_an_error():
 
 def test_source_workload_on_a_gateway_is_a_warning():
     text = route("[{name: a, tokens: 10, per: Minute, key: [{sourceWorkload: true}]}]", gateways="llm/gw")
-    assert ("LLMC263", "warning", "spec.rules[0].tokenLimits[0].key[0].sourceWorkload") in diags(text)
+    text = text.replace("metadata: {name: openai}\nspec:\n",
+                        "metadata: {name: openai}\nspec:\n  workloadSelector: {labels: {istio: ingressgateway}}\n")
+    text = text.replace("spec: {host: qwen.example.com,", "spec: {workloadSelector: {labels: {istio: ingressgateway}}, "
+                        "host: qwen.example.com,")
+    got = diags(text)
+    assert ("LLMC263", "warning", "spec.rules[0].tokenLimits[0].key[0].sourceWorkload") in got
+    assert not [d for d in got if d[1] == "error"], got
 
 
 def test_model_key_without_a_known_model_warns():
@@ -113,8 +119,8 @@ def test_options_parse_and_reject():
 
 
 def test_krm_function_config_keys(tmp_path):
-    from compiler.gitops import _function_options
     from compiler.diagnostics import Diagnostics
+    from compiler.gitops import _function_options
 
     d = Diagnostics()
     opts, _ = _function_options({"rateLimitService": "llmc-system/ratelimit:8081", "rateLimitTimeout": "1s",
