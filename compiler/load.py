@@ -202,6 +202,9 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# An unquoted date (`apiVersion: 2024-10-21`) stays the text it is, as the API server reads it
+# (sigs.k8s.io/yaml turns YAML timestamps into JSON strings), not a date object no field accepts.
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
 
 
 def parse_text(name: str, text: str, diags: Diagnostics) -> tuple[list[Any], list[Marks | None]] | None:

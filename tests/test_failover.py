@@ -256,3 +256,30 @@ def test_explain_predicts_every_try_of_a_failover_embeddings_request():
         assert up["headers"]["content-length"] == str(len(body)) and up["body"] == body.decode()
         assert not [k for k in up["headers"] if k.startswith("x-llmc-") or k in ("x-gw-key", "x-api-key")]
         assert up["headers"]["authorization"].startswith("Bearer ")
+
+
+def test_an_azure_provider_with_base_path_sends_its_api_version_to_every_endpoint():
+    """Found by the crossing matrix: `<basePath>/embeddings` went to Azure without api-version. (The
+    unquoted date `apiVersion: 2024-10-21` is the string the API server would read, not an error.)"""
+    from compiler.options import parse_options as options
+    from compiler.translate.envoyfilter import lua_context
+    from tests.support.lua import LuaFilter
+
+    text = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: azure}
+spec:
+  host: res.openai.azure.com
+  basePath: /openai/deployments/emb
+  configs: {defaultConfig: {azureOpenAIConfig: {deployment: chat, apiVersion: 2024-10-21, apiKey: sk-azure-0000000000000000}}}
+"""
+    opts, _ = options()
+    result = compile_text(text, opts, "azure.yaml")
+    assert result.ok, [d.format() for d in result.diagnostics.sorted()]
+    (vh,) = result.program.vhosts
+    ctx = lua_context(vh, "/etc/llmc/secrets")
+    r = LuaFilter().request(ctx, '{"model":"text-embedding-3-small","input":"hi"}', path="/v1/embeddings?x=1")
+    assert r.status is None, r.response_body
+    assert r.headers[":path"] == "/openai/deployments/emb/embeddings?api-version=2024-10-21"
+    assert r.headers["api-key"] == "sk-azure-0000000000000000"

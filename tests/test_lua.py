@@ -440,3 +440,19 @@ def test_stream_options_added_only_when_llmc_turns_streaming_on(lua):
     assert kept["stream_options"] == {"include_usage": False}
     plain = json.loads(lua.request(ctx(model="m", stream=True), '{"messages":[]}').body)
     assert "stream_options" not in plain
+
+
+def test_the_first_non_empty_model_counts():
+    """Azure's first streamed chunk with content filtering on (the default) carries "model": ""."""
+    first = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]}
+    events = [first, {"choices": [{"delta": {"content": "Hel"}}], "model": "gpt-4o-2024-11-20", "usage": None},
+              {"choices": [], "model": "gpt-4o-2024-11-20",
+               "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}]
+    for cuts in ("events", None):
+        h = stalled_stream(events, cuts)
+        assert dict(h.md.items())["llmc:response_model"] == "gpt-4o-2024-11-20"
+    u = _LUA.M.new_usage(True)
+    u.feed("".join(f"data: {json.dumps(e)}\n\n" for e in events))
+    assert tuple(u.finish())[3] == "gpt-4o-2024-11-20"
+    assert _LUA.M.usage_of('{"model":"","usage":{"total_tokens":3}}')[3] is None

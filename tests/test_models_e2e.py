@@ -157,3 +157,12 @@ def test_provider_host_lists_its_model_too(envoy, upstreams):
                            default_headers={"Host": "qwen.example.com"})
     assert [m.id for m in client.models.list().data] == ["qwen-plus"]
     assert not received(upstreams)
+
+
+def test_a_model_with_a_lone_surrogate_gets_a_utf8_404(envoy, upstreams):
+    """A JSON escape of a lone surrogate decodes to U+FFFD: never invalid UTF-8 in an answer or a header."""
+    status, headers, payload = call(envoy, HOST, body='{"model":"gpt\\ud800","messages":[]}')
+    assert status == 404 and headers["content-type"] == "application/json"
+    error = json.loads(payload.decode("utf-8"))["error"]  # strict UTF-8
+    assert error["code"] == "model_not_found" and "gpt\ufffd" in error["message"]
+    assert not received(upstreams)

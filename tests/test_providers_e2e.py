@@ -6,6 +6,9 @@ with usage (rewritten chunk by chunk while it streams: the double pauses after i
 the SDK must see that event before the pause ends), a tool-calling round trip, errors with their
 status, an error event in the middle of a stream, and a 50/50 split with an OpenAI-protocol
 provider. Azure OpenAI and a gateway with its own key header need only headers and a path.
+A broken or surprising provider (README, "Answers llmc cannot translate"): an event over 256 KiB
+or over the 1 MiB limit, a gzip answer, an error without a JSON body, a message without "type", an
+HTML 200; a client's ``http://`` image and lone surrogate escape; Azure's first chunk without a model.
 """
 
 from __future__ import annotations
@@ -292,3 +295,90 @@ def test_anthropic_usage_reaches_access_logs_and_metrics_like_openai(envoy, upst
     metrics = line_with(logs / "metrics.log", marker)
     assert int(metrics["llm_total_tokens"]) == total and int(metrics["llm_prompt_tokens"]) == PROMPT
     assert metrics["llm_provider"] == "claude" and metrics["llm_model"] == "claude-test"
+
+
+# --- a broken or surprising provider (issue 24, items 8 and 9) ------------------------------------
+
+CHAT_BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+STREAM_BODY = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def sse_events(payload: bytes) -> list[str]:
+    return [e.removeprefix("data: ") for e in payload.decode().split("\n\n") if e.startswith("data: ")]
+
+
+def test_a_stream_event_over_256_kib_reaches_the_client_whole(envoy, upstreams):
+    pad = 300 * 1024
+    streamed = chat_stream(envoy.port, "claude.example.com", headers={"x-test-pad": str(pad)})
+    assert streamed.text == "Hel" + "." * pad + "lo"
+    assert [c.choices[0].finish_reason for c in streamed.chunks if c.choices][-1] == "stop"
+
+
+def test_a_stream_event_over_the_limit_ends_in_an_error_never_in_done(envoy, upstreams):
+    status, headers, payload = call(envoy, "claude.example.com", body=STREAM_BODY,
+                                    headers={"x-test-pad": str(1024 * 1024 + 1)})
+    events = sse_events(payload)
+    assert status == 200 and "[DONE]" not in events, events[-3:]
+    assert json.loads(events[-1])["error"]["code"] == "llmc_event_too_large"
+    assert all(json.loads(e)["choices"][0]["finish_reason"] is None for e in events[:-1])
+    with pytest.raises(openai.APIError, match="over 1 MiB"):
+        chat_stream(envoy.port, "claude.example.com", headers={"x-test-pad": str(1024 * 1024 + 1)})
+
+
+@pytest.mark.parametrize("body", [CHAT_BODY, STREAM_BODY], ids=["json", "stream"])
+def test_a_compressed_answer_becomes_a_502_openai_error(envoy, upstreams, body):
+    status, headers, payload = call(envoy, "claude.example.com", body=body, headers={"x-test-gzip": "1"})
+    assert claude_request(upstreams).headers["accept-encoding"] == "identity"
+    assert status == 502 and "content-encoding" not in headers and headers["content-type"] == "application/json"
+    assert json.loads(payload)["error"]["code"] == "llmc_compressed_answer"
+
+
+@pytest.mark.parametrize("status,kind,etype", [(529, "empty", "overloaded_error"), (503, "empty", "api_error"),
+                                               (502, "html", "api_error")])
+def test_an_error_without_a_json_body_becomes_an_openai_error(envoy, upstreams, status, kind, etype):
+    err = status_error(chat, envoy.port, "claude.example.com",
+                       headers={"x-test-status": str(status), "x-test-error-body": kind})
+    assert err.status_code == status and err.response.headers["content-type"] == "application/json"
+    assert err.body["type"] == etype and str(status) in err.body["message"]
+
+
+def test_http_image_urls_are_refused(envoy, upstreams):
+    parts = [{"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": "http://x.test/a.png"}}]
+    err = status_error(chat, envoy.port, "claude.example.com", messages=[{"role": "user", "content": parts}])
+    assert err.status_code == 400 and err.body["param"] == "messages" and "https://" in err.body["message"]
+    assert not upstreams["claude.example.com"].requests
+
+
+def test_a_lone_surrogate_reaches_anthropic_as_valid_utf8(envoy, upstreams):
+    status, _, payload = call(envoy, "claude.example.com",
+                              body='{"model":"m","messages":[{"role":"user","content":"a\\ud800b"}]}')
+    assert status == 200, payload
+    sent = claude_request(upstreams).json()  # the double refuses a body that is not UTF-8 (problems)
+    assert sent["messages"][0]["content"][0]["text"] == "a\ufffdb"
+
+
+def test_a_message_without_type_is_translated(envoy, upstreams):
+    completion = chat(envoy.port, "claude.example.com", headers={"x-test-message": "untyped"})
+    assert completion.choices[0].message.content == "Hello from Claude" and completion.usage.total_tokens > 0
+
+
+def test_a_2xx_that_cannot_be_translated_is_a_502_openai_error(envoy, upstreams):
+    err = status_error(chat, envoy.port, "claude.example.com", headers={"x-test-message": "html"})
+    assert err.status_code == 502 and err.body["code"] == "llmc_untranslatable_answer"
+
+
+def test_azure_streams_record_the_first_non_empty_model(envoy, upstreams, logs):
+    """Azure's first chunk (content filtering, on by default) says "model": ""; the next ones name it."""
+    path = logs / "access.log"
+    before = len(path.read_text().splitlines()) if path.exists() else 0
+    streamed = chat_stream(envoy.port, "azure.example.com")
+    assert streamed.chunks[0].model == "" and streamed.text == "Hello"
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [json.loads(line) for line in path.read_text().splitlines()[before:]]
+        entries = [e for e in lines if e["authority"] == "azure.example.com"]
+        if entries or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    (entry,) = entries
+    assert entry["response_model"] == "gpt-4o-mini-2026" and entry["request_total_tokens"] == 18

@@ -209,7 +209,8 @@ def prompt_of(u: dict) -> int:
 def test_any_anthropic_message_becomes_a_valid_chat_completion(blocks, stop, usage):
     msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test", "content": blocks,
            "stop_reason": stop, "stop_sequence": None, "usage": usage}
-    out, p, c, t, model = M.from_anthropic(json.dumps(msg), 200, 1700000000)
+    out, p, c, t, model, status = M.from_anthropic(json.dumps(msg), 200, 1700000000)
+    assert status == 200
     completion = ChatCompletion.model_validate_json(out)
     choice = completion.choices[0]
     texts = [b["text"] for b in blocks if b["type"] == "text"]

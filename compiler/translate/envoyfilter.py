@@ -28,7 +28,14 @@ from importlib import resources
 
 from .. import names
 from ..ir import Backend, Program, Rule, SecretRef, VirtualHost
-from ..protocols import ANTHROPIC_MAX_TOKENS, ANTHROPIC_VERSION, PROTOCOLS, credential_headers, endpoint
+from ..protocols import (
+    ANTHROPIC_MAX_TOKENS,
+    ANTHROPIC_VERSION,
+    AZURE_API_VERSION,
+    PROTOCOLS,
+    credential_headers,
+    endpoint,
+)
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 from .ratelimit import local_reply as rate_limit_reply
 from .ratelimit import rate_limit_filter, with_rate_limits
@@ -84,6 +91,9 @@ def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
         ctx["pin"] = pin
     if p.base_path is not None:
         ctx["base_path"] = p.base_path
+        if p.protocol == "azure-openai" and "?" not in p.base_path:
+            # Azure's every endpoint needs its api-version (found by the crossing matrix)
+            ctx["base_query"] = f"?api-version={c.api_version or AZURE_API_VERSION}"
     return ctx
 
 

@@ -328,10 +328,13 @@ local function decode_string(raw)
     local e = byte(raw, k + 1)
     if e == 117 then
       local cp, adv = tonumber(sub(raw, k + 2, k + 5), 16), 6
-      if cp >= 0xD800 and cp <= 0xDBFF and sub(raw, k + 6, k + 7) == "\\u" then
-        local lo = tonumber(sub(raw, k + 8, k + 11), 16)
+      if cp >= 0xD800 and cp <= 0xDFFF then
+        -- a lone surrogate has no UTF-8 form: U+FFFD, as Go's encoding/json decodes it
+        local lo = cp <= 0xDBFF and sub(raw, k + 6, k + 7) == "\\u" and tonumber(sub(raw, k + 8, k + 11), 16)
         if lo and lo >= 0xDC00 and lo <= 0xDFFF then
           cp, adv = 0x10000 + (cp - 0xD800) * 0x400 + (lo - 0xDC00), 12
+        else
+          cp = 0xFFFD
         end
       end
       out[#out + 1] = utf8_char(cp)
@@ -588,7 +591,8 @@ local function prepare_rule(route, name, rule, protocols)
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
       model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,
-      include_usage = b.include_usage, pin = b.pin, base_path = b.base_path, format = proto.format or "openai",
+      include_usage = b.include_usage, pin = b.pin, base_path = b.base_path, base_query = b.base_query or "",
+      format = proto.format or "openai",
       max_tokens = b.max_tokens, client_key = proto.client_key == true,
       auth_header = auth_header, auth_prefix = b.auth_prefix or proto.auth_prefix, headers = headers,
       -- a key sent in another header replaces the client's credential: the client's own
@@ -838,7 +842,7 @@ local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, mode
   local path, endpoint = b.path, endpoint_for(b, original_path)
   if b.base_path ~= nil then
     if endpoint == nil then return unknown_endpoint(h, cfg, b, original_path) end
-    if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint end
+    if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint .. b.base_query end
   end
   local out, err, param, note = body_for(endpoint, s, b, model_json, scanned)
   if out == nil then
@@ -1033,7 +1037,8 @@ function M.usage_of(s)
     if m[1] == "usage" and byte(s, m[2]) == 123 then
       local u = sub(s, m[2], m[3] - 1)
       p, c, t = count(u, "prompt_tokens"), count(u, "completion_tokens"), count(u, "total_tokens")
-    elseif m[1] == "model" and byte(s, m[2]) == 34 then
+    elseif m[1] == "model" and byte(s, m[2]) == 34 and m[3] - m[2] > 2 then
+      -- "" is no model (Azure's first streamed chunk): the first non-empty one counts
       model = decode_string(sub(s, m[2] + 1, m[3] - 2))
     end
   end
@@ -1293,7 +1298,7 @@ local function image_block(part)
     if not IMAGE_TYPES[mt] then return nil, "image type " .. mt .. " is not supported by this provider" end
     return obj("type", "image", "source", obj("type", "base64", "media_type", mt, "data", data))
   end
-  if url:match("^https?://") then return obj("type", "image", "source", obj("type", "url", "url", url)) end
+  if sub(url, 1, 8):lower() == "https://" then return obj("type", "image", "source", obj("type", "url", "url", url)) end
   return nil, "an image URL must be https:// or a base64 data: URL"
 end
 
@@ -1481,12 +1486,16 @@ local function usage_object(u)
     "prompt_tokens_details", obj("cached_tokens", u.read or 0)), prompt, completion, prompt + completion
 end
 
-local function openai_error(message, etype)
-  return obj("error", obj("message", message, "type", etype, "param", NULL, "code", NULL))
+local function openai_error(message, etype, code)
+  return obj("error", obj("message", message, "type", etype, "param", NULL, "code", code or NULL))
 end
 
+-- Anthropic's error types by status: for an error whose body says none (empty, HTML)
+local ERROR_TYPES = { [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
+  [404] = "not_found_error", [413] = "request_too_large", [429] = "rate_limit_error", [529] = "overloaded_error" }
+
 -- An Anthropic error body ({"type":"error","error":{type, message}}) as an OpenAI error body; a
--- body that is not one becomes a generic error naming the status.
+-- body that is not one (empty, not JSON) becomes a generic error naming the status.
 function M.error_from_anthropic(s, status)
   local v = M.decode(s)
   local e = oget(v, "error")
@@ -1494,15 +1503,32 @@ function M.error_from_anthropic(s, status)
     return M.encode(openai_error(oget(e, "message"), type(oget(e, "type")) == "string" and oget(e, "type") or "api_error"))
   end
   return M.encode(openai_error("llmc: the provider answered " .. tostring(status) .. " without an error message",
-    "api_error"))
+    ERROR_TYPES[status] or "api_error"))
 end
 
--- A non-streamed Messages answer `s` with HTTP `status` -> the OpenAI body, and prompt,
--- completion, total tokens and model for accounting (nil when not known).
+-- Anthropic's tool-use documentation shows messages without "type": one with no other type and
+-- an array `content` or the assistant's role is a message.
+local function is_message(msg)
+  local mtype = oget(msg, "type")
+  if mtype == "message" then return true end
+  return mtype == nil and is_obj(msg) and (is_arr(oget(msg, "content")) or oget(msg, "role") == "assistant")
+end
+
+-- A 2xx answer that is not a message: a 502 (never an error body under a 2xx).
+local function untranslatable(msg, status)
+  local e = oget(msg, "error")
+  local detail = type(oget(e, "message")) == "string" and (": " .. oget(e, "message")) or ""
+  return M.encode(openai_error("llmc: the provider's answer (HTTP " .. tostring(status) ..
+    ") is not a message llmc can translate" .. detail, "server_error", "llmc_untranslatable_answer"))
+end
+
+-- A non-streamed Messages answer `s` with HTTP `status` -> the OpenAI body, prompt, completion,
+-- total tokens and model for accounting (nil when not known), and the status for the client:
+-- an error keeps its status; a 2xx that cannot be translated becomes a 502.
 function M.from_anthropic(s, status, created)
-  if status ~= 200 then return M.error_from_anthropic(s, status) end
+  if status < 200 or status > 299 then return M.error_from_anthropic(s, status), nil, nil, nil, nil, status end
   local msg = M.decode(s)
-  if oget(msg, "type") ~= "message" then return M.error_from_anthropic(s, status) end
+  if not is_message(msg) then return untranslatable(msg, status), nil, nil, nil, nil, 502 end
   local texts, calls = {}, arr()
   local content = oget(msg, "content")
   for i = 1, (is_arr(content) and content.n or 0) do
@@ -1523,14 +1549,19 @@ function M.from_anthropic(s, status, created)
   local out = obj("id", oget(msg, "id"), "object", "chat.completion", "created", created, "model", model,
     "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL,
       "finish_reason", FINISH[oget(msg, "stop_reason")] or "stop") }), "usage", usage)
-  return M.encode(out), p, c, t, type(model) == "string" and model or nil
+  return M.encode(out), p, c, t, type(model) == "string" and model or nil, status
 end
+
+-- A translated stream's event may be this large (waiting for its end in memory); a larger one
+-- ends the stream with an OpenAI error event, never with finish_reason and [DONE] over a gap.
+local MAX_TRANSLATED_EVENT = 1048576
 
 -- The translation state of one streamed answer: `feed` takes body chunks and returns the OpenAI
 -- events for every complete Anthropic event in them (a partial line waits for the next chunk);
--- afterwards `prompt`, `completion`, `total`, `model` hold the usage for accounting.
+-- afterwards `prompt`, `completion`, `total`, `model` hold the usage for accounting. `failed` is
+-- set when an event was over MAX_TRANSLATED_EVENT.
 function M.new_anthropic_stream(include_usage, created)
-  local st = { carry = "", id = "", model = "", tools = {}, ntools = 0, usage = {} }
+  local st = { id = "", model = "", tools = {}, ntools = 0, usage = {} }
 
   local function event(delta, finish)
     return "data: " .. M.encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
@@ -1602,19 +1633,48 @@ function M.new_anthropic_stream(include_usage, created)
     return handler(ev)
   end
 
+  -- the pieces of an unfinished line (a list: a string grown per chunk copies it per chunk)
+  local pending, npending = {}, 0
+
+  local function too_large()
+    st.done, st.failed, pending, npending = true, true, {}, 0
+    return "data: " .. M.encode(openai_error(format("llmc: an event of the provider's stream is over %d MiB, " ..
+      "which llmc does not translate; the answer is incomplete", MAX_TRANSLATED_EVENT / 1048576), "server_error",
+      "llmc_event_too_large")) .. "\n\n"
+  end
+
   function st.feed(s)
-    local text = st.carry .. s
+    if st.failed then return "" end
+    if not find(s, "\n", 1, true) then
+      npending = npending + #s
+      if npending > MAX_TRANSLATED_EVENT then return too_large() end
+      pending[#pending + 1] = s
+      return ""
+    end
+    local text = s
+    if npending > 0 then
+      pending[#pending + 1] = s
+      text, pending = concat(pending), {}
+    end
     local out, start = {}, 1
     while true do
       local nl = find(text, "\n", start, true)
       if not nl then break end
+      if nl - start > MAX_TRANSLATED_EVENT then
+        out[#out + 1] = too_large()
+        return concat(out)
+      end
       if byte(text, start) == 100 and sub(text, start, start + 4) == "data:" then
         out[#out + 1] = on_line(sub(text, start + 5, nl - 1))
       end
       start = nl + 1
     end
-    st.carry = sub(text, start)
-    if #st.carry > MAX_SSE_LINE then st.carry = "" end
+    npending = #text - start + 1
+    if npending > MAX_TRANSLATED_EVENT then
+      out[#out + 1] = too_large()
+    elseif npending > 0 then
+      pending[1] = sub(text, start)
+    end
     return concat(out)
   end
 
@@ -1652,42 +1712,77 @@ local function record_news(h, seen, p, c, t, model)
   seen.p, seen.c, seen.t, seen.model = p or seen.p, c or seen.c, t or seen.t, model or seen.model
 end
 
+-- A compressed answer despite `accept-encoding: identity` cannot be read (no zlib in Envoy's Lua):
+-- an OpenAI error without content-encoding, 502 or the error's own status (README, "Answers llmc
+-- cannot translate").
+local function compressed_answer(h, headers, status, encoding, sse)
+  local answer = status >= 400 and status or 502
+  local etype = status >= 400 and (ERROR_TYPES[status] or "api_error") or "server_error"
+  local err = M.encode(openai_error("llmc: the provider answered " .. tostring(status) .. " compressed " ..
+    "(content-encoding: " .. encoding .. "), which llmc cannot translate", etype, "llmc_compressed_answer"))
+  h:logWarn("llmc: the provider answered with content-encoding " .. encoding .. " although asked for identity")
+  headers:remove("content-encoding")
+  headers:replace("content-type", "application/json")
+  headers:replace(":status", tostring(answer))
+  if not sse then
+    h:body(true):setBytes(err) -- wrapped even when empty; setBytes fixes Content-Length
+    return
+  end
+  -- a stream is not buffered: its first chunk becomes the error, the rest nothing
+  headers:remove("content-length")
+  local sent = false
+  for chunk in h:bodyChunks() do
+    if not sent then
+      chunk:setBytes(err)
+      sent = true
+    elseif chunk:length() > 0 then
+      chunk:setBytes("")
+    end
+  end
+end
+
 -- Runs instead of the usage reader when the request was translated (`note`, from M.shape through
 -- dynamic metadata). A stream is rewritten event by event as its chunks pass: Content-Length is
 -- dropped first (the length changes; Envoy sends the answer chunked), then every chunk's bytes are
 -- replaced by the OpenAI events of the Anthropic events it completes (tests/test_anthropic_e2e.py
 -- proves this on Envoy 1.37-1.39; README, "Providers", has the fallback). Any other answer is a
--- JSON body, small (one message, or an error): read whole with body(), translated, replaced.
+-- JSON body, small (one message, or an error): read whole with body(true) (wrapped even when
+-- empty, so an empty 529 gets a body), translated, replaced; an untranslatable 2xx becomes 502.
 function M.on_translated_response(h, note)
   local headers = h:headers()
-  local status = tonumber(headers:get(":status"))
+  local status = tonumber(headers:get(":status")) or 502
   local sse = find(headers:get("content-type") or "", "text/event-stream", 1, true) ~= nil
+  local encoding = headers:get("content-encoding")
+  if encoding ~= nil and encoding:lower() ~= "identity" then
+    return compressed_answer(h, headers, status, encoding, sse)
+  end
   local created = os.time()
-  local p, c, t, model
   if sse and status == 200 then
     headers:remove("content-length")
     local st = M.new_anthropic_stream(note == "anthropic+usage", created)
     local seen, usage = {}, st.usage
     for chunk in h:bodyChunks() do
       local n = chunk:length()
-      if n > 0 then
+      if n > 0 and not st.failed then
         chunk:setBytes(st.feed(chunk:getBytes(0, n)))
         -- message_start and message_delta replace the usage table; recorded then (record_news)
         if st.usage ~= usage then
           usage = st.usage
           record_news(h, seen, st.totals())
         end
+        if st.failed then h:logWarn("llmc: a stream event over the translation limit ended the stream") end
+      elseif n > 0 then
+        chunk:setBytes("") -- nothing after the error event
       end
     end
     return
-  else
-    headers:replace("content-type", "application/json")
-    local body = h:body()
-    local n = body and body:length() or 0
-    local out
-    out, p, c, t, model = M.from_anthropic(n > 0 and body:getBytes(0, n) or "", status, created)
-    if body then body:setBytes(out) end
   end
+  headers:replace("content-type", "application/json")
+  local body = h:body(true)
+  local n = body:length()
+  local out, p, c, t, model, answer = M.from_anthropic(n > 0 and body:getBytes(0, n) or "", status, created)
+  body:setBytes(out)
+  if answer ~= status then h:headers():replace(":status", tostring(answer)) end
   record_usage(h, p, c, t, model)
 end
 
@@ -1862,7 +1957,7 @@ function M.on_attempt(h, a)
   local original_path = mine.client_path or headers:get(":path")
   local endpoint = endpoint_for(b, original_path) or "chat" -- validated by the downstream filter
   local path = b.path
-  if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint end
+  if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint .. b.base_query end
   local body = h:body()
   local s = body:getBytes(0, body:length())
   local out = body_for(endpoint, s, b, mine.routed_model) or s -- validated by the downstream filter

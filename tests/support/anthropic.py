@@ -19,13 +19,23 @@ Both follow Anthropic's documented API (docs.anthropic.com, "Messages", "Streami
   stream (``x-test-stream-error: 1``); ``x-test-linger`` as in :mod:`tests.support.upstream`. A
   request that fails :func:`request_problems` gets Anthropic's 400 ``invalid_request_error`` and is
   recorded, so tests see it.
+
+Answers a broken or surprising provider gives (issue 24, item 8), asked for with request headers:
+``x-test-pad: <n>`` (the first text delta of a stream, or a message's text, carries n more
+characters: one event over any line limit), ``x-test-gzip: 1`` (the answer is gzip-compressed with
+``content-encoding: gzip`` although llmc asks for ``identity``), ``x-test-error-body: empty | html``
+(an error status, from ``x-test-status``, with an empty body or a proxy's HTML page instead of
+Anthropic's JSON error), ``x-test-message: untyped | html`` (a 200 message without ``"type"``, as
+the tool-use examples of Anthropic's documentation show them, or a 200 HTML page).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler
 
 from tests.support.upstream import ProviderHandler, Recorded, Server, end_stream
@@ -35,6 +45,7 @@ TOP_LEVEL = {"model", "max_tokens", "messages", "system", "temperature", "top_p"
 ERRORS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
           529: "overloaded_error"}
+PIECE = 16384  # the largest piece of a stream written at once
 USAGE = {"input_tokens": 21, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 5, "output_tokens": 9}
 
 
@@ -137,9 +148,9 @@ def request_problems(path: str, headers: dict[str, str], body: bytes) -> list[st
     if not headers.get("content-type", "").startswith("application/json"):
         out.append("content-type: must be application/json")
     try:
-        parsed = json.loads(body)
+        parsed = json.loads(body.decode("utf-8"))  # strict: Python's json.loads(bytes) lets surrogates pass
     except ValueError:
-        return [*out, "body: not JSON"]
+        return [*out, "body: not JSON (or not UTF-8)"]
     return out + body_problems(parsed)
 
 
@@ -210,22 +221,44 @@ class AnthropicUpstream:
         if problems:
             return self._error(h, 400, "; ".join(problems))
         if status != 200:
+            body = {"empty": b"", "html": b"<html><body>502 Bad Gateway</body></html>"}.get(
+                headers.get("x-test-error-body", ""))
+            if body is not None:
+                return self._raw(h, status, "text/html" if body else None, body)
             return self._error(h, status, f"test error {status}")
+        if headers.get("x-test-message") == "html":
+            return self._raw(h, 200, "text/html", b"<html><body>Welcome</body></html>")
         req = json.loads(body)
         last = req["messages"][-1]
         wants_tool = bool(req.get("tools")) and last["role"] == "user" and not any(
             isinstance(b, dict) and b.get("type") == "tool_result" for b in last["content"]
             if isinstance(last["content"], list))
         tool = req["tools"][0] if wants_tool else None
+        pad = "." * int(headers.get("x-test-pad", "0"))
         if req.get("stream"):
-            return self._sse(h, stream_events(req["model"], ident, tool, headers.get("x-test-stream-error") == "1"))
-        self._json(h, 200, message(req["model"], ident, tool))
+            events = stream_events(req["model"], ident, tool, headers.get("x-test-stream-error") == "1")
+            for _, data in events:
+                if pad and data["type"] == "content_block_delta":
+                    data["delta"]["text"] += pad
+                    break
+            return self._sse(h, events)
+        msg = message(req["model"], ident, tool)
+        msg["content"][0]["text"] += pad
+        if headers.get("x-test-message") == "untyped":
+            del msg["type"]
+        self._json(h, 200, msg)
 
     def _json(self, h, status: int, obj: dict) -> None:
-        payload = json.dumps(obj).encode()
+        self._raw(h, status, "application/json", json.dumps(obj).encode())
+
+    def _raw(self, h, status: int, ctype: str | None, payload: bytes) -> None:
         h.send_response(status)
-        h.send_header("content-type", "application/json")
+        if ctype is not None:
+            h.send_header("content-type", ctype)
         h.send_header("request-id", "req_test")
+        if h.headers.get("x-test-gzip") == "1":
+            payload = gzip.compress(payload, mtime=0)
+            h.send_header("content-encoding", "gzip")
         h.send_header("content-length", str(len(payload)))
         h.end_headers()
         h.wfile.write(payload)
@@ -234,17 +267,30 @@ class AnthropicUpstream:
         self._json(h, status, {"type": "error", "error": {"type": ERRORS.get(status, "api_error"), "message": message}})
 
     def _sse(self, h, events: list[tuple[str, dict]]) -> None:
+        compress = zlib.compressobj(wbits=31) if h.headers.get("x-test-gzip") == "1" else None
         h.send_response(200)
         h.send_header("content-type", "text/event-stream; charset=utf-8")
         h.send_header("request-id", "req_test")
+        if compress is not None:
+            h.send_header("content-encoding", "gzip")
         h.send_header("transfer-encoding", "chunked")
         h.end_headers()
         for i, (name, data) in enumerate(events):
             chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-            h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            h.wfile.flush()
+            if compress is not None:
+                chunk = compress.compress(chunk) + compress.flush(zlib.Z_SYNC_FLUSH)
+            # a large event arrives in pieces, as from a network (the proxy sees it across chunks)
+            for at in range(0, len(chunk), PIECE):
+                piece = chunk[at:at + PIECE]
+                h.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                h.wfile.flush()
+                if len(chunk) > PIECE:
+                    time.sleep(0.002)
             if i == 0:
                 time.sleep(self.sse_pause)
+        if compress is not None:
+            tail = compress.flush()
+            h.wfile.write(f"{len(tail):x}\r\n".encode() + tail + b"\r\n")
         end_stream(h)
 
     def clear(self) -> None:

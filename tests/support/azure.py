@@ -7,8 +7,10 @@ the ``api-key`` header (or an Entra ID token in ``Authorization: Bearer``), a JS
 deployment (else 404 ``DeploymentNotFound``), ``api-version`` present (else 404 — Azure answers a
 missing version with ``Resource not found``), a credential (else 401 with Azure's message), and
 ``messages`` an array (else 400). A request that passes is answered by the OpenAI double
-(tests/support/upstream.py: the response format is OpenAI's), plus Azure's
-``prompt_filter_results``-free subset of fields; every request is recorded either way.
+(tests/support/upstream.py: the response format is OpenAI's); every request is recorded either way.
+A stream starts as Azure's does with content filtering on (the default): a first chunk with empty
+``choices``, an empty ``id``, ``object`` and ``model`` and the prompt's ``prompt_filter_results``,
+then the completion's chunks, which name the model.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from urllib.parse import parse_qs, urlsplit
 from tests.support.upstream import Recorded, Upstream
 
 PATH = re.compile(r"^/openai/deployments/([A-Za-z0-9._-]+)/chat/completions$")
+SAFE = {"filtered": False, "severity": "safe"}
+# Azure's first streamed chunk with content filtering on: no model yet (issue 24, item 9)
+PROMPT_FILTER_CHUNK = {"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": [
+    {"prompt_index": 0, "content_filter_results": {k: SAFE for k in ("hate", "self_harm", "sexual", "violence")}}]}
 NO_KEY = ("Access denied due to missing subscription key. Make sure to include subscription key when making "
           "requests to an API.")
 
@@ -31,6 +37,9 @@ class AzureUpstream(Upstream):
     def __init__(self, name: str, deployments: tuple[str, ...], **options):
         self.deployments = deployments
         super().__init__(name, **options)
+
+    def _first_events(self) -> list[dict]:
+        return [PROMPT_FILTER_CHUNK]
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         url = urlsplit(h.path)

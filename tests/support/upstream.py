@@ -215,6 +215,7 @@ class Upstream:
                   for d, f in deltas]
         if include:  # OpenAI: "usage": null on every chunk, then one with empty choices and the usage
             events = [{**e, "usage": None} for e in events] + [{**base, "choices": [], "usage": usage}]
+        events = self._first_events() + events
         # OpenAI's events are compact JSON
         chunks = [f"data: {json.dumps(e, separators=(',', ':'))}\n\n".encode() for e in events]
         chunks.append(b"data: [DONE]\n\n")
@@ -230,6 +231,10 @@ class Upstream:
             if i == 0:
                 time.sleep(self.sse_pause)
         end_stream(h)
+
+    def _first_events(self) -> list[dict]:
+        """Events a provider streams before the completion's own (none for OpenAI; Azure overrides)."""
+        return []
 
     def clear(self) -> None:
         with self._lock:
