@@ -1,0 +1,276 @@
+"""Token limits end to end (issue 30): the real ``llmc render`` output in a real Envoy, the official
+``openai`` SDK as the client, the rate-limit service double (tests/support/ratelimit.py) loaded with
+the ConfigMap llmc emitted, counting in a real redis-server.
+
+Every provider double answers with usage 11 prompt + 7 completion tokens (18 in all).
+tests/testdata/e2e/token-limits.yaml says which rule has which limit. The charge is sent when the
+stream is done, after the client has its answer, so counters are awaited (never timed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from contextlib import ExitStack
+
+import openai
+import pytest
+
+from tests.conftest import TESTDATA
+from tests.support.envoy_harness import Envoy, envoy_version
+from tests.support.mesh import llmc_render, running_envoy
+from tests.support.ratelimit import RateLimitDouble, RedisServer, configmap_files, counter, free_port, serving
+from tests.support.upstream import serving as serving_upstreams
+
+pytestmark = pytest.mark.envoy
+
+INPUT = TESTDATA / "e2e" / "token-limits.yaml"
+RLS = "llmc-system/ratelimit:8081"
+RLS_CLUSTER = "outbound|8081||ratelimit.llmc-system.svc.cluster.local"
+HOSTS = ("qwen.example.com", "kimi.example.com", "openai.example.com")
+CHAT = "chat-gateway"
+MESSAGES = [{"role": "user", "content": "hello"}]
+WEIGHTED = 11 + 4 * 7  # cost {prompt: 1, completion: 4}
+TOTAL = 18
+
+
+def rls_cluster(port: int) -> dict:
+    """What istiod builds for the service's Kubernetes Service (a grpc port: HTTP/2)."""
+    return {"name": RLS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": RLS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
+def for_istiod(objects: list[dict]) -> list[dict]:
+    """What istiod reads: the Istio objects (the ConfigMap is the rate-limit service's)."""
+    return [o for o in objects if o["kind"] != "ConfigMap"]
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def objects():
+    return llmc_render("-f", str(INPUT), "--rate-limit-service", RLS)
+
+
+@pytest.fixture(scope="module")
+def rls(redis_server, objects):
+    double = RateLimitDouble(redis_server.client, configmap_files(objects))
+    with serving(double) as port:
+        double.port = port
+        yield double
+
+
+@pytest.fixture(scope="module")
+def upstreams():
+    with serving_upstreams(HOSTS) as ups:
+        yield ups
+
+
+@pytest.fixture(scope="module")
+def proxies(objects, rls, upstreams):
+    """A sidecar in team-a and one in team-b, both using the one rate-limit service."""
+    with ExitStack() as stack:
+        yield {ns: stack.enter_context(running_envoy(for_istiod(objects), upstreams, proxy_namespace=ns,
+                                                     extra_clusters=[rls_cluster(rls.port)]))
+               for ns in ("team-a", "team-b")}
+
+
+@pytest.fixture(autouse=True)
+def _fresh(redis_server, upstreams):
+    redis_server.flush()
+    for u in upstreams.values():
+        u.clear()
+
+
+def sdk(proxy: Envoy, host: str = CHAT, **headers: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{proxy.port}/v1", api_key="sk-app-own-key", max_retries=0,
+                         timeout=30, default_headers={"Host": host, **headers})
+
+
+def eventually(redis_server: RedisServer, name: str, value: int) -> dict[str, int]:
+    """The counters once ``name`` reached ``value`` (the charge is sent when the stream is done)."""
+    deadline = time.monotonic() + 15
+    while True:
+        got = redis_server.counters()
+        if got.get(name) == value or time.monotonic() > deadline:
+            assert got.get(name) == value, got
+            return got
+        time.sleep(0.02)
+
+
+def settle(rls: RateLimitDouble, count: int) -> None:
+    """Wait until the service has received ``count`` calls in all (a refused request's charge, of 0,
+    is sent too), so no call of one test lands in the next."""
+    deadline = time.monotonic() + 15
+    while len(rls.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(rls.requests) == count, [r.descriptors for r in rls.requests[count - 4:]]
+
+
+USER = "route/team-a/chat/per-user/user-tph"
+
+
+def test_json_answers_are_charged_exactly_then_the_next_request_gets_an_openai_429(proxies, redis_server, upstreams,
+                                                                                   rls):
+    before = len(rls.requests)
+    client = sdk(proxies["team-a"], **{"x-tier": "free", "x-user-id": "alice"})
+    client.chat.completions.create(model="any", messages=MESSAGES)
+    eventually(redis_server, counter(USER, ("header.x-user-id", "alice")), WEIGHTED)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="any", messages=MESSAGES)
+    assert err.value.status_code == 429 and err.value.code == "rate_limit_exceeded"
+    assert err.value.body["type"] == "tokens"
+    headers = err.value.response.headers
+    assert headers["content-type"] == "application/json" and headers["x-ratelimit-limit"].startswith("30")
+    assert int(headers["retry-after"]) > 0 and headers["x-ratelimit-remaining"] == "0"
+    assert len(upstreams["qwen.example.com"].requests) == 1, "the refused request never reached the provider"
+    settle(rls, before + 4)  # check + charge for each request
+    # the refusal charged nothing: llmc's own 429 costs 0
+    assert redis_server.counters()[counter(USER, ("header.x-user-id", "alice"))] == WEIGHTED
+    assert [d.hits_addend.value for d in rls.requests[before + 3].descriptors] == [0]
+
+
+def test_each_header_value_has_its_own_bucket_and_absent_headers_share_one(proxies, redis_server):
+    for user in ("bob", "carol"):
+        sdk(proxies["team-a"], **{"x-tier": "free", "x-user-id": user}).chat.completions.create(
+            model="any", messages=MESSAGES)
+    sdk(proxies["team-a"], **{"x-tier": "free"}).chat.completions.create(model="any", messages=MESSAGES)
+    for user in ("bob", "carol", "-"):  # "-": the requests without the header
+        eventually(redis_server, counter(USER, ("header.x-user-id", user)), WEIGHTED)
+
+
+def test_sse_answers_are_charged_exactly(proxies, redis_server):
+    client = sdk(proxies["team-a"], **{"x-tier": "free", "x-user-id": "dave"})
+    stream = client.chat.completions.create(model="any", messages=MESSAGES, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.total_tokens == TOTAL
+    eventually(redis_server, counter(USER, ("header.x-user-id", "dave")), WEIGHTED)
+
+
+def test_a_stream_without_usage_is_charged_the_request_size_estimate(proxies, redis_server, upstreams):
+    """The notes' fallback: no usage reported (the client did not ask) → request.size / 4 on a 2xx,
+    the size of the body as shaped for the provider (its model written in)."""
+    body = json.dumps({"model": "any", "messages": MESSAGES, "stream": True}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{proxies['team-a'].port}/v1/chat/completions", data=body,
+                                     headers={"Host": CHAT, "content-type": "application/json", "x-tier": "free",
+                                              "x-user-id": "erin"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        assert b"data: [DONE]" in r.read()
+    (sent,) = upstreams["qwen.example.com"].requests
+    assert len(sent.body) != len(body)
+    eventually(redis_server, counter(USER, ("header.x-user-id", "erin")), len(sent.body) // 4)
+
+
+def test_shadow_limits_count_but_never_refuse(proxies, redis_server):
+    client = sdk(proxies["team-a"], **{"x-tier": "shadow"})
+    for n in range(1, 4):  # 18, 36, 54 tokens against a budget of 10
+        client.chat.completions.create(model="any", messages=MESSAGES)
+        eventually(redis_server, counter("route/team-a/chat/shadow/audit"), n * TOTAL)
+
+
+def test_a_weighted_rule_is_charged_on_the_pinned_route_keyed_by_model(proxies, redis_server, upstreams):
+    client = sdk(proxies["team-a"], **{"x-tier": "split"})
+    for _ in range(12):
+        client.chat.completions.create(model="any", messages=MESSAGES)
+    by_provider = {h: len(upstreams[h].requests) for h in ("qwen.example.com", "kimi.example.com")}
+    assert sum(by_provider.values()) == 12 and all(by_provider.values()), by_provider
+    limit = "route/team-a/chat/split/model-tpd"
+    eventually(redis_server, counter(limit, ("model", "qwen-plus")), by_provider["qwen.example.com"] * TOTAL)
+    eventually(redis_server, counter(limit, ("model", "kimi-k2")), by_provider["kimi.example.com"] * TOTAL)
+
+
+def test_source_workload_keys(proxies, redis_server):
+    sdk(proxies["team-a"], **{"x-tier": "workload"}).chat.completions.create(model="any", messages=MESSAGES)
+    eventually(redis_server, counter("route/team-a/chat/workload/workload-tpd", ("source_cluster", "sleep.team-a")),
+               TOTAL)
+
+
+def test_a_provider_limit_is_one_bucket_across_namespaces(proxies, redis_server, upstreams, rls):
+    before = len(rls.requests)
+    provider = counter("provider/platform/shared-openai/provider-tph")
+    sdk(proxies["team-a"], host="openai.example.com").chat.completions.create(model="any", messages=MESSAGES)
+    eventually(redis_server, provider, TOTAL)
+    sdk(proxies["team-b"], host="openai.example.com").chat.completions.create(model="any", messages=MESSAGES)
+    eventually(redis_server, provider, 2 * TOTAL)
+    sdk(proxies["team-b"], host="openai.example.com").chat.completions.create(model="any", messages=MESSAGES)
+    eventually(redis_server, provider, 3 * TOTAL)  # 54 > 50: spent, for both namespaces
+    for ns in ("team-a", "team-b"):
+        with pytest.raises(openai.RateLimitError):
+            sdk(proxies[ns], host="openai.example.com").chat.completions.create(model="any", messages=MESSAGES)
+    assert len(upstreams["openai.example.com"].requests) == 3
+    settle(rls, before + 10)
+
+
+def test_unlimited_routes_make_no_call_to_the_service(proxies, rls, redis_server):
+    before = len(rls.requests)
+    sdk(proxies["team-a"]).chat.completions.create(model="any", messages=MESSAGES)
+    # then a limited request: once its check and charge arrived, the unlimited one's would have too
+    sdk(proxies["team-a"], **{"x-tier": "shadow"}).chat.completions.create(model="any", messages=MESSAGES)
+    eventually(redis_server, counter("route/team-a/chat/shadow/audit"), TOTAL)
+    settle(rls, before + 2)
+    assert all(d.entries[0].value == "route/team-a/chat/shadow/audit" for r in rls.requests[before:]
+               for d in r.descriptors)
+
+
+def test_a_provider_error_is_charged_nothing(proxies, redis_server, rls):
+    client = sdk(proxies["team-a"], **{"x-tier": "free", "x-user-id": "frank", "x-test-status": "500"})
+    before = len(rls.requests)
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="any", messages=MESSAGES)
+    deadline = time.monotonic() + 15
+    while len(rls.requests) < before + 2 and time.monotonic() < deadline:  # the check, then the charge
+        time.sleep(0.02)
+    charge = rls.requests[before + 1]
+    assert [d.hits_addend.value for d in charge.descriptors] == [0]
+    assert redis_server.counters().get(counter(USER, ("header.x-user-id", "frank")), 0) == 0
+
+
+def _down_supported() -> None:
+    major, minor, patch = (int(x) for x in envoy_version().split(".")[:3])
+    if (major, minor, patch) < (1, 38, 3):
+        pytest.skip("Envoy < 1.38.3 (Istio < 1.29.1) may crash when the rate-limit service fails with "
+                    "apply_on_stream_done (CVE-2026-26330)")
+
+
+@pytest.mark.parametrize("fail_closed", [False, True], ids=["fail-open", "fail-closed"])
+def test_service_down(fail_closed, upstreams, redis_server):
+    _down_supported()
+    args = ["--rate-limit-fail-closed"] if fail_closed else []
+    objects = llmc_render("-f", str(INPUT), "--rate-limit-service", RLS, *args)
+    dead = rls_cluster(free_port())  # nothing listens there
+    with running_envoy(for_istiod(objects), upstreams, proxy_namespace="team-a", extra_clusters=[dead]) as proxy:
+        client = sdk(proxy, **{"x-tier": "free", "x-user-id": "gina"})
+        if not fail_closed:
+            assert client.chat.completions.create(model="any", messages=MESSAGES).usage.total_tokens == TOTAL
+            return
+        with pytest.raises(openai.InternalServerError) as err:
+            client.chat.completions.create(model="any", messages=MESSAGES)
+        assert err.value.status_code == 503 and err.value.code == "rate_limit_service_unavailable"
+        assert not upstreams["qwen.example.com"].requests
+        # unlimited routes do not depend on the service
+        assert sdk(proxy).chat.completions.create(model="any", messages=MESSAGES).usage.total_tokens == TOTAL
+
+
+def test_redis_down_fails_open_by_default(objects, upstreams):
+    """The service answers with an error when its Redis is gone; Envoy lets the request pass."""
+    _down_supported()
+    import redis
+
+    double = RateLimitDouble(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2),
+                             configmap_files(objects))
+    with serving(double) as port, running_envoy(for_istiod(objects), upstreams, proxy_namespace="team-a",
+                                                extra_clusters=[rls_cluster(port)]) as proxy:
+        client = sdk(proxy, **{"x-tier": "free", "x-user-id": "hal"})
+        assert client.chat.completions.create(model="any", messages=MESSAGES).usage.total_tokens == TOTAL
+        assert double.requests, "the check reached the service"
