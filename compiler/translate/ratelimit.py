@@ -107,7 +107,7 @@ def _part_variants(part: tuple[str, str], vh: VirtualHost, backend: Backend) -> 
 def limit_entries(limit: TokenLimit, vh: VirtualHost, backend: Backend) -> list[dict]:
     """The check and charge entries of one limit on a route to ``backend``."""
     head = {"generic_key": {"descriptor_key": LIMIT_KEY, "descriptor_value": limit.id}}
-    out = []
+    out: list[dict] = []
     for combo in itertools.product(*(_part_variants(p, vh, backend) for p in limit.key)):
         actions = [head, *combo]
         out.append({"actions": actions, "hits_addend": {"number": 0}})
