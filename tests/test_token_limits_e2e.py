@@ -274,3 +274,32 @@ def test_redis_down_fails_open_by_default(objects, upstreams):
         client = sdk(proxy, **{"x-tier": "free", "x-user-id": "hal"})
         assert client.chat.completions.create(model="any", messages=MESSAGES).usage.total_tokens == TOTAL
         assert double.requests, "the check reached the service"
+
+
+def test_concurrent_requests_overshoot_by_at_most_their_number(proxies, redis_server, rls, capsys):
+    """Charging after the fact (notes §5.5): requests in flight all pass the check. 10 at once against
+    a budget of 30 (39 per answer): each admitted one is charged in full, at most 10 are, and once
+    the charges are in, the next request is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = len(rls.requests)
+    client = sdk(proxies["team-a"], **{"x-tier": "free", "x-user-id": "zed"})
+
+    def one(_):
+        try:
+            client.chat.completions.create(model="any", messages=MESSAGES)
+            return "ok"
+        except openai.RateLimitError:
+            return "429"
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(one, range(10)))
+    admitted = outcomes.count("ok")
+    assert 1 <= admitted <= 10 and admitted + outcomes.count("429") == 10
+    settle(rls, before + 20)
+    assert redis_server.counters()[counter(USER, ("header.x-user-id", "zed"))] == admitted * WEIGHTED
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="any", messages=MESSAGES)
+    with capsys.disabled():
+        print(f"\n[token limits] 10 concurrent requests, budget 30, 39 per answer: {admitted} admitted, "
+              f"{admitted * WEIGHTED} tokens charged")
