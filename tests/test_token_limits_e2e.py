@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import TESTDATA
-from tests.support.envoy_harness import Envoy, envoy_version
+from tests.support.envoy_harness import Envoy, envoy_minor, envoy_version
 from tests.support.mesh import llmc_render, running_envoy
 from tests.support.ratelimit import RateLimitDouble, RedisServer, configmap_files, counter, free_port, serving
 from tests.support.upstream import serving as serving_upstreams
@@ -188,6 +188,17 @@ def test_a_weighted_rule_is_charged_on_the_pinned_route_keyed_by_model(proxies, 
     limit = "route/team-a/chat/split/model-tpd"
     eventually(redis_server, counter(limit, ("model", "qwen-plus")), by_provider["qwen.example.com"] * TOTAL)
     eventually(redis_server, counter(limit, ("model", "kimi-k2")), by_provider["kimi.example.com"] * TOTAL)
+
+
+def test_a_failover_rule_is_charged_once_for_the_answer(proxies, redis_server, upstreams, rls):
+    if envoy_minor() < (1, 39):
+        pytest.skip("failover needs Envoy 1.39+ (Istio 1.31); `python -m tests.envoy_versions 1.39.3` runs it")
+    upstreams["qwen.example.com"].fail = "500"
+    before = len(rls.requests)
+    sdk(proxies["team-a"], **{"x-tier": "failover"}).chat.completions.create(model="any", messages=MESSAGES)
+    assert [len(upstreams[h].requests) for h in ("qwen.example.com", "kimi.example.com")] == [1, 1]
+    eventually(redis_server, counter("route/team-a/chat/failover/failover-tph"), TOTAL)
+    settle(rls, before + 2)  # one check, one charge: the failed try costs nothing
 
 
 def test_source_workload_keys(proxies, redis_server):
