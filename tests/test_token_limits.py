@@ -215,3 +215,52 @@ def test_fail_closed_maps_the_service_failure():
                                                                               fail_closed=True))).objects
     text = json.dumps(objects)
     assert '"failure_mode_deny": true' in text and '"RLSE"' in text and "ServiceUnavailable" in text
+
+
+# The filter's part (LuaJIT under lupa): on a limited rule it asks a streaming client's usage for the
+# charge and drops the usage event the client did not ask for.
+
+@pytest.fixture(scope="module")
+def lua():
+    from tests.support.lua import LuaFilter
+
+    return LuaFilter()
+
+
+def _ctx(**backend) -> dict:
+    from tests.test_lua import ctx
+
+    return ctx(**backend)
+
+
+@pytest.mark.parametrize("body,asked,note", [
+    ('{"messages":[],"stream":true}', True, True),  # streams, did not ask: llmc asks, and notes it
+    ('{"messages":[],"stream":true,"stream_options":{"include_usage":false}}', False, False),  # chose
+    ('{"messages":[],"stream":true,"stream_options":{"include_usage":true}}', True, False),  # asked itself
+    ('{"messages":[]}', False, False),  # no stream: usage is in the answer
+])
+def test_limited_rules_ask_usage_for_streams(lua, body, asked, note):
+    r = lua.request(_ctx(limit_usage=True), body)
+    got = json.loads(r.body)
+    assert (got.get("stream_options") == {"include_usage": True}) is asked
+    assert (r.metadata.get("llmc:translate") == "openai+usage") is note
+
+
+def test_unlimited_rules_do_not(lua):
+    r = lua.request(_ctx(), '{"messages":[],"stream":true}')
+    assert "stream_options" not in json.loads(r.body) and "llmc:translate" not in r.metadata
+
+
+def _events(*objs) -> str:
+    return "".join(f"data: {json.dumps(o, separators=(',', ':'))}\n\n" for o in objs) + "data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("cut", [1, 7, 40, 1000])
+def test_the_usage_event_is_dropped_however_the_stream_is_cut(lua, cut):
+    chunk = {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}],
+             "usage": None}
+    usage = {"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 11}}
+    stream = _events(chunk, chunk, usage)
+    dropper = lua.M.new_usage_dropper()
+    out = "".join(dropper.feed(stream[i:i + cut]) for i in range(0, len(stream), cut))
+    assert out == _events(chunk, chunk)

@@ -158,13 +158,24 @@ def test_sse_answers_are_charged_exactly(proxies, redis_server):
     eventually(redis_server, counter(USER, ("header.x-user-id", "dave")), WEIGHTED)
 
 
+def test_a_plain_stream_is_charged_exactly_and_the_client_sees_no_usage_event(proxies, redis_server, upstreams):
+    """A client that streams without asking for usage: the filter asks for it (the charge needs it)
+    and drops the usage event before the client, which did not ask, sees it."""
+    client = sdk(proxies["team-a"], **{"x-tier": "free", "x-user-id": "ivan"})
+    chunks = list(client.chat.completions.create(model="any", messages=MESSAGES, stream=True))
+    assert chunks and all(c.choices for c in chunks) and "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello"
+    (sent,) = upstreams["qwen.example.com"].requests
+    assert sent.json()["stream_options"] == {"include_usage": True}
+    eventually(redis_server, counter(USER, ("header.x-user-id", "ivan")), WEIGHTED)
+
+
 def test_a_stream_without_usage_is_charged_the_request_size_estimate(proxies, redis_server, upstreams):
-    """The notes' fallback: no usage reported (the client did not ask) → request.size / 4 on a 2xx,
-    the size of the body as shaped for the provider (its model written in)."""
+    """The notes' fallback: the provider reported no usage → request.size / 4 on a 2xx, the size of
+    the body as shaped for the provider (its model written in, usage asked)."""
     body = json.dumps({"model": "any", "messages": MESSAGES, "stream": True}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{proxies['team-a'].port}/v1/chat/completions", data=body,
                                      headers={"Host": CHAT, "content-type": "application/json", "x-tier": "free",
-                                              "x-user-id": "erin"})
+                                              "x-user-id": "erin", "x-test-usage": "none"})
     with urllib.request.urlopen(request, timeout=30) as r:
         assert b"data: [DONE]" in r.read()
     (sent,) = upstreams["qwen.example.com"].requests

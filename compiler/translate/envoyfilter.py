@@ -27,7 +27,7 @@ from functools import cache
 from importlib import resources
 
 from .. import names
-from ..ir import Backend, Program, Rule, SecretRef, VirtualHost
+from ..ir import Backend, Program, RateLimitService, Rule, SecretRef, VirtualHost
 from ..protocols import (
     ANTHROPIC_MAX_TOKENS,
     ANTHROPIC_VERSION,
@@ -38,7 +38,7 @@ from ..protocols import (
 )
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 from .ratelimit import local_reply as rate_limit_reply
-from .ratelimit import rate_limit_filter, with_rate_limits
+from .ratelimit import mark_usage, rate_limit_filter, with_rate_limits
 
 FILTER_NAME = "llmc.lua"
 SOURCE_NAME = "llmc"
@@ -113,7 +113,7 @@ def _protocol_settings(protocol: str, c) -> dict:
     return out
 
 
-def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
+def lua_context(vh: VirtualHost, secrets_dir: str, rate_limit: RateLimitService | None = None) -> dict:
     """The Lua filter's data for one virtual host: every rule once, and which route is which rule.
 
     Envoy hands the filter the virtual host's context on every route of it; the filter looks up
@@ -136,6 +136,7 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
                                          for b in listed]}
         if rule.retries is not None:
             rules[rule.name]["failover"] = True
+        mark_usage(rules[rule.name], rule, rate_limit)
     by_model = {}
     if vh.routes_by_model:
         # The filter reads the body first, exposes its model in `model_header` and selects the route
@@ -285,7 +286,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             f["shared"] = f["shared"] or vh.shared
             f["ports"].add(pl.port if pl.context == "SIDECAR_OUTBOUND" else None)
             f["sources"].update(vh.all_sources)
-            context_data = lua_context(vh, program.secrets_dir)
+            context_data = lua_context(vh, program.secrets_dir, program.rate_limit)
             out.append({
                 "metadata": metadata(_vhost_filter_name(vh, pl), pl.namespace, vh.all_sources),
                 "selector": [{"name": k, "value": v} for k, v in pl.selector],

@@ -28,6 +28,7 @@ import yaml
 
 from .. import names
 from ..ir import Backend, Program, RateLimitService, Rule, TokenLimit, VirtualHost
+from ..protocols import PROTOCOLS
 from .common import metadata, rule_route_names
 
 FILTER_NAME = "llmc.ratelimit"
@@ -144,17 +145,41 @@ def route_rate_limits(vh: VirtualHost, svc: RateLimitService | None) -> dict[str
     return out
 
 
+def asks_usage(rule: Rule, backend: Backend) -> bool:
+    """The filter asks for a stream's usage (``stream_options.include_usage``) on a client's behalf and
+    drops the usage event before the client sees it: on limited rules whose provider speaks OpenAI's
+    format (a translated provider's stream always has usage), not on failover rules (tries are shaped
+    by the upstream filter)."""
+    return (bool(route_limits(rule, backend)) and rule.retries is None
+            and PROTOCOLS[backend.provider.protocol].format == "openai")
+
+
+def mark_usage(rule_context: dict, rule: Rule, svc: RateLimitService | None) -> None:
+    """Sets ``limit_usage`` on the Lua context's backends of ``rule`` that :func:`asks_usage`."""
+    if svc is None or rule.retries is not None:
+        return
+    for ctx, backend in zip(rule_context["backends"], rule.backends, strict=True):
+        if asks_usage(rule, backend):
+            ctx["limit_usage"] = True
+
+
 def with_rate_limits(patches: list[dict], vh: VirtualHost, svc: RateLimitService | None) -> list[dict]:
-    """``route_patches`` with each final route of a limited rule carrying its RateLimitPerRoute."""
+    """``route_patches`` with each final route of a limited rule carrying its RateLimitPerRoute, and
+    (where the filter asks usage for the client) the internal response header that sends its answer
+    through the filter's note check (``names.TRANSLATE_HEADER``: the note says what to do)."""
     per_route = route_rate_limits(vh, svc)
     if not per_route:
         return patches
+    marked = {route for rule in vh.rules for route, b in final_routes(vh, rule) if asks_usage(rule, b)}
     out = []
     for patch in patches:
         config = per_route.get(patch["name"])
         if config is not None:
             value = dict(patch["value"])
             value["typed_per_filter_config"] = {**value.get("typed_per_filter_config", {}), FILTER_NAME: config}
+            if patch["name"] in marked and "response_headers_to_add" not in value:
+                value["response_headers_to_add"] = [{"header": {"key": names.TRANSLATE_HEADER, "value": "openai"},
+                                                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
             patch = {**patch, "value": value}
         out.append(patch)
     return out
