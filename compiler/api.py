@@ -53,7 +53,7 @@ class OpenAIConfig(_Strict):
     apiKeySecretRef: SecretKeyRef | None = Field(
         None,
         description="llmc extension: read the API key from this Secret key, mounted into the proxy "
-        "(see README, 'API keys'). The key never appears in generated objects. "
+        "(see docs/api-keys.md). The key never appears in generated objects. "
         "Mutually exclusive with apiKey.")
     authHeader: str | None = Field(
         None, min_length=1, max_length=128,
@@ -67,7 +67,7 @@ class OpenAIConfig(_Strict):
 
 
 _KEY_DOC = ("API key. Stored in the generated EnvoyFilter; prefer apiKeySecretRef.")
-_SECRET_DOC = ("Read the API key from this Secret key, mounted into the proxy (see README, 'API keys'). "
+_SECRET_DOC = ("Read the API key from this Secret key, mounted into the proxy (see docs/api-keys.md). "
                "Mutually exclusive with apiKey.")
 
 
@@ -167,7 +167,7 @@ class TokenCost(_Strict):
 
 
 class TokenLimit(_Strict):
-    """llmc extension: a token budget per window, enforced by a rate-limit service (README, "Token limits")."""
+    """llmc extension: a token budget per window, enforced by a rate-limit service (docs/token-limits.md)."""
 
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                       description="Name, unique among the limits of the rule (or provider).")
@@ -251,7 +251,7 @@ class RouteMatch(_Strict):
 
 class BackendObjectReference(_Strict):
     """ASM: a Gateway API InferencePool. Accepted by the schema so that llmc can say precisely why it
-    cannot route to one (a VirtualService never reaches an InferencePool; README, "Migrating from ASM")."""
+    cannot route to one (a VirtualService never reaches an InferencePool; docs/migrating-from-asm.md)."""
 
     group: str | None = None
     kind: str | None = None
@@ -295,7 +295,7 @@ class Retries(_Strict):
 
 class RouteRule(_Strict):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        # Istio's rule (README, "Validation rules"): with weights set on some backendRefs, an unset one
+        # Istio's rule (docs/providers-and-routes.md, "Validation rules"): with weights set on some backendRefs, an unset one
         # is 0 (a warning in the compiler); all set weights 0 is an error.
         {"rule": "!self.backendRefs.exists(b, has(b.weight)) || self.backendRefs.exists(b, has(b.weight) && b.weight > 0)",
          "message": "weights add up to 0: no provider would receive traffic"},

@@ -16,7 +16,10 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+from .clihelp import SHELLS, Command, Group
+from .options import FAILOVER_ISTIO_VERSION, FUNCTION_OPTIONS, ISTIO_LIMITS, ISTIO_VERSIONS
+
+app = typer.Typer(cls=Group, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile LLMProvider/LLMRoute (istio.alibabacloud.com/v1beta1) into stock "
                        "Istio ServiceEntry, DestinationRule, VirtualService and EnvoyFilter objects.")
 
@@ -24,6 +27,7 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
 class OutputFormat(StrEnum):
     yaml = "yaml"
     json = "json"
+    name = "name"  # kubectl's `-o name`: kind.group/name, one object a line
 
 
 class ExplainFormat(StrEnum):
@@ -55,33 +59,38 @@ GatewayWorkloadOpt = Annotated[list[str] | None, typer.Option(
     "--gateway-workload-namespace", help="GW=NS: the pods of Istio Gateway GW (namespace/name) run in "
     "namespace NS (e.g. a shared ingress in istio-system); llmc writes the gateway's EnvoyFilters there. "
     "Repeat for several gateways.")]
+GatewaySelectorsOpt = Annotated[str | None, typer.Option(
+    "--gateway-selectors", help="NAMESPACE/LABEL=VALUE[,...]: the only gateway pods routes may bind to; a "
+    "route's providers must select pods with one of these labels in the namespace the gateway's pods run "
+    "in (else LLMC243). Default: no restriction (deploy/ passes Istio's ingress and egress gateways).")]
 
 
 IstioVersionOpt = Annotated[str | None, typer.Option(
-    "--istio-version", help="Istio version of the proxies the output is for (1.29, 1.30, 1.31; default: the "
-    "newest). Failover (rules[].retries, backendRefs[].priority) needs 1.31.")]
+    "--istio-version", help=f"Istio version of the proxies the output is for ({', '.join(ISTIO_VERSIONS)}; default: "
+    f"the newest; {', '.join(ISTIO_LIMITS)} with a warning). Failover (rules[].retries, backendRefs[].priority) "
+    f"needs {FAILOVER_ISTIO_VERSION}.")]
 
 
 RateLimitServiceOpt = Annotated[str | None, typer.Option(
     "--rate-limit-service", help="NAMESPACE/SERVICE:PORT of the rate-limit service (envoyproxy/ratelimit, gRPC) "
-    "that enforces tokenLimits (README, \"Token limits\").")]
+    "that enforces tokenLimits (docs/token-limits.md).")]
 RateLimitTimeoutOpt = Annotated[str | None, typer.Option(
     "--rate-limit-timeout", help="How long a request waits for the rate-limit service (default 100ms).")]
 RateLimitFailClosedOpt = Annotated[bool, typer.Option(
-    "--rate-limit-fail-closed", help="Refuse requests (429) when the rate-limit service fails (default: let "
+    "--rate-limit-fail-closed", help="Refuse requests (503) when the rate-limit service fails (default: let "
     "them pass).")]
 
 
 def _options(namespace: str, cluster_domain: str, secrets_dir: str, egress: str | None, egress_labels: str,
              telemetry: bool = False, gateway_workloads: list[str] | None = None, istio_version: str | None = None,
-             rate_limit_service: str | None = None, rate_limit_timeout: str | None = None,
-             rate_limit_fail_closed: bool = False):
+             gateway_selectors: str | None = None, rate_limit_service: str | None = None,
+             rate_limit_timeout: str | None = None, rate_limit_fail_closed: bool = False):
     """Options from the command line, validated by compiler/options.py (as for `llmc krm`)."""
     from .options import DEFAULT_ISTIO_VERSION, parse_options
 
     opts, problems = parse_options(namespace, cluster_domain, secrets_dir, egress, egress_labels, telemetry,
-                                   gateway_workloads, istio_version or DEFAULT_ISTIO_VERSION, rate_limit_service,
-                                   rate_limit_timeout, rate_limit_fail_closed)
+                                   gateway_workloads, istio_version or DEFAULT_ISTIO_VERSION, gateway_selectors,
+                                   rate_limit_service, rate_limit_timeout, rate_limit_fail_closed)
     if opts is None:
         option, problem = problems[0]
         raise typer.BadParameter(problem, param_hint=f"--{option}")
@@ -121,12 +130,14 @@ def _report(result) -> None:
         sys.stderr.write(f"llmc: {diags.summary()}\n")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Compile LLMProvider/LLMRoute into Istio objects for `kubectl apply -f -`.")
 def render(
     ctx: typer.Context,
     filename: FilesOpt,
     namespace: NamespaceOpt = "default",
-    output: Annotated[OutputFormat, typer.Option("-o", "--output", help="Output format.")] = OutputFormat.yaml,
+    output: Annotated[OutputFormat, typer.Option("-o", "--output", help="Output format: yaml (a stream for "
+                                                 "kubectl apply -f -), json (a List) or name (kind.group/name "
+                                                 "per line, as kubectl's -o name).")] = OutputFormat.yaml,
     emit: Annotated[Emit, typer.Option("--emit", help="objects: Istio objects; ir: the compiler's IR.")] = Emit.objects,
     cluster_domain: DomainOpt = "cluster.local",
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
@@ -137,6 +148,7 @@ def render(
                                             "provider from `llmc meshconfig`, llm_model on istio_requests_total) "
                                             "and token-metric EnvoyFilters.")] = False,
     istio_version: IstioVersionOpt = None,
+    gateway_selectors: GatewaySelectorsOpt = None,
     rate_limit_service: RateLimitServiceOpt = None,
     rate_limit_timeout: RateLimitTimeoutOpt = None,
     rate_limit_fail_closed: RateLimitFailClosedOpt = False,
@@ -159,8 +171,8 @@ def render(
         raise typer.BadParameter("--passthrough prints one stream for a GitOps tool to apply; it cannot be "
                                  "combined with --out-dir, --check or --emit ir", param_hint="--passthrough")
     opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace, istio_version, rate_limit_service, rate_limit_timeout,
-                    rate_limit_fail_closed)
+                    gateway_workload_namespace, istio_version, gateway_selectors, rate_limit_service,
+                    rate_limit_timeout, rate_limit_fail_closed)
     from .pipeline import compile_paths
 
     result = compile_paths(filename, opts, passthrough=passthrough)
@@ -186,10 +198,21 @@ def render(
         if output is OutputFormat.json:
             sys.stdout.write(dump_json([p.data for p in result.passthrough] + result.objects))
             return
+        if output is OutputFormat.name:
+            sys.stdout.write("".join(f"{_object_name(o)}\n" for o in [p.data for p in result.passthrough]
+                                     + result.objects))
+            return
         for item in result.passthrough:
             sys.stdout.write("---\n" + item.text)
         for chunk in iter_yaml(result.objects):
             sys.stdout.write(chunk)
+
+
+def _object_name(obj: dict) -> str:
+    """kubectl's ``-o name`` form: ``<kind>.<group>/<name>`` (``<kind>/<name>`` for the core group)."""
+    group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+    kind = str(obj.get("kind", "")).lower()
+    return f"{kind}.{group}/{obj['metadata']['name']}" if group else f"{kind}/{obj['metadata']['name']}"
 
 
 def _empty_input(ctx: typer.Context, result, filename: list[str], out_dir: str | None) -> None:
@@ -211,7 +234,7 @@ def _gitops_files(ctx: typer.Context, result, check: str | None, out_dir: str | 
         diff = gitops.check(Path(check), result.objects)
         if diff:
             sys.stdout.write(diff)
-            fix = (_command(ctx, drop={"check", "output", "emit"}, add=["--out-dir", check]) if Path(check).is_dir()
+            fix = (_command(ctx, drop={"check", "output", "emit"}, add=["--out-dir", check]) if _is_out_dir(check)
                    else _command(ctx, drop={"check", "output", "emit"}) + f" > {shlex.quote(check)}")
             sys.stderr.write(f"llmc: {check} is out of date; update it with:\n  {fix}\n")
             raise typer.Exit(1)
@@ -222,6 +245,19 @@ def _gitops_files(ctx: typer.Context, result, check: str | None, out_dir: str | 
     sys.stderr.write(f"llmc: {len(result.objects)} objects in {out_dir}: {len(changed)} written, "
                      f"{len(removed)} stale removed; check it in CI with:\n"
                      f"  {_command(ctx, drop={'out_dir', 'output', 'emit'}, add=['--check', out_dir])}\n")
+
+
+def _is_out_dir(check: str) -> bool:
+    """Whether --check PATH is (or, when it does not exist yet, is meant to be) an --out-dir folder:
+    an existing directory, or a path that does not name a YAML/JSON file (``out/``, ``rendered``)."""
+    from pathlib import Path
+
+    from .load import YAML_SUFFIXES
+
+    path = Path(check)
+    if path.exists():
+        return path.is_dir()
+    return check.endswith("/") or path.suffix not in YAML_SUFFIXES
 
 
 def _command(ctx: typer.Context, drop: AbstractSet[str] = frozenset(), add: Sequence[str] = ()) -> str:
@@ -241,7 +277,7 @@ def _command(ctx: typer.Context, drop: AbstractSet[str] = frozenset(), add: Sequ
     return shlex.join(words + list(add))
 
 
-@app.command()
+@app.command(cls=Command, short_help="Check the inputs and report every problem.")
 def validate(
     filename: FilesOpt,
     namespace: NamespaceOpt = "default",
@@ -252,6 +288,7 @@ def validate(
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     gateway_workload_namespace: GatewayWorkloadOpt = None,
     istio_version: IstioVersionOpt = None,
+    gateway_selectors: GatewaySelectorsOpt = None,
     rate_limit_service: RateLimitServiceOpt = None,
     rate_limit_timeout: RateLimitTimeoutOpt = None,
     rate_limit_fail_closed: RateLimitFailClosedOpt = False,
@@ -259,8 +296,8 @@ def validate(
     """Check the inputs and report every problem; print nothing else."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
                                          egress_gateway_labels, gateway_workloads=gateway_workload_namespace,
-                                         istio_version=istio_version, rate_limit_service=rate_limit_service,
-                                         rate_limit_timeout=rate_limit_timeout,
+                                         istio_version=istio_version, gateway_selectors=gateway_selectors,
+                                         rate_limit_service=rate_limit_service, rate_limit_timeout=rate_limit_timeout,
                                          rate_limit_fail_closed=rate_limit_fail_closed))
     if output is DiagFormat.json:
         sys.stdout.write(result.diagnostics.format_json() + "\n")
@@ -270,7 +307,7 @@ def validate(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Show where the Secrets of apiKeySecretRef must be mounted.")
 def mounts(
     filename: FilesOpt,
     namespace: NamespaceOpt = "default",
@@ -292,7 +329,7 @@ def mounts(
     sys.stdout.write(render_plan(result.program))
 
 
-@app.command()
+@app.command(cls=Command, short_help="Run in the cluster: apply what `llmc render` prints, continuously.")
 def controller(
     kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster "
                                                     "service account, else ~/.kube/config).")] = None,
@@ -311,8 +348,9 @@ def controller(
                                                       "namespace (mesh-wide config).")] = "istio-system",
     resync: Annotated[float, typer.Option("--resync", help="Seconds between full reconciles (edits of "
                                           "generated objects are repaired at once, via watches).")] = 60.0,
-    api_qps: Annotated[float, typer.Option("--api-qps", help="Client-side rate limit of API writes.")] = 50.0,
-    api_burst: Annotated[int, typer.Option("--api-burst", help="Burst of API writes.")] = 100,
+    api_qps: Annotated[float, typer.Option("--api-qps", help="Client-side rate limit of API writes (a cold "
+                                           "start of 1,000 providers + 1,000 routes is ~6,900 writes).")] = 200.0,
+    api_burst: Annotated[int, typer.Option("--api-burst", help="Burst of API writes.")] = 400,
     workers: Annotated[int, typer.Option("--workers", help="Work keys reconciled in parallel.")] = 4,
     lease_duration: Annotated[float, typer.Option("--lease-duration", help="Seconds another replica waits, "
                                                   "observing no renewal, before taking the Lease.")] = 15.0,
@@ -320,22 +358,25 @@ def controller(
                                                   "renewal after which the leader stops writing and exits "
                                                   "(< lease duration).")] = 10.0,
     retry_period: Annotated[float, typer.Option("--retry-period", help="Seconds between Lease attempts.")] = 2.0,
-    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Timeout of every API call "
-                                                   "(seconds).")] = 5.0,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Timeout of every API call, "
+                                                   "client side and (writes) server side, in seconds; keep "
+                                                   "renew deadline + this < lease duration.")] = 3.0,
     cluster_domain: DomainOpt = "cluster.local",
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     gateway_workload_namespace: GatewayWorkloadOpt = None,
     istio_version: IstioVersionOpt = None,
+    gateway_selectors: GatewaySelectorsOpt = None,
     telemetry: Annotated[bool, typer.Option("--telemetry", help="As for render.")] = False,
 ) -> None:
     """Run in the cluster: watch LLMProvider/LLMRoute and apply what `llmc render` would print."""
+    _require_extra("kubernetes", "controller", "`llmc controller` talks to the API server with the Kubernetes client")
     from .controller.leader import LeaseConfig
     from .controller.runtime import Tuning, run
 
     opts = _options("default", cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels, telemetry,
-                    gateway_workload_namespace, istio_version)
+                    gateway_workload_namespace, istio_version, gateway_selectors)
     try:
         lease = LeaseConfig(lease_duration, renew_deadline, retry_period, request_timeout)
     except ValueError as exc:
@@ -349,11 +390,22 @@ def controller(
     raise typer.Exit(code)
 
 
-@app.command()
+def _require_extra(module: str, extra: str, why: str) -> None:
+    """Exit 1 with an install line when an optional dependency is missing (``kubernetes`` is the
+    ``controller`` extra: 126 MB that only the controller uses)."""
+    from importlib.util import find_spec
+
+    if find_spec(module) is None:
+        sys.stderr.write(f"llmc: {why}, which is not installed: install llmc with the {extra} extra, "
+                         f"`pip install '.[{extra}]'` from a clone (the image of deploy/Dockerfile has it)\n")
+        raise typer.Exit(1)
+
+
+@app.command(cls=Command, short_help="KRM function (kpt): a ResourceList in, a ResourceList out.",
+             help="KRM function: read a config.kubernetes.io/v1 ResourceList on stdin, write one on stdout "
+             "(kpt: `kpt fn eval DIR --exec \"llmc krm\"`; for kubectl kustomize use `llmc kustomize-plugin`). "
+             f"Keys of functionConfig.data: {', '.join(FUNCTION_OPTIONS)}.")
 def krm() -> None:
-    """KRM function: read a config.kubernetes.io/v1 ResourceList on stdin, write one on stdout
-    (kpt: `kpt fn eval DIR --exec "llmc krm"`; for kubectl kustomize use `llmc kustomize-plugin`).
-    functionConfig.data: namespace, clusterDomain, secretsDir, egressGateway, telemetry, keepSources."""
     from .gitops import krm as run
 
     out, code = run(sys.stdin.read())
@@ -361,12 +413,13 @@ def krm() -> None:
     raise typer.Exit(code)
 
 
-kustomize_app = typer.Typer(no_args_is_help=True, help="llmc as a kustomize exec plugin, for "
-                            "`kubectl kustomize --enable-alpha-plugins` (see README, GitOps).")
+kustomize_app = typer.Typer(cls=Group, no_args_is_help=True, short_help="Install or run llmc as a kustomize exec plugin.",
+                            help="llmc as a kustomize exec plugin, for `kubectl kustomize --enable-alpha-plugins` "
+                            "(docs/gitops.md).")
 app.add_typer(kustomize_app, name="kustomize-plugin")
 
 
-@kustomize_app.command("install")
+@kustomize_app.command("install", cls=Command)
 def kustomize_install(
     plugin_home: Annotated[str | None, typer.Option("--plugin-home", help="kustomize's plugin home (default: "
                                                     "$KUSTOMIZE_PLUGIN_HOME, else $XDG_CONFIG_HOME/kustomize/plugin, "
@@ -382,7 +435,7 @@ def kustomize_install(
                      "llmc: build with `kubectl kustomize --enable-alpha-plugins DIR | kubectl apply -f -`\n")
 
 
-@kustomize_app.command("run", hidden=True)
+@kustomize_app.command("run", hidden=True, cls=Command)
 def kustomize_run(config: Annotated[str, typer.Argument(help="The LLMCompiler config file kustomize passes.")]) -> None:
     """What kustomize runs: the resources on stdin, the transformed resources on stdout."""
     from .kustomize import run
@@ -393,7 +446,7 @@ def kustomize_run(config: Annotated[str, typer.Argument(help="The LLMCompiler co
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Show what one request would become, offline.")
 def explain(
     filename: FilesOpt,
     host: Annotated[str, typer.Option("--host", help="The Host the client calls, e.g. dashscope.aliyuncs.com.")],
@@ -465,7 +518,7 @@ class DiffFormat(StrEnum):
     json = "json"
 
 
-@app.command()
+@app.command(cls=Command, short_help="What a change of the sources does to requests.")
 def diff(
     base: Annotated[str, typer.Option("--base", help="The configuration before: a file or folder, or REV:PATH "
                                       "(a revision of the current git repository, e.g. main:deploy/llm).")],
@@ -536,7 +589,7 @@ def diff(
     raise typer.Exit(1 if report["summary"]["changed"] else 0)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Print the MeshConfig entry of llmc's access log.")
 def meshconfig() -> None:
     """Print the MeshConfig extensionProviders entry for llmc's access log (merge it into your
     IstioOperator/Helm meshConfig; `llmc render --telemetry` emits the Telemetry that enables it)."""
@@ -547,7 +600,7 @@ def meshconfig() -> None:
     sys.stdout.write(dump_yaml([mesh_config()]))
 
 
-@app.command()
+@app.command(cls=Command, short_help="Print or write the CRDs of LLMProvider and LLMRoute.")
 def crds(
     out_dir: Annotated[str | None, typer.Option("--out-dir", help="Write one file per CRD here "
                                                  "instead of printing (used for schemas/).")] = None,
@@ -561,9 +614,29 @@ def crds(
     if out_dir is None:
         sys.stdout.write("".join(files.values()))
         return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         Path(out_dir, name).write_text(text, encoding="utf-8")
         sys.stderr.write(f"wrote {Path(out_dir, name)}\n")
+
+
+@app.command(cls=Command, short_help="Print llmc's version.")
+def version() -> None:
+    """Print llmc's version (the same as `llmc --version`)."""
+    _version(True)
+
+
+@app.command(cls=Command, short_help="Print the shell completion script.")
+def completion(
+    shell: Annotated[str, typer.Argument(help=f"One of {', '.join(SHELLS)}.", metavar="SHELL")],
+) -> None:
+    """Print the completion script for SHELL, as `kubectl completion` does: e.g. `source <(llmc completion
+    bash)`, or write it where your shell loads completions (`llmc --install-completion` does that)."""
+    from .clihelp import completion_script
+
+    if shell not in SHELLS:
+        raise typer.BadParameter(f"{shell!r} is not one of {', '.join(SHELLS)}", param_hint="SHELL")
+    sys.stdout.write(completion_script(shell).rstrip("\n") + "\n")
 
 
 def main() -> None:

@@ -48,6 +48,9 @@ class GeneratedKind:
     group: str
     version: str
     plural: str
+    #: the option (CLI spelling) without which llmc never generates the kind: the controller needs
+    #: create/patch/delete on it only then (``compiler/controller/rbac.py``); None: always possible
+    flag: str | None = None
 
     @property
     def api_version(self) -> str:
@@ -58,12 +61,12 @@ class GeneratedKind:
 GENERATED_KINDS = (
     GeneratedKind("ServiceEntry", "networking.istio.io", "v1", "serviceentries"),
     GeneratedKind("DestinationRule", "networking.istio.io", "v1", "destinationrules"),
-    GeneratedKind("Gateway", "networking.istio.io", "v1", "gateways"),
+    GeneratedKind("Gateway", "networking.istio.io", "v1", "gateways", flag="egress-gateway"),
     GeneratedKind("VirtualService", "networking.istio.io", "v1", "virtualservices"),
     GeneratedKind("EnvoyFilter", "networking.istio.io", "v1alpha3", "envoyfilters"),
-    GeneratedKind("Telemetry", "telemetry.istio.io", "v1", "telemetries"),
+    GeneratedKind("Telemetry", "telemetry.istio.io", "v1", "telemetries", flag="telemetry"),
     # token limits: envoyproxy/ratelimit's configuration, in the rate-limit service's namespace
-    GeneratedKind("ConfigMap", "", "v1", "configmaps"),
+    GeneratedKind("ConfigMap", "", "v1", "configmaps", flag="rate-limit-service"),
 )
 GENERATED = {k.kind: k for k in GENERATED_KINDS}
 KIND_ORDER = {k.kind: i for i, k in enumerate(GENERATED_KINDS)}

@@ -45,6 +45,7 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC008", _N, "an object that is not llmc's is ignored"),
     Message("LLMC009", _N, "files that hold no Kubernetes object are skipped"),
     Message("LLMC010", _E, "invalid option value"),
+    Message("LLMC011", _W, "target Istio version with a known limit"),
     Message("LLMC101", _E, "unknown field"),
     Message("LLMC102", _E, "wrong type"),
     Message("LLMC103", _E, "missing required field"),
@@ -91,6 +92,8 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC239", _W, "a keyless provider on a failover rule gets no key"),
     Message("LLMC240", _W, "hostRewrite sends a provider's key to another host name"),
     Message("LLMC241", _E, "basePath on a provider that does not speak OpenAI's API"),
+    Message("LLMC242", _N, "weights are shares of their sum"),
+    Message("LLMC243", _E, "gateway pods the operator does not allow"),
     # token limits (issue 30); numbered apart from the 24x series other work extends
     Message("LLMC260", _E, "tokenLimits without a rate-limit service"),
     Message("LLMC261", _E, "token-limit key header carries a credential or is internal"),

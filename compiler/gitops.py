@@ -26,6 +26,7 @@ from typing import Any
 
 from .constants import API_VERSION, GROUP, KINDS, is_generated
 from .emit import dump_yaml, iter_yaml
+from .options import FUNCTION_OPTIONS
 
 MANIFEST = ".llmc-files"
 
@@ -129,10 +130,6 @@ def _for_ruamel(value):
     return value
 
 
-#: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys
-FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
-                    "gatewayWorkloadNamespace", "istioVersion", "keepSources",
-                    "rateLimitService", "rateLimitTimeout", "rateLimitFailClosed")
 
 
 def _text_or_list(value: object) -> str | list[str] | None:
@@ -178,13 +175,15 @@ def krm(text: str) -> tuple[str, int]:
     return buf.getvalue(), 0 if result.ok else 1
 
 
-def transform(items: list, config: dict, y=None, config_file: str = "functionConfig"):
+def transform(items: list, config: dict, y=None, config_file: str = "functionConfig", locate=None):
     """The function itself, shared by ``llmc krm`` and the kustomize plugin: LLMProvider/LLMRoute
     items are compiled; the generated objects follow the other items, which pass through as they
     were — except objects llmc generated in an earlier run (its ``managed-by`` label and sources
     annotation) when there are sources to generate them afresh, so that running in place again
     (``kpt fn eval`` with ``keepSources``) replaces them instead of duplicating them. Sources are
-    dropped unless ``keepSources`` is ``"true"``. Returns (items, pipeline Result)."""
+    dropped unless ``keepSources`` is ``"true"``. ``locate(item)`` may give an item's source file and
+    positions ``(file, marks)`` (kustomize names no file); diagnostics then point there. Returns (items,
+    pipeline Result)."""
     from .diagnostics import Diagnostics
     from .load import apply_default_namespace, load_text
     from .pipeline import Result, compile_documents
@@ -207,7 +206,12 @@ def transform(items: list, config: dict, y=None, config_file: str = "functionCon
         annotations = (item.get("metadata") or {}).get("annotations") or {}
         name = (annotations.get("config.kubernetes.io/path") or annotations.get("internal.config.kubernetes.io/path")
                 or f"items[{index}]")
-        docs.extend(load_text(str(name), buf.getvalue(), diags))
+        loaded = load_text(str(name), buf.getvalue(), diags)
+        origin = locate(item) if locate is not None else None
+        if origin is not None:
+            for doc in loaded:
+                doc.file, doc.marks = origin
+        docs.extend(loaded)
     result = compile_documents(apply_default_namespace(docs, opts.namespace), opts, diags)
     result.sources = len(sources)
     out_items = [item for _, item in passthrough if not (sources and is_generated(item))]
@@ -241,6 +245,8 @@ def _function_options(config: dict, diags, config_file: str):
         # "GW=NS,GW=NS" as in kpt's `-- key=value`, or a YAML list of "GW=NS" in a plugin config
         gateway_workload_namespace=_text_or_list(config.get("gatewayWorkloadNamespace")),
         istio_version=str(config.get("istioVersion", DEFAULT_ISTIO_VERSION)),
+        # "NS/LABEL=VALUE,..." or a YAML list of them
+        gateway_selectors=_text_or_list(config.get("gatewaySelectors")),
         rate_limit_service=str(config["rateLimitService"]) if config.get("rateLimitService") else None,
         rate_limit_timeout=str(config["rateLimitTimeout"]) if config.get("rateLimitTimeout") else None,
         rate_limit_fail_closed=str(config.get("rateLimitFailClosed", "false")))

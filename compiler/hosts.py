@@ -36,6 +36,16 @@ def _split(text: str) -> tuple[str, int | None, str]:
     return (url.hostname or "", port, url.path)
 
 
+def _endpoint(path: str) -> str:
+    """The chat endpoint under a base URL's path: ``path`` is the full request path, so a base such
+    as ``/v1`` or ``/compatible-mode/v1`` (what provider docs give as the base URL) gets
+    ``/chat/completions``; a path that already names an endpoint stays as written."""
+    path = "/" + path.strip("/")
+    if path.endswith(("/chat/completions", "/messages", "/completions", "/embeddings")):
+        return path
+    return path + "/chat/completions"
+
+
 def host_problem(host: str, *, wildcard: bool = False, path_hint: str = "path", field: str = "host",
                  ) -> HostProblem | None:
     """What is wrong with ``host`` as a host name, or None. ``wildcard``: "*" alone is allowed.
@@ -50,7 +60,7 @@ def host_problem(host: str, *, wildcard: bool = False, path_hint: str = "path", 
         if port is not None:
             parts.append(f"port: {port}")
         if path.strip("/") and path_hint:
-            parts.append(f"{path_hint}: {path if path != '/v1' else '/v1/chat/completions'}")
+            parts.append(f"{path_hint}: {_endpoint(path)}")
         what = ("a URL" if "://" in text else "a port" if ":" in text and "/" not in text
                 else "a path")
         return HostProblem(f"host {host!r} is {what}, not a host name",

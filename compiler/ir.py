@@ -57,7 +57,7 @@ class RequestConfig:
 
 @dataclass(frozen=True)
 class TokenLimit:
-    """A token budget (llmc extension, README "Token limits"): a bucket per key, a fixed window, a cost.
+    """A token budget (llmc extension, docs/token-limits.md): a bucket per key, a fixed window, a cost.
 
     ``id`` names the limit in the rate-limit service's configuration and in every descriptor: it is
     ``route/<ns>/<route>/<rule>/<name>`` for a rule's limit and ``provider/<ns>/<provider>/<name>``

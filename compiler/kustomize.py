@@ -56,6 +56,30 @@ def install(home: Path | None = None) -> Path:
     return target
 
 
+def sources_in(root: str):
+    """``locate(item)`` for :func:`compiler.gitops.transform`: kustomize hands the plugin its resources
+    without their file names (only a ``kustomize.config.k8s.io/id``), so diagnostics would point at
+    ``items[1]`` of a stream nobody sees. The LLMProvider/LLMRoute files under the kustomization's
+    folder are read once; an item found there by kind, name and (when the file sets one) namespace is
+    reported at that file's lines. Patched items keep their paths, so the lines still fit."""
+    from .diagnostics import Diagnostics
+    from .load import load_inputs
+
+    if not Path(root).is_dir():
+        return None
+    found: dict[tuple[str, str], list] = {}
+    for doc in load_inputs([root], "", Diagnostics()):
+        found.setdefault((doc.kind, doc.name), []).append(doc)
+
+    def locate(item: dict):
+        meta = item.get("metadata") or {}
+        matches = [d for d in found.get((str(item.get("kind")), str(meta.get("name"))), [])
+                   if d.namespace in ("", meta.get("namespace"))]
+        return (matches[0].file, matches[0].marks) if len(matches) == 1 else None
+
+    return locate
+
+
 def run(config_path: str, stdin: str) -> tuple[str, str, int]:
     """Transform kustomize's resource stream; returns (stdout, stderr, exit code)."""
     from ruamel.yaml import YAML
@@ -75,7 +99,7 @@ def run(config_path: str, stdin: str) -> tuple[str, str, int]:
     items = [d for d in y.load_all(io.StringIO(stdin)) if d is not None]
     name = (config.get("metadata") or {}).get("name", "")
     root = os.environ.get("KUSTOMIZE_PLUGIN_CONFIG_ROOT", ".")
-    out_items, result = transform(items, options, y, config_file=f"{root}: {KIND} {name}")
+    out_items, result = transform(items, options, y, config_file=f"{root}: {KIND} {name}", locate=sources_in(root))
     err = ""
     if result.diagnostics.items:
         err = result.diagnostics.format_text() + f"\nllmc: {result.diagnostics.summary()}\n"

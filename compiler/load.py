@@ -251,28 +251,83 @@ def load_text(name: str, text: str, diags: Diagnostics, keep: list[Passthrough] 
     return [] if parsed is None else _documents(name, text, parsed, diags, keep)
 
 
+#: Fields the API server sets on every object; ``kubectl get -o yaml`` prints them. They are dropped on
+#: load so that an exported object compiles to the same output as the manifest it came from.
+SERVER_METADATA = ("resourceVersion", "uid", "generation", "creationTimestamp", "managedFields", "selfLink",
+                   "deletionTimestamp", "deletionGracePeriodSeconds")
+#: kubectl's copy of the last applied manifest (client-side apply), a JSON string that may hold a key
+SERVER_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+LIST_KINDS = ("List",)  # kubectl's `get … -o yaml` of several objects; `<Kind>List` kinds too
+
+
+def _is_list(data: Any) -> bool:
+    """A ``v1`` ``List`` (what ``kubectl get a,b -o yaml`` prints) or a typed ``…List``
+    (``LLMProviderList``) holding ``items``."""
+    kind = str(data.get("kind", ""))
+    return (kind in LIST_KINDS or kind.endswith("List")) and isinstance(data.get("items"), list)
+
+
+def strip_server_fields(data: dict[str, Any]) -> None:
+    """Remove what the API server adds (``status``, ``metadata.uid``, ``resourceVersion``,
+    ``managedFields``, …, and kubectl's last-applied annotation): it is not part of the manifest,
+    and it changes on every read, which would make the output differ from run to run."""
+    data.pop("status", None)
+    meta = data.get("metadata")
+    if not isinstance(meta, dict):
+        return
+    for key in SERVER_METADATA:
+        meta.pop(key, None)
+    annotations = meta.get("annotations")
+    if isinstance(annotations, dict):
+        for key in SERVER_ANNOTATIONS:
+            annotations.pop(key, None)
+        if not annotations:
+            del meta["annotations"]
+
+
+def _flatten(raw_docs: list[Any], marks: list[Marks | None]):
+    """``(document index, item index or None, data, marks)`` for every object of a file: the items of
+    a ``List`` document come one by one, each with its own marks (so that a diagnostic points into
+    the right item)."""
+    for index, (data, doc_marks) in enumerate(zip(raw_docs, marks, strict=True)):
+        if is_object(data) and _is_list(data):
+            children = doc_marks[2] if doc_marks is not None else None
+            item_marks = children.get("items") if isinstance(children, dict) else None
+            listed = item_marks[2] if item_marks is not None and isinstance(item_marks[2], list) else None
+            for i, item in enumerate(data["items"]):
+                yield index, i, item, (listed[i] if listed is not None and i < len(listed) else None)
+        else:
+            yield index, None, data, doc_marks
+
+
 def _documents(name: str, text: str, parsed: tuple[list[Any], list[Marks | None]], diags: Diagnostics,
                keep: list[Passthrough] | None) -> list[Document]:
     raw_docs, marks = parsed
     spans: list[str] | None = None
     docs: list[Document] = []
-    for index, (data, doc_marks) in enumerate(zip(raw_docs, marks, strict=True)):
+    for order, (index, item, data, doc_marks) in enumerate(_flatten(raw_docs, marks)):
         if data is None:
             continue
-        doc = Document(file=name, data=data, marks=doc_marks, index=index)
+        doc = Document(file=name, data=data, marks=doc_marks, index=order)
         if not is_object(data):
-            diags.error("LLMC002", "document is not a Kubernetes object (needs apiVersion and kind)",
+            where = "document" if item is None else f"item {item} of the List"
+            diags.error("LLMC002", f"{where} is not a Kubernetes object (needs apiVersion and kind)",
                         **{**doc.where(()), "object": "", "path": ""})
             continue
         _register_secrets(data, diags)
         api_version = str(data.get("apiVersion", ""))
         if doc.kind not in KINDS:
             if keep is not None:
-                spans = _spans(text, len(raw_docs)) if spans is None else spans
-                keep.append(Passthrough(name, spans[index], data))
+                if item is None:
+                    spans = _spans(text, len(raw_docs)) if spans is None else spans
+                    keep.append(Passthrough(name, spans[index], data))
+                else:  # an item of a List: its own document, re-encoded (JSON is valid YAML)
+                    keep.append(Passthrough(name, json.dumps(data, indent=2, ensure_ascii=False) + "\n", data))
                 continue
             diags.note("LLMC008", f"ignoring {doc.kind} {doc.name or '<unnamed>'} ({api_version}): "
-                       "llmc compiles only LLMProvider and LLMRoute", **doc.where(("kind",)))
+                       "llmc compiles only LLMProvider and LLMRoute", **doc.where(("kind",)),
+                       hint=_kind_hint(doc.kind))
             continue
         group, _, version = api_version.partition("/")
         if group != GROUP or version not in SERVED_VERSIONS:
@@ -280,8 +335,18 @@ def _documents(name: str, text: str, parsed: tuple[list[Any], list[Marks | None]
                         **doc.where(("apiVersion",)),
                         hint=f"use {API_VERSION}")
             continue
+        strip_server_fields(data)
         docs.append(doc)
     return docs
+
+
+def _kind_hint(kind: str) -> str:
+    """Did-you-mean for a kind that is almost one of llmc's (``LLMProviders``, ``llmroute``)."""
+    import difflib
+
+    by_lower = {k.lower(): k for k in KINDS}
+    close = difflib.get_close_matches(kind.lower(), list(by_lower), n=1, cutoff=0.8)
+    return f"did you mean kind: {by_lower[close[0]]}?" if close else ""
 
 
 def _spans(text: str, count: int) -> list[str]:

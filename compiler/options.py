@@ -20,8 +20,13 @@ _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
-#: Istio minor versions llmc supports (README, "Supported Istio and Envoy versions"), oldest first
-ISTIO_VERSIONS = ("1.29", "1.30", "1.31")
+#: Istio minor versions llmc supports (docs/data-plane.md, "Supported Istio and Envoy versions"), oldest first
+ISTIO_VERSIONS = ("1.28", "1.29", "1.30", "1.31")
+#: targets that work with a known limit, said in a warning (LLMC011) on every compile for them
+ISTIO_LIMITS = {
+    "1.28": "Istio 1.28's proxy (Envoy 1.36) answers 413 to request bodies over 1 MiB whatever maxRequestBytes "
+            "says: it applies the route's buffer limit only after the Lua filter has hit the listener's 1 MiB",
+}
 #: the default target: the newest supported
 DEFAULT_ISTIO_VERSION = ISTIO_VERSIONS[-1]
 #: the first Istio whose proxy (Envoy 1.39) has RetryPolicy.refresh_cluster_on_retry (failover)
@@ -35,7 +40,7 @@ def istio_minor(version: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class RateLimitOptions:
-    """``--rate-limit-service NS/SVC:PORT`` and its settings (token limits, README "Token limits")."""
+    """``--rate-limit-service NS/SVC:PORT`` and its settings (token limits, docs/token-limits.md)."""
 
     namespace: str
     service: str
@@ -95,6 +100,9 @@ class Options:
     gateway_workload_namespaces: tuple[tuple[str, str], ...] = ()
     #: the Istio minor version the output targets (failover needs 1.31)
     istio_version: str = DEFAULT_ISTIO_VERSION
+    #: (namespace, label, value), sorted: the gateway pods rules may run on (a gateway placement's
+    #: selector must contain one pair of its namespace); None: no restriction (``llmc render``'s default)
+    gateway_selectors: tuple[tuple[str, str, str], ...] | None = None
     #: token limits (issue 30): the rate-limit service, its timeout, and whether its failure refuses requests
     rate_limit: RateLimitOptions | None = None
 
@@ -107,7 +115,15 @@ class Options:
 CONFIG_KEYS = {"namespace": "namespace", "cluster-domain": "clusterDomain", "secrets-dir": "secretsDir",
                "egress-gateway": "egressGateway", "egress-gateway-labels": "egressGatewayLabels",
                "telemetry": "telemetry", "gateway-workload-namespace": "gatewayWorkloadNamespace",
-               "istio-version": "istioVersion", **RATE_LIMIT_CONFIG_KEYS}
+               "istio-version": "istioVersion", "gateway-selectors": "gatewaySelectors",
+               **RATE_LIMIT_CONFIG_KEYS}
+
+
+#: functionConfig.data keys (kpt: ``-- key=value``) and kustomize plugin config keys: the function
+#: configs' names of the options above, and keepSources
+FUNCTION_OPTIONS = ("namespace", "clusterDomain", "secretsDir", "egressGateway", "egressGatewayLabels", "telemetry",
+                    "gatewayWorkloadNamespace", "istioVersion", "gatewaySelectors",
+                    *RATE_LIMIT_CONFIG_KEYS.values(), "keepSources")
 
 
 def parse_labels(text: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
@@ -138,11 +154,31 @@ def parse_gateway_workloads(text: str | list[str] | None) -> tuple[tuple[tuple[s
     return tuple(sorted(out.items())), None
 
 
+def parse_gateway_selectors(text: str | list[str] | None) -> tuple[tuple[tuple[str, str, str], ...] | None, str | None]:
+    """``NAMESPACE/LABEL=VALUE[,…]`` (or a list of them): the gateway pods the operator lets routes
+    bind to (None when not given: no restriction). The label key may hold a ``/`` of its own."""
+    if text is None:
+        return None, None
+    items = text if isinstance(text, list) else text.split(",")
+    out = set()
+    for item in filter(None, (str(p).strip() for p in items)):
+        ns, sep, label = item.partition("/")
+        key, eq, value = label.partition("=")
+        if not sep or not eq or not _NAMESPACE.fullmatch(ns) or not _LABEL_KEY.fullmatch(key) \
+                or not _LABEL_VALUE.fullmatch(value):
+            return None, f"expected NAMESPACE/LABEL=VALUE[,...], e.g. istio-system/istio=ingressgateway, got {item!r}"
+        out.add((ns, key, value))
+    if not out:
+        return None, "at least one NAMESPACE/LABEL=VALUE is needed"
+    return tuple(sorted(out)), None
+
+
 def parse_options(namespace: str = "default", cluster_domain: str = "cluster.local",
                   secrets_dir: str = "/etc/llmc/secrets", egress_gateway: str | None = None,
                   egress_gateway_labels: str = "istio=egressgateway", telemetry: bool | str = False,
                   gateway_workload_namespace: str | list[str] | None = None,
-                  istio_version: str = DEFAULT_ISTIO_VERSION, rate_limit_service: str | None = None,
+                  istio_version: str = DEFAULT_ISTIO_VERSION,
+                  gateway_selectors: str | list[str] | None = None, rate_limit_service: str | None = None,
                   rate_limit_timeout: str | None = None, rate_limit_fail_closed: bool | str = False,
                   ) -> tuple[Options | None, list[tuple[str, str]]]:
     """(Options, []) or (None, [(option, problem), ...])."""
@@ -172,9 +208,13 @@ def parse_options(namespace: str = "default", cluster_domain: str = "cluster.loc
     if version not in ISTIO_VERSIONS:
         problems.append(("istio-version", f"{istio_version!r} is not a supported Istio version; supported: "
                                           f"{', '.join(ISTIO_VERSIONS)}"))
+    selectors, problem = parse_gateway_selectors(gateway_selectors)
+    if problem:
+        problems.append(("gateway-selectors", problem))
     rate_limit = parse_rate_limit(rate_limit_service, rate_limit_timeout, rate_limit_fail_closed, problems)
     if problems:
         return None, problems
     return Options(rate_limit=rate_limit, namespace=namespace, cluster_domain=cluster_domain, secrets_dir=secrets_dir,
                    egress_gateway=egress_gateway, egress_labels=labels, telemetry=telemetry,
-                   gateway_workload_namespaces=workloads, istio_version=version), []
+                   gateway_workload_namespaces=workloads, istio_version=version,
+                   gateway_selectors=selectors), []

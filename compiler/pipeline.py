@@ -39,7 +39,7 @@ class Result:
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause Python's cyclic GC: compiling allocates millions of acyclic objects, and the GC's
-    repeated full scans made large meshes superlinear (README, "Performance")."""
+    repeated full scans made large meshes superlinear (docs/performance.md)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -55,6 +55,12 @@ def compile_documents(docs: list[Document], opts: Options, diags: Diagnostics) -
 
 
 def _compile_documents(docs: list[Document], opts: Options, diags: Diagnostics) -> Result:
+    from .options import ISTIO_LIMITS
+
+    if opts.istio_version in ISTIO_LIMITS:
+        diags.warning("LLMC011", ISTIO_LIMITS[opts.istio_version], file="--istio-version",
+                      hint="upgrade the mesh to Istio 1.29 or newer for request bodies over 1 MiB "
+                      "(docs/data-plane.md#supported-istio-and-envoy-versions)")
     items = []
     for d in docs:
         obj = check_document(d, diags)
@@ -71,7 +77,7 @@ def _compile_documents(docs: list[Document], opts: Options, diags: Diagnostics) 
         diags.error("LLMC901", f"internal error while generating output: {type(exc).__name__}: {exc}",
                     hint="this is a bug in llmc; please report it with the input that triggers it")
         return Result(diags, program)
-    check_sizes(objects, diags)
+    check_sizes(objects, diags, docs)
     if diags.has_errors:
         return Result(diags, program)
     return Result(diags, program, objects)
@@ -83,22 +89,40 @@ APPLY_ANNOTATION_LIMIT = 256 * 1024
 ETCD_OBJECT_LIMIT = 1536 * 1024
 
 
-def check_sizes(objects: list[dict], diags: Diagnostics) -> None:
-    """Objects Kubernetes would refuse (or `kubectl apply` could not track), named with their sources."""
+def _source_position(sources: str, docs: list[Document]) -> dict[str, object]:
+    """Where to report a problem of a generated object: at the first LLMRoute it is generated from
+    (its rules make it large), else at its first source; the file names the input, not ``<input>``."""
+    by_label = {d.label: d for d in docs}
+    labels = [s.strip() for s in sources.split(",")]
+    found = [by_label[x] for x in labels if x in by_label]
+    routes = [d for d in found if d.kind == "LLMRoute"]
+    if routes:
+        return {k: v for k, v in routes[0].where(("spec", "rules")).items() if k != "object"}
+    if found:
+        return {k: v for k, v in found[0].where(()).items() if k not in ("object", "path")}
+    return {}
+
+
+def check_sizes(objects: list[dict], diags: Diagnostics, docs: list[Document] = ()) -> None:  # type: ignore[assignment]
+    """Objects Kubernetes would refuse (or `kubectl apply` could not track), named with their sources
+    and located at the LLMRoute they come from."""
     for obj in objects:
         size = len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
         if size <= APPLY_ANNOTATION_LIMIT:
             continue
         meta = obj["metadata"]
-        where = {"object": f"{obj['kind']} {meta['namespace']}/{meta['name']}",
-                 "hint": f"it is generated from {meta['annotations'][SOURCES_ANNOTATION]}: split the LLMRoute's "
-                 "rules over several LLMRoutes (hosts), or move providers to other LLMRoutes"}
+        sources = meta["annotations"][SOURCES_ANNOTATION]
+        where = {"object": f"{obj['kind']} {meta['namespace']}/{meta['name']}", **_source_position(sources, docs)}
         if size > ETCD_OBJECT_LIMIT:
             diags.error("LLMC233", f"the object is {size // 1024} KiB; etcd stores at most 1536 KiB per object",
-                        **where)
+                        **where, hint=f"it is generated from {sources}: split the LLMRoute's rules over several "
+                        "LLMRoutes (hosts), or move providers to other LLMRoutes")
         else:
-            diags.warning("LLMC232", f"the object is {size // 1024} KiB; `kubectl apply` cannot keep more than "
-                          "256 KiB in its last-applied annotation (use `kubectl apply --server-side`)", **where)
+            diags.warning("LLMC232", f"the object is {size // 1024} KiB (generated from {sources}); client-side "
+                          "`kubectl apply` cannot keep more than 256 KiB in its last-applied annotation",
+                          **where, hint="apply it server-side: `llmc render … | kubectl apply --server-side "
+                          "--field-manager=llmc -f -` (Argo CD: ServerSideApply=true; the llmc controller always "
+                          "does); see docs/failover.md#applying-large-objects")
 
 
 def translate_program(program: Program) -> list[dict]:

@@ -4,8 +4,8 @@ drivers keep one record per provider. A new protocol is a record here (plus, whe
 translated, a named step in ``templates/lua/llmc.lua``).
 
 ``format`` names the body format the provider speaks: ``openai`` bodies are shaped byte-preserving
-(model/stream spliced in); ``anthropic`` bodies are translated both ways by the Lua (README,
-"Providers"). ``client_key``: with no key configured, the client's ``Authorization: Bearer <key>``
+(model/stream spliced in); ``anthropic`` bodies are translated both ways by the Lua (docs/protocols.md).
+``client_key``: with no key configured, the client's ``Authorization: Bearer <key>``
 is moved to ``auth_header`` (APIs that do not read Authorization); otherwise it passes unchanged.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-AZURE_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version (README, "Providers")
+AZURE_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version (docs/protocols.md)
 ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version Anthropic documents for the Messages API
 ANTHROPIC_MAX_TOKENS = 4096  # max_tokens when neither the client nor anthropicConfig sets one
 

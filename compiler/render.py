@@ -4,7 +4,7 @@ Templates are JSON (a subset of YAML): every value reaches a template through th
 which JSON-encodes it, so no user string can change the document's structure; the rendered text
 is parsed back at once with ``json.loads`` (a parse failure is an llmc bug, never a user error).
 JSON rather than YAML templates because parsing every object back with a YAML loader was most of
-``render``'s time on large meshes (README, "Performance").
+``render``'s time on large meshes (docs/performance.md).
 """
 
 from __future__ import annotations

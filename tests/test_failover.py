@@ -34,13 +34,13 @@ def test_istio_versions_are_taken_by_minor(given, minor):
     assert problems == [] and opts.istio_version == minor
 
 
-@pytest.mark.parametrize("bad", ["1.28", "1.32", "2", "latest"])
+@pytest.mark.parametrize("bad", ["1.27", "1.32", "2", "latest"])
 def test_unsupported_istio_versions_are_refused(bad):
     opts, problems = parse_options(istio_version=bad)
     assert opts is None and problems[0][0] == "istio-version"
 
 
-@pytest.mark.parametrize("version", ["1.29", "1.30"])
+@pytest.mark.parametrize("version", ["1.28", "1.29", "1.30"])
 def test_failover_for_an_older_istio_names_the_version_needed(version):
     opts, _ = parse_options(istio_version=version)
     result = compile_text(FAILOVER, opts, "failover.yaml")
@@ -103,6 +103,9 @@ def test_outputs_without_failover_are_the_same_for_every_supported_istio(sample)
     outs = {runner.invoke(app, ["render", "-f", str(REPO / sample), "--istio-version", v]).output
             for v in ("1.29", "1.30", "1.31")}
     assert len(outs) == 1
+    older, newer = (runner.invoke(app, ["render", "-f", str(REPO / sample), "--istio-version", v]) for v in ("1.28", "1.29"))
+    assert older.exit_code == 0 and older.stdout == newer.stdout
+    assert "warning[LLMC011]" in older.stderr and "LLMC011" not in newer.stderr
 
 
 def test_a_try_removes_every_credential_header_and_sets_only_its_own():

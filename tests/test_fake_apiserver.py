@@ -168,3 +168,35 @@ def test_writes_into_missing_namespaces_404_and_connection_faults(api):
         custom.list_namespaced_custom_object("networking.istio.io", "v1", "default", "virtualservices",
                                              _request_timeout=0.3)
     assert not isinstance(hung.value, ApiException)
+
+
+def test_writes_honour_the_timeout_parameter_as_kube_apiserver_does(api):
+    """kube-apiserver gives a request the deadline receipt + ``timeout`` (WithRequestDeadline): a
+    write still queued at its deadline is answered 504 and never applied; a malformed value is 400."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    api.put_object(NET, "serviceentries", {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                                           "metadata": {"name": "se", "namespace": "default"},
+                                           "spec": {"hosts": ["a.example.com"]}})
+
+    def patch(timeout: str, host: str) -> tuple[int, dict]:
+        req = urllib.request.Request(
+            f"{api.url}/{NET}/namespaces/default/serviceentries/se?timeout={timeout}", method="PATCH",
+            data=json.dumps({"spec": {"hosts": [host]}}).encode(),
+            headers={"content-type": "application/merge-patch+json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    api.delay("PATCH", 0.5)  # every PATCH waits longer than 0.2 s before it is handled
+    code, body = patch("0.2s", "late.example.com")
+    assert (code, body["reason"]) == (504, "Timeout"), body
+    assert api.get(NET, "serviceentries", "default", "se")["spec"]["hosts"] == ["a.example.com"]
+    assert patch("30s", "b.example.com")[0] == 200
+    assert api.get(NET, "serviceentries", "default", "se")["spec"]["hosts"] == ["b.example.com"]
+    code, body = patch("soon", "c.example.com")
+    assert code == 400 and "invalid timeout" in body["message"]

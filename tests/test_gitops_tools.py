@@ -1,9 +1,9 @@
-"""The README's GitOps recipes, run with the real tools: kpt (llmc as an exec function), kubectl's
+"""The GitOps recipes of docs/gitops.md, run with the real tools: kpt (llmc as an exec function), kubectl's
 built-in kustomize (llmc as an exec plugin), and the Argo CD Config Management Plugin's commands.
 
-Each recipe is a constant below, run verbatim by ``sh -c`` in a folder laid out as the README
+Each recipe is a constant below, run verbatim by ``sh -c`` in a folder laid out as docs/gitops.md
 assumes (``llm/`` holds the sources), with this venv's ``llmc`` first on PATH; the last test checks
-that the README shows exactly these commands. kpt and kubectl are prerequisites of the full suite
+that docs/gitops.md shows exactly these commands. kpt and kubectl are prerequisites of the full suite
 (CI machines have them): without them the tests skip with the reason, and fail under ``CI=true``.
 """
 
@@ -203,6 +203,9 @@ def test_kubectl_kustomize_reports_llmc_errors(kustomize_home, tmp_path: Path):
     proc = sh(f"kubectl kustomize --enable-alpha-plugins {app}", REPO, **kustomize_home)
     assert proc.returncode != 0 and proc.stdout == ""
     assert "error[LLMC202]" in proc.stderr and "spec.rules[0].backendRefs[0].providerHost" in proc.stderr
+    # located in the source file (kustomize names none; the plugin finds it under the kustomization)
+    row = next(n for n, line in enumerate(llm.read_text().splitlines(), 1) if "nowhere.cn" in line)
+    assert f"{llm}:{row}:7: error[LLMC202]" in proc.stderr and "items[" not in proc.stderr
 
 
 # ------------------------------------------------------------------------------------ Argo CD plugin
@@ -280,18 +283,17 @@ def test_argocd_plugin_refuses_an_app_without_llm_sources(app_folder: Path):
     assert proc.returncode == 1 and proc.stdout == "" and "error[LLMC006]" in proc.stderr
 
 
-# ----------------------------------------------------------------------------------- README recipes
+# ----------------------------------------------------------------------------------- docs recipes
 
 
-def test_readme_shows_the_tested_recipes():
-    readme = (REPO / "README.md").read_text()
-    gitops = readme[readme.index("## GitOps"):]
-    gitops = gitops[:gitops.index("\n## ", 1)]
+def test_docs_show_the_tested_recipes():
+    readme = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
+    gitops = (REPO / "docs" / "gitops.md").read_text()
     for command in (KPT_IN_PLACE, KPT_IN_PLACE_KEEP, KPT_STDOUT, KPT_UNWRAP, KPT_PIPE, KUSTOMIZE_INSTALL,
                     KUSTOMIZE_BUILD):
-        assert command in gitops, f"README's GitOps section lacks the tested recipe {command!r}"
+        assert command in gitops, f"docs/gitops.md lacks the tested recipe {command!r}"
     plugin = YAML(typ="safe").load(CMP_PLUGIN.read_text())["data"]["plugin.yaml"]
-    assert plugin in gitops, "README shows deploy/argocd/cmp-plugin.yaml's plugin.yaml verbatim"
+    assert plugin in gitops, "docs/gitops.md shows deploy/argocd/cmp-plugin.yaml's plugin.yaml verbatim"
     # no code block shows a form that fails (or silently applies raw sources), and every kpt or
     # kubectl kustomize line in one is a tested recipe
     code = "\n".join(re.findall(r"^```\w*\n(.*?)^```", readme, re.M | re.S))

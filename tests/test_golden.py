@@ -54,7 +54,7 @@ def test_samples_compile_clean(sample: Path, update_golden: bool):
 
 
 def test_all_samples_together(update_golden: bool):
-    """`llmc render -f samples/` (the README's command) compiles clean."""
+    """`llmc render -f samples/` (the README's Quickstart command) compiles clean."""
     out, diags = render(REPO / "samples")
     assert "error[" not in diags
     check_golden(TESTDATA / "samples" / "all.out.yaml", out, update_golden)

@@ -14,6 +14,9 @@ from compiler.visibility import Catalog, check_export_to, visible
 
 @pytest.mark.parametrize(("host", "hint"), [
     ("https://api.openai.com/v1", "write host: api.openai.com, path: /v1/chat/completions"),
+    ("https://dashscope.aliyuncs.com/compatible-mode/v1",
+     "write host: dashscope.aliyuncs.com, path: /compatible-mode/v1/chat/completions"),
+    ("https://api.anthropic.com/v1/messages", "write host: api.anthropic.com, path: /v1/messages"),
     ("api.openai.com:443", "write host: api.openai.com, port: 443"),
     ("api.openai.com/", "write host: api.openai.com"),
     ("api openai com", "write a DNS name such as api.openai.com"),
@@ -187,7 +190,10 @@ def test_objects_kubernetes_cannot_store_are_reported(pad, code, ok):
     if code:
         diag = next(d for d in result.diagnostics.items if d.code == code)
         assert diag.object.startswith(("VirtualService default/", "EnvoyFilter default/"))
-        assert "LLMRoute default/big" in diag.hint
+        assert "LLMRoute default/big" in diag.message + diag.hint
+        assert diag.line > 0 and diag.path == "spec.rules", "located at the LLMRoute the object comes from"
+    if code == "LLMC232":  # fits objects of any shape (a failover rule of two providers is one)
+        assert "kubectl apply --server-side" in diag.hint and "docs/failover.md#" in diag.hint
 
 
 STAR = """

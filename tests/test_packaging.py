@@ -84,14 +84,14 @@ def test_wheel_installs_and_renders_the_samples(wheel: Path, tmp_path: Path):
     assert "kind: EnvoyFilter" in run.stdout
 
 
-def test_readme_installs_our_name_never_the_other_projects():
-    readme = (REPO / "README.md").read_text()
+def test_the_manual_installs_our_name_never_the_other_projects():
+    readme = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     installs = re.findall(r"pip install ([^\s`]+)", readme)
-    assert installs, "README has install recipes"
+    assert installs, "the manual has install recipes"
     for spec in installs:
         if spec.startswith(("-", ".", "'", '"', "git+")):
             continue
-        assert canonicalize_name(Requirement(spec).name) == DIST_NAME, f"README installs {spec!r}"
+        assert canonicalize_name(Requirement(spec).name) == DIST_NAME, f"the manual installs {spec!r}"
     assert re.search(r"pip install llmc(?![-\w])", readme) is None
 
 
@@ -136,11 +136,24 @@ def test_dockerfile_installs_pinned_requirements_only():
     assert any("-r /tmp/requirements.txt" in a for a in installs)
     assert "COPY deploy/requirements.txt /tmp/requirements.txt" in text and "pip check" in text
     pins = requirement_pins()
-    for spec in PYPROJECT["project"]["dependencies"]:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    # the image runs the controller and `llmc explain`: the core and both extras are pinned
+    for spec in PYPROJECT["project"]["dependencies"] + extras["controller"] + extras["explain"]:
         req = Requirement(spec)
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not pinned in deploy/requirements.txt"
         assert req.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside pyproject's {req.specifier}"
+
+
+def test_dependencies_have_upper_bounds_where_minors_may_break():
+    """Every core dependency is capped: below its next major, and 0.x ones below a minor."""
+    for spec in PYPROJECT["project"]["dependencies"]:
+        req = Requirement(spec)
+        uppers = [s for s in req.specifier if s.operator == "<"]
+        assert uppers, f"{spec} has no upper bound"
+        lower = next(s.version for s in req.specifier if s.operator == ">=")
+        if lower.startswith("0."):
+            assert uppers[0].version.startswith("0."), f"{spec}: a 0.x dependency is capped below a minor"
 
 
 def test_shell_completion_is_on():
@@ -150,3 +163,14 @@ def test_shell_completion_is_on():
     assert out.returncode == 0 and out.stdout.split() == ["render"]
     script = subprocess.run([str(llmc), "--show-completion", "bash"], capture_output=True, text=True)
     assert script.returncode == 0 and "_LLMC_COMPLETE=complete_bash" in script.stdout
+
+
+def test_ci_checks_the_plain_install_without_the_controller_extra_then_with_it():
+    ci = (REPO / ".ci" / "run").read_text()
+    plain = ci.index("pip install --quiet . ")
+    assert ci.index("llmc render -f samples/", plain) < ci.index("pip install --quiet '.[controller]'", plain) \
+        < ci.index('-c "import compiler.controller.runtime"', plain), "render without the extra, import with it"
+    assert "apt-get install -y" in ci and "graphviz" in ci, ".ci/run installs Graphviz for the picture's test"
+    assert "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest" in ci.replace(" --quiet", ""), \
+        "CI runs the README's test command (quietly)"
+    assert "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest" in (REPO / "README.md").read_text()

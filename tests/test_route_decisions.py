@@ -1,4 +1,4 @@
-"""Decisions where features cross (issue 24, item 10), each documented in the README
+"""Decisions where features cross (issue 24, item 10), each documented in docs/failover.md ("Where features cross")
 ("Where features cross") and held here: what ``GET /v1/models`` lists, whether a client's
 ``anthropic-beta`` reaches Anthropic with the platform's key, and what ``hostRewrite`` may name."""
 

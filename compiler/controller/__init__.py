@@ -13,6 +13,8 @@ the Kubernetes client; the compiler core never does.
   deletes, status patches, Secret existence checks; every call with a timeout, every write fenced.
 * :mod:`.leader` — leader election on a ``coordination.k8s.io`` Lease by client-go's rules, and the
   write fence.
+* :mod:`.rbac` — the ClusterRole rules per flag, derived from the table of generated kinds (what
+  ``deploy/rbac.yaml`` and ``deploy/components/`` grant; a test compares them).
 * :mod:`.runtime` — the process: informers, workers, ``/healthz``, ``/readyz``, ``/metrics``,
   structured logs, graceful shutdown, exit on lost leadership.
 """

@@ -6,7 +6,8 @@ both (and the sources annotation) are watched and ever pruned, so the output of
 ``llmc render | kubectl apply`` (same ``managed-by`` label, no owner label) is never deleted. An
 object of the same name that ``render`` applied earlier is adopted: the forced apply takes its
 fields over and adds the owner label. Secrets are only checked for existence: their contents are
-never read. Every call has a timeout; writes pass the leader fence and a client-side rate limiter.
+never read. Every call has a timeout; writes pass the leader fence and a client-side rate limiter,
+and carry the server-side ``timeout`` too (:func:`send_server_timeouts`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError as TransportError
 
+from ..constants import GENERATED_KINDS
 from .reconcile import OWNER_LABEL, OWNER_VALUE, SOURCE_GROUP
 
 log = logging.getLogger("llmc.controller")
@@ -28,15 +30,8 @@ FIELD_MANAGER = "llmc-controller"
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by=llmc,{OWNER_LABEL}={OWNER_VALUE}"
 SOURCE_VERSION = "v1beta1"
 SOURCE_PLURALS = {"LLMProvider": "llmproviders", "LLMRoute": "llmroutes"}
-#: kind → (group, version, plural) of everything llmc generates
-GENERATED = {
-    "ServiceEntry": ("networking.istio.io", "v1", "serviceentries"),
-    "DestinationRule": ("networking.istio.io", "v1", "destinationrules"),
-    "Gateway": ("networking.istio.io", "v1", "gateways"),
-    "VirtualService": ("networking.istio.io", "v1", "virtualservices"),
-    "EnvoyFilter": ("networking.istio.io", "v1alpha3", "envoyfilters"),
-    "Telemetry": ("telemetry.istio.io", "v1", "telemetries"),
-}
+#: kind → (group, version, plural) of everything llmc generates (from the one table of kinds)
+GENERATED = {k.kind: (k.group, k.version, k.plural) for k in GENERATED_KINDS}
 RESOURCES = {**GENERATED, **{k: (SOURCE_GROUP, SOURCE_VERSION, p) for k, p in SOURCE_PLURALS.items()}}
 T = TypeVar("T")
 
@@ -61,6 +56,43 @@ def retrying(call: Callable[[], T], what: str, attempts: int = 6, base: float = 
             log.info("retrying", extra={"op": what, "error": type(exc).__name__, "attempt": attempt + 1})
         time.sleep(base * (2 ** attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def send_server_timeouts(api: client.ApiClient, seconds: float) -> None:
+    """Add the server-side ``timeout`` query parameter to every write ``api`` sends (applies, deletes,
+    status patches, Lease writes), so that the API server, not only this client, gives up on it.
+
+    What kube-apiserver does with it (kubernetes/kubernetes, staging/src/k8s.io/apiserver):
+
+    * ``pkg/endpoints/filters/request_deadline.go`` (``withRequestDeadline``, L69-L96 at commit
+      08eaea4590821ab099551e334bfc0e0b2ebee348): ``timeout`` is parsed as a Go duration (malformed:
+      400); a value that is 0 or above the server's ``--request-timeout`` (default 60 s) is replaced
+      by that maximum; the request context gets the deadline ``started.Add(timeout)``, where
+      ``started`` is the request's *received* timestamp. The filter wraps authentication, priority
+      and fairness and the handlers (``DefaultBuildHandlerChain`` in ``pkg/server/config.go``), so
+      time spent queued counts against it. Without the parameter a write may run for the server's
+      60 s — that is what let an ex-leader's writes land 7-12 s after the new leader's (issue 29).
+    * ``pkg/endpoints/handlers/finisher/finisher.go`` (``asyncFinisher``, L110-L162 at commit
+      11d24f075cd5698ca8f09e92ac47cdbf253342ef): the create/update/patch/delete handler runs the
+      storage call under that context and answers ``504 Timeout`` ("request did not complete within
+      requested timeout") once it expires; the goroutine doing the write "may continue to run", but
+      its etcd call carries the expired context, so it is not started after the deadline. A
+      transaction already sent to etcd can still commit: that is the residual bound
+      (docs/cluster.md#tenancy-fencing-rbac-and-sizing).
+
+    The client's own timeout (``_request_timeout``) stays as it is; both are ``seconds``."""
+    value = f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"  # a Go duration: "5s", "1.5s"
+    call = api.call_api
+
+    def call_api(method, url, *args, **kwargs):
+        if str(method).upper() in WRITE_METHODS:
+            url += ("&" if "?" in url else "?") + f"timeout={value}"
+        return call(method, url, *args, **kwargs)
+
+    api.call_api = call_api  # type: ignore[method-assign]
 
 
 def _no_fence() -> None:

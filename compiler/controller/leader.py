@@ -13,12 +13,17 @@ follows client-go's ``tools/leaderelection`` instead:
 * Optimistic concurrency (``resourceVersion``) makes exactly one of two racing replicas win.
 
 **Fencing** (:meth:`LeaderElector.check_fence`): a write request is started only while the last
-successful renewal — timed from when that renewal request was *sent* — is younger than
+successful renewal — timed from when that renewal request was *sent* (R) — is younger than
 ``renew_deadline``. Because ``renew_deadline < lease_duration`` and another replica needs
 ``lease_duration`` of unchanged observation (which starts after our renewal was sent), no write is
 started once another replica may lead, even by a replica that was paused (SIGSTOP) and resumed: the
-monotonic clock kept running. The residual window is a request already in flight when the deadline
-passes (bounded by ``request_timeout``); Kubernetes offers no fencing token to close it.
+monotonic clock kept running. A write already started is bounded by the API server: every write
+carries the server-side ``timeout`` (:func:`.kube.send_server_timeouts`), so it is not applied later
+than its receipt + ``request_timeout`` (plus an etcd transaction already in flight). The last write
+of an ex-leader therefore lands by R + ``renew_deadline`` + transit + ``request_timeout`` + etcd
+commit, and the next leader writes from R + ``lease_duration`` on: with the defaults (15, 10, 3) the
+margin is 2 s for transit and the commit. :attr:`LeaseConfig.stale_write_margin` is that margin;
+the controller warns when it is not positive. Kubernetes offers no fencing token to close it.
 """
 
 from __future__ import annotations
@@ -46,12 +51,21 @@ class LeadershipLost(Exception):
 
 @dataclass(frozen=True)
 class LeaseConfig:
-    """client-go's defaults are 15 s / 10 s / 2 s; tests shrink them to run in seconds."""
+    """client-go's defaults are 15 s / 10 s / 2 s; tests shrink them to run in seconds. The request
+    timeout (client and server side) is 3 s so that a write started just before the renew deadline
+    is over 2 s before another replica may lead (see the module docstring)."""
 
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
-    request_timeout: float = 5.0
+    request_timeout: float = 3.0
+
+    @property
+    def stale_write_margin(self) -> float:
+        """Seconds between the latest an ex-leader's write can be applied (renew deadline + request
+        timeout after its last renewal, not counting transit and etcd's commit) and the earliest
+        another replica may write (a lease duration after it): must cover transit and the commit."""
+        return self.lease_duration - self.renew_deadline - self.request_timeout
 
     def __post_init__(self) -> None:
         if not self.lease_duration > self.renew_deadline:

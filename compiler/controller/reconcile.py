@@ -33,6 +33,9 @@ SOURCE_GROUP = "istio.alibabacloud.com"
 OWNER_LABEL = "llmc.io/owner"
 OWNER_VALUE = "controller"
 ALL = "*"
+#: diagnostics that refuse a source for tenancy (``--gateway-selectors``): its objects are not kept
+#: as last known good (they may be what the operator just forbade) and ``Programmed`` says so
+TENANCY_CODES = frozenset({"LLMC243"})
 
 ObjKey = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -87,6 +90,11 @@ class Outcome:
     program: Program | None = None
     diagnostics: dict[str, list[Diagnostic]] = field(default_factory=dict)  # per source key
     invalid: set[str] = field(default_factory=set)
+
+    @property
+    def refused(self) -> set[str]:
+        """Invalid sources refused for tenancy: their live objects are pruned, never kept."""
+        return {k for k in self.invalid if any(d.code in TENANCY_CODES for d in self.diagnostics.get(k, []))}
 
 
 def _document(obj: dict) -> Document:
@@ -189,12 +197,28 @@ class Plan:
     prune: list[ObjKey] = field(default_factory=list)
     kept: list[ObjKey] = field(default_factory=list)  # last known good: a source is invalid
     refused: dict[str, list[str]] = field(default_factory=dict)  # source key → messages (tenancy)
+    #: source key → (kept objects it contributes to, the invalid sources that froze them), sorted
+    frozen: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+
+    def _freeze(self, obj: dict, invalid: set[str]) -> None:
+        sources = annotated_sources(obj)
+        what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        causes = set(sources) & invalid
+        for s in sources:
+            objs, by = self.frozen.get(s, ([], []))
+            self.frozen[s] = (sorted({*objs, what}), sorted({*by, *causes}))
+
+
+def _allowed(obj: dict, namespace: str, scope: Scope) -> bool:
+    return scope.allows({s.split(" ", 1)[-1].split("/", 1)[0] for s in annotated_sources(obj)}, namespace)
 
 
 def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope) -> Plan:
     """What one key's pass writes. ``live`` holds the controller's objects owned by that key."""
     out = Plan()
-    pinned = {k for k, o in live.items() if set(annotated_sources(o)) & outcome.invalid}
+    refused = outcome.refused
+    pinned = {k for k, o in live.items() if set(annotated_sources(o)) & outcome.invalid
+              and not set(annotated_sources(o)) & refused and _allowed(o, k[1], scope)}
     desired: dict[ObjKey, dict] = {}
     for obj in outcome.objects:
         key = obj_key(obj)
@@ -212,20 +236,37 @@ def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope) -> Plan:
     for key, obj in sorted(desired.items()):
         if key in pinned:
             out.kept.append(key)
+            out._freeze(live[key], outcome.invalid)
         elif drifted(obj, live.get(key)):
             out.apply.append(obj)
     for key in sorted(set(live) - set(desired)):
         if key in pinned:
             out.kept.append(key)
+            out._freeze(live[key], outcome.invalid)
         else:
             out.prune.append(key)
     return out
 
 
+def _frozen_text(frozen: tuple[list[str], list[str]], namespace: str) -> str:
+    """Which objects are kept as last applied and which invalid sources froze them; sources of other
+    namespaces are counted, not named (a tenant's status names no other tenant's objects)."""
+    objs, causes = frozen
+    own = [c for c in causes if c.split(" ", 1)[-1].split("/", 1)[0] == namespace]
+    others = len(causes) - len(own)
+    named = own + ([f"{others} source(s) of other namespaces"] if others else [])
+    shown = ", ".join(objs[:10]) + (f" and {len(objs) - 10} more" if len(objs) > 10 else "")
+    return (f"kept as last applied (last known good) while {', '.join(named)} "
+            f"{'is' if len(causes) == 1 else 'are'} invalid: {shown}")
+
+
 def conditions(obj: dict, outcome: Outcome, failures: list[str], missing_secrets: list[str],
-               unchecked_secrets: list[str], refused: list[str]) -> list[dict]:
+               unchecked_secrets: list[str], refused: list[str],
+               frozen: tuple[list[str], list[str]] | None = None) -> list[dict]:
     """Accepted, ResolvedRefs and Programmed for one source; messages come from diagnostics
-    (which never contain key values) and name only the source's own or allowed namespaces."""
+    (which never contain key values) and name only the source's own or allowed namespaces.
+    ``frozen``: the objects of this source that last known good keeps, and the invalid sources that
+    froze them — a valid source whose changes cannot reach them is not ``Programmed`` either."""
     key = source_key(obj)
     diags = outcome.diagnostics.get(key, [])
     errors = [d for d in diags if d.severity is Severity.ERROR]
@@ -241,8 +282,9 @@ def conditions(obj: dict, outcome: Outcome, failures: list[str], missing_secrets
     elif missing_secrets:
         resolved = ("False", "SecretNotFound", f"Secret(s) not found: {', '.join(missing_secrets)}")
     elif unchecked_secrets:
-        resolved = ("Unknown", "NotChecked", "Secret(s) not checked: needed in namespace(s) the controller may not "
-                    "read Secrets in (" + ", ".join(unchecked_secrets) + ")")
+        resolved = ("Unknown", "NotChecked", "Secret(s) not checked: needed in namespace(s) " +
+                    ", ".join(sorted(unchecked_secrets)) + "; status reports on Secrets of the source's own "
+                    "namespace only, where the controller may read them")
     else:
         resolved = ("True", "ResolvedRefs", "")
     conds = [
@@ -251,11 +293,18 @@ def conditions(obj: dict, outcome: Outcome, failures: list[str], missing_secrets
          "message": text(warnings) if accepted else text(errors)},
         {"type": "ResolvedRefs", "status": resolved[0], "reason": resolved[1], "message": resolved[2]},
     ]
-    if not accepted or key in outcome.invalid:
-        programmed = ("False", "Invalid", (text(errors) or "not compiled") +
-                      "; objects applied for a previous valid version, if any, are kept as they are")
+    held = _frozen_text(frozen, obj["metadata"].get("namespace", "")) if frozen else ""
+    if any(d.code in TENANCY_CODES for d in errors):
+        programmed = ("False", "GatewayNotAllowed", text([d for d in errors if d.code in TENANCY_CODES]) +
+                      "; nothing is applied for it on gateways, and objects applied for it earlier are removed")
+    elif not accepted or key in outcome.invalid:
+        programmed = ("False", "Invalid", (text(errors) or "not compiled") + "; " +
+                      (held or "no object applied for it is live, none is kept"))
     elif refused:
         programmed = ("False", "GatewayNamespaceNotAllowed", "; ".join(refused)[:1024])
+    elif frozen:
+        programmed = ("False", "LastKnownGood", held + "; changes of this source reach them "
+                      "once that is fixed")
     elif failures:
         programmed = ("False", "ApplyFailed", ("; ".join(failures) + "; retrying")[:1024])
     else:

@@ -24,7 +24,7 @@ from kubernetes.client.rest import ApiException
 
 from ..resolve import Options
 from .informer import Informer
-from .kube import GENERATED, MANAGED_SELECTOR, SOURCE_PLURALS, Kube
+from .kube import GENERATED, MANAGED_SELECTOR, SOURCE_PLURALS, Kube, send_server_timeouts
 from .leader import LeaderElector, LeadershipLost, LeaseConfig
 from .observe import JsonFormatter, Metrics, serve_probes
 from .queue import RateLimiter, WorkQueue
@@ -64,8 +64,10 @@ class Tuning:
     debounce: float = 0.1  # a burst of events for one key costs one pass
     backoff_base: float = 0.2  # per-key retry: base * 2**failures, capped
     backoff_cap: float = 60.0
-    qps: float = 50.0  # client-side rate limit of writes
-    burst: int = 100
+    # client-side rate limit of writes: a cold start of 1,000 providers + 1,000 routes is ~6,900
+    # writes (objects and status), (6,900 - burst) / qps ~ 33 s; at 50/s it took ~138 s (issue 29)
+    qps: float = 200.0
+    burst: int = 400
     workers: int = 4  # keys processed in parallel (never one key twice at once)
 
 
@@ -78,6 +80,7 @@ class Controller:
                  istio_root_namespace: str = "istio-system", tuning: Tuning | None = None):
         lease, self.tuning = lease or LeaseConfig(), tuning or Tuning()
         api.user_agent = f"llmc-controller/{identity}"  # tells replicas apart in API server logs
+        send_server_timeouts(api, lease.request_timeout)  # the API server drops a write it cannot finish
         self.elector = LeaderElector(api, lease_namespace, "llmc-controller", identity, lease)
         self.limiter = RateLimiter(self.tuning.qps, self.tuning.burst)
         self.kube = Kube(api, fence=self.elector.check_fence, timeout=lease.request_timeout, limiter=self.limiter.wait)
@@ -198,7 +201,7 @@ class Controller:
         for src in sources:
             k = source_key(src)
             conds = conditions(src, outcome, failures.get(k, []), missing.get(k, []), unchecked.get(k, []),
-                               todo.refused.get(k, []))
+                               todo.refused.get(k, []), todo.frozen.get(k))
             ok = self._patch_status(src, conds) and ok
         self.metrics.set("llmc_objects_managed", sum(len(i.cache) for i in self.generated))
         self.metrics.add("llmc_reconciles_total")
@@ -231,13 +234,21 @@ class Controller:
 
     def _secrets(self, outcome: Outcome) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """Per source key: the Secrets missing where its proxies need them, and the namespaces where
-        they are needed but may not be read (neither the source's own nor an allowed gateway
-        namespace). Each Secret is checked once per pass; contents are never read."""
+        they are needed but not checked for it. A source learns about Secrets of its own namespace
+        only: for another namespace (a gateway's) it gets ``NotChecked`` whether the Secret exists,
+        is missing or may not be looked at — else a tenant could probe Secret names there. Missing
+        ones there are logged for the operator. Each Secret is checked once per pass; contents are
+        never read."""
         if outcome.program is None:
             return {}, {}
         exists: dict[tuple[str, str], bool | None] = {}
         missing: dict[str, list[str]] = {}
         unchecked: dict[str, list[str]] = {}
+
+        def note(table: dict[str, list[str]], source: str, item: str) -> None:
+            if item not in table.setdefault(source, []):
+                table[source].append(item)
+
         for vh in outcome.program.vhosts:
             for rule in vh.rules:
                 for b in rule.backends:
@@ -246,22 +257,22 @@ class Controller:
                         continue
                     users = (*vh.sources, b.provider.source)
                     for pl in vh.placements:
-                        if not self.scope.allows({vh.namespace, b.provider.namespace}, pl.namespace):
-                            for s in users:
-                                if pl.namespace not in unchecked.setdefault(s, []):
-                                    unchecked[s].append(pl.namespace)
-                            continue
+                        own = [s for s in users if s.split(" ", 1)[-1].split("/", 1)[0] == pl.namespace]
+                        for s in users:
+                            if s not in own:
+                                note(unchecked, s, pl.namespace)
                         key = (pl.namespace, ref.name)
+                        if not self.scope.allows({vh.namespace, b.provider.namespace}, pl.namespace):
+                            continue
                         if key not in exists:
                             exists[key] = self.kube.secret_exists(*key)
-                        if exists[key] is None:  # no RBAC to look there
-                            for s in users:
-                                if pl.namespace not in unchecked.setdefault(s, []):
-                                    unchecked[s].append(pl.namespace)
-                        elif not exists[key]:
-                            for s in users:
-                                if f"{key[0]}/{key[1]}" not in missing.setdefault(s, []):
-                                    missing[s].append(f"{key[0]}/{key[1]}")
+                            if exists[key] is False and not own:
+                                log.warning("secret missing", extra={"secret": f"{key[0]}/{key[1]}"})
+                        for s in own:
+                            if exists[key] is None:  # no RBAC to look there
+                                note(unchecked, s, pl.namespace)
+                            elif not exists[key]:
+                                note(missing, s, f"{key[0]}/{key[1]}")
         return missing, unchecked
 
     # loops -----------------------------------------------------------------------------------------
@@ -375,6 +386,9 @@ def run(opts: Options, kubeconfig: str | None, namespaces: list[str] | None, lea
     ctrl = Controller(client.ApiClient(cfg), opts, identity or socket.gethostname(), lease_namespace,
                       namespaces=namespaces, lease=lease, on_lost=done.set, tuning=tuning,
                       gateway_namespaces=gateway_namespaces, istio_root_namespace=istio_root_namespace)
+    if ctrl.elector.config.stale_write_margin <= 0:
+        log.warning("renew deadline + request timeout >= lease duration: a write of an ex-leader may land "
+                    "after the new leader's", extra={"margin_s": ctrl.elector.config.stale_write_margin})
     ctrl.serve_health("0.0.0.0", health_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

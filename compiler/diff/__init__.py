@@ -13,7 +13,7 @@ the emitted ``llmc.lua`` under LuaJIT), and what decides its fate is compared:
 
 Limits (token and money budgets) and ambient rendering are not columns yet: those features have not
 landed. Output: text, Markdown (for a pull-request comment) or JSON whose ``schema`` is
-:data:`SCHEMA` (README, "llmc diff"). Exit codes: 0 no change, 1 changes, 2 a side does not compile.
+:data:`SCHEMA` (docs/diff.md). Exit codes: 0 no change, 1 changes, 2 a side does not compile.
 """
 
 from __future__ import annotations

@@ -55,7 +55,9 @@ class _Runtime:
         try:
             from lupa import luajit21
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise ExplainError("llmc explain runs the filter under LuaJIT: pip install 'llmc-istio[explain]'") from exc
+            raise ExplainError("llmc explain runs the filter under LuaJIT (lupa), which is not installed: "
+                               "install the explain extra from your clone, `pip install '.[explain]'` "
+                               "(or `pip install lupa` into llmc's environment)") from exc
         self.lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
         self.M = self.lua.execute(_lua_source("llmc.lua"))
         self.handle = self.lua.execute(_lua_source("envoy_handle.lua"))
@@ -319,12 +321,32 @@ def _tls(objects: list[dict], host: str, port: int) -> bool:
 # Output
 # ------------------------------------------------------------------------------------------------
 
+#: what the internal headers mean, for the text trace: a route that needs one is passed over in
+#: Istio's first pass and may well be the one the filter selects afterwards
+_SET_BY_FILTER = {"x-llmc-model": "the filter sets it from the body's model, then Envoy selects again",
+                  "x-llmc-provider": "the filter sets it after its weighted pick, then Envoy selects again"}
+
+
+def _passed_over(why: str) -> str:
+    for header, meaning in _SET_BY_FILTER.items():
+        if why.startswith(f"header {header}: absent"):
+            return f"not yet — {header} is absent ({meaning})"
+    return f"no match — {why}"
+
+
 def format_text(x: dict) -> str:
     lines = [f"proxy: {x['proxy']}", f"virtual service: {x['virtual_service']}"]
+    if x.get("not_matched"):
+        lines.append("Istio's first route selection (before the llmc filter runs):")
     for skipped in x.get("not_matched", []):
-        lines.append(f"  route {skipped['route']}: no match — {skipped['why']}")
+        lines.append(f"  route {skipped['route']}: {_passed_over(skipped['why'])}")
     if "route" in x:
-        lines.append(f"matched route: {x['route']}")
+        route = x["route"]
+        if route.endswith("/*nomatch"):
+            lines.append(f"entry route: {route} (llmc's catch-all: no rule matched before the filter; "
+                         "the filter decides the rule below)")
+        else:
+            lines.append(f"matched route: {route}")
     if x.get("filter"):
         lines.append(f"llmc filter: {x['filter']}")
     if x.get("rule"):
@@ -338,7 +360,7 @@ def format_text(x: dict) -> str:
         lines.append(f"failover: {len(x['attempts'])} tries in order (route {x.get('final_route')})")
     if "upstream" in x:
         up = x["upstream"]
-        lines.append(f"retries: {json.dumps(x['retries']) if isinstance(x['retries'], dict) else x['retries']}")
+        lines.append(_retries_line(x))
         lines.append(f"upstream request: {up['method']} {up['url']}  [{up['cluster']}]")
         lines += [f"  {k}: {v}" for k, v in up["headers"].items()]
         if up["body"] is not None:
@@ -354,6 +376,20 @@ def format_text(x: dict) -> str:
         if r.get("body"):
             lines.append(f"  body: {r['body']}")
     return "\n".join(lines) + "\n"
+
+
+def _retries_line(x: dict) -> str:
+    """Istio's retry policy; for a failover rule also how it relates to the rule's ``retries.attempts``
+    (Istio counts retries after the first try; llmc's ``attempts`` counts every try)."""
+    retries = x["retries"]
+    if not isinstance(retries, dict):
+        return f"retries: {retries}"
+    text = f"retries (Istio's retry policy): {json.dumps(retries)}"
+    if len(x.get("attempts", [])) > 1:
+        tries = 1 + int(retries.get("attempts", 0))
+        text += (f" — {tries} tries in all: Istio's attempts count the retries after the first try, "
+                 "the rule's retries.attempts counts every try")
+    return text
 
 
 __all__ = ["ExplainError", "Request", "explain", "format_text"]

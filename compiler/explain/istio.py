@@ -69,8 +69,13 @@ def find_virtualservice(objects: list[dict], req: Request) -> dict:
         for host in vs["spec"]["hosts"]:
             if host == "*" or authority in _host_names(host, ns):
                 return vs
+    elsewhere = sorted({vs["metadata"].get("namespace", "default") for vs in objects if vs["kind"] == "VirtualService"
+                        and any(authority in _host_names(h, vs["metadata"].get("namespace", "default"))
+                                for h in vs["spec"]["hosts"])} - {proxy_ns})
+    hint = (f"; it is routed for callers in namespace {', '.join(elsewhere)}: explain one of those with "
+            f"--namespace {elsewhere[0]}" if elsewhere and req.via == "mesh" else "")
     raise ExplainError(f"no VirtualService for host {req.host!r} reaches a proxy {describe_proxy(req)}: the request "
-                       "is not llmc traffic there (istiod's default route would pass it as it is)")
+                       f"is not llmc traffic there (istiod's default route would pass it as it is){hint}")
 
 
 def describe_proxy(req: Request) -> str:

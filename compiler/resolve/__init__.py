@@ -27,7 +27,7 @@ from ..ir import Backend, Program, Provider, Rule, VirtualHost
 from ..load import Document
 from ..options import Options
 from .limits import forbidden_headers, rate_limit_service, resolve_limits
-from .placement import check_selector_overlap, egress_gateway, place
+from .placement import check_gateway_selectors, check_selector_overlap, egress_gateway, place
 from .providers import resolve_provider
 from .routes import resolve_route, rule_name
 
@@ -110,6 +110,7 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
     egress = egress_gateway(opts)
     placed = [dataclasses.replace(vh, placements=place(vh, egress, opts)) for vh in vhosts]
     check_selector_overlap(placed, provider_docs, diags)
+    check_gateway_selectors(placed, {u.doc.label: u.doc for u in unique if u.doc.kind == "LLMRoute"}, opts, diags)
     if diags.has_errors:
         return None
     return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,

@@ -37,7 +37,7 @@ def check_selector_overlap(vhosts: list[VirtualHost], provider_docs, diags: Diag
     """One Lua filter per (namespace, sidecar/gateway, selector) is inserted; when one selector's
     labels contain another's, the pods both select get the filter twice and shape every request
     twice. Selectors that overlap only through the pods' actual labels are invisible to llmc
-    (README, "Several workloads in one namespace")."""
+    (docs/gateways.md, "Several gateways in one namespace")."""
     providers: dict[tuple, set[tuple[str, str]]] = defaultdict(set)  # placement key → (ns, provider)
     for vh in vhosts:
         for pl in vh.placements:
@@ -65,6 +65,42 @@ def check_selector_overlap(vhosts: list[VirtualHost], provider_docs, diags: Diag
                             ("spec", "workloadSelector")),
                         hint=f"{others} uses the other selector; give providers of different workloads "
                         "selectors that do not contain each other, or the same selector")
+
+
+def check_gateway_selectors(vhosts: list[VirtualHost], route_docs, opts: Options, diags: Diagnostics) -> None:
+    """``--gateway-selectors``: a route's rules may run on the pods of a Gateway it binds to only when
+    the operator allows them — the placement's namespace has an allowed ``label=value`` that the
+    providers' workloadSelector contains (then it selects allowed pods only). Otherwise a tenant
+    could have EnvoyFilters written into a gateway namespace (the Istio root namespace: every
+    namespace) for any pods it names. The egress gateway is the operator's own flag: not checked."""
+    if opts.gateway_selectors is None:
+        return
+    for vh in vhosts:
+        doc = route_docs.get(vh.sources[0])
+        for pl in vh.placements:
+            if pl.gateway is None or pl.gateway not in vh.bound_gateways or doc is None:
+                continue
+            allowed = {(k, v) for ns, k, v in opts.gateway_selectors if ns == pl.namespace}
+            if allowed & set(pl.selector):
+                continue
+            shown = "{" + ", ".join(f"{k}: {v}" for k, v in pl.selector) + "}"
+            why = (f"no gateway pods in namespace {pl.namespace!r} are allowed" if not allowed else
+                   f"the providers' workloadSelector {shown} contains none of the allowed labels there "
+                   f"({', '.join(f'{k}={v}' for k, v in sorted(allowed))})")
+            diags.error("LLMC243", f"gateway {pl.gateway}: its rules would run on pods {shown} in namespace "
+                        f"{pl.namespace!r}, but {why}", **doc.where(("spec", "gateways", _ref_index(doc, pl.gateway))),
+                        hint="the operator lists the gateway pods routes may use (--gateway-selectors "
+                        "NAMESPACE/LABEL=VALUE); bind to one of those and select its pods in the providers' "
+                        "spec.workloadSelector")
+
+
+def _ref_index(doc, ref: str) -> int:
+    """The index in ``spec.gateways`` of the entry that names ``ref`` ("name" means this namespace)."""
+    refs = ((doc.data.get("spec") or {}).get("gateways") or [])
+    for i, raw in enumerate(refs):
+        if raw == ref or f"{doc.namespace}/{raw}" == ref:
+            return i
+    return 0
 
 
 def egress_gateway(opts: Options) -> EgressGateway | None:

@@ -196,6 +196,8 @@ def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, 
                         (f" at priority {prio}" if len(groups) > 1 else ""), **doc.where(where),
                         hint="give at least one backendRef a weight above 0")
             ok = False
+        elif all(w is not None for w in ws):
+            _note_relative_weights([w or 0 for w in ws], doc, rpath, diags, prio if len(groups) > 1 else None)
     seen: set[str] = set()
     named: dict[str, str] = {}  # provider name → source
     out = []
@@ -259,6 +261,20 @@ def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, 
                                host_rewrite=ref.hostRewrite.lower() if ref.hostRewrite else None,
                                priority=ref.priority or 0))
     return tuple(out) if ok else None
+
+
+def _note_relative_weights(weights: list[int], doc: Document, rpath: tuple, diags: Diagnostics,
+                           priority: int | None = None) -> None:
+    """Weights are shares of their sum (as in Istio, which scales them to 100): 70/20 sends 78%/22%.
+    Said once per priority, as a note, when they do not add up to 100, so nobody reads 70 as 70%."""
+    total = sum(weights)
+    if total in (0, 100) or len(weights) < 2:
+        return
+    shares = "/".join(f"{w * 100 / total:.0f}" for w in weights)
+    at = f" at priority {priority}" if priority is not None else ""
+    diags.note("LLMC242", f"weights{at} add up to {total}, not 100: each is a share of the total, so traffic is "
+               f"split {shares} (%)", **doc.where(rpath + ("backendRefs",)),
+               hint="make the weights add up to 100 to read them as percentages")
 
 
 def _unknown_provider(host: str, found: visibility.Lookup, catalog: visibility.Catalog, doc: Document,

@@ -60,7 +60,7 @@ def secret_path(secrets_dir: str, ref: SecretRef) -> str:
     return f"{secrets_dir}/{ref.name}/{ref.key}"
 
 
-#: Room the shaped body may take beyond ``maxRequestBytes`` (README, "Request size limits"): the
+#: Room the shaped body may take beyond ``maxRequestBytes`` (docs/data-plane.md, "Request size limits"): the
 #: filter adds ``model``/``stream``/``stream_options`` (later steps translate bodies too), and Envoy
 #: answers a body over its buffer limit with a plain-text 413 the client cannot parse.
 MIN_HEADROOM = 64 * 1024

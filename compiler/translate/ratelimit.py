@@ -1,4 +1,4 @@
-"""Token limits (README, "Token limits"; design: shared/notes/token-ratelimit.md §5.2) in Envoy's and
+"""Token limits (docs/token-limits.md; design: shared/notes/token-ratelimit.md §5.2) in Envoy's and
 envoyproxy/ratelimit's terms.
 
 * :func:`rate_limit_filter`: Envoy's global rate-limit filter ``llmc.ratelimit``, inserted after

@@ -1,6 +1,6 @@
 """VirtualService per virtual host: header rules, pinned provider routes, Host rewrite.
 
-Shape (README "Design"): a rule with one provider is one route to that provider. A weighted rule
+Shape (docs/design.md): a rule with one provider is one route to that provider. A weighted rule
 becomes one *pinned* route per provider, followed by the rule's *entry* route (the rule's
 conditions). A pinned route matches only the internal header ``x-llmc-provider: <its own route
 name>`` (plus the rule's static conditions: port, gateways, source labels), never the headers the
@@ -38,7 +38,7 @@ def _match(m: Match, port: int, pin: str | None, gateway_map: dict[str, str], by
     ``pin`` (a pinned route): on a host that routes by model, the rule's conditions plus "the routing
     header lists ``pin``" (the filter picks a provider for every weighted rule, then makes Envoy select
     rule and provider at once, before it changes any other header); elsewhere the internal header
-    instead of the rule's header conditions (README, "Weighted rules: pinning").
+    instead of the rule's header conditions (docs/data-plane.md, "Weighted rules: pinning").
     """
     gateways: list[str] = []
     if m.gateways:
@@ -73,7 +73,7 @@ def forward_removes(vh: VirtualHost, b: Backend) -> list[str]:
     every credential header but the one the filter set, so that no credential the client sent (its own
     key, or one for another provider) reaches it; for a keyed Anthropic provider also the client's
     ``anthropic-beta`` (a beta feature is opted into with the platform's key and bill). A keyless
-    provider receives the client's own credentials (README, "API keys")."""
+    provider receives the client's own credentials (docs/failover.md, "Where features cross")."""
     remove = list(names.INTERNAL_HEADERS)
     if b.keyed:
         own = auth_header(b.provider.protocol, b.config.auth_header)

@@ -7,7 +7,7 @@ Each revision's Lua runs in the layout that revision's compiler renders and its 
 the table is measured under the same load as the rows next to it. A row gives the CPU per request,
 its ratio to the passthrough, and its ratio to its "before": the row of its parent commit when that
 revision is listed (so an experiment made on top of a step compares with that step), else the row
-above; each as the median and spread of per-round ratios. This is how README "Performance" records what each change
+above; each as the median and spread of per-round ratios. This is how docs/performance.md records what each change
 of the data plane bought; every revision must first answer a non-JSON body with llmc's own 400.
 """
 

@@ -26,10 +26,16 @@ Implements (enough of the real REST and watch protocol for a controller, on 127.
   ``llmc-system`` exist; :meth:`FakeAPIServer.create_namespace` adds one; ``put_object`` creates the
   object's namespace as a test's ``kubectl create namespace`` would);
 * TCP_NODELAY (no Nagle delay per response) and a listen backlog for a dozen concurrent watches;
+* the ``timeout`` query parameter as kube-apiserver honours it (:func:`_parse_timeout`): the deadline
+  is the request's receipt plus ``timeout``; a request still queued (:meth:`FakeAPIServer.hold`,
+  :meth:`FakeAPIServer.delay`) at its deadline gets ``504 Timeout`` and a write is not applied; a
+  malformed value is ``400``;
 * fault injection: HTTP errors or connection resets per method and path (:meth:`FakeAPIServer.fail`),
   an outage of resets or hangs (:meth:`FakeAPIServer.outage`), slow requests
-  (:meth:`FakeAPIServer.delay`), dropping all watches (:meth:`FakeAPIServer.drop_watches`), history
-  compaction (:meth:`FakeAPIServer.compact`); a request log with times and User-Agents.
+  (:meth:`FakeAPIServer.delay`; one client's requests: :meth:`FakeAPIServer.hold`), dropping all
+  watches (:meth:`FakeAPIServer.drop_watches`), history compaction (:meth:`FakeAPIServer.compact`);
+  a request log with times and User-Agents, the query of every request, and a log of the writes
+  that changed the store (``committed``), with their times.
 
 Not implemented: strategic merge patch, list-map merging by key in server-side apply (lists are
 atomic), ownership of ``status`` fields, field selectors, bookmarks, pagination, aggregated discovery
@@ -71,6 +77,10 @@ class FakeAPIServer:
         self.outage_until = 0.0
         self.outage_mode = "reset"
         self.delays: dict[str, float] = {}  # method -> seconds every such request takes
+        self.holds: dict[str, float] = {}  # User-Agent part -> seconds every such request is held
+        self.queries: list[tuple[str, str, dict]] = []  # (method, path, query) of every request
+        self.committed: list[tuple[float, str, str, str]] = []  # writes that changed the store, as log
+        self.request_local = threading.local()  # the request a handler thread is serving
         self.chaos_rate, self.chaos_rng, self.chaos_count = 0.0, None, 0
         self.watch_generation = 0
         server = self
@@ -148,6 +158,12 @@ class FakeAPIServer:
         with self.lock:
             self.delays[method] = seconds
 
+    def hold(self, agent_part: str, seconds: float) -> None:
+        """Every request whose User-Agent contains ``agent_part`` is held ``seconds`` after it was
+        received, before it is handled (an API server queueing one client's requests; 0 ends it)."""
+        with self.lock:
+            self.holds[agent_part] = seconds
+
     def writes_by(self, agent_part: str, since: float = 0.0, leases: bool = False) -> list[tuple[float, str, str]]:
         """(time, method, path) of writes whose User-Agent contains ``agent_part``, received at or
         after ``since`` (monotonic); Lease writes only with ``leases``."""
@@ -211,7 +227,13 @@ class FakeAPIServer:
 
     # -- storage -----------------------------------------------------------------------------------
 
+    def _committed(self) -> None:
+        current = getattr(self.request_local, "request", None)
+        if current is not None:
+            self.committed.append((time.monotonic(), *current))
+
     def _store(self, key: tuple, obj: dict, event: str) -> dict:
+        self._committed()
         self.rv += 1
         meta = obj.setdefault("metadata", {})
         old = self.objects.get(key)
@@ -233,6 +255,7 @@ class FakeAPIServer:
     def _delete(self, key: tuple) -> dict | None:
         obj = self.objects.pop(key, None)
         if obj is not None:
+            self._committed()
             self.rv += 1
             obj = deepcopy(obj)
             obj["metadata"]["resourceVersion"] = str(self.rv)
@@ -288,9 +311,11 @@ class FakeAPIServer:
         h.close_connection = True
 
     def _dispatch(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        self.request_local.request = (method, urlparse(h.path).path, h.headers.get("user-agent", ""))
         try:
             self._handle(h, method)
         finally:
+            self.request_local.request = None
             self._flush(h)
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
@@ -298,10 +323,17 @@ class FakeAPIServer:
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         length = int(h.headers.get("content-length") or 0)
         body = h.rfile.read(length) if length else b""
+        agent = h.headers.get("user-agent", "")
+        received = time.monotonic()
+        timeout = _parse_timeout(query.get("timeout")) if "watch=" not in url.query else None
+        if timeout is False:
+            return self._status(h, 400, "BadRequest", f"invalid timeout specified in the request URL - "
+                                f"time: invalid duration {query.get('timeout')!r}")
         with self.lock:
-            self.log.append((time.monotonic(), method, url.path, h.headers.get("user-agent", "")))
+            self.log.append((time.monotonic(), method, url.path, agent))
+            self.queries.append((method, url.path, query))
             outage_left, mode = self.outage_until - time.monotonic(), self.outage_mode
-            delay = self.delays.get(method, 0.0)
+            delay = self.delays.get(method, 0.0) + sum(t for a, t in self.holds.items() if a in agent)
         if outage_left > 0:
             if mode == "hang":
                 time.sleep(outage_left)
@@ -310,6 +342,11 @@ class FakeAPIServer:
             time.sleep(delay)
         with self.lock:
             self.requests.append((method, url.path))
+            # kube-apiserver: the deadline runs from receipt, so time spent queued counts (see
+            # _parse_timeout); a request that reaches the store after it is answered 504 unapplied
+            if timeout and time.monotonic() > received + timeout:
+                return self._status(h, 504, "Timeout", "request did not complete within requested timeout - "
+                                    "context deadline exceeded")
             if self.chaos_rate and "watch=" not in url.query and self.chaos_rng.random() < self.chaos_rate:
                 self.chaos_count += 1
                 kind = self.chaos_count % 3
@@ -471,6 +508,41 @@ class FakeAPIServer:
             h.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+#: kube-apiserver's --request-timeout default: a longer (or 0) ``timeout`` is capped to it
+MAX_REQUEST_TIMEOUT = 60.0
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _parse_timeout(value: str | None) -> float | bool | None:
+    """The ``timeout`` query parameter as kube-apiserver reads it: a Go duration (``5s``, ``1.5s``,
+    ``1m30s``); malformed: False (400). None when absent; 0, negative or above the server's maximum:
+    the maximum. The server gives the request the deadline *receipt time + timeout*
+    (``WithRequestDeadline``, staging/src/k8s.io/apiserver/pkg/endpoints/filters/request_deadline.go
+    L69-L96 at 08eaea4590821ab099551e334bfc0e0b2ebee348: ``started`` is the received timestamp), so
+    queueing counts; the storage call of a write runs under that context, and the handler answers
+    504 ``Timeout`` once it passes (finisher.go ``asyncFinisher``). Here: a write that has not
+    reached the store by its deadline is answered 504 and not applied."""
+    if value is None or value == "":
+        return None
+    text, total = value, 0.0
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.lstrip("+-")
+    if text == "0":
+        return MAX_REQUEST_TIMEOUT
+    pos = 0
+    while pos < len(text):
+        m = _DURATION.match(text, pos)
+        if m is None:
+            return False
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not text:
+        return False
+    total *= sign
+    return total if 0 < total < MAX_REQUEST_TIMEOUT else MAX_REQUEST_TIMEOUT
 
 
 def _prune_node(node, schema: dict, path: str, dropped: list[str], root: bool = False) -> None:
