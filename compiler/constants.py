@@ -65,11 +65,13 @@ GENERATED_KINDS = (
     GeneratedKind("VirtualService", "networking.istio.io", "v1", "virtualservices"),
     GeneratedKind("EnvoyFilter", "networking.istio.io", "v1alpha3", "envoyfilters"),
     GeneratedKind("Telemetry", "telemetry.istio.io", "v1", "telemetries", flag="telemetry"),
-    # token limits: envoyproxy/ratelimit's configuration, in the rate-limit service's namespace
-    GeneratedKind("ConfigMap", "", "v1", "configmaps", flag="rate-limit-service"),
 )
-GENERATED = {k.kind: k for k in GENERATED_KINDS}
-KIND_ORDER = {k.kind: i for i, k in enumerate(GENERATED_KINDS)}
+#: Generated for a component other than Istio, emitted after the Istio kinds; the controller neither
+#: applies nor watches these (it has no --rate-limit-service yet, and must not list every ConfigMap of
+#: the cluster): token limits' envoyproxy/ratelimit configuration, in the rate-limit service's namespace.
+SERVICE_CONFIG_KINDS = (GeneratedKind("ConfigMap", "", "v1", "configmaps", flag="rate-limit-service"),)
+GENERATED = {k.kind: k for k in GENERATED_KINDS + SERVICE_CONFIG_KINDS}
+KIND_ORDER = {k.kind: i for i, k in enumerate(GENERATED_KINDS + SERVICE_CONFIG_KINDS)}
 
 
 def is_generated(obj: object) -> bool:
