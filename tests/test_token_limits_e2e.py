@@ -20,7 +20,15 @@ import pytest
 from tests.conftest import TESTDATA
 from tests.support.envoy_harness import Envoy, envoy_minor, envoy_version
 from tests.support.mesh import llmc_render, running_envoy
-from tests.support.ratelimit import RateLimitDouble, RedisServer, configmap_files, counter, free_port, serving
+from tests.support.ratelimit import (
+    RateLimitDouble,
+    RedisServer,
+    Settings,
+    configmap_files,
+    counter,
+    free_port,
+    serving,
+)
 from tests.support.upstream import serving as serving_upstreams
 
 pytestmark = pytest.mark.envoy
@@ -284,18 +292,37 @@ def test_service_down(fail_closed, upstreams, redis_server):
         assert sdk(proxy).chat.completions.create(model="any", messages=MESSAGES).usage.total_tokens == TOTAL
 
 
-def test_redis_down_fails_open_by_default(objects, upstreams):
-    """The service answers with an error when its Redis is gone; Envoy lets the request pass."""
+@pytest.mark.parametrize("fail_closed", [False, True], ids=["fail-open", "fail-closed"])
+def test_redis_down(fail_closed, upstreams):
+    """The service answers with an error when its Redis is gone: Envoy lets the request pass, or
+    (fail-closed) refuses it with the OpenAI-format 503."""
     _down_supported()
     import redis
 
+    args = ["--rate-limit-fail-closed"] if fail_closed else []
+    objects = llmc_render("-f", str(INPUT), "--rate-limit-service", RLS, *args)
     double = RateLimitDouble(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2),
                              configmap_files(objects))
     with serving(double) as port, running_envoy(for_istiod(objects), upstreams, proxy_namespace="team-a",
                                                 extra_clusters=[rls_cluster(port)]) as proxy:
         client = sdk(proxy, **{"x-tier": "free", "x-user-id": "hal"})
-        assert client.chat.completions.create(model="any", messages=MESSAGES).usage.total_tokens == TOTAL
+        if fail_closed:
+            with pytest.raises(openai.InternalServerError) as err:
+                client.chat.completions.create(model="any", messages=MESSAGES)
+            assert err.value.status_code == 503 and err.value.code == "rate_limit_service_unavailable"
+        else:
+            assert client.chat.completions.create(model="any", messages=MESSAGES).usage.total_tokens == TOTAL
         assert double.requests, "the check reached the service"
+
+
+def test_an_image_before_per_descriptor_hits_addend_counts_requests_not_tokens(objects, upstreams, redis_server):
+    """Trap 2 of the notes: envoyproxy/ratelimit before 38500fe (Istio's sample image) ignores the
+    per-descriptor hits_addend: the check counts 1 and the charge counts 1, whatever the usage."""
+    double = RateLimitDouble(redis_server.client, configmap_files(objects), Settings(legacy=True))
+    with serving(double) as port, running_envoy(for_istiod(objects), upstreams, proxy_namespace="team-a",
+                                                extra_clusters=[rls_cluster(port)]) as proxy:
+        sdk(proxy, **{"x-tier": "free", "x-user-id": "old"}).chat.completions.create(model="any", messages=MESSAGES)
+        eventually(redis_server, counter(USER, ("header.x-user-id", "old")), 2)  # not 39
 
 
 def test_concurrent_requests_overshoot_by_at_most_their_number(proxies, redis_server, rls, capsys):
