@@ -264,3 +264,35 @@ def test_the_usage_event_is_dropped_however_the_stream_is_cut(lua, cut):
     dropper = lua.M.new_usage_dropper()
     out = "".join(dropper.feed(stream[i:i + cut]) for i in range(0, len(stream), cut))
     assert out == _events(chunk, chunk)
+
+
+def test_deploy_ratelimit_is_valid_and_mounts_llmcs_configmap():
+    """deploy/ratelimit: valid Kubernetes, the service mounts the ConfigMap llmc emits where its
+    runtime loader reads it, with the watch settings that reload it without a restart, and Envoy's
+    cluster for it speaks HTTP/2 (a grpc-* port)."""
+    import kubernetes_validate
+    from ruamel.yaml import YAML
+
+    from compiler.translate.ratelimit import CONFIG_NAME
+    from tests.conftest import REPO
+    from tests.test_deploy import K8S_VERSION
+
+    folder = REPO / "deploy" / "ratelimit"
+    y = YAML(typ="safe")
+    docs = [d for rel in y.load((folder / "kustomization.yaml").read_text())["resources"]
+            for d in y.load_all((folder / rel).read_text()) if d]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == f"{env['RUNTIME_ROOT']}/{env['RUNTIME_SUBDIRECTORY']}/config"
+    assert env["RUNTIME_WATCH_ROOT"] == "false" and env["RUNTIME_IGNOREDOTFILES"] == "true"
+    assert pod["volumes"] == [{"name": mount["name"], "configMap": {"name": CONFIG_NAME}}]
+    assert container["image"] != "envoyproxy/ratelimit:30a4ce1a"  # Istio's sample: before hits_addend
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "ratelimit")
+    assert service["spec"]["ports"][0]["name"].startswith("grpc-") and service["spec"]["ports"][0]["port"] == 8081
+    redis = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert "--appendonly" in redis["spec"]["template"]["spec"]["containers"][0]["args"]
