@@ -36,7 +36,7 @@ pytestmark = pytest.mark.envoy
 INPUT = TESTDATA / "e2e" / "token-limits.yaml"
 RLS = "llmc-system/ratelimit:8081"
 RLS_CLUSTER = "outbound|8081||ratelimit.llmc-system.svc.cluster.local"
-HOSTS = ("qwen.example.com", "kimi.example.com", "openai.example.com")
+HOSTS = ("qwen.example.com", "kimi.example.com", "openai.example.com", "any.example.com")
 CHAT = "chat-gateway"
 MESSAGES = [{"role": "user", "content": "hello"}]
 WEIGHTED = 11 + 4 * 7  # cost {prompt: 1, completion: 4}
@@ -218,6 +218,15 @@ def test_a_failover_rule_is_charged_once_for_the_answer(proxies, redis_server, u
     assert [len(upstreams[h].requests) for h in ("qwen.example.com", "kimi.example.com")] == [1, 1]
     eventually(redis_server, counter("route/team-a/chat/failover/failover-tph"), TOTAL)
     settle(rls, before + 2)  # one check, one charge: the failed try costs nothing
+
+
+def test_the_clients_model_keys_the_bucket_on_a_route_that_matches_on_it(proxies, redis_server, upstreams):
+    for model in ("gpt-4o", "gpt-4o-mini", "gpt-4o"):
+        sdk(proxies["team-a"], host="models-gateway").chat.completions.create(model=model, messages=MESSAGES)
+    limit = "route/team-a/models/gpt/per-model-tph"
+    eventually(redis_server, counter(limit, ("model", "gpt-4o")), 2 * TOTAL)
+    eventually(redis_server, counter(limit, ("model", "gpt-4o-mini")), TOTAL)
+    assert not [h for r in upstreams["any.example.com"].requests for h in r.headers if h.startswith("x-llmc-")]
 
 
 def test_source_workload_keys(proxies, redis_server):

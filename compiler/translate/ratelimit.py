@@ -88,7 +88,8 @@ def charge_format(limit: TokenLimit) -> str:
 
 def _part_variants(part: tuple[str, str], vh: VirtualHost, backend: Backend) -> list[dict]:
     """The Envoy actions for one key part: one per case a request can be in (a header present or
-    absent); exactly one of them yields an entry for a given request."""
+    absent); exactly one of them yields an entry for a given request. Every value must be the same at
+    the check and at the charge (after the router removed llmc's internal headers)."""
     kind, name = part
     if kind == "workload":
         return [{"source_cluster": {}}]
@@ -97,9 +98,11 @@ def _part_variants(part: tuple[str, str], vh: VirtualHost, backend: Backend) -> 
             return [{"generic_key": {"descriptor_key": MODEL_KEY, "descriptor_value": backend.config.model}}]
         if not vh.routes_by_model:
             return [{"generic_key": {"descriptor_key": MODEL_KEY, "descriptor_value": ABSENT}}]
-        name, key = names.MODEL_HEADER, MODEL_KEY
-    else:
-        key = header_key(name)
+        # the client's model, recorded by the filter (``limit_model``): the internal model header it
+        # routed by is removed before the charge is made
+        return [{"metadata": {"descriptor_key": MODEL_KEY, "source": "DYNAMIC", "default_value": ABSENT,
+                              "metadata_key": {"key": "llmc", "path": [{"key": "request_model"}]}}}]
+    key = header_key(name)
     return [{"request_headers": {"header_name": name, "descriptor_key": key}},
             {"header_value_match": {"descriptor_key": key, "descriptor_value": ABSENT, "expect_match": False,
                                     "headers": [{"name": name, "present_match": True}]}}]
@@ -155,12 +158,15 @@ def asks_usage(rule: Rule, backend: Backend) -> bool:
 
 
 def mark_usage(rule_context: dict, rule: Rule, svc: RateLimitService | None) -> None:
-    """Sets ``limit_usage`` on the Lua context's backends of ``rule`` that :func:`asks_usage`."""
+    """Sets, on the Lua context's backends of ``rule``, ``limit_usage`` where :func:`asks_usage`, and
+    ``limit_model`` where a limit is keyed by a model the client chooses (the filter records it)."""
     if svc is None or rule.retries is not None:
         return
     for ctx, backend in zip(rule_context["backends"], rule.backends, strict=True):
         if asks_usage(rule, backend):
             ctx["limit_usage"] = True
+        if backend.config.model is None and any(("model", "") in lim.key for lim in route_limits(rule, backend)):
+            ctx["limit_model"] = True
 
 
 def with_rate_limits(patches: list[dict], vh: VirtualHost, svc: RateLimitService | None) -> list[dict]:

@@ -597,7 +597,7 @@ local function prepare_rule(route, name, rule, protocols)
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
       model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,
-      include_usage = b.include_usage, limit_usage = b.limit_usage, pin = b.pin, base_path = b.base_path, base_query = b.base_query or "",
+      include_usage = b.include_usage, limit_usage = b.limit_usage, limit_model = b.limit_model, pin = b.pin, base_path = b.base_path, base_query = b.base_query or "",
       format = proto.format or "openai",
       max_tokens = b.max_tokens, client_key = proto.client_key == true,
       auth_header = auth_header, auth_prefix = b.auth_prefix or proto.auth_prefix, headers = headers,
@@ -1017,6 +1017,11 @@ function M.on_model_request(h, vh)
   local key = credential(b)
   if key == false then return missing_key(h, cfg, b) end
   if key == nil and b.client_key then key = M.client_key(headers:get("authorization")) end
+  if b.limit_model and model ~= nil then
+    -- a token limit keyed by model reads it here, at the check and at the charge (the internal
+    -- model header is gone by then)
+    h:streamInfo():dynamicMetadata():set(METADATA_NS, "request_model", model)
+  end
   return forward(h, vh, cfg, b, key, body, s, original_path, { members, close }, model_json)
 end
 
