@@ -148,6 +148,8 @@ def test_every_final_route_and_only_those_carry_the_limits():
         "llmc/team-a/chat/default", "llmc/team-a/chat/per-user",
         # a weighted rule: its pinned routes (the entry route is a direct response)
         "llmc/team-a/chat/split/qwen", "llmc/team-a/chat/split/shared-openai",
+        "llmc/team-a/models/any",  # keyed by the client's model
+        "llmc/team-a/models/gpt",  # no limit of its own: the provider's
         "llmc/team-b/openai/rule-0",  # team-b reaches the platform provider: its limit
     ]
     pinned_openai = [e["actions"][0]["generic_key"]["descriptor_value"]
