@@ -7,6 +7,8 @@ import json
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compiler import Options, Severity, compile_text
 from compiler.options import RateLimitOptions, parse_options
@@ -298,3 +300,75 @@ def test_deploy_ratelimit_is_valid_and_mounts_llmcs_configmap():
     assert service["spec"]["ports"][0]["name"].startswith("grpc-") and service["spec"]["ports"][0]["port"] == 8081
     redis = next(d for d in docs if d["kind"] == "StatefulSet")
     assert "--appendonly" in redis["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+# Property: whatever limits are written, each descriptor Envoy can send names a limit of the
+# ConfigMap with exactly the ConfigMap's key path (envoyproxy/ratelimit applies a limit only at the
+# depth of the descriptor), and every limit of the ConfigMap is reachable from some route.
+
+PARTS = st.sampled_from(["{header: x-user-id}", "{header: x-team}", "{sourceWorkload: true}", "{model: true}"])
+LIMIT = st.builds(lambda n, parts, per, shadow: (n, parts, per, shadow), st.integers(1, 4294967295),
+                  st.lists(PARTS, max_size=3, unique=True), st.sampled_from(["Second", "Day", "Month", "Year"]),
+                  st.booleans())
+
+
+def _action_key(action: dict) -> str:
+    (kind, spec), = action.items()
+    return "source_cluster" if kind == "source_cluster" else spec["descriptor_key"]
+
+
+def _config_paths(config: dict) -> dict[str, list[str]]:
+    out = {}
+    for d in config["descriptors"]:
+        path, node = [], d
+        while "descriptors" in node:
+            node = node["descriptors"][0]
+            path.append(node["key"])
+        out[d["value"]] = path
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(rule_limits=st.lists(LIMIT, max_size=3), provider_limits=st.lists(LIMIT, max_size=2))
+def test_descriptors_and_configuration_agree(rule_limits, provider_limits):
+    def yaml_limits(limits, prefix):
+        return "[" + ", ".join(f"{{name: {prefix}{i}, tokens: {n}, per: {per}, key: [{', '.join(parts)}], "
+                               f"mode: {'Shadow' if shadow else 'Enforce'}}}"
+                               for i, (n, parts, per, shadow) in enumerate(limits)) + "]"
+
+    text = f"""
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {{name: p}}
+spec: {{host: p.example.com, path: /v1/chat/completions, tokenLimits: {yaml_limits(provider_limits, "p")}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {{name: q}}
+spec: {{host: q.example.com, path: /v1/chat/completions, configs: {{defaultConfig: {{openAIConfig: {{model: m}}}}}}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {{name: r}}
+spec:
+  host: r-gateway
+  rules:
+  - name: by-model
+    matches: [{{model: {{prefix: gpt}}}}]
+    backendRefs: [{{providerHost: p.example.com}}]
+    tokenLimits: {yaml_limits(rule_limits, "r")}
+  - name: split
+    backendRefs: [{{providerHost: p.example.com}}, {{providerHost: q.example.com}}]
+    tokenLimits: {yaml_limits(rule_limits, "s")}
+"""
+    objects = compiled(text)
+    (cm,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    paths = _config_paths(yaml.safe_load(cm["data"]["llmc.yaml"]))
+    reached = set()
+    for config in _per_route(objects).values():
+        for entry in config["rate_limits"]:
+            head, *rest = entry["actions"]
+            limit = head["generic_key"]["descriptor_value"]
+            assert [_action_key(a) for a in rest] == paths[limit], (limit, entry)
+            reached.add(limit)
+    assert reached == set(paths)
