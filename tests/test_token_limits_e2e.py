@@ -80,8 +80,12 @@ def rls(redis_server, objects):
 
 @pytest.fixture(scope="module")
 def upstreams():
+    from tests.support.anthropic import AnthropicUpstream
+
     with serving_upstreams(HOSTS) as ups:
+        ups["claude.example.com"] = AnthropicUpstream("claude.example.com", sse_pause=0.1)
         yield ups
+        ups.pop("claude.example.com").stop()
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +231,23 @@ def test_the_clients_model_keys_the_bucket_on_a_route_that_matches_on_it(proxies
     eventually(redis_server, counter(limit, ("model", "gpt-4o")), 2 * TOTAL)
     eventually(redis_server, counter(limit, ("model", "gpt-4o-mini")), TOTAL)
     assert not [h for r in upstreams["any.example.com"].requests for h in r.headers if h.startswith("x-llmc-")]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_a_translated_providers_answers_are_charged_exactly(proxies, redis_server, stream):
+    """Anthropic's usage (input, cache creation and cache reads; output), read from the translated
+    answer; a stream reports it whether or not the client asked."""
+    from tests.support.anthropic import USAGE
+
+    client = sdk(proxies["team-a"], host="claude.example.com")
+    if stream:
+        chunks = list(client.chat.completions.create(model="any", messages=MESSAGES, stream=True))
+        assert all(c.choices for c in chunks)
+    else:
+        client.chat.completions.create(model="any", messages=MESSAGES)
+    total = USAGE["input_tokens"] + USAGE["cache_creation_input_tokens"] + USAGE["cache_read_input_tokens"] \
+        + USAGE["output_tokens"]
+    eventually(redis_server, counter("provider/team-a/claude/claude-tph"), total)
 
 
 def test_source_workload_keys(proxies, redis_server):
