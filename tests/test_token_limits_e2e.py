@@ -382,3 +382,36 @@ def test_concurrent_requests_overshoot_by_at_most_their_number(proxies, redis_se
     with capsys.disabled():
         print(f"\n[token limits] 10 concurrent requests, budget 30, 39 per answer: {admitted} admitted, "
               f"{admitted * WEIGHTED} tokens charged")
+
+
+def test_an_ingress_gateway_enforces_limits_on_a_shared_virtual_host(upstreams, redis_server):
+    """GATEWAY context: the filter and the 429 mapper on every HTTP listener of the gateway pods, the
+    limits on llmc's own routes of the ``*`` virtual host it shares with other teams' routes."""
+    from ruamel.yaml import YAML
+
+    from tests.support.envoy_harness import build_gateway_bootstrap
+
+    source = TESTDATA / "e2e" / "token-limits-gateway.yaml"
+    gateway = next(d for d in YAML(typ="safe").load_all(source.read_text()) if d["kind"] == "Gateway")
+    objects = llmc_render("-f", str(source), "--rate-limit-service", RLS)
+    double = RateLimitDouble(redis_server.client, configmap_files(objects))
+    with serving(double) as port:
+        layout = build_gateway_bootstrap(for_istiod(objects) + [gateway], "istio-system", {"istio": "ingressgateway"},
+                                         {h: u.port for h, u in upstreams.items()}, None)
+        assert layout.unmatched == []
+        layout.bootstrap["static_resources"]["clusters"].append(rls_cluster(port))
+        proxy = Envoy(layout.bootstrap)
+        try:
+            client = sdk(proxy, host="any.host.example", **{"x-team": "blue"})
+            client.chat.completions.create(model="any", messages=MESSAGES)
+            eventually(redis_server, counter("route/llm/public/metered/team-tph", ("header.x-team", "blue")), TOTAL)
+            client.chat.completions.create(model="any", messages=MESSAGES)  # 18 of 30: still admitted
+            eventually(redis_server, counter("route/llm/public/metered/team-tph", ("header.x-team", "blue")),
+                       2 * TOTAL)
+            with pytest.raises(openai.RateLimitError) as err:
+                client.chat.completions.create(model="any", messages=MESSAGES)
+            assert err.value.code == "rate_limit_exceeded"
+            assert sdk(proxy, host="any.host.example", **{"x-team": "red"}).chat.completions.create(
+                model="any", messages=MESSAGES).usage.total_tokens == TOTAL
+        finally:
+            proxy.stop()
