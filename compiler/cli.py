@@ -316,11 +316,16 @@ def mounts(
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     gateway_workload_namespace: GatewayWorkloadOpt = None,
+    rate_limit_service: RateLimitServiceOpt = None,
+    rate_limit_timeout: RateLimitTimeoutOpt = None,
+    rate_limit_fail_closed: RateLimitFailClosedOpt = False,
 ) -> None:
     """Print where the Secrets named by apiKeySecretRef must be mounted (sidecar annotations or
     gateway Deployment patches). Never reads a Secret."""
     result = _compile(filename, _options(namespace, cluster_domain, secrets_dir, egress_gateway,
-                                         egress_gateway_labels, gateway_workloads=gateway_workload_namespace))
+                                         egress_gateway_labels, gateway_workloads=gateway_workload_namespace,
+                                         rate_limit_service=rate_limit_service, rate_limit_timeout=rate_limit_timeout,
+                                         rate_limit_fail_closed=rate_limit_fail_closed))
     _report(result)
     if not result.ok:
         raise typer.Exit(1)
@@ -468,6 +473,9 @@ def explain(
     secrets_dir: SecretsOpt = "/etc/llmc/secrets",
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
+    rate_limit_service: RateLimitServiceOpt = None,
+    rate_limit_timeout: RateLimitTimeoutOpt = None,
+    rate_limit_fail_closed: RateLimitFailClosedOpt = False,
 ) -> None:
     """What a request would become: the matched rule, the candidates, the exact upstream request (keys
     masked) or the reply the client gets — computed offline by the real filter code under LuaJIT."""
@@ -477,7 +485,9 @@ def explain(
     from .explain import explain as run
     from .options import parse_labels
 
-    opts = _options(caller_namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels)
+    opts = _options(caller_namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels,
+                    rate_limit_service=rate_limit_service, rate_limit_timeout=rate_limit_timeout,
+                    rate_limit_fail_closed=rate_limit_fail_closed)
     result = _compile(filename, opts)
     _report(result)
     if not result.ok:
@@ -534,6 +544,9 @@ def diff(
     egress_gateway: EgressOpt = None,
     egress_gateway_labels: EgressLabelsOpt = "istio=egressgateway",
     istio_version: IstioVersionOpt = None,
+    rate_limit_service: RateLimitServiceOpt = None,
+    rate_limit_timeout: RateLimitTimeoutOpt = None,
+    rate_limit_fail_closed: RateLimitFailClosedOpt = False,
 ) -> None:
     """What a change does to requests: each request runs through both configurations with the engine
     of `llmc explain`; exit 0 when nothing changes, 1 when something does, 2 when a side does not compile."""
@@ -545,7 +558,8 @@ def diff(
     if (requests is None) == (not generate):
         raise typer.BadParameter("give exactly one of --requests FILE and --generate", param_hint="--requests")
     opts = _options(namespace, cluster_domain, secrets_dir, egress_gateway, egress_gateway_labels,
-                    istio_version=istio_version)
+                    istio_version=istio_version, rate_limit_service=rate_limit_service,
+                    rate_limit_timeout=rate_limit_timeout, rate_limit_fail_closed=rate_limit_fail_closed)
     results = []
     for label, spec in (("base", base), ("head", head)):
         try:
