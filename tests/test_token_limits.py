@@ -372,3 +372,22 @@ spec:
             assert [_action_key(a) for a in rest] == paths[limit], (limit, entry)
             reached.add(limit)
     assert reached == set(paths)
+
+
+def test_explain_and_mounts_take_the_options_and_explain_shows_the_usage_asked():
+    """The other commands that compile take the options (else LLMC260); `llmc explain` shows the body
+    a limited rule sends for a stream whose client did not ask for usage."""
+    from typer.testing import CliRunner
+
+    from compiler.cli import app
+    from tests.conftest import REPO
+
+    source = str((TESTDATA / "e2e" / "token-limits.yaml").relative_to(REPO))
+    args = ["-f", source, "--rate-limit-service", "llmc-system/ratelimit:8081"]
+    without = CliRunner().invoke(app, ["mounts", "-f", source])
+    assert without.exit_code == 1 and "LLMC260" in without.stderr
+    assert CliRunner().invoke(app, ["mounts", *args]).exit_code == 0
+    res = CliRunner().invoke(app, ["explain", *args, "--host", "chat-gateway", "--namespace", "team-a",
+                                   "-H", "x-tier: free", "-d", '{"model":"x","messages":[],"stream":true}'])
+    assert res.exit_code == 0, res.stderr
+    assert '"stream_options":{"include_usage":true}' in res.stdout.replace(" ", "")
