@@ -195,6 +195,23 @@ def test_a_stream_without_usage_is_charged_the_request_size_estimate(proxies, re
     eventually(redis_server, counter(USER, ("header.x-user-id", "erin")), len(sent.body) // 4)
 
 
+def test_a_client_that_goes_away_mid_stream_is_charged_the_estimate(proxies, redis_server, upstreams):
+    """The client closes the connection after the first event: no usage ever arrives, the stream
+    ends with a 200 and is charged request.size / 4."""
+    import http.client
+
+    body = json.dumps({"model": "any", "messages": MESSAGES, "stream": True}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", proxies["team-a"].port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", body=body, headers={
+        "Host": CHAT, "content-type": "application/json", "x-tier": "free", "x-user-id": "quinn"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.fp.readline()  # the first event's chunk size line
+    conn.sock.close()  # gone, while the provider pauses after its first event
+    conn.close()
+    (sent,) = upstreams["qwen.example.com"].requests
+    eventually(redis_server, counter(USER, ("header.x-user-id", "quinn")), len(sent.body) // 4)
+
+
 def test_shadow_limits_count_but_never_refuse(proxies, redis_server):
     client = sdk(proxies["team-a"], **{"x-tier": "shadow"})
     for n in range(1, 4):  # 18, 36, 54 tokens against a budget of 10
