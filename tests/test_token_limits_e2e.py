@@ -432,3 +432,40 @@ def test_an_ingress_gateway_enforces_limits_on_a_shared_virtual_host(upstreams, 
                 model="any", messages=MESSAGES).usage.total_tokens == TOTAL
         finally:
             proxy.stop()
+
+
+@pytest.mark.parametrize("stage", ["llmc", "0"])
+def test_other_teams_route_rate_limits_never_reach_llmcs_service(objects, upstreams, redis_server, stage):
+    """Another team's ``rate_limits`` on a route (stage 0, for their own rate-limit filter) are not
+    llmc's: llmc's filter runs at its own stage and ignores them. The control (the filter moved to
+    stage 0) shows the test can fail: there the other team's descriptor reaches llmc's service."""
+    from tests.support.envoy_harness import build_bootstrap
+
+    double = RateLimitDouble(redis_server.client, configmap_files(objects))
+    with serving(double) as port:
+        built = build_bootstrap(for_istiod(objects), {h: u.port for h, u in upstreams.items()}, None,
+                                proxy_namespace="team-a", extra_clusters=[rls_cluster(port)])
+        listener = built.bootstrap["static_resources"]["listeners"][0]
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        (rl,) = [f for f in hcm["http_filters"] if f["name"] == "llmc.ratelimit"]
+        if stage == "0":
+            del rl["typed_config"]["stage"]
+        for vh in hcm["route_config"]["virtual_hosts"]:
+            for route in vh["routes"]:
+                if route.get("name") == "llmc/team-a/chat/open":
+                    route["route"]["rate_limits"] = [{"actions": [{"generic_key": {"descriptor_value": "other-team"}}]}]
+        proxy = Envoy(built.bootstrap)
+        try:
+            sdk(proxy).chat.completions.create(model="any", messages=MESSAGES)
+            if stage == "0":
+                deadline = time.monotonic() + 15
+                while not double.requests and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert double.requests[0].descriptors[0].entries[0].value == "other-team"
+            else:
+                # a limited request after it: once its calls arrived, the other team's would have too
+                sdk(proxy, **{"x-tier": "shadow"}).chat.completions.create(model="any", messages=MESSAGES)
+                eventually(redis_server, counter("route/team-a/chat/shadow/audit"), TOTAL)
+                settle(double, 2)
+        finally:
+            proxy.stop()

@@ -39,6 +39,10 @@ DOMAIN = "llmc"
 CONFIG_NAME = f"{names.PREFIX}-ratelimit-config"
 CONFIG_KEY = f"{DOMAIN}.yaml"
 LIMIT_KEY = "llmc_limit"  # the descriptor entry naming the limit
+#: llmc's stage of Envoy's rate-limit filter: the filter applies only rate limits of its stage, so
+#: it never sends other teams' route or virtual-host ``rate_limits`` (stage 0 by default) to llmc's
+#: service, nor fails their requests when that service is down
+STAGE = 7
 WORKLOAD_KEY = "source_cluster"  # Envoy's source_cluster action: the node cluster, <app>.<namespace> in Istio
 MODEL_KEY = "model"
 ABSENT = "-"  # the value of a key part a request lacks (a shared bucket)
@@ -62,7 +66,7 @@ def cluster_name(svc: RateLimitService) -> str:
 
 def rate_limit_filter(svc: RateLimitService) -> dict:
     config: dict = {
-        "@type": RATE_LIMIT_TYPE, "domain": DOMAIN, "timeout": svc.timeout,
+        "@type": RATE_LIMIT_TYPE, "domain": DOMAIN, "stage": STAGE, "timeout": svc.timeout,
         "failure_mode_deny": svc.fail_closed,
         "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
         "rate_limit_service": {"transport_api_version": "V3", "grpc_service": {
