@@ -1881,8 +1881,9 @@ function M.on_response(h, headers)
 end
 
 -- Token limits: the events of a stream for which llmc asked usage the client did not ask for. Every
--- event passes as it came except the usage event (`"choices":[]`), which is dropped; an event
--- split across chunks waits for its end ("\n\n"). `feed` returns the bytes to send on.
+-- event passes as it came except the usage event (no choices, a usage object), which is dropped; an
+-- event without choices and without usage (Azure's prompt_filter_results) passes. An event split
+-- across chunks waits for its end ("\n\n"). `feed` returns the bytes to send on.
 function M.new_usage_dropper()
   local d = { pending = "" }
   function d.feed(s)
@@ -1892,7 +1893,7 @@ function M.new_usage_dropper()
       local stop = find(text, "\n\n", start, true)
       if not stop then break end
       local event = sub(text, start, stop + 1)
-      if not (find(event, '"usage"', 1, true) and find(event, '"choices"%s*:%s*%[%s*%]')) then
+      if not (find(event, '"usage"%s*:%s*{') and find(event, '"choices"%s*:%s*%[%s*%]')) then
         out[#out + 1] = event
       end
       start = stop + 2
