@@ -82,10 +82,14 @@ def rls(redis_server, objects):
 def upstreams():
     from tests.support.anthropic import AnthropicUpstream
 
+    from tests.support.azure import AzureUpstream
+
     with serving_upstreams(HOSTS) as ups:
         ups["claude.example.com"] = AnthropicUpstream("claude.example.com", sse_pause=0.1)
+        ups["azure.example.com"] = AzureUpstream("azure.example.com", ("dep-x",), sse_pause=0.1)
         yield ups
         ups.pop("claude.example.com").stop()
+        ups.pop("azure.example.com").stop()
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +269,16 @@ def test_a_translated_providers_answers_are_charged_exactly(proxies, redis_serve
     total = USAGE["input_tokens"] + USAGE["cache_creation_input_tokens"] + USAGE["cache_read_input_tokens"] \
         + USAGE["output_tokens"]
     eventually(redis_server, counter("provider/team-a/claude/claude-tph"), total)
+
+
+def test_an_azure_stream_keeps_its_filter_event_and_loses_only_the_usage_event(proxies, redis_server, upstreams):
+    client = sdk(proxies["team-a"], host="azure.example.com")
+    chunks = list(client.chat.completions.create(model="any", messages=MESSAGES, stream=True))
+    assert chunks[0].choices == [] and chunks[0].id == ""  # Azure's prompt_filter_results, as Azure sent it
+    assert all(c.choices for c in chunks[1:]) and all(c.usage is None for c in chunks)
+    (sent,) = upstreams["azure.example.com"].requests
+    assert sent.json()["stream_options"] == {"include_usage": True}
+    eventually(redis_server, counter("provider/team-a/azure/azure-tph"), TOTAL)
 
 
 def test_source_workload_keys(proxies, redis_server):
