@@ -81,7 +81,6 @@ def rls(redis_server, objects):
 @pytest.fixture(scope="module")
 def upstreams():
     from tests.support.anthropic import AnthropicUpstream
-
     from tests.support.azure import AzureUpstream
 
     with serving_upstreams(HOSTS) as ups:
