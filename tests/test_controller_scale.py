@@ -225,3 +225,30 @@ def test_a_scoped_instance_never_prunes_a_shared_object_the_other_still_needs(ap
     finally:
         a.stop()
         b.stop()
+
+
+def test_any_object_with_sources_in_several_namespaces_is_compiled_from_all_of_them():
+    """Item 4, the general rule: an object of namespace N found (live, or in another key's output)
+    to have sources of other namespaces — as the token limits' ConfigMap in the rate-limit service's
+    namespace will — makes N's key compile all of them, and a change of any of them queue N."""
+    from compiler import Options
+    from compiler.controller.deps import DependencyIndex
+
+    idx = DependencyIndex(Options())
+    docs = teams("team-a", "team-b")
+    for d in docs:
+        idx.update(None, copy.deepcopy(d))
+    assert "ratelimit" not in idx.keys()
+    assert idx.learn("ratelimit", {"LLMRoute team-a/r", "LLMRoute team-b/r"})
+    assert not idx.learn("ratelimit", {"LLMRoute team-a/r"})  # nothing new: no pass needed
+    sources, own = idx.compile_set("ratelimit")
+    assert own == set() and {f"{s['kind']} {s['metadata']['namespace']}/{s['metadata']['name']}" for s in sources} == {
+        "LLMRoute team-a/r", "LLMRoute team-b/r", "LLMProvider team-a/p", "LLMProvider team-b/p"}
+    changed = copy.deepcopy(docs[1])
+    changed["spec"]["rules"][0]["name"] = "renamed"
+    assert idx.update(docs[1], changed) == {"team-a", "ratelimit"}
+    p = copy.deepcopy(docs[2])  # team-b's provider: imported by team-b's route, so by ratelimit's key
+    p["spec"]["path"] = "/v2"
+    assert idx.update(docs[2], p) == {"team-b", "ratelimit"}
+    idx.forget("ratelimit", {"LLMRoute team-a/r"})
+    assert idx.update(changed, docs[1]) == {"team-a"}

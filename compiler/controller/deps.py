@@ -12,6 +12,11 @@ into — so every object has one key and no two keys ever write one object. Key 
   ServiceEntry and DestinationRule are exported to their gateways' namespaces);
 * *peers*: routes of the same namespace and host as a placed route or exporter (so LLMC210 is
   decided as in that namespace's own key);
+* *contributors*: sources of other namespaces that objects of ``N`` were found to have — in the
+  ``llmc.io/sources`` of live objects, or in another key's compile output. This is the general rule
+  for any generated object with sources in several namespaces (the gateway-wide EnvoyFilter, the
+  egress Gateway, a rate-limit service's ConfigMap of token limits): such an object lives in one
+  namespace, so one key writes it, compiled from all its sources (:meth:`DependencyIndex.learn`);
 * *imports*: every provider, of any namespace, whose host a route above names (resolution, exportTo
   visibility and LLMC230 ambiguity are then decided as ``llmc render`` decides them).
 
@@ -95,6 +100,8 @@ class DependencyIndex:
         self.routes_by_ref: dict[str, set[str]] = {}  # providerHost → routes naming it
         self.routes_by_host: dict[tuple[str, str], set[str]] = {}  # (namespace, spec.host) → routes
         self.placed: dict[str, set[str]] = {}  # namespace → sources of other namespaces placed there
+        self.learned: dict[str, set[str]] = {}  # namespace → sources of others its objects were found to have
+        self.learned_by_source: dict[str, set[str]] = {}  # the reverse
 
     # maintenance ---------------------------------------------------------------------------------
 
@@ -151,10 +158,10 @@ class DependencyIndex:
     # queries (under the lock) ----------------------------------------------------------------------
 
     def _route_keys(self, info: Info) -> set[str]:
-        """Keys whose compile set holds route ``info``: its namespace, its placements, the namespaces
-        of the providers it names when it binds a Gateway (it is their exporter), and the
-        placements of routes of its namespace and host (it is their peer)."""
-        keys = {info.namespace, *info.placements}
+        """Keys whose compile set holds route ``info``: its namespace, its placements, namespaces it
+        was found to contribute to, the namespaces of the providers it names when it binds a Gateway
+        (it is their exporter), and the placements of routes of its namespace and host (its peers)."""
+        keys = {info.namespace, *info.placements, *self.learned_by_source.get(info.key, ())}
         if info.gateway_bound:
             keys |= {self.info[p].namespace for h in info.refs for p in self.providers_by_host.get(h, ())}
         for peer in self.routes_by_host.get((info.namespace, info.host), ()):
@@ -164,7 +171,7 @@ class DependencyIndex:
     def _keys(self, info: Info) -> set[str]:
         if info.kind == "LLMRoute":
             return self._route_keys(info)
-        keys = {info.namespace, *info.placements}
+        keys = {info.namespace, *info.placements, *self.learned_by_source.get(info.key, ())}
         for r in self.routes_by_ref.get(info.host, ()):  # every key that imports it
             keys |= self._route_keys(self.info[r])
         return keys
@@ -177,7 +184,7 @@ class DependencyIndex:
         """(sources key ``namespace`` compiles, sorted by key; the keys of its own sources)."""
         with self.lock:
             own = set(self.by_namespace.get(namespace, ()))
-            foreign = set(self.placed.get(namespace, ()))
+            foreign = set(self.placed.get(namespace, ())) | {s for s in self.learned.get(namespace, ()) if s in self.info}
             for p in own:
                 info = self.info[p]
                 if info.kind != "LLMRoute":
@@ -191,6 +198,26 @@ class DependencyIndex:
                 for h in self.info[r].refs:
                     chosen |= self.providers_by_host.get(h, set())
             return [self.objects[k] for k in sorted(chosen)], own
+
+    def learn(self, namespace: str, sources: set[str]) -> bool:
+        """Objects of ``namespace`` have ``sources`` (of other namespaces too); True when that is news
+        (the caller queues ``namespace``, whose pass then compiles them)."""
+        sources = {s for s in sources if namespace_of(s) != namespace}
+        with self.lock:
+            known = self.learned.setdefault(namespace, set())
+            new = sources - known
+            known |= new
+            for s in new:
+                self.learned_by_source.setdefault(s, set()).add(namespace)
+            return bool(new)
+
+    def forget(self, namespace: str, sources: set[str]) -> None:
+        """A pass of ``namespace`` compiled ``sources`` and none of them has an object there now."""
+        with self.lock:
+            known = self.learned.get(namespace, set())
+            for s in sources & known:
+                known.discard(s)
+                self.learned_by_source.get(s, set()).discard(namespace)
 
     def users_outside(self, provider: str, chosen: set[str]) -> bool:
         """Whether routes outside ``chosen`` name the host of ``provider`` (then a pass that did not

@@ -120,6 +120,8 @@ class Controller:
     def _generated_event(self, old: dict | None, new: dict | None) -> None:
         obj = new or old
         assert obj is not None
+        if new is not None and self.index.learn(new["metadata"]["namespace"], set(annotated_sources(new))):
+            self.queue.add(new["metadata"]["namespace"])  # it has sources the key did not know of
         if self.own.ours(obj_key(obj), new):
             return  # our own write coming back: nothing to repair
         if self._mine(obj) or (old is not None and self._mine(old)):  # an edit or deletion: repair at once
@@ -177,6 +179,7 @@ class Controller:
         self._unknowable_warnings(outcome, own, {source_key(s) for s in sources})
         live = {obj_key(o): o for i in self.generated for o in i.items() if o["metadata"].get("namespace") == key}
         todo = plan(outcome, live, self.scope, namespace=key, mine=self._mine)
+        self._learn(key, outcome, todo, live, {source_key(s) for s in sources})
         failures: dict[str, list[str]] = {}
         ok = True
         for obj in todo.apply:
@@ -232,6 +235,21 @@ class Controller:
                                       "pruned": len(todo.prune), "sources": len(sources),
                                       "duration_ms": round(elapsed * 1000, 1)})
         return ok
+
+    def _learn(self, key: str, outcome: Outcome, todo, live: dict, compiled: set[str]) -> None:
+        """Objects this pass compiled for other namespaces tell their keys which sources they have
+        (a new contributor queues that key); sources compiled here that no object of ``key`` has now
+        (desired, or kept as last known good) are no longer its contributors."""
+        here: set[str] = set()
+        for obj in outcome.objects:
+            ns = obj["metadata"]["namespace"]
+            if ns == key:
+                here |= set(annotated_sources(obj))
+            elif self.index.learn(ns, set(annotated_sources(obj))):
+                self.queue.add(ns)
+        for k in todo.kept:
+            here |= set(annotated_sources(live[k]))
+        self.index.forget(key, compiled - here)
 
     def _publish(self, key: str, todo, failures: dict[str, list[str]]) -> None:
         """Publish this pass's failures and last-known-good findings per source; a source of another
