@@ -178,7 +178,7 @@ class DependencyIndex:
 
     def keys(self) -> set[str]:
         with self.lock:
-            return set(self.by_namespace) | set(self.placed)
+            return set(self.by_namespace) | set(self.placed) | {ns for ns, found in self.learned.items() if found}
 
     def compile_set(self, namespace: str) -> tuple[list[dict], set[str]]:
         """(sources key ``namespace`` compiles, sorted by key; the keys of its own sources)."""
