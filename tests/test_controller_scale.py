@@ -252,3 +252,24 @@ def test_any_object_with_sources_in_several_namespaces_is_compiled_from_all_of_t
     assert idx.update(docs[2], p) == {"team-b", "ratelimit"}
     idx.forget("ratelimit", {"LLMRoute team-a/r"})
     assert idx.update(changed, docs[1]) == {"team-a"}
+
+
+def test_own_writes_are_told_from_others_even_when_the_watch_is_faster_than_the_response():
+    """Item 3, the rule: an event carrying the resourceVersion our write returned is ours; one that
+    arrives while the write is in flight waits for the response; anything else queues the key."""
+    from compiler.controller.ownwrites import DELETED, OwnWrites
+
+    def at(rv: str) -> dict:
+        return {"metadata": {"resourceVersion": rv}}
+
+    own, key = OwnWrites(), ("EnvoyFilter", "ns", "x")
+    own.begin(key)
+    assert own.ours(key, at("5"))  # the watch came first
+    assert own.end(key, "5") is False  # and it was our write: nothing to queue
+    assert own.ours(key, at("5")) and not own.ours(key, at("6"))  # a hand edit is not ours
+    own.begin(key)
+    own.ours(key, at("7"))  # someone else's write while ours was in flight
+    assert own.end(key, "8") is True
+    own.begin(key)
+    assert own.end(key, DELETED) is False
+    assert own.ours(key, None) and not own.ours(key, None)  # our deletion, once; then someone else's
