@@ -63,15 +63,18 @@ def _strings(value) -> list[str]:
 def describe(obj: dict, opts: Options) -> Info:
     """The :class:`Info` of a source; defensive, as sources need not be valid."""
     meta = obj.get("metadata") or {}
-    ns = meta.get("namespace", "")
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
-    host = spec.get("host") if isinstance(spec.get("host"), str) else ""
+    ns = str(meta.get("namespace", ""))
+    raw = obj.get("spec")
+    spec: dict = raw if isinstance(raw, dict) else {}
+    host = spec["host"] if isinstance(spec.get("host"), str) else ""
     egress = opts.egress_gateway.partition("/")[0] if opts.egress_gateway else None
     key = source_key(obj)
     if obj.get("kind") != "LLMRoute":  # a provider without a route on its host gets an implicit one
-        return Info(key, obj.get("kind", ""), ns, host, placements=frozenset({egress} - {None, ns}))
+        return Info(key, str(obj.get("kind", "")), ns, host,
+                    placements=frozenset({egress} - {ns}) if egress else frozenset())
     refs: set[str] = set()
-    for rule in spec.get("rules") if isinstance(spec.get("rules"), list) else []:
+    rules = spec.get("rules")
+    for rule in rules if isinstance(rules, list) else []:
         for ref in (rule.get("backendRefs") if isinstance(rule, dict) else None) or []:
             if isinstance(ref, dict) and isinstance(ref.get("providerHost"), str):
                 refs.add(ref["providerHost"])

@@ -184,8 +184,8 @@ class Controller:
         failures: dict[str, list[str]] = {}
         ok = True
         for obj in todo.apply:
-            k = obj_key(obj)
-            self.own.begin(k)
+            written = obj_key(obj)
+            self.own.begin(written)
             version = None
             try:
                 version = (self.kube.apply(obj) or {}).get("metadata", {}).get("resourceVersion")
@@ -200,22 +200,22 @@ class Controller:
                 for s in annotated_sources(obj):
                     failures.setdefault(s, []).append(reason.strip())
             finally:
-                if self.own.end(k, version):
+                if self.own.end(written, version):
                     self.queue.add(key)  # someone else changed it while we wrote
-        for k in todo.prune:
-            self.own.begin(k)
+        for gone_key in todo.prune:
+            self.own.begin(gone_key)
             gone = False
             try:
-                self.kube.delete(*k)
+                self.kube.delete(*gone_key)
                 gone = True
                 self.metrics.add("llmc_deletes_total")
             except LeadershipLost:
                 raise
             except Exception as exc:
                 ok = False
-                log.warning("prune failed", extra={"object": f"{k[0]} {k[1]}/{k[2]}", "error": type(exc).__name__})
+                log.warning("prune failed", extra={"object": "{} {}/{}".format(*gone_key), "error": type(exc).__name__})
             finally:
-                if self.own.end(k, DELETED if gone else None):
+                if self.own.end(gone_key, DELETED if gone else None):
                     self.queue.add(key)
         self._publish(key, todo, failures)
         missing, unchecked = check_secrets(outcome, own, self.kube, self.scope)
