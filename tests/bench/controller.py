@@ -39,6 +39,9 @@ from tests.support.fake_apiserver import FakeAPIServer
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = "llmc-controller/bench"
+#: the source tree whose `compiler` the controller process runs (``--tree``: measure another revision,
+#: e.g. an export of the parent commit, against the same fake API server and mesh)
+TREE = {"path": REPO}
 
 
 ROOT = "istio-system"
@@ -114,7 +117,7 @@ class Process:
         self.proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen:
-        return subprocess.Popen(self.cmd, cwd=REPO, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        return subprocess.Popen(self.cmd, cwd=TREE["path"], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
     def supervise(self) -> None:
         if self.proc.poll() is not None:
@@ -348,7 +351,8 @@ def bench_instances(qps: float, timeout: float, idle_seconds: float = 30.0) -> d
 
 
 def report_shared(r: dict) -> str:
-    a, b = r["shared"]["without"], r["shared"]["with"]
+    b = r["shared"]["with"]
+    a = r["shared"].get("without", b)
     lines = [f"controller, issue 32: {a['sources']} sources in {a['sources'] // 100} namespaces without / "
              f"{b['sources']} with one shared "
              f"source (a provider in {ROOT} that route-0 of every namespace sends to)"]
@@ -394,15 +398,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", default=str(REPO / ".cache" / "bench" / "controller.json"))
     ap.add_argument("--sections", default="base,shared,instances",
                     help="base (cold, one change, SIGKILL, faults), shared (issue 32), instances (issue 32)")
+    ap.add_argument("--tree", default=str(REPO), help="run the controller of this source tree (git archive REV)")
+    ap.add_argument("--shared-only", action="store_true", help="section shared: only the case with the shared source")
     args = ap.parse_args(argv)
+    TREE["path"] = Path(args.tree)
     sections = set(args.sections.split(","))
     result: dict = {}
     if "base" in sections:
         result = bench_controller(args.n, args.qps)
         print(report(result))
     if "shared" in sections:
-        result["shared"] = {"without": bench_change(args.n, False, args.qps, 900.0),
-                            "with": bench_change(args.n, True, args.qps, 900.0)}
+        result["shared"] = {"with": bench_change(args.n, True, args.qps, 900.0)}
+        if not args.shared_only:
+            result["shared"]["without"] = bench_change(args.n, False, args.qps, 900.0)
     if "instances" in sections:
         result["instances"] = bench_instances(args.qps, 900.0)
     if "shared" in result:
