@@ -278,11 +278,13 @@ def bench_change(n: int, shared: bool, qps: float, timeout: float) -> dict:
         server.create_namespace(ROOT)
         _load(server, objs)
         start = time.monotonic()
-        proc = Process(server, Path(tmp_dir), qps)
+        # no periodic resync: its passes over every key would land in the windows measured here
+        proc = Process(server, Path(tmp_dir), qps, ("--resync", "3600"))
         try:
             cold = _converge(server, start, timeout, proc)
             out: dict = {"shared_source": shared, "sources": len(objs), "cold_seconds": cold,
                          "peak_rss_mb_cold": proc.peak_rss_mb()}
+            time.sleep(3)
             idle = _idle_cpu_rate(proc)
             before = {k: v for k, v in server.get(SRC, "llmproviders", "team-0", "provider-0").items() if k != "status"}
             c0, t0 = proc.cpu_seconds(), time.monotonic()
