@@ -173,7 +173,7 @@ class Controller:
     def reconcile_key(self, key: str) -> bool:
         """One pass over ``key`` (a namespace: the objects written there); False when something
         failed (the key is retried with backoff)."""
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.thread_time()
         sources, own = self.index.compile_set(key)
         sources += self._foreign_sources(key, {source_key(s) for s in sources})
         outcome = desired_state(sources, self.opts)
@@ -232,6 +232,7 @@ class Controller:
         elapsed = time.monotonic() - start
         self.metrics.add("llmc_reconcile_duration_seconds_sum", elapsed)
         self.metrics.add("llmc_reconcile_duration_seconds_count")
+        self.metrics.add("llmc_reconcile_cpu_seconds_sum", time.thread_time() - cpu)  # this pass's thread
         log.info("reconciled", extra={"key": key, "objects": len(outcome.objects), "applied": len(todo.apply),
                                       "pruned": len(todo.prune), "sources": len(sources),
                                       "duration_ms": round(elapsed * 1000, 1)})
