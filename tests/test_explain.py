@@ -206,3 +206,18 @@ def test_translated_and_header_only_protocols(host, url, auth_header):
         assert sent["system"] == [{"type": "text", "text": "be brief"}]
         assert sent["model"] == "claude-test" and sent["max_tokens"] == 512
         assert up["headers"]["anthropic-version"]
+
+
+def test_every_try_of_every_rule_has_its_key_masked():
+    """A provider that is only ever a later try (p-three: the backup of `chain` and `weighted`) has its
+    literal key in the failover routes' upstream-filter contexts only: masked there too, in the JSON
+    and in the text."""
+    from compiler.explain import format_text
+
+    result = compile_paths([str(TESTDATA / "e2e" / "failover.yaml")], Options())
+    x = explain(result.objects, Request(host="chat.example.com", headers={"content-type": "application/json"},
+                                        body=b'{"messages":[{"role":"user","content":"hi"}]}'))
+    assert [t["url"] for t in x["attempts"]][-1] == "http://three.example.com/three/chat/completions"
+    assert x["attempts"][-1]["headers"]["authorization"] == "Bearer ***"
+    for text in (json.dumps(x), format_text(x)):
+        assert "sk-" not in text

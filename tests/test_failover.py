@@ -118,7 +118,7 @@ def test_a_try_removes_every_credential_header_and_sets_only_its_own():
 
     lua = LuaFilter()
     ctx = {"id": "t1", "route": "default/chat", "rule": "backup",
-           "attempt": {"provider": "p-two", "protocol": "openai", "host": "two.example.com",
+           "attempt": {"provider": "p-two", "protocol": "openai", "host": "two.example.com", "authority": "two.example.com",
                        "path": "/two/chat/completions", "weight": 1, "max_body": 1 << 20, "model": "two-model",
                        "api_key": "sk-two"},
            "protocols": {"openai": OPENAI.context()},
@@ -210,7 +210,7 @@ def test_each_try_of_a_failover_rule_removes_every_auth_header_of_the_rule_and_u
     result = _compile_cross(CROSSINGS)
     text = "\n".join(str(o) for o in result.objects if o["kind"] == "EnvoyFilter")
     assert "'credential_headers': ['api-key', 'authorization', 'x-api-key', 'x-gw-key']" in text
-    assert "'host': 'two-front.example.net'" in text
+    assert "'authority': 'two-front.example.net'" in text
 
 
 def test_a_try_after_a_try_that_rewrote_the_body_sends_its_own_content_length_and_the_clients_path():
@@ -224,7 +224,7 @@ def test_a_try_after_a_try_that_rewrote_the_body_sends_its_own_content_length_an
 
     lua = LuaFilter()
     ctx = {"id": "t2", "route": "default/chat", "rule": "backup",
-           "attempt": {"provider": "p-raw", "protocol": "openai", "host": "raw.example.com",
+           "attempt": {"provider": "p-raw", "protocol": "openai", "host": "raw.example.com", "authority": "raw.example.com",
                        "path": "/raw/v1/chat/completions", "base_path": "/raw/v1", "weight": 1, "max_body": 1 << 20,
                        "api_key": "sk-raw"},
            "protocols": {"openai": OPENAI.context()},

@@ -15,10 +15,10 @@ import json
 import pytest
 
 from tests.conftest import TESTDATA
-from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_minor
-from tests.support.mesh import llmc_render
+from tests.support.envoy_harness import envoy_minor
+from tests.support.mesh import llmc_render, running_envoy
 from tests.support.sdk import APP_KEY, APP_MODEL, MESSAGES, chat
-from tests.support.upstream import start_upstreams
+from tests.support.upstream import serving
 
 pytestmark = pytest.mark.envoy
 
@@ -44,22 +44,16 @@ needs_failover = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def upstreams():
-    ups = start_upstreams(None, (), tuple(KEYS))
-    yield ups
-    for u in ups.values():
-        u.stop()
+    with serving(KEYS) as ups:
+        yield ups
 
 
 @pytest.fixture(scope="module")
 def envoy(upstreams):
     if envoy_minor() < (1, 39):
         pytest.skip("failover needs Envoy 1.39+")
-    objects = llmc_render("-f", str(SOURCE), "--istio-version", "1.31")
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None)
-    assert layout.unmatched == [] and layout.skipped == []
-    proxy = Envoy(layout.bootstrap)
-    yield proxy
-    proxy.stop()
+    with running_envoy(llmc_render("-f", str(SOURCE), "--istio-version", "1.31"), upstreams) as proxy:
+        yield proxy
 
 
 @pytest.fixture(autouse=True)

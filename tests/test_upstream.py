@@ -112,3 +112,48 @@ def test_error_statuses_with_openai_headers(upstream, status, exc):
 def test_usage_controls(upstream, mode, usage):
     _, _, payload = raw(upstream, SENT, {"x-test-usage": mode})
     assert json.loads(payload).get("usage") == usage
+
+
+def test_requests_record_their_connection_and_place_on_it(upstream):
+    conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=10)
+    for _ in range(2):
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(SENT), headers={"x-dup": "a"})
+        conn.getresponse().read()
+    conn.close()
+    first, second = upstream.requests
+    assert (first.conn, first.seq) == (second.conn, 1) and second.seq == 2
+    assert first.declared == len(first.body) and first.extra == b""
+    assert first.raw_headers.count(("x-dup", "a")) == 1
+
+
+def test_a_body_longer_than_its_content_length_is_caught_as_a_desync(upstream):
+    """What a proxy sends beyond the declared length is seen at once (``extra``) and, on the kept
+    connection, as the start of the next request that does not parse (``Server.stray``)."""
+    import socket
+
+    body = json.dumps(SENT).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body) - 5}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", upstream.port), timeout=10) as s:
+        s.sendall(head + body)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 ") and b"\r\nconnection: close\r\n" in answer.lower()
+    (rec,) = upstream.requests
+    assert rec.body == body[:-5] and rec.extra.startswith(body[-5:])
+
+
+def test_bytes_that_arrive_late_are_read_as_a_stray_request_line(upstream):
+    """The rest of a body that arrives after the answer is read where the next request starts."""
+    import socket
+
+    body = json.dumps(SENT).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body) - 5}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", upstream.port), timeout=10) as s:
+        s.sendall(head + body[:-5])
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")  # answered: the double waits for the next request
+        s.sendall(body[-5:] + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        while s.recv(65536):
+            pass
+    assert upstream.requests[0].extra == b""
+    assert upstream.server.stray and upstream.server.stray[0].startswith(body[-5:])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from ..explain import ExplainError, Request
@@ -36,62 +37,59 @@ SCHEMA = "llmc.diff/v1"
 PICK_FIELDS = ("share", "endpoint", "model", "key", "tries", "format")
 
 
-def _key_index(objects: list[dict]) -> dict[tuple[str, str, str], str]:
-    """(route "ns/label", rule, provider) -> the key's identity, from every filter context emitted."""
-    out: dict[tuple[str, str, str], str] = {}
-
-    def identity(b: dict, protocols: dict) -> str:
-        header = b.get("auth_header") or (protocols.get(b.get("protocol"), {}) or {}).get("auth_header", "?")
-        if b.get("api_key_file"):
-            parts = b["api_key_file"].rstrip("/").split("/")
-            return f"Secret {parts[-2]}, key {parts[-1]} in {header}"
-        if b.get("api_key"):
-            digest = hashlib.sha256(b["api_key"].encode()).hexdigest()[:12]
-            return f"literal apiKey sha256:{digest} in {header}"
-        return "none (the client's own credential)"
-
-    def walk(node: Any) -> None:
+def _filter_contexts(objects: list[dict]) -> Iterator[dict]:
+    """Every llmc filter context in the EnvoyFilters of a configuration (virtual hosts' and tries')."""
+    def walk(node: Any) -> Iterator[dict]:
         if isinstance(node, dict):
             ctx = node.get("filter_context")
             if isinstance(ctx, dict) and "route" in ctx:
-                protocols = ctx.get("protocols") or {}
-                for rule, r in (ctx.get("rules") or {}).items():
-                    for b in r.get("backends", []):
-                        out.setdefault((ctx["route"], rule, b["provider"]), identity(b, protocols))
-                if isinstance(ctx.get("attempt"), dict):
-                    b = ctx["attempt"]
-                    out.setdefault((ctx["route"], ctx.get("rule", ""), b["provider"]), identity(b, protocols))
+                yield ctx
             for v in node.values():
-                walk(v)
+                yield from walk(v)
         elif isinstance(node, list):
             for v in node:
-                walk(v)
+                yield from walk(v)
 
     for o in objects:
         if o.get("kind") == "EnvoyFilter":
-            walk(o.get("spec"))
-    return out
+            yield from walk(o.get("spec"))
 
 
-def _hosts_to_providers(objects: list[dict]) -> dict[str, str]:
-    """provider host -> LLMProvider name (from the ServiceEntries' source annotations is not kept, so
-    from the filter contexts: each backend names its provider and host)."""
-    out: dict[str, str] = {}
+def _backends(ctx: dict) -> Iterator[tuple[str, dict]]:
+    """(rule name, backend) of one filter context."""
+    for rule, r in (ctx.get("rules") or {}).items():
+        for b in r.get("backends", []):
+            yield rule, b
+    if isinstance(ctx.get("attempt"), dict):
+        yield ctx.get("rule", ""), ctx["attempt"]
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if "provider" in node and "host" in node and isinstance(node.get("provider"), str):
-                out.setdefault(node["host"], node["provider"])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
 
-    for o in objects:
-        if o.get("kind") == "EnvoyFilter":
-            walk(o.get("spec"))
-    return out
+def _key_identity(b: dict, protocols: dict) -> str:
+    header = b.get("auth_header") or (protocols.get(b.get("protocol"), {}) or {}).get("auth_header", "?")
+    if b.get("api_key_file"):
+        parts = b["api_key_file"].rstrip("/").split("/")
+        return f"Secret {parts[-2]}, key {parts[-1]} in {header}"
+    if b.get("api_key"):
+        digest = hashlib.sha256(b["api_key"].encode()).hexdigest()[:12]
+        return f"literal apiKey sha256:{digest} in {header}"
+    return NO_KEY
+
+
+NO_KEY = "none (the client's own credential)"
+
+
+class _Side:
+    """One configuration, indexed once for every request: the key of each (route, rule, provider) and
+    the provider of each host, from the filter contexts emitted."""
+
+    def __init__(self, objects: list[dict]) -> None:
+        self.objects = objects
+        self.keys: dict[tuple[str, str, str], str] = {}
+        self.providers: dict[str, str] = {}
+        for ctx in _filter_contexts(objects):
+            for rule, b in _backends(ctx):
+                self.keys.setdefault((ctx["route"], rule, b["provider"]), _key_identity(b, ctx.get("protocols") or {}))
+                self.providers.setdefault(b["host"], b["provider"])
 
 
 def _model_of(body: str | None) -> str | None:
@@ -101,15 +99,6 @@ def _model_of(body: str | None) -> str | None:
         return None
     model = value.get("model") if isinstance(value, dict) else None
     return model if isinstance(model, str) else None
-
-
-class _Side:
-    """One configuration, indexed once for every request."""
-
-    def __init__(self, objects: list[dict]) -> None:
-        self.objects = objects
-        self.keys = _key_index(objects)
-        self.providers = _hosts_to_providers(objects)
 
 
 def _pick(side: _Side, x: dict, share: float) -> dict:
@@ -125,7 +114,7 @@ def _pick(side: _Side, x: dict, share: float) -> dict:
         "share": share,
         "endpoint": first.get("url"),
         "model": _model_of(first.get("body")),
-        "key": side.keys.get((route, rule_name, provider or ""), "none (the client's own credential)"),
+        "key": side.keys.get((route, rule_name, provider or ""), NO_KEY),
         "tries": [side.providers.get(h, h) for h in hosts] if len(hosts) > 1 else None,
         "format": "anthropic" if "anthropic-version" in headers else "openai",
     }

@@ -32,6 +32,7 @@ import json
 from importlib import resources
 from typing import Any
 
+from ..translate.envoyfilter import UPSTREAM_FILTER_PREFIX
 from .istio import FILTER_NAME, ExplainError, Request, describe_proxy, find_filter_context, find_virtualservice, select
 
 __all__ = ["ExplainError", "Request", "explain", "format_text"]
@@ -154,7 +155,8 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
     """The explanation as data (``-o json``); :func:`format_text` prints it for people."""
     vs = find_virtualservice(objects, req)
     vs_ns = vs["metadata"].get("namespace", "default")
-    headers = {k.lower(): v for k, v in req.headers.items()}
+    # HTTP/1.1's Host is Envoy's :authority (req.host): a `host` among the headers is not another header
+    headers = {k.lower(): v for k, v in req.headers.items() if k.lower() != "host"}
     headers.update({":method": req.method, ":path": req.path, ":authority": req.host})
     if req.body and "content-length" not in headers:
         headers["content-length"] = str(len(req.body))
@@ -174,7 +176,7 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         out["result"] = _envoy_result(first, headers, req)
         return out
     rt = _runtime().prepare(seed, provider)
-    secrets = _literal_keys(context)
+    secrets = _literal_keys(context, route_patches)
     route_metadata = _route_metadata(route_patches)
 
     def reselect(lua_headers) -> str | None:
@@ -271,9 +273,15 @@ def _candidates(context: dict, rule_id: str | None) -> list[dict]:
             for b in backends]
 
 
-def _literal_keys(context: dict) -> list[str]:
-    return sorted({b["api_key"] for r in (context.get("rules") or {}).values() for b in r.get("backends", [])
-                   if b.get("api_key")}, key=len, reverse=True)
+def _literal_keys(context: dict, route_patches: dict[str, dict]) -> list[str]:
+    """Every literal key the proxy holds for this virtual host: the first choices' (the virtual host's
+    context) and every failover try's (the upstream-filter contexts on the failover routes)."""
+    backends = [b for r in (context.get("rules") or {}).values() for b in r.get("backends", [])]
+    for patch in route_patches.values():
+        for name, per_filter in (patch.get("typed_per_filter_config") or {}).items():
+            if name.startswith(UPSTREAM_FILTER_PREFIX):
+                backends.append(((per_filter or {}).get("filter_context") or {}).get("attempt") or {})
+    return sorted({b["api_key"] for b in backends if b.get("api_key")}, key=len, reverse=True)
 
 
 def _mask(text: str | None, secrets: list[str]) -> str | None:

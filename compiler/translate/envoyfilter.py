@@ -169,7 +169,7 @@ def attempt_contexts(vh: VirtualHost, rule: Rule, secrets_dir: str) -> dict[str,
     out = {}
     for b in rule.backends:
         # the Host of this try: Envoy applies a weighted cluster's host rewrite to the first try only
-        attempt = {**_backend_context(b, secrets_dir, None), "host": b.host_header}
+        attempt = {**_backend_context(b, secrets_dir, None), "authority": b.host_header}
         body = {"route": route, "rule": rule.name, "attempt": attempt,
                 "protocols": {b.provider.protocol: PROTOCOLS[b.provider.protocol].context()},
                 # the header map is shared by the tries: every header an earlier try of this rule may

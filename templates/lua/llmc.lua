@@ -1930,7 +1930,7 @@ end
 prepare_attempt = function(ctx)
   local attempt = ctx:get("attempt")
   local rule = prepare_rule(ctx:get("route"), ctx:get("rule"), { backends = { attempt } }, ctx:get("protocols"))
-  return { attempt = true, b = rule.backends[1], rule_id = rule.rule_id, host = attempt.host,
+  return { attempt = true, b = rule.backends[1], rule_id = rule.rule_id, host = attempt.authority,
     credential_headers = ctx:get("credential_headers"), internal_headers = ctx:get("internal_headers") }
 end
 

@@ -38,7 +38,7 @@ import time
 import zlib
 from http.server import BaseHTTPRequestHandler
 
-from tests.support.upstream import ProviderHandler, Recorded, Server, end_stream
+from tests.support.upstream import ProviderHandler, Recorded, Server, end_stream, failed, read_request
 
 TOP_LEVEL = {"model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k", "stop_sequences",
              "stream", "tools", "tool_choice", "metadata", "thinking", "service_tier"}
@@ -193,6 +193,8 @@ def stream_events(model: str, ident: str, tool: dict | None, error: bool) -> lis
 class AnthropicUpstream:
     def __init__(self, name: str, sse_pause: float = 0.6):
         self.name, self.sse_pause = name, sse_pause
+        self.fail: str | None = None  # as Upstream.fail: "429"/"503"/"529" (that error), "reset", "hang"
+        self.hang = 5.0
         self.requests: list[Recorded] = []
         self.problems: list[list[str]] = []
         self._lock = threading.Lock()
@@ -208,16 +210,17 @@ class AnthropicUpstream:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        body = h.rfile.read(int(h.headers.get("content-length") or 0))
-        headers = {k.lower(): v for k, v in h.headers.items()}
-        rec = Recorded(h.command, h.path, headers, body, None)
+        rec = read_request(h)
+        body, headers = rec.body, rec.headers
         problems = request_problems(h.path, headers, body)
         with self._lock:
             self.requests.append(rec)
             self.problems.append(problems)
             self._n += 1
             ident = f"{self._n:04d}"
-        status = int(headers.get("x-test-status", "200"))
+        if failed(h, self.fail, self.hang):
+            return
+        status = int(self.fail) if self.fail and self.fail.isdigit() else int(headers.get("x-test-status", "200"))
         if problems:
             return self._error(h, 400, "; ".join(problems))
         if status != 200:
@@ -297,6 +300,7 @@ class AnthropicUpstream:
         with self._lock:
             self.requests.clear()
             self.problems.clear()
+        self.fail = None
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -1,7 +1,8 @@
 """Azure OpenAI's chat completions API as a local stand-in (learn.microsoft.com, "Azure OpenAI in
 Azure AI Foundry Models REST API reference", data plane inference).
 
-``POST /openai/deployments/{deployment-id}/chat/completions?api-version={api-version}``, the key in
+``POST /openai/deployments/{deployment-id}/chat/completions?api-version={api-version}`` (and
+``.../embeddings?api-version=...``), the key in
 the ``api-key`` header (or an Entra ID token in ``Authorization: Bearer``), a JSON body with
 ``messages`` (the deployment decides the model). Checked here: the path shape and a known
 deployment (else 404 ``DeploymentNotFound``), ``api-version`` present (else 404 — Azure answers a
@@ -20,9 +21,9 @@ import re
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from tests.support.upstream import Recorded, Upstream
+from tests.support.upstream import Upstream, read_request
 
-PATH = re.compile(r"^/openai/deployments/([A-Za-z0-9._-]+)/chat/completions$")
+PATH = re.compile(r"^/openai/deployments/([A-Za-z0-9._-]+)/(?:chat/completions|embeddings)$")
 SAFE = {"filtered": False, "severity": "safe"}
 # Azure's first streamed chunk with content filtering on: no model yet (issue 24, item 9)
 PROMPT_FILTER_CHUNK = {"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": [
@@ -54,9 +55,9 @@ class AzureUpstream(Upstream):
             problem = (401, {"statusCode": 401, "message": NO_KEY})
         if problem is None:
             return super()._handle(h)
-        body = h.rfile.read(int(h.headers.get("content-length") or 0))
+        rec = read_request(h)
         with self._lock:
-            self.requests.append(Recorded(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body, None))
+            self.requests.append(rec)
         payload = json.dumps(problem[1]).encode()
         h.send_response(problem[0])
         h.send_header("content-type", "application/json")

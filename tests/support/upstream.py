@@ -24,6 +24,16 @@ Per upstream (failover tests), ``Upstream.fail``: ``"429"``/``"503"`` (always th
 ``"reset"`` (close the connection without answering), ``"hang"`` (answer nothing for ``hang``
 seconds, then close), ``"stream-reset"`` (a streaming request gets the headers and the first SSE
 chunk, then the connection is reset).
+
+The wire, for tests of HTTP framing (every double reads requests with :func:`read_request`): each
+``Recorded`` keeps the header lines in order with duplicates (``raw_headers``), the declared
+``Content-Length``, the connection it came on (``conn``, numbered per server) and its place there
+(``seq``: above 1 means a reused keep-alive connection), and ``extra``: bytes that were already
+waiting after the declared length (a proxy that sent more body than it declared). Bytes that do not
+parse as a request line where the next request should start are kept in ``Server.stray``: the rest
+of such a body, read as the start of the next request on that connection (an HTTP desync). After a
+request with ``extra`` the double answers with ``connection: close``, so the rest of that body does
+not reach a later test.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ ERRORS = {
     502: ("server_error", None, "Bad gateway."),
     503: ("server_error", None, "The server is overloaded or not ready yet."),
 }
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"}
 RATE_LIMIT_HEADERS = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "0",
                       "x-ratelimit-reset-requests": "1s", "x-ratelimit-limit-tokens": "30000",
                       "x-ratelimit-remaining-tokens": "29000", "x-ratelimit-reset-tokens": "2ms"}
@@ -61,9 +72,15 @@ RATE_LIMIT_HEADERS = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remainin
 class Recorded:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # lower-case names; of duplicate lines the last (see raw_headers)
     body: bytes
     sni: str | None
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)  # in order, duplicates kept
+    conn: int = 0  # the connection's number on its server (1, 2, ...)
+    seq: int = 0  # the request's place on its connection: 1 on a new connection
+    declared: int | None = None  # the Content-Length header's value, None without one
+    extra: bytes = b""  # bytes waiting right after the declared body: more body than declared
+    order: int = 0  # arrival order across every double of the process (which try came first)
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -79,9 +96,18 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 class Server(ThreadingHTTPServer):
     """A threading HTTP server that does not print a traceback when the proxy closes a connection
-    (an idle keep-alive one, or one whose client left): that is normal, not a test failure's cause."""
+    (an idle keep-alive one, or one whose client left): that is normal, not a test failure's cause.
+    It numbers its connections and keeps what did not parse as a request line (``stray``)."""
 
     daemon_threads = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.stray: list[bytes] = []
+        self._connections = itertools.count(1)
+        super().__init__(*args, **kwargs)
+
+    def next_connection(self) -> int:
+        return next(self._connections)
 
     def handle_error(self, request, client_address) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):
@@ -99,6 +125,62 @@ class ProviderHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn_id = self.server.next_connection() if isinstance(self.server, Server) else 0
+        self.served = 0
+
+    def end_headers(self) -> None:
+        if getattr(self, "desynced", False):
+            # more body than declared is waiting on this connection: close it after this answer, so
+            # the rest is not read as the next request (the test that caused it has seen `extra`)
+            self.send_header("connection", "close")
+        super().end_headers()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if (not ok or self.command not in HTTP_METHODS) and isinstance(self.server, Server):
+            self.server.stray.append(self.raw_requestline)
+        return ok
+
+
+_ARRIVALS = itertools.count(1)
+
+
+def read_request(h: BaseHTTPRequestHandler, sni: str | None = None) -> Recorded:
+    """Reads the body (``Content-Length`` bytes) and records the request with its wire details."""
+    declared = h.headers.get("content-length")
+    length = int(declared or 0)
+    body = h.rfile.read(length) if length else b""
+    h.served = getattr(h, "served", 0) + 1
+    extra = _waiting(h)
+    h.desynced = bool(extra)
+    return Recorded(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body, sni,
+                    raw_headers=[(k.lower(), v) for k, v in h.headers.items()], conn=getattr(h, "conn_id", 0),
+                    seq=h.served, declared=int(declared) if declared is not None else None, extra=extra,
+                    order=next(_ARRIVALS))
+
+
+def _waiting(h: BaseHTTPRequestHandler) -> bytes:
+    """Bytes already received after the request (never blocks): a proxy sends the next request on a
+    connection only after the answer, so anything here is body it sent beyond its Content-Length."""
+    sock = h.connection
+    timeout = sock.gettimeout()
+    try:
+        sock.settimeout(0.0)
+        return h.rfile.peek(65536) or b""
+    except (OSError, ValueError):
+        return b""
+    finally:
+        sock.settimeout(timeout)
+
+
+def failed(h: BaseHTTPRequestHandler, fail: str | None, hang: float) -> bool:
+    """Applies ``fail`` modes that answer nothing (``reset``, ``hang``); True when it did."""
+    if fail not in ("reset", "hang"):
+        return False
+    if fail == "hang":
+        time.sleep(hang)
+    _reset(h)
+    return True
 
 
 @dataclass
@@ -134,10 +216,8 @@ class Upstream:
         self.thread.start()
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        length = int(h.headers.get("content-length") or 0)
-        body = h.rfile.read(length) if length else b""
-        sni = getattr(h.connection, "sni_seen", None)
-        rec = Recorded(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body, sni)
+        rec = read_request(h, getattr(h.connection, "sni_seen", None))
+        body = rec.body
         with self._lock:
             self.requests.append(rec)
             n = next(self._ids)
@@ -148,10 +228,7 @@ class Upstream:
         if not isinstance(req, dict):
             req = {}
         ident = f"{self.name.split('.')[0]}-{n}"
-        if self.fail in ("reset", "hang"):
-            if self.fail == "hang":
-                time.sleep(self.hang)
-            _reset(h)
+        if failed(h, self.fail, self.hang):
             return
         if self.fail == "stream-reset" and req.get("stream") is True:
             return self._sse(h, ident, f"{req.get('model')}-2026", None, False, reset_after_first=True)

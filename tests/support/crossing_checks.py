@@ -1,0 +1,180 @@
+"""What must hold in every cell of the crossing matrix (``tests/test_crossings_e2e.py``), as checks
+on one exchange: the request as the client sent it, its answer, and every request a provider double
+received. The cells and their tables are in :mod:`tests.support.crossings`; this module says, for a
+cell, where its requests may go (:func:`first_tries`, :func:`pick`), what llmc refuses itself
+(:func:`refusal`), what each provider must receive (:func:`expected_pairs`, :func:`check_request`)
+and what the client must get (:func:`check_answer`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import openai
+
+from tests.support import crossings as X
+from tests.support.upstream import Recorded
+
+
+def backends(c: X.Cell) -> list[X.Provider]:
+    return [X.PROVIDERS[n] for n in c.kind.providers(c.protocol)]
+
+
+def reaches(c: X.Cell) -> bool:
+    return any(refusal(c, p) is None for p in backends(c))
+
+
+def failover_tries(c: X.Cell) -> list[str]:
+    """The providers a failover cell's request reaches, in order (when its endpoint is served; the
+    first priority's in the order of the draw when it has several)."""
+    if not c.kind.failover or not reaches(c):
+        return []
+    levels = c.kind.priorities(c.protocol)
+    # no failure: the first pick only; else every first choice fails, then the next priority's first
+    return levels[0][:1] if c.failure == "none" else [*levels[0], levels[1][0]]
+
+
+@dataclass
+class Exchange:
+    """One cell's request as the client sent it, what it got, and what every provider received."""
+    sent_headers: dict[str, str]
+    sent_body: bytes
+    status: int
+    headers: dict[str, str]
+    payload: bytes
+    received: list[tuple[str, Recorded]]  # (provider name, request) in arrival order
+    problems: dict[int, list[str]]  # id(request) → what the Anthropic double found wrong with it
+    stray: dict[str, list[bytes]]  # provider host → bytes read where a request should start
+
+
+def pick(cell: X.Cell, x: Exchange) -> str | None:
+    """The provider of the first try: the first to receive anything, or for a refused endpoint the one
+    backend that lacks it."""
+    names = cell.kind.providers(cell.protocol)
+    if x.received:
+        return x.received[0][0]
+    refusing = [n for n in names if refusal(cell, X.PROVIDERS[n])]
+    return refusing[0] if len(refusing) == 1 or len(refusing) == len(names) else None
+
+
+def first_tries(cell: X.Cell) -> list[str]:
+    """The providers a first try may go to: the first priority of a failover rule, else every backend."""
+    return cell.kind.priorities(cell.protocol)[0]
+
+
+
+def refusal(cell: X.Cell, p: X.Provider) -> int | None:
+    """The status llmc answers itself, sending nothing, when the request would go to ``p``: 404 for an
+    endpoint it does not serve; 400 for a body a translated provider cannot take as a chat completion
+    (no ``messages``: an embeddings request to a provider without basePath, where every POST is chat)."""
+    if p.serves(cell.endpoint) is None:
+        return 404
+    if p.format != "openai" and "messages" not in dict(cell.client_pairs()):
+        return 400
+    return None
+
+
+def expected_status(cell: X.Cell, first: str | None) -> int:
+    """What the client must get when ``first`` had the first try (None: nothing was sent)."""
+    if first is None:
+        return 404
+    if refusal(cell, X.PROVIDERS[first]):
+        return refusal(cell, X.PROVIDERS[first])
+    if cell.failure == "none" or cell.kind.failover:
+        return 200
+    return {"503": 503, "reset": 503, "timeout": 504}[cell.failure]
+
+
+def expected_pairs(cell: X.Cell, p: X.Provider) -> list:
+    """The JSON members the provider must receive: the client's, with its model where llmc sets one
+    (the configured model on chat; on the model-routed host the model that routed), one `model`."""
+    model = p.model if p.serves(cell.endpoint) == "chat" else None
+    if model is None and cell.kind.by_model:
+        model = cell.routed_model
+    pairs = cell.client_pairs()
+    if model is None:
+        return pairs
+    out, seen = [], False
+    for k, v in pairs:
+        if k == "model":
+            if not seen:
+                out.append(("model", model))
+                seen = True
+            continue
+        out.append((k, v))
+    return out
+
+
+def client_credentials(cell: X.Cell) -> list[tuple[str, str]]:
+    headers = X.EXTRAS[cell.extra][0]
+    return sorted((k, v) for k, v in headers.items() if k in X.CREDENTIAL_HEADERS)
+
+
+def check_request(cell: X.Cell, p: X.Provider, rec: Recorded, problems: list[str] | None) -> None:
+    where = f"{p.name} received"
+    # framing: exactly Content-Length bytes, nothing more behind them
+    assert rec.declared is not None and rec.declared == len(rec.body), (where, rec.declared, len(rec.body))
+    assert rec.extra == b"", (where, "bytes beyond Content-Length", rec.extra[:200])
+    # internal headers
+    assert not [k for k, _ in rec.raw_headers if k.startswith("x-llmc-")], (where, [
+        h for h in rec.raw_headers if h[0].startswith("x-llmc-")])
+    # credentials
+    present = sorted((k, v) for k, v in rec.raw_headers if k in X.CREDENTIAL_HEADERS)
+    own_client_key = p.key is None and not cell.kind.failover  # README "Credentials"
+    if p.credential is not None:
+        assert present == [p.credential], (where, present)
+    elif own_client_key:
+        assert present == client_credentials(cell), (where, present)
+    else:
+        assert present == [], (where, present)
+    text = json.dumps(rec.raw_headers) + rec.body.decode("utf-8", "replace")
+    for other, key in X.KEYS.items():
+        assert other == p.name or key not in text, (where, f"the key of {other}")
+    if not own_client_key:
+        assert X.APP_KEY not in text and X.APP_XKEY not in text, (where, "the client's credential")
+    # endpoint, host, body
+    assert rec.path == p.path(cell.endpoint), (where, rec.path)
+    assert rec.headers.get("host") == p.host, (where, rec.headers.get("host"))
+    assert rec.headers.get("accept-encoding") == "identity", (where, rec.headers.get("accept-encoding"))
+    if p.format == "anthropic":
+        assert problems == [], (where, problems)
+        assert json.loads(rec.body)["model"] == p.model
+    else:
+        assert json.loads(rec.body, object_pairs_hook=list) == expected_pairs(cell, p), (where, rec.body)
+
+
+def check_answer(cell: X.Cell, x: Exchange) -> None:
+    assert x.status == expected_status(cell, pick(cell, x)), (x.status, x.payload[:300])
+    assert not [k for k in x.headers if k.startswith("x-llmc-")], x.headers
+    assert x.headers.get("content-type", "").startswith("application/json"), (x.headers, x.payload[:300])
+    body = json.loads(x.payload)
+    if x.status < 300:
+        assert "error" not in body, body
+        served = X.PROVIDERS[pick(cell, x)].serves(cell.endpoint)
+        kind = openai.types.chat.ChatCompletion if served == "chat" else openai.types.CreateEmbeddingResponse
+        kind.model_validate(body)
+    else:
+        err = body.get("error")
+        assert isinstance(err, dict) and set(err) >= {"message", "type", "param", "code"}, body
+        assert isinstance(err["message"], str) and isinstance(err["type"], str), body
+
+
+def check_tries(cell: X.Cell, x: Exchange) -> None:
+    """Who received what: nothing for a refused endpoint; one request without a failure; on failover
+    the first provider, then the next priority; and every request shaped for its receiver."""
+    assert not x.stray, f"bytes read as the start of a request (HTTP desync): {x.stray}"
+    names = cell.kind.providers(cell.protocol)
+    got = [n for n, _ in x.received]
+    if pick(cell, x) is None or refusal(cell, X.PROVIDERS[pick(cell, x)]):
+        assert got == [], got
+        return
+    if cell.failure == "none":
+        assert len(got) == 1 and got[0] in first_tries(cell), got
+    elif cell.kind.failover:
+        assert sorted(got) == sorted(failover_tries(cell)), got
+        assert set(got[:len(first_tries(cell))]) == set(first_tries(cell)), ("priorities in order", got)
+    else:
+        assert got and set(got) <= set(names), got
+    for name, rec in x.received:
+        check_request(cell, X.PROVIDERS[name], rec, x.problems.get(id(rec)))

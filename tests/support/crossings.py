@@ -1,0 +1,338 @@
+"""The crossing matrix of issue 24 as data: where features cross, every promise still holds.
+
+Five dimensions, one table each; a value is one line, so a later feature joins the matrix by adding
+a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
+
+* ``RULES`` — how the route picks providers: one backend, weighted, routed by the body's model,
+  failover with priorities, failover on a model-routed host, weighted first choices with a backup;
+* ``PROTOCOLS`` — the provider the cell is about: its API, where its key goes (or that it has none);
+* ``ENDPOINTS`` — what the client calls: chat, embeddings (through ``basePath``), an unknown path;
+* ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
+  with two ``model`` members, ``Accept-Encoding: gzip``;
+* ``FAILURES`` — what the first try meets: nothing, a 503, a reset, a hang past the per-try timeout.
+
+:func:`cells` selects the cells all-pairs (every pair of values of two dimensions appears in some
+cell; greedy and deterministic) and covers ``TRIPLES`` too (each rule with each protocol meets every
+endpoint and every failure: where issue 24's defects were). :func:`manifest` renders one input
+holding every rule the cells need, so one Envoy serves the whole matrix: a cell reaches its rule
+through the header ``x-cell-rule`` (``cross.example.com``) or its body's model
+(``models.cross.example.com``). A (rule, protocol) combination the compiler rejects (``REJECTED``)
+is a cell of its own that asserts the diagnostic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+REPO = Path(__file__).resolve().parents[2]
+AZURE_VERSION = "2024-10-21"
+TIMEOUT = "4s"  # every provider's request timeout: what a hang meets on a rule without failover
+PER_TRY_TIMEOUT = "1s"
+HEADER_HOST, MODEL_HOST = "cross.example.com", "models.cross.example.com"
+APP_KEY, APP_XKEY = "sk-app-own-key-0000", "sk-app-own-xkey-000"  # the client's own credentials
+CLIENT_MODEL, DECOY_MODEL = "gpt-4o-mini", "decoy-model"
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One provider of the matrix: its LLMProvider spec and what a request shaped for it carries."""
+    name: str
+    config: dict  # spec.configs.defaultConfig, e.g. {"openAIConfig": {...}}
+    chat_path: str
+    base_path: str | None
+    key: str | None = None
+    auth_header: str = "authorization"
+    auth_prefix: str = "Bearer "
+    model: str | None = None  # the configured model (replaces the client's on chat)
+    format: str = "openai"  # "anthropic": translated (its double checks the Messages API)
+    double: str = "openai"  # the test double: "openai", "azure" or "anthropic"
+
+    @property
+    def host(self) -> str:
+        return f"{self.name}.cross.example.com"
+
+    def spec(self) -> dict:
+        config = {k: {**v, **({"apiKey": self.key} if self.key else {})} for k, v in self.config.items()}
+        spec = {"host": self.host, "tls": {"mode": "DISABLE"}, "timeout": TIMEOUT,
+                "configs": {"defaultConfig": config}}
+        if self.base_path is not None:
+            spec["basePath"] = self.base_path
+        if self.double != "azure" and self.format == "openai":
+            spec["path"] = self.chat_path
+        return spec
+
+    def serves(self, endpoint: str) -> str | None:
+        """What a request to ``endpoint`` is served as: with a basePath the OpenAI endpoint it names
+        (None: an unknown one, answered 404); without one every POST is a chat completion (ASM's
+        behaviour)."""
+        if self.base_path is None:
+            return "chat"
+        return endpoint if endpoint in ("chat", "embeddings") else None
+
+    def path(self, endpoint: str) -> str:
+        """The path a request for ``endpoint`` must arrive at (Azure's api-version on every endpoint)."""
+        served = self.serves(endpoint)
+        path = self.chat_path if served == "chat" else f"{self.base_path}/{served}"
+        return f"{path}?api-version={AZURE_VERSION}" if self.double == "azure" else path
+
+    @property
+    def credential(self) -> tuple[str, str] | None:
+        return (self.auth_header, self.auth_prefix + self.key) if self.key else None
+
+
+def _key(name: str) -> str:
+    return f"sk-{name}-".ljust(26, "0")
+
+
+# ---- dimension: the provider the cell is about (one line each) --------------------------------
+PROTOCOLS: dict[str, Provider] = {p.name: p for p in (
+    Provider("openai", {"openAIConfig": {"model": "openai-model-with-a-long-name"}}, "/openai/v1/chat/completions",
+             "/openai/v1", key=_key("openai"), model="openai-model-with-a-long-name"),
+    Provider("custom", {"openAIConfig": {"model": "c1", "authHeader": "X-Gw-Key", "authPrefix": "Key "}},
+             "/custom/v1/chat/completions", "/custom/v1", key=_key("custom"), auth_header="x-gw-key",
+             auth_prefix="Key ", model="c1"),
+    Provider("azure", {"azureOpenAIConfig": {"deployment": "dep-x"}}, "/openai/deployments/dep-x/chat/completions",
+             "/openai/deployments/dep-x", key=_key("azure"), auth_header="api-key", auth_prefix="",
+             double="azure"),
+    # no basePath: it is for OpenAI's API only (LLMC241)
+    Provider("anthropic", {"anthropicConfig": {"model": "claude-x", "maxTokens": 256}}, "/v1/messages", None,
+             key=_key("anthropic"), auth_header="x-api-key", auth_prefix="", model="claude-x", format="anthropic",
+             double="anthropic"),
+    Provider("nokey", {"openAIConfig": {"model": "nokey-model"}}, "/nokey/v1/chat/completions", "/nokey/v1",
+             model="nokey-model"),
+)}
+# The other side of two-provider rules: no model configured, so a try for it keeps the client's body
+# (the shape of issue 24 item 2); AUXC keeps its key in a header of its own (item 1).
+AUX = Provider("aux", {"openAIConfig": {}}, "/aux/v1/chat/completions", "/aux/v1", key=_key("aux"))
+AUXC = Provider("auxc", {"openAIConfig": {"authHeader": "X-Auxc-Key"}}, "/auxc/v1/chat/completions", "/auxc/v1",
+                key=_key("auxc"), auth_header="x-auxc-key", auth_prefix="")
+PROVIDERS: dict[str, Provider] = {**PROTOCOLS, "aux": AUX, "auxc": AUXC}
+KEYS = {p.name: p.key for p in PROVIDERS.values() if p.key}
+#: every header that carries a credential somewhere in the matrix (and the client's own)
+CREDENTIAL_HEADERS = frozenset({p.auth_header for p in PROVIDERS.values()} | {"authorization", "x-api-key"})
+
+
+@dataclass(frozen=True)
+class RuleKind:
+    """How a rule of the cell's kind lists its backends; ``P`` stands for the cell's provider."""
+    name: str
+    backends: tuple[tuple[str, dict], ...]  # (provider or "P", extra backendRef fields)
+    by_model: bool = False  # on the model-routed host
+    failover: bool = False
+
+    def providers(self, p: str) -> list[str]:
+        return [p if name == "P" else name for name, _ in self.backends]
+
+    def priorities(self, p: str) -> list[list[str]]:
+        """The providers by failover priority (one list for a rule without failover)."""
+        levels: dict[int, list[str]] = {}
+        for name, (_, extra) in zip(self.providers(p), self.backends, strict=True):
+            levels.setdefault(extra.get("priority", 0) if self.failover else 0, []).append(name)
+        return [levels[k] for k in sorted(levels)]
+
+    def rule(self, p: str) -> dict:
+        rule: dict = {"name": f"{self.name}-{p}", "matches": [
+            {"model": {"exact": f"{self.name}-{p}"}} if self.by_model else
+            {"headers": {"x-cell-rule": {"exact": f"{self.name}-{p}"}}}],
+            "backendRefs": [{"providerHost": PROVIDERS[n].host, **extra}
+                            for n, (_, extra) in zip(self.providers(p), self.backends, strict=True)]}
+        if self.failover:
+            rule["retries"] = {"perTryTimeout": PER_TRY_TIMEOUT}
+        return rule
+
+
+# ---- dimension: the rule (one line each) -------------------------------------------------------
+RULES: dict[str, RuleKind] = {r.name: r for r in (
+    RuleKind("single", (("P", {}),)),
+    RuleKind("weighted", (("P", {"weight": 50}), ("aux", {"weight": 50}))),
+    RuleKind("model", (("P", {}),), by_model=True),
+    RuleKind("failover", (("P", {}), ("aux", {"priority": 1})), failover=True),
+    RuleKind("failover_model", (("auxc", {}), ("P", {"priority": 1})), by_model=True, failover=True),
+    RuleKind("failover_weighted", (("P", {"weight": 50}), ("aux", {"weight": 50}), ("auxc", {"priority": 1})),
+             failover=True),
+)}
+
+#: (rule, protocol) → (code, field path under the rule): inputs the compiler refuses
+REJECTED: dict[tuple[str, str], tuple[str, str]] = {
+    ("failover", "anthropic"): ("LLMC235", "retries"),  # translated protocols: the drivers issue lifts it
+    ("failover_model", "anthropic"): ("LLMC235", "retries"),
+    ("failover_weighted", "anthropic"): ("LLMC235", "retries"),
+}
+
+#: (rule, protocol) → (code, field path under the rule): warnings the compiler must give such a rule
+WARNED: dict[tuple[str, str], tuple[str, str]] = {
+    ("failover", "nokey"): ("LLMC239", "backendRefs[0]"),  # no key on failover: the client's never passes
+    ("failover_model", "nokey"): ("LLMC239", "backendRefs[1]"),
+    ("failover_weighted", "nokey"): ("LLMC239", "backendRefs[0]"),
+    ("weighted", "anthropic"): ("LLMC225", "backendRefs"),  # basePath on one provider of the rule only
+}
+
+CHAT_MESSAGES = [{"role": "user", "content": "Please introduce yourself"}]
+# ---- dimension: the endpoint the client calls (one line each): (path, body members) ------------
+ENDPOINTS: dict[str, tuple[str, list]] = {
+    "chat": ("/v1/chat/completions", [("messages", CHAT_MESSAGES)]),
+    "embeddings": ("/v1/embeddings", [("input", "hello")]),
+    "unknown": ("/v1/admin/keys", [("messages", CHAT_MESSAGES)]),
+}
+
+
+def internal_headers() -> list[str]:
+    """Every internal header name the filter or the compiler uses (read from their sources, so a new
+    one joins the matrix by itself)."""
+    text = (REPO / "templates" / "lua" / "llmc.lua").read_text() + (REPO / "compiler" / "names.py").read_text()
+    return sorted(set(re.findall(r"x-llmc-[a-z]+(?:-[a-z]+)*", text)))
+
+
+# ---- dimension: what the client adds (one line each): (headers, duplicate model) ----------------
+EXTRAS: dict[str, tuple[dict, bool]] = {
+    "none": ({"accept-encoding": "identity"}, False),
+    "client_keys": ({"accept-encoding": "identity", "authorization": f"Bearer {APP_KEY}", "x-api-key": APP_XKEY},
+                    False),
+    "internal": ({"accept-encoding": "identity", **{h: "1" for h in internal_headers()}}, False),
+    "dup_model": ({"accept-encoding": "identity"}, True),
+    "gzip": ({"accept-encoding": "gzip"}, False),
+}
+
+# ---- dimension: what the first try meets (one line each): the doubles' `fail` mode --------------
+FAILURES: dict[str, str | None] = {"none": None, "503": "503", "reset": "reset", "timeout": "hang"}
+HANG = 6.0  # seconds a hanging provider waits before it resets: past the timeouts above
+
+
+@dataclass(frozen=True)
+class Cell:
+    rule: str
+    protocol: str
+    endpoint: str = "chat"
+    extra: str = "none"
+    failure: str = "none"
+    rejected: tuple[str, str] | None = field(default=None, compare=False)
+
+    @property
+    def id(self) -> str:
+        if self.rejected:
+            return f"{self.rule}-{self.protocol}-rejected"
+        return "-".join((self.rule, self.protocol, self.endpoint, self.extra, self.failure))
+
+    @property
+    def kind(self) -> RuleKind:
+        return RULES[self.rule]
+
+    @property
+    def rule_name(self) -> str:
+        return f"{self.rule}-{self.protocol}"
+
+    @property
+    def host(self) -> str:
+        return MODEL_HOST if self.kind.by_model else HEADER_HOST
+
+    @property
+    def routed_model(self) -> str:
+        """The model the client names (the one that routes, on the model host)."""
+        return self.rule_name if self.kind.by_model else CLIENT_MODEL
+
+    @property
+    def path(self) -> str:
+        return ENDPOINTS[self.endpoint][0]
+
+    def headers(self) -> dict[str, str]:
+        out = dict(EXTRAS[self.extra][0])
+        if not self.kind.by_model:
+            out["x-cell-rule"] = self.rule_name
+        return out
+
+    def body(self) -> bytes:
+        members = [("model", self.routed_model), *ENDPOINTS[self.endpoint][1]]
+        if EXTRAS[self.extra][1]:  # the decoy first: the last member is the one parsers (and routing) read
+            members = [("model", DECOY_MODEL), *members]
+        return ("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in members) + "}").encode()
+
+    def client_pairs(self) -> list:
+        return json.loads(self.body(), object_pairs_hook=list)
+
+
+DIMENSIONS = {"rule": RULES, "protocol": PROTOCOLS, "endpoint": ENDPOINTS, "extra": EXTRAS, "failure": FAILURES}
+
+
+#: combinations covered beyond pairs, where issue 24's defects lived: every (rule, protocol) meets
+#: every endpoint and every failure of the first try (a line here makes a stronger matrix)
+TRIPLES: tuple[tuple[str, ...], ...] = (("rule", "protocol", "endpoint"), ("rule", "protocol", "failure"))
+
+
+def covering(dimensions: dict[str, list[str]], allowed, groups: tuple[tuple[str, ...], ...] = ()) -> list[dict]:
+    """Greedy covering array: rows of the full product, each chosen to cover the most combinations
+    not covered yet (first in product order on ties), until every allowed combination of values of
+    two dimensions (all-pairs), and of each group in ``groups``, is in some row. Deterministic.
+    ``allowed(row)`` excludes rows; a combination no allowed row has is not required."""
+    names = list(dimensions)
+    rows = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*dimensions.values())]
+    rows = [r for r in rows if allowed(r)]
+    interactions = [*itertools.combinations(names, 2), *groups]
+
+    def covers(row: dict) -> frozenset:
+        return frozenset((g, tuple(row[d] for d in g)) for g in interactions)
+
+    sets = [covers(r) for r in rows]
+    needed = set().union(*sets)
+    chosen = []
+    while needed:
+        best = max(range(len(rows)), key=lambda i: len(sets[i] & needed))
+        chosen.append(rows[best])
+        needed -= sets[best]
+    return chosen
+
+
+def cells() -> list[Cell]:
+    """The rejected combinations once each, then the traffic cells: all-pairs, plus ``TRIPLES``."""
+    rejected = [Cell(rule, protocol, rejected=diag) for (rule, protocol), diag in REJECTED.items()]
+    rows = covering({k: list(v) for k, v in DIMENSIONS.items()},
+                    lambda r: (r["rule"], r["protocol"]) not in REJECTED, TRIPLES)
+    return rejected + [Cell(**row) for row in rows]
+
+
+ROUTES = (("cross", HEADER_HOST, False), ("cross-models", MODEL_HOST, True))  # (name, host, by model)
+
+
+def route_rules(cells_: list[Cell]) -> dict[str, list[tuple[str, str]]]:
+    """Per LLMRoute of :func:`manifest`, its rules as (rule, protocol), in their order there."""
+    out = {}
+    for name, _, by_model in ROUTES:
+        rules = sorted({(c.rule, c.protocol) for c in cells_ if c.kind.by_model is by_model})
+        if rules:
+            out[name] = rules
+    return out
+
+
+def manifest(cells_: list[Cell]) -> str:
+    """YAML: every provider, and one LLMRoute per host holding the rules of ``cells_`` (sorted)."""
+    docs: list[dict] = [{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
+                         "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()]
+    hosts = {name: host for name, host, _ in ROUTES}
+    for name, rules in route_rules(cells_).items():
+        docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute", "metadata": {"name": name},
+                     "spec": {"host": hosts[name], "rules": [RULES[r].rule(p) for r, p in rules]}})
+    return dump(docs)
+
+
+def rejected_manifest(cell: Cell) -> str:
+    """The providers and a route with the rejected rule alone (its diagnostic is at spec.rules[0])."""
+    docs: list[dict] = [{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
+                         "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()]
+    docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute", "metadata": {"name": "rejected"},
+                 "spec": {"host": cell.host, "rules": [cell.kind.rule(cell.protocol)]}})
+    return dump(docs)
+
+
+def dump(docs: list[dict]) -> str:
+    import io
+
+    yaml = YAML()
+    yaml.default_flow_style = None
+    out = io.StringIO()
+    yaml.dump_all(docs, out)
+    return out.getvalue()
