@@ -273,3 +273,45 @@ def test_own_writes_are_told_from_others_even_when_the_watch_is_faster_than_the_
     own.begin(key)
     assert own.end(key, DELETED) is False
     assert own.ours(key, None) and not own.ours(key, None)  # our deletion, once; then someone else's
+
+
+@pytest.mark.parametrize("mode", ["egress-gateway", "telemetry"])
+def test_per_namespace_keys_apply_what_render_prints_when_objects_aggregate(api, mode):
+    """Egress-gateway and telemetry modes used to be one key for everything; per-namespace keys must
+    still apply exactly `llmc render`'s objects for all the sources together, and idle, not rewrite
+    any of them."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from compiler import Options, compile_paths
+    from tests.support.controller import strip
+
+    api.create_namespace("istio-system")
+    opts = Options(egress_gateway="istio-system/istio-egressgateway") if mode == "egress-gateway" \
+        else Options(telemetry=True)
+    docs = teams("team-a", "team-b") + SHARED["gateway-bound route"] + [
+        provider("gp", "team-a", "gw-a.example.com", labels=GATEWAY),
+        route("gr", "team-a", "gw-a.example.com", ["gw-a.example.com"], ["istio-system/gw"])]
+    put(api, *docs)
+    ctrl = start(api, opts=opts, gateway_namespaces=["istio-system"], resync=3600)
+    try:
+        wait_for(lambda: all_programmed(api, docs), what="all programmed")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, "in.yaml")
+            path.write_text("\n---\n".join(json.dumps(d) for d in docs))
+            expected = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o
+                        for o in compile_paths([str(path)], opts).objects}
+        assert any(len({s.split(" ")[1].split("/")[0] for s in o["metadata"]["annotations"]["llmc.io/sources"]
+                        .split(", ")}) > 1 for o in expected.values()), "no object aggregates namespaces"
+        wait_for(lambda: {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): strip(o)
+                          for o in generated(api) + api.list("apis/telemetry.istio.io/v1", "telemetries")
+                          + api.list("apis/networking.istio.io/v1", "gateways")} == expected,
+                 what="render's objects")
+        settled(api, ctrl)
+        since = len(api.committed)
+        ctrl.enqueue_all()
+        settled(api, ctrl)
+        assert [p for _, _, p, _ in api.committed[since:] if "/leases/" not in p] == []
+    finally:
+        ctrl.stop()

@@ -121,9 +121,13 @@ class Controller:
     def _generated_event(self, old: dict | None, new: dict | None) -> None:
         obj = new or old
         assert obj is not None
-        if new is not None and self.index.learn(new["metadata"]["namespace"], set(annotated_sources(new))):
-            self.queue.add(new["metadata"]["namespace"])  # it has sources the key did not know of
-        if self.own.ours(obj_key(obj), new):
+        ours = self.own.ours(obj_key(obj), new)
+        # the sources an object names are its key's contributors; news to that key queues it, unless
+        # its own pass wrote the object (it compiled them)
+        if new is not None and self.index.learn(new["metadata"]["namespace"], set(annotated_sources(new))) \
+                and not ours:
+            self.queue.add(new["metadata"]["namespace"])
+        if ours:
             return  # our own write coming back: nothing to repair
         if self._mine(obj) or (old is not None and self._mine(old)):  # an edit or deletion: repair at once
             self.queue.add(obj["metadata"]["namespace"])
