@@ -193,6 +193,8 @@ def test_two_scoped_instances_sharing_a_gateway_namespace_make_no_writes_when_id
         wait_for(lambda: all_programmed(api, docs), what="all programmed")
         wait_for(lambda: (f := gateway_filter(api)) and "team-a/" in f["metadata"]["annotations"]["llmc.io/sources"]
                  and "team-b/" in f["metadata"]["annotations"]["llmc.io/sources"], what="filter has both")
+        for c in (a, b):  # converged: every write seen by both, no pass in flight (a pass may still be
+            settled(api, c)  # writing its last objects when the statuses are already Programmed)
         counts = {c: c.metrics.values["llmc_reconciles_total"] for c in (a, b)}
         since = len(api.committed)
         wait_for(lambda: all(c.metrics.values["llmc_reconciles_total"] >= counts[c] + 12 for c in (a, b)),
