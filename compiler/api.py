@@ -132,6 +132,62 @@ class ProviderTLS(_Strict):
         None, description="Path (in the proxy) of a CA bundle; defaults to the system roots.")
 
 
+TOKEN_LIMIT_UNITS = ("Second", "Minute", "Hour", "Day", "Week", "Month", "Year")
+MAX_TOKEN_LIMITS, MAX_KEY_PARTS = 16, 4
+
+
+class TokenLimitKey(_Strict):
+    """llmc extension: one part of a token limit's bucket key; set exactly one field."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        "[has(self.header), has(self.sourceWorkload), has(self.model)].filter(x, x).size() == 1",
+        "a key part sets exactly one of header, sourceWorkload, model"))
+
+    header: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+        description="A bucket per value of this request header (e.g. x-user-id); requests without it share "
+        "one bucket. Never a credential header: identity should come from a non-secret header (a JWT claim, "
+        "ext_authz).")
+    sourceWorkload: Literal[True] | None = Field(
+        None, description="A bucket per calling workload (its app label and namespace, Istio's service "
+        "cluster). Sidecars only.")
+    model: Literal[True] | None = Field(None, description="A bucket per model the request is sent with.")
+
+
+class TokenCost(_Strict):
+    """llmc extension: what a response costs: weights of its prompt and completion tokens, or of its total."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        "has(self.total) != (has(self.prompt) || has(self.completion))",
+        "set total, or prompt and/or completion"))
+
+    prompt: float | None = Field(None, ge=0, le=1000000, description="Weight of a prompt token.")
+    completion: float | None = Field(None, ge=0, le=1000000, description="Weight of a completion token.")
+    total: float | None = Field(None, ge=0, le=1000000, description="Weight of every token.")
+
+
+class TokenLimit(_Strict):
+    """llmc extension: a token budget per window, enforced by a rate-limit service (docs/token-limits.md)."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                      description="Name, unique among the limits of the rule (or provider).")
+    tokens: int = Field(ge=1, description="Budget per window (at most 4294967295, the service's uint32).")
+    per: Literal["Second", "Minute", "Hour", "Day", "Week", "Month", "Year"] = Field(
+        description="Window: fixed and aligned to the Unix epoch (a Day resets at 00:00 UTC; Month = 30 days, "
+        "Year = 365 days).")
+    key: list[TokenLimitKey] | None = Field(
+        None, max_length=MAX_KEY_PARTS, description="Parts of the bucket key (default: one bucket for the "
+        "rule, or for the provider).")
+    cost: TokenCost | None = Field(None, description="Cost of a response (default {total: 1}).")
+    mode: Literal["Enforce", "Shadow"] = Field(
+        "Enforce", description="Enforce: a request is refused with 429 once the budget is spent. Shadow: "
+        "counted, never refused.")
+
+
+_LIMITS_RULE = {"x-kubernetes-list-type": "atomic", **cel(
+    "self.all(l, self.exists_one(o, o.name == l.name))", "token limit names must be unique")}
+
+
 class LLMProviderSpec(_Strict):
     """LLMProvider registers an LLM provider: its host, path, API key and request settings."""
 
@@ -163,6 +219,10 @@ class LLMProviderSpec(_Strict):
         None, description="llmc extension (Istio's ServiceEntry exportTo): namespaces whose LLMRoutes may "
         "route to this provider: \".\" (its own), \"*\" (every namespace) or namespace names. Default: "
         "[\".\"], or [\"*\"] for providers in the Istio root namespace (istio-system).")
+    tokenLimits: list[TokenLimit] | None = Field(
+        None, max_length=MAX_TOKEN_LIMITS, description="llmc extension: token budgets of every request sent to "
+        "this provider, from every route and namespace: one bucket each (needs --rate-limit-service).",
+        json_schema_extra=_LIMITS_RULE)
 
 
 class StringMatch(_Strict):
@@ -252,6 +312,9 @@ class RouteRule(_Strict):
     retries: Retries | None = Field(None, description="llmc extension (failover, Istio >= 1.31): retry "
                                     "failed requests on the rule's other backends (default: Istio's retry "
                                     "policy, which stays on the same provider).")
+    tokenLimits: list[TokenLimit] | None = Field(
+        None, max_length=MAX_TOKEN_LIMITS, description="llmc extension: token budgets of the rule's requests, "
+        "charged from the usage providers report (needs --rate-limit-service).", json_schema_extra=_LIMITS_RULE)
 
 
 class LLMRouteSpec(_Strict):

@@ -71,7 +71,7 @@ class GeneratedKind:
 
     @property
     def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+        return f"{self.group}/{self.version}" if self.group else self.version  # the core group: "v1"
 
     def verbs(self, flags: frozenset[str] = frozenset()) -> tuple[str, ...]:
         """The controller's RBAC verbs on this kind when it runs with ``flags`` (CLI spellings)."""
@@ -96,10 +96,17 @@ GENERATED_KINDS = (
     GeneratedKind("Telemetry", "telemetry.istio.io", "v1", "telemetries",
                   (("telemetry.json.j2", "telemetry:translate_telemetries"),), flag="telemetry"),
 )
-GENERATED = {k.kind: k for k in GENERATED_KINDS}
-KIND_ORDER = {k.kind: i for i, k in enumerate(GENERATED_KINDS)}
+#: Generated for a component other than Istio, emitted after the Istio kinds; the controller neither
+#: applies nor watches these (it has no --rate-limit-service yet, and must not list every ConfigMap of
+#: the cluster): token limits' envoyproxy/ratelimit configuration, in the rate-limit service's namespace.
+SERVICE_CONFIG_KINDS = (GeneratedKind("ConfigMap", "", "v1", "configmaps",
+                                      (("configmap.json.j2", "ratelimit:translate_ratelimit_config"),),
+                                      flag="rate-limit-service"),)
+GENERATED = {k.kind: k for k in GENERATED_KINDS + SERVICE_CONFIG_KINDS}
+KIND_ORDER = {k.kind: i for i, k in enumerate(GENERATED_KINDS + SERVICE_CONFIG_KINDS)}
 #: the kinds other modules compare objects with (``llmc explain``, ``llmc diff``)
 SERVICE_ENTRY, DESTINATION_RULE, GATEWAY, VIRTUAL_SERVICE, ENVOY_FILTER, TELEMETRY = (k.kind for k in GENERATED_KINDS)
+(CONFIG_MAP,) = (k.kind for k in SERVICE_CONFIG_KINDS)
 
 
 def is_generated(obj: object) -> bool:

@@ -94,6 +94,14 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC241", _E, "basePath on a provider that does not speak OpenAI's API"),
     Message("LLMC242", _N, "weights are shares of their sum"),
     Message("LLMC243", _E, "gateway pods the operator does not allow"),
+    # token limits (issue 30); numbered apart from the 24x series other work extends
+    Message("LLMC260", _E, "tokenLimits without a rate-limit service"),
+    Message("LLMC261", _E, "token-limit key header carries a credential or is internal"),
+    Message("LLMC262", _E, "sourceWorkload token-limit key in egress-gateway mode"),
+    Message("LLMC263", _W, "sourceWorkload token-limit key on a gateway: the source is the gateway"),
+    Message("LLMC264", _E, "token limit beyond the rate-limit service's range"),
+    Message("LLMC265", _E, "duplicate token limit name"),
+    Message("LLMC266", _W, "model token-limit key without a model the proxy knows"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

@@ -60,6 +60,39 @@ _PLAIN = tuple(f.name for f in dataclasses.fields(RequestConfig) if "overlay" no
 
 
 @dataclass(frozen=True)
+class TokenLimit:
+    """A token budget (llmc extension, docs/token-limits.md): a bucket per key, a fixed window, a cost.
+
+    ``id`` names the limit in the rate-limit service's configuration and in every descriptor: it is
+    ``route/<ns>/<route>/<rule>/<name>`` for a rule's limit and ``provider/<ns>/<provider>/<name>``
+    for a provider's, so a provider's limit is one bucket for every namespace whose routes reach it.
+    ``key`` parts are ``("header", name)``, ``("workload", "")`` or ``("model", "")``, in the user's order.
+    """
+
+    id: str
+    name: str
+    tokens: int
+    unit: str  # second | minute | hour | day | week | month | year (envoyproxy/ratelimit's units)
+    key: tuple[tuple[str, str], ...]
+    prompt_weight: float
+    completion_weight: float
+    shadow: bool
+    source: str
+
+
+@dataclass(frozen=True)
+class RateLimitService:
+    """The rate-limit service (envoyproxy/ratelimit's gRPC API) that enforces token limits."""
+
+    namespace: str
+    service: str
+    port: int
+    fqdn: str
+    timeout: str
+    fail_closed: bool
+
+
+@dataclass(frozen=True)
 class Provider:
     namespace: str
     name: str
@@ -82,6 +115,8 @@ class Provider:
     base_path: str | None = None  # prefix of the provider's other OpenAI endpoints (llmc extension)
     #: namespaces whose routes may use it (Istio's exportTo): "*" alone, or "." and namespace names
     export_to: tuple[str, ...] = (".",)
+    #: token limits of every request sent to this provider (llmc extension)
+    limits: tuple[TokenLimit, ...] = ()
 
     def config_for_rule(self, rule: str) -> RequestConfig:
         return self.default.overlay(dict(self.overrides).get(rule))
@@ -162,6 +197,7 @@ class Rule:
     matches: tuple[Match, ...]  # empty: matches everything
     backends: tuple[Backend, ...]  # weight > 0 only, in the user's order
     retries: Retries | None = None  # failover rule (Istio >= 1.31)
+    limits: tuple[TokenLimit, ...] = ()  # the rule's own token limits (providers' are on Provider)
 
     @property
     def weighted(self) -> bool:
@@ -274,6 +310,7 @@ class Program:
     vhosts: tuple[VirtualHost, ...]
     egress: EgressGateway | None = None
     telemetry: bool = False  # emit Telemetry resources and token-metric EnvoyFilters
+    rate_limit: RateLimitService | None = None  # token limits' service (None: no limits anywhere)
 
     def namespaces(self) -> list[str]:
         return sorted({p.namespace for p in self.providers} | {v.namespace for v in self.vhosts})

@@ -71,6 +71,8 @@ class Setting:
     #: False: not a flag of ``llmc controller`` (which reads namespaced objects from the API server)
     controller: bool = True
     example: str = ""  # a valid value other than the default (a switch: "true"); tests/test_tables.py uses it
+    #: the setting (its name) this one is meaningless without: given alone, it is a usage error
+    needs: str | None = None
 
     @property
     def param(self) -> str:
@@ -80,12 +82,13 @@ class Setting:
 
 def setting(default: T, help: str, parse: Parser, *, example: str, name: str | None = None, key: str | None = None,
             text_default: str | None = None, switch: bool = False, repeatable: bool = False,
-            short: str | None = None, metavar: str | None = None, controller: bool = True) -> T:
+            short: str | None = None, metavar: str | None = None, controller: bool = True,
+            needs: str | None = None) -> T:
     """A field of :class:`Options` that is a setting of every front end. ``name`` defaults to the
     field's name with dashes, ``key`` to its camelCase, ``text_default`` to ``default`` when that is
     a string."""
     spec = {"name": name, "key": key, "help": help, "parse": parse, "switch": switch, "repeatable": repeatable,
-            "short": short, "metavar": metavar, "controller": controller, "example": example,
+            "short": short, "metavar": metavar, "controller": controller, "example": example, "needs": needs,
             "text_default": text_default if text_default is not None or not isinstance(default, str) else default}
     return dataclasses.field(default=default, metadata={"setting": spec})  # type: ignore[return-value]
 
@@ -142,6 +145,40 @@ def _istio_version(text: str | None) -> tuple[str, str | None]:
 # The table ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class RateLimitOptions:
+    """``--rate-limit-service NS/SVC:PORT`` and its settings (token limits, docs/token-limits.md)."""
+
+    namespace: str
+    service: str
+    port: int
+    timeout: str = "0.1s"  # Envoy's Duration form
+    fail_closed: bool = False
+
+
+_RLS = re.compile(rf"({_LABEL})/({_LABEL}):([0-9]{{1,5}})")
+_TIMEOUT = re.compile(r"([0-9]+)(ms|s)")
+
+
+def _rls(text: str | None) -> tuple[tuple[str, str, int] | None, str | None]:
+    if text is None:
+        return None, None
+    m = _RLS.fullmatch(str(text).strip())
+    if not m or not 1 <= int(m.group(5)) <= 65535:
+        return None, f"expected NAMESPACE/SERVICE:PORT, e.g. llmc-system/ratelimit:8081, got {text!r}"
+    return (m.group(1), m.group(3), int(m.group(5))), None
+
+
+def _rls_timeout(text: str | None) -> tuple[str | None, str | None]:
+    """A duration as Envoy writes it ("0.25s"), or None when not given."""
+    if text is None:
+        return None, None
+    m = _TIMEOUT.fullmatch(str(text).strip())
+    if not m or int(m.group(1)) == 0:
+        return None, f"expected a duration such as 100ms or 1s, got {text!r}"
+    return f"{int(m.group(1)) / (1000 if m.group(2) == 'ms' else 1):g}s", None
+
+
+@dataclass(frozen=True)
 class Options:
     """The compiler's settings. Each field declared with :func:`setting` is one setting of every front
     end (``SETTINGS``): adding a field here adds the CLI option, the function-config key, the
@@ -186,6 +223,27 @@ class Options:
         "select pods with one of these labels in the namespace the gateway's pods run in (else LLMC243). "
         "Default: no restriction (deploy/ passes Istio's ingress and egress gateways).",
         lambda value: parse_gateway_selectors(value), example="istio-system/istio=ingressgateway")
+    #: token limits (docs/token-limits.md): the rate-limit service, its timeout, and whether its
+    #: failure refuses requests; read together as :attr:`rate_limit`
+    rate_limit_service: tuple[str, str, int] | None = setting(
+        None, "NAMESPACE/SERVICE:PORT of the envoyproxy/ratelimit service that enforces tokenLimits (needed by "
+        "any input with tokenLimits).", lambda value: _rls(value), example="llmc-system/ratelimit:8081",
+        controller=False)
+    rate_limit_timeout: str | None = setting(
+        None, "Timeout of a call to the rate-limit service, e.g. 100ms or 1s (default 100ms).",
+        lambda value: _rls_timeout(value), example="250ms", controller=False, needs="rate-limit-service")
+    rate_limit_fail_closed: bool = setting(
+        False, "When the rate-limit service fails, refuse limited requests (OpenAI-format 503) instead of "
+        "letting them pass.", _switch, switch=True, example="true", controller=False, needs="rate-limit-service")
+
+    @property
+    def rate_limit(self) -> RateLimitOptions | None:
+        """The token-limit settings together; None without a rate-limit service."""
+        if self.rate_limit_service is None:
+            return None
+        ns, service, port = self.rate_limit_service
+        return RateLimitOptions(namespace=ns, service=service, port=port, timeout=self.rate_limit_timeout or "0.1s",
+                                fail_closed=self.rate_limit_fail_closed)
 
     @property
     def supports_failover(self) -> bool:
@@ -268,6 +326,11 @@ def parse_options(**values: Any) -> tuple[Options | None, list[tuple[str, str]]]
         if problem:
             problems.append((s.name, problem))
         fields[s.field] = value
+    by_name = {s.name: s for s in SETTINGS}
+    for s in SETTINGS:
+        needed = by_name[s.needs] if s.needs else None
+        if needed and values.get(s.param) not in (None, False, "false") and values.get(needed.param) is None:
+            problems.append((s.name, f"--{s.name} needs --{needed.name}"))
     if problems:
         return None, problems
     return Options(**fields), []

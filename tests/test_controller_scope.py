@@ -214,12 +214,28 @@ def test_an_invalid_edit_keeps_the_last_known_good_config(api):
         ctrl.stop()
 
 
-def test_the_work_key_is_the_namespace_or_everything_when_objects_aggregate():
-    from compiler.controller.reconcile import work_key
+def test_work_keys_are_the_namespaces_objects_are_written_into():
+    """Issue 32: a key is a namespace whose objects its pass writes; a source's keys are its own
+    namespace and where its rules run (gateways, the egress gateway), and a provider's change queues
+    every key that imports it. No source collapses the cluster into one key any more."""
+    from compiler.controller.deps import DependencyIndex
 
-    assert work_key("ns-00", Options()) == "ns-00"
-    assert work_key("ns-00", Options(egress_gateway="istio-system/istio-egressgateway")) == "*"
-    assert work_key("ns-00", Options(telemetry=True)) == "*"
+    idx = DependencyIndex(Options())
+    assert idx.update(None, provider("p", "ns-00", "a.example.com")) == {"ns-00"}
+    assert idx.update(None, route("r", "ns-01", "chat", gateways=["istio-system/gw"])) == {"ns-01", "istio-system"}
+    root = provider("shared", "istio-system", "root.example.com")
+    assert idx.update(None, root) == {"istio-system"}
+    uses = route("u", "ns-02", "chat-u")
+    uses["spec"]["rules"][0]["backendRefs"] = [{"providerHost": "root.example.com"}]
+    assert idx.update(None, uses) == {"ns-02"}
+    changed = copy.deepcopy(root)
+    changed["spec"]["path"] = "/v2"
+    assert idx.update(root, changed) == {"istio-system", "ns-02"}  # the keys that import it
+    sources, own = idx.compile_set("ns-02")
+    assert own == {"LLMRoute ns-02/u"} and {f"{s['kind']} {s['metadata']['namespace']}/{s['metadata']['name']}"
+                                           for s in sources} == {"LLMRoute ns-02/u", "LLMProvider istio-system/shared"}
+    egress = DependencyIndex(Options(egress_gateway="istio-system/istio-egressgateway"))
+    assert egress.update(None, provider("p", "ns-00", "a.example.com")) == {"ns-00", "istio-system"}
 
 
 def test_routes_of_several_namespaces_on_one_gateway_share_its_filter_as_render_does(api):

@@ -199,3 +199,32 @@ def test_the_docs_example_output_is_what_llmc_prints(monkeypatch):
     result = llmc_diff(*command.split()[2:])
     assert result.exit_code == 1
     assert result.stdout == expected
+
+
+LIMITS = TESTDATA / "golden" / "token-limits.in.yaml"
+RLS = ("--rate-limit-service", "llmc-system/ratelimit:8081")
+
+
+def test_a_token_limit_change_shows_on_exactly_the_requests_it_charges(tmp_path):
+    """Token limits are a column: each limit on the route a request takes, with its budget, key and
+    charge formula, from the rate-limit configuration llmc emits."""
+    base, head = tmp_path / "base", tmp_path / "head"
+    base.mkdir(), head.mkdir()
+    text = LIMITS.read_text()
+    (base / "in.yaml").write_text(text)
+    (head / "in.yaml").write_text(text.replace("tokens: 60, per: Minute", "tokens: 120, per: Minute")
+                                  .replace("- {name: provider-tpm, tokens: 100000, per: Minute}",
+                                           "- {name: provider-tpm, tokens: 50000, per: Minute}"))
+    result = llmc_diff("--base", str(base), "--head", str(head), "--generate", *RLS, "-o", "json")
+    assert result.exit_code == 1, result.output
+    changes = {(r["name"], c["what"], c["base"].split(",")[0], c["head"].split(",")[0])
+               for r in as_json(result)["requests"] for c in r.get("changes", [])}
+    per_user = ("team-a/chat/per-user", "limit route/team-a/chat/per-user/user-tpm",
+                "60 tokens per minute", "120 tokens per minute")
+    assert per_user in changes
+    provider = [c for c in changes if c[1] == "limit provider/platform/shared-openai/provider-tpm"]
+    assert provider and {c[2:] for c in provider} == {("100000 tokens per minute", "50000 tokens per minute")}
+    # only those two limits moved; each request charged by neither is unchanged
+    assert {c[1] for c in changes} == {per_user[1], "limit provider/platform/shared-openai/provider-tpm"}
+    text_out = llmc_diff("--base", str(base), "--head", str(head), "--generate", *RLS).stdout
+    assert "charge 1×prompt + 4×completion tokens" in text_out

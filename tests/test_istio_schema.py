@@ -1,4 +1,5 @@
-"""Everything llmc emits validates strictly against Istio 1.30.3's own CRDs (incl. CEL rules)."""
+"""Everything llmc emits validates strictly against Istio 1.30.3's own CRDs (incl. CEL rules); the one
+core kind it emits (the rate-limit service's ConfigMap) against Kubernetes' own schema."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ruamel.yaml import YAML
 
 from tests.conftest import TESTDATA
 from tests.support.istio_schema import validate
+from tests.test_deploy import K8S_VERSION
 
 OUTPUTS = sorted((TESTDATA / "golden").glob("*.out.yaml")) + sorted((TESTDATA / "samples").glob("*.out.yaml"))
 
@@ -18,6 +20,11 @@ def test_output_is_valid_istio(path: Path, istio_crds: str):
     docs = [d for d in YAML(typ="safe").load_all(path.read_text()) if d]
     assert docs, f"{path} is empty"
     for doc in docs:
+        if doc["apiVersion"] == "v1":  # core: the token limits' ConfigMap
+            import kubernetes_validate
+
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            continue
         errors = validate(doc, istio_crds)
         assert not errors, f"{doc['kind']} {doc['metadata']['name']}: {errors}"
 

@@ -50,11 +50,14 @@ def _compiler_sources() -> dict[str, str]:
 def test_kinds_groups_and_plurals_are_spelled_only_in_the_table():
     """A kind, plural, group or the filter's name written outside compiler/constants.py is a second
     table that will one day disagree (the controller once kept its own, and never pruned a new kind)."""
-    from compiler.constants import GENERATED_KINDS, GROUP, SOURCE_KINDS
+    from compiler.constants import GENERATED_KINDS as ISTIO_KINDS
+    from compiler.constants import GROUP, SERVICE_CONFIG_KINDS, SOURCE_KINDS
 
+    GENERATED_KINDS = ISTIO_KINDS + SERVICE_CONFIG_KINDS
     # ("gateways" is also a field of VirtualServices and LLMRoutes)
     words = {f'"{k.kind}"' for k in GENERATED_KINDS} | {f'"{k.plural}"' for k in GENERATED_KINDS} - {'"gateways"'}
-    words |= {f'"{k.group}"' for k in GENERATED_KINDS} | {f'"{k.version}"' for k in GENERATED_KINDS if k.version != "v1"}
+    words |= {f'"{k.group}"' for k in GENERATED_KINDS if k.group} | {f'"{k.version}"' for k in GENERATED_KINDS
+                                                                   if k.version != "v1"}
     words |= {f'"{GROUP}"'} | {f'"{k.plural}"' for k in SOURCE_KINDS}
     found = [(path, w) for path, text in _compiler_sources().items() if path != "compiler/constants.py"
              for w in sorted(words) if w in text]
@@ -64,8 +67,11 @@ def test_kinds_groups_and_plurals_are_spelled_only_in_the_table():
 
 
 def test_every_template_is_an_output_of_the_table():
-    from compiler.constants import GENERATED_KINDS
+    from compiler.constants import GENERATED_KINDS as ISTIO_KINDS
+    from compiler.constants import SERVICE_CONFIG_KINDS
     from compiler.translate import TRANSLATORS
+
+    GENERATED_KINDS = ISTIO_KINDS + SERVICE_CONFIG_KINDS
     from tests.conftest import REPO
 
     named = [t for k in GENERATED_KINDS for t, _ in k.outputs]
@@ -138,10 +144,13 @@ def _capture(monkeypatch) -> list[dict]:
 
 
 def _cli_args(command: str, s) -> list[str]:
+    from compiler.options import SETTINGS
+
     base = {"render": ["-f", "x"], "validate": ["-f", "x"], "mounts": ["-f", "x"],
             "explain": ["-f", "x", "--host", "h"], "diff": ["--base", "a", "--head", "b", "--generate"],
             "controller": []}[command]
-    return [command, *base, *([f"--{s.name}"] if s.switch else [f"--{s.name}", s.example])]
+    needed = [n for n in SETTINGS if n.name == s.needs]  # a setting meaningless alone comes with what it needs
+    return [command, *base, *(a for x in (*needed, s) for a in ([f"--{x.name}"] if x.switch else [f"--{x.name}", x.example]))]
 
 
 def test_every_setting_is_taken_alike_by_every_front_end(monkeypatch, tmp_path):
@@ -167,12 +176,14 @@ def test_every_setting_is_taken_alike_by_every_front_end(monkeypatch, tmp_path):
         assert getattr(wanted, s.field) != getattr(Options(), s.field), f"{s.name}: the example is the default"
         if not s.controller:
             assert f"--{s.name}" not in runner.invoke(app, ["controller", "--help"]).stdout
+        keys = {n.key: n.example for n in SETTINGS if n.name == s.needs} | {s.key: s.example}
         try:
-            gitops.transform([], {s.key: s.example})
+            gitops.transform([], keys)
         except _Captured:
             assert seen[-1] == wanted, ("llmc krm", s.key)
         config = tmp_path / "llmc.yaml"
-        config.write_text(f"apiVersion: llmc.io/v1\nkind: LLMCompiler\nmetadata: {{name: llmc}}\n{s.key}: '{s.example}'\n")
+        config.write_text("apiVersion: llmc.io/v1\nkind: LLMCompiler\nmetadata: {name: llmc}\n"
+                          + "".join(f"{k}: '{v}'\n" for k, v in keys.items()))
         try:
             kustomize.run(str(config), "")
         except _Captured:

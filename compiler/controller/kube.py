@@ -181,10 +181,11 @@ class Kube:
 
     # generated objects ---------------------------------------------------------------------------
 
-    def apply(self, obj: dict) -> None:
+    def apply(self, obj: dict) -> dict:
+        """Server-side apply; the object as stored (its resourceVersion tells our write's watch event)."""
         group, version, plural = resource(obj["kind"])
         meta = obj["metadata"]
-        retrying(lambda: self.custom.patch_namespaced_custom_object(
+        return retrying(lambda: self.custom.patch_namespaced_custom_object(
             group, version, meta["namespace"], plural, meta["name"], obj, field_manager=FIELD_MANAGER,
             force=True, _content_type="application/apply-patch+yaml", _request_timeout=self.timeout),
             f"apply {obj['kind']} {meta['name']}", fence=self.fence)

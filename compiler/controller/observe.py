@@ -25,6 +25,7 @@ class Metrics:
         self.lock = threading.Lock()
         self.values = {"llmc_reconciles_total": 0, "llmc_reconcile_errors_total": 0, "llmc_applies_total": 0,
                        "llmc_deletes_total": 0, "llmc_reconcile_duration_seconds_sum": 0.0,
+                       "llmc_reconcile_cpu_seconds_sum": 0.0,
                        "llmc_reconcile_duration_seconds_count": 0, "llmc_objects_managed": 0, "llmc_leader": 0,
                        "llmc_queue_depth": 0}
 

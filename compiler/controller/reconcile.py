@@ -1,13 +1,8 @@
 """Sources → desired objects, what to write, and status conditions. No I/O: the controller and its
 tests call it.
 
-* :func:`work_key` — the one place that decides the unit of work. Resolution is namespace-scoped
-  today (a backendRef names a provider of its own namespace), so a source namespace is the closure
-  of the provider → route dependency index and is the key. Where one object aggregates several
-  namespaces, everything is one key (``*``): in egress-gateway or telemetry mode, and while any
-  LLMRoute binds a Gateway (the gateway-wide ``llmc-gateway-filter-*`` EnvoyFilter lists the rules of
-  every namespace). When placements move into the IR (and routes may name providers of other
-  namespaces) this function is what changes.
+* The unit of work is a namespace where objects are written (:mod:`.deps` decides which sources a
+  key compiles and which keys a change queues); :func:`plan` limits a pass to that namespace.
 * :func:`desired_state` — compiles one key's sources; invalid sources are set aside and the rest
   compiled again, so a broken LLMRoute never takes its namespace's providers down with it.
 * :func:`plan` — per object: apply, prune, keep (last known good) or refuse (tenancy).
@@ -18,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..constants import SOURCES_ANNOTATION
@@ -31,7 +27,6 @@ HASH_ANNOTATION = "llmc.io/hash"
 #: marks objects the controller applied (``llmc render`` output lacks it): only these are pruned
 OWNER_LABEL = "llmc.io/owner"
 OWNER_VALUE = "controller"
-ALL = "*"
 #: diagnostics that refuse a source for tenancy (``--gateway-selectors``): its objects are not kept
 #: as last known good (they may be what the operator just forbade) and ``Programmed`` says so
 TENANCY_CODES = frozenset({"LLMC243"})
@@ -44,38 +39,9 @@ def source_key(obj: dict) -> str:
     return f"{obj['kind']} {meta.get('namespace', '')}/{meta['name']}"
 
 
-def work_key(namespace: str, opts: Options, shared: bool = False) -> str:
-    """The work-queue key of a source in ``namespace`` (see the module docstring); ``shared``: some
-    source makes namespaces depend on each other (:func:`crosses_namespaces`)."""
-    return ALL if opts.egress_gateway or opts.telemetry or shared else namespace
-
-
-def crosses_namespaces(source: dict, root_namespace: str = "istio-system") -> bool:
-    """An LLMRoute bound to a Gateway (a gateway-wide EnvoyFilter spans namespaces), or an LLMProvider
-    that routes of other namespaces may use (``exportTo`` beyond its own namespace, or any provider of
-    the Istio root namespace, visible everywhere by default): then one pass compiles every namespace."""
-    spec = source.get("spec") or {}
-    if source.get("kind") == "LLMRoute":
-        return any(g != "mesh" for g in (spec.get("gateways") or []))
-    if source.get("kind") == "LLMProvider":
-        export = spec.get("exportTo")
-        if export is None:
-            return (source.get("metadata") or {}).get("namespace") == root_namespace
-        return any(e != "." for e in export)
-    return False
-
-
 def annotated_sources(obj: dict) -> list[str]:
     text = ((obj.get("metadata") or {}).get("annotations") or {}).get(SOURCES_ANNOTATION, "")
     return [s.strip() for s in text.split(",") if s.strip()]
-
-
-def live_work_key(obj: dict, opts: Options, shared: bool = False) -> str | None:
-    """The key whose pass owns a live generated object: that of its first source."""
-    sources = annotated_sources(obj)
-    if not sources:
-        return None
-    return work_key(sources[0].split(" ", 1)[-1].split("/", 1)[0], opts, shared)
 
 
 def obj_key(obj: dict) -> ObjKey:
@@ -212,8 +178,12 @@ def _allowed(obj: dict, namespace: str, scope: Scope) -> bool:
     return scope.allows({s.split(" ", 1)[-1].split("/", 1)[0] for s in annotated_sources(obj)}, namespace)
 
 
-def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope) -> Plan:
-    """What one key's pass writes. ``live`` holds the controller's objects owned by that key."""
+def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope, namespace: str | None = None,
+         mine: Callable[[dict], bool] | None = None) -> Plan:
+    """What one key's pass writes. ``live`` holds the controller's objects of that key. Refusals are
+    found among all the objects compiled; only those in ``namespace`` (None: all) that are ``mine``
+    (a scoped instance writes, prunes and keeps no object without a source of its namespaces) are
+    written."""
     out = Plan()
     refused = outcome.refused
     pinned = {k for k, o in live.items() if set(annotated_sources(o)) & outcome.invalid
@@ -231,7 +201,8 @@ def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope) -> Plan:
                     if scope.refusal(key[1]) not in msgs:
                         msgs.append(scope.refusal(key[1]))
             continue
-        desired[key] = obj
+        if (namespace is None or key[1] == namespace) and (mine is None or mine(obj)):
+            desired[key] = obj
     for key, obj in sorted(desired.items()):
         if key in pinned:
             out.kept.append(key)
@@ -239,6 +210,8 @@ def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope) -> Plan:
         elif drifted(obj, live.get(key)):
             out.apply.append(obj)
     for key in sorted(set(live) - set(desired)):
+        if mine is not None and not mine(live[key]):
+            continue  # another instance's object: never pruned here
         if key in pinned:
             out.kept.append(key)
             out._freeze(live[key], outcome.invalid)

@@ -2,9 +2,11 @@
 
 Informers (:mod:`.informer`) cache the sources (LLMProvider, LLMRoute; per watched namespace, or
 cluster-wide) and the objects the controller applied (every generated kind, by its owner label).
-A source change, or an edit or deletion of an applied object, queues the work key it belongs to
-(:func:`.reconcile.work_key`); a worker (leader only) takes keys from the queue and, per key,
-compiles its sources with the same pipeline as ``llmc render``, applies what drifted (server-side
+A source change queues the work keys whose compile set holds it (:mod:`.deps`: a key is the
+namespace whose objects its pass writes); an edit or deletion of an applied object queues its
+namespace, unless it is the controller's own write coming back (:mod:`.ownwrites`). A worker
+(leader only) takes keys from the queue and, per key, compiles its sources with the same pipeline
+as ``llmc render``, applies what drifted in that namespace (server-side
 apply), prunes what is no longer produced, keeps objects of invalid sources as they are (last known
 good), refuses writes into namespaces the operator did not allow, and patches status. A failing key
 is retried with its own exponential backoff; the others go on. Every key is also queued every
@@ -24,25 +26,16 @@ from kubernetes.client.rest import ApiException
 
 from ..constants import GENERATED, PLURALS
 from ..resolve import Options
+from .deps import DependencyIndex, namespace_of
 from .informer import Informer
 from .kube import MANAGED_SELECTOR, Kube, send_server_timeouts
 from .leader import LeaderElector, LeadershipLost, LeaseConfig
 from .observe import JsonFormatter, Metrics, serve_probes
+from .ownwrites import DELETED, OwnWrites
 from .queue import RateLimiter, WorkQueue
-from .reconcile import (
-    ALL,
-    Outcome,
-    Scope,
-    annotated_sources,
-    conditions,
-    crosses_namespaces,
-    desired_state,
-    live_work_key,
-    obj_key,
-    plan,
-    source_key,
-    work_key,
-)
+from .reconcile import Outcome, Scope, annotated_sources, conditions, desired_state, obj_key, plan, source_key
+from .reports import Report, Reports
+from .secretcheck import check_secrets
 
 log = logging.getLogger("llmc.controller")
 
@@ -89,7 +82,9 @@ class Controller:
         self.scope = Scope(frozenset(gateway_namespaces or []), istio_root_namespace)
         self.on_lost = on_lost
         self.lost = threading.Event()
-        self.was_shared = False
+        self.index = DependencyIndex(opts)  # which keys a source's change queues (issue 32)
+        self.own = OwnWrites()  # our writes coming back through the watch queue nothing
+        self.reports = Reports()  # per key: failures and last known good, per source, for status
         self.resync_lock = threading.Lock()
         self.last_resync = time.monotonic()
         self.stop_event = threading.Event()
@@ -115,41 +110,40 @@ class Controller:
     # events → keys ---------------------------------------------------------------------------------
 
     def _source_event(self, old: dict | None, new: dict | None) -> None:
+        keys = self.index.update(old, new)  # always: the index holds the latest object (and status)
         if old is not None and new is not None and all(
                 old.get(k) == new.get(k) for k in ("spec",)) and \
                 {k: v for k, v in old["metadata"].items() if k in ("labels", "annotations", "generation")} == \
                 {k: v for k, v in new["metadata"].items() if k in ("labels", "annotations", "generation")}:
             return  # a status or resourceVersion change: nothing to compile
-        obj = new or old
-        assert obj is not None  # an event carries at least one side
-        shared = self._shared()
-        if shared != self.was_shared:  # the keys changed: everything is queued under the new ones
-            self.was_shared = shared
-            self.enqueue_all()
-        self.queue.add(work_key(obj["metadata"].get("namespace", ""), self.opts, shared))
-
-    def _shared(self) -> bool:
-        """Whether some source makes namespaces depend on each other (then one key covers them all)."""
-        return any(crosses_namespaces(o, self.scope.root_namespace) for i in self.sources for o in i.items())
+        for key in sorted(keys):
+            self.queue.add(key)
 
     def _generated_event(self, old: dict | None, new: dict | None) -> None:
         obj = new or old
         assert obj is not None
-        key = live_work_key(obj, self.opts, self._shared())  # an edit or deletion: repair at once
-        if key is not None:
-            self.queue.add(key)
+        ours = self.own.ours(obj_key(obj), new)
+        # the sources an object names are its key's contributors; news to that key queues it, unless
+        # its own pass wrote the object (it compiled them)
+        if new is not None and self.index.learn(new["metadata"]["namespace"], set(annotated_sources(new))) \
+                and not ours:
+            self.queue.add(new["metadata"]["namespace"])
+        if ours:
+            return  # our own write coming back: nothing to repair
+        if self._mine(obj) or (old is not None and self._mine(old)):  # an edit or deletion: repair at once
+            self.queue.add(obj["metadata"]["namespace"])
 
-    def _in_scope(self, obj: dict) -> bool:
-        """A live object is the controller's to change only if all its sources are watched."""
+    def _mine(self, obj: dict) -> bool:
+        """A live object is this instance's to change when it has a source of a watched namespace
+        (all are, without --watch-namespace); objects shared with another instance's namespaces are
+        computed from all their sources (:meth:`_foreign_sources`), so both write the same."""
         if not self.namespaces:
             return True
-        return all(s.split(" ", 1)[-1].split("/", 1)[0] in self.namespaces for s in annotated_sources(obj))
+        return any(namespace_of(s) in self.namespaces for s in annotated_sources(obj))
 
     def keys(self) -> set[str]:
-        shared = self._shared()
-        out = {work_key(o["metadata"].get("namespace", ""), self.opts, shared) for i in self.sources for o in i.items()}
-        out |= {k for i in self.generated for o in i.items() if self._in_scope(o)
-                for k in [live_work_key(o, self.opts, shared)] if k is not None}
+        out = self.index.keys()
+        out |= {o["metadata"]["namespace"] for i in self.generated for o in i.items() if self._mine(o)}
         return out
 
     def enqueue_all(self) -> None:
@@ -158,27 +152,48 @@ class Controller:
 
     # one key ---------------------------------------------------------------------------------------
 
+    def _foreign_sources(self, key: str, have: set[str]) -> list[dict]:
+        """Sources of namespaces this scoped instance does not watch that live objects of ``key`` name
+        (another instance's routes on a shared gateway): read, never written, so that both instances
+        compute a shared object from all its sources and neither rewrites it. Which objects are shared
+        is not known before compiling, so every object of the namespace counts."""
+        if not self.namespaces:
+            return []
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for i in self.generated:
+            for o in i.items():
+                if o["metadata"].get("namespace") != key:
+                    continue
+                for s in annotated_sources(o):
+                    kind, _, rest = s.partition(" ")
+                    ns, _, name = rest.partition("/")
+                    if ns not in self.namespaces and s not in have and kind in PLURALS:
+                        wanted.setdefault((kind, ns), set()).add(name)
+        out = []
+        for (kind, ns), names in sorted(wanted.items()):
+            items, _ = self.kube.list(kind, ns)
+            out += [o for o in items if o["metadata"]["name"] in names]
+        return out
+
     def reconcile_key(self, key: str) -> bool:
-        """One pass over ``key``; False when something failed (the key is retried with backoff)."""
-        start = time.monotonic()
-        shared = self._shared()
-        if key != ALL and work_key(key, self.opts, shared) == ALL:
-            self.queue.add(ALL)  # a stale key from before the keys changed
-            return True
-        if key == ALL and work_key("", self.opts, shared) != ALL:
-            self.enqueue_all()  # likewise, the other way round
-            return True
-        sources = [o for i in self.sources for o in i.items()
-                   if key == ALL or o["metadata"].get("namespace") == key]
+        """One pass over ``key`` (a namespace: the objects written there); False when something
+        failed (the key is retried with backoff)."""
+        start, cpu = time.monotonic(), time.thread_time()
+        sources, own = self.index.compile_set(key)
+        sources += self._foreign_sources(key, {source_key(s) for s in sources})
         outcome = desired_state(sources, self.opts)
-        live = {obj_key(o): o for i in self.generated for o in i.items()
-                if live_work_key(o, self.opts, shared) == key and self._in_scope(o)}
-        todo = plan(outcome, live, self.scope)
+        self._unknowable_warnings(outcome, own, {source_key(s) for s in sources})
+        live = {obj_key(o): o for i in self.generated for o in i.items() if o["metadata"].get("namespace") == key}
+        todo = plan(outcome, live, self.scope, namespace=key, mine=self._mine)
+        self._learn(key, outcome, todo, live, {source_key(s) for s in sources})
         failures: dict[str, list[str]] = {}
         ok = True
         for obj in todo.apply:
+            written = obj_key(obj)
+            self.own.begin(written)
+            version = None
             try:
-                self.kube.apply(obj)
+                version = (self.kube.apply(obj) or {}).get("metadata", {}).get("resourceVersion")
                 self.metrics.add("llmc_applies_total")
             except LeadershipLost:
                 raise
@@ -189,29 +204,77 @@ class Controller:
                 log.warning("apply failed", extra={"object": what, "error": reason[:200]})
                 for s in annotated_sources(obj):
                     failures.setdefault(s, []).append(reason.strip())
-        for kind, ns, name in todo.prune:
+            finally:
+                if self.own.end(written, version):
+                    self.queue.add(key)  # someone else changed it while we wrote
+        for gone_key in todo.prune:
+            self.own.begin(gone_key)
+            gone = False
             try:
-                self.kube.delete(kind, ns, name)
+                self.kube.delete(*gone_key)
+                gone = True
                 self.metrics.add("llmc_deletes_total")
             except LeadershipLost:
                 raise
             except Exception as exc:
                 ok = False
-                log.warning("prune failed", extra={"object": f"{kind} {ns}/{name}", "error": type(exc).__name__})
-        missing, unchecked = self._secrets(outcome)
+                log.warning("prune failed", extra={"object": "{} {}/{}".format(*gone_key), "error": type(exc).__name__})
+            finally:
+                if self.own.end(gone_key, DELETED if gone else None):
+                    self.queue.add(key)
+        self._publish(key, todo, failures)
+        missing, unchecked = check_secrets(outcome, own, self.kube, self.scope)
         for src in sources:
             k = source_key(src)
-            conds = conditions(src, outcome, failures.get(k, []), missing.get(k, []), unchecked.get(k, []),
-                               todo.refused.get(k, []), todo.frozen.get(k))
+            if k not in own:
+                continue
+            fails, frozen = self.reports.merged(k)
+            conds = conditions(src, outcome, fails, missing.get(k, []), unchecked.get(k, []),
+                               todo.refused.get(k, []), frozen)
             ok = self._patch_status(src, conds) and ok
         self.metrics.set("llmc_objects_managed", sum(len(i.cache) for i in self.generated))
         self.metrics.add("llmc_reconciles_total")
         elapsed = time.monotonic() - start
         self.metrics.add("llmc_reconcile_duration_seconds_sum", elapsed)
         self.metrics.add("llmc_reconcile_duration_seconds_count")
+        self.metrics.add("llmc_reconcile_cpu_seconds_sum", time.thread_time() - cpu)  # this pass's thread
         log.info("reconciled", extra={"key": key, "objects": len(outcome.objects), "applied": len(todo.apply),
-                                      "pruned": len(todo.prune), "duration_ms": round(elapsed * 1000, 1)})
+                                      "pruned": len(todo.prune), "sources": len(sources),
+                                      "duration_ms": round(elapsed * 1000, 1)})
         return ok
+
+    def _learn(self, key: str, outcome: Outcome, todo, live: dict, compiled: set[str]) -> None:
+        """Objects this pass compiled for other namespaces tell their keys which sources they have
+        (a new contributor queues that key); sources compiled here that no object of ``key`` has now
+        (desired, or kept as last known good) are no longer its contributors."""
+        here: set[str] = set()
+        for obj in outcome.objects:
+            ns = obj["metadata"]["namespace"]
+            if ns == key:
+                here |= set(annotated_sources(obj))
+            elif self.index.learn(ns, set(annotated_sources(obj))):
+                self.queue.add(ns)
+        for k in todo.kept:
+            here |= set(annotated_sources(live[k]))
+        self.index.forget(key, compiled - here)
+
+    def _publish(self, key: str, todo, failures: dict[str, list[str]]) -> None:
+        """Publish this pass's failures and last-known-good findings per source; a source of another
+        namespace whose report changed gets its own key queued (its status is written there)."""
+        reports = {s: Report(tuple(failures.get(s, ())), tuple(todo.frozen.get(s, ([], []))[0]),
+                             tuple(todo.frozen.get(s, ([], []))[1])) for s in set(failures) | set(todo.frozen)}
+        for s in sorted(self.reports.publish(key, reports)):
+            home = namespace_of(s)
+            if home != key and (not self.namespaces or home in self.namespaces):
+                self.queue.add(home)
+
+    def _unknowable_warnings(self, outcome: Outcome, own: set[str], compiled: set[str]) -> None:
+        """LLMC203 (a routeSpecificConfigs entry no route uses) cannot be decided for a provider whose
+        host routes outside this pass name: it is not reported then, rather than reported wrongly."""
+        for s in own:
+            diags = outcome.diagnostics.get(s)
+            if diags and any(d.code == "LLMC203" for d in diags) and self.index.users_outside(s, compiled):
+                outcome.diagnostics[s] = [d for d in diags if d.code != "LLMC203"]
 
     def _patch_status(self, src: dict, conds: list[dict]) -> bool:
         old = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
@@ -232,49 +295,6 @@ class Controller:
             return exc.status == 404  # the source is gone: nothing to report on
         except Exception:
             return False
-
-    def _secrets(self, outcome: Outcome) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        """Per source key: the Secrets missing where its proxies need them, and the namespaces where
-        they are needed but not checked for it. A source learns about Secrets of its own namespace
-        only: for another namespace (a gateway's) it gets ``NotChecked`` whether the Secret exists,
-        is missing or may not be looked at — else a tenant could probe Secret names there. Missing
-        ones there are logged for the operator. Each Secret is checked once per pass; contents are
-        never read."""
-        if outcome.program is None:
-            return {}, {}
-        exists: dict[tuple[str, str], bool | None] = {}
-        missing: dict[str, list[str]] = {}
-        unchecked: dict[str, list[str]] = {}
-
-        def note(table: dict[str, list[str]], source: str, item: str) -> None:
-            if item not in table.setdefault(source, []):
-                table[source].append(item)
-
-        for vh in outcome.program.vhosts:
-            for rule in vh.rules:
-                for b in rule.backends:
-                    ref = b.config.api_key_secret
-                    if ref is None:
-                        continue
-                    users = (*vh.sources, b.provider.source)
-                    for pl in vh.placements:
-                        own = [s for s in users if s.split(" ", 1)[-1].split("/", 1)[0] == pl.namespace]
-                        for s in users:
-                            if s not in own:
-                                note(unchecked, s, pl.namespace)
-                        key = (pl.namespace, ref.name)
-                        if not self.scope.allows({vh.namespace, b.provider.namespace}, pl.namespace):
-                            continue
-                        if key not in exists:
-                            exists[key] = self.kube.secret_exists(*key)
-                            if exists[key] is False and not own:
-                                log.warning("secret missing", extra={"secret": f"{key[0]}/{key[1]}"})
-                        for s in own:
-                            if exists[key] is None:  # no RBAC to look there
-                                note(unchecked, s, pl.namespace)
-                            elif not exists[key]:
-                                note(missing, s, f"{key[0]}/{key[1]}")
-        return missing, unchecked
 
     # loops -----------------------------------------------------------------------------------------
 

@@ -9,21 +9,27 @@ the emitted ``llmc.lua`` under LuaJIT), and what decides its fate is compared:
   **share** of the traffic computed from the weights, not sampled): the **endpoint** (URL), the
   **model** sent, the **key** (by Secret name and key, or a fingerprint of a literal ``apiKey``:
   never the key), the header it travels in, the **failover order** of the tries, and the body
-  **format** (``openai``, or ``anthropic`` when translated).
+  **format** (``openai``, or ``anthropic`` when translated);
+* the **token limits** charged on the route the request takes (docs/token-limits.md): each limit's
+  id, budget (tokens per unit, shadow), key parts and charge formula, read from the rate-limit
+  configuration llmc emits (the charge itself is unknown offline).
 
-Limits (token and money budgets) and ambient rendering are not columns yet: those features have not
-landed. Output: text, Markdown (for a pull-request comment) or JSON whose ``schema`` is
-:data:`SCHEMA` (docs/diff.md). Exit codes: 0 no change, 1 changes, 2 a side does not compile.
+Money budgets and ambient rendering are not columns yet: those features have not landed. Output:
+text, Markdown (for a pull-request comment) or JSON whose ``schema`` is :data:`SCHEMA`
+(docs/diff.md). Exit codes: 0 no change, 1 changes, 2 a side does not compile.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
-from ..constants import ENVOY_FILTER
+import yaml
+
+from ..constants import CONFIG_MAP, ENVOY_FILTER
 from ..explain import ExplainError, Request
 from ..explain import explain as run_explain
 from .corpus import Case, CorpusError, generate, read_requests
@@ -35,7 +41,7 @@ __all__ = ["SCHEMA", "Case", "CorpusError", "compare", "decide", "format_markdow
 SCHEMA = "llmc.diff/v1"
 
 #: the fields of one pick, in the order they are reported
-PICK_FIELDS = ("share", "endpoint", "model", "key", "tries", "format")
+PICK_FIELDS = ("share", "endpoint", "model", "key", "tries", "format", "limits")
 
 
 def _filter_contexts(objects: list[dict]) -> Iterator[dict]:
@@ -79,6 +85,68 @@ def _key_identity(b: dict, protocols: dict) -> str:
 NO_KEY = "none (the client's own credential)"
 
 
+#: the per-route rate-limit config of token limits (docs/token-limits.md)
+RATE_LIMIT_FILTER = "llmc.ratelimit"
+_WEIGHT = re.compile(r"([0-9.]+) \* metadata\.filter_metadata\.llmc\.request_(prompt|completion|total)_tokens")
+
+
+def _budgets(objects: list[dict]) -> dict[str, str]:
+    """limit id -> "N tokens per UNIT[, shadow]" from the rate-limit service's configuration llmc emits."""
+    out: dict[str, str] = {}
+
+    def walk(descriptors: list, limit_id: str | None) -> None:
+        for d in descriptors or []:
+            here = d.get("value") if d.get("key") == "llmc_limit" else limit_id
+            rl = d.get("rate_limit")
+            if here and rl:
+                out[here] = f"{rl.get('requests_per_unit')} tokens per {rl.get('unit')}" + \
+                    (", shadow" if d.get("shadow_mode") else "")
+            walk(d.get("descriptors") or [], here)
+
+    for o in objects:
+        if o.get("kind") != CONFIG_MAP:
+            continue
+        for text in (o.get("data") or {}).values():
+            try:
+                config = yaml.safe_load(text)
+            except yaml.YAMLError:
+                continue
+            if isinstance(config, dict) and config.get("domain") == "llmc":
+                walk(config.get("descriptors") or [], None)
+    return out
+
+
+def _charge(fmt: str) -> str:
+    """The charge formula of a limit, read back from its hits_addend CEL expression."""
+    parts = [f"{float(w):g}×{kind}" for w, kind in _WEIGHT.findall(fmt)]
+    return " + ".join(parts) + " tokens (else request bytes / 4)" if parts else fmt
+
+
+def _route_limits(objects: list[dict], budgets: dict[str, str]) -> dict[str, dict[str, str]]:
+    """route name -> {limit id: "budget, keyed by …, charge …"} of the token limits charged on it."""
+    out: dict[str, dict[str, str]] = {}
+    for o in objects:
+        if o.get("kind") != ENVOY_FILTER:
+            continue
+        for patch in o["spec"].get("configPatches", []):
+            route = (((patch.get("match") or {}).get("routeConfiguration") or {}).get("vhost") or {}).get("route")
+            per = ((patch.get("patch") or {}).get("value") or {}).get("typed_per_filter_config", {}).get(RATE_LIMIT_FILTER)
+            if not route or not per:
+                continue
+            for entry in per.get("rate_limits", []):
+                if not entry.get("apply_on_stream_done"):
+                    continue  # the check at request time; the charge (on stream done) says it all
+                actions = entry.get("actions", [])
+                limit_id = next((a["generic_key"]["descriptor_value"] for a in actions if "generic_key" in a), "?")
+                keys = sorted({v.get("descriptor_key", k) for a in actions for k, v in a.items()
+                               if k != "generic_key" and isinstance(v, dict)})
+                fmt = ((entry.get("hits_addend") or {}).get("format")) or ""
+                out.setdefault(route["name"], {})[limit_id] = (
+                    budgets.get(limit_id, "?") + (f", keyed by {', '.join(keys)}" if keys else "")
+                    + f", charge {_charge(fmt)}")
+    return {k: dict(sorted(v.items())) for k, v in out.items()}
+
+
 class _Side:
     """One configuration, indexed once for every request: the key of each (route, rule, provider) and
     the provider of each host, from the filter contexts emitted."""
@@ -91,6 +159,7 @@ class _Side:
             for rule, b in _backends(ctx):
                 self.keys.setdefault((ctx["route"], rule, b["provider"]), _key_identity(b, ctx.get("protocols") or {}))
                 self.providers.setdefault(b["host"], b["provider"])
+        self.limits = _route_limits(objects, _budgets(objects))
 
 
 def _model_of(body: str | None) -> str | None:
@@ -118,6 +187,7 @@ def _pick(side: _Side, x: dict, share: float) -> dict:
         "key": side.keys.get((route, rule_name, provider or ""), NO_KEY),
         "tries": [side.providers.get(h, h) for h in hosts] if len(hosts) > 1 else None,
         "format": "anthropic" if "anthropic-version" in headers else "openai",
+        "limits": side.limits.get(x.get("final_route") or x.get("route") or "") or None,
     }
 
 
@@ -175,7 +245,11 @@ def compare(base: dict, head: dict) -> list[dict]:
             changes.append({"what": "picked", "provider": provider, "base": _summary(b), "head": _summary(h)})
             continue
         for f in PICK_FIELDS:
-            if b[f] != h[f]:
+            if f == "limits":
+                bl, hl = b[f] or {}, h[f] or {}
+                changes += [{"what": f"limit {lid}", "provider": provider, "base": bl.get(lid), "head": hl.get(lid)}
+                            for lid in sorted(set(bl) | set(hl)) if bl.get(lid) != hl.get(lid)]
+            elif b[f] != h[f]:
                 changes.append({"what": f, "provider": provider, "base": b[f], "head": h[f]})
     return changes
 

@@ -26,6 +26,7 @@ from ..diagnostics import Diagnostics
 from ..ir import Backend, Program, Provider, Rule, VirtualHost
 from ..load import Document
 from ..options import Options
+from .limits import forbidden_headers, rate_limit_service, resolve_limits
 from .placement import check_gateway_selectors, check_selector_overlap, egress_gateway, place
 from .providers import resolve_provider
 from .routes import resolve_route, rule_name
@@ -64,6 +65,8 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
             continue
         providers_by_ns[p.namespace][p.host] = p
         provider_docs[(p.namespace, p.name)] = it.doc
+    forbidden = forbidden_headers(p for provs in providers_by_ns.values() for p in provs.values())
+    _provider_limits(providers_by_ns, provider_docs, unique, opts, forbidden, diags)
     catalog = visibility.Catalog(p for provs in providers_by_ns.values() for p in provs.values())
     vhosts: list[VirtualHost] = []
     route_hosts: dict[tuple, str] = {}
@@ -80,7 +83,9 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
                         **it.doc.where(("spec", "host")), hint="merge the rules into one LLMRoute")
             continue
         route_hosts[host_key] = vh.sources[0]
-        vhosts.append(vh)
+        vh = _rule_limits(it, vh, opts, forbidden, diags)
+        if vh is not None:
+            vhosts.append(vh)
     routed = {(ns, fqdn, port) for ns, fqdn, port, _ in route_hosts}
     # Providers without an LLMRoute on their own host get an implicit single-rule route, so that
     # `curl http://<provider host>` works with an LLMProvider alone (the seed's first scenario).
@@ -109,8 +114,52 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
     if diags.has_errors:
         return None
     return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
-                   egress=egress, telemetry=opts.telemetry,
+                   egress=egress, telemetry=opts.telemetry, rate_limit=rate_limit_service(opts),
                    vhosts=tuple(sorted(placed, key=lambda v: (v.namespace, v.object_name))))
+
+def _provider_limits(providers_by_ns, provider_docs, unique: list[Sourced], opts: Options,
+                     forbidden: frozenset[str], diags: Diagnostics) -> None:
+    """Each LLMProvider's tokenLimits onto its IR provider (before routes see the providers)."""
+    specs = {(u.doc.namespace, u.doc.name): u.obj for u in unique if u.doc.kind == "LLMProvider"}
+    for ns, provs in providers_by_ns.items():
+        for host, p in list(provs.items()):
+            obj = specs[(ns, p.name)]
+            assert isinstance(obj, LLMProvider)
+            if not obj.spec.tokenLimits:
+                continue
+            limits = resolve_limits(obj.spec.tokenLimits, f"provider/{ns}/{p.name}", p.source,
+                                    provider_docs[(ns, p.name)], ("spec", "tokenLimits"), opts, forbidden, diags)
+            if limits is not None:
+                provs[host] = dataclasses.replace(p, limits=limits)
+
+
+def _rule_limits(item: Sourced, vh: VirtualHost, opts: Options, forbidden: frozenset[str],
+                 diags: Diagnostics) -> VirtualHost | None:
+    """Each rule's tokenLimits onto its IR rule (``resolve_route`` keeps every rule, in order)."""
+    assert isinstance(item.obj, LLMRoute)
+    rules = list(vh.rules)
+    ok = True
+    for i, spec_rule in enumerate(item.obj.spec.rules):
+        if not spec_rule.tokenLimits:
+            continue
+        rule = rules[i]
+        limits = resolve_limits(spec_rule.tokenLimits, f"route/{vh.namespace}/{vh.label}/{rule.name}", vh.sources[0],
+                                item.doc, ("spec", "rules", i, "tokenLimits"), opts, forbidden, diags,
+                                on_gateway=bool(vh.bound_gateways), in_mesh=vh.in_mesh)
+        if limits is None:
+            ok = False
+            continue
+        for j, limit in enumerate(limits):
+            if ("model", "") in limit.key and "model" not in vh.body_fields \
+                    and any(b.config.model is None for b in rule.backends):
+                diags.warning("LLMC266", "the proxy does not know the model of this rule's requests (a provider "
+                              "sets no model, and no match of the route reads it): they share one bucket",
+                              **item.doc.where(("spec", "rules", i, "tokenLimits", j, "key")),
+                              hint="set configs.defaultConfig.openAIConfig.model on the providers, or add a "
+                              "model match to the route")
+        rules[i] = dataclasses.replace(rule, limits=limits)
+    return dataclasses.replace(vh, rules=tuple(rules)) if ok else None
+
 
 def _check_route_names(vhosts, diags: Diagnostics) -> None:
     """Envoy route names must be unique per virtual host: the filter maps names to rules and pins.

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 
-from ..constants import GENERATED_KINDS, GeneratedKind
+from ..constants import GENERATED_KINDS, SERVICE_CONFIG_KINDS, GeneratedKind
 from ..ir import Program
 
 Translator = Callable[[Program], list[dict]]
 
 
-def translators(kinds: tuple[GeneratedKind, ...] = GENERATED_KINDS) -> tuple[tuple[str, str, Translator], ...]:
+def translators(kinds: tuple[GeneratedKind, ...] = GENERATED_KINDS + SERVICE_CONFIG_KINDS,
+                ) -> tuple[tuple[str, str, Translator], ...]:
     """(kind, template, translator) for every output of ``kinds``, in table order."""
     out = []
     for k in kinds:

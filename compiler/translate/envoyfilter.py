@@ -28,7 +28,7 @@ from importlib import resources
 
 from .. import names
 from ..constants import FILTER_NAME
-from ..ir import Backend, Program, Rule, SecretRef, VirtualHost
+from ..ir import Backend, Program, RateLimitService, Rule, SecretRef, VirtualHost
 from ..protocols import (
     ANTHROPIC_MAX_TOKENS,
     ANTHROPIC_VERSION,
@@ -38,6 +38,8 @@ from ..protocols import (
     endpoint,
 )
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
+from .ratelimit import local_reply as rate_limit_reply
+from .ratelimit import mark_usage, rate_limit_filter, with_rate_limits
 
 SOURCE_NAME = "llmc"
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
@@ -111,7 +113,7 @@ def _protocol_settings(protocol: str, c) -> dict:
     return out
 
 
-def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
+def lua_context(vh: VirtualHost, secrets_dir: str, rate_limit: RateLimitService | None = None) -> dict:
     """The Lua filter's data for one virtual host: every rule once, and which route is which rule.
 
     Envoy hands the filter the virtual host's context on every route of it; the filter looks up
@@ -134,6 +136,7 @@ def lua_context(vh: VirtualHost, secrets_dir: str) -> dict:
                                          for b in listed]}
         if rule.retries is not None:
             rules[rule.name]["failover"] = True
+        mark_usage(rules[rule.name], rule, rate_limit)
     by_body = body_context(vh)
     used = sorted({b.provider.protocol for r in vh.rules for b in r.backends})
     failover: dict = {"order_header": names.ORDER_HEADER} if any(r.retries for r in vh.rules) else {}
@@ -295,7 +298,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             f["shared"] = f["shared"] or vh.shared
             f["ports"].add(pl.port if pl.context == "SIDECAR_OUTBOUND" else None)
             f["sources"].update(vh.all_sources)
-            context_data = lua_context(vh, program.secrets_dir)
+            context_data = lua_context(vh, program.secrets_dir, program.rate_limit)
             out.append({
                 "metadata": metadata(_vhost_filter_name(vh, pl), pl.namespace, vh.all_sources),
                 "selector": [{"name": k, "value": v} for k, v in pl.selector],
@@ -303,7 +306,8 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 "vhost": pl.vhost, "port": pl.port,
                 "buffer_limit": buffer_limit(max_request_bytes(vh)),
                 "context_data": context_data,
-                "routes": route_patches(vh, context_data if vh.shared else None),
+                "routes": with_rate_limits(route_patches(vh, context_data if vh.shared else None), vh,
+                                           program.rate_limit),
                 # `*` hosts: per-route context (the virtual host is shared with other teams' routes)
                 "per_route": vh.shared,
                 "failover_routes": failover_routes(vh, program.secrets_dir),
@@ -327,8 +331,18 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             "clusters": [{"host": h, "port": p, "filter_name": f"{UPSTREAM_FILTER_PREFIX}{h}"}
                          for h, p in sorted(f["clusters"])],
             "proxy_version": FAILOVER_PROXY_VERSION,
+            # token limits: Envoy's rate-limit filter after the Lua, and the HCM's 429 in OpenAI format
+            "rate_limit": _rate_limit_view(program),
         })
     return out
+
+
+def _rate_limit_view(program: Program) -> dict | None:
+    if program.rate_limit is None:
+        return None
+    return {"filter": rate_limit_filter(program.rate_limit),
+            "hcm": {"name": HCM, "typed_config": {"@type": HCM_TYPE, "local_reply_config": {
+                "mappers": rate_limit_reply(program.rate_limit)}}}}
 
 
 HCM = "envoy.filters.network.http_connection_manager"

@@ -563,9 +563,15 @@ function M.shape(s, b, client_model_json, scanned)
   if stream ~= nil then fields[#fields + 1] = { "stream", stream and "true" or "false" } end
   if stream ~= true then
     if options then fields[#fields + 1] = { "stream_options", false } end
-  elseif said == nil and b.include_usage and not options then
-    -- OpenAI sends usage in a stream's last event only when asked; ask when llmc chose to stream.
+  elseif not options and (said == nil and b.include_usage or said == true and b.limit_usage) then
+    -- OpenAI sends usage in a stream's last event only when asked; ask when llmc chose to stream,
+    -- and on a token-limited rule (the charge needs it), where the client that did not ask must
+    -- not see the answer: the response path drops that event (note "openai+usage").
     fields[#fields + 1] = { "stream_options", '{"include_usage":true}' }
+    if said == true then
+      local out, err, param = M.rewrite(s, fields, members, close)
+      return out, err, param, out ~= nil and "openai+usage" or nil
+    end
   end
   return M.rewrite(s, fields, members, close)
 end
@@ -591,7 +597,7 @@ local function prepare_rule(route, name, rule, protocols)
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
       model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,
-      include_usage = b.include_usage, pin = b.pin, base_path = b.base_path, base_query = b.base_query or "",
+      include_usage = b.include_usage, limit_usage = b.limit_usage, limit_model = b.limit_model, pin = b.pin, base_path = b.base_path, base_query = b.base_query or "",
       format = proto.format or "openai",
       max_tokens = b.max_tokens, client_key = proto.client_key == true,
       auth_header = auth_header, auth_prefix = b.auth_prefix or proto.auth_prefix, headers = headers,
@@ -1023,6 +1029,11 @@ function M.on_model_request(h, vh)
   local key = credential(b)
   if key == false then return missing_key(h, cfg, b) end
   if key == nil and b.client_key then key = M.client_key(headers:get("authorization")) end
+  if b.limit_model and model ~= nil then
+    -- a token limit keyed by model reads it here, at the check and at the charge (the internal
+    -- model header is gone by then)
+    h:streamInfo():dynamicMetadata():set(METADATA_NS, "request_model", model)
+  end
   return forward(h, vh, cfg, b, key, body, s, original_path, { members, close }, model_json)
 end
 
@@ -1843,6 +1854,7 @@ function M.on_response(h, headers)
     headers:remove(TRANSLATE_HEADER)
     local shaped = h:streamInfo():dynamicMetadata():get(METADATA_NS)
     local note = shaped and shaped.translate
+    if note == "openai+usage" then return M.on_usage_asked_response(h, headers) end
     if note ~= nil then return M.on_translated_response(h, note) end
   end
   local status = headers:get(":status")
@@ -1878,6 +1890,51 @@ function M.on_response(h, headers)
     if n > 0 then u.feed(chunk:getBytes(0, n)) end
   end
   record_usage(h, u.finish())
+end
+
+-- Token limits: the events of a stream for which llmc asked usage the client did not ask for. Every
+-- event passes as it came except the usage event (no choices, a usage object), which is dropped; an
+-- event without choices and without usage (Azure's prompt_filter_results) passes. An event split
+-- across chunks waits for its end ("\n\n"). `feed` returns the bytes to send on.
+function M.new_usage_dropper()
+  local d = { pending = "" }
+  function d.feed(s)
+    local text = d.pending .. s
+    local out, start = {}, 1
+    while true do
+      local stop = find(text, "\n\n", start, true)
+      if not stop then break end
+      local event = sub(text, start, stop + 1)
+      if not (find(event, '"usage"%s*:%s*{') and find(event, '"choices"%s*:%s*%[%s*%]')) then
+        out[#out + 1] = event
+      end
+      start = stop + 2
+    end
+    d.pending = sub(text, start)
+    if #d.pending > MAX_SSE_LINE then -- not an event stream we understand: pass it on
+      out[#out + 1], d.pending = d.pending, ""
+    end
+    return concat(out)
+  end
+  return d
+end
+
+-- The response of a stream llmc asked usage for (M.shape's note "openai+usage"): usage recorded
+-- as usual, the usage event dropped. Any other answer (an error, JSON) is read as usual.
+function M.on_usage_asked_response(h, headers)
+  local status = headers:get(":status")
+  if M.readable(status, headers:get("content-type")) ~= "sse" then return M.on_response(h, headers) end
+  local u, d, seen = M.new_usage(true), M.new_usage_dropper(), {}
+  for chunk in h:bodyChunks() do
+    local n = chunk:length()
+    if n > 0 then
+      local bytes = chunk:getBytes(0, n)
+      u.feed(bytes)
+      record_news(h, seen, u.prompt, u.completion, u.total, u.model)
+      local out = d.feed(bytes)
+      if out ~= bytes then chunk:setBytes(out) end
+    end
+  end
 end
 
 ---------------------------------------------------------------------------------------------------

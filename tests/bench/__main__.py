@@ -37,9 +37,10 @@ SECTIONS: dict[str, str] = {
     "models": "tests.bench.models",
     "steps": "tests.bench.steps",
     "diff": "tests.bench.diff",
+    "limits": "tests.bench.limits",
 }
 # `python -m tests.bench controller` (tests/bench/controller.py) runs on its own: see the end of this file.
-DEFAULT = ["compile", "dataplane", "calls", "memory", "lua", "models", "diff"]
+DEFAULT = ["compile", "dataplane", "calls", "memory", "lua", "models", "diff", "limits"]
 
 
 def section(name: str):

@@ -8,6 +8,12 @@ the controller's peak RSS; one provider changed → time to converge and writes,
 objects whose content changed (target: only those, in under 5% of the cold-start time measured in
 the same run); recovery after SIGKILL (restart → converged, with a source changed while it was
 down); cold convergence with 10% of API requests failing (500s, 429s, connection resets).
+Issue 32 (section ``shared``): the same mesh with one shared source — a provider in the Istio root
+namespace that route-0 of every namespace also sends to — against the mesh without it: one change's
+convergence, the objects written against those whose content changed, the controller's CPU for the
+change (process utime+stime, less its idle rate), and the passes ten edits 0.3 s apart cost; and
+(section ``instances``) two ``--watch-namespace`` instances whose routes share the gateway-wide
+EnvoyFilter in istio-system: their writes in 30 s idle.
 The fake API server runs in this process (one Python thread per request): its own cost is part of
 every figure, so the figures are upper bounds for a real API server.
 """
@@ -15,7 +21,9 @@ every figure, so the figures are upper bounds for a real API server.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,11 +39,31 @@ from tests.support.fake_apiserver import FakeAPIServer
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = "llmc-controller/bench"
+#: the source tree whose `compiler` the controller process runs (``--tree``: measure another revision,
+#: e.g. an export of the parent commit, against the same fake API server and mesh)
+TREE = {"path": REPO}
 
 
-def _objects(n: int) -> list[dict]:
+ROOT = "istio-system"
+SHARED_HOST = "shared.example.com"
+
+
+def _objects(n: int, shared: bool = False) -> list[dict]:
+    """The synthetic mesh; ``shared``: plus one provider in the Istio root namespace (visible to every
+    namespace) that route-0 of every namespace also sends 10% to."""
     y = YAML(typ="safe")
-    return [y.load(provider(i)) for i in range(n)] + [y.load(route(i, n)) for i in range(n)]
+    objs = [y.load(provider(i)) for i in range(n)] + [y.load(route(i, n)) for i in range(n)]
+    if shared:
+        root = y.load(provider(0))
+        root["metadata"] = {"name": "shared", "namespace": ROOT}
+        root["spec"]["host"] = SHARED_HOST
+        root["spec"]["configs"].pop("routeSpecificConfigs")
+        objs.append(root)
+        for o in objs:
+            if o["kind"] == "LLMRoute" and int(o["metadata"]["name"].split("-")[1]) % 50 == 0:
+                for rule in o["spec"]["rules"]:
+                    rule["backendRefs"].append({"providerHost": SHARED_HOST, "weight": 10})
+    return objs
 
 
 def _load(server: FakeAPIServer, objs: list[dict]) -> None:
@@ -79,15 +107,17 @@ class Process:
     """The controller process, restarted when it exits (as Kubernetes restarts a pod); restarts are
     counted and reported."""
 
-    def __init__(self, server: FakeAPIServer, tmp: Path, qps: float):
+    def __init__(self, server: FakeAPIServer, tmp: Path, qps: float, extra: tuple[str, ...] = (),
+                 identity: str = "bench"):
+        self.port = _free_port()
         self.cmd = [sys.executable, "-m", "compiler.cli", "controller", "--kubeconfig",
-                    kubeconfig(server, tmp / "kubeconfig"), "--identity", "bench", "--health-port", "0",
-                    "--api-qps", str(qps), "--api-burst", str(int(qps))]
+                    kubeconfig(server, tmp / "kubeconfig"), "--identity", identity, "--health-port", str(self.port),
+                    "--api-qps", str(qps), "--api-burst", str(int(qps)), *extra]
         self.restarts = 0
         self.proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen:
-        return subprocess.Popen(self.cmd, cwd=REPO, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        return subprocess.Popen(self.cmd, cwd=TREE["path"], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
     def supervise(self) -> None:
         if self.proc.poll() is not None:
@@ -99,6 +129,24 @@ class Process:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def metric(self, name: str) -> float:
+        """A value of /metrics (NaN when the controller does not export it)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(f"{name} "):
+                    return float(line.split()[1])
+        return float("nan")
+
+    def passes(self) -> int:
+        return int(self.metric("llmc_reconciles_total"))
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -113,7 +161,13 @@ class Process:
                 self.kill()
 
 
-def _affected(objs: list[dict], changed: dict) -> set[str]:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _affected(objs: list[dict], changed: dict, whole: bool = False) -> set[str]:
     """Objects whose content differs between compiling the mesh before and after the change."""
     with tempfile.TemporaryDirectory() as tmp:
         def compile_(docs: list[dict]) -> dict[str, dict]:
@@ -123,7 +177,7 @@ def _affected(objs: list[dict], changed: dict) -> set[str]:
             return {f"{o['kind']} {o['metadata']['namespace']}/{o['metadata']['name']}": o for o in out}
 
         ns = changed["metadata"]["namespace"]
-        before_docs = [o for o in objs if o["metadata"]["namespace"] == ns]
+        before_docs = [o for o in objs if whole or o["metadata"]["namespace"] == ns]
         after_docs = [changed if o["metadata"]["name"] == changed["metadata"]["name"] and o["kind"] == changed["kind"]
                       else o for o in before_docs]
         before, after = compile_(before_docs), compile_(after_docs)
@@ -205,6 +259,134 @@ def bench_controller(n: int = 1000, qps: float = 2000.0, timeout: float = 900.0)
     return result
 
 
+def _edit(server: FakeAPIServer, model: str) -> dict:
+    changed = json.loads(json.dumps(server.get(SRC, "llmproviders", "team-0", "provider-0")))
+    changed["spec"]["configs"]["defaultConfig"]["openAIConfig"]["model"] = model
+    server.put_object(SRC, "llmproviders", changed)
+    return changed
+
+
+def _idle_cpu_rate(proc: Process, seconds: float = 5.0) -> float:
+    c0, t0 = proc.cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    return (proc.cpu_seconds() - c0) / (time.monotonic() - t0)
+
+
+def bench_change(n: int, shared: bool, qps: float, timeout: float) -> dict:
+    """Cold start, then one provider changed (team-0/provider-0): convergence, objects written
+    against those changed, controller CPU for it; then ten edits 0.3 s apart and the passes they cost."""
+    objs = _objects(n, shared)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        server = FakeAPIServer()
+        server.create_namespace(ROOT)
+        _load(server, objs)
+        start = time.monotonic()
+        # no periodic resync: its passes over every key would land in the windows measured here
+        proc = Process(server, Path(tmp_dir), qps, ("--resync", "3600"))
+        try:
+            cold = _converge(server, start, timeout, proc)
+            out: dict = {"shared_source": shared, "sources": len(objs), "cold_seconds": cold,
+                         "peak_rss_mb_cold": proc.peak_rss_mb()}
+            time.sleep(3)
+            idle = _idle_cpu_rate(proc, 10.0)
+            # five single changes, each to convergence: process CPU (less the idle rate) and the CPU
+            # of the passes' own threads (llmc_reconcile_cpu_seconds_sum); medians
+            base = {k: v for k, v in server.get(SRC, "llmproviders", "team-0", "provider-0").items() if k != "status"}
+            rows = []
+            for i in range(5):
+                c0, p0, t0 = proc.cpu_seconds(), proc.metric("llmc_reconcile_cpu_seconds_sum"), time.monotonic()
+                changed = _edit(server, f"model-0-v{i + 2}")
+                seconds = _converge(server, t0, timeout, proc)
+                rows.append((seconds, proc.cpu_seconds() - c0 - idle * (time.monotonic() - t0),
+                             proc.metric("llmc_reconcile_cpu_seconds_sum") - p0, _writes(server, t0)))
+                if i == 0:
+                    written = _written(rows[0][3])
+                    expected = _affected([base if o["kind"] == "LLMProvider" and o["metadata"]["name"] == "provider-0"
+                                          and o["metadata"]["namespace"] == "team-0" else o for o in objs],
+                                         {k: v for k, v in changed.items() if k != "status"}, whole=True)
+            med = sorted(rows, key=lambda r: r[0])[2]
+            out.update({"change_seconds": med[0], "change_seconds_all": [r[0] for r in rows],
+                        "objects_written": sorted(written), "objects_changed": sorted(expected),
+                        "only_affected_written": written == expected,
+                        "cpu_seconds_per_change": sorted(r[1] for r in rows)[2],
+                        "pass_cpu_seconds_per_change": sorted(r[2] for r in rows)[2],
+                        "idle_cpu_per_second": idle, "writes": len(rows[0][3])})
+            p0 = proc.passes()
+            t1 = time.monotonic()
+            for i in range(10):
+                _edit(server, f"model-0-e{i}")
+                time.sleep(0.3)
+            _converge(server, t1, timeout, proc)
+            out["ten_edits_passes"] = proc.passes() - p0
+            out["peak_rss_mb"] = proc.peak_rss_mb()
+            return out
+        finally:
+            proc.stop()
+            server.stop()
+
+
+def bench_instances(qps: float, timeout: float, idle_seconds: float = 30.0) -> dict:
+    """Two --watch-namespace instances (team-0, team-1; own Lease namespaces) whose gateway-bound
+    routes share the gateway-wide EnvoyFilter in istio-system: writes while idle."""
+    y = YAML(typ="safe")
+    objs = [o for o in _objects(100) if o["metadata"]["namespace"] in ("team-0", "team-1")]
+    for ns in ("team-0", "team-1"):
+        p = y.load(provider(0))
+        p["metadata"] = {"name": "edge", "namespace": ns}
+        p["spec"].update({"host": f"edge.{ns}.example.com", "workloadSelector": {"labels": {"istio": "ingressgateway"}}})
+        p["spec"]["configs"].pop("routeSpecificConfigs")
+        r = {"apiVersion": p["apiVersion"], "kind": "LLMRoute", "metadata": {"name": "edge", "namespace": ns},
+             "spec": {"host": f"edge.{ns}.example.com", "gateways": [f"{ROOT}/llm-gateway"],
+                      "rules": [{"backendRefs": [{"providerHost": f"edge.{ns}.example.com"}]}]}}
+        objs += [p, r]
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        server = FakeAPIServer()
+        for ns in (ROOT, "lease-0", "lease-1"):
+            server.create_namespace(ns)
+        _load(server, objs)
+        start = time.monotonic()
+        procs = [Process(server, Path(tmp_dir), qps, ("--watch-namespace", f"team-{i}", "--gateway-namespaces", ROOT,
+                                                      "--lease-namespace", f"lease-{i}"), identity=f"bench-{i}")
+                 for i in range(2)]
+        try:
+            seconds = max(_converge(server, start, timeout, p) for p in procs)
+            t0 = time.monotonic()
+            time.sleep(idle_seconds)
+            writes = [w for w in server.writes_by("llmc-controller/bench", since=t0)]
+            shared = [o for o in server.list("apis/networking.istio.io/v1alpha3", "envoyfilters")
+                      if o["metadata"]["namespace"] == ROOT and "gateway-filter" in o["metadata"]["name"]]
+            sources = shared[0]["metadata"]["annotations"]["llmc.io/sources"] if shared else ""
+            return {"converged_seconds": seconds, "idle_seconds": idle_seconds, "idle_writes": len(writes),
+                    "shared_filter_has_both": "team-0/" in sources and "team-1/" in sources}
+        finally:
+            for p in procs:
+                p.stop()
+            server.stop()
+
+
+def report_shared(r: dict) -> str:
+    b = r["shared"]["with"]
+    a = r["shared"].get("without", b)
+    lines = [f"controller, issue 32: {a['sources']} sources in {a['sources'] // 100} namespaces without / "
+             f"{b['sources']} with one shared "
+             f"source (a provider in {ROOT} that route-0 of every namespace sends to)"]
+    for name, x in (("no shared source", a), ("one shared source", b)):
+        lines.append(f"  {name:18} cold {x['cold_seconds']:6.1f} s; one change {x['change_seconds']:5.2f} s, "
+                     f"{len(x['objects_written'])} objects written ({len(x['objects_changed'])} changed, only those: "
+                     f"{x['only_affected_written']}), controller CPU {x['cpu_seconds_per_change']:.2f} s "
+                     f"(passes' threads {x['pass_cpu_seconds_per_change']:.2f} s); "
+                     f"ten edits 0.3 s apart: {x['ten_edits_passes']} passes; peak RSS {x['peak_rss_mb']:.0f} MB")
+    ratio = b["cpu_seconds_per_change"] / max(a["cpu_seconds_per_change"], 1e-6)
+    threads = b["pass_cpu_seconds_per_change"] / max(a["pass_cpu_seconds_per_change"], 1e-6)
+    lines.append(f"  CPU per change, shared / not shared: {ratio:.2f}x (process), {threads:.2f}x (passes' threads); "
+                 "medians of 5 changes")
+    i = r.get("instances")
+    if i:
+        lines.append(f"  two --watch-namespace instances sharing istio-system's gateway filter: {i['idle_writes']} writes "
+                     f"in {i['idle_seconds']:.0f} s idle (filter has both instances' sources: {i['shared_filter_has_both']})")
+    return "\n".join(lines)
+
+
 def report(r: dict) -> str:
     c, o, k, f = r["cold"], r["one_provider_changed"], r["recovery_after_sigkill"], r["cold_with_10pct_faults"]
     lines = [
@@ -231,12 +413,28 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=1000, help="providers (and as many routes); 50 per namespace")
     ap.add_argument("--qps", type=float, default=2000.0, help="the controller's --api-qps")
     ap.add_argument("--out", default=str(REPO / ".cache" / "bench" / "controller.json"))
+    ap.add_argument("--sections", default="base,shared,instances",
+                    help="base (cold, one change, SIGKILL, faults), shared (issue 32), instances (issue 32)")
+    ap.add_argument("--tree", default=str(REPO), help="run the controller of this source tree (git archive REV)")
+    ap.add_argument("--shared-only", action="store_true", help="section shared: only the case with the shared source")
     args = ap.parse_args(argv)
-    result = bench_controller(args.n, args.qps)
+    TREE["path"] = Path(args.tree)
+    sections = set(args.sections.split(","))
+    result: dict = {}
+    if "base" in sections:
+        result = bench_controller(args.n, args.qps)
+        print(report(result))
+    if "shared" in sections:
+        result["shared"] = {"with": bench_change(args.n, True, args.qps, 900.0)}
+        if not args.shared_only:
+            result["shared"]["without"] = bench_change(args.n, False, args.qps, 900.0)
+    if "instances" in sections:
+        result["instances"] = bench_instances(args.qps, 900.0)
+    if "shared" in result:
+        print(report_shared(result))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(report(result))
     print(f"wrote {out}")
     return 0
 

@@ -56,7 +56,8 @@ def start(server: FakeAPIServer, identity: str = "a", **kw) -> Controller:
     cfg.host = server.url
     tuning = Tuning(resync=kw.pop("resync", 60), watch_timeout=kw.pop("watch_timeout", 2), debounce=0.02,
                     backoff_base=0.05, backoff_cap=1.0, qps=0)
-    ctrl = Controller(client.ApiClient(cfg), kw.pop("opts", Options()), identity, "llmc-system",
+    ctrl = Controller(client.ApiClient(cfg), kw.pop("opts", Options()), identity,
+                      kw.pop("lease_namespace", "llmc-system"),
                       lease=kw.pop("lease", FAST_LEASE), tuning=tuning, **kw)
     ctrl.start()
     return ctrl
