@@ -542,10 +542,7 @@ def diff(
         for case in cases:  # the requests are explained as the proxies of this cluster domain see them
             case.request.cluster_domain = opts.cluster_domain
         report = run(results[0].objects, results[1].objects, cases)
-    except (CorpusError, OSError) as exc:
-        sys.stderr.write(f"llmc: {exc}\n")
-        raise typer.Exit(2) from None
-    except ExplainError as exc:
+    except (CorpusError, OSError, ExplainError) as exc:
         sys.stderr.write(f"llmc: {exc}\n")
         raise typer.Exit(2) from None
     if output is DiffFormat.json:

@@ -60,6 +60,7 @@ def _body(value) -> bytes:
 def read_requests(path: str, base_objects: list[dict]) -> list[Case]:
     """Requests from a JSON Lines file or an access log (told apart line by line)."""
     cases = []
+    route_hosts: dict[str, tuple[str, str, str]] | None = None
     text = Path(path).read_text(encoding="utf-8")
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -71,7 +72,9 @@ def read_requests(path: str, base_objects: list[dict]) -> list[Case]:
         if not isinstance(item, dict):
             raise CorpusError(f"{path}:{n}: expected a JSON object")
         if "route_name" in item and "host" not in item:
-            case = _from_log(item, base_objects, f"{Path(path).name}:{n}")
+            if route_hosts is None:  # read once, from the base, for every logged line
+                route_hosts = _route_hosts(base_objects)
+            case = _from_log(item, route_hosts, f"{Path(path).name}:{n}")
             if case is not None:
                 cases.append(case)
             continue
@@ -103,17 +106,16 @@ def _route_hosts(objects: list[dict]) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def _from_log(item: dict, base_objects: list[dict], name: str) -> Case | None:
+def _from_log(item: dict, route_hosts: dict[str, tuple[str, str, str]], name: str) -> Case | None:
     route = item.get("route_name") or ""
-    found = _route_hosts(base_objects).get(route)
+    found = route_hosts.get(route)
     if found is None:
         return None  # not llmc traffic, or a route the base no longer has: nothing to replay
     host, ns, via = found
-    logged = str(item.get("path") or "")
-    endpoint = logged.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-    path = {"embeddings": "/v1/embeddings", "completions": "/v1/chat/completions"}.get(endpoint, "/v1/chat/completions")
-    if logged.split("?")[0].endswith("/completions") and not logged.split("?")[0].endswith("/chat/completions"):
-        path = "/v1/completions"
+    logged = str(item.get("path") or "").split("?")[0]
+    path = ("/v1/embeddings" if logged.endswith("/embeddings") else
+            "/v1/completions" if logged.endswith("/completions") and not logged.endswith("/chat/completions") else
+            "/v1/chat/completions")
     body = {"input": "Hello"} if path == "/v1/embeddings" else {"messages": DEFAULT_MESSAGES}
     req = Request(host=host, method=str(item.get("method") or "POST").upper(), path=path, body=_body(body),
                   namespace=ns, via=via)

@@ -29,6 +29,7 @@ several VirtualServices for one host (the first visible one counts), DNS and TLS
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -64,7 +65,7 @@ class _Runtime:
         self.lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
         self.M = self.lua.execute(_lua_source("llmc.lua"))
         self.handle = self.lua.execute(_lua_source("envoy_handle.lua"))
-        self._frozen: dict[int, tuple[Any, Any]] = {}
+        self._frozen: dict[tuple, tuple[Any, Any]] = {}
         # A key file is never read: the request shows where the proxy would read the key.
         self.lua.execute("local M = ...; M.api_key = function(b) return '<key from ' .. b.api_key_file .. '>' end",
                          self.M)
@@ -88,14 +89,8 @@ class _Runtime:
     def frozen(self, value: Any) -> Any:
         """``table(value)`` for data the filter only reads (a filter context, route metadata),
         converted once per object: explaining many requests of one configuration (`llmc diff`)
-        converts its contexts once. Holds the object, so its id is never reused while cached."""
-        key = id(value)
-        hit = self._frozen.get(key)
-        if hit is None or hit[0] is not value:
-            if len(self._frozen) >= 256:
-                self._frozen.clear()
-            hit = self._frozen[key] = (value, self.table(value))
-        return hit[1]
+        converts its contexts once."""
+        return _remember(self._frozen, (), value, lambda: self.table(value))
 
     def table(self, value: Any) -> Any:
         if isinstance(value, dict):
@@ -105,34 +100,34 @@ class _Runtime:
         return value
 
 
-_CONTEXTS: dict[tuple, tuple[list[dict], tuple[dict | None, dict[str, dict]]]] = {}
-
-
-def _filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[dict | None, dict[str, dict]]:
-    """find_filter_context, remembered per objects list and caller (the objects of one compile are
-    never changed afterwards; `llmc diff` asks the same question for thousands of requests)."""
-    key = (id(objects), req.via, req.namespace, tuple(sorted(req.labels.items())), vhost)
-    hit = _CONTEXTS.get(key)
-    if hit is None or hit[0] is not objects:
-        if len(_CONTEXTS) >= 256:
-            _CONTEXTS.clear()
-        hit = _CONTEXTS[key] = (objects, find_filter_context(objects, req, vhost))
+def _remember(cache: dict[tuple, tuple[Any, Any]], key: tuple, owner: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, computed once per (``owner`` object, ``key``): the objects of one compile are never
+    changed afterwards, and `llmc diff` asks the same questions of them for thousands of requests.
+    The entry holds ``owner``, so its id is not reused while cached; at most 256 entries."""
+    full = (id(owner), *key)
+    hit = cache.get(full)
+    if hit is None or hit[0] is not owner:
+        if len(cache) >= 256:
+            cache.clear()
+        hit = cache[full] = (owner, make())
     return hit[1]
 
 
-_METADATA: dict[int, tuple[dict, dict]] = {}
+_CONTEXTS: dict[tuple, tuple[Any, Any]] = {}
+_METADATA: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[dict | None, dict[str, dict]]:
+    """find_filter_context, remembered per objects list and caller."""
+    return _remember(_CONTEXTS, (req.via, req.namespace, tuple(sorted(req.labels.items())), vhost), objects,
+                     lambda: find_filter_context(objects, req, vhost))
 
 
 def _route_metadata(route_patches: dict[str, dict]) -> dict[str, dict]:
     """Each route's llmc route metadata, once per (remembered) set of route patches."""
-    hit = _METADATA.get(id(route_patches))
-    if hit is None or hit[0] is not route_patches:
-        if len(_METADATA) >= 256:
-            _METADATA.clear()
-        value = {name: ((v.get("metadata") or {}).get("filter_metadata") or {}).get(FILTER_NAME, {})
-                 for name, v in route_patches.items()}
-        hit = _METADATA[id(route_patches)] = (route_patches, value)
-    return hit[1]
+    return _remember(_METADATA, (), route_patches, lambda: {
+        name: ((v.get("metadata") or {}).get("filter_metadata") or {}).get(FILTER_NAME, {})
+        for name, v in route_patches.items()})
 
 
 _RUNTIME: list[_Runtime] = []
