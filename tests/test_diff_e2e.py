@@ -40,7 +40,7 @@ def test_the_access_log_of_a_real_envoy_is_replayed(env, tmp_path):  # noqa: F81
     chat(envoy.port, "demo-llm-server")
     chat(envoy.port, "dashscope.aliyuncs.com")
     chat(envoy.port, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"})
-    for _ in range(250):  # Envoy flushes its access log on its own schedule
+    for _ in range(1000):  # Envoy flushes its access log on its own schedule (every second); 20 s at most
         lines = log.read_text().splitlines()[before:] if log.exists() else []
         if len(lines) >= 3:
             break
