@@ -12,12 +12,12 @@ from compiler.luabundle import bundle
 
 _BLOCK = re.compile(r"^( *)inline_string: \|[-+]?\n((?:\1  .*\n|\n)+)", re.M)
 _MODULE = re.compile(r'^P\["llmc\.(\w+)"\] = function', re.M)
-MARKER = re.compile(r"<llmc\.lua modules: ([\w ]+)>")
+MARKER = re.compile(r"<llmc\.lua modules=([\w,]+)>")
 
 
 def lua_marker(modules) -> str:
     """The line a golden shows for a Lua bundle of ``modules``: which modules the filter carries."""
-    return f"<llmc.lua modules: {' '.join(sorted(modules))}>"
+    return f"<llmc.lua modules={','.join(sorted(modules))}>"
 
 
 def mask_lua(text: str) -> str:
