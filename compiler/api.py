@@ -34,11 +34,46 @@ class SecretKeyRef(_Strict):
     key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
 
 
-class OpenAIConfig(_Strict):
+MAX_KEYS, MAX_KEY_WEIGHT = 16, 100
+#: One credential form per config (CEL; the compiler says the same as LLMC211, located).
+_ONE_KEY_FORM = cel(
+    "[has(self.apiKey), has(self.apiKeySecretRef), has(self.apiKeys), has(self.apiKeySecretRefs)]"
+    ".filter(x, x).size() <= 1", "set one of apiKey, apiKeySecretRef, apiKeys, apiKeySecretRefs")
+
+
+class WeightedSecretKeyRef(SecretKeyRef):
+    """llmc extension: one of several API keys, from a Secret key, with its share of the requests."""
+
+    weight: int = Field(1, ge=1, le=MAX_KEY_WEIGHT, description="Share of the requests this key takes, "
+                        "relative to the other keys of the list (default 1).")
+
+
+_KEYS_DOC = ("llmc extension: several API keys (literal, stored in the generated EnvoyFilter like apiKey); "
+             "each request uses one, chosen by keySelection (docs/api-keys.md). Mutually exclusive with "
+             "apiKey, apiKeySecretRef and apiKeySecretRefs.")
+_SECRETS_DOC = ("llmc extension: several API keys from Secret keys, mounted into the proxy, each with a "
+                "weight; each request uses one, chosen by keySelection (docs/api-keys.md). Mutually "
+                "exclusive with apiKey, apiKeySecretRef and apiKeys.")
+_SELECTION_DOC = ("llmc extension: how a request's key is chosen among apiKeys or apiKeySecretRefs. "
+                  "RoundRobin (default): in turn, each key as often as its weight, counted per Envoy "
+                  "worker. Weighted: at random, by weight.")
+
+
+class _KeyForms(_Strict):
+    """The several-keys fields every protocol's config has (llmc extension)."""
+
+    apiKeys: list[str] | None = Field(None, min_length=1, max_length=MAX_KEYS, description=_KEYS_DOC,
+                                      json_schema_extra={"x-kubernetes-list-type": "atomic"})
+    apiKeySecretRefs: list[WeightedSecretKeyRef] | None = Field(
+        None, min_length=1, max_length=MAX_KEYS, description=_SECRETS_DOC,
+        json_schema_extra={"x-kubernetes-list-type": "atomic"})
+    keySelection: Literal["RoundRobin", "Weighted"] | None = Field(None, description=_SELECTION_DOC)
+
+
+class OpenAIConfig(_KeyForms):
     """Request parameters that the proxy sets on every request to the provider."""
 
-    model_config = ConfigDict(json_schema_extra=cel(
-        "!(has(self.apiKey) && has(self.apiKeySecretRef))", "set apiKey or apiKeySecretRef, not both"))
+    model_config = ConfigDict(json_schema_extra=_ONE_KEY_FORM)
 
     model: str | None = Field(None, description="Value written to the request body's `model` field.")
     stream: bool | None = Field(None, description="Value written to the request body's `stream` field.")
@@ -54,7 +89,7 @@ class OpenAIConfig(_Strict):
         None,
         description="llmc extension: read the API key from this Secret key, mounted into the proxy "
         "(see docs/api-keys.md). The key never appears in generated objects. "
-        "Mutually exclusive with apiKey.")
+        "Mutually exclusive with apiKey, apiKeys and apiKeySecretRefs.")
     authHeader: str | None = Field(
         None, min_length=1, max_length=128,
         description="llmc extension: the request header that carries the API key, for "
@@ -68,11 +103,13 @@ class OpenAIConfig(_Strict):
 
 _KEY_DOC = ("API key. Stored in the generated EnvoyFilter; prefer apiKeySecretRef.")
 _SECRET_DOC = ("Read the API key from this Secret key, mounted into the proxy (see docs/api-keys.md). "
-               "Mutually exclusive with apiKey.")
+               "Mutually exclusive with apiKey, apiKeys and apiKeySecretRefs.")
 
 
-class AzureOpenAIConfig(_Strict):
+class AzureOpenAIConfig(_KeyForms):
     """llmc extension: Azure OpenAI Service (the OpenAI body format, a deployment path, `api-key`)."""
+
+    model_config = ConfigDict(json_schema_extra=_ONE_KEY_FORM)
 
     deployment: str | None = Field(
         None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -85,8 +122,10 @@ class AzureOpenAIConfig(_Strict):
     apiKeySecretRef: SecretKeyRef | None = Field(None, description=_SECRET_DOC)
 
 
-class AnthropicConfig(_Strict):
+class AnthropicConfig(_KeyForms):
     """llmc extension: Anthropic Messages API; OpenAI chat requests and responses are translated."""
+
+    model_config = ConfigDict(json_schema_extra=_ONE_KEY_FORM)
 
     model: str | None = Field(None, min_length=1, description="Value written to the Messages request's "
                               "`model` (replacing the client's).")

@@ -94,6 +94,8 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC241", _E, "basePath on a provider that does not speak OpenAI's API"),
     Message("LLMC242", _N, "weights are shares of their sum"),
     Message("LLMC243", _E, "gateway pods the operator does not allow"),
+    Message("LLMC250", _E, "an API key is listed twice"),
+    Message("LLMC251", _W, "keySelection on a config with one key"),
     # token limits (issue 30); numbered apart from the 24x series other work extends
     Message("LLMC260", _E, "tokenLimits without a rate-limit service"),
     Message("LLMC261", _E, "token-limit key header carries a credential or is internal"),

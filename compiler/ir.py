@@ -22,6 +22,13 @@ class SecretRef:
 
 
 @dataclass(frozen=True)
+class WeightedSecretRef:
+    name: str
+    key: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
 class RequestConfig:
     """Settings applied to one request: body fields and the credential."""
 
@@ -30,6 +37,10 @@ class RequestConfig:
     #: the credential: a literal key (a secret) or a Secret; one set in an overlay replaces both
     api_key: str | None = dataclasses.field(default=None, repr=False, metadata={"overlay": "credential"})
     api_key_secret: SecretRef | None = dataclasses.field(default=None, metadata={"overlay": "credential"})
+    #: several keys (docs/api-keys.md): literals (secrets) or Secrets with weights; part of the credential
+    api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False, metadata={"overlay": "credential"})
+    api_key_secrets: tuple[WeightedSecretRef, ...] = dataclasses.field(default=(), metadata={"overlay": "credential"})
+    key_selection: str | None = None  # keySelection: "RoundRobin" (None: the default) or "Weighted"
     #: add stream_options.include_usage when streaming is turned on; overlaid when set explicitly
     include_usage: bool = dataclasses.field(default=True, metadata={"overlay": "include_usage_set"})
     include_usage_set: bool = dataclasses.field(default=False, compare=False, metadata={"overlay": "flag"})
@@ -41,17 +52,31 @@ class RequestConfig:
     version: str | None = None  # anthropicConfig.version (the anthropic-version header)
 
     def overlay(self, other: RequestConfig | None) -> RequestConfig:
-        """Fields set in ``other`` replace ours; a credential in ``other`` replaces both of ours."""
+        """Fields set in ``other`` replace ours; a credential in ``other`` (any of the four forms)
+        replaces all of ours: a route-specific key list replaces the default's, never merges with it."""
         if other is None:
             return self
-        has_key = other.api_key is not None or other.api_key_secret is not None
+        cred = other if other.has_credential else self
         plain = {f: getattr(other, f) if getattr(other, f) is not None else getattr(self, f) for f in _PLAIN}
         return RequestConfig(
-            api_key=other.api_key if has_key else self.api_key,
-            api_key_secret=other.api_key_secret if has_key else self.api_key_secret,
+            api_key=cred.api_key, api_key_secret=cred.api_key_secret, api_keys=cred.api_keys,
+            api_key_secrets=cred.api_key_secrets,
             include_usage=other.include_usage if other.include_usage_set else self.include_usage,
             **plain,
         )
+
+
+    @property
+    def has_credential(self) -> bool:
+        """Whether a key is configured, in any of the four forms."""
+        return (self.api_key is not None or self.api_key_secret is not None or bool(self.api_keys)
+                or bool(self.api_key_secrets))
+
+    @property
+    def secret_names(self) -> tuple[str, ...]:
+        """The Secrets the proxy must have mounted for this config's keys."""
+        refs = ((self.api_key_secret,) if self.api_key_secret else ()) + self.api_key_secrets
+        return tuple(sorted({r.name for r in refs}))
 
 
 #: The fields ``overlay`` takes from ``other`` when set (not None): every field of RequestConfig
@@ -179,7 +204,7 @@ class Backend:
     @property
     def keyed(self) -> bool:
         """The platform holds a key for this backend (else the client's own credential may pass)."""
-        return self.config.api_key is not None or self.config.api_key_secret is not None
+        return self.config.has_credential
 
 
 @dataclass(frozen=True)
@@ -324,6 +349,8 @@ def to_data(value: Any) -> Any:
             v = getattr(value, f.name)
             if f.name == "api_key" and v is not None:
                 v = "***"
+            if f.name == "api_keys":
+                v = tuple("***" for _ in v)
             out[f.name] = to_data(v)
         return out
     if isinstance(value, tuple | list):

@@ -136,11 +136,15 @@ def format_path(path: Iterable[str | int]) -> str:
 
 
 def _register_secrets(node: Any, diags: Diagnostics) -> None:
-    """Literal ``apiKey`` values are masked in every diagnostic from the start."""
+    """Literal ``apiKey`` and ``apiKeys`` values are masked in every diagnostic from the start."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "apiKey" and isinstance(value, str) and len(value) >= 4:
                 diags.register_secret(value)
+            elif key == "apiKeys" and isinstance(value, list):
+                for v in value:
+                    if isinstance(v, str) and len(v) >= 4:
+                        diags.register_secret(v)
             else:
                 _register_secrets(value, diags)
     elif isinstance(node, list):

@@ -25,7 +25,7 @@ def plan(program: Program) -> list[dict]:
     """One entry per proxy group that needs Secrets: where, which Secrets, and the patch."""
     groups: dict[tuple, set[str]] = {}
     for vh in program.vhosts:
-        secrets = {b.config.api_key_secret.name for r in vh.rules for b in r.backends if b.config.api_key_secret}
+        secrets = {name for r in vh.rules for b in r.backends for name in b.config.secret_names}
         if not secrets:
             continue
         for pl in vh.placements:

@@ -2,7 +2,8 @@
 
 The Lua filter records, as dynamic metadata in namespace ``llmc``: ``provider``, ``rule``
 (``<namespace>/<LLMRoute or LLMProvider>/<rule>``), ``request_model``
-(the model llmc set), ``response_model`` (the model the provider reported), and
+(the model llmc set), ``response_model`` (the model the provider reported), ``api_key_id`` (which
+of a provider's several keys the request used: its index; docs/api-keys.md), and
 ``request_prompt_tokens``, ``request_completion_tokens``, ``request_total_tokens`` (the seed
 system's names).
 
@@ -39,6 +40,7 @@ ACCESS_LOG_LABELS: dict[str, str] = {
     "route_name": "%ROUTE_NAME%",
     "llm_provider": _md("provider"),
     "llm_rule": _md("rule"),
+    "llm_api_key_id": _md("api_key_id"),  # several keys per provider: the key's index (docs/api-keys.md)
     "request_model": _md("request_model"),
     "response_model": _md("response_model"),
     "request_prompt_tokens": _md("request_prompt_tokens"),
@@ -60,10 +62,12 @@ TOKEN_METRICS = {
 TOKEN_DIMENSIONS = {
     "llm_provider": cel("provider"),
     "llm_model": cel("request_model"),
+    "llm_api_key_id": cel("api_key_id"),
     "source_workload": "xds.node.metadata['WORKLOAD_NAME']",
     "source_workload_namespace": "xds.node.metadata['NAMESPACE']",
 }
-REQUEST_TAGS = {"llm_model": cel("request_model"), "llm_provider": cel("provider")}
+REQUEST_TAGS = {"llm_model": cel("request_model"), "llm_provider": cel("provider"),
+                "llm_api_key_id": cel("api_key_id")}
 
 
 def mesh_config() -> dict:

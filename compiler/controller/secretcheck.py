@@ -36,18 +36,15 @@ def check_secrets(outcome: Outcome, home: set[str], kube: Kube,
     for vh in outcome.program.vhosts:
         for rule in vh.rules:
             for b in rule.backends:
-                ref = b.config.api_key_secret
-                if ref is None:
-                    continue
                 users = (*vh.sources, b.provider.source)
-                if not home.intersection(users):
-                    continue  # another key's source: its own key reports on it
-                for pl in vh.placements:
+                if not b.config.secret_names or not home.intersection(users):
+                    continue  # no Secret, or another key's source: its own key reports on it
+                for secret_name, pl in ((n, pl) for n in b.config.secret_names for pl in vh.placements):
                     own = [s for s in users if s.split(" ", 1)[-1].split("/", 1)[0] == pl.namespace]
                     for s in users:
                         if s not in own:
                             note(unchecked, s, pl.namespace)
-                    key = (pl.namespace, ref.name)
+                    key = (pl.namespace, secret_name)
                     if not scope.allows({vh.namespace, b.provider.namespace}, pl.namespace):
                         continue
                     if key not in exists:

@@ -79,6 +79,11 @@ def _key_identity(b: dict, protocols: dict) -> str:
     if b.get("api_key"):
         digest = hashlib.sha256(b["api_key"].encode()).hexdigest()[:12]
         return f"literal apiKey sha256:{digest} in {header}"
+    if b.get("keys"):  # several keys (docs/api-keys.md): each by Secret or fingerprint, with the choice
+        each = [_key_identity({"api_key_file": k.get("api_key_file"), "api_key": k.get("api_key"),
+                               "auth_header": header}, protocols).rsplit(" in ", 1)[0]
+                + f" (weight {k.get('weight', 1)})" for k in b["keys"]]
+        return f"{b.get('key_selection') or 'RoundRobin'} over [{'; '.join(each)}] in {header}"
     return NO_KEY
 
 

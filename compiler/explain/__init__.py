@@ -225,6 +225,9 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         if h.cleared else first
     out["final_route"] = final_http.get("name", "")
     out["provider"] = _py(h.dynamic_metadata).get("llmc:provider")
+    key_id = _py(h.dynamic_metadata).get("llmc:api_key_id")
+    if key_id is not None:  # several keys: which one (its index, never the key; docs/api-keys.md)
+        out["api_key_id"] = key_id
     if final_http.get("directResponse") is not None:
         out["result"] = _envoy_result(final_http, final_headers, req)
         return out
@@ -305,7 +308,8 @@ def _literal_keys(context: dict, route_patches: dict[str, dict]) -> list[str]:
         for name, per_filter in (patch.get("typed_per_filter_config") or {}).items():
             if name.startswith(UPSTREAM_FILTER_PREFIX):
                 backends.append(((per_filter or {}).get("filter_context") or {}).get("attempt") or {})
-    return sorted({b["api_key"] for b in backends if b.get("api_key")}, key=len, reverse=True)
+    keys = [k for b in backends for k in [b, *(b.get("keys") or ())]]  # several keys: each entry's
+    return sorted({k["api_key"] for k in keys if k.get("api_key")}, key=len, reverse=True)
 
 
 def _mask(text: str | None, secrets: list[str]) -> str | None:
@@ -389,6 +393,8 @@ def format_text(x: dict) -> str:
                                                 for c in x["candidates"]))
     if x.get("provider"):
         lines.append(f"provider: {x['provider']} (route {x.get('final_route')})")
+    if x.get("api_key_id") is not None:
+        lines.append(f"api key: #{x['api_key_id']} of the provider's list (llm_api_key_id)")
     elif x.get("attempts"):
         lines.append(f"failover: {len(x['attempts'])} tries in order (route {x.get('final_route')})")
     if "upstream" in x:

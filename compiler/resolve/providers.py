@@ -10,7 +10,7 @@ from .. import names, visibility
 from ..api import AnthropicConfig, AzureOpenAIConfig, LLMProvider, OpenAIConfig, ProviderConfig
 from ..diagnostics import Diagnostics
 from ..hosts import host_problem
-from ..ir import Provider, RequestConfig, SecretRef
+from ..ir import Provider, RequestConfig, SecretRef, WeightedSecretRef
 from ..load import Document
 from ..options import Options
 from ..protocols import CONFIG_FIELDS, PROTOCOLS
@@ -29,20 +29,54 @@ RESERVED_AUTH_HEADERS = {"host", "content-type", "content-length", "transfer-enc
 AnyConfig = OpenAIConfig | AzureOpenAIConfig | AnthropicConfig
 
 
+KEY_FORMS = ("apiKey", "apiKeySecretRef", "apiKeys", "apiKeySecretRefs")
+
+
 def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics) -> None:
-    if cfg.apiKey is not None and cfg.apiKeySecretRef is not None:
-        diags.error("LLMC211", "set apiKey or apiKeySecretRef, not both", **doc.where(path + ("apiKey",)),
-                    hint="apiKeySecretRef keeps the key out of generated objects")
+    forms = [f for f in KEY_FORMS if getattr(cfg, f) is not None]
+    if len(forms) > 1:
+        diags.error("LLMC211", f"set one of {', '.join(KEY_FORMS)}: {' and '.join(forms)} are both set",
+                    **doc.where(path + (forms[1],)),
+                    hint="apiKeySecretRef(s) keep the key out of generated objects")
     if cfg.apiKey is not None:
-        if PLACEHOLDER.match(cfg.apiKey) or "${" in cfg.apiKey:
-            diags.warning("LLMC207", "apiKey looks like a placeholder, not a key; the provider will "
-                          "reject requests", **doc.where(path + ("apiKey",)),
-                          hint="put the real key in a Secret and use apiKeySecretRef")
-        else:
-            diags.register_secret(cfg.apiKey)
-            diags.warning("LLMC215", "literal apiKey is copied into the generated EnvoyFilter, where "
-                          "anyone who can read EnvoyFilters or a proxy config dump can see it",
-                          **doc.where(path + ("apiKey",)), hint="use apiKeySecretRef")
+        _check_literal(cfg.apiKey, doc, path + ("apiKey",), diags)
+    for i, key in enumerate(cfg.apiKeys or ()):
+        _check_literal(key, doc, path + ("apiKeys", i), diags)
+        if key in cfg.apiKeys[:i]:
+            diags.error("LLMC250", f"apiKeys[{i}] repeats apiKeys[{cfg.apiKeys.index(key)}]: a key is listed "
+                        "once", **doc.where(path + ("apiKeys", i)), hint="give the key a larger share with "
+                        "apiKeySecretRefs[].weight instead")
+    refs = [(r.name, r.key) for r in cfg.apiKeySecretRefs or ()]
+    for i, ref in enumerate(refs):
+        if ref in refs[:i]:
+            diags.error("LLMC250", f"apiKeySecretRefs[{i}] repeats apiKeySecretRefs[{refs.index(ref)}] "
+                        f"({ref[0]}/{ref[1]}): a key is listed once", **doc.where(path + ("apiKeySecretRefs", i)),
+                        hint="give the key a larger share with weight instead")
+    if cfg.keySelection is not None and (cfg.apiKey is not None or cfg.apiKeySecretRef is not None):
+        diags.warning("LLMC251", "keySelection chooses among apiKeys or apiKeySecretRefs; this config has one key",
+                      **doc.where(path + ("keySelection",)), hint="remove keySelection, or list several keys")
+
+
+def _check_literal(key: str, doc: Document, path: tuple, diags: Diagnostics) -> None:
+    field = "apiKeys" if isinstance(path[-1], int) else "apiKey"
+    if PLACEHOLDER.match(key) or "${" in key:
+        diags.warning("LLMC207", f"{field} looks like a placeholder, not a key; the provider will "
+                      "reject requests", **doc.where(path),
+                      hint="put the real key in a Secret and use apiKeySecretRef(s)")
+    else:
+        diags.register_secret(key)
+        diags.warning("LLMC215", f"literal {field} is copied into the generated EnvoyFilter, where "
+                      "anyone who can read EnvoyFilters or a proxy config dump can see it",
+                      **doc.where(path), hint="use apiKeySecretRef(s)")
+
+
+def _credential(cfg: AnyConfig) -> dict:
+    """The RequestConfig fields of a config's credential, in whichever of the four forms it is."""
+    secret = cfg.apiKeySecretRef
+    return {"api_key": cfg.apiKey, "api_key_secret": SecretRef(secret.name, secret.key) if secret else None,
+            "api_keys": tuple(cfg.apiKeys or ()),
+            "api_key_secrets": tuple(WeightedSecretRef(r.name, r.key, r.weight) for r in cfg.apiKeySecretRefs or ()),
+            "key_selection": cfg.keySelection}
 
 
 def _auth_header(cfg: OpenAIConfig, doc: Document, path: tuple, diags: Diagnostics) -> str | None:
@@ -73,8 +107,7 @@ def _request_config(pc: ProviderConfig | None, doc: Document, path: tuple, diags
     cfg = getattr(pc, field)
     cpath = path + (field,)
     _check_key(cfg, doc, cpath, diags)
-    secret = cfg.apiKeySecretRef
-    common = {"api_key": cfg.apiKey, "api_key_secret": SecretRef(secret.name, secret.key) if secret else None}
+    common = _credential(cfg)
     if isinstance(cfg, AzureOpenAIConfig):
         return CONFIG_FIELDS[field], RequestConfig(deployment=cfg.deployment, api_version=cfg.apiVersion, **common)
     if isinstance(cfg, AnthropicConfig):

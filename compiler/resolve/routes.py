@@ -165,7 +165,7 @@ def _warn_remote_keys(rules: list[Rule], route_gateways: tuple[str, ...], opts: 
         return
     remote = sorted({b.provider.source for r in rules for b in r.backends
                      if b.provider.namespace != doc.namespace
-                     and (b.config.api_key_secret is not None or b.config.api_key is not None)})
+                     and b.config.has_credential})
     if remote:
         diags.warning("LLMC231", f"the sidecars of namespace {doc.namespace!r} shape requests for "
                       f"{', '.join(remote)}: the API key must be in {doc.namespace!r} too (a Secret mounted "
@@ -247,7 +247,7 @@ def _backends(rule, rule_name: str, catalog: visibility.Catalog, doc: Document, 
         weight = 1 if ref.weight is None and not mixed else (ref.weight or 0)
         config = provider.config_for_rule(rule_name)
         if ref.hostRewrite is not None and ref.hostRewrite.lower() != host and \
-                (config.api_key is not None or config.api_key_secret is not None):
+                config.has_credential:
             diags.warning("LLMC240", f"hostRewrite sends the key of provider {provider.name} to {host} with Host "
                           f"{ref.hostRewrite.lower()!r}: behind a shared front (a CDN, a gateway) the Host header "
                           "picks the service, so the key may reach one the provider's owner does not run",
@@ -334,7 +334,7 @@ def _retries(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, 
                     f"({backends[with_base].provider.source} sets it)")
         return False
     for b in backends:
-        if b.config.api_key is None and b.config.api_key_secret is None:
+        if not b.config.has_credential:
             ref = next(i for i, r in enumerate(rule.backendRefs) if (r.providerHost or "").lower() == b.provider.host)
             diags.warning("LLMC239", f"provider {b.provider.name} has no API key: on a failover rule the "
                           "client's own credentials (Authorization, x-api-key, ...) never pass, so it is sent no "

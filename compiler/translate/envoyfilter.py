@@ -27,7 +27,8 @@ from collections.abc import Iterable
 
 from .. import luabundle, names
 from ..constants import FILTER_NAME
-from ..ir import Backend, Program, RateLimitService, Rule, SecretRef, VirtualHost
+from ..ir import Backend, Program, RateLimitService, Rule, VirtualHost
+from ..keys import key_context
 from ..protocols import (
     ANTHROPIC_MAX_TOKENS,
     ANTHROPIC_VERSION,
@@ -57,11 +58,6 @@ def lua_source(formats: Iterable[str] | None = None, failover: bool = True) -> s
     return luabundle.bundle(luabundle.modules_for(formats, failover))
 
 
-def secret_path(secrets_dir: str, ref: SecretRef) -> str:
-    """Where the proxy reads a Secret key: the Secret is mounted at ``<secrets_dir>/<name>``."""
-    return f"{secrets_dir}/{ref.name}/{ref.key}"
-
-
 #: Room the shaped body may take beyond ``maxRequestBytes`` (docs/data-plane.md, "Request size limits"): the
 #: filter adds ``model``/``stream``/``stream_options`` (later steps translate bodies too), and Envoy
 #: answers a body over its buffer limit with a plain-text 413 the client cannot parse.
@@ -85,10 +81,7 @@ def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
         ctx["stream"] = c.stream
     if c.stream is True and c.include_usage:
         ctx["include_usage"] = True
-    if c.api_key_secret is not None:
-        ctx["api_key_file"] = secret_path(secrets_dir, c.api_key_secret)
-    elif c.api_key is not None:
-        ctx["api_key"] = c.api_key
+    ctx.update(key_context(c, secrets_dir))  # one key, or several (compiler/keys.py)
     if pin is not None:
         ctx["pin"] = pin
     if p.base_path is not None:

@@ -8,6 +8,7 @@
 -- `llmc explain` replaces them here (a forced provider; a key file is never read).
 
 local encode_string = require("llmc.scanner").encode_string
+local prepare_keys = require("llmc.keys").prepare
 
 local METADATA_NS = "llmc"
 local TRANSLATE_HEADER = "x-llmc-translate" -- compiler/names.py: added by routes of translated providers
@@ -35,6 +36,7 @@ local function prepare_rule(route, name, rule, protocols)
     local auth_header = b.auth_header or proto.auth_header
     cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
+      keys = b.keys ~= nil and prepare_keys(b) or nil, -- several keys (llmc.keys)
       model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,
       include_usage = b.include_usage, limit_usage = b.limit_usage, limit_model = b.limit_model, pin = b.pin, base_path = b.base_path, base_query = b.base_query or "",
       format = proto.format or "openai",

@@ -76,7 +76,7 @@ function M.on_attempt(h, a)
   local headers = h:headers()
   for i = 1, #a.credential_headers do headers:remove(a.credential_headers[i]) end
   for i = 1, #a.internal_headers do headers:remove(a.internal_headers[i]) end
-  local key = request.credential(b)
+  local key = request.credential(b, h)
   if key == false then
     h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
     key = nil -- sent without a key: the provider refuses it, and the next try moves on

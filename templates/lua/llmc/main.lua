@@ -181,7 +181,7 @@ local function on_request(h)
   record(info:dynamicMetadata(), cfg, b, endpoint_for(b, original_path))
   local declared = tonumber(headers:get("content-length") or "")
   if declared and declared > b.max_body then return too_large(h, cfg, b, b.max_body) end
-  local key = credential(b)
+  local key = credential(b, h)
   if key == false then return missing_key(h, cfg, b) end
   if key == nil and b.client_key then key = client_key(headers:get("authorization")) end
   local body, s = read_body(h, cfg, b, b.max_body)
@@ -272,7 +272,7 @@ on_model_request = function(h, vh)
     if failover ~= true then return tries.failover_unsupported(h, cfg) end
     return tries.failover_accept(h, cfg, b, s, model_json, { members, close }, original_path)
   end
-  local key = credential(b)
+  local key = credential(b, h)
   if key == false then return missing_key(h, cfg, b) end
   if key == nil and b.client_key then key = client_key(headers:get("authorization")) end
   if b.limit_model and model ~= nil then

@@ -9,6 +9,7 @@
 
 local scanner = require("llmc.scanner")
 local context = require("llmc.context")
+local choose_key = require("llmc.keys").choose
 
 local sub, find, format = string.sub, string.find, string.format
 local encode_string, shape_openai, rewrite = scanner.encode_string, scanner.shape, scanner.rewrite
@@ -96,7 +97,14 @@ function M.client_key(authorization)
 end
 
 -- Step 3: the credential of backend `b` (a literal, or a mounted Secret file); false when missing.
-local function credential(b)
+-- A backend with several keys uses the one llmc.keys chooses, recorded as llmc:api_key_id in the
+-- stream `h`'s metadata.
+local function credential(b, h)
+  local ks = b.keys
+  if ks ~= nil then
+    b = choose_key(ks, math.random())
+    h:streamInfo():dynamicMetadata():set(METADATA_NS, "api_key_id", b.id)
+  end
   if b.api_key_file == nil then return b.api_key end
   return context.api_key(b, os.time()) or false
 end

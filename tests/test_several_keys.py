@@ -1,0 +1,260 @@
+"""Several API keys per provider (issue 33; docs/api-keys.md): the API and its checks, the round-robin
+order, the filter's choice per request (under LuaJIT with the emulated handle), rotation of each key's
+mounted file, attribution (``llmc:api_key_id``), and that no key is ever printed. The same in real
+Envoy: tests/test_several_keys_e2e.py."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from ruamel.yaml import YAML
+from typer.testing import CliRunner
+
+from compiler import Options, compile_text
+from compiler.emit import dump_yaml
+from compiler.keys import round_robin_order
+from compiler.telemetry import ACCESS_LOG_LABELS, REQUEST_TAGS, TOKEN_DIMENSIONS
+from tests.support.flow import to_flow
+from tests.support.lua import LuaFilter
+
+runner = CliRunner()
+KEYS = ["sk-several-one-0000000001", "sk-several-two-0000000002", "sk-several-three-000000003"]
+CHAT = '{"messages":[{"role":"user","content":"hi"}]}'
+
+
+@pytest.fixture(scope="module")
+def lua() -> LuaFilter:
+    return LuaFilter()
+
+
+def provider(config: dict, route_specific: dict | None = None) -> dict:
+    configs: dict = {"defaultConfig": {"openAIConfig": {"model": "m", **config}}}
+    if route_specific is not None:
+        configs["routeSpecificConfigs"] = {"vip": {"openAIConfig": route_specific}}
+    return {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
+            "metadata": {"name": "p", "namespace": "apps"},
+            "spec": {"host": "p.example.com", "path": "/v1/chat/completions", "configs": configs}}
+
+
+def route() -> dict:
+    return {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute",
+            "metadata": {"name": "r", "namespace": "apps"},
+            "spec": {"host": "p.example.com", "rules": [
+                {"name": "vip", "matches": [{"headers": {"x-tier": {"exact": "vip"}}}],
+                 "backendRefs": [{"providerHost": "p.example.com"}]},
+                {"name": "default", "backendRefs": [{"providerHost": "p.example.com"}]}]}}
+
+
+def compiled(*docs: dict):
+    return compile_text("\n---\n".join(to_flow(d) for d in docs), Options())
+
+
+def contexts(*docs: dict) -> dict:
+    """The virtual host's filter context of the compiled input."""
+    result = compiled(*docs)
+    assert result.ok, result.diagnostics.format_text()
+    objects = list(YAML(typ="safe").load_all(dump_yaml(result.objects)))
+    patch = next(o for o in objects if o["kind"] == "EnvoyFilter" and o["metadata"]["name"] != "llmc-filter")
+    return patch["spec"]["configPatches"][0]["patch"]["value"]["typed_per_filter_config"]["llmc.lua"]["filter_context"]
+
+
+def codes(result) -> list[tuple[str, str]]:
+    return [(d.code, d.path) for d in result.diagnostics.items]
+
+
+# ---- the round-robin order (compiler/keys.py) ---------------------------------------------------
+
+def test_round_robin_order_interleaves_by_weight():
+    assert round_robin_order([1, 1, 1]) == [0, 1, 2]
+    assert round_robin_order([2, 1, 1]) == [0, 1, 2, 0]
+    assert round_robin_order([3, 1]) == [0, 0, 1, 0]
+    assert round_robin_order([10, 20]) == [1, 0, 1]  # reduced by the weights' gcd
+    with pytest.raises(ValueError):
+        round_robin_order([1, 0])
+
+
+@given(st.lists(st.integers(1, 100), min_size=1, max_size=16))
+def test_round_robin_order_gives_each_key_its_share(weights):
+    order = round_robin_order(weights)
+    total = sum(weights)
+    counts = collections.Counter(order)
+    for i, w in enumerate(weights):
+        assert counts[i] * total == w * len(order)
+    # smooth: within any prefix no key is ahead of its exact share by a whole turn
+    seen = collections.Counter()
+    for n, k in enumerate(order, 1):
+        seen[k] += 1
+        assert seen[k] - n * weights[k] / total < 1 + 1e-9
+
+
+# ---- the API and its checks ---------------------------------------------------------------------
+
+def test_two_key_forms_in_one_config_is_a_located_error():
+    result = compiled(provider({"apiKeys": KEYS[:2], "apiKeySecretRef": {"name": "s", "key": "k"}}), route())
+    assert not result.ok
+    assert ("LLMC211", "spec.configs.defaultConfig.openAIConfig.apiKeys") in codes(result)
+    assert not result.objects
+
+
+def test_a_key_listed_twice_is_an_error():
+    result = compiled(provider({"apiKeys": [KEYS[0], KEYS[1], KEYS[0]]}), route())
+    assert ("LLMC250", "spec.configs.defaultConfig.openAIConfig.apiKeys[2]") in codes(result)
+    text = result.diagnostics.format_text()
+    assert KEYS[0] not in text and KEYS[1] not in text
+    refs = [{"name": "s", "key": "a"}, {"name": "s", "key": "b", "weight": 3}, {"name": "s", "key": "a"}]
+    result = compiled(provider({"apiKeySecretRefs": refs}), route())
+    assert ("LLMC250", "spec.configs.defaultConfig.openAIConfig.apiKeySecretRefs[2]") in codes(result)
+
+
+def test_key_selection_with_one_key_warns():
+    result = compiled(provider({"apiKeySecretRef": {"name": "s", "key": "a"}, "keySelection": "Weighted"}), route())
+    assert result.ok and ("LLMC251", "spec.configs.defaultConfig.openAIConfig.keySelection") in codes(result)
+
+
+def test_literal_keys_warn_each_and_never_print():
+    result = compiled(provider({"apiKeys": KEYS}), route())
+    assert result.ok
+    assert [p for c, p in codes(result) if c == "LLMC215"] == [
+        f"spec.configs.defaultConfig.openAIConfig.apiKeys[{i}]" for i in range(3)]
+    assert not any(k in result.diagnostics.format_text() for k in KEYS)
+
+
+def test_weights_must_be_positive_and_bounded():
+    for weight in (0, 101):
+        refs = [{"name": "s", "key": "a", "weight": weight}, {"name": "s", "key": "b"}]
+        assert not compiled(provider({"apiKeySecretRefs": refs}), route()).ok
+
+
+def test_context_of_secret_keys_round_robin_and_weighted():
+    refs = [{"name": "keys", "key": "a", "weight": 2}, {"name": "keys", "key": "b"}]
+    ctx = contexts(provider({"apiKeySecretRefs": refs}), route())
+    b = ctx["rules"]["default"]["backends"][0]
+    assert "api_key_file" not in b and "api_key" not in b
+    assert b["keys"] == [{"api_key_file": "/etc/llmc/secrets/keys/a", "weight": 2, "id": "0"},
+                         {"api_key_file": "/etc/llmc/secrets/keys/b", "weight": 1, "id": "1"}]
+    assert b["key_order"] == [1, 2, 1] and "key_selection" not in b
+    ctx = contexts(provider({"apiKeySecretRefs": refs, "keySelection": "Weighted"}), route())
+    b = ctx["rules"]["default"]["backends"][0]
+    assert b["key_selection"] == "Weighted" and "key_order" not in b
+
+
+def test_route_specific_list_replaces_the_default_list():
+    ctx = contexts(provider({"apiKeys": KEYS[:2]}, {"apiKeys": [KEYS[2]]}), route())
+    vip = ctx["rules"]["vip"]["backends"][0]
+    assert [k["api_key"] for k in vip["keys"]] == [KEYS[2]]
+    default = ctx["rules"]["default"]["backends"][0]
+    assert [k["api_key"] for k in default["keys"]] == KEYS[:2]
+    # a single key in the route-specific config replaces the list too; a config without a key keeps it
+    ctx = contexts(provider({"apiKeys": KEYS[:2]}, {"apiKeySecretRef": {"name": "s", "key": "vip"}}), route())
+    assert ctx["rules"]["vip"]["backends"][0]["api_key_file"] == "/etc/llmc/secrets/s/vip"
+    assert "keys" not in ctx["rules"]["vip"]["backends"][0]
+    ctx = contexts(provider({"apiKeys": KEYS[:2]}, {"model": "vip-model"}), route())
+    assert [k["api_key"] for k in ctx["rules"]["vip"]["backends"][0]["keys"]] == KEYS[:2]
+
+
+@pytest.mark.parametrize("field", ["azureOpenAIConfig", "anthropicConfig"])
+def test_every_protocol_takes_several_keys(field):
+    doc = provider({})
+    doc["spec"]["configs"]["defaultConfig"] = {field: {"apiKeySecretRefs": [{"name": "s", "key": "a"},
+                                                                            {"name": "s", "key": "b"}]}}
+    if field == "azureOpenAIConfig":
+        doc["spec"]["configs"]["defaultConfig"][field]["deployment"] = "d"
+    del doc["spec"]["path"]
+    b = contexts(doc, route())["rules"]["default"]["backends"][0]
+    assert [k["id"] for k in b["keys"]] == ["0", "1"]
+
+
+# ---- the filter's choice (templates/lua/llmc/keys.lua) -----------------------------------------
+
+def _authorizations(lua: LuaFilter, ctx: dict, n: int) -> list[tuple[str, str]]:
+    out = []
+    for _ in range(n):
+        r = lua.request(ctx, CHAT)
+        assert r.status is None, r.response_body
+        out.append((r.headers["authorization"], r.metadata["llmc:api_key_id"]))
+    return out
+
+
+def test_round_robin_spreads_exactly_by_weight_and_attributes(lua):
+    ctx = contexts(provider({"apiKeys": KEYS}), route())  # literal keys: the request shows them
+    got = _authorizations(lua, ctx, 9)
+    assert got == [(f"Bearer {KEYS[i % 3]}", str(i % 3)) for i in range(9)]
+
+
+def test_weighted_spreads_within_tolerance(lua):
+    lua.lua.execute("math.randomseed(33)")
+    ctx = contexts(provider({"apiKeys": KEYS, "keySelection": "Weighted"}), route())
+    n = 3000
+    counts = collections.Counter(k for k, _ in _authorizations(lua, ctx, n))
+    for key in KEYS:  # each key 1/3; 5 sigma of a binomial(3000, 1/3) is about 129
+        assert abs(counts[f"Bearer {key}"] - n / 3) < 130, counts
+
+
+def test_each_keys_file_rotates_on_its_own(lua, tmp_path):
+    files = [tmp_path / "a", tmp_path / "b"]
+    files[0].write_text("sk-a-1\n")
+    files[1].write_text("sk-b-1")
+    ks = lua.module("keys").prepare(lua.table({"keys": [{"id": "0", "api_key_file": str(files[0])},
+                                                        {"id": "1", "api_key_file": str(files[1])}],
+                                               "key_order": [1, 2]}))
+    first, second = ks.list[1], ks.list[2]
+    now = 1_000_000
+    assert (lua.M.api_key(first, now), lua.M.api_key(second, now)) == ("sk-a-1", "sk-b-1")
+    files[1].write_text("sk-b-2\n")
+    assert lua.M.api_key(second, now) == "sk-b-1"  # cached within the TTL
+    assert (lua.M.api_key(first, now + 1), lua.M.api_key(second, now + 1)) == ("sk-a-1", "sk-b-2")
+    keys = lua.module("keys")
+    assert [keys.choose(ks, 0.5).id for _ in range(4)] == ["0", "1", "0", "1"]
+
+
+def test_a_missing_key_file_is_a_503_naming_no_key(lua, tmp_path):
+    (tmp_path / "a").write_text("sk-present")
+    ctx = contexts(provider({"apiKeySecretRefs": [{"name": "x", "key": "a"}, {"name": "x", "key": "b"}]}), route())
+    for k in (k for rule in ctx["rules"].values() for k in rule["backends"][0]["keys"]):
+        k["api_key_file"] = str(tmp_path / k["api_key_file"].rsplit("/", 1)[-1])
+    ctx["id"] = "missing-file-" + ctx["id"]
+    replies = [lua.request(ctx, CHAT) for _ in range(2)]
+    assert replies[0].status is None and replies[0].headers["authorization"] == "Bearer sk-present"
+    assert replies[1].status == 503
+    assert json.loads(replies[1].response_body)["error"]["code"] == "api_key_unavailable"
+    assert replies[1].metadata["llmc:api_key_id"] == "1"
+
+
+def test_one_key_records_no_key_id(lua):
+    ctx = contexts(provider({"apiKey": KEYS[0]}), route())
+    r = lua.request(ctx, CHAT)
+    assert r.headers["authorization"] == f"Bearer {KEYS[0]}" and "llmc:api_key_id" not in r.metadata
+
+
+# ---- attribution and what is printed ------------------------------------------------------------
+
+def test_key_id_is_an_access_log_field_and_a_metric_dimension():
+    assert ACCESS_LOG_LABELS["llm_api_key_id"] == "%DYNAMIC_METADATA(llmc:api_key_id)%"
+    assert "api_key_id" in REQUEST_TAGS["llm_api_key_id"] and "api_key_id" in TOKEN_DIMENSIONS["llm_api_key_id"]
+
+
+def _app():
+    from compiler.cli import app
+
+    return app
+
+
+def test_no_output_prints_a_key_and_explain_shows_the_choice(tmp_path):
+    f = tmp_path / "in.yaml"
+    f.write_text("\n---\n".join(to_flow(d) for d in (provider({"apiKeys": KEYS}), route())))
+    for args in (["render", "-f", str(f), "--emit", "ir"], ["validate", "-f", str(f)],
+                 ["validate", "-f", str(f), "-o", "json"]):
+        res = runner.invoke(_app(), args)
+        assert res.exit_code == 0, res.stderr
+        assert not any(k in res.stdout + res.stderr for k in KEYS), args
+    res = runner.invoke(_app(), ["explain", "-f", str(f), "--namespace", "apps", "--host", "p.example.com", "-d", CHAT, "-o", "json"])
+    assert res.exit_code == 0, res.stdout + res.stderr
+    assert not any(k in res.stdout + res.stderr for k in KEYS)
+    out = json.loads(res.stdout)
+    assert out["api_key_id"] in ("0", "1", "2")
+    text = runner.invoke(_app(), ["explain", "-f", str(f), "--namespace", "apps", "--host", "p.example.com", "-d", CHAT]).stdout
+    assert "api key: #" in text and not any(k in text for k in KEYS)
