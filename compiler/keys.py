@@ -71,7 +71,8 @@ def key_context(c: RequestConfig, secrets_dir: str) -> dict:
     keys = [{**e, "id": i} for e, i in zip(entries, key_ids(c), strict=True)]
     if c.key_selection == "Weighted":
         return {"keys": keys, "key_selection": "Weighted"}
-    return {"keys": keys, "key_order": [i + 1 for i in round_robin_order([e["weight"] for e in entries])]}
+    weights = [r.weight for r in c.api_key_secrets] or [1] * len(c.api_keys)
+    return {"keys": keys, "key_order": [i + 1 for i in round_robin_order(weights)]}
 
 
 def secret_path(secrets_dir: str, ref: SecretRef) -> str:

@@ -175,9 +175,17 @@ def test_provider_cel_rule_api_key_xor_secret_ref():
            "spec": {"host": "h", "path": "/v1", "configs": {"defaultConfig": {"openAIConfig": {
                "apiKey": "k", "apiKeySecretRef": {"name": "s", "key": "k"}}}}}}
     path = str(REPO / "schemas" / "llmproviders.yaml")
-    assert any("not both" in e for e in validate(doc, path))
+    assert any("set one of" in e for e in validate(doc, path))
     del doc["spec"]["configs"]["defaultConfig"]["openAIConfig"]["apiKey"]
     assert validate(doc, path) == []
+    # several keys (docs/api-keys.md): one of the four forms
+    cfg = doc["spec"]["configs"]["defaultConfig"]["openAIConfig"]
+    cfg["apiKeys"] = ["k1", "k2"]
+    assert any("set one of" in e for e in validate(doc, path))
+    del cfg["apiKeySecretRef"]
+    assert validate(doc, path) == []
+    cfg["apiKeySecretRefs"] = [{"name": "s", "key": "a", "weight": 2}]
+    assert any("set one of" in e for e in validate(doc, path))
 
 
 def _walk(node, path="openAPIV3Schema"):

@@ -96,7 +96,7 @@ def test_round_robin_order_gives_each_key_its_share(weights):
 def test_two_key_forms_in_one_config_is_a_located_error():
     result = compiled(provider({"apiKeys": KEYS[:2], "apiKeySecretRef": {"name": "s", "key": "k"}}), route())
     assert not result.ok
-    assert ("LLMC211", "spec.configs.defaultConfig.openAIConfig.apiKeys") in codes(result)
+    assert ("LLMC211", "spec.configs.defaultConfig.openAIConfig.apiKeySecretRef") in codes(result)
     assert not result.objects
 
 

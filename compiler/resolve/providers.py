@@ -36,14 +36,15 @@ def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics) -
     forms = [f for f in KEY_FORMS if getattr(cfg, f) is not None]
     if len(forms) > 1:
         diags.error("LLMC211", f"set one of {', '.join(KEY_FORMS)}: {' and '.join(forms)} are both set",
-                    **doc.where(path + (forms[1],)),
+                    **doc.where(path + (forms[0],)),
                     hint="apiKeySecretRef(s) keep the key out of generated objects")
     if cfg.apiKey is not None:
         _check_literal(cfg.apiKey, doc, path + ("apiKey",), diags)
-    for i, key in enumerate(cfg.apiKeys or ()):
+    literals = cfg.apiKeys or []
+    for i, key in enumerate(literals):
         _check_literal(key, doc, path + ("apiKeys", i), diags)
-        if key in cfg.apiKeys[:i]:
-            diags.error("LLMC250", f"apiKeys[{i}] repeats apiKeys[{cfg.apiKeys.index(key)}]: a key is listed "
+        if key in literals[:i]:
+            diags.error("LLMC250", f"apiKeys[{i}] repeats apiKeys[{literals.index(key)}]: a key is listed "
                         "once", **doc.where(path + ("apiKeys", i)), hint="give the key a larger share with "
                         "apiKeySecretRefs[].weight instead")
     refs = [(r.name, r.key) for r in cfg.apiKeySecretRefs or ()]

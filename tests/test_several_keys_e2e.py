@@ -1,0 +1,200 @@
+"""Several keys per provider (issue 33; docs/api-keys.md) in real Envoy, with the official ``openai``
+client: requests spread over a provider's keys by round robin (exactly, per worker) or at random by
+weight (within a tolerance), each key's mounted file rotates on its own, the access log names the key
+by its index (``llm_api_key_id``), and no key ever reaches another provider — on a failover rule
+neither (each try's upstream filter chooses among its own provider's keys).
+
+Failover needs Envoy >= 1.39 (``LLMC_ENVOY``); those tests are skipped on older binaries."""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+
+import pytest
+
+from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
+from tests.support.mesh import llmc_render
+from tests.support.sdk import chat, status_error
+from tests.support.upstream import start_upstreams
+from tests.test_observability_e2e import meshconfig_labels
+
+pytestmark = pytest.mark.envoy
+
+RR, WEIGHTED, SINGLE, PRIMARY, BACKUP = ("rr.example.com", "weighted.example.com", "single.example.com",
+                                         "primary.example.com", "backup.example.com")
+HOSTS = (RR, WEIGHTED, SINGLE, PRIMARY, BACKUP)
+LITERALS = {PRIMARY: ["sk-primary-a-000000000001", "sk-primary-b-000000000002"],
+            SINGLE: ["sk-single-0000000000000001"]}
+FILES = {RR: {"a": "sk-rr-a-1", "b": "sk-rr-b-1", "c": "sk-rr-c-1"},
+         WEIGHTED: {"x": "sk-weighted-x-1", "y": "sk-weighted-y-1"},
+         BACKUP: {"one": "sk-backup-one-1", "two": "sk-backup-two-1"}}
+
+
+def _provider(name: str, host: str, config: dict) -> str:
+    return json.dumps({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
+                       "metadata": {"name": name, "namespace": "default"},
+                       "spec": {"host": host, "path": "/v1/chat/completions", "tls": {"mode": "DISABLE"},
+                                "configs": {"defaultConfig": {"openAIConfig": {"model": f"{name}-model", **config}}}}})
+
+
+def _refs(secret: str, weights: dict[str, int]) -> list[dict]:
+    return [{"name": secret, "key": k, "weight": w} for k, w in weights.items()]
+
+
+def manifest() -> str:
+    docs = [
+        _provider("rr", RR, {"apiKeySecretRefs": _refs("rr-keys", {"a": 2, "b": 1, "c": 1})}),
+        _provider("weighted", WEIGHTED, {"apiKeySecretRefs": _refs("weighted-keys", {"x": 3, "y": 1}),
+                                         "keySelection": "Weighted"}),
+        _provider("single", SINGLE, {"apiKey": LITERALS[SINGLE][0]}),
+        _provider("primary", PRIMARY, {"apiKeys": LITERALS[PRIMARY]}),
+        _provider("backup", BACKUP, {"apiKeySecretRefs": _refs("backup-keys", {"one": 1, "two": 1})}),
+        json.dumps({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute",
+                    "metadata": {"name": "failover", "namespace": "default"},
+                    "spec": {"host": PRIMARY, "rules": [{"name": "default", "backendRefs": [
+                        {"providerHost": PRIMARY}, {"providerHost": BACKUP, "priority": 1}],
+                        "retries": {"attempts": 2}}]}}),
+    ]
+    return "\n---\n".join(docs)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    for host, files in FILES.items():
+        secret = {RR: "rr-keys", WEIGHTED: "weighted-keys", BACKUP: "backup-keys"}[host]
+        (d / "secrets" / secret).mkdir(parents=True)
+        for k, v in files.items():
+            (d / "secrets" / secret / k).write_text(v + "\n")
+    (d / "in.yaml").write_text(manifest())
+    objects = llmc_render("-f", str(d / "in.yaml"), "--secrets-dir", str(d / "secrets"))
+    ups = start_upstreams(None, (), HOSTS)
+    layout = build_bootstrap(objects, {h: u.port for h, u in ups.items()}, None,
+                             access_logs=[access_log(str(d / "access.log"), meshconfig_labels())])
+    assert layout.unmatched == [], layout.unmatched
+    # one worker: round robin is per worker (docs/api-keys.md), so one worker's turn is exact
+    envoy = Envoy(layout.bootstrap, concurrency=1)
+    yield envoy, d, ups
+    envoy.stop()
+    for u in ups.values():
+        u.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clear(env):
+    for u in env[2].values():
+        u.clear()
+        u.fail = None
+
+
+def received(ups, host) -> list[str]:
+    return [r.headers.get("authorization", "") for r in ups[host].requests]
+
+
+def every_key() -> dict[str, str]:
+    """key -> the host it belongs to."""
+    out = {k: h for h, ks in LITERALS.items() for k in ks}
+    out.update({v: h for h, files in FILES.items() for v in files.values()})
+    return out
+
+
+def assert_no_key_crossed(ups) -> None:
+    owners = every_key()
+    for host, u in ups.items():
+        for r in u.requests:
+            text = json.dumps(dict(r.headers)) + r.body.decode(errors="replace")
+            for key, owner in owners.items():
+                if key in text:
+                    assert owner == host, (host, "got a key of", owner)
+
+
+def tagged(port: int, host: str, tag: str, n: int = 1) -> None:
+    """``n`` chat completions whose access-log lines carry ``tag`` (in the query string)."""
+    for _ in range(n):
+        chat(port, host, extra_query={"t": tag})
+
+
+def log_lines(d, tag: str, n: int, timeout: float = 20.0) -> list[dict]:
+    """The access-log lines of the requests sent with ``tag``, once there are ``n`` (Envoy flushes late)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = (d / "access.log").read_text() if (d / "access.log").exists() else ""
+        lines = [json.loads(x) for x in text[:text.rfind("\n") + 1].splitlines()]
+        mine = [x for x in lines if (x.get("path") or "").endswith(f"t={tag}")]
+        if len(mine) >= n or time.monotonic() > deadline:
+            return mine
+
+
+def test_round_robin_spreads_exactly_by_weight_and_logs_the_key_index(env):
+    envoy, d, ups = env
+    tagged(envoy.port, RR, "rr", 40)
+    got = received(ups, RR)
+    files = FILES[RR]
+    assert collections.Counter(got) == {f"Bearer {files['a']}": 20, f"Bearer {files['b']}": 10,
+                                        f"Bearer {files['c']}": 10}
+    assert got[:4] == [f"Bearer {files[k]}" for k in ("a", "b", "c", "a")]  # smooth: a b c a
+    lines = log_lines(d, "rr", 40)
+    assert len(lines) == 40 and collections.Counter(x["llm_api_key_id"] for x in lines) == {"0": 20, "1": 10, "2": 10}
+    assert all(x["llm_provider"] == "rr" for x in lines)
+    log = (d / "access.log").read_text() + envoy.logs()
+    assert not any(v in log for v in files.values())
+    assert_no_key_crossed(ups)
+
+
+def test_weighted_spreads_within_tolerance(env):
+    envoy, _, ups = env
+    n = 200
+    for _ in range(n):
+        chat(envoy.port, WEIGHTED)
+    counts = collections.Counter(received(ups, WEIGHTED))
+    x = counts[f"Bearer {FILES[WEIGHTED]['x']}"]
+    # 3:1 -> 150 of 200 expected; a binomial(200, 0.75) leaves 120..180 with p < 1e-6
+    assert 120 <= x <= 180 and x + counts[f"Bearer {FILES[WEIGHTED]['y']}"] == n, counts
+
+
+def test_each_key_file_rotates_without_restart(env):
+    envoy, d, ups = env
+    (d / "secrets" / "rr-keys" / "b").write_text("sk-rr-b-2\n")
+    try:
+        deadline = time.monotonic() + 15
+        while "Bearer sk-rr-b-2" not in received(ups, RR):
+            assert time.monotonic() < deadline, received(ups, RR)[-8:]
+            chat(envoy.port, RR)
+        seen = set(received(ups, RR)[-4:])
+        assert f"Bearer {FILES[RR]['a']}" in seen and "Bearer sk-rr-b-1" not in received(ups, RR)[-4:]
+    finally:
+        (d / "secrets" / "rr-keys" / "b").write_text(FILES[RR]["b"] + "\n")
+
+
+def test_one_key_logs_no_key_index(env):
+    envoy, d, ups = env
+    tagged(envoy.port, SINGLE, "single")
+    assert received(ups, SINGLE) == [f"Bearer {LITERALS[SINGLE][0]}"]
+    (line,) = log_lines(d, "single", 1)
+    assert line["llm_provider"] == "single" and line["llm_api_key_id"] is None
+
+
+@pytest.mark.skipif(envoy_minor() < (1, 39), reason="failover needs Envoy >= 1.39 (LLMC_ENVOY)")
+def test_failover_tries_use_their_own_providers_keys(env):
+    envoy, d, ups = env
+    ups[PRIMARY].fail = "503"
+    tagged(envoy.port, PRIMARY, "failover", 4)
+    assert len(ups[PRIMARY].requests) == 4 and len(ups[BACKUP].requests) == 4
+    assert set(received(ups, PRIMARY)) <= {f"Bearer {k}" for k in LITERALS[PRIMARY]}
+    assert collections.Counter(received(ups, BACKUP)) == {f"Bearer {v}": 2 for v in FILES[BACKUP].values()}
+    assert_no_key_crossed(ups)
+    # the access log names the key of the try that answered (the upstream filter records it)
+    lines = log_lines(d, "failover", 4)
+    assert {x["llm_provider"] for x in lines} == {"backup"}
+    assert collections.Counter(x["llm_api_key_id"] for x in lines) == {"0": 2, "1": 2}
+
+
+@pytest.mark.skipif(envoy_minor() < (1, 39), reason="failover needs Envoy >= 1.39 (LLMC_ENVOY)")
+def test_every_try_failing_is_the_providers_error(env):
+    envoy, _, ups = env
+    ups[PRIMARY].fail = ups[BACKUP].fail = "429"
+    err = status_error(chat, envoy.port, PRIMARY)
+    assert err.status_code == 429
+    assert_no_key_crossed(ups)
