@@ -251,10 +251,11 @@ def test_no_output_prints_a_key_and_explain_shows_the_choice(tmp_path):
         res = runner.invoke(_app(), args)
         assert res.exit_code == 0, res.stderr
         assert not any(k in res.stdout + res.stderr for k in KEYS), args
-    res = runner.invoke(_app(), ["explain", "-f", str(f), "--namespace", "apps", "--host", "p.example.com", "-d", CHAT, "-o", "json"])
+    explain = ["explain", "-f", str(f), "--namespace", "apps", "--host", "p.example.com", "-d", CHAT]
+    res = runner.invoke(_app(), [*explain, "-o", "json"])
     assert res.exit_code == 0, res.stdout + res.stderr
     assert not any(k in res.stdout + res.stderr for k in KEYS)
     out = json.loads(res.stdout)
     assert out["api_key_id"] in ("0", "1", "2")
-    text = runner.invoke(_app(), ["explain", "-f", str(f), "--namespace", "apps", "--host", "p.example.com", "-d", CHAT]).stdout
+    text = runner.invoke(_app(), explain).stdout
     assert "api key: #" in text and not any(k in text for k in KEYS)
