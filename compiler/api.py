@@ -9,7 +9,7 @@ an ASM manifest never needs them. These models are the single source of truth fo
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +68,12 @@ class _KeyForms(_Strict):
         None, min_length=1, max_length=MAX_KEYS, description=_SECRETS_DOC,
         json_schema_extra={"x-kubernetes-list-type": "atomic"})
     keySelection: Literal["RoundRobin", "Weighted"] | None = Field(None, description=_SELECTION_DOC)
+    retryKeysOn: list[Annotated[int, Field(ge=400, le=599)]] | None = Field(
+        None, min_length=1, max_length=8, description="llmc extension: answers (HTTP statuses, e.g. [429, 401, "
+        "402]) on which a request is sent again with the next key of the same provider that it has not used "
+        "yet, up to every key once (Istio >= 1.31). Unset: no key retry, the answer reaches the client. Rules "
+        "with retries (failover) do not take it yet.",
+        json_schema_extra={"x-kubernetes-list-type": "set"})
 
 
 class OpenAIConfig(_KeyForms):

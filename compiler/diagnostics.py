@@ -95,7 +95,9 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC242", _N, "weights are shares of their sum"),
     Message("LLMC243", _E, "gateway pods the operator does not allow"),
     Message("LLMC250", _E, "an API key is listed twice"),
-    Message("LLMC251", _W, "keySelection on a config with one key"),
+    Message("LLMC251", _W, "keySelection or retryKeysOn on a config with one key"),
+    Message("LLMC252", _E, "retryKeysOn on a failover rule"),
+    Message("LLMC253", _E, "retryKeysOn needs Istio 1.31"),
     # token limits (issue 30); numbered apart from the 24x series other work extends
     Message("LLMC260", _E, "tokenLimits without a rate-limit service"),
     Message("LLMC261", _E, "token-limit key header carries a credential or is internal"),

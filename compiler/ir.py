@@ -41,6 +41,7 @@ class RequestConfig:
     api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False, metadata={"overlay": "credential"})
     api_key_secrets: tuple[WeightedSecretRef, ...] = dataclasses.field(default=(), metadata={"overlay": "credential"})
     key_selection: str | None = None  # keySelection: "RoundRobin" (None: the default) or "Weighted"
+    retry_keys_on: tuple[int, ...] | None = None  # retryKeysOn: statuses answered with the next key
     #: add stream_options.include_usage when streaming is turned on; overlaid when set explicitly
     include_usage: bool = dataclasses.field(default=True, metadata={"overlay": "include_usage_set"})
     include_usage_set: bool = dataclasses.field(default=False, compare=False, metadata={"overlay": "flag"})
@@ -65,6 +66,18 @@ class RequestConfig:
             **plain,
         )
 
+
+    @property
+    def key_count(self) -> int:
+        """How many keys the platform holds for this config (0: none; the client's own may pass)."""
+        if self.api_key is not None or self.api_key_secret is not None:
+            return 1
+        return len(self.api_keys) or len(self.api_key_secrets)
+
+    @property
+    def key_retry(self) -> tuple[int, ...]:
+        """The statuses answered with the next key (retryKeysOn), when there is a next key."""
+        return tuple(sorted(set(self.retry_keys_on or ()))) if self.key_count > 1 else ()
 
     @property
     def has_credential(self) -> bool:

@@ -259,3 +259,94 @@ def test_no_output_prints_a_key_and_explain_shows_the_choice(tmp_path):
     assert out["api_key_id"] in ("0", "1", "2")
     text = runner.invoke(_app(), explain).stdout
     assert "api key: #" in text and not any(k in text for k in KEYS)
+
+
+# ---- retrying with the next key (retryKeysOn) ---------------------------------------------------
+
+def failover_route() -> dict:
+    backup = {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
+              "metadata": {"name": "b", "namespace": "apps"},
+              "spec": {"host": "b.example.com", "path": "/v1/chat/completions",
+                       "configs": {"defaultConfig": {"openAIConfig": {"apiKeySecretRef": {"name": "s", "key": "b"}}}}}}
+    rt = route()
+    rt["spec"]["rules"] = [{"name": "default", "retries": {}, "backendRefs": [
+        {"providerHost": "p.example.com"}, {"providerHost": "b.example.com", "priority": 1}]}]
+    return backup, rt
+
+
+def test_retry_keys_on_a_failover_rule_is_not_supported_yet():
+    backup, rt = failover_route()
+    result = compiled(provider({"apiKeys": KEYS, "retryKeysOn": [429]}), backup, rt)
+    assert ("LLMC252", "spec.rules[0].retries") in codes(result) and not result.objects
+
+
+def test_retry_keys_on_needs_istio_1_31():
+    text = "\n---\n".join(to_flow(d) for d in (provider({"apiKeys": KEYS, "retryKeysOn": [429]}), route()))
+    result = compile_text(text, Options(istio_version="1.30"))
+    assert ("LLMC253", "spec.rules[0].backendRefs[0]") in codes(result) and not result.objects
+
+
+def test_retry_keys_on_with_one_key_warns():
+    result = compiled(provider({"apiKey": KEYS[0], "retryKeysOn": [429]}), route())
+    assert result.ok and ("LLMC251", "spec.configs.defaultConfig.openAIConfig.retryKeysOn") in codes(result)
+
+
+def test_key_retry_patches_are_for_istio_1_31_proxies():
+    result = compiled(provider({"apiKeys": KEYS, "retryKeysOn": [429, 401, 429]}), route())
+    assert result.ok, result.diagnostics.format_text()
+    objects = list(YAML(typ="safe").load_all(dump_yaml(result.objects)))
+    patches = [p for o in objects if o["kind"] == "EnvoyFilter" for p in o["spec"]["configPatches"]]
+    retry = [p for p in patches if p["applyTo"] == "HTTP_ROUTE" and "route" in p["patch"]["value"]]
+    assert sorted(p["match"]["routeConfiguration"]["vhost"]["route"]["name"] for p in retry) == [
+        "llmc/apps/r/default", "llmc/apps/r/vip"]
+    for p in retry:
+        assert p["match"]["proxy"]["proxyVersion"].startswith("^1\\\\.(3[1-9]") or "3[1-9]" in p["match"]["proxy"]["proxyVersion"]
+        policy = p["patch"]["value"]["route"]["retry_policy"]
+        assert policy["retriable_status_codes"] == [401, 429] and policy["num_retries"] == 2
+        (ctx,) = [c["filter_context"] for c in p["patch"]["value"]["typed_per_filter_config"].values()]
+        assert [k["id"] for k in ctx["key_retry"]["keys"]] == ["0", "1", "2"]
+    clusters = [p for p in patches if p["applyTo"] == "CLUSTER"]
+    assert [c["match"]["cluster"]["service"] for c in clusters] == ["p.example.com"]
+
+
+def _on_try(lua: LuaFilter, ctx: dict, metadata: dict) -> tuple[str | None, dict]:
+    r = lua.request(ctx, CHAT, headers={"authorization": "Bearer earlier-try"}, metadata=metadata)
+    assert r.status is None
+    return r.headers.get("authorization"), r.metadata
+
+
+def test_each_retry_takes_the_next_key_not_used_and_never_one_used(lua, tmp_path):
+    result = compiled(provider({"apiKeys": KEYS, "retryKeysOn": [429]}), route())
+    objects = list(YAML(typ="safe").load_all(dump_yaml(result.objects)))
+    ctx = next(c["filter_context"] for o in objects if o["kind"] == "EnvoyFilter"
+               for p in o["spec"]["configPatches"] if p["applyTo"] == "HTTP_ROUTE"
+               for c in (p["patch"]["value"].get("typed_per_filter_config") or {}).values()
+               if "key_retry" in c.get("filter_context", {}))
+    ctx["routes"] = {"x": "x"}  # LuaFilter's default route name only
+    # the first try keeps the downstream filter's key and records it
+    auth, md = _on_try(lua, ctx, {"llmc:api_key_id": "1"})
+    assert auth == "Bearer earlier-try" and md["llmc:keys_tried"] == ",1,"
+    # retries: the next keys after the first, in list order, each once
+    auth, md = _on_try(lua, ctx, {"llmc:api_key_id": "1", "llmc:keys_tried": ",1,"})
+    assert auth == f"Bearer {KEYS[2]}" and md["llmc:keys_tried"] == ",1,2," and md["llmc:api_key_id"] == "2"
+    auth, md = _on_try(lua, ctx, {"llmc:api_key_id": "2", "llmc:keys_tried": ",1,2,"})
+    assert auth == f"Bearer {KEYS[0]}" and md["llmc:keys_tried"] == ",1,2,0,"
+    # every key used: the try goes without a key rather than with one that failed
+    auth, md = _on_try(lua, ctx, {"llmc:api_key_id": "0", "llmc:keys_tried": ",1,2,0,"})
+    assert auth is None
+
+
+def test_a_retry_skips_a_key_whose_file_is_missing(lua, tmp_path):
+    (tmp_path / "c").write_text("sk-file-c")
+    refs = [{"name": "x", "key": k} for k in "abc"]
+    result = compiled(provider({"apiKeySecretRefs": refs, "retryKeysOn": [429]}), route())
+    objects = list(YAML(typ="safe").load_all(dump_yaml(result.objects)))
+    ctx = next(c["filter_context"] for o in objects if o["kind"] == "EnvoyFilter"
+               for p in o["spec"]["configPatches"] if p["applyTo"] == "HTTP_ROUTE"
+               for c in (p["patch"]["value"].get("typed_per_filter_config") or {}).values()
+               if "key_retry" in c.get("filter_context", {}))
+    for k in ctx["key_retry"]["keys"]:
+        k["api_key_file"] = str(tmp_path / k["api_key_file"].rsplit("/", 1)[-1])
+    ctx["id"], ctx["routes"] = "missing-" + ctx["id"], {"x": "x"}
+    auth, md = _on_try(lua, ctx, {"llmc:api_key_id": "0", "llmc:keys_tried": ",0,"})
+    assert auth == "Bearer sk-file-c" and md["llmc:keys_tried"] == ",0,1,2,"

@@ -24,9 +24,12 @@ pytestmark = pytest.mark.envoy
 
 RR, WEIGHTED, SINGLE, PRIMARY, BACKUP = ("rr.example.com", "weighted.example.com", "single.example.com",
                                          "primary.example.com", "backup.example.com")
-HOSTS = (RR, WEIGHTED, SINGLE, PRIMARY, BACKUP)
+RETRY, NORETRY = "retry.example.com", "noretry.example.com"
+HOSTS = (RR, WEIGHTED, SINGLE, PRIMARY, BACKUP, RETRY, NORETRY)
 LITERALS = {PRIMARY: ["sk-primary-a-000000000001", "sk-primary-b-000000000002"],
-            SINGLE: ["sk-single-0000000000000001"]}
+            SINGLE: ["sk-single-0000000000000001"],
+            RETRY: ["sk-retry-0-00000000000001", "sk-retry-1-00000000000002", "sk-retry-2-00000000000003"],
+            NORETRY: ["sk-noretry-0-000000000001", "sk-noretry-1-000000000002"]}
 FILES = {RR: {"a": "sk-rr-a-1", "b": "sk-rr-b-1", "c": "sk-rr-c-1"},
          WEIGHTED: {"x": "sk-weighted-x-1", "y": "sk-weighted-y-1"},
          BACKUP: {"one": "sk-backup-one-1", "two": "sk-backup-two-1"}}
@@ -51,6 +54,8 @@ def manifest() -> str:
         _provider("single", SINGLE, {"apiKey": LITERALS[SINGLE][0]}),
         _provider("primary", PRIMARY, {"apiKeys": LITERALS[PRIMARY]}),
         _provider("backup", BACKUP, {"apiKeySecretRefs": _refs("backup-keys", {"one": 1, "two": 1})}),
+        _provider("retry", RETRY, {"apiKeys": LITERALS[RETRY], "retryKeysOn": [429, 401, 402]}),
+        _provider("noretry", NORETRY, {"apiKeys": LITERALS[NORETRY]}),
         json.dumps({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute",
                     "metadata": {"name": "failover", "namespace": "default"},
                     "spec": {"host": PRIMARY, "rules": [{"name": "default", "backendRefs": [
@@ -69,7 +74,7 @@ def env(tmp_path_factory):
         for k, v in files.items():
             (d / "secrets" / secret / k).write_text(v + "\n")
     (d / "in.yaml").write_text(manifest())
-    objects = llmc_render("-f", str(d / "in.yaml"), "--secrets-dir", str(d / "secrets"))
+    objects = llmc_render("-f", str(d / "in.yaml"), "--secrets-dir", str(d / "secrets"), "--istio-version", "1.31")
     ups = start_upstreams(None, (), HOSTS)
     layout = build_bootstrap(objects, {h: u.port for h, u in ups.items()}, None,
                              access_logs=[access_log(str(d / "access.log"), meshconfig_labels())])
@@ -87,6 +92,7 @@ def _clear(env):
     for u in env[2].values():
         u.clear()
         u.fail = None
+        u.fail_keys = {}
 
 
 def received(ups, host) -> list[str]:
@@ -198,3 +204,77 @@ def test_every_try_failing_is_the_providers_error(env):
     err = status_error(chat, envoy.port, PRIMARY)
     assert err.status_code == 429
     assert_no_key_crossed(ups)
+
+
+# ---- retrying with the next key (retryKeysOn; Istio >= 1.31: the patches are for its proxies) ------
+
+needs_1_39 = pytest.mark.skipif(envoy_minor() < (1, 39), reason="key retry is patched into Istio >= 1.31 proxies "
+                                "(Envoy >= 1.39, LLMC_ENVOY)")
+
+
+def bearer(host: str, i: int) -> str:
+    return f"Bearer {LITERALS[host][i]}"
+
+
+def first_key_next(envoy, ups, host: str) -> int:
+    """Sends requests until the round robin's next first choice is key 0 (the turn is kept across tests)."""
+    n = len(LITERALS[host])
+    for _ in range(n):
+        ups[host].clear()
+        chat(envoy.port, host)
+        if received(ups, host)[-1] == bearer(host, n - 1):
+            ups[host].clear()
+            return 0
+    raise AssertionError(received(ups, host))
+
+
+@needs_1_39
+@pytest.mark.parametrize("status", [429, 401, 402])
+def test_a_refused_key_is_retried_with_the_next_key(env, status):
+    envoy, d, ups = env
+    first_key_next(envoy, ups, RETRY)
+    ups[RETRY].fail_keys = {bearer(RETRY, 0): status}
+    completion = chat(envoy.port, RETRY, extra_query={"t": f"retry{status}"})
+    assert completion.choices[0].message.content == "hi"
+    assert received(ups, RETRY) == [bearer(RETRY, 0), bearer(RETRY, 1)]  # the same provider, the next key
+    (line,) = log_lines(d, f"retry{status}", 1)
+    assert line["llm_api_key_id"] == "1" and line["response_code"] == 200
+    for r in ups[RETRY].requests:
+        assert not [k for k in r.headers if k.lower().startswith("x-llmc")], r.headers
+    assert_no_key_crossed(ups)
+
+
+@needs_1_39
+def test_every_key_refused_uses_each_key_once_and_the_client_gets_the_error(env):
+    envoy, _, ups = env
+    ups[RETRY].fail_keys = {bearer(RETRY, i): 429 for i in range(3)}
+    err = status_error(chat, envoy.port, RETRY)
+    assert err.status_code == 429 and err.code == "rate_limit_exceeded"
+    got = received(ups, RETRY)
+    assert sorted(got) == sorted(bearer(RETRY, i) for i in range(3))  # each key once, none twice
+
+
+@needs_1_39
+def test_a_status_not_in_retry_keys_on_is_not_retried(env):
+    envoy, _, ups = env
+    ups[RETRY].fail_keys = {bearer(RETRY, i): 503 for i in range(3)}
+    err = status_error(chat, envoy.port, RETRY)
+    assert err.status_code == 503
+    # 503 is not a key's fault: Istio's default conditions do not retry it either
+    assert len(received(ups, RETRY)) == 1
+
+
+@needs_1_39
+def test_without_retry_keys_on_a_401_reaches_the_client(env):
+    envoy, _, ups = env
+    ups[NORETRY].fail_keys = {bearer(NORETRY, i): 401 for i in range(2)}
+    err = status_error(chat, envoy.port, NORETRY)
+    assert err.status_code == 401 and len(received(ups, NORETRY)) == 1
+
+
+@pytest.mark.skipif(envoy_minor() >= (1, 39), reason="an Istio 1.30 proxy (Envoy 1.38) gets no key-retry patch")
+def test_an_older_proxy_does_not_retry_keys_and_reuses_none(env):
+    envoy, _, ups = env
+    ups[RETRY].fail_keys = {bearer(RETRY, i): 429 for i in range(3)}
+    err = status_error(chat, envoy.port, RETRY)
+    assert err.status_code == 429 and len(received(ups, RETRY)) == 1

@@ -53,9 +53,10 @@ def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics) -
             diags.error("LLMC250", f"apiKeySecretRefs[{i}] repeats apiKeySecretRefs[{refs.index(ref)}] "
                         f"({ref[0]}/{ref[1]}): a key is listed once", **doc.where(path + ("apiKeySecretRefs", i)),
                         hint="give the key a larger share with weight instead")
-    if cfg.keySelection is not None and (cfg.apiKey is not None or cfg.apiKeySecretRef is not None):
-        diags.warning("LLMC251", "keySelection chooses among apiKeys or apiKeySecretRefs; this config has one key",
-                      **doc.where(path + ("keySelection",)), hint="remove keySelection, or list several keys")
+    for field in ("keySelection", "retryKeysOn"):
+        if getattr(cfg, field) is not None and (cfg.apiKey is not None or cfg.apiKeySecretRef is not None):
+            diags.warning("LLMC251", f"{field} applies to apiKeys or apiKeySecretRefs; this config has one key",
+                          **doc.where(path + (field,)), hint=f"remove {field}, or list several keys")
 
 
 def _check_literal(key: str, doc: Document, path: tuple, diags: Diagnostics) -> None:
@@ -77,7 +78,8 @@ def _credential(cfg: AnyConfig) -> dict:
     return {"api_key": cfg.apiKey, "api_key_secret": SecretRef(secret.name, secret.key) if secret else None,
             "api_keys": tuple(cfg.apiKeys or ()),
             "api_key_secrets": tuple(WeightedSecretRef(r.name, r.key, r.weight) for r in cfg.apiKeySecretRefs or ()),
-            "key_selection": cfg.keySelection}
+            "key_selection": cfg.keySelection,
+            "retry_keys_on": tuple(cfg.retryKeysOn) if cfg.retryKeysOn is not None else None}
 
 
 def _auth_header(cfg: OpenAIConfig, doc: Document, path: tuple, diags: Diagnostics) -> str | None:

@@ -295,6 +295,30 @@ def _unknown_provider(host: str, found: visibility.Lookup, catalog: visibility.C
                 **doc.where(path), hint=hint)
 
 
+def _check_key_retry(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, rpath: tuple,
+                     diags: Diagnostics) -> bool:
+    """retryKeysOn (docs/api-keys.md): Istio >= 1.31 (its upstream filter), and not on failover rules yet."""
+    ok = True
+    for b in backends:
+        if not b.config.key_retry:
+            continue
+        ref = next(i for i, r in enumerate(rule.backendRefs) if (r.providerHost or "").lower() == b.provider.host)
+        if not opts.supports_failover:
+            diags.error("LLMC253", f"provider {b.provider.name} retries with its next key (retryKeysOn), which "
+                        f"needs Istio {FAILOVER_ISTIO_VERSION} or newer; the target is Istio {opts.istio_version}",
+                        **doc.where(rpath + ("backendRefs", ref)),
+                        hint=f"render with --istio-version {FAILOVER_ISTIO_VERSION} once the mesh runs it, or "
+                        "remove retryKeysOn from the provider")
+            ok = False
+        elif rule.retries is not None:
+            diags.error("LLMC252", f"provider {b.provider.name} retries with its next key (retryKeysOn), which is "
+                        "not supported on a failover rule yet: each try there uses one key of its provider",
+                        **doc.where(rpath + ("retries",)),
+                        hint="send this rule to a provider without retryKeysOn, or remove retries")
+            ok = False
+    return ok
+
+
 #: llmc's retry conditions (``rules[].retries.retryOn``) when a rule names none
 DEFAULT_RETRY_ON = ("connect-failure", "reset", "5xx", "429")
 
@@ -302,6 +326,8 @@ DEFAULT_RETRY_ON = ("connect-failure", "reset", "5xx", "429")
 def _retries(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, rpath: tuple,
              diags: Diagnostics) -> Retries | None | bool:
     """The rule's failover settings: None (no failover), Retries, or False after an error."""
+    if not _check_key_retry(rule, backends, opts, doc, rpath, diags):
+        return False
     prioritized = [k for k, b in enumerate(rule.backendRefs) if b.priority is not None]
     if (rule.retries is not None or prioritized) and not opts.supports_failover:
         where = rpath + (("retries",) if rule.retries is not None else ("backendRefs", prioritized[0], "priority"))

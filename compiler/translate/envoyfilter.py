@@ -219,15 +219,58 @@ def failover_routes(vh: VirtualHost, secrets_dir: str) -> list[dict]:
     return out
 
 
+def _key_retry_sends(vh: VirtualHost) -> list[tuple[str, Rule, Backend]]:
+    """(route name, rule, backend) of each route that sends to a backend with retryKeysOn: the rule's
+    route (one backend) or each pinned route (weighted). Failover rules never (LLMC252)."""
+    out = []
+    for rule in vh.rules:
+        if rule.retries is not None:
+            continue
+        entry, pinned = rule_route_names(vh, rule)
+        sends = [(pinned[b.provider.name], b) for b in rule.backends if b.provider.name in pinned] if pinned \
+            else [(entry, rule.backends[0])]
+        out += [(name, rule, b) for name, b in sends if b.config.key_retry]
+    return out
+
+
+def key_retry_routes(vh: VirtualHost, secrets_dir: str) -> list[dict]:
+    """The key-retry patch of each route that sends to a provider with ``retryKeysOn`` (applied to
+    Istio >= 1.31 proxies only, like the failover patches; docs/api-keys.md): Envoy retries the
+    request on those statuses, on the same cluster, at most once per other key (``num_retries``),
+    besides Istio's default conditions; the provider cluster's upstream filter sends each retry with a
+    key the request has not used (its context: ``key_retry``, the backend with its keys)."""
+    out = []
+    for name, rule, b in _key_retry_sends(vh):
+        body = {"route": f"{vh.namespace}/{vh.label}", "rule": rule.name,
+                "key_retry": _backend_context(b, secrets_dir, None),
+                "protocols": {b.provider.protocol: PROTOCOLS[b.provider.protocol].context()}}
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        out.append({"name": name, "value": {
+            "route": {"retry_policy": {
+                "retry_on": KEY_RETRY_ON, "retriable_status_codes": list(b.config.key_retry),
+                "num_retries": b.config.key_count - 1}},
+            "typed_per_filter_config": {attempt_filter_name(b): {
+                "@type": LUA_PER_ROUTE_TYPE, "name": SOURCE_NAME, "filter_context": {"id": digest[:16], **body}}}}})
+    return out
+
+
+#: Envoy's retry conditions of a key-retry route: Istio's default ones (a route without VirtualService
+#: retries has them) and the statuses of retryKeysOn
+KEY_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+
+
 def cluster_formats(vh: VirtualHost) -> dict[str, str]:
     """The body format of each provider host a failover rule may send a try to (its upstream filter
     carries that format's translator only)."""
-    return {b.provider.host: PROTOCOLS[b.provider.protocol].format for r in vh.rules if r.retries for b in r.backends}
+    out = {b.provider.host: PROTOCOLS[b.provider.protocol].format for r in vh.rules if r.retries for b in r.backends}
+    out.update({b.provider.host: PROTOCOLS[b.provider.protocol].format for _, _, b in _key_retry_sends(vh)})
+    return out
 
 
 def failover_clusters(vh: VirtualHost) -> list[tuple[str, int]]:
-    """(host, port) of every provider cluster a failover rule may send a try to."""
-    return sorted({(b.provider.host, b.provider.service_port) for r in vh.rules if r.retries for b in r.backends})
+    """(host, port) of every provider cluster a failover rule may send a try to, or a key-retry route a retry."""
+    tries = {(b.provider.host, b.provider.service_port) for r in vh.rules if r.retries for b in r.backends}
+    return sorted(tries | {(b.provider.host, b.provider.service_port) for _, _, b in _key_retry_sends(vh)})
 
 
 def route_patches(vh: VirtualHost, shared_context: dict | None = None) -> list[dict]:
@@ -314,7 +357,8 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                                            program.rate_limit),
                 # `*` hosts: per-route context (the virtual host is shared with other teams' routes)
                 "per_route": vh.shared,
-                "failover_routes": failover_routes(vh, program.secrets_dir),
+                # patches for Istio >= 1.31 proxies only: failover, and retries with the next key
+                "failover_routes": failover_routes(vh, program.secrets_dir) + key_retry_routes(vh, program.secrets_dir),
                 "proxy_version": FAILOVER_PROXY_VERSION,
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,

@@ -192,6 +192,8 @@ class Upstream:
     requests: list[Recorded] = field(default_factory=list)
     fail: str | None = None  # see the module docstring (failover tests)
     hang: float = 5.0
+    #: Authorization value -> the status requests carrying it get (several-keys tests: one key refused)
+    fail_keys: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -233,6 +235,7 @@ class Upstream:
         if self.fail == "stream-reset" and req.get("stream") is True:
             return self._sse(h, ident, f"{req.get('model')}-2026", None, False, reset_after_first=True)
         status = int(self.fail) if self.fail and self.fail.isdigit() else int(h.headers.get("x-test-status", "200"))
+        status = self.fail_keys.get(h.headers.get("authorization", ""), status)
         if status != 200:
             etype, code, message = ERRORS.get(status, ("server_error", None, "error"))
             return self._json(h, status, _error(message, etype, None, code), ident)

@@ -98,12 +98,21 @@ local contexts, ncontexts = {}, 0
 local function prepare_attempt(ctx)
   local attempt = ctx:get("attempt")
   local rule = prepare_rule(ctx:get("route"), ctx:get("rule"), { backends = { attempt } }, ctx:get("protocols"))
-  return { attempt = true, b = rule.backends[1], rule_id = rule.rule_id, host = attempt.authority,
+  return { attempt = true, upstream = true, b = rule.backends[1], rule_id = rule.rule_id, host = attempt.authority,
     credential_headers = ctx:get("credential_headers"), internal_headers = ctx:get("internal_headers") }
 end
 
+-- The upstream filter's context on a route that retries with the next key (llmc.keys, M.on_try):
+-- the one backend the route sends to, with its keys.
+local function prepare_key_retry(ctx)
+  local rule = prepare_rule(ctx:get("route"), ctx:get("rule"), { backends = { ctx:get("key_retry") } },
+    ctx:get("protocols"))
+  return { key_retry = true, upstream = true, b = rule.backends[1] }
+end
+
 -- The prepared context of this route: a virtual host's ({by_route = ...}), or in the upstream
--- filter of a provider cluster one try's ({attempt = true, ...}); nil when the route carries no
+-- filter of a provider cluster one try's ({attempt = true, ...}) or a key-retry route's
+-- ({key_retry = true, ...}; both `upstream = true`); nil when the route carries no
 -- llmc context at all (not our traffic). Two calls into Envoy per request (filterContext, get
 -- "id"); the rest is read once per id and worker.
 function M.load_context(h)
@@ -115,6 +124,8 @@ function M.load_context(h)
   if entry == nil then
     if ctx:get("attempt") ~= nil then
       entry = prepare_attempt(ctx)
+    elseif ctx:get("key_retry") ~= nil then
+      entry = prepare_key_retry(ctx)
     else
       entry = prepare(function(k) return ctx:get(k) end)
     end

@@ -9,6 +9,8 @@
 -- A key entry has the fields of a one-key backend (api_key, api_key_file), so llmc.context's
 -- M.api_key reads it (and `llmc explain` replaces that reader for keys too).
 
+local sub, find = string.sub, string.find
+
 local M = {}
 
 -- The prepared keys of backend context entry `b` (once per context id and worker).
@@ -35,6 +37,51 @@ function M.choose(ks, r)
     if target < list[i].upto then return list[i] end
   end
   return list[#list]
+end
+
+-- Retrying with the next key (retryKeysOn): on such a route Envoy retries the answers named there on
+-- the same cluster, at most once per other key, and this runs in the upstream filter of the
+-- provider's cluster before every try, with `b` the backend the route sends to (the downstream
+-- filter shaped the request and chose the first key). The keys a request used are kept in the
+-- stream's dynamic metadata (llmc:keys_tried, ",0,2,"), which the downstream and upstream filters
+-- share: the first try records the downstream filter's key; each retry takes the next key in list
+-- order after the first that the request has not used (a key whose file is missing counts as used)
+-- and sets it in the provider's auth header, which the shared header map keeps for later tries.
+-- `api_key` reads a key entry (llmc.context's M.api_key). Envoy stops at num_retries = keys - 1, so
+-- a key is left for every retry unless key files are missing; then the try goes without a key
+-- (the provider refuses it), never with one that failed.
+local METADATA_NS = "llmc"
+
+function M.on_try(h, b, api_key)
+  local md = h:streamInfo():dynamicMetadata()
+  local mine = md:get(METADATA_NS) or {}
+  local tried = mine.keys_tried
+  if tried == nil then
+    md:set(METADATA_NS, "keys_tried", "," .. tostring(mine.api_key_id) .. ",")
+    return
+  end
+  local list = b.keys.list
+  local n, first = #list, 1
+  for i = 1, n do
+    if "," .. list[i].id .. "," == sub(tried, 1, #list[i].id + 2) then first = i end
+  end
+  local now = os.time()
+  for j = 1, n - 1 do
+    local k = list[(first + j - 1) % n + 1]
+    if not find(tried, "," .. k.id .. ",", 1, true) then
+      tried = tried .. k.id .. ","
+      local key = api_key(k, now)
+      if key ~= nil then
+        h:headers():replace(b.auth_header, b.auth_prefix .. key)
+        md:set(METADATA_NS, "keys_tried", tried)
+        md:set(METADATA_NS, "api_key_id", k.id)
+        return
+      end
+      h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
+    end
+  end
+  md:set(METADATA_NS, "keys_tried", tried)
+  h:headers():remove(b.auth_header) -- no key left: never one that failed again
 end
 
 return M

@@ -24,6 +24,7 @@ local scanner = require("llmc.scanner")
 local context = require("llmc.context")
 local request = require("llmc.request")
 local usage = require("llmc.usage")
+local keys = require("llmc.keys")
 
 local byte, sub, find, concat, match = string.byte, string.sub, string.find, table.concat, string.match
 local scan_object, decode_string, encode_string = scanner.scan_object, scanner.decode_string, scanner.encode_string
@@ -148,8 +149,11 @@ local on_model_request -- below: routing by the body's model
 local function on_request(h)
   local vh = load_context(h)
   if vh == nil then return end
-  upstream_vm = vh.attempt == true
-  if upstream_vm then return tries.on_attempt(h, vh) end
+  upstream_vm = vh.upstream == true
+  if upstream_vm then
+    if vh.key_retry then return keys.on_try(h, vh.b, context.api_key) end -- the next key (llmc.keys)
+    return tries.on_attempt(h, vh)
+  end
   if vh.body ~= nil then return on_model_request(h, vh) end
   local info = h:streamInfo()
   local cfg = resolve_rule(vh, info)
