@@ -18,6 +18,7 @@ from compiler import Options, compile_text
 from compiler.emit import dump_yaml
 from compiler.keys import round_robin_order
 from compiler.telemetry import ACCESS_LOG_LABELS, REQUEST_TAGS, TOKEN_DIMENSIONS
+from compiler.translate.envoyfilter import FAILOVER_PROXY_VERSION
 from tests.support.flow import to_flow
 from tests.support.lua import LuaFilter
 
@@ -300,13 +301,17 @@ def test_key_retry_patches_are_for_istio_1_31_proxies():
     assert sorted(p["match"]["routeConfiguration"]["vhost"]["route"]["name"] for p in retry) == [
         "llmc/apps/r/default", "llmc/apps/r/vip"]
     for p in retry:
-        assert p["match"]["proxy"]["proxyVersion"].startswith("^1\\\\.(3[1-9]") or "3[1-9]" in p["match"]["proxy"]["proxyVersion"]
+        assert p["match"]["proxy"]["proxyVersion"] == FAILOVER_PROXY_VERSION
         policy = p["patch"]["value"]["route"]["retry_policy"]
         assert policy["retriable_status_codes"] == [401, 429] and policy["num_retries"] == 2
         (ctx,) = [c["filter_context"] for c in p["patch"]["value"]["typed_per_filter_config"].values()]
         assert [k["id"] for k in ctx["key_retry"]["keys"]] == ["0", "1", "2"]
-    clusters = [p for p in patches if p["applyTo"] == "CLUSTER"]
-    assert [c["match"]["cluster"]["service"] for c in clusters] == ["p.example.com"]
+    # the upstream filter that chooses each retry's key: in the router (llmc-failover, Istio >= 1.31)
+    (upstream,) = [o for o in objects if o["kind"] == "EnvoyFilter" and o["metadata"]["name"] == "llmc-failover"]
+    (router,) = upstream["spec"]["configPatches"]
+    assert router["match"]["proxy"]["proxyVersion"] == FAILOVER_PROXY_VERSION
+    filters = router["patch"]["value"]["typed_config"]["upstream_http_filters"]
+    assert [f["name"] for f in filters] == ["llmc.upstream", "envoy.filters.http.upstream_codec"]
 
 
 def _on_try(lua: LuaFilter, ctx: dict, metadata: dict) -> tuple[str | None, dict]:
