@@ -60,16 +60,16 @@ def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics) -
 
 
 def _check_literal(key: str, doc: Document, path: tuple, diags: Diagnostics) -> None:
-    field = "apiKeys" if isinstance(path[-1], int) else "apiKey"
+    field, secret_form = ("apiKeys", "apiKeySecretRefs") if isinstance(path[-1], int) else ("apiKey", "apiKeySecretRef")
     if PLACEHOLDER.match(key) or "${" in key:
         diags.warning("LLMC207", f"{field} looks like a placeholder, not a key; the provider will "
                       "reject requests", **doc.where(path),
-                      hint="put the real key in a Secret and use apiKeySecretRef(s)")
+                      hint=f"put the real key in a Secret and use {secret_form}")
     else:
         diags.register_secret(key)
         diags.warning("LLMC215", f"literal {field} is copied into the generated EnvoyFilter, where "
                       "anyone who can read EnvoyFilters or a proxy config dump can see it",
-                      **doc.where(path), hint="use apiKeySecretRef(s)")
+                      **doc.where(path), hint=f"use {secret_form}")
 
 
 def _credential(cfg: AnyConfig) -> dict:
