@@ -238,7 +238,7 @@ EXPLAIN_KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = []
 
 
 def masked(text: str) -> str:
-    for key in sorted(X.KEYS.values(), key=len, reverse=True):
+    for key in sorted((k for keys in X.KEYS.values() for k in keys), key=len, reverse=True):
         text = text.replace(key, "***")
     return text
 

@@ -355,3 +355,14 @@ def test_a_retry_skips_a_key_whose_file_is_missing(lua, tmp_path):
     ctx["id"], ctx["routes"] = "missing-" + ctx["id"], {"x": "x"}
     auth, md = _on_try(lua, ctx, {"llmc:api_key_id": "0", "llmc:keys_tried": ",0,"})
     assert auth == "Bearer sk-file-c" and md["llmc:keys_tried"] == ",0,1,2,"
+
+
+def test_explain_shows_the_key_retry_of_the_route(tmp_path):
+    f = tmp_path / "in.yaml"
+    f.write_text("\n---\n".join(to_flow(d) for d in (provider({"apiKeys": KEYS, "retryKeysOn": [402, 429]}), route())))
+    explain = ["explain", "-f", str(f), "--namespace", "apps", "--host", "p.example.com", "-d", CHAT]
+    out = json.loads(runner.invoke(_app(), [*explain, "-o", "json"]).stdout)
+    assert out["key_retry"] == {"on": [402, 429], "retries": 2}
+    text = runner.invoke(_app(), explain).stdout
+    assert "key retry: on 402, 429 the provider's next unused key, up to 2 more tries" in text
+    assert not any(k in text for k in KEYS)

@@ -233,6 +233,10 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         return out
     out["retries"] = final_http.get("retries") or "Istio's default (2 retries on connect-failure, refused-stream, " \
                                                   "unavailable, cancelled, retriable-status-codes)"
+    policy = ((route_patches.get(out["final_route"]) or {}).get("route") or {}).get("retry_policy") or {}
+    if policy.get("retriable_status_codes") and not _py(h.dynamic_metadata).get("llmc:failover"):
+        # retryKeysOn (docs/api-keys.md): the route patch for Istio >= 1.31 proxies replaces the policy
+        out["key_retry"] = {"on": policy["retriable_status_codes"], "retries": policy.get("num_retries")}
     if _py(h.dynamic_metadata).get("llmc:failover"):
         out["attempts"] = _attempts(upstream_sources, objects, final_http, route_patches.get(out["final_route"], {}),
                                     final_headers, req.body, secrets, _py(h.dynamic_metadata))
@@ -400,6 +404,10 @@ def format_text(x: dict) -> str:
         lines.append(f"provider: {x['provider']} (route {x.get('final_route')})")
     if x.get("api_key_id") is not None:
         lines.append(f"api key: #{x['api_key_id']} of the provider's list (llm_api_key_id)")
+    if x.get("key_retry"):
+        on = ", ".join(str(c) for c in x["key_retry"]["on"])
+        lines.append(f"key retry: on {on} the provider's next unused key, up to {x['key_retry']['retries']} "
+                     "more tries (Istio >= 1.31 proxies)")
     elif x.get("attempts"):
         lines.append(f"failover: {len(x['attempts'])} tries in order (route {x.get('final_route')})")
     if "upstream" in x:

@@ -5,7 +5,8 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 
 * ``RULES`` — how the route picks providers: one backend, weighted, routed by the body's model,
   failover with priorities, failover on a model-routed host, weighted first choices with a backup;
-* ``PROTOCOLS`` — the provider the cell is about: its API, where its key goes (or that it has none);
+* ``PROTOCOLS`` — the provider the cell is about: its API, where its key goes (or that it has none),
+  and the key form (one key, or several: ``multikey``);
 * ``ENDPOINTS`` — what the client calls: chat, embeddings (through ``basePath``), an unknown path;
 * ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
   with two ``model`` members, ``Accept-Encoding: gzip``;
@@ -52,13 +53,19 @@ class Provider:
     model: str | None = None  # the configured model (replaces the client's on chat)
     format: str = "openai"  # "anthropic": translated (its double checks the Messages API)
     double: str = "openai"  # the test double: "openai", "azure" or "anthropic"
+    more_keys: tuple[str, ...] = ()  # several keys (apiKeys; docs/api-keys.md): each request uses one
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return ((self.key,) if self.key else ()) + self.more_keys
 
     @property
     def host(self) -> str:
         return f"{self.name}.cross.example.com"
 
     def spec(self) -> dict:
-        config = {k: {**v, **({"apiKey": self.key} if self.key else {})} for k, v in self.config.items()}
+        cred = {"apiKeys": list(self.keys)} if self.more_keys else {"apiKey": self.key} if self.key else {}
+        config = {k: {**v, **cred} for k, v in self.config.items()}
         spec = {"host": self.host, "tls": {"mode": "DISABLE"}, "timeout": TIMEOUT,
                 "configs": {"defaultConfig": config}}
         if self.base_path is not None:
@@ -85,6 +92,11 @@ class Provider:
     def credential(self) -> tuple[str, str] | None:
         return (self.auth_header, self.auth_prefix + self.key) if self.key else None
 
+    @property
+    def credentials(self) -> list[tuple[str, str]]:
+        """Every credential header a request shaped for this provider may carry (one per key)."""
+        return [(self.auth_header, self.auth_prefix + k) for k in self.keys]
+
 
 def _key(name: str) -> str:
     return f"sk-{name}-".ljust(26, "0")
@@ -106,6 +118,10 @@ PROTOCOLS: dict[str, Provider] = {p.name: p for p in (
              double="anthropic"),
     Provider("nokey", {"openAIConfig": {"model": "nokey-model"}}, "/nokey/v1/chat/completions", "/nokey/v1",
              model="nokey-model"),
+    # the key form "several keys" (issue 33): apiKeys, one per request by round robin
+    Provider("multikey", {"openAIConfig": {"model": "multikey-model"}}, "/multikey/v1/chat/completions",
+             "/multikey/v1", key=_key("multikey"), model="multikey-model",
+             more_keys=(_key("multikey2"), _key("multikey3"))),
 )}
 # The other side of two-provider rules: no model configured, so a try for it keeps the client's body
 # (the shape of issue 24 item 2); AUXC keeps its key in a header of its own (item 1).
@@ -113,7 +129,8 @@ AUX = Provider("aux", {"openAIConfig": {}}, "/aux/v1/chat/completions", "/aux/v1
 AUXC = Provider("auxc", {"openAIConfig": {"authHeader": "X-Auxc-Key"}}, "/auxc/v1/chat/completions", "/auxc/v1",
                 key=_key("auxc"), auth_header="x-auxc-key", auth_prefix="")
 PROVIDERS: dict[str, Provider] = {**PROTOCOLS, "aux": AUX, "auxc": AUXC}
-KEYS = {p.name: p.key for p in PROVIDERS.values() if p.key}
+#: every provider's keys (several for a provider with apiKeys)
+KEYS = {p.name: p.keys for p in PROVIDERS.values() if p.key}
 #: every header that carries a credential somewhere in the matrix (and the client's own)
 CREDENTIAL_HEADERS = frozenset({p.auth_header for p in PROVIDERS.values()} | {"authorization", "x-api-key"})
 
