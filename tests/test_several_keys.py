@@ -366,3 +366,16 @@ def test_explain_shows_the_key_retry_of_the_route(tmp_path):
     text = runner.invoke(_app(), explain).stdout
     assert "key retry: on 402, 429 the provider's next unused key, up to 2 more tries" in text
     assert not any(k in text for k in KEYS)
+
+
+def test_diff_names_several_keys_by_secret_or_fingerprint():
+    from compiler.diff import _key_identity
+
+    protocols = {"openai": {"auth_header": "authorization"}}
+    ctx = contexts(provider({"apiKeySecretRefs": [{"name": "s", "key": "a", "weight": 3}, {"name": "s", "key": "b"}],
+                             "keySelection": "Weighted"}), route())
+    text = _key_identity(ctx["rules"]["default"]["backends"][0], protocols)
+    assert text == "Weighted over [Secret s, key a (weight 3); Secret s, key b (weight 1)] in authorization"
+    ctx = contexts(provider({"apiKeys": KEYS[:2]}), route())
+    text = _key_identity(ctx["rules"]["default"]["backends"][0], protocols)
+    assert text.startswith("RoundRobin over [literal apiKey sha256:") and not any(k in text for k in KEYS)
