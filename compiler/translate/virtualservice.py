@@ -23,7 +23,7 @@ import json
 from .. import names
 from ..ir import Backend, Match, Program, Rule, VirtualHost
 from ..protocols import auth_header, credential_headers
-from .common import egress_subset, export_to, metadata, rule_route_names
+from .common import egress_subset, export_to, metadata, rule_route_names, waypoint_namespaces
 
 NOT_SHAPED_BODY = json.dumps({"error": {
     "message": "llmc: the request was not shaped by the LLM filter (is the llmc EnvoyFilter applied "
@@ -209,7 +209,11 @@ def translate_virtualservices(program: Program) -> list[dict]:
     for vh in program.vhosts:
         served = [g for g in vh.gateways if g != "mesh" or egress is None]
         if served:
-            out.append(_rules_vs(vh, vh.object_name, served, vh.port, {g: g for g in served}))
+            view = _rules_vs(vh, vh.object_name, served, vh.port, {g: g for g in served})
+            extra = waypoint_namespaces(program, vh.namespace)
+            if extra:  # ambient: the waypoint's proxy must see the VirtualService
+                view["export_to"] = export_to(vh.namespace, {n for n in view["export_to"] if n != "."} | extra)
+            out.append(view)
         if egress is not None and vh.in_mesh:
             # Egress-gateway mode: the rules run on the egress gateway; sidecars only forward there.
             name = vh.object_name if not served else names.cap(f"{vh.object_name}-egress")

@@ -1,0 +1,135 @@
+"""TrafficExtension (ambient target): llmc's Lua filter on a waypoint, one object per waypoint.
+
+istiod turns a ``TrafficExtension`` with ``lua.inlineCode`` into an HTTP Lua filter named
+``extensions.istio.io/trafficextension/<ns>.<name>`` whose *default source code* is that text and
+nothing else (istio 1.30 ``pilot/pkg/networking/core/extension/lua.go`` L26–37): no per-route
+``filter_context``, no ``source_codes``, no upstream filter, ``clear_route_cache`` at Envoy's default.
+On a waypoint it goes after the HCM's fault and CORS filters and before the router
+(``listener_waypoint.go`` L902–903, ``listener_builder.go`` L438; phase ``UNSPECIFIED``).
+
+So the inline code is the filter's bundle, wrapped, plus the per-virtual-host contexts the sidecar
+target puts in ``LuaPerRoute`` — here one generated Lua table (:mod:`compiler.luadata`) mapping each
+llmc route name to its virtual host's context — and ``ambient.lua``, which hands the bundle that
+context for the route Envoy selected. Route names are stable on a waypoint: istiod names an Envoy
+route ``http[].name`` of the VirtualService (``route/route.go`` L488–494; llmc's matches have no
+names), the same names the sidecar target uses.
+
+The objects of a source live in the source's namespace; the TrafficExtension lives in the waypoint's
+(``targetRefs`` cannot cross namespaces) and carries the routes of every source the waypoint serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from importlib import resources
+
+from .. import names
+from ..ir import Program, VirtualHost
+from .common import metadata, rule_route_names
+from .envoyfilter import lua_context, lua_source
+
+#: ``lua.inlineCode`` maxLength in Istio 1.30's CRD (characters; llmc's inline code is ASCII)
+INLINE_CODE_LIMIT = 65536
+#: Envoy's default listener buffer, which istiod leaves on waypoints and no TrafficExtension can raise:
+#: the filter's own OpenAI-format 413 answers bodies beyond it (resolve/ambient.py warns, LLMC276)
+WAYPOINT_BUFFER_LIMIT = 1024 * 1024
+WAYPOINT_LABEL = "istio.io/use-waypoint"
+WAYPOINT_NAMESPACE_LABEL = "istio.io/use-waypoint-namespace"
+
+
+@cache
+def bundle() -> str:
+    """The Lua filter's source for one downstream filter (the one line to change when the bundler lands)."""
+    return _strip_comments(lua_source())
+
+
+@cache
+def ambient_source() -> str:
+    return _strip_comments(resources.files("llmc_templates.lua").joinpath("ambient.lua").read_text(encoding="utf-8"))
+
+
+def _strip_comments(source: str) -> str:
+    """Interim, until the Lua bundler: drop comment lines, indentation and trailing comments that follow
+    code without quotes or brackets (so no string can hold them)."""
+    out = []
+    for line in source.splitlines():
+        line = line.strip()
+        if not line or line.startswith("--"):
+            continue
+        cut = line.find(" --")
+        if cut > 0 and not any(c in line[:cut] for c in "\"'["):
+            line = line[:cut].rstrip()
+        out.append(line)
+    return "\n".join(out)
+
+
+def ambient_context(vh: VirtualHost, secrets_dir: str) -> dict:
+    """The virtual host's filter context as the sidecar target builds it, with every body limit
+    clamped to what a waypoint can buffer, and its id recomputed."""
+    ctx = lua_context(vh, secrets_dir)
+    body = {k: v for k, v in ctx.items() if k != "id"}
+    body["max_body"] = min(body["max_body"], WAYPOINT_BUFFER_LIMIT)
+    for rule in body["rules"].values():
+        for b in rule["backends"]:
+            b["max_body"] = min(b["max_body"], WAYPOINT_BUFFER_LIMIT)
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return {"id": digest[:16], **body}
+
+
+def route_table(vhosts: list[VirtualHost], secrets_dir: str) -> dict:
+    """``routes``: Envoy route name → index (1-based, Lua's) into ``contexts``. Every route the filter
+    shapes on is listed; the ``GET /v1/models`` route is not (there the filter does nothing)."""
+    contexts, routes = [], {}
+    for vh in vhosts:
+        contexts.append(ambient_context(vh, secrets_dir))
+        for rule in vh.rules:
+            entry, pinned = rule_route_names(vh, rule)
+            for name in (entry, *pinned.values()):
+                routes[name] = len(contexts)
+        if vh.body_fields:
+            routes[names.special_route(vh.namespace, vh.label, "nomatch")] = len(contexts)
+    return {"routes": routes, "contexts": contexts}
+
+
+def inline_code(vhosts: list[VirtualHost], secrets_dir: str) -> str:
+    from ..luadata import lua_value
+
+    return ("local llmc_bundle = (function()\n" + bundle() + "\nend)()\n"
+            "return (function(...)\n" + ambient_source() + "\nend)(" + lua_value(route_table(vhosts, secrets_dir))
+            + ")\n")
+
+
+def waypoint_vhosts(program: Program) -> dict[tuple[str, str], list[VirtualHost]]:
+    """(waypoint namespace, name) → the virtual hosts it serves, in program order."""
+    assert program.waypoint is not None
+    out: dict[tuple[str, str], list[VirtualHost]] = {}
+    for vh in program.vhosts:
+        out.setdefault(program.waypoint.of(vh.namespace), []).append(vh)
+    return out
+
+
+def extension_name(waypoint: str) -> str:
+    return names.cap(f"{names.PREFIX}-{waypoint}")
+
+
+def translate_trafficextensions(program: Program) -> list[dict]:
+    if program.waypoint is None:
+        return []
+    out = []
+    for (ns, name), vhosts in sorted(waypoint_vhosts(program).items()):
+        out.append({
+            "metadata": metadata(extension_name(name), ns, [s for vh in vhosts for s in vh.all_sources]),
+            "waypoint": name,
+            "inline_code": inline_code(vhosts, program.secrets_dir),
+        })
+    return out
+
+
+def waypoint_labels(program: Program, namespace: str) -> dict[str, str]:
+    """The labels that enrol a ServiceEntry of ``namespace`` in its waypoint (Istio's ambient egress)."""
+    if program.waypoint is None:
+        return {}
+    ns, name = program.waypoint.of(namespace)
+    return {WAYPOINT_LABEL: name, **({WAYPOINT_NAMESPACE_LABEL: ns} if ns != namespace else {})}
