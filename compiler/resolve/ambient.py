@@ -87,7 +87,7 @@ def check_program(vhosts: list[VirtualHost], route_docs, provider_docs, diags: D
                                         ("spec", "rules", i, "matches", j, "headers", h.name)),
                                     hint="match on another header for the ambient target")
         if doc is not None and not any(b.provider.host == vh.host for r in vh.rules for b in r.backends):
-            diags.note("LLMC278", f"host {vh.host!r} is no provider's: as a Kubernetes Service: ztunnel sends its traffic to the "
+            diags.note("LLMC278", f"host {vh.host!r} is no provider's (a Kubernetes Service): ztunnel sends its traffic to the "
                        "waypoint only when the Service (or its namespace) is labelled istio.io/use-waypoint",
                        **doc.where(("spec", "host")),
                        hint="kubectl label service <name> istio.io/use-waypoint=<waypoint> (docs/ambient.md)")
