@@ -26,6 +26,7 @@ from functools import cache
 from importlib import resources
 
 from .. import names
+from ..luadata import lua_string, lua_value
 from ..ir import Program, VirtualHost
 from .common import metadata, rule_route_names
 from .envoyfilter import lua_context, lua_source
@@ -66,11 +67,13 @@ def _strip_comments(source: str) -> str:
 
 
 def ambient_context(vh: VirtualHost, secrets_dir: str) -> dict:
-    """The virtual host's filter context as the sidecar target builds it, with every body limit
-    clamped to what a waypoint can buffer, and its id recomputed."""
+    """The virtual host's filter context as the sidecar target builds it, with every body limit (the
+    client's body, the shaped body) clamped to what a waypoint can buffer, so that a larger request
+    gets the filter's OpenAI-format 413 rather than Envoy's plain-text one; its id recomputed."""
     ctx = lua_context(vh, secrets_dir)
     body = {k: v for k, v in ctx.items() if k != "id"}
     body["max_body"] = min(body["max_body"], WAYPOINT_BUFFER_LIMIT)
+    body["buffer_limit"] = min(body["buffer_limit"], WAYPOINT_BUFFER_LIMIT)
     for rule in body["rules"].values():
         for b in rule["backends"]:
             b["max_body"] = min(b["max_body"], WAYPOINT_BUFFER_LIMIT)
@@ -93,11 +96,17 @@ def route_table(vhosts: list[VirtualHost], secrets_dir: str) -> dict:
     return {"routes": routes, "contexts": contexts}
 
 
-def inline_code(vhosts: list[VirtualHost], secrets_dir: str) -> str:
-    from ..luadata import lua_value
+def table_source(table: dict) -> str:
+    """The route table as a Lua constructor, one context and one route per line (readable in goldens
+    and diffs; the line breaks cost a character each)."""
+    contexts = ",\n".join(lua_value(c) for c in table["contexts"])
+    routes = ",\n".join(f"[{lua_string(k)}]={v}" for k, v in sorted(table["routes"].items()))
+    return '{["contexts"]={\n' + contexts + '\n},\n["routes"]={\n' + routes + "\n}}"
 
+
+def inline_code(vhosts: list[VirtualHost], secrets_dir: str) -> str:
     return ("local llmc_bundle = (function()\n" + bundle() + "\nend)()\n"
-            "return (function(...)\n" + ambient_source() + "\nend)(" + lua_value(route_table(vhosts, secrets_dir))
+            "return (function(...)\n" + ambient_source() + "\nend)(" + table_source(route_table(vhosts, secrets_dir))
             + ")\n")
 
 

@@ -12,6 +12,7 @@ import pytest
 from compiler.translate.envoyfilter import lua_source
 
 _BLOCK = re.compile(r"^( *)inline_string: \|[-+]?\n((?:\1  .*\n|\n)+)", re.M)
+_INLINE = re.compile(r"^( *)inlineCode: \|[-+]?\n((?:\1  .*\n|\n)+)", re.M)
 
 
 def lua_marker() -> str:
@@ -28,7 +29,24 @@ def mask_lua(text: str) -> str:
         if body.rstrip("\n") != lua_source().rstrip("\n"):
             return m.group(0)
         return f"{m.group(1)}inline_string: {lua_marker()}\n"
-    return _BLOCK.sub(sub, text)
+    return _INLINE.sub(_mask_inline_code, _BLOCK.sub(sub, text))
+
+
+def _mask_inline_code(m: re.Match) -> str:
+    """A TrafficExtension's inline code (ambient target): the bundle and ``ambient.lua`` become markers,
+    the generated route table stays (it is what the golden pins). Left as it is unless both are today's."""
+    from compiler.translate.trafficextension import ambient_source, bundle
+
+    indent = m.group(1) + "  "
+    body = "".join(line[len(indent):] if line.strip() else "\n" for line in m.group(2).splitlines(True))
+    head, tail = "local llmc_bundle = (function()\n", "\nend)()\nreturn (function(...)\n"
+    code = bundle() + tail + ambient_source() + "\nend)("
+    if not body.startswith(head + code):
+        return m.group(0)
+    table = body[len(head + code):]
+    digest = hashlib.sha256(code.encode()).hexdigest()[:16]
+    return f"{m.group(1)}inlineCode: |\n{indent}<llmc bundle and ambient.lua sha256:{digest}>\n" + "".join(
+        f"{indent}{line}\n" for line in table.splitlines())
 
 
 def check_golden(path: Path, actual: str, update: bool) -> None:
