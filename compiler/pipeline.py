@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .constants import GENERATED, KIND_ORDER, SOURCES_ANNOTATION, is_generated
+from .constants import GENERATED, KIND_ORDER, SOURCES_ANNOTATION, TRAFFIC_EXTENSION, is_generated
 from .diagnostics import Diagnostics
 from .ir import Program
 from .load import Document, Passthrough, apply_default_namespace, load_inputs, load_text
@@ -132,7 +132,7 @@ def check_inline_code(objects: list[dict], diags: Diagnostics, docs: list[Docume
     from .translate.trafficextension import INLINE_CODE_LIMIT, bundle
 
     for obj in objects:
-        if obj["kind"] != "TrafficExtension":
+        if obj["kind"] != TRAFFIC_EXTENSION:
             continue
         size = len(obj["spec"]["lua"]["inlineCode"])
         if size <= INLINE_CODE_LIMIT:

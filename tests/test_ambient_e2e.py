@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 import trustme
-import yaml
 
 from tests.conftest import TESTDATA
+from tests.support.anthropic import AnthropicUpstream
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_binary
 from tests.support.mesh import llmc_render
 from tests.support.sdk import APP_KEY, chat
-from tests.support.anthropic import AnthropicUpstream
 from tests.support.upstream import start_upstreams
 from tests.support.waypoint_harness import Waypoint, build_waypoint_bootstrap
 
@@ -191,7 +190,7 @@ def test_every_llmc_route_name_reaches_the_waypoint_unchanged(seed):
              ["route_config"]["virtual_hosts"] for r in vh["routes"]}
     (ext,) = [o for o in seed.ambient_objects if o["kind"] == "TrafficExtension"]
     code = ext["spec"]["lua"]["inlineCode"]
-    table = code[code.rindex('["routes"]={'):]
+    table = code[code.rindex("routes={"):]
     for name in names - {n for n in names if n.endswith("/*models")}:
         assert f'["{name}"]=' in table, name
 

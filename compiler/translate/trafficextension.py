@@ -26,8 +26,8 @@ from functools import cache
 from importlib import resources
 
 from .. import names
-from ..luadata import lua_string, lua_value
 from ..ir import Program, VirtualHost
+from ..luadata import lua_key, lua_value
 from .common import metadata, rule_route_names
 from .envoyfilter import lua_context, lua_source
 
@@ -100,8 +100,8 @@ def table_source(table: dict) -> str:
     """The route table as a Lua constructor, one context and one route per line (readable in goldens
     and diffs; the line breaks cost a character each)."""
     contexts = ",\n".join(lua_value(c) for c in table["contexts"])
-    routes = ",\n".join(f"[{lua_string(k)}]={v}" for k, v in sorted(table["routes"].items()))
-    return '{["contexts"]={\n' + contexts + '\n},\n["routes"]={\n' + routes + "\n}}"
+    routes = ",\n".join(f"{lua_key(k)}={v}" for k, v in sorted(table["routes"].items()))
+    return "{contexts={\n" + contexts + "\n},\nroutes={\n" + routes + "\n}}"
 
 
 def inline_code(vhosts: list[VirtualHost], secrets_dir: str) -> str:
@@ -130,7 +130,7 @@ def translate_trafficextensions(program: Program) -> list[dict]:
     for (ns, name), vhosts in sorted(waypoint_vhosts(program).items()):
         out.append({
             "metadata": metadata(extension_name(name), ns, [s for vh in vhosts for s in vh.all_sources]),
-            "waypoint": name,
+            "gateway": name,
             "inline_code": inline_code(vhosts, program.secrets_dir),
         })
     return out
