@@ -310,3 +310,30 @@ def test_route_table_names_every_shaping_route_but_the_model_list():
     table = route_table([vh], "/etc/llmc/secrets")
     assert sorted(table["routes"]) == ["llmc/default/chat/w", "llmc/default/chat/w/a", "llmc/default/chat/w/b"]
     assert json.dumps(table).count("sk-a-0000000000000000") == 1  # each key once
+
+
+# --- llmc explain --target ambient ----------------------------------------------------------------
+
+@pytest.mark.parametrize("host,method,path,headers", [
+    ("demo-llm-server", "POST", "/v1/chat/completions", {}),
+    ("demo-llm-server", "GET", "/v1/models", {}),
+    ("demo-llm-server", "GET", "/v1/chat/completions", {}),
+    ("demo-llm-server", "POST", "/", {"x-llmc-provider": "llmc/default/demo-llm-server/migrate-rule/moonshot"}),
+    ("dashscope.aliyuncs.com", "POST", "/v1/chat/completions", {"user-type": "subscriber"}),
+    ("dashscope.aliyuncs.com", "POST", "/v1/chat/completions", {}),
+    ("api.moonshot.cn", "POST", "/v1/chat/completions", {}),
+])
+def test_explain_gives_the_same_answer_for_both_targets(host, method, path, headers):
+    pytest.importorskip("re2")
+    from compiler import compile_paths
+    from compiler.explain import Request, explain
+
+    body = b'{"messages":[{"role":"user","content":"hi"}]}'
+    outs = []
+    for opts in (Options(), AMBIENT):
+        result = compile_paths(["samples/seed"], opts)
+        assert result.ok
+        req = Request(host=host, method=method, path=path, headers=headers, body=body if method == "POST" else b"")
+        outs.append(explain(result.objects, req, seed=7))
+    assert outs[0] == outs[1]
+    assert "filter" not in outs[1] or method == "GET" and path == "/v1/models"  # the filter ran (but on /v1/models)

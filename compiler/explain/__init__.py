@@ -34,7 +34,7 @@ from importlib import resources
 from typing import Any
 
 from .. import names
-from ..constants import DESTINATION_RULE, FILTER_NAME
+from ..constants import DESTINATION_RULE, FILTER_NAME, TRAFFIC_EXTENSION
 from ..translate.envoyfilter import UPSTREAM_FILTER_PREFIX
 from .istio import ExplainError, Request, describe_proxy, find_filter_context, find_virtualservice, select
 
@@ -123,6 +123,42 @@ def _filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[dict
                      lambda: find_filter_context(objects, req, vhost))
 
 
+def _waypoint_context(objects: list[dict], vs: dict) -> tuple[dict | None, dict[str, dict]]:
+    """Ambient target: the host's context from the route table in a waypoint's TrafficExtension (data
+    written by ``compiler/luadata.py``, read back with LuaJIT), and the route patches the sidecar target
+    would have: each llmc route names itself in its metadata (on a waypoint the filter reads the name
+    of the route Envoy selected instead: the same), every other route of the host has the filter off."""
+    names_ = [h.get("name", "") for h in vs["spec"].get("http", [])]
+    for ext in objects:
+        if ext["kind"] != TRAFFIC_EXTENSION:
+            continue
+        code = ext["spec"]["lua"]["inlineCode"]
+        start = code.rfind("\nend)(")
+        if start < 0:
+            continue
+        table = _plain(_runtime().lua.execute("return " + code[start + len("\nend)("):].rstrip().removesuffix(")")))
+        routes = table.get("routes") or {}
+        index = next((routes[n] for n in names_ if n in routes), None)
+        if index is None:
+            continue
+        patches = {n: {"metadata": {"filter_metadata": {FILTER_NAME: {"route": n}}}} if routes.get(n) == index
+                   else {"typed_per_filter_config": {FILTER_NAME: {"disabled": True}}} for n in names_}
+        return table["contexts"][index - 1], patches
+    return None, {}
+
+
+def _plain(value: Any) -> Any:
+    """A Lua data table to JSON-like Python: a sequence 1..n becomes a list."""
+    if hasattr(value, "items") and not isinstance(value, dict):
+        items = {k: _plain(v) for k, v in value.items()}
+        if items and all(isinstance(k, int) for k in items) and sorted(items) == list(range(1, len(items) + 1)):
+            return [items[i] for i in range(1, len(items) + 1)]
+        return items
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
 def _route_metadata(route_patches: dict[str, dict]) -> dict[str, dict]:
     """Each route's llmc route metadata, once per (remembered) set of route patches."""
     return _remember(_METADATA, (), route_patches, lambda: {
@@ -166,6 +202,8 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
     out["route"] = first.get("name", "")
     fqdn = vs["spec"]["hosts"][0]
     context, route_patches = _filter_context(objects, req, f"{_fqdn(fqdn, vs_ns, req.cluster_domain)}:{req.port}")
+    if context is None and not route_patches:
+        context, route_patches = _waypoint_context(objects, vs)
     lua_disabled = ((route_patches.get(out["route"]) or {}).get("typed_per_filter_config") or {}).get(
         FILTER_NAME, {}).get("disabled")
     if context is None or lua_disabled:
