@@ -18,7 +18,7 @@ from compiler import Options, compile_text
 from compiler.diagnostics import Severity
 from compiler.luadata import lua_key, lua_string, lua_value
 from compiler.options import parse_options
-from compiler.translate.trafficextension import INLINE_CODE_LIMIT, bundle, route_table
+from compiler.translate.trafficextension import INLINE_CODE_LIMIT, bundle, route_index, route_table
 
 AMBIENT, _ = parse_options(target="ambient")
 
@@ -308,7 +308,9 @@ def test_route_table_names_every_shaping_route_but_the_model_list():
         """))
     vh = next(v for v in result.program.vhosts if v.label == "chat")
     table = route_table([vh], "/etc/llmc/secrets")
-    assert sorted(table["routes"]) == ["llmc/default/chat/w", "llmc/default/chat/w/a", "llmc/default/chat/w/b"]
+    assert route_index(table["contexts"]) == {"llmc/default/chat/w": 1, "llmc/default/chat/w/a": 1,
+                                              "llmc/default/chat/w/b": 1}
+    assert list(table["protocols"]) == ["openai"] and "protocols" not in table["contexts"][0]
     assert json.dumps(table).count("sk-a-0000000000000000") == 1  # each key once
 
 

@@ -36,6 +36,7 @@ from typing import Any
 from .. import names
 from ..constants import DESTINATION_RULE, FILTER_NAME, TRAFFIC_EXTENSION
 from ..translate.envoyfilter import UPSTREAM_FILTER_PREFIX
+from ..translate.trafficextension import route_index
 from .istio import ExplainError, Request, describe_proxy, find_filter_context, find_virtualservice, select
 
 __all__ = ["ExplainError", "Request", "explain", "format_text"]
@@ -137,13 +138,13 @@ def _waypoint_context(objects: list[dict], vs: dict) -> tuple[dict | None, dict[
         if start < 0:
             continue
         table = _plain(_runtime().lua.execute("return " + code[start + len("\nend)("):].rstrip().removesuffix(")")))
-        routes = table.get("routes") or {}
+        routes = route_index(table.get("contexts") or [])
         index = next((routes[n] for n in names_ if n in routes), None)
         if index is None:
             continue
         patches = {n: {"metadata": {"filter_metadata": {FILTER_NAME: {"route": n}}}} if routes.get(n) == index
                    else {"typed_per_filter_config": {FILTER_NAME: {"disabled": True}}} for n in names_}
-        return table["contexts"][index - 1], patches
+        return {**table["contexts"][index - 1], "protocols": table["protocols"]}, patches
     return None, {}
 
 

@@ -27,8 +27,8 @@ from importlib import resources
 
 from .. import names
 from ..ir import Program, VirtualHost
-from ..luadata import lua_key, lua_value
-from .common import metadata, rule_route_names
+from ..luadata import lua_value
+from .common import metadata
 from .envoyfilter import lua_context, lua_source
 
 #: ``lua.inlineCode`` maxLength in Istio 1.30's CRD (characters; llmc's inline code is ASCII)
@@ -82,26 +82,34 @@ def ambient_context(vh: VirtualHost, secrets_dir: str) -> dict:
 
 
 def route_table(vhosts: list[VirtualHost], secrets_dir: str) -> dict:
-    """``routes``: Envoy route name → index (1-based, Lua's) into ``contexts``. Every route the filter
-    shapes on is listed; the ``GET /v1/models`` route is not (there the filter does nothing)."""
-    contexts, routes = [], {}
+    """The data of a waypoint's filter: ``contexts``, each virtual host's filter context as on sidecars
+    but without ``protocols``, whose records (the union of the hosts') are given once. ``ambient.lua``
+    puts them back and indexes the contexts by the routes each names (:func:`route_index`)."""
+    contexts, protocols = [], {}
     for vh in vhosts:
-        contexts.append(ambient_context(vh, secrets_dir))
-        for rule in vh.rules:
-            entry, pinned = rule_route_names(vh, rule)
-            for name in (entry, *pinned.values()):
-                routes[name] = len(contexts)
-        if vh.body_fields:
-            routes[names.special_route(vh.namespace, vh.label, "nomatch")] = len(contexts)
-    return {"routes": routes, "contexts": contexts}
+        ctx = ambient_context(vh, secrets_dir)
+        protocols.update(ctx.pop("protocols"))
+        contexts.append(ctx)
+    return {"contexts": contexts, "protocols": dict(sorted(protocols.items()))}
+
+
+def route_index(contexts: list[dict]) -> dict[str, int]:
+    """Envoy route name → the index (1-based, Lua's) of its context, as ``ambient.lua`` builds it: every
+    rule's route (the context's ``routes``), every pinned route (a backend's ``pin``) and the no-match
+    route of a host that routes by the body. The ``GET /v1/models`` route is not named (there the
+    filter does nothing)."""
+    out: dict[str, int] = {}
+    for i, ctx in enumerate(contexts, start=1):
+        names_ = [*ctx["routes"], *(b["pin"] for r in ctx["rules"].values() for b in r["backends"] if "pin" in b)]
+        out.update({n: i for n in names_ + ([ctx["nomatch"]] if "nomatch" in ctx else [])})
+    return out
 
 
 def table_source(table: dict) -> str:
-    """The route table as a Lua constructor, one context and one route per line (readable in goldens
-    and diffs; the line breaks cost a character each)."""
+    """The table as a Lua constructor, one context per line (readable in goldens and diffs; the line
+    breaks cost a character each)."""
     contexts = ",\n".join(lua_value(c) for c in table["contexts"])
-    routes = ",\n".join(f"{lua_key(k)}={v}" for k, v in sorted(table["routes"].items()))
-    return "{contexts={\n" + contexts + "\n},\nroutes={\n" + routes + "\n}}"
+    return "{contexts={\n" + contexts + "\n},\nprotocols=" + lua_value(table["protocols"]) + "}"
 
 
 def inline_code(vhosts: list[VirtualHost], secrets_dir: str) -> str:
