@@ -216,3 +216,20 @@ def test_missing_secret_is_reported_then_resolved_and_everything_removed_with_th
         wait_for(lambda: not generated(api), what="everything removed")
     finally:
         ctrl.stop()
+
+
+def test_ambient_target_applies_what_render_prints(api):
+    """``--target ambient`` reaches the controller through the settings table: it applies the
+    TrafficExtension and the enrolled ServiceEntries exactly as ``llmc render --target ambient``."""
+    load_seed(api)
+    opts = Options(target="ambient")
+    ctrl = start(api, opts=opts)
+    try:
+        expected = compile_paths([str(REPO / "samples" / "seed")], opts).objects
+        assert "TrafficExtension" in {o["kind"] for o in expected}
+        wait_for(lambda: len(generated(api)) == len(expected), what="objects applied")
+        by_key = {(o["kind"], o["metadata"]["name"]): strip(o) for o in generated(api)}
+        assert by_key == {(o["kind"], o["metadata"]["name"]): o for o in expected}
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="status")
+    finally:
+        ctrl.stop()

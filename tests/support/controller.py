@@ -18,9 +18,11 @@ from tests.support.fake_apiserver import FakeAPIServer
 SRC = "apis/istio.alibabacloud.com/v1beta1"
 NET = "apis/networking.istio.io/v1"
 EF = "apis/networking.istio.io/v1alpha3"
+EXT = "apis/extensions.istio.io/v1alpha1"
 PLURAL = {"LLMProvider": "llmproviders", "LLMRoute": "llmroutes"}
 GEN = {"ServiceEntry": (NET, "serviceentries"), "DestinationRule": (NET, "destinationrules"),
-       "VirtualService": (NET, "virtualservices"), "EnvoyFilter": (EF, "envoyfilters")}
+       "VirtualService": (NET, "virtualservices"), "EnvoyFilter": (EF, "envoyfilters"),
+       "TrafficExtension": (EXT, "trafficextensions")}
 
 
 def seed_objects() -> list[dict]:
