@@ -339,3 +339,26 @@ def test_explain_gives_the_same_answer_for_both_targets(host, method, path, head
         outs.append(explain(result.objects, req, seed=7))
     assert outs[0] == outs[1]
     assert "filter" not in outs[1] or method == "GET" and path == "/v1/models"  # the filter ran (but on /v1/models)
+
+
+def test_mounts_prints_the_waypoints_deployment_customization():
+    """``llmc mounts --target ambient``: per waypoint, a ConfigMap whose ``deployment`` patch mounts the
+    Secrets at the path the filter reads; valid for Kubernetes, and parsed back to the patch."""
+    import kubernetes_validate
+    import yaml
+
+    from compiler import compile_paths
+    from compiler.mounts import plan
+    from tests.test_deploy import K8S_VERSION
+
+    result = compile_paths(["samples/secret-ref"], AMBIENT)
+    (entry,) = plan(result.program)
+    cm = entry["patch"]
+    assert (entry["proxies"], cm["metadata"]) == ("waypoint", {"name": "waypoint-llmc-keys", "namespace": "llm-apps"})
+    kubernetes_validate.validate(cm, K8S_VERSION, strict=True)
+    patch = yaml.safe_load(cm["data"]["deployment"])["spec"]["template"]["spec"]
+    assert patch["volumes"] == [{"name": "llmc-llm-provider-keys", "secret": {"secretName": "llm-provider-keys"}}]
+    (mount,) = patch["containers"][0]["volumeMounts"]
+    assert mount["mountPath"] == "/etc/llmc/secrets/llm-provider-keys"  # where the context says the key file is
+    (ext,) = [o for o in result.objects if o["kind"] == "TrafficExtension"]
+    assert "/etc/llmc/secrets/llm-provider-keys/dashscope" in ext["spec"]["lua"]["inlineCode"]

@@ -115,5 +115,4 @@ def check_program(vhosts: list[VirtualHost], route_docs, provider_docs, diags: D
                                   "key file, so they must mount the Secret (the Gateway's "
                                   "spec.infrastructure.parametersRef; docs/ambient.md#api-keys)",
                                   **pdoc.where(("spec", "configs")),
-                                  hint="`llmc mounts` does not patch waypoints; add the volume to the waypoint's "
-                                  "deployment customization ConfigMap")
+                                  hint="`llmc mounts --target ambient` prints the ConfigMap that mounts it")
