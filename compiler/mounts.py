@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 
+from .constants import CONFIG_MAP, GENERATED
 from .ir import Program
 from .names import volume_name
 
@@ -67,9 +68,9 @@ def plan(program: Program) -> list[dict]:
             "containers": [{"name": "istio-proxy", "volumeMounts": [
                 {"name": volume_name(s), "mountPath": f"{program.secrets_dir}/{s}", "readOnly": True}
                 for s in names]}]}}}}
-        out.append({"proxies": "waypoint", "namespace": namespace, "selector": {}, "secrets": names,
-                    "waypoint": name, "patch": {
-                        "apiVersion": "v1", "kind": "ConfigMap",
+        out.append({"proxies": "waypoints", "namespace": namespace, "selector": {}, "secrets": names,
+                    "gateway": name, "patch": {
+                        "apiVersion": GENERATED[CONFIG_MAP].api_version, "kind": CONFIG_MAP,
                         "metadata": {"name": f"{name}-llmc-keys", "namespace": namespace},
                         "data": {"deployment": _yaml(patch)}}})
     return out
@@ -89,8 +90,8 @@ def render_plan(program: Program) -> str:
     for entry in plan(program):
         labels = ",".join(f"{k}={v}" for k, v in entry["selector"].items())
         secrets = ", ".join(entry["secrets"])
-        if entry["proxies"] == "waypoint":
-            head = [f"# Waypoint {entry['namespace']}/{entry['waypoint']} needs Secret(s) {secrets} (in namespace "
+        if entry["proxies"] == "waypoints":
+            head = [f"# Waypoint {entry['namespace']}/{entry['gateway']} needs Secret(s) {secrets} (in namespace "
                     f"{entry['namespace']}).",
                     "# Apply this ConfigMap and name it in the waypoint's Gateway (docs/ambient.md#api-keys):",
                     "#   spec.infrastructure.parametersRef: {group: \"\", kind: ConfigMap, name: "

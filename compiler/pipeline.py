@@ -129,19 +129,20 @@ def check_sizes(objects: list[dict], diags: Diagnostics, docs: list[Document] = 
 def check_inline_code(objects: list[dict], diags: Diagnostics, docs: list[Document] = ()) -> None:  # type: ignore[assignment]
     """Ambient target: a TrafficExtension's ``lua.inlineCode`` holds at most 65,536 characters (Istio
     1.30's CRD); the Lua bundle takes most of it, the route table of the waypoint's sources the rest."""
-    from .translate.trafficextension import INLINE_CODE_LIMIT, bundle
+    from .translate.trafficextension import INLINE_CODE_LIMIT, WRAP_TAIL
 
     for obj in objects:
         if obj["kind"] != TRAFFIC_EXTENSION:
             continue
-        size = len(obj["spec"]["lua"]["inlineCode"])
+        code = obj["spec"]["lua"]["inlineCode"]
+        size, lua = len(code), code.split(WRAP_TAIL, 1)[0]
         if size <= INLINE_CODE_LIMIT:
             continue
         meta = obj["metadata"]
         sources = meta["annotations"][SOURCES_ANNOTATION]
         waypoint = f"{meta['namespace']}/{obj['spec']['targetRefs'][0]['name']}"
         diags.error("LLMC279", f"the TrafficExtension for waypoint {waypoint} would hold {size} characters of Lua "
-                    f"(the bundle {len(bundle())}, the route table of {sources} the rest); Istio accepts at most "
+                    f"(the bundle {len(lua)}, the route table of {sources} the rest); Istio accepts at most "
                     f"{INLINE_CODE_LIMIT}", object=f"TrafficExtension {meta['namespace']}/{meta['name']}",
                     **_source_position(sources, docs),
                     hint="serve fewer routes from this waypoint: give other namespaces their own waypoint "

@@ -354,7 +354,7 @@ def test_mounts_prints_the_waypoints_deployment_customization():
     result = compile_paths(["samples/secret-ref"], AMBIENT)
     (entry,) = plan(result.program)
     cm = entry["patch"]
-    assert (entry["proxies"], cm["metadata"]) == ("waypoint", {"name": "waypoint-llmc-keys", "namespace": "llm-apps"})
+    assert (entry["proxies"], cm["metadata"]) == ("waypoints", {"name": "waypoint-llmc-keys", "namespace": "llm-apps"})
     kubernetes_validate.validate(cm, K8S_VERSION, strict=True)
     patch = yaml.safe_load(cm["data"]["deployment"])["spec"]["template"]["spec"]
     assert patch["volumes"] == [{"name": "llmc-llm-provider-keys", "secret": {"secretName": "llm-provider-keys"}}]

@@ -193,7 +193,8 @@ def test_every_llmc_route_name_reaches_the_waypoint_unchanged(seed):
     from compiler.explain import _plain, _runtime
 
     code = ext["spec"]["lua"]["inlineCode"]
-    table = _plain(_runtime().lua.execute("return " + code[code.rindex("\nend)(") + 6:].rstrip().removesuffix(")")))
+    table = _plain(_runtime(None).lua.execute("return " + code[code.index("end)({contexts=") + 5:].rstrip()
+                                                            .removesuffix(")")))
     assert set(route_index(table["contexts"])) == {n for n in names if not n.endswith("/*models")}
 
 

@@ -25,11 +25,12 @@ import json
 from functools import cache
 from importlib import resources
 
-from .. import names
+from .. import luabundle, names
 from ..ir import Program, VirtualHost
 from ..luadata import lua_value
+from ..protocols import PROTOCOLS
 from .common import metadata
-from .envoyfilter import lua_context, lua_source
+from .envoyfilter import lua_context
 
 #: ``lua.inlineCode`` maxLength in Istio 1.30's CRD (characters; llmc's inline code is ASCII)
 INLINE_CODE_LIMIT = 65536
@@ -40,30 +41,21 @@ WAYPOINT_LABEL = "istio.io/use-waypoint"
 WAYPOINT_NAMESPACE_LABEL = "istio.io/use-waypoint-namespace"
 
 
-@cache
-def bundle() -> str:
-    """The Lua filter's source for one downstream filter (the one line to change when the bundler lands)."""
-    return _strip_comments(lua_source())
+def bundle(formats: frozenset[str] = frozenset()) -> str:
+    """The Lua bundle of a waypoint's filter (``compiler/luabundle.py``): the modules every filter
+    needs and the translators of the ``formats`` its providers speak; never failover (refused, LLMC272)."""
+    return luabundle.bundle(luabundle.modules_for(formats, failover=False))
 
 
 @cache
 def ambient_source() -> str:
-    return _strip_comments(resources.files("llmc_templates.lua").joinpath("ambient.lua").read_text(encoding="utf-8"))
+    """``templates/lua/ambient.lua``, stripped as the bundle's modules are."""
+    return luabundle.strip(resources.files("llmc_templates.lua").joinpath("ambient.lua").read_text(encoding="utf-8"))
 
 
-def _strip_comments(source: str) -> str:
-    """Interim, until the Lua bundler: drop comment lines, indentation and trailing comments that follow
-    code without quotes or brackets (so no string can hold them)."""
-    out = []
-    for line in source.splitlines():
-        line = line.strip()
-        if not line or line.startswith("--"):
-            continue
-        cut = line.find(" --")
-        if cut > 0 and not any(c in line[:cut] for c in "\"'["):
-            line = line[:cut].rstrip()
-        out.append(line)
-    return "\n".join(out)
+#: how the inline code is put together: the bundle runs in a function of its own (it ends with a
+#: ``return``), then ``ambient.lua`` runs with the route table as its argument
+WRAP_HEAD, WRAP_TAIL, TABLE_CALL = "local llmc_bundle = (function()\n", "end)()\nreturn (function(...)\n", "end)("
 
 
 def ambient_context(vh: VirtualHost, secrets_dir: str) -> dict:
@@ -112,10 +104,14 @@ def table_source(table: dict) -> str:
     return "{contexts={\n" + contexts + "\n},\nprotocols=" + lua_value(table["protocols"]) + "}"
 
 
+def formats(vhosts: list[VirtualHost]) -> frozenset[str]:
+    """The body formats of every provider the waypoint's hosts send to (which translators it needs)."""
+    return frozenset(PROTOCOLS[b.provider.protocol].format for vh in vhosts for r in vh.rules for b in r.backends)
+
+
 def inline_code(vhosts: list[VirtualHost], secrets_dir: str) -> str:
-    return ("local llmc_bundle = (function()\n" + bundle() + "\nend)()\n"
-            "return (function(...)\n" + ambient_source() + "\nend)(" + table_source(route_table(vhosts, secrets_dir))
-            + ")\n")
+    return (WRAP_HEAD + bundle(formats(vhosts)) + WRAP_TAIL + ambient_source() + TABLE_CALL
+            + table_source(route_table(vhosts, secrets_dir)) + ")\n")
 
 
 def waypoint_vhosts(program: Program) -> dict[tuple[str, str], list[VirtualHost]]:
