@@ -208,16 +208,28 @@ def test_output_validates_against_istio_crds(istio_crds):
 
 # --- the size limit -----------------------------------------------------------------------------
 
-def providers_fitting() -> int:
-    """How many single-provider hosts (each its own implicit route) fit one waypoint's TrafficExtension."""
-    n = 1
+def providers_fitting(start: int = 1) -> int:
+    """How many single-provider hosts (each its own implicit route) fit one waypoint's TrafficExtension
+    (from ``start``, which must fit)."""
+    n = start
+    assert compile_ambient(*(provider(f"p{i:03d}") for i in range(n))).ok
     while compile_ambient(*(provider(f"p{i:03d}") for i in range(n + 1))).ok:
         n += 1
     return n
 
 
+def test_the_documented_number_of_providers_fits():
+    """docs/ambient.md, "Size": the bold figure is how many OpenAI-compatible providers fit, exactly."""
+    import re
+
+    from tests.conftest import REPO
+
+    documented = int(re.search(r"\*\*(\d+) OpenAI-compatible providers\*\*", (REPO / "docs" / "ambient.md").read_text())[1])
+    assert providers_fitting(documented - 1) == documented
+
+
 def test_a_waypoint_over_the_limit_is_a_located_error_and_nothing_is_written():
-    n = providers_fitting()
+    n = providers_fitting(60)
     docs = [provider(f"p{i:03d}") for i in range(n)]
     fits = compile_ambient(*docs)
     (ext,) = [o for o in fits.objects if o["kind"] == "TrafficExtension"]
@@ -229,7 +241,7 @@ def test_a_waypoint_over_the_limit_is_a_located_error_and_nothing_is_written():
     assert over.objects == [] and found(over) == {("LLMC279", "spec.rules")}
     (d,) = [x for x in over.diagnostics.items if x.code == "LLMC279"]
     assert "waypoint default/waypoint" in d.message and d.line > 0 and d.object == "TrafficExtension default/llmc-waypoint"
-    assert len(bundle()) < INLINE_CODE_LIMIT
+    assert len(bundle()) < INLINE_CODE_LIMIT and len(bundle(frozenset({"anthropic"}))) < INLINE_CODE_LIMIT
 
 
 # --- the Lua data serializer --------------------------------------------------------------------
