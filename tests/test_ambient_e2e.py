@@ -22,9 +22,10 @@ import trustme
 from compiler.translate.trafficextension import route_index
 from tests.conftest import TESTDATA
 from tests.support.anthropic import AnthropicUpstream
+from tests.support.azure import AzureUpstream
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_binary
 from tests.support.mesh import llmc_render
-from tests.support.sdk import APP_KEY, chat
+from tests.support.sdk import APP_KEY, chat, chat_stream
 from tests.support.upstream import start_upstreams
 from tests.support.waypoint_harness import Waypoint, build_waypoint_bootstrap
 
@@ -32,8 +33,12 @@ pytestmark = pytest.mark.envoy
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = "samples/seed"
-PROTOCOLS = str(TESTDATA / "e2e" / "ambient-providers.yaml")
+EXTRAS = str(TESTDATA / "e2e" / "extras.yaml")  # a streaming provider, a 4 KiB limit, a key from a Secret
+PROTOCOLS = str(TESTDATA / "e2e" / "providers.yaml")
+MODELS = str(TESTDATA / "golden" / "model-routing.in.yaml")
 TLS_HOSTS = ("dashscope.aliyuncs.com", "api.moonshot.cn")
+PLAIN_HOSTS = ("stream.example.com", "tiny.example.com", "keyed.example.com", "openai.example.com", "gw.example.com",
+               "qwen.example.com", "kimi.example.com")
 #: what the access log records of each request: llmc's dynamic metadata and the route
 LOG_FORMAT = {"llmc": "%DYNAMIC_METADATA(llmc)%", "route": "%ROUTE_NAME%", "status": "%RESPONSE_CODE%"}
 PATHS = {"api.moonshot.cn": "/v1/chat/completions", "dashscope.aliyuncs.com": "/compatible-mode/v1/chat/completions"}
@@ -50,8 +55,10 @@ def ca(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def upstreams(ca):
-    ups = start_upstreams(ca[0], TLS_HOSTS, ("openai.example.com", "gw.example.com"))
-    ups["claude.example.com"] = AnthropicUpstream("claude.example.com")
+    ups = start_upstreams(ca[0], TLS_HOSTS, PLAIN_HOSTS, sse_pause=0.05)
+    ups["azure.example.com"] = AzureUpstream("azure.example.com", ("dep-mini",), sse_pause=0.05)
+    for host in ("claude.example.com", "byok.example.com"):
+        ups[host] = AnthropicUpstream(host, sse_pause=0.05)
     yield ups
     for u in ups.values():
         u.stop()
@@ -65,7 +72,10 @@ def _clear(upstreams):
 
 @pytest.fixture(scope="module")
 def secrets_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("secrets")
+    d = tmp_path_factory.mktemp("secrets")
+    (d / "llm-keys").mkdir()
+    (d / "llm-keys" / "keyed").write_text("sk-from-secret-1\n")
+    return d
 
 
 class Pair:
@@ -103,8 +113,16 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def seed(upstreams, ca, secrets_dir, tmp_path_factory):
-    pair = Pair([SEED], "default", {"demo-llm-server.default.svc.cluster.local": "default"}, upstreams, ca[1],
-                secrets_dir, tmp_path_factory.mktemp("seed"))
+    pair = Pair([SEED, EXTRAS], "default", {"demo-llm-server.default.svc.cluster.local": "default"}, upstreams,
+                ca[1], secrets_dir, tmp_path_factory.mktemp("seed"))
+    yield pair
+    pair.stop()
+
+
+@pytest.fixture(scope="module")
+def models(upstreams, ca, secrets_dir, tmp_path_factory):
+    pair = Pair([MODELS], "default", {"models-gateway.default.svc.cluster.local": "default"}, upstreams, ca[1],
+                secrets_dir, tmp_path_factory.mktemp("models"))
     yield pair
     pair.stop()
 
@@ -267,16 +285,17 @@ def test_access_log_metadata_is_the_same(seed, upstreams):
 
 
 def test_translated_providers_as_on_a_sidecar(protocols, upstreams):
-    """Anthropic (translated both ways), a gateway that takes its key in x-api-key, and a 50/50 rule
-    over an OpenAI-protocol provider and Anthropic: the same requests reach the providers, the same
-    answers (model, text, token usage) the SDK."""
+    """Anthropic (translated both ways, with a key and with the client's own), a gateway that takes its
+    key in x-api-key, Azure OpenAI (deployment path, api-key), and a 50/50 rule over an OpenAI-protocol
+    provider and Anthropic: the same requests reach the providers, the same answers (model, text, token
+    usage) the SDK."""
     def send(target, host, n):
         out = set()
         for _ in range(n):
             c = chat(protocols.port(target, host), host)
             out.add((c.model, c.choices[0].message.content, c.usage.total_tokens if c.usage else None))
         return out
-    for host in ("claude.example.com", "gw.example.com"):
+    for host in ("claude.example.com", "gw.example.com", "azure.example.com", "byok.example.com"):
         answers, requests = both(protocols, upstreams, lambda t, host=host: send(t, host, 1))
         assert answers[0] == answers[1] and requests[0] == requests[1] and len(requests[1]) == 1, host
         assert requests[1][0][0] == host
@@ -284,3 +303,51 @@ def test_translated_providers_as_on_a_sidecar(protocols, upstreams):
     assert answers[0] == answers[1] and len(answers[1]) == 2, answers
     assert set(requests[0]) == set(requests[1])
     assert {r[0] for r in requests[1]} == {"openai.example.com", "claude.example.com"}
+
+
+# --- the e2e extras: streaming, a body limit, a key from a Secret --------------------------------
+
+def test_streams_pass_through_as_on_a_sidecar(seed, upstreams):
+    def send(target):
+        s = chat_stream(seed.port(target, "stream.example.com"), "stream.example.com")
+        return s.text, s.usage.total_tokens if s.usage else None, len(s.chunks)
+    answers, requests = both(seed, upstreams, send)
+    assert answers[0] == answers[1] and answers[1][1]  # the same text, events and usage
+    assert requests[0] == requests[1]
+    assert json.loads(requests[1][0][5])["stream_options"] == {"include_usage": True}
+
+
+def test_body_limit_and_secret_key_as_on_a_sidecar(seed, upstreams):
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * 5000}]})
+    answers, requests = both(seed, upstreams, lambda t: raw(seed.port(t, "tiny.example.com"), "tiny.example.com", big))
+    assert answers[0][0] == answers[1][0] == 413 and normal(answers[0][1]) == normal(answers[1][1])
+    assert requests == [[], []]
+    answers, requests = both(seed, upstreams, lambda t: chat(seed.port(t, "keyed.example.com"), "keyed.example.com").model)
+    assert answers[0] == answers[1] and requests[0] == requests[1]
+    assert ("authorization", "Bearer sk-from-secret-1") in requests[1][0][4]
+
+
+# --- routing by the body's model ------------------------------------------------------------------
+
+@pytest.mark.parametrize("model,headers,hosts", [
+    ("gpt-4o", None, {"openai.example.com"}),
+    ("gpt-4o-mini", None, {"qwen.example.com"}),
+    ("kimi-latest", None, {"kimi.example.com", "qwen.example.com"}),  # a 50/50 rule
+    ("claude-3.5", {"x-team": "blue"}, {"kimi.example.com"}),
+    ("claude-3.5", None, set()),  # no rule matches: llmc's 404
+])
+def test_model_routing_as_on_a_sidecar(models, upstreams, model, headers, hosts):
+    n = 16 if len(hosts) > 1 else 1
+    def send(target):
+        out = set()
+        for _ in range(n):
+            status, body = raw(models.port(target, "models-gateway"), "models-gateway",
+                               json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}), headers)
+            out.add((status, json.dumps(normal(body), sort_keys=True)))
+        return out
+    answers, requests = both(models, upstreams, send)
+    assert answers[0] == answers[1]
+    assert set(requests[0]) == set(requests[1])
+    assert {r[0] for r in requests[1]} == hosts
+    if not hosts:
+        assert {status for status, _ in answers[1]} == {404}
