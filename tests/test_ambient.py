@@ -374,3 +374,26 @@ def test_mounts_prints_the_waypoints_deployment_customization():
     assert mount["mountPath"] == "/etc/llmc/secrets/llm-provider-keys"  # where the context says the key file is
     (ext,) = [o for o in result.objects if o["kind"] == "TrafficExtension"]
     assert "/etc/llmc/secrets/llm-provider-keys/dashscope" in ext["spec"]["lua"]["inlineCode"]
+
+
+def test_diff_gives_the_same_report_for_both_targets(tmp_path):
+    """``llmc diff --target ambient`` replays requests through both sides' waypoint renderings (the
+    explain engine reads the TrafficExtension's route table): the same report as for sidecars."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from compiler.cli import app
+    from tests.conftest import REPO
+
+    for side in ("base", "head"):
+        shutil.copytree(REPO / "samples" / "seed", tmp_path / side)
+    route = tmp_path / "head" / "demo-llm-server-route.yaml"
+    route.write_text(route.read_text().replace("weight: 50", "weight: 70", 1).replace("weight: 50", "weight: 30", 1))
+    outs = []
+    for target in ("sidecar", "ambient"):
+        res = CliRunner().invoke(app, ["diff", "--base", str(tmp_path / "base"), "--head", str(tmp_path / "head"),
+                                       "--generate", "--target", target])
+        assert res.exit_code == 1, res.stderr  # something changes
+        outs.append(res.stdout)
+    assert outs[0] == outs[1] and "share 50% → 70%" in outs[1]
