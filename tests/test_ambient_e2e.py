@@ -351,3 +351,29 @@ def test_model_routing_as_on_a_sidecar(models, upstreams, model, headers, hosts)
     assert {r[0] for r in requests[1]} == hosts
     if not hosts:
         assert {status for status, _ in answers[1]} == {404}
+
+
+# --- one waypoint in another namespace --------------------------------------------------------------
+
+def test_a_shared_waypoint_in_another_namespace_serves_the_sources(upstreams, ca, secrets_dir):
+    """``--waypoint llm-egress/egress``: the sources' objects stay in ``default``, exported to and
+    enrolled in the waypoint of ``llm-egress`` (``istio.io/use-waypoint-namespace``), whose
+    TrafficExtension carries every host; istiod takes the VirtualServices of the service's namespace."""
+    objects = llmc_render("-f", SEED, "--secrets-dir", str(secrets_dir), "--target", "ambient",
+                          "--waypoint", "llm-egress/egress")
+    (ext,) = [o for o in objects if o["kind"] == "TrafficExtension"]
+    assert ext["metadata"]["namespace"] == "llm-egress"
+    layout = build_waypoint_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, ca[1],
+                                      waypoint_namespace="llm-egress", waypoint_name="egress",
+                                      services={"demo-llm-server.default.svc.cluster.local": "default"})
+    proxy = Waypoint(layout.bootstrap)
+    try:
+        assert chat(proxy.ports["dashscope.aliyuncs.com"], "dashscope.aliyuncs.com",
+                    headers={"user-type": "subscriber"}).model == "qwen-turbo-2026"
+        assert chat(proxy.ports["demo-llm-server.default.svc.cluster.local"], "demo-llm-server").model in (
+            "qwen-1.8b-chat-2026", "moonshot-v1-8k-2026")
+    finally:
+        proxy.stop()
+    # the waypoint of `default` serves none of these hosts: they are enrolled in the other one
+    other = build_waypoint_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, ca[1])
+    assert other.bootstrap["static_resources"]["listeners"] == []
