@@ -7,10 +7,11 @@ nothing else (istio 1.30 ``pilot/pkg/networking/core/extension/lua.go`` L26–37
 On a waypoint it goes after the HCM's fault and CORS filters and before the router
 (``listener_waypoint.go`` L902–903, ``listener_builder.go`` L438; phase ``UNSPECIFIED``).
 
-So the inline code is the filter's bundle, wrapped, plus the per-virtual-host contexts the sidecar
-target puts in ``LuaPerRoute`` — here one generated Lua table (:mod:`compiler.luadata`) mapping each
-llmc route name to its virtual host's context — and ``ambient.lua``, which hands the bundle that
-context for the route Envoy selected. Route names are stable on a waypoint: istiod names an Envoy
+So the inline code is the filter's bundle (``compiler/luabundle.py``: the modules its providers need),
+wrapped, then ``ambient.lua`` called with the per-virtual-host contexts the sidecar target puts in
+``LuaPerRoute`` — here one generated Lua data table (:mod:`compiler.luadata`; each protocol's record,
+the same in every context, once) — which indexes them by the route names each names and hands the
+bundle the context of the route Envoy selected. Route names are stable on a waypoint: istiod names an Envoy
 route ``http[].name`` of the VirtualService (``route/route.go`` L488–494; llmc's matches have no
 names), the same names the sidecar target uses.
 
