@@ -73,7 +73,13 @@ FAILOVER_ENVOY = (1, 39)
 #:   ("new: Azure's basePath endpoints are sent without ?api-version",
 #:    lambda c: c.endpoint == "embeddings" and "azure" in (failover_tries(c) if c.kind.failover else
 #:                                                         c.kind.providers(c.protocol))),
-KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = []
+KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = [
+    # found when the target dimension (issue 35) reshaped the covering array: a failover try on the
+    # model-routed host for a non-chat endpoint (here embeddings, to a provider without a configured
+    # model) keeps the client's two `model` members instead of the one model that routed
+    ("new: failover tries on a model-routed host keep a duplicate `model` on non-chat endpoints",
+     lambda c: c.rule == "failover_model" and c.extra == "dup_model" and c.endpoint == "embeddings"),
+]
 
 
 def marks(cell: X.Cell) -> list:
