@@ -20,6 +20,7 @@ from tests.support.controller import (
     load_seed,
     programmed,
     seed_objects,
+    settle,
     start,
     strip,
     wait_for,
@@ -63,7 +64,7 @@ def test_update_rewrites_only_changed_objects_and_delete_prunes_owned_only(api):
     ctrl = start(api)
     try:
         wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="programmed")
-        before = len(api.writes("/apis/networking.istio.io"))
+        before = settle(api, "/apis/networking.istio.io")
         route = api.get(SRC, "llmroutes", "default", "demo-llm-server")
         route["spec"]["rules"][0]["backendRefs"][0]["weight"] = 80
         api.put_object(SRC, "llmroutes", route)
