@@ -379,3 +379,22 @@ def test_diff_names_several_keys_by_secret_or_fingerprint():
     ctx = contexts(provider({"apiKeys": KEYS[:2]}), route())
     text = _key_identity(ctx["rules"]["default"]["backends"][0], protocols)
     assert text.startswith("RoundRobin over [literal apiKey sha256:") and not any(k in text for k in KEYS)
+
+
+# ---- the ambient target (a waypoint's TrafficExtension) -----------------------------------------
+
+def test_several_keys_on_a_waypoint_and_no_key_retry_there():
+    from compiler.options import parse_options
+
+    ambient, _ = parse_options(target="ambient")
+    refs = [{"name": "s", "key": "a", "weight": 2}, {"name": "s", "key": "b"}]
+    text = "\n---\n".join(to_flow(d) for d in (provider({"apiKeySecretRefs": refs}), route()))
+    result = compile_text(text, ambient)
+    assert result.ok, result.diagnostics.format_text()
+    assert ("LLMC277", "spec.configs") in codes(result)  # the waypoint mounts the Secret
+    (ext,) = [o for o in result.objects if o["kind"] == "TrafficExtension"]
+    code = json.dumps(ext)
+    assert "/etc/llmc/secrets/s/a" in code and "/etc/llmc/secrets/s/b" in code and "key_order" in code
+    text = "\n---\n".join(to_flow(d) for d in (provider({"apiKeySecretRefs": refs, "retryKeysOn": [429]}), route()))
+    result = compile_text(text, ambient)
+    assert ("LLMC254", "spec.configs") in codes(result) and not result.objects

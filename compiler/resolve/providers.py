@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .. import names, visibility
 from ..api import AnthropicConfig, AzureOpenAIConfig, LLMProvider, OpenAIConfig, ProviderConfig
+from ..constants import ENVOY_FILTER, TRAFFIC_EXTENSION
 from ..diagnostics import Diagnostics
 from ..hosts import host_problem
 from ..ir import Provider, RequestConfig, SecretRef, WeightedSecretRef
@@ -32,17 +33,17 @@ AnyConfig = OpenAIConfig | AzureOpenAIConfig | AnthropicConfig
 KEY_FORMS = ("apiKey", "apiKeySecretRef", "apiKeys", "apiKeySecretRefs")
 
 
-def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics) -> None:
+def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics, carrier: str = ENVOY_FILTER) -> None:
     forms = [f for f in KEY_FORMS if getattr(cfg, f) is not None]
     if len(forms) > 1:
         diags.error("LLMC211", f"set one of {', '.join(KEY_FORMS)}: {' and '.join(forms)} are both set",
                     **doc.where(path + (forms[0],)),
                     hint="apiKeySecretRef(s) keep the key out of generated objects")
     if cfg.apiKey is not None:
-        _check_literal(cfg.apiKey, doc, path + ("apiKey",), diags)
+        _check_literal(cfg.apiKey, doc, path + ("apiKey",), diags, carrier)
     literals = cfg.apiKeys or []
     for i, key in enumerate(literals):
-        _check_literal(key, doc, path + ("apiKeys", i), diags)
+        _check_literal(key, doc, path + ("apiKeys", i), diags, carrier)
         if key in literals[:i]:
             diags.error("LLMC250", f"apiKeys[{i}] repeats apiKeys[{literals.index(key)}]: a key is listed "
                         "once", **doc.where(path + ("apiKeys", i)), hint="give the key a larger share with "
@@ -59,7 +60,7 @@ def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics) -
                           **doc.where(path + (field,)), hint=f"remove {field}, or list several keys")
 
 
-def _check_literal(key: str, doc: Document, path: tuple, diags: Diagnostics) -> None:
+def _check_literal(key: str, doc: Document, path: tuple, diags: Diagnostics, carrier: str) -> None:
     field, secret_form = ("apiKeys", "apiKeySecretRefs") if isinstance(path[-1], int) else ("apiKey", "apiKeySecretRef")
     if PLACEHOLDER.match(key) or "${" in key:
         diags.warning("LLMC207", f"{field} looks like a placeholder, not a key; the provider will "
@@ -67,8 +68,8 @@ def _check_literal(key: str, doc: Document, path: tuple, diags: Diagnostics) -> 
                       hint=f"put the real key in a Secret and use {secret_form}")
     else:
         diags.register_secret(key)
-        diags.warning("LLMC215", f"literal {field} is copied into the generated EnvoyFilter, where "
-                      "anyone who can read EnvoyFilters or a proxy config dump can see it",
+        diags.warning("LLMC215", f"literal {field} is copied into the generated {carrier}, where "
+                      f"anyone who can read {carrier}s or a proxy config dump can see it",
                       **doc.where(path), hint=f"use {secret_form}")
 
 
@@ -96,7 +97,7 @@ def _auth_header(cfg: OpenAIConfig, doc: Document, path: tuple, diags: Diagnosti
 
 
 def _request_config(pc: ProviderConfig | None, doc: Document, path: tuple, diags: Diagnostics,
-                    ) -> tuple[str | None, RequestConfig | None]:
+                    carrier: str = ENVOY_FILTER) -> tuple[str | None, RequestConfig | None]:
     """The protocol a ProviderConfig names (None: it names none) and its settings."""
     if pc is None:
         return None, None
@@ -109,7 +110,7 @@ def _request_config(pc: ProviderConfig | None, doc: Document, path: tuple, diags
     field = set_fields[0]
     cfg = getattr(pc, field)
     cpath = path + (field,)
-    _check_key(cfg, doc, cpath, diags)
+    _check_key(cfg, doc, cpath, diags, carrier)
     common = _credential(cfg)
     if isinstance(cfg, AzureOpenAIConfig):
         return CONFIG_FIELDS[field], RequestConfig(deployment=cfg.deployment, api_version=cfg.apiVersion, **common)
@@ -163,13 +164,14 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
     default = None
     overrides: list[tuple[str, RequestConfig]] = []
     found: list[tuple[str, tuple]] = []  # (protocol, path) of every config, in source order
+    carrier = TRAFFIC_EXTENSION if opts.ambient else ENVOY_FILTER  # the object a literal key is copied into
     if configs is not None:
         if configs.defaultConfig is not None:
-            proto, default = _request_config(configs.defaultConfig, doc, base + ("defaultConfig",), diags)
+            proto, default = _request_config(configs.defaultConfig, doc, base + ("defaultConfig",), diags, carrier)
             if proto is not None:
                 found.append((proto, base + ("defaultConfig",)))
         for rule, pc in sorted((configs.routeSpecificConfigs or {}).items()):
-            proto, rc = _request_config(pc, doc, base + ("routeSpecificConfigs", rule), diags)
+            proto, rc = _request_config(pc, doc, base + ("routeSpecificConfigs", rule), diags, carrier)
             if proto is not None:
                 found.append((proto, base + ("routeSpecificConfigs", rule)))
             overrides.append((rule, rc or RequestConfig()))
