@@ -40,8 +40,8 @@ function M.choose(ks, r)
 end
 
 -- Retrying with the next key (retryKeysOn): on such a route Envoy retries the answers named there on
--- the same cluster, at most once per other key, and this runs in the upstream filter of the
--- provider's cluster before every try, with `b` the backend the route sends to (the downstream
+-- the same cluster, at most once per other key, and this runs in the upstream filter (llmc.upstream,
+-- in the router) before every try, with `b` the backend the route sends to (the downstream
 -- filter shaped the request and chose the first key). The keys a request used are kept in the
 -- stream's dynamic metadata (llmc:keys_tried, ",0,2,"), which the downstream and upstream filters
 -- share: the first try records the downstream filter's key; each retry takes the next key in list
