@@ -354,3 +354,5 @@ def test_a_skipped_cell_fails_a_run_on_envoy_1_39():
     assert "tests/test_crossings_e2e.py" in E2E
     assert _failover_skipped("SKIPPED [3] tests/test_crossings_e2e.py:290: failover needs Envoy 1.39+\n")
     assert not _failover_skipped("SKIPPED [1] tests/test_gitops.py:12: needs kpt\n")
+    assert not _failover_skipped("SKIPPED [1] tests/test_several_keys_e2e.py:275: older proxies only: no patch\n")
+    assert _failover_skipped("SKIPPED [1] tests/test_several_keys_e2e.py:231: key retry is patched into ...\n")

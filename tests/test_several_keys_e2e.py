@@ -272,7 +272,8 @@ def test_without_retry_keys_on_a_401_reaches_the_client(env):
     assert err.status_code == 401 and len(received(ups, NORETRY)) == 1
 
 
-@pytest.mark.skipif(envoy_minor() >= (1, 39), reason="an Istio 1.30 proxy (Envoy 1.38) gets no key-retry patch")
+@pytest.mark.skipif(envoy_minor() >= (1, 39), reason="older proxies only: an Istio <= 1.30 proxy (Envoy <= 1.38) "
+                    "gets no key-retry patch")
 def test_an_older_proxy_does_not_retry_keys_and_reuses_none(env):
     envoy, _, ups = env
     ups[RETRY].fail_keys = {bearer(RETRY, i): 429 for i in range(3)}
