@@ -8,7 +8,8 @@ bundle again in the same Lua state loads every module afresh (it clears ``packag
 executing the old single file did.
 
 A filter gets only what it needs (:func:`modules_for`): ``main`` and its static ``require`` closure
-(scanner, context, request, usage); ``failover`` only where a rule fails over; a translator module
+(scanner, context, request, usage); ``failover`` only where a rule fails over; ``keys`` only where a
+provider has several keys; a translator module
 (``llmc.<format>``, with ``values``) only for the formats of the providers it serves. ``main`` and
 ``request`` find the optional modules through ``package.preload`` at load time, never by name of a
 protocol.
@@ -72,14 +73,17 @@ def closure(names: Iterable[str]) -> frozenset[str]:
     return frozenset(seen)
 
 
-def modules_for(formats: Iterable[str] = (), failover: bool = False) -> frozenset[str]:
+def modules_for(formats: Iterable[str] = (), failover: bool = False, keys: bool = False) -> frozenset[str]:
     """The modules a filter needs: ``main`` with its closure, the translator of each translated
     ``format`` its providers speak (a module named like the format; OpenAI's is spliced by the
-    scanner, so it has none), and ``failover`` when one of its rules fails over."""
+    scanner, so it has none), ``failover`` when one of its rules fails over, and ``keys`` when one of
+    its providers has several keys (docs/api-keys.md)."""
     wanted = {ENTRY}
-    wanted.update(f for f in formats if f in module_names() and f != ENTRY)
+    wanted.update(f for f in formats if f in module_names() and f not in (ENTRY, "keys"))
     if failover:
         wanted.add("failover")
+    if keys:
+        wanted.add("keys")
     return closure(wanted)
 
 

@@ -226,8 +226,8 @@ def test_every_module_declares_what_it_requires():
 
 def test_filters_get_only_the_modules_they_need():
     plain = modules_for(["openai"])
-    # keys (several keys per provider) is small and on the credential step of every request: always there
-    assert plain == {"main", "scanner", "context", "request", "usage", "keys"}
+    assert plain == {"main", "scanner", "context", "request", "usage"}
+    assert modules_for(["openai"], keys=True) == plain | {"keys"}  # several keys per provider
     assert modules_for(["openai", "anthropic"]) == plain | {"anthropic", "values"}
     assert modules_for([], failover=True) == plain | {"failover"}
 

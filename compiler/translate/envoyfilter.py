@@ -54,12 +54,12 @@ ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Route
 FAILOVER_PROXY_VERSION = r"^1\.(3[1-9]|[4-9][0-9])([.-].*)?$"
 
 
-def lua_source(formats: Iterable[str] | None = None, failover: bool = True) -> str:
+def lua_source(formats: Iterable[str] | None = None, failover: bool = True, keys: bool = False) -> str:
     """The Lua bundle (compiler/luabundle.py) of a filter whose providers speak ``formats`` (None:
     every module, what the Lua unit tests load)."""
     if formats is None:
         return luabundle.bundle()
-    return luabundle.bundle(luabundle.modules_for(formats, failover))
+    return luabundle.bundle(luabundle.modules_for(formats, failover, keys))
 
 
 #: Room the shaped body may take beyond ``maxRequestBytes`` (docs/data-plane.md, "Request size limits"): the
@@ -257,6 +257,11 @@ def key_retry_routes(vh: VirtualHost, secrets_dir: str) -> list[dict]:
 KEY_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 
 
+def several_keys(vh: VirtualHost) -> bool:
+    """Whether a provider of ``vh`` has several keys (its filters then carry llmc.keys)."""
+    return any(b.config.key_count > 1 for r in vh.rules for b in r.backends)
+
+
 def failover_formats(vh: VirtualHost) -> set[str]:
     """The body formats of every provider a failover rule (or a key-retry route) of ``vh`` may send a
     try to (the upstream filter carries their translators)."""
@@ -332,10 +337,12 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             seen.add(key)
             f = filters.setdefault((pl.namespace, pl.context, pl.selector),
                                    {"ports": set(), "sources": set(), "shared": False, "formats": set(),
-                                    "failover": False, "key_retry": False, "failover_formats": set()})
+                                    "failover": False, "key_retry": False, "keys": False,
+                                    "failover_formats": set()})
             f["formats"].update(PROTOCOLS[b.provider.protocol].format for r in vh.rules for b in r.backends)
             f["failover"] = f["failover"] or any(r.retries is not None for r in vh.rules)
             f["key_retry"] = f["key_retry"] or bool(_key_retry_sends(vh))
+            f["keys"] = f["keys"] or several_keys(vh)
             f["shared"] = f["shared"] or vh.shared
             f["ports"].add(pl.port if pl.context == "SIDECAR_OUTBOUND" else None)
             f["sources"].update(vh.all_sources)
@@ -381,7 +388,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             "ports": ports,
             "filter_name": FILTER_NAME, "lua_type": LUA_TYPE, "source_name": SOURCE_NAME,
             # each filter carries only the modules its rules need (compiler/luabundle.py)
-            "lua_source": lua_source(sorted(f["formats"]), f["failover"]),
+            "lua_source": lua_source(sorted(f["formats"]), f["failover"], f["keys"]),
             "local_reply": not_found_reply() if f["shared"] else None,
             "proxy_version": FAILOVER_PROXY_VERSION,
             # token limits: Envoy's rate-limit filter after the Lua, and the HCM's 429 in OpenAI format
@@ -396,7 +403,8 @@ def _upstream_view(f: dict) -> dict:
     return {"name": ROUTER, "typed_config": {"@type": ROUTER_TYPE, "upstream_http_filters": [
         {"name": UPSTREAM_FILTER, "typed_config": {
             "@type": LUA_TYPE, "stat_prefix": "llmc_upstream",
-            "source_codes": {SOURCE_NAME: {"inline_string": lua_source(sorted(f["failover_formats"]), True)}}}},
+            "source_codes": {SOURCE_NAME: {"inline_string": lua_source(sorted(f["failover_formats"]), True,
+                                                                       f["keys"])}}}},
         {"name": "envoy.filters.http.upstream_codec", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}]}}
 

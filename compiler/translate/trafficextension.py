@@ -42,10 +42,11 @@ WAYPOINT_LABEL = "istio.io/use-waypoint"
 WAYPOINT_NAMESPACE_LABEL = "istio.io/use-waypoint-namespace"
 
 
-def bundle(formats: frozenset[str] = frozenset()) -> str:
+def bundle(formats: frozenset[str] = frozenset(), keys: bool = False) -> str:
     """The Lua bundle of a waypoint's filter (``compiler/luabundle.py``): the modules every filter
-    needs and the translators of the ``formats`` its providers speak; never failover (refused, LLMC272)."""
-    return luabundle.bundle(luabundle.modules_for(formats, failover=False))
+    needs, the translators of the ``formats`` its providers speak, and llmc.keys when a provider has
+    several keys; never failover (refused, LLMC272)."""
+    return luabundle.bundle(luabundle.modules_for(formats, failover=False, keys=keys))
 
 
 @cache
@@ -111,7 +112,8 @@ def formats(vhosts: list[VirtualHost]) -> frozenset[str]:
 
 
 def inline_code(vhosts: list[VirtualHost], secrets_dir: str) -> str:
-    return (WRAP_HEAD + bundle(formats(vhosts)) + WRAP_TAIL + ambient_source() + TABLE_CALL
+    keys = any(b.config.key_count > 1 for vh in vhosts for r in vh.rules for b in r.backends)
+    return (WRAP_HEAD + bundle(formats(vhosts), keys) + WRAP_TAIL + ambient_source() + TABLE_CALL
             + table_source(route_table(vhosts, secrets_dir)) + ")\n")
 
 

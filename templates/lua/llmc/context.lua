@@ -8,7 +8,11 @@
 -- `llmc explain` replaces them here (a forced provider; a key file is never read).
 
 local encode_string = require("llmc.scanner").encode_string
-local prepare_keys = require("llmc.keys").prepare
+-- llmc.keys is in a filter's bundle only where a provider has several keys (compiler/luabundle.py);
+-- without it a backend with keys gets `keys = false`, which the credential step refuses (503)
+local KEYS_MODULE = "llmc.keys" -- looked up, not a static require: optional in the bundle
+local keys_module = package.preload[KEYS_MODULE] ~= nil and require(KEYS_MODULE) or nil
+local prepare_keys = keys_module ~= nil and keys_module.prepare or function() return false end
 
 local METADATA_NS = "llmc"
 local TRANSLATE_HEADER = "x-llmc-translate" -- compiler/names.py: added by routes of translated providers

@@ -24,7 +24,6 @@ local scanner = require("llmc.scanner")
 local context = require("llmc.context")
 local request = require("llmc.request")
 local usage = require("llmc.usage")
-local keys = require("llmc.keys")
 
 local byte, sub, find, concat, match = string.byte, string.sub, string.find, table.concat, string.match
 local scan_object, decode_string, encode_string = scanner.scan_object, scanner.decode_string, scanner.encode_string
@@ -42,6 +41,13 @@ local record_usage, record_news, media = usage.record_usage, usage.record_news, 
 
 local preload = package.preload
 local function optional(name) return preload[name] ~= nil and require(name) or nil end
+-- llmc.keys (several keys per provider): only where a provider has several keys; a key-retry
+-- context without it is a compiler bug: the try keeps the first key and is never retried with it
+-- (the filter answers 503 instead of sending anything)
+local keys = optional("llmc.keys") or {
+  on_try = function(h) return reply(h, 503, "server_error", "api_key_unavailable",
+    "llmc: this proxy's filter cannot choose among the provider's keys; nothing was sent") end,
+}
 
 -- Without llmc.failover in the bundle (no rule of this filter fails over), a failover context is a
 -- compiler bug: refused, never forwarded.
