@@ -198,6 +198,16 @@ AMBIENT_REJECTED: dict[str, tuple[str, str]] = {
     r.name: ("LLMC272", "retries") for r in RULES.values() if r.failover}
 
 
+#: (target, protocol) pairs the matrix does not run: the matrix's one waypoint is full (its
+#: TrafficExtension holds 65,536 characters, LLMC279; the ambient manifest was within 600 of it), so
+#: several keys on a waypoint are tested by tests/test_several_keys.py instead
+NOT_RUN: frozenset[tuple[str, str]] = frozenset({("ambient", "multikey")})
+
+
+def not_run(row: dict) -> bool:
+    return (row.get("target"), row.get("protocol")) in NOT_RUN
+
+
 def refused(row: dict) -> bool:
     """The compiler refuses the rule of this row (any dimensions given): its rejected cell covers it."""
     if (row.get("rule"), row.get("protocol")) in REJECTED:
@@ -330,7 +340,7 @@ def cells() -> list[Cell]:
     """The rejected combinations once each, then the traffic cells: all-pairs, plus ``TRIPLES``."""
     rejected = [Cell(rule, protocol, rejected=diag) for (rule, protocol), diag in REJECTED.items()]
     rejected += [Cell(rule, "openai", target="ambient", rejected=diag) for rule, diag in AMBIENT_REJECTED.items()]
-    rows = covering({k: list(v) for k, v in DIMENSIONS.items()}, lambda r: not refused(r), TRIPLES)
+    rows = covering({k: list(v) for k, v in DIMENSIONS.items()}, lambda r: not refused(r) and not not_run(r), TRIPLES)
     return rejected + [Cell(**row) for row in rows]
 
 
@@ -348,9 +358,12 @@ def route_rules(cells_: list[Cell]) -> dict[str, list[tuple[str, str]]]:
 
 
 def manifest(cells_: list[Cell]) -> str:
-    """YAML: every provider, and one LLMRoute per host holding the rules of ``cells_`` (sorted)."""
+    """YAML: every provider the cells' rules use, and one LLMRoute per host holding the rules of
+    ``cells_`` (sorted)."""
+    used = {n for c in cells_ for n in c.kind.providers(c.protocol)}
     docs: list[dict] = [{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
-                         "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()]
+                         "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()
+                        if p.name in used]
     hosts = {name: host for name, host, _ in ROUTES}
     for name, rules in route_rules(cells_).items():
         docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute", "metadata": {"name": name},
