@@ -137,8 +137,9 @@ local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, mode
   if not recorded then record(md, cfg, b, endpoint) end
   if note ~= nil then md:set(METADATA_NS, "translate", note) end -- the response path translates back
 end
+
 -- Which filter this Lua VM serves: Envoy gives every filter config its own VM per worker, so a VM
--- runs either the downstream filter or the upstream filter of one provider cluster, never both.
+-- runs either the downstream filter or the router's upstream filter (failover tries), never both.
 -- Set by every request; the response path of the same stream runs after it, in the same VM.
 local upstream_vm = false
 
@@ -268,7 +269,7 @@ on_model_request = function(h, vh)
   end
   if #s > b.max_body then return too_large(h, cfg, b, b.max_body) end
   if cfg.failover then
-    -- each try is shaped by the upstream filter of its provider's cluster (see "Failover")
+    -- each try is shaped by the router's upstream filter for its provider (llmc.failover)
     if failover ~= true then return tries.failover_unsupported(h, cfg) end
     return tries.failover_accept(h, cfg, b, s, model_json, { members, close }, original_path)
   end
