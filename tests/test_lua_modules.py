@@ -251,6 +251,8 @@ def test_a_non_ascii_module_is_refused():
     ("local s = 'a\\'' .. 1 .. 2 .. x\n", "local s='a\\''.. 1 .. 2 ..x\n"),
     ("x = a - -b\n", "x=a- -b\n"),
     ('local t = { [ [=[', None),
+    ("f(x)\nend\nlocal y = 1\n", "f(x)end\nlocal y=1\n"),  # a line break only where a space must be
+    ("x = 1\ny = - 1\n-- c\n- 2\n", "x=1\ny=-1-2\n"),  # Lua reads it so anyway
 ])
 def test_strip_keeps_tokens_apart_and_strings_intact(source, expected):
     if expected is None:
@@ -291,6 +293,7 @@ def test_the_plain_bundle_fits_in_56_kib_of_traffic_extension_inline_code():
     """Issue 28's mandatory target: what a non-failover filter without translated providers carries
     leaves room in TrafficExtension's lua.inlineCode (65,536 characters) for settings."""
     assert len(lua_source(["openai"], False)) <= 56 * 1024
+    assert len(lua_source(["openai", "anthropic"], False)) <= 56 * 1024  # with a translator too
 
 
 def test_preparing_a_context_steps_the_collector_once_and_a_cached_one_never():

@@ -288,10 +288,6 @@ end
 -- Response
 ---------------------------------------------------------------------------------------------------
 
--- Error types by status, for an answer llmc cannot read (compressed): OpenAI's and Anthropic's names.
-local STATUS_TYPES = { [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
-  [404] = "not_found_error", [413] = "request_too_large", [429] = "rate_limit_error", [529] = "overloaded_error" }
-
 local MAX_BUFFERED_RESPONSE = 65536 -- a JSON response up to this size is read with body()
 
 local on_response, on_usage_asked_response
@@ -303,7 +299,8 @@ local on_response, on_usage_asked_response
 -- cannot translate").
 local function compressed_answer(h, headers, status, encoding, sse)
   local answer = status >= 400 and status or 502
-  local etype = status >= 400 and (STATUS_TYPES[status] or "api_error") or "server_error"
+  -- only translated answers get here, so llmc.values (its table of error types by status) is loaded
+  local etype = status >= 400 and (values and values.ERROR_TYPES[status] or "api_error") or "server_error"
   local err = '{"error":{"message":' .. encode_string("llmc: the provider answered " .. tostring(status) ..
     " compressed (content-encoding: " .. encoding .. "), which llmc cannot translate") .. ',"type":' ..
     encode_string(etype) .. ',"param":null,"code":"llmc_compressed_answer"}}'
