@@ -227,14 +227,14 @@ class Options:
     #: failure refuses requests; read together as :attr:`rate_limit`
     rate_limit_service: tuple[str, str, int] | None = setting(
         None, "NAMESPACE/SERVICE:PORT of the envoyproxy/ratelimit service that enforces tokenLimits (needed by "
-        "any input with tokenLimits).", lambda value: _rls(value), example="llmc-system/ratelimit:8081",
-        controller=False)
+        "any input with tokenLimits). The controller then also writes the service's ConfigMap in that namespace.",
+        lambda value: _rls(value), example="llmc-system/ratelimit:8081")
     rate_limit_timeout: str | None = setting(
         None, "Timeout of a call to the rate-limit service, e.g. 100ms or 1s (default 100ms).",
-        lambda value: _rls_timeout(value), example="250ms", controller=False, needs="rate-limit-service")
+        lambda value: _rls_timeout(value), example="250ms", needs="rate-limit-service")
     rate_limit_fail_closed: bool = setting(
         False, "When the rate-limit service fails, refuse limited requests (OpenAI-format 503) instead of "
-        "letting them pass.", _switch, switch=True, example="true", controller=False, needs="rate-limit-service")
+        "letting them pass.", _switch, switch=True, example="true", needs="rate-limit-service")
 
     @property
     def rate_limit(self) -> RateLimitOptions | None:
