@@ -20,7 +20,12 @@ double received and for what the client got (:func:`check_request`, :func:`check
 * path, host, model and body are the receiving provider's (the Anthropic double checks the Messages
   API); ``accept-encoding: identity`` (usage is read from the answer);
 * the client gets OpenAI's format: a JSON error object on errors, never a 2xx with an error body,
-  no internal header.
+  no internal header;
+* a limited cell (token limits, issue 30) changes none of the above, and its rule's bucket in the
+  rate-limit service (the double, over a real Redis, loaded with the ConfigMap llmc emitted) is
+  charged exactly what the answer's usage says — once, whatever number of tries — or
+  ``request.size / 4`` for a 2xx without usage, 0 for an error; a request llmc answers itself never
+  calls the service (:func:`check_charge`).
 
 Failover cells need Envoy 1.39+ (``python -m tests.envoy_versions 1.39.3 1.40.0`` runs them; a skip
 there fails). ``test_explain_predicts_the_cell`` runs every cell offline with ``llmc explain`` and
@@ -53,6 +58,7 @@ from tests.support.crossing_checks import (
 )
 from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_minor
 from tests.support.mesh import llmc_render
+from tests.support.ratelimit import RateLimitDouble, RedisServer, configmap_files, counter, rls_cluster, serving
 from tests.support.upstream import Recorded, Upstream
 
 pytestmark = pytest.mark.envoy
@@ -83,7 +89,20 @@ TRAFFIC = [c for c in CELLS if not c.rejected]
 def objects(tmp_path_factory):
     path = tmp_path_factory.mktemp("crossings") / "crossings.yaml"
     path.write_text(X.manifest(TRAFFIC))
-    return llmc_render("-f", str(path), "--istio-version", "1.31")
+    limits = ["--rate-limit-service", X.RATE_LIMIT_SERVICE] if X.limited(TRAFFIC) else []
+    return llmc_render("-f", str(path), "--istio-version", "1.31", *limits)
+
+
+@pytest.fixture(scope="module")
+def rls(objects):
+    """The rate-limit service the limited cells' rules call: the double, loaded with llmc's ConfigMap."""
+    redis = RedisServer()
+    double = RateLimitDouble(redis.client, configmap_files(objects))
+    with serving(double) as port:
+        double.port = port
+        double.redis_server = redis  # type: ignore[attr-defined]
+        yield double
+    redis.stop()
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +122,10 @@ def upstreams():
 
 
 @pytest.fixture(scope="module")
-def envoy(objects, upstreams):
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None)
+def envoy(objects, upstreams, rls):
+    istio = [o for o in objects if o["kind"] != "ConfigMap"]  # the ConfigMap is the rate-limit service's
+    layout = build_bootstrap(istio, {h: u.port for h, u in upstreams.items()}, None,
+                             extra_clusters=[rls_cluster(rls.port)])
     assert layout.unmatched == []
     assert (layout.skipped == []) is (envoy_minor() >= FAILOVER_ENVOY)  # failover patches: 1.31+ proxies only
     proxy = Envoy(layout.bootstrap)
@@ -168,7 +189,51 @@ def exchanges(cell: X.Cell, request) -> list[Exchange]:
                            and len(done) < MAX_SENDS):
             done.append(exchange(cell, envoy, upstreams))
         RESULTS[cell.id] = done
+        if cell.limit_id is not None:
+            CHARGES[cell.id] = charged(cell, done, request.getfixturevalue("rls"))
     return RESULTS[cell.id]
+
+
+CHARGES: dict[str, tuple[int, int, int, int]] = {}  # cell id → (calls, expected calls, charge, expected)
+
+
+def expected_charge(x: Exchange) -> int:
+    """What the answer costs (cost {total: 1}): the usage the client got, prompt + completion; a 2xx
+    without both: the request's size / 4 (Envoy's ``request.size``: the body as the client sent it);
+    an error: 0."""
+    if x.status >= 400:
+        return 0
+    usage = (json.loads(x.payload) if x.payload else {}).get("usage") or {}
+    if isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int):
+        return usage["prompt_tokens"] + usage["completion_tokens"]
+    return len(x.sent_body) // 4
+
+
+def charged(cell: X.Cell, xs: list[Exchange], rls: RateLimitDouble) -> tuple[int, int, int, int]:
+    """(calls naming the cell's limit, calls expected, its counter, the charge expected), once every
+    expected call arrived: a check and a charge per request the route forwarded, none for a request
+    llmc answered itself (the charge is sent after the client has its answer: awaited, not timed)."""
+    import time
+
+    assert cell.limit_id is not None
+    want_calls = sum(2 for x in xs if x.received or x.status not in (400, 404))
+    want = sum(expected_charge(x) for x in xs)
+
+    def calls() -> int:
+        return sum(1 for r in list(rls.requests) for d in r.descriptors
+                   if any(e.key == "llmc_limit" and e.value == cell.limit_id for e in d.entries))
+
+    deadline = time.monotonic() + 15
+    while calls() < want_calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    got = rls.redis_server.counters().get(counter(cell.limit_id), 0)  # type: ignore[attr-defined]
+    return calls(), want_calls, got, want
+
+
+def check_charge(cell: X.Cell) -> None:
+    calls, want_calls, got, want = CHARGES[cell.id]
+    assert calls == want_calls, f"{calls} calls to the rate-limit service, expected {want_calls}"
+    assert got == want, f"charged {got}, expected {want}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,6 +257,8 @@ def test_crossing(cell: X.Cell, request):
     for x in xs:
         check_answer(cell, x)
         check_tries(cell, x)
+    if cell.limit_id is not None:
+        check_charge(cell)
 
 
 def test_the_matrix_input_draws_exactly_the_expected_warnings():
@@ -203,8 +270,8 @@ def test_the_matrix_input_draws_exactly_the_expected_warnings():
     want = set()
     for route, rules in X.route_rules(TRAFFIC).items():
         for i, rule in enumerate(rules):
-            if rule in X.WARNED:
-                code, field = X.WARNED[rule]
+            if rule[:2] in X.WARNED:
+                code, field = X.WARNED[rule[:2]]
                 want.add((f"LLMRoute default/{route}", code, f"spec.rules[{i}].{field}"))
     assert got == want
 

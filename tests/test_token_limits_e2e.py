@@ -27,6 +27,7 @@ from tests.support.ratelimit import (
     configmap_files,
     counter,
     free_port,
+    rls_cluster,
     serving,
 )
 from tests.support.upstream import serving as serving_upstreams
@@ -35,22 +36,11 @@ pytestmark = pytest.mark.envoy
 
 INPUT = TESTDATA / "e2e" / "token-limits.yaml"
 RLS = "llmc-system/ratelimit:8081"
-RLS_CLUSTER = "outbound|8081||ratelimit.llmc-system.svc.cluster.local"
 HOSTS = ("qwen.example.com", "kimi.example.com", "openai.example.com", "any.example.com")
 CHAT = "chat-gateway"
 MESSAGES = [{"role": "user", "content": "hello"}]
 WEIGHTED = 11 + 4 * 7  # cost {prompt: 1, completion: 4}
 TOTAL = 18
-
-
-def rls_cluster(port: int) -> dict:
-    """What istiod builds for the service's Kubernetes Service (a grpc port: HTTP/2)."""
-    return {"name": RLS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}},
-            "load_assignment": {"cluster_name": RLS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
 def for_istiod(objects: list[dict]) -> list[dict]:

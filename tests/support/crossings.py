@@ -1,6 +1,6 @@
 """The crossing matrix of issue 24 as data: where features cross, every promise still holds.
 
-Five dimensions, one table each; a value is one line, so a later feature joins the matrix by adding
+Six dimensions, one table each; a value is one line, so a later feature joins the matrix by adding
 a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 
 * ``RULES`` — how the route picks providers: one backend, weighted, routed by the body's model,
@@ -9,7 +9,9 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 * ``ENDPOINTS`` — what the client calls: chat, embeddings (through ``basePath``), an unknown path;
 * ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
   with two ``model`` members, ``Accept-Encoding: gzip``;
-* ``FAILURES`` — what the first try meets: nothing, a 503, a reset, a hang past the per-try timeout.
+* ``FAILURES`` — what the first try meets: nothing, a 503, a reset, a hang past the per-try timeout;
+* ``LIMITS`` — token limits (issue 30): none, or a limit on the cell's rule (the rate-limit filter
+  checks before forwarding and charges the answer's usage when the stream is done).
 
 :func:`cells` selects the cells all-pairs (every pair of values of two dimensions appears in some
 cell; greedy and deterministic) and covers ``TRIPLES`` too (each rule with each protocol meets every
@@ -136,15 +138,21 @@ class RuleKind:
             levels.setdefault(extra.get("priority", 0) if self.failover else 0, []).append(name)
         return [levels[k] for k in sorted(levels)]
 
-    def rule(self, p: str) -> dict:
-        rule: dict = {"name": f"{self.name}-{p}", "matches": [
-            {"model": {"exact": f"{self.name}-{p}"}} if self.by_model else
-            {"headers": {"x-cell-rule": {"exact": f"{self.name}-{p}"}}}],
+    def rule(self, p: str, limit: str = "unlimited") -> dict:
+        name = rule_name(self.name, p, limit)
+        rule: dict = {"name": name, "matches": [
+            {"model": {"exact": name}} if self.by_model else {"headers": {"x-cell-rule": {"exact": name}}}],
             "backendRefs": [{"providerHost": PROVIDERS[n].host, **extra}
                             for n, (_, extra) in zip(self.providers(p), self.backends, strict=True)]}
         if self.failover:
             rule["retries"] = {"perTryTimeout": PER_TRY_TIMEOUT}
+        if LIMITS[limit] is not None:
+            rule["tokenLimits"] = [LIMITS[limit]]
         return rule
+
+
+def rule_name(rule: str, protocol: str, limit: str = "unlimited") -> str:
+    return f"{rule}-{protocol}" + ("" if limit == "unlimited" else f"-{limit}")
 
 
 # ---- dimension: the rule (one line each) -------------------------------------------------------
@@ -203,6 +211,13 @@ EXTRAS: dict[str, tuple[dict, bool]] = {
 FAILURES: dict[str, str | None] = {"none": None, "503": "503", "reset": "reset", "timeout": "hang"}
 HANG = 6.0  # seconds a hanging provider waits before it resets: past the timeouts above
 
+# ---- dimension: token limits on the cell's rule (one line each): its tokenLimits entry ----------
+#: the budget never runs out in the matrix (each cell asserts the charge, not a refusal: refusals
+#: are tests/test_token_limits_e2e.py's); one bucket per rule (no key)
+LIMITS: dict[str, dict | None] = {"unlimited": None,
+                                  "limited": {"name": "cell", "tokens": 4_000_000_000, "per": "Day"}}
+RATE_LIMIT_SERVICE = "llmc-system/ratelimit:8081"
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -211,13 +226,14 @@ class Cell:
     endpoint: str = "chat"
     extra: str = "none"
     failure: str = "none"
+    limit: str = "unlimited"
     rejected: tuple[str, str] | None = field(default=None, compare=False)
 
     @property
     def id(self) -> str:
         if self.rejected:
             return f"{self.rule}-{self.protocol}-rejected"
-        return "-".join((self.rule, self.protocol, self.endpoint, self.extra, self.failure))
+        return "-".join((self.rule, self.protocol, self.endpoint, self.extra, self.failure, self.limit))
 
     @property
     def kind(self) -> RuleKind:
@@ -225,7 +241,15 @@ class Cell:
 
     @property
     def rule_name(self) -> str:
-        return f"{self.rule}-{self.protocol}"
+        return rule_name(self.rule, self.protocol, self.limit)
+
+    @property
+    def limit_id(self) -> str | None:
+        """The id of the cell's token limit (its counter in the rate-limit service), None: unlimited."""
+        if LIMITS[self.limit] is None:
+            return None
+        route = "cross-models" if self.kind.by_model else "cross"
+        return f"route/default/{route}/{self.rule_name}/{LIMITS[self.limit]['name']}"
 
     @property
     def host(self) -> str:
@@ -256,12 +280,15 @@ class Cell:
         return json.loads(self.body(), object_pairs_hook=list)
 
 
-DIMENSIONS = {"rule": RULES, "protocol": PROTOCOLS, "endpoint": ENDPOINTS, "extra": EXTRAS, "failure": FAILURES}
+DIMENSIONS = {"rule": RULES, "protocol": PROTOCOLS, "endpoint": ENDPOINTS, "extra": EXTRAS, "failure": FAILURES,
+              "limit": LIMITS}
 
 
 #: combinations covered beyond pairs, where issue 24's defects lived: every (rule, protocol) meets
-#: every endpoint and every failure of the first try (a line here makes a stronger matrix)
-TRIPLES: tuple[tuple[str, ...], ...] = (("rule", "protocol", "endpoint"), ("rule", "protocol", "failure"))
+#: every endpoint, every failure of the first try and a limit (a line here makes a stronger matrix)
+TRIPLES: tuple[tuple[str, ...], ...] = (("rule", "protocol", "endpoint"), ("rule", "protocol", "failure"),
+                                        # how a rule picks providers and how each reports usage decide the charge
+                                        ("rule", "protocol", "limit"))
 
 
 def covering(dimensions: dict[str, list[str]], allowed, groups: tuple[tuple[str, ...], ...] = ()) -> list[dict]:
@@ -298,14 +325,19 @@ def cells() -> list[Cell]:
 ROUTES = (("cross", HEADER_HOST, False), ("cross-models", MODEL_HOST, True))  # (name, host, by model)
 
 
-def route_rules(cells_: list[Cell]) -> dict[str, list[tuple[str, str]]]:
-    """Per LLMRoute of :func:`manifest`, its rules as (rule, protocol), in their order there."""
+def route_rules(cells_: list[Cell]) -> dict[str, list[tuple[str, str, str]]]:
+    """Per LLMRoute of :func:`manifest`, its rules as (rule, protocol, limit), in their order there."""
     out = {}
     for name, _, by_model in ROUTES:
-        rules = sorted({(c.rule, c.protocol) for c in cells_ if c.kind.by_model is by_model})
+        rules = sorted({(c.rule, c.protocol, c.limit) for c in cells_ if c.kind.by_model is by_model})
         if rules:
             out[name] = rules
     return out
+
+
+def limited(cells_: list[Cell]) -> bool:
+    """Whether the input of ``cells_`` has token limits (it is rendered with a rate-limit service)."""
+    return any(LIMITS[c.limit] is not None for c in cells_)
 
 
 def manifest(cells_: list[Cell]) -> str:
@@ -315,7 +347,7 @@ def manifest(cells_: list[Cell]) -> str:
     hosts = {name: host for name, host, _ in ROUTES}
     for name, rules in route_rules(cells_).items():
         docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute", "metadata": {"name": name},
-                     "spec": {"host": hosts[name], "rules": [RULES[r].rule(p) for r, p in rules]}})
+                     "spec": {"host": hosts[name], "rules": [RULES[r].rule(p, lim) for r, p, lim in rules]}})
     return dump(docs)
 
 

@@ -319,6 +319,19 @@ def serving(double: RateLimitDouble):
         server.stop(None)
 
 
+RLS_CLUSTER = "outbound|8081||ratelimit.llmc-system.svc.cluster.local"
+
+
+def rls_cluster(port: int, host: str = "127.0.0.1") -> dict:
+    """What istiod builds for the service's Kubernetes Service (a grpc port: HTTP/2)."""
+    return {"name": RLS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": RLS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": host, "port_value": port}}}}]}]}}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
