@@ -30,6 +30,7 @@ from tests.support.ratelimit import (
     rls_cluster,
     serving,
 )
+from tests.support.realrls import ExternalRedis, RecordingProxy, load, real_service
 from tests.support.upstream import serving as serving_upstreams
 
 pytestmark = pytest.mark.envoy
@@ -48,9 +49,14 @@ def for_istiod(objects: list[dict]) -> list[dict]:
     return [o for o in objects if o["kind"] != "ConfigMap"]
 
 
+#: LLMC_RLS=host:port: the real envoyproxy/ratelimit these tests run against (tests/support/realrls.py);
+#: unset, the double does
+REAL = real_service()
+
+
 @pytest.fixture(scope="module")
 def redis_server():
-    server = RedisServer()
+    server = ExternalRedis(*REAL.redis) if REAL else RedisServer()
     yield server
     server.stop()
 
@@ -62,6 +68,16 @@ def objects():
 
 @pytest.fixture(scope="module")
 def rls(redis_server, objects):
+    """The service the sidecars call: the double, or (LLMC_RLS) a recording proxy to the real one,
+    loaded with the ConfigMap llmc emitted."""
+    if REAL:
+        proxy = RecordingProxy(REAL.address)
+        with serving(proxy) as port:
+            proxy.port = port
+            load(REAL, configmap_files(objects), proxy)
+            yield proxy
+        proxy.close()
+        return
     double = RateLimitDouble(redis_server.client, configmap_files(objects))
     with serving(double) as port:
         double.port = port
