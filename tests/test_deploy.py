@@ -179,3 +179,19 @@ def test_the_rate_limit_component_grants_configmaps_in_the_services_namespace_on
     (container,) = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
     assert "--rate-limit-service=llmc-system/ratelimit:8081" in container["args"]
     assert not [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"] if "configmaps" in r["resources"]]
+
+
+def test_the_rate_limit_image_is_pinned_to_a_commit_with_per_descriptor_hits_addend():
+    """deploy/ratelimit names envoyproxy/ratelimit by a digest or by the commit tag the project's CI
+    pushes (`git rev-parse --short=8`, never `master`/`latest`), and that commit is one the docs name
+    as having per-descriptor hits_addend (38500fe or later: checked against envoyproxy/ratelimit's
+    history when the tag was chosen, written down in docs/token-limits.md)."""
+    import re
+
+    y = YAML(typ="safe")
+    (dep,) = [d for d in y.load_all((DEPLOY / "ratelimit" / "ratelimit.yaml").read_text()) if d and d["kind"] == "Deployment"]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    m = re.fullmatch(r"envoyproxy/ratelimit(?::([0-9a-f]{8}))?(?:@sha256:([0-9a-f]{64}))?", container["image"])
+    assert m and (m.group(1) or m.group(2)), container["image"]
+    docs = (REPO / "docs" / "token-limits.md").read_text()
+    assert f"envoyproxy/ratelimit:{m.group(1)}" in docs and "38500fe" in docs
