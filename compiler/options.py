@@ -153,6 +153,7 @@ class RateLimitOptions:
     port: int
     timeout: str = "0.1s"  # Envoy's Duration form
     fail_closed: bool = False
+    cost_unit: str = "micro"  # a key of COST_UNITS
 
 
 _RLS = re.compile(rf"({_LABEL})/({_LABEL}):([0-9]{{1,5}})")
@@ -166,6 +167,17 @@ def _rls(text: str | None) -> tuple[tuple[str, str, int] | None, str | None]:
     if not m or not 1 <= int(m.group(5)) <= 65535:
         return None, f"expected NAMESPACE/SERVICE:PORT, e.g. llmc-system/ratelimit:8081, got {text!r}"
     return (m.group(1), m.group(3), int(m.group(5))), None
+
+
+#: --cost-unit → how many units make one unit of the prices' currency
+COST_UNITS = {"micro": 1_000_000, "milli": 1_000}
+
+
+def _cost_unit(text: str | None) -> tuple[str, str | None]:
+    value = str(text or "micro").strip()
+    if value not in COST_UNITS:
+        return "micro", f"expected one of {', '.join(COST_UNITS)}, got {text!r}"
+    return value, None
 
 
 def _rls_timeout(text: str | None) -> tuple[str | None, str | None]:
@@ -236,6 +248,12 @@ class Options:
         False, "When the rate-limit service fails, refuse limited requests (OpenAI-format 503) instead of "
         "letting them pass.", _switch, switch=True, example="true", needs="rate-limit-service")
 
+    #: money budgets (docs/budgets.md): what one unit of the rate-limit service's counters is worth
+    cost_unit: str = setting(
+        "micro", "Unit money budgets are counted in: micro (a millionth of the currency of the prices; budgets "
+        "up to 4294.97 per window) or milli (a thousandth; up to 4294967.29).", lambda value: _cost_unit(value),
+        example="milli")
+
     @property
     def rate_limit(self) -> RateLimitOptions | None:
         """The token-limit settings together; None without a rate-limit service."""
@@ -243,7 +261,7 @@ class Options:
             return None
         ns, service, port = self.rate_limit_service
         return RateLimitOptions(namespace=ns, service=service, port=port, timeout=self.rate_limit_timeout or "0.1s",
-                                fail_closed=self.rate_limit_fail_closed)
+                                fail_closed=self.rate_limit_fail_closed, cost_unit=self.cost_unit)
 
     @property
     def supports_failover(self) -> bool:

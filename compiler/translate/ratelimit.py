@@ -27,7 +27,7 @@ import json
 import yaml
 
 from .. import names
-from ..ir import Backend, Program, RateLimitService, Rule, TokenLimit, VirtualHost
+from ..ir import Backend, Price, Program, RateLimitService, Rule, TokenLimit, VirtualHost
 from ..protocols import PROTOCOLS
 from .common import metadata, rule_route_names
 
@@ -90,6 +90,55 @@ def charge_format(limit: TokenLimit) -> str:
             f"uint(request.size) / 4u))%")
 
 
+#: a price is per 1M tokens: the charge in cost units is ceil(Σ tokens × units per 1M / 1M)
+PER = 1_000_000
+
+
+def _price_switch(prices: tuple[Price, ...], field: str, model: str) -> str:
+    """A CEL uint: ``field`` (prompt or completion) of the price of the model ``model`` (a CEL string)
+    names. A price's model matches the same name, or a dated snapshot of it (``gpt-4o`` matches
+    ``gpt-4o-2024-08-06``): the longest matching name wins; no match: the ``*`` price, or — never a
+    free answer — the provider's highest price."""
+    star = [p for p in prices if p.model == "*"]
+    fallback = getattr(star[0], field) if star else max(getattr(p, field) for p in prices)
+    expr = f"{fallback}u"
+    for price in sorted((p for p in prices if p.model != "*"), key=lambda p: (len(p.model), p.model)):
+        name = json.dumps(price.model)
+        expr = f"({model} == {name} || {model}.startsWith({json.dumps(price.model + '-')}) ? " \
+               f"{getattr(price, field)}u : {expr})"
+    return expr
+
+
+def _prices_for(rule: Rule, backend: Backend, field: str) -> str:
+    """The price (cost units per 1M tokens) a request of ``rule`` on ``backend``'s route pays: at the
+    provider that answered (a failover rule: ``llmc.provider``, which the filter records from the try
+    that answered) for the model that answered (``llmc.response_model``; without it, the model the
+    provider is configured with)."""
+    def model(b: Backend) -> str:
+        configured = json.dumps(b.config.model or "")
+        return f"(has({_USAGE}.response_model) ? {_USAGE}.response_model : {configured})"
+
+    if rule.retries is None:
+        return _price_switch(backend.provider.prices, field, model(backend))
+    priced = [b for b in rule.backends if b.provider.prices]
+    expr = f"{max(getattr(p, field) for b in priced for p in b.provider.prices)}u"
+    for b in reversed(priced):
+        price = _price_switch(b.provider.prices, field, model(b))
+        expr = f"({_USAGE}.provider == {json.dumps(b.provider.name)} ? {price} : {expr})"
+    return expr
+
+
+def money_format(rule: Rule, backend: Backend) -> str:
+    """The charge of a money budget, in cost units, rounded up: the answer's prompt and completion
+    tokens at the answering provider's prices for the answering model; without usage, ``request.size
+    / 4`` tokens at its prompt price (a 2xx); 0 for errors."""
+    p, c = f"{_USAGE}.request_prompt_tokens", f"{_USAGE}.request_completion_tokens"
+    pp, cp = _prices_for(rule, backend, "prompt"), _prices_for(rule, backend, "completion")
+    return (f"%CEL(response.code >= 400 ? 0u : (has({p}) && has({c}) ? "
+            f"(uint({p}) * {pp} + uint({c}) * {cp} + {PER - 1}u) / {PER}u : "
+            f"(uint(request.size) / 4u * {pp} + {PER - 1}u) / {PER}u))%")
+
+
 def _part_variants(part: tuple[str, str], vh: VirtualHost, backend: Backend) -> list[dict]:
     """The Envoy actions for one key part: one per case a request can be in (a header present or
     absent); exactly one of them yields an entry for a given request. Every value must be the same at
@@ -112,15 +161,15 @@ def _part_variants(part: tuple[str, str], vh: VirtualHost, backend: Backend) -> 
                                     "headers": [{"name": name, "present_match": True}]}}]
 
 
-def limit_entries(limit: TokenLimit, vh: VirtualHost, backend: Backend) -> list[dict]:
+def limit_entries(limit: TokenLimit, vh: VirtualHost, rule: Rule, backend: Backend) -> list[dict]:
     """The check and charge entries of one limit on a route to ``backend``."""
     head = {"generic_key": {"descriptor_key": LIMIT_KEY, "descriptor_value": limit.id}}
+    charge = money_format(rule, backend) if limit.money else charge_format(limit)
     out: list[dict] = []
     for combo in itertools.product(*(_part_variants(p, vh, backend) for p in limit.key)):
         actions = [head, *combo]
         out.append({"actions": actions, "hits_addend": {"number": 0}})
-        out.append({"actions": actions, "apply_on_stream_done": True,
-                    "hits_addend": {"format": charge_format(limit)}})
+        out.append({"actions": actions, "apply_on_stream_done": True, "hits_addend": {"format": charge}})
     return out
 
 
@@ -147,7 +196,7 @@ def route_rate_limits(vh: VirtualHost, svc: RateLimitService | None) -> dict[str
         for route, backend in final_routes(vh, rule):
             limits = route_limits(rule, backend)
             if limits:
-                entries = [e for limit in limits for e in limit_entries(limit, vh, backend)]
+                entries = [e for limit in limits for e in limit_entries(limit, vh, rule, backend)]
                 out[route] = {"@type": PER_ROUTE_TYPE, "domain": DOMAIN, "rate_limits": entries}
     return out
 
@@ -231,6 +280,8 @@ def _config_descriptor(limit: TokenLimit) -> dict:
     (any value: a key without a value matches every value and counts each apart), the limit at the
     leaf (envoyproxy/ratelimit applies a limit only at the depth of the request's descriptor)."""
     leaf = {"rate_limit": {"unit": limit.unit, "requests_per_unit": limit.tokens}, "shadow_mode": limit.shadow}
+    if limit.money:  # the service's stats per key value (team, workload, model): spend on the dashboard
+        leaf["detailed_metric"] = True
     keys = [WORKLOAD_KEY if k == "workload" else MODEL_KEY if k == "model" else header_key(n) for k, n in limit.key]
     node: dict | None = None
     for key in reversed(keys):
