@@ -61,7 +61,7 @@ _PLAIN = tuple(f.name for f in dataclasses.fields(RequestConfig) if "overlay" no
 
 @dataclass(frozen=True)
 class TokenLimit:
-    """A token budget (llmc extension, docs/token-limits.md): a bucket per key, a fixed window, a cost.
+    """A token budget (llmc extension, docs/budgets.md): a bucket per key, a fixed window, a cost.
 
     ``id`` names the limit in the rate-limit service's configuration and in every descriptor: it is
     ``route/<ns>/<route>/<rule>/<name>`` for a rule's limit and ``provider/<ns>/<provider>/<name>``

@@ -146,7 +146,7 @@ def _istio_version(text: str | None) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class RateLimitOptions:
-    """``--rate-limit-service NS/SVC:PORT`` and its settings (token limits, docs/token-limits.md)."""
+    """``--rate-limit-service NS/SVC:PORT`` and its settings (token limits, docs/budgets.md)."""
 
     namespace: str
     service: str
@@ -235,7 +235,7 @@ class Options:
         "select pods with one of these labels in the namespace the gateway's pods run in (else LLMC243). "
         "Default: no restriction (deploy/ passes Istio's ingress and egress gateways).",
         lambda value: parse_gateway_selectors(value), example="istio-system/istio=ingressgateway")
-    #: token limits (docs/token-limits.md): the rate-limit service, its timeout, and whether its
+    #: token limits (docs/budgets.md): the rate-limit service, its timeout, and whether its
     #: failure refuses requests; read together as :attr:`rate_limit`
     rate_limit_service: tuple[str, str, int] | None = setting(
         None, "NAMESPACE/SERVICE:PORT of the envoyproxy/ratelimit service that enforces tokenLimits (needed by "

@@ -174,3 +174,29 @@ def test_a_namespace_limit_is_declared_once_per_namespace():
     second = route("[]", extra=decl).replace("name: chat", "name: chat2").replace("chat-gateway", "other-gateway")
     text = PRICED + route("[]", extra=decl) + second
     assert diags(text) == {("LLMC265", "spec.namespaceLimits[0].name")}
+
+
+def test_explain_shows_the_limits_of_a_limited_route(update_golden):
+    """`llmc explain` on limited routes (a golden): per request, every limit and budget it counts
+    against, its descriptor for this request, the charge formula (prices of the answering provider
+    and model; weights for tokens) and that the charge itself is unknown offline."""
+    from typer.testing import CliRunner
+
+    from compiler.cli import app
+    from tests.support.golden import check_golden
+
+    runner, out = CliRunner(), []
+    for source, args in (
+            ("budgets.yaml", ["--host", "chat-gateway", "-H", "x-team:blue", "-d",
+                              '{"model":"dear-1-mini","messages":[{"role":"user","content":"hi"}]}']),
+            ("budgets.yaml", ["--host", "chat-gateway", "-H", "x-team:blue", "-H", "x-tier:failover", "-d",
+                              '{"model":"dear-1","messages":[]}']),
+            ("token-limits.yaml", ["--host", "chat-gateway", "-H", "x-tier:free", "-H", "x-user-id:alice",
+                                   "--labels", "app=web", "-d", '{"messages":[]}'])):
+        res = runner.invoke(app, ["explain", "-f", str(TESTDATA / "e2e" / source), "--rate-limit-service",
+                                  "llmc-system/ratelimit:8081", "--namespace", "team-a", *args])
+        assert res.exit_code == 0, res.output
+        out.append(f"$ llmc explain -f tests/testdata/e2e/{source} … {' '.join(args[2:-2])}\n{res.stdout}")
+    text = "\n".join(out)
+    assert "sk-" not in text  # keys stay masked
+    check_golden(TESTDATA / "explain" / "limits.txt", text, update_golden)

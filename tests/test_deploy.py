@@ -185,7 +185,7 @@ def test_the_rate_limit_image_is_pinned_to_a_commit_with_per_descriptor_hits_add
     """deploy/ratelimit names envoyproxy/ratelimit by a digest or by the commit tag the project's CI
     pushes (`git rev-parse --short=8`, never `master`/`latest`), and that commit is one the docs name
     as having per-descriptor hits_addend (38500fe or later: checked against envoyproxy/ratelimit's
-    history when the tag was chosen, written down in docs/token-limits.md)."""
+    history when the tag was chosen, written down in docs/budgets.md)."""
     import re
 
     y = YAML(typ="safe")
@@ -193,5 +193,5 @@ def test_the_rate_limit_image_is_pinned_to_a_commit_with_per_descriptor_hits_add
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     m = re.fullmatch(r"envoyproxy/ratelimit(?::([0-9a-f]{8}))?(?:@sha256:([0-9a-f]{64}))?", container["image"])
     assert m and (m.group(1) or m.group(2)), container["image"]
-    docs = (REPO / "docs" / "token-limits.md").read_text()
+    docs = (REPO / "docs" / "budgets.md").read_text()
     assert f"envoyproxy/ratelimit:{m.group(1)}" in docs and "38500fe" in docs

@@ -70,7 +70,7 @@ def resolve_limits(limits: list[ApiTokenLimit], id_prefix: str, source: str, doc
     if opts.rate_limit is None:
         diags.error("LLMC260", "token limits need a rate-limit service to enforce them", **doc.where(path),
                     hint="render with --rate-limit-service NAMESPACE/SERVICE:PORT (KRM: rateLimitService), "
-                    "e.g. llmc-system/ratelimit:8081; docs/token-limits.md")
+                    "e.g. llmc-system/ratelimit:8081; docs/budgets.md")
         ok = False
     seen: dict[str, int] = {}
     out = []

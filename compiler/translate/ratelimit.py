@@ -1,4 +1,4 @@
-"""Token limits (docs/token-limits.md; design: shared/notes/token-ratelimit.md §5.2) in Envoy's and
+"""Token limits (docs/budgets.md; design: shared/notes/token-ratelimit.md §5.2) in Envoy's and
 envoyproxy/ratelimit's terms.
 
 * :func:`rate_limit_filter`: Envoy's global rate-limit filter ``llmc.ratelimit``, inserted after
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import yaml
 
@@ -39,6 +40,8 @@ DOMAIN = "llmc"
 CONFIG_NAME = f"{names.PREFIX}-ratelimit-config"
 CONFIG_KEY = f"{DOMAIN}.yaml"
 LIMIT_KEY = "llmc_limit"  # the descriptor entry naming the limit
+#: on the ConfigMap when it holds money budgets: the unit their counters count (--cost-unit)
+COST_UNIT_ANNOTATION = "llmc.io/cost-unit"
 #: llmc's stage of Envoy's rate-limit filter: the filter applies only rate limits of its stage, so
 #: it never sends other teams' route or virtual-host ``rate_limits`` (stage 0 by default) to llmc's
 #: service, nor fails their requests when that service is down
@@ -137,6 +140,55 @@ def money_format(rule: Rule, backend: Backend) -> str:
     return (f"%CEL(response.code >= 400 ? 0u : (has({p}) && has({c}) ? "
             f"(uint({p}) * {pp} + uint({c}) * {cp} + {PER - 1}u) / {PER}u : "
             f"(uint(request.size) / 4u * {pp} + {PER - 1}u) / {PER}u))%")
+
+
+_COMPARED = re.compile(r' == ("(?:[^"\\\\]|\\\\.)*")')
+
+
+def _split_top(expr: str) -> tuple[str, str, str] | None:
+    """``(cond ? then : else)`` at depth 0 of ``expr`` (without its outer parentheses), or None."""
+    depth, quoted, q, c = 0, False, -1, -1
+    for i, ch in enumerate(expr):
+        if ch == '"' and (i == 0 or expr[i - 1] != "\\"):
+            quoted = not quoted
+        elif not quoted:
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0 and expr.startswith(" ? ", i) and q < 0:
+                q = i
+            elif depth == 0 and expr.startswith(" : ", i) and q >= 0 and c < 0:
+                c = i
+    return (expr[:q], expr[q + 3:c], expr[c + 3:]) if q >= 0 and c >= 0 else None
+
+
+def _read_switch(expr: str, provider: str = "") -> list[tuple[str, str, int]]:
+    """The prices a :func:`_price_switch` or provider switch holds: (provider, model, units), in the
+    order they are tested ("" provider: any; model "*": no listed model matched)."""
+    expr = expr.strip()
+    if expr.endswith("u") and expr[:-1].isdigit():
+        return [(provider, "*", int(expr[:-1]))]
+    parts = _split_top(expr[1:-1]) if expr.startswith("(") and expr.endswith(")") else None
+    if parts is None:
+        raise ValueError(f"not a price switch: {expr[:80]}")
+    cond, then, other = parts
+    name = json.loads(_COMPARED.search(cond).group(1))  # type: ignore[union-attr]
+    if cond.startswith(f"{_USAGE}.provider"):
+        return _read_switch(then, name) + _read_switch(other, provider or "other")
+    return [(provider, name, int(then[:-1]))] + _read_switch(other, provider)
+
+
+def describe_money(fmt: str) -> list[dict]:
+    """A money charge's prices, read back from :func:`money_format`'s expression (``llmc explain`` and
+    ``llmc diff`` work from the emitted objects): per (provider, model), cost units per 1M prompt and
+    completion tokens."""
+    inner = fmt[len("%CEL("):-len(")%")]
+    usage = inner[inner.index("? (uint(") + 2:]
+    p_mark, c_mark = ") * ", f" + uint({_USAGE}.request_completion_tokens) * "
+    pp = usage[usage.index(p_mark) + len(p_mark):usage.index(c_mark)]
+    cp = usage[usage.index(c_mark) + len(c_mark):usage.index(f" + {PER - 1}u) / {PER}u")]
+    completions = {(prov, model): units for prov, model, units in _read_switch(cp)}
+    return [{"provider": prov, "model": model, "prompt": units, "completion": completions.get((prov, model))}
+            for prov, model, units in _read_switch(pp)]
 
 
 def _part_variants(part: tuple[str, str], vh: VirtualHost, backend: Backend) -> list[dict]:
@@ -302,5 +354,7 @@ def translate_ratelimit_config(program: Program) -> list[dict]:
     if svc is None:
         return []
     sources = sorted({limit.source for limit in all_limits(program)}) or ["llmc --rate-limit-service"]
-    return [{"metadata": metadata(CONFIG_NAME, svc.namespace, sources), "key": CONFIG_KEY,
-             "config": ratelimit_config(program)}]
+    meta = metadata(CONFIG_NAME, svc.namespace, sources)
+    if any(limit.money for limit in all_limits(program)):  # what the money budgets' counters count
+        meta["annotations"] = {**meta.get("annotations", {}), COST_UNIT_ANNOTATION: svc.cost_unit}
+    return [{"metadata": meta, "key": CONFIG_KEY, "config": ratelimit_config(program)}]

@@ -1,7 +1,7 @@
 """A protocol-faithful double of envoyproxy/ratelimit: Envoy's ``envoy.service.ratelimit.v3``
 gRPC API in Python (``grpcio`` + the ``xds-protos`` wheel), counting in a **real redis-server**.
 
-envoyproxy/ratelimit is Go and cannot be built on the CI machine (docs/token-limits.md), so the
+envoyproxy/ratelimit is Go and cannot be built on the CI machine (docs/budgets.md), so the
 end-to-end tests run this double, loaded with **the ConfigMap llmc emits** (never a hand-written
 copy). Its semantics are copied from the service's source, envoyproxy/ratelimit at f2fb157
 (2026-07-05); each behaviour names the Go it follows and has a unit test
