@@ -142,7 +142,8 @@ def test_without_a_rate_limit_service_no_configmap_is_read(api):
 def test_two_scoped_instances_write_one_configmap_from_both_and_idle(api):
     """Two --watch-namespace instances with limits in their namespaces: one ConfigMap with the limits
     of both (each instance reads the other's sources the live object names), and idle, neither
-    rewrites it (the window is a dozen resync passes of each, not a duration)."""
+    rewrites it (the window is a dozen resync passes of each, not a duration); when one instance's
+    last limit goes, the ConfigMap is never deleted while the other still has limits."""
     opts = Options(rate_limit_service=("llmc-system", "ratelimit", 8081))
     for ns in ("lease-a", "lease-b"):
         api.create_namespace(ns)
@@ -160,9 +161,36 @@ def test_two_scoped_instances_write_one_configmap_from_both_and_idle(api):
         wait_for(lambda: all(c.metrics.values["llmc_reconciles_total"] >= counts[c] + 12 for c in (a, b)),
                  timeout=30, what="a dozen passes of each instance")
         assert [p for _, _, p, _ in api.committed[since:] if "/leases/" not in p] == []
+        since = len(api.committed)
         api.delete_object(SRC, "llmroutes", "team-b", "r")
-        wait_for(lambda: "team-b" not in config_maps(api)[0]["data"]["llmc.yaml"], what="team-b's limit gone")
+        wait_for(lambda: config_maps(api) and "team-b" not in config_maps(api)[0]["data"]["llmc.yaml"],
+                 what="team-b's limit gone")
         assert "team-a" in config_maps(api)[0]["data"]["llmc.yaml"]
+        # b's last limit went: b hands the object over (written from a's sources), never prunes it
+        assert not [p for _, m, p, _ in api.committed[since:] if m == "DELETE" and "/configmaps/" in p]
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_namespace_budget_reaches_the_gateway_key_of_its_namespaces_placed_routes():
+    """spec.namespaceLimits of one route apply to every route of its namespace: a gateway key that
+    compiles a placed route of that namespace compiles the declaring route too, and a change of the
+    declaration queues that gateway key."""
+    from compiler.controller.deps import DependencyIndex
+
+    idx = DependencyIndex(Options())
+    gw = route("gr", "team-a", "gw.example.com", ["gw.example.com"], ["istio-system/gw"])
+    declarer = route("r", "team-a", "chat.team-a", ["team-a.example.com"])
+    declarer["spec"]["namespaceLimits"] = [{"name": "team", "budget": {"cost": 1}, "per": "Day"}]
+    for d in (provider("gp", "team-a", "gw.example.com"), provider("p", "team-a", "team-a.example.com"), gw, declarer):
+        idx.update(None, copy.deepcopy(d))
+    sources, _ = idx.compile_set("istio-system")
+    assert "LLMRoute team-a/r" in {f"{s['kind']} {s['metadata']['namespace']}/{s['metadata']['name']}" for s in sources}
+    changed = copy.deepcopy(declarer)
+    changed["spec"]["namespaceLimits"][0]["budget"]["cost"] = 2
+    assert idx.update(declarer, changed) == {"team-a", "istio-system"}
+    plain = copy.deepcopy(declarer)
+    del plain["spec"]["namespaceLimits"]
+    idx.update(changed, plain)
+    assert idx.update(plain, copy.deepcopy(plain)) == {"team-a"}  # no budget: the gateway key is not its

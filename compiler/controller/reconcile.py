@@ -210,6 +210,11 @@ def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope, namespace: st
             continue
         if (namespace is None or key[1] == namespace) and (mine is None or mine(obj)):
             desired[key] = obj
+        elif (namespace is None or key[1] == namespace) and key in live and mine is not None and mine(live[key]):
+            # a shared object this instance's sources just left, still produced from another
+            # instance's: written once more as computed from all its sources (handed over), never
+            # pruned while the other instance still needs it
+            desired[key] = obj
     for key, obj in sorted(desired.items()):
         if key in pinned:
             out.kept.append(key)
