@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import openai
 import pytest
+import yaml
 
-from tests.conftest import TESTDATA
+from tests.conftest import REPO, TESTDATA
 from tests.support.envoy_harness import envoy_minor
 from tests.support.mesh import llmc_render, running_envoy
-from tests.support.ratelimit import RateLimitDouble, RedisServer, configmap_files, counter, rls_cluster, serving
+from tests.support.ratelimit import (
+    RateLimitDouble,
+    RedisServer,
+    configmap_files,
+    counter,
+    prometheus,
+    rls_cluster,
+    serving,
+)
 from tests.support.realrls import ExternalRedis, RecordingProxy, load, real_service
 from tests.support.upstream import serving as serving_upstreams
 from tests.test_token_limits_e2e import MESSAGES, eventually, for_istiod, sdk, settle
@@ -80,6 +89,16 @@ def _fresh(redis_server, proxy):
         u.clear()
 
 
+MAPPER = yaml.safe_load((REPO / "deploy" / "ratelimit" / "prometheus-mapper.yaml").read_text())["data"]["mapper.yaml"]
+
+
+def spend(rls, team_name: str) -> int:
+    """What the dashboard's spend panel reads for a team: the service's total_hits of the team's
+    budget, through deploy/ratelimit's Prometheus mapper (the double keeps the service's stats)."""
+    labels = (("domain", "llmc"), ("key", f"header.x-team_{team_name}"), ("limit", TEAM))
+    return prometheus(dict(rls.stats), MAPPER).get(("ratelimit_service_rate_limit_total_hits", labels), 0)
+
+
 def ask(proxy, team_name: str, tier: str | None = None, model: str = "dear-1", stream: bool = False):
     headers = {"x-team": team_name, **({"x-tier": tier} if tier else {})}
     client = sdk(proxy, **headers)
@@ -95,6 +114,7 @@ def test_a_budget_across_two_providers_is_charged_each_answer_at_its_price_then_
     """One team's budget across both providers (500 micro units): cheap (25), dear at dear-1's price
     (320) — 345 charged, exactly; a third request is admitted (345 < 500) and brings it to 665; the
     next one gets the OpenAI-format 429 that the SDK raises as RateLimitError, and reaches no provider."""
+    spent = spend(rls, "blue") if not REAL else 0
     ask(proxy, "blue", "cheap", stream=stream)
     eventually(redis_server, team("blue"), CHEAP)
     ask(proxy, "blue", stream=stream)
@@ -108,6 +128,8 @@ def test_a_budget_across_two_providers_is_charged_each_answer_at_its_price_then_
     assert err.value.code == "rate_limit_exceeded" and err.value.response.headers["retry-after"].isdigit()
     assert sum(len(u.requests) for u in proxy.upstreams.values()) == sent
     assert ask(proxy, "green", "cheap", stream=stream)  # another team has its own bucket
+    if not REAL:  # the dashboard's spend: charges only (the checks and the refused request add 0)
+        assert spend(rls, "blue") - spent == CHEAP + 2 * DEAR
 
 
 def test_the_price_is_the_answering_models(proxy, redis_server):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import redis
+import yaml
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
@@ -285,3 +286,43 @@ def test_the_recording_proxy_forwards_to_a_service_and_keeps_the_requests(redis_
                 stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="llmc"))  # no descriptors: the service's error
             assert err.value.code() == grpc.StatusCode.UNKNOWN
         proxy.close()
+
+
+def test_stats_follow_the_service_and_map_through_deploys_mapper(redis_server):
+    """The double keeps the service's per-limit stats (weighted by hits_addend: a check counts 0,
+    even refused) and deploy/ratelimit's mapper turns them into Prometheus samples per limit and key;
+    with detailed_metric (llmc's money budgets) the key holds the request's values."""
+    from tests.conftest import REPO
+    from tests.support.ratelimit import prometheus
+
+    redis_server.flush()
+    config = """
+domain: llmc
+descriptors:
+- key: llmc_limit
+  value: namespace/team-a/team
+  descriptors:
+  - key: header.x-team
+    rate_limit: {unit: day, requests_per_unit: 500}
+    detailed_metric: true
+- key: llmc_limit
+  value: route/team-a/chat/r/tph
+  rate_limit: {unit: hour, requests_per_unit: 10}
+  shadow_mode: true
+"""
+    double = RateLimitDouble(redis_server.client, {"llmc.yaml": config}, clock=lambda: NOW)
+    team = [("llmc_limit", "namespace/team-a/team"), ("header.x-team", "blue")]
+    for addend in (345, 320, 0):  # 345 within; 665: 165 over, 100 near; the check after: 0 everywhere
+        call(double, desc(*team, addend=addend), domain="llmc")
+    call(double, desc(("llmc_limit", "route/team-a/chat/r/tph"), addend=18), domain="llmc")
+    base = "ratelimit.service.rate_limit.llmc.llmc_limit_namespace/team-a/team.header.x-team_blue"
+    assert {k: v for k, v in double.stats.items() if k.startswith(base)} == {
+        f"{base}.total_hits": 665, f"{base}.within_limit": 345, f"{base}.near_limit": 100,
+        f"{base}.over_limit": 165}
+    mapper = yaml.safe_load((REPO / "deploy" / "ratelimit" / "prometheus-mapper.yaml").read_text())["data"]["mapper.yaml"]
+    samples = prometheus(double.stats, mapper)
+    labels = (("domain", "llmc"), ("key", "header.x-team_blue"), ("limit", "namespace/team-a/team"))
+    assert samples[("ratelimit_service_rate_limit_total_hits", labels)] == 665
+    shadow = (("domain", "llmc"), ("key", ""), ("limit", "route/team-a/chat/r/tph"))
+    assert samples[("ratelimit_service_rate_limit_shadow_mode", shadow)] == 8
+    assert samples[("ratelimit_service_rate_limit_over_limit", shadow)] == 8
