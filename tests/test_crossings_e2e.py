@@ -21,11 +21,12 @@ double received and for what the client got (:func:`check_request`, :func:`check
   API); ``accept-encoding: identity`` (usage is read from the answer);
 * the client gets OpenAI's format: a JSON error object on errors, never a 2xx with an error body,
   no internal header;
-* a limited cell (token limits, issue 30) changes none of the above, and its rule's bucket in the
-  rate-limit service (the double, over a real Redis, loaded with the ConfigMap llmc emitted) is
-  charged exactly what the answer's usage says — once, whatever number of tries — or
-  ``request.size / 4`` for a 2xx without usage, 0 for an error; a request llmc answers itself never
-  calls the service (:func:`check_charge`).
+* a limited cell (a token limit, issue 30, or a money budget, issue 31) changes none of the above,
+  and its rule's bucket in the rate-limit service (the double, over a real Redis, loaded with the
+  ConfigMap llmc emitted) is charged exactly what the answer's usage says — at the price of the
+  provider that answered, for a budget — once, whatever number of tries, or ``request.size / 4``
+  for a 2xx without usage, 0 for an error; a request llmc answers itself never calls the service
+  (:func:`check_charge`).
 
 Failover cells need Envoy 1.39+ (``python -m tests.envoy_versions 1.39.3 1.40.0`` runs them; a skip
 there fails). ``test_explain_predicts_the_cell`` runs every cell offline with ``llmc explain`` and
@@ -197,16 +198,19 @@ def exchanges(cell: X.Cell, request) -> list[Exchange]:
 CHARGES: dict[str, tuple[int, int, int, int]] = {}  # cell id → (calls, expected calls, charge, expected)
 
 
-def expected_charge(x: Exchange) -> int:
-    """What the answer costs (cost {total: 1}): the usage the client got, prompt + completion; a 2xx
-    without both: the request's size / 4 (Envoy's ``request.size``: the body as the client sent it);
-    an error: 0."""
+def expected_charge(cell: X.Cell, x: Exchange) -> int:
+    """What the answer costs: the usage the client got, prompt + completion tokens (a token limit,
+    cost {total: 1}) or priced at the provider that answered — the last to receive the request —
+    (a money budget, micro units: the matrix's prices are whole units per 1M tokens); a 2xx without
+    both: the request's size / 4 (Envoy's ``request.size``: the body as the client sent it) tokens, at
+    the prompt price for a budget; an error: 0."""
     if x.status >= 400:
         return 0
+    price = X.PROVIDERS[x.received[-1][0]].price if cell.limit == "budget" else {"prompt": 1, "completion": 1}
     usage = (json.loads(x.payload) if x.payload else {}).get("usage") or {}
     if isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int):
-        return usage["prompt_tokens"] + usage["completion_tokens"]
-    return len(x.sent_body) // 4
+        return usage["prompt_tokens"] * price["prompt"] + usage["completion_tokens"] * price["completion"]
+    return len(x.sent_body) // 4 * price["prompt"]
 
 
 def charged(cell: X.Cell, xs: list[Exchange], rls: RateLimitDouble) -> tuple[int, int, int, int]:
@@ -217,7 +221,7 @@ def charged(cell: X.Cell, xs: list[Exchange], rls: RateLimitDouble) -> tuple[int
 
     assert cell.limit_id is not None
     want_calls = sum(2 for x in xs if x.received or x.status not in (400, 404))
-    want = sum(expected_charge(x) for x in xs)
+    want = sum(expected_charge(cell, x) for x in xs)
 
     def calls() -> int:
         return sum(1 for r in list(rls.requests) for d in r.descriptors

@@ -10,8 +10,9 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 * ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
   with two ``model`` members, ``Accept-Encoding: gzip``;
 * ``FAILURES`` — what the first try meets: nothing, a 503, a reset, a hang past the per-try timeout;
-* ``LIMITS`` — token limits (issue 30): none, or a limit on the cell's rule (the rate-limit filter
-  checks before forwarding and charges the answer's usage when the stream is done).
+* ``LIMITS`` — token limits (issue 30): none, a token limit or a money budget (issue 31) on the
+  cell's rule (the rate-limit filter checks before forwarding and charges the answer's usage — at
+  the answering provider's price for a budget — when the stream is done).
 
 :func:`cells` selects the cells all-pairs (every pair of values of two dimensions appears in some
 cell; greedy and deterministic) and covers ``TRIPLES`` too (each rule with each protocol meets every
@@ -54,6 +55,8 @@ class Provider:
     model: str | None = None  # the configured model (replaces the client's on chat)
     format: str = "openai"  # "anthropic": translated (its double checks the Messages API)
     double: str = "openai"  # the test double: "openai", "azure" or "anthropic"
+    #: its price per 1M tokens (money budgets): each provider its own, so a charge names who answered
+    price: dict = field(default_factory=lambda: {"prompt": 1, "completion": 2})
 
     @property
     def host(self) -> str:
@@ -62,7 +65,7 @@ class Provider:
     def spec(self) -> dict:
         config = {k: {**v, **({"apiKey": self.key} if self.key else {})} for k, v in self.config.items()}
         spec = {"host": self.host, "tls": {"mode": "DISABLE"}, "timeout": TIMEOUT,
-                "configs": {"defaultConfig": config}}
+                "configs": {"defaultConfig": config}, "prices": [{"model": "*", **self.price}]}
         if self.base_path is not None:
             spec["basePath"] = self.base_path
         if self.double != "azure" and self.format == "openai":
@@ -95,25 +98,27 @@ def _key(name: str) -> str:
 # ---- dimension: the provider the cell is about (one line each) --------------------------------
 PROTOCOLS: dict[str, Provider] = {p.name: p for p in (
     Provider("openai", {"openAIConfig": {"model": "openai-model-with-a-long-name"}}, "/openai/v1/chat/completions",
-             "/openai/v1", key=_key("openai"), model="openai-model-with-a-long-name"),
+             "/openai/v1", key=_key("openai"), model="openai-model-with-a-long-name",
+             price={"prompt": 3, "completion": 5}),
     Provider("custom", {"openAIConfig": {"model": "c1", "authHeader": "X-Gw-Key", "authPrefix": "Key "}},
              "/custom/v1/chat/completions", "/custom/v1", key=_key("custom"), auth_header="x-gw-key",
-             auth_prefix="Key ", model="c1"),
+             auth_prefix="Key ", model="c1", price={"prompt": 7, "completion": 11}),
     Provider("azure", {"azureOpenAIConfig": {"deployment": "dep-x"}}, "/openai/deployments/dep-x/chat/completions",
              "/openai/deployments/dep-x", key=_key("azure"), auth_header="api-key", auth_prefix="",
-             double="azure"),
+             double="azure", price={"prompt": 13, "completion": 17}),
     # no basePath: it is for OpenAI's API only (LLMC241)
     Provider("anthropic", {"anthropicConfig": {"model": "claude-x", "maxTokens": 256}}, "/v1/messages", None,
              key=_key("anthropic"), auth_header="x-api-key", auth_prefix="", model="claude-x", format="anthropic",
-             double="anthropic"),
+             double="anthropic", price={"prompt": 19, "completion": 23}),
     Provider("nokey", {"openAIConfig": {"model": "nokey-model"}}, "/nokey/v1/chat/completions", "/nokey/v1",
              model="nokey-model"),
 )}
 # The other side of two-provider rules: no model configured, so a try for it keeps the client's body
 # (the shape of issue 24 item 2); AUXC keeps its key in a header of its own (item 1).
-AUX = Provider("aux", {"openAIConfig": {}}, "/aux/v1/chat/completions", "/aux/v1", key=_key("aux"))
+AUX = Provider("aux", {"openAIConfig": {}}, "/aux/v1/chat/completions", "/aux/v1", key=_key("aux"),
+               price={"prompt": 29, "completion": 31})
 AUXC = Provider("auxc", {"openAIConfig": {"authHeader": "X-Auxc-Key"}}, "/auxc/v1/chat/completions", "/auxc/v1",
-                key=_key("auxc"), auth_header="x-auxc-key", auth_prefix="")
+                key=_key("auxc"), auth_header="x-auxc-key", auth_prefix="", price={"prompt": 37, "completion": 41})
 PROVIDERS: dict[str, Provider] = {**PROTOCOLS, "aux": AUX, "auxc": AUXC}
 KEYS = {p.name: p.key for p in PROVIDERS.values() if p.key}
 #: every header that carries a credential somewhere in the matrix (and the client's own)
@@ -215,7 +220,9 @@ HANG = 6.0  # seconds a hanging provider waits before it resets: past the timeou
 #: the budget never runs out in the matrix (each cell asserts the charge, not a refusal: refusals
 #: are tests/test_token_limits_e2e.py's); one bucket per rule (no key)
 LIMITS: dict[str, dict | None] = {"unlimited": None,
-                                  "limited": {"name": "cell", "tokens": 4_000_000_000, "per": "Day"}}
+                                  "limited": {"name": "cell", "tokens": 4_000_000_000, "per": "Day"},
+                                  # money (issue 31): at the answering provider's price, in micro units
+                                  "budget": {"name": "cell", "budget": {"cost": 4000}, "per": "Day"}}
 RATE_LIMIT_SERVICE = "llmc-system/ratelimit:8081"
 
 
