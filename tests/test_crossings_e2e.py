@@ -267,7 +267,8 @@ def test_crossing(cell: X.Cell, request):
 
 def test_the_matrix_input_draws_exactly_the_expected_warnings():
     """The one input of every traffic cell compiles, with the warnings ``WARNED`` lists at their rules."""
-    result = compile_text(X.manifest(TRAFFIC), Options(), "crossings.yaml")
+    service = ("llmc-system", "ratelimit", 8081) if X.limited(TRAFFIC) else None  # X.RATE_LIMIT_SERVICE
+    result = compile_text(X.manifest(TRAFFIC), Options(rate_limit_service=service), "crossings.yaml")
     assert result.ok, [d.format() for d in result.diagnostics.items if d.severity == "error"]
     codes = {code for code, _ in X.WARNED.values()}
     got = {(d.object, d.code, d.path) for d in result.diagnostics.items if d.code in codes}
