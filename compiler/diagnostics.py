@@ -105,6 +105,16 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC267", _E, "limit without exactly one of tokens and budget"),
     Message("LLMC268", _E, "cost weights on a money budget"),
     Message("LLMC269", _E, "money budget on a provider without prices"),
+    # the ambient target (issue 35): what a waypoint's TrafficExtension cannot do
+    Message("LLMC271", _E, "route bound to gateways on the ambient target"),
+    Message("LLMC272", _E, "failover on the ambient target"),
+    Message("LLMC273", _E, "sourceLabels match on the ambient target"),
+    Message("LLMC274", _E, "token limits on the ambient target"),
+    Message("LLMC275", _E, "match on a header the filter rewrites, on the ambient target"),
+    Message("LLMC276", _W, "maxRequestBytes beyond a waypoint's buffer"),
+    Message("LLMC277", _W, "Secret key on the ambient target: the waypoint must mount it"),
+    Message("LLMC278", _N, "in-mesh host must be enrolled in the waypoint"),
+    Message("LLMC279", _E, "TrafficExtension larger than Istio accepts"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

@@ -13,6 +13,8 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 * ``LIMITS`` — token limits (issue 30): none, a token limit or a money budget (issue 31) on the
   cell's rule (the rate-limit filter checks before forwarding and charges the answer's usage — at
   the answering provider's price for a budget — when the stream is done).
+* ``TARGETS`` — where the rules run: sidecars (EnvoyFilters), or a waypoint (``--target ambient``, a
+  TrafficExtension; docs/ambient.md), which refuses failover (``AMBIENT_REJECTED``).
 
 :func:`cells` selects the cells all-pairs (every pair of values of two dimensions appears in some
 cell; greedy and deterministic) and covers ``TRIPLES`` too (each rule with each protocol meets every
@@ -186,6 +188,23 @@ WARNED: dict[tuple[str, str], tuple[str, str]] = {
     ("weighted", "anthropic"): ("LLMC225", "backendRefs"),  # basePath on one provider of the rule only
 }
 
+#: rule → (code, field path under the rule): rules the ambient target refuses (a waypoint has no
+#: cluster-level filters, docs/ambient.md); their rejected cells use the protocol ``openai``
+AMBIENT_REJECTED: dict[str, tuple[str, str]] = {
+    r.name: ("LLMC272", "retries") for r in RULES.values() if r.failover}
+#: the ambient target refuses every limit (LLMC274): one rejected cell per limit, on a single rule
+AMBIENT_LIMITS = ("LLMC274", "tokenLimits")
+
+
+def refused(row: dict) -> bool:
+    """The compiler refuses the rule of this row (any dimensions given): its rejected cell covers it."""
+    if (row.get("rule"), row.get("protocol")) in REJECTED:
+        return True
+    if row.get("target") == "ambient" and row.get("limit", "unlimited") != "unlimited":
+        return True  # LLMC274: limits need EnvoyFilter patches a waypoint ignores (AMBIENT_LIMITS)
+    return row.get("target") == "ambient" and row.get("rule") in AMBIENT_REJECTED
+
+
 CHAT_MESSAGES = [{"role": "user", "content": "Please introduce yourself"}]
 # ---- dimension: the endpoint the client calls (one line each): (path, body members) ------------
 ENDPOINTS: dict[str, tuple[str, list]] = {
@@ -226,6 +245,9 @@ LIMITS: dict[str, dict | None] = {"unlimited": None,
                                   "budget": {"name": "cell", "budget": {"cost": 4000}, "per": "Day"}}
 RATE_LIMIT_SERVICE = "llmc-system/ratelimit:8081"
 
+# ---- dimension: where the rules run (one line each): the extra `llmc render` arguments ----------
+TARGETS: dict[str, tuple[str, ...]] = {"sidecar": (), "ambient": ("--target", "ambient")}
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -235,13 +257,16 @@ class Cell:
     extra: str = "none"
     failure: str = "none"
     limit: str = "unlimited"
+    target: str = "sidecar"
     rejected: tuple[str, str] | None = field(default=None, compare=False)
 
     @property
     def id(self) -> str:
+        where = "" if self.target == "sidecar" else f"-{self.target}"
         if self.rejected:
-            return f"{self.rule}-{self.protocol}-rejected"
-        return "-".join((self.rule, self.protocol, self.endpoint, self.extra, self.failure, self.limit))
+            return f"{self.rule}-{self.protocol}{where}" + ("" if self.limit == "unlimited" else f"-{self.limit}") \
+                + "-rejected"
+        return "-".join((self.rule, self.protocol, self.endpoint, self.extra, self.failure, self.limit)) + where
 
     @property
     def kind(self) -> RuleKind:
@@ -289,7 +314,7 @@ class Cell:
 
 
 DIMENSIONS = {"rule": RULES, "protocol": PROTOCOLS, "endpoint": ENDPOINTS, "extra": EXTRAS, "failure": FAILURES,
-              "limit": LIMITS}
+              "limit": LIMITS, "target": TARGETS}
 
 
 #: combinations covered beyond pairs, where issue 24's defects lived: every (rule, protocol) meets
@@ -325,8 +350,10 @@ def covering(dimensions: dict[str, list[str]], allowed, groups: tuple[tuple[str,
 def cells() -> list[Cell]:
     """The rejected combinations once each, then the traffic cells: all-pairs, plus ``TRIPLES``."""
     rejected = [Cell(rule, protocol, rejected=diag) for (rule, protocol), diag in REJECTED.items()]
-    rows = covering({k: list(v) for k, v in DIMENSIONS.items()},
-                    lambda r: (r["rule"], r["protocol"]) not in REJECTED, TRIPLES)
+    rejected += [Cell(rule, "openai", target="ambient", rejected=diag) for rule, diag in AMBIENT_REJECTED.items()]
+    rejected += [Cell("single", "openai", target="ambient", limit=limit, rejected=AMBIENT_LIMITS)
+                 for limit, spec in LIMITS.items() if spec is not None]
+    rows = covering({k: list(v) for k, v in DIMENSIONS.items()}, lambda r: not refused(r), TRIPLES)
     return rejected + [Cell(**row) for row in rows]
 
 
@@ -364,7 +391,7 @@ def rejected_manifest(cell: Cell) -> str:
     docs: list[dict] = [{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
                          "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()]
     docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute", "metadata": {"name": "rejected"},
-                 "spec": {"host": cell.host, "rules": [cell.kind.rule(cell.protocol)]}})
+                 "spec": {"host": cell.host, "rules": [cell.kind.rule(cell.protocol, cell.limit)]}})
     return dump(docs)
 
 
