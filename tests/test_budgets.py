@@ -200,3 +200,16 @@ def test_explain_shows_the_limits_of_a_limited_route(update_golden):
     text = "\n".join(out)
     assert "sk-" not in text  # keys stay masked
     check_golden(TESTDATA / "explain" / "limits.txt", text, update_golden)
+
+
+def test_the_ambient_target_refuses_a_namespace_budget():
+    """A waypoint cannot run Envoy's rate-limit filter: a namespace's budgets are refused there like
+    any limit (LLMC274), at their field."""
+    from compiler.options import parse_options
+
+    opts, problems = parse_options(target="ambient", rate_limit_service="llmc-system/ratelimit:8081")
+    assert not problems and opts is not None
+    text = PRICED + route("[]", extra="namespaceLimits: [{name: team, budget: {cost: 1}, per: Day}]").replace(
+        "    tokenLimits: []\n", "")
+    result = compile_text(text, opts, "in.yaml")
+    assert ("LLMC274", "spec.namespaceLimits") in {(d.code, d.path) for d in result.diagnostics.items}
