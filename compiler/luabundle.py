@@ -14,8 +14,8 @@ provider has several keys; a translator module
 ``request`` find the optional modules through ``package.preload`` at load time, never by name of a
 protocol.
 
-The bundle drops comments, blank lines, indentation and the spaces that separate no tokens (line
-breaks stay, so no statement merges with its neighbour) and is ASCII only, so its size in bytes is its size in
+The bundle drops comments, blank lines, indentation, and the spaces and line breaks that separate no
+tokens (a line break stays where a space would have to) and is ASCII only, so its size in bytes is its size in
 characters (Istio's ``TrafficExtension`` caps ``lua.inlineCode`` in characters). Both are checked
 here, for every module, every time.
 """
@@ -109,8 +109,9 @@ def _needs_space(prev: str, nxt: str) -> bool:
 
 
 def strip(source: str) -> str:
-    """``source`` without comments, blank lines, indentation and the spaces between tokens that
-    separate nothing (``a = f(x, y)`` becomes ``a=f(x,y)``). Strings are kept byte for byte;
+    """``source`` without comments, blank lines, indentation and the spaces and line breaks between
+    tokens that separate nothing (``a = f(x, y)`` becomes ``a=f(x,y)``, and ``f(x)`` on one line and ``end`` on the next
+    ``f(x)end``). Strings are kept byte for byte;
     a string that spans lines (a long bracket or a backslash-newline) is refused, since stripping
     indentation would change it (no module has one)."""
     out: list[str] = []
@@ -165,7 +166,13 @@ def strip(source: str) -> str:
             line.append(c)
             i += 1
     end_line()
-    return "\n".join(out) + "\n"
+    # a line break separates tokens only where a space would have to (``end`` / ``local``); elsewhere
+    # (``)`` / ``end``) the statements join: Lua needs no separator between statements, and a line
+    # starting with ``(`` after an expression does not compile, so no join makes a new call
+    text = out[0] if out else ""
+    for piece in out[1:]:
+        text += ("\n" if _needs_space(text[-1], piece[0]) else "") + piece
+    return text + "\n"
 
 
 # ---- bundling ----------------------------------------------------------------------------------

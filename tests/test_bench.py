@@ -96,3 +96,17 @@ def test_the_mock_provider_answers_json_like_a_provider():
         (h,) = r["response_headers_to_add"]
         assert h == {"header": {"key": "content-type", "value": "application/json"},
                      "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def test_the_size_sections_failover_mesh_compiles_to_one_rule_of_n_providers():
+    from compiler.options import parse_options
+    from compiler.pipeline import compile_text
+    from tests.bench.size import failover_mesh
+
+    result = compile_text(failover_mesh(3), parse_options(istio_version="1.31")[0], "f.yaml")
+    assert result.ok
+    efs = {o["metadata"]["name"] for o in result.objects if o["kind"] == "EnvoyFilter"}
+    assert "llmc-failover" in efs
+    (rule,) = [h for o in result.objects if o["kind"] == "VirtualService" for h in o["spec"]["http"]
+               if len(h.get("route", [])) == 3][:1]
+    assert [d["destination"]["host"] for d in rule["route"]] == [f"p{i}.example.com" for i in range(3)]

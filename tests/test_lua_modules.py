@@ -252,6 +252,8 @@ def test_a_non_ascii_module_is_refused():
     ("local s = 'a\\'' .. 1 .. 2 .. x\n", "local s='a\\''.. 1 .. 2 ..x\n"),
     ("x = a - -b\n", "x=a- -b\n"),
     ('local t = { [ [=[', None),
+    ("f(x)\nend\nlocal y = 1\n", "f(x)end\nlocal y=1\n"),  # a line break only where a space must be
+    ("x = 1\ny = - 1\n-- c\n- 2\n", "x=1\ny=-1-2\n"),  # Lua reads it so anyway
 ])
 def test_strip_keeps_tokens_apart_and_strings_intact(source, expected):
     if expected is None:
@@ -292,3 +294,27 @@ def test_the_plain_bundle_fits_in_56_kib_of_traffic_extension_inline_code():
     """Issue 28's mandatory target: what a non-failover filter without translated providers carries
     leaves room in TrafficExtension's lua.inlineCode (65,536 characters) for settings."""
     assert len(lua_source(["openai"], False)) <= 56 * 1024
+    assert len(lua_source(["openai", "anthropic"], False)) <= 56 * 1024  # with a translator too
+
+
+def test_preparing_a_context_steps_the_collector_once_and_a_cached_one_never():
+    """The garbage of reading a route's context (a Lua copy of its Struct per ctx:get) is collected
+    as the first pass goes, not left to raise the heap's high-water mark (docs/performance.md)."""
+    from tests.support.lua import LuaFilter
+
+    lua = LuaFilter()
+    steps = lua.lua.execute("""
+      local n = { 0 }
+      local real = collectgarbage
+      collectgarbage = function(what, ...) if what == "step" then n[1] = n[1] + 1 end return real(what, ...) end
+      return n""")
+    lua.M = lua.lua.execute(lua_source())  # loaded after: the module localises collectgarbage
+    lua.envoy_on_request = lua.lua.globals().envoy_on_request
+    context = {"id": "gc1", "route": "ns/vh", "pin_header": "x-llmc-provider", "buffer_limit": 1 << 20, "max_body": 1024,
+               "routes": {"r": "a"}, "protocols": {"openai": {"auth_header": "authorization", "auth_prefix": "Bearer "}},
+               "rules": {"a": {"backends": [{"provider": "p", "protocol": "openai", "path": "/v1/chat/completions",
+                                             "weight": 1, "max_body": 1024, "api_key": "k"}]}}}
+    for _ in range(3):
+        r = lua.request(context, '{"messages":[]}', route="r")
+        assert r.status is None, r.response_body
+    assert steps[1] == 1

@@ -48,6 +48,7 @@ from .istio import (
     find_virtualservice,
     select,
 )
+from .limits import request_limits
 
 __all__ = ["ExplainError", "Request", "explain", "format_text"]
 
@@ -280,6 +281,10 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
     if policy.get("retriable_status_codes") and not _py(h.dynamic_metadata).get("llmc:failover"):
         # retryKeysOn (docs/api-keys.md): the route patch for Istio >= 1.31 proxies replaces the policy
         out["key_retry"] = {"on": policy["retriable_status_codes"], "retries": policy.get("num_retries")}
+    limits = request_limits(objects, route_patches.get(out["final_route"], {}), final_headers,
+                            _py(h.dynamic_metadata), _caller(req))
+    if limits:
+        out["limits"] = limits
     if _py(h.dynamic_metadata).get("llmc:failover"):
         out["attempts"] = _attempts(upstream_sources, objects, final_http, route_patches.get(out["final_route"], {}),
                                     final_headers, req.body, secrets, _py(h.dynamic_metadata))
@@ -287,6 +292,15 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         return out
     out["upstream"] = _upstream(objects, final_http, final_headers, _text(h), secrets)
     return out
+
+
+def _caller(req: Request) -> str:
+    """The caller's service cluster, as Istio sets it (``<app label>.<namespace>``): the value of a
+    ``sourceWorkload`` key part."""
+    if req.via != "mesh":
+        return f"<the service cluster of gateway {req.via}'s pods>"
+    app = req.labels.get("app") or req.labels.get("app.kubernetes.io/name")
+    return f"{app}.{req.namespace}" if app else f"<workload>.{req.namespace}"
 
 
 def _attempts(sources: dict[str, str], objects: list[dict], http: dict, patch: dict, headers: dict[str, str],
@@ -460,6 +474,13 @@ def format_text(x: dict) -> str:
         lines += [f"  {k}: {v}" for k, v in up["headers"].items()]
         if up["body"] is not None:
             lines.append(f"  body: {up['body']}")
+    if x.get("limits"):
+        lines.append("limits and budgets (checked before forwarding, charged when the stream is done):")
+        for lim in x["limits"]:
+            lines.append(f"  {lim['limit']}: {lim['budget']}")
+            lines.append(f"    descriptor: {lim['descriptor']}")
+            lines.append(f"    charge: {lim['charge']}")
+            lines.append(f"    charged: {lim['charged']}")
     for i, up in enumerate(x.get("attempts", [])[1:], start=2):
         lines.append(f"try {i} if the previous one fails: {up.get('method')} {up.get('url')}  [{up.get('cluster')}]")
         lines += [f"  {k}: {v}" for k, v in up.get("headers", {}).items()]

@@ -39,23 +39,25 @@ local present, source_of, decode, encode, openai_error = values.present, values.
 
 -- OpenAI chat request -> Messages request
 
+local UNSUPPORTED = " is not supported by this provider"
+
 -- Request fields that would change the shape of the answer and have no Messages equivalent: the
 -- request is refused (400) rather than answered differently. Every other field without a mapping
 -- is tuning only and dropped (README, "Providers").
 local function refused(req)
   local n = oget(req, "n")
   if n ~= nil and n ~= NULL and not (getmetatable(n) == NUM and tonumber(n[1]) == 1) then
-    return "n", "'n' other than 1 (several choices) is not supported by this provider"
+    return "n", "'n' other than 1 (several choices)" .. UNSUPPORTED
   end
-  if oget(req, "logprobs") == true then return "logprobs", "'logprobs' is not supported by this provider" end
+  if oget(req, "logprobs") == true then return "logprobs", "'logprobs'" .. UNSUPPORTED end
   local tl = oget(req, "top_logprobs")
-  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs' is not supported by this provider" end
+  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs'" .. UNSUPPORTED end
   local rf = oget(req, "response_format")
   if rf ~= nil and rf ~= NULL and oget(rf, "type") ~= "text" then
-    return "response_format", "'response_format' other than text is not supported by this provider"
+    return "response_format", "'response_format' other than text" .. UNSUPPORTED
   end
   local audio = oget(req, "audio")
-  if audio ~= nil and audio ~= NULL then return "audio", "audio output is not supported by this provider" end
+  if audio ~= nil and audio ~= NULL then return "audio", "audio output" .. UNSUPPORTED end
   local modalities = oget(req, "modalities")
   if is_arr(modalities) then
     for i = 1, modalities.n do
@@ -72,7 +74,7 @@ local function image_block(part)
   if type(url) ~= "string" then return nil, "an image_url part needs image_url.url" end
   local mt, data = url:match("^data:([^;,]+);base64,(.*)$")
   if mt then
-    if not IMAGE_TYPES[mt] then return nil, "image type " .. mt .. " is not supported by this provider" end
+    if not IMAGE_TYPES[mt] then return nil, "image type " .. mt .. UNSUPPORTED end
     return obj("type", "image", "source", obj("type", "base64", "media_type", mt, "data", data))
   end
   if sub(url, 1, 8):lower() == "https://" then return obj("type", "image", "source", obj("type", "url", "url", url)) end
@@ -153,7 +155,7 @@ local function translate_messages(messages)
         end
         role = "user"
       else
-        return nil, nil, "message role " .. tostring(role) .. " is not supported by this provider"
+        return nil, nil, "message role " .. tostring(role) .. UNSUPPORTED
       end
       if not blocks then return nil, nil, err end
       local last = out[out.n]
@@ -262,8 +264,7 @@ local function usage_object(u)
 end
 
 -- Anthropic's error types by status: for an error whose body says none (empty, HTML)
-local ERROR_TYPES = { [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
-  [404] = "not_found_error", [413] = "request_too_large", [429] = "rate_limit_error", [529] = "overloaded_error" }
+local ERROR_TYPES = values.ERROR_TYPES
 
 -- An Anthropic error body ({"type":"error","error":{type, message}}) as an OpenAI error body; a
 -- body that is not one (empty, not JSON) becomes a generic error naming the status.

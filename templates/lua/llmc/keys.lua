@@ -13,14 +13,25 @@ local sub, find = string.sub, string.find
 
 local M = {}
 
--- The prepared keys of backend context entry `b` (once per context id and worker).
-function M.prepare(b)
+-- The key of one request for the prepared keys `ks` (llmc.request's credential step): chosen, its
+-- index recorded in the stream `h`'s metadata, and read (a literal, or its file through
+-- llmc.context's M.api_key, called through that table); false when its file is missing.
+local function use(ks, h)
+  local k = M.choose(ks, math.random())
+  h:streamInfo():dynamicMetadata():set("llmc", "api_key_id", k.id)
+  if k.api_key_file == nil then return k.api_key end
+  return ks.context.api_key(k, os.time()) or false
+end
+
+-- The prepared keys of backend context entry `b` (once per context id and worker); `context` is
+-- llmc.context's table (this module cannot require it: llmc.context loads this one).
+function M.prepare(b, context)
   local list, total = {}, 0
   for i, k in ipairs(b.keys) do
     total = total + (k.weight or 1)
     list[i] = { id = k.id, api_key = k.api_key, api_key_file = k.api_key_file, upto = total }
   end
-  return { list = list, total = total, order = b.key_order, turn = 0 }
+  return { list = list, total = total, order = b.key_order, turn = 0, use = use, context = context }
 end
 
 -- The key of this request: the next in the round-robin cycle, or by weight with `r` in [0, 1).
@@ -41,18 +52,19 @@ end
 
 -- Retrying with the next key (retryKeysOn): on such a route Envoy retries the answers named there on
 -- the same cluster, at most once per other key, and this runs in the upstream filter (llmc.upstream,
--- in the router) before every try, with `b` the backend the route sends to (the downstream
+-- in the router) before every try (M.on_attempt, like llmc.failover's), with `a.b` the backend the route sends to (the downstream
 -- filter shaped the request and chose the first key). The keys a request used are kept in the
 -- stream's dynamic metadata (llmc:keys_tried, ",0,2,"), which the downstream and upstream filters
 -- share: the first try records the downstream filter's key; each retry takes the next key in list
 -- order after the first that the request has not used (a key whose file is missing counts as used)
 -- and sets it in the provider's auth header, which the shared header map keeps for later tries.
--- `api_key` reads a key entry (llmc.context's M.api_key). Envoy stops at num_retries = keys - 1, so
+-- A key is read as the credential step reads it (llmc.context's M.api_key). Envoy stops at num_retries = keys - 1, so
 -- a key is left for every retry unless key files are missing; then the try goes without a key
 -- (the provider refuses it), never with one that failed.
 local METADATA_NS = "llmc"
 
-function M.on_try(h, b, api_key)
+function M.on_attempt(h, a)
+  local b = a.b
   local md = h:streamInfo():dynamicMetadata()
   local mine = md:get(METADATA_NS) or {}
   local tried = mine.keys_tried
@@ -70,7 +82,7 @@ function M.on_try(h, b, api_key)
     local k = list[(first + j - 1) % n + 1]
     if not find(tried, "," .. k.id .. ",", 1, true) then
       tried = tried .. k.id .. ","
-      local key = api_key(k, now)
+      local key = k.api_key or b.keys.context.api_key(k, now)
       if key ~= nil then
         h:headers():replace(b.auth_header, b.auth_prefix .. key)
         md:set(METADATA_NS, "keys_tried", tried)

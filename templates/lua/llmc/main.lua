@@ -41,13 +41,6 @@ local record_usage, record_news, media = usage.record_usage, usage.record_news, 
 
 local preload = package.preload
 local function optional(name) return preload[name] ~= nil and require(name) or nil end
--- llmc.keys (several keys per provider): only where a provider has several keys; a key-retry
--- context without it is a compiler bug: the try keeps the first key and is never retried with it
--- (the filter answers 503 instead of sending anything)
-local keys = optional("llmc.keys") or {
-  on_try = function(h) return reply(h, 503, "server_error", "api_key_unavailable",
-    "llmc: this proxy's filter cannot choose among the provider's keys; nothing was sent") end,
-}
 
 -- Without llmc.failover in the bundle (no rule of this filter fails over), a failover context is a
 -- compiler bug: refused, never forwarded.
@@ -65,6 +58,9 @@ local tries = optional("llmc.failover") or {
   on_attempt_response = function() end,
   failover_response = function() return false end,
 }
+-- llmc.keys (several keys per provider) only where a provider has several keys: a key-retry
+-- context without it (a compiler bug) is refused like a failover one, nothing sent
+local keys = optional("llmc.keys") or { on_attempt = no_failover }
 
 -- The public surface: what tests, `llmc explain` and `llmc diff` call (each module is also tested alone).
 local M = {
@@ -144,8 +140,9 @@ local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, mode
   if not recorded then record(md, cfg, b, endpoint) end
   if note ~= nil then md:set(METADATA_NS, "translate", note) end -- the response path translates back
 end
+
 -- Which filter this Lua VM serves: Envoy gives every filter config its own VM per worker, so a VM
--- runs either the downstream filter or the upstream filter of one provider cluster, never both.
+-- runs either the downstream filter or the router's upstream filter (failover tries), never both.
 -- Set by every request; the response path of the same stream runs after it, in the same VM.
 local upstream_vm = false
 
@@ -156,10 +153,8 @@ local function on_request(h)
   local vh = load_context(h)
   if vh == nil then return end
   upstream_vm = vh.upstream == true
-  if upstream_vm then
-    if vh.key_retry then return keys.on_try(h, vh.b, context.api_key) end -- the next key (llmc.keys)
-    return tries.on_attempt(h, vh)
-  end
+  -- a try of a failover route (llmc.failover) or of a key-retry route (llmc.keys: the next key)
+  if upstream_vm then return (vh.key_retry and keys or tries).on_attempt(h, vh) end
   if vh.body ~= nil then return on_model_request(h, vh) end
   local info = h:streamInfo()
   local cfg = resolve_rule(vh, info)
@@ -278,7 +273,7 @@ on_model_request = function(h, vh)
   end
   if #s > b.max_body then return too_large(h, cfg, b, b.max_body) end
   if cfg.failover then
-    -- each try is shaped by the upstream filter of its provider's cluster (see "Failover")
+    -- each try is shaped by the router's upstream filter for its provider (llmc.failover)
     if failover ~= true then return tries.failover_unsupported(h, cfg) end
     return tries.failover_accept(h, cfg, b, s, model_json, { members, close }, original_path)
   end
@@ -297,10 +292,6 @@ end
 -- Response
 ---------------------------------------------------------------------------------------------------
 
--- Error types by status, for an answer llmc cannot read (compressed): OpenAI's and Anthropic's names.
-local STATUS_TYPES = { [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
-  [404] = "not_found_error", [413] = "request_too_large", [429] = "rate_limit_error", [529] = "overloaded_error" }
-
 local MAX_BUFFERED_RESPONSE = 65536 -- a JSON response up to this size is read with body()
 
 local on_response, on_usage_asked_response
@@ -312,7 +303,8 @@ local on_response, on_usage_asked_response
 -- cannot translate").
 local function compressed_answer(h, headers, status, encoding, sse)
   local answer = status >= 400 and status or 502
-  local etype = status >= 400 and (STATUS_TYPES[status] or "api_error") or "server_error"
+  -- only translated answers get here, so llmc.values (its table of error types by status) is loaded
+  local etype = status >= 400 and (values and values.ERROR_TYPES[status] or "api_error") or "server_error"
   local err = '{"error":{"message":' .. encode_string("llmc: the provider answered " .. tostring(status) ..
     " compressed (content-encoding: " .. encoding .. "), which llmc cannot translate") .. ',"type":' ..
     encode_string(etype) .. ',"param":null,"code":"llmc_compressed_answer"}}'

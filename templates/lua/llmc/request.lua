@@ -9,9 +9,6 @@
 
 local scanner = require("llmc.scanner")
 local context = require("llmc.context")
-local KEYS_MODULE = "llmc.keys" -- optional in the bundle (compiler/luabundle.py): looked up, not required
-local keys_module = package.preload[KEYS_MODULE] ~= nil and require(KEYS_MODULE) or nil
-local choose_key = keys_module ~= nil and keys_module.choose or nil
 
 local sub, find, format = string.sub, string.find, string.format
 local encode_string, shape_openai, rewrite = scanner.encode_string, scanner.shape, scanner.rewrite
@@ -103,11 +100,7 @@ end
 -- stream `h`'s metadata.
 local function credential(b, h)
   local ks = b.keys
-  if ks ~= nil then
-    if not ks then return false end -- several keys, but no llmc.keys in this bundle (a compiler bug)
-    b = choose_key(ks, math.random())
-    h:streamInfo():dynamicMetadata():set(METADATA_NS, "api_key_id", b.id)
-  end
+  if ks then return ks.use(ks, h) end -- several keys: llmc.keys chooses (llmc.context, NO_KEYS)
   if b.api_key_file == nil then return b.api_key end
   return context.api_key(b, os.time()) or false
 end

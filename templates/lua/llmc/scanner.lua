@@ -399,7 +399,7 @@ M.scan_object = scan_object
 -- the body. sub() + table.concat took three (the range's own string, concat's scratch buffer, the
 -- result) and a new allocation the size of the body. The buffer keeps its memory between
 -- requests unless the last body was over KEEP_BUFFER bytes: at most 1 MiB per Lua VM (Envoy runs
--- one per worker for each listener's filter and each failover cluster's upstream filter).
+-- one per worker for each listener's filter and, with failover, each listener's upstream filter).
 local KEEP_BUFFER = 1048576
 local has_buffer, strbuf = pcall(require, "string.buffer")
 local out_buf = has_buffer and has_ffi and strbuf.new() or nil

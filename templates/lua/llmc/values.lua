@@ -177,6 +177,11 @@ local function encode(v)
   return concat(out)
 end
 
+-- Error types by HTTP status, for an error answer whose body names none (empty, HTML, compressed):
+-- the names OpenAI's and Anthropic's APIs use.
+M.ERROR_TYPES = { [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
+  [404] = "not_found_error", [413] = "request_too_large", [429] = "rate_limit_error", [529] = "overloaded_error" }
+
 -- An OpenAI error body's value ({"error": {message, type, param: null, code}}).
 local function openai_error(message, etype, code)
   return obj("error", obj("message", message, "type", etype, "param", NULL, "code", code or NULL))
