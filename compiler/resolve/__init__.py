@@ -115,6 +115,7 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
         return None
     return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
                    egress=egress, telemetry=opts.telemetry, rate_limit=rate_limit_service(opts),
+                   telemetry_names="legacy" if opts.legacy_telemetry_names else "gen_ai",
                    vhosts=tuple(sorted(placed, key=lambda v: (v.namespace, v.object_name))))
 
 def _provider_limits(providers_by_ns, provider_docs, unique: list[Sourced], opts: Options,

@@ -37,6 +37,7 @@ from ..protocols import (
     credential_headers,
     endpoint,
 )
+from ..telemetry import gen_ai_provider_name
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 from .ratelimit import local_reply as rate_limit_reply
 from .ratelimit import mark_usage, rate_limit_filter, with_rate_limits
@@ -75,7 +76,7 @@ def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
     p, c = b.provider, b.config  # (a failover rule's backends also carry their priority)
     path = endpoint(p.protocol, p.path, c.deployment, c.api_version)
     ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": path, "weight": b.weight,
-                 "max_body": p.max_request_bytes}
+                 "max_body": p.max_request_bytes, "gen_ai_provider": gen_ai_provider_name(p.protocol, p.host, p.name)}
     ctx.update(_protocol_settings(p.protocol, c))
     if c.model is not None:
         ctx["model"] = c.model
