@@ -51,5 +51,16 @@ class Receiver(logs_service_pb2_grpc.LogsServiceServicer):
             time.sleep(0.05)
         raise AssertionError(f"{len(self.records)} OTLP log records arrived, expected {count}")
 
+    def wait_for_attribute(self, key: str, part: str, timeout: float = 20.0) -> dict:
+        """The attributes of the first record whose attribute ``key`` contains ``part``, once it arrived."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = next((a for _, a in self.records if part in str(a.get(key) or "")), None)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no OTLP log record with {part!r} in {key!r} among {len(self.records)}")
+
     def stop(self) -> None:
         self._server.stop(0)
