@@ -32,6 +32,7 @@ fix lands.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import httpx2 as httpx
@@ -46,12 +47,13 @@ from tests.support.azure import AzureUpstream
 from tests.support.crossing_checks import (
     Exchange,
     check_answer,
+    check_telemetry,
     check_tries,
     first_tries,
     pick,
     reaches,
 )
-from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_minor
+from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
 from tests.support.mesh import llmc_render
 from tests.support.upstream import Recorded, Upstream
 
@@ -103,8 +105,16 @@ def upstreams():
 
 
 @pytest.fixture(scope="module")
-def envoy(objects, upstreams):
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None)
+def access_log_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("crossings-log") / "access.log"
+
+
+@pytest.fixture(scope="module")
+def envoy(objects, upstreams, access_log_path):
+    from tests.test_observability_e2e import meshconfig_labels
+
+    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None,
+                             access_logs=[access_log(str(access_log_path), meshconfig_labels())])
     assert layout.unmatched == []
     assert (layout.skipped == []) is (envoy_minor() >= FAILOVER_ENVOY)  # failover patches: 1.31+ proxies only
     proxy = Envoy(layout.bootstrap)
@@ -136,20 +146,38 @@ def send(port: int, cell: X.Cell) -> tuple[dict, int, dict, bytes]:
         return sent, resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
 
 
-def exchange(cell: X.Cell, envoy: Envoy, upstreams) -> Exchange:
+def log_lines(path) -> list[str]:
+    text = path.read_text() if path.exists() else ""
+    return text[:text.rfind("\n") + 1].splitlines()  # complete lines only: Envoy may be mid-write
+
+
+def next_log_line(path, previous: int, timeout: float = 20.0) -> dict:
+    """The access-log line after the first ``previous`` (Envoy writes it when the stream ends)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = log_lines(path)
+        if len(lines) > previous:
+            return json.loads(lines[previous])
+        time.sleep(0.02)
+    raise AssertionError(f"no access-log line for the request in {path}")
+
+
+def exchange(cell: X.Cell, envoy: Envoy, upstreams, log_path) -> Exchange:
     """One request of the cell: the first tries' providers fail as the cell says."""
     for u in upstreams.values():
         u.clear()
         u.server.stray.clear()
     for name in first_tries(cell):
         upstreams[X.PROVIDERS[name].host].fail = X.FAILURES[cell.failure]
+    logged = len(log_lines(log_path))
     sent, status, headers, payload = send(envoy.port, cell)
     received = sorted(((HOST_PROVIDER[h], r) for h, u in upstreams.items() for r in list(u.requests)),
                       key=lambda item: item[1].order)
     problems = {id(r): p for u in upstreams.values() if isinstance(u, AnthropicUpstream)
                 for r, p in zip(u.requests, u.problems, strict=True)}
     stray = {h: list(u.server.stray) for h, u in upstreams.items() if u.server.stray}
-    return Exchange(sent, cell.body(), status, headers, payload, received, problems, stray)
+    return Exchange(sent, cell.body(), status, headers, payload, received, problems, stray,
+                    next_log_line(log_path, logged))
 
 
 #: a weighted rule's cell is sent until each backend had a first try (50/50: 24 sends miss one
@@ -163,10 +191,11 @@ def exchanges(cell: X.Cell, request) -> list[Exchange]:
         pytest.skip("failover needs Envoy 1.39+; run `python -m tests.envoy_versions 1.39.3`")
     if cell.id not in RESULTS:
         envoy, upstreams = request.getfixturevalue("envoy"), request.getfixturevalue("upstreams")
+        log_path = request.getfixturevalue("access_log_path")
         firsts, done = first_tries(cell), []
         while not done or (len(firsts) > 1 and reaches(cell) and not {pick(cell, x) for x in done} >= set(firsts)
                            and len(done) < MAX_SENDS):
-            done.append(exchange(cell, envoy, upstreams))
+            done.append(exchange(cell, envoy, upstreams, log_path))
         RESULTS[cell.id] = done
     return RESULTS[cell.id]
 
@@ -192,6 +221,7 @@ def test_crossing(cell: X.Cell, request):
     for x in xs:
         check_answer(cell, x)
         check_tries(cell, x)
+        check_telemetry(cell, x)
 
 
 def test_the_matrix_input_draws_exactly_the_expected_warnings():
