@@ -1,7 +1,7 @@
 """What llmc knows about each provider API ("protocol"), as data: the filter's generic request path
 reads a protocol's record from its filter context, as APISIX's ``ai-providers`` and Kong's LLM
 drivers keep one record per provider. A new protocol is a record here (plus, where the body must be
-translated, a named step in ``templates/lua/llmc.lua``).
+translated, a translator module ``templates/lua/llmc/<format>.lua``).
 
 ``format`` names the body format the provider speaks: ``openai`` bodies are shaped byte-preserving
 (model/stream spliced in); ``anthropic`` bodies are translated both ways by the Lua (docs/protocols.md).

@@ -107,7 +107,7 @@ def test_explain_without_lupa_says_how_to_install_it_from_a_clone(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_lupa)
     import compiler.explain as explain_module
 
-    monkeypatch.setattr(explain_module, "_RUNTIME", [])  # the process's LuaJIT, loaded afresh
+    monkeypatch.setattr(explain_module, "_RUNTIMES", {})  # the process's LuaJITs, loaded afresh
     res = runner.invoke(app, ["explain", "-f", str(SEED), "--host", "demo-llm-server", "-d", '{"messages":[]}'])
     assert res.exit_code == 1 and "pip install '.[explain]'" in res.stderr and "llmc-istio[explain]" not in res.stderr
 

@@ -14,6 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lupa import luajit21
 
+from compiler.luabundle import module_source
 from compiler.protocols import OPENAI
 from compiler.translate.envoyfilter import buffer_limit, lua_source
 from tests.support.lua import LuaFilter
@@ -314,7 +315,7 @@ def test_the_luas_constants_equal_the_pythons():
 
     from compiler import telemetry
 
-    assert re.search(r'^local METADATA_NS = "(\w+)"$', lua_source(), re.M).group(1) == telemetry.NS
+    assert re.search(r'^local METADATA_NS = "(\w+)"$', module_source("context"), re.M).group(1) == telemetry.NS
 
 
 def routable_model(raw: str, limit: int = 256):

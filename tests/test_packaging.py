@@ -63,7 +63,7 @@ def test_wheel_holds_every_compiler_package_and_the_data(wheel: Path):
         assert f"{package}/__init__.py" in names, f"{package} is missing from the wheel (pyproject packages)"
     for module in (REPO / "compiler").rglob("*.py"):
         assert module.relative_to(REPO).as_posix() in names
-    assert "llmc_templates/lua/llmc.lua" in names and "llmc_schemas/llmproviders.yaml" in names
+    assert "llmc_templates/lua/llmc/main.lua" in names and "llmc_schemas/llmproviders.yaml" in names
     assert {n for n in names if n.startswith("llmc_templates/") and n.endswith(".j2")} == {
         f"llmc_templates/{p.name}" for p in (REPO / "templates").glob("*.j2")}
 

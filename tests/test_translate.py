@@ -19,6 +19,7 @@ from tests.test_lua import JSON_VALUES, ctx
 
 LUA = LuaFilter()
 M = LUA.M
+TRANSLATOR = LUA.module("anthropic")  # templates/lua/llmc/anthropic.lua: the translator contract
 BACKEND = {"model": "claude-test", "max_tokens": 256, "format": "anthropic"}
 
 
@@ -209,7 +210,7 @@ def prompt_of(u: dict) -> int:
 def test_any_anthropic_message_becomes_a_valid_chat_completion(blocks, stop, usage):
     msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test", "content": blocks,
            "stop_reason": stop, "stop_sequence": None, "usage": usage}
-    out, p, c, t, model, status = M.from_anthropic(json.dumps(msg), 200, 1700000000)
+    out, p, c, t, model, status = TRANSLATOR.response(json.dumps(msg), 200, 1700000000)
     assert status == 200
     completion = ChatCompletion.model_validate_json(out)
     choice = completion.choices[0]
@@ -233,7 +234,7 @@ def test_any_anthropic_message_becomes_a_valid_chat_completion(blocks, stop, usa
     ("upstream connect error", 503, "llmc: the provider answered 503 without an error message", "api_error"),
 ])
 def test_errors_become_openai_errors(body, status, message, etype):
-    out = M.from_anthropic(body, status, 1)
+    out = TRANSLATOR.response(body, status, 1)
     out = out[0] if isinstance(out, tuple) else out
     assert json.loads(out) == {"error": {"message": message, "type": etype, "param": None, "code": None}}
 
@@ -283,7 +284,7 @@ def anthropic_streams(draw):
 @given(stream=anthropic_streams(), include_usage=st.booleans())
 def test_any_anthropic_stream_becomes_a_valid_openai_stream(stream, include_usage):
     chunks, text, tools, stop, usage = stream
-    st_ = M.new_anthropic_stream(include_usage, 1700000000)
+    st_ = TRANSLATOR.stream(include_usage, 1700000000)
     out = "".join(st_.feed(LUA.lua.eval("function(b) return b end")(c)) for c in chunks)
     assert out.endswith("data: [DONE]\n\n")
     events = [e.removeprefix("data: ") for e in out.split("\n\n") if e]
@@ -312,7 +313,7 @@ def test_any_anthropic_stream_becomes_a_valid_openai_stream(stream, include_usag
 
 
 def test_an_error_event_mid_stream_becomes_an_openai_error_chunk():
-    st_ = M.new_anthropic_stream(True, 1)
+    st_ = TRANSLATOR.stream(True, 1)
     out = st_.feed(sse([{"type": "message_start", "message": {"id": "m", "model": "c", "usage": {"input_tokens": 1}}},
                         {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
                         {"type": "message_stop"}]))
@@ -327,9 +328,9 @@ def test_the_luas_internal_response_headers_are_the_compilers(name):
     import re
 
     from compiler import names
-    from compiler.translate.envoyfilter import lua_source
+    from compiler.luabundle import module_source
 
-    assert re.search(rf'^local {name} = "([\w-]+)"', lua_source(), re.M).group(1) == getattr(names, name)
+    assert re.search(rf'^local {name} = "([\w-]+)"', module_source("context"), re.M).group(1) == getattr(names, name)
 
 
 @pytest.mark.parametrize("body,problem", [

@@ -21,6 +21,7 @@ from tests.test_translate import sse, to_anthropic
 
 LUA = LuaFilter()
 M = LUA.M
+TRANSLATOR = LUA.module("anthropic")  # templates/lua/llmc/anthropic.lua: the translator contract
 START = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [],
                                               "model": "claude-test", "usage": {"input_tokens": 3, "output_tokens": 1}}}
 END = [{"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}},
@@ -44,7 +45,7 @@ def events_of(out: str) -> list[str]:
 
 def test_an_event_over_256_kib_is_translated_whole():
     big = "x" * (300 * 1024)
-    out = feed_all(M.new_anthropic_stream(False, 1), sse([START, text_delta("a"), text_delta(big), *END]))
+    out = feed_all(TRANSLATOR.stream(False, 1), sse([START, text_delta("a"), text_delta(big), *END]))
     events = events_of(out)
     assert events[-1] == "[DONE]"
     chunks = [ChatCompletionChunk.model_validate_json(e) for e in events[:-1]]
@@ -54,7 +55,7 @@ def test_an_event_over_256_kib_is_translated_whole():
 
 def test_an_event_over_the_limit_ends_the_stream_with_an_error_never_done():
     """Truncated output is never reported as complete: no finish_reason, no [DONE] after the error."""
-    st_ = M.new_anthropic_stream(True, 1)
+    st_ = TRANSLATOR.stream(True, 1)
     out = feed_all(st_, sse([START, text_delta("a"), text_delta("x" * (1024 * 1024 + 1)), text_delta("b"), *END]))
     events = events_of(out)
     assert "[DONE]" not in events
@@ -213,7 +214,7 @@ def test_a_routed_model_with_a_lone_surrogate_is_valid_utf8():
 
 def test_a_message_without_type_is_translated():
     untyped = {k: v for k, v in MESSAGE.items() if k != "type"}
-    out, p, c, t, model, *_ = M.from_anthropic(json.dumps(untyped), 200, 1)
+    out, p, c, t, model, *_ = TRANSLATOR.response(json.dumps(untyped), 200, 1)
     completion = ChatCompletion.model_validate_json(out)
     assert completion.choices[0].message.content == "Hello" and completion.choices[0].finish_reason == "stop"
     assert (p, c, t, model) == (3, 2, 5, "claude-test")

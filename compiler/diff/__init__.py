@@ -2,7 +2,7 @@
 
 Both configurations are compiled as ``llmc render`` compiles them; every request of the corpus
 (:mod:`.corpus`) runs through each with the engine of ``llmc explain`` (Istio's route selection and
-the emitted ``llmc.lua`` under LuaJIT), and what decides its fate is compared:
+the emitted Lua bundle under LuaJIT), and what decides its fate is compared:
 
 * the **rule** that takes it, or the **reply** the client gets instead (status and OpenAI error code);
 * for each provider the rule may pick (every first choice of a weighted or failover rule, with its

@@ -12,9 +12,11 @@ labels, or a gateway), it compiles the sources exactly as ``llmc render`` does, 
    ``regex`` with RE2 full-match regexes through a real RE2 binding; ``uri``, ``method``,
    ``headers``, ``withoutHeaders``, ``sourceLabels``, ``gateways``, ``port``), and says why each
    earlier route did not match;
-3. runs the real ``templates/lua/llmc.lua`` under LuaJIT (``lupa``, the ``explain`` extra) with the
-   compiled filter context and route metadata of that virtual host, on an emulated Envoy handle
-   (``templates/lua/envoy_handle.lua``) whose route re-selection calls step 2 again;
+3. runs the exact Lua bundle the proxy's filter carries (``templates/lua/llmc/*.lua`` as bundled by
+   ``compiler/luabundle.py``; each failover try the bundle of its cluster's upstream filter) under
+   LuaJIT (``lupa``, the ``explain`` extra) with the compiled filter context and route metadata of
+   that virtual host, on an emulated Envoy handle (``templates/lua/envoy_handle.lua``) whose route
+   re-selection calls step 2 again;
 4. reports the matched rule, the candidate providers and their weights, the pick (``--seed`` seeds
    the filter's PRNG; ``--provider`` forces one), the retry policy of the route, and the exact
    upstream request (URL, headers, body) — or the reply the client would get.
@@ -35,8 +37,16 @@ from typing import Any
 
 from .. import names
 from ..constants import DESTINATION_RULE, FILTER_NAME
-from ..translate.envoyfilter import UPSTREAM_FILTER_PREFIX
-from .istio import ExplainError, Request, describe_proxy, find_filter_context, find_virtualservice, select
+from ..translate.envoyfilter import UPSTREAM_FILTER_PREFIX, lua_source
+from .istio import (
+    ExplainError,
+    Request,
+    describe_proxy,
+    find_filter_context,
+    find_filter_sources,
+    find_virtualservice,
+    select,
+)
 
 __all__ = ["ExplainError", "Request", "explain", "format_text"]
 
@@ -50,12 +60,12 @@ def _lua_source(name: str) -> str:
 
 
 class _Runtime:
-    """The filter under LuaJIT with the emulated handle: loaded once per process (loading the source
-    costs more than explaining a request; `llmc diff` explains thousands), then per request seeded
-    (:meth:`prepare`). The filter's caches (prepared contexts by digest, key files) hold nothing a
-    later request of another configuration could mistake for its own."""
+    """One filter bundle under LuaJIT with the emulated handle: loaded once per process and bundle
+    (loading the source costs more than explaining a request; `llmc diff` explains thousands), then
+    per request seeded (:meth:`prepare`). The filter's caches (prepared contexts by digest, key
+    files) hold nothing a later request of another configuration could mistake for its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str) -> None:
         try:
             from lupa import luajit21
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -63,14 +73,15 @@ class _Runtime:
                                "install the explain extra from your clone, `pip install '.[explain]'` "
                                "(or `pip install lupa` into llmc's environment)") from exc
         self.lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
-        self.M = self.lua.execute(_lua_source("llmc.lua"))
+        self.M = self.lua.execute(source)
         self.handle = self.lua.execute(_lua_source("envoy_handle.lua"))
         self._frozen: dict[tuple, tuple[Any, Any]] = {}
-        # A key file is never read: the request shows where the proxy would read the key.
-        self.lua.execute("local M = ...; M.api_key = function(b) return '<key from ' .. b.api_key_file .. '>' end",
-                         self.M)
+        # Both replaced in llmc.context, through which the other modules call them:
+        # a key file is never read: the request shows where the proxy would read the key
+        self.lua.execute("local M = require('llmc.context')\n"
+                         "M.api_key = function(b) return '<key from ' .. b.api_key_file .. '>' end")
         # --provider: the weighted pick goes to that provider when the rule has it
-        self._force = self.lua.execute("""local M = ...
+        self._force = self.lua.execute("""local M = require("llmc.context")
           local pick, forced = M.pick, nil
           M.pick = function(cfg, r)
             if forced ~= nil then
@@ -130,13 +141,27 @@ def _route_metadata(route_patches: dict[str, dict]) -> dict[str, dict]:
         for name, v in route_patches.items()})
 
 
-_RUNTIME: list[_Runtime] = []
+_RUNTIMES: dict[str, _Runtime] = {}
 
 
-def _runtime() -> _Runtime:
-    if not _RUNTIME:
-        _RUNTIME.append(_Runtime())
-    return _RUNTIME[0]
+def _runtime(source: str | None) -> _Runtime:
+    """The runtime of a bundle (at most 8 kept; a render emits a few distinct bundles). ``None`` (no
+    llmc filter applies to the proxy, e.g. explaining a partial set of objects): every module."""
+    source = source if source is not None else lua_source()
+    if source not in _RUNTIMES:
+        if len(_RUNTIMES) >= 8:
+            _RUNTIMES.clear()
+        _RUNTIMES[source] = _Runtime(source)
+    return _RUNTIMES[source]
+
+
+_SOURCES: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _filter_sources(objects: list[dict], req: Request) -> tuple[str | None, dict[str, str]]:
+    """find_filter_sources, remembered per objects list and caller."""
+    return _remember(_SOURCES, (req.via, req.namespace, tuple(sorted(req.labels.items()))), objects,
+                     lambda: find_filter_sources(objects, req))
 
 
 def _py(value: Any) -> Any:
@@ -172,7 +197,8 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         out["filter"] = "not run on this route"
         out["result"] = _envoy_result(first, headers, req)
         return out
-    rt = _runtime().prepare(seed, provider)
+    downstream, upstream_sources = _filter_sources(objects, req)
+    rt = _runtime(downstream).prepare(seed, provider)
     secrets = _literal_keys(context, route_patches)
     route_metadata = _route_metadata(route_patches)
 
@@ -205,7 +231,7 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
     out["retries"] = final_http.get("retries") or "Istio's default (2 retries on connect-failure, refused-stream, " \
                                                   "unavailable, cancelled, retriable-status-codes)"
     if _py(h.dynamic_metadata).get("llmc:failover"):
-        out["attempts"] = _attempts(rt, objects, final_http, route_patches.get(out["final_route"], {}),
+        out["attempts"] = _attempts(upstream_sources, objects, final_http, route_patches.get(out["final_route"], {}),
                                     final_headers, req.body, secrets, _py(h.dynamic_metadata))
         out["upstream"] = out["attempts"][0]
         return out
@@ -213,10 +239,10 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
     return out
 
 
-def _attempts(rt: _Runtime, objects: list[dict], http: dict, patch: dict, headers: dict[str, str], body: bytes,
-              secrets: list[str], metadata: dict) -> list[dict]:
+def _attempts(sources: dict[str, str], objects: list[dict], http: dict, patch: dict, headers: dict[str, str],
+              body: bytes, secrets: list[str], metadata: dict) -> list[dict]:
     """A failover route's tries, in order: each shaped by the upstream filter of its provider's
-    cluster (the same llmc.lua, with that cluster's context from the route), on the original client
+    cluster (that filter's own bundle, with that cluster's context from the route), on the original client
     body and on the request headers as the previous try left them (Envoy shares the header map; the
     route's header removals apply once, before the first try), with the stream's dynamic metadata
     the downstream filter set (upstream filters see the downstream stream info)."""
@@ -232,6 +258,7 @@ def _attempts(rt: _Runtime, objects: list[dict], http: dict, patch: dict, header
         if ctx is None:
             out.append({"cluster": d["host"], "error": "no upstream filter context for this provider"})
             continue
+        rt = _runtime(sources.get(d["host"]))
         lua_req = rt.table({"headers": shared, "body": body or None, "route_name": "", "route_metadata": {}})
         lua_req.context = rt.frozen(ctx)
         h = rt.handle.new(lua_req)

@@ -115,6 +115,40 @@ def find_filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[
     return context, routes
 
 
+def find_filter_sources(objects: list[dict], req: Request) -> tuple[str | None, dict[str, str]]:
+    """The Lua bundles the calling proxy runs (compiler/luabundle.py): its ``llmc.lua`` filter's, and
+    by provider host the upstream filter's of each provider cluster (failover), from the EnvoyFilters
+    that apply to it, exactly as emitted."""
+    context_kind = "SIDECAR_OUTBOUND" if req.via == "mesh" else "GATEWAY"
+    proxy_ns = req.namespace if req.via == "mesh" else req.via.split("/", 1)[0]
+    downstream: str | None = None
+    clusters: dict[str, str] = {}
+    for ef in objects:
+        if ef["kind"] != ENVOY_FILTER or ef["metadata"].get("namespace") != proxy_ns:
+            continue
+        selector = (ef["spec"].get("workloadSelector") or {}).get("labels") or {}
+        if req.via == "mesh" and any(req.labels.get(k) != v for k, v in selector.items()):
+            continue
+        for patch in ef["spec"]["configPatches"]:
+            match, value = patch.get("match", {}), patch["patch"].get("value") or {}
+            if match.get("context") != context_kind:
+                continue
+            if patch["applyTo"] == "HTTP_FILTER" and value.get("name") == FILTER_NAME:
+                downstream = _inline_source(value["typed_config"])
+            elif patch["applyTo"] == "CLUSTER":
+                opts = value.get("typed_extension_protocol_options") or {}
+                for proto in opts.values():
+                    for flt in proto.get("http_filters") or []:
+                        if flt["name"].startswith("llmc."):
+                            clusters[match["cluster"]["service"]] = _inline_source(flt["typed_config"])
+    return downstream, clusters
+
+
+def _inline_source(lua: dict) -> str:
+    (code,) = lua["source_codes"].values()
+    return code["inline_string"]
+
+
 def _merge(dst: dict, src: dict) -> None:
     """Protobuf MERGE as istiod applies a patch: messages merged, map entries replaced."""
     for k, v in src.items():

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import cache
-from importlib import resources
+from collections.abc import Iterable
 
-from .. import names
+from .. import luabundle, names
 from ..constants import FILTER_NAME
 from ..ir import Backend, Program, RateLimitService, Rule, SecretRef, VirtualHost
 from ..protocols import (
@@ -51,9 +50,12 @@ UPSTREAM_FILTER_PREFIX = "llmc.upstream."
 FAILOVER_PROXY_VERSION = r"^1\.(3[1-9]|[4-9][0-9])([.-].*)?$"
 
 
-@cache
-def lua_source() -> str:
-    return resources.files("llmc_templates.lua").joinpath("llmc.lua").read_text(encoding="utf-8")
+def lua_source(formats: Iterable[str] | None = None, failover: bool = True) -> str:
+    """The Lua bundle (compiler/luabundle.py) of a filter whose providers speak ``formats`` (None:
+    every module, what the Lua unit tests load)."""
+    if formats is None:
+        return luabundle.bundle()
+    return luabundle.bundle(luabundle.modules_for(formats, failover))
 
 
 def secret_path(secrets_dir: str, ref: SecretRef) -> str:
@@ -225,6 +227,12 @@ def failover_routes(vh: VirtualHost, secrets_dir: str) -> list[dict]:
     return out
 
 
+def cluster_formats(vh: VirtualHost) -> dict[str, str]:
+    """The body format of each provider host a failover rule may send a try to (its upstream filter
+    carries that format's translator only)."""
+    return {b.provider.host: PROTOCOLS[b.provider.protocol].format for r in vh.rules if r.retries for b in r.backends}
+
+
 def failover_clusters(vh: VirtualHost) -> list[tuple[str, int]]:
     """(host, port) of every provider cluster a failover rule may send a try to."""
     return sorted({(b.provider.host, b.provider.service_port) for r in vh.rules if r.retries for b in r.backends})
@@ -295,7 +303,10 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 continue
             seen.add(key)
             f = filters.setdefault((pl.namespace, pl.context, pl.selector),
-                                   {"ports": set(), "sources": set(), "shared": False, "clusters": set()})
+                                   {"ports": set(), "sources": set(), "shared": False, "clusters": set(),
+                                    "formats": set(), "failover": False})
+            f["formats"].update(PROTOCOLS[b.provider.protocol].format for r in vh.rules for b in r.backends)
+            f["failover"] = f["failover"] or any(r.retries is not None for r in vh.rules)
             f["shared"] = f["shared"] or vh.shared
             f["ports"].add(pl.port if pl.context == "SIDECAR_OUTBOUND" else None)
             f["sources"].update(vh.all_sources)
@@ -317,6 +328,7 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 "source_name": SOURCE_NAME,
             })
             f["clusters"].update(failover_clusters(vh))
+            f["cluster_formats"] = {**f.get("cluster_formats", {}), **cluster_formats(vh)}
     for (ns, context, selector), f in sorted(filters.items()):
         out.append({
             "metadata": metadata(_filter_name(context, selector), ns, sorted(f["sources"])),
@@ -326,10 +338,12 @@ def translate_envoyfilters(program: Program) -> list[dict]:
             # listener's target port there); the filter is inert on every other route.
             "ports": sorted(f["ports"], key=lambda p: -1 if p is None else p),
             "filter_name": FILTER_NAME, "lua_type": LUA_TYPE, "source_name": SOURCE_NAME,
-            "lua_source": lua_source(),
+            # each filter carries only the modules its rules need (compiler/luabundle.py)
+            "lua_source": lua_source(sorted(f["formats"]), f["failover"]),
             "local_reply": not_found_reply() if f["shared"] else None,
             # Failover: an upstream Lua filter on each provider cluster a failover rule sends to.
-            "clusters": [{"host": h, "port": p, "filter_name": f"{UPSTREAM_FILTER_PREFIX}{h}"}
+            "clusters": [{"host": h, "port": p, "filter_name": f"{UPSTREAM_FILTER_PREFIX}{h}",
+                          "lua_source": lua_source([f["cluster_formats"][h]], True)}
                          for h, p in sorted(f["clusters"])],
             "proxy_version": FAILOVER_PROXY_VERSION,
             # token limits: Envoy's rate-limit filter after the Lua, and the HCM's 429 in OpenAI format

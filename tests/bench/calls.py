@@ -1,6 +1,6 @@
 """Section "calls": what llmc's Lua filter costs per request, piece by piece, at 1 KiB.
 
-The bench's own copies of the filter: each variant loads the work tree's ``llmc.lua`` unchanged
+The bench's own copies of the filter: each variant loads the work tree's Lua bundle unchanged
 (so the module and its globals exist as in production) and then replaces ``envoy_on_request`` /
 ``envoy_on_response`` with a stub that does one more piece of the real work. Every variant runs
 in its own Envoy with llmc's layout; the passthrough layout (no EnvoyFilter) is the baseline.

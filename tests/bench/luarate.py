@@ -32,7 +32,8 @@ RESPONSE_SIZE = 1000 * 1000  # below the filter's MAX_JSON_SCAN (1 MiB): larger 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lua-bodies", default=REQUEST_BODIES, help=f"request bodies (default {REQUEST_BODIES})")
     p.add_argument("--lua-timeout", type=float, default=30.0, help="seconds allowed for one measurement")
-    p.add_argument("--lua-file", default=str(REPO / "templates" / "lua" / "llmc.lua"))
+    p.add_argument("--lua-file", default=None, help="a Lua source returning M (default: the work tree's bundle "
+                   "for an OpenAI-only filter)")
 
 
 def response_body(kind: str, size: int = RESPONSE_SIZE) -> bytes:
@@ -100,6 +101,11 @@ def _row(lua_file: str, tmp: Path, name: str, data: bytes, mode: str, timeout: f
 def run(args: argparse.Namespace) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.lua_file is None:
+            from tests.bench.rig import worktree_lua
+
+            args.lua_file = str(Path(tmp) / "llmc.lua")
+            Path(args.lua_file).write_text(worktree_lua(), encoding="utf-8")
         for name in bodies.parse(args.lua_bodies):
             rows.append(_row(args.lua_file, Path(tmp), name, bodies.body(name), "rewrite", args.lua_timeout))
         for kind in RESPONSES:

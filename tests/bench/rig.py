@@ -98,9 +98,27 @@ def with_lua(bootstrap: dict, source: str) -> dict:
 
 
 def lua_at_rev(rev: str) -> str:
-    """templates/lua/llmc.lua as committed at git revision ``rev``."""
-    return subprocess.run(["git", "show", f"{rev}:templates/lua/llmc.lua"], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout
+    """The seed layout's Lua filter source as committed at git revision ``rev``: templates/lua/llmc.lua
+    before the module split, else the bundle of that revision's modules that an OpenAI-only,
+    failover-free filter carries (``main`` and what it requires), joined by the work tree's bundler."""
+    def show(path: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True, text=True)
+
+    single = show("templates/lua/llmc.lua")
+    if single.returncode == 0:
+        return single.stdout
+    from compiler.luabundle import ENTRY, bundle_modules, requires_of
+
+    names = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:templates/lua/llmc"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    sources = {n.removesuffix(".lua"): show(f"templates/lua/llmc/{n}").stdout for n in names if n.endswith(".lua")}
+    todo, needed = [ENTRY], set()
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(requires_of(sources[name]))
+    return bundle_modules({n: sources[n] for n in needed})
 
 
 _LAYOUT_AT_REV = """
@@ -133,7 +151,10 @@ def layout_at_rev(rev: str, workdir: Path, ports: dict[str, int], ca_file: str, 
 
 
 def worktree_lua() -> str:
-    return (REPO / "templates" / "lua" / "llmc.lua").read_text(encoding="utf-8")
+    """The work tree's bundle for the seed layout's filter (OpenAI providers, no failover)."""
+    from compiler.translate.envoyfilter import lua_source
+
+    return lua_source(["openai"], False)
 
 
 WRK_SCRIPT = """

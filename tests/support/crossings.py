@@ -185,7 +185,8 @@ ENDPOINTS: dict[str, tuple[str, list]] = {
 def internal_headers() -> list[str]:
     """Every internal header name the filter or the compiler uses (read from their sources, so a new
     one joins the matrix by itself)."""
-    text = (REPO / "templates" / "lua" / "llmc.lua").read_text() + (REPO / "compiler" / "names.py").read_text()
+    lua = "".join(p.read_text() for p in sorted((REPO / "templates" / "lua" / "llmc").glob("*.lua")))
+    text = lua + (REPO / "compiler" / "names.py").read_text()
     return sorted(set(re.findall(r"x-llmc-[a-z]+(?:-[a-z]+)*", text)))
 
 

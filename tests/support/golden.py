@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 from pathlib import Path
 
 import pytest
 
-from compiler.translate.envoyfilter import lua_source
+from compiler.luabundle import bundle
 
 _BLOCK = re.compile(r"^( *)inline_string: \|[-+]?\n((?:\1  .*\n|\n)+)", re.M)
+_MODULE = re.compile(r'^P\["llmc\.(\w+)"\] = function', re.M)
+MARKER = re.compile(r"<llmc\.lua modules=([\w,]+)>")
 
 
-def lua_marker() -> str:
-    return f"<llmc.lua sha256:{hashlib.sha256(lua_source().encode()).hexdigest()[:16]}>"
+def lua_marker(modules) -> str:
+    """The line a golden shows for a Lua bundle of ``modules``: which modules the filter carries."""
+    return f"<llmc.lua modules={','.join(sorted(modules))}>"
 
 
 def mask_lua(text: str) -> str:
-    """Replace each emitted copy of templates/lua/llmc.lua by one marker line, so goldens pin the
-    configuration around it (a one-line Lua change rewrites no golden). A block that is not exactly
-    today's source is left as it is, so the golden comparison shows it."""
+    """Replace each emitted Lua bundle (compiler/luabundle.py) by one marker line naming its modules,
+    so goldens pin the configuration around it and which modules each filter gets (a Lua change
+    rewrites no golden). A block that is not exactly today's bundle of those modules is left as it
+    is, so the golden comparison shows it."""
     def sub(m: re.Match) -> str:
         indent = m.group(1) + "  "
         body = "".join(line[len(indent):] if line.strip() else "\n" for line in m.group(2).splitlines(True))
-        if body.rstrip("\n") != lua_source().rstrip("\n"):
+        modules = frozenset(_MODULE.findall(body))
+        if not modules or body.rstrip("\n") != bundle(modules).rstrip("\n"):
             return m.group(0)
-        return f"{m.group(1)}inline_string: {lua_marker()}\n"
+        return f"{m.group(1)}inline_string: {lua_marker(modules)}\n"
     return _BLOCK.sub(sub, text)
 
 

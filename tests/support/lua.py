@@ -1,5 +1,6 @@
-"""Load templates/lua/llmc.lua under LuaJIT (lupa) with the emulated Envoy handle (templates/lua/envoy_handle.lua,
-which `llmc explain` uses too) for unit tests."""
+"""Load the Lua filter (every module of templates/lua/llmc/, bundled as a filter gets it) under LuaJIT
+(lupa) with the emulated Envoy handle (templates/lua/envoy_handle.lua, which `llmc explain` uses too)
+for unit tests; :func:`load_modules` loads some modules alone."""
 
 from __future__ import annotations
 
@@ -26,6 +27,23 @@ end
 ROUTE_METADATA = "return setmetatable({}, {__index = function(_, k) return {route = k} end})"
 
 
+#: Reading a global nobody defined raises (a misspelt or not-yet-declared local in a module reads
+#: one; plain Lua would give nil and fail somewhere else, or not at all).
+STRICT = """
+local known = {}
+for k in pairs(_G) do known[k] = true end
+setmetatable(_G, { __index = function(_, k)
+  if not known[k] then error("llmc: read of undefined global " .. tostring(k), 2) end
+end })
+"""
+
+
+def strict_runtime() -> Any:
+    lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
+    lua.execute(STRICT)
+    return lua
+
+
 @dataclass
 class Reply:
     status: int | None
@@ -39,11 +57,15 @@ class Reply:
 
 class LuaFilter:
     def __init__(self) -> None:
-        self.lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
+        self.lua = strict_runtime()
         self.M = self.lua.execute(lua_source())
         self.handle = self.lua.execute(HANDLE)
         self.select = self.lua.execute(SELECT)
         self.envoy_on_request = self.lua.globals().envoy_on_request
+
+    def module(self, name: str) -> Any:
+        """The loaded module ``llmc.<name>`` of this filter (e.g. a translator)."""
+        return self.lua.globals().require(f"llmc.{name}")
 
     def table(self, value: Any) -> Any:
         if isinstance(value, dict):
@@ -93,3 +115,17 @@ class LuaFilter:
             headers=headers_out, body=self._text(h, "body_text"), cleared=h.cleared,
             metadata=dict(h.dynamic_metadata.items()), logs=list(h.logs.values()),
             response_body=resp.body if resp is not None else None)
+
+
+def load_modules(*names: str, runtime: Any = None) -> tuple[Any, Any]:
+    """A LuaJIT with only ``names`` and what they require bundled (compiler/luabundle.py) and loaded:
+    (runtime, {name: module table}). Nothing else is in the runtime: a module that needs another it
+    does not require fails here."""
+    from compiler.luabundle import bundle_modules, closure, module_source
+
+    lua = runtime or strict_runtime()
+    sources = {n: module_source(n) for n in closure(names)}
+    text = bundle_modules(sources).replace('return require("llmc.main")\n', "")
+    lua.execute(text)
+    loaded = {n: lua.eval(f'require("llmc.{n}")') for n in names}
+    return lua, loaded

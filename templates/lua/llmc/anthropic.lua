@@ -1,0 +1,461 @@
+-- llmc.anthropic: the translator between OpenAI chat completions and Anthropic Messages.
+--
+-- THE TRANSLATOR CONTRACT. A translated protocol is one module, llmc.<format> (<format> is the
+-- `format` of the protocol's record, compiler/protocols.py), returning a table of four functions.
+-- llmc.request's TRANSLATORS[format] finds it; nothing else in the Lua names a protocol. All four
+-- are pure (no Envoy handle); bad input gives values, never a raise (a raise is llmc's bug:
+-- envoy_on_request answers it 500, envoy_on_response logs it).
+--
+--   request(s, b) -> text, nil, nil, note  |  nil, message, param
+--     `s`: the client's OpenAI chat request body (text, not yet validated); `b`: the prepared backend
+--     (llmc.context: model, max_tokens, headers, ...). Returns the provider's request body and the
+--     note the response path gets back: "<format>", or "<format>+usage" when a streaming client
+--     asked for usage (stream_options.include_usage). Refused: nil, a message for the client (400
+--     invalid_request_error, prefixed "llmc: " by the caller) and the offending field (or nil).
+--   response(s, status, created) -> body, prompt, completion, total, model, status
+--     A non-streamed answer `s` with HTTP `status` -> the OpenAI body; token counts and the model
+--     for accounting (nil when not known); the status for the client (an error keeps its own; a 2xx
+--     that is not an answer becomes 502). `created`: the Unix time for the `created` field.
+--   stream(include_usage, created) -> st
+--     The state of one streamed (200, text/event-stream) answer: st.feed(chunk) -> the OpenAI SSE
+--     events of every event the chunk completes ("" while a line is incomplete); st.totals() ->
+--     prompt, completion, total, model (nil before any usage); st.usage: a table replaced, never
+--     changed in place, whenever the usage changes (the response path records then); st.failed:
+--     true once the stream ended with an error event (nothing may follow it). include_usage: end
+--     with OpenAI's usage event (no choices) before [DONE].
+--   error(s, status) -> body
+--     An error answer (JSON, HTML, empty, ...) with HTTP `status` -> an OpenAI error body.
+--
+-- Anthropic's specifics: docs/protocols.md.
+
+local values = require("llmc.values")
+
+local sub, find, format, concat, byte = string.sub, string.find, string.format, table.concat, string.byte
+local NULL, NUM = values.NULL, values.NUM
+local is_obj, is_arr, oget, oset, obj, arr, apush, raw = values.is_obj, values.is_arr, values.oget, values.oset,
+  values.obj, values.arr, values.apush, values.raw
+local present, source_of, decode, encode, openai_error = values.present, values.source_of, values.decode,
+  values.encode, values.openai_error
+
+-- OpenAI chat request -> Messages request
+
+-- Request fields that would change the shape of the answer and have no Messages equivalent: the
+-- request is refused (400) rather than answered differently. Every other field without a mapping
+-- is tuning only and dropped (README, "Providers").
+local function refused(req)
+  local n = oget(req, "n")
+  if n ~= nil and n ~= NULL and not (getmetatable(n) == NUM and tonumber(n[1]) == 1) then
+    return "n", "'n' other than 1 (several choices) is not supported by this provider"
+  end
+  if oget(req, "logprobs") == true then return "logprobs", "'logprobs' is not supported by this provider" end
+  local tl = oget(req, "top_logprobs")
+  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs' is not supported by this provider" end
+  local rf = oget(req, "response_format")
+  if rf ~= nil and rf ~= NULL and oget(rf, "type") ~= "text" then
+    return "response_format", "'response_format' other than text is not supported by this provider"
+  end
+  local audio = oget(req, "audio")
+  if audio ~= nil and audio ~= NULL then return "audio", "audio output is not supported by this provider" end
+  local modalities = oget(req, "modalities")
+  if is_arr(modalities) then
+    for i = 1, modalities.n do
+      if modalities[i] ~= "text" then return "modalities", "output modalities other than text are not supported by this provider" end
+    end
+  end
+  return nil
+end
+
+local IMAGE_TYPES = { ["image/jpeg"] = true, ["image/png"] = true, ["image/gif"] = true, ["image/webp"] = true }
+
+local function image_block(part)
+  local url = oget(oget(part, "image_url"), "url")
+  if type(url) ~= "string" then return nil, "an image_url part needs image_url.url" end
+  local mt, data = url:match("^data:([^;,]+);base64,(.*)$")
+  if mt then
+    if not IMAGE_TYPES[mt] then return nil, "image type " .. mt .. " is not supported by this provider" end
+    return obj("type", "image", "source", obj("type", "base64", "media_type", mt, "data", data))
+  end
+  if sub(url, 1, 8):lower() == "https://" then return obj("type", "image", "source", obj("type", "url", "url", url)) end
+  return nil, "an image URL must be https:// or a base64 data: URL"
+end
+
+-- Content blocks of a message's `content`: a string, or an array of parts (text; images where
+-- `images`), or null (no blocks).
+local function content_blocks(content, images, blocks)
+  if content == nil or content == NULL then return blocks end
+  if type(content) == "string" then
+    apush(blocks, obj("type", "text", "text", content))
+    return blocks
+  end
+  if not is_arr(content) then return nil, "'content' must be a string or an array of parts" end
+  for i = 1, content.n do
+    local part = content[i]
+    local ptype = oget(part, "type")
+    if ptype == "text" and type(oget(part, "text")) == "string" then
+      apush(blocks, obj("type", "text", "text", oget(part, "text")))
+    elseif ptype == "refusal" and type(oget(part, "refusal")) == "string" then
+      apush(blocks, obj("type", "text", "text", oget(part, "refusal")))
+    elseif ptype == "image_url" and images then
+      local block, err = image_block(part)
+      if not block then return nil, err end
+      apush(blocks, block)
+    else
+      return nil, "content part type " .. tostring(ptype) .. " is not supported here by this provider"
+    end
+  end
+  return blocks
+end
+
+local function tool_use_blocks(calls, blocks)
+  if calls == nil or calls == NULL then return blocks end
+  if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
+  for i = 1, calls.n do
+    local call = calls[i]
+    local fn = oget(call, "function")
+    local id, name, args = oget(call, "id"), oget(fn, "name"), oget(fn, "arguments")
+    if type(id) ~= "string" or type(name) ~= "string" or type(args) ~= "string" then
+      return nil, "a tool call needs id, function.name and function.arguments (a string)"
+    end
+    local input = args == "" and obj() or decode(args)
+    if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
+    apush(blocks, obj("type", "tool_use", "id", id, "name", name,
+      "input", input.s and raw(source_of(input)) or input))
+  end
+  return blocks
+end
+
+-- OpenAI messages -> Anthropic `system` blocks and alternating `messages` (consecutive messages of
+-- one role are merged into one, as tool results must be).
+local function translate_messages(messages)
+  if not is_arr(messages) or messages.n == 0 then return nil, nil, "'messages' must be a non-empty array" end
+  local system, out = arr(), arr()
+  for i = 1, messages.n do
+    local m = messages[i]
+    local role = oget(m, "role")
+    local blocks, err
+    if role == "system" or role == "developer" then
+      blocks, err = content_blocks(oget(m, "content"), false, system)
+      if not blocks then return nil, nil, err end
+    else
+      local target
+      if role == "user" then
+        blocks, err = content_blocks(oget(m, "content"), true, arr())
+      elseif role == "assistant" then
+        blocks, err = content_blocks(oget(m, "content"), false, arr())
+        if blocks then blocks, err = tool_use_blocks(oget(m, "tool_calls"), blocks) end
+      elseif role == "tool" then
+        local id = oget(m, "tool_call_id")
+        if type(id) ~= "string" then return nil, nil, "a tool message needs tool_call_id" end
+        local inner
+        inner, err = content_blocks(oget(m, "content"), false, arr())
+        if inner then
+          blocks = arr({ obj("type", "tool_result", "tool_use_id", id, "content", inner) })
+        end
+        role = "user"
+      else
+        return nil, nil, "message role " .. tostring(role) .. " is not supported by this provider"
+      end
+      if not blocks then return nil, nil, err end
+      local last = out[out.n]
+      if last ~= nil and oget(last, "role") == role then
+        target = oget(last, "content")
+        for k = 1, blocks.n do apush(target, blocks[k]) end
+      else
+        apush(out, obj("role", role, "content", blocks))
+      end
+    end
+  end
+  return system, out
+end
+
+local TOOL_CHOICE = { none = "none", auto = "auto", required = "any" }
+
+local function translate_tools(req)
+  local tools, choice = oget(req, "tools"), oget(req, "tool_choice")
+  local out
+  if tools ~= nil and tools ~= NULL then
+    if not is_arr(tools) then return nil, nil, "tools", "'tools' must be an array" end
+    out = arr()
+    for i = 1, tools.n do
+      local fn = oget(tools[i], "function")
+      if oget(tools[i], "type") ~= "function" or type(oget(fn, "name")) ~= "string" then
+        return nil, nil, "tools", "only function tools with a name are supported by this provider"
+      end
+      local params = oget(fn, "parameters")
+      apush(out, obj("name", oget(fn, "name"), "description", oget(fn, "description"),
+        "input_schema", is_obj(params) and raw(source_of(params)) or obj("type", "object")))
+    end
+  end
+  local tc
+  if type(choice) == "string" then
+    if not TOOL_CHOICE[choice] then return nil, nil, "tool_choice", "unknown tool_choice " .. choice end
+    tc = obj("type", TOOL_CHOICE[choice])
+  elseif is_obj(choice) then
+    local name = oget(oget(choice, "function"), "name")
+    if type(name) ~= "string" then return nil, nil, "tool_choice", "tool_choice needs function.name" end
+    tc = obj("type", "tool", "name", name)
+  end
+  if oget(req, "parallel_tool_calls") == false and out ~= nil then
+    tc = tc or obj("type", "auto")
+    if oget(tc, "type") ~= "none" then oset(tc, "disable_parallel_tool_use", true) end
+  end
+  return out, tc
+end
+
+-- The Messages request for an OpenAI chat request `s` (already known to be a JSON object) sent to
+-- backend `b`. Returns the text and a note for the response path ("anthropic", or
+-- "anthropic+usage" when a streaming client asked for usage), or nil, message, field.
+local function request(s, b)
+  local req, err = decode(s)
+  if err then return nil, "the request body is not valid JSON: " .. err end
+  if not is_obj(req) then return nil, "the request body must be a JSON object" end
+  local param, why = refused(req)
+  if param then return nil, why, param end
+  local model = b.model or oget(req, "model")
+  if type(model) ~= "string" then return nil, "'model' is required", "model" end
+  local stream = oget(req, "stream")
+  if stream ~= nil and stream ~= NULL and type(stream) ~= "boolean" then return nil, "'stream' must be a boolean", "stream" end
+  local system, messages, merr = translate_messages(oget(req, "messages"))
+  if not system then return nil, merr, "messages" end
+  local tools, choice, tparam, terr = translate_tools(req)
+  if tparam then return nil, terr, tparam end
+  local max_tokens = present(oget(req, "max_completion_tokens")) or present(oget(req, "max_tokens")) or b.max_tokens
+  local stop = oget(req, "stop")
+  if type(stop) == "string" then stop = arr({ stop }) elseif not is_arr(stop) then stop = nil end
+  local user = oget(req, "user")
+  local out = obj("model", model, "max_tokens", max_tokens, "system", system.n > 0 and system or nil,
+    "messages", messages, "temperature", present(oget(req, "temperature")), "top_p", present(oget(req, "top_p")),
+    "stop_sequences", stop, "stream", stream == true or nil, "tools", tools, "tool_choice", choice,
+    "metadata", type(user) == "string" and obj("user_id", user) or nil)
+  local note = "anthropic"
+  if stream == true and oget(oget(req, "stream_options"), "include_usage") == true then note = "anthropic+usage" end
+  return encode(out), nil, nil, note
+end
+
+-- Response -> OpenAI chat completion, stream -> chat.completion.chunk events
+
+local FINISH = { end_turn = "stop", stop_sequence = "stop", max_tokens = "length", tool_use = "tool_calls",
+  refusal = "content_filter", pause_turn = "stop", model_context_window_exceeded = "length" }
+
+local function count_of(v)
+  if getmetatable(v) == NUM then return tonumber(v[1]) end
+  return nil
+end
+
+-- OpenAI usage from Anthropic usage: prompt_tokens includes the cache read and cache creation
+-- tokens (as OpenAI's includes its cached tokens; the cache reads are also in
+-- prompt_tokens_details.cached_tokens). Returns the object and prompt, completion, total.
+local function usage_from(u, prev)
+  prev = prev or {}
+  local input = count_of(oget(u, "input_tokens")) or prev.input
+  local created = count_of(oget(u, "cache_creation_input_tokens")) or prev.created
+  local read = count_of(oget(u, "cache_read_input_tokens")) or prev.read
+  local output = count_of(oget(u, "output_tokens")) or prev.output
+  return { input = input, created = created, read = read, output = output }
+end
+
+local function usage_object(u)
+  local prompt = (u.input or 0) + (u.created or 0) + (u.read or 0)
+  local completion = u.output or 0
+  return obj("prompt_tokens", prompt, "completion_tokens", completion, "total_tokens", prompt + completion,
+    "prompt_tokens_details", obj("cached_tokens", u.read or 0)), prompt, completion, prompt + completion
+end
+
+-- Anthropic's error types by status: for an error whose body says none (empty, HTML)
+local ERROR_TYPES = { [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
+  [404] = "not_found_error", [413] = "request_too_large", [429] = "rate_limit_error", [529] = "overloaded_error" }
+
+-- An Anthropic error body ({"type":"error","error":{type, message}}) as an OpenAI error body; a
+-- body that is not one (empty, not JSON) becomes a generic error naming the status.
+local function error_body(s, status)
+  local v = decode(s)
+  local e = oget(v, "error")
+  if type(oget(e, "message")) == "string" then
+    return encode(openai_error(oget(e, "message"), type(oget(e, "type")) == "string" and oget(e, "type") or "api_error"))
+  end
+  return encode(openai_error("llmc: the provider answered " .. tostring(status) .. " without an error message",
+    ERROR_TYPES[status] or "api_error"))
+end
+
+-- Anthropic's tool-use documentation shows messages without "type": one with no other type and
+-- an array `content` or the assistant's role is a message.
+local function is_message(msg)
+  local mtype = oget(msg, "type")
+  if mtype == "message" then return true end
+  return mtype == nil and is_obj(msg) and (is_arr(oget(msg, "content")) or oget(msg, "role") == "assistant")
+end
+
+-- A 2xx answer that is not a message: a 502 (never an error body under a 2xx).
+local function untranslatable(msg, status)
+  local e = oget(msg, "error")
+  local detail = type(oget(e, "message")) == "string" and (": " .. oget(e, "message")) or ""
+  return encode(openai_error("llmc: the provider's answer (HTTP " .. tostring(status) ..
+    ") is not a message llmc can translate" .. detail, "server_error", "llmc_untranslatable_answer"))
+end
+
+-- A non-streamed Messages answer `s` with HTTP `status` -> the OpenAI body, prompt, completion,
+-- total tokens and model for accounting (nil when not known), and the status for the client:
+-- an error keeps its status; a 2xx that cannot be translated becomes a 502.
+local function response(s, status, created)
+  if status < 200 or status > 299 then return error_body(s, status), nil, nil, nil, nil, status end
+  local msg = decode(s)
+  if not is_message(msg) then return untranslatable(msg, status), nil, nil, nil, nil, 502 end
+  local texts, calls = {}, arr()
+  local content = oget(msg, "content")
+  for i = 1, (is_arr(content) and content.n or 0) do
+    local block = content[i]
+    local btype = oget(block, "type")
+    if btype == "text" then
+      texts[#texts + 1] = oget(block, "text")
+    elseif btype == "tool_use" then
+      local input = oget(block, "input")
+      apush(calls, obj("id", oget(block, "id"), "type", "function", "function", obj("name", oget(block, "name"),
+        "arguments", is_obj(input) and input.s and source_of(input) or "{}")))
+    end -- thinking and other blocks have no OpenAI equivalent: dropped
+  end
+  local message = obj("role", "assistant", "content", #texts > 0 and concat(texts) or NULL,
+    "refusal", NULL, "tool_calls", calls.n > 0 and calls or nil)
+  local usage, p, c, t = usage_object(usage_from(oget(msg, "usage")))
+  local model = oget(msg, "model")
+  local out = obj("id", oget(msg, "id"), "object", "chat.completion", "created", created, "model", model,
+    "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL,
+      "finish_reason", FINISH[oget(msg, "stop_reason")] or "stop") }), "usage", usage)
+  return encode(out), p, c, t, type(model) == "string" and model or nil, status
+end
+
+-- A translated stream's event may be this large (waiting for its end in memory); a larger one
+-- ends the stream with an OpenAI error event, never with finish_reason and [DONE] over a gap.
+local MAX_TRANSLATED_EVENT = 1048576
+
+-- The translation state of one streamed answer: `feed` takes body chunks and returns the OpenAI
+-- events for every complete Anthropic event in them (a partial line waits for the next chunk);
+-- afterwards `prompt`, `completion`, `total`, `model` hold the usage for accounting. `failed` is
+-- set when an event was over MAX_TRANSLATED_EVENT.
+local function stream(include_usage, created)
+  local st = { id = "", model = "", tools = {}, ntools = 0, usage = {} }
+
+  local function event(delta, finish)
+    return "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
+      "model", st.model, "choices", arr({ obj("index", 0, "delta", delta, "logprobs", NULL,
+        "finish_reason", finish or NULL) }))) .. "\n\n"
+  end
+
+  local function tool_delta(index, fields)
+    return event(obj("tool_calls", arr({ obj("index", st.tools[index], unpack(fields)) })))
+  end
+
+  local handlers = {}
+  function handlers.message_start(ev)
+    local msg = oget(ev, "message")
+    st.id = type(oget(msg, "id")) == "string" and oget(msg, "id") or ""
+    st.model = type(oget(msg, "model")) == "string" and oget(msg, "model") or ""
+    st.usage = usage_from(oget(msg, "usage"), st.usage)
+    return event(obj("role", "assistant", "content", ""))
+  end
+  function handlers.content_block_start(ev)
+    local block, index = oget(ev, "content_block"), count_of(oget(ev, "index"))
+    if oget(block, "type") == "tool_use" and index then
+      st.tools[index] = st.ntools
+      st.ntools = st.ntools + 1
+      return tool_delta(index, { "id", oget(block, "id"), "type", "function",
+        "function", obj("name", oget(block, "name"), "arguments", "") })
+    elseif oget(block, "type") == "text" and type(oget(block, "text")) == "string" and oget(block, "text") ~= "" then
+      return event(obj("content", oget(block, "text")))
+    end
+    return ""
+  end
+  function handlers.content_block_delta(ev)
+    local delta, index = oget(ev, "delta"), count_of(oget(ev, "index"))
+    local dtype = oget(delta, "type")
+    if dtype == "text_delta" then return event(obj("content", oget(delta, "text"))) end
+    if dtype == "input_json_delta" and index and st.tools[index] then
+      return tool_delta(index, { "function", obj("arguments", oget(delta, "partial_json")) })
+    end
+    return "" -- thinking, signatures, citations: no OpenAI equivalent
+  end
+  function handlers.message_delta(ev)
+    st.usage = usage_from(oget(ev, "usage"), st.usage)
+    local reason = oget(oget(ev, "delta"), "stop_reason")
+    if type(reason) == "string" then return event(obj(), FINISH[reason] or "stop") end
+    return ""
+  end
+  function handlers.message_stop()
+    local out = ""
+    if include_usage then
+      local usage = usage_object(st.usage)
+      out = "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
+        "model", st.model, "choices", arr(), "usage", usage)) .. "\n\n"
+    end
+    st.done = true
+    return out .. "data: [DONE]\n\n"
+  end
+  function handlers.error(ev)
+    local e = oget(ev, "error")
+    st.done = true
+    return "data: " .. encode(openai_error(type(oget(e, "message")) == "string" and oget(e, "message")
+      or "llmc: the provider reported an error", type(oget(e, "type")) == "string" and oget(e, "type")
+      or "api_error")) .. "\n\n"
+  end
+
+  local function on_line(line)
+    local ev = decode(line)
+    local handler = handlers[oget(ev, "type")]
+    if handler == nil or st.done then return "" end -- ping, unknown events
+    return handler(ev)
+  end
+
+  -- the pieces of an unfinished line (a list: a string grown per chunk copies it per chunk)
+  local pending, npending = {}, 0
+
+  local function too_large()
+    st.done, st.failed, pending, npending = true, true, {}, 0
+    return "data: " .. encode(openai_error(format("llmc: an event of the provider's stream is over %d MiB, " ..
+      "which llmc does not translate; the answer is incomplete", MAX_TRANSLATED_EVENT / 1048576), "server_error",
+      "llmc_event_too_large")) .. "\n\n"
+  end
+
+  function st.feed(s)
+    if st.failed then return "" end
+    if not find(s, "\n", 1, true) then
+      npending = npending + #s
+      if npending > MAX_TRANSLATED_EVENT then return too_large() end
+      pending[#pending + 1] = s
+      return ""
+    end
+    local text = s
+    if npending > 0 then
+      pending[#pending + 1] = s
+      text, pending = concat(pending), {}
+    end
+    local out, start = {}, 1
+    while true do
+      local nl = find(text, "\n", start, true)
+      if not nl then break end
+      if nl - start > MAX_TRANSLATED_EVENT then
+        out[#out + 1] = too_large()
+        return concat(out)
+      end
+      if byte(text, start) == 100 and sub(text, start, start + 4) == "data:" then
+        out[#out + 1] = on_line(sub(text, start + 5, nl - 1))
+      end
+      start = nl + 1
+    end
+    npending = #text - start + 1
+    if npending > MAX_TRANSLATED_EVENT then
+      out[#out + 1] = too_large()
+    elseif npending > 0 then
+      pending[1] = sub(text, start)
+    end
+    return concat(out)
+  end
+
+  function st.totals()
+    if st.usage.input == nil and st.usage.output == nil then return nil end
+    local _, p, c, t = usage_object(st.usage)
+    return p, c, t, st.model ~= "" and st.model or nil
+  end
+
+  return st
+end
+
+return { request = request, response = response, stream = stream, error = error_body }
