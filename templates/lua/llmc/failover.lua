@@ -19,6 +19,7 @@ local request = require("llmc.request")
 local context = require("llmc.context")
 
 local METADATA_NS, ANSWERED_BY = context.METADATA_NS, context.ANSWERED_BY
+local match = string.match
 local endpoint_for, body_for, encode_string = request.endpoint_for, request.body_for,
   require("llmc.scanner").encode_string
 
@@ -60,6 +61,8 @@ function M.failover_accept(h, cfg, b, s, model_json, scanned, original_path)
   md:set(METADATA_NS, "failover", true)
   md:set(METADATA_NS, "client_path", original_path or "/")
   if model_json ~= nil then md:set(METADATA_NS, "routed_model", model_json) end
+  local operation = request.OPERATIONS[endpoint] -- every try's (gen_ai.operation.name; chat: none)
+  if operation ~= nil then md:set(METADATA_NS, "operation", operation) end
 end
 
 -- One try, in the upstream filter of the provider's cluster: shapes the original client body and
@@ -103,22 +106,28 @@ end
 
 function M.on_attempt_response(h)
   local a = context.load_context(h)
-  if a ~= nil and a.attempt then h:headers():replace(ANSWERED_BY, a.b.provider) end
+  -- "<provider> <gen_ai.provider.name>" (a provider name is a DNS label: no space in it)
+  if a ~= nil and a.attempt then
+    h:headers():replace(ANSWERED_BY, a.b.provider .. " " .. a.b.gen_ai_provider)
+  end
 end
 
 -- Downstream, on a failover request's response (its route added FAILOVER_HEADER, which the caller
 -- removed): the provider that answered (from the upstream filter's header, which the client never
--- sees) goes into the access log as llmc:provider. No such header means Envoy answered itself
+-- sees) goes into the access log as llmc:provider, its gen_ai.provider.name as llmc:gen_ai_provider. No such header means Envoy answered itself
 -- (every try reset or timed out; the route's response headers apply to the router's own replies
 -- too): the client gets that error in OpenAI's format. Returns true when it replaced the response.
 function M.failover_response(h, headers)
   local md = h:streamInfo():dynamicMetadata()
   local mine = md:get(METADATA_NS)
   if mine == nil or mine.failover ~= true then return false end
-  local by = headers:get(ANSWERED_BY)
-  if by ~= nil then
+  local answered = headers:get(ANSWERED_BY)
+  if answered ~= nil then
     headers:remove(ANSWERED_BY)
+    local by, gen_ai = match(answered, "^(%S+) ?(%S*)")
+    by = by or answered
     md:set(METADATA_NS, "provider", by)
+    md:set(METADATA_NS, "gen_ai_provider", gen_ai ~= nil and gen_ai ~= "" and gen_ai or by)
     if by ~= mine.first_provider then
       -- stat http.<listener>.lua.llmc.failovers.<rule>.<provider>: requests a backup answered
       h:stats():counter("failovers." .. (mine.rule or ""):gsub("[^%w_-]", "_") .. "." .. by):add(1)
