@@ -311,14 +311,19 @@ def test_azure_and_openai_usage_in_genai_names(envoy, upstreams, logs, stream):
     on a host with no well-known name keeps its LLMProvider name."""
     for host, name, provider in (("azure.example.com", "azure.ai.openai", "azure"), ("openai.example.com", "openai",
                                                                                        "openai")):
-        path = logs / "access.log"
+        path, metrics_path = logs / "access.log", logs / "metrics.log"
         before = len(path.read_text().splitlines()) if path.exists() else 0
+        metrics_before = len(metrics_path.read_text().splitlines()) if metrics_path.exists() else 0
         if stream:
             chat_stream(envoy.port, host)
         else:
             chat(envoy.port, host)
         # the path is the provider's (a query the client adds does not reach the log): by authority
         entry = line_for(path, before, host)
+        metrics = line_for(metrics_path, metrics_before, name, key="gen_ai_client_token_usage.input/gen_ai_provider_name")
+        assert (int(metrics["gen_ai_client_token_usage.input"]), int(metrics["gen_ai_client_token_usage.output"])) == (
+            11, 7)
+        assert metrics["gen_ai_client_token_usage.output/gen_ai_provider_name"] == name
         assert entry["llm_provider"] == provider and entry["gen_ai.provider.name"] == name, entry
         assert (entry["gen_ai.usage.input_tokens"], entry["gen_ai.usage.output_tokens"]) == (11, 7)
         assert entry["gen_ai.response.finish_reasons"] == ["stop"] and entry["gen_ai.operation.name"] == "chat"
@@ -395,16 +400,16 @@ def test_a_2xx_that_cannot_be_translated_is_a_502_openai_error(envoy, upstreams)
     assert err.status_code == 502 and err.body["code"] == "llmc_untranslatable_answer"
 
 
-def line_for(path, before: int, authority: str, timeout: float = 5.0) -> dict:
-    """The first access-log line after the first ``before`` whose authority is ``authority``."""
+def line_for(path, before: int, value: str, key: str = "authority", timeout: float = 5.0) -> dict:
+    """The first log line after the first ``before`` whose ``key`` is ``value``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         lines = [json.loads(line) for line in path.read_text().splitlines()[before:]] if path.exists() else []
-        found = [e for e in lines if e["authority"] == authority]
+        found = [e for e in lines if e.get(key) == value]
         if found:
             return found[0]
         time.sleep(0.02)
-    raise AssertionError(f"no access-log line for {authority} in {path}")
+    raise AssertionError(f"no log line with {key} {value} in {path}")
 
 
 def test_azure_streams_record_the_first_non_empty_model(envoy, upstreams, logs):
