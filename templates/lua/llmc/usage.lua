@@ -20,8 +20,8 @@ local function count(text, name)
 end
 
 -- Each finish_reason in s[from..to] that is a string, in order, appended to `out` (created when
--- the first is found; nil when none). Plain find jumps to each member name; an escaped quote
--- inside a string (\"finish_reason\") is never followed by `"`, so text in content never counts.
+-- the first is found; nil when none). Plain find jumps to each member name: inside a string its
+-- quotes are escaped (\"finish_reason\"), so the quoted name is never found in content.
 local function finish_reasons(s, from, to, out)
   local pos = from
   while true do
