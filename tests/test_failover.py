@@ -3,6 +3,7 @@ proxy-version pin, and that outputs without failover do not depend on the target
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -117,15 +118,17 @@ def test_a_try_removes_every_credential_header_and_sets_only_its_own():
     from tests.support.lua import LuaFilter
 
     lua = LuaFilter()
+    one = {"provider": "p-one", "protocol": "openai", "host": "one.example.com", "authority": "one.example.com",
+           "path": "/one/chat/completions", "weight": 1, "max_body": 1 << 20, "model": "one-model", "api_key": "sk-one"}
     ctx = {"id": "t1", "route": "default/chat", "rule": "backup",
-           "attempt": {"provider": "p-two", "protocol": "openai", "host": "two.example.com", "authority": "two.example.com",
-                       "path": "/two/chat/completions", "weight": 1, "max_body": 1 << 20, "model": "two-model",
-                       "api_key": "sk-two"},
+           "tries": [one, {"provider": "p-two", "protocol": "openai", "host": "two.example.com",
+                           "authority": "two.example.com", "path": "/two/chat/completions", "weight": 1,
+                           "max_body": 1 << 20, "model": "two-model", "api_key": "sk-two"}],
            "protocols": {"openai": OPENAI.context()},
            "credential_headers": ["api-key", "authorization", "x-api-key"],
            "internal_headers": ["x-llmc-provider", "x-llmc-order"]}
     sent = {"authorization": "Bearer sk-one", "api-key": "sk-one", "x-api-key": "sk-one", "x-llmc-order": "0",
-            ":authority": "one.example.com"}
+            ":authority": "one.example.com", "x-envoy-attempt-count": "2"}  # the second try
     r = lua.request(ctx, '{"model":"one-model","messages":[],"stream":false}', headers=sent,
                     path="/one/chat/completions?x=1", route="llmc/default/chat/backup/p-one")
     assert r.status is None, r.response_body
@@ -133,6 +136,47 @@ def test_a_try_removes_every_credential_header_and_sets_only_its_own():
     assert not {"api-key", "x-api-key", "x-llmc-order"} & set(r.headers)
     assert r.headers[":path"] == "/two/chat/completions?x=1" and r.headers[":authority"] == "two.example.com"
     assert json.loads(r.body) == {"model": "two-model", "messages": [], "stream": False}
+
+
+@pytest.mark.parametrize("count", [None, "0", "3", "x"])
+def test_a_try_envoy_did_not_number_or_beyond_the_list_is_refused_never_sent(count):
+    """The upstream filter picks the try's provider by x-envoy-attempt-count: without it (or past the
+    route's list) it cannot know which provider's key and body the try needs, so it sends nothing."""
+    from compiler.protocols import OPENAI
+    from tests.support.lua import LuaFilter
+
+    lua = LuaFilter()
+    b = {"provider": "p", "protocol": "openai", "host": "p.example.com", "authority": "p.example.com",
+         "path": "/v1/chat/completions", "weight": 1, "max_body": 1 << 20, "api_key": "sk-p"}
+    ctx = {"id": "t3", "route": "default/chat", "rule": "r", "tries": [b, {**b, "provider": "q"}],
+           "protocols": {"openai": OPENAI.context()}, "credential_headers": ["authorization"],
+           "internal_headers": ["x-llmc-order"]}
+    headers = {} if count is None else {"x-envoy-attempt-count": count}
+    r = lua.request(ctx, '{"messages":[]}', headers=headers, route="x")
+    assert r.status == 503 and "failover_unknown_try" in r.response_body and "sk-p" not in str(r.headers)
+
+
+def test_the_upstream_filter_is_one_router_filter_for_every_provider_cluster():
+    """Failover tries are shaped by one Lua filter in the router's upstream_http_filters (its own
+    EnvoyFilter, 1.31+ proxies only), not one per provider cluster; each pinned route lists its tries
+    in the order of its weighted clusters, and failover hosts number their tries."""
+    result = compile_text(FAILOVER, parse_options(istio_version="1.31")[0], "f.yaml")
+    efs = {o["metadata"]["name"]: o for o in result.objects if o["kind"] == "EnvoyFilter"}
+    patches = efs["llmc-failover"]["spec"]["configPatches"]
+    assert {p["applyTo"] for p in patches} == {"HTTP_FILTER"}
+    assert not [p for o in efs.values() for p in o["spec"]["configPatches"] if p["applyTo"] == "CLUSTER"]
+    (router,) = {json.dumps(p["patch"]["value"]) for p in patches}
+    assert router.count('"name": "llmc.upstream"') == 1 and "envoy.filters.http.upstream_codec" in router
+    http = {h["name"]: h for o in result.objects if o["kind"] == "VirtualService" for h in o["spec"]["http"]}
+    for ef in efs.values():
+        for p in ef["spec"]["configPatches"]:
+            ctx = (p["patch"]["value"].get("typed_per_filter_config") or {}).get("llmc.upstream")
+            if ctx is None:
+                continue
+            route = http[p["match"]["routeConfiguration"]["vhost"]["route"]["name"]]
+            assert [t["host"] for t in ctx["filter_context"]["tries"]] == [d["destination"]["host"] for d in route["route"]]
+    assert any(p["patch"]["value"].get("include_request_attempt_count") for ef in efs.values()
+               for p in ef["spec"]["configPatches"] if p["applyTo"] == "VIRTUAL_HOST")
 
 
 # --- where failover crosses other features (issue 24) ---------------------------------------------
@@ -224,14 +268,14 @@ def test_a_try_after_a_try_that_rewrote_the_body_sends_its_own_content_length_an
 
     lua = LuaFilter()
     ctx = {"id": "t2", "route": "default/chat", "rule": "backup",
-           "attempt": {"provider": "p-raw", "protocol": "openai", "host": "raw.example.com", "authority": "raw.example.com",
-                       "path": "/raw/v1/chat/completions", "base_path": "/raw/v1", "weight": 1, "max_body": 1 << 20,
-                       "api_key": "sk-raw"},
+           "tries": [{"provider": "p-raw", "protocol": "openai", "host": "raw.example.com", "authority": "raw.example.com",
+                      "path": "/raw/v1/chat/completions", "base_path": "/raw/v1", "weight": 1, "max_body": 1 << 20,
+                      "api_key": "sk-raw"}],
            "protocols": {"openai": OPENAI.context()},
            "credential_headers": ["api-key", "authorization", "x-api-key", "x-gw-key"],
            "internal_headers": ["x-llmc-provider", "x-llmc-order"]}
     client = '{"model":"text-embedding-3-small","input":"hi"}'
-    sent = {"x-gw-key": "sk-gw", "content-length": "999", ":authority": "gw.example.com"}
+    sent = {"x-gw-key": "sk-gw", "content-length": "999", ":authority": "gw.example.com", "x-envoy-attempt-count": "1"}
     md = {"llmc:client_path": "/v1/embeddings?trace=1", "llmc:failover": True}
     r = lua.request(ctx, client, headers=sent, path="/gw/v1/chat/completions", route="x", metadata=md)
     assert r.status is None, r.response_body

@@ -106,7 +106,9 @@ def test_the_patched_config_passes_envoy_validate(objects, upstreams, tmp_path):
     layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None)
     text = json.dumps(layout.bootstrap)
     assert '"refresh_cluster_on_retry": true' in text and '"header_name": "x-llmc-order"' in text
-    assert text.count('"name": "llmc.upstream.') == len(HOSTS)
+    # one upstream Lua filter, in the router, for every provider cluster (none on the clusters)
+    assert text.count('"name": "llmc.upstream"') == 1 and '"upstream_http_filters"' in text
+    assert '"http_filters"' not in json.dumps(layout.bootstrap["static_resources"]["clusters"])
     path = tmp_path / "envoy.json"
     path.write_text(text)
     res = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
@@ -314,8 +316,9 @@ def test_an_older_proxy_fails_closed(objects, upstreams):
 
 @needs_failover
 def test_failover_between_tls_providers_keeps_tls_and_sni(tmp_path):
-    """The CLUSTER patch replaces istiod's HttpProtocolOptions of the provider clusters; TLS
-    origination (DestinationRule: SNI and SAN pinned) must keep working on every try."""
+    """Tries go through the router's upstream filter chain (the Lua, then upstream_codec) to each
+    provider's cluster as istiod built it; TLS origination (DestinationRule: SNI and SAN pinned) must
+    keep working on every try."""
     import trustme
 
     ca = trustme.CA()

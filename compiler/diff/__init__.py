@@ -67,8 +67,8 @@ def _backends(ctx: dict) -> Iterator[tuple[str, dict]]:
     for rule, r in (ctx.get("rules") or {}).items():
         for b in r.get("backends", []):
             yield rule, b
-    if isinstance(ctx.get("attempt"), dict):
-        yield ctx.get("rule", ""), ctx["attempt"]
+    for b in ctx.get("tries") or []:
+        yield ctx.get("rule", ""), b
 
 
 def _key_identity(b: dict, protocols: dict) -> str:

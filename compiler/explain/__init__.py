@@ -37,7 +37,7 @@ from typing import Any
 
 from .. import names
 from ..constants import DESTINATION_RULE, FILTER_NAME
-from ..translate.envoyfilter import UPSTREAM_FILTER_PREFIX, lua_source
+from ..translate.envoyfilter import UPSTREAM_FILTER, lua_source
 from .istio import (
     ExplainError,
     Request,
@@ -242,7 +242,7 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
 def _attempts(sources: dict[str, str], objects: list[dict], http: dict, patch: dict, headers: dict[str, str],
               body: bytes, secrets: list[str], metadata: dict) -> list[dict]:
     """A failover route's tries, in order: each shaped by the upstream filter of its provider's
-    cluster (that filter's own bundle, with that cluster's context from the route), on the original client
+    cluster (the router's upstream filter bundle, with the try's provider from the route's context), on the original client
     body and on the request headers as the previous try left them (Envoy shares the header map; the
     route's header removals apply once, before the first try), with the stream's dynamic metadata
     the downstream filter set (upstream filters see the downstream stream info)."""
@@ -251,21 +251,23 @@ def _attempts(sources: dict[str, str], objects: list[dict], http: dict, patch: d
     tries = 1 + int(retries.get("attempts", 0))
     remove = set(((http.get("headers") or {}).get("request") or {}).get("remove") or [])
     shared = {k: v for k, v in headers.items() if k not in remove}
+    ctx = (per_filter.get(UPSTREAM_FILTER) or {}).get("filter_context")
     out = []
-    for dest in http["route"][:tries]:
+    for n, dest in enumerate(http["route"][:tries], 1):
         d = dest["destination"]
-        ctx = (per_filter.get(f"llmc.upstream.{d['host']}") or {}).get("filter_context")
         if ctx is None:
-            out.append({"cluster": d["host"], "error": "no upstream filter context for this provider"})
+            out.append({"cluster": d["host"], "error": "no upstream filter context on this route"})
             continue
-        rt = _runtime(sources.get(d["host"]))
-        lua_req = rt.table({"headers": shared, "body": body or None, "route_name": "", "route_metadata": {}})
+        rt = _runtime(sources.get(UPSTREAM_FILTER))
+        # Envoy numbers the tries in x-envoy-attempt-count (include_request_attempt_count)
+        lua_req = rt.table({"headers": {**shared, "x-envoy-attempt-count": str(n)}, "body": body or None,
+                            "route_name": "", "route_metadata": {}})
         lua_req.context = rt.frozen(ctx)
         h = rt.handle.new(lua_req)
         for k, v in metadata.items():
             h.dynamic_metadata[k] = v
         rt.lua.globals().envoy_on_request(h)
-        shared = _py(h.headers_map)
+        shared = {k: v for k, v in _py(h.headers_map).items() if k != "x-envoy-attempt-count"}
         one = {"route": [dest]}
         up = _upstream(objects, one, {**shared, ":authority": shared.get(":authority", d["host"])}, _text(h), secrets)
         up["headers"]["host"] = shared.get(":authority", d["host"])
@@ -303,8 +305,8 @@ def _literal_keys(context: dict, route_patches: dict[str, dict]) -> list[str]:
     backends = [b for r in (context.get("rules") or {}).values() for b in r.get("backends", [])]
     for patch in route_patches.values():
         for name, per_filter in (patch.get("typed_per_filter_config") or {}).items():
-            if name.startswith(UPSTREAM_FILTER_PREFIX):
-                backends.append(((per_filter or {}).get("filter_context") or {}).get("attempt") or {})
+            if name == UPSTREAM_FILTER:
+                backends.extend(((per_filter or {}).get("filter_context") or {}).get("tries") or [])
     return sorted({b["api_key"] for b in backends if b.get("api_key")}, key=len, reverse=True)
 
 

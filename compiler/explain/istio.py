@@ -117,12 +117,12 @@ def find_filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[
 
 def find_filter_sources(objects: list[dict], req: Request) -> tuple[str | None, dict[str, str]]:
     """The Lua bundles the calling proxy runs (compiler/luabundle.py): its ``llmc.lua`` filter's, and
-    by provider host the upstream filter's of each provider cluster (failover), from the EnvoyFilters
-    that apply to it, exactly as emitted."""
+    by filter name the router's upstream Lua filter's (failover tries), from the EnvoyFilters that
+    apply to it, exactly as emitted."""
     context_kind = "SIDECAR_OUTBOUND" if req.via == "mesh" else "GATEWAY"
     proxy_ns = req.namespace if req.via == "mesh" else req.via.split("/", 1)[0]
     downstream: str | None = None
-    clusters: dict[str, str] = {}
+    upstream: dict[str, str] = {}
     for ef in objects:
         if ef["kind"] != ENVOY_FILTER or ef["metadata"].get("namespace") != proxy_ns:
             continue
@@ -133,15 +133,14 @@ def find_filter_sources(objects: list[dict], req: Request) -> tuple[str | None, 
             match, value = patch.get("match", {}), patch["patch"].get("value") or {}
             if match.get("context") != context_kind:
                 continue
-            if patch["applyTo"] == "HTTP_FILTER" and value.get("name") == FILTER_NAME:
+            if patch["applyTo"] != "HTTP_FILTER":
+                continue
+            if value.get("name") == FILTER_NAME:
                 downstream = _inline_source(value["typed_config"])
-            elif patch["applyTo"] == "CLUSTER":
-                opts = value.get("typed_extension_protocol_options") or {}
-                for proto in opts.values():
-                    for flt in proto.get("http_filters") or []:
-                        if flt["name"].startswith("llmc."):
-                            clusters[match["cluster"]["service"]] = _inline_source(flt["typed_config"])
-    return downstream, clusters
+            for flt in (value.get("typed_config") or {}).get("upstream_http_filters") or []:
+                if "source_codes" in (flt.get("typed_config") or {}):  # the router's upstream Lua filter
+                    upstream[flt["name"]] = _inline_source(flt["typed_config"])
+    return downstream, upstream
 
 
 def _inline_source(lua: dict) -> str:

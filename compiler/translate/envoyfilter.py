@@ -44,7 +44,11 @@ from .ratelimit import mark_usage, rate_limit_filter, with_rate_limits
 SOURCE_NAME = "llmc"
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 LUA_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
-UPSTREAM_FILTER_PREFIX = "llmc.upstream."
+#: The upstream Lua filter of failover tries: one in the router of each listener llmc's filter is
+#: on (``upstream_http_filters``), shared by every provider cluster (docs/failover.md).
+UPSTREAM_FILTER = "llmc.upstream"
+ROUTER = "envoy.filters.http.router"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 #: ``match.proxy.proxyVersion`` of failover patches: Istio 1.31 or newer (Envoy 1.39's
 #: ``refresh_cluster_on_retry``); istiod matches it against the proxy's ISTIO_VERSION.
 FAILOVER_PROXY_VERSION = r"^1\.(3[1-9]|[4-9][0-9])([.-].*)?$"
@@ -175,42 +179,36 @@ def body_context(vh: VirtualHost) -> dict:
     return out
 
 
-def attempt_filter_name(b: Backend) -> str:
-    """The upstream Lua filter's name on the provider's cluster; a route's per-filter config for this
-    name is what the filter of that cluster reads, so one route carries one context per provider."""
-    return f"{UPSTREAM_FILTER_PREFIX}{b.provider.host}"
-
-
-def attempt_contexts(vh: VirtualHost, rule: Rule, secrets_dir: str) -> dict[str, dict]:
-    """Per upstream filter name: what the provider's cluster filter needs to shape one try of ``rule``."""
-    route = f"{vh.namespace}/{vh.label}"
-    out = {}
-    for b in rule.backends:
-        # the Host of this try: Envoy applies a weighted cluster's host rewrite to the first try only
-        attempt = {**_backend_context(b, secrets_dir, None), "authority": b.host_header}
-        body = {"route": route, "rule": rule.name, "attempt": attempt,
-                "protocols": {b.provider.protocol: PROTOCOLS[b.provider.protocol].context()},
-                # the header map is shared by the tries: every header an earlier try of this rule may
-                # have set a key in (each protocol's, every backend's authHeader) is removed first
-                "credential_headers": credential_headers(rule.auth_headers),
-                "internal_headers": list(names.INTERNAL_HEADERS)}
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-        out[attempt_filter_name(b)] = {"id": digest[:16], **body}
-    return out
+def tries_context(vh: VirtualHost, rule: Rule, first: Backend, secrets_dir: str) -> dict:
+    """What the upstream filter needs to shape each try of ``rule``'s pinned route for ``first``:
+    ``tries``, one backend per try in the order Envoy takes them (the route's weighted clusters,
+    ``rule.failover_order(first)``); the filter picks the one of the try it runs for by Envoy's
+    ``x-envoy-attempt-count`` (docs/failover.md, "One upstream filter for every provider")."""
+    order = rule.failover_order(first)
+    # the Host of each try: Envoy applies a weighted cluster's host rewrite to the first try only
+    tries = [{**_backend_context(b, secrets_dir, None), "authority": b.host_header} for b in order]
+    body = {"route": f"{vh.namespace}/{vh.label}", "rule": rule.name, "tries": tries,
+            "protocols": {p: PROTOCOLS[p].context() for p in sorted({b.provider.protocol for b in order})},
+            # the header map is shared by the tries: every header an earlier try of this rule may
+            # have set a key in (each protocol's, every backend's authHeader) is removed first
+            "credential_headers": credential_headers(rule.auth_headers),
+            "internal_headers": list(names.INTERNAL_HEADERS)}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return {"id": digest[:16], **body}
 
 
 def failover_routes(vh: VirtualHost, secrets_dir: str) -> list[dict]:
     """The failover patch of each pinned route of a failover rule (applied to Istio >= 1.31 proxies
     only): the route marked for the filter (route metadata for the request path, the internal
     response header ``names.FAILOVER_HEADER`` for the response path), the order header as the
-    weighted clusters' random value, clusters refreshed on retry, and the upstream filters' contexts."""
+    weighted clusters' random value, clusters refreshed on retry, and the upstream filter's context."""
     out = []
     for rule in vh.rules:
         if rule.retries is None:
             continue
         _, pinned = rule_route_names(vh, rule)
-        contexts = attempt_contexts(vh, rule, secrets_dir)
-        for name in pinned.values():
+        for first in rule.pinned:
+            name = pinned[first.provider.name]
             route: dict = {}
             if len(rule.backends) > 1:
                 route["weighted_clusters"] = {"header_name": names.ORDER_HEADER}
@@ -221,21 +219,16 @@ def failover_routes(vh: VirtualHost, secrets_dir: str) -> list[dict]:
                 **({"route": route} if route else {}),
                 "response_headers_to_add": [{"header": {"key": names.FAILOVER_HEADER, "value": "1"},
                                              "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
-                "typed_per_filter_config": {
-                    fname: {"@type": LUA_PER_ROUTE_TYPE, "name": SOURCE_NAME, "filter_context": ctx}
-                    for fname, ctx in sorted(contexts.items())}}})
+                "typed_per_filter_config": {UPSTREAM_FILTER: {
+                    "@type": LUA_PER_ROUTE_TYPE, "name": SOURCE_NAME,
+                    "filter_context": tries_context(vh, rule, first, secrets_dir)}}}})
     return out
 
 
-def cluster_formats(vh: VirtualHost) -> dict[str, str]:
-    """The body format of each provider host a failover rule may send a try to (its upstream filter
-    carries that format's translator only)."""
-    return {b.provider.host: PROTOCOLS[b.provider.protocol].format for r in vh.rules if r.retries for b in r.backends}
-
-
-def failover_clusters(vh: VirtualHost) -> list[tuple[str, int]]:
-    """(host, port) of every provider cluster a failover rule may send a try to."""
-    return sorted({(b.provider.host, b.provider.service_port) for r in vh.rules if r.retries for b in r.backends})
+def failover_formats(vh: VirtualHost) -> set[str]:
+    """The body formats of every provider a failover rule of ``vh`` may send a try to (the upstream
+    filter carries their translators)."""
+    return {PROTOCOLS[b.provider.protocol].format for r in vh.rules if r.retries for b in r.backends}
 
 
 def route_patches(vh: VirtualHost, shared_context: dict | None = None) -> list[dict]:
@@ -279,8 +272,8 @@ def max_request_bytes(vh: VirtualHost) -> int:
     return max(b.provider.max_request_bytes for r in vh.rules for b in r.backends)
 
 
-def _filter_name(context: str, selector: tuple[tuple[str, str], ...]) -> str:
-    base = f"{names.PREFIX}-filter" if context == "SIDECAR_OUTBOUND" else f"{names.PREFIX}-gateway-filter"
+def _filter_name(context: str, selector: tuple[tuple[str, str], ...], what: str = "filter") -> str:
+    base = f"{names.PREFIX}-{what}" if context == "SIDECAR_OUTBOUND" else f"{names.PREFIX}-gateway-{what}"
     return names.selector_name(base, selector)
 
 
@@ -303,8 +296,8 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 continue
             seen.add(key)
             f = filters.setdefault((pl.namespace, pl.context, pl.selector),
-                                   {"ports": set(), "sources": set(), "shared": False, "clusters": set(),
-                                    "formats": set(), "failover": False})
+                                   {"ports": set(), "sources": set(), "shared": False, "formats": set(),
+                                    "failover": False, "failover_formats": set()})
             f["formats"].update(PROTOCOLS[b.provider.protocol].format for r in vh.rules for b in r.backends)
             f["failover"] = f["failover"] or any(r.retries is not None for r in vh.rules)
             f["shared"] = f["shared"] or vh.shared
@@ -323,33 +316,52 @@ def translate_envoyfilters(program: Program) -> list[dict]:
                 # `*` hosts: per-route context (the virtual host is shared with other teams' routes)
                 "per_route": vh.shared,
                 "failover_routes": failover_routes(vh, program.secrets_dir),
+                # which try the upstream filter runs for: Envoy's x-envoy-attempt-count (Istio's default)
+                "attempt_count": any(r.retries is not None for r in vh.rules),
                 "proxy_version": FAILOVER_PROXY_VERSION,
                 "filter_name": FILTER_NAME, "per_route_type": LUA_PER_ROUTE_TYPE,
                 "source_name": SOURCE_NAME,
             })
-            f["clusters"].update(failover_clusters(vh))
-            f["cluster_formats"] = {**f.get("cluster_formats", {}), **cluster_formats(vh)}
+            f["failover_formats"].update(failover_formats(vh))
     for (ns, context, selector), f in sorted(filters.items()):
+        ports = sorted(f["ports"], key=lambda p: -1 if p is None else p)
+        if f["failover"]:
+            # Failover tries: one upstream Lua filter in the router of each listener, for every provider
+            # cluster (its own object: each stays far below kubectl's 256 KiB, and a namespace without
+            # failover has none)
+            out.append({
+                "metadata": metadata(_filter_name(context, selector, "failover"), ns, sorted(f["sources"])),
+                "selector": [{"name": k, "value": v} for k, v in selector],
+                "kind": "upstream", "context": context, "ports": ports, "router": _upstream_view(f),
+                "proxy_version": FAILOVER_PROXY_VERSION,
+            })
         out.append({
             "metadata": metadata(_filter_name(context, selector), ns, sorted(f["sources"])),
             "selector": [{"name": k, "value": v} for k, v in selector],
             "kind": "filter", "context": context,
             # Sidecars: one patch per outbound listener port. Gateways: no port (istiod matches the
             # listener's target port there); the filter is inert on every other route.
-            "ports": sorted(f["ports"], key=lambda p: -1 if p is None else p),
+            "ports": ports,
             "filter_name": FILTER_NAME, "lua_type": LUA_TYPE, "source_name": SOURCE_NAME,
             # each filter carries only the modules its rules need (compiler/luabundle.py)
             "lua_source": lua_source(sorted(f["formats"]), f["failover"]),
             "local_reply": not_found_reply() if f["shared"] else None,
-            # Failover: an upstream Lua filter on each provider cluster a failover rule sends to.
-            "clusters": [{"host": h, "port": p, "filter_name": f"{UPSTREAM_FILTER_PREFIX}{h}",
-                          "lua_source": lua_source([f["cluster_formats"][h]], True)}
-                         for h, p in sorted(f["clusters"])],
             "proxy_version": FAILOVER_PROXY_VERSION,
             # token limits: Envoy's rate-limit filter after the Lua, and the HCM's 429 in OpenAI format
             "rate_limit": _rate_limit_view(program),
         })
     return out
+
+
+def _upstream_view(f: dict) -> dict:
+    """The router's upstream HTTP filters (Envoy runs them on every try of every route of the
+    listener; the Lua acts only on routes carrying its per-route context, the failover routes)."""
+    return {"name": ROUTER, "typed_config": {"@type": ROUTER_TYPE, "upstream_http_filters": [
+        {"name": UPSTREAM_FILTER, "typed_config": {
+            "@type": LUA_TYPE, "stat_prefix": "llmc_upstream",
+            "source_codes": {SOURCE_NAME: {"inline_string": lua_source(sorted(f["failover_formats"]), True)}}}},
+        {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}]}}
 
 
 def _rate_limit_view(program: Program) -> dict | None:

@@ -38,9 +38,10 @@ SECTIONS: dict[str, str] = {
     "steps": "tests.bench.steps",
     "diff": "tests.bench.diff",
     "limits": "tests.bench.limits",
+    "size": "tests.bench.size",
 }
 # `python -m tests.bench controller` (tests/bench/controller.py) runs on its own: see the end of this file.
-DEFAULT = ["compile", "dataplane", "calls", "memory", "lua", "models", "diff", "limits"]
+DEFAULT = ["compile", "dataplane", "calls", "memory", "size", "lua", "models", "diff", "limits"]
 
 
 def section(name: str):

@@ -48,9 +48,27 @@ def _measure(n: int, tmp: Path, ca_file: str) -> dict:
         try:
             time.sleep(1.0)
             row[f"{name}_rss_mb"] = rss_mb(env.proc.pid)
+            # one request per route (its provider is never reached: port 9 refuses; the filter has
+            # done its work by then), then the RSS again: what the first pass over every route keeps
+            for i in range(n):
+                _one_request(env.port, f"chat-{i}")
+            time.sleep(0.5)
+            row[f"{name}_rss_after_mb"] = rss_mb(env.proc.pid)
         finally:
             env.stop()
     return row
+
+
+def _one_request(port: int, host: str) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=b'{"messages":[{"role":"user","content":"hi"}]}',
+                     headers={"Host": host, "Content-Type": "application/json"})
+        conn.getresponse().read()
+    finally:
+        conn.close()
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -83,4 +101,8 @@ def format(result: dict) -> str:
                  f"(+{(s['llmc_config_bytes'] - s['without_config_bytes']) / 1024:.1f} KiB); RSS "
                  f"{s['without_rss_mb'] * 1024:.0f} KiB without, {s['llmc_rss_mb'] * 1024:.0f} KiB with "
                  f"(+{(s['llmc_rss_mb'] - s['without_rss_mb']) * 1024:.0f} KiB)")
+    if "llmc_rss_after_mb" in b:
+        lines.append(f"after one request per route ({b['n']} routes): RSS {b['without_rss_after_mb']:.1f} MB without, "
+                     f"{b['llmc_rss_after_mb']:.1f} MB with llmc (+{b['llmc_rss_after_mb'] - b['without_rss_after_mb']:.1f}"
+                     f" MB; +{(s['llmc_rss_after_mb'] - s['without_rss_after_mb']) * 1024:.0f} KiB per route)")
     return "\n".join(lines)

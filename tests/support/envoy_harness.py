@@ -34,7 +34,9 @@ VirtualService and EnvoyFilter objects into a static Envoy bootstrap that mirror
   istiod does) and their ``workloadSelector`` matches.
 * EnvoyFilter ``configPatches`` applied generically by ``match``: ``HTTP_FILTER`` (listener
   ``portNumber``, ``filterChain.filter.name``, ``subFilter.name``; INSERT_BEFORE/INSERT_AFTER/
-  INSERT_FIRST/MERGE), ``NETWORK_FILTER`` (MERGE into the listener's filter by name),
+  INSERT_FIRST/MERGE; MERGE merges the typed_config of the matched filter as istiod's
+  ``MergeAnyWithAny`` does, e.g. the router's ``upstream_http_filters`` appended), ``NETWORK_FILTER``
+  (MERGE into the listener's filter by name),
   ``VIRTUAL_HOST`` and ``HTTP_ROUTE`` (route configuration ``portNumber``/
   ``name``, ``vhost.name``, ``route.name``; MERGE with protobuf merge semantics: messages merged,
   repeated fields appended, map entries such as ``typed_per_filter_config`` replaced). A patch that

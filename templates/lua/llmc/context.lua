@@ -92,17 +92,19 @@ M.prepare = prepare
 
 local contexts, ncontexts = {}, 0
 
--- The upstream filter's context (llmc.failover, "Failover"): one backend (the provider of this
--- cluster), the protocols, and every credential header any protocol uses.
+-- The upstream filter's context (llmc.failover, "Failover"): the backend of each try of one pinned
+-- route in the order Envoy takes them (`tries`; each with the Host of its try), the protocols, and
+-- every credential header any protocol uses.
 local function prepare_attempt(ctx)
-  local attempt = ctx:get("attempt")
-  local rule = prepare_rule(ctx:get("route"), ctx:get("rule"), { backends = { attempt } }, ctx:get("protocols"))
-  return { attempt = true, b = rule.backends[1], rule_id = rule.rule_id, host = attempt.authority,
+  local tries = ctx:get("tries")
+  local rule = prepare_rule(ctx:get("route"), ctx:get("rule"), { backends = tries }, ctx:get("protocols"))
+  for i = 1, #tries do rule.backends[i].authority = tries[i].authority end
+  return { attempt = true, tries = rule.backends, rule_id = rule.rule_id,
     credential_headers = ctx:get("credential_headers"), internal_headers = ctx:get("internal_headers") }
 end
 
 -- The prepared context of this route: a virtual host's ({by_route = ...}), or in the upstream
--- filter of a provider cluster one try's ({attempt = true, ...}); nil when the route carries no
+-- filter (failover) the tries of one pinned route ({attempt = true, tries = ...}); nil when the route carries no
 -- llmc context at all (not our traffic). Two calls into Envoy per request (filterContext, get
 -- "id"); the rest is read once per id and worker.
 function M.load_context(h)
@@ -112,7 +114,7 @@ function M.load_context(h)
   if id == nil then return nil end
   local entry = contexts[id]
   if entry == nil then
-    if ctx:get("attempt") ~= nil then
+    if ctx:get("tries") ~= nil then
       entry = prepare_attempt(ctx)
     else
       entry = prepare(function(k) return ctx:get(k) end)

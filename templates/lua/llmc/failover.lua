@@ -12,13 +12,16 @@
 --
 -- This (downstream) filter runs once per request, so here it only validates the request, picks the
 -- first backend and pins the route; it does not shape anything. Each try is shaped by the upstream
--- filter of the provider's cluster (the same bundle, entry point M.on_attempt below, selected by its
--- filter context), from the original client body, which Envoy keeps for retries.
+-- filter (the same modules, entry point M.on_attempt below, selected by its filter context): one
+-- Lua filter in the router's upstream_http_filters, shared by every provider cluster, which picks
+-- the try's provider from the route's list by Envoy's attempt count. It shapes the original client
+-- body, which Envoy keeps for retries.
 
 local request = require("llmc.request")
 local context = require("llmc.context")
 
 local METADATA_NS, ANSWERED_BY = context.METADATA_NS, context.ANSWERED_BY
+local ATTEMPT_COUNT = "x-envoy-attempt-count"
 local match = string.match
 local endpoint_for, body_for, encode_string = request.endpoint_for, request.body_for,
   require("llmc.scanner").encode_string
@@ -75,8 +78,19 @@ end
 -- try, but the length an earlier try's setBytes wrote stays in the map), and Host. `a` is the
 -- prepared context (llmc.context, prepare_attempt).
 function M.on_attempt(h, a)
-  local b = a.b
   local headers = h:headers()
+  -- which try this is: Envoy's attempt count (1 for the first), set on every try of a virtual host
+  -- with include_request_attempt_count (Istio's default; llmc's patch sets it on failover hosts)
+  local n = tonumber(headers:get(ATTEMPT_COUNT) or "")
+  local b = n and a.tries[n]
+  if b == nil then
+    h:logErr("llmc: try " .. tostring(n) .. " of rule " .. a.rule_id .. " has no provider")
+    return request.reply(h, 503, "server_error", "failover_unknown_try",
+      "llmc: this proxy cannot tell which provider this try goes to; nothing was sent")
+  end
+  local md = h:streamInfo():dynamicMetadata()
+  md:set(METADATA_NS, "try_provider", b.provider)
+  md:set(METADATA_NS, "try_gen_ai_provider", b.gen_ai_provider)
   for i = 1, #a.credential_headers do headers:remove(a.credential_headers[i]) end
   for i = 1, #a.internal_headers do headers:remove(a.internal_headers[i]) end
   local key = request.credential(b)
@@ -101,15 +115,14 @@ function M.on_attempt(h, a)
   end
   headers:replace("content-length", tostring(#out))
   -- the try's Host (its hostRewrite): Envoy applies a weighted cluster's host rewrite to the first try only
-  headers:replace(":authority", a.host)
+  headers:replace(":authority", b.authority)
 end
 
 function M.on_attempt_response(h)
-  local a = context.load_context(h)
+  local mine = h:streamInfo():dynamicMetadata():get(METADATA_NS)
+  local by = mine and mine.try_provider
   -- "<provider> <gen_ai.provider.name>" (a provider name is a DNS label: no space in it)
-  if a ~= nil and a.attempt then
-    h:headers():replace(ANSWERED_BY, a.b.provider .. " " .. a.b.gen_ai_provider)
-  end
+  if by ~= nil then h:headers():replace(ANSWERED_BY, by .. " " .. (mine.try_gen_ai_provider or by)) end
 end
 
 -- Downstream, on a failover request's response (its route added FAILOVER_HEADER, which the caller
