@@ -95,6 +95,8 @@ GENERATED_KINDS = (
                    ("tokenmetrics.json.j2", "telemetry:translate_token_metrics"))),
     GeneratedKind("Telemetry", "telemetry.istio.io", "v1", "telemetries",
                   (("telemetry.json.j2", "telemetry:translate_telemetries"),), flag="telemetry"),
+    GeneratedKind("TrafficExtension", "extensions.istio.io", "v1alpha1", "trafficextensions",
+                  (("trafficextension.json.j2", "trafficextension:translate_trafficextensions"),), flag="target"),
 )
 #: Generated for a component other than Istio, emitted after the Istio kinds; the controller neither
 #: applies nor watches these (it has no --rate-limit-service yet, and must not list every ConfigMap of
@@ -105,7 +107,8 @@ SERVICE_CONFIG_KINDS = (GeneratedKind("ConfigMap", "", "v1", "configmaps",
 GENERATED = {k.kind: k for k in GENERATED_KINDS + SERVICE_CONFIG_KINDS}
 KIND_ORDER = {k.kind: i for i, k in enumerate(GENERATED_KINDS + SERVICE_CONFIG_KINDS)}
 #: the kinds other modules compare objects with (``llmc explain``, ``llmc diff``)
-SERVICE_ENTRY, DESTINATION_RULE, GATEWAY, VIRTUAL_SERVICE, ENVOY_FILTER, TELEMETRY = (k.kind for k in GENERATED_KINDS)
+SERVICE_ENTRY, DESTINATION_RULE, GATEWAY, VIRTUAL_SERVICE, ENVOY_FILTER, TELEMETRY, TRAFFIC_EXTENSION = (
+    k.kind for k in GENERATED_KINDS)
 (CONFIG_MAP,) = (k.kind for k in SERVICE_CONFIG_KINDS)
 
 

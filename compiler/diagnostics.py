@@ -102,6 +102,16 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC264", _E, "token limit beyond the rate-limit service's range"),
     Message("LLMC265", _E, "duplicate token limit name"),
     Message("LLMC266", _W, "model token-limit key without a model the proxy knows"),
+    # the ambient target (issue 35): what a waypoint's TrafficExtension cannot do
+    Message("LLMC271", _E, "route bound to gateways on the ambient target"),
+    Message("LLMC272", _E, "failover on the ambient target"),
+    Message("LLMC273", _E, "sourceLabels match on the ambient target"),
+    Message("LLMC274", _E, "token limits on the ambient target"),
+    Message("LLMC275", _E, "match on a header the filter rewrites, on the ambient target"),
+    Message("LLMC276", _W, "maxRequestBytes beyond a waypoint's buffer"),
+    Message("LLMC277", _W, "Secret key on the ambient target: the waypoint must mount it"),
+    Message("LLMC278", _N, "in-mesh host must be enrolled in the waypoint"),
+    Message("LLMC279", _E, "TrafficExtension larger than Istio accepts"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

@@ -304,6 +304,19 @@ class EgressGateway:
 
 
 @dataclass(frozen=True)
+class Waypoint:
+    """Ambient target: the waypoint (a Gateway of class ``istio-waypoint``) that serves the LLM hosts of
+    the sources in ``namespace`` — or, with ``namespace`` None, each source's own namespace's."""
+
+    namespace: str | None
+    name: str
+
+    def of(self, namespace: str) -> tuple[str, str]:
+        """(namespace, name) of the waypoint that serves the sources of ``namespace``."""
+        return (self.namespace or namespace, self.name)
+
+
+@dataclass(frozen=True)
 class Program:
     secrets_dir: str  # directory in the proxy where Secrets are mounted, one folder per Secret
     providers: tuple[Provider, ...]
@@ -313,6 +326,8 @@ class Program:
     #: the names of llmc's metrics: "gen_ai" (OpenTelemetry's GenAI conventions) or "legacy"
     telemetry_names: str = "gen_ai"
     rate_limit: RateLimitService | None = None  # token limits' service (None: no limits anywhere)
+    #: the ambient target: rules run on waypoints (a TrafficExtension each) instead of sidecars
+    waypoint: Waypoint | None = None
 
     def namespaces(self) -> list[str]:
         return sorted({p.namespace for p in self.providers} | {v.namespace for v in self.vhosts})

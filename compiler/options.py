@@ -123,6 +123,27 @@ def _egress(text: str | None) -> tuple[str | None, str | None]:
     return text, None
 
 
+#: where the LLM rules run: the sidecars (and gateways) through EnvoyFilters, or ambient mode's
+#: waypoints through TrafficExtension (docs/ambient.md)
+TARGETS = ("sidecar", "ambient")
+
+
+def _target(text: str | None) -> tuple[str, str | None]:
+    value = (text or TARGETS[0]).strip().lower()
+    if value not in TARGETS:
+        return TARGETS[0], f"expected one of {', '.join(TARGETS)}, got {text!r}"
+    return value, None
+
+
+def _waypoint(text: str | None) -> tuple[tuple[str | None, str], str | None]:
+    """``NAME`` (a waypoint in each source's namespace) or ``NAMESPACE/NAME`` (one waypoint for all)."""
+    value = (text or "waypoint").strip()
+    ns, sep, name = value.rpartition("/")
+    if not _NAMESPACE.fullmatch(name) or (sep and not _NAMESPACE.fullmatch(ns)):
+        return (None, "waypoint"), f"expected NAME or NAMESPACE/NAME of a waypoint Gateway, got {text!r}"
+    return (ns or None, name), None
+
+
 def _switch(value: bool | str | None) -> tuple[bool, str | None]:
     if value is None or isinstance(value, bool):
         return bool(value), None
@@ -242,6 +263,21 @@ class Options:
         False, "When the rate-limit service fails, refuse limited requests (OpenAI-format 503) instead of "
         "letting them pass.", _switch, switch=True, example="true", controller=False, needs="rate-limit-service")
 
+    #: sidecar: EnvoyFilters for sidecars and gateways; ambient: a TrafficExtension per waypoint
+    target: str = setting(
+        "sidecar", "Data plane the output is for: sidecar (EnvoyFilters on sidecars and gateways) or ambient "
+        "(ambient mode: a TrafficExtension on each waypoint, Istio >= 1.30; docs/ambient.md).", _target,
+        example="ambient")
+    #: ambient: (namespace or None for each source's own, name) of the waypoint Gateway that serves the hosts
+    waypoint: tuple[str | None, str] = setting(
+        (None, "waypoint"), "Ambient target: the waypoint (a Gateway of class istio-waypoint) that serves the LLM "
+        "hosts: NAME in each source's namespace, or NAMESPACE/NAME for one waypoint of every namespace.",
+        lambda value: _waypoint(value), text_default="waypoint", example="istio-egress/waypoint", needs="target")
+
+    @property
+    def ambient(self) -> bool:
+        return self.target == "ambient"
+
     @property
     def rate_limit(self) -> RateLimitOptions | None:
         """The token-limit settings together; None without a rate-limit service."""
@@ -338,6 +374,29 @@ def parse_options(**values: Any) -> tuple[Options | None, list[tuple[str, str]]]
         if needed and values.get(s.param) not in (None, False, "false") and \
                 values.get(needed.param) in (None, False, "false"):
             problems.append((s.name, f"--{s.name} needs --{needed.name}"))
+    problems += _target_problems(fields)
     if problems:
         return None, problems
     return Options(**fields), []
+
+
+#: the first Istio with TrafficExtension (extensions.istio.io/v1alpha1), which the ambient target needs
+AMBIENT_ISTIO_VERSION = "1.30"
+
+
+def _target_problems(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    """Settings the ambient target cannot honour: no TrafficExtension before Istio 1.30; in ambient
+    mode the waypoint is the namespace's egress gateway, so an egress gateway of its own is meaningless."""
+    if fields["target"] != "ambient":
+        return []
+    out = []
+    if istio_minor(fields["istio_version"]) < istio_minor(AMBIENT_ISTIO_VERSION):
+        out.append(("target", f"ambient needs Istio {AMBIENT_ISTIO_VERSION} or newer (TrafficExtension), "
+                              f"--istio-version is {fields['istio_version']}"))
+    if fields["telemetry"]:
+        out.append(("target", "ambient cannot be combined with --telemetry yet: token metrics are EnvoyFilters, "
+                              "which waypoints ignore (istio/istio#43720)"))
+    if fields["egress_gateway"]:
+        out.append(("target", "ambient cannot be combined with --egress-gateway: the waypoint is the "
+                              "namespace's egress gateway"))
+    return out

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .constants import GENERATED, KIND_ORDER, SOURCES_ANNOTATION, is_generated
+from .constants import GENERATED, KIND_ORDER, SOURCES_ANNOTATION, TRAFFIC_EXTENSION, is_generated
 from .diagnostics import Diagnostics
 from .ir import Program
 from .load import Document, Passthrough, apply_default_namespace, load_inputs, load_text
@@ -78,6 +78,7 @@ def _compile_documents(docs: list[Document], opts: Options, diags: Diagnostics) 
                     hint="this is a bug in llmc; please report it with the input that triggers it")
         return Result(diags, program)
     check_sizes(objects, diags, docs)
+    check_inline_code(objects, diags, docs)
     if diags.has_errors:
         return Result(diags, program)
     return Result(diags, program, objects)
@@ -123,6 +124,29 @@ def check_sizes(objects: list[dict], diags: Diagnostics, docs: list[Document] = 
                           **where, hint="apply it server-side: `llmc render … | kubectl apply --server-side "
                           "--field-manager=llmc -f -` (Argo CD: ServerSideApply=true; the llmc controller always "
                           "does); see docs/failover.md#applying-large-objects")
+
+
+def check_inline_code(objects: list[dict], diags: Diagnostics, docs: list[Document] = ()) -> None:  # type: ignore[assignment]
+    """Ambient target: a TrafficExtension's ``lua.inlineCode`` holds at most 65,536 characters (Istio
+    1.30's CRD); the Lua bundle takes most of it, the route table of the waypoint's sources the rest."""
+    from .translate.trafficextension import INLINE_CODE_LIMIT, WRAP_TAIL
+
+    for obj in objects:
+        if obj["kind"] != TRAFFIC_EXTENSION:
+            continue
+        code = obj["spec"]["lua"]["inlineCode"]
+        size, lua = len(code), code.split(WRAP_TAIL, 1)[0]
+        if size <= INLINE_CODE_LIMIT:
+            continue
+        meta = obj["metadata"]
+        sources = meta["annotations"][SOURCES_ANNOTATION]
+        waypoint = f"{meta['namespace']}/{obj['spec']['targetRefs'][0]['name']}"
+        diags.error("LLMC279", f"the TrafficExtension for waypoint {waypoint} would hold {size} characters of Lua "
+                    f"(the bundle {len(lua)}, the route table of {sources} the rest); Istio accepts at most "
+                    f"{INLINE_CODE_LIMIT}", object=f"TrafficExtension {meta['namespace']}/{meta['name']}",
+                    **_source_position(sources, docs),
+                    hint="serve fewer routes from this waypoint: give other namespaces their own waypoint "
+                    "(--waypoint NAME), or split the providers over several waypoints (docs/ambient.md#size)")
 
 
 def translate_program(program: Program) -> list[dict]:

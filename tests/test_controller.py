@@ -20,6 +20,7 @@ from tests.support.controller import (
     load_seed,
     programmed,
     seed_objects,
+    settle,
     start,
     strip,
     wait_for,
@@ -63,7 +64,7 @@ def test_update_rewrites_only_changed_objects_and_delete_prunes_owned_only(api):
     ctrl = start(api)
     try:
         wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="programmed")
-        before = len(api.writes("/apis/networking.istio.io"))
+        before = settle(api, "/apis/networking.istio.io")
         route = api.get(SRC, "llmroutes", "default", "demo-llm-server")
         route["spec"]["rules"][0]["backendRefs"][0]["weight"] = 80
         api.put_object(SRC, "llmroutes", route)
@@ -214,5 +215,22 @@ def test_missing_secret_is_reported_then_resolved_and_everything_removed_with_th
         for obj in docs:
             api.delete_object(SRC, PLURAL[obj["kind"]], "llm-apps", obj["metadata"]["name"])
         wait_for(lambda: not generated(api), what="everything removed")
+    finally:
+        ctrl.stop()
+
+
+def test_ambient_target_applies_what_render_prints(api):
+    """``--target ambient`` reaches the controller through the settings table: it applies the
+    TrafficExtension and the enrolled ServiceEntries exactly as ``llmc render --target ambient``."""
+    load_seed(api)
+    opts = Options(target="ambient")
+    ctrl = start(api, opts=opts)
+    try:
+        expected = compile_paths([str(REPO / "samples" / "seed")], opts).objects
+        assert "TrafficExtension" in {o["kind"] for o in expected}
+        wait_for(lambda: len(generated(api)) == len(expected), what="objects applied")
+        by_key = {(o["kind"], o["metadata"]["name"]): strip(o) for o in generated(api)}
+        assert by_key == {(o["kind"], o["metadata"]["name"]): o for o in expected}
+        wait_for(lambda: programmed(api, "LLMRoute", "demo-llm-server"), what="status")
     finally:
         ctrl.stop()

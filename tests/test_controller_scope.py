@@ -236,6 +236,12 @@ def test_work_keys_are_the_namespaces_objects_are_written_into():
                                            for s in sources} == {"LLMRoute ns-02/u", "LLMProvider istio-system/shared"}
     egress = DependencyIndex(Options(egress_gateway="istio-system/istio-egressgateway"))
     assert egress.update(None, provider("p", "ns-00", "a.example.com")) == {"ns-00", "istio-system"}
+    # ambient: a waypoint of each source's namespace adds no key; one shared waypoint's namespace does
+    own = DependencyIndex(Options(target="ambient"))
+    assert own.update(None, provider("p", "ns-00", "a.example.com")) == {"ns-00"}
+    shared = DependencyIndex(Options(target="ambient", waypoint=("llm-egress", "waypoint")))
+    assert shared.update(None, provider("p", "ns-00", "a.example.com")) == {"ns-00", "llm-egress"}
+    assert shared.update(None, route("r", "ns-01", "chat")) == {"ns-01", "llm-egress"}
 
 
 def test_routes_of_several_namespaces_on_one_gateway_share_its_filter_as_render_does(api):

@@ -91,7 +91,8 @@ def test_rbac_is_the_kinds_table_for_the_flags_in_use():
     verbs = {res: set(r["verbs"]) for r in _cluster_role(docs, "llmc-controller") for res in r["resources"]}
     assert verbs["gateways"] == verbs["telemetries"] == {"list", "watch"}
     y = YAML(typ="safe")
-    for flag, arg in (("egress-gateway", "--egress-gateway"), ("telemetry", "--telemetry")):
+    for flag, arg in (("egress-gateway", "--egress-gateway"), ("telemetry", "--telemetry"),
+                      ("target", "--target=ambient")):
         root = DEPLOY / "components" / flag
         comp = y.load((root / "kustomization.yaml").read_text())
         assert comp["kind"] == "Component"
@@ -114,15 +115,16 @@ def test_components_build_with_kubectl_kustomize(tmp_path):
     rel = os.path.relpath(DEPLOY, tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
         f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{rel}]\n"
-        f"components: [{rel}/components/egress-gateway, {rel}/components/telemetry]\n")
+        f"components: [{rel}/components/egress-gateway, {rel}/components/telemetry, {rel}/components/target]\n")
     out = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     docs = [d for d in YAML(typ="safe").load_all(out.stdout) if d]
     (container,) = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
     assert "--telemetry" in container["args"] and "--egress-gateway" in container["args"]
+    assert "--target=ambient" in container["args"]
     granted = {(g, res, v) for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]
                for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
-    wanted = {(g, res, v) for r in cluster_role_rules(frozenset({"egress-gateway", "telemetry"}))
+    wanted = {(g, res, v) for r in cluster_role_rules(frozenset({"egress-gateway", "telemetry", "target"}))
               for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
     assert granted == wanted
 

@@ -7,7 +7,8 @@ into — so every object has one key and no two keys ever write one object. Key 
 * *own*: every source of ``N`` (their sidecar objects, ServiceEntries, DestinationRules live there);
 * *placed*: routes of other namespaces whose rules run on gateway pods in ``N`` (``spec.gateways``,
   mapped by ``--gateway-workload-namespace``) — the gateway-wide ``llmc-gateway-filter-*`` lists them
-  all — and, in egress-gateway mode, every source when ``N`` is the egress gateway's namespace;
+  all — and, in egress-gateway mode, every source when ``N`` is the egress gateway's namespace (and
+  likewise for the ambient target with ``--waypoint NS/NAME``: its TrafficExtension lives in ``NS``);
 * *exporters*: gateway-bound routes of other namespaces that use a provider of ``N`` (its
   ServiceEntry and DestinationRule are exported to their gateways' namespaces);
 * *peers*: routes of the same namespace and host as a placed route or exporter (so LLMC210 is
@@ -67,7 +68,9 @@ def describe(obj: dict, opts: Options) -> Info:
     raw = obj.get("spec")
     spec: dict = raw if isinstance(raw, dict) else {}
     host = spec["host"] if isinstance(spec.get("host"), str) else ""
-    egress = opts.egress_gateway.partition("/")[0] if opts.egress_gateway else None
+    # every source's rules also land in this namespace: the egress gateway's, or one shared waypoint's
+    egress = opts.egress_gateway.partition("/")[0] if opts.egress_gateway else (
+        opts.waypoint[0] if opts.ambient else None)
     key = source_key(obj)
     if obj.get("kind") != "LLMRoute":  # a provider without a route on its host gets an implicit one
         return Info(key, str(obj.get("kind", "")), ns, host,

@@ -36,8 +36,9 @@ from importlib import resources
 from typing import Any
 
 from .. import names
-from ..constants import DESTINATION_RULE, FILTER_NAME
+from ..constants import DESTINATION_RULE, FILTER_NAME, TRAFFIC_EXTENSION
 from ..translate.envoyfilter import UPSTREAM_FILTER, lua_source
+from ..translate.trafficextension import TABLE_CALL, WRAP_HEAD, WRAP_TAIL, route_index
 from .istio import (
     ExplainError,
     Request,
@@ -134,6 +135,45 @@ def _filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[dict
                      lambda: find_filter_context(objects, req, vhost))
 
 
+def _waypoint_context(objects: list[dict], vs: dict) -> tuple[dict | None, dict[str, dict], str | None]:
+    """Ambient target: the host's context from the route table in a waypoint's TrafficExtension (data
+    written by ``compiler/luadata.py``, read back with LuaJIT), the route patches the sidecar target
+    would have (each llmc route names itself in its metadata: on a waypoint the filter reads the name
+    of the route Envoy selected instead, the same; every other route of the host has the filter off),
+    and the bundle the waypoint's filter carries."""
+    names_ = [h.get("name", "") for h in vs["spec"].get("http", [])]
+    for ext in objects:
+        if ext["kind"] != TRAFFIC_EXTENSION:
+            continue
+        code = ext["spec"]["lua"]["inlineCode"]
+        if not code.startswith(WRAP_HEAD) or WRAP_TAIL not in code:
+            continue
+        bundle, rest = code[len(WRAP_HEAD):].split(WRAP_TAIL, 1)
+        # the table starts right after the call (no string of the table can come before it)
+        table_text = rest[rest.index(TABLE_CALL + "{contexts=") + len(TABLE_CALL):].rstrip().removesuffix(")")
+        table = _plain(_runtime(None).lua.execute("return " + table_text))
+        routes = route_index(table.get("contexts") or [])
+        index = next((routes[n] for n in names_ if n in routes), None)
+        if index is None:
+            continue
+        patches = {n: {"metadata": {"filter_metadata": {FILTER_NAME: {"route": n}}}} if routes.get(n) == index
+                   else {"typed_per_filter_config": {FILTER_NAME: {"disabled": True}}} for n in names_}
+        return {**table["contexts"][index - 1], "protocols": table["protocols"]}, patches, bundle
+    return None, {}, None
+
+
+def _plain(value: Any) -> Any:
+    """A Lua data table to JSON-like Python: a sequence 1..n becomes a list."""
+    if hasattr(value, "items") and not isinstance(value, dict):
+        items = {k: _plain(v) for k, v in value.items()}
+        if items and all(isinstance(k, int) for k in items) and sorted(items) == list(range(1, len(items) + 1)):
+            return [items[i] for i in range(1, len(items) + 1)]
+        return items
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
 def _route_metadata(route_patches: dict[str, dict]) -> dict[str, dict]:
     """Each route's llmc route metadata, once per (remembered) set of route patches."""
     return _remember(_METADATA, (), route_patches, lambda: {
@@ -191,6 +231,9 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
     out["route"] = first.get("name", "")
     fqdn = vs["spec"]["hosts"][0]
     context, route_patches = _filter_context(objects, req, f"{_fqdn(fqdn, vs_ns, req.cluster_domain)}:{req.port}")
+    waypoint_source = None
+    if context is None and not route_patches:
+        context, route_patches, waypoint_source = _waypoint_context(objects, vs)
     lua_disabled = ((route_patches.get(out["route"]) or {}).get("typed_per_filter_config") or {}).get(
         FILTER_NAME, {}).get("disabled")
     if context is None or lua_disabled:
@@ -198,7 +241,7 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         out["result"] = _envoy_result(first, headers, req)
         return out
     downstream, upstream_sources = _filter_sources(objects, req)
-    rt = _runtime(downstream).prepare(seed, provider)
+    rt = _runtime(waypoint_source or downstream).prepare(seed, provider)
     secrets = _literal_keys(context, route_patches)
     route_metadata = _route_metadata(route_patches)
 

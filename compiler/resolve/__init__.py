@@ -23,9 +23,10 @@ from .. import names, visibility
 from ..api import LLMProvider, LLMRoute
 from ..constants import ROOT_NAMESPACE
 from ..diagnostics import Diagnostics
-from ..ir import Backend, Program, Provider, Rule, VirtualHost
+from ..ir import Backend, Program, Provider, Rule, VirtualHost, Waypoint
 from ..load import Document
 from ..options import Options
+from . import ambient
 from .limits import forbidden_headers, rate_limit_service, resolve_limits
 from .placement import check_gateway_selectors, check_selector_overlap, egress_gateway, place
 from .providers import resolve_provider
@@ -54,6 +55,8 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
             diags.error("LLMC003", f"{key[0]} {key[1]}/{key[2]} is defined more than once",
                         **dup.doc.where(("metadata", "name")),
                         hint=f"first defined in {first.file}:{first.position()[0]}")
+    if opts.ambient:
+        ambient.check_sources(unique, diags)
     providers_by_ns: dict[str, dict[str, Provider]] = defaultdict(dict)
     provider_docs: dict[tuple[str, str], Document] = {}
     for it in (u for u in unique if u.doc.kind == "LLMProvider"):
@@ -110,12 +113,16 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
     egress = egress_gateway(opts)
     placed = [dataclasses.replace(vh, placements=place(vh, egress, opts)) for vh in vhosts]
     check_selector_overlap(placed, provider_docs, diags)
-    check_gateway_selectors(placed, {u.doc.label: u.doc for u in unique if u.doc.kind == "LLMRoute"}, opts, diags)
+    route_docs = {u.doc.label: u.doc for u in unique if u.doc.kind == "LLMRoute"}
+    check_gateway_selectors(placed, route_docs, opts, diags)
+    if opts.ambient:
+        ambient.check_program(placed, route_docs, provider_docs, diags)
     if diags.has_errors:
         return None
     return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
                    egress=egress, telemetry=opts.telemetry, rate_limit=rate_limit_service(opts),
                    telemetry_names="legacy" if opts.legacy_telemetry_names else "gen_ai",
+                   waypoint=Waypoint(*opts.waypoint) if opts.ambient else None,
                    vhosts=tuple(sorted(placed, key=lambda v: (v.namespace, v.object_name))))
 
 def _provider_limits(providers_by_ns, provider_docs, unique: list[Sourced], opts: Options,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .. import names, visibility
 from ..api import AnthropicConfig, AzureOpenAIConfig, LLMProvider, OpenAIConfig, ProviderConfig
+from ..constants import ENVOY_FILTER, TRAFFIC_EXTENSION
 from ..diagnostics import Diagnostics
 from ..hosts import host_problem
 from ..ir import Provider, RequestConfig, SecretRef
@@ -29,7 +30,7 @@ RESERVED_AUTH_HEADERS = {"host", "content-type", "content-length", "transfer-enc
 AnyConfig = OpenAIConfig | AzureOpenAIConfig | AnthropicConfig
 
 
-def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics) -> None:
+def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics, carrier: str = ENVOY_FILTER) -> None:
     if cfg.apiKey is not None and cfg.apiKeySecretRef is not None:
         diags.error("LLMC211", "set apiKey or apiKeySecretRef, not both", **doc.where(path + ("apiKey",)),
                     hint="apiKeySecretRef keeps the key out of generated objects")
@@ -40,8 +41,8 @@ def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics) -
                           hint="put the real key in a Secret and use apiKeySecretRef")
         else:
             diags.register_secret(cfg.apiKey)
-            diags.warning("LLMC215", "literal apiKey is copied into the generated EnvoyFilter, where "
-                          "anyone who can read EnvoyFilters or a proxy config dump can see it",
+            diags.warning("LLMC215", f"literal apiKey is copied into the generated {carrier}, where "
+                          f"anyone who can read {carrier}s or a proxy config dump can see it",
                           **doc.where(path + ("apiKey",)), hint="use apiKeySecretRef")
 
 
@@ -59,7 +60,7 @@ def _auth_header(cfg: OpenAIConfig, doc: Document, path: tuple, diags: Diagnosti
 
 
 def _request_config(pc: ProviderConfig | None, doc: Document, path: tuple, diags: Diagnostics,
-                    ) -> tuple[str | None, RequestConfig | None]:
+                    carrier: str = ENVOY_FILTER) -> tuple[str | None, RequestConfig | None]:
     """The protocol a ProviderConfig names (None: it names none) and its settings."""
     if pc is None:
         return None, None
@@ -72,7 +73,7 @@ def _request_config(pc: ProviderConfig | None, doc: Document, path: tuple, diags
     field = set_fields[0]
     cfg = getattr(pc, field)
     cpath = path + (field,)
-    _check_key(cfg, doc, cpath, diags)
+    _check_key(cfg, doc, cpath, diags, carrier)
     secret = cfg.apiKeySecretRef
     common = {"api_key": cfg.apiKey, "api_key_secret": SecretRef(secret.name, secret.key) if secret else None}
     if isinstance(cfg, AzureOpenAIConfig):
@@ -127,13 +128,14 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
     default = None
     overrides: list[tuple[str, RequestConfig]] = []
     found: list[tuple[str, tuple]] = []  # (protocol, path) of every config, in source order
+    carrier = TRAFFIC_EXTENSION if opts.ambient else ENVOY_FILTER  # the object a literal key is copied into
     if configs is not None:
         if configs.defaultConfig is not None:
-            proto, default = _request_config(configs.defaultConfig, doc, base + ("defaultConfig",), diags)
+            proto, default = _request_config(configs.defaultConfig, doc, base + ("defaultConfig",), diags, carrier)
             if proto is not None:
                 found.append((proto, base + ("defaultConfig",)))
         for rule, pc in sorted((configs.routeSpecificConfigs or {}).items()):
-            proto, rc = _request_config(pc, doc, base + ("routeSpecificConfigs", rule), diags)
+            proto, rc = _request_config(pc, doc, base + ("routeSpecificConfigs", rule), diags, carrier)
             if proto is not None:
                 found.append((proto, base + ("routeSpecificConfigs", rule)))
             overrides.append((rule, rc or RequestConfig()))

@@ -59,6 +59,13 @@ def export_to(namespace: str, others: list[str] | set[str], base: tuple[str, ...
     return head + sorted((set(base) | set(others)) - {namespace, "."})
 
 
+def waypoint_namespaces(program: Program, namespace: str) -> set[str]:
+    """Ambient target: the waypoint's namespace when it is not ``namespace`` (its proxy must see the objects)."""
+    if program.waypoint is None:
+        return set()
+    return {program.waypoint.of(namespace)[0]} - {namespace}
+
+
 def egress_subset(vh: VirtualHost) -> str:
     """DestinationRule subset of the egress gateway Service for one virtual host (its SNI)."""
     return names.cap(f"{names.PREFIX}-{names.to_label(vh.fqdn)}-{vh.port}")

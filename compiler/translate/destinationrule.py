@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .. import names
 from ..ir import Program
-from .common import egress_subset, export_to, metadata, provider_gateway_namespaces
+from .common import egress_subset, export_to, metadata, provider_gateway_namespaces, waypoint_namespaces
 
 
 def translate_destinationrules(program: Program) -> list[dict]:
@@ -26,7 +26,8 @@ def translate_destinationrules(program: Program) -> list[dict]:
         out.append({
             "metadata": metadata(names.object_name("provider", p.name), p.namespace, [p.source]),
             "host": p.host,
-            "export_to": export_to(p.namespace, gateways.get((p.namespace, p.name), set()), p.export_to),
+            "export_to": export_to(p.namespace, gateways.get((p.namespace, p.name), set())
+                                   | waypoint_namespaces(program, p.namespace), p.export_to),
             "port_settings": [{"port": p.service_port, "tls": tls}],
             "subsets": [],
         })

@@ -286,6 +286,8 @@ def _vhost_filter_name(vh: VirtualHost, placement: EnvoyPlacement) -> str:
 
 
 def translate_envoyfilters(program: Program) -> list[dict]:
+    if program.waypoint is not None:  # ambient: waypoints ignore EnvoyFilters; a TrafficExtension instead
+        return []
     out = []
     filters: dict[tuple, dict] = {}
     for vh in program.vhosts:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .. import names
 from ..ir import Program
-from .common import export_to, metadata, provider_gateway_namespaces
+from .common import export_to, metadata, provider_gateway_namespaces, waypoint_namespaces
+from .trafficextension import waypoint_labels
 
 
 def translate_serviceentries(program: Program) -> list[dict]:
@@ -19,10 +20,13 @@ def translate_serviceentries(program: Program) -> list[dict]:
     for p in program.providers:
         if p.in_mesh:
             continue
+        meta = metadata(names.object_name("provider", p.name), p.namespace, [p.source])
+        meta["labels"].update(waypoint_labels(program, p.namespace))
         out.append({
-            "metadata": metadata(names.object_name("provider", p.name), p.namespace, [p.source]),
+            "metadata": meta,
             "host": p.host,
-            "export_to": export_to(p.namespace, gateways.get((p.namespace, p.name), set()), p.export_to),
+            "export_to": export_to(p.namespace, gateways.get((p.namespace, p.name), set())
+                                   | waypoint_namespaces(program, p.namespace), p.export_to),
             "port": p.service_port,
             "target_port": p.port,
         })

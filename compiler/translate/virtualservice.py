@@ -22,8 +22,8 @@ import json
 
 from .. import names
 from ..ir import Backend, Match, Program, Rule, VirtualHost
-from ..protocols import auth_header, credential_headers
-from .common import egress_subset, export_to, metadata, rule_route_names
+from ..protocols import PROTOCOLS, auth_header, credential_headers
+from .common import egress_subset, export_to, metadata, rule_route_names, waypoint_namespaces
 
 NOT_SHAPED_BODY = json.dumps({"error": {
     "message": "llmc: the request was not shaped by the LLM filter (is the llmc EnvoyFilter applied "
@@ -203,13 +203,36 @@ def _rules_vs(vh: VirtualHost, name: str, gateways: list[str], port: int,
     }
 
 
+def _for_waypoint(view: dict, vh: VirtualHost, program: Program) -> None:
+    """Ambient target: what the sidecar target's EnvoyFilter adds to routes, where a VirtualService can
+    say it. A route whose requests all go to a translated provider sets the internal response header
+    ``names.TRANSLATE_HEADER`` (the filter's response path reads it; on sidecars an HTTP_ROUTE patch
+    adds it), and the waypoint's namespace must see the VirtualService."""
+    formats: dict[str, str] = {}
+    for rule in vh.rules:
+        entry, pinned = rule_route_names(vh, rule)
+        sends = [(pinned[b.provider.name], b) for b in rule.backends if b.provider.name in pinned] if pinned \
+            else [(entry, rule.backends[0])]
+        formats.update({name: PROTOCOLS[b.provider.protocol].format for name, b in sends})
+    for route in view["routes"]:
+        fmt = formats.get(route["name"], "openai")
+        if route["forward"] is not None and fmt != "openai":
+            route["forward"]["response_set"] = {names.TRANSLATE_HEADER: fmt}
+    extra = waypoint_namespaces(program, vh.namespace)
+    if extra:  # the waypoint's proxy must see the VirtualService
+        view["export_to"] = export_to(vh.namespace, {n for n in view["export_to"] if n != "."} | extra)
+
+
 def translate_virtualservices(program: Program) -> list[dict]:
     out = []
     egress = program.egress
     for vh in program.vhosts:
         served = [g for g in vh.gateways if g != "mesh" or egress is None]
         if served:
-            out.append(_rules_vs(vh, vh.object_name, served, vh.port, {g: g for g in served}))
+            view = _rules_vs(vh, vh.object_name, served, vh.port, {g: g for g in served})
+            if program.waypoint is not None:
+                _for_waypoint(view, vh, program)
+            out.append(view)
         if egress is not None and vh.in_mesh:
             # Egress-gateway mode: the rules run on the egress gateway; sidecars only forward there.
             name = vh.object_name if not served else names.cap(f"{vh.object_name}-egress")

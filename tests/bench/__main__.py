@@ -39,6 +39,7 @@ SECTIONS: dict[str, str] = {
     "diff": "tests.bench.diff",
     "limits": "tests.bench.limits",
     "size": "tests.bench.size",
+    "ambient": "tests.bench.ambient",
 }
 # `python -m tests.bench controller` (tests/bench/controller.py) runs on its own: see the end of this file.
 DEFAULT = ["compile", "dataplane", "calls", "memory", "size", "lua", "models", "diff", "limits"]

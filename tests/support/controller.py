@@ -18,9 +18,11 @@ from tests.support.fake_apiserver import FakeAPIServer
 SRC = "apis/istio.alibabacloud.com/v1beta1"
 NET = "apis/networking.istio.io/v1"
 EF = "apis/networking.istio.io/v1alpha3"
+EXT = "apis/extensions.istio.io/v1alpha1"
 PLURAL = {"LLMProvider": "llmproviders", "LLMRoute": "llmroutes"}
 GEN = {"ServiceEntry": (NET, "serviceentries"), "DestinationRule": (NET, "destinationrules"),
-       "VirtualService": (NET, "virtualservices"), "EnvoyFilter": (EF, "envoyfilters")}
+       "VirtualService": (NET, "virtualservices"), "EnvoyFilter": (EF, "envoyfilters"),
+       "TrafficExtension": (EXT, "trafficextensions")}
 
 
 def seed_objects() -> list[dict]:
@@ -38,7 +40,9 @@ def load_seed(server: FakeAPIServer) -> None:
         server.put_object(SRC, PLURAL[obj["kind"]], obj)
 
 
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    # Generous: the deadline only matters when the condition never comes; a loaded 2-core CI
+    # machine running the whole suite can take seconds for one controller pass.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -46,6 +50,22 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def settle(server: FakeAPIServer, prefix: str = "/apis/", quiet: float = 0.5, timeout: float = 30.0) -> int:
+    """Wait until no write under ``prefix`` arrived for ``quiet`` seconds (the controller finished
+    the passes in flight) and return the number of such writes so far: a count taken before the
+    controller is idle would charge the first passes' late writes to the next change."""
+    deadline = time.monotonic() + timeout
+    count, since = len(server.writes(prefix)), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = len(server.writes(prefix))
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return count
+    raise AssertionError(f"writes under {prefix} did not settle")
 
 
 FAST_LEASE = LeaseConfig(lease_duration=2.0, renew_deadline=1.5, retry_period=0.2, request_timeout=1.0)

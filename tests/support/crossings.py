@@ -1,6 +1,6 @@
 """The crossing matrix of issue 24 as data: where features cross, every promise still holds.
 
-Five dimensions, one table each; a value is one line, so a later feature joins the matrix by adding
+Six dimensions, one table each; a value is one line, so a later feature joins the matrix by adding
 a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 
 * ``RULES`` — how the route picks providers: one backend, weighted, routed by the body's model,
@@ -9,7 +9,9 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 * ``ENDPOINTS`` — what the client calls: chat, embeddings (through ``basePath``), an unknown path;
 * ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
   with two ``model`` members, ``Accept-Encoding: gzip``, a stream with usage (``stream_options``);
-* ``FAILURES`` — what the first try meets: nothing, a 503, a reset, a hang past the per-try timeout.
+* ``FAILURES`` — what the first try meets: nothing, a 503, a reset, a hang past the per-try timeout;
+* ``TARGETS`` — where the rules run: sidecars (EnvoyFilters), or a waypoint (``--target ambient``, a
+  TrafficExtension; docs/ambient.md), which refuses failover (``AMBIENT_REJECTED``).
 
 :func:`cells` selects the cells all-pairs (every pair of values of two dimensions appears in some
 cell; greedy and deterministic) and covers ``TRIPLES`` too (each rule with each protocol meets every
@@ -173,6 +175,19 @@ WARNED: dict[tuple[str, str], tuple[str, str]] = {
     ("weighted", "anthropic"): ("LLMC225", "backendRefs"),  # basePath on one provider of the rule only
 }
 
+#: rule → (code, field path under the rule): rules the ambient target refuses (a waypoint has no
+#: cluster-level filters, docs/ambient.md); their rejected cells use the protocol ``openai``
+AMBIENT_REJECTED: dict[str, tuple[str, str]] = {
+    r.name: ("LLMC272", "retries") for r in RULES.values() if r.failover}
+
+
+def refused(row: dict) -> bool:
+    """The compiler refuses the rule of this row (any dimensions given): its rejected cell covers it."""
+    if (row.get("rule"), row.get("protocol")) in REJECTED:
+        return True
+    return row.get("target") == "ambient" and row.get("rule") in AMBIENT_REJECTED
+
+
 CHAT_MESSAGES = [{"role": "user", "content": "Please introduce yourself"}]
 # ---- dimension: the endpoint the client calls (one line each): (path, body members) ------------
 ENDPOINTS: dict[str, tuple[str, list]] = {
@@ -207,6 +222,9 @@ EXTRAS: dict[str, tuple[dict, bool, bool]] = {
 FAILURES: dict[str, str | None] = {"none": None, "503": "503", "reset": "reset", "timeout": "hang"}
 HANG = 6.0  # seconds a hanging provider waits before it resets: past the timeouts above
 
+# ---- dimension: where the rules run (one line each): the extra `llmc render` arguments ----------
+TARGETS: dict[str, tuple[str, ...]] = {"sidecar": (), "ambient": ("--target", "ambient")}
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -215,13 +233,15 @@ class Cell:
     endpoint: str = "chat"
     extra: str = "none"
     failure: str = "none"
+    target: str = "sidecar"
     rejected: tuple[str, str] | None = field(default=None, compare=False)
 
     @property
     def id(self) -> str:
+        where = "" if self.target == "sidecar" else f"-{self.target}"
         if self.rejected:
-            return f"{self.rule}-{self.protocol}-rejected"
-        return "-".join((self.rule, self.protocol, self.endpoint, self.extra, self.failure))
+            return f"{self.rule}-{self.protocol}{where}-rejected"
+        return "-".join((self.rule, self.protocol, self.endpoint, self.extra, self.failure)) + where
 
     @property
     def kind(self) -> RuleKind:
@@ -267,7 +287,8 @@ class Cell:
         return json.loads(self.body(), object_pairs_hook=list)
 
 
-DIMENSIONS = {"rule": RULES, "protocol": PROTOCOLS, "endpoint": ENDPOINTS, "extra": EXTRAS, "failure": FAILURES}
+DIMENSIONS = {"rule": RULES, "protocol": PROTOCOLS, "endpoint": ENDPOINTS, "extra": EXTRAS, "failure": FAILURES,
+              "target": TARGETS}
 
 
 #: combinations covered beyond pairs, where issue 24's defects lived: every (rule, protocol) meets
@@ -301,8 +322,8 @@ def covering(dimensions: dict[str, list[str]], allowed, groups: tuple[tuple[str,
 def cells() -> list[Cell]:
     """The rejected combinations once each, then the traffic cells: all-pairs, plus ``TRIPLES``."""
     rejected = [Cell(rule, protocol, rejected=diag) for (rule, protocol), diag in REJECTED.items()]
-    rows = covering({k: list(v) for k, v in DIMENSIONS.items()},
-                    lambda r: (r["rule"], r["protocol"]) not in REJECTED, TRIPLES)
+    rejected += [Cell(rule, "openai", target="ambient", rejected=diag) for rule, diag in AMBIENT_REJECTED.items()]
+    rows = covering({k: list(v) for k, v in DIMENSIONS.items()}, lambda r: not refused(r), TRIPLES)
     return rejected + [Cell(**row) for row in rows]
 
 
