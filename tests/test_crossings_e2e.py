@@ -102,12 +102,31 @@ def objects(tmp_path_factory):
 AMBIENT = [c for c in TRAFFIC if c.target == "ambient"]
 
 
+def waypoint_of(cell: X.Cell) -> str:
+    """The waypoint serving an ambient cell. A waypoint's Lua is capped (TrafficExtension: 65,536
+    characters; docs/ambient.md, "Size"), and the bundle with the Anthropic translator leaves room
+    for a few providers' route table only: the cells whose rule uses a translated provider get a
+    waypoint of their own (as docs/ambient.md advises: split the providers over several waypoints)."""
+    translated = any(X.PROVIDERS[n].format != "openai" for n in cell.kind.providers(cell.protocol))
+    return "translated" if translated else "openai"
+
+
+AMBIENT_GROUPS = {name: [c for c in AMBIENT if waypoint_of(c) == name] for name in ("openai", "translated")}
+
+
+def ambient_manifest(group: str) -> str:
+    return X.manifest(AMBIENT_GROUPS[group], used_only=True)
+
+
 @pytest.fixture(scope="module")
 def ambient_objects(tmp_path_factory):
-    """The rules of the ambient cells, rendered for a waypoint."""
-    path = tmp_path_factory.mktemp("crossings") / "ambient.yaml"
-    path.write_text(X.manifest(AMBIENT))
-    return llmc_render("-f", str(path), "--istio-version", "1.31", *X.TARGETS["ambient"])
+    """The rules of the ambient cells, rendered for their waypoints (one rendering per waypoint)."""
+    out = {}
+    for group in AMBIENT_GROUPS:
+        path = tmp_path_factory.mktemp("crossings") / f"ambient-{group}.yaml"
+        path.write_text(ambient_manifest(group))
+        out[group] = llmc_render("-f", str(path), "--istio-version", "1.31", *X.TARGETS["ambient"])
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +165,7 @@ def envoy(objects, upstreams, access_log_path):
 
 @pytest.fixture(scope="module")
 def waypoint_log_path(tmp_path_factory):
-    return tmp_path_factory.mktemp("crossings-waypoint-log") / "access.log"
+    return {group: tmp_path_factory.mktemp("crossings-waypoint-log") / f"{group}.log" for group in AMBIENT_GROUPS}
 
 
 @pytest.fixture(scope="module")
@@ -154,17 +173,20 @@ def waypoint(ambient_objects, upstreams, waypoint_log_path):
     from tests.test_observability_e2e import meshconfig_labels
 
     hosts = {host: "default" for _, host, _ in X.ROUTES}  # the routes' hosts: Services enrolled in the waypoint
-    layout = build_waypoint_bootstrap(ambient_objects, {h: u.port for h, u in upstreams.items()}, None, services=hosts,
-                                      access_logs=[access_log(str(waypoint_log_path), meshconfig_labels())])
-    proxy = Waypoint(layout.bootstrap)
-    yield proxy
-    proxy.stop()
+    proxies = {}
+    for group, objects in ambient_objects.items():
+        layout = build_waypoint_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None, services=hosts,
+                                          access_logs=[access_log(str(waypoint_log_path[group]), meshconfig_labels())])
+        proxies[group] = Waypoint(layout.bootstrap)
+    yield proxies
+    for proxy in proxies.values():
+        proxy.stop()
 
 
 def port_of(cell: X.Cell, request) -> int:
     """The listener the cell's request goes to: the sidecar's, or the waypoint's chain for its host."""
     if cell.target == "ambient":
-        return request.getfixturevalue("waypoint").ports[cell.host]
+        return request.getfixturevalue("waypoint")[waypoint_of(cell)].ports[cell.host]
     return request.getfixturevalue("envoy").port
 
 
@@ -237,7 +259,8 @@ def exchanges(cell: X.Cell, request) -> list[Exchange]:
         pytest.skip("failover needs Envoy 1.39+; run `python -m tests.envoy_versions 1.39.3`")
     if cell.id not in RESULTS:
         port, upstreams = port_of(cell, request), request.getfixturevalue("upstreams")
-        log_path = request.getfixturevalue("waypoint_log_path" if cell.target == "ambient" else "access_log_path")
+        log_path = (request.getfixturevalue("waypoint_log_path")[waypoint_of(cell)] if cell.target == "ambient"
+                    else request.getfixturevalue("access_log_path"))
         firsts, done = first_tries(cell), []
         while not done or (len(firsts) > 1 and reaches(cell) and not {pick(cell, x) for x in done} >= set(firsts)
                            and len(done) < MAX_SENDS):
@@ -307,9 +330,10 @@ def test_the_ambient_input_compiles_for_a_waypoint():
     """The ambient cells' rules compile for the ambient target (its TrafficExtension fits), with the
     warnings ``WARNED`` lists and no error."""
     opts, _ = parse_options(target="ambient", istio_version="1.31")
-    result = compile_text(X.manifest(AMBIENT), opts, "crossings.yaml")
-    assert result.ok, [d.format() for d in result.diagnostics.items if d.severity == "error"]
-    assert "TrafficExtension" in {o["kind"] for o in result.objects}
+    for group in AMBIENT_GROUPS:
+        result = compile_text(ambient_manifest(group), opts, "crossings.yaml")
+        assert result.ok, [d.format() for d in result.diagnostics.items if d.severity == "error"]
+        assert "TrafficExtension" in {o["kind"] for o in result.objects}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -361,7 +385,7 @@ def test_explain_predicts_the_cell(cell: X.Cell, objects, request):
     URL, headers (keys masked; Envoy's own additions aside), body and length; or llmc's reply. An
     ambient cell is explained from the ambient rendering (``llmc explain --target ambient``)."""
     if cell.target == "ambient":
-        objects = request.getfixturevalue("ambient_objects")
+        objects = request.getfixturevalue("ambient_objects")[waypoint_of(cell)]
     for x in exchanges(cell, request):
         predicted = predicted_tries(objects, cell, x)
         if not x.received:

@@ -340,10 +340,14 @@ def route_rules(cells_: list[Cell]) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def manifest(cells_: list[Cell]) -> str:
-    """YAML: every provider, and one LLMRoute per host holding the rules of ``cells_`` (sorted)."""
+def manifest(cells_: list[Cell], used_only: bool = False) -> str:
+    """YAML: every provider (``used_only``: those the cells' rules use), and one LLMRoute per host
+    holding the rules of ``cells_`` (sorted). A waypoint's Lua is size-capped (TrafficExtension), so
+    the ambient cells' waypoint gets the providers its rules use, not the whole matrix's."""
+    used = {n for c in cells_ for n in c.kind.providers(c.protocol)}
     docs: list[dict] = [{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
-                         "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()]
+                         "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()
+                        if not used_only or p.name in used]
     hosts = {name: host for name, host, _ in ROUTES}
     for name, rules in route_rules(cells_).items():
         docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute", "metadata": {"name": name},
