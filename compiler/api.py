@@ -133,7 +133,7 @@ class ProviderTLS(_Strict):
 
 
 TOKEN_LIMIT_UNITS = ("Second", "Minute", "Hour", "Day", "Week", "Month", "Year")
-MAX_TOKEN_LIMITS, MAX_KEY_PARTS = 16, 4
+MAX_TOKEN_LIMITS, MAX_KEY_PARTS, MAX_PRICES = 16, 4, 64
 
 
 class TokenLimitKey(_Strict):
@@ -166,12 +166,40 @@ class TokenCost(_Strict):
     total: float | None = Field(None, ge=0, le=1000000, description="Weight of every token.")
 
 
+class Budget(_Strict):
+    """llmc extension: a money budget, in the cluster's currency (docs/budgets.md)."""
+
+    cost: float = Field(gt=0, le=1e12, description="Budget per window in the currency of the providers' prices "
+                        "(e.g. 50 for 50 $); counted in --cost-unit units (default micro: at most 4294.967295 per "
+                        "window; milli: 4294967.295).")
+
+
+class Price(_Strict):
+    """llmc extension: a model's price at this provider, in the cluster's currency per 1M tokens."""
+
+    model: str = Field(min_length=1, max_length=256, description="Model name as the provider reports it in its "
+                       "answers (a dated snapshot such as gpt-4o-2024-08-06 matches gpt-4o), or \"*\" for every "
+                       "other model.")
+    prompt: float = Field(ge=0, le=1e9, description="Price of 1M prompt tokens.")
+    completion: float = Field(ge=0, le=1e9, description="Price of 1M completion tokens.")
+    cachedPrompt: float | None = Field(None, ge=0, le=1e9, description="Price of 1M cached prompt tokens "
+                                       "(shown by explain; charged at the prompt price until the proxy records "
+                                       "cached tokens).")
+
+
 class TokenLimit(_Strict):
-    """llmc extension: a token budget per window, enforced by a rate-limit service (docs/token-limits.md)."""
+    """llmc extension: a budget per window — of tokens, or of money at the providers' prices —
+    enforced by a rate-limit service (docs/budgets.md)."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        "has(self.tokens) != has(self.budget)", "set exactly one of tokens, budget"))
 
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                       description="Name, unique among the limits of the rule (or provider).")
-    tokens: int = Field(ge=1, description="Budget per window (at most 4294967295, the service's uint32).")
+    tokens: int | None = Field(None, ge=1, description="Token budget per window (at most 4294967295, the "
+                               "service's uint32). Exactly one of tokens and budget.")
+    budget: Budget | None = Field(None, description="Money budget per window, charged at the answering "
+                                  "provider's price for the answering model (LLMProvider spec.prices).")
     per: Literal["Second", "Minute", "Hour", "Day", "Week", "Month", "Year"] = Field(
         description="Window: fixed and aligned to the Unix epoch (a Day resets at 00:00 UTC; Month = 30 days, "
         "Year = 365 days).")
@@ -223,6 +251,11 @@ class LLMProviderSpec(_Strict):
         None, max_length=MAX_TOKEN_LIMITS, description="llmc extension: token budgets of every request sent to "
         "this provider, from every route and namespace: one bucket each (needs --rate-limit-service).",
         json_schema_extra=_LIMITS_RULE)
+    prices: list[Price] | None = Field(
+        None, max_length=MAX_PRICES, description="llmc extension: prices per model, in the cluster's currency "
+        "per 1M tokens; needed by money budgets (tokenLimits[].budget) on requests this provider answers.",
+        json_schema_extra={"x-kubernetes-list-type": "atomic", **cel(
+            "self.all(p, self.exists_one(o, o.model == p.model))", "one price per model")})
 
 
 class StringMatch(_Strict):
@@ -333,6 +366,11 @@ class LLMRouteSpec(_Strict):
             "rule names must be unique")})
     port: int | None = Field(None, ge=1, le=65535, description="llmc extension: port clients call "
                              "on host (default 80).")
+    namespaceLimits: list[TokenLimit] | None = Field(
+        None, max_length=MAX_TOKEN_LIMITS, description="llmc extension: budgets of every request of every "
+        "LLMRoute of this namespace (every rule, every provider; also the implicit routes of its providers), "
+        "one bucket each per key — a team's budget. Declare each name on one LLMRoute of the namespace "
+        "(needs --rate-limit-service).", json_schema_extra=_LIMITS_RULE)
 
 
 class LLMProvider(_Strict):

@@ -68,6 +68,9 @@ class GeneratedKind:
     #: the option (CLI spelling) without which llmc never generates the kind: the controller needs
     #: create/patch/delete on it only then (``compiler/controller/rbac.py``); None: always possible
     flag: str | None = None
+    #: a kind of Kubernetes' core group (served at ``/api/v1``): the name in ``CoreV1Api``'s methods
+    #: (``<verb>_namespaced_<name>``) the controller calls for it (the custom-objects client cannot)
+    core_name: str | None = None
 
     @property
     def api_version(self) -> str:
@@ -98,12 +101,14 @@ GENERATED_KINDS = (
     GeneratedKind("TrafficExtension", "extensions.istio.io", "v1alpha1", "trafficextensions",
                   (("trafficextension.json.j2", "trafficextension:translate_trafficextensions"),), flag="target"),
 )
-#: Generated for a component other than Istio, emitted after the Istio kinds; the controller neither
-#: applies nor watches these (it has no --rate-limit-service yet, and must not list every ConfigMap of
-#: the cluster): token limits' envoyproxy/ratelimit configuration, in the rate-limit service's namespace.
+#: Generated for a component other than Istio, emitted after the Istio kinds, in that component's
+#: namespace (token limits' envoyproxy/ratelimit configuration: the rate-limit service's namespace).
+#: The controller lists, watches and writes these in that namespace only (never the cluster's
+#: ConfigMaps): its RBAC for them is a Role there (``compiler/controller/rbac.py``,
+#: ``deploy/components/rate-limit-service``).
 SERVICE_CONFIG_KINDS = (GeneratedKind("ConfigMap", "", "v1", "configmaps",
                                       (("configmap.json.j2", "ratelimit:translate_ratelimit_config"),),
-                                      flag="rate-limit-service"),)
+                                      flag="rate-limit-service", core_name="config_map"),)
 GENERATED = {k.kind: k for k in GENERATED_KINDS + SERVICE_CONFIG_KINDS}
 KIND_ORDER = {k.kind: i for i, k in enumerate(GENERATED_KINDS + SERVICE_CONFIG_KINDS)}
 #: the kinds other modules compare objects with (``llmc explain``, ``llmc diff``)

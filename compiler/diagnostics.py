@@ -102,6 +102,9 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC264", _E, "token limit beyond the rate-limit service's range"),
     Message("LLMC265", _E, "duplicate token limit name"),
     Message("LLMC266", _W, "model token-limit key without a model the proxy knows"),
+    Message("LLMC267", _E, "limit without exactly one of tokens and budget"),
+    Message("LLMC268", _E, "cost weights on a money budget"),
+    Message("LLMC269", _E, "money budget on a provider without prices"),
     # the ambient target (issue 35): what a waypoint's TrafficExtension cannot do
     Message("LLMC271", _E, "route bound to gateways on the ambient target"),
     Message("LLMC272", _E, "failover on the ambient target"),

@@ -61,23 +61,38 @@ _PLAIN = tuple(f.name for f in dataclasses.fields(RequestConfig) if "overlay" no
 
 @dataclass(frozen=True)
 class TokenLimit:
-    """A token budget (llmc extension, docs/token-limits.md): a bucket per key, a fixed window, a cost.
+    """A token budget (llmc extension, docs/budgets.md): a bucket per key, a fixed window, a cost.
 
     ``id`` names the limit in the rate-limit service's configuration and in every descriptor: it is
     ``route/<ns>/<route>/<rule>/<name>`` for a rule's limit and ``provider/<ns>/<provider>/<name>``
     for a provider's, so a provider's limit is one bucket for every namespace whose routes reach it.
     ``key`` parts are ``("header", name)``, ``("workload", "")`` or ``("model", "")``, in the user's order.
+    A money budget (``money``) counts cost units (``--cost-unit``) instead of tokens: ``tokens`` is
+    then the budget in those units, and a request is charged its price at the answering provider
+    and model (``Provider.prices``); the weights are unused.
     """
 
     id: str
     name: str
-    tokens: int
+    tokens: int  # the budget per window in the service's counter units: tokens, or cost units (money)
     unit: str  # second | minute | hour | day | week | month | year (envoyproxy/ratelimit's units)
     key: tuple[tuple[str, str], ...]
     prompt_weight: float
     completion_weight: float
     shadow: bool
     source: str
+    money: bool = False
+
+
+@dataclass(frozen=True)
+class Price:
+    """A model's price at a provider, in cost units (``--cost-unit``) per 1M tokens, rounded up to a
+    whole unit; ``model`` is a name or ``"*"``."""
+
+    model: str
+    prompt: int
+    completion: int
+    cached_prompt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,7 @@ class RateLimitService:
     fqdn: str
     timeout: str
     fail_closed: bool
+    cost_unit: str  # what a money budget's counter counts (a key of options.COST_UNITS)
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,8 @@ class Provider:
     export_to: tuple[str, ...] = (".",)
     #: token limits of every request sent to this provider (llmc extension)
     limits: tuple[TokenLimit, ...] = ()
+    #: prices per model, sorted (money budgets charge them; llmc extension)
+    prices: tuple[Price, ...] = ()
 
     def config_for_rule(self, rule: str) -> RequestConfig:
         return self.default.overlay(dict(self.overrides).get(rule))

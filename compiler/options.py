@@ -167,13 +167,14 @@ def _istio_version(text: str | None) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class RateLimitOptions:
-    """``--rate-limit-service NS/SVC:PORT`` and its settings (token limits, docs/token-limits.md)."""
+    """``--rate-limit-service NS/SVC:PORT`` and its settings (token limits, docs/budgets.md)."""
 
     namespace: str
     service: str
     port: int
     timeout: str = "0.1s"  # Envoy's Duration form
     fail_closed: bool = False
+    cost_unit: str = "micro"  # a key of COST_UNITS
 
 
 _RLS = re.compile(rf"({_LABEL})/({_LABEL}):([0-9]{{1,5}})")
@@ -187,6 +188,17 @@ def _rls(text: str | None) -> tuple[tuple[str, str, int] | None, str | None]:
     if not m or not 1 <= int(m.group(5)) <= 65535:
         return None, f"expected NAMESPACE/SERVICE:PORT, e.g. llmc-system/ratelimit:8081, got {text!r}"
     return (m.group(1), m.group(3), int(m.group(5))), None
+
+
+#: --cost-unit → how many units make one unit of the prices' currency
+COST_UNITS = {"micro": 1_000_000, "milli": 1_000}
+
+
+def _cost_unit(text: str | None) -> tuple[str, str | None]:
+    value = str(text or "micro").strip()
+    if value not in COST_UNITS:
+        return "micro", f"expected one of {', '.join(COST_UNITS)}, got {text!r}"
+    return value, None
 
 
 def _rls_timeout(text: str | None) -> tuple[str | None, str | None]:
@@ -250,18 +262,24 @@ class Options:
         "select pods with one of these labels in the namespace the gateway's pods run in (else LLMC243). "
         "Default: no restriction (deploy/ passes Istio's ingress and egress gateways).",
         lambda value: parse_gateway_selectors(value), example="istio-system/istio=ingressgateway")
-    #: token limits (docs/token-limits.md): the rate-limit service, its timeout, and whether its
+    #: token limits (docs/budgets.md): the rate-limit service, its timeout, and whether its
     #: failure refuses requests; read together as :attr:`rate_limit`
     rate_limit_service: tuple[str, str, int] | None = setting(
         None, "NAMESPACE/SERVICE:PORT of the envoyproxy/ratelimit service that enforces tokenLimits (needed by "
-        "any input with tokenLimits).", lambda value: _rls(value), example="llmc-system/ratelimit:8081",
-        controller=False)
+        "any input with tokenLimits). The controller then also writes the service's ConfigMap in that namespace.",
+        lambda value: _rls(value), example="llmc-system/ratelimit:8081")
     rate_limit_timeout: str | None = setting(
         None, "Timeout of a call to the rate-limit service, e.g. 100ms or 1s (default 100ms).",
-        lambda value: _rls_timeout(value), example="250ms", controller=False, needs="rate-limit-service")
+        lambda value: _rls_timeout(value), example="250ms", needs="rate-limit-service")
     rate_limit_fail_closed: bool = setting(
         False, "When the rate-limit service fails, refuse limited requests (OpenAI-format 503) instead of "
-        "letting them pass.", _switch, switch=True, example="true", controller=False, needs="rate-limit-service")
+        "letting them pass.", _switch, switch=True, example="true", needs="rate-limit-service")
+
+    #: money budgets (docs/budgets.md): what one unit of the rate-limit service's counters is worth
+    cost_unit: str = setting(
+        "micro", "Unit money budgets are counted in: micro (a millionth of the currency of the prices; budgets "
+        "up to 4294.97 per window) or milli (a thousandth; up to 4294967.29).", lambda value: _cost_unit(value),
+        example="milli")
 
     #: sidecar: EnvoyFilters for sidecars and gateways; ambient: a TrafficExtension per waypoint
     target: str = setting(
@@ -285,7 +303,7 @@ class Options:
             return None
         ns, service, port = self.rate_limit_service
         return RateLimitOptions(namespace=ns, service=service, port=port, timeout=self.rate_limit_timeout or "0.1s",
-                                fail_closed=self.rate_limit_fail_closed)
+                                fail_closed=self.rate_limit_fail_closed, cost_unit=self.cost_unit)
 
     @property
     def supports_failover(self) -> bool:

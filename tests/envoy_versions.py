@@ -26,9 +26,10 @@ CACHE = REPO / ".cache" / "envoy"
 E2E = ["tests/test_envoy_e2e.py", "tests/test_gateways_e2e.py", "tests/test_observability_e2e.py",
        "tests/test_dataplane_e2e.py", "tests/test_models_e2e.py", "tests/test_failover_e2e.py",
        "tests/test_providers_e2e.py", "tests/test_failover_crossings_e2e.py",
-       "tests/test_crossings_e2e.py", "tests/test_token_limits_e2e.py", "tests/test_ambient_e2e.py"]
+       "tests/test_crossings_e2e.py", "tests/test_token_limits_e2e.py", "tests/test_budgets_e2e.py",
+       "tests/test_ambient_e2e.py"]
 #: modules that need Envoy 1.39+ (failover): on 1.39+ a skip of any of their tests fails the run
-NEEDS_139 = ("test_failover_e2e.py", "test_failover_crossings_e2e.py", "test_crossings_e2e.py")
+NEEDS_139 = ("test_failover_e2e.py", "test_failover_crossings_e2e.py", "test_crossings_e2e.py", "test_budgets_e2e.py")
 
 
 def fetch(version: str) -> Path:

@@ -23,7 +23,13 @@ double received and for what the client got (:func:`check_request`, :func:`check
 * path, host, model and body are the receiving provider's (the Anthropic double checks the Messages
   API); ``accept-encoding: identity`` (usage is read from the answer);
 * the client gets OpenAI's format: a JSON error object on errors, never a 2xx with an error body,
-  no internal header.
+  no internal header;
+* a limited cell (a token limit, issue 30, or a money budget, issue 31) changes none of the above,
+  and its rule's bucket in the rate-limit service (the double, over a real Redis, loaded with the
+  ConfigMap llmc emitted) is charged exactly what the answer's usage says — at the price of the
+  provider that answered, for a budget — once, whatever number of tries, or ``request.size / 4``
+  for a 2xx without usage, 0 for an error; a request llmc answers itself never calls the service
+  (:func:`check_charge`).
 
 Failover cells need Envoy 1.39+ (``python -m tests.envoy_versions 1.39.3 1.40.0`` runs them; a skip
 there fails). ``test_explain_predicts_the_cell`` runs every cell offline with ``llmc explain`` and
@@ -59,6 +65,7 @@ from tests.support.crossing_checks import (
 )
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
 from tests.support.mesh import llmc_render
+from tests.support.ratelimit import RateLimitDouble, RedisServer, configmap_files, counter, rls_cluster, serving
 from tests.support.upstream import Recorded, Upstream
 from tests.support.waypoint_harness import Waypoint, build_waypoint_bootstrap
 
@@ -96,7 +103,20 @@ TRAFFIC = [c for c in CELLS if not c.rejected]
 def objects(tmp_path_factory):
     path = tmp_path_factory.mktemp("crossings") / "crossings.yaml"
     path.write_text(X.manifest(TRAFFIC))
-    return llmc_render("-f", str(path), "--istio-version", "1.31")
+    limits = ["--rate-limit-service", X.RATE_LIMIT_SERVICE] if X.limited(TRAFFIC) else []
+    return llmc_render("-f", str(path), "--istio-version", "1.31", *limits)
+
+
+@pytest.fixture(scope="module")
+def rls(objects):
+    """The rate-limit service the limited cells' rules call: the double, loaded with llmc's ConfigMap."""
+    redis = RedisServer()
+    double = RateLimitDouble(redis.client, configmap_files(objects))
+    with serving(double) as port:
+        double.port = port
+        double.redis_server = redis  # type: ignore[attr-defined]
+        yield double
+    redis.stop()
 
 
 AMBIENT = [c for c in TRAFFIC if c.target == "ambient"]
@@ -151,10 +171,12 @@ def access_log_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def envoy(objects, upstreams, access_log_path):
+def envoy(objects, upstreams, rls, access_log_path):
     from tests.test_observability_e2e import meshconfig_labels
 
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None,
+    istio = [o for o in objects if o["kind"] != "ConfigMap"]  # the ConfigMap is the rate-limit service's
+    layout = build_bootstrap(istio, {h: u.port for h, u in upstreams.items()}, None,
+                             extra_clusters=[rls_cluster(rls.port)],
                              access_logs=[access_log(str(access_log_path), meshconfig_labels())])
     assert layout.unmatched == []
     assert (layout.skipped == []) is (envoy_minor() >= FAILOVER_ENVOY)  # failover patches: 1.31+ proxies only
@@ -266,7 +288,57 @@ def exchanges(cell: X.Cell, request) -> list[Exchange]:
                            and len(done) < MAX_SENDS):
             done.append(exchange(cell, port, upstreams, log_path))
         RESULTS[cell.id] = done
+        if cell.limit_id is not None:
+            CHARGES[cell.id] = charged(cell, done, request.getfixturevalue("rls"))
     return RESULTS[cell.id]
+
+
+CHARGES: dict[str, tuple[int, int, int, int]] = {}  # cell id → (calls, expected calls, charge, expected)
+
+
+def expected_charge(cell: X.Cell, x: Exchange) -> int:
+    """What the answer costs: the usage the client got, prompt + completion tokens (a token limit,
+    cost {total: 1}) or priced at the provider that answered — the last to receive the request —
+    (a money budget, micro units: the matrix's prices are whole units per 1M tokens); a 2xx without
+    both: the request's size / 4 (Envoy's ``request.size``: the body as the client sent it) tokens, at
+    the prompt price for a budget; an error: 0."""
+    if x.status >= 400:
+        return 0
+    price = X.PROVIDERS[x.received[-1][0]].price if cell.limit == "budget" else {"prompt": 1, "completion": 1}
+    usage = (json.loads(x.payload) if x.payload else {}).get("usage") or {}
+    if isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int):
+        return usage["prompt_tokens"] * price["prompt"] + usage["completion_tokens"] * price["completion"]
+    return len(x.sent_body) // 4 * price["prompt"]
+
+
+def charged(cell: X.Cell, xs: list[Exchange], rls: RateLimitDouble) -> tuple[int, int, int, int]:
+    """(calls naming the cell's limit, calls expected, its counter, the charge expected), once every
+    expected call arrived: a check and a charge per request the route forwarded, none for a request
+    llmc answered itself (the charge is sent after the client has its answer: awaited, not timed)."""
+    import time
+
+    assert cell.limit_id is not None
+    want_calls = sum(2 for x in xs if x.received or x.status not in (400, 404))
+    want = sum(expected_charge(cell, x) for x in xs)
+
+    def calls() -> int:
+        return sum(1 for r in list(rls.requests) for d in r.descriptors
+                   if any(e.key == "llmc_limit" and e.value == cell.limit_id for e in d.entries))
+
+    def charged_now() -> int:
+        return rls.redis_server.counters().get(counter(cell.limit_id), 0)  # type: ignore[attr-defined]
+
+    # the double logs a call before it counts it: await both (a wrong charge still fails, once waited)
+    deadline = time.monotonic() + 15
+    while (calls() < want_calls or charged_now() != want) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return calls(), want_calls, charged_now(), want
+
+
+def check_charge(cell: X.Cell) -> None:
+    calls, want_calls, got, want = CHARGES[cell.id]
+    assert calls == want_calls, f"{calls} calls to the rate-limit service, expected {want_calls}"
+    assert got == want, f"charged {got}, expected {want}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +353,8 @@ def params(cells):
 def test_crossing(cell: X.Cell, request):
     if cell.rejected:
         code, field = cell.rejected
-        opts, _ = parse_options(target=cell.target, istio_version="1.31")
+        service = X.RATE_LIMIT_SERVICE if X.LIMITS[cell.limit] is not None else None
+        opts, _ = parse_options(target=cell.target, istio_version="1.31", rate_limit_service=service)
         result = compile_text(X.rejected_manifest(cell), opts, "crossing.yaml")
         errors = [(d.code, d.path) for d in result.diagnostics.items if d.severity == "error"]
         assert errors == [(code, f"spec.rules[0].{field}")], errors
@@ -292,19 +365,22 @@ def test_crossing(cell: X.Cell, request):
         check_answer(cell, x)
         check_tries(cell, x)
         check_telemetry(cell, x)
+    if cell.limit_id is not None:
+        check_charge(cell)
 
 
 def test_the_matrix_input_draws_exactly_the_expected_warnings():
     """The one input of every traffic cell compiles, with the warnings ``WARNED`` lists at their rules."""
-    result = compile_text(X.manifest(TRAFFIC), Options(), "crossings.yaml")
+    service = ("llmc-system", "ratelimit", 8081) if X.limited(TRAFFIC) else None  # X.RATE_LIMIT_SERVICE
+    result = compile_text(X.manifest(TRAFFIC), Options(rate_limit_service=service), "crossings.yaml")
     assert result.ok, [d.format() for d in result.diagnostics.items if d.severity == "error"]
     codes = {code for code, _ in X.WARNED.values()}
     got = {(d.object, d.code, d.path) for d in result.diagnostics.items if d.code in codes}
     want = set()
     for route, rules in X.route_rules(TRAFFIC).items():
         for i, rule in enumerate(rules):
-            if rule in X.WARNED:
-                code, field = X.WARNED[rule]
+            if rule[:2] in X.WARNED:
+                code, field = X.WARNED[rule[:2]]
                 want.add((f"LLMRoute default/{route}", code, f"spec.rules[{i}].{field}"))
     assert got == want
 
@@ -323,7 +399,10 @@ def test_the_matrix_covers_every_pair_and_triple():
                 continue
             assert any(all(r[d] == v for d, v in combo.items()) for r in rows), combo
     assert {(c.rule, c.protocol) for c in CELLS if c.rejected and c.target == "sidecar"} == set(X.REJECTED)
-    assert {c.rule for c in CELLS if c.rejected and c.target == "ambient"} == set(X.AMBIENT_REJECTED)
+    assert {c.rule for c in CELLS if c.rejected and c.target == "ambient" and c.limit == "unlimited"} == \
+        set(X.AMBIENT_REJECTED)
+    assert {c.limit for c in CELLS if c.rejected and c.target == "ambient" and c.limit != "unlimited"} == \
+        {k for k, v in X.LIMITS.items() if v is not None}
 
 
 def test_the_ambient_input_compiles_for_a_waypoint():

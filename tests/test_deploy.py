@@ -144,3 +144,56 @@ def test_sizing_defaults_follow_the_measurements():
     assert (6900 - Tuning().burst) / Tuning().qps <= 40
     helptext = CliRunner().invoke(app, ["controller", "--help"], env={"COLUMNS": "300"}).stdout
     assert f"[default: {Tuning().qps:g}]" in helptext.replace(".0]", "]")
+
+
+def test_the_rate_limit_component_grants_configmaps_in_the_services_namespace_only(tmp_path):
+    """deploy/components/rate-limit-service passes --rate-limit-service and grants the controller
+    ConfigMaps in the service's namespace only (a Role there: compiler.controller.rbac.service_rules),
+    nothing cluster-wide; with deploy/ it builds with kubectl kustomize."""
+    import os
+    import subprocess
+
+    from compiler.controller.rbac import cluster_role_rules, service_rules
+    from tests.conftest import require_tool
+
+    root = DEPLOY / "components" / "rate-limit-service"
+    y = YAML(typ="safe")
+    comp = y.load((root / "kustomization.yaml").read_text())
+    assert comp["kind"] == "Component"
+    extra = [d for rel in comp["resources"] for d in y.load_all((root / rel).read_text()) if d]
+    for d in extra:
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    assert {d["kind"] for d in extra} == {"Role", "RoleBinding"}
+    (role,) = [d for d in extra if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "llmc-system"
+    assert role["rules"] == service_rules("rate-limit-service") == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch", "create", "patch", "delete"]}]
+    assert "--rate-limit-service=llmc-system/ratelimit:8081" in (root / "deployment-patch.yaml").read_text()
+    assert not [r for r in cluster_role_rules(frozenset({"rate-limit-service"})) if "configmaps" in r["resources"]]
+    kubectl = require_tool("kubectl")
+    rel = os.path.relpath(DEPLOY, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{rel}]\n"
+        f"components: [{rel}/components/rate-limit-service]\n")
+    out = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in y.load_all(out.stdout) if d]
+    (container,) = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "--rate-limit-service=llmc-system/ratelimit:8081" in container["args"]
+    assert not [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"] if "configmaps" in r["resources"]]
+
+
+def test_the_rate_limit_image_is_pinned_to_a_commit_with_per_descriptor_hits_addend():
+    """deploy/ratelimit names envoyproxy/ratelimit by a digest or by the commit tag the project's CI
+    pushes (`git rev-parse --short=8`, never `master`/`latest`), and that commit is one the docs name
+    as having per-descriptor hits_addend (38500fe or later: checked against envoyproxy/ratelimit's
+    history when the tag was chosen, written down in docs/budgets.md)."""
+    import re
+
+    y = YAML(typ="safe")
+    (dep,) = [d for d in y.load_all((DEPLOY / "ratelimit" / "ratelimit.yaml").read_text()) if d and d["kind"] == "Deployment"]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    m = re.fullmatch(r"envoyproxy/ratelimit(?::([0-9a-f]{8}))?(?:@sha256:([0-9a-f]{64}))?", container["image"])
+    assert m and (m.group(1) or m.group(2)), container["image"]
+    docs = (REPO / "docs" / "budgets.md").read_text()
+    assert f"envoyproxy/ratelimit:{m.group(1)}" in docs and "38500fe" in docs

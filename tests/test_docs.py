@@ -34,7 +34,7 @@ from tests.support import manual
 PAGES = manual.pages()
 DOC_PAGES = ["cli", "providers-and-routes", "data-plane", "failover", "protocols", "gateways", "api-keys",
              "observability", "cluster", "gitops", "explain", "diff", "diagnostics", "performance", "design",
-             "migrating-from-asm", "token-limits", "ambient"]
+             "migrating-from-asm", "budgets", "ambient"]
 LLMC = Path(sys.executable).parent / "llmc"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import redis
+import yaml
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
@@ -240,3 +241,88 @@ def test_llmcs_configmap_loads_and_matches_what_envoy_sends(redis_server):
     assert call(double, desc(limit, ("header.x-user-id", "bob"), addend=0), domain="llmc").overall_code == OK
     provider = desc(("llmc_limit", "provider/platform/shared-openai/provider-tpm"), addend=0)
     assert call(double, provider, domain="llmc").statuses[0].current_limit.requests_per_unit == 100000
+
+
+def test_llmc_rls_is_read_whole_or_not_at_all(tmp_path):
+    """LLMC_RLS unset: the double runs; set, it needs the service's Redis and configuration directory
+    (an incomplete or malformed setting fails the run, never silently falls back to the double)."""
+    from tests.support.realrls import real_service
+
+    assert real_service({}) is None
+    got = real_service({"LLMC_RLS": "rls.local:8081", "LLMC_RLS_REDIS": "127.0.0.1:6380",
+                        "LLMC_RLS_CONFIG": str(tmp_path)})
+    assert got is not None and got.address == "rls.local:8081" and got.redis == ("127.0.0.1", 6380)
+    for env in ({"LLMC_RLS": "rls.local:8081"}, {"LLMC_RLS": "rls.local", "LLMC_RLS_REDIS": "h:1",
+                                                 "LLMC_RLS_CONFIG": str(tmp_path)},
+                {"LLMC_RLS": "h:1", "LLMC_RLS_REDIS": "h:1", "LLMC_RLS_CONFIG": str(tmp_path / "missing")}):
+        with pytest.raises(pytest.fail.Exception):
+            real_service(env)
+
+
+def test_the_recording_proxy_forwards_to_a_service_and_keeps_the_requests(redis_server, tmp_path):
+    """The LLMC_RLS wiring, with the double standing in for the real service: the configuration is
+    written where the service loads it, the probe waits for its limits, and every call through the
+    proxy gets the service's answer (errors too) and is recorded."""
+    from tests.support.realrls import ExternalRedis, RealService, RecordingProxy, load, probe
+
+    redis_server.flush()
+    files = configmap_files(compile_text((TESTDATA / "e2e" / "token-limits.yaml").read_text(),
+                                         Options(rate_limit_service=("llmc-system", "ratelimit", 8081)),
+                                         "in.yaml").objects)
+    service = RateLimitDouble(redis_server.client, files)
+    assert probe(files).descriptors[0].entries[0].key == "llmc_limit"
+    with serving(service) as service_port:
+        proxy = RecordingProxy(f"127.0.0.1:{service_port}")
+        with serving(proxy) as port:
+            load(RealService(f"127.0.0.1:{service_port}", ("127.0.0.1", redis_server.port), tmp_path), files, proxy)
+            assert {p.name: p.read_text() for p in tmp_path.iterdir()} == files
+            stub = rls_pb2_grpc.RateLimitServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+            request = probe(files)
+            request.descriptors[0].hits_addend.value = 7
+            answer = stub.ShouldRateLimit(request)
+            assert answer.statuses[0].HasField("current_limit") and len(proxy.requests) == 1  # the probe is not kept
+            assert sum(ExternalRedis("127.0.0.1", redis_server.port).counters().values()) == 7
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="llmc"))  # no descriptors: the service's error
+            assert err.value.code() == grpc.StatusCode.UNKNOWN
+        proxy.close()
+
+
+def test_stats_follow_the_service_and_map_through_deploys_mapper(redis_server):
+    """The double keeps the service's per-limit stats (weighted by hits_addend: a check counts 0,
+    even refused) and deploy/ratelimit's mapper turns them into Prometheus samples per limit and key;
+    with detailed_metric (llmc's money budgets) the key holds the request's values."""
+    from tests.conftest import REPO
+    from tests.support.ratelimit import prometheus
+
+    redis_server.flush()
+    config = """
+domain: llmc
+descriptors:
+- key: llmc_limit
+  value: namespace/team-a/team
+  descriptors:
+  - key: header.x-team
+    rate_limit: {unit: day, requests_per_unit: 500}
+    detailed_metric: true
+- key: llmc_limit
+  value: route/team-a/chat/r/tph
+  rate_limit: {unit: hour, requests_per_unit: 10}
+  shadow_mode: true
+"""
+    double = RateLimitDouble(redis_server.client, {"llmc.yaml": config}, clock=lambda: NOW)
+    team = [("llmc_limit", "namespace/team-a/team"), ("header.x-team", "blue")]
+    for addend in (345, 320, 0):  # 345 within; 665: 165 over, 100 near; the check after: 0 everywhere
+        call(double, desc(*team, addend=addend), domain="llmc")
+    call(double, desc(("llmc_limit", "route/team-a/chat/r/tph"), addend=18), domain="llmc")
+    base = "ratelimit.service.rate_limit.llmc.llmc_limit_namespace/team-a/team.header.x-team_blue"
+    assert {k: v for k, v in double.stats.items() if k.startswith(base)} == {
+        f"{base}.total_hits": 665, f"{base}.within_limit": 345, f"{base}.near_limit": 100,
+        f"{base}.over_limit": 165}
+    mapper = yaml.safe_load((REPO / "deploy" / "ratelimit" / "prometheus-mapper.yaml").read_text())["data"]["mapper.yaml"]
+    samples = prometheus(double.stats, mapper)
+    labels = (("domain", "llmc"), ("key", "header.x-team_blue"), ("limit", "namespace/team-a/team"))
+    assert samples[("ratelimit_service_rate_limit_total_hits", labels)] == 665
+    shadow = (("domain", "llmc"), ("key", ""), ("limit", "route/team-a/chat/r/tph"))
+    assert samples[("ratelimit_service_rate_limit_shadow_mode", shadow)] == 8
+    assert samples[("ratelimit_service_rate_limit_over_limit", shadow)] == 8

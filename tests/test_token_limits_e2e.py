@@ -27,15 +27,16 @@ from tests.support.ratelimit import (
     configmap_files,
     counter,
     free_port,
+    rls_cluster,
     serving,
 )
+from tests.support.realrls import ExternalRedis, RecordingProxy, load, real_service
 from tests.support.upstream import serving as serving_upstreams
 
 pytestmark = pytest.mark.envoy
 
 INPUT = TESTDATA / "e2e" / "token-limits.yaml"
 RLS = "llmc-system/ratelimit:8081"
-RLS_CLUSTER = "outbound|8081||ratelimit.llmc-system.svc.cluster.local"
 HOSTS = ("qwen.example.com", "kimi.example.com", "openai.example.com", "any.example.com")
 CHAT = "chat-gateway"
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -43,24 +44,19 @@ WEIGHTED = 11 + 4 * 7  # cost {prompt: 1, completion: 4}
 TOTAL = 18
 
 
-def rls_cluster(port: int) -> dict:
-    """What istiod builds for the service's Kubernetes Service (a grpc port: HTTP/2)."""
-    return {"name": RLS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}},
-            "load_assignment": {"cluster_name": RLS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
-
-
 def for_istiod(objects: list[dict]) -> list[dict]:
     """What istiod reads: the Istio objects (the ConfigMap is the rate-limit service's)."""
     return [o for o in objects if o["kind"] != "ConfigMap"]
 
 
+#: LLMC_RLS=host:port: the real envoyproxy/ratelimit these tests run against (tests/support/realrls.py);
+#: unset, the double does
+REAL = real_service()
+
+
 @pytest.fixture(scope="module")
 def redis_server():
-    server = RedisServer()
+    server = ExternalRedis(*REAL.redis) if REAL else RedisServer()
     yield server
     server.stop()
 
@@ -72,6 +68,16 @@ def objects():
 
 @pytest.fixture(scope="module")
 def rls(redis_server, objects):
+    """The service the sidecars call: the double, or (LLMC_RLS) a recording proxy to the real one,
+    loaded with the ConfigMap llmc emitted."""
+    if REAL:
+        proxy = RecordingProxy(REAL.address)
+        with serving(proxy) as port:
+            proxy.port = port
+            load(REAL, configmap_files(objects), proxy)
+            yield proxy
+        proxy.close()
+        return
     double = RateLimitDouble(redis_server.client, configmap_files(objects))
     with serving(double) as port:
         double.port = port

@@ -12,7 +12,8 @@ into — so every object has one key and no two keys ever write one object. Key 
 * *exporters*: gateway-bound routes of other namespaces that use a provider of ``N`` (its
   ServiceEntry and DestinationRule are exported to their gateways' namespaces);
 * *peers*: routes of the same namespace and host as a placed route or exporter (so LLMC210 is
-  decided as in that namespace's own key);
+  decided as in that namespace's own key), and the routes of its namespace that declare
+  ``namespaceLimits`` (a namespace's budgets apply to every route of it, wherever placed);
 * *contributors*: sources of other namespaces that objects of ``N`` were found to have — in the
   ``llmc.io/sources`` of live objects, or in another key's compile output. This is the general rule
   for any generated object with sources in several namespaces (the gateway-wide EnvoyFilter, the
@@ -55,6 +56,7 @@ class Info:
     refs: frozenset[str] = frozenset()  # route: every providerHost it names
     placements: frozenset[str] = frozenset()  # namespaces its rules run in besides its own
     gateway_bound: bool = False  # route: binds some Gateway (its providers are exported there)
+    namespace_limits: bool = False  # route: declares spec.namespaceLimits (they apply to every route of its namespace)
 
 
 def _strings(value) -> list[str]:
@@ -92,7 +94,7 @@ def describe(obj: dict, opts: Options) -> Info:
         ref = g if "/" in g else f"{ns}/{g}"
         places.add(workloads.get(ref, ref.split("/", 1)[0]))
     return Info(key, "LLMRoute", ns, host, frozenset(refs), frozenset(places - {ns}),
-                any(g != "mesh" for g in gateways))
+                any(g != "mesh" for g in gateways), bool(spec.get("namespaceLimits")))
 
 
 class DependencyIndex:
@@ -172,6 +174,8 @@ class DependencyIndex:
             keys |= {self.info[p].namespace for h in info.refs for p in self.providers_by_host.get(h, ())}
         for peer in self.routes_by_host.get((info.namespace, info.host), ()):
             keys |= self.info[peer].placements
+        if info.namespace_limits:  # its limits are on every route of the namespace, wherever placed
+            keys |= {ns for r in self.by_namespace.get(info.namespace, ()) for ns in self.info[r].placements}
         return keys
 
     def _keys(self, info: Info) -> set[str]:
@@ -199,6 +203,8 @@ class DependencyIndex:
             for r in [r for r in foreign if self.info[r].kind == "LLMRoute"]:
                 info = self.info[r]
                 foreign |= self.routes_by_host.get((info.namespace, info.host), set())
+                # the namespace's budgets (spec.namespaceLimits) apply to the placed route too
+                foreign |= {d for d in self.by_namespace.get(info.namespace, ()) if self.info[d].namespace_limits}
             chosen = own | foreign
             for r in [r for r in chosen if self.info[r].kind == "LLMRoute"]:
                 for h in self.info[r].refs:

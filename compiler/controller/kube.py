@@ -12,6 +12,7 @@ and carry the server-side ``timeout`` too (:func:`send_server_timeouts`).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -37,6 +38,13 @@ def resource(kind: str) -> tuple[str, str, str]:
         return GROUP, VERSION, PLURALS[kind]
     k = GENERATED[kind]
     return k.group, k.version, k.plural
+
+
+def core_method(api: Any, verb: str, kind: str) -> Any:
+    """``CoreV1Api.<verb>_namespaced_<name>`` for a generated kind of Kubernetes' core group (served at
+    ``/api/v1``, which the custom-objects client cannot reach); callers ask it for raw JSON, so its
+    objects are dicts like custom objects."""
+    return getattr(api, f"{verb}_namespaced_{GENERATED[kind].core_name}")
 
 T = TypeVar("T")
 
@@ -126,7 +134,12 @@ class Kube:
         """Items (with apiVersion and kind set) and the list's resourceVersion."""
         group, version, plural = resource(kind)
         kw = {"label_selector": selector} if selector else {}
-        if namespace is None:
+        if not group:
+            assert namespace is not None, "core kinds are read in one namespace"
+            method = core_method(self.core, "list", kind)
+            data = json.loads(retrying(lambda: method(namespace, _preload_content=False,
+                                                      _request_timeout=self.list_timeout, **kw), f"list {plural}").data)
+        elif namespace is None:
             data = retrying(lambda: self.custom.list_cluster_custom_object(
                 group, version, plural, _request_timeout=self.list_timeout, **kw), f"list {plural}")
         else:
@@ -134,7 +147,7 @@ class Kube:
                 group, version, namespace, plural, _request_timeout=self.list_timeout, **kw), f"list {plural}")
         items = data.get("items", [])
         for item in items:  # list items may omit apiVersion/kind
-            item.setdefault("apiVersion", f"{group}/{version}")
+            item.setdefault("apiVersion", f"{group}/{version}" if group else version)
             item.setdefault("kind", kind)
         return items, data["metadata"]["resourceVersion"]
 
@@ -143,6 +156,11 @@ class Kube:
 
         group, version, plural = resource(kind)
         kw = {"label_selector": selector} if selector else {}
+        if not group:  # events as dicts, as for custom objects (not the client's model classes)
+            w = watch.Watch(return_type="object")
+            return w, w.stream(core_method(self.core, "list", kind), namespace,
+                               resource_version=resource_version, timeout_seconds=timeout,
+                               _request_timeout=timeout + self.timeout, **kw)
         w = watch.Watch()
         if namespace is None:
             return w, w.stream(self.custom.list_cluster_custom_object, group, version, plural,
@@ -185,6 +203,12 @@ class Kube:
         """Server-side apply; the object as stored (its resourceVersion tells our write's watch event)."""
         group, version, plural = resource(obj["kind"])
         meta = obj["metadata"]
+        if not group:
+            method = core_method(self.core, "patch", obj["kind"])
+            return json.loads(retrying(lambda: method(
+                meta["name"], meta["namespace"], obj, field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml", _preload_content=False,
+                _request_timeout=self.timeout), f"apply {obj['kind']} {meta['name']}", fence=self.fence).data)
         return retrying(lambda: self.custom.patch_namespaced_custom_object(
             group, version, meta["namespace"], plural, meta["name"], obj, field_manager=FIELD_MANAGER,
             force=True, _content_type="application/apply-patch+yaml", _request_timeout=self.timeout),
@@ -192,10 +216,14 @@ class Kube:
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         group, version, plural = resource(kind)
+        if group:
+            call = lambda: self.custom.delete_namespaced_custom_object(  # noqa: E731
+                group, version, namespace, plural, name, _request_timeout=self.timeout)
+        else:
+            call = lambda: core_method(self.core, "delete", kind)(  # noqa: E731
+                name, namespace, _preload_content=False, _request_timeout=self.timeout)
         try:
-            retrying(lambda: self.custom.delete_namespaced_custom_object(
-                group, version, namespace, plural, name, _request_timeout=self.timeout),
-                f"delete {kind} {namespace}/{name}", fence=self.fence)
+            retrying(call, f"delete {kind} {namespace}/{name}", fence=self.fence)
         except ApiException as exc:
             if exc.status != 404:
                 raise

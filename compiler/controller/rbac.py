@@ -7,6 +7,10 @@ leftover object of a flag turned off is still seen) and writes only the kinds it
 :func:`cluster_role_rules` for ``deploy/``'s flags (none of them) and ``deploy/components/<flag>/``
 adds :func:`flag_rules`; ``tests/test_deploy.py`` checks both against this module, so the manifests
 cannot drift from the table.
+
+Kinds of ``SERVICE_CONFIG_KINDS`` (the token limits' ConfigMap) are no part of the ClusterRole: the
+controller reads and writes them only in the namespace of the service they configure, so
+``deploy/components/<flag>/`` grants :func:`service_rules` as a Role there.
 """
 
 from __future__ import annotations
@@ -37,3 +41,8 @@ def cluster_role_rules(flags: frozenset[str] = frozenset()) -> list[dict]:
 def flag_rules(flag: str) -> list[dict]:
     """What ``flag`` adds to :func:`cluster_role_rules` (its component's extra ClusterRole)."""
     return _rules([k for k in constants.GENERATED_KINDS if k.flag == flag], WRITE_VERBS)
+
+
+def service_rules(flag: str) -> list[dict]:
+    """The Role ``flag`` needs in its service's namespace (``--rate-limit-service``: ConfigMaps)."""
+    return _rules([k for k in constants.SERVICE_CONFIG_KINDS if k.flag == flag], READ_VERBS + WRITE_VERBS)

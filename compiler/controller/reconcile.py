@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..constants import SOURCES_ANNOTATION
+from ..constants import SERVICE_CONFIG_KINDS, SOURCES_ANNOTATION
 from ..diagnostics import Diagnostic, Diagnostics, Severity
 from ..ir import Program
 from ..load import Document
@@ -32,6 +32,7 @@ OWNER_VALUE = "controller"
 TENANCY_CODES = frozenset({"LLMC243"})
 
 ObjKey = tuple[str, str, str]  # (kind, namespace, name)
+SERVICE_CONFIG = frozenset(k.kind for k in SERVICE_CONFIG_KINDS)
 
 
 def source_key(obj: dict) -> str:
@@ -145,8 +146,13 @@ class Scope:
 
     gateway_namespaces: frozenset[str] = frozenset()
     root_namespace: str = "istio-system"
+    #: namespaces of the services llmc configures (``--rate-limit-service``): their configuration
+    #: (``SERVICE_CONFIG_KINDS``: the token limits' ConfigMap) is written there, and nothing else
+    service_namespaces: frozenset[str] = frozenset()
 
-    def allows(self, source_namespaces: set[str], namespace: str) -> bool:
+    def allows(self, source_namespaces: set[str], namespace: str, kind: str = "") -> bool:
+        if kind in SERVICE_CONFIG and namespace in self.service_namespaces:
+            return True  # the operator named the namespace with --rate-limit-service
         return namespace in source_namespaces or namespace in self.gateway_namespaces
 
     def refusal(self, namespace: str) -> str:
@@ -175,7 +181,8 @@ class Plan:
 
 
 def _allowed(obj: dict, namespace: str, scope: Scope) -> bool:
-    return scope.allows({s.split(" ", 1)[-1].split("/", 1)[0] for s in annotated_sources(obj)}, namespace)
+    return scope.allows({s.split(" ", 1)[-1].split("/", 1)[0] for s in annotated_sources(obj)}, namespace,
+                        obj.get("kind", ""))
 
 
 def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope, namespace: str | None = None,
@@ -193,7 +200,7 @@ def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope, namespace: st
         key = obj_key(obj)
         sources = annotated_sources(obj)
         namespaces = {s.split(" ", 1)[-1].split("/", 1)[0] for s in sources}
-        if not scope.allows(namespaces, key[1]):
+        if not scope.allows(namespaces, key[1], key[0]):
             # blame the routes, whose `gateways` chose the namespace; providers only if alone
             for s in [s for s in sources if s.startswith("LLMRoute ")] or sources:
                 if s.split(" ", 1)[-1].split("/", 1)[0] != key[1]:
@@ -202,6 +209,11 @@ def plan(outcome: Outcome, live: dict[ObjKey, dict], scope: Scope, namespace: st
                         msgs.append(scope.refusal(key[1]))
             continue
         if (namespace is None or key[1] == namespace) and (mine is None or mine(obj)):
+            desired[key] = obj
+        elif (namespace is None or key[1] == namespace) and key in live and mine is not None and mine(live[key]):
+            # a shared object this instance's sources just left, still produced from another
+            # instance's: written once more as computed from all its sources (handed over), never
+            # pruned while the other instance still needs it
             desired[key] = obj
     for key, obj in sorted(desired.items()):
         if key in pinned:

@@ -24,9 +24,11 @@ from http.server import ThreadingHTTPServer
 
 from kubernetes.client.rest import ApiException
 
-from ..constants import GENERATED, PLURALS
+from .. import constants
+from ..constants import PLURALS
 from ..resolve import Options
 from .deps import DependencyIndex, namespace_of
+from .deps import describe as describe_source
 from .informer import Informer
 from .kube import MANAGED_SELECTOR, Kube, send_server_timeouts
 from .leader import LeaderElector, LeadershipLost, LeaseConfig
@@ -79,7 +81,8 @@ class Controller:
         self.limiter = RateLimiter(self.tuning.qps, self.tuning.burst)
         self.kube = Kube(api, fence=self.elector.check_fence, timeout=lease.request_timeout, limiter=self.limiter.wait)
         self.opts, self.namespaces = opts, set(namespaces or [])
-        self.scope = Scope(frozenset(gateway_namespaces or []), istio_root_namespace)
+        self.scope = Scope(frozenset(gateway_namespaces or []), istio_root_namespace,
+                           frozenset({opts.rate_limit.namespace}) if opts.rate_limit else frozenset())
         self.on_lost = on_lost
         self.lost = threading.Event()
         self.index = DependencyIndex(opts)  # which keys a source's change queues (issue 32)
@@ -97,10 +100,14 @@ class Controller:
         t = self.tuning.watch_timeout
         self.sources = [Informer(self.kube, kind, ns, None, self._source_event, self.stop_event, t)
                         for kind in PLURALS for ns in watched]
-        # generated objects live in the watched namespaces and the allowed gateway namespaces
+        # generated objects live in the watched namespaces and the allowed gateway namespaces; a
+        # service's configuration (the token limits' ConfigMap) in that service's namespace only: the
+        # controller never lists the cluster's ConfigMaps (its RBAC is a Role there)
         targets = sorted(self.namespaces | self.scope.gateway_namespaces) if self.namespaces else [None]
-        self.generated = [Informer(self.kube, kind, ns, MANAGED_SELECTOR, self._generated_event, self.stop_event, t)
-                          for kind in GENERATED for ns in targets]
+        self.generated = [Informer(self.kube, k.kind, ns, MANAGED_SELECTOR, self._generated_event, self.stop_event, t)
+                          for k in constants.GENERATED_KINDS for ns in targets]
+        self.generated += [Informer(self.kube, k.kind, ns, MANAGED_SELECTOR, self._generated_event, self.stop_event, t)
+                           for k in constants.SERVICE_CONFIG_KINDS for ns in sorted(self.scope.service_namespaces)]
 
     @property
     def leader(self) -> bool:
@@ -173,7 +180,20 @@ class Controller:
         for (kind, ns), names in sorted(wanted.items()):
             items, _ = self.kube.list(kind, ns)
             out += [o for o in items if o["metadata"]["name"] in names]
-        return out
+        return out + self._foreign_providers(out, have)
+
+    def _foreign_providers(self, foreign: list[dict], have: set[str]) -> list[dict]:
+        """The providers the foreign routes name that the pass does not compile yet: an object's
+        sources need not list them (the token limits' ConfigMap names only the limits' owners), and a
+        route compiled without its provider would be invalid (LLMC202) and freeze the object."""
+        hosts = {h for o in foreign if o.get("kind") == "LLMRoute" for h in describe_source(o, self.opts).refs}
+        hosts -= {self.index.info[k].host for k in have if k in self.index.info and not k.startswith("LLMRoute ")}
+        hosts -= {(o.get("spec") or {}).get("host") for o in foreign if o.get("kind") == "LLMProvider"}
+        if not hosts:
+            return []
+        known = have | {source_key(o) for o in foreign}
+        items, _ = self.kube.list("LLMProvider", None)
+        return [o for o in items if (o.get("spec") or {}).get("host") in hosts and source_key(o) not in known]
 
     def reconcile_key(self, key: str) -> bool:
         """One pass over ``key`` (a namespace: the objects written there); False when something

@@ -10,7 +10,7 @@ the emitted Lua bundle under LuaJIT), and what decides its fate is compared:
   **model** sent, the **key** (by Secret name and key, or a fingerprint of a literal ``apiKey``:
   never the key), the header it travels in, the **failover order** of the tries, and the body
   **format** (``openai``, or ``anthropic`` when translated);
-* the **token limits** charged on the route the request takes (docs/token-limits.md): each limit's
+* the **token limits** charged on the route the request takes (docs/budgets.md): each limit's
   id, budget (tokens per unit, shadow), key parts and charge formula, read from the rate-limit
   configuration llmc emits (the charge itself is unknown offline).
 
@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterator
 from typing import Any
 
-import yaml
-
-from ..constants import CONFIG_MAP, ENVOY_FILTER
+from ..constants import ENVOY_FILTER
 from ..explain import ExplainError, Request
 from ..explain import explain as run_explain
+from ..explain.limits import budget_text, budgets, charge_text, cost_unit
+from ..translate.ratelimit import RATE_LIMIT_FILTER
 from .corpus import Case, CorpusError, generate, read_requests
 
 __all__ = ["SCHEMA", "Case", "CorpusError", "compare", "decide", "format_markdown", "format_text", "generate",
@@ -85,46 +84,10 @@ def _key_identity(b: dict, protocols: dict) -> str:
 NO_KEY = "none (the client's own credential)"
 
 
-#: the per-route rate-limit config of token limits (docs/token-limits.md)
-RATE_LIMIT_FILTER = "llmc.ratelimit"
-_WEIGHT = re.compile(r"([0-9.]+) \* metadata\.filter_metadata\.llmc\.request_(prompt|completion|total)_tokens")
-
-
-def _budgets(objects: list[dict]) -> dict[str, str]:
-    """limit id -> "N tokens per UNIT[, shadow]" from the rate-limit service's configuration llmc emits."""
-    out: dict[str, str] = {}
-
-    def walk(descriptors: list, limit_id: str | None) -> None:
-        for d in descriptors or []:
-            here = d.get("value") if d.get("key") == "llmc_limit" else limit_id
-            rl = d.get("rate_limit")
-            if here and rl:
-                out[here] = f"{rl.get('requests_per_unit')} tokens per {rl.get('unit')}" + \
-                    (", shadow" if d.get("shadow_mode") else "")
-            walk(d.get("descriptors") or [], here)
-
-    for o in objects:
-        if o.get("kind") != CONFIG_MAP:
-            continue
-        for text in (o.get("data") or {}).values():
-            try:
-                config = yaml.safe_load(text)
-            except yaml.YAMLError:
-                continue
-            if isinstance(config, dict) and config.get("domain") == "llmc":
-                walk(config.get("descriptors") or [], None)
-    return out
-
-
-def _charge(fmt: str) -> str:
-    """The charge formula of a limit, read back from its hits_addend CEL expression."""
-    parts = [f"{float(w):g}×{kind}" for w, kind in _WEIGHT.findall(fmt)]
-    return " + ".join(parts) + " tokens (else request bytes / 4)" if parts else fmt
-
-
-def _route_limits(objects: list[dict], budgets: dict[str, str]) -> dict[str, dict[str, str]]:
+def _route_limits(objects: list[dict], budgets: dict[str, dict]) -> dict[str, dict[str, str]]:
     """route name -> {limit id: "budget, keyed by …, charge …"} of the token limits charged on it."""
     out: dict[str, dict[str, str]] = {}
+    unit = cost_unit(objects)
     for o in objects:
         if o.get("kind") != ENVOY_FILTER:
             continue
@@ -142,8 +105,8 @@ def _route_limits(objects: list[dict], budgets: dict[str, str]) -> dict[str, dic
                                if k != "generic_key" and isinstance(v, dict)})
                 fmt = ((entry.get("hits_addend") or {}).get("format")) or ""
                 out.setdefault(route["name"], {})[limit_id] = (
-                    budgets.get(limit_id, "?") + (f", keyed by {', '.join(keys)}" if keys else "")
-                    + f", charge {_charge(fmt)}")
+                    budget_text(budgets.get(limit_id), unit) + (f", keyed by {', '.join(keys)}" if keys else "")
+                    + f", charge {charge_text(fmt, unit)}")
     return {k: dict(sorted(v.items())) for k, v in out.items()}
 
 
@@ -159,7 +122,7 @@ class _Side:
             for rule, b in _backends(ctx):
                 self.keys.setdefault((ctx["route"], rule, b["provider"]), _key_identity(b, ctx.get("protocols") or {}))
                 self.providers.setdefault(b["host"], b["provider"])
-        self.limits = _route_limits(objects, _budgets(objects))
+        self.limits = _route_limits(objects, budgets(objects))
 
 
 def _model_of(body: str | None) -> str | None:

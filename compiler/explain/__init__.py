@@ -48,6 +48,7 @@ from .istio import (
     find_virtualservice,
     select,
 )
+from .limits import request_limits
 
 __all__ = ["ExplainError", "Request", "explain", "format_text"]
 
@@ -273,6 +274,10 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         return out
     out["retries"] = final_http.get("retries") or "Istio's default (2 retries on connect-failure, refused-stream, " \
                                                   "unavailable, cancelled, retriable-status-codes)"
+    limits = request_limits(objects, route_patches.get(out["final_route"], {}), final_headers,
+                            _py(h.dynamic_metadata), _caller(req))
+    if limits:
+        out["limits"] = limits
     if _py(h.dynamic_metadata).get("llmc:failover"):
         out["attempts"] = _attempts(upstream_sources, objects, final_http, route_patches.get(out["final_route"], {}),
                                     final_headers, req.body, secrets, _py(h.dynamic_metadata))
@@ -280,6 +285,15 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
         return out
     out["upstream"] = _upstream(objects, final_http, final_headers, _text(h), secrets)
     return out
+
+
+def _caller(req: Request) -> str:
+    """The caller's service cluster, as Istio sets it (``<app label>.<namespace>``): the value of a
+    ``sourceWorkload`` key part."""
+    if req.via != "mesh":
+        return f"<the service cluster of gateway {req.via}'s pods>"
+    app = req.labels.get("app") or req.labels.get("app.kubernetes.io/name")
+    return f"{app}.{req.namespace}" if app else f"<workload>.{req.namespace}"
 
 
 def _attempts(sources: dict[str, str], objects: list[dict], http: dict, patch: dict, headers: dict[str, str],
@@ -443,6 +457,13 @@ def format_text(x: dict) -> str:
         lines += [f"  {k}: {v}" for k, v in up["headers"].items()]
         if up["body"] is not None:
             lines.append(f"  body: {up['body']}")
+    if x.get("limits"):
+        lines.append("limits and budgets (checked before forwarding, charged when the stream is done):")
+        for lim in x["limits"]:
+            lines.append(f"  {lim['limit']}: {lim['budget']}")
+            lines.append(f"    descriptor: {lim['descriptor']}")
+            lines.append(f"    charge: {lim['charge']}")
+            lines.append(f"    charged: {lim['charged']}")
     for i, up in enumerate(x.get("attempts", [])[1:], start=2):
         lines.append(f"try {i} if the previous one fails: {up.get('method')} {up.get('url')}  [{up.get('cluster')}]")
         lines += [f"  {k}: {v}" for k, v in up.get("headers", {}).items()]

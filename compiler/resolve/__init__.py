@@ -23,11 +23,11 @@ from .. import names, visibility
 from ..api import LLMProvider, LLMRoute
 from ..constants import ROOT_NAMESPACE
 from ..diagnostics import Diagnostics
-from ..ir import Backend, Program, Provider, Rule, VirtualHost, Waypoint
+from ..ir import Backend, Program, Provider, Rule, TokenLimit, VirtualHost, Waypoint
 from ..load import Document
 from ..options import Options
 from . import ambient
-from .limits import forbidden_headers, rate_limit_service, resolve_limits
+from .limits import forbidden_headers, rate_limit_service, resolve_limits, resolve_prices
 from .placement import check_gateway_selectors, check_selector_overlap, egress_gateway, place
 from .providers import resolve_provider
 from .routes import resolve_route, rule_name
@@ -104,6 +104,7 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
                 host=host, fqdn=host, port=p.service_port,
                 rules=(Rule(name="default", matches=(), backends=(Backend(p, 1, p.default),)),),
                 selector=p.selector, sources=(p.source,)))
+    vhosts = _namespace_limits(unique, vhosts, opts, forbidden, diags)
     _check_route_specific_keys(providers_by_ns, vhosts, provider_docs, unresolved_rules, diags)
     _check_route_names(vhosts, diags)
     if diags.has_errors:
@@ -133,11 +134,17 @@ def _provider_limits(providers_by_ns, provider_docs, unique: list[Sourced], opts
         for host, p in list(provs.items()):
             obj = specs[(ns, p.name)]
             assert isinstance(obj, LLMProvider)
+            if obj.spec.prices:
+                p = provs[host] = dataclasses.replace(p, prices=resolve_prices(obj.spec.prices, opts))
             if not obj.spec.tokenLimits:
                 continue
+            doc = provider_docs[(ns, p.name)]
             limits = resolve_limits(obj.spec.tokenLimits, f"provider/{ns}/{p.name}", p.source,
-                                    provider_docs[(ns, p.name)], ("spec", "tokenLimits"), opts, forbidden, diags)
+                                    doc, ("spec", "tokenLimits"), opts, forbidden, diags)
             if limits is not None:
+                for j, limit in enumerate(limits):
+                    if limit.money and not p.prices:
+                        unpriced(diags, p.name, doc.where(("spec", "tokenLimits", j, "budget")))
                 provs[host] = dataclasses.replace(p, limits=limits)
 
 
@@ -158,6 +165,9 @@ def _rule_limits(item: Sourced, vh: VirtualHost, opts: Options, forbidden: froze
             ok = False
             continue
         for j, limit in enumerate(limits):
+            for b in rule.backends:
+                if limit.money and not b.provider.prices:
+                    unpriced(diags, b.provider.name, item.doc.where(("spec", "rules", i, "tokenLimits", j, "budget")))
             if ("model", "") in limit.key and "model" not in vh.body_fields \
                     and any(b.config.model is None for b in rule.backends):
                 diags.warning("LLMC266", "the proxy does not know the model of this rule's requests (a provider "
@@ -167,6 +177,51 @@ def _rule_limits(item: Sourced, vh: VirtualHost, opts: Options, forbidden: froze
                               "model match to the route")
         rules[i] = dataclasses.replace(rule, limits=limits)
     return dataclasses.replace(vh, rules=tuple(rules)) if ok else None
+
+
+def _namespace_limits(unique: list[Sourced], vhosts: list[VirtualHost], opts: Options, forbidden: frozenset[str],
+                      diags: Diagnostics) -> list[VirtualHost]:
+    """``LLMRoute.spec.namespaceLimits`` onto every rule of every virtual host of the namespace (ids
+    ``namespace/<ns>/<name>``: one bucket per key for the whole namespace). A name is declared once
+    per namespace (LLMC265 names the first declaration)."""
+    by_ns: dict[str, list[TokenLimit]] = {}
+    declared: dict[tuple[str, str], str] = {}
+    for it in sorted((u for u in unique if u.doc.kind == "LLMRoute"), key=lambda u: u.doc.label):
+        assert isinstance(it.obj, LLMRoute)
+        if not it.obj.spec.namespaceLimits:
+            continue
+        ns = it.doc.namespace
+        limits = resolve_limits(it.obj.spec.namespaceLimits, f"namespace/{ns}", it.doc.label, it.doc,
+                                ("spec", "namespaceLimits"), opts, forbidden, diags)
+        for j, limit in enumerate(limits or ()):
+            first = declared.setdefault((ns, limit.name), it.doc.label)
+            if first != it.doc.label:
+                diags.error("LLMC265", f"namespace limit {limit.name!r} is already declared by {first}",
+                            **it.doc.where(("spec", "namespaceLimits", j, "name")),
+                            hint="declare a namespace's limit on one LLMRoute")
+                continue
+            by_ns.setdefault(ns, []).append(limit)
+    if not by_ns:
+        return vhosts
+    out = []
+    for vh in vhosts:
+        extra = tuple(by_ns.get(vh.namespace, ()))
+        if extra:
+            for rule in vh.rules:
+                for b in rule.backends:
+                    for limit in extra:
+                        if limit.money and not b.provider.prices:
+                            unpriced(diags, b.provider.name, {"object": limit.source})
+            vh = dataclasses.replace(vh, rules=tuple(dataclasses.replace(r, limits=r.limits + extra) for r in vh.rules))
+        out.append(vh)
+    return out
+
+
+def unpriced(diags: Diagnostics, provider: str, where: dict) -> None:
+    diags.error("LLMC269", f"a money budget charges requests at the answering provider's prices, and "
+                f"LLMProvider {provider} has none", **where,
+                hint="add spec.prices to the LLMProvider, e.g. [{model: \"*\", prompt: 0.15, completion: 0.6}] "
+                "(currency per 1M tokens)")
 
 
 def _check_route_names(vhosts, diags: Diagnostics) -> None:

@@ -36,6 +36,8 @@ def check_sources(items, diags: Diagnostics) -> None:
             _no_limits(doc, ("spec", "tokenLimits"), diags)
         if not isinstance(obj, LLMRoute):
             continue
+        if obj.spec.namespaceLimits:  # a namespace's budgets (issue 31) need the same filter
+            _no_limits(doc, ("spec", "namespaceLimits"), diags)
         extra = [g for g in (obj.spec.gateways or []) if g != "mesh"]
         if extra:
             diags.error("LLMC271", f"the route binds to gateways ({', '.join(extra)}); the ambient target "

@@ -11,13 +11,15 @@ be told apart in egress-gateway mode (LLMC262) and is the gateway itself on gate
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import ROUND_CEILING, Decimal
 
 from .. import names
+from ..api import Price as ApiPrice
 from ..api import TokenLimit as ApiTokenLimit
 from ..diagnostics import Diagnostics
-from ..ir import Provider, RateLimitService, TokenLimit
+from ..ir import Price, Provider, RateLimitService, TokenLimit
 from ..load import Document
-from ..options import Options
+from ..options import COST_UNITS, Options
 from ..protocols import PROTOCOLS
 
 UINT32_MAX = 2**32 - 1
@@ -43,7 +45,21 @@ def rate_limit_service(opts: Options) -> RateLimitService | None:
         return None
     return RateLimitService(namespace=rl.namespace, service=rl.service, port=rl.port,
                             fqdn=f"{rl.service}.{rl.namespace}.svc.{opts.cluster_domain}",
-                            timeout=rl.timeout, fail_closed=rl.fail_closed)
+                            timeout=rl.timeout, fail_closed=rl.fail_closed, cost_unit=rl.cost_unit)
+
+
+def to_units(amount: float, opts: Options) -> int:
+    """An amount of the prices' currency in cost units (``--cost-unit``), rounded up (a budget or a
+    price is never made smaller by the conversion); exact for decimals the unit can hold."""
+    scaled = Decimal(repr(float(amount))) * COST_UNITS[opts.cost_unit]
+    return int(scaled.to_integral_value(rounding=ROUND_CEILING))
+
+
+def resolve_prices(prices: list[ApiPrice], opts: Options) -> tuple[Price, ...]:
+    """The IR prices of a provider, sorted by model: cost units per 1M tokens."""
+    return tuple(sorted((Price(model=p.model, prompt=to_units(p.prompt, opts), completion=to_units(p.completion, opts),
+                               cached_prompt=None if p.cachedPrompt is None else to_units(p.cachedPrompt, opts))
+                         for p in prices), key=lambda p: p.model))
 
 
 def resolve_limits(limits: list[ApiTokenLimit], id_prefix: str, source: str, doc: Document, path: tuple,
@@ -54,7 +70,7 @@ def resolve_limits(limits: list[ApiTokenLimit], id_prefix: str, source: str, doc
     if opts.rate_limit is None:
         diags.error("LLMC260", "token limits need a rate-limit service to enforce them", **doc.where(path),
                     hint="render with --rate-limit-service NAMESPACE/SERVICE:PORT (KRM: rateLimitService), "
-                    "e.g. llmc-system/ratelimit:8081; docs/token-limits.md")
+                    "e.g. llmc-system/ratelimit:8081; docs/budgets.md")
         ok = False
     seen: dict[str, int] = {}
     out = []
@@ -65,10 +81,29 @@ def resolve_limits(limits: list[ApiTokenLimit], id_prefix: str, source: str, doc
                         **doc.where(lpath + ("name",)))
             ok = False
         seen.setdefault(limit.name, i)
-        if limit.tokens > UINT32_MAX:
+        if (limit.tokens is None) == (limit.budget is None):
+            diags.error("LLMC267", "a limit sets exactly one of tokens (a token budget) and budget (a money "
+                        "budget)", **doc.where(lpath), hint="e.g. tokens: 100000, or budget: {cost: 50}")
+            ok = False
+            continue
+        if limit.budget is not None and limit.cost is not None:
+            diags.error("LLMC268", "cost weights apply to token budgets; a money budget is charged at the "
+                        "answering provider's prices", **doc.where(lpath + ("cost",)),
+                        hint="remove cost, and set prices on the LLMProviders (spec.prices)")
+            ok = False
+        amount = limit.tokens if limit.tokens is not None else to_units(limit.budget.cost, opts) \
+            if limit.budget is not None else 0
+        if limit.tokens is not None and limit.tokens > UINT32_MAX:
             diags.error("LLMC264", f"tokens {limit.tokens} is above {UINT32_MAX}, the largest budget the "
                         "rate-limit service counts", **doc.where(lpath + ("tokens",)),
                         hint="use a longer window (per) or a smaller cost unit")
+            ok = False
+        elif limit.budget is not None and amount > UINT32_MAX:
+            diags.error("LLMC264", f"budget cost {limit.budget.cost:g} is {amount} {opts.cost_unit} units, above "
+                        f"{UINT32_MAX}, the largest budget the rate-limit service counts",
+                        **doc.where(lpath + ("budget", "cost")),
+                        hint="count in larger units (--cost-unit milli)" if COST_UNITS[opts.cost_unit] > min(COST_UNITS.values())
+                        else "use a shorter window (per)")
             ok = False
         key = []
         for j, part in enumerate(limit.key or []):
@@ -100,7 +135,7 @@ def resolve_limits(limits: list[ApiTokenLimit], id_prefix: str, source: str, doc
             wp = wc = float(cost.total) if cost is not None and cost.total is not None else 1.0
         else:
             wp, wc = float(cost.prompt or 0.0), float(cost.completion or 0.0)
-        out.append(TokenLimit(id=f"{id_prefix}/{limit.name}", name=limit.name, tokens=limit.tokens,
+        out.append(TokenLimit(id=f"{id_prefix}/{limit.name}", name=limit.name, tokens=amount,
                               unit=UNITS[limit.per], key=tuple(key), prompt_weight=wp, completion_weight=wc,
-                              shadow=limit.mode == "Shadow", source=source))
+                              shadow=limit.mode == "Shadow", source=source, money=limit.budget is not None))
     return tuple(out) if ok else None

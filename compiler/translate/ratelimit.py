@@ -1,4 +1,4 @@
-"""Token limits (docs/token-limits.md; design: shared/notes/token-ratelimit.md §5.2) in Envoy's and
+"""Token limits (docs/budgets.md; design: shared/notes/token-ratelimit.md §5.2) in Envoy's and
 envoyproxy/ratelimit's terms.
 
 * :func:`rate_limit_filter`: Envoy's global rate-limit filter ``llmc.ratelimit``, inserted after
@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import yaml
 
 from .. import names
-from ..ir import Backend, Program, RateLimitService, Rule, TokenLimit, VirtualHost
+from ..ir import Backend, Price, Program, RateLimitService, Rule, TokenLimit, VirtualHost
 from ..protocols import PROTOCOLS
 from .common import metadata, rule_route_names
 
@@ -39,6 +40,8 @@ DOMAIN = "llmc"
 CONFIG_NAME = f"{names.PREFIX}-ratelimit-config"
 CONFIG_KEY = f"{DOMAIN}.yaml"
 LIMIT_KEY = "llmc_limit"  # the descriptor entry naming the limit
+#: on the ConfigMap when it holds money budgets: the unit their counters count (--cost-unit)
+COST_UNIT_ANNOTATION = "llmc.io/cost-unit"
 #: llmc's stage of Envoy's rate-limit filter: the filter applies only rate limits of its stage, so
 #: it never sends other teams' route or virtual-host ``rate_limits`` (stage 0 by default) to llmc's
 #: service, nor fails their requests when that service is down
@@ -90,6 +93,104 @@ def charge_format(limit: TokenLimit) -> str:
             f"uint(request.size) / 4u))%")
 
 
+#: a price is per 1M tokens: the charge in cost units is ceil(Σ tokens × units per 1M / 1M)
+PER = 1_000_000
+
+
+def _price_switch(prices: tuple[Price, ...], field: str, model: str) -> str:
+    """A CEL uint: ``field`` (prompt or completion) of the price of the model ``model`` (a CEL string)
+    names. A price's model matches the same name, or a dated snapshot of it (``gpt-4o`` matches
+    ``gpt-4o-2024-08-06``): the longest matching name wins; no match: the ``*`` price, or — never a
+    free answer — the provider's highest price."""
+    star = [p for p in prices if p.model == "*"]
+    fallback = getattr(star[0], field) if star else max(getattr(p, field) for p in prices)
+    expr = f"{fallback}u"
+    for price in sorted((p for p in prices if p.model != "*"), key=lambda p: (len(p.model), p.model)):
+        name = json.dumps(price.model)
+        expr = f"({model} == {name} || {model}.startsWith({json.dumps(price.model + '-')}) ? " \
+               f"{getattr(price, field)}u : {expr})"
+    return expr
+
+
+def _prices_for(rule: Rule, backend: Backend, field: str) -> str:
+    """The price (cost units per 1M tokens) a request of ``rule`` on ``backend``'s route pays: at the
+    provider that answered (a failover rule: ``llmc.provider``, which the filter records from the try
+    that answered) for the model that answered (``llmc.response_model``; without it, the model the
+    provider is configured with)."""
+    def model(b: Backend) -> str:
+        configured = json.dumps(b.config.model or "")
+        return f"(has({_USAGE}.response_model) ? {_USAGE}.response_model : {configured})"
+
+    if rule.retries is None:
+        return _price_switch(backend.provider.prices, field, model(backend))
+    priced = [b for b in rule.backends if b.provider.prices]
+    expr = f"{max(getattr(p, field) for b in priced for p in b.provider.prices)}u"
+    for b in reversed(priced):
+        price = _price_switch(b.provider.prices, field, model(b))
+        expr = f"({_USAGE}.provider == {json.dumps(b.provider.name)} ? {price} : {expr})"
+    return expr
+
+
+def money_format(rule: Rule, backend: Backend) -> str:
+    """The charge of a money budget, in cost units, rounded up: the answer's prompt and completion
+    tokens at the answering provider's prices for the answering model; without usage, ``request.size
+    / 4`` tokens at its prompt price (a 2xx); 0 for errors."""
+    p, c = f"{_USAGE}.request_prompt_tokens", f"{_USAGE}.request_completion_tokens"
+    pp, cp = _prices_for(rule, backend, "prompt"), _prices_for(rule, backend, "completion")
+    return (f"%CEL(response.code >= 400 ? 0u : (has({p}) && has({c}) ? "
+            f"(uint({p}) * {pp} + uint({c}) * {cp} + {PER - 1}u) / {PER}u : "
+            f"(uint(request.size) / 4u * {pp} + {PER - 1}u) / {PER}u))%")
+
+
+_COMPARED = re.compile(r' == ("(?:[^"\\\\]|\\\\.)*")')
+
+
+def _split_top(expr: str) -> tuple[str, str, str] | None:
+    """``(cond ? then : else)`` at depth 0 of ``expr`` (without its outer parentheses), or None."""
+    depth, quoted, q, c = 0, False, -1, -1
+    for i, ch in enumerate(expr):
+        if ch == '"' and (i == 0 or expr[i - 1] != "\\"):
+            quoted = not quoted
+        elif not quoted:
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0 and expr.startswith(" ? ", i) and q < 0:
+                q = i
+            elif depth == 0 and expr.startswith(" : ", i) and q >= 0 and c < 0:
+                c = i
+    return (expr[:q], expr[q + 3:c], expr[c + 3:]) if q >= 0 and c >= 0 else None
+
+
+def _read_switch(expr: str, provider: str = "") -> list[tuple[str, str, int]]:
+    """The prices a :func:`_price_switch` or provider switch holds: (provider, model, units), in the
+    order they are tested ("" provider: any; model "*": no listed model matched)."""
+    expr = expr.strip()
+    if expr.endswith("u") and expr[:-1].isdigit():
+        return [(provider, "*", int(expr[:-1]))]
+    parts = _split_top(expr[1:-1]) if expr.startswith("(") and expr.endswith(")") else None
+    if parts is None:
+        raise ValueError(f"not a price switch: {expr[:80]}")
+    cond, then, other = parts
+    name = json.loads(_COMPARED.search(cond).group(1))  # type: ignore[union-attr]
+    if cond.startswith(f"{_USAGE}.provider"):
+        return _read_switch(then, name) + _read_switch(other, provider or "other")
+    return [(provider, name, int(then[:-1]))] + _read_switch(other, provider)
+
+
+def describe_money(fmt: str) -> list[dict]:
+    """A money charge's prices, read back from :func:`money_format`'s expression (``llmc explain`` and
+    ``llmc diff`` work from the emitted objects): per (provider, model), cost units per 1M prompt and
+    completion tokens."""
+    inner = fmt[len("%CEL("):-len(")%")]
+    usage = inner[inner.index("? (uint(") + 2:]
+    p_mark, c_mark = ") * ", f" + uint({_USAGE}.request_completion_tokens) * "
+    pp = usage[usage.index(p_mark) + len(p_mark):usage.index(c_mark)]
+    cp = usage[usage.index(c_mark) + len(c_mark):usage.index(f" + {PER - 1}u) / {PER}u")]
+    completions = {(prov, model): units for prov, model, units in _read_switch(cp)}
+    return [{"provider": prov, "model": model, "prompt": units, "completion": completions.get((prov, model))}
+            for prov, model, units in _read_switch(pp)]
+
+
 def _part_variants(part: tuple[str, str], vh: VirtualHost, backend: Backend) -> list[dict]:
     """The Envoy actions for one key part: one per case a request can be in (a header present or
     absent); exactly one of them yields an entry for a given request. Every value must be the same at
@@ -112,15 +213,15 @@ def _part_variants(part: tuple[str, str], vh: VirtualHost, backend: Backend) -> 
                                     "headers": [{"name": name, "present_match": True}]}}]
 
 
-def limit_entries(limit: TokenLimit, vh: VirtualHost, backend: Backend) -> list[dict]:
+def limit_entries(limit: TokenLimit, vh: VirtualHost, rule: Rule, backend: Backend) -> list[dict]:
     """The check and charge entries of one limit on a route to ``backend``."""
     head = {"generic_key": {"descriptor_key": LIMIT_KEY, "descriptor_value": limit.id}}
+    charge = money_format(rule, backend) if limit.money else charge_format(limit)
     out: list[dict] = []
     for combo in itertools.product(*(_part_variants(p, vh, backend) for p in limit.key)):
         actions = [head, *combo]
         out.append({"actions": actions, "hits_addend": {"number": 0}})
-        out.append({"actions": actions, "apply_on_stream_done": True,
-                    "hits_addend": {"format": charge_format(limit)}})
+        out.append({"actions": actions, "apply_on_stream_done": True, "hits_addend": {"format": charge}})
     return out
 
 
@@ -147,7 +248,7 @@ def route_rate_limits(vh: VirtualHost, svc: RateLimitService | None) -> dict[str
         for route, backend in final_routes(vh, rule):
             limits = route_limits(rule, backend)
             if limits:
-                entries = [e for limit in limits for e in limit_entries(limit, vh, backend)]
+                entries = [e for limit in limits for e in limit_entries(limit, vh, rule, backend)]
                 out[route] = {"@type": PER_ROUTE_TYPE, "domain": DOMAIN, "rate_limits": entries}
     return out
 
@@ -231,6 +332,8 @@ def _config_descriptor(limit: TokenLimit) -> dict:
     (any value: a key without a value matches every value and counts each apart), the limit at the
     leaf (envoyproxy/ratelimit applies a limit only at the depth of the request's descriptor)."""
     leaf = {"rate_limit": {"unit": limit.unit, "requests_per_unit": limit.tokens}, "shadow_mode": limit.shadow}
+    if limit.money:  # the service's stats per key value (team, workload, model): spend on the dashboard
+        leaf["detailed_metric"] = True
     keys = [WORKLOAD_KEY if k == "workload" else MODEL_KEY if k == "model" else header_key(n) for k, n in limit.key]
     node: dict | None = None
     for key in reversed(keys):
@@ -251,5 +354,7 @@ def translate_ratelimit_config(program: Program) -> list[dict]:
     if svc is None:
         return []
     sources = sorted({limit.source for limit in all_limits(program)}) or ["llmc --rate-limit-service"]
-    return [{"metadata": metadata(CONFIG_NAME, svc.namespace, sources), "key": CONFIG_KEY,
-             "config": ratelimit_config(program)}]
+    meta = metadata(CONFIG_NAME, svc.namespace, sources)
+    if any(limit.money for limit in all_limits(program)):  # what the money budgets' counters count
+        meta["annotations"] = {**meta.get("annotations", {}), COST_UNIT_ANNOTATION: svc.cost_unit}
+    return [{"metadata": meta, "key": CONFIG_KEY, "config": ratelimit_config(program)}]

@@ -32,6 +32,11 @@ spec:
   host: {HOST}
   path: /compatible-mode/v1/chat/completions
   configs: {{defaultConfig: {{openAIConfig: {{model: qwen-plus, apiKey: sk-bench-0000000000000000}}}}}}
+  prices:  # money budgets (issue 31): a table of a few models, as a real provider has
+  - {{model: qwen-max, prompt: 1.6, completion: 6.4}}
+  - {{model: qwen-plus, prompt: 0.4, completion: 1.2}}
+  - {{model: qwen-turbo, prompt: 0.05, completion: 0.2}}
+  - {{model: "*", prompt: 1.6, completion: 6.4}}
 ---
 apiVersion: istio.alibabacloud.com/v1beta1
 kind: LLMRoute
@@ -43,13 +48,16 @@ spec:
     backendRefs: [{{providerHost: {HOST}}}]
     LIMITS
 """
-LIMITS = {"unlimited": "", "limited": "tokenLimits: [{name: tpy, tokens: 4294967295, per: Year}]"}
+LIMITS = {"unlimited": "", "limited": "tokenLimits: [{name: tpy, tokens: 4294967295, per: Year}]",
+          # the same calls, a charge priced per provider and model (a longer CEL expression)
+          "budget": "tokenLimits: [{name: money, budget: {cost: 4000}, per: Year}]"}
 
 
 def layout(rig: Rig, variant: str, rls_port: int) -> tuple[dict, list[dict]]:
     from tests.support.envoy_harness import build_bootstrap
     from tests.support.mesh import llmc_render
-    from tests.test_token_limits_e2e import for_istiod, rls_cluster
+    from tests.support.ratelimit import rls_cluster
+    from tests.test_token_limits_e2e import for_istiod
 
     source = rig.tmp / f"limits-{variant}.yaml"
     source.write_text(SOURCE.replace("LIMITS", LIMITS[variant]))
@@ -62,6 +70,8 @@ def layout(rig: Rig, variant: str, rls_port: int) -> tuple[dict, list[dict]]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_load_arguments(p)
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
+    p.add_argument("--limits-budget", action="store_true", help="compare a money-budgeted route with the token-limited "
+                   "one instead (the cost of pricing the charge)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -77,7 +87,8 @@ def run(args: argparse.Namespace) -> dict:
         double = RateLimitDouble(redis_server.client, configmap_files(objects))
         with serving(double) as port:
             lua = worktree_lua()
-            proxies = {v: rig.proxy(v, lua, layout(rig, v, port)[0]) for v in ("unlimited", "limited")}
+            base, variant = ("limited", "budget") if getattr(args, "limits_budget", False) else ("unlimited", "limited")
+            proxies = {v: rig.proxy(v, lua, layout(rig, v, port)[0]) for v in (base, variant)}
             if not all(rig.shapes(p) for p in proxies.values()):
                 raise SystemExit("limits: llmc's Lua does not shape the bench's requests; the comparison would be void")
             data = body()
@@ -89,15 +100,17 @@ def run(args: argparse.Namespace) -> dict:
             runs = interleave(rig, proxies, body_file, rounds, load_of(args))
             self1 = resource.getrusage(resource.RUSAGE_SELF)
             calls = len(double.requests) - calls0
-            limited = sum(r.completed for r in runs["limited"] if r)
+            # the requests that called the service: the variant's, and the base's when it is limited too
+            limited = sum(r.completed for v in {variant, base} - {"unlimited"} for r in runs[v] if r)
             # the bench process runs the double's threads; wrk and the proxies are other processes
             double_s = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
             redis_s = cpu_seconds(redis_server.proc.pid) - redis0
-        row = summarize("1k", data, runs, "unlimited", "limited")
+        row = summarize("1k", data, runs, base, variant)
         row["rls_calls_per_request"] = calls / limited if limited else None
         row["double_cpu_us"] = 1e6 * double_s / limited if limited else None
         row["redis_cpu_us"] = 1e6 * redis_s / limited if limited else None
-        return {"envoy": rig.envoy_version, "rounds": rounds, "seconds": args.seconds, "row": row}
+        return {"envoy": rig.envoy_version, "rounds": rounds, "seconds": args.seconds, "row": row,
+                "variants": [base, variant]}
     finally:
         redis_server.stop()
         rig.close()
@@ -105,16 +118,17 @@ def run(args: argparse.Namespace) -> dict:
 
 def format(result: dict) -> str:
     r = result["row"]
+    base, variant = result.get("variants", ["unlimited", "limited"])
     tr = "-" if r["throughput_ratio"] is None else f"{r['throughput_ratio']:.2f}"
 
     def us(v):
         return "-" if v is None else f"{v:.0f} µs"
 
     return "\n".join([
-        f"Token-limited vs unlimited route at 1 KiB ({result['rounds']} interleaved rounds of ≤ "
+        f"{variant} vs {base} route at 1 KiB ({result['rounds']} interleaved rounds of ≤ "
         f"{result['seconds']:g} s; CPU per request of the proxy, median (min–max); both RLS calls included)",
-        f"  unlimited {r['cpu_us']['unlimited']['median']:.0f} µs/req, {r['rps']['unlimited']:.0f} rps; "
-        f"limited {r['cpu_us']['limited']['median']:.0f} µs/req, {r['rps']['limited']:.0f} rps",
-        f"  limited / unlimited: CPU {fmt_spread(r['cpu_ratio'])}, throughput {tr}",
+        f"  {base} {r['cpu_us'][base]['median']:.0f} µs/req, {r['rps'][base]:.0f} rps; "
+        f"{variant} {r['cpu_us'][variant]['median']:.0f} µs/req, {r['rps'][variant]:.0f} rps",
+        f"  {variant} / {base}: CPU {fmt_spread(r['cpu_ratio'])}, throughput {tr}",
         f"  rate-limit calls per limited request: {r['rls_calls_per_request'] or 0:.2f}; apart from the proxy: "
         f"the Python double {us(r['double_cpu_us'])}/req, Redis {us(r['redis_cpu_us'])}/req"])

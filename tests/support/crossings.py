@@ -10,6 +10,9 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 * ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
   with two ``model`` members, ``Accept-Encoding: gzip``, a stream with usage (``stream_options``);
 * ``FAILURES`` — what the first try meets: nothing, a 503, a reset, a hang past the per-try timeout;
+* ``LIMITS`` — token limits (issue 30): none, a token limit or a money budget (issue 31) on the
+  cell's rule (the rate-limit filter checks before forwarding and charges the answer's usage — at
+  the answering provider's price for a budget — when the stream is done).
 * ``TARGETS`` — where the rules run: sidecars (EnvoyFilters), or a waypoint (``--target ambient``, a
   TrafficExtension; docs/ambient.md), which refuses failover (``AMBIENT_REJECTED``).
 
@@ -54,6 +57,8 @@ class Provider:
     model: str | None = None  # the configured model (replaces the client's on chat)
     format: str = "openai"  # "anthropic": translated (its double checks the Messages API)
     double: str = "openai"  # the test double: "openai", "azure" or "anthropic"
+    #: its price per 1M tokens (money budgets): each provider its own, so a charge names who answered
+    price: dict = field(default_factory=lambda: {"prompt": 1, "completion": 2})
 
     @property
     def host(self) -> str:
@@ -62,7 +67,7 @@ class Provider:
     def spec(self) -> dict:
         config = {k: {**v, **({"apiKey": self.key} if self.key else {})} for k, v in self.config.items()}
         spec = {"host": self.host, "tls": {"mode": "DISABLE"}, "timeout": TIMEOUT,
-                "configs": {"defaultConfig": config}}
+                "configs": {"defaultConfig": config}, "prices": [{"model": "*", **self.price}]}
         if self.base_path is not None:
             spec["basePath"] = self.base_path
         if self.double != "azure" and self.format == "openai":
@@ -95,25 +100,27 @@ def _key(name: str) -> str:
 # ---- dimension: the provider the cell is about (one line each) --------------------------------
 PROTOCOLS: dict[str, Provider] = {p.name: p for p in (
     Provider("openai", {"openAIConfig": {"model": "openai-model-with-a-long-name"}}, "/openai/v1/chat/completions",
-             "/openai/v1", key=_key("openai"), model="openai-model-with-a-long-name"),
+             "/openai/v1", key=_key("openai"), model="openai-model-with-a-long-name",
+             price={"prompt": 3, "completion": 5}),
     Provider("custom", {"openAIConfig": {"model": "c1", "authHeader": "X-Gw-Key", "authPrefix": "Key "}},
              "/custom/v1/chat/completions", "/custom/v1", key=_key("custom"), auth_header="x-gw-key",
-             auth_prefix="Key ", model="c1"),
+             auth_prefix="Key ", model="c1", price={"prompt": 7, "completion": 11}),
     Provider("azure", {"azureOpenAIConfig": {"deployment": "dep-x"}}, "/openai/deployments/dep-x/chat/completions",
              "/openai/deployments/dep-x", key=_key("azure"), auth_header="api-key", auth_prefix="",
-             double="azure"),
+             double="azure", price={"prompt": 13, "completion": 17}),
     # no basePath: it is for OpenAI's API only (LLMC241)
     Provider("anthropic", {"anthropicConfig": {"model": "claude-x", "maxTokens": 256}}, "/v1/messages", None,
              key=_key("anthropic"), auth_header="x-api-key", auth_prefix="", model="claude-x", format="anthropic",
-             double="anthropic"),
+             double="anthropic", price={"prompt": 19, "completion": 23}),
     Provider("nokey", {"openAIConfig": {"model": "nokey-model"}}, "/nokey/v1/chat/completions", "/nokey/v1",
              model="nokey-model"),
 )}
 # The other side of two-provider rules: no model configured, so a try for it keeps the client's body
 # (the shape of issue 24 item 2); AUXC keeps its key in a header of its own (item 1).
-AUX = Provider("aux", {"openAIConfig": {}}, "/aux/v1/chat/completions", "/aux/v1", key=_key("aux"))
+AUX = Provider("aux", {"openAIConfig": {}}, "/aux/v1/chat/completions", "/aux/v1", key=_key("aux"),
+               price={"prompt": 29, "completion": 31})
 AUXC = Provider("auxc", {"openAIConfig": {"authHeader": "X-Auxc-Key"}}, "/auxc/v1/chat/completions", "/auxc/v1",
-                key=_key("auxc"), auth_header="x-auxc-key", auth_prefix="")
+                key=_key("auxc"), auth_header="x-auxc-key", auth_prefix="", price={"prompt": 37, "completion": 41})
 PROVIDERS: dict[str, Provider] = {**PROTOCOLS, "aux": AUX, "auxc": AUXC}
 KEYS = {p.name: p.key for p in PROVIDERS.values() if p.key}
 #: every header that carries a credential somewhere in the matrix (and the client's own)
@@ -138,15 +145,21 @@ class RuleKind:
             levels.setdefault(extra.get("priority", 0) if self.failover else 0, []).append(name)
         return [levels[k] for k in sorted(levels)]
 
-    def rule(self, p: str) -> dict:
-        rule: dict = {"name": f"{self.name}-{p}", "matches": [
-            {"model": {"exact": f"{self.name}-{p}"}} if self.by_model else
-            {"headers": {"x-cell-rule": {"exact": f"{self.name}-{p}"}}}],
+    def rule(self, p: str, limit: str = "unlimited") -> dict:
+        name = rule_name(self.name, p, limit)
+        rule: dict = {"name": name, "matches": [
+            {"model": {"exact": name}} if self.by_model else {"headers": {"x-cell-rule": {"exact": name}}}],
             "backendRefs": [{"providerHost": PROVIDERS[n].host, **extra}
                             for n, (_, extra) in zip(self.providers(p), self.backends, strict=True)]}
         if self.failover:
             rule["retries"] = {"perTryTimeout": PER_TRY_TIMEOUT}
+        if LIMITS[limit] is not None:
+            rule["tokenLimits"] = [LIMITS[limit]]
         return rule
+
+
+def rule_name(rule: str, protocol: str, limit: str = "unlimited") -> str:
+    return f"{rule}-{protocol}" + ("" if limit == "unlimited" else f"-{limit}")
 
 
 # ---- dimension: the rule (one line each) -------------------------------------------------------
@@ -179,12 +192,16 @@ WARNED: dict[tuple[str, str], tuple[str, str]] = {
 #: cluster-level filters, docs/ambient.md); their rejected cells use the protocol ``openai``
 AMBIENT_REJECTED: dict[str, tuple[str, str]] = {
     r.name: ("LLMC272", "retries") for r in RULES.values() if r.failover}
+#: the ambient target refuses every limit (LLMC274): one rejected cell per limit, on a single rule
+AMBIENT_LIMITS = ("LLMC274", "tokenLimits")
 
 
 def refused(row: dict) -> bool:
     """The compiler refuses the rule of this row (any dimensions given): its rejected cell covers it."""
     if (row.get("rule"), row.get("protocol")) in REJECTED:
         return True
+    if row.get("target") == "ambient" and row.get("limit", "unlimited") != "unlimited":
+        return True  # LLMC274: limits need EnvoyFilter patches a waypoint ignores (AMBIENT_LIMITS)
     return row.get("target") == "ambient" and row.get("rule") in AMBIENT_REJECTED
 
 
@@ -222,6 +239,15 @@ EXTRAS: dict[str, tuple[dict, bool, bool]] = {
 FAILURES: dict[str, str | None] = {"none": None, "503": "503", "reset": "reset", "timeout": "hang"}
 HANG = 6.0  # seconds a hanging provider waits before it resets: past the timeouts above
 
+# ---- dimension: token limits on the cell's rule (one line each): its tokenLimits entry ----------
+#: the budget never runs out in the matrix (each cell asserts the charge, not a refusal: refusals
+#: are tests/test_token_limits_e2e.py's); one bucket per rule (no key)
+LIMITS: dict[str, dict | None] = {"unlimited": None,
+                                  "limited": {"name": "cell", "tokens": 4_000_000_000, "per": "Day"},
+                                  # money (issue 31): at the answering provider's price, in micro units
+                                  "budget": {"name": "cell", "budget": {"cost": 4000}, "per": "Day"}}
+RATE_LIMIT_SERVICE = "llmc-system/ratelimit:8081"
+
 # ---- dimension: where the rules run (one line each): the extra `llmc render` arguments ----------
 TARGETS: dict[str, tuple[str, ...]] = {"sidecar": (), "ambient": ("--target", "ambient")}
 
@@ -233,6 +259,7 @@ class Cell:
     endpoint: str = "chat"
     extra: str = "none"
     failure: str = "none"
+    limit: str = "unlimited"
     target: str = "sidecar"
     rejected: tuple[str, str] | None = field(default=None, compare=False)
 
@@ -240,8 +267,9 @@ class Cell:
     def id(self) -> str:
         where = "" if self.target == "sidecar" else f"-{self.target}"
         if self.rejected:
-            return f"{self.rule}-{self.protocol}{where}-rejected"
-        return "-".join((self.rule, self.protocol, self.endpoint, self.extra, self.failure)) + where
+            return f"{self.rule}-{self.protocol}{where}" + ("" if self.limit == "unlimited" else f"-{self.limit}") \
+                + "-rejected"
+        return "-".join((self.rule, self.protocol, self.endpoint, self.extra, self.failure, self.limit)) + where
 
     @property
     def kind(self) -> RuleKind:
@@ -249,7 +277,15 @@ class Cell:
 
     @property
     def rule_name(self) -> str:
-        return f"{self.rule}-{self.protocol}"
+        return rule_name(self.rule, self.protocol, self.limit)
+
+    @property
+    def limit_id(self) -> str | None:
+        """The id of the cell's token limit (its counter in the rate-limit service), None: unlimited."""
+        if LIMITS[self.limit] is None:
+            return None
+        route = "cross-models" if self.kind.by_model else "cross"
+        return f"route/default/{route}/{self.rule_name}/{LIMITS[self.limit]['name']}"
 
     @property
     def host(self) -> str:
@@ -288,12 +324,14 @@ class Cell:
 
 
 DIMENSIONS = {"rule": RULES, "protocol": PROTOCOLS, "endpoint": ENDPOINTS, "extra": EXTRAS, "failure": FAILURES,
-              "target": TARGETS}
+              "limit": LIMITS, "target": TARGETS}
 
 
 #: combinations covered beyond pairs, where issue 24's defects lived: every (rule, protocol) meets
-#: every endpoint and every failure of the first try (a line here makes a stronger matrix)
-TRIPLES: tuple[tuple[str, ...], ...] = (("rule", "protocol", "endpoint"), ("rule", "protocol", "failure"))
+#: every endpoint, every failure of the first try and a limit (a line here makes a stronger matrix)
+TRIPLES: tuple[tuple[str, ...], ...] = (("rule", "protocol", "endpoint"), ("rule", "protocol", "failure"),
+                                        # how a rule picks providers and how each reports usage decide the charge
+                                        ("rule", "protocol", "limit"))
 
 
 def covering(dimensions: dict[str, list[str]], allowed, groups: tuple[tuple[str, ...], ...] = ()) -> list[dict]:
@@ -323,6 +361,8 @@ def cells() -> list[Cell]:
     """The rejected combinations once each, then the traffic cells: all-pairs, plus ``TRIPLES``."""
     rejected = [Cell(rule, protocol, rejected=diag) for (rule, protocol), diag in REJECTED.items()]
     rejected += [Cell(rule, "openai", target="ambient", rejected=diag) for rule, diag in AMBIENT_REJECTED.items()]
+    rejected += [Cell("single", "openai", target="ambient", limit=limit, rejected=AMBIENT_LIMITS)
+                 for limit, spec in LIMITS.items() if spec is not None]
     rows = covering({k: list(v) for k, v in DIMENSIONS.items()}, lambda r: not refused(r), TRIPLES)
     return rejected + [Cell(**row) for row in rows]
 
@@ -330,20 +370,25 @@ def cells() -> list[Cell]:
 ROUTES = (("cross", HEADER_HOST, False), ("cross-models", MODEL_HOST, True))  # (name, host, by model)
 
 
-def route_rules(cells_: list[Cell]) -> dict[str, list[tuple[str, str]]]:
-    """Per LLMRoute of :func:`manifest`, its rules as (rule, protocol), in their order there."""
+def route_rules(cells_: list[Cell]) -> dict[str, list[tuple[str, str, str]]]:
+    """Per LLMRoute of :func:`manifest`, its rules as (rule, protocol, limit), in their order there."""
     out = {}
     for name, _, by_model in ROUTES:
-        rules = sorted({(c.rule, c.protocol) for c in cells_ if c.kind.by_model is by_model})
+        rules = sorted({(c.rule, c.protocol, c.limit) for c in cells_ if c.kind.by_model is by_model})
         if rules:
             out[name] = rules
     return out
 
 
+def limited(cells_: list[Cell]) -> bool:
+    """Whether the input of ``cells_`` has token limits (it is rendered with a rate-limit service)."""
+    return any(LIMITS[c.limit] is not None for c in cells_)
+
+
 def manifest(cells_: list[Cell], used_only: bool = False) -> str:
     """YAML: every provider (``used_only``: those the cells' rules use), and one LLMRoute per host
     holding the rules of ``cells_`` (sorted). A waypoint's Lua is size-capped (TrafficExtension), so
-    the ambient cells' waypoint gets the providers its rules use, not the whole matrix's."""
+    the ambient cells' waypoints get the providers their rules use, not the whole matrix's."""
     used = {n for c in cells_ for n in c.kind.providers(c.protocol)}
     docs: list[dict] = [{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
                          "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()
@@ -351,7 +396,7 @@ def manifest(cells_: list[Cell], used_only: bool = False) -> str:
     hosts = {name: host for name, host, _ in ROUTES}
     for name, rules in route_rules(cells_).items():
         docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute", "metadata": {"name": name},
-                     "spec": {"host": hosts[name], "rules": [RULES[r].rule(p) for r, p in rules]}})
+                     "spec": {"host": hosts[name], "rules": [RULES[r].rule(p, lim) for r, p, lim in rules]}})
     return dump(docs)
 
 
@@ -360,7 +405,7 @@ def rejected_manifest(cell: Cell) -> str:
     docs: list[dict] = [{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
                          "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()]
     docs.append({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute", "metadata": {"name": "rejected"},
-                 "spec": {"host": cell.host, "rules": [cell.kind.rule(cell.protocol)]}})
+                 "spec": {"host": cell.host, "rules": [cell.kind.rule(cell.protocol, cell.limit)]}})
     return dump(docs)
 
 

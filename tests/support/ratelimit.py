@@ -1,7 +1,7 @@
 """A protocol-faithful double of envoyproxy/ratelimit: Envoy's ``envoy.service.ratelimit.v3``
 gRPC API in Python (``grpcio`` + the ``xds-protos`` wheel), counting in a **real redis-server**.
 
-envoyproxy/ratelimit is Go and cannot be built on the CI machine (docs/token-limits.md), so the
+envoyproxy/ratelimit is Go and cannot be built on the CI machine (docs/budgets.md), so the
 end-to-end tests run this double, loaded with **the ConfigMap llmc emits** (never a hand-written
 copy). Its semantics are copied from the service's source, envoyproxy/ratelimit at f2fb157
 (2026-07-05); each behaviour names the Go it follows and has a unit test
@@ -35,16 +35,27 @@ copy). Its semantics are copied from the service's source, envoyproxy/ratelimit 
 * failures — ``ShouldRateLimit`` L400-444: a Redis error or a service error (empty domain, no
   descriptors, ``checkServiceErr`` L113-117) is a gRPC error; Envoy's ``failure_mode_deny`` decides.
 
+* stats — the per-limit counters ``ratelimit.service.rate_limit.<key>.{total_hits, over_limit,
+  near_limit, within_limit, shadow_mode}`` (``src/stats/manager_impl.go`` L12-38; amounts per
+  ``src/limiter/base_limiter.go``, :func:`count_stats`), ``<key>`` the configured descriptor path, or
+  the request's values with ``detailed_metric`` (``GetLimit`` L614-660); :func:`prometheus` maps
+  them with ``deploy/ratelimit``'s mapper, as the service's ``USE_PROMETHEUS`` does.
+
 Not reproduced (off by default in the service): the local over-limit cache, the per-second Redis,
-STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT, response headers (LIMIT_RESPONSE_HEADERS_ENABLED), stats.
+STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT, response headers (LIMIT_RESPONSE_HEADERS_ENABLED), the
+service's other stats (call counts, errors, config loads).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import random
+import re
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -80,6 +91,7 @@ class Limit:
     quota: bool = False
     name: str = ""
     replaces: tuple[str, ...] = ()
+    detailed: bool = False  # detailed_metric: stats per request values, not per configured descriptor
 
 
 @dataclass
@@ -113,7 +125,8 @@ def _load_descriptors(node: Node, parent: str, items: list[dict], where: str) ->
             child.limit = Limit(unit=unit or "second", requests_per_unit=rpu, full_key=parent + final,
                                 unlimited=bool(rl.get("unlimited")), shadow=bool(d.get("shadow_mode")),
                                 quota=bool(d.get("quota_mode")), name=str(rl.get("name", "")),
-                                replaces=tuple(r["name"] for r in rl.get("replaces") or []))
+                                replaces=tuple(r["name"] for r in rl.get("replaces") or []),
+                                detailed=bool(d.get("detailed_metric")))
         _load_descriptors(child, parent + final + ".", d.get("descriptors"), where)
         node.children[final] = child
         if "*" in final:
@@ -174,7 +187,69 @@ def get_limit(domains: dict[str, Node], domain: str, descriptor) -> Limit | None
         if nxt is None or not nxt.children:
             break
         node = nxt
+    if found is not None and found.detailed:  # L614-660: the stats key holds the request's values
+        key = domain + "".join(f".{e.key}_{e.value}" if e.value else f".{e.key}" for e in entries)
+        found = dataclasses.replace(found, full_key=key)
     return found
+
+
+#: the service's stats of one limit (src/stats/manager_impl.go ``NewStats`` L28-38), under the scope
+#: ``ratelimit.service.rate_limit`` (L12-15): ``<scope>.<full key>.<stat>``
+STATS = ("total_hits", "over_limit", "near_limit", "within_limit", "shadow_mode")
+STATS_SCOPE = "ratelimit.service.rate_limit"
+NEAR_LIMIT_RATIO = 0.8  # NEAR_LIMIT_RATIO, the service's default
+
+
+def count_stats(stats: dict[str, int], limit: Limit, before: int, after: int, addend: int) -> None:
+    """base_limiter.go: ``total_hits`` += addend (``GenerateCacheKeys`` L58); over the limit,
+    ``over_limit`` (and ``near_limit``) per ``checkOverLimitThreshold`` L159-174, ``shadow_mode`` per
+    ``increaseShadowModeStats`` L190-198; within it, ``near_limit`` per ``checkNearLimitThreshold``
+    L176-188 and ``within_limit`` += addend (L130). All weighted by the addend: a check (addend 0)
+    counts nothing, even when it is refused."""
+    def add(stat: str, n: int) -> None:
+        name = f"{STATS_SCOPE}.{limit.full_key}.{stat}"
+        stats[name] = stats.get(name, 0) + n
+
+    threshold = limit.requests_per_unit
+    near = math.floor(float(go_float32(threshold) * go_float32(NEAR_LIMIT_RATIO)))
+    add("total_hits", addend)
+    if after > threshold:
+        if before >= threshold:
+            add("over_limit", addend)
+        else:
+            add("over_limit", after - threshold)
+            add("near_limit", threshold - max(near, before))
+        if limit.shadow:
+            add("shadow_mode", addend if before >= threshold else after - threshold)
+    else:
+        if after > near:
+            add("near_limit", addend if before >= near else after - near)
+        add("within_limit", addend)
+
+
+def go_float32(x: float) -> float:
+    """Go's float32 rounding (``float32(limit) * nearLimitRatio``)."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def prometheus(stats: dict[str, int], mapper: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
+    """The service's stats as Prometheus samples through a statsd_exporter mapping file (the
+    ``PROMETHEUS_MAPPER_YAML`` of ``deploy/ratelimit``): ``{(name, sorted labels): value}``; the first
+    mapping that matches wins (statsd_exporter's order); a name no mapping matches is dropped."""
+    rules = []
+    for m in yaml.safe_load(mapper)["mappings"]:
+        assert m.get("match_type") == "regex", "the mapper uses regex mappings only"
+        rules.append((re.compile(m["match"]), m["name"], m.get("labels") or {}))
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+    for name, value in stats.items():
+        for pattern, metric, labels in rules:
+            hit = pattern.fullmatch(name)
+            if hit:
+                key = (hit.expand(metric.replace("$", "\\")),
+                       tuple(sorted((k, hit.expand(v.replace("$", "\\"))) for k, v in labels.items())))
+                out[key] = out.get(key, 0) + value
+                break
+    return out
 
 
 def hits_addends(request, legacy: bool = False) -> list[int]:
@@ -211,6 +286,7 @@ class RateLimitDouble(rls_pb2_grpc.RateLimitServiceServicer):
         self.clock = clock
         self.domains = load_config(files, self.settings.merge_domains)
         self.requests: list = []  # every RateLimitRequest received (tests count checks and charges)
+        self.stats: dict[str, int] = {}  # the service's own stats, by their statsd names (count_stats)
         self._lock = threading.Lock()
         self._jitter = random.Random(0)
 
@@ -265,11 +341,13 @@ class RateLimitDouble(rls_pb2_grpc.RateLimitServiceServicer):
                 pipe.expire(key, expire)
         results = iter(pipe.execute()[::2])
         out = []
-        for key, lim in zip(keys, limits, strict=True):
+        for key, lim, addend in zip(keys, limits, addends, strict=True):
             if not key or lim is None:
                 out.append(rls_pb2.RateLimitResponse.DescriptorStatus(code=OK))
                 continue
             after = int(next(results))
+            with self._lock:
+                count_stats(self.stats, lim, after - addend, after, addend)
             divider = UNITS[lim.unit]
             current = rls_pb2.RateLimitResponse.RateLimit(requests_per_unit=lim.requests_per_unit,
                                                           unit=UNIT_ENUM[lim.unit])
@@ -317,6 +395,19 @@ def serving(double: RateLimitDouble):
         yield port
     finally:
         server.stop(None)
+
+
+RLS_CLUSTER = "outbound|8081||ratelimit.llmc-system.svc.cluster.local"
+
+
+def rls_cluster(port: int, host: str = "127.0.0.1") -> dict:
+    """What istiod builds for the service's Kubernetes Service (a grpc port: HTTP/2)."""
+    return {"name": RLS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": RLS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": host, "port_value": port}}}}]}]}}
 
 
 def free_port() -> int:
