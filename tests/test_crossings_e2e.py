@@ -62,6 +62,7 @@ from tests.support.crossing_checks import (
     first_tries,
     pick,
     reaches,
+    stream_events,
 )
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
 from tests.support.mesh import llmc_render
@@ -296,6 +297,14 @@ def exchanges(cell: X.Cell, request) -> list[Exchange]:
 CHARGES: dict[str, tuple[int, int, int, int]] = {}  # cell id → (calls, expected calls, charge, expected)
 
 
+def answer_usage(x: Exchange) -> dict:
+    """The usage the client got: a JSON answer's, or a stream's (the event with a usage object)."""
+    if x.headers.get("content-type", "").startswith("text/event-stream"):
+        events = [json.loads(e) for e in stream_events(x.payload) if e != "[DONE]"]
+        return next((e["usage"] for e in reversed(events) if e.get("usage")), {})
+    return (json.loads(x.payload) if x.payload else {}).get("usage") or {}
+
+
 def expected_charge(cell: X.Cell, x: Exchange) -> int:
     """What the answer costs: the usage the client got, prompt + completion tokens (a token limit,
     cost {total: 1}) or priced at the provider that answered — the last to receive the request —
@@ -305,7 +314,7 @@ def expected_charge(cell: X.Cell, x: Exchange) -> int:
     if x.status >= 400:
         return 0
     price = X.PROVIDERS[x.received[-1][0]].price if cell.limit == "budget" else {"prompt": 1, "completion": 1}
-    usage = (json.loads(x.payload) if x.payload else {}).get("usage") or {}
+    usage = answer_usage(x)
     if isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int):
         return usage["prompt_tokens"] * price["prompt"] + usage["completion_tokens"] * price["completion"]
     return len(x.sent_body) // 4 * price["prompt"]
