@@ -556,15 +556,30 @@ def diff(
     raise typer.Exit(1 if report["summary"]["changed"] else 0)
 
 
-@app.command(cls=Command, short_help="Print the MeshConfig entry of llmc's access log.")
-def meshconfig() -> None:
-    """Print the MeshConfig extensionProviders entry for llmc's access log (merge it into your
-    IstioOperator/Helm meshConfig; `llmc render --telemetry` emits the Telemetry that enables it)."""
-    from .emit import dump_yaml
-    from .telemetry import mesh_config
+_LEGACY_NAMES = next(s for s in SETTINGS if s.field == "legacy_telemetry_names")
 
+
+@app.command(cls=Command, short_help="Print the MeshConfig entry of llmc's access log.")
+def meshconfig(
+    otel: Annotated[str | None, typer.Option(
+        "--otel", metavar="HOST[:PORT]", help="Send the access log as OpenTelemetry log records to this OTLP/gRPC "
+        "collector (port 4317 unless given), e.g. otel-collector.observability.svc.cluster.local, instead of "
+        "writing JSON lines to the proxy's stdout.")] = None,
+    legacy_telemetry_names: Annotated[bool, typer.Option(f"--{_LEGACY_NAMES.name}", help=_LEGACY_NAMES.help)] = False,
+) -> None:
+    """Print the MeshConfig extensionProviders entry for llmc's access log (merge it into your
+    IstioOperator/Helm meshConfig; `llmc render --telemetry` emits the Telemetry that enables it).
+    Its fields carry OpenTelemetry's GenAI names (docs/observability.md)."""
+    from .emit import dump_yaml
+    from .telemetry import mesh_config, parse_collector
+
+    collector = None
+    if otel is not None:
+        collector, problem = parse_collector(otel)
+        if problem:
+            raise typer.BadParameter(problem, param_hint="--otel")
     sys.stdout.write("# meshConfig entry for llmc's LLM access log (istioctl/Helm values: meshConfig.*)\n")
-    sys.stdout.write(dump_yaml([mesh_config()]))
+    sys.stdout.write(dump_yaml([mesh_config(legacy_telemetry_names, collector)]))
 
 
 @app.command(cls=Command, short_help="Print or write the CRDs of LLMProvider and LLMRoute.")

@@ -379,6 +379,8 @@ class Program:
     vhosts: tuple[VirtualHost, ...]
     egress: EgressGateway | None = None
     telemetry: bool = False  # emit Telemetry resources and token-metric EnvoyFilters
+    #: the names of llmc's metrics: "gen_ai" (OpenTelemetry's GenAI conventions) or "legacy"
+    telemetry_names: str = "gen_ai"
     rate_limit: RateLimitService | None = None  # token limits' service (None: no limits anywhere)
     #: the ambient target: rules run on waypoints (a TrafficExtension each) instead of sidecars
     waypoint: Waypoint | None = None

@@ -237,6 +237,12 @@ class Options:
     telemetry: bool = setting(
         False, "Also emit Telemetry resources (access log provider from `llmc meshconfig`, llm_model on "
         "istio_requests_total) and token-metric EnvoyFilters.", _switch, switch=True, example="true")
+    #: llmc's first telemetry names instead of OpenTelemetry's GenAI ones (docs/observability.md,
+    #: "Migrating from the legacy names"); kept for one release, removed in the next
+    legacy_telemetry_names: bool = setting(
+        False, "Deprecated, for one release: metrics (and with `llmc meshconfig` the access log) in llmc's first "
+        "names (istio_llm_total_tokens, request_prompt_tokens, ...) instead of OpenTelemetry's GenAI names.",
+        _switch, switch=True, example="true", needs="telemetry")
     #: ("gateway ns/name", namespace its pods run in), sorted: where gateway-bound rules are placed
     #: when the pods are not in the Gateway resource's namespace (e.g. a shared ingress in istio-system)
     gateway_workload_namespaces: tuple[tuple[str, str], ...] = setting(
@@ -383,7 +389,8 @@ def parse_options(**values: Any) -> tuple[Options | None, list[tuple[str, str]]]
     by_name = {s.name: s for s in SETTINGS}
     for s in SETTINGS:
         needed = by_name[s.needs] if s.needs else None
-        if needed and values.get(s.param) not in (None, False, "false") and values.get(needed.param) is None:
+        if needed and values.get(s.param) not in (None, False, "false") and \
+                values.get(needed.param) in (None, False, "false"):
             problems.append((s.name, f"--{s.name} needs --{needed.name}"))
     problems += _target_problems(fields)
     if problems:

@@ -41,6 +41,7 @@ fix lands.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import httpx2 as httpx
@@ -56,12 +57,14 @@ from tests.support.azure import AzureUpstream
 from tests.support.crossing_checks import (
     Exchange,
     check_answer,
+    check_telemetry,
     check_tries,
     first_tries,
     pick,
     reaches,
+    stream_events,
 )
-from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_minor
+from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
 from tests.support.mesh import llmc_render
 from tests.support.ratelimit import RateLimitDouble, RedisServer, configmap_files, counter, rls_cluster, serving
 from tests.support.upstream import Recorded, Upstream
@@ -120,12 +123,31 @@ def rls(objects):
 AMBIENT = [c for c in TRAFFIC if c.target == "ambient"]
 
 
+def waypoint_of(cell: X.Cell) -> str:
+    """The waypoint serving an ambient cell. A waypoint's Lua is capped (TrafficExtension: 65,536
+    characters; docs/ambient.md, "Size"), and the bundle with the Anthropic translator leaves room
+    for a few providers' route table only: the cells whose rule uses a translated provider get a
+    waypoint of their own (as docs/ambient.md advises: split the providers over several waypoints)."""
+    translated = any(X.PROVIDERS[n].format != "openai" for n in cell.kind.providers(cell.protocol))
+    return "translated" if translated else "openai"
+
+
+AMBIENT_GROUPS = {name: [c for c in AMBIENT if waypoint_of(c) == name] for name in ("openai", "translated")}
+
+
+def ambient_manifest(group: str) -> str:
+    return X.manifest(AMBIENT_GROUPS[group], used_only=True)
+
+
 @pytest.fixture(scope="module")
 def ambient_objects(tmp_path_factory):
-    """The rules of the ambient cells, rendered for a waypoint."""
-    path = tmp_path_factory.mktemp("crossings") / "ambient.yaml"
-    path.write_text(X.manifest(AMBIENT))
-    return llmc_render("-f", str(path), "--istio-version", "1.31", *X.TARGETS["ambient"])
+    """The rules of the ambient cells, rendered for their waypoints (one rendering per waypoint)."""
+    out = {}
+    for group in AMBIENT_GROUPS:
+        path = tmp_path_factory.mktemp("crossings") / f"ambient-{group}.yaml"
+        path.write_text(ambient_manifest(group))
+        out[group] = llmc_render("-f", str(path), "--istio-version", "1.31", *X.TARGETS["ambient"])
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +167,18 @@ def upstreams():
 
 
 @pytest.fixture(scope="module")
-def envoy(objects, upstreams, rls):
+def access_log_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("crossings-log") / "access.log"
+
+
+@pytest.fixture(scope="module")
+def envoy(objects, upstreams, rls, access_log_path):
+    from tests.test_observability_e2e import meshconfig_labels
+
     istio = [o for o in objects if o["kind"] != "ConfigMap"]  # the ConfigMap is the rate-limit service's
     layout = build_bootstrap(istio, {h: u.port for h, u in upstreams.items()}, None,
-                             extra_clusters=[rls_cluster(rls.port)])
+                             extra_clusters=[rls_cluster(rls.port)],
+                             access_logs=[access_log(str(access_log_path), meshconfig_labels())])
     assert layout.unmatched == []
     assert (layout.skipped == []) is (envoy_minor() >= FAILOVER_ENVOY)  # failover patches: 1.31+ proxies only
     proxy = Envoy(layout.bootstrap)
@@ -157,18 +187,29 @@ def envoy(objects, upstreams, rls):
 
 
 @pytest.fixture(scope="module")
-def waypoint(ambient_objects, upstreams):
+def waypoint_log_path(tmp_path_factory):
+    return {group: tmp_path_factory.mktemp("crossings-waypoint-log") / f"{group}.log" for group in AMBIENT_GROUPS}
+
+
+@pytest.fixture(scope="module")
+def waypoint(ambient_objects, upstreams, waypoint_log_path):
+    from tests.test_observability_e2e import meshconfig_labels
+
     hosts = {host: "default" for _, host, _ in X.ROUTES}  # the routes' hosts: Services enrolled in the waypoint
-    layout = build_waypoint_bootstrap(ambient_objects, {h: u.port for h, u in upstreams.items()}, None, services=hosts)
-    proxy = Waypoint(layout.bootstrap)
-    yield proxy
-    proxy.stop()
+    proxies = {}
+    for group, objects in ambient_objects.items():
+        layout = build_waypoint_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None, services=hosts,
+                                          access_logs=[access_log(str(waypoint_log_path[group]), meshconfig_labels())])
+        proxies[group] = Waypoint(layout.bootstrap)
+    yield proxies
+    for proxy in proxies.values():
+        proxy.stop()
 
 
 def port_of(cell: X.Cell, request) -> int:
     """The listener the cell's request goes to: the sidecar's, or the waypoint's chain for its host."""
     if cell.target == "ambient":
-        return request.getfixturevalue("waypoint").ports[cell.host]
+        return request.getfixturevalue("waypoint")[waypoint_of(cell)].ports[cell.host]
     return request.getfixturevalue("envoy").port
 
 
@@ -196,20 +237,38 @@ def send(port: int, cell: X.Cell) -> tuple[dict, int, dict, bytes]:
         return sent, resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
 
 
-def exchange(cell: X.Cell, port: int, upstreams) -> Exchange:
+def log_lines(path) -> list[str]:
+    text = path.read_text() if path.exists() else ""
+    return text[:text.rfind("\n") + 1].splitlines()  # complete lines only: Envoy may be mid-write
+
+
+def next_log_line(path, previous: int, timeout: float = 20.0) -> dict:
+    """The access-log line after the first ``previous`` (Envoy writes it when the stream ends)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = log_lines(path)
+        if len(lines) > previous:
+            return json.loads(lines[previous])
+        time.sleep(0.02)
+    raise AssertionError(f"no access-log line for the request in {path}")
+
+
+def exchange(cell: X.Cell, port: int, upstreams, log_path) -> Exchange:
     """One request of the cell: the first tries' providers fail as the cell says."""
     for u in upstreams.values():
         u.clear()
         u.server.stray.clear()
     for name in first_tries(cell):
         upstreams[X.PROVIDERS[name].host].fail = X.FAILURES[cell.failure]
+    logged = len(log_lines(log_path))
     sent, status, headers, payload = send(port, cell)
     received = sorted(((HOST_PROVIDER[h], r) for h, u in upstreams.items() for r in list(u.requests)),
                       key=lambda item: item[1].order)
     problems = {id(r): p for u in upstreams.values() if isinstance(u, AnthropicUpstream)
                 for r, p in zip(u.requests, u.problems, strict=True)}
     stray = {h: list(u.server.stray) for h, u in upstreams.items() if u.server.stray}
-    return Exchange(sent, cell.body(), status, headers, payload, received, problems, stray)
+    return Exchange(sent, cell.body(), status, headers, payload, received, problems, stray,
+                    next_log_line(log_path, logged))
 
 
 #: a weighted rule's cell is sent until each backend had a first try (50/50: 24 sends miss one
@@ -223,10 +282,12 @@ def exchanges(cell: X.Cell, request) -> list[Exchange]:
         pytest.skip("failover needs Envoy 1.39+; run `python -m tests.envoy_versions 1.39.3`")
     if cell.id not in RESULTS:
         port, upstreams = port_of(cell, request), request.getfixturevalue("upstreams")
+        log_path = (request.getfixturevalue("waypoint_log_path")[waypoint_of(cell)] if cell.target == "ambient"
+                    else request.getfixturevalue("access_log_path"))
         firsts, done = first_tries(cell), []
         while not done or (len(firsts) > 1 and reaches(cell) and not {pick(cell, x) for x in done} >= set(firsts)
                            and len(done) < MAX_SENDS):
-            done.append(exchange(cell, port, upstreams))
+            done.append(exchange(cell, port, upstreams, log_path))
         RESULTS[cell.id] = done
         if cell.limit_id is not None:
             CHARGES[cell.id] = charged(cell, done, request.getfixturevalue("rls"))
@@ -234,6 +295,14 @@ def exchanges(cell: X.Cell, request) -> list[Exchange]:
 
 
 CHARGES: dict[str, tuple[int, int, int, int]] = {}  # cell id → (calls, expected calls, charge, expected)
+
+
+def answer_usage(x: Exchange) -> dict:
+    """The usage the client got: a JSON answer's, or a stream's (the event with a usage object)."""
+    if x.headers.get("content-type", "").startswith("text/event-stream"):
+        events = [json.loads(e) for e in stream_events(x.payload) if e != "[DONE]"]
+        return next((e["usage"] for e in reversed(events) if e.get("usage")), {})
+    return (json.loads(x.payload) if x.payload else {}).get("usage") or {}
 
 
 def expected_charge(cell: X.Cell, x: Exchange) -> int:
@@ -245,7 +314,7 @@ def expected_charge(cell: X.Cell, x: Exchange) -> int:
     if x.status >= 400:
         return 0
     price = X.PROVIDERS[x.received[-1][0]].price if cell.limit == "budget" else {"prompt": 1, "completion": 1}
-    usage = (json.loads(x.payload) if x.payload else {}).get("usage") or {}
+    usage = answer_usage(x)
     if isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int):
         return usage["prompt_tokens"] * price["prompt"] + usage["completion_tokens"] * price["completion"]
     return len(x.sent_body) // 4 * price["prompt"]
@@ -304,6 +373,7 @@ def test_crossing(cell: X.Cell, request):
     for x in xs:
         check_answer(cell, x)
         check_tries(cell, x)
+        check_telemetry(cell, x)
     if cell.limit_id is not None:
         check_charge(cell)
 
@@ -349,9 +419,10 @@ def test_the_ambient_input_compiles_for_a_waypoint():
     """The ambient cells' rules compile for the ambient target (its TrafficExtension fits), with the
     warnings ``WARNED`` lists and no error."""
     opts, _ = parse_options(target="ambient", istio_version="1.31")
-    result = compile_text(X.manifest(AMBIENT), opts, "crossings.yaml")
-    assert result.ok, [d.format() for d in result.diagnostics.items if d.severity == "error"]
-    assert "TrafficExtension" in {o["kind"] for o in result.objects}
+    for group in AMBIENT_GROUPS:
+        result = compile_text(ambient_manifest(group), opts, "crossings.yaml")
+        assert result.ok, [d.format() for d in result.diagnostics.items if d.severity == "error"]
+        assert "TrafficExtension" in {o["kind"] for o in result.objects}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -403,7 +474,7 @@ def test_explain_predicts_the_cell(cell: X.Cell, objects, request):
     URL, headers (keys masked; Envoy's own additions aside), body and length; or llmc's reply. An
     ambient cell is explained from the ambient rendering (``llmc explain --target ambient``)."""
     if cell.target == "ambient":
-        objects = request.getfixturevalue("ambient_objects")
+        objects = request.getfixturevalue("ambient_objects")[waypoint_of(cell)]
     for x in exchanges(cell, request):
         predicted = predicted_tries(objects, cell, x)
         if not x.received:

@@ -34,9 +34,10 @@ def sources(tmp_path, name: str, weights: tuple[int, int] | None = None):
 
 
 def test_the_access_log_of_a_real_envoy_is_replayed(env, tmp_path):  # noqa: F811
-    envoy, d, ups = env
-    log = d / "access.log"
+    envoy, d = env[0], env[1]
+    log, legacy_log = d / "access.log", d / "legacy.log"
     before = len(log.read_text().splitlines()) if log.exists() else 0
+    legacy_before = len(legacy_log.read_text().splitlines()) if legacy_log.exists() else 0
     chat(envoy.port, "demo-llm-server")
     chat(envoy.port, "dashscope.aliyuncs.com")
     chat(envoy.port, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"})
@@ -66,3 +67,16 @@ def test_the_access_log_of_a_real_envoy_is_replayed(env, tmp_path):  # noqa: F81
     assert moved.exit_code == 1, moved.output
     assert "dashscope-qwen: share 50% → 90%" in moved.stdout and "moonshot: share 50% → 10%" in moved.stdout
     assert moved.stdout.strip().endswith("3 requests: 1 changed, 1 unchanged, 1 not reproducible")
+
+    # the same requests logged in the legacy names (--legacy-telemetry-names) replay the same way
+    for _ in range(1000):
+        legacy = legacy_log.read_text().splitlines()[legacy_before:]
+        if len(legacy) >= 3:
+            break
+        time.sleep(0.02)
+    assert len(legacy) == 3 and all("request_model" in json.loads(line) for line in legacy), legacy
+    old = tmp_path / "legacy.log"
+    old.write_text("\n".join(legacy) + "\n")
+    replayed = runner.invoke(app, ["diff", "--base", str(base), "--head", str(head), "--requests", str(old)])
+    assert replayed.exit_code == 1, replayed.output
+    assert replayed.stdout.replace("legacy.log", "access.log") == moved.stdout, replayed.stdout

@@ -176,7 +176,8 @@ def test_success_shapes_path_headers_and_metadata(lua):
     assert r.headers["authorization"] == "Bearer k1"
     assert r.headers["content-type"] == "application/json"
     assert json.loads(r.body) == {"messages": [], "model": "qwen", "stream": False}
-    assert r.metadata == {"llmc:provider": "p", "llmc:request_model": "qwen", "llmc:rule": "default/r/r"}
+    assert r.metadata == {"llmc:provider": "p", "llmc:request_model": "qwen", "llmc:rule": "default/r/r",
+                          "llmc:gen_ai_provider": "p"}  # the context names none: the LLMProvider's name
 
 
 def test_unknown_route_on_an_llmc_vhost_fails_closed(lua):
@@ -261,8 +262,8 @@ def test_missing_key_file_is_503_without_forwarding(lua, tmp_path):
 
 def test_usage_from_json_response(lua):
     body = '{"id":"x","model":"qwen-turbo-0919","usage":{"prompt_tokens":3,"completion_tokens":72,"total_tokens":75}}'
-    assert tuple(lua.M.usage_of(body)) == (3, 72, 75, "qwen-turbo-0919")
-    assert tuple(lua.M.usage_of('{"usage":"lots","model":7}')) == (None, None, None, None)
+    assert tuple(lua.M.usage_of(body)) == (3, 72, 75, "qwen-turbo-0919", None)
+    assert tuple(lua.M.usage_of('{"usage":"lots","model":7}')) == (None, None, None, None, None)
     assert lua.M.usage_of("not json") is None
 
 
@@ -276,6 +277,7 @@ return function(status, ctype, chunks, clen, stall)
                     replace = function(_, k, v) hm[k] = v end }
   function h:headers() return headers end
   function h:filterContext() return nil end
+  function h:timestamp() return 1796603451602 end -- Envoy's clock, ms since the epoch
   function h:bodyChunks()
     h.reads = h.reads + 1
     local i = 0
@@ -353,6 +355,10 @@ def test_json_answers_up_to_64_kib_are_read_whole_larger_ones_by_chunks(clen, wh
     assert dict(h.md.items())["llmc:request_total_tokens"] == 7
 
 
+#: what a stream's first chunk records: when it passed (the unit handle's clock), once
+FIRST = {"llmc:first_chunk_ms": 1796603451602}
+
+
 def stalled_stream(events: list[dict], cuts: list[int] | str | None = None):
     """The unit handle after an OpenAI event stream whose end never comes, in one chunk, split at
     ``cuts``, or with ``cuts="events"`` one event per chunk."""
@@ -379,8 +385,9 @@ def test_a_stream_records_usage_as_it_passes_not_at_its_end():
               {"choices": [], "model": "m-1", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}]
     h = stalled_stream(events, "events")
     assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
-                                  "llmc:request_completion_tokens": 2, "llmc:request_total_tokens": 7}
-    assert h.md_writes == 4  # the model when it first passed, the usage when it passed; nothing twice
+                                  "llmc:request_completion_tokens": 2, "llmc:request_total_tokens": 7, **FIRST}
+    # the first chunk's time, the model when it first passed, the usage when it passed; nothing twice
+    assert h.md_writes == 5
 
 
 def test_usage_in_every_event_costs_the_changed_counts_only():
@@ -390,9 +397,9 @@ def test_usage_in_every_event_costs_the_changed_counts_only():
                "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}} for n in range(1, 11)]
     h = stalled_stream(events, "events")
     assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
-                                  "llmc:request_completion_tokens": 10, "llmc:request_total_tokens": 15}
-    assert h.md_writes == 2 + 2 * 10
-    assert stalled_stream(events).md_writes == 4  # all in one chunk: the last values only
+                                  "llmc:request_completion_tokens": 10, "llmc:request_total_tokens": 15, **FIRST}
+    assert h.md_writes == 1 + 2 + 2 * 10
+    assert stalled_stream(events).md_writes == 5  # all in one chunk: the last values only
 
 
 def test_a_later_usage_without_a_field_keeps_the_earlier_value():
@@ -401,11 +408,11 @@ def test_a_later_usage_without_a_field_keeps_the_earlier_value():
               {"choices": [], "model": "m-1", "usage": {"completion_tokens": 4, "total_tokens": 9}}]
     h = stalled_stream(events)
     assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
-                                  "llmc:request_completion_tokens": 4, "llmc:request_total_tokens": 9}
+                                  "llmc:request_completion_tokens": 4, "llmc:request_total_tokens": 9, **FIRST}
     u = _LUA.M.new_usage(True)
     for e in events:
         u.feed(f"data: {json.dumps(e)}\n\n")
-    assert tuple(u.finish()) == (5, 4, 9, "m-1")  # the reader's state is what was recorded
+    assert tuple(u.finish())[:4] == (5, 4, 9, "m-1")  # the reader's state is what was recorded
 
 
 @given(cuts=st.lists(st.integers(1, 600), max_size=8))
@@ -414,8 +421,8 @@ def test_a_stream_split_anywhere_records_its_usage_before_its_end(cuts):
               {"choices": [], "model": "m-2", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}]
     h = stalled_stream(events, cuts)
     assert dict(h.md.items()) == {"llmc:response_model": "m-1", "llmc:request_prompt_tokens": 5,
-                                  "llmc:request_completion_tokens": 2, "llmc:request_total_tokens": 7}
-    assert h.md_writes == 4
+                                  "llmc:request_completion_tokens": 2, "llmc:request_total_tokens": 7, **FIRST}
+    assert h.md_writes == 5
 
 
 @given(cuts=st.lists(st.integers(1, 400), max_size=8))
@@ -429,7 +436,7 @@ def test_usage_from_sse_split_anywhere(cuts):
         if cut > start:
             u.feed(stream[start:cut])
             start = cut
-    assert tuple(u.finish()) == (5, 2, 7, "m-1")
+    assert tuple(u.finish())[:4] == (5, 2, 7, "m-1")
 
 
 def test_stream_options_added_only_when_llmc_turns_streaming_on(lua):

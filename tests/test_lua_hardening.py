@@ -236,7 +236,8 @@ def test_error_replies_are_attributed_to_rule_and_provider():
     r = _LUA.request(ctx(model="m"), "not json")
     assert r.status == 400
     # recorded before the body is read: the model the request would have carried
-    assert r.metadata == {"llmc:rule": "default/r/r", "llmc:provider": "p", "llmc:request_model": "m"}
+    assert r.metadata == {"llmc:rule": "default/r/r", "llmc:provider": "p", "llmc:request_model": "m",
+                          "llmc:gen_ai_provider": "p"}  # the context names none: the LLMProvider's name
     # the same on every reply of llmc's once the provider is known: 413 by Content-Length, 503 no key
     r = _LUA.request(ctx(model="m", max_body=1024), "{}", headers={"content-length": "5000"})
     assert r.status == 413 and r.metadata["llmc:request_model"] == "m"

@@ -277,7 +277,9 @@ def line_with(path, marker: str, timeout: float = 5.0) -> dict:
 @pytest.mark.parametrize("stream", [False, True, "client-leaves-at-done"])
 def test_anthropic_usage_reaches_access_logs_and_metrics_like_openai(envoy, upstreams, logs, stream):
     """Streamed usage is recorded as it passes: the official SDK closes the connection at ``data:
-    [DONE]`` (which llmc writes on ``message_stop``), and Anthropic's stream may end after that."""
+    [DONE]`` (which llmc writes on ``message_stop``), and Anthropic's stream may end after that.
+    In GenAI names: provider ``anthropic``, input tokens with the cache reads and writes included
+    and each beside it, Anthropic's own stop reason, and a stream's time to first chunk."""
     marker = f"obs-{stream}"
     if stream:  # usage recorded though the client did not ask for it
         linger = {"x-test-linger": "0.5"} if stream == "client-leaves-at-done" else None
@@ -287,14 +289,45 @@ def test_anthropic_usage_reaches_access_logs_and_metrics_like_openai(envoy, upst
     entry = line_with(logs / "access.log", marker)
     if stream == "client-leaves-at-done":  # without the linger the client may leave early too, now and then
         assert "DC" in entry["response_flags"]
-    total = PROMPT + USAGE["output_tokens"]
-    assert entry["llm_provider"] == "claude" and entry["request_model"] == "claude-test"
-    assert entry["response_model"] == "claude-test"
-    assert (entry["request_prompt_tokens"], entry["request_completion_tokens"], entry["request_total_tokens"]) == (
-        PROMPT, USAGE["output_tokens"], total)
+    assert entry["llm_provider"] == "claude" and entry["gen_ai.provider.name"] == "anthropic"
+    assert entry["gen_ai.operation.name"] == "chat"
+    assert entry["gen_ai.request.model"] == "claude-test" and entry["gen_ai.response.model"] == "claude-test"
+    assert (entry["gen_ai.usage.input_tokens"], entry["gen_ai.usage.output_tokens"]) == (PROMPT, USAGE["output_tokens"])
+    assert entry["gen_ai.usage.cache_read.input_tokens"] == USAGE["cache_read_input_tokens"]
+    assert entry["gen_ai.usage.cache_creation.input_tokens"] == USAGE["cache_creation_input_tokens"]
+    assert entry["gen_ai.response.finish_reasons"] == ["end_turn"]
+    assert (entry["gen_ai.response.time_to_first_chunk"] is not None) is bool(stream)
     metrics = line_with(logs / "metrics.log", marker)
-    assert int(metrics["llm_total_tokens"]) == total and int(metrics["llm_prompt_tokens"]) == PROMPT
-    assert metrics["llm_provider"] == "claude" and metrics["llm_model"] == "claude-test"
+    assert int(metrics["gen_ai_client_token_usage.input"]) == PROMPT
+    assert int(metrics["gen_ai_client_token_usage.output"]) == USAGE["output_tokens"]
+    for sample in ("input", "output"):
+        assert metrics[f"gen_ai_client_token_usage.{sample}/gen_ai_provider_name"] == "anthropic"
+        assert metrics[f"gen_ai_client_token_usage.{sample}/gen_ai_request_model"] == "claude-test"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_azure_and_openai_usage_in_genai_names(envoy, upstreams, logs, stream):
+    """Azure's provider name is the convention's ``azure.ai.openai`` (from the protocol); a provider
+    on a host with no well-known name keeps its LLMProvider name."""
+    for host, name, provider in (("azure.example.com", "azure.ai.openai", "azure"), ("openai.example.com", "openai",
+                                                                                       "openai")):
+        path, metrics_path = logs / "access.log", logs / "metrics.log"
+        before = len(path.read_text().splitlines()) if path.exists() else 0
+        metrics_before = len(metrics_path.read_text().splitlines()) if metrics_path.exists() else 0
+        if stream:
+            chat_stream(envoy.port, host)
+        else:
+            chat(envoy.port, host)
+        # the path is the provider's (a query the client adds does not reach the log): by authority
+        entry = line_for(path, before, host)
+        metrics = line_for(metrics_path, metrics_before, name, key="gen_ai_client_token_usage.input/gen_ai_provider_name")
+        assert (int(metrics["gen_ai_client_token_usage.input"]), int(metrics["gen_ai_client_token_usage.output"])) == (
+            11, 7)
+        assert metrics["gen_ai_client_token_usage.output/gen_ai_provider_name"] == name
+        assert entry["llm_provider"] == provider and entry["gen_ai.provider.name"] == name, entry
+        assert (entry["gen_ai.usage.input_tokens"], entry["gen_ai.usage.output_tokens"]) == (11, 7)
+        assert entry["gen_ai.response.finish_reasons"] == ["stop"] and entry["gen_ai.operation.name"] == "chat"
+        assert (entry["gen_ai.response.time_to_first_chunk"] is not None) is stream
 
 
 # --- a broken or surprising provider (issue 24, items 8 and 9) ------------------------------------
@@ -367,6 +400,18 @@ def test_a_2xx_that_cannot_be_translated_is_a_502_openai_error(envoy, upstreams)
     assert err.status_code == 502 and err.body["code"] == "llmc_untranslatable_answer"
 
 
+def line_for(path, before: int, value: str, key: str = "authority", timeout: float = 5.0) -> dict:
+    """The first log line after the first ``before`` whose ``key`` is ``value``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in path.read_text().splitlines()[before:]] if path.exists() else []
+        found = [e for e in lines if e.get(key) == value]
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no log line with {key} {value} in {path}")
+
+
 def test_azure_streams_record_the_first_non_empty_model(envoy, upstreams, logs):
     """Azure's first chunk (content filtering, on by default) says "model": ""; the next ones name it."""
     path = logs / "access.log"
@@ -381,4 +426,4 @@ def test_azure_streams_record_the_first_non_empty_model(envoy, upstreams, logs):
             break
         time.sleep(0.02)
     (entry,) = entries
-    assert entry["response_model"] == "gpt-4o-mini-2026" and entry["request_total_tokens"] == 18
+    assert entry["gen_ai.response.model"] == "gpt-4o-mini-2026" and entry["gen_ai.usage.input_tokens"] == 11

@@ -17,7 +17,14 @@ from typer.testing import CliRunner
 from compiler import Options, compile_text
 from compiler.emit import dump_yaml
 from compiler.keys import round_robin_order
-from compiler.telemetry import ACCESS_LOG_LABELS, REQUEST_TAGS, TOKEN_DIMENSIONS
+from compiler.telemetry import (
+    GENAI_ACCESS_LOG,
+    GENAI_REQUEST_TAGS,
+    LEGACY_ACCESS_LOG,
+    LEGACY_REQUEST_TAGS,
+    genai_metrics,
+    legacy_metrics,
+)
 from compiler.translate.envoyfilter import FAILOVER_PROXY_VERSION
 from tests.support.flow import to_flow
 from tests.support.lua import LuaFilter
@@ -234,8 +241,12 @@ def test_one_key_records_no_key_id(lua):
 # ---- attribution and what is printed ------------------------------------------------------------
 
 def test_key_id_is_an_access_log_field_and_a_metric_dimension():
-    assert ACCESS_LOG_LABELS["llm_api_key_id"] == "%DYNAMIC_METADATA(llmc:api_key_id)%"
-    assert "api_key_id" in REQUEST_TAGS["llm_api_key_id"] and "api_key_id" in TOKEN_DIMENSIONS["llm_api_key_id"]
+    for log in (GENAI_ACCESS_LOG, LEGACY_ACCESS_LOG):
+        assert log["llm_api_key_id"] == "%DYNAMIC_METADATA(llmc:api_key_id)%"
+    for tags in (GENAI_REQUEST_TAGS, LEGACY_REQUEST_TAGS):
+        assert "api_key_id" in tags["llm_api_key_id"]
+    for metric in genai_metrics() + legacy_metrics():
+        assert "api_key_id" in metric.dimensions["llm_api_key_id"], metric.definition
 
 
 def _app():

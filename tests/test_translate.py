@@ -210,8 +210,12 @@ def prompt_of(u: dict) -> int:
 def test_any_anthropic_message_becomes_a_valid_chat_completion(blocks, stop, usage):
     msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test", "content": blocks,
            "stop_reason": stop, "stop_sequence": None, "usage": usage}
-    out, p, c, t, model, status = TRANSLATOR.response(json.dumps(msg), 200, 1700000000)
+    out, p, c, t, model, status, x = TRANSLATOR.response(json.dumps(msg), 200, 1700000000)
     assert status == 200
+    # for accounting (the GenAI details): Anthropic's own stop reason and its cache counts
+    assert list(x.finish_reasons.values()) == [stop]
+    assert (x.cache_read, x.cache_creation) == (usage.get("cache_read_input_tokens"),
+                                                usage.get("cache_creation_input_tokens"))
     completion = ChatCompletion.model_validate_json(out)
     choice = completion.choices[0]
     texts = [b["text"] for b in blocks if b["type"] == "text"]
@@ -307,7 +311,8 @@ def test_any_anthropic_stream_becomes_a_valid_openai_stream(stream, include_usag
         assert u.usage.prompt_tokens == prompt_of(usage) and u.usage.completion_tokens == usage["output_tokens"]
     else:
         assert usage_chunks == []
-    p, c, t, model = st_.totals()
+    p, c, t, model, x = st_.totals()
+    assert list(x.finish_reasons.values()) == [stop]  # the provider's own, for accounting
     assert (p, c, t, model) == (prompt_of(usage), usage["output_tokens"], prompt_of(usage) + usage["output_tokens"],
                                 "claude-test")
 

@@ -79,6 +79,7 @@ return function(status, headers, chunks, note)
                  replace = function(_, k, v) check(); hm[k] = v end }
   function h:headers() return hdrs end
   function h:filterContext() return nil end
+  function h:timestamp() return 1796603451602 end -- Envoy's clock, ms since the epoch
   function h:bodyChunks()
     h.sent = true
     local i = 0

@@ -122,6 +122,7 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
         return None
     return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
                    egress=egress, telemetry=opts.telemetry, rate_limit=rate_limit_service(opts),
+                   telemetry_names="legacy" if opts.legacy_telemetry_names else "gen_ai",
                    waypoint=Waypoint(*opts.waypoint) if opts.ambient else None,
                    vhosts=tuple(sorted(placed, key=lambda v: (v.namespace, v.object_name))))
 

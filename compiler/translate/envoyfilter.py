@@ -37,6 +37,7 @@ from ..protocols import (
     credential_headers,
     endpoint,
 )
+from ..telemetry import gen_ai_provider_name
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 from .ratelimit import local_reply as rate_limit_reply
 from .ratelimit import mark_usage, rate_limit_filter, with_rate_limits
@@ -78,6 +79,9 @@ def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
     path = endpoint(p.protocol, p.path, c.deployment, c.api_version)
     ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": path, "weight": b.weight,
                  "max_body": p.max_request_bytes}
+    gen_ai = gen_ai_provider_name(p.protocol, p.host, p.name)
+    if gen_ai != p.name:  # the filter's default is the LLMProvider's name (a waypoint's Lua is size-capped)
+        ctx["gen_ai_provider"] = gen_ai
     ctx.update(_protocol_settings(p.protocol, c))
     if c.model is not None:
         ctx["model"] = c.model

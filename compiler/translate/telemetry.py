@@ -2,20 +2,30 @@
 are in :mod:`compiler.telemetry` (shared with ``llmc meshconfig``).
 
 Per placement group (namespace, selector, proxies): a ``Telemetry`` that turns on llmc's access-log
-provider and adds ``llm_model``/``llm_provider`` to Istio's request metrics, and an EnvoyFilter that
-MERGEs token counter ``definitions`` into Istio's stats filter (the Telemetry API cannot define metrics).
+provider and adds the provider and model to Istio's request metrics, and an EnvoyFilter that adds
+llmc's metrics to Istio's stats filter (the Telemetry API cannot define metrics): GenAI histograms
+(a MERGE into ``istio.stats`` and a second stats filter for output tokens), or with
+``--legacy-telemetry-names`` the legacy token counters.
 """
 
 from __future__ import annotations
 
 from .. import names
 from ..ir import Program
-from ..telemetry import PROVIDER_NAME, REQUEST_TAGS, TOKEN_DIMENSIONS, TOKEN_METRICS
+from ..telemetry import PROVIDER_NAME, StatsPatch, request_tags, stats_patches
 from .common import envoy_placements, metadata
+
+
+def _patch_view(p: StatsPatch, context: str) -> dict:
+    return {"operation": p.operation, "name": p.name, "context": context,
+            "definitions": [{"name": m.definition, "type": m.type, "value": m.value} for m in p.metrics],
+            "metrics": [{"name": m.definition, "dimensions": dict(sorted(m.dimensions.items()))} for m in p.metrics]
+            + [{"name": d, "drop": True} for d in p.drop]}
 
 
 def telemetry_views(program: Program) -> tuple[list[dict], list[dict]]:
     """(Telemetry view-models, metrics EnvoyFilter view-models), one per (namespace, selector, context)."""
+    legacy = program.telemetry_names == "legacy"
     groups: dict[tuple, set[str]] = {}
     for vh in program.vhosts:
         for pl in envoy_placements(vh):
@@ -26,12 +36,11 @@ def telemetry_views(program: Program) -> tuple[list[dict], list[dict]]:
                                                  sorted(sources)),
                             "selector": dict(selector), "provider": PROVIDER_NAME,
                             "metrics": ["REQUEST_COUNT", "REQUEST_DURATION"],
-                            "tags": [{"name": k, "value": v} for k, v in REQUEST_TAGS.items()]})
+                            "tags": [{"name": k, "value": v} for k, v in request_tags(legacy).items()]})
         filters.append({"metadata": metadata(names.selector_name(f"{names.PREFIX}-token-metrics", selector), ns,
                                              sorted(sources)),
-                        "selector": [{"name": k, "value": v} for k, v in selector], "context": context,
-                        "definitions": [{"name": k, "value": v} for k, v in TOKEN_METRICS.items()],
-                        "dimensions": TOKEN_DIMENSIONS})
+                        "selector": [{"name": k, "value": v} for k, v in selector],
+                        "patches": [_patch_view(p, context) for p in stats_patches(legacy)]})
     return telemetries, filters
 
 

@@ -4,7 +4,7 @@
 -- It provides what llmc.lua uses, with Envoy's semantics where they matter:
 -- * headers(), body() (getBytes/setBytes/length; setBytes fixes content-length), respond(),
 --   filterContext() (ctx:get), metadata() (route metadata: ctx:get), streamInfo()
---   (routeName(), dynamicMetadata():set/get), clearRouteCache(), logErr();
+--   (routeName(), dynamicMetadata():set/get), clearRouteCache(), timestamp(), logErr();
 -- * wrappers from headers() and streamInfo() are out of scope after body() (Envoy raises
 --   "object used outside of proper scope");
 -- * route selection: the route matched when the request started stays cached; after
@@ -54,6 +54,8 @@ function Handle.new(req)
     }
   end
   function h:respond(hdrs, body) self.response = { headers = hdrs, body = body } end
+  -- Envoy's clock in milliseconds since the epoch; a fixed one here (req.now_ms), so output is deterministic
+  function h:timestamp() return req.now_ms or 0 end
   function h:filterContext()
     if self.context == nil then return nil end
     local ctx = self.context

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 
 import openai
 
+from compiler.protocols import CONFIG_FIELDS
+from compiler.telemetry import gen_ai_provider_name
 from tests.support import crossings as X
+from tests.support.anthropic import USAGE as ANTHROPIC_USAGE
+from tests.support.upstream import USAGE as OPENAI_USAGE
 from tests.support.upstream import Recorded
 
 
@@ -46,6 +50,7 @@ class Exchange:
     received: list[tuple[str, Recorded]]  # (provider name, request) in arrival order
     problems: dict[int, list[str]]  # id(request) → what the Anthropic double found wrong with it
     stray: dict[str, list[bytes]]  # provider host → bytes read where a request should start
+    log: dict | None = None  # the request's access-log line, in GenAI names (llmc meshconfig)
 
 
 def pick(cell: X.Cell, x: Exchange) -> str | None:
@@ -144,20 +149,79 @@ def check_request(cell: X.Cell, p: X.Provider, rec: Recorded, problems: list[str
         assert json.loads(rec.body, object_pairs_hook=list) == expected_pairs(cell, p), (where, rec.body)
 
 
+def stream_events(payload: bytes) -> list[str]:
+    return [e.removeprefix("data: ") for e in payload.decode().split("\n\n") if e.startswith("data: ")]
+
+
 def check_answer(cell: X.Cell, x: Exchange) -> None:
     assert x.status == expected_status(cell, pick(cell, x)), (x.status, x.payload[:300])
     assert not [k for k in x.headers if k.startswith("x-llmc-")], x.headers
+    served = X.PROVIDERS[pick(cell, x)].serves(cell.endpoint) if x.status < 300 else None
+    if served == "chat" and cell.streams:  # OpenAI's chunks, the usage chunk last, then [DONE]
+        assert x.headers.get("content-type", "").startswith("text/event-stream"), (x.headers, x.payload[:300])
+        *events, done = stream_events(x.payload)
+        assert done == "[DONE]" and events, x.payload[-300:]
+        # Azure's first chunk (prompt_filter_results: empty object and model) passes as Azure sent it
+        chunks = [openai.types.chat.ChatCompletionChunk.model_validate_json(e) for e in events
+                  if json.loads(e).get("object") != ""]
+        assert chunks[-1].choices == [] and chunks[-1].usage is not None, events[-1]
+        return
     assert x.headers.get("content-type", "").startswith("application/json"), (x.headers, x.payload[:300])
     body = json.loads(x.payload)
     if x.status < 300:
         assert "error" not in body, body
-        served = X.PROVIDERS[pick(cell, x)].serves(cell.endpoint)
         kind = openai.types.chat.ChatCompletion if served == "chat" else openai.types.CreateEmbeddingResponse
         kind.model_validate(body)
     else:
         err = body.get("error")
         assert isinstance(err, dict) and set(err) >= {"message", "type", "param", "code"}, body
         assert isinstance(err["message"], str) and isinstance(err["type"], str), body
+
+
+def gen_ai_provider(p: X.Provider) -> str:
+    """The ``gen_ai.provider.name`` the compiler gives the matrix's provider (compiler/telemetry.py)."""
+    (field,) = p.config
+    return gen_ai_provider_name(CONFIG_FIELDS[field], p.host, f"p-{p.name}")
+
+
+def expected_usage(p: X.Provider, served: str) -> dict[str, object]:
+    """The GenAI usage fields the access log must carry for an answer of ``p``'s double."""
+    if served == "embeddings":  # the OpenAI double's embeddings usage: prompt tokens only
+        return {"input_tokens": 5, "output_tokens": None, "cache_read.input_tokens": None,
+                "cache_creation.input_tokens": None, "finish_reasons": None}
+    if p.format == "anthropic":  # input includes the cache reads and writes (the convention's rule)
+        u = ANTHROPIC_USAGE
+        return {"input_tokens": u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"],
+                "output_tokens": u["output_tokens"], "cache_read.input_tokens": u["cache_read_input_tokens"],
+                "cache_creation.input_tokens": u["cache_creation_input_tokens"], "finish_reasons": ["end_turn"]}
+    return {"input_tokens": OPENAI_USAGE["prompt_tokens"], "output_tokens": OPENAI_USAGE["completion_tokens"],
+            "cache_read.input_tokens": None, "cache_creation.input_tokens": None, "finish_reasons": ["stop"]}
+
+
+def check_telemetry(cell: X.Cell, x: Exchange) -> None:
+    """The access log line in GenAI names (``llmc meshconfig``): the provider that answered, the
+    operation of the endpoint, the double's usage by type, finish reasons, and time to first chunk
+    for a stream; llmc's own and the providers' errors carry no usage."""
+    log = x.log
+    assert log is not None and log["response_code"] == x.status, (log, x.status)
+    usage = {k.removeprefix("gen_ai.usage.").removeprefix("gen_ai.response."): v for k, v in log.items()
+             if k.startswith(("gen_ai.usage.", "gen_ai.response.finish"))}
+    if x.status >= 300:
+        assert all(v is None for v in usage.values()), log
+        assert log["gen_ai.response.time_to_first_chunk"] is None, log
+        return
+    answered = X.PROVIDERS[x.received[-1][0]]  # the last try answered
+    served = answered.serves(cell.endpoint)
+    assert log["llm_provider"] == f"p-{answered.name}", log
+    assert log["gen_ai.provider.name"] == gen_ai_provider(answered), log
+    assert log["gen_ai.operation.name"] == served, log
+    assert {k: usage[k] for k in expected_usage(answered, served)} == expected_usage(answered, served), log
+    assert usage["reasoning.output_tokens"] is None, log
+    first = log["gen_ai.response.time_to_first_chunk"]
+    if cell.streams and served == "chat":
+        assert first is not None and 0 <= float(first) * 1000 <= int(log["duration_ms"]) + 1, log
+    else:
+        assert first is None, log
 
 
 def check_tries(cell: X.Cell, x: Exchange) -> None:

@@ -9,7 +9,7 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
   and the key form (one key, or several: ``multikey``);
 * ``ENDPOINTS`` — what the client calls: chat, embeddings (through ``basePath``), an unknown path;
 * ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
-  with two ``model`` members, ``Accept-Encoding: gzip``;
+  with two ``model`` members, ``Accept-Encoding: gzip``, a stream with usage (``stream_options``);
 * ``FAILURES`` — what the first try meets: nothing, a 503, a reset, a hang past the per-try timeout;
 * ``LIMITS`` — token limits (issue 30): none, a token limit or a money budget (issue 31) on the
   cell's rule (the rate-limit filter checks before forwarding and charges the answer's usage — at
@@ -249,14 +249,17 @@ def internal_headers() -> list[str]:
     return sorted(set(re.findall(r"x-llmc-[a-z]+(?:-[a-z]+)*", text)))
 
 
-# ---- dimension: what the client adds (one line each): (headers, duplicate model) ----------------
-EXTRAS: dict[str, tuple[dict, bool]] = {
-    "none": ({"accept-encoding": "identity"}, False),
+# ---- dimension: what the client adds (one line each): (headers, duplicate model, streams) -------
+#: "stream": the client streams its chat completion and asks for usage (`stream_options`), as the
+#: openai SDK does; an endpoint without `messages` (embeddings) is not streamed
+EXTRAS: dict[str, tuple[dict, bool, bool]] = {
+    "none": ({"accept-encoding": "identity"}, False, False),
     "client_keys": ({"accept-encoding": "identity", "authorization": f"Bearer {APP_KEY}", "x-api-key": APP_XKEY},
-                    False),
-    "internal": ({"accept-encoding": "identity", **{h: "1" for h in internal_headers()}}, False),
-    "dup_model": ({"accept-encoding": "identity"}, True),
-    "gzip": ({"accept-encoding": "gzip"}, False),
+                    False, False),
+    "internal": ({"accept-encoding": "identity", **{h: "1" for h in internal_headers()}}, False, False),
+    "dup_model": ({"accept-encoding": "identity"}, True, False),
+    "gzip": ({"accept-encoding": "gzip"}, False, False),
+    "stream": ({"accept-encoding": "identity"}, False, True),
 }
 
 # ---- dimension: what the first try meets (one line each): the doubles' `fail` mode --------------
@@ -330,8 +333,15 @@ class Cell:
             out["x-cell-rule"] = self.rule_name
         return out
 
+    @property
+    def streams(self) -> bool:
+        """The client asks for a stream (and its usage): a chat body only."""
+        return EXTRAS[self.extra][2] and any(k == "messages" for k, _ in ENDPOINTS[self.endpoint][1])
+
     def body(self) -> bytes:
         members = [("model", self.routed_model), *ENDPOINTS[self.endpoint][1]]
+        if self.streams:
+            members += [("stream", True), ("stream_options", {"include_usage": True})]
         if EXTRAS[self.extra][1]:  # the decoy first: the last member is the one parsers (and routing) read
             members = [("model", DECOY_MODEL), *members]
         return ("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in members) + "}").encode()

@@ -332,6 +332,32 @@ def access_log(path: str, labels: dict[str, str]) -> dict:
             "@type": "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"}}]}}}
 
 
+def otel_access_log(cluster: str, provider: dict) -> dict:
+    """What istiod makes of a MeshConfig ``envoyOtelAls`` provider (``llmc meshconfig --otel``): an
+    OpenTelemetry access log to the collector's cluster, ``logFormat.text`` as the body and each of
+    ``logFormat.labels`` as an attribute (pilot ``buildOpenTelemetryAccessLogConfig``), CEL on."""
+    als = provider["envoyOtelAls"]
+    fmt = als.get("logFormat", {})
+    return {"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "common_config": {"log_name": als.get("logName", "otel_envoy_accesslog"), "transport_api_version": "V3",
+                          "grpc_service": {"envoy_grpc": {"cluster_name": cluster, "authority": als["service"]}}},
+        "body": {"string_value": fmt.get("text", "")},
+        "attributes": {"values": [{"key": k, "value": {"string_value": v}} for k, v in fmt.get("labels", {}).items()]},
+        "formatters": [{"name": "envoy.formatter.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"}}]}}
+
+
+def grpc_cluster(name: str, port: int) -> dict:
+    """A plaintext HTTP/2 cluster to a local gRPC server (an OTLP collector)."""
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
 def _apply_envoyfilters(layout: Layout, objects: list[dict], namespace: str, labels: dict[str, str],
                         context: str, listener: dict, route_config: dict, listener_port: int, rc_port: int,
                         proxy_version: str | None = None) -> None:

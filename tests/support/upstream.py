@@ -16,7 +16,7 @@ follow OpenAI's documented chat-completions API, so the official ``openai`` SDK 
   ``retry-after`` on 429/5xx, ``x-ratelimit-*`` on 429).
 
 Test controls, sent as request headers (they pass through the proxy untouched):
-``x-test-usage: none | malformed``, ``x-test-status: <an HTTP status to answer with>`` and
+``x-test-usage: none | malformed | details``, ``x-test-status: <an HTTP status to answer with>`` and
 ``x-test-pad: <n>`` (n more characters in a completion's content: a large answer) and
 ``x-test-linger: <seconds>`` (a stream's end comes that long after its last event, ``data: [DONE]``:
 the official SDK stops reading at ``[DONE]`` and closes the connection before the end arrives).
@@ -53,7 +53,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-USAGE_MODES = {"none": None, "malformed": {"prompt_tokens": "many"}}
+#: OpenAI's usage with its details (cached prompt tokens, reasoning tokens), as o-series models report it
+USAGE_DETAILS = {**USAGE, "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0},
+                 "completion_tokens_details": {"reasoning_tokens": 3, "audio_tokens": 0,
+                                               "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+USAGE_MODES = {"none": None, "malformed": {"prompt_tokens": "many"}, "details": USAGE_DETAILS}
 STREAM_OPTIONS_ERROR = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
 # OpenAI's error bodies for the statuses tests ask for with x-test-status (type, code, message).
 ERRORS = {

@@ -12,14 +12,16 @@
 --     note the response path gets back: "<format>", or "<format>+usage" when a streaming client
 --     asked for usage (stream_options.include_usage). Refused: nil, a message for the client (400
 --     invalid_request_error, prefixed "llmc: " by the caller) and the offending field (or nil).
---   response(s, status, created) -> body, prompt, completion, total, model, status
+--   response(s, status, created) -> body, prompt, completion, total, model, status, x
 --     A non-streamed answer `s` with HTTP `status` -> the OpenAI body; token counts and the model
 --     for accounting (nil when not known); the status for the client (an error keeps its own; a 2xx
---     that is not an answer becomes 502). `created`: the Unix time for the `created` field.
+--     that is not an answer becomes 502); `x`: the details for accounting, nil or a table of
+--     cache_read, cache_creation, reasoning (token counts) and finish_reasons (a list of the
+--     provider's own reasons), as llmc.usage records them. `created`: the Unix time for `created`.
 --   stream(include_usage, created) -> st
 --     The state of one streamed (200, text/event-stream) answer: st.feed(chunk) -> the OpenAI SSE
 --     events of every event the chunk completes ("" while a line is incomplete); st.totals() ->
---     prompt, completion, total, model (nil before any usage); st.usage: a table replaced, never
+--     prompt, completion, total, model, x (nil before any usage); st.usage: a table replaced, never
 --     changed in place, whenever the usage changes (the response path records then); st.failed:
 --     true once the stream ended with an error event (nothing may follow it). include_usage: end
 --     with OpenAI's usage event (no choices) before [DONE].
@@ -256,6 +258,14 @@ local function usage_from(u, prev)
   return { input = input, created = created, read = read, output = output }
 end
 
+-- The details llmc.usage records: Anthropic's cache reads and writes (each also counted in the
+-- prompt tokens, as the GenAI conventions ask of input tokens) and its own stop reason (end_turn,
+-- max_tokens, tool_use, ...; the client sees OpenAI's finish_reason for it).
+local function details(u, reasons)
+  if u.read == nil and u.created == nil and reasons == nil then return nil end
+  return { cache_read = u.read, cache_creation = u.created, finish_reasons = reasons }
+end
+
 local function usage_object(u)
   local prompt = (u.input or 0) + (u.created or 0) + (u.read or 0)
   local completion = u.output or 0
@@ -316,12 +326,14 @@ local function response(s, status, created)
   end
   local message = obj("role", "assistant", "content", #texts > 0 and concat(texts) or NULL,
     "refusal", NULL, "tool_calls", calls.n > 0 and calls or nil)
-  local usage, p, c, t = usage_object(usage_from(oget(msg, "usage")))
-  local model = oget(msg, "model")
+  local counts = usage_from(oget(msg, "usage"))
+  local usage, p, c, t = usage_object(counts)
+  local model, reason = oget(msg, "model"), oget(msg, "stop_reason")
   local out = obj("id", oget(msg, "id"), "object", "chat.completion", "created", created, "model", model,
     "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL,
-      "finish_reason", FINISH[oget(msg, "stop_reason")] or "stop") }), "usage", usage)
-  return encode(out), p, c, t, type(model) == "string" and model or nil, status
+      "finish_reason", FINISH[reason] or "stop") }), "usage", usage)
+  return encode(out), p, c, t, type(model) == "string" and model or nil, status,
+    details(counts, type(reason) == "string" and { reason } or nil)
 end
 
 -- A translated stream's event may be this large (waiting for its end in memory); a larger one
@@ -377,7 +389,10 @@ local function stream(include_usage, created)
   function handlers.message_delta(ev)
     st.usage = usage_from(oget(ev, "usage"), st.usage)
     local reason = oget(oget(ev, "delta"), "stop_reason")
-    if type(reason) == "string" then return event(obj(), FINISH[reason] or "stop") end
+    if type(reason) == "string" then
+      st.reasons = { reason }
+      return event(obj(), FINISH[reason] or "stop")
+    end
     return ""
   end
   function handlers.message_stop()
@@ -453,7 +468,7 @@ local function stream(include_usage, created)
   function st.totals()
     if st.usage.input == nil and st.usage.output == nil then return nil end
     local _, p, c, t = usage_object(st.usage)
-    return p, c, t, st.model ~= "" and st.model or nil
+    return p, c, t, st.model ~= "" and st.model or nil, details(st.usage, st.reasons)
   end
 
   return st

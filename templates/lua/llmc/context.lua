@@ -41,7 +41,8 @@ local function prepare_rule(route, name, rule, protocols)
     for k, v in pairs(merged) do headers[#headers + 1] = { k, v } end
     table.sort(headers, function(x, y) return x[1] < y[1] end)
     local auth_header = b.auth_header or proto.auth_header
-    cfg.backends[i] = { provider = b.provider, path = b.path, model = b.model, weight = b.weight,
+    cfg.backends[i] = { provider = b.provider, gen_ai_provider = b.gen_ai_provider or b.provider, path = b.path,
+      model = b.model, weight = b.weight,
       upto = cfg.total, max_body = b.max_body, api_key = b.api_key, api_key_file = b.api_key_file,
       keys = b.keys and (keys_module and keys_module.prepare(b, M) or NO_KEYS), -- several keys (llmc.keys)
       model_json = b.model ~= nil and encode_string(b.model) or nil, stream = b.stream,

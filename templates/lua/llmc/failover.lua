@@ -22,6 +22,7 @@ local context = require("llmc.context")
 
 local METADATA_NS, ANSWERED_BY = context.METADATA_NS, context.ANSWERED_BY
 local ATTEMPT_COUNT = "x-envoy-attempt-count"
+local match = string.match
 local endpoint_for, body_for, encode_string = request.endpoint_for, request.body_for,
   require("llmc.scanner").encode_string
 
@@ -63,6 +64,8 @@ function M.failover_accept(h, cfg, b, s, model_json, scanned, original_path)
   md:set(METADATA_NS, "failover", true)
   md:set(METADATA_NS, "client_path", original_path or "/")
   if model_json ~= nil then md:set(METADATA_NS, "routed_model", model_json) end
+  local operation = request.OPERATIONS[endpoint] -- every try's (gen_ai.operation.name; chat: none)
+  if operation ~= nil then md:set(METADATA_NS, "operation", operation) end
 end
 
 -- One try, in the upstream filter of the provider's cluster: shapes the original client body and
@@ -85,7 +88,9 @@ function M.on_attempt(h, a)
     return request.reply(h, 503, "server_error", "failover_unknown_try",
       "llmc: this proxy cannot tell which provider this try goes to; nothing was sent")
   end
-  h:streamInfo():dynamicMetadata():set(METADATA_NS, "try_provider", b.provider)
+  local md = h:streamInfo():dynamicMetadata()
+  md:set(METADATA_NS, "try_provider", b.provider)
+  md:set(METADATA_NS, "try_gen_ai_provider", b.gen_ai_provider)
   for i = 1, #a.credential_headers do headers:remove(a.credential_headers[i]) end
   for i = 1, #a.internal_headers do headers:remove(a.internal_headers[i]) end
   local key = request.credential(b, h)
@@ -116,22 +121,26 @@ end
 function M.on_attempt_response(h)
   local mine = h:streamInfo():dynamicMetadata():get(METADATA_NS)
   local by = mine and mine.try_provider
-  if by ~= nil then h:headers():replace(ANSWERED_BY, by) end
+  -- "<provider> <gen_ai.provider.name>" (a provider name is a DNS label: no space in it)
+  if by ~= nil then h:headers():replace(ANSWERED_BY, by .. " " .. (mine.try_gen_ai_provider or by)) end
 end
 
 -- Downstream, on a failover request's response (its route added FAILOVER_HEADER, which the caller
 -- removed): the provider that answered (from the upstream filter's header, which the client never
--- sees) goes into the access log as llmc:provider. No such header means Envoy answered itself
+-- sees) goes into the access log as llmc:provider, its gen_ai.provider.name as llmc:gen_ai_provider. No such header means Envoy answered itself
 -- (every try reset or timed out; the route's response headers apply to the router's own replies
 -- too): the client gets that error in OpenAI's format. Returns true when it replaced the response.
 function M.failover_response(h, headers)
   local md = h:streamInfo():dynamicMetadata()
   local mine = md:get(METADATA_NS)
   if mine == nil or mine.failover ~= true then return false end
-  local by = headers:get(ANSWERED_BY)
-  if by ~= nil then
+  local answered = headers:get(ANSWERED_BY)
+  if answered ~= nil then
     headers:remove(ANSWERED_BY)
+    local by, gen_ai = match(answered, "^(%S+) ?(%S*)")
+    by = by or answered
     md:set(METADATA_NS, "provider", by)
+    md:set(METADATA_NS, "gen_ai_provider", gen_ai ~= nil and gen_ai ~= "" and gen_ai or by)
     if by ~= mine.first_provider then
       -- stat http.<listener>.lua.llmc.failovers.<rule>.<provider>: requests a backup answered
       h:stats():counter("failovers." .. (mine.rule or ""):gsub("[^%w_-]", "_") .. "." .. by):add(1)

@@ -37,7 +37,8 @@ local unknown_endpoint, body_for, missing_key, read_body = request.unknown_endpo
 local request_headers, client_key, TRANSLATORS = request.request_headers, request.client_key, request.TRANSLATORS
 local usage_of, new_usage, new_usage_dropper, readable = usage.usage_of, usage.new_usage, usage.new_usage_dropper,
   usage.readable
-local record_usage, record_news, media = usage.record_usage, usage.record_news, usage.media
+local record_usage, record_news, media, first_chunk = usage.record_usage, usage.record_news, usage.media,
+  usage.first_chunk
 
 local preload = package.preload
 local function optional(name) return preload[name] ~= nil and require(name) or nil end
@@ -348,9 +349,13 @@ local function on_translated_response(h, t, include_usage)
   if sse and status == 200 then
     headers:remove("content-length")
     local st = t.stream(include_usage, created)
-    local seen, usage = {}, st.usage
+    local seen, usage, first = {}, st.usage, true
     for chunk in h:bodyChunks() do
       local n = chunk:length()
+      if first and n > 0 then
+        first = false
+        first_chunk(h)
+      end
       if n > 0 and not st.failed then
         chunk:setBytes(st.feed(chunk:getBytes(0, n)))
         -- the translator replaces its usage table when the usage changed; recorded then (record_news)
@@ -368,10 +373,10 @@ local function on_translated_response(h, t, include_usage)
   headers:replace("content-type", "application/json")
   local body = h:body(true)
   local n = body:length()
-  local out, p, c, tot, model, answer = t.response(n > 0 and body:getBytes(0, n) or "", status, created)
+  local out, p, c, tot, model, answer, x = t.response(n > 0 and body:getBytes(0, n) or "", status, created)
   body:setBytes(out)
   if answer ~= status then h:headers():replace(":status", tostring(answer)) end
-  record_usage(h, p, c, tot, model)
+  record_usage(h, p, c, tot, model, x)
 end
 -- An error status without a JSON body -- Envoy's own reply when the provider reset the connection
 -- or timed out (text/plain "upstream connect error ..."), a proxy's HTML page, an empty 503 --
@@ -423,7 +428,7 @@ on_response = function(h, headers)
     if len ~= nil and len <= MAX_BUFFERED_RESPONSE then
       local body = h:body()
       local n = body and body:length() or 0
-      if n > 0 then record_usage(h, usage_of(body:getBytes(0, n))) end
+      if n > 0 then record_usage(h, usage_of(body:getBytes(0, n), true)) end
       return
     end
   end
@@ -433,8 +438,12 @@ on_response = function(h, headers)
     for chunk in h:bodyChunks() do
       local n = chunk:length()
       if n > 0 then
+        if seen.first == nil then
+          seen.first = true
+          first_chunk(h)
+        end
         u.feed(chunk:getBytes(0, n))
-        record_news(h, seen, u.prompt, u.completion, u.total, u.model)
+        record_news(h, seen, u.prompt, u.completion, u.total, u.model, u)
       end
     end
     return
@@ -455,9 +464,13 @@ on_usage_asked_response = function(h, headers)
   for chunk in h:bodyChunks() do
     local n = chunk:length()
     if n > 0 then
+      if seen.first == nil then
+        seen.first = true
+        first_chunk(h)
+      end
       local bytes = chunk:getBytes(0, n)
       u.feed(bytes)
-      record_news(h, seen, u.prompt, u.completion, u.total, u.model)
+      record_news(h, seen, u.prompt, u.completion, u.total, u.model, u)
       local out = d.feed(bytes)
       if out ~= bytes then chunk:setBytes(out) end
     end

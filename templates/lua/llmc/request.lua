@@ -32,13 +32,21 @@ local TRANSLATORS = setmetatable({ openai = false }, { __index = function(t, fmt
 end })
 M.TRANSLATORS = TRANSLATORS
 
--- What the access log says about a request shaped for backend `b` of rule `cfg`: three entries at
--- most (each costs a call into Envoy). `md` is the stream's dynamic metadata.
+-- gen_ai.operation.name of an endpoint other than chat (OpenTelemetry's GenAI conventions); chat,
+-- every request of a provider without basePath, records none: the access log's default
+local OPERATIONS = { embeddings = "embeddings", completions = "text_completion" }
+
+-- What the access log says about a request shaped for backend `b` of rule `cfg`: four entries at
+-- most (each costs a call into Envoy). `md` is the stream's dynamic metadata. `gen_ai_provider` is
+-- the provider's gen_ai.provider.name, computed by the compiler (compiler/telemetry.py).
 local function record(md, cfg, b, endpoint)
   md:set(METADATA_NS, "provider", b.provider)
+  md:set(METADATA_NS, "gen_ai_provider", b.gen_ai_provider)
   md:set(METADATA_NS, "rule", cfg.rule_id)
   local model = endpoint == "chat" and b.model or nil
   if model ~= nil then md:set(METADATA_NS, "request_model", model) end
+  local operation = OPERATIONS[endpoint or "chat"]
+  if operation ~= nil then md:set(METADATA_NS, "operation", operation) end
 end
 
 -- An OpenAI-format error, attributed in access logs and metrics like a shaped request: the rule,
@@ -172,6 +180,7 @@ local function read_body(h, cfg, b, limit)
 end
 
 M.record, M.reply, M.too_large, M.credential, M.endpoint_for = record, reply, too_large, credential, endpoint_for
+M.OPERATIONS = OPERATIONS
 M.unknown_endpoint, M.body_for, M.missing_key, M.read_body = unknown_endpoint, body_for, missing_key, read_body
 
 return M
