@@ -143,6 +143,21 @@ class AnthropicConfig(_KeyForms):
     apiKeySecretRef: SecretKeyRef | None = Field(None, description=_SECRET_DOC)
 
 
+class GeminiConfig(_Strict):
+    """llmc extension: Google's Gemini API (generateContent); OpenAI chat requests and responses are translated."""
+
+    model: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                              description="The model, which Gemini takes in the request path "
+                              "(/v1beta/models/<model>:generateContent); replaces the client's `model`.")
+    stream: bool | None = Field(None, description="Stream (streamGenerateContent) when the client does not "
+                                "say `stream`.")
+    maxOutputTokens: int | None = Field(None, ge=1, le=1048576, description="generationConfig.maxOutputTokens "
+                                        "when the client sends neither max_completion_tokens nor max_tokens "
+                                        "(default: none, the model's own limit).")
+    apiKey: str | None = Field(None, description=_KEY_DOC + " Sent as `x-goog-api-key: <key>`.")
+    apiKeySecretRef: SecretKeyRef | None = Field(None, description=_SECRET_DOC)
+
+
 class ProviderConfig(_Strict):
     openAIConfig: OpenAIConfig | None = Field(None, description="OpenAI-compatible request settings.")
     azureOpenAIConfig: AzureOpenAIConfig | None = Field(
@@ -151,6 +166,9 @@ class ProviderConfig(_Strict):
     anthropicConfig: AnthropicConfig | None = Field(
         None, description="llmc extension: Anthropic Messages request settings. One protocol per "
         "provider: do not mix with openAIConfig or azureOpenAIConfig.")
+    geminiConfig: GeminiConfig | None = Field(
+        None, description="llmc extension: Gemini generateContent request settings. One protocol per "
+        "provider: do not mix with another protocol's config.")
 
 
 class ProviderConfigs(_Strict):

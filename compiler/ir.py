@@ -12,8 +12,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .protocols import auth_header
-
 
 @dataclass(frozen=True)
 class SecretRef:
@@ -49,7 +47,7 @@ class RequestConfig:
     auth_prefix: str | None = None  # openAIConfig.authPrefix; None: the protocol's (or "" for another header)
     deployment: str | None = None  # azureOpenAIConfig.deployment
     api_version: str | None = None  # azureOpenAIConfig.apiVersion
-    max_tokens: int | None = None  # anthropicConfig.maxTokens
+    max_tokens: int | None = None  # the output token cap: anthropicConfig.maxTokens
     version: str | None = None  # anthropicConfig.version (the anthropic-version header)
 
     def overlay(self, other: RequestConfig | None) -> RequestConfig:
@@ -274,6 +272,7 @@ class Rule:
     @property
     def auth_headers(self) -> tuple[str, ...]:
         """The header each backend's key travels in (its authHeader, else its protocol's), sorted."""
+        from .protocols import auth_header  # the drivers build IR objects: imported when used
         return tuple(sorted({auth_header(b.provider.protocol, b.config.auth_header) for b in self.backends}))
 
     def failover_order(self, first: Backend) -> tuple[Backend, ...]:

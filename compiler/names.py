@@ -35,6 +35,8 @@ BODY_FIELDS = {f.name: f for f in (
 #: internal, failover rules only: the weighted clusters' random value ("0": tries in list order)
 ORDER_HEADER = "x-llmc-order"
 RESERVED_HEADER_PREFIX = "x-llmc-"
+#: an HTTP header name (RFC 9110 token)
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-zA-Z-]+$")
 #: internal response header: the route of a translated provider adds it to every answer, so the
 #: filter's response path learns with one header read (not a dynamic-metadata read, which costs ~10%
 #: of a small request's CPU) that it must translate; the filter removes it

@@ -20,8 +20,8 @@ double received and for what the client got (:func:`check_request`, :func:`check
 * the endpoint is one the provider serves, or the client gets a 404 and nothing is sent (a
   provider without ``basePath`` takes every POST as a chat completion: a body that is none for a
   translated provider gets llmc's 400, nothing sent);
-* path, host, model and body are the receiving provider's (the Anthropic double checks the Messages
-  API); ``accept-encoding: identity`` (usage is read from the answer);
+* path, host, model and body are the receiving provider's (the Anthropic and Gemini doubles check their
+  APIs' documented schemas); ``accept-encoding: identity`` (usage is read from the answer);
 * the client gets OpenAI's format: a JSON error object on errors, never a 2xx with an error body,
   no internal header;
 * a limited cell (a token limit, issue 30, or a money budget, issue 31) changes none of the above,
@@ -64,7 +64,12 @@ from tests.support.crossing_checks import (
     reaches,
     stream_events,
 )
+<<<<<<< HEAD
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
+=======
+from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_minor
+from tests.support.gemini import GeminiUpstream
+>>>>>>> i27-drivers
 from tests.support.mesh import llmc_render
 from tests.support.ratelimit import RateLimitDouble, RedisServer, configmap_files, counter, rls_cluster, serving
 from tests.support.upstream import Recorded, Upstream
@@ -152,10 +157,12 @@ def ambient_objects(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def upstreams():
-    ups: dict[str, Upstream | AnthropicUpstream] = {}
+    ups: dict[str, Upstream | AnthropicUpstream | GeminiUpstream] = {}
     for p in X.PROVIDERS.values():
         if p.double == "anthropic":
             ups[p.host] = AnthropicUpstream(p.host, sse_pause=0.05)
+        elif p.double == "gemini":
+            ups[p.host] = GeminiUpstream(p.host, sse_pause=0.05)
         elif p.double == "azure":
             ups[p.host] = AzureUpstream(p.host, ("dep-x",), sse_pause=0.05)
         else:
@@ -264,7 +271,7 @@ def exchange(cell: X.Cell, port: int, upstreams, log_path) -> Exchange:
     sent, status, headers, payload = send(port, cell)
     received = sorted(((HOST_PROVIDER[h], r) for h, u in upstreams.items() for r in list(u.requests)),
                       key=lambda item: item[1].order)
-    problems = {id(r): p for u in upstreams.values() if isinstance(u, AnthropicUpstream)
+    problems = {id(r): p for u in upstreams.values() if isinstance(u, AnthropicUpstream | GeminiUpstream)
                 for r, p in zip(u.requests, u.problems, strict=True)}
     stray = {h: list(u.server.stray) for h, u in upstreams.items() if u.server.stray}
     return Exchange(sent, cell.body(), status, headers, payload, received, problems, stray,

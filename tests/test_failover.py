@@ -253,7 +253,7 @@ def test_every_route_removes_every_internal_header_and_other_providers_credentia
 def test_each_try_of_a_failover_rule_removes_every_auth_header_of_the_rule_and_uses_its_host_rewrite():
     result = _compile_cross(CROSSINGS)
     text = "\n".join(str(o) for o in result.objects if o["kind"] == "EnvoyFilter")
-    assert "'credential_headers': ['api-key', 'authorization', 'x-api-key', 'x-gw-key']" in text
+    assert "'credential_headers': ['api-key', 'authorization', 'x-api-key', 'x-goog-api-key', 'x-gw-key']" in text
     assert "'authority': 'two-front.example.net'" in text
 
 

@@ -9,7 +9,7 @@ the emitted Lua bundle under LuaJIT), and what decides its fate is compared:
   **share** of the traffic computed from the weights, not sampled): the **endpoint** (URL), the
   **model** sent, the **key** (by Secret name and key, or a fingerprint of a literal ``apiKey``:
   never the key), the header it travels in, the **failover order** of the tries, and the body
-  **format** (``openai``, or ``anthropic`` when translated);
+  **format** (``openai``, or the translator's name, e.g. ``anthropic``);
 * the **token limits** charged on the route the request takes (docs/budgets.md): each limit's
   id, budget (tokens per unit, shadow), key parts and charge formula, read from the rate-limit
   configuration llmc emits (the charge itself is unknown offline).
@@ -26,6 +26,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from .. import protocols
 from ..constants import ENVOY_FILTER
 from ..explain import ExplainError, Request
 from ..explain import explain as run_explain
@@ -154,7 +155,7 @@ def _pick(side: _Side, x: dict, share: float) -> dict:
         "model": _model_of(first.get("body")),
         "key": side.keys.get((route, rule_name, provider or ""), NO_KEY),
         "tries": [side.providers.get(h, h) for h in hosts] if len(hosts) > 1 else None,
-        "format": "anthropic" if "anthropic-version" in headers else "openai",
+        "format": protocols.format_of(first.get("url") or "", headers),
         "limits": side.limits.get(x.get("final_route") or x.get("route") or "") or None,
     }
 

@@ -286,8 +286,11 @@ def explain(objects: list[dict], req: Request, seed: int | None = None, provider
     if limits:
         out["limits"] = limits
     if _py(h.dynamic_metadata).get("llmc:failover"):
+        # the router's body: the first try's when the downstream filter shaped it (llmc.failover)
+        routed = _text(h)
         out["attempts"] = _attempts(upstream_sources, objects, final_http, route_patches.get(out["final_route"], {}),
-                                    final_headers, req.body, secrets, _py(h.dynamic_metadata))
+                                    final_headers, routed.encode() if routed is not None else req.body, secrets,
+                                    _py(h.dynamic_metadata))
         out["upstream"] = out["attempts"][0]
         return out
     out["upstream"] = _upstream(objects, final_http, final_headers, _text(h), secrets)

@@ -12,7 +12,7 @@ from ..diagnostics import Diagnostics
 from ..ir import BodyMatch, HeaderMatch, Rule
 from ..load import Document
 
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-zA-Z-]+$")
+HEADER_NAME = names.HEADER_NAME
 NON_RE2 = re.compile(r"\(\?[=!<]|\\[1-9]|\(\?P=")
 
 

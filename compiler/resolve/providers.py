@@ -4,18 +4,17 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .. import names, visibility
-from ..api import AnthropicConfig, AzureOpenAIConfig, LLMProvider, OpenAIConfig, ProviderConfig
+from .. import protocols, visibility
+from ..api import LLMProvider, ProviderConfig
 from ..constants import ENVOY_FILTER, TRAFFIC_EXTENSION
 from ..diagnostics import Diagnostics
 from ..hosts import host_problem
 from ..ir import Provider, RequestConfig, SecretRef, WeightedSecretRef
 from ..load import Document
 from ..options import Options
-from ..protocols import CONFIG_FIELDS, PROTOCOLS
-from .matches import HEADER_NAME
+from ..protocols import CONFIG_FIELDS, DEFAULT_PROTOCOL, PROTOCOLS, Site
 
 if TYPE_CHECKING:
     from . import Sourced
@@ -23,17 +22,12 @@ if TYPE_CHECKING:
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 PLACEHOLDER = re.compile(r"^\s*(\$\{.*\}|\$[A-Z_][A-Z0-9_]*|<.*>|changeme|xxx+|todo)\s*$", re.I)
 
-#: Headers an authHeader may not name: the filter sets them itself, or they frame the request.
-RESERVED_AUTH_HEADERS = {"host", "content-type", "content-length", "transfer-encoding", "accept-encoding",
-                         "connection", "te", "upgrade", "anthropic-version"}
-
-AnyConfig = OpenAIConfig | AzureOpenAIConfig | AnthropicConfig
-
 
 KEY_FORMS = ("apiKey", "apiKeySecretRef", "apiKeys", "apiKeySecretRefs")
 
 
-def _check_key(cfg: AnyConfig, doc: Document, path: tuple, diags: Diagnostics, carrier: str = ENVOY_FILTER) -> None:
+def _check_key(cfg: Any, doc: Document, path: tuple, diags: Diagnostics, carrier: str = ENVOY_FILTER) -> None:
+    """Every protocol config has the four key forms: checked here, for all drivers."""
     forms = [f for f in KEY_FORMS if getattr(cfg, f) is not None]
     if len(forms) > 1:
         diags.error("LLMC211", f"set one of {', '.join(KEY_FORMS)}: {' and '.join(forms)} are both set",
@@ -73,7 +67,7 @@ def _check_literal(key: str, doc: Document, path: tuple, diags: Diagnostics, car
                       **doc.where(path), hint=f"use {secret_form}")
 
 
-def _credential(cfg: AnyConfig) -> dict:
+def _credential(cfg: Any) -> dict:
     """The RequestConfig fields of a config's credential, in whichever of the four forms it is."""
     secret = cfg.apiKeySecretRef
     return {"api_key": cfg.apiKey, "api_key_secret": SecretRef(secret.name, secret.key) if secret else None,
@@ -81,19 +75,6 @@ def _credential(cfg: AnyConfig) -> dict:
             "api_key_secrets": tuple(WeightedSecretRef(r.name, r.key, r.weight) for r in cfg.apiKeySecretRefs or ()),
             "key_selection": cfg.keySelection,
             "retry_keys_on": tuple(cfg.retryKeysOn) if cfg.retryKeysOn is not None else None}
-
-
-def _auth_header(cfg: OpenAIConfig, doc: Document, path: tuple, diags: Diagnostics) -> str | None:
-    if cfg.authHeader is None:
-        return None
-    name = cfg.authHeader.lower()
-    if (not HEADER_NAME.fullmatch(name) or name in RESERVED_AUTH_HEADERS
-            or name.startswith(names.RESERVED_HEADER_PREFIX)):
-        diags.error("LLMC238", f"authHeader {cfg.authHeader!r} cannot carry the API key: it is not a header "
-                    "name, or the filter or the HTTP framing owns it", **doc.where(path + ("authHeader",)),
-                    hint="e.g. x-api-key or authorization")
-        return None
-    return name
 
 
 def _request_config(pc: ProviderConfig | None, doc: Document, path: tuple, diags: Diagnostics,
@@ -109,30 +90,16 @@ def _request_config(pc: ProviderConfig | None, doc: Document, path: tuple, diags
         return None, None
     field = set_fields[0]
     cfg = getattr(pc, field)
-    cpath = path + (field,)
-    _check_key(cfg, doc, cpath, diags, carrier)
-    common = _credential(cfg)
-    if isinstance(cfg, AzureOpenAIConfig):
-        return CONFIG_FIELDS[field], RequestConfig(deployment=cfg.deployment, api_version=cfg.apiVersion, **common)
-    if isinstance(cfg, AnthropicConfig):
-        return CONFIG_FIELDS[field], RequestConfig(model=cfg.model, max_tokens=cfg.maxTokens, version=cfg.version,
-                                                   **common)
-    if cfg.stream is True:
-        diags.warning("LLMC219", "stream: true makes every request that does not say `stream` a streaming "
-                      "one; the openai SDK omits `stream` on non-streaming calls, so those callers get "
-                      "server-sent events they do not parse", **doc.where(cpath + ("stream",)),
-                      hint="leave `stream` unset and let clients choose (a client's explicit `stream` "
-                      "always wins)")
-    return CONFIG_FIELDS[field], RequestConfig(
-        model=cfg.model, stream=cfg.stream, include_usage=cfg.streamIncludeUsage is not False,
-        include_usage_set=cfg.streamIncludeUsage is not None,
-        auth_header=_auth_header(cfg, doc, cpath, diags), auth_prefix=cfg.authPrefix, **common)
+    site = Site(doc, path + (field,), diags)
+    _check_key(cfg, doc, path + (field,), diags, carrier)
+    protocol = CONFIG_FIELDS[field]
+    return protocol, RequestConfig(**_credential(cfg), **protocols.get(protocol).request_fields(cfg, site))
 
 
 def _provider_protocol(found: list[tuple[str, tuple]], doc: Document, diags: Diagnostics) -> str:
     """One protocol per provider: the first config's; a config naming another is an error."""
     if not found:
-        return "openai"
+        return DEFAULT_PROTOCOL
     protocol = found[0][0]
     for other, path in found[1:]:
         if other != protocol:
@@ -140,18 +107,6 @@ def _provider_protocol(found: list[tuple[str, tuple]], doc: Document, diags: Dia
                         f"one {protocol!r}", **doc.where(path),
                         hint="use one LLMProvider per provider API")
     return protocol
-
-
-def _check_endpoint(protocol: str, spec_path: str | None, configs: list[RequestConfig], doc: Document,
-                    diags: Diagnostics) -> None:
-    if protocol == "openai" and spec_path is None:
-        diags.error("LLMC237", "spec.path is required for an OpenAI-compatible provider", **doc.where(("spec",)),
-                    hint="e.g. path: /v1/chat/completions; only azureOpenAIConfig and anthropicConfig "
-                    "have a default endpoint")
-    if protocol == "azure-openai" and spec_path is None and any(c.deployment is None for c in configs):
-        diags.error("LLMC237", "azureOpenAIConfig needs a deployment in defaultConfig (a "
-                    "routeSpecificConfigs entry may replace it) unless spec.path is set", **doc.where(("spec", "configs")),
-                    hint="deployment: <the Azure deployment name>")
 
 
 def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provider:
@@ -176,9 +131,10 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
                 found.append((proto, base + ("routeSpecificConfigs", rule)))
             overrides.append((rule, rc or RequestConfig()))
     protocol = _provider_protocol(found, doc, diags)
-    _check_endpoint(protocol, spec.path, [(default or RequestConfig()).overlay(rc) for _, rc in
-                                          [("", None), *overrides]], doc, diags)
-    if spec.basePath is not None and PROTOCOLS[protocol].format != "openai":
+    protocols.get(protocol).check_endpoint(
+        spec.path, [(default or RequestConfig()).overlay(rc) for _, rc in [("", None), *overrides]],
+        Site(doc, ("spec",), diags))
+    if spec.basePath is not None and PROTOCOLS[protocol].translated:
         diags.error("LLMC241", f"basePath is for providers that speak OpenAI's API: a {protocol} provider "
                     "serves chat completions only (translated), so embeddings and completions requests would be "
                     "sent, with its key, to endpoints it does not have", **doc.where(("spec", "basePath")),

@@ -13,7 +13,6 @@ from ..hosts import host_problem
 from ..ir import Backend, Match, Retries, Rule, VirtualHost
 from ..load import Document
 from ..options import FAILOVER_ISTIO_VERSION, Options
-from ..protocols import PROTOCOLS
 from .matches import body_matches, check_body_rule, header_matches
 
 if TYPE_CHECKING:
@@ -344,13 +343,6 @@ def _retries(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, 
                         hint="add retries: {} to the rule (every backend is then tried once) or remove priority")
             return False
         return None
-    formats = {PROTOCOLS[b.provider.protocol].format for b in backends}
-    if formats != {"openai"}:
-        diags.error("LLMC235", "failover rules need providers that speak OpenAI's format (openAIConfig or "
-                    "azureOpenAIConfig): a translated response cannot be told apart per try",
-                    **doc.where(rpath + ("retries",)), hint="move translated providers (anthropicConfig) to a "
-                    "rule without retries")
-        return False
     if len({b.provider.base_path is None for b in backends}) > 1:
         with_base = next(k for k, b in enumerate(backends) if b.provider.base_path is not None)
         diags.error("LLMC235", "the providers of a failover rule must all set basePath or none: a retry sends the "

@@ -25,18 +25,11 @@ import hashlib
 import json
 from collections.abc import Iterable
 
-from .. import luabundle, names
+from .. import luabundle, names, protocols
 from ..constants import FILTER_NAME
 from ..ir import Backend, Program, RateLimitService, Rule, VirtualHost
 from ..keys import key_context
-from ..protocols import (
-    ANTHROPIC_MAX_TOKENS,
-    ANTHROPIC_VERSION,
-    AZURE_API_VERSION,
-    PROTOCOLS,
-    credential_headers,
-    endpoint,
-)
+from ..protocols import PROTOCOLS, credential_headers
 from ..telemetry import gen_ai_provider_name
 from .common import EnvoyPlacement, envoy_placements, metadata, rule_route_names
 from .ratelimit import local_reply as rate_limit_reply
@@ -74,15 +67,30 @@ def buffer_limit(max_request_bytes: int) -> int:
     return max_request_bytes + max(MIN_HEADROOM, max_request_bytes // 4)
 
 
+_KEYS = ("api_key", "api_key_file", "keys", "key_order", "key_selection")
+
+
+def _later_formats(rule: Rule, listed: tuple[Backend, ...]) -> list[Backend]:
+    """The first backend (in failover order) of each body format no backend of ``listed`` speaks."""
+    seen = {PROTOCOLS[b.provider.protocol].format for b in listed}
+    out = []
+    for b in rule.backends:
+        fmt = PROTOCOLS[b.provider.protocol].format
+        if fmt not in seen:
+            seen.add(fmt)
+            out.append(b)
+    return out
+
+
 def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
     p, c = b.provider, b.config  # (a failover rule's backends also carry their priority)
-    path = endpoint(p.protocol, p.path, c.deployment, c.api_version)
-    ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": path, "weight": b.weight,
-                 "max_body": p.max_request_bytes}
+    driver = protocols.get(p.protocol)
+    ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": driver.endpoint(p.path, c),
+                 "weight": b.weight, "max_body": p.max_request_bytes}
     gen_ai = gen_ai_provider_name(p.protocol, p.host, p.name)
     if gen_ai != p.name:  # the filter's default is the LLMProvider's name (a waypoint's Lua is size-capped)
         ctx["gen_ai_provider"] = gen_ai
-    ctx.update(_protocol_settings(p.protocol, c))
+    ctx.update(driver.filter_settings(c))
     if c.model is not None:
         ctx["model"] = c.model
     if c.stream is not None:
@@ -94,26 +102,10 @@ def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
         ctx["pin"] = pin
     if p.base_path is not None:
         ctx["base_path"] = p.base_path
-        if p.protocol == "azure-openai" and "?" not in p.base_path:
-            # Azure's every endpoint needs its api-version (found by the crossing matrix)
-            ctx["base_query"] = f"?api-version={c.api_version or AZURE_API_VERSION}"
+        query = driver.base_query(c, p.base_path)
+        if query is not None:
+            ctx["base_query"] = query
     return ctx
-
-
-def _protocol_settings(protocol: str, c) -> dict:
-    """Per-backend values that refine the protocol's record: another auth header or prefix
-    (openAIConfig.authHeader/authPrefix), Anthropic's max_tokens default and version header."""
-    out: dict = {}
-    if c.auth_header is not None or c.auth_prefix is not None:
-        proto = PROTOCOLS[protocol]
-        header = c.auth_header or proto.auth_header
-        default_prefix = proto.auth_prefix if header == proto.auth_header else ""
-        out["auth_header"] = header
-        out["auth_prefix"] = c.auth_prefix if c.auth_prefix is not None else default_prefix
-    if protocol == "anthropic":
-        out["max_tokens"] = c.max_tokens or ANTHROPIC_MAX_TOKENS
-        out["headers"] = {"anthropic-version": c.version or ANTHROPIC_VERSION}
-    return out
 
 
 def lua_context(vh: VirtualHost, secrets_dir: str, rate_limit: RateLimitService | None = None) -> dict:
@@ -139,6 +131,12 @@ def lua_context(vh: VirtualHost, secrets_dir: str, rate_limit: RateLimitService 
                                          for b in listed]}
         if rule.retries is not None:
             rules[rule.name]["failover"] = True
+            # a later try's provider of each body format no first choice speaks (no keys): the filter
+            # validates the request for every format a try may speak before the first try is sent
+            later = [{k: v for k, v in _backend_context(b, secrets_dir, None).items() if k not in _KEYS}
+                     for b in _later_formats(rule, listed)]
+            if later:
+                rules[rule.name]["later"] = later
         mark_usage(rules[rule.name], rule, rate_limit)
     by_body = body_context(vh)
     used = sorted({b.provider.protocol for r in vh.rules for b in r.backends})
@@ -289,7 +287,10 @@ def route_patches(vh: VirtualHost, shared_context: dict | None = None) -> list[d
         entry, pinned = rule_route_names(vh, rule)
         sends = [(pinned[b.provider.name], b) for b in rule.backends if b.provider.name in pinned] if pinned \
             else [(entry, rule.backends[0])]
-        formats.update({name: PROTOCOLS[b.provider.protocol].format for name, b in sends})
+        if rule.retries is not None:
+            sends = []  # any try may answer: the upstream filter marks the answer of a translated one
+        formats.update({name: PROTOCOLS[b.provider.protocol].format for name, b in sends
+                        if PROTOCOLS[b.provider.protocol].translated})
         out += [*pinned.values(), entry]
     if vh.body_fields:
         out.append(names.special_route(vh.namespace, vh.label, "nomatch"))
@@ -301,7 +302,7 @@ def route_patches(vh: VirtualHost, shared_context: dict | None = None) -> list[d
     patches = []
     for r in out:
         value: dict = {"metadata": {"filter_metadata": {FILTER_NAME: {"route": r}}}, **per_route}
-        if formats.get(r, "openai") != "openai":
+        if r in formats:
             value["response_headers_to_add"] = [{"header": {"key": names.TRANSLATE_HEADER, "value": formats[r]},
                                                  "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
         patches.append({"name": r, "value": value})

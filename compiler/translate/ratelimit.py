@@ -259,7 +259,7 @@ def asks_usage(rule: Rule, backend: Backend) -> bool:
     format (a translated provider's stream always has usage), not on failover rules (tries are shaped
     by the upstream filter)."""
     return (bool(route_limits(rule, backend)) and rule.retries is None
-            and PROTOCOLS[backend.provider.protocol].format == "openai")
+            and not PROTOCOLS[backend.provider.protocol].translated)
 
 
 def mark_usage(rule_context: dict, rule: Rule, svc: RateLimitService | None) -> None:

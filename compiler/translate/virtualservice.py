@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 
-from .. import names
+from .. import names, protocols
 from ..ir import Backend, Match, Program, Rule, VirtualHost
 from ..protocols import PROTOCOLS, auth_header, credential_headers
 from .common import egress_subset, export_to, metadata, rule_route_names, waypoint_namespaces
@@ -70,15 +70,15 @@ def forward_removes(vh: VirtualHost, b: Backend) -> list[str]:
     """What the route of backend ``b`` removes from the request after the filter shaped it (Envoy's
     router applies it last): every internal header, and for a provider the platform holds a key for,
     every credential header but the one the filter set, so that no credential the client sent (its own
-    key, or one for another provider) reaches it; for a keyed Anthropic provider also the client's
-    ``anthropic-beta`` (a beta feature is opted into with the platform's key and bill). A keyless
+    key, or one for another provider) reaches it; and the client headers its driver keeps from a keyed
+    provider (``Driver.keyed_removes``: Anthropic's ``anthropic-beta``, a beta feature opted into with
+    the platform's key and bill). A keyless
     provider receives the client's own credentials (docs/failover.md, "Where features cross")."""
     remove = list(names.INTERNAL_HEADERS)
     if b.keyed:
         own = auth_header(b.provider.protocol, b.config.auth_header)
         remove += [h for h in vhost_credential_headers(vh) if h != own]
-        if b.provider.protocol == "anthropic":
-            remove.append("anthropic-beta")
+        remove += protocols.get(b.provider.protocol).keyed_removes
     return remove
 
 
@@ -213,10 +213,11 @@ def _for_waypoint(view: dict, vh: VirtualHost, program: Program) -> None:
         entry, pinned = rule_route_names(vh, rule)
         sends = [(pinned[b.provider.name], b) for b in rule.backends if b.provider.name in pinned] if pinned \
             else [(entry, rule.backends[0])]
-        formats.update({name: PROTOCOLS[b.provider.protocol].format for name, b in sends})
+        formats.update({name: PROTOCOLS[b.provider.protocol].format for name, b in sends
+                        if PROTOCOLS[b.provider.protocol].translated})
     for route in view["routes"]:
-        fmt = formats.get(route["name"], "openai")
-        if route["forward"] is not None and fmt != "openai":
+        fmt = formats.get(route["name"])
+        if route["forward"] is not None and fmt is not None:
             route["forward"]["response_set"] = {names.TRANSLATE_HEADER: fmt}
     extra = waypoint_namespaces(program, vh.namespace)
     if extra:  # the waypoint's proxy must see the VirtualService

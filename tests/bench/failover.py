@@ -13,7 +13,11 @@ Measures, in a real Envoy laid out by the test harness (tests/testdata/e2e/failo
 2. config size per failover provider: the bytes of the Envoy config with and without the failover
    patches (``proxy_version`` 1.31 vs 1.30), divided by the number of failover provider clusters;
 3. proxy memory per failover provider: Envoy's ``server.memory_allocated`` after start, with and
-   without the failover patches (one Lua filter, i.e. one Lua VM per worker, per provider cluster).
+   without the failover patches (one Lua filter, i.e. one Lua VM per worker, per provider cluster);
+4. CPU of a failover rule whose first try answers against a plain rule to the same provider (issue
+   27's target: <= 1.1x at 1 KiB): Envoy's own CPU time (/proc/<pid>/stat) per request over
+   interleaved batches of ``--cpu-batch`` 1 KiB requests, ``--cpu-rounds`` rounds; median and range
+   of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 from tests.conftest import TESTDATA
 from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_minor
@@ -44,6 +50,64 @@ def _post(port: int) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+#: the bench's input: failover.yaml with a plain rule to p-one (x-case: plain) before its catch-all
+PLAIN_RULE = """  - name: plain             # no failover: the CPU baseline
+    matches: [{headers: {x-case: {exact: plain}}}]
+    backendRefs:
+    - {providerHost: one.example.com}
+  - name: chain"""
+BODY_1K = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 960}]}).encode()
+
+
+def _cpu_seconds(envoy: Envoy) -> float:
+    """Envoy's user + system CPU time so far (clock ticks of /proc/<pid>/stat)."""
+    import os
+
+    fields = open(f"/proc/{envoy.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _batch(port: int, case: str, n: int) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(n):
+        conn.request("POST", "/v1/chat/completions", body=BODY_1K,
+                     headers={"Host": "chat.example.com", "x-case": case, "content-type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+    conn.close()
+
+
+def cpu_ratio(rounds: int, batch: int) -> list[float]:
+    """Per round: Envoy CPU per request of the failover rule (first try answers) / of the plain rule."""
+    text = (TESTDATA / "e2e" / "failover.yaml").read_text().replace("  - name: chain", PLAIN_RULE)
+    path = Path(tempfile.mkdtemp()) / "failover-cpu.yaml"
+    path.write_text(text)
+    objects = llmc_render("-f", str(path))
+    ups = start_upstreams(None, (), HOSTS)
+    ratios = []
+    try:
+        proxy = Envoy(build_bootstrap(objects, {h: u.port for h, u in ups.items()}, None).bootstrap)
+        try:
+            for case in ("plain", "backup"):
+                _batch(proxy.port, case, 50)  # warm up connections and Lua VMs
+            for _ in range(rounds):
+                cost = {}
+                for case in ("plain", "backup"):
+                    before = _cpu_seconds(proxy)
+                    _batch(proxy.port, case, batch)
+                    cost[case] = (_cpu_seconds(proxy) - before) / batch
+                ratios.append(cost["backup"] / cost["plain"])
+        finally:
+            proxy.stop()
+    finally:
+        for u in ups.values():
+            u.stop()
+    return ratios
+
+
 def _memory(envoy: Envoy) -> int:
     with urllib.request.urlopen(f"http://{envoy.admin}/stats?filter=server.memory_allocated&format=json") as r:
         return next(s["value"] for s in json.load(r)["stats"] if s["name"] == "server.memory_allocated")
@@ -52,10 +116,19 @@ def _memory(envoy: Envoy) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--cpu-rounds", type=int, default=6)
+    ap.add_argument("--cpu-batch", type=int, default=400)
+    ap.add_argument("--cpu-only", action="store_true", help="only the CPU comparison (4.)")
     args = ap.parse_args(argv)
     if envoy_minor() < (1, 39):
         print("failover needs Envoy 1.39+: set LLMC_ENVOY to an Envoy 1.39 binary")
         return 2
+    ratios = cpu_ratio(args.cpu_rounds, args.cpu_batch)
+    print(f"CPU per request, failover rule (first try answers) / plain rule, 1 KiB: "
+          f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} rounds "
+          f"of {args.cpu_batch})")
+    if args.cpu_only:
+        return 0
     objects = llmc_render("-f", str(TESTDATA / "e2e" / "failover.yaml"))
     ups = start_upstreams(None, (), HOSTS)
     ports = {h: u.port for h, u in ups.items()}

@@ -56,8 +56,8 @@ class Provider:
     auth_header: str = "authorization"
     auth_prefix: str = "Bearer "
     model: str | None = None  # the configured model (replaces the client's on chat)
-    format: str = "openai"  # "anthropic": translated (its double checks the Messages API)
-    double: str = "openai"  # the test double: "openai", "azure" or "anthropic"
+    format: str = "openai"  # "anthropic", "gemini": translated (their doubles check the API's documented schema)
+    double: str = "openai"  # the test double: "openai", "azure", "anthropic" or "gemini"
     #: its price per 1M tokens (money budgets): each provider its own, so a charge names who answered
     price: dict = field(default_factory=lambda: {"prompt": 1, "completion": 2})
     more_keys: tuple[str, ...] = ()  # several keys (apiKeys; docs/api-keys.md): each request uses one
@@ -126,10 +126,20 @@ PROTOCOLS: dict[str, Provider] = {p.name: p for p in (
              double="anthropic", price={"prompt": 19, "completion": 23}),
     Provider("nokey", {"openAIConfig": {"model": "nokey-model"}}, "/nokey/v1/chat/completions", "/nokey/v1",
              model="nokey-model"),
+<<<<<<< HEAD
     # the key form "several keys" (issue 33): apiKeys, one per request by round robin
     Provider("multikey", {"openAIConfig": {"model": "multikey-model"}}, "/multikey/v1/chat/completions",
              "/multikey/v1", key=_key("multikey"), model="multikey-model",
              more_keys=(_key("multikey2"), _key("multikey3"))),
+=======
+    # the model in the path; no basePath (LLMC241)
+    Provider("gemini", {"geminiConfig": {"model": "gemini-x"}}, "/v1beta/models/gemini-x:generateContent", None,
+             key=_key("gemini"), auth_header="x-goog-api-key", auth_prefix="", model="gemini-x", format="gemini",
+             double="gemini", price={"prompt": 43, "completion": 47}),
+    # OpenAI-compatible as ASM has it: chat only (no basePath), so it may fail over to a translated provider
+    Provider("plain", {"openAIConfig": {"model": "plain-model"}}, "/plain/v1/chat/completions", None,
+             key=_key("plain"), model="plain-model", price={"prompt": 53, "completion": 59}),
+>>>>>>> i27-drivers
 )}
 # The other side of two-provider rules: no model configured, so a try for it keeps the client's body
 # (the shape of issue 24 item 2); AUXC keeps its key in a header of its own (item 1).
@@ -137,9 +147,21 @@ AUX = Provider("aux", {"openAIConfig": {}}, "/aux/v1/chat/completions", "/aux/v1
                price={"prompt": 29, "completion": 31})
 AUXC = Provider("auxc", {"openAIConfig": {"authHeader": "X-Auxc-Key"}}, "/auxc/v1/chat/completions", "/auxc/v1",
                 key=_key("auxc"), auth_header="x-auxc-key", auth_prefix="", price={"prompt": 37, "completion": 41})
+<<<<<<< HEAD
 PROVIDERS: dict[str, Provider] = {**PROTOCOLS, "aux": AUX, "auxc": AUXC}
 #: every provider's keys (several for a provider with apiKeys)
 KEYS = {p.name: p.keys for p in PROVIDERS.values() if p.key}
+=======
+# Translated backups and first choices of the mixed-protocol failover rules (issue 27): chat only.
+CLAUDEB = Provider("claudeb", {"anthropicConfig": {"model": "claude-b"}}, "/v1/messages", None, key=_key("claudeb"),
+                   auth_header="x-api-key", auth_prefix="", model="claude-b", format="anthropic", double="anthropic",
+                   price={"prompt": 61, "completion": 67})
+GEMINIB = Provider("geminib", {"geminiConfig": {"model": "gemini-b"}}, "/v1beta/models/gemini-b:generateContent",
+                   None, key=_key("geminib"), auth_header="x-goog-api-key", auth_prefix="", model="gemini-b",
+                   format="gemini", double="gemini", price={"prompt": 71, "completion": 73})
+PROVIDERS: dict[str, Provider] = {**PROTOCOLS, "aux": AUX, "auxc": AUXC, "claudeb": CLAUDEB, "geminib": GEMINIB}
+KEYS = {p.name: p.key for p in PROVIDERS.values() if p.key}
+>>>>>>> i27-drivers
 #: every header that carries a credential somewhere in the matrix (and the client's own)
 CREDENTIAL_HEADERS = frozenset({p.auth_header for p in PROVIDERS.values()} | {"authorization", "x-api-key"})
 
@@ -188,13 +210,16 @@ RULES: dict[str, RuleKind] = {r.name: r for r in (
     RuleKind("failover_model", (("auxc", {}), ("P", {"priority": 1})), by_model=True, failover=True),
     RuleKind("failover_weighted", (("P", {"weight": 50}), ("aux", {"weight": 50}), ("auxc", {"priority": 1})),
              failover=True),
+    # mixed protocols (issue 27): the answer is translated by the driver of the try that answered
+    RuleKind("failover_to_claude", (("P", {}), ("claudeb", {"priority": 1})), failover=True),
+    RuleKind("failover_from_gemini", (("geminib", {}), ("P", {"priority": 1})), by_model=True, failover=True),
 )}
 
-#: (rule, protocol) → (code, field path under the rule): inputs the compiler refuses
+#: (rule, protocol) → (code, field path under the rule): inputs the compiler refuses. Failover rules
+#: whose providers do not all set basePath or all not (LLMC235): a retry serves the same endpoint.
 REJECTED: dict[tuple[str, str], tuple[str, str]] = {
-    ("failover", "anthropic"): ("LLMC235", "retries"),  # translated protocols: the drivers issue lifts it
-    ("failover_model", "anthropic"): ("LLMC235", "retries"),
-    ("failover_weighted", "anthropic"): ("LLMC235", "retries"),
+    (r.name, p): ("LLMC235", "backendRefs") for r in RULES.values() for p in PROTOCOLS
+    if r.failover and len({PROVIDERS[n].base_path is None for n in r.providers(p)}) > 1
 }
 
 #: (rule, protocol) → (code, field path under the rule): warnings the compiler must give such a rule
@@ -203,16 +228,20 @@ WARNED: dict[tuple[str, str], tuple[str, str]] = {
     ("failover_model", "nokey"): ("LLMC239", "backendRefs[1]"),
     ("failover_weighted", "nokey"): ("LLMC239", "backendRefs[0]"),
     ("weighted", "anthropic"): ("LLMC225", "backendRefs"),  # basePath on one provider of the rule only
+    ("weighted", "gemini"): ("LLMC225", "backendRefs"),
+    ("weighted", "plain"): ("LLMC225", "backendRefs"),
 }
 
 #: rule → (code, field path under the rule): rules the ambient target refuses (a waypoint has no
-#: cluster-level filters, docs/ambient.md); their rejected cells use the protocol ``openai``
+#: cluster-level filters, docs/ambient.md); their rejected cells use the first protocol a sidecar
+#: accepts the rule with (``ambient_protocol``)
 AMBIENT_REJECTED: dict[str, tuple[str, str]] = {
     r.name: ("LLMC272", "retries") for r in RULES.values() if r.failover}
 #: the ambient target refuses every limit (LLMC274): one rejected cell per limit, on a single rule
 AMBIENT_LIMITS = ("LLMC274", "tokenLimits")
 
 
+<<<<<<< HEAD
 #: (target, protocol) pairs the matrix does not run: the matrix's one waypoint is full (its
 #: TrafficExtension holds 65,536 characters, LLMC279; the ambient manifest was within 600 of it), so
 #: several keys on a waypoint are tested by tests/test_several_keys.py instead
@@ -221,11 +250,22 @@ NOT_RUN: frozenset[tuple[str, str]] = frozenset({("ambient", "multikey")})
 
 def not_run(row: dict) -> bool:
     return (row.get("target"), row.get("protocol")) in NOT_RUN
+=======
+#: protocols the ambient cells leave out: one waypoint's TrafficExtension cannot carry Anthropic's and
+#: Gemini's translators together (a 75.5 K-character bundle over its 65,536-character limit, LLMC279),
+#: and the matrix's waypoint serves every protocol of its cells; Anthropic stays (issue 27: a Gemini
+#: waypoint without Anthropic providers fits, and is not in this matrix); and ``plain``, the chat-only
+#: provider that exists for mixed-protocol failover (which a waypoint refuses): with it the matrix's
+#: one waypoint is 332 characters over that limit
+AMBIENT_WITHOUT: frozenset[str] = frozenset({"gemini", "plain"})
+>>>>>>> i27-drivers
 
 
 def refused(row: dict) -> bool:
     """The compiler refuses the rule of this row (any dimensions given): its rejected cell covers it."""
     if (row.get("rule"), row.get("protocol")) in REJECTED:
+        return True
+    if row.get("target") == "ambient" and row.get("protocol") in AMBIENT_WITHOUT:
         return True
     if row.get("target") == "ambient" and row.get("limit", "unlimited") != "unlimited":
         return True  # LLMC274: limits need EnvoyFilter patches a waypoint ignores (AMBIENT_LIMITS)
@@ -384,10 +424,17 @@ def covering(dimensions: dict[str, list[str]], allowed, groups: tuple[tuple[str,
     return chosen
 
 
+def ambient_protocol(rule: str) -> str:
+    """The protocol of the ambient target's rejected cell of ``rule``: the first one a sidecar takes
+    the rule with, so that the waypoint's refusal is the only error."""
+    return next(p for p in PROTOCOLS if (rule, p) not in REJECTED)
+
+
 def cells() -> list[Cell]:
     """The rejected combinations once each, then the traffic cells: all-pairs, plus ``TRIPLES``."""
     rejected = [Cell(rule, protocol, rejected=diag) for (rule, protocol), diag in REJECTED.items()]
-    rejected += [Cell(rule, "openai", target="ambient", rejected=diag) for rule, diag in AMBIENT_REJECTED.items()]
+    rejected += [Cell(rule, ambient_protocol(rule), target="ambient", rejected=diag)
+                 for rule, diag in AMBIENT_REJECTED.items()]
     rejected += [Cell("single", "openai", target="ambient", limit=limit, rejected=AMBIENT_LIMITS)
                  for limit, spec in LIMITS.items() if spec is not None]
     rows = covering({k: list(v) for k, v in DIMENSIONS.items()}, lambda r: not refused(r) and not not_run(r), TRIPLES)
@@ -413,8 +460,14 @@ def limited(cells_: list[Cell]) -> bool:
 
 
 def manifest(cells_: list[Cell]) -> str:
+<<<<<<< HEAD
     """YAML: every provider the cells' rules use, and one LLMRoute per host holding the rules of
     ``cells_`` (sorted)."""
+=======
+    """YAML: the providers the rules of ``cells_`` use, and one LLMRoute per host holding those rules
+    (sorted). (Only those providers: a waypoint's one TrafficExtension carries every provider's
+    context and translator, and has a size limit, LLMC279.)"""
+>>>>>>> i27-drivers
     used = {n for c in cells_ for n in c.kind.providers(c.protocol)}
     docs: list[dict] = [{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
                          "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()

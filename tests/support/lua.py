@@ -129,3 +129,26 @@ def load_modules(*names: str, runtime: Any = None) -> tuple[Any, Any]:
     lua.execute(text)
     loaded = {n: lua.eval(f'require("llmc.{n}")') for n in names}
     return lua, loaded
+
+
+class Translator:
+    """One translator module (``templates/lua/llmc/<name>.lua``) alone under LuaJIT (:func:`load_modules`):
+    ``call(fn, *args)`` calls its function ``fn`` with dicts turned into Lua tables (None members left out)."""
+
+    def __init__(self, name: str) -> None:
+        self.lua, loaded = load_modules(name)
+        self.module = loaded[name]
+
+    def table(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return self.lua.table_from({k: self.table(v) for k, v in value.items() if v is not None})
+        if isinstance(value, list):
+            return self.lua.table_from([self.table(v) for v in value])
+        return value
+
+    def call(self, fn: str, *args: Any) -> Any:
+        return self.module[fn](*(self.table(a) for a in args))
+
+
+def load_translator(name: str) -> Translator:
+    return Translator(name)

@@ -277,6 +277,9 @@ class Upstream:
         if status == 429:
             for k, v in RATE_LIMIT_HEADERS.items():
                 h.send_header(k, v)
+        if h.headers.get("x-test-response-header"):  # a header a provider adds (e.g. faking an internal one)
+            name, _, value = h.headers["x-test-response-header"].partition(":")
+            h.send_header(name.strip(), value.strip())
         if accepts_gzip(h.headers.get("accept-encoding", "")):
             payload = gzip.compress(payload, mtime=0)
             h.send_header("content-encoding", "gzip")

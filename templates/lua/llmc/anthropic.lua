@@ -1,17 +1,20 @@
 -- llmc.anthropic: the translator between OpenAI chat completions and Anthropic Messages.
 --
 -- THE TRANSLATOR CONTRACT. A translated protocol is one module, llmc.<format> (<format> is the
--- `format` of the protocol's record, compiler/protocols.py), returning a table of four functions.
+-- `format` of the protocol's record, its driver in compiler/protocols/), returning a table of four functions.
 -- llmc.request's TRANSLATORS[format] finds it; nothing else in the Lua names a protocol. All four
 -- are pure (no Envoy handle); bad input gives values, never a raise (a raise is llmc's bug:
 -- envoy_on_request answers it 500, envoy_on_response logs it).
 --
---   request(s, b) -> text, nil, nil, note  |  nil, message, param
+--   request(s, b) -> text, nil, nil, note[, path]  |  nil, message, param
 --     `s`: the client's OpenAI chat request body (text, not yet validated); `b`: the prepared backend
 --     (llmc.context: model, max_tokens, headers, ...). Returns the provider's request body and the
 --     note the response path gets back: "<format>", or "<format>+usage" when a streaming client
---     asked for usage (stream_options.include_usage). Refused: nil, a message for the client (400
---     invalid_request_error, prefixed "llmc: " by the caller) and the offending field (or nil).
+--     asked for usage (stream_options.include_usage); optionally the request path, when the
+--     protocol's path depends on the request (Gemini: the model, and the stream method), which the
+--     request step (llmc.request, prepare) then uses instead of b.path. Refused: nil, a message for
+--     the client (400 invalid_request_error, prefixed "llmc: " by the caller) and the offending
+--     field (or nil).
 --   response(s, status, created) -> body, prompt, completion, total, model, status, x
 --     A non-streamed answer `s` with HTTP `status` -> the OpenAI body; token counts and the model
 --     for accounting (nil when not known); the status for the client (an error keeps its own; a 2xx

@@ -29,7 +29,8 @@ local M = { METADATA_NS = METADATA_NS, TRANSLATE_HEADER = TRANSLATE_HEADER, FAIL
 
 -- Prepares one rule: its backends with pre-encoded body fields, cumulative weights, and the
 -- record of the provider API each speaks (`protocols`: auth header and prefix, fixed headers).
-local function prepare_rule(route, name, rule, protocols)
+local prepare_rule
+prepare_rule = function(route, name, rule, protocols)
   local cfg = { rule_id = route .. "/" .. name, backends = {}, total = 0 }
   for i, b in ipairs(rule.backends) do
     local proto = protocols[b.protocol]
@@ -56,6 +57,11 @@ local function prepare_rule(route, name, rule, protocols)
   end
   cfg.failover = rule.failover == true
   cfg.weighted = #cfg.backends > 1 or cfg.failover
+  if rule.later ~= nil then
+    -- a failover rule's later tries of a body format no first choice speaks (no keys): the request
+    -- is validated for each before the first try is sent (llmc.failover)
+    cfg.later = prepare_rule(route, name, { backends = rule.later }, protocols).backends
+  end
   return cfg
 end
 

@@ -10,21 +10,27 @@
 -- the route (metadata `failover: true`); a proxy without that patch gets an error, never a request
 -- that could reach a provider other than the one it was shaped for.
 --
--- This (downstream) filter runs once per request, so here it only validates the request, picks the
--- first backend and pins the route; it does not shape anything. Each try is shaped by the upstream
+-- This (downstream) filter runs once per request, so here it validates the request, picks the first
+-- backend, pins the route and (a body up to KEEP_CLIENT_BODY) shapes the first try as a plain rule's
+-- request is shaped, keeping the client's body for later tries. Every other try is shaped by the upstream
 -- filter (the same modules, entry point M.on_attempt below, selected by its filter context): one
 -- Lua filter in the router's upstream_http_filters, shared by every provider cluster, which picks
 -- the try's provider from the route's list by Envoy's attempt count. It shapes the original client
--- body, which Envoy keeps for retries.
+-- body, which Envoy keeps for retries, through the same request step as every other request
+-- (llmc.request's prepare and set_headers).
+--
+-- Protocols may mix (issue 27): the upstream filter marks the answer of its try with the try's body
+-- format (x-llmc-translate, set or removed on every answer, so a provider's own never counts), and
+-- this filter translates it back with that format's translator; the mark never reaches the client.
 
 local request = require("llmc.request")
 local context = require("llmc.context")
 
-local METADATA_NS, ANSWERED_BY = context.METADATA_NS, context.ANSWERED_BY
+local METADATA_NS, ANSWERED_BY, TRANSLATE_HEADER = context.METADATA_NS, context.ANSWERED_BY,
+  context.TRANSLATE_HEADER
 local ATTEMPT_COUNT = "x-envoy-attempt-count"
 local match = string.match
-local endpoint_for, body_for, encode_string = request.endpoint_for, request.body_for,
-  require("llmc.scanner").encode_string
+local prepare, set_headers, encode_string = request.prepare, request.set_headers, require("llmc.scanner").encode_string
 
 local M = {}
 
@@ -44,21 +50,52 @@ function M.failover_request(h, vh, cfg, b, headers)
   return M.failover_accept(h, cfg, b, s, nil, nil, original_path)
 end
 
--- A failover request whose route was checked: the endpoint and the body are validated once here
--- (each try shapes the same body; the result is not kept) and the request recorded for the access
--- log. Every provider of a failover rule sets basePath or none (LLMC235), so the first choice's
--- endpoint is every try's. What each try needs of the client's request and the header map no longer
--- holds once a try changed it -- the client's path, the model that routed it -- goes into the
--- stream's dynamic metadata, which the upstream filter reads (Envoy hands upstream filters the
--- downstream stream info).
-function M.failover_accept(h, cfg, b, s, model_json, scanned, original_path)
-  local endpoint = endpoint_for(b, original_path)
-  if endpoint == nil then return request.unknown_endpoint(h, cfg, b, original_path) end
-  local out, err, param = body_for(endpoint, s, b, model_json, scanned)
-  if out == nil then
-    return request.reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
+-- A failover request whose route was checked: the endpoint and the body are validated here for the
+-- first choice and for a later try of each body format no first choice speaks (cfg.later), so no
+-- try is ever sent a body its provider cannot take (the first choice's result is the first try's
+-- request, see KEEP_CLIENT_BODY; later tries shape the client's body again) and the request
+-- recorded for the access log. Every provider of a failover
+-- rule sets basePath or none (LLMC235), so the first choice's endpoint is every try's. What each try
+-- needs of the client's request and the header map no longer holds once a try changed it -- the
+-- client's path, the model that routed it -- goes into the stream's dynamic metadata, which the
+-- upstream filter reads (Envoy hands upstream filters the downstream stream info); so does whether
+-- the client asked a stream's usage (a translated answer ends with OpenAI's usage event then).
+local function validate(h, cfg, b, s, model_json, scanned, original_path)
+  local endpoint, out, param, note = prepare(b, s, original_path, model_json, scanned)
+  if endpoint == nil then
+    if out == nil then return nil, request.unknown_endpoint(h, cfg, b, original_path) end
+    return nil, request.reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. out, cfg, b, param)
   end
+  return note ~= nil and note:sub(-6) == "+usage", out, param -- (param: the path on success)
+end
+
+-- The first try is shaped here, as a plain rule's request is, when the client's body is at most this
+-- large: the client's body then waits for later tries in the stream's metadata (namespace
+-- BODY_NS, apart from the access log's `llmc`), and the upstream filter leaves the first try as
+-- it is. A larger body stays in the router as the client sent it, and every try is shaped upstream.
+local KEEP_CLIENT_BODY = 65536
+local BODY_NS = "llmc.failover"
+
+function M.failover_accept(h, cfg, b, s, model_json, scanned, original_path)
+  local usage, first, first_path = validate(h, cfg, b, s, model_json, scanned, original_path)
+  if usage == nil then return first end
+  local replied
+  for i = 1, #(cfg.later or {}) do
+    local later_usage
+    later_usage, replied = validate(h, cfg, cfg.later[i], s, model_json, scanned, original_path)
+    if later_usage == nil then return replied end
+    usage = usage or later_usage
+  end
+  local key = request.credential(b, h)
+  local shape_first = #s <= KEEP_CLIENT_BODY and #first <= KEEP_CLIENT_BODY and key ~= false
+  if shape_first and first ~= s then h:body():setBytes(first) end -- before the wrappers below
   local md = h:streamInfo():dynamicMetadata()
+  if usage then md:set(METADATA_NS, "translate_usage", true) end
+  if shape_first then
+    md:set(BODY_NS, "client_body", s)
+    md:set(METADATA_NS, "first_shaped", true)
+    set_headers(h:headers(), b, key, original_path, first_path)
+  end
   md:set(METADATA_NS, "rule", cfg.rule_id)
   md:set(METADATA_NS, "first_provider", b.provider)
   md:set(METADATA_NS, "failover", true)
@@ -68,9 +105,24 @@ function M.failover_accept(h, cfg, b, s, model_json, scanned, original_path)
   if operation ~= nil then md:set(METADATA_NS, "operation", operation) end
 end
 
+-- The fixed headers of every try's protocol (e.g. anthropic-version), once per prepared context: a
+-- later try of another protocol removes what an earlier one set (the tries share the header map).
+-- Here, not in llmc.context, so that only failover bundles carry it.
+local function fixed_headers(a)
+  local fixed, seen = {}, {}
+  for i = 1, #a.tries do
+    for _, pair in ipairs(a.tries[i].headers) do
+      if not seen[pair[1]] then fixed[#fixed + 1], seen[pair[1]] = pair[1], true end
+    end
+  end
+  table.sort(fixed)
+  a.fixed_headers = fixed
+  return fixed
+end
+
 -- One try, in the upstream filter of the provider's cluster: shapes the original client body and
--- the headers for this provider, through the same steps as the request path (endpoint_for,
--- body_for, M.request_headers). The header map is shared by all tries and keeps what an earlier
+-- the headers for this provider, through the same step as the request path (llmc.request's prepare
+-- and set_headers). The header map is shared by all tries and keeps what an earlier
 -- try set, so everything a try depends on is set or removed here: every credential header any
 -- backend of the rule uses (a key set for another provider by an earlier try never reaches this
 -- one; the client's own never passes on a failover rule), the internal headers, the path (from the
@@ -88,48 +140,68 @@ function M.on_attempt(h, a)
     return request.reply(h, 503, "server_error", "failover_unknown_try",
       "llmc: this proxy cannot tell which provider this try goes to; nothing was sent")
   end
-  local md = h:streamInfo():dynamicMetadata()
-  md:set(METADATA_NS, "try_provider", b.provider)
-  md:set(METADATA_NS, "try_gen_ai_provider", b.gen_ai_provider)
-  for i = 1, #a.credential_headers do headers:remove(a.credential_headers[i]) end
-  for i = 1, #a.internal_headers do headers:remove(a.internal_headers[i]) end
+  local tmd = h:streamInfo():dynamicMetadata()
+  tmd:set(METADATA_NS, "try_provider", b.provider)
+  tmd:set(METADATA_NS, "try_gen_ai_provider", b.gen_ai_provider)
+  -- the try's body format: the answer is marked with it for the downstream filter (set on every
+  -- try: the stream info, and so an earlier try's value, is shared by the tries)
+  tmd:set(METADATA_NS, "try_format", b.format)
+  local mine = tmd:get(METADATA_NS) or {} -- the same wrapper: nothing yielded since (body() does)
   local key = request.credential(b, h)
   if key == false then
     h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
     key = nil -- sent without a key: the provider refuses it, and the next try moves on
   end
-  local mine = h:streamInfo():dynamicMetadata():get(METADATA_NS) or {}
-  local original_path = mine.client_path or headers:get(":path")
-  local endpoint = endpoint_for(b, original_path) or "chat" -- validated by the downstream filter
-  local path = b.path
-  if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint .. b.base_query end
-  local body = h:body()
-  local s = body:getBytes(0, body:length())
-  local out = body_for(endpoint, s, b, mine.routed_model) or s -- validated by the downstream filter
-  if out ~= s then body:setBytes(out) end
-  headers = h:headers()
-  local set = request.request_headers(b, key, original_path, path)
-  for i = 1, #set do
-    local v = set[i][2]
-    if v then headers:replace(set[i][1], v) else headers:remove(set[i][1]) end
+  if n == 1 and mine.first_shaped then
+    -- shaped by the downstream filter (failover_accept) as a plain rule's request; a failover
+    -- route removes every credential and internal header after it (compiler: virtualservice
+    -- _failover), so the key is set again here, after the router
+    if key ~= nil then headers:replace(b.auth_header, b.auth_prefix .. key) end
+    headers:replace(":authority", b.authority)
+    return
   end
+  for i = 1, #a.credential_headers do headers:remove(a.credential_headers[i]) end
+  for i = 1, #a.internal_headers do headers:remove(a.internal_headers[i]) end
+  local fixed = a.fixed_headers or fixed_headers(a)
+  for i = 1, #fixed do headers:remove(fixed[i]) end -- an earlier try's protocol's (anthropic-version)
+  local original_path = mine.client_path or headers:get(":path")
+  -- the client's body: kept in the metadata when the downstream filter shaped the first try (the
+  -- router holds that try's body then), else the router's copy as the client sent it
+  local kept = mine.first_shaped and (tmd:get(BODY_NS) or {}).client_body or nil
+  local body = h:body()
+  local s = kept or body:getBytes(0, body:length())
+  -- the downstream filter validated the request for this try's body format (failover_accept)
+  local endpoint, out, path = prepare(b, s, original_path, mine.routed_model)
+  if endpoint == nil then out, path = s, b.path end
+  if kept ~= nil or out ~= s then body:setBytes(out) end
+  headers = h:headers()
+  set_headers(headers, b, key, original_path, path)
   headers:replace("content-length", tostring(#out))
   -- the try's Host (its hostRewrite): Envoy applies a weighted cluster's host rewrite to the first try only
   headers:replace(":authority", b.authority)
 end
 
+-- The mark of the try that answered: its provider, and its body format when that is translated (a
+-- format a provider sent itself is removed: only this filter's mark counts).
 function M.on_attempt_response(h)
   local mine = h:streamInfo():dynamicMetadata():get(METADATA_NS)
   local by = mine and mine.try_provider
+  if by == nil then return end
+  local headers = h:headers()
   -- "<provider> <gen_ai.provider.name>" (a provider name is a DNS label: no space in it)
-  if by ~= nil then h:headers():replace(ANSWERED_BY, by .. " " .. (mine.try_gen_ai_provider or by)) end
+  headers:replace(ANSWERED_BY, by .. " " .. (mine.try_gen_ai_provider or by))
+  local fmt = mine.try_format
+  if fmt ~= nil and fmt ~= "openai" then headers:replace(TRANSLATE_HEADER, fmt)
+  else headers:remove(TRANSLATE_HEADER) end
 end
 
 -- Downstream, on a failover request's response (its route added FAILOVER_HEADER, which the caller
 -- removed): the provider that answered (from the upstream filter's header, which the client never
 -- sees) goes into the access log as llmc:provider, its gen_ai.provider.name as llmc:gen_ai_provider. No such header means Envoy answered itself
 -- (every try reset or timed out; the route's response headers apply to the router's own replies
--- too): the client gets that error in OpenAI's format. Returns true when it replaced the response.
+-- too): the client gets that error in OpenAI's format. Returns true when it replaced the response;
+-- else false and, for a translated try's answer, its note for the response path ("<format>", or
+-- "<format>+usage": failover_accept's `translate_usage`).
 function M.failover_response(h, headers)
   local md = h:streamInfo():dynamicMetadata()
   local mine = md:get(METADATA_NS)
@@ -145,7 +217,9 @@ function M.failover_response(h, headers)
       -- stat http.<listener>.lua.llmc.failovers.<rule>.<provider>: requests a backup answered
       h:stats():counter("failovers." .. (mine.rule or ""):gsub("[^%w_-]", "_") .. "." .. by):add(1)
     end
-    return false
+    local fmt = headers:get(TRANSLATE_HEADER)
+    if fmt == nil then return false end
+    return false, fmt .. (mine.translate_usage and "+usage" or "")
   end
   local status = tonumber(headers:get(":status") or "") or 502
   if status < 400 then return false end

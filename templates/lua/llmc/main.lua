@@ -32,8 +32,8 @@ local METADATA_NS, TRANSLATE_HEADER, FAILOVER_HEADER = context.METADATA_NS, cont
   context.FAILOVER_HEADER
 local record, reply, too_large, credential, endpoint_for = request.record, request.reply, request.too_large,
   request.credential, request.endpoint_for
-local unknown_endpoint, body_for, missing_key, read_body = request.unknown_endpoint, request.body_for,
-  request.missing_key, request.read_body
+local unknown_endpoint, missing_key, read_body = request.unknown_endpoint, request.missing_key, request.read_body
+local prepare, set_headers = request.prepare, request.set_headers
 local request_headers, client_key, TRANSLATORS = request.request_headers, request.client_key, request.TRANSLATORS
 local usage_of, new_usage, new_usage_dropper, readable = usage.usage_of, usage.new_usage, usage.new_usage_dropper,
   usage.readable
@@ -119,23 +119,14 @@ local function pick_backend(h, vh, cfg, headers)
 end
 -- rule and no model is configured: written back so duplicates collapse to the model that routed.
 local function forward(h, vh, cfg, b, key, body, s, original_path, scanned, model_json, recorded)
-  local path, endpoint = b.path, endpoint_for(b, original_path)
-  if b.base_path ~= nil then
-    if endpoint == nil then return unknown_endpoint(h, cfg, b, original_path) end
-    if endpoint ~= "chat" then path = b.base_path .. "/" .. endpoint .. b.base_query end
-  end
-  local out, err, param, note = body_for(endpoint, s, b, model_json, scanned)
-  if out == nil then
-    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. err, cfg, b, param)
+  local endpoint, out, path, note = prepare(b, s, original_path, model_json, scanned)
+  if endpoint == nil then
+    if out == nil then return unknown_endpoint(h, cfg, b, original_path) end
+    return reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. out, cfg, b, path)
   end
   if #out > vh.buffer_limit then return too_large(h, cfg, b, b.max_body) end
   if out ~= s then body:setBytes(out) end
-  local headers = h:headers() -- wrappers from before body() are out of scope now
-  local set = request_headers(b, key, original_path, path)
-  for i = 1, #set do
-    local v = set[i][2]
-    if v then headers:replace(set[i][1], v) else headers:remove(set[i][1]) end
-  end
+  set_headers(h:headers(), b, key, original_path, path) -- wrappers from before body() are out of scope now
   if recorded and note == nil then return end
   local md = h:streamInfo():dynamicMetadata() -- wrappers from before body() are out of scope now
   if not recorded then record(md, cfg, b, endpoint) end
@@ -400,13 +391,18 @@ end
 
 -- Runs only on llmc's virtual hosts (the filter has no default script), and not for the replies
 -- this filter sent itself; a request it did not shape never reaches a provider.
-on_response = function(h, headers)
+on_response = function(h, headers, tried)
   if headers:get(TRANSLATE_HEADER) ~= nil then
-    -- The route's mark, never the client's business; the request's own note decides (a provider
-    -- cannot fake one: the route overwrites the header, and the note comes from the request path).
+    -- The route's mark (or on a failover rule the upstream filter's), never the client's business;
+    -- the request's own note decides (a provider cannot fake one: the route overwrites the header
+    -- and the upstream filter sets or removes it, and the note comes from the request path), or
+    -- `tried`: the note of the failover try that answered (llmc.failover, failover_response).
     headers:remove(TRANSLATE_HEADER)
-    local shaped = h:streamInfo():dynamicMetadata():get(METADATA_NS)
-    local note = shaped and shaped.translate
+    local note = tried
+    if note == nil then
+      local shaped = h:streamInfo():dynamicMetadata():get(METADATA_NS)
+      note = shaped and shaped.translate
+    end
     if note ~= nil then
       -- "<format>" or "<format>+usage"; OpenAI's own format is never translated back: its note
       -- "openai+usage" means llmc asked for the usage event, which the client must not see
@@ -485,7 +481,9 @@ local function respond(h)
   local headers = h:headers()
   if headers:get(FAILOVER_HEADER) ~= nil then
     headers:remove(FAILOVER_HEADER) -- the route's mark, never the client's business
-    if tries.failover_response(h, headers) then return end
+    local replaced, note = tries.failover_response(h, headers)
+    if replaced then return end
+    return on_response(h, headers, note)
   end
   return on_response(h, headers)
 end

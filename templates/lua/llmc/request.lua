@@ -145,18 +145,36 @@ local function shape(s, b, client_model_json, scanned)
 end
 M.shape = shape
 
--- The body for `endpoint` of backend `b` (a pure function): a chat completion is shaped (M.shape);
--- other endpoints keep the client's model and get no stream fields, and are still validated.
--- Returns the body, or nil and the error, its parameter and the translation note (M.shape's).
-local function body_for(endpoint, s, b, model_json, scanned)
-  if endpoint == "chat" then return shape(s, b, model_json, scanned) end
-  return rewrite(s, {}, scanned and scanned[1], scanned and scanned[2])
+-- THE request step, the same for the request path (llmc.main) and every failover try (llmc.failover),
+-- a pure function: the endpoint of the client's path, the body for backend `b` (spliced or
+-- translated), the path it goes to (a translator may name its own: Gemini's model is in the path),
+-- and the translation note. Returns endpoint, body, path, note; or nil, nil (an unknown endpoint),
+-- or nil, message, param (a body `b` cannot take). `model_json`: the client's model (JSON text) when
+-- it chose the rule and no model is configured: written back so duplicates collapse to the model that routed.
+-- A chat completion is shaped (M.shape); other endpoints keep the client's model and get no stream
+-- fields, and are still validated.
+local function prepare(b, s, original_path, model_json, scanned)
+  local endpoint = endpoint_for(b, original_path)
+  if endpoint == nil then return nil, nil end
+  local path, out, err, param, note, own_path = b.path
+  if endpoint ~= "chat" then
+    path = b.base_path .. "/" .. endpoint .. b.base_query
+    out, err, param = rewrite(s, {}, scanned and scanned[1], scanned and scanned[2])
+  else
+    out, err, param, note, own_path = shape(s, b, model_json, scanned)
+  end
+  if out == nil then return nil, err, param end
+  return endpoint, out, own_path or path, note
 end
 
--- The last step, once rule, backend, credential and body are known: the endpoint, the body, the
--- headers, the metadata (unless `recorded`: the caller recorded it before body(), with the stream
--- info wrapper it already had). `model_json` is the client's model (JSON text) when it chose the
--- rule and no model is configured: written back so duplicates collapse to the model that routed.
+-- Sets the request headers of backend `b` (M.request_headers) on the header map.
+local function set_headers(headers, b, key, original_path, path)
+  local set = M.request_headers(b, key, original_path, path)
+  for i = 1, #set do
+    local v = set[i][2]
+    if v then headers:replace(set[i][1], v) else headers:remove(set[i][1]) end
+  end
+end
 
 local function missing_key(h, cfg, b)
   h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
@@ -181,6 +199,7 @@ end
 
 M.record, M.reply, M.too_large, M.credential, M.endpoint_for = record, reply, too_large, credential, endpoint_for
 M.OPERATIONS = OPERATIONS
-M.unknown_endpoint, M.body_for, M.missing_key, M.read_body = unknown_endpoint, body_for, missing_key, read_body
+M.unknown_endpoint, M.missing_key, M.read_body = unknown_endpoint, missing_key, read_body
+M.prepare, M.set_headers = prepare, set_headers
 
 return M

@@ -1,0 +1,520 @@
+-- llmc translator for Google's Gemini API: OpenAI chat completion in, Gemini generateContent out,
+-- and the answer back (docs/protocols.md, "Gemini"). LuaJIT / Lua 5.1; pure functions over strings,
+-- no call into Envoy, so each is unit-tested under lupa (tests/test_gemini_lua.py).
+--
+-- Followed from Gemini's API reference (ai.google.dev/api): "Generating content" (models.generateContent,
+-- models.streamGenerateContent with alt=sse; GenerateContentRequest: contents, systemInstruction, tools,
+-- toolConfig, generationConfig; GenerateContentResponse: candidates, promptFeedback, usageMetadata,
+-- modelVersion, responseId; FinishReason), "Caching"/"Content" (Content: role user|model, parts: text,
+-- inlineData, functionCall, functionResponse), "Function calling" (tools[].functionDeclarations,
+-- toolConfig.functionCallingConfig mode AUTO|ANY|NONE and allowedFunctionNames), "API keys"
+-- (x-goog-api-key) and "Troubleshooting" (errors {"error": {code, message, status}}).
+--
+-- The translator contract is at the top of anthropic.lua. Gemini takes the model in the path, so
+-- `request` returns a fifth value, the request path (b.path with `{model}` filled, the stream method
+-- for a stream), which the request steps (llmc.request) use instead of b.path.
+
+local values = require("llmc.values")
+local decode, encode, NULL, NUM = values.decode, values.encode, values.NULL, values.NUM
+local obj, arr, apush, raw = values.obj, values.arr, values.apush, values.raw
+local oget, is_obj, is_arr, present, source_of = values.oget, values.is_obj, values.is_arr, values.present,
+  values.source_of
+local openai_error = values.openai_error
+
+local function count_of(v)
+  if getmetatable(v) == NUM then return tonumber(v[1]) end
+  return nil
+end
+
+local find, sub, format, concat, byte = string.find, string.sub, string.format, table.concat, string.byte
+
+local G = {}
+
+local METHOD, STREAM_METHOD = ":generateContent", ":streamGenerateContent"
+-- A model name as Gemini's paths take it (models/{model}); the compiler checks configured ones alike.
+local MODEL_NAME = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+local MAX_MODEL = 128
+
+---------------------------------------------------------------------------------------------------
+-- Request: OpenAI chat -> GenerateContentRequest
+---------------------------------------------------------------------------------------------------
+
+-- Fields that would change the shape of the answer and have no Gemini equivalent here: refused
+-- (400) rather than answered differently; every other unmapped field is tuning only and dropped.
+local function refused(req)
+  local n = oget(req, "n")
+  if n ~= nil and n ~= NULL and not (count_of(n) == 1) then
+    return "n", "'n' other than 1 (several choices) is not supported by this provider"
+  end
+  if oget(req, "logprobs") == true then return "logprobs", "'logprobs' is not supported by this provider" end
+  local tl = oget(req, "top_logprobs")
+  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs' is not supported by this provider" end
+  local audio = oget(req, "audio")
+  if audio ~= nil and audio ~= NULL then return "audio", "audio output is not supported by this provider" end
+  local modalities = oget(req, "modalities")
+  if is_arr(modalities) then
+    for i = 1, modalities.n do
+      if modalities[i] ~= "text" then return "modalities", "output modalities other than text are not supported by this provider" end
+    end
+  end
+  return nil
+end
+
+-- The text of a content that may only hold text (system, assistant, tool): a string, or text and
+-- refusal parts; nil and a message otherwise.
+local function text_parts(content, parts)
+  if content == nil or content == NULL then return parts end
+  if type(content) == "string" then
+    apush(parts, obj("text", content))
+    return parts
+  end
+  if not is_arr(content) then return nil, "'content' must be a string or an array of parts" end
+  for i = 1, content.n do
+    local part = content[i]
+    local ptype = oget(part, "type")
+    local text = ptype == "text" and oget(part, "text") or ptype == "refusal" and oget(part, "refusal") or nil
+    if type(text) ~= "string" then
+      return nil, "content part type " .. tostring(ptype) .. " is not supported here by this provider"
+    end
+    apush(parts, obj("text", text))
+  end
+  return parts
+end
+
+-- A user's image: Gemini reads inline data (a base64 data: URL); it does not fetch arbitrary URLs.
+local function image_part(part)
+  local url = oget(oget(part, "image_url"), "url")
+  if type(url) ~= "string" then return nil, "an image_url part needs image_url.url" end
+  local mime, data = url:match("^data:([^;,]+);base64,(.*)$")
+  if not mime then return nil, "an image must be a base64 data: URL for this provider" end
+  return obj("inlineData", obj("mimeType", mime, "data", data))
+end
+
+local function user_parts(content)
+  if type(content) ~= "table" or not is_arr(content) then return text_parts(content, arr()) end
+  local parts = arr()
+  for i = 1, content.n do
+    local part = content[i]
+    if oget(part, "type") == "image_url" then
+      local p, err = image_part(part)
+      if not p then return nil, err end
+      apush(parts, p)
+    else
+      local ok, err = text_parts(arr({ part }), parts)
+      if not ok then return nil, err end
+    end
+  end
+  return parts
+end
+
+-- An assistant's tool calls as functionCall parts; `names` learns each call's id -> function name
+-- (a later tool message names only the id; Gemini's functionResponse needs the name).
+local function call_parts(calls, parts, names)
+  if calls == nil or calls == NULL then return parts end
+  if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
+  for i = 1, calls.n do
+    local fn = oget(calls[i], "function")
+    local id, name, args = oget(calls[i], "id"), oget(fn, "name"), oget(fn, "arguments")
+    if type(id) ~= "string" or type(name) ~= "string" or type(args) ~= "string" then
+      return nil, "a tool call needs id, function.name and function.arguments (a string)"
+    end
+    local input = args == "" and obj() or decode(args)
+    if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
+    names[id] = name
+    apush(parts, obj("functionCall", obj("name", name, "args", input.s and raw(source_of(input)) or input)))
+  end
+  return parts
+end
+
+-- A tool message's result: a JSON object is the response itself; any other text is {"output": text}
+-- (FunctionResponse.response is an object; "output" is the key Gemini's reference names for it).
+local function tool_response(content)
+  local parts, err = text_parts(content, arr())
+  if not parts then return nil, err end
+  local texts = {}
+  for i = 1, parts.n do texts[i] = oget(parts[i], "text") end
+  local text = concat(texts)
+  local v = decode(text)
+  if is_obj(v) then return raw(source_of(v)) end
+  return obj("output", text)
+end
+
+-- OpenAI messages -> Gemini systemInstruction parts and `contents` (roles user/model; consecutive
+-- turns of one role are merged, as the function responses of one model turn must be).
+local function translate_messages(messages)
+  if not is_arr(messages) or messages.n == 0 then return nil, nil, "'messages' must be a non-empty array" end
+  local system, contents, names = arr(), arr(), {}
+  for i = 1, messages.n do
+    local m = messages[i]
+    local role, parts, err = oget(m, "role"), nil, nil
+    if role == "system" or role == "developer" then
+      parts, err = text_parts(oget(m, "content"), system)
+      if not parts then return nil, nil, err end
+    else
+      if role == "user" then
+        parts, err = user_parts(oget(m, "content"))
+      elseif role == "assistant" then
+        role = "model"
+        parts, err = text_parts(oget(m, "content"), arr())
+        if parts then parts, err = call_parts(oget(m, "tool_calls"), parts, names) end
+      elseif role == "tool" then
+        role = "user"
+        local id = oget(m, "tool_call_id")
+        local name = type(id) == "string" and names[id] or nil
+        if name == nil then
+          return nil, nil, "a tool message's tool_call_id must name a tool call of an earlier assistant message"
+        end
+        local response
+        response, err = tool_response(oget(m, "content"))
+        if response then parts = arr({ obj("functionResponse", obj("name", name, "response", response)) }) end
+      else
+        return nil, nil, "message role " .. tostring(role) .. " is not supported by this provider"
+      end
+      if not parts then return nil, nil, err end
+      local last = contents[contents.n]
+      if parts.n == 0 then
+        -- nothing to say (an assistant turn without content or calls): Gemini rejects empty parts
+      elseif last ~= nil and oget(last, "role") == role then
+        local target = oget(last, "parts")
+        for k = 1, parts.n do apush(target, parts[k]) end
+      else
+        apush(contents, obj("role", role, "parts", parts))
+      end
+    end
+  end
+  return system, contents
+end
+
+local MODES = { none = "NONE", auto = "AUTO", required = "ANY" }
+
+-- tools -> [{functionDeclarations}] (the client's JSON Schema passed as parametersJsonSchema, as
+-- sent); tool_choice -> toolConfig.functionCallingConfig.
+local function translate_tools(req)
+  local tools, choice = oget(req, "tools"), oget(req, "tool_choice")
+  local out
+  if tools ~= nil and tools ~= NULL then
+    if not is_arr(tools) then return nil, nil, "tools", "'tools' must be an array" end
+    local decls = arr()
+    for i = 1, tools.n do
+      local fn = oget(tools[i], "function")
+      if oget(tools[i], "type") ~= "function" or type(oget(fn, "name")) ~= "string" then
+        return nil, nil, "tools", "only function tools with a name are supported by this provider"
+      end
+      local params = oget(fn, "parameters")
+      apush(decls, obj("name", oget(fn, "name"), "description", present(oget(fn, "description")),
+        "parametersJsonSchema", is_obj(params) and raw(source_of(params)) or nil))
+    end
+    if decls.n > 0 then out = arr({ obj("functionDeclarations", decls) }) end
+  end
+  local config
+  if type(choice) == "string" then
+    if not MODES[choice] then return nil, nil, "tool_choice", "unknown tool_choice " .. choice end
+    config = obj("mode", MODES[choice])
+  elseif is_obj(choice) then
+    local name = oget(oget(choice, "function"), "name")
+    if type(name) ~= "string" then return nil, nil, "tool_choice", "tool_choice needs function.name" end
+    config = obj("mode", "ANY", "allowedFunctionNames", arr({ name }))
+  end
+  return out, config and obj("functionCallingConfig", config) or nil
+end
+
+-- response_format -> responseMimeType (+ responseJsonSchema, the client's schema as sent).
+local function response_format(req)
+  local rf = oget(req, "response_format")
+  local rtype = oget(rf, "type")
+  if rf == nil or rf == NULL or rtype == "text" then return nil end
+  if rtype == "json_object" then return "application/json" end
+  if rtype == "json_schema" then
+    local schema = oget(oget(rf, "json_schema"), "schema")
+    return "application/json", is_obj(schema) and raw(source_of(schema)) or nil
+  end
+  return nil, nil, "unknown response_format type " .. tostring(rtype)
+end
+
+-- The model for the path: the configured one, else the client's (an optional "models/" prefix, as
+-- Gemini's own names carry it, is dropped); nil and a message when it cannot go in a path.
+local function path_model(b, req)
+  local model = b.model or oget(req, "model")
+  if type(model) ~= "string" then return nil, "'model' is required" end
+  if sub(model, 1, 7) == "models/" then model = sub(model, 8) end
+  if #model > MAX_MODEL or not model:match(MODEL_NAME) then
+    return nil, "'model' must be a Gemini model name (letters, digits, '.', '_', '-')"
+  end
+  return model
+end
+
+-- The request path for `model`: b.path with {model} filled; a stream calls streamGenerateContent
+-- with alt=sse (server-sent events; without it Gemini streams one JSON array).
+function G.path(template, model, stream)
+  local path, query = template:match("^([^?]*)(.*)$")
+  path = path:gsub("{model}", model)
+  if stream then
+    if sub(path, -#METHOD) == METHOD then path = sub(path, 1, -#METHOD - 1) .. STREAM_METHOD end
+    query = query == "" and "?alt=sse" or query .. "&alt=sse"
+  end
+  return path .. query
+end
+
+-- The GenerateContentRequest for an OpenAI chat request `s` sent to backend `b`. Returns the text,
+-- nil, nil, the note for the response path ("gemini", or "gemini+usage" when a streaming client
+-- asked for usage) and the path; or nil, message, field.
+function G.request(s, b)
+  local req, err = decode(s)
+  if err then return nil, "the request body is not valid JSON: " .. err end
+  if not is_obj(req) then return nil, "the request body must be a JSON object" end
+  local param, why = refused(req)
+  if param then return nil, why, param end
+  local model, merr = path_model(b, req)
+  if not model then return nil, merr, "model" end
+  local stream = oget(req, "stream")
+  if stream ~= nil and stream ~= NULL and type(stream) ~= "boolean" then return nil, "'stream' must be a boolean", "stream" end
+  if stream == nil or stream == NULL then stream = b.stream == true end
+  local system, contents, cerr = translate_messages(oget(req, "messages"))
+  if not system then return nil, cerr, "messages" end
+  local tools, tool_config, tparam, terr = translate_tools(req)
+  if tparam then return nil, terr, tparam end
+  local mime, schema, rerr = response_format(req)
+  if rerr then return nil, rerr, "response_format" end
+  local stop = oget(req, "stop")
+  if type(stop) == "string" then stop = arr({ stop }) elseif not is_arr(stop) then stop = nil end
+  local max_tokens = present(oget(req, "max_completion_tokens")) or present(oget(req, "max_tokens")) or b.max_tokens
+  local gc = obj("stopSequences", stop, "maxOutputTokens", max_tokens,
+    "temperature", present(oget(req, "temperature")), "topP", present(oget(req, "top_p")),
+    "presencePenalty", present(oget(req, "presence_penalty")),
+    "frequencyPenalty", present(oget(req, "frequency_penalty")), "seed", present(oget(req, "seed")),
+    "responseMimeType", mime, "responseJsonSchema", schema)
+  local out = obj("contents", contents, "systemInstruction", system.n > 0 and obj("parts", system) or nil,
+    "tools", tools, "toolConfig", tool_config, "generationConfig", encode(gc) ~= "{}" and gc or nil)
+  local note = "gemini"
+  if stream and oget(oget(req, "stream_options"), "include_usage") == true then note = "gemini+usage" end
+  return encode(out), nil, nil, note, G.path(b.path, model, stream)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Response: GenerateContentResponse -> chat.completion; streamed -> chat.completion.chunk events
+---------------------------------------------------------------------------------------------------
+
+-- FinishReason -> finish_reason: the safety and policy stops are content filters; STOP with
+-- function calls is "tool_calls"; an unknown or unspecified reason is "stop".
+local FINISH = { STOP = "stop", MAX_TOKENS = "length", SAFETY = "content_filter", RECITATION = "content_filter",
+  BLOCKLIST = "content_filter", PROHIBITED_CONTENT = "content_filter", SPII = "content_filter",
+  IMAGE_SAFETY = "content_filter", LANGUAGE = "content_filter" }
+
+local function finish_of(reason, calls)
+  local f = FINISH[reason] or "stop"
+  if f == "stop" and calls > 0 then return "tool_calls" end
+  return f
+end
+
+-- usageMetadata -> counts: the prompt includes tool-use prompt tokens, the completion the thinking
+-- tokens (OpenAI counts reasoning tokens as completion tokens), so prompt + completion = total.
+local function usage_from(u)
+  if not is_obj(u) then return nil end
+  local prompt = (count_of(oget(u, "promptTokenCount")) or 0) + (count_of(oget(u, "toolUsePromptTokenCount")) or 0)
+  local thoughts = count_of(oget(u, "thoughtsTokenCount")) or 0
+  local completion = (count_of(oget(u, "candidatesTokenCount")) or 0) + thoughts
+  return { prompt = prompt, completion = completion, total = prompt + completion,
+    cached = count_of(oget(u, "cachedContentTokenCount")) or 0, thoughts = thoughts }
+end
+
+local function usage_object(u)
+  return obj("prompt_tokens", u.prompt, "completion_tokens", u.completion, "total_tokens", u.total,
+    "prompt_tokens_details", obj("cached_tokens", u.cached),
+    "completion_tokens_details", obj("reasoning_tokens", u.thoughts))
+end
+
+-- Gemini's error statuses (google.rpc.Code names) and HTTP statuses -> OpenAI error types.
+local STATUS_TYPES = { INVALID_ARGUMENT = "invalid_request_error", FAILED_PRECONDITION = "invalid_request_error",
+  OUT_OF_RANGE = "invalid_request_error", UNAUTHENTICATED = "authentication_error",
+  PERMISSION_DENIED = "permission_error", NOT_FOUND = "not_found_error", RESOURCE_EXHAUSTED = "rate_limit_error",
+  INTERNAL = "server_error", UNAVAILABLE = "server_error", DEADLINE_EXCEEDED = "server_error" }
+local HTTP_TYPES = { [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
+  [404] = "not_found_error", [429] = "rate_limit_error" }
+
+-- A Gemini error body ({"error": {code, message, status}}) as an OpenAI error body (code: Gemini's
+-- status); a body that is not one becomes a generic error naming the HTTP status.
+function G.error(s, status)
+  local e = oget(decode(s), "error")
+  local gstatus = oget(e, "status")
+  if type(oget(e, "message")) == "string" then
+    return encode(openai_error(oget(e, "message"), STATUS_TYPES[gstatus] or HTTP_TYPES[status] or "api_error",
+      type(gstatus) == "string" and gstatus or nil))
+  end
+  return encode(openai_error("llmc: the provider answered " .. tostring(status) .. " without an error message",
+    HTTP_TYPES[status] or "api_error"))
+end
+
+-- The text and the tool calls of a candidate's parts (thought summaries are not the answer).
+-- A streamed tool call carries its `index` among the answer's calls; a message's calls do not.
+local function read_parts(content, ident, first_call, texts, calls, indexed)
+  local parts = oget(content, "parts")
+  for i = 1, (is_arr(parts) and parts.n or 0) do
+    local part = parts[i]
+    local text, call = oget(part, "text"), oget(part, "functionCall")
+    if type(text) == "string" and oget(part, "thought") ~= true then
+      texts[#texts + 1] = text
+    elseif is_obj(call) then
+      local args = oget(call, "args")
+      local n = first_call + calls.n
+      local id = oget(call, "id")
+      apush(calls, obj("index", indexed and n or nil, "id", type(id) == "string" and id or format("call_%s_%d", ident, n),
+        "type", "function", "function", obj("name", oget(call, "name"),
+          "arguments", is_obj(args) and args.s and source_of(args) or "{}")))
+    end
+  end
+end
+
+local function untranslatable(status)
+  return encode(openai_error("llmc: the provider's answer (HTTP " .. tostring(status) ..
+    ") is not a response llmc can translate", "server_error", "llmc_untranslatable_answer"))
+end
+
+-- A non-streamed answer `s` with HTTP `status` -> the OpenAI body, prompt, completion and total
+-- tokens and the model (nil when unknown), and the status for the client: an error keeps its
+-- status; a 2xx that is not a GenerateContentResponse becomes a 502. A prompt Gemini blocked
+-- (promptFeedback.blockReason, no candidates) is a completion with finish_reason content_filter.
+function G.response(s, status, created)
+  if status < 200 or status > 299 then return G.error(s, status), nil, nil, nil, nil, status end
+  local r = decode(s)
+  local candidates = oget(r, "candidates")
+  if not is_obj(r) or not (is_arr(candidates) or is_obj(oget(r, "promptFeedback"))) then
+    return untranslatable(status), nil, nil, nil, nil, 502
+  end
+  local ident = type(oget(r, "responseId")) == "string" and oget(r, "responseId") or "gemini"
+  local cand = is_arr(candidates) and candidates[1] or nil
+  local texts, calls = {}, arr()
+  read_parts(oget(cand, "content"), ident, 0, texts, calls, false)
+  local finish = cand and finish_of(oget(cand, "finishReason"), calls.n) or "content_filter"
+  local message = obj("role", "assistant", "content", #texts > 0 and concat(texts) or NULL,
+    "refusal", NULL, "tool_calls", calls.n > 0 and calls or nil)
+  local u = usage_from(oget(r, "usageMetadata"))
+  local model = oget(r, "modelVersion")
+  model = type(model) == "string" and model or nil
+  local out = obj("id", ident, "object", "chat.completion", "created", created, "model", model or "",
+    "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL, "finish_reason", finish) }),
+    "usage", u and usage_object(u) or nil)
+  if u == nil then return encode(out), nil, nil, nil, model, status end
+  return encode(out), u.prompt, u.completion, u.total, model, status
+end
+
+-- A streamed event may be this large (held until its line ends); a larger one ends the stream with
+-- an OpenAI error event, never with finish_reason and [DONE] over a gap.
+local MAX_EVENT = 1048576
+
+-- The translation state of one streamed answer (streamGenerateContent?alt=sse: every event a
+-- GenerateContentResponse with the next parts). `feed` takes body chunks and returns the OpenAI
+-- events of every complete line; the event with a finishReason ends the OpenAI stream (its finish
+-- event, the usage event when the client asked, [DONE]) -- Gemini sends no end marker of its own.
+-- `totals` gives the usage for accounting; `failed` is set after an event over MAX_EVENT.
+function G.stream(include_usage, created)
+  local st = { id = "gemini", model = "", ncalls = 0, started = false }
+
+  local function chunk(delta, finish)
+    return "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
+      "model", st.model, "choices", arr({ obj("index", 0, "delta", delta, "logprobs", NULL,
+        "finish_reason", finish or NULL) }))) .. "\n\n"
+  end
+
+  local function finish(reason)
+    local out = { chunk(obj(), reason) }
+    if include_usage and st.usage then
+      out[#out + 1] = "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
+        "model", st.model, "choices", arr(), "usage", usage_object(st.usage))) .. "\n\n"
+    end
+    st.done = true
+    out[#out + 1] = "data: [DONE]\n\n"
+    return concat(out)
+  end
+
+  local function on_line(line)
+    local ev = decode(line)
+    if not is_obj(ev) then return "" end
+    st.usage = usage_from(oget(ev, "usageMetadata")) or st.usage
+    if st.done then return "" end -- usage after the end still counts; nothing more is sent
+    local e = oget(ev, "error")
+    if is_obj(e) then
+      st.done, st.failed = true, true
+      local gstatus = oget(e, "status")
+      return "data: " .. encode(openai_error(type(oget(e, "message")) == "string" and oget(e, "message")
+        or "llmc: the provider reported an error", STATUS_TYPES[gstatus] or "api_error",
+        type(gstatus) == "string" and gstatus or nil)) .. "\n\n"
+    end
+    if type(oget(ev, "responseId")) == "string" then st.id = oget(ev, "responseId") end
+    if type(oget(ev, "modelVersion")) == "string" then st.model = oget(ev, "modelVersion") end
+    local out = {}
+    if not st.started then
+      st.started = true
+      out[1] = chunk(obj("role", "assistant", "content", ""))
+    end
+    local candidates = oget(ev, "candidates")
+    local cand = is_arr(candidates) and candidates[1] or nil
+    local texts, calls = {}, arr()
+    read_parts(oget(cand, "content"), st.id, st.ncalls, texts, calls, true)
+    if #texts > 0 then out[#out + 1] = chunk(obj("content", concat(texts))) end
+    if calls.n > 0 then
+      st.ncalls = st.ncalls + calls.n
+      out[#out + 1] = chunk(obj("tool_calls", calls))
+    end
+    local reason = oget(cand, "finishReason")
+    if type(reason) == "string" and reason ~= "FINISH_REASON_UNSPECIFIED" then
+      out[#out + 1] = finish(finish_of(reason, st.ncalls))
+    elseif cand == nil and is_obj(oget(ev, "promptFeedback")) and oget(oget(ev, "promptFeedback"), "blockReason") then
+      out[#out + 1] = finish("content_filter")
+    end
+    return concat(out)
+  end
+
+  local pending, npending = {}, 0 -- the pieces of an unfinished line
+
+  local function too_large()
+    st.done, st.failed, pending, npending = true, true, {}, 0
+    return "data: " .. encode(openai_error(format("llmc: an event of the provider's stream is over %d MiB, " ..
+      "which llmc does not translate; the answer is incomplete", MAX_EVENT / 1048576), "server_error",
+      "llmc_event_too_large")) .. "\n\n"
+  end
+
+  function st.feed(s)
+    if st.failed then return "" end
+    if not find(s, "\n", 1, true) then
+      npending = npending + #s
+      if npending > MAX_EVENT then return too_large() end
+      pending[#pending + 1] = s
+      return ""
+    end
+    local text = s
+    if npending > 0 then
+      pending[#pending + 1] = s
+      text, pending = concat(pending), {}
+    end
+    local out, start = {}, 1
+    while true do
+      local nl = find(text, "\n", start, true)
+      if not nl then break end
+      if nl - start > MAX_EVENT then
+        out[#out + 1] = too_large()
+        return concat(out)
+      end
+      if byte(text, start) == 100 and sub(text, start, start + 4) == "data:" then
+        out[#out + 1] = on_line(sub(text, start + 5, nl - 1)) -- a trailing "\r" is JSON whitespace
+      end
+      start = nl + 1
+    end
+    npending = #text - start + 1
+    if npending > MAX_EVENT then
+      out[#out + 1] = too_large()
+    elseif npending > 0 then
+      pending[1] = sub(text, start)
+    end
+    return concat(out)
+  end
+
+  function st.totals()
+    local u = st.usage
+    if u == nil then return nil end
+    return u.prompt, u.completion, u.total, st.model ~= "" and st.model or nil
+  end
+
+  return st
+end
+
+return G

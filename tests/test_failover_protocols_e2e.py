@@ -1,0 +1,188 @@
+"""Failover across protocols (issue 27) through a real Envoy 1.39 laid out as istiod 1.31 would, with
+the official ``openai`` SDK as the app: an OpenAI primary answers 503 and an Anthropic (or Gemini)
+backup answers, streamed and not; the answer is translated by the driver of the try that answered
+(the per-try filter's mark, which neither the client nor a provider ever sees) and its usage recorded.
+The doubles check every request against their API's documentation (tests/support/anthropic.py,
+tests/support/gemini.py), so a try shaped for another provider fails."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import TESTDATA
+from tests.support import anthropic, gemini
+from tests.support.anthropic import AnthropicUpstream
+from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
+from tests.support.gemini import GeminiUpstream
+from tests.support.mesh import llmc_render
+from tests.support.sdk import APP_KEY, chat, chat_stream
+from tests.support.upstream import Upstream
+
+pytestmark = [pytest.mark.envoy, pytest.mark.skipif(
+    envoy_minor() < (1, 39),
+    reason="failover needs Envoy 1.39+ (Istio 1.31); run `python -m tests.envoy_versions 1.39.3`")]
+
+ROUTE_HOST = "chat.example.com"
+KEYS = {"openai.example.com": ("authorization", "Bearer sk-openai-00000000000000"),
+        "claude.example.com": ("x-api-key", "sk-ant-claude-0000000000"),
+        "gemini.example.com": ("x-goog-api-key", "sk-gemini-00000000000000")}
+LOG_FORMAT = {"provider": "%DYNAMIC_METADATA(llmc:provider)%", "first": "%DYNAMIC_METADATA(llmc:first_provider)%",
+              "prompt": "%DYNAMIC_METADATA(llmc:request_prompt_tokens)%",
+              "completion": "%DYNAMIC_METADATA(llmc:request_completion_tokens)%",
+              "total": "%DYNAMIC_METADATA(llmc:request_total_tokens)%",
+              "tries": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%", "case": "%REQ(x-case)%"}
+CLAUDE_PROMPT = sum(anthropic.USAGE[k] for k in ("input_tokens", "cache_creation_input_tokens",
+                                                 "cache_read_input_tokens"))
+
+
+@pytest.fixture(scope="module")
+def upstreams():
+    ups = {"openai.example.com": Upstream("openai.example.com", sse_pause=0.3),
+           "claude.example.com": AnthropicUpstream("claude.example.com", sse_pause=0.3),
+           "gemini.example.com": GeminiUpstream("gemini.example.com", sse_pause=0.3)}
+    yield ups
+    for u in ups.values():
+        u.stop()
+
+
+@pytest.fixture(scope="module")
+def log_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("failover-protocols") / "access.log"
+
+
+@pytest.fixture(scope="module")
+def envoy(upstreams, log_path):
+    objects = llmc_render("-f", str(TESTDATA / "e2e" / "failover-protocols.yaml"), "--istio-version", "1.31")
+    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None,
+                             access_logs=[access_log(str(log_path), LOG_FORMAT)])
+    assert layout.unmatched == [] and layout.skipped == []
+    proxy = Envoy(layout.bootstrap)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clear(upstreams):
+    for u in upstreams.values():
+        u.clear()
+
+
+def received(upstreams) -> list[tuple[str, object]]:
+    got = [(r, h) for h, u in upstreams.items() for r in u.requests]
+    return [(h, r) for r, h in sorted(got, key=lambda item: item[0].order)]
+
+
+def assert_own(host: str, req) -> None:
+    """A try as ``host`` receives its own key only, no client credential, no internal header."""
+    name, value = KEYS[host]
+    assert req.headers.get(name) == value, (host, req.headers)
+    text = json.dumps(req.headers) + req.body.decode()
+    for other, (_, key) in KEYS.items():
+        assert other == host or key.split()[-1] not in text, (host, f"the key of {other}")
+    assert APP_KEY not in text
+    assert not any(k.startswith("x-llmc-") for k in req.headers), req.headers
+
+
+def log_lines(path, case: str, n: int = 1) -> list[dict]:
+    deadline = time.monotonic() + 20  # a bounded wait for Envoy's access-log flush on a loaded machine
+    while True:
+        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        lines = [x for x in lines if x["case"] == case]
+        if len(lines) >= n or time.monotonic() > deadline:
+            return lines
+
+
+def test_openai_503_then_anthropic_answers(envoy, upstreams, log_path):
+    upstreams["openai.example.com"].fail = "503"
+    completion = chat(envoy.port, ROUTE_HOST, headers={"x-case": "to-claude"})
+    tries = received(upstreams)
+    assert [h for h, _ in tries] == ["openai.example.com", "claude.example.com"]
+    assert_own("openai.example.com", tries[0][1])
+    assert_own("claude.example.com", tries[1][1])
+    assert upstreams["claude.example.com"].problems == [[]]
+    assert tries[1][1].path == "/v1/messages" and tries[1][1].json()["model"] == "claude-x"
+    assert tries[0][1].json()["model"] == "openai-model"
+    assert completion.choices[0].message.content == "Hello from Claude" and completion.model == "claude-x"
+    assert completion.usage.prompt_tokens == CLAUDE_PROMPT
+    (line,) = log_lines(log_path, "to-claude")
+    assert line["provider"] == "p-claude" and line["first"] == "p-openai" and str(line["tries"]) == "2"
+    assert str(line["total"]) == str(CLAUDE_PROMPT + anthropic.USAGE["output_tokens"])
+
+
+def test_openai_503_then_anthropic_streams(envoy, upstreams, log_path):
+    upstreams["openai.example.com"].fail = "503"
+    streamed = chat_stream(envoy.port, ROUTE_HOST, headers={"x-case": "to-claude"})
+    assert [h for h, _ in received(upstreams)] == ["openai.example.com", "claude.example.com"]
+    assert upstreams["claude.example.com"].problems == [[]]
+    assert streamed.text == "Hello"
+    assert streamed.usage.total_tokens == CLAUDE_PROMPT + anthropic.USAGE["output_tokens"]
+    assert not any(k.startswith("x-llmc-") for k in streamed.headers)
+    # streamed through, not buffered: the double pauses after its first event
+    assert streamed.lead > upstreams["claude.example.com"].sse_pause / 2, (streamed.first_at, streamed.total)
+    line = log_lines(log_path, "to-claude")[-1]
+    assert line["provider"] == "p-claude" and str(line["total"]) == str(CLAUDE_PROMPT + anthropic.USAGE["output_tokens"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_503_then_gemini_answers(envoy, upstreams, stream):
+    upstreams["openai.example.com"].fail = "503"
+    if stream:
+        out = chat_stream(envoy.port, ROUTE_HOST, headers={"x-case": "to-gemini"})
+        assert out.text == "Hello" and out.usage.total_tokens == gemini.PROMPT + gemini.COMPLETION
+    else:
+        out = chat(envoy.port, ROUTE_HOST, headers={"x-case": "to-gemini"})
+        assert out.choices[0].message.content == "Hello from Gemini" and out.model == "gemini-x"
+        assert out.usage.completion_tokens == gemini.COMPLETION
+    tries = received(upstreams)
+    assert [h for h, _ in tries] == ["openai.example.com", "gemini.example.com"]
+    assert upstreams["gemini.example.com"].problems == [[]]
+    want = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+    assert tries[1][1].path == f"/v1beta/models/gemini-x{want}"
+    assert_own("gemini.example.com", tries[1][1])
+
+
+def test_no_failure_is_not_translated(envoy, upstreams):
+    completion = chat(envoy.port, ROUTE_HOST, headers={"x-case": "to-claude"})
+    assert [h for h, _ in received(upstreams)] == ["openai.example.com"]
+    assert completion.choices[0].message.content == "hi" and completion.model == "openai-model-2026"
+
+
+def test_anthropic_503_then_openai_answers_untranslated(envoy, upstreams):
+    upstreams["claude.example.com"].fail = "503"
+    completion = chat(envoy.port, ROUTE_HOST, headers={"x-case": "to-openai"})
+    tries = received(upstreams)
+    assert [h for h, _ in tries] == ["claude.example.com", "openai.example.com"]
+    assert upstreams["claude.example.com"].problems == [[]]
+    assert_own("openai.example.com", tries[1][1])
+    assert tries[1][1].path == "/v1/chat/completions" and tries[1][1].json()["model"] == "openai-model"
+    assert "anthropic-version" not in tries[1][1].headers  # the first try's protocol's fixed header
+    assert completion.choices[0].message.content == "hi"
+
+
+@pytest.mark.parametrize("size", [1024, 70 * 1024])
+def test_the_first_try_shaped_downstream_or_upstream(envoy, upstreams, size):
+    """A body up to 64 KiB: the first try is shaped by the downstream filter and the client's body kept
+    for later tries; a larger one: every try shaped upstream. Either way each try is its provider's."""
+    upstreams["openai.example.com"].fail = "503"
+    text = "x" * size
+    completion = chat(envoy.port, ROUTE_HOST, headers={"x-case": "to-claude"},
+                      messages=[{"role": "user", "content": text}])
+    tries = received(upstreams)
+    assert [h for h, _ in tries] == ["openai.example.com", "claude.example.com"]
+    first, second = tries[0][1].json(), tries[1][1].json()
+    assert first["model"] == "openai-model" and first["messages"] == [{"role": "user", "content": text}]
+    assert upstreams["claude.example.com"].problems == [[]]
+    assert second["messages"] == [{"role": "user", "content": [{"type": "text", "text": text}]}]
+    assert_own("openai.example.com", tries[0][1])
+    assert_own("claude.example.com", tries[1][1])
+    assert completion.choices[0].message.content == "Hello from Claude"
+
+
+def test_a_provider_cannot_fake_the_mark(envoy, upstreams):
+    """An OpenAI answer carrying the internal header as if a translated try answered is passed as sent."""
+    completion = chat(envoy.port, ROUTE_HOST, headers={"x-case": "to-claude", "x-test-response-header":
+                                                        "x-llmc-translate: anthropic"})
+    assert completion.choices[0].message.content == "hi"
