@@ -143,8 +143,10 @@ class AnthropicConfig(_KeyForms):
     apiKeySecretRef: SecretKeyRef | None = Field(None, description=_SECRET_DOC)
 
 
-class GeminiConfig(_Strict):
+class GeminiConfig(_KeyForms):
     """llmc extension: Google's Gemini API (generateContent); OpenAI chat requests and responses are translated."""
+
+    model_config = ConfigDict(json_schema_extra=_ONE_KEY_FORM)
 
     model: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                               description="The model, which Gemini takes in the request path "

@@ -64,12 +64,8 @@ from tests.support.crossing_checks import (
     reaches,
     stream_events,
 )
-<<<<<<< HEAD
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
-=======
-from tests.support.envoy_harness import Envoy, build_bootstrap, envoy_minor
 from tests.support.gemini import GeminiUpstream
->>>>>>> i27-drivers
 from tests.support.mesh import llmc_render
 from tests.support.ratelimit import RateLimitDouble, RedisServer, configmap_files, counter, rls_cluster, serving
 from tests.support.upstream import Recorded, Upstream
@@ -141,7 +137,7 @@ AMBIENT_GROUPS = {name: [c for c in AMBIENT if waypoint_of(c) == name] for name 
 
 
 def ambient_manifest(group: str) -> str:
-    return X.manifest(AMBIENT_GROUPS[group], used_only=True)
+    return X.manifest(AMBIENT_GROUPS[group])
 
 
 @pytest.fixture(scope="module")

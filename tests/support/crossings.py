@@ -126,12 +126,10 @@ PROTOCOLS: dict[str, Provider] = {p.name: p for p in (
              double="anthropic", price={"prompt": 19, "completion": 23}),
     Provider("nokey", {"openAIConfig": {"model": "nokey-model"}}, "/nokey/v1/chat/completions", "/nokey/v1",
              model="nokey-model"),
-<<<<<<< HEAD
     # the key form "several keys" (issue 33): apiKeys, one per request by round robin
     Provider("multikey", {"openAIConfig": {"model": "multikey-model"}}, "/multikey/v1/chat/completions",
              "/multikey/v1", key=_key("multikey"), model="multikey-model",
              more_keys=(_key("multikey2"), _key("multikey3"))),
-=======
     # the model in the path; no basePath (LLMC241)
     Provider("gemini", {"geminiConfig": {"model": "gemini-x"}}, "/v1beta/models/gemini-x:generateContent", None,
              key=_key("gemini"), auth_header="x-goog-api-key", auth_prefix="", model="gemini-x", format="gemini",
@@ -139,7 +137,6 @@ PROTOCOLS: dict[str, Provider] = {p.name: p for p in (
     # OpenAI-compatible as ASM has it: chat only (no basePath), so it may fail over to a translated provider
     Provider("plain", {"openAIConfig": {"model": "plain-model"}}, "/plain/v1/chat/completions", None,
              key=_key("plain"), model="plain-model", price={"prompt": 53, "completion": 59}),
->>>>>>> i27-drivers
 )}
 # The other side of two-provider rules: no model configured, so a try for it keeps the client's body
 # (the shape of issue 24 item 2); AUXC keeps its key in a header of its own (item 1).
@@ -147,11 +144,6 @@ AUX = Provider("aux", {"openAIConfig": {}}, "/aux/v1/chat/completions", "/aux/v1
                price={"prompt": 29, "completion": 31})
 AUXC = Provider("auxc", {"openAIConfig": {"authHeader": "X-Auxc-Key"}}, "/auxc/v1/chat/completions", "/auxc/v1",
                 key=_key("auxc"), auth_header="x-auxc-key", auth_prefix="", price={"prompt": 37, "completion": 41})
-<<<<<<< HEAD
-PROVIDERS: dict[str, Provider] = {**PROTOCOLS, "aux": AUX, "auxc": AUXC}
-#: every provider's keys (several for a provider with apiKeys)
-KEYS = {p.name: p.keys for p in PROVIDERS.values() if p.key}
-=======
 # Translated backups and first choices of the mixed-protocol failover rules (issue 27): chat only.
 CLAUDEB = Provider("claudeb", {"anthropicConfig": {"model": "claude-b"}}, "/v1/messages", None, key=_key("claudeb"),
                    auth_header="x-api-key", auth_prefix="", model="claude-b", format="anthropic", double="anthropic",
@@ -160,8 +152,8 @@ GEMINIB = Provider("geminib", {"geminiConfig": {"model": "gemini-b"}}, "/v1beta/
                    None, key=_key("geminib"), auth_header="x-goog-api-key", auth_prefix="", model="gemini-b",
                    format="gemini", double="gemini", price={"prompt": 71, "completion": 73})
 PROVIDERS: dict[str, Provider] = {**PROTOCOLS, "aux": AUX, "auxc": AUXC, "claudeb": CLAUDEB, "geminib": GEMINIB}
-KEYS = {p.name: p.key for p in PROVIDERS.values() if p.key}
->>>>>>> i27-drivers
+#: every provider's keys (several for a provider with apiKeys)
+KEYS = {p.name: p.keys for p in PROVIDERS.values() if p.key}
 #: every header that carries a credential somewhere in the matrix (and the client's own)
 CREDENTIAL_HEADERS = frozenset({p.auth_header for p in PROVIDERS.values()} | {"authorization", "x-api-key"})
 
@@ -241,7 +233,6 @@ AMBIENT_REJECTED: dict[str, tuple[str, str]] = {
 AMBIENT_LIMITS = ("LLMC274", "tokenLimits")
 
 
-<<<<<<< HEAD
 #: (target, protocol) pairs the matrix does not run: the matrix's one waypoint is full (its
 #: TrafficExtension holds 65,536 characters, LLMC279; the ambient manifest was within 600 of it), so
 #: several keys on a waypoint are tested by tests/test_several_keys.py instead
@@ -250,7 +241,8 @@ NOT_RUN: frozenset[tuple[str, str]] = frozenset({("ambient", "multikey")})
 
 def not_run(row: dict) -> bool:
     return (row.get("target"), row.get("protocol")) in NOT_RUN
-=======
+
+
 #: protocols the ambient cells leave out: one waypoint's TrafficExtension cannot carry Anthropic's and
 #: Gemini's translators together (a 75.5 K-character bundle over its 65,536-character limit, LLMC279),
 #: and the matrix's waypoint serves every protocol of its cells; Anthropic stays (issue 27: a Gemini
@@ -258,7 +250,6 @@ def not_run(row: dict) -> bool:
 #: provider that exists for mixed-protocol failover (which a waypoint refuses): with it the matrix's
 #: one waypoint is 332 characters over that limit
 AMBIENT_WITHOUT: frozenset[str] = frozenset({"gemini", "plain"})
->>>>>>> i27-drivers
 
 
 def refused(row: dict) -> bool:
@@ -460,14 +451,9 @@ def limited(cells_: list[Cell]) -> bool:
 
 
 def manifest(cells_: list[Cell]) -> str:
-<<<<<<< HEAD
-    """YAML: every provider the cells' rules use, and one LLMRoute per host holding the rules of
-    ``cells_`` (sorted)."""
-=======
     """YAML: the providers the rules of ``cells_`` use, and one LLMRoute per host holding those rules
     (sorted). (Only those providers: a waypoint's one TrafficExtension carries every provider's
     context and translator, and has a size limit, LLMC279.)"""
->>>>>>> i27-drivers
     used = {n for c in cells_ for n in c.kind.providers(c.protocol)}
     docs: list[dict] = [{"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
                          "metadata": {"name": f"p-{p.name}"}, "spec": p.spec()} for p in PROVIDERS.values()
