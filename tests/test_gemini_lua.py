@@ -163,8 +163,24 @@ def test_images_and_response_format():
 
 def answer(body: dict | str, status: int = 200) -> tuple[dict, int, tuple]:
     text = body if isinstance(body, str) else json.dumps(body)
-    out, p, c, t, model, got = G.call("response", text, status, 1700000000)
+    out, p, c, t, model, got = G.call("response", text, status, 1700000000)[:6]
     return json.loads(out), got, (p, c, t, model)
+
+
+def as_details(x) -> dict | None:
+    """A translator's GenAI details (a Lua table, or nil) as a dict, finish_reasons as a list."""
+    if x is None:
+        return None
+    out = dict(x.items())
+    if "finish_reasons" in out:
+        out["finish_reasons"] = list(out["finish_reasons"].values())
+    return out
+
+
+def details(body: dict | str, status: int = 200) -> dict | None:
+    """The seventh result of G.response: the GenAI details llmc.usage records (issue 34)."""
+    res = G.call("response", body if isinstance(body, str) else json.dumps(body), status, 1700000000)
+    return as_details(res[6]) if len(res) > 6 else None
 
 
 def test_a_response_with_a_tool_call_and_usage():
@@ -179,6 +195,28 @@ def test_a_response_with_a_tool_call_and_usage():
                             "total_tokens": prompt + completion, "prompt_tokens_details": {"cached_tokens": 5},
                             "completion_tokens_details": {"reasoning_tokens": 4}}
     assert accounting == (prompt, completion, prompt + completion, "gemini-2.5-flash")
+
+
+def test_a_response_gives_the_genai_details():
+    """Issue 34 for Gemini: usageMetadata's cachedContentTokenCount (a part of the prompt tokens) and
+    thoughtsTokenCount (a part of the completion tokens), and Gemini's own finish reason."""
+    assert details(response("g", "1", None)) == {"cache_read": 5, "reasoning": 4, "finish_reasons": ["STOP"]}
+    body = response("g", "1", None)
+    body["usageMetadata"] = {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5}
+    body["candidates"][0]["finishReason"] = "MAX_TOKENS"
+    assert details(body) == {"finish_reasons": ["MAX_TOKENS"]}  # no cache, no thinking: not reported
+    del body["usageMetadata"]
+    assert details(body) == {"finish_reasons": ["MAX_TOKENS"]}
+
+
+def test_no_details_without_a_generation():
+    """A blocked prompt (no candidate), an unspecified reason and errors report no finish reason."""
+    assert details({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 3}}) is None
+    body = response("g", "1", None)
+    body["usageMetadata"] = {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5}
+    body["candidates"][0]["finishReason"] = "FINISH_REASON_UNSPECIFIED"
+    assert details(body) is None
+    assert details({"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}, 429) is None
 
 
 @pytest.mark.parametrize("reason, want", [("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"),
@@ -232,7 +270,8 @@ def translate_stream(text: str, include_usage: bool, cuts: list[int] = ()) -> tu
     out = "".join(state.feed(p) for p in pieces if p)
     events = [line[6:] for line in out.split("\n\n") if line]
     totals = state.totals()
-    return [e if e == "[DONE]" else json.loads(e) for e in events], tuple(totals) if totals else ()
+    totals = (*tuple(totals)[:4], as_details(tuple(totals)[4] if len(tuple(totals)) > 4 else None)) if totals else ()
+    return [e if e == "[DONE]" else json.loads(e) for e in events], totals
 
 
 def test_a_stream_with_usage():
@@ -246,7 +285,21 @@ def test_a_stream_with_usage():
     finishes = [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]]
     assert finishes[-1] == "tool_calls" and all(f is None for f in finishes[:-1])
     assert events[-2]["choices"] == [] and events[-2]["usage"]["total_tokens"] == 34 and events[-1] == "[DONE]"
-    assert totals == (21, 13, 34, "gemini-2.5-flash")
+    assert totals == (21, 13, 34, "gemini-2.5-flash", {"cache_read": 5, "reasoning": 4, "finish_reasons": ["STOP"]})
+
+
+def test_a_stream_records_its_finish_reason_when_the_last_event_has_no_usage():
+    """st.usage is replaced when the finish reason arrives (the response path records on a new usage
+    table only), even in an event without usageMetadata."""
+    events = stream_events("g", "3", None)
+    last = events[-1]
+    events[-2]["usageMetadata"] = last.pop("usageMetadata")
+    state = G.call("stream", False, 1700000000)
+    state.feed(sse(events[:-1]))
+    before = state.usage
+    state.feed(sse(events[-1:]))
+    assert not G.lua.eval("function(a, b) return rawequal(a, b) end")(before, state.usage)
+    assert as_details(tuple(state.totals())[4]) == {"cache_read": 5, "reasoning": 4, "finish_reasons": ["STOP"]}
 
 
 def test_a_stream_without_usage_still_counts():

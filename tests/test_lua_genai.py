@@ -1,6 +1,6 @@
 """What the Lua filter records for OpenTelemetry's GenAI names (issue 34), under LuaJIT: the
 provider's gen_ai.provider.name and the endpoint's operation with the request; cache, reasoning
-and finish reasons from JSON answers and streams (OpenAI's and Anthropic's); a stream's first
+and finish reasons from JSON answers and streams (OpenAI's, Anthropic's and Gemini's); a stream's first
 chunk once. The metadata keys the seed system named stay as they were (tests/test_lua.py)."""
 
 from __future__ import annotations
@@ -147,4 +147,32 @@ def test_anthropic_streams_record_them_as_they_pass():
     assert (md["llmc:request_prompt_tokens"], md["llmc:request_completion_tokens"]) == (29, 9)
     assert (md["llmc:cache_read_tokens"], md["llmc:cache_creation_tokens"]) == (5, 3)
     assert list(md["llmc:finish_reasons"].values()) == ["end_turn"]
+    assert md["llmc:first_chunk_ms"] == FIRST["llmc:first_chunk_ms"]
+
+
+GEMINI_USAGE = {"promptTokenCount": 21, "candidatesTokenCount": 9, "thoughtsTokenCount": 4,
+                "cachedContentTokenCount": 5, "totalTokenCount": 34}
+
+
+def test_gemini_answers_record_cache_reads_thinking_and_the_finish_reason():
+    answer = {"candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}, "finishReason": "MAX_TOKENS"}],
+              "usageMetadata": GEMINI_USAGE, "modelVersion": "gemini-x", "responseId": "r"}
+    md = translated("200", {"content-type": "application/json"}, [json.dumps(answer)], note="gemini")
+    assert (md["llmc:request_prompt_tokens"], md["llmc:request_completion_tokens"]) == (21, 13)  # + thinking
+    assert (md["llmc:cache_read_tokens"], md["llmc:reasoning_tokens"]) == (5, 4)
+    assert list(md["llmc:finish_reasons"].values()) == ["MAX_TOKENS"]  # Gemini's own reason
+    assert "llmc:cache_creation_tokens" not in md and "llmc:first_chunk_ms" not in md
+
+
+def test_gemini_streams_record_them_as_they_pass():
+    def event(text: str, **extra) -> dict:
+        return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, **extra}],
+                "usageMetadata": {"promptTokenCount": 21, "totalTokenCount": 21}, "modelVersion": "gemini-x"}
+    events = [event("Hel"), event("lo"), {**event("", finishReason="STOP"), "usageMetadata": GEMINI_USAGE}]
+    text = "".join(f"data: {json.dumps(e)}\r\n\r\n" for e in events)
+    chunks = [text[a:b] for a, b in itertools.pairwise([0, 90, 250, len(text)])]
+    md = translated("200", {"content-type": "text/event-stream"}, chunks, note="gemini")
+    assert (md["llmc:request_prompt_tokens"], md["llmc:request_completion_tokens"]) == (21, 13)
+    assert (md["llmc:cache_read_tokens"], md["llmc:reasoning_tokens"]) == (5, 4)
+    assert list(md["llmc:finish_reasons"].values()) == ["STOP"]
     assert md["llmc:first_chunk_ms"] == FIRST["llmc:first_chunk_ms"]

@@ -308,13 +308,32 @@ end
 
 -- usageMetadata -> counts: the prompt includes tool-use prompt tokens, the completion the thinking
 -- tokens (OpenAI counts reasoning tokens as completion tokens), so prompt + completion = total.
+-- `read` and `reasoning`: the cached and thinking counts as Gemini reported them (nil: not reported).
 local function usage_from(u)
   if not is_obj(u) then return nil end
   local prompt = (count_of(oget(u, "promptTokenCount")) or 0) + (count_of(oget(u, "toolUsePromptTokenCount")) or 0)
-  local thoughts = count_of(oget(u, "thoughtsTokenCount")) or 0
-  local completion = (count_of(oget(u, "candidatesTokenCount")) or 0) + thoughts
-  return { prompt = prompt, completion = completion, total = prompt + completion,
-    cached = count_of(oget(u, "cachedContentTokenCount")) or 0, thoughts = thoughts }
+  local read, reasoning = count_of(oget(u, "cachedContentTokenCount")), count_of(oget(u, "thoughtsTokenCount"))
+  local completion = (count_of(oget(u, "candidatesTokenCount")) or 0) + (reasoning or 0)
+  return { prompt = prompt, completion = completion, total = prompt + completion, cached = read or 0,
+    thoughts = reasoning or 0, read = read, reasoning = reasoning }
+end
+
+-- The GenAI details llmc.usage records (issue 34; the contract's `x`): the cached prompt tokens
+-- (cachedContentTokenCount, a part of promptTokenCount, as the conventions count input tokens), the
+-- thinking tokens (thoughtsTokenCount) and Gemini's own finish reason (STOP, MAX_TOKENS, ...; the
+-- client sees OpenAI's finish_reason for it). Gemini reports no cache writes. A reason is the first
+-- candidate's, the one answered: a prompt Gemini blocked has none (no generation), nor has
+-- FINISH_REASON_UNSPECIFIED.
+local function details(u, reason)
+  local read, reasoning = u and u.read, u and u.reasoning
+  if read == nil and reasoning == nil and reason == nil then return nil end
+  return { cache_read = read, reasoning = reasoning, finish_reasons = reason and { reason } or nil }
+end
+
+local function reason_of(cand)
+  local reason = oget(cand, "finishReason")
+  if type(reason) == "string" and reason ~= "FINISH_REASON_UNSPECIFIED" then return reason end
+  return nil
 end
 
 local function usage_object(u)
@@ -370,8 +389,8 @@ local function untranslatable(status)
 end
 
 -- A non-streamed answer `s` with HTTP `status` -> the OpenAI body, prompt, completion and total
--- tokens and the model (nil when unknown), and the status for the client: an error keeps its
--- status; a 2xx that is not a GenerateContentResponse becomes a 502. A prompt Gemini blocked
+-- tokens and the model (nil when unknown), the status for the client (an error keeps its status; a
+-- 2xx that is not a GenerateContentResponse becomes a 502) and the details (`details`). A prompt Gemini blocked
 -- (promptFeedback.blockReason, no candidates) is a completion with finish_reason content_filter.
 function G.response(s, status, created)
   if status < 200 or status > 299 then return G.error(s, status), nil, nil, nil, nil, status end
@@ -393,8 +412,9 @@ function G.response(s, status, created)
   local out = obj("id", ident, "object", "chat.completion", "created", created, "model", model or "",
     "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL, "finish_reason", finish) }),
     "usage", u and usage_object(u) or nil)
-  if u == nil then return encode(out), nil, nil, nil, model, status end
-  return encode(out), u.prompt, u.completion, u.total, model, status
+  local x = details(u, reason_of(cand))
+  if u == nil then return encode(out), nil, nil, nil, model, status, x end
+  return encode(out), u.prompt, u.completion, u.total, model, status, x
 end
 
 -- A streamed event may be this large (held until its line ends); a larger one ends the stream with
@@ -405,7 +425,7 @@ local MAX_EVENT = 1048576
 -- GenerateContentResponse with the next parts). `feed` takes body chunks and returns the OpenAI
 -- events of every complete line; the event with a finishReason ends the OpenAI stream (its finish
 -- event, the usage event when the client asked, [DONE]) -- Gemini sends no end marker of its own.
--- `totals` gives the usage for accounting; `failed` is set after an event over MAX_EVENT.
+-- `totals` gives the usage and the details for accounting; `failed` is set after an event over MAX_EVENT.
 function G.stream(include_usage, created)
   local st = { id = "gemini", model = "", ncalls = 0, started = false }
 
@@ -455,8 +475,11 @@ function G.stream(include_usage, created)
       st.ncalls = st.ncalls + calls.n
       out[#out + 1] = chunk(obj("tool_calls", calls))
     end
-    local reason = oget(cand, "finishReason")
-    if type(reason) == "string" and reason ~= "FINISH_REASON_UNSPECIFIED" then
+    local reason = reason_of(cand)
+    if reason then
+      st.reason = reason
+      -- a new usage table, so the response path records the reason (it records on a new table only)
+      if st.usage then st.usage = setmetatable({}, { __index = st.usage }) end
       out[#out + 1] = finish(finish_of(reason, st.ncalls))
     elseif cand == nil and is_obj(oget(ev, "promptFeedback")) and oget(oget(ev, "promptFeedback"), "blockReason") then
       out[#out + 1] = finish("content_filter")
@@ -511,7 +534,7 @@ function G.stream(include_usage, created)
   function st.totals()
     local u = st.usage
     if u == nil then return nil end
-    return u.prompt, u.completion, u.total, st.model ~= "" and st.model or nil
+    return u.prompt, u.completion, u.total, st.model ~= "" and st.model or nil, details(u, st.reason)
   end
 
   return st
