@@ -28,6 +28,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .protocols import DRIVERS
+
 PROVIDER_NAME = "llmc-access-log"
 NS = "llmc"
 #: The conventions followed: the registry of open-telemetry/semantic-conventions-genai (status
@@ -51,16 +53,17 @@ def _has(key: str) -> str:
 
 # gen_ai.provider.name --------------------------------------------------------------------------
 
-#: by protocol: a protocol that is one provider's API
-PROVIDER_BY_PROTOCOL = {"anthropic": "anthropic", "azure-openai": "azure.ai.openai"}
-#: by host, for OpenAI-compatible APIs: an exact host, or a suffix beginning with "."
+# A protocol that is one vendor's API names it: its driver's ``gen_ai_name`` (compiler/protocols/),
+# which also lists that vendor's hosts (``gen_ai_hosts``), where an OpenAI-compatible endpoint is the
+# same vendor.
+
+#: by host, for OpenAI-compatible APIs: an exact host, or a suffix beginning with "." or "-"; the
+#: drivers' vendors' hosts first
 PROVIDER_BY_HOST = {
+    **{h: d.gen_ai_name for d in DRIVERS.values() if d.gen_ai_name for h in d.gen_ai_hosts},
     "api.openai.com": "openai",
-    "api.anthropic.com": "anthropic",
-    ".openai.azure.com": "azure.ai.openai",
     ".services.ai.azure.com": "azure.ai.inference",
     "models.inference.ai.azure.com": "azure.ai.inference",
-    "generativelanguage.googleapis.com": "gcp.gemini",
     "aiplatform.googleapis.com": "gcp.vertex_ai",
     "-aiplatform.googleapis.com": "gcp.vertex_ai",  # regional: us-central1-aiplatform.googleapis.com
     "api.deepseek.com": "deepseek",
@@ -76,12 +79,13 @@ PROVIDER_BY_HOST = {
 _BEDROCK = re.compile(r"bedrock-runtime(-fips)?\.[a-z0-9-]+\.amazonaws\.com")
 
 
-def gen_ai_provider_name(protocol: str, host: str, provider: str) -> str:
-    """``gen_ai.provider.name`` of an LLMProvider: the convention's well-known value where its
-    protocol or host maps to one, else the LLMProvider's own name (the convention allows any
-    value; a DashScope or in-cluster vLLM endpoint has no well-known one)."""
-    if protocol in PROVIDER_BY_PROTOCOL:
-        return PROVIDER_BY_PROTOCOL[protocol]
+def gen_ai_provider_name(protocol_name: str | None, host: str, provider: str) -> str:
+    """``gen_ai.provider.name`` of an LLMProvider: its protocol's (``protocol_name``, the driver's
+    ``gen_ai_name``: None for an OpenAI-compatible API), else the convention's well-known value its
+    host maps to, else the LLMProvider's own name (the convention allows any value; a DashScope or
+    in-cluster vLLM endpoint has no well-known one)."""
+    if protocol_name is not None:
+        return protocol_name
     host = host.lower()
     for suffix, name in PROVIDER_BY_HOST.items():
         if host == suffix or (suffix[0] in ".-" and host.endswith(suffix)):

@@ -10,6 +10,7 @@ import sys
 import pytest
 from ruamel.yaml import YAML
 
+from compiler import protocols
 from compiler.options import parse_options
 from compiler.telemetry import (
     GENAI_ACCESS_LOG,
@@ -61,9 +62,22 @@ def test_every_metric_and_label_is_the_registry_name_mapped_to_prometheus():
     assert set(request_tags()) - {"llm_api_key_id"} <= {prometheus_name(a) for a in REGISTRY["attributes"]}
 
 
+def test_every_drivers_genai_name_is_the_conventions():
+    """A protocol that is one vendor's API names it (its driver's ``gen_ai_name``, a well-known value
+    of the registry); an OpenAI-compatible one does not (the host decides)."""
+    members = REGISTRY["attributes"]["gen_ai.provider.name"]["members"]
+    names = {name: d.gen_ai_name for name, d in protocols.DRIVERS.items()}
+    assert names[protocols.DEFAULT_PROTOCOL] is None
+    assert all(n in members for p, n in names.items() if p != protocols.DEFAULT_PROTOCOL), names
+    hosts = [h for d in protocols.DRIVERS.values() for h in d.gen_ai_hosts]
+    assert len(hosts) == len(set(hosts)) and all(d.gen_ai_name for d in protocols.DRIVERS.values() if d.gen_ai_hosts)
+
+
 @pytest.mark.parametrize("protocol,host,name,expected", [
     ("openai", "api.openai.com", "gpt", "openai"),
     ("anthropic", "claude-proxy.internal", "claude", "anthropic"),  # the protocol names the provider
+    ("gemini", "gemini-proxy.internal", "g", "gcp.gemini"),  # so does Gemini's (its driver's gen_ai_name)
+    ("openai", "api.anthropic.com", "a", "anthropic"),  # Anthropic's OpenAI-compatible endpoint
     ("azure-openai", "myres.openai.azure.com", "az", "azure.ai.openai"),
     ("openai", "myres.openai.azure.com", "az", "azure.ai.openai"),  # Azure's OpenAI-compatible v1 path
     ("openai", "generativelanguage.googleapis.com", "gemini", "gcp.gemini"),
@@ -75,7 +89,7 @@ def test_every_metric_and_label_is_the_registry_name_mapped_to_prometheus():
     ("openai", "evilapi.openai.com.example", "x", "x"),  # a suffix match is a whole-label suffix only
 ])
 def test_provider_name(protocol, host, name, expected):
-    assert gen_ai_provider_name(protocol, host, name) == expected
+    assert gen_ai_provider_name(protocols.get(protocol).gen_ai_name, host, name) == expected
     members = REGISTRY["attributes"]["gen_ai.provider.name"]["members"]
     assert expected in members or expected == name
 

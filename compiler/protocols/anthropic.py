@@ -21,6 +21,8 @@ class AnthropicDriver(Driver):
     default_path = "/v1/messages"
     # a beta feature is opted into with the platform's key and bill
     keyed_removes = ("anthropic-beta",)
+    gen_ai_name = "anthropic"
+    gen_ai_hosts = ("api.anthropic.com",)
 
     def request_fields(self, cfg: Any, site: Site) -> dict[str, Any]:
         return {"model": cfg.model, "max_tokens": cfg.maxTokens, "version": cfg.version}

@@ -19,6 +19,8 @@ def azure_path(deployment: str, api_version: str | None) -> str:
 class AzureDriver(Driver):
     record = AZURE_OPENAI
     config_field = "azureOpenAIConfig"
+    gen_ai_name = "azure.ai.openai"
+    gen_ai_hosts = (".openai.azure.com",)  # also Azure's OpenAI-compatible v1 path (openAIConfig)
 
     @property
     def has_default_endpoint(self) -> bool:

@@ -85,6 +85,13 @@ class Driver:
     #: client request headers a keyed provider of this protocol never receives (the platform's key
     #: would pay for what they opt into)
     keyed_removes: tuple[str, ...] = ()
+    #: ``gen_ai.provider.name`` (OpenTelemetry GenAI conventions) of every provider of this protocol,
+    #: when the protocol is one vendor's API; None: an OpenAI-compatible API names no vendor (the host
+    #: decides, compiler/telemetry.py)
+    gen_ai_name: str | None = None
+    #: the vendor's hosts: a provider there is ``gen_ai_name`` whatever protocol it speaks (the
+    #: vendor's OpenAI-compatible endpoint)
+    gen_ai_hosts: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

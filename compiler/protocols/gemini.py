@@ -22,6 +22,8 @@ class GeminiDriver(Driver):
     record = GEMINI
     config_field = "geminiConfig"
     default_path = GEMINI_PATH
+    gen_ai_name = "gcp.gemini"
+    gen_ai_hosts = ("generativelanguage.googleapis.com",)  # also serves an OpenAI-compatible endpoint
 
     def request_fields(self, cfg: Any, site: Site) -> dict[str, Any]:
         warn_stream(cfg, site)

@@ -87,7 +87,7 @@ def _backend_context(b: Backend, secrets_dir: str, pin: str | None) -> dict:
     driver = protocols.get(p.protocol)
     ctx: dict = {"provider": p.name, "protocol": p.protocol, "host": p.host, "path": driver.endpoint(p.path, c),
                  "weight": b.weight, "max_body": p.max_request_bytes}
-    gen_ai = gen_ai_provider_name(p.protocol, p.host, p.name)
+    gen_ai = gen_ai_provider_name(driver.gen_ai_name, p.host, p.name)
     if gen_ai != p.name:  # the filter's default is the LLMProvider's name (a waypoint's Lua is size-capped)
         ctx["gen_ai_provider"] = gen_ai
     ctx.update(driver.filter_settings(c))

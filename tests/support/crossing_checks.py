@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import openai
 
-from compiler.protocols import CONFIG_FIELDS
+from compiler.protocols import CONFIG_FIELDS, DRIVERS
 from compiler.telemetry import gen_ai_provider_name
 from tests.support import crossings as X
 from tests.support.anthropic import USAGE as ANTHROPIC_USAGE
+from tests.support.gemini import USAGE as GEMINI_USAGE
 from tests.support.upstream import USAGE as OPENAI_USAGE
 from tests.support.upstream import Recorded
 
@@ -186,21 +187,28 @@ def check_answer(cell: X.Cell, x: Exchange) -> None:
 def gen_ai_provider(p: X.Provider) -> str:
     """The ``gen_ai.provider.name`` the compiler gives the matrix's provider (compiler/telemetry.py)."""
     (field,) = p.config
-    return gen_ai_provider_name(CONFIG_FIELDS[field], p.host, f"p-{p.name}")
+    return gen_ai_provider_name(DRIVERS[CONFIG_FIELDS[field]].gen_ai_name, p.host, f"p-{p.name}")
 
 
 def expected_usage(p: X.Provider, served: str) -> dict[str, object]:
     """The GenAI usage fields the access log must carry for an answer of ``p``'s double."""
     if served == "embeddings":  # the OpenAI double's embeddings usage: prompt tokens only
         return {"input_tokens": 5, "output_tokens": None, "cache_read.input_tokens": None,
-                "cache_creation.input_tokens": None, "finish_reasons": None}
+                "cache_creation.input_tokens": None, "reasoning.output_tokens": None, "finish_reasons": None}
     if p.format == "anthropic":  # input includes the cache reads and writes (the convention's rule)
         u = ANTHROPIC_USAGE
         return {"input_tokens": u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"],
                 "output_tokens": u["output_tokens"], "cache_read.input_tokens": u["cache_read_input_tokens"],
-                "cache_creation.input_tokens": u["cache_creation_input_tokens"], "finish_reasons": ["end_turn"]}
+                "cache_creation.input_tokens": u["cache_creation_input_tokens"], "reasoning.output_tokens": None,
+                "finish_reasons": ["end_turn"]}
+    if p.format == "gemini":  # promptTokenCount includes the cached tokens; the thinking ones are output
+        g = GEMINI_USAGE
+        return {"input_tokens": g["promptTokenCount"], "output_tokens": g["candidatesTokenCount"] + g["thoughtsTokenCount"],
+                "cache_read.input_tokens": g["cachedContentTokenCount"], "cache_creation.input_tokens": None,
+                "reasoning.output_tokens": g["thoughtsTokenCount"], "finish_reasons": ["STOP"]}
     return {"input_tokens": OPENAI_USAGE["prompt_tokens"], "output_tokens": OPENAI_USAGE["completion_tokens"],
-            "cache_read.input_tokens": None, "cache_creation.input_tokens": None, "finish_reasons": ["stop"]}
+            "cache_read.input_tokens": None, "cache_creation.input_tokens": None, "reasoning.output_tokens": None,
+            "finish_reasons": ["stop"]}
 
 
 def check_telemetry(cell: X.Cell, x: Exchange) -> None:
@@ -221,7 +229,6 @@ def check_telemetry(cell: X.Cell, x: Exchange) -> None:
     assert log["gen_ai.provider.name"] == gen_ai_provider(answered), log
     assert log["gen_ai.operation.name"] == served, log
     assert {k: usage[k] for k in expected_usage(answered, served)} == expected_usage(answered, served), log
-    assert usage["reasoning.output_tokens"] is None, log
     first = log["gen_ai.response.time_to_first_chunk"]
     if cell.streams and served == "chat":
         assert first is not None and 0 <= float(first) * 1000 <= int(log["duration_ms"]) + 1, log
