@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from compiler import Options, compile_text
 from compiler.emit import dump_yaml
 from compiler.keys import round_robin_order
+from compiler.protocols import DEFAULT_PROTOCOL, DRIVERS
 from compiler.telemetry import (
     GENAI_ACCESS_LOG,
     GENAI_REQUEST_TAGS,
@@ -164,8 +165,9 @@ def test_route_specific_list_replaces_the_default_list():
     assert [k["api_key"] for k in ctx["rules"]["vip"]["backends"][0]["keys"]] == KEYS[:2]
 
 
-@pytest.mark.parametrize("field", ["azureOpenAIConfig", "anthropicConfig"])
+@pytest.mark.parametrize("field", sorted(d.config_field for n, d in DRIVERS.items() if n != DEFAULT_PROTOCOL))
 def test_every_protocol_takes_several_keys(field):
+    """Every driver's config has the four key forms (a new protocol joins by itself: Gemini did)."""
     doc = provider({})
     doc["spec"]["configs"]["defaultConfig"] = {field: {"apiKeySecretRefs": [{"name": "s", "key": "a"},
                                                                             {"name": "s", "key": "b"}]}}
