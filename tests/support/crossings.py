@@ -244,11 +244,12 @@ def not_run(row: dict) -> bool:
 
 
 #: protocols the ambient cells leave out: one waypoint's TrafficExtension cannot carry Anthropic's and
-#: Gemini's translators together (a 75.5 K-character bundle over its 65,536-character limit, LLMC279),
-#: and the matrix's waypoint serves every protocol of its cells; Anthropic stays (issue 27: a Gemini
-#: waypoint without Anthropic providers fits, and is not in this matrix); and ``plain``, the chat-only
-#: provider that exists for mixed-protocol failover (which a waypoint refuses): with it the matrix's
-#: one waypoint is 332 characters over that limit
+#: Gemini's translators together (a 77.9 K-character bundle over its 65,536-character limit, LLMC279),
+#: and the matrix's translated waypoint serves every cell whose rule has a translated provider
+#: (tests/test_crossings_e2e.py, ``waypoint_of``); Anthropic stays (issue 27: a Gemini waypoint
+#: without Anthropic providers fits, with two more providers, and is not in this matrix); and
+#: ``plain``, the chat-only provider that exists for mixed-protocol failover, which a waypoint refuses
+#: (its other cells are an OpenAI-compatible provider's, which the other protocols cover there)
 AMBIENT_WITHOUT: frozenset[str] = frozenset({"gemini", "plain"})
 
 
