@@ -136,7 +136,7 @@ AMBIENT_GROUPS = {name: [c for c in AMBIENT if waypoint_of(c) == name] for name 
 
 
 def ambient_manifest(group: str) -> str:
-    return X.manifest(AMBIENT_GROUPS[group], used_only=True)
+    return X.manifest(AMBIENT_GROUPS[group])
 
 
 @pytest.fixture(scope="module")
