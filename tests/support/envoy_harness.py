@@ -350,7 +350,8 @@ def otel_access_log(cluster: str, provider: dict) -> dict:
 
 def grpc_cluster(name: str, port: int) -> dict:
     """A plaintext HTTP/2 cluster to a local gRPC server (an OTLP collector)."""
-    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+    # (a connect timeout far above loopback's: a loaded machine must not break the logger's stream)
+    return {"name": name, "type": "STATIC", "connect_timeout": "10s",
             "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": {}}}},

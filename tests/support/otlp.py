@@ -21,6 +21,15 @@ def _value(v: common_pb2.AnyValue) -> object:
     return getattr(v, kind) if kind else None
 
 
+def _field(message, number: int):
+    """A repeated field by its number. xds-protos (the rate-limit double's dependency) ships an old
+    copy of the OpenTelemetry protos into the same ``opentelemetry/proto`` package, and whichever
+    of the two wheels pip installs last wins: there ``ResourceLogs.scope_logs`` is
+    ``instrumentation_library_logs`` and ``ScopeLogs.log_records`` is ``logs``, with the same
+    numbers (2 and 2) and the same wire format. Reading by number works with either copy."""
+    return getattr(message, message.DESCRIPTOR.fields_by_number[number].name)
+
+
 class Receiver(logs_service_pb2_grpc.LogsServiceServicer):
     """Keeps every log record as (body, attributes as a dict)."""
 
@@ -35,8 +44,8 @@ class Receiver(logs_service_pb2_grpc.LogsServiceServicer):
     def Export(self, request, context):  # noqa: N802 (the gRPC method's name)
         with self._lock:
             for resource_logs in request.resource_logs:
-                for scope_logs in resource_logs.scope_logs:
-                    for record in scope_logs.log_records:
+                for scope_logs in _field(resource_logs, 2):  # scope_logs
+                    for record in _field(scope_logs, 2):  # log_records
                         attrs = {kv.key: _value(kv.value) for kv in record.attributes}
                         self.records.append((_value(record.body), attrs))
         return logs_service_pb2.ExportLogsServiceResponse()
