@@ -145,7 +145,7 @@ def check_request(cell: X.Cell, p: X.Provider, rec: Recorded, problems: list[str
     if not own_client_key:
         assert X.APP_KEY not in text and X.APP_XKEY not in text, (where, "the client's credential")
     # endpoint, host, body
-    assert rec.path == p.path(cell.endpoint), (where, rec.path)
+    assert rec.path == p.path(cell.endpoint, cell.streams), (where, rec.path)
     assert rec.headers.get("host") == p.host, (where, rec.headers.get("host"))
     assert rec.headers.get("accept-encoding") == "identity", (where, rec.headers.get("accept-encoding"))
     if p.format != "openai":  # the double checked the API's schema; the model is in the path or the body

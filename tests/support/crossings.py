@@ -89,10 +89,13 @@ class Provider:
             return "chat"
         return endpoint if endpoint in ("chat", "embeddings") else None
 
-    def path(self, endpoint: str) -> str:
-        """The path a request for ``endpoint`` must arrive at (Azure's api-version on every endpoint)."""
+    def path(self, endpoint: str, streams: bool = False) -> str:
+        """The path a request for ``endpoint`` must arrive at (Azure's api-version on every endpoint;
+        Gemini streams at its stream method with ``alt=sse``, docs/protocols.md)."""
         served = self.serves(endpoint)
         path = self.chat_path if served == "chat" else f"{self.base_path}/{served}"
+        if self.format == "gemini" and streams and served == "chat":
+            return path.replace(":generateContent", ":streamGenerateContent") + "?alt=sse"
         return f"{path}?api-version={AZURE_VERSION}" if self.double == "azure" else path
 
     @property
