@@ -66,7 +66,7 @@ local function validate(h, cfg, b, s, model_json, scanned, original_path)
     if out == nil then return nil, request.unknown_endpoint(h, cfg, b, original_path) end
     return nil, request.reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. out, cfg, b, param)
   end
-  return note ~= nil and note:sub(-6) == "+usage", out, param -- (param: the path on success)
+  return note ~= nil and note:sub(-6) == "+usage", out, param, endpoint -- (param: the path on success)
 end
 
 -- The first try is shaped here, as a plain rule's request is, when the client's body is at most this
@@ -77,7 +77,7 @@ local KEEP_CLIENT_BODY = 65536
 local BODY_NS = "llmc.failover"
 
 function M.failover_accept(h, cfg, b, s, model_json, scanned, original_path)
-  local usage, first, first_path = validate(h, cfg, b, s, model_json, scanned, original_path)
+  local usage, first, first_path, endpoint = validate(h, cfg, b, s, model_json, scanned, original_path)
   if usage == nil then return first end
   local replied
   for i = 1, #(cfg.later or {}) do
