@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.gemini import USAGE, body_problems, response, stream_events
+from tests.support.gemini import USAGE, body_problems, response, signature, stream_events
 from tests.support.lua import load_translator
 
 G = load_translator("gemini")
@@ -131,12 +131,57 @@ def test_tools_and_a_tool_round_trip():
     assert out["tools"] == [{"functionDeclarations": [{"name": "weather", "description": "Weather forecast",
                                                        "parametersJsonSchema": TOOLS[0]["function"]["parameters"]}]}]
     assert out["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+    # calls Gemini did not sign (another model's history): the first gets the signature Google documents
+    # for them, as Gemini 3 requires one on the first call of a step
     assert out["contents"][1] == {"role": "model", "parts": [
-        {"functionCall": {"name": "weather", "args": {"city": "Paris"}}},
+        {"functionCall": {"name": "weather", "args": {"city": "Paris"}},
+         "thoughtSignature": "skip_thought_signature_validator"},
         {"functionCall": {"name": "weather", "args": {"city": "Rome"}}}]}
     assert out["contents"][2] == {"role": "user", "parts": [
         {"functionResponse": {"name": "weather", "response": {"temp": 21}}},
         {"functionResponse": {"name": "weather", "response": {"output": "sunny"}}}]}
+
+
+def next_turn(calls: list[dict]) -> dict:
+    """The GenerateContentRequest of the client's next turn: the answer's tool calls sent back, answered."""
+    return sent({"tools": TOOLS, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *({"role": "tool", "tool_call_id": c["id"], "content": "sunny"} for c in calls)]})
+
+
+def test_a_signed_call_goes_back_with_its_signature():
+    """Gemini 3 answers a function call with a thoughtSignature and refuses (400) the next turn when the
+    call comes back without it (ai.google.dev/gemini-api/docs/thought-signatures): the signature rides
+    in the OpenAI tool call's id, which every client sends back as it got it."""
+    out, _, _ = answer(response("gemini-3-flash", "7", {"name": "weather"}))
+    calls = out["choices"][0]["message"]["tool_calls"]
+    assert calls[0]["id"] == "call_resp_7_0__thought__" + signature("weather")
+    sent_back = next_turn(calls)  # body_problems: the double's Gemini 3 check
+    assert sent_back["contents"][1]["parts"] == [
+        {"functionCall": {"name": "weather", "args": {"city": "Paris", "days": 2}},
+         "thoughtSignature": signature("weather")}]
+    assert sent_back["contents"][2]["parts"] == [
+        {"functionResponse": {"name": "weather", "response": {"output": "sunny"}}}]
+
+
+def test_parallel_calls_keep_the_signature_of_the_first_only():
+    """Gemini signs the first call of parallel calls only; the others go back unsigned, no dummy added."""
+    body = response("g", "8", {"name": "weather"})
+    parts = body["candidates"][0]["content"]["parts"]
+    parts.append({"functionCall": {"name": "weather", "args": {"city": "Rome"}}})
+    calls = answer(body)[0]["choices"][0]["message"]["tool_calls"]
+    assert [c["id"] for c in calls] == ["call_resp_8_0__thought__" + signature("weather"), "call_resp_8_1"]
+    got = next_turn(calls)["contents"][1]["parts"]
+    assert [p.get("thoughtSignature") for p in got] == [signature("weather"), None]
+
+
+def test_a_streamed_signed_call_goes_back_with_its_signature():
+    events, _ = translate_stream(sse(stream_events("gemini-3-flash", "3", {"name": "weather"})), False)
+    calls = [c for e in events[:-1] if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls") or []]
+    assert [c["id"] for c in calls] == ["call_resp_3_0__thought__" + signature("weather")]
+    got = next_turn([{k: v for k, v in c.items() if k != "index"} for c in calls])
+    assert got["contents"][1]["parts"][0]["thoughtSignature"] == signature("weather")
 
 
 @pytest.mark.parametrize("choice, want", [
@@ -188,7 +233,7 @@ def test_a_response_with_a_tool_call_and_usage():
     msg = out["choices"][0]["message"]
     assert status == 200 and out["object"] == "chat.completion" and out["model"] == "gemini-2.5-flash"
     assert msg["content"] == "Hello from Gemini" and out["choices"][0]["finish_reason"] == "tool_calls"
-    assert msg["tool_calls"] == [{"id": "call_resp_7_0", "type": "function", "function": {
+    assert msg["tool_calls"] == [{"id": "call_resp_7_0__thought__" + signature("weather"), "type": "function", "function": {
         "name": "weather", "arguments": '{"city": "Paris", "days": 2}'}}]
     prompt, completion = USAGE["promptTokenCount"], USAGE["candidatesTokenCount"] + USAGE["thoughtsTokenCount"]
     assert out["usage"] == {"prompt_tokens": prompt, "completion_tokens": completion,
@@ -280,7 +325,7 @@ def test_a_stream_with_usage():
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-2] if e["choices"])
     assert text == "Hello"
     calls = [c for e in events[:-2] if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls") or []]
-    assert calls == [{"index": 0, "id": "call_resp_3_0", "type": "function",
+    assert calls == [{"index": 0, "id": "call_resp_3_0__thought__" + signature("weather"), "type": "function",
                       "function": {"name": "weather", "arguments": '{"city":"Paris","days":2}'}}]  # as sent
     finishes = [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]]
     assert finishes[-1] == "tool_calls" and all(f is None for f in finishes[:-1])

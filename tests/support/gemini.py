@@ -11,12 +11,14 @@ header; "Troubleshooting" — error bodies ``{"error": {code, message, status}}`
   path, and the body (``contents`` non-empty with roles ``user``/``model`` and non-empty ``parts``, each
   part one of ``text``/``inlineData``/``fileData``/``functionCall``/``functionResponse``; function
   responses answer the function calls of the model turn before them, one for one;
+  the first ``functionCall`` part of each model step of the current turn carries its ``thoughtSignature``
+  (one the double issued, or a dummy Google documents; Gemini 3's rule, "Thought signatures");
   ``systemInstruction`` text parts; ``tools[].functionDeclarations`` with names;
   ``toolConfig.functionCallingConfig.mode`` AUTO/ANY/NONE; ``generationConfig`` members Gemini defines;
   no member Gemini does not define — OpenAI's ``model``, ``messages``, ``stream`` included).
 * :class:`GeminiUpstream` answers like the API: a ``GenerateContentResponse`` (text "Hello from
   Gemini", a ``functionCall`` part when the request offers tools and its last turn is the user's
-  text, ``usageMetadata`` with thinking tokens), or for ``streamGenerateContent?alt=sse`` the same
+  text, with a ``thoughtSignature`` as Gemini 3 gives it, ``usageMetadata`` with thinking tokens), or for ``streamGenerateContent?alt=sse`` the same
   as server-sent events (``data: {…}\\r\\n\\r\\n``), one per piece, the last with ``finishReason`` and the
   full usage, with a pause after the first; errors with Google's statuses (``x-test-status``, or
   ``fail`` as in :mod:`tests.support.upstream`). A request that fails :func:`request_problems` gets
@@ -25,6 +27,8 @@ header; "Troubleshooting" — error bodies ``{"error": {code, message, status}}`
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import threading
@@ -46,7 +50,48 @@ PATH = re.compile(r"^(?:/[^?]*)?/models/(?P<model>[A-Za-z0-9][A-Za-z0-9._-]*):(?
                   r"streamGenerateContent)(?P<query>\?.*)?$")
 USAGE = {"promptTokenCount": 21, "candidatesTokenCount": 9, "thoughtsTokenCount": 4, "cachedContentTokenCount": 5,
          "totalTokenCount": 34}
+#: Signatures Google documents for function calls that did not come from Gemini (ai.google.dev/gemini-api/docs/
+#: thought-signatures, FAQ: a history from another model): accepted in place of the call's own.
+DUMMY_SIGNATURES = {"skip_thought_signature_validator", "context_engineering_is_the_way_to_go"}
 PROMPT, COMPLETION = 21, 9 + 4  # as llmc reports them: thinking tokens are completion tokens
+
+
+def signature(name: str) -> str:
+    """The thoughtSignature the double gives a call of function ``name`` (opaque base64, like Gemini's)."""
+    return base64.b64encode(f"llmc-test-double thought before calling {name}".encode()).decode()
+
+
+def _signature_problem(call: dict, where: str) -> list[str]:
+    """Gemini 3 rejects a function call of the current turn without its signature, or with one it did not issue."""
+    sig = call.get("thoughtSignature")
+    if sig is None:
+        return [f"{where}: Function call is missing a thought_signature in functionCall parts"]
+    if sig in DUMMY_SIGNATURES:
+        return []
+    try:
+        text = base64.b64decode(sig, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, TypeError):
+        text = ""
+    name = (call.get("functionCall") or {}).get("name")
+    return [] if text == base64.b64decode(signature(str(name))).decode() else [f"{where}: Corrupted thought signature."]
+
+
+def _current_turn_problems(contents: list) -> list[str]:
+    """The first functionCall part of every model step since the last user text (the current turn)."""
+    start = 0
+    for i, c in enumerate(contents):
+        if isinstance(c, dict) and c.get("role") == "user" and any(
+                isinstance(p, dict) and "functionResponse" not in p for p in c.get("parts") or []):
+            start = i
+    out = []
+    for i in range(start, len(contents)):
+        c = contents[i]
+        if not isinstance(c, dict) or c.get("role") != "model":
+            continue
+        calls = [j for j, p in enumerate(c.get("parts") or []) if isinstance(p, dict) and "functionCall" in p]
+        if calls:
+            out += _signature_problem(c["parts"][calls[0]], f"contents[{i}].parts[{calls[0]}]")
+    return out
 
 
 def _part_problems(p, where: str, role: str) -> list[str]:
@@ -103,6 +148,7 @@ def body_problems(body) -> list[str]:
             if sorted(asked) != sorted(answers):
                 out.append(f"contents[{i}]: the number of function response parts must equal the number of "
                            "function call parts of the function call turn")
+    out += _current_turn_problems(contents)
     si = body.get("systemInstruction")
     if si is not None and not (isinstance(si, dict) and isinstance(si.get("parts"), list) and si["parts"]
                                and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in si["parts"])):
@@ -158,7 +204,8 @@ def request_problems(path: str, headers: dict[str, str], body: bytes) -> list[st
 def response(model: str, ident: str, tool: dict | None, text: str = "Hello from Gemini") -> dict:
     parts: list[dict] = [{"text": text}]
     if tool is not None:
-        parts.append({"functionCall": {"name": tool["name"], "args": {"city": "Paris", "days": 2}}})
+        parts.append({"functionCall": {"name": tool["name"], "args": {"city": "Paris", "days": 2}},
+                      "thoughtSignature": signature(tool["name"])})
     return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
             "usageMetadata": USAGE, "modelVersion": model, "responseId": f"resp_{ident}"}
 
@@ -171,7 +218,8 @@ def stream_events(model: str, ident: str, tool: dict | None) -> list[dict]:
                 "modelVersion": model, "responseId": f"resp_{ident}"}
     out = [event([{"text": "Hel"}]), event([{"text": "lo"}])]
     if tool is not None:
-        out.append(event([{"functionCall": {"name": tool["name"], "args": {"city": "Paris", "days": 2}}}]))
+        out.append(event([{"functionCall": {"name": tool["name"], "args": {"city": "Paris", "days": 2}},
+                            "thoughtSignature": signature(tool["name"])}]))
     last = event([{"text": ""}], finishReason="STOP")
     last["usageMetadata"] = USAGE
     return [*out, last]

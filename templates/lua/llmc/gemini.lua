@@ -107,11 +107,24 @@ local function user_parts(content)
   return parts
 end
 
+-- Gemini 3 signs the first function call of each step (thoughtSignature on its part) and refuses
+-- (400) a next turn that sends the call back without it (ai.google.dev/gemini-api/docs/thought-signatures).
+-- OpenAI's format has no field for it, but every client sends a tool call's id back as it got it:
+-- the answer's id carries the signature after SIGNED, and the request takes it out again. A step
+-- whose calls carry none (another model's history, e.g. after a failover) gets the signature Google
+-- documents for calls Gemini did not make on its first call.
+local SIGNED, UNSIGNED = "__thought__", "skip_thought_signature_validator"
+
 -- An assistant's tool calls as functionCall parts; `names` learns each call's id -> function name
 -- (a later tool message names only the id; Gemini's functionResponse needs the name).
 local function call_parts(calls, parts, names)
   if calls == nil or calls == NULL then return parts end
   if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
+  local signed = false
+  for i = 1, calls.n do
+    local id = oget(calls[i], "id")
+    if type(id) == "string" and find(id, SIGNED, 1, true) then signed = true end
+  end
   for i = 1, calls.n do
     local fn = oget(calls[i], "function")
     local id, name, args = oget(calls[i], "id"), oget(fn, "name"), oget(fn, "arguments")
@@ -121,7 +134,10 @@ local function call_parts(calls, parts, names)
     local input = args == "" and obj() or decode(args)
     if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
     names[id] = name
-    apush(parts, obj("functionCall", obj("name", name, "args", input.s and raw(source_of(input)) or input)))
+    local at = find(id, SIGNED, 1, true)
+    local sig = at and sub(id, at + #SIGNED) or (i == 1 and not signed and UNSIGNED) or nil
+    apush(parts, obj("functionCall", obj("name", name, "args", input.s and raw(source_of(input)) or input),
+      "thoughtSignature", sig ~= "" and sig or nil))
   end
   return parts
 end
@@ -375,8 +391,10 @@ local function read_parts(content, ident, first_call, texts, calls, indexed)
     elseif is_obj(call) then
       local args = oget(call, "args")
       local n = first_call + calls.n
-      local id = oget(call, "id")
-      apush(calls, obj("index", indexed and n or nil, "id", type(id) == "string" and id or format("call_%s_%d", ident, n),
+      local id, sig = oget(call, "id"), oget(part, "thoughtSignature")
+      id = type(id) == "string" and id or format("call_%s_%d", ident, n)
+      if type(sig) == "string" and sig ~= "" then id = id .. SIGNED .. sig end -- see SIGNED
+      apush(calls, obj("index", indexed and n or nil, "id", id,
         "type", "function", "function", obj("name", oget(call, "name"),
           "arguments", is_obj(args) and args.s and source_of(args) or "{}")))
     end
