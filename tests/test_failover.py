@@ -330,3 +330,62 @@ spec:
     assert r.status is None, r.response_body
     assert r.headers[":path"] == "/openai/deployments/emb/embeddings?api-version=2024-10-21"
     assert r.headers["api-key"] == "sk-azure-0000000000000000"
+
+
+MIXED_FIRST_PRIORITY = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-openai}
+spec:
+  host: openai.example.com
+  path: /v1/chat/completions
+  configs: {defaultConfig: {openAIConfig: {model: gpt-x, apiKey: sk-openai-00000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-gemini}
+spec:
+  host: gemini.example.com
+  configs: {defaultConfig: {geminiConfig: {model: gemini-x, apiKey: sk-gemini-00000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-backup}
+spec:
+  host: backup.example.com
+  path: /v1/chat/completions
+  configs: {defaultConfig: {openAIConfig: {model: gpt-y, apiKey: sk-backup-00000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: chat}
+spec:
+  host: chat.example.com
+  rules:
+  - backendRefs:
+    - {providerHost: openai.example.com, weight: 50}
+    - {providerHost: gemini.example.com, weight: 50}
+    - {providerHost: backup.example.com, priority: 1}
+    retries: {perTryTimeout: 2s}
+"""
+
+
+@pytest.mark.parametrize("picked, other", [("p-openai", "gemini"), ("p-gemini", "openai")])
+def test_a_first_choice_not_picked_is_a_later_try_and_its_format_is_validated(picked, other):
+    """First choices of mixed formats: the one not picked is the second try, so the request is
+    validated for its format too (was: only formats no first choice speaks, so with OpenAI picked a
+    request Gemini refuses went out, and its Gemini try got the client's OpenAI body at the path
+    template; a stream's usage the client asked for was never asked of that translated try)."""
+    from compiler.explain import Request, explain
+
+    result = compile_text(MIXED_FIRST_PRIORITY, parse_options(istio_version="1.31")[0], "mixed.yaml")
+    assert result.ok, [d.format() for d in result.diagnostics.sorted()]
+    refused = b'{"model":"m","n":2,"messages":[{"role":"user","content":"hi"}]}'  # Gemini refuses n != 1
+    x = explain(result.objects, Request(host="chat.example.com", body=refused), provider=picked)
+    assert x["result"]["status"] == 400 and json.loads(x["result"]["body"])["error"]["param"] == "n", x
+    ok = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+    x = explain(result.objects, Request(host="chat.example.com", body=ok), provider=picked)
+    assert "result" not in x, x
+    urls = [a["url"] for a in x["attempts"]]
+    assert urls[1] == ("https://gemini.example.com/v1beta/models/gemini-x:generateContent" if other == "gemini"
+                       else "https://openai.example.com/v1/chat/completions"), urls

@@ -71,8 +71,12 @@ _KEYS = ("api_key", "api_key_file", "keys", "key_order", "key_selection")
 
 
 def _later_formats(rule: Rule, listed: tuple[Backend, ...]) -> list[Backend]:
-    """The first backend (in failover order) of each body format no backend of ``listed`` speaks."""
-    seen = {PROTOCOLS[b.provider.protocol].format for b in listed}
+    """The first backend (in failover order) of each body format a later try may speak, besides the
+    format of the first choice the filter picks (``listed``). When the first choices speak several
+    formats, the ones not picked are later tries, and which is picked is known only per request: every
+    format of the rule is listed then (the picked one's is validated twice, which costs only there)."""
+    formats = {PROTOCOLS[b.provider.protocol].format for b in listed}
+    seen = formats if len(formats) == 1 else set()
     out = []
     for b in rule.backends:
         fmt = PROTOCOLS[b.provider.protocol].format
