@@ -92,6 +92,19 @@ def test_non_streaming(envoy, upstreams):
     assert completion.usage.total_tokens == gemini.PROMPT + gemini.COMPLETION
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_clients_query_string_stays_off_geminis_path(envoy, upstreams, stream):
+    """An Azure-style client's ``?api-version=`` reached generateContent, a query Google's APIs refuse
+    (the double answers 400 as Gemini does); the path is the translator's, whole."""
+    query = {"api-version": "2024-10-21"}
+    if stream:
+        assert chat_stream(envoy.port, "gemini.example.com", extra_query=query).text == "Hello"
+    else:
+        assert chat(envoy.port, "gemini.example.com", extra_query=query).choices[0].message.content
+    want = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+    assert one_request(upstreams).path == f"/v1beta/models/gemini-test{want}"
+
+
 def test_streaming_with_usage(envoy, upstreams):
     streamed = chat_stream(envoy.port, "gemini.example.com")
     req = one_request(upstreams)

@@ -64,3 +64,29 @@ def test_no_filter_shapes_a_request_but_through_the_request_step():
         code = luabundle.strip(luabundle.module_source(module))
         assert not shaping.findall(code), (module, shaping.findall(code))
         assert "prepare(" in code and "set_headers(" in code, module
+
+
+@pytest.mark.parametrize("stream, want", [
+    (False, "/v1beta/models/gemini-x:generateContent"),
+    (True, "/v1beta/models/gemini-x:streamGenerateContent?alt=sse"),
+])
+@pytest.mark.parametrize("which", ["downstream", "try"])
+def test_a_translator_that_builds_the_path_gets_no_query_of_the_client(which, stream, want):
+    """Gemini's path is the translator's whole path: the client's OpenAI query string (an Azure-style
+    ``api-version``, a tracing parameter) went to Gemini on non-streamed requests, which Google's APIs
+    refuse (400, "Cannot bind query parameter"), and was dropped on streamed ones."""
+    body = CLIENT.replace('"stream":true', f'"stream":{"true" if stream else "false"}')
+    path = "/v1/chat/completions?api-version=2024-10-21"
+    lua = LuaFilter()
+    if which == "downstream":
+        r = lua.request(_downstream("gemini"), body, path=path, route="r")
+    else:
+        r = lua.request(_attempt("gemini"), body, path=path, route="x", headers={"x-envoy-attempt-count": "1"},
+                        metadata={"llmc:client_path": path, "llmc:failover": True})
+    assert r.status is None, r.response_body
+    assert r.headers[":path"] == want
+
+
+def test_an_openai_provider_still_gets_the_clients_query():
+    r = LuaFilter().request(_downstream("openai"), CLIENT, path="/v1/chat/completions?trace=1", route="r")
+    assert r.status is None and r.headers[":path"] == "/v1/chat/completions?trace=1"

@@ -16,13 +16,13 @@ header; "Troubleshooting" — error bodies ``{"error": {code, message, status}}`
   ``systemInstruction`` text parts; ``tools[].functionDeclarations`` with names;
   ``toolConfig.functionCallingConfig.mode`` AUTO/ANY/NONE; ``generationConfig`` members Gemini defines;
   no member Gemini does not define — OpenAI's ``model``, ``messages``, ``stream`` included).
-* :class:`GeminiUpstream` answers like the API: a ``GenerateContentResponse`` (text "Hello from
-  Gemini", a ``functionCall`` part when the request offers tools and its last turn is the user's
-  text, with a ``thoughtSignature`` as Gemini 3 gives it, ``usageMetadata`` with thinking tokens), or for ``streamGenerateContent?alt=sse`` the same
-  as server-sent events (``data: {…}\\r\\n\\r\\n``), one per piece, the last with ``finishReason`` and the
-  full usage, with a pause after the first; errors with Google's statuses (``x-test-status``, or
-  ``fail`` as in :mod:`tests.support.upstream`). A request that fails :func:`request_problems` gets
-  Gemini's 400 ``INVALID_ARGUMENT`` and is recorded, so tests see it.
+* :class:`GeminiUpstream` answers like the API: a ``GenerateContentResponse`` (text "Hello from Gemini", a
+  ``functionCall`` part when the request offers tools and its last turn is the user's text, with a
+  ``thoughtSignature`` as Gemini 3 gives it; ``usageMetadata`` with thinking tokens), or for
+  ``streamGenerateContent?alt=sse`` the same as server-sent events (``data: {…}\\r\\n\\r\\n``), one per piece,
+  the last with ``finishReason`` and the full usage, with a pause after the first; errors with Google's
+  statuses (``x-test-status``, or ``fail`` as in :mod:`tests.support.upstream`). A request that fails
+  :func:`request_problems` gets Gemini's 400 ``INVALID_ARGUMENT`` and is recorded, so tests see it.
 """
 
 from __future__ import annotations

@@ -84,6 +84,10 @@ end
 -- response, so the provider is asked not to compress it; the client gets what Envoy sends it (the
 -- sidecar adds no compression).
 function M.request_headers(b, key, original_path, path)
+  -- a translator that builds the path (Gemini's, the model in it) builds all of it: the client's
+  -- OpenAI query string means nothing there, and Google's APIs refuse parameters they do not define
+  local t = b.format and TRANSLATORS[b.format]
+  if t and t.path then original_path = nil end
   local out = { { ":path", with_query(path or b.path, original_path) }, { "content-type", "application/json" },
     { "accept-encoding", "identity" } }
   if key ~= nil then
