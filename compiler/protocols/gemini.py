@@ -30,11 +30,18 @@ class GeminiDriver(Driver):
         return {"model": cfg.model, "stream": cfg.stream, "max_tokens": cfg.maxOutputTokens}
 
     def check_endpoint(self, spec_path: str | None, configs: list, site: Site) -> None:
-        path = (spec_path or "").split("?", 1)[0]
+        path, _, query = (spec_path or "").partition("?")
         if spec_path is not None and (MODEL_PLACE not in path or not path.endswith(METHOD)):
             site.error("LLMC237", "a Gemini provider's spec.path must say where the model goes ({model}) and "
                        "end with the method :generateContent (streams use :streamGenerateContent)", "path",
                        hint=f"e.g. path: {GEMINI_PATH}, or remove spec.path")
+        # Google also takes the key as ?key=: in spec.path it would sit in plain text in the EnvoyFilter
+        # and in `llmc explain` (which masks keys only where keys belong). The message never repeats it.
+        if any(p.split("=", 1)[0] == "key" for p in query.split("&")):
+            site.error("LLMC237", "a Gemini provider's spec.path must not carry the API key (?key=): it would be "
+                       "stored and printed as part of the path", "path",
+                       hint="put the key in geminiConfig.apiKeySecretRef (or apiKey); llmc sends it as "
+                       "x-goog-api-key")
 
     def filter_settings(self, config: Any) -> dict[str, Any]:
         out = super().filter_settings(config)
