@@ -18,7 +18,7 @@ from tests.support.anthropic import AnthropicUpstream
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
 from tests.support.gemini import GeminiUpstream
 from tests.support.mesh import llmc_render
-from tests.support.sdk import APP_KEY, chat, chat_stream
+from tests.support.sdk import APP_KEY, chat, chat_stream, status_error
 from tests.support.upstream import Upstream
 
 pytestmark = [pytest.mark.envoy, pytest.mark.skipif(
@@ -186,3 +186,33 @@ def test_a_provider_cannot_fake_the_mark(envoy, upstreams):
     completion = chat(envoy.port, ROUTE_HOST, headers={"x-case": "to-claude", "x-test-response-header":
                                                         "x-llmc-translate: anthropic"})
     assert completion.choices[0].message.content == "hi"
+
+
+def test_both_fail_and_the_last_tries_error_is_translated(envoy, upstreams, log_path):
+    """OpenAI 503, then Gemini 429: the client gets Gemini's error in OpenAI's format with Gemini's
+    status (the last try's answer, translated by its driver), never the first try's."""
+    upstreams["openai.example.com"].fail = "503"
+    upstreams["gemini.example.com"].fail = "429"
+    err = status_error(chat, envoy.port, ROUTE_HOST, headers={"x-case": "to-gemini"})
+    assert [h for h, _ in received(upstreams)] == ["openai.example.com", "gemini.example.com"]
+    assert err.status_code == 429 and not any(k.startswith("x-llmc-") for k in err.response.headers)
+    assert err.body == {"message": "test error 429", "type": "rate_limit_error", "param": None,
+                        "code": "RESOURCE_EXHAUSTED"}
+
+
+def test_a_tool_conversation_begun_on_openai_continues_on_gemini(envoy, upstreams):
+    """The client's history holds OpenAI's tool calls (no thought signature): the Gemini backup gets
+    Google's placeholder on the step's first call, which Gemini 3 requires (the double checks it), and
+    answers the tool result."""
+    upstreams["openai.example.com"].fail = "503"
+    calls = [{"id": "call_Ab12", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}]
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    completion = chat(envoy.port, ROUTE_HOST, headers={"x-case": "to-gemini"}, tools=tools, messages=[
+        {"role": "user", "content": "weather?"}, {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_Ab12", "content": "sunny"}])
+    tries = received(upstreams)
+    assert [h for h, _ in tries] == ["openai.example.com", "gemini.example.com"]
+    assert upstreams["gemini.example.com"].problems == [[]]
+    model_turn = tries[1][1].json()["contents"][1]
+    assert model_turn["parts"][0]["thoughtSignature"] == "skip_thought_signature_validator"
+    assert completion.choices[0].message.content == "Hello from Gemini"
