@@ -9,7 +9,8 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
   and the key form (one key, or several: ``multikey``);
 * ``ENDPOINTS`` — what the client calls: chat, embeddings (through ``basePath``), an unknown path;
 * ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
-  with two ``model`` members, ``Accept-Encoding: gzip``, a stream with usage (``stream_options``);
+  with two ``model`` members, ``Accept-Encoding: gzip``, a stream with usage (``stream_options``), a
+  tool call's result in the history (``tools``: an OpenAI tool call id, as after a failover);
 * ``FAILURES`` — what the first try meets: nothing, a 503, a reset, a hang past the per-try timeout;
 * ``LIMITS`` — token limits (issue 30): none, a token limit or a money budget (issue 31) on the
   cell's rule (the rate-limit filter checks before forwarding and charges the answer's usage — at
@@ -295,7 +296,18 @@ EXTRAS: dict[str, tuple[dict, bool, bool]] = {
     "dup_model": ({"accept-encoding": "identity"}, True, False),
     "gzip": ({"accept-encoding": "gzip"}, False, False),
     "stream": ({"accept-encoding": "identity"}, False, True),
+    # a chat that continues a tool call the client's app made (an OpenAI id, no thought signature:
+    # another model's history, as after a failover): TOOL_HISTORY in place of the messages, with tools
+    "tools": ({"accept-encoding": "identity"}, False, False),
 }
+#: the "tools" extra's conversation: the assistant's call (an id of OpenAI's form) and its result
+TOOL_HISTORY = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_cross1", "type": "function",
+                     "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}]},
+                {"role": "tool", "tool_call_id": "call_cross1", "content": "sunny, 21 C"}]
+TOOLS = [{"type": "function", "function": {"name": "weather", "description": "Weather forecast",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
 
 # ---- dimension: what the first try meets (one line each): the doubles' `fail` mode --------------
 FAILURES: dict[str, str | None] = {"none": None, "503": "503", "reset": "reset", "timeout": "hang"}
@@ -375,6 +387,8 @@ class Cell:
 
     def body(self) -> bytes:
         members = [("model", self.routed_model), *ENDPOINTS[self.endpoint][1]]
+        if self.extra == "tools" and any(k == "messages" for k, _ in members):
+            members = [(k, TOOL_HISTORY if k == "messages" else v) for k, v in members] + [("tools", TOOLS)]
         if self.streams:
             members += [("stream", True), ("stream_options", {"include_usage": True})]
         if EXTRAS[self.extra][1]:  # the decoy first: the last member is the one parsers (and routing) read
