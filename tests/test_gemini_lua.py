@@ -184,6 +184,29 @@ def test_a_streamed_signed_call_goes_back_with_its_signature():
     assert got["contents"][1]["parts"][0]["thoughtSignature"] == signature("weather")
 
 
+def test_empty_texts_are_not_sent():
+    """Clients send an assistant turn that calls tools with ``content: ""`` (AutoGen, LangChain); Gemini
+    refuses an empty text part (400 "Unable to submit request because it has an empty text parameter")."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    out = sent({"tools": TOOLS, "messages": [
+        {"role": "system", "content": ""}, {"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                                       {"type": "text", "text": ""}]},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "assistant", "content": ""}, {"role": "user", "content": "and tomorrow?"}]})
+    assert "systemInstruction" not in out
+    assert [c["role"] for c in out["contents"]] == ["user", "model", "user"]
+    assert out["contents"][0]["parts"] == [{"text": "hi"}]
+    assert [list(p) for p in out["contents"][1]["parts"]] == [["functionCall", "thoughtSignature"]]
+    assert out["contents"][2]["parts"][1] == {"text": "and tomorrow?"}
+
+
+def test_a_request_with_nothing_to_say_is_refused():
+    out, err, param, _, _ = request({"messages": [{"role": "system", "content": "Be brief."},
+                                                  {"role": "user", "content": ""}]})
+    assert out is None and param == "messages" and err
+
+
 @pytest.mark.parametrize("choice, want", [
     ("none", {"mode": "NONE"}), ("auto", {"mode": "AUTO"}),
     ({"type": "function", "function": {"name": "weather"}}, {"mode": "ANY", "allowedFunctionNames": ["weather"]}),

@@ -134,6 +134,28 @@ def test_any_valid_openai_request_becomes_a_valid_anthropic_request(req):
         (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls]
 
 
+def test_empty_texts_are_not_sent():
+    """Agents store ``content: ""`` on a tool-calls-only assistant turn (and empty system prompts, tool
+    results): Anthropic refuses empty text blocks (400 "text content blocks must be non-empty")."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    out, err, _, _ = to_anthropic({"messages": [
+        {"role": "system", "content": ""}, {"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                                       {"type": "text", "text": ""}]},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": ""},
+        {"role": "assistant", "content": ""}, {"role": "user", "content": "and tomorrow?"}]})
+    assert err is None and body_problems(out) == [], (err, out and body_problems(out))
+    assert "system" not in out and [m["role"] for m in out["messages"]] == ["user", "assistant", "user"]
+    assert out["messages"][1]["content"] == [{"type": "tool_use", "id": "call_1", "name": "weather", "input": {}}]
+    assert out["messages"][2]["content"] == [{"type": "tool_result", "tool_use_id": "call_1"},
+                                             {"type": "text", "text": "and tomorrow?"}]
+
+
+def test_a_request_with_nothing_to_say_is_refused():
+    out, err, param, _ = to_anthropic({"messages": [{"role": "user", "content": ""}]})
+    assert out is None and param == "messages" and err
+
+
 def test_tool_arguments_keep_their_number_text():
     req = {"model": "m", "messages": [
         {"role": "user", "content": "x"},

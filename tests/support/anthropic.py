@@ -56,16 +56,16 @@ def _is_int(v) -> bool:
 def _text_blocks(blocks, where: str) -> list[str]:
     if not isinstance(blocks, list):
         return [f"{where}: must be a string or an array of text blocks"]
-    return [f"{where}[{i}]: a text block needs type text and a string text" for i, b in enumerate(blocks)
-            if not (isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str))]
+    return [f"{where}[{i}]: a text block needs type text and a non-empty string text" for i, b in enumerate(blocks)
+            if not (isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str) and b["text"])]
 
 
 def _block_problems(b, where: str, role: str) -> list[str]:
     if not isinstance(b, dict):
         return [f"{where}: must be an object"]
     t = b.get("type")
-    if t == "text":
-        return [] if isinstance(b.get("text"), str) else [f"{where}.text: required string"]
+    if t == "text":  # Anthropic: "messages: text content blocks must be non-empty"
+        return [] if isinstance(b.get("text"), str) and b["text"] else [f"{where}.text: a non-empty string"]
     if t == "image" and role == "user":
         src = b.get("source")
         if isinstance(src, dict) and src.get("type") == "base64":
@@ -108,8 +108,8 @@ def body_problems(body) -> list[str]:
         c = m.get("content")
         if isinstance(c, str):
             continue
-        if not isinstance(c, list):
-            out.append(f"messages.{i}.content: must be a string or an array")
+        if not isinstance(c, list) or (not c and i < len(msgs) - 1):  # only a last assistant turn may be empty
+            out.append(f"messages.{i}.content: must be a string or a non-empty array")
             continue
         for j, b in enumerate(c):
             out += _block_problems(b, f"messages.{i}.content.{j}", m["role"])

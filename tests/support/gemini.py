@@ -10,7 +10,7 @@ header; "Troubleshooting" — error bodies ``{"error": {code, message, status}}`
   ``:streamGenerateContent?alt=sse``) request: the key header, JSON content type, a model name in the
   path, and the body (``contents`` non-empty with roles ``user``/``model`` and non-empty ``parts``, each
   part one of ``text``/``inlineData``/``fileData``/``functionCall``/``functionResponse``; function
-  responses answer the function calls of the model turn before them, one for one;
+  responses answer the function calls of the model turn before them, one for one; no empty text part;
   the first ``functionCall`` part of each model step of the current turn carries its ``thoughtSignature``
   (one the double issued, or a dummy Google documents; Gemini 3's rule, "Thought signatures");
   ``systemInstruction`` text parts; ``tools[].functionDeclarations`` with names;
@@ -102,8 +102,8 @@ def _part_problems(p, where: str, role: str) -> list[str]:
     if len(kinds) != 1 or extra:
         return [f"{where}: exactly one of {sorted(PART_KINDS)} (got {sorted(p)})"]
     k, v = kinds[0], p[kinds[0]]
-    if k == "text":
-        return [] if isinstance(v, str) else [f"{where}.text: must be a string"]
+    if k == "text":  # Gemini refuses an empty one: "Unable to submit request because it has an empty text parameter"
+        return [] if isinstance(v, str) and v else [f"{where}.text: a non-empty string"]
     if k == "inlineData":
         ok = isinstance(v, dict) and isinstance(v.get("mimeType"), str) and isinstance(v.get("data"), str)
         return [] if ok else [f"{where}.inlineData: needs mimeType and data"]
@@ -151,7 +151,8 @@ def body_problems(body) -> list[str]:
     out += _current_turn_problems(contents)
     si = body.get("systemInstruction")
     if si is not None and not (isinstance(si, dict) and isinstance(si.get("parts"), list) and si["parts"]
-                               and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in si["parts"])):
+                               and all(isinstance(p, dict) and isinstance(p.get("text"), str) and p["text"]
+                                       for p in si["parts"])):
         out.append("systemInstruction: needs text parts")
     for i, t in enumerate(body.get("tools") or []):
         decls = t.get("functionDeclarations") if isinstance(t, dict) else None

@@ -87,21 +87,21 @@ local function image_block(part)
 end
 
 -- Content blocks of a message's `content`: a string, or an array of parts (text; images where
--- `images`), or null (no blocks).
+-- `images`), or null (no blocks). An empty text is no block: Anthropic refuses empty text blocks
+-- (400), and agents store `content: ""` on an assistant turn that only calls tools.
 local function content_blocks(content, images, blocks)
   if content == nil or content == NULL then return blocks end
   if type(content) == "string" then
-    apush(blocks, obj("type", "text", "text", content))
+    if content ~= "" then apush(blocks, obj("type", "text", "text", content)) end
     return blocks
   end
   if not is_arr(content) then return nil, "'content' must be a string or an array of parts" end
   for i = 1, content.n do
     local part = content[i]
     local ptype = oget(part, "type")
-    if ptype == "text" and type(oget(part, "text")) == "string" then
-      apush(blocks, obj("type", "text", "text", oget(part, "text")))
-    elseif ptype == "refusal" and type(oget(part, "refusal")) == "string" then
-      apush(blocks, obj("type", "text", "text", oget(part, "refusal")))
+    local text = ptype == "text" and oget(part, "text") or ptype == "refusal" and oget(part, "refusal") or nil
+    if type(text) == "string" then
+      if text ~= "" then apush(blocks, obj("type", "text", "text", text)) end
     elseif ptype == "image_url" and images then
       local block, err = image_block(part)
       if not block then return nil, err end
@@ -155,8 +155,8 @@ local function translate_messages(messages)
         if type(id) ~= "string" then return nil, nil, "a tool message needs tool_call_id" end
         local inner
         inner, err = content_blocks(oget(m, "content"), false, arr())
-        if inner then
-          blocks = arr({ obj("type", "tool_result", "tool_use_id", id, "content", inner) })
+        if inner then -- an empty result: no content (Anthropic's is optional)
+          blocks = arr({ obj("type", "tool_result", "tool_use_id", id, "content", inner.n > 0 and inner or nil) })
         end
         role = "user"
       else
@@ -164,7 +164,9 @@ local function translate_messages(messages)
       end
       if not blocks then return nil, nil, err end
       local last = out[out.n]
-      if last ~= nil and oget(last, "role") == role then
+      if blocks.n == 0 then
+        -- nothing to say (an empty turn): Anthropic refuses empty content
+      elseif last ~= nil and oget(last, "role") == role then
         target = oget(last, "content")
         for k = 1, blocks.n do apush(target, blocks[k]) end
       else
@@ -172,6 +174,7 @@ local function translate_messages(messages)
       end
     end
   end
+  if out.n == 0 then return nil, nil, "'messages' must hold a user or assistant message with content" end
   return system, out
 end
 

@@ -61,11 +61,12 @@ local function refused(req)
 end
 
 -- The text of a content that may only hold text (system, assistant, tool): a string, or text and
--- refusal parts; nil and a message otherwise.
+-- refusal parts; nil and a message otherwise. An empty text adds no part: Gemini refuses empty text
+-- parts (400 "empty text parameter"), and clients send `content: ""` beside an assistant's tool calls.
 local function text_parts(content, parts)
   if content == nil or content == NULL then return parts end
   if type(content) == "string" then
-    apush(parts, obj("text", content))
+    if content ~= "" then apush(parts, obj("text", content)) end
     return parts
   end
   if not is_arr(content) then return nil, "'content' must be a string or an array of parts" end
@@ -76,7 +77,7 @@ local function text_parts(content, parts)
     if type(text) ~= "string" then
       return nil, "content part type " .. tostring(ptype) .. " is not supported here by this provider"
     end
-    apush(parts, obj("text", text))
+    if text ~= "" then apush(parts, obj("text", text)) end
   end
   return parts
 end
@@ -198,6 +199,7 @@ local function translate_messages(messages)
       end
     end
   end
+  if contents.n == 0 then return nil, nil, "'messages' must hold a user or assistant message with content" end
   return system, contents
 end
 
