@@ -297,12 +297,13 @@ EXTRAS: dict[str, tuple[dict, bool, bool]] = {
     "gzip": ({"accept-encoding": "gzip"}, False, False),
     "stream": ({"accept-encoding": "identity"}, False, True),
     # a chat that continues a tool call the client's app made (an OpenAI id, no thought signature:
-    # another model's history, as after a failover): TOOL_HISTORY in place of the messages, with tools
+    # another model's history, as after a failover; `content: ""` beside the call, as agents store
+    # it): TOOL_HISTORY in place of the messages, with tools
     "tools": ({"accept-encoding": "identity"}, False, False),
 }
 #: the "tools" extra's conversation: the assistant's call (an id of OpenAI's form) and its result
 TOOL_HISTORY = [{"role": "user", "content": "Weather in Paris?"},
-                {"role": "assistant", "content": None, "tool_calls": [
+                {"role": "assistant", "content": "", "tool_calls": [
                     {"id": "call_cross1", "type": "function",
                      "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}]},
                 {"role": "tool", "tool_call_id": "call_cross1", "content": "sunny, 21 C"}]
