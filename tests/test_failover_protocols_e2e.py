@@ -216,3 +216,31 @@ def test_a_tool_conversation_begun_on_openai_continues_on_gemini(envoy, upstream
     model_turn = tries[1][1].json()["contents"][1]
     assert model_turn["parts"][0]["thoughtSignature"] == "skip_thought_signature_validator"
     assert completion.choices[0].message.content == "Hello from Gemini"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_503_then_openai_answers_untranslated(envoy, upstreams, log_path, stream):
+    """The first try's format is Gemini's (its path, its key, shaped by the downstream filter), the
+    answering one OpenAI's: that try gets OpenAI's path and body, and its answer passes untranslated,
+    streamed and not, with its usage recorded."""
+    upstreams["gemini.example.com"].fail = "503"
+    case = {"x-case": "gemini-to-openai"}
+    if stream:
+        out = chat_stream(envoy.port, ROUTE_HOST, headers=case)
+        assert out.text and out.usage is not None and out.usage.total_tokens > 0
+        assert not any(k.startswith("x-llmc-") for k in out.headers)
+    else:
+        out = chat(envoy.port, ROUTE_HOST, headers=case)
+        assert out.choices[0].message.content == "hi" and out.model == "openai-model-2026"
+    tries = received(upstreams)
+    assert [h for h, _ in tries] == ["gemini.example.com", "openai.example.com"]
+    assert upstreams["gemini.example.com"].problems == [[]]
+    want = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+    assert tries[0][1].path == f"/v1beta/models/gemini-x{want}"
+    assert tries[1][1].path == "/v1/chat/completions" and tries[1][1].json()["model"] == "openai-model"
+    assert tries[1][1].json()["messages"] == [{"role": "user", "content": "Please introduce yourself"}]
+    assert_own("gemini.example.com", tries[0][1])
+    assert_own("openai.example.com", tries[1][1])
+    line = log_lines(log_path, "gemini-to-openai")[-1]
+    assert line["provider"] == "p-openai" and line["first"] == "p-gemini" and str(line["tries"]) == "2"
+    assert line["total"] not in (None, "-", "")
