@@ -139,6 +139,9 @@ def test_tool_calling_round_trip(envoy, upstreams):
     sent = one_request(upstreams).json()  # the double checks the response answers the call
     assert sent["contents"][2] == {"role": "user", "parts": [{"functionResponse": {
         "name": "weather", "response": {"output": "sunny, 21°C"}}}]}
+    # the call's thought signature went back as Gemini issued it (the SDK's message keeps extra_content)
+    (call_part,) = [p for p in sent["contents"][1]["parts"] if "functionCall" in p]
+    assert call_part["thoughtSignature"] == gemini.signature("weather")
 
 
 def test_streamed_tool_call(envoy, upstreams):

@@ -150,13 +150,20 @@ def next_turn(calls: list[dict]) -> dict:
         *({"role": "tool", "tool_call_id": c["id"], "content": "sunny"} for c in calls)]})
 
 
+def signed(sig: str) -> dict:
+    """Where a tool call carries its signature: Gemini's OpenAI-compatible endpoint's place for it."""
+    return {"extra_content": {"google": {"thought_signature": sig}}}
+
+
 def test_a_signed_call_goes_back_with_its_signature():
     """Gemini 3 answers a function call with a thoughtSignature and refuses (400) the next turn when the
     call comes back without it (ai.google.dev/gemini-api/docs/thought-signatures): the signature rides
-    in the OpenAI tool call's id, which every client sends back as it got it."""
+    in the tool call's extra_content, as Gemini's OpenAI-compatible endpoint sends it, and a client that
+    sends the message back as it got it (the openai SDK's message object) returns it."""
     out, _, _ = answer(response("gemini-3-flash", "7", {"name": "weather"}))
     calls = out["choices"][0]["message"]["tool_calls"]
-    assert calls[0]["id"] == "call_resp_7_0__thought__" + signature("weather")
+    assert calls == [{"id": "call_resp_7_0", "type": "function", "function": {
+        "name": "weather", "arguments": '{"city": "Paris", "days": 2}'}, **signed(signature("weather"))}]
     sent_back = next_turn(calls)  # body_problems: the double's Gemini 3 check
     assert sent_back["contents"][1]["parts"] == [
         {"functionCall": {"name": "weather", "args": {"city": "Paris", "days": 2}},
@@ -166,20 +173,31 @@ def test_a_signed_call_goes_back_with_its_signature():
 
 
 def test_parallel_calls_keep_the_signature_of_the_first_only():
-    """Gemini signs the first call of parallel calls only; the others go back unsigned, no dummy added."""
+    """Gemini signs the first call of parallel calls only; the others go back unsigned, no placeholder."""
     body = response("g", "8", {"name": "weather"})
     parts = body["candidates"][0]["content"]["parts"]
     parts.append({"functionCall": {"name": "weather", "args": {"city": "Rome"}}})
     calls = answer(body)[0]["choices"][0]["message"]["tool_calls"]
-    assert [c["id"] for c in calls] == ["call_resp_8_0__thought__" + signature("weather"), "call_resp_8_1"]
+    assert [c["id"] for c in calls] == ["call_resp_8_0", "call_resp_8_1"]
+    assert [c.get("extra_content") for c in calls] == [signed(signature("weather"))["extra_content"], None]
     got = next_turn(calls)["contents"][1]["parts"]
     assert [p.get("thoughtSignature") for p in got] == [signature("weather"), None]
+
+
+def test_a_client_that_drops_the_signature_gets_the_placeholder():
+    """A client that rebuilds its messages from id, name and arguments: the step's first call gets
+    Google's placeholder for calls Gemini did not sign (accepted, at some cost to the model's reasoning)."""
+    calls = [{k: v for k, v in c.items() if k != "extra_content"}
+             for c in answer(response("g", "9", {"name": "weather"}))[0]["choices"][0]["message"]["tool_calls"]]
+    got = next_turn(calls)["contents"][1]["parts"]
+    assert got[0]["thoughtSignature"] == "skip_thought_signature_validator"
 
 
 def test_a_streamed_signed_call_goes_back_with_its_signature():
     events, _ = translate_stream(sse(stream_events("gemini-3-flash", "3", {"name": "weather"})), False)
     calls = [c for e in events[:-1] if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls") or []]
-    assert [c["id"] for c in calls] == ["call_resp_3_0__thought__" + signature("weather")]
+    assert [(c["id"], c.get("extra_content")) for c in calls] == [
+        ("call_resp_3_0", signed(signature("weather"))["extra_content"])]
     got = next_turn([{k: v for k, v in c.items() if k != "index"} for c in calls])
     assert got["contents"][1]["parts"][0]["thoughtSignature"] == signature("weather")
 
@@ -256,7 +274,7 @@ def test_a_response_with_a_tool_call_and_usage():
     msg = out["choices"][0]["message"]
     assert status == 200 and out["object"] == "chat.completion" and out["model"] == "gemini-2.5-flash"
     assert msg["content"] == "Hello from Gemini" and out["choices"][0]["finish_reason"] == "tool_calls"
-    assert msg["tool_calls"] == [{"id": "call_resp_7_0__thought__" + signature("weather"), "type": "function", "function": {
+    assert msg["tool_calls"] == [{"id": "call_resp_7_0", **signed(signature("weather")), "type": "function", "function": {
         "name": "weather", "arguments": '{"city": "Paris", "days": 2}'}}]
     prompt, completion = USAGE["promptTokenCount"], USAGE["candidatesTokenCount"] + USAGE["thoughtsTokenCount"]
     assert out["usage"] == {"prompt_tokens": prompt, "completion_tokens": completion,
@@ -348,7 +366,7 @@ def test_a_stream_with_usage():
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-2] if e["choices"])
     assert text == "Hello"
     calls = [c for e in events[:-2] if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls") or []]
-    assert calls == [{"index": 0, "id": "call_resp_3_0__thought__" + signature("weather"), "type": "function",
+    assert calls == [{"index": 0, "id": "call_resp_3_0", **signed(signature("weather")), "type": "function",
                       "function": {"name": "weather", "arguments": '{"city":"Paris","days":2}'}}]  # as sent
     finishes = [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]]
     assert finishes[-1] == "tool_calls" and all(f is None for f in finishes[:-1])

@@ -110,11 +110,17 @@ end
 
 -- Gemini 3 signs the first function call of each step (thoughtSignature on its part) and refuses
 -- (400) a next turn that sends the call back without it (ai.google.dev/gemini-api/docs/thought-signatures).
--- OpenAI's format has no field for it, but every client sends a tool call's id back as it got it:
--- the answer's id carries the signature after SIGNED, and the request takes it out again. A step
--- whose calls carry none (another model's history, e.g. after a failover) gets the signature Google
--- documents for calls Gemini did not make on its first call.
-local SIGNED, UNSIGNED = "__thought__", "skip_thought_signature_validator"
+-- OpenAI's format has no field for it; Gemini's own OpenAI-compatible endpoint puts it in the tool
+-- call's `extra_content.google.thought_signature`, which clients that send the assistant message back
+-- as they got it (the openai SDK's message object) return: so does llmc, both ways. A step whose
+-- calls carry none (a client that rebuilds its messages, another model's history, e.g. after a
+-- failover) gets the signature Google documents for calls Gemini did not sign, on its first call.
+local UNSIGNED = "skip_thought_signature_validator"
+
+local function signature_of(call)
+  local sig = oget(oget(oget(call, "extra_content"), "google"), "thought_signature")
+  return type(sig) == "string" and sig ~= "" and sig or nil
+end
 
 -- An assistant's tool calls as functionCall parts; `names` learns each call's id -> function name
 -- (a later tool message names only the id; Gemini's functionResponse needs the name).
@@ -122,10 +128,7 @@ local function call_parts(calls, parts, names)
   if calls == nil or calls == NULL then return parts end
   if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
   local signed = false
-  for i = 1, calls.n do
-    local id = oget(calls[i], "id")
-    if type(id) == "string" and find(id, SIGNED, 1, true) then signed = true end
-  end
+  for i = 1, calls.n do signed = signed or signature_of(calls[i]) ~= nil end
   for i = 1, calls.n do
     local fn = oget(calls[i], "function")
     local id, name, args = oget(calls[i], "id"), oget(fn, "name"), oget(fn, "arguments")
@@ -135,10 +138,8 @@ local function call_parts(calls, parts, names)
     local input = args == "" and obj() or decode(args)
     if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
     names[id] = name
-    local at = find(id, SIGNED, 1, true)
-    local sig = at and sub(id, at + #SIGNED) or (i == 1 and not signed and UNSIGNED) or nil
     apush(parts, obj("functionCall", obj("name", name, "args", input.s and raw(source_of(input)) or input),
-      "thoughtSignature", sig ~= "" and sig or nil))
+      "thoughtSignature", signature_of(calls[i]) or (i == 1 and not signed and UNSIGNED) or nil))
   end
   return parts
 end
@@ -394,11 +395,11 @@ local function read_parts(content, ident, first_call, texts, calls, indexed)
       local args = oget(call, "args")
       local n = first_call + calls.n
       local id, sig = oget(call, "id"), oget(part, "thoughtSignature")
-      id = type(id) == "string" and id or format("call_%s_%d", ident, n)
-      if type(sig) == "string" and sig ~= "" then id = id .. SIGNED .. sig end -- see SIGNED
-      apush(calls, obj("index", indexed and n or nil, "id", id,
+      apush(calls, obj("index", indexed and n or nil, "id", type(id) == "string" and id or format("call_%s_%d", ident, n),
         "type", "function", "function", obj("name", oget(call, "name"),
-          "arguments", is_obj(args) and args.s and source_of(args) or "{}")))
+          "arguments", is_obj(args) and args.s and source_of(args) or "{}"),
+        -- the call's signature, where Gemini's OpenAI-compatible endpoint puts it (see UNSIGNED)
+        "extra_content", type(sig) == "string" and sig ~= "" and obj("google", obj("thought_signature", sig)) or nil))
     end
   end
 end
