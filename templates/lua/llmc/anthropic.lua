@@ -174,7 +174,7 @@ local function translate_messages(messages)
       end
     end
   end
-  if out.n == 0 then return nil, nil, "'messages' must hold a user or assistant message with content" end
+  if out.n == 0 then return nil, nil, "'messages' has no content" end
   return system, out
 end
 

@@ -29,6 +29,7 @@ end
 local find, sub, format, concat, byte = string.find, string.sub, string.format, table.concat, string.byte
 
 local G = {}
+local NOT_HERE = " is not supported by this provider"
 
 local METHOD, STREAM_METHOD = ":generateContent", ":streamGenerateContent"
 -- A model name as Gemini's paths take it (models/{model}); the compiler checks configured ones alike.
@@ -44,13 +45,13 @@ local MAX_MODEL = 128
 local function refused(req)
   local n = oget(req, "n")
   if n ~= nil and n ~= NULL and not (count_of(n) == 1) then
-    return "n", "'n' other than 1 (several choices) is not supported by this provider"
+    return "n", "'n' other than 1 (several choices)" .. NOT_HERE
   end
-  if oget(req, "logprobs") == true then return "logprobs", "'logprobs' is not supported by this provider" end
+  if oget(req, "logprobs") == true then return "logprobs", "'logprobs'" .. NOT_HERE end
   local tl = oget(req, "top_logprobs")
-  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs' is not supported by this provider" end
+  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs'" .. NOT_HERE end
   local audio = oget(req, "audio")
-  if audio ~= nil and audio ~= NULL then return "audio", "audio output is not supported by this provider" end
+  if audio ~= nil and audio ~= NULL then return "audio", "audio output" .. NOT_HERE end
   local modalities = oget(req, "modalities")
   if is_arr(modalities) then
     for i = 1, modalities.n do
@@ -113,22 +114,16 @@ end
 -- OpenAI's format has no field for it; Gemini's own OpenAI-compatible endpoint puts it in the tool
 -- call's `extra_content.google.thought_signature`, which clients that send the assistant message back
 -- as they got it (the openai SDK's message object) return: so does llmc, both ways. A step whose
--- calls carry none (a client that rebuilds its messages, another model's history, e.g. after a
--- failover) gets the signature Google documents for calls Gemini did not sign, on its first call.
+-- first call carries none (Gemini signs only the first of parallel calls; a client that rebuilds its
+-- messages, another model's history, e.g. after a failover) gets there the signature Google
+-- documents for calls Gemini did not sign.
 local UNSIGNED = "skip_thought_signature_validator"
-
-local function signature_of(call)
-  local sig = oget(oget(oget(call, "extra_content"), "google"), "thought_signature")
-  return type(sig) == "string" and sig ~= "" and sig or nil
-end
 
 -- An assistant's tool calls as functionCall parts; `names` learns each call's id -> function name
 -- (a later tool message names only the id; Gemini's functionResponse needs the name).
 local function call_parts(calls, parts, names)
   if calls == nil or calls == NULL then return parts end
   if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
-  local signed = false
-  for i = 1, calls.n do signed = signed or signature_of(calls[i]) ~= nil end
   for i = 1, calls.n do
     local fn = oget(calls[i], "function")
     local id, name, args = oget(calls[i], "id"), oget(fn, "name"), oget(fn, "arguments")
@@ -138,8 +133,9 @@ local function call_parts(calls, parts, names)
     local input = args == "" and obj() or decode(args)
     if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
     names[id] = name
+    local sig = oget(oget(oget(calls[i], "extra_content"), "google"), "thought_signature")
     apush(parts, obj("functionCall", obj("name", name, "args", input.s and raw(source_of(input)) or input),
-      "thoughtSignature", signature_of(calls[i]) or (i == 1 and not signed and UNSIGNED) or nil))
+      "thoughtSignature", type(sig) == "string" and sig or i == 1 and UNSIGNED or nil))
   end
   return parts
 end
@@ -186,7 +182,7 @@ local function translate_messages(messages)
         response, err = tool_response(oget(m, "content"))
         if response then parts = arr({ obj("functionResponse", obj("name", name, "response", response)) }) end
       else
-        return nil, nil, "message role " .. tostring(role) .. " is not supported by this provider"
+        return nil, nil, "message role " .. tostring(role) .. NOT_HERE
       end
       if not parts then return nil, nil, err end
       local last = contents[contents.n]
@@ -200,7 +196,7 @@ local function translate_messages(messages)
       end
     end
   end
-  if contents.n == 0 then return nil, nil, "'messages' must hold a user or assistant message with content" end
+  if contents.n == 0 then return nil, nil, "'messages' has no content" end
   return system, contents
 end
 
@@ -399,7 +395,7 @@ local function read_parts(content, ident, first_call, texts, calls, indexed)
         "type", "function", "function", obj("name", oget(call, "name"),
           "arguments", is_obj(args) and args.s and source_of(args) or "{}"),
         -- the call's signature, where Gemini's OpenAI-compatible endpoint puts it (see UNSIGNED)
-        "extra_content", type(sig) == "string" and sig ~= "" and obj("google", obj("thought_signature", sig)) or nil))
+        "extra_content", type(sig) == "string" and obj("google", obj("thought_signature", sig)) or nil))
     end
   end
 end
