@@ -32,8 +32,10 @@ local ATTEMPT_COUNT = "x-envoy-attempt-count"
 local match = string.match
 local prepare, set_headers, encode_string = request.prepare, request.set_headers, require("llmc.scanner").encode_string
 
--- llmc.keys is in the bundle only where a provider has several keys (compiler/luabundle.py)
-local keys = package.preload["llmc.keys"] and require("llmc.keys")
+-- llmc.keys is in the bundle only where a provider has several keys (compiler/luabundle.py), so
+-- it is looked up, not required by name (as llmc.context does)
+local KEYS_MODULE = "llmc.keys"
+local keys = package.preload[KEYS_MODULE] and require(KEYS_MODULE)
 -- An answer with this header is never retried by Envoy's router unless the retry policy names
 -- envoy-ratelimited, which llmc's never does (Envoy's RetryStateImpl::wouldRetryFromHeaders; it
 -- once held for x-envoy-overloaded too, no longer: tested on Envoy 1.39.3)
