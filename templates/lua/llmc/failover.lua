@@ -129,15 +129,6 @@ local function fixed_headers(a)
   return fixed
 end
 
--- One try, in the upstream filter of the provider's cluster: shapes the original client body and
--- the headers for this provider, through the same step as the request path (llmc.request's prepare
--- and set_headers). The header map is shared by all tries and keeps what an earlier
--- try set, so everything a try depends on is set or removed here: every credential header any
--- backend of the rule uses (a key set for another provider by an earlier try never reaches this
--- one; the client's own never passes on a failover rule), the internal headers, the path (from the
--- client's, kept in the dynamic metadata), Content-Length (Envoy keeps the client's body for each
--- try, but the length an earlier try's setBytes wrote stays in the map), and Host. `a` is the
--- prepared context (llmc.context, prepare_attempt).
 -- The next key before the next provider (docs/failover.md): on a rule whose backends retry with
 -- their next key (retryKeysOn), such a backend owns one try per key, consecutive, each a cluster of
 -- its own (a DestinationRule subset: Envoy never returns to a cluster already tried), and
@@ -158,6 +149,15 @@ local function slot_key(h, a, b, n, i, tmd, mine)
   return key or false
 end
 
+-- One try, in the upstream filter of the provider's cluster: shapes the original client body and
+-- the headers for this provider, through the same step as the request path (llmc.request's prepare
+-- and set_headers). The header map is shared by all tries and keeps what an earlier
+-- try set, so everything a try depends on is set or removed here: every credential header any
+-- backend of the rule uses (a key set for another provider by an earlier try never reaches this
+-- one; the client's own never passes on a failover rule), the internal headers, the path (from the
+-- client's, kept in the dynamic metadata), Content-Length (Envoy keeps the client's body for each
+-- try, but the length an earlier try's setBytes wrote stays in the map), and Host. `a` is the
+-- prepared context (llmc.context, prepare_attempt).
 function M.on_attempt(h, a)
   local headers = h:headers()
   -- which try this is: Envoy's attempt count (1 for the first), set on every try of a virtual host
@@ -222,14 +222,12 @@ function M.on_attempt(h, a)
   headers:replace(":authority", b.authority)
 end
 
--- The mark of the try that answered: its provider, and its body format when that is translated (a
--- format a provider sent itself is removed: only this filter's mark counts).
 -- The answer `status` of try `n` on a rule with key slots (docs/failover.md, the decision table):
 -- Envoy's retry policy retries the union of the rule's retryOn and every backend's retryKeysOn, and
 -- its next try is always the next slot (the backend's next key, else the next provider). This
 -- filter keeps the retries the table allows -- one of the backend's key statuses while it has a key
 -- left, a failure the rule's retryOn names -- and marks every other answer Envoy would retry as
--- final: FINAL, which Envoy's router never retries (the downstream filter removes it).
+-- final (FINAL, which Envoy's router never retries; the downstream filter removes it).
 -- So a key status from a backend's last key reaches the next provider only when retryOn allows it.
 local function slot_answer(a, headers, status, n, tmd)
   local slots = a.slots
@@ -243,6 +241,8 @@ local function slot_answer(a, headers, status, n, tmd)
   end
 end
 
+-- The mark of the try that answered: its provider, and its body format when that is translated (a
+-- format a provider sent itself is removed: only this filter's mark counts).
 function M.on_attempt_response(h)
   local tmd = h:streamInfo():dynamicMetadata()
   local mine = tmd:get(METADATA_NS)
