@@ -396,3 +396,14 @@ def test_when_every_try_failed_the_client_gets_the_last_answer(env):
     err = status_error(chat, envoy.port, FKA)
     assert err.status_code == 503
     assert sorted(received(ups, FKA)) == [bearer(FKA, 0), bearer(FKA, 1)] and received(ups, FKB) == [bearer(FKB, 0)]
+
+
+@pytest.mark.skipif(envoy_minor() >= (1, 39), reason="older proxies only: an Istio <= 1.30 proxy (Envoy <= 1.38) "
+                    "gets no failover patch")
+def test_an_older_proxy_refuses_a_keyed_failover_rule_and_sends_nothing(env):
+    """The per-key subsets reach every proxy, the failover patches only Istio >= 1.31 ones: an older
+    proxy answers failover_unsupported and no key is sent anywhere."""
+    envoy, _, ups = env
+    err = status_error(chat, envoy.port, FKA)
+    assert err.status_code == 503 and err.code == "failover_unsupported"
+    assert received(ups, FKA) == [] and received(ups, FKB) == []
