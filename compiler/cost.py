@@ -63,9 +63,14 @@ def provider_switch(priced: Sequence[Priced], field: str) -> str:
     return expr
 
 
-def usage_charge(prompt_price: str, completion_price: str) -> str:
-    """A CEL uint: the answer's reported usage at these prices (CEL uints), in cost units, rounded up."""
-    return f"(uint({PROMPT}) * {prompt_price} + uint({COMPLETION}) * {completion_price} + {PER - 1}u) / {PER}u"
+#: the completion tokens of an answer that may report none (an embeddings answer: prompt tokens only)
+COMPLETION_OR_0 = f"(has({COMPLETION}) ? uint({COMPLETION}) : 0u)"
+
+
+def usage_charge(prompt_price: str, completion_price: str, completion: str = f"uint({COMPLETION})") -> str:
+    """A CEL uint: the answer's reported usage at these prices (CEL uints), in cost units, rounded up
+    (``completion``: its completion tokens, a CEL uint)."""
+    return f"(uint({PROMPT}) * {prompt_price} + {completion} * {completion_price} + {PER - 1}u) / {PER}u"
 
 
 def size_estimate(prompt_price: str) -> str:
@@ -74,14 +79,18 @@ def size_estimate(prompt_price: str) -> str:
 
 
 def priced_guard(priced: Sequence[Priced]) -> str:
-    """A CEL bool: the answer succeeded, reported its usage, and came from a listed (priced) provider."""
+    """A CEL bool: the answer succeeded, reported its prompt tokens (an embeddings answer reports no
+    completion tokens), and came from a listed (priced) provider."""
     names = " || ".join(f"{USAGE}.provider == {json.dumps(name)}" for name, _, _ in priced)
-    return f"response.code < 400 && {HAS_USAGE} && has({USAGE}.provider) && ({names})"
+    return f"response.code < 400 && has({PROMPT}) && has({USAGE}.provider) && ({names})"
 
 
 def answer_cost(priced: Sequence[Priced]) -> str:
     """A CEL uint: what an answer from one of ``priced`` cost, in cost units (the cost counter's
     value: :func:`usage_charge` at :func:`provider_switch`'s prices, exactly what a money budget
-    charges for it); 0 for anything else — an error, an answer without usage, an unpriced provider."""
-    charge = usage_charge(provider_switch(priced, "prompt"), provider_switch(priced, "completion"))
+    charges for an answer with both counts); an answer with prompt tokens only (embeddings) costs
+    those; 0 for anything else — an error, an answer without usage, an unpriced provider. (A money
+    budget charges an answer without both counts ``request.size / 4`` tokens instead: an estimate
+    against free answers, which the counter, measuring what was reported, does not add.)"""
+    charge = usage_charge(provider_switch(priced, "prompt"), provider_switch(priced, "completion"), COMPLETION_OR_0)
     return f"{priced_guard(priced)} ? {charge} : 0u"

@@ -84,6 +84,9 @@ OPENAI = {"provider": "openai", "gen_ai_provider": "openai", "request_model": "g
     ({**OPENAI, "response_model": "gpt-4o-mini"}, 200, 526),
     # no reported model: the requested one's
     (OPENAI, 200, 8755),
+    # prompt tokens only (an embeddings answer): those, at the prompt price (1234 × 2.5)
+    ({"provider": "openai", "gen_ai_provider": "openai", "request_model": "gpt-4o", "request_prompt_tokens": 1234},
+     200, 3085),
     # no usage, an error, an unpriced provider: no cost
     ({"provider": "openai", "request_model": "gpt-4o"}, 200, 0),
     ({**OPENAI, "response_model": "gpt-4o"}, 503, 0),
