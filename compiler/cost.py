@@ -4,9 +4,11 @@ money budgets' charges (``translate/ratelimit.py``: ``hits_addend``) and the cos
 docs/observability.md.
 
 Prices (``ir.Price``) are whole cost units (``--cost-unit``) per 1M tokens, so an answer's cost in
-cost units is ``ceil((prompt tokens × P + completion tokens × C) / 1M)``, with P and C the prices of
-the provider and model that answered, read from the usage the Lua filter records (dynamic metadata
-``llmc``: ``provider``, ``response_model``, ``request_prompt_tokens``, ``request_completion_tokens``).
+cost units is ``ceil((prompt tokens × P + completion tokens × C - cache-read tokens × (P - Pc)) / 1M)``,
+with P, C and Pc (``cachedPrompt``, else P) the prices of the provider and model that answered,
+read from the usage the Lua filter records (dynamic metadata ``llmc``: ``provider``,
+``response_model``, ``request_prompt_tokens``, ``request_completion_tokens``,
+``cache_read_tokens``). The cache term is emitted only where a price has a ``cachedPrompt``.
 Everything is a CEL ``uint`` (the rate-limit service's counters and istio.stats' values are integers).
 """
 
@@ -25,6 +27,25 @@ COMPLETION = f"{USAGE}.request_completion_tokens"
 HAS_USAGE = f"has({PROMPT}) && has({COMPLETION})"
 #: a price is per 1M tokens: the charge in cost units is ceil(Σ tokens × units per 1M / 1M)
 PER = 1_000_000
+CACHE_READ = f"{USAGE}.cache_read_tokens"
+#: the answer's prompt tokens read from the provider's cache (the conventions count them among the
+#: input tokens, and so does the filter for every protocol): at most its prompt tokens
+CACHED = f"(has({CACHE_READ}) && uint({CACHE_READ}) <= uint({PROMPT}) ? uint({CACHE_READ}) : 0u)"
+#: the price switches' fields: a price's prompt and completion, and its cache discount (what a
+#: cache-read prompt token costs less than another: prompt - cachedPrompt; 0 without cachedPrompt,
+#: or with a cachedPrompt above the prompt price — a cached token is never dearer)
+FIELDS = ("prompt", "completion", "cache_discount")
+
+
+def _value(price: Price, field: str) -> int:
+    if field == "cache_discount":
+        return 0 if price.cached_prompt is None else max(price.prompt - price.cached_prompt, 0)
+    return int(getattr(price, field))
+
+
+def discounts(prices: Sequence[Price]) -> bool:
+    """Whether any of ``prices`` charges cache reads less (the charge then has a discount term)."""
+    return any(_value(p, "cache_discount") for p in prices)
 
 
 def answer_model(fallback: str) -> str:
@@ -39,12 +60,14 @@ def price_switch(prices: tuple[Price, ...], field: str, model: str) -> str:
     ``gpt-4o-2024-08-06``): the longest matching name wins; no match: the ``*`` price, or — never a
     free answer — the provider's highest price."""
     star = [p for p in prices if p.model == "*"]
-    fallback = getattr(star[0], field) if star else max(getattr(p, field) for p in prices)
+    # an unlisted model without a "*" price pays the highest price, without a cache discount
+    fallback = _value(star[0], field) if star else 0 if field == "cache_discount" else \
+        max(_value(p, field) for p in prices)
     expr = f"{fallback}u"
     for price in sorted((p for p in prices if p.model != "*"), key=lambda p: (len(p.model), p.model)):
         name = json.dumps(price.model)
         expr = f"({model} == {name} || {model}.startsWith({json.dumps(price.model + '-')}) ? " \
-               f"{getattr(price, field)}u : {expr})"
+               f"{_value(price, field)}u : {expr})"
     return expr
 
 
@@ -57,7 +80,8 @@ def provider_switch(priced: Sequence[Priced], field: str) -> str:
     filter records from the try that answered), for its model; a provider not listed pays the
     highest price of those listed (never free; the cost counter's guard, :func:`priced_guard`, keeps
     unlisted providers out)."""
-    expr = f"{max(getattr(p, field) for _, prices, _ in priced for p in prices)}u"
+    highest = 0 if field == "cache_discount" else max(_value(p, field) for _, prices, _ in priced for p in prices)
+    expr = f"{highest}u"
     for name, prices, model in reversed(priced):
         expr = f"({USAGE}.provider == {json.dumps(name)} ? {price_switch(prices, field, model)} : {expr})"
     return expr
@@ -67,10 +91,15 @@ def provider_switch(priced: Sequence[Priced], field: str) -> str:
 COMPLETION_OR_0 = f"(has({COMPLETION}) ? uint({COMPLETION}) : 0u)"
 
 
-def usage_charge(prompt_price: str, completion_price: str, completion: str = f"uint({COMPLETION})") -> str:
+def usage_charge(prompt_price: str, completion_price: str, completion: str = f"uint({COMPLETION})",
+                 cache_discount: str | None = None) -> str:
     """A CEL uint: the answer's reported usage at these prices (CEL uints), in cost units, rounded up
-    (``completion``: its completion tokens, a CEL uint)."""
-    return f"(uint({PROMPT}) * {prompt_price} + {completion} * {completion_price} + {PER - 1}u) / {PER}u"
+    (``completion``: its completion tokens, a CEL uint). With ``cache_discount`` (a switch of
+    prompt - cachedPrompt) the prompt tokens read from the cache cost ``cachedPrompt``: the discount
+    is subtracted last, and never below 0 (:data:`CACHED` ≤ prompt tokens, discount ≤ prompt price)."""
+    discount = f" - {CACHED} * {cache_discount}" if cache_discount is not None else ""
+    return (f"(uint({PROMPT}) * {prompt_price} + {completion} * {completion_price}{discount} + {PER - 1}u)"
+            f" / {PER}u")
 
 
 def size_estimate(prompt_price: str) -> str:
@@ -92,5 +121,7 @@ def answer_cost(priced: Sequence[Priced]) -> str:
     those; 0 for anything else — an error, an answer without usage, an unpriced provider. (A money
     budget charges an answer without both counts ``request.size / 4`` tokens instead: an estimate
     against free answers, which the counter, measuring what was reported, does not add.)"""
-    charge = usage_charge(provider_switch(priced, "prompt"), provider_switch(priced, "completion"), COMPLETION_OR_0)
+    discount = provider_switch(priced, "cache_discount") if any(discounts(p) for _, p, _ in priced) else None
+    charge = usage_charge(provider_switch(priced, "prompt"), provider_switch(priced, "completion"), COMPLETION_OR_0,
+                          discount)
     return f"{priced_guard(priced)} ? {charge} : 0u"

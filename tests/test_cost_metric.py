@@ -105,6 +105,14 @@ def test_the_counter_adds_the_answers_price(llmc, code, expected):
 
 @pytest.mark.parametrize("llmc", [
     {"provider": "dear", "response_model": "dear-1", "request_prompt_tokens": 11, "request_completion_tokens": 7},
+    # dear-1-mini has a cachedPrompt: its cache reads cost less (and cache reads above the prompt
+    # count, impossible, are ignored rather than make the charge negative)
+    {"provider": "dear", "response_model": "dear-1-mini", "request_prompt_tokens": 11, "request_completion_tokens": 7,
+     "cache_read_tokens": 4},
+    {"provider": "dear", "response_model": "dear-1-mini", "request_prompt_tokens": 11, "request_completion_tokens": 7,
+     "cache_read_tokens": 40},
+    {"provider": "dear", "response_model": "dear-1", "request_prompt_tokens": 11, "request_completion_tokens": 7,
+     "cache_read_tokens": 4},
     {"provider": "dear", "response_model": "dear-1-mini", "request_prompt_tokens": 1000, "request_completion_tokens": 3},
     {"provider": "cheap", "response_model": "cheap-1", "request_prompt_tokens": 5, "request_completion_tokens": 9},
     {"provider": "cheap", "request_model": "x", "request_prompt_tokens": 123457, "request_completion_tokens": 1},
@@ -135,3 +143,38 @@ def test_the_golden_cost_case_prices_only_the_priced_providers():
     (_, definition, _), = cost_definitions([o for o in YAML(typ="safe").load_all(text) if o])
     assert '"gpt"' in definition["value"] and '"claude"' in definition["value"]
     assert '"local"' not in definition["value"]
+
+
+CACHED = PROVIDERS.replace("{model: gpt-4o, prompt: 2.5, completion: 10}",
+                           "{model: gpt-4o, prompt: 2.5, completion: 10, cachedPrompt: 1.25}")
+
+
+@pytest.mark.parametrize("cache_read,expected", [
+    (1000, 7505),  # 234 × 2.5 + 1000 × 1.25 + 567 × 10: cache reads at cachedPrompt
+    (0, 8755),  # 1234 × 2.5 + 567 × 10: none read from the cache, the prompt price
+    (None, 8755),  # not reported: the prompt price
+])
+def test_cache_reads_cost_the_cached_prompt_price(cache_read, expected):
+    """``cachedPrompt``: the prompt tokens the provider read from its cache (``cache_read_tokens``,
+    which the filter records for OpenAI, Anthropic and Gemini; they are part of the prompt tokens)
+    cost the cached price, in the counter and in a budget alike; a model without one (gpt-4o-mini)
+    pays the prompt price for them."""
+    llmc = {**OPENAI, "response_model": "gpt-4o", **({"cache_read_tokens": cache_read} if cache_read is not None else {})}
+    (_, definition, _), = cost_definitions(render(CACHED + route("[]")))
+    assert evaluate(definition["value"], llmc) == expected
+    result = compile_text(CACHED + route("[{name: x, budget: {cost: 1}, per: Day}]"),
+                          Options(rate_limit_service=RLS), "in.yaml")
+    (entries,) = per_route(result).values()
+    charge = entries["rate_limits"][1]["hits_addend"]["format"].removeprefix("%CEL(").removesuffix(")%")
+    assert evaluate(charge, llmc) == expected
+    mini = {**llmc, "response_model": "gpt-4o-mini"}
+    assert evaluate(definition["value"], mini) == -(-(1234 * 150_000 + 567 * 600_000) // 1_000_000)
+
+
+def test_no_cached_prompt_no_cache_term():
+    """Prices without cachedPrompt keep the charge as it was (no cache term: the goldens of budgets
+    without it did not change)."""
+    (_, definition, _), = cost_definitions(render(PROVIDERS + route("[]")))
+    assert "cache_read_tokens" not in definition["value"]
+    (_, cached, _), = cost_definitions(render(CACHED + route("[]")))
+    assert "cache_read_tokens" in cached["value"]

@@ -1,7 +1,7 @@
 """The cost counter ``istio_llm_cost_total`` (issue 34) in real Envoy: for OpenAI, Anthropic and Gemini
-answers, streamed and not, the counter's value is the arithmetic of the double's usage and the
-configured prices, with the provider and model labels of the answer; an unpriced provider's answers
-add 0 to the ``unknown`` series only.
+answers, streamed and not, the counter's value is the arithmetic of the double's usage (cache reads
+included) and the configured prices, with the provider and model labels of the answer; an unpriced
+provider's answers add 0 to the ``unknown`` series only.
 
 istio.stats is not in upstream Envoy, so — as tests/test_observability_e2e.py does for the other
 metrics — the counter's value and labels, taken from the EnvoyFilter ``render --telemetry`` emits,
@@ -24,6 +24,7 @@ from tests.support.anthropic import AnthropicUpstream
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap
 from tests.support.gemini import COMPLETION as GEMINI_COMPLETION
 from tests.support.gemini import PROMPT as GEMINI_PROMPT
+from tests.support.gemini import USAGE as GEMINI_USAGE
 from tests.support.gemini import GeminiUpstream
 from tests.support.mesh import llmc_render
 from tests.support.upstream import USAGE as OPENAI_USAGE
@@ -35,8 +36,9 @@ pytestmark = pytest.mark.envoy
 #: apply: the answering model's price does), and an unpriced OpenAI-compatible one
 DEAR = {"prompt": 1000, "completion": 1000}
 OPENAI = dataclasses.replace(X.PROTOCOLS["openai"], base_path=None)
-PRICES = {"openai": {"prompt": 3, "completion": 5}, "anthropic": {"prompt": 19, "completion": 23},
-          "gemini": {"prompt": 43, "completion": 47}}
+#: Anthropic's and Gemini's doubles report cache reads (5 of their prompt tokens): a cachedPrompt
+PRICES = {"openai": {"prompt": 3, "completion": 5}, "anthropic": {"prompt": 19, "completion": 23, "cachedPrompt": 2},
+          "gemini": {"prompt": 43, "completion": 47, "cachedPrompt": 11}}
 PROVIDERS = {"openai": OPENAI, "anthropic": X.PROTOCOLS["anthropic"], "gemini": X.PROTOCOLS["gemini"],
              "free": dataclasses.replace(OPENAI, name="free")}
 #: (prompt, completion) tokens as llmc records them from each double: the conventions' input tokens
@@ -45,6 +47,9 @@ USAGE = {"openai": (OPENAI_USAGE["prompt_tokens"], OPENAI_USAGE["completion_toke
          "anthropic": (ANTHROPIC_USAGE["input_tokens"] + ANTHROPIC_USAGE["cache_read_input_tokens"]
                        + ANTHROPIC_USAGE["cache_creation_input_tokens"], ANTHROPIC_USAGE["output_tokens"]),
          "gemini": (GEMINI_PROMPT, GEMINI_COMPLETION)}
+#: of which read from the provider's cache
+CACHE_READS = {"openai": 0, "anthropic": ANTHROPIC_USAGE["cache_read_input_tokens"],
+               "gemini": GEMINI_USAGE["cachedContentTokenCount"]}
 
 
 def manifest() -> str:
@@ -62,7 +67,7 @@ def manifest() -> str:
 
 def cost_fields(objects: list[dict]) -> dict[str, str]:
     """The cost counter's value (``cost``) and labels (``cost/<label>``) as CEL access-log fields."""
-    fields = {"provider": "%DYNAMIC_METADATA(llmc:provider)%"}
+    fields = {"provider": "%DYNAMIC_METADATA(llmc:provider)%", "cache_read": "%DYNAMIC_METADATA(llmc:cache_read_tokens)%"}
     for o in objects:
         for patch in o["spec"].get("configPatches", []) if o["kind"] == "EnvoyFilter" else []:
             cfg = patch["patch"]["value"].get("typed_config", {})
@@ -123,10 +128,13 @@ def ask(proxy, name: str, stream: bool) -> dict:
 @pytest.mark.parametrize("name", list(PRICES))
 def test_the_counter_adds_the_answers_price(proxy, name, stream):
     line = ask(proxy, name, stream)
+    assert int(line.get("cache_read") or 0) == CACHE_READS[name], line
     prompt, completion = USAGE[name]
     price = PRICES[name]
-    # prices are whole units per 1M tokens and the counter counts micro units: exact, no rounding
-    assert int(line["cost"]) == prompt * price["prompt"] + completion * price["completion"], line
+    # prices are whole units per 1M tokens and the counter counts micro units: exact, no rounding;
+    # cache reads (part of the prompt tokens) at the cachedPrompt price
+    cached = CACHE_READS[name] * (price["prompt"] - price.get("cachedPrompt", price["prompt"]))
+    assert int(line["cost"]) == prompt * price["prompt"] + completion * price["completion"] - cached, line
     assert line["cost/llm_provider"] == f"p-{name}" and line["provider"] == f"p-{name}", line
     assert line["cost/gen_ai_provider_name"] != "unknown" and line["cost/gen_ai_operation_name"] == "chat", line
     # the model that answered (the OpenAI double reports a dated snapshot: its name's price applies)

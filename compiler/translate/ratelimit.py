@@ -28,7 +28,19 @@ import re
 import yaml
 
 from .. import names
-from ..cost import HAS_USAGE, PER, USAGE, Priced, answer_model, price_switch, provider_switch, size_estimate, usage_charge
+from ..cost import (
+    CACHED,
+    HAS_USAGE,
+    PER,
+    USAGE,
+    Priced,
+    answer_model,
+    discounts,
+    price_switch,
+    provider_switch,
+    size_estimate,
+    usage_charge,
+)
 from ..ir import Backend, Program, RateLimitService, Rule, TokenLimit, VirtualHost
 from ..protocols import PROTOCOLS
 from .common import metadata, rule_route_names
@@ -113,7 +125,10 @@ def money_format(rule: Rule, backend: Backend) -> str:
     tokens at the answering provider's prices for the answering model; without usage, ``request.size
     / 4`` tokens at its prompt price (a 2xx); 0 for errors."""
     pp, cp = _prices_for(rule, backend, "prompt"), _prices_for(rule, backend, "completion")
-    return f"%CEL(response.code >= 400 ? 0u : ({HAS_USAGE} ? {usage_charge(pp, cp)} : {size_estimate(pp)}))%"
+    answering = [b for b in rule.backends if b.provider.prices] if rule.retries is not None else [backend]
+    dp = _prices_for(rule, backend, "cache_discount") if any(discounts(b.provider.prices) for b in answering) else None
+    charge = usage_charge(pp, cp, cache_discount=dp)
+    return f"%CEL(response.code >= 400 ? 0u : ({HAS_USAGE} ? {charge} : {size_estimate(pp)}))%"
 
 
 _COMPARED = re.compile(r' == ("(?:[^"\\\\]|\\\\.)*")')
@@ -154,14 +169,17 @@ def _read_switch(expr: str, provider: str = "") -> list[tuple[str, str, int]]:
 def describe_money(fmt: str) -> list[dict]:
     """A money charge's prices, read back from :func:`money_format`'s expression (``llmc explain`` and
     ``llmc diff`` work from the emitted objects): per (provider, model), cost units per 1M prompt and
-    completion tokens."""
+    completion tokens, and ``cached_prompt`` where cache reads cost less."""
     inner = fmt[len("%CEL("):-len(")%")]
     usage = inner[inner.index("? (uint(") + 2:]
     p_mark, c_mark = ") * ", f" + uint({_USAGE}.request_completion_tokens) * "
     pp = usage[usage.index(p_mark) + len(p_mark):usage.index(c_mark)]
     cp = usage[usage.index(c_mark) + len(c_mark):usage.index(f" + {PER - 1}u) / {PER}u")]
+    cp, _, dp = cp.partition(f" - {CACHED} * ")
     completions = {(prov, model): units for prov, model, units in _read_switch(cp)}
-    return [{"provider": prov, "model": model, "prompt": units, "completion": completions.get((prov, model))}
+    discount = {(prov, model): units for prov, model, units in _read_switch(dp)} if dp else {}
+    return [{"provider": prov, "model": model, "prompt": units, "completion": completions.get((prov, model)),
+             **({"cached_prompt": units - discount[(prov, model)]} if discount.get((prov, model)) else {})}
             for prov, model, units in _read_switch(pp)]
 
 
