@@ -26,9 +26,11 @@ OpenTelemetry semantic conventions (:data:`SEMCONV`; every name is in the vendor
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .cost import USAGE, Priced, answer_cost, answer_model, priced_guard
+from .ir import Price
 from .protocols import DRIVERS
 
 PROVIDER_NAME = "llmc-access-log"
@@ -275,15 +277,16 @@ COST_NAME = "llmc.cost"
 COST_DEFINITION = "llm_cost_total"
 
 
-def cost_metric(priced: list[Priced], cost_unit: str) -> Metric:
+def cost_metric(prices: Sequence[tuple[str, tuple[Price, ...]]], cost_unit: str) -> Metric:
     """The cost counter ``istio_llm_cost_total`` (:data:`COST_NAME`): each answer adds what it cost
     in cost units (``--cost-unit``: millionths or thousandths of the prices' currency), computed by
     the expression money budgets charge with (compiler/cost.py) from the usage the filter recorded
-    and the prices of ``priced`` — the providers the metric's proxies reach that have prices. An
-    error, an answer without usage, or an unpriced provider's answer adds 0 to the ``unknown``
-    series every non-LLM request adds 0 to: no series names an unpriced provider or model."""
+    and ``prices`` — (LLMProvider name, its prices) of the providers the metric's proxies reach that
+    have prices — for the model that answered (else the requested one). An error, an answer without
+    usage, or an unpriced provider's answer adds 0 to the ``unknown`` series every non-LLM request
+    adds 0 to: no series names an unpriced provider or model."""
     model = answer_model(f"(has({USAGE}.request_model) ? {USAGE}.request_model : '')")
-    priced = [(name, prices, model) for name, prices, _ in priced]
+    priced: list[Priced] = [(name, table, model) for name, table in prices]
     guard = priced_guard(priced)
     attrs = {"gen_ai.provider.name": cel("gen_ai_provider"), "gen_ai.request.model": cel("request_model"),
              "gen_ai.response.model": cel("response_model"), "gen_ai.operation.name": f"({OPERATION})"}

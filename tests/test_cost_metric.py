@@ -52,7 +52,7 @@ def test_the_cost_counter_is_llmcs_own_name_not_a_convention_name():
     assert not any(COST_NAME in str(v) for v in REGISTRY["metrics"].values())
     (op, definition, dims), = cost_definitions(render(PROVIDERS + route("[]")))
     assert op == "MERGE" and definition["type"] == "COUNTER"  # in Istio's own stats filter
-    metric = cost_metric([("openai", (Price("*", 1, 2),), "")], "micro")
+    metric = cost_metric([("openai", (Price("*", 1, 2),))], "micro")
     assert metric.name is None and metric.llmc_name == COST_NAME and metric.definition == COST_DEFINITION
     for label, attribute in metric.attributes.items():
         assert attribute in REGISTRY["attributes"] and label == prometheus_name(attribute)
@@ -178,3 +178,19 @@ def test_no_cached_prompt_no_cache_term():
     assert "cache_read_tokens" not in definition["value"]
     (_, cached, _), = cost_definitions(render(CACHED + route("[]")))
     assert "cache_read_tokens" in cached["value"]
+
+
+def test_the_legacy_names_keep_the_cost_counter():
+    """The counter is new, so it has no legacy name: ``--legacy-telemetry-names`` emits it the same,
+    in Istio's filter beside the legacy token counters."""
+    text = PROVIDERS + route("[]")
+    legacy = cost_definitions(render(text, legacy_telemetry_names=True))
+    assert [(op, d) for op, d, _ in legacy] == [(op, d) for op, d, _ in cost_definitions(render(text))]
+    assert legacy and legacy[0][0] == "MERGE"
+
+
+def test_the_counter_does_not_depend_on_input_order():
+    docs = [d for d in (CACHED + route("[]")).split("---") if d.strip()]
+    forward = cost_definitions(render("---".join(docs)))
+    backward = cost_definitions(render("---".join(reversed(docs))))
+    assert forward and forward == backward

@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 #: the cost counter as render --telemetry emits it where a proxy reaches priced providers
-COST = cost_metric([("p", (Price("*", 1, 1),), "")], "micro")
+COST = cost_metric([("p", (Price("*", 1, 1),))], "micro")
 
 
 def test_dashboard_queries_llmc_metrics():

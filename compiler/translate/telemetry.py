@@ -11,7 +11,6 @@ llmc's metrics to Istio's stats filter (the Telemetry API cannot define metrics)
 from __future__ import annotations
 
 from .. import names
-from ..cost import Priced
 from ..ir import Program, Provider
 from ..telemetry import PROVIDER_NAME, Metric, StatsPatch, cost_metric, request_tags, stats_patches
 from .common import envoy_placements, metadata
@@ -25,12 +24,14 @@ def _patch_view(p: StatsPatch, context: str) -> dict:
 
 
 def _cost(providers: dict[str, Provider], cost_unit: str) -> Metric | None:
-    """The cost counter of proxies that reach ``providers`` (by name: the filter records the
-    LLMProvider's name), or None when none has prices. Every group of a namespace and context gets
-    the same one (the union of its groups' providers), so two EnvoyFilters that reach one proxy
-    define it alike (istio.stats keeps the first definition of a name)."""
-    priced: list[Priced] = [(name, p.prices, "") for name, p in sorted(providers.items())]
-    return cost_metric(priced, cost_unit) if priced else None
+    """The cost counter of proxies that reach ``providers``, or None when none has prices. Every
+    group of a namespace and context gets the same one (the union of its groups' providers), so two
+    EnvoyFilters that reach one proxy define it alike (istio.stats keeps the first definition of a
+    name). Providers are told apart by name, as the filter records them (``llmc.provider``): of two
+    LLMProviders of one name in different namespaces that one namespace's rules reach, the first
+    (in the virtual hosts' order) prices both — as a failover rule's money budget does."""
+    prices = [(name, p.prices) for name, p in sorted(providers.items())]
+    return cost_metric(prices, cost_unit) if prices else None
 
 
 def telemetry_views(program: Program) -> tuple[list[dict], list[dict]]:
