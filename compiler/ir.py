@@ -401,6 +401,8 @@ class Program:
     rate_limit: RateLimitService | None = None  # token limits' service (None: no limits anywhere)
     #: the ambient target: rules run on waypoints (a TrafficExtension each) instead of sidecars
     waypoint: Waypoint | None = None
+    #: what prices and the cost counter count in (``--cost-unit``, a key of options.COST_UNITS; resolve sets it)
+    cost_unit: str = ""
 
     def namespaces(self) -> list[str]:
         return sorted({p.namespace for p in self.providers} | {v.namespace for v in self.vhosts})

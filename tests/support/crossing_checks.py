@@ -226,6 +226,8 @@ def check_telemetry(cell: X.Cell, x: Exchange) -> None:
     if x.status >= 300:
         assert all(v is None for v in usage.values()), log
         assert log["gen_ai.response.time_to_first_chunk"] is None, log
+        if cell.limit == "budget":
+            check_cost(None, log)
         return
     answered = X.PROVIDERS[x.received[-1][0]]  # the last try answered
     served = answered.serves(cell.endpoint)
@@ -238,6 +240,21 @@ def check_telemetry(cell: X.Cell, x: Exchange) -> None:
         assert first is not None and 0 <= float(first) * 1000 <= int(log["duration_ms"]) + 1, log
     else:
         assert first is None, log
+    if cell.limit == "budget":
+        check_cost(answered, log)
+
+
+def check_cost(answered: X.Provider | None, log: dict) -> None:
+    """The cost counter (issue 34; a money cell, whose providers have prices): the answer's usage as
+    the access log has it at the answering provider's price, in micro units (the matrix's prices are
+    whole units per 1M tokens: exact), labelled with that provider; an error adds 0 to ``unknown``."""
+    tokens = log["gen_ai.usage.input_tokens"], log["gen_ai.usage.output_tokens"]
+    if answered is None or tokens[0] is None:
+        assert int(log["cost"]) == 0 and log["cost/llm_provider"] == "unknown", log
+        return
+    prompt, completion = (int(float(t)) if t is not None else 0 for t in tokens)
+    assert int(log["cost"]) == prompt * answered.price["prompt"] + completion * answered.price["completion"], log
+    assert log["cost/llm_provider"] == f"p-{answered.name}", log
 
 
 def check_tries(cell: X.Cell, x: Exchange) -> None:
