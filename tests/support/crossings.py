@@ -6,7 +6,7 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 * ``RULES`` — how the route picks providers: one backend, weighted, routed by the body's model,
   failover with priorities, failover on a model-routed host, weighted first choices with a backup;
 * ``PROTOCOLS`` — the provider the cell is about: its API, where its key goes (or that it has none),
-  and the key form (one key, or several: ``multikey``);
+  and the key form (one key, or several: ``multikey``; several with the next key first: ``keyretry``);
 * ``ENDPOINTS`` — what the client calls: chat, embeddings (through ``basePath``), an unknown path;
 * ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
   with two ``model`` members, ``Accept-Encoding: gzip``, a stream with usage (``stream_options``), a
@@ -66,6 +66,12 @@ class Provider:
     @property
     def keys(self) -> tuple[str, ...]:
         return ((self.key,) if self.key else ()) + self.more_keys
+
+    @property
+    def key_slots(self) -> int:
+        """The tries it owns on a failover rule: one per key with retryKeysOn, else one."""
+        retry = any(v.get("retryKeysOn") for v in self.config.values())
+        return len(self.keys) if retry and len(self.keys) > 1 else 1
 
     @property
     def host(self) -> str:
@@ -134,6 +140,11 @@ PROTOCOLS: dict[str, Provider] = {p.name: p for p in (
     Provider("multikey", {"openAIConfig": {"model": "multikey-model"}}, "/multikey/v1/chat/completions",
              "/multikey/v1", key=_key("multikey"), model="multikey-model",
              more_keys=(_key("multikey2"), _key("multikey3"))),
+    # the key form "several keys, the next one first" (issue 33): retryKeysOn [429]; on a failover
+    # rule one try per key before the next provider (docs/failover.md), each key once
+    Provider("keyretry", {"openAIConfig": {"model": "keyretry-model", "retryKeysOn": [429]}},
+             "/keyretry/v1/chat/completions", "/keyretry/v1", key=_key("keyretry"), model="keyretry-model",
+             more_keys=(_key("keyretry2"),)),
     # the model in the path; no basePath (LLMC241)
     Provider("gemini", {"geminiConfig": {"model": "gemini-x"}}, "/v1beta/models/gemini-x:generateContent", None,
              key=_key("gemini"), auth_header="x-goog-api-key", auth_prefix="", model="gemini-x", format="gemini",
@@ -239,8 +250,9 @@ AMBIENT_LIMITS = ("LLMC274", "tokenLimits")
 
 #: (target, protocol) pairs the matrix does not run: the matrix's one waypoint is full (its
 #: TrafficExtension holds 65,536 characters, LLMC279; the ambient manifest was within 600 of it), so
-#: several keys on a waypoint are tested by tests/test_several_keys.py instead
-NOT_RUN: frozenset[tuple[str, str]] = frozenset({("ambient", "multikey")})
+#: several keys on a waypoint are tested by tests/test_several_keys.py instead; a waypoint cannot retry
+#: with the next key at all (LLMC254, tested there too)
+NOT_RUN: frozenset[tuple[str, str]] = frozenset({("ambient", "multikey"), ("ambient", "keyretry")})
 
 
 def not_run(row: dict) -> bool:
