@@ -219,12 +219,6 @@ def test_empty_texts_are_not_sent():
     assert out["contents"][2]["parts"][1] == {"text": "and tomorrow?"}
 
 
-def test_a_request_with_nothing_to_say_is_refused():
-    out, err, param, _, _ = request({"messages": [{"role": "system", "content": "Be brief."},
-                                                  {"role": "user", "content": ""}]})
-    assert out is None and param == "messages" and err
-
-
 @pytest.mark.parametrize("choice, want", [
     ("none", {"mode": "NONE"}), ("auto", {"mode": "AUTO"}),
     ({"type": "function", "function": {"name": "weather"}}, {"mode": "ANY", "allowedFunctionNames": ["weather"]}),

@@ -174,7 +174,6 @@ local function translate_messages(messages)
       end
     end
   end
-  if out.n == 0 then return nil, nil, "'messages' has no content" end
   return system, out
 end
 

@@ -43,19 +43,17 @@ local MAX_MODEL = 128
 -- Fields that would change the shape of the answer and have no Gemini equivalent here: refused
 -- (400) rather than answered differently; every other unmapped field is tuning only and dropped.
 local function refused(req)
-  local n = oget(req, "n")
-  if n ~= nil and n ~= NULL and not (count_of(n) == 1) then
+  local n = present(oget(req, "n"))
+  if n ~= nil and count_of(n) ~= 1 then
     return "n", "'n' other than 1 (several choices)" .. NOT_HERE
   end
   if oget(req, "logprobs") == true then return "logprobs", "'logprobs'" .. NOT_HERE end
-  local tl = oget(req, "top_logprobs")
-  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs'" .. NOT_HERE end
-  local audio = oget(req, "audio")
-  if audio ~= nil and audio ~= NULL then return "audio", "audio output" .. NOT_HERE end
+  if present(oget(req, "top_logprobs")) ~= nil then return "top_logprobs", "'top_logprobs'" .. NOT_HERE end
+  if present(oget(req, "audio")) ~= nil then return "audio", "audio output" .. NOT_HERE end
   local modalities = oget(req, "modalities")
   if is_arr(modalities) then
     for i = 1, modalities.n do
-      if modalities[i] ~= "text" then return "modalities", "output modalities other than text are not supported by this provider" end
+      if modalities[i] ~= "text" then return "modalities", "'modalities' other than text" .. NOT_HERE end
     end
   end
   return nil
@@ -76,7 +74,7 @@ local function text_parts(content, parts)
     local ptype = oget(part, "type")
     local text = ptype == "text" and oget(part, "text") or ptype == "refusal" and oget(part, "refusal") or nil
     if type(text) ~= "string" then
-      return nil, "content part type " .. tostring(ptype) .. " is not supported here by this provider"
+      return nil, "content part type " .. tostring(ptype) .. NOT_HERE
     end
     if text ~= "" then apush(parts, obj("text", text)) end
   end
@@ -196,7 +194,6 @@ local function translate_messages(messages)
       end
     end
   end
-  if contents.n == 0 then return nil, nil, "'messages' has no content" end
   return system, contents
 end
 
@@ -367,15 +364,18 @@ local HTTP_TYPES = { [400] = "invalid_request_error", [401] = "authentication_er
 
 -- A Gemini error body ({"error": {code, message, status}}) as an OpenAI error body (code: Gemini's
 -- status); a body that is not one becomes a generic error naming the HTTP status.
+-- (`e`: Gemini's error object, maybe nil; `status`: the HTTP status, nil for an error event of a stream)
+local function google_error(e, message, status)
+  local gstatus = oget(e, "status")
+  return encode(openai_error(message, STATUS_TYPES[gstatus] or HTTP_TYPES[status] or "api_error",
+    type(gstatus) == "string" and gstatus or nil))
+end
+
 function G.error(s, status)
   local e = oget(decode(s), "error")
-  local gstatus = oget(e, "status")
-  if type(oget(e, "message")) == "string" then
-    return encode(openai_error(oget(e, "message"), STATUS_TYPES[gstatus] or HTTP_TYPES[status] or "api_error",
-      type(gstatus) == "string" and gstatus or nil))
-  end
-  return encode(openai_error("llmc: the provider answered " .. tostring(status) .. " without an error message",
-    HTTP_TYPES[status] or "api_error"))
+  local message = oget(e, "message")
+  return google_error(e, type(message) == "string" and message or
+    "llmc: the provider answered " .. tostring(status) .. " without an error message", status)
 end
 
 -- The text and the tool calls of a candidate's parts (thought summaries are not the answer).
@@ -471,10 +471,9 @@ function G.stream(include_usage, created)
     local e = oget(ev, "error")
     if is_obj(e) then
       st.done, st.failed = true, true
-      local gstatus = oget(e, "status")
-      return "data: " .. encode(openai_error(type(oget(e, "message")) == "string" and oget(e, "message")
-        or "llmc: the provider reported an error", STATUS_TYPES[gstatus] or "api_error",
-        type(gstatus) == "string" and gstatus or nil)) .. "\n\n"
+      local message = oget(e, "message")
+      return "data: " .. google_error(e, type(message) == "string" and message or
+        "llmc: the provider reported an error") .. "\n\n"
     end
     if type(oget(ev, "responseId")) == "string" then st.id = oget(ev, "responseId") end
     if type(oget(ev, "modelVersion")) == "string" then st.model = oget(ev, "modelVersion") end

@@ -79,16 +79,12 @@ local function with_query(path, original)
 end
 
 -- The request headers for backend `b` (a pure function, like M.shape: any entry point that shapes a
--- request for a backend calls both): the key in the protocol's auth header, the provider's path
--- with the client's query string, the protocol's fixed headers. Token usage is read from the
--- response, so the provider is asked not to compress it; the client gets what Envoy sends it (the
--- sidecar adds no compression).
+-- request for a backend calls both): the key in the protocol's auth header, the path (`path`, as
+-- M.prepare gives it; else the provider's with the client's query string), the protocol's fixed
+-- headers. Token usage is read from the response, so the provider is asked not to compress it; the
+-- client gets what Envoy sends it (the sidecar adds no compression).
 function M.request_headers(b, key, original_path, path)
-  -- a translator that builds the path (Gemini's, the model in it) builds all of it: the client's
-  -- OpenAI query string means nothing there, and Google's APIs refuse parameters they do not define
-  local t = b.format and TRANSLATORS[b.format]
-  if t and t.path then original_path = nil end
-  local out = { { ":path", with_query(path or b.path, original_path) }, { "content-type", "application/json" },
+  local out = { { ":path", path or with_query(b.path, original_path) }, { "content-type", "application/json" },
     { "accept-encoding", "identity" } }
   if key ~= nil then
     out[#out + 1] = { b.auth_header, b.auth_prefix .. key }
@@ -151,8 +147,9 @@ M.shape = shape
 
 -- THE request step, the same for the request path (llmc.main) and every failover try (llmc.failover),
 -- a pure function: the endpoint of the client's path, the body for backend `b` (spliced or
--- translated), the path it goes to (a translator may name its own: Gemini's model is in the path),
--- and the translation note. Returns endpoint, body, path, note; or nil, nil (an unknown endpoint),
+-- translated), the path it goes to (the provider's with the client's query string; or a translator's
+-- own, whole: Gemini's, the model in it, where the client's OpenAI query string means nothing and
+-- Google's APIs refuse parameters they do not define), and the translation note. Returns endpoint, body, path, note; or nil, nil (an unknown endpoint),
 -- or nil, message, param (a body `b` cannot take). `model_json`: the client's model (JSON text) when
 -- it chose the rule and no model is configured: written back so duplicates collapse to the model that routed.
 -- A chat completion is shaped (M.shape); other endpoints keep the client's model and get no stream
@@ -168,7 +165,7 @@ local function prepare(b, s, original_path, model_json, scanned)
     out, err, param, note, own_path = shape(s, b, model_json, scanned)
   end
   if out == nil then return nil, err, param end
-  return endpoint, out, own_path or path, note
+  return endpoint, out, own_path or with_query(path, original_path), note
 end
 
 -- Sets the request headers of backend `b` (M.request_headers) on the header map.
