@@ -149,8 +149,8 @@ M.shape = shape
 -- a pure function: the endpoint of the client's path, the body for backend `b` (spliced or
 -- translated), the path it goes to (the provider's with the client's query string; or a translator's
 -- own, whole: Gemini's, the model in it, where the client's OpenAI query string means nothing and
--- Google's APIs refuse parameters they do not define), and the translation note. Returns endpoint, body, path, note; or nil, nil (an unknown endpoint),
--- or nil, message, param (a body `b` cannot take). `model_json`: the client's model (JSON text) when
+-- Google's APIs refuse parameters they do not define), and the translation note. Returns endpoint,
+-- body, path, note; or nil, nil (an unknown endpoint), or nil, message, param (a body `b` cannot take). `model_json`: the client's model (JSON text) when
 -- it chose the rule and no model is configured: written back so duplicates collapse to the model that routed.
 -- A chat completion is shaped (M.shape); other endpoints keep the client's model and get no stream
 -- fields, and are still validated.
