@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 
+from . import luamin
+
 __all__ = ["ENTRY", "bundle", "bundle_modules", "closure", "module_names", "module_source", "modules_for",
            "requires", "requires_of", "strip"]
 
@@ -175,13 +177,20 @@ def strip(source: str) -> str:
     return text + "\n"
 
 
+@cache
+def minified(source: str) -> str:
+    """``source`` stripped (:func:`strip`) and with its locals renamed (:func:`compiler.luamin.minify`):
+    what the bundle carries of a module. Cached: each module is minified once per process."""
+    return luamin.minify(strip(source))
+
+
 # ---- bundling ----------------------------------------------------------------------------------
 
 def bundle_modules(sources: dict[str, str]) -> str:
     """The bundle of the given module sources (name -> source, comments included), in name order."""
     parts = ["local P, L = package.preload, package.loaded"]
     for name in sorted(sources):
-        parts.append(f'P["llmc.{name}"] = function(...)\n{strip(sources[name])}end\nL["llmc.{name}"] = nil')
+        parts.append(f'P["llmc.{name}"] = function(...)\n{minified(sources[name])}end\nL["llmc.{name}"] = nil')
     parts.append(f'return require("llmc.{ENTRY}")\n')
     text = "\n".join(parts)
     bad = sorted({c for c in text if ord(c) > 127})
