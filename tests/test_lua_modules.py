@@ -223,7 +223,8 @@ def test_main_without_failover_refuses_a_failover_rule():
 
 def test_every_module_declares_what_it_requires():
     assert requires("main") >= {"scanner", "context", "request", "usage"}
-    assert requires("anthropic") == {"values"} and requires("scanner") == frozenset()
+    assert requires("anthropic") == {"values", "chat"} and requires("scanner") == frozenset()
+    assert requires("chat") == {"values"}  # the OpenAI side every translator shares
     assert "failover" not in luabundle.closure(["main"])  # optional: looked up in package.preload
 
 
@@ -231,7 +232,7 @@ def test_filters_get_only_the_modules_they_need():
     plain = modules_for(["openai"])
     assert plain == {"main", "scanner", "context", "request", "usage"}
     assert modules_for(["openai"], keys=True) == plain | {"keys"}  # several keys per provider
-    assert modules_for(["openai", "anthropic"]) == plain | {"anthropic", "values"}
+    assert modules_for(["openai", "anthropic"]) == plain | {"anthropic", "chat", "values"}
     assert modules_for([], failover=True) == plain | {"failover"}
 
 

@@ -34,40 +34,28 @@
 -- Anthropic's specifics: docs/protocols.md.
 
 local values = require("llmc.values")
+local chat = require("llmc.chat")
 
-local sub, find, format, concat, byte = string.sub, string.find, string.format, table.concat, string.byte
-local NULL, NUM = values.NULL, values.NUM
+local sub = string.sub
+local NULL, present = values.NULL, values.present
 local is_obj, is_arr, oget, oset, obj, arr, apush, raw = values.is_obj, values.is_arr, values.oget, values.oset,
   values.obj, values.arr, values.apush, values.raw
-local present, source_of, decode, encode, openai_error = values.present, values.source_of, values.decode,
-  values.encode, values.openai_error
+local source_of, decode, encode, openai_error = values.source_of, values.decode, values.encode, values.openai_error
+local count_of, tool_call, image_url, chunk, feeder = chat.count_of, chat.tool_call, chat.image_url, chat.chunk,
+  chat.feeder
 
 -- OpenAI chat request -> Messages request
 
-local UNSUPPORTED = " is not supported by this provider"
+local UNSUPPORTED = chat.UNSUPPORTED
 
 -- Request fields that would change the shape of the answer and have no Messages equivalent: the
--- request is refused (400) rather than answered differently. Every other field without a mapping
--- is tuning only and dropped (README, "Providers").
+-- request is refused (400) rather than answered differently (llmc.chat refuses those no
+-- translated protocol maps; this, run among them, Anthropic's own). Every other field without a
+-- mapping is tuning only and dropped (README, "Providers").
 local function refused(req)
-  local n = oget(req, "n")
-  if n ~= nil and n ~= NULL and not (getmetatable(n) == NUM and tonumber(n[1]) == 1) then
-    return "n", "'n' other than 1 (several choices)" .. UNSUPPORTED
-  end
-  if oget(req, "logprobs") == true then return "logprobs", "'logprobs'" .. UNSUPPORTED end
-  local tl = oget(req, "top_logprobs")
-  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs'" .. UNSUPPORTED end
   local rf = oget(req, "response_format")
   if rf ~= nil and rf ~= NULL and oget(rf, "type") ~= "text" then
     return "response_format", "'response_format' other than text" .. UNSUPPORTED
-  end
-  local audio = oget(req, "audio")
-  if audio ~= nil and audio ~= NULL then return "audio", "audio output" .. UNSUPPORTED end
-  local modalities = oget(req, "modalities")
-  if is_arr(modalities) then
-    for i = 1, modalities.n do
-      if modalities[i] ~= "text" then return "modalities", "output modalities other than text are not supported by this provider" end
-    end
   end
   return nil
 end
@@ -75,9 +63,8 @@ end
 local IMAGE_TYPES = { ["image/jpeg"] = true, ["image/png"] = true, ["image/gif"] = true, ["image/webp"] = true }
 
 local function image_block(part)
-  local url = oget(oget(part, "image_url"), "url")
-  if type(url) ~= "string" then return nil, "an image_url part needs image_url.url" end
-  local mt, data = url:match("^data:([^;,]+);base64,(.*)$")
+  local url, mt, data = image_url(part)
+  if not url then return nil, mt end
   if mt then
     if not IMAGE_TYPES[mt] then return nil, "image type " .. mt .. UNSUPPORTED end
     return obj("type", "image", "source", obj("type", "base64", "media_type", mt, "data", data))
@@ -117,14 +104,8 @@ local function tool_use_blocks(calls, blocks)
   if calls == nil or calls == NULL then return blocks end
   if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
   for i = 1, calls.n do
-    local call = calls[i]
-    local fn = oget(call, "function")
-    local id, name, args = oget(call, "id"), oget(fn, "name"), oget(fn, "arguments")
-    if type(id) ~= "string" or type(name) ~= "string" or type(args) ~= "string" then
-      return nil, "a tool call needs id, function.name and function.arguments (a string)"
-    end
-    local input = args == "" and obj() or decode(args)
-    if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
+    local id, name, input = tool_call(calls[i])
+    if not id then return nil, name end
     apush(blocks, obj("type", "tool_use", "id", id, "name", name,
       "input", input.s and raw(source_of(input)) or input))
   end
@@ -177,31 +158,17 @@ end
 
 local TOOL_CHOICE = { none = "none", auto = "auto", required = "any" }
 
+local function declare(fn, params)
+  return obj("name", oget(fn, "name"), "description", oget(fn, "description"),
+    "input_schema", is_obj(params) and raw(source_of(params)) or obj("type", "object"))
+end
+
 local function translate_tools(req)
-  local tools, choice = oget(req, "tools"), oget(req, "tool_choice")
-  local out
-  if tools ~= nil and tools ~= NULL then
-    if not is_arr(tools) then return nil, nil, "tools", "'tools' must be an array" end
-    out = arr()
-    for i = 1, tools.n do
-      local fn = oget(tools[i], "function")
-      if oget(tools[i], "type") ~= "function" or type(oget(fn, "name")) ~= "string" then
-        return nil, nil, "tools", "only function tools with a name are supported by this provider"
-      end
-      local params = oget(fn, "parameters")
-      apush(out, obj("name", oget(fn, "name"), "description", oget(fn, "description"),
-        "input_schema", is_obj(params) and raw(source_of(params)) or obj("type", "object")))
-    end
-  end
-  local tc
-  if type(choice) == "string" then
-    if not TOOL_CHOICE[choice] then return nil, nil, "tool_choice", "unknown tool_choice " .. choice end
-    tc = obj("type", TOOL_CHOICE[choice])
-  elseif is_obj(choice) then
-    local name = oget(oget(choice, "function"), "name")
-    if type(name) ~= "string" then return nil, nil, "tool_choice", "tool_choice needs function.name" end
-    tc = obj("type", "tool", "name", name)
-  end
+  local out, err = chat.tools(oget(req, "tools"), declare)
+  if err then return nil, nil, "tools", err end
+  local mode, name, cerr = chat.tool_choice(oget(req, "tool_choice"), TOOL_CHOICE)
+  if cerr then return nil, nil, "tool_choice", cerr end
+  local tc = mode and obj("type", mode) or name and obj("type", "tool", "name", name) or nil
   if oget(req, "parallel_tool_calls") == false and out ~= nil then
     tc = tc or obj("type", "auto")
     if oget(tc, "type") ~= "none" then oset(tc, "disable_parallel_tool_use", true) end
@@ -213,22 +180,17 @@ end
 -- backend `b`. Returns the text and a note for the response path ("anthropic", or
 -- "anthropic+usage" when a streaming client asked for usage), or nil, message, field.
 local function request(s, b)
-  local req, err = decode(s)
-  if err then return nil, "the request body is not valid JSON: " .. err end
-  if not is_obj(req) then return nil, "the request body must be a JSON object" end
-  local param, why = refused(req)
-  if param then return nil, why, param end
+  local req, why, param = chat.parse(s, refused)
+  if not req then return nil, why, param end
   local model = b.model or oget(req, "model")
   if type(model) ~= "string" then return nil, "'model' is required", "model" end
-  local stream = oget(req, "stream")
-  if stream ~= nil and stream ~= NULL and type(stream) ~= "boolean" then return nil, "'stream' must be a boolean", "stream" end
+  local stream, serr = chat.stream(req)
+  if serr then return nil, serr, "stream" end
   local system, messages, merr = translate_messages(oget(req, "messages"))
   if not system then return nil, merr, "messages" end
   local tools, choice, tparam, terr = translate_tools(req)
   if tparam then return nil, terr, tparam end
-  local max_tokens = present(oget(req, "max_completion_tokens")) or present(oget(req, "max_tokens")) or b.max_tokens
-  local stop = oget(req, "stop")
-  if type(stop) == "string" then stop = arr({ stop }) elseif not is_arr(stop) then stop = nil end
+  local stop, max_tokens = chat.limits(req, b)
   local user = oget(req, "user")
   local out = obj("model", model, "max_tokens", max_tokens, "system", system.n > 0 and system or nil,
     "messages", messages, "temperature", present(oget(req, "temperature")), "top_p", present(oget(req, "top_p")),
@@ -243,11 +205,6 @@ end
 
 local FINISH = { end_turn = "stop", stop_sequence = "stop", max_tokens = "length", tool_use = "tool_calls",
   refusal = "content_filter", pause_turn = "stop", model_context_window_exceeded = "length" }
-
-local function count_of(v)
-  if getmetatable(v) == NUM then return tonumber(v[1]) end
-  return nil
-end
 
 -- OpenAI usage from Anthropic usage: prompt_tokens includes the cache read and cache creation
 -- tokens (as OpenAI's includes its cached tokens; the cache reads are also in
@@ -287,8 +244,7 @@ local function error_body(s, status)
   if type(oget(e, "message")) == "string" then
     return encode(openai_error(oget(e, "message"), type(oget(e, "type")) == "string" and oget(e, "type") or "api_error"))
   end
-  return encode(openai_error("llmc: the provider answered " .. tostring(status) .. " without an error message",
-    ERROR_TYPES[status] or "api_error"))
+  return chat.unexplained(status, ERROR_TYPES[status])
 end
 
 -- Anthropic's tool-use documentation shows messages without "type": one with no other type and
@@ -302,9 +258,7 @@ end
 -- A 2xx answer that is not a message: a 502 (never an error body under a 2xx).
 local function untranslatable(msg, status)
   local e = oget(msg, "error")
-  local detail = type(oget(e, "message")) == "string" and (": " .. oget(e, "message")) or ""
-  return encode(openai_error("llmc: the provider's answer (HTTP " .. tostring(status) ..
-    ") is not a message llmc can translate" .. detail, "server_error", "llmc_untranslatable_answer"))
+  return chat.untranslatable(status, "message", type(oget(e, "message")) == "string" and (": " .. oget(e, "message")))
 end
 
 -- A non-streamed Messages answer `s` with HTTP `status` -> the OpenAI body, prompt, completion,
@@ -327,33 +281,23 @@ local function response(s, status, created)
         "arguments", is_obj(input) and input.s and source_of(input) or "{}")))
     end -- thinking and other blocks have no OpenAI equivalent: dropped
   end
-  local message = obj("role", "assistant", "content", #texts > 0 and concat(texts) or NULL,
-    "refusal", NULL, "tool_calls", calls.n > 0 and calls or nil)
   local counts = usage_from(oget(msg, "usage"))
   local usage, p, c, t = usage_object(counts)
   local model, reason = oget(msg, "model"), oget(msg, "stop_reason")
-  local out = obj("id", oget(msg, "id"), "object", "chat.completion", "created", created, "model", model,
-    "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL,
-      "finish_reason", FINISH[reason] or "stop") }), "usage", usage)
-  return encode(out), p, c, t, type(model) == "string" and model or nil, status,
+  return chat.completion(oget(msg, "id"), created, model, chat.message(texts, calls), FINISH[reason] or "stop", usage),
+    p, c, t, type(model) == "string" and model or nil, status,
     details(counts, type(reason) == "string" and { reason } or nil)
 end
-
--- A translated stream's event may be this large (waiting for its end in memory); a larger one
--- ends the stream with an OpenAI error event, never with finish_reason and [DONE] over a gap.
-local MAX_TRANSLATED_EVENT = 1048576
 
 -- The translation state of one streamed answer: `feed` takes body chunks and returns the OpenAI
 -- events for every complete Anthropic event in them (a partial line waits for the next chunk);
 -- afterwards `prompt`, `completion`, `total`, `model` hold the usage for accounting. `failed` is
--- set when an event was over MAX_TRANSLATED_EVENT.
+-- set when an event was over llmc.chat's MAX_EVENT.
 local function stream(include_usage, created)
   local st = { id = "", model = "", tools = {}, ntools = 0, usage = {} }
 
   local function event(delta, finish)
-    return "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
-      "model", st.model, "choices", arr({ obj("index", 0, "delta", delta, "logprobs", NULL,
-        "finish_reason", finish or NULL) }))) .. "\n\n"
+    return chunk(st, created, delta, finish)
   end
 
   local function tool_delta(index, fields)
@@ -400,20 +344,14 @@ local function stream(include_usage, created)
   end
   function handlers.message_stop()
     local out = ""
-    if include_usage then
-      local usage = usage_object(st.usage)
-      out = "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
-        "model", st.model, "choices", arr(), "usage", usage)) .. "\n\n"
-    end
+    if include_usage then out = chunk(st, created, nil, nil, (usage_object(st.usage))) end
     st.done = true
-    return out .. "data: [DONE]\n\n"
+    return out .. chat.DONE
   end
   function handlers.error(ev)
     local e = oget(ev, "error")
     st.done = true
-    return "data: " .. encode(openai_error(type(oget(e, "message")) == "string" and oget(e, "message")
-      or "llmc: the provider reported an error", type(oget(e, "type")) == "string" and oget(e, "type")
-      or "api_error")) .. "\n\n"
+    return chat.error_event(e, type(oget(e, "type")) == "string" and oget(e, "type") or "api_error")
   end
 
   local function on_line(line)
@@ -423,50 +361,7 @@ local function stream(include_usage, created)
     return handler(ev)
   end
 
-  -- the pieces of an unfinished line (a list: a string grown per chunk copies it per chunk)
-  local pending, npending = {}, 0
-
-  local function too_large()
-    st.done, st.failed, pending, npending = true, true, {}, 0
-    return "data: " .. encode(openai_error(format("llmc: an event of the provider's stream is over %d MiB, " ..
-      "which llmc does not translate; the answer is incomplete", MAX_TRANSLATED_EVENT / 1048576), "server_error",
-      "llmc_event_too_large")) .. "\n\n"
-  end
-
-  function st.feed(s)
-    if st.failed then return "" end
-    if not find(s, "\n", 1, true) then
-      npending = npending + #s
-      if npending > MAX_TRANSLATED_EVENT then return too_large() end
-      pending[#pending + 1] = s
-      return ""
-    end
-    local text = s
-    if npending > 0 then
-      pending[#pending + 1] = s
-      text, pending = concat(pending), {}
-    end
-    local out, start = {}, 1
-    while true do
-      local nl = find(text, "\n", start, true)
-      if not nl then break end
-      if nl - start > MAX_TRANSLATED_EVENT then
-        out[#out + 1] = too_large()
-        return concat(out)
-      end
-      if byte(text, start) == 100 and sub(text, start, start + 4) == "data:" then
-        out[#out + 1] = on_line(sub(text, start + 5, nl - 1))
-      end
-      start = nl + 1
-    end
-    npending = #text - start + 1
-    if npending > MAX_TRANSLATED_EVENT then
-      out[#out + 1] = too_large()
-    elseif npending > 0 then
-      pending[1] = sub(text, start)
-    end
-    return concat(out)
-  end
+  st.feed = feeder(st, on_line)
 
   function st.totals()
     if st.usage.input == nil and st.usage.output == nil then return nil end

@@ -15,18 +15,14 @@
 -- for a stream), which the request steps (llmc.request) use instead of b.path.
 
 local values = require("llmc.values")
-local decode, encode, NULL, NUM = values.decode, values.encode, values.NULL, values.NUM
+local chat = require("llmc.chat")
+local decode, encode, NULL = values.decode, values.encode, values.NULL
 local obj, arr, apush, raw = values.obj, values.arr, values.apush, values.raw
 local oget, is_obj, is_arr, present, source_of = values.oget, values.is_obj, values.is_arr, values.present,
   values.source_of
-local openai_error = values.openai_error
+local openai_error, count_of, chunk = values.openai_error, chat.count_of, chat.chunk
 
-local function count_of(v)
-  if getmetatable(v) == NUM then return tonumber(v[1]) end
-  return nil
-end
-
-local find, sub, format, concat, byte = string.find, string.sub, string.format, table.concat, string.byte
+local sub, format, concat = string.sub, string.format, table.concat
 
 local G = {}
 
@@ -38,27 +34,6 @@ local MAX_MODEL = 128
 ---------------------------------------------------------------------------------------------------
 -- Request: OpenAI chat -> GenerateContentRequest
 ---------------------------------------------------------------------------------------------------
-
--- Fields that would change the shape of the answer and have no Gemini equivalent here: refused
--- (400) rather than answered differently; every other unmapped field is tuning only and dropped.
-local function refused(req)
-  local n = oget(req, "n")
-  if n ~= nil and n ~= NULL and not (count_of(n) == 1) then
-    return "n", "'n' other than 1 (several choices) is not supported by this provider"
-  end
-  if oget(req, "logprobs") == true then return "logprobs", "'logprobs' is not supported by this provider" end
-  local tl = oget(req, "top_logprobs")
-  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs' is not supported by this provider" end
-  local audio = oget(req, "audio")
-  if audio ~= nil and audio ~= NULL then return "audio", "audio output is not supported by this provider" end
-  local modalities = oget(req, "modalities")
-  if is_arr(modalities) then
-    for i = 1, modalities.n do
-      if modalities[i] ~= "text" then return "modalities", "output modalities other than text are not supported by this provider" end
-    end
-  end
-  return nil
-end
 
 -- The text of a content that may only hold text (system, assistant, tool): a string, or text and
 -- refusal parts; nil and a message otherwise.
@@ -83,9 +58,8 @@ end
 
 -- A user's image: Gemini reads inline data (a base64 data: URL); it does not fetch arbitrary URLs.
 local function image_part(part)
-  local url = oget(oget(part, "image_url"), "url")
-  if type(url) ~= "string" then return nil, "an image_url part needs image_url.url" end
-  local mime, data = url:match("^data:([^;,]+);base64,(.*)$")
+  local url, mime, data = chat.image_url(part)
+  if not url then return nil, mime end
   if not mime then return nil, "an image must be a base64 data: URL for this provider" end
   return obj("inlineData", obj("mimeType", mime, "data", data))
 end
@@ -113,13 +87,8 @@ local function call_parts(calls, parts, names)
   if calls == nil or calls == NULL then return parts end
   if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
   for i = 1, calls.n do
-    local fn = oget(calls[i], "function")
-    local id, name, args = oget(calls[i], "id"), oget(fn, "name"), oget(fn, "arguments")
-    if type(id) ~= "string" or type(name) ~= "string" or type(args) ~= "string" then
-      return nil, "a tool call needs id, function.name and function.arguments (a string)"
-    end
-    local input = args == "" and obj() or decode(args)
-    if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
+    local id, name, input = chat.tool_call(calls[i])
+    if not id then return nil, name end
     names[id] = name
     apush(parts, obj("functionCall", obj("name", name, "args", input.s and raw(source_of(input)) or input)))
   end
@@ -168,7 +137,7 @@ local function translate_messages(messages)
         response, err = tool_response(oget(m, "content"))
         if response then parts = arr({ obj("functionResponse", obj("name", name, "response", response)) }) end
       else
-        return nil, nil, "message role " .. tostring(role) .. " is not supported by this provider"
+        return nil, nil, "message role " .. tostring(role) .. chat.UNSUPPORTED
       end
       if not parts then return nil, nil, err end
       local last = contents[contents.n]
@@ -189,33 +158,19 @@ local MODES = { none = "NONE", auto = "AUTO", required = "ANY" }
 
 -- tools -> [{functionDeclarations}] (the client's JSON Schema passed as parametersJsonSchema, as
 -- sent); tool_choice -> toolConfig.functionCallingConfig.
+local function declare(fn, params)
+  return obj("name", oget(fn, "name"), "description", present(oget(fn, "description")),
+    "parametersJsonSchema", is_obj(params) and raw(source_of(params)) or nil)
+end
+
 local function translate_tools(req)
-  local tools, choice = oget(req, "tools"), oget(req, "tool_choice")
-  local out
-  if tools ~= nil and tools ~= NULL then
-    if not is_arr(tools) then return nil, nil, "tools", "'tools' must be an array" end
-    local decls = arr()
-    for i = 1, tools.n do
-      local fn = oget(tools[i], "function")
-      if oget(tools[i], "type") ~= "function" or type(oget(fn, "name")) ~= "string" then
-        return nil, nil, "tools", "only function tools with a name are supported by this provider"
-      end
-      local params = oget(fn, "parameters")
-      apush(decls, obj("name", oget(fn, "name"), "description", present(oget(fn, "description")),
-        "parametersJsonSchema", is_obj(params) and raw(source_of(params)) or nil))
-    end
-    if decls.n > 0 then out = arr({ obj("functionDeclarations", decls) }) end
-  end
-  local config
-  if type(choice) == "string" then
-    if not MODES[choice] then return nil, nil, "tool_choice", "unknown tool_choice " .. choice end
-    config = obj("mode", MODES[choice])
-  elseif is_obj(choice) then
-    local name = oget(oget(choice, "function"), "name")
-    if type(name) ~= "string" then return nil, nil, "tool_choice", "tool_choice needs function.name" end
-    config = obj("mode", "ANY", "allowedFunctionNames", arr({ name }))
-  end
-  return out, config and obj("functionCallingConfig", config) or nil
+  local decls, err = chat.tools(oget(req, "tools"), declare)
+  if err then return nil, nil, "tools", err end
+  local mode, name, cerr = chat.tool_choice(oget(req, "tool_choice"), MODES)
+  if cerr then return nil, nil, "tool_choice", cerr end
+  local config = mode and obj("mode", mode) or name and obj("mode", "ANY", "allowedFunctionNames", arr({ name })) or nil
+  return decls and decls.n > 0 and arr({ obj("functionDeclarations", decls) }) or nil,
+    config and obj("functionCallingConfig", config) or nil
 end
 
 -- response_format -> responseMimeType (+ responseJsonSchema, the client's schema as sent).
@@ -259,15 +214,12 @@ end
 -- nil, nil, the note for the response path ("gemini", or "gemini+usage" when a streaming client
 -- asked for usage) and the path; or nil, message, field.
 function G.request(s, b)
-  local req, err = decode(s)
-  if err then return nil, "the request body is not valid JSON: " .. err end
-  if not is_obj(req) then return nil, "the request body must be a JSON object" end
-  local param, why = refused(req)
-  if param then return nil, why, param end
+  local req, why, param = chat.parse(s)
+  if not req then return nil, why, param end
   local model, merr = path_model(b, req)
   if not model then return nil, merr, "model" end
-  local stream = oget(req, "stream")
-  if stream ~= nil and stream ~= NULL and type(stream) ~= "boolean" then return nil, "'stream' must be a boolean", "stream" end
+  local stream, serr = chat.stream(req)
+  if serr then return nil, serr, "stream" end
   if stream == nil or stream == NULL then stream = b.stream == true end
   local system, contents, cerr = translate_messages(oget(req, "messages"))
   if not system then return nil, cerr, "messages" end
@@ -275,9 +227,7 @@ function G.request(s, b)
   if tparam then return nil, terr, tparam end
   local mime, schema, rerr = response_format(req)
   if rerr then return nil, rerr, "response_format" end
-  local stop = oget(req, "stop")
-  if type(stop) == "string" then stop = arr({ stop }) elseif not is_arr(stop) then stop = nil end
-  local max_tokens = present(oget(req, "max_completion_tokens")) or present(oget(req, "max_tokens")) or b.max_tokens
+  local stop, max_tokens = chat.limits(req, b)
   local gc = obj("stopSequences", stop, "maxOutputTokens", max_tokens,
     "temperature", present(oget(req, "temperature")), "topP", present(oget(req, "top_p")),
     "presencePenalty", present(oget(req, "presence_penalty")),
@@ -359,8 +309,7 @@ function G.error(s, status)
     return encode(openai_error(oget(e, "message"), STATUS_TYPES[gstatus] or HTTP_TYPES[status] or "api_error",
       type(gstatus) == "string" and gstatus or nil))
   end
-  return encode(openai_error("llmc: the provider answered " .. tostring(status) .. " without an error message",
-    HTTP_TYPES[status] or "api_error"))
+  return chat.unexplained(status, HTTP_TYPES[status])
 end
 
 -- The text and the tool calls of a candidate's parts (thought summaries are not the answer).
@@ -383,11 +332,6 @@ local function read_parts(content, ident, first_call, texts, calls, indexed)
   end
 end
 
-local function untranslatable(status)
-  return encode(openai_error("llmc: the provider's answer (HTTP " .. tostring(status) ..
-    ") is not a response llmc can translate", "server_error", "llmc_untranslatable_answer"))
-end
-
 -- A non-streamed answer `s` with HTTP `status` -> the OpenAI body, prompt, completion and total
 -- tokens and the model (nil when unknown), the status for the client (an error keeps its status; a
 -- 2xx that is not a GenerateContentResponse becomes a 502) and the details (`details`). A prompt Gemini blocked
@@ -397,52 +341,38 @@ function G.response(s, status, created)
   local r = decode(s)
   local candidates = oget(r, "candidates")
   if not is_obj(r) or not (is_arr(candidates) or is_obj(oget(r, "promptFeedback"))) then
-    return untranslatable(status), nil, nil, nil, nil, 502
+    return chat.untranslatable(status, "response"), nil, nil, nil, nil, 502
   end
   local ident = type(oget(r, "responseId")) == "string" and oget(r, "responseId") or "gemini"
   local cand = is_arr(candidates) and candidates[1] or nil
   local texts, calls = {}, arr()
   read_parts(oget(cand, "content"), ident, 0, texts, calls, false)
   local finish = cand and finish_of(oget(cand, "finishReason"), calls.n) or "content_filter"
-  local message = obj("role", "assistant", "content", #texts > 0 and concat(texts) or NULL,
-    "refusal", NULL, "tool_calls", calls.n > 0 and calls or nil)
   local u = usage_from(oget(r, "usageMetadata"))
   local model = oget(r, "modelVersion")
   model = type(model) == "string" and model or nil
-  local out = obj("id", ident, "object", "chat.completion", "created", created, "model", model or "",
-    "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL, "finish_reason", finish) }),
-    "usage", u and usage_object(u) or nil)
+  local out = chat.completion(ident, created, model or "", chat.message(texts, calls), finish, u and usage_object(u) or nil)
   local x = details(u, reason_of(cand))
-  if u == nil then return encode(out), nil, nil, nil, model, status, x end
-  return encode(out), u.prompt, u.completion, u.total, model, status, x
+  if u == nil then return out, nil, nil, nil, model, status, x end
+  return out, u.prompt, u.completion, u.total, model, status, x
 end
-
--- A streamed event may be this large (held until its line ends); a larger one ends the stream with
--- an OpenAI error event, never with finish_reason and [DONE] over a gap.
-local MAX_EVENT = 1048576
 
 -- The translation state of one streamed answer (streamGenerateContent?alt=sse: every event a
 -- GenerateContentResponse with the next parts). `feed` takes body chunks and returns the OpenAI
 -- events of every complete line; the event with a finishReason ends the OpenAI stream (its finish
 -- event, the usage event when the client asked, [DONE]) -- Gemini sends no end marker of its own.
--- `totals` gives the usage and the details for accounting; `failed` is set after an event over MAX_EVENT.
+-- `totals` gives the usage and the details for accounting; `failed` is set after an event over
+-- llmc.chat's MAX_EVENT.
 function G.stream(include_usage, created)
   local st = { id = "gemini", model = "", ncalls = 0, started = false }
 
-  local function chunk(delta, finish)
-    return "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
-      "model", st.model, "choices", arr({ obj("index", 0, "delta", delta, "logprobs", NULL,
-        "finish_reason", finish or NULL) }))) .. "\n\n"
-  end
-
   local function finish(reason)
-    local out = { chunk(obj(), reason) }
+    local out = { chunk(st, created, obj(), reason) }
     if include_usage and st.usage then
-      out[#out + 1] = "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
-        "model", st.model, "choices", arr(), "usage", usage_object(st.usage))) .. "\n\n"
+      out[#out + 1] = chunk(st, created, nil, nil, usage_object(st.usage))
     end
     st.done = true
-    out[#out + 1] = "data: [DONE]\n\n"
+    out[#out + 1] = chat.DONE
     return concat(out)
   end
 
@@ -455,25 +385,23 @@ function G.stream(include_usage, created)
     if is_obj(e) then
       st.done, st.failed = true, true
       local gstatus = oget(e, "status")
-      return "data: " .. encode(openai_error(type(oget(e, "message")) == "string" and oget(e, "message")
-        or "llmc: the provider reported an error", STATUS_TYPES[gstatus] or "api_error",
-        type(gstatus) == "string" and gstatus or nil)) .. "\n\n"
+      return chat.error_event(e, STATUS_TYPES[gstatus] or "api_error", type(gstatus) == "string" and gstatus or nil)
     end
     if type(oget(ev, "responseId")) == "string" then st.id = oget(ev, "responseId") end
     if type(oget(ev, "modelVersion")) == "string" then st.model = oget(ev, "modelVersion") end
     local out = {}
     if not st.started then
       st.started = true
-      out[1] = chunk(obj("role", "assistant", "content", ""))
+      out[1] = chunk(st, created, obj("role", "assistant", "content", ""))
     end
     local candidates = oget(ev, "candidates")
     local cand = is_arr(candidates) and candidates[1] or nil
     local texts, calls = {}, arr()
     read_parts(oget(cand, "content"), st.id, st.ncalls, texts, calls, true)
-    if #texts > 0 then out[#out + 1] = chunk(obj("content", concat(texts))) end
+    if #texts > 0 then out[#out + 1] = chunk(st, created, obj("content", concat(texts))) end
     if calls.n > 0 then
       st.ncalls = st.ncalls + calls.n
-      out[#out + 1] = chunk(obj("tool_calls", calls))
+      out[#out + 1] = chunk(st, created, obj("tool_calls", calls))
     end
     local reason = reason_of(cand)
     if reason then
@@ -487,49 +415,7 @@ function G.stream(include_usage, created)
     return concat(out)
   end
 
-  local pending, npending = {}, 0 -- the pieces of an unfinished line
-
-  local function too_large()
-    st.done, st.failed, pending, npending = true, true, {}, 0
-    return "data: " .. encode(openai_error(format("llmc: an event of the provider's stream is over %d MiB, " ..
-      "which llmc does not translate; the answer is incomplete", MAX_EVENT / 1048576), "server_error",
-      "llmc_event_too_large")) .. "\n\n"
-  end
-
-  function st.feed(s)
-    if st.failed then return "" end
-    if not find(s, "\n", 1, true) then
-      npending = npending + #s
-      if npending > MAX_EVENT then return too_large() end
-      pending[#pending + 1] = s
-      return ""
-    end
-    local text = s
-    if npending > 0 then
-      pending[#pending + 1] = s
-      text, pending = concat(pending), {}
-    end
-    local out, start = {}, 1
-    while true do
-      local nl = find(text, "\n", start, true)
-      if not nl then break end
-      if nl - start > MAX_EVENT then
-        out[#out + 1] = too_large()
-        return concat(out)
-      end
-      if byte(text, start) == 100 and sub(text, start, start + 4) == "data:" then
-        out[#out + 1] = on_line(sub(text, start + 5, nl - 1)) -- a trailing "\r" is JSON whitespace
-      end
-      start = nl + 1
-    end
-    npending = #text - start + 1
-    if npending > MAX_EVENT then
-      out[#out + 1] = too_large()
-    elseif npending > 0 then
-      pending[1] = sub(text, start)
-    end
-    return concat(out)
-  end
+  st.feed = chat.feeder(st, on_line)
 
   function st.totals()
     local u = st.usage

@@ -1,0 +1,225 @@
+-- llmc.chat: the OpenAI chat completions side every translator shares (reading the client's request,
+-- writing the answer and its stream events, reading the provider's stream line by line). One copy,
+-- so a filter that serves several translated protocols carries it once (issue 28: every bundle a
+-- filter without failover needs fits in 56 KiB; docs/performance.md, "Bundle sizes").
+
+local values = require("llmc.values")
+
+local find, sub, format, concat, byte = string.find, string.sub, string.format, table.concat, string.byte
+local decode, encode, NULL, NUM = values.decode, values.encode, values.NULL, values.NUM
+local obj, arr, oget, is_obj, is_arr, present = values.obj, values.arr, values.oget, values.is_obj, values.is_arr,
+  values.present
+local openai_error = values.openai_error
+
+local C = {}
+
+local UNSUPPORTED = " is not supported by this provider"
+C.UNSUPPORTED = UNSUPPORTED
+
+function C.count_of(v)
+  if getmetatable(v) == NUM then return tonumber(v[1]) end
+  return nil
+end
+
+-- Request fields that would change the shape of the answer and that no translated protocol maps:
+-- refused (400) rather than answered differently. `check(req)`, the translator's own refusals,
+-- runs after top_logprobs.
+local function refused(req, check)
+  local n = oget(req, "n")
+  if n ~= nil and n ~= NULL and not (C.count_of(n) == 1) then
+    return "n", "'n' other than 1 (several choices)" .. UNSUPPORTED
+  end
+  if oget(req, "logprobs") == true then return "logprobs", "'logprobs'" .. UNSUPPORTED end
+  local tl = oget(req, "top_logprobs")
+  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs'" .. UNSUPPORTED end
+  if check then
+    local param, why = check(req)
+    if param then return param, why end
+  end
+  local audio = oget(req, "audio")
+  if audio ~= nil and audio ~= NULL then return "audio", "audio output" .. UNSUPPORTED end
+  local modalities = oget(req, "modalities")
+  if is_arr(modalities) then
+    for i = 1, modalities.n do
+      if modalities[i] ~= "text" then return "modalities", "output modalities other than text" .. UNSUPPORTED end
+    end
+  end
+  return nil
+end
+
+-- The client's request `s` decoded, or nil, a message and the field: not JSON, not an object, or
+-- a field the translator refuses (`refused`).
+function C.parse(s, check)
+  local req, err = decode(s)
+  if err then return nil, "the request body is not valid JSON: " .. err end
+  if not is_obj(req) then return nil, "the request body must be a JSON object" end
+  local param, why = refused(req, check)
+  if param then return nil, why, param end
+  return req
+end
+
+-- The request's `stream` (nil, NULL or a boolean), or nil and a message.
+function C.stream(req)
+  local stream = oget(req, "stream")
+  if stream ~= nil and stream ~= NULL and type(stream) ~= "boolean" then return nil, "'stream' must be a boolean" end
+  return stream
+end
+
+-- `stop` as a list (a string is one stop sequence) and the output limit: the client's
+-- max_completion_tokens or max_tokens, else the backend's.
+function C.limits(req, b)
+  local stop = oget(req, "stop")
+  if type(stop) == "string" then stop = arr({ stop }) elseif not is_arr(stop) then stop = nil end
+  return stop, present(oget(req, "max_completion_tokens")) or present(oget(req, "max_tokens")) or b.max_tokens
+end
+
+-- An assistant message's tool call: id, name and the arguments (a JSON object), or nil, message.
+function C.tool_call(call)
+  local fn = oget(call, "function")
+  local id, name, args = oget(call, "id"), oget(fn, "name"), oget(fn, "arguments")
+  if type(id) ~= "string" or type(name) ~= "string" or type(args) ~= "string" then
+    return nil, "a tool call needs id, function.name and function.arguments (a string)"
+  end
+  local input = args == "" and obj() or decode(args)
+  if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
+  return id, name, input
+end
+
+-- `tools` (nil: none) -> the list of `declare(fn, parameters)` of each function tool; nil, message
+-- for another kind of tool or one without a name.
+function C.tools(tools, declare)
+  if tools == nil or tools == NULL then return nil end
+  if not is_arr(tools) then return nil, "'tools' must be an array" end
+  local out = arr()
+  for i = 1, tools.n do
+    local fn = oget(tools[i], "function")
+    if oget(tools[i], "type") ~= "function" or type(oget(fn, "name")) ~= "string" then
+      return nil, "only function tools with a name are supported by this provider"
+    end
+    values.apush(out, declare(fn, oget(fn, "parameters")))
+  end
+  return out
+end
+
+-- tool_choice: its mode by `modes` (none, auto, required), or the function it names (nil, name);
+-- or nil, nil, message.
+function C.tool_choice(choice, modes)
+  if type(choice) == "string" then
+    if not modes[choice] then return nil, nil, "unknown tool_choice " .. choice end
+    return modes[choice]
+  elseif is_obj(choice) then
+    local name = oget(oget(choice, "function"), "name")
+    if type(name) ~= "string" then return nil, nil, "tool_choice needs function.name" end
+    return nil, name
+  end
+  return nil
+end
+
+-- An image_url part's URL; nil and a message when it has none.
+function C.image_url(part)
+  local url = oget(oget(part, "image_url"), "url")
+  if type(url) ~= "string" then return nil, "an image_url part needs image_url.url" end
+  return url, url:match("^data:([^;,]+);base64,(.*)$")
+end
+
+-- The assistant message of an answer: its texts joined and its tool calls.
+function C.message(texts, calls)
+  return obj("role", "assistant", "content", #texts > 0 and concat(texts) or NULL,
+    "refusal", NULL, "tool_calls", calls.n > 0 and calls or nil)
+end
+
+-- A chat.completion with one choice.
+function C.completion(id, created, model, message, finish, usage)
+  return encode(obj("id", id, "object", "chat.completion", "created", created, "model", model,
+    "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL, "finish_reason", finish) }), "usage", usage))
+end
+
+local function event(v)
+  return "data: " .. encode(v) .. "\n\n"
+end
+
+-- A chat.completion.chunk event of stream `st` (st.id, st.model): one choice's delta, or (no
+-- delta) the usage event with no choices.
+function C.chunk(st, created, delta, finish, usage)
+  return event(obj("id", st.id, "object", "chat.completion.chunk", "created", created, "model", st.model,
+    "choices", delta and arr({ obj("index", 0, "delta", delta, "logprobs", NULL,
+      "finish_reason", finish or NULL) }) or arr(), "usage", usage))
+end
+
+C.DONE = "data: [DONE]\n\n"
+
+-- The error event of a stream the provider ended with error `e` (its message, else a generic one).
+function C.error_event(e, etype, code)
+  return event(openai_error(type(oget(e, "message")) == "string" and oget(e, "message")
+    or "llmc: the provider reported an error", etype, code))
+end
+
+-- The OpenAI error body of an error answer without a message (empty, HTML, not JSON).
+function C.unexplained(status, etype)
+  return encode(openai_error("llmc: the provider answered " .. tostring(status) .. " without an error message",
+    etype or "api_error"))
+end
+
+-- The 502 body of a 2xx answer that is not a `what` (message, response) llmc can translate.
+function C.untranslatable(status, what, detail)
+  return encode(openai_error("llmc: the provider's answer (HTTP " .. tostring(status) ..
+    ") is not a " .. what .. " llmc can translate" .. (detail or ""), "server_error", "llmc_untranslatable_answer"))
+end
+
+-- A translated stream's event may be this large (waiting for its end in memory); a larger one ends
+-- the stream with an OpenAI error event, never with finish_reason and [DONE] over a gap.
+local MAX_EVENT = 1048576
+C.MAX_EVENT = MAX_EVENT
+
+-- The `feed` of stream state `st`: takes body chunks and returns what `on_line` makes of every
+-- complete "data:" line in them (a partial line waits for the next chunk; a trailing "\r" is
+-- JSON white space). After a line over MAX_EVENT, st.done and st.failed are set and nothing
+-- more is read.
+function C.feeder(st, on_line)
+  -- the pieces of an unfinished line (a list: a string grown per chunk copies it per chunk)
+  local pending, npending = {}, 0
+
+  local function too_large()
+    st.done, st.failed, pending, npending = true, true, {}, 0
+    return event(openai_error(format("llmc: an event of the provider's stream is over %d MiB, " ..
+      "which llmc does not translate; the answer is incomplete", MAX_EVENT / 1048576), "server_error",
+      "llmc_event_too_large"))
+  end
+
+  return function(s)
+    if st.failed then return "" end
+    if not find(s, "\n", 1, true) then
+      npending = npending + #s
+      if npending > MAX_EVENT then return too_large() end
+      pending[#pending + 1] = s
+      return ""
+    end
+    local text = s
+    if npending > 0 then
+      pending[#pending + 1] = s
+      text, pending = concat(pending), {}
+    end
+    local out, start = {}, 1
+    while true do
+      local nl = find(text, "\n", start, true)
+      if not nl then break end
+      if nl - start > MAX_EVENT then
+        out[#out + 1] = too_large()
+        return concat(out)
+      end
+      if byte(text, start) == 100 and sub(text, start, start + 4) == "data:" then
+        out[#out + 1] = on_line(sub(text, start + 5, nl - 1))
+      end
+      start = nl + 1
+    end
+    npending = #text - start + 1
+    if npending > MAX_EVENT then
+      out[#out + 1] = too_large()
+    elseif npending > 0 then
+      pending[1] = sub(text, start)
+    end
+    return concat(out)
+  end
+end
+
+return C
