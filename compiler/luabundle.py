@@ -178,19 +178,36 @@ def strip(source: str) -> str:
 
 
 @cache
+def _minified(source: str) -> tuple[str, frozenset[str]]:
+    text, free = luamin.minify_chunk(strip(source))
+    return text, free
+
+
 def minified(source: str) -> str:
     """``source`` stripped (:func:`strip`) and with its locals renamed (:func:`compiler.luamin.minify`):
     what the bundle carries of a module. Cached: each module is minified once per process."""
-    return luamin.minify(strip(source))
+    return _minified(source)[0]
 
 
 # ---- bundling ----------------------------------------------------------------------------------
 
+#: The bundle's own locals (the preload table, the loaded table, the function that registers a
+#: module): a module's chunk must not read a global of these names, or it would read these.
+_WRAPPER = ("P", "L", "M")
+_HEAD = 'local P,L=package.preload,package.loaded\nlocal function M(n,f)n="llmc."..n P[n],L[n]=f,nil end'
+
+
 def bundle_modules(sources: dict[str, str]) -> str:
-    """The bundle of the given module sources (name -> source, comments included), in name order."""
-    parts = ["local P, L = package.preload, package.loaded"]
+    """The bundle of the given module sources (name -> source, comments included), in name order:
+    each module's minified chunk becomes the body of a ``package.preload`` function (registered
+    by ``M``, which also clears the module from ``package.loaded``)."""
+    parts = [_HEAD]
     for name in sorted(sources):
-        parts.append(f'P["llmc.{name}"] = function(...)\n{minified(sources[name])}end\nL["llmc.{name}"] = nil')
+        text, free = _minified(sources[name])
+        clash = sorted(free & set(_WRAPPER))
+        if clash:
+            raise ValueError(f"module llmc.{name} reads the global(s) {clash}, which the bundle's own locals would hide")
+        parts.append(f'M("{name}",function(...)\n{text}end)')
     parts.append(f'return require("llmc.{ENTRY}")\n')
     text = "\n".join(parts)
     bad = sorted({c for c in text if ord(c) > 127})

@@ -23,10 +23,10 @@ the implicit ``self`` of ``function t:m()`` keeps its name.
 Names (:func:`rename`): declarations, most-used first, take the first short name that is not a
 keyword, not a global (or any other name) the chunk keeps, and not held by a declaration it
 conflicts with. A scope is a token range, from where the name becomes visible to the end of its
-block; two declarations may share a name when their scopes are disjoint, or when one is nested in
-the other and neither is used inside the other's scope (so a use never resolves to the other one:
-``function(a) end`` beside ``function(a) end``, ``local a = 1 local a = a + 1``). Sharing matters:
-with names unique in each module, the bundles were about 5% larger.
+block; two declarations may share a name when their scopes are disjoint (``function(a) end``
+beside ``function(a) end``), or when one holds the other and the outer one is not used inside the
+inner one's scope (a function's locals take the names of module-level locals it does not use;
+``local a = 1 local a = a + 1``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from itertools import product
 
-__all__ = ["KEYWORDS", "Decl", "Token", "analyze", "minify", "rename", "tokenize"]
+__all__ = ["KEYWORDS", "Decl", "Token", "analyze", "minify", "minify_chunk", "rename", "tokenize"]
 
 #: Lua 5.1's reserved words and LuaJIT's ``goto``.
 KEYWORDS = frozenset(
@@ -454,14 +454,18 @@ def _short_names():
 
 
 def _conflict(d: Decl, e: Decl) -> bool:
-    """Whether ``d`` and ``e`` cannot share a name: their scopes overlap and one of them is used
-    where the other is visible (that use would resolve to the wrong one). Two scopes either are
-    disjoint or one holds the other's end, so a shared name is safe exactly when no use of either
-    falls in the other's range: ``local a = 1 local a = a + 1`` is fine (the second ``a``'s scope
-    starts after the statement)."""
+    """Whether ``d`` and ``e`` cannot share a name. Scopes follow blocks, so two of them are
+    disjoint (no conflict) or one holds the other; the inner one then hides the outer one in its
+    range, which is harmless unless the outer one is used there (that use would resolve to the
+    inner one). ``local a = 1 local a = a + 1`` is fine: the second ``a``'s scope starts after
+    its statement. Equal scopes (``local a, b``) share a name only when neither is used."""
     if d.end < e.start or e.end < d.start:
         return False
-    return _any_in(e.uses, d.start, d.end) or _any_in(d.uses, e.start, e.end)
+    d_holds_e = d.start <= e.start and e.end <= d.end
+    e_holds_d = e.start <= d.start and d.end <= e.end
+    if not (d_holds_e or e_holds_d):
+        return True  # not nested: cannot happen for Lua's blocks; never share
+    return (d_holds_e and _any_in(d.uses, e.start, e.end)) or (e_holds_d and _any_in(e.uses, d.start, d.end))
 
 
 def _any_in(uses: list[int], lo: int, hi: int) -> bool:
@@ -496,6 +500,11 @@ def rename(decls: list[Decl], keep: frozenset[str]) -> dict[int, str]:
 def minify(src: str) -> str:
     """``src`` with every local renamed (:func:`rename`); everything else, white space included,
     kept as it is."""
+    return minify_chunk(src)[0]
+
+
+def minify_chunk(src: str) -> tuple[str, frozenset[str]]:
+    """:func:`minify` of ``src``, and the global names it reads or writes (unchanged)."""
     tokens, decls, globals_ = analyze(src)
     keep = globals_ | {d.name for d in decls if d.fixed}
     names = rename(decls, keep)
@@ -507,4 +516,4 @@ def minify(src: str) -> str:
         out.append(new)
         last = pos + size
     out.append(src[last:])
-    return "".join(out)
+    return "".join(out), globals_

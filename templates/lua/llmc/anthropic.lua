@@ -40,9 +40,9 @@ local sub = string.sub
 local NULL, present = values.NULL, values.present
 local is_obj, is_arr, oget, oset, obj, arr, apush, raw = values.is_obj, values.is_arr, values.oget, values.oset,
   values.obj, values.arr, values.apush, values.raw
-local source_of, decode, encode, openai_error = values.source_of, values.decode, values.encode, values.openai_error
-local count_of, tool_call, image_url, chunk, feeder = chat.count_of, chat.tool_call, chat.image_url, chat.chunk,
-  chat.feeder
+local source_of, decode, encode = values.source_of, values.decode, values.encode
+local count_of, image_url, chunk, feeder, text_or = chat.count_of, chat.image_url, chat.chunk, chat.feeder,
+  chat.text_or
 
 -- OpenAI chat request -> Messages request
 
@@ -73,43 +73,16 @@ local function image_block(part)
   return nil, "an image URL must be https:// or a base64 data: URL"
 end
 
--- Content blocks of a message's `content`: a string, or an array of parts (text; images where
--- `images`), or null (no blocks).
-local function content_blocks(content, images, blocks)
-  if content == nil or content == NULL then return blocks end
-  if type(content) == "string" then
-    apush(blocks, obj("type", "text", "text", content))
-    return blocks
-  end
-  if not is_arr(content) then return nil, "'content' must be a string or an array of parts" end
-  for i = 1, content.n do
-    local part = content[i]
-    local ptype = oget(part, "type")
-    if ptype == "text" and type(oget(part, "text")) == "string" then
-      apush(blocks, obj("type", "text", "text", oget(part, "text")))
-    elseif ptype == "refusal" and type(oget(part, "refusal")) == "string" then
-      apush(blocks, obj("type", "text", "text", oget(part, "refusal")))
-    elseif ptype == "image_url" and images then
-      local block, err = image_block(part)
-      if not block then return nil, err end
-      apush(blocks, block)
-    else
-      return nil, "content part type " .. tostring(ptype) .. " is not supported here by this provider"
-    end
-  end
-  return blocks
+local function text_block(text)
+  return obj("type", "text", "text", text)
 end
 
-local function tool_use_blocks(calls, blocks)
-  if calls == nil or calls == NULL then return blocks end
-  if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
-  for i = 1, calls.n do
-    local id, name, input = tool_call(calls[i])
-    if not id then return nil, name end
-    apush(blocks, obj("type", "tool_use", "id", id, "name", name,
-      "input", input.s and raw(source_of(input)) or input))
-  end
-  return blocks
+-- Content blocks of a message's `content`: llmc.chat's content with text blocks (and images in a
+-- user's message).
+local content_blocks = chat.content
+
+local function tool_use_block(id, name, input)
+  return obj("type", "tool_use", "id", id, "name", name, "input", input.s and raw(source_of(input)) or input)
 end
 
 -- OpenAI messages -> Anthropic `system` blocks and alternating `messages` (consecutive messages of
@@ -122,20 +95,19 @@ local function translate_messages(messages)
     local role = oget(m, "role")
     local blocks, err
     if role == "system" or role == "developer" then
-      blocks, err = content_blocks(oget(m, "content"), false, system)
+      blocks, err = content_blocks(oget(m, "content"), system, text_block)
       if not blocks then return nil, nil, err end
     else
-      local target
       if role == "user" then
-        blocks, err = content_blocks(oget(m, "content"), true, arr())
+        blocks, err = content_blocks(oget(m, "content"), arr(), text_block, image_block)
       elseif role == "assistant" then
-        blocks, err = content_blocks(oget(m, "content"), false, arr())
-        if blocks then blocks, err = tool_use_blocks(oget(m, "tool_calls"), blocks) end
+        blocks, err = content_blocks(oget(m, "content"), arr(), text_block)
+        if blocks then blocks, err = chat.tool_calls(oget(m, "tool_calls"), blocks, tool_use_block) end
       elseif role == "tool" then
         local id = oget(m, "tool_call_id")
         if type(id) ~= "string" then return nil, nil, "a tool message needs tool_call_id" end
         local inner
-        inner, err = content_blocks(oget(m, "content"), false, arr())
+        inner, err = content_blocks(oget(m, "content"), arr(), text_block)
         if inner then
           blocks = arr({ obj("type", "tool_result", "tool_use_id", id, "content", inner) })
         end
@@ -144,13 +116,7 @@ local function translate_messages(messages)
         return nil, nil, "message role " .. tostring(role) .. UNSUPPORTED
       end
       if not blocks then return nil, nil, err end
-      local last = out[out.n]
-      if last ~= nil and oget(last, "role") == role then
-        target = oget(last, "content")
-        for k = 1, blocks.n do apush(target, blocks[k]) end
-      else
-        apush(out, obj("role", role, "content", blocks))
-      end
+      chat.append(out, role, "content", blocks)
     end
   end
   return system, out
@@ -196,9 +162,7 @@ local function request(s, b)
     "messages", messages, "temperature", present(oget(req, "temperature")), "top_p", present(oget(req, "top_p")),
     "stop_sequences", stop, "stream", stream == true or nil, "tools", tools, "tool_choice", choice,
     "metadata", type(user) == "string" and obj("user_id", user) or nil)
-  local note = "anthropic"
-  if stream == true and oget(oget(req, "stream_options"), "include_usage") == true then note = "anthropic+usage" end
-  return encode(out), nil, nil, note
+  return encode(out), nil, nil, chat.note("anthropic", stream, req)
 end
 
 -- Response -> OpenAI chat completion, stream -> chat.completion.chunk events
@@ -229,22 +193,21 @@ end
 local function usage_object(u)
   local prompt = (u.input or 0) + (u.created or 0) + (u.read or 0)
   local completion = u.output or 0
-  return obj("prompt_tokens", prompt, "completion_tokens", completion, "total_tokens", prompt + completion,
-    "prompt_tokens_details", obj("cached_tokens", u.read or 0)), prompt, completion, prompt + completion
+  return chat.usage(prompt, completion, u.read or 0), prompt, completion, prompt + completion
 end
 
 -- Anthropic's error types by status: for an error whose body says none (empty, HTML)
 local ERROR_TYPES = values.ERROR_TYPES
 
--- An Anthropic error body ({"type":"error","error":{type, message}}) as an OpenAI error body; a
--- body that is not one (empty, not JSON) becomes a generic error naming the status.
+-- The OpenAI error type of an Anthropic error object ({"type":"error","error":{type, message}}).
+local function error_type(e)
+  return text_or(oget(e, "type"), "api_error")
+end
+
+-- An Anthropic error body as an OpenAI error body; a body that is not one (empty, not JSON)
+-- becomes a generic error naming the status.
 local function error_body(s, status)
-  local v = decode(s)
-  local e = oget(v, "error")
-  if type(oget(e, "message")) == "string" then
-    return encode(openai_error(oget(e, "message"), type(oget(e, "type")) == "string" and oget(e, "type") or "api_error"))
-  end
-  return chat.unexplained(status, ERROR_TYPES[status])
+  return chat.error_body(s, status, error_type, ERROR_TYPES[status])
 end
 
 -- Anthropic's tool-use documentation shows messages without "type": one with no other type and
@@ -258,7 +221,8 @@ end
 -- A 2xx answer that is not a message: a 502 (never an error body under a 2xx).
 local function untranslatable(msg, status)
   local e = oget(msg, "error")
-  return chat.untranslatable(status, "message", type(oget(e, "message")) == "string" and (": " .. oget(e, "message")))
+  local message = text_or(oget(e, "message"))
+  return chat.untranslatable(status, "message", message and ": " .. message)
 end
 
 -- A non-streamed Messages answer `s` with HTTP `status` -> the OpenAI body, prompt, completion,
@@ -276,16 +240,14 @@ local function response(s, status, created)
     if btype == "text" then
       texts[#texts + 1] = oget(block, "text")
     elseif btype == "tool_use" then
-      local input = oget(block, "input")
-      apush(calls, obj("id", oget(block, "id"), "type", "function", "function", obj("name", oget(block, "name"),
-        "arguments", is_obj(input) and input.s and source_of(input) or "{}")))
+      apush(calls, chat.call(nil, oget(block, "id"), oget(block, "name"), oget(block, "input")))
     end -- thinking and other blocks have no OpenAI equivalent: dropped
   end
   local counts = usage_from(oget(msg, "usage"))
   local usage, p, c, t = usage_object(counts)
   local model, reason = oget(msg, "model"), oget(msg, "stop_reason")
   return chat.completion(oget(msg, "id"), created, model, chat.message(texts, calls), FINISH[reason] or "stop", usage),
-    p, c, t, type(model) == "string" and model or nil, status,
+    p, c, t, text_or(model), status,
     details(counts, type(reason) == "string" and { reason } or nil)
 end
 
@@ -296,21 +258,17 @@ end
 local function stream(include_usage, created)
   local st = { id = "", model = "", tools = {}, ntools = 0, usage = {} }
 
-  local function event(delta, finish)
-    return chunk(st, created, delta, finish)
-  end
-
   local function tool_delta(index, fields)
-    return event(obj("tool_calls", arr({ obj("index", st.tools[index], unpack(fields)) })))
+    return chunk(st, created, obj("tool_calls", arr({ obj("index", st.tools[index], unpack(fields)) })))
   end
 
   local handlers = {}
   function handlers.message_start(ev)
     local msg = oget(ev, "message")
-    st.id = type(oget(msg, "id")) == "string" and oget(msg, "id") or ""
-    st.model = type(oget(msg, "model")) == "string" and oget(msg, "model") or ""
+    st.id = text_or(oget(msg, "id"), "")
+    st.model = text_or(oget(msg, "model"), "")
     st.usage = usage_from(oget(msg, "usage"), st.usage)
-    return event(obj("role", "assistant", "content", ""))
+    return chunk(st, created, obj("role", "assistant", "content", ""))
   end
   function handlers.content_block_start(ev)
     local block, index = oget(ev, "content_block"), count_of(oget(ev, "index"))
@@ -320,14 +278,14 @@ local function stream(include_usage, created)
       return tool_delta(index, { "id", oget(block, "id"), "type", "function",
         "function", obj("name", oget(block, "name"), "arguments", "") })
     elseif oget(block, "type") == "text" and type(oget(block, "text")) == "string" and oget(block, "text") ~= "" then
-      return event(obj("content", oget(block, "text")))
+      return chunk(st, created, obj("content", oget(block, "text")))
     end
     return ""
   end
   function handlers.content_block_delta(ev)
     local delta, index = oget(ev, "delta"), count_of(oget(ev, "index"))
     local dtype = oget(delta, "type")
-    if dtype == "text_delta" then return event(obj("content", oget(delta, "text"))) end
+    if dtype == "text_delta" then return chunk(st, created, obj("content", oget(delta, "text"))) end
     if dtype == "input_json_delta" and index and st.tools[index] then
       return tool_delta(index, { "function", obj("arguments", oget(delta, "partial_json")) })
     end
@@ -338,7 +296,7 @@ local function stream(include_usage, created)
     local reason = oget(oget(ev, "delta"), "stop_reason")
     if type(reason) == "string" then
       st.reasons = { reason }
-      return event(obj(), FINISH[reason] or "stop")
+      return chunk(st, created, obj(), FINISH[reason] or "stop")
     end
     return ""
   end
@@ -351,7 +309,7 @@ local function stream(include_usage, created)
   function handlers.error(ev)
     local e = oget(ev, "error")
     st.done = true
-    return chat.error_event(e, type(oget(e, "type")) == "string" and oget(e, "type") or "api_error")
+    return chat.error_event(e, error_type(e))
   end
 
   local function on_line(line)

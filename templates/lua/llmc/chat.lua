@@ -7,8 +7,8 @@ local values = require("llmc.values")
 
 local find, sub, format, concat, byte = string.find, string.sub, string.format, table.concat, string.byte
 local decode, encode, NULL, NUM = values.decode, values.encode, values.NULL, values.NUM
-local obj, arr, oget, is_obj, is_arr, present = values.obj, values.arr, values.oget, values.is_obj, values.is_arr,
-  values.present
+local obj, arr, apush, oget, is_obj, is_arr, present = values.obj, values.arr, values.apush, values.oget,
+  values.is_obj, values.is_arr, values.present
 local openai_error = values.openai_error
 
 local C = {}
@@ -20,6 +20,13 @@ function C.count_of(v)
   if getmetatable(v) == NUM then return tonumber(v[1]) end
   return nil
 end
+
+-- `v` if it is a string, else `default`.
+local function text_or(v, default)
+  if type(v) == "string" then return v end
+  return default
+end
+C.text_or = text_or
 
 -- Request fields that would change the shape of the answer and that no translated protocol maps:
 -- refused (400) rather than answered differently. `check(req)`, the translator's own refusals,
@@ -73,16 +80,50 @@ function C.limits(req, b)
   return stop, present(oget(req, "max_completion_tokens")) or present(oget(req, "max_tokens")) or b.max_tokens
 end
 
--- An assistant message's tool call: id, name and the arguments (a JSON object), or nil, message.
-function C.tool_call(call)
-  local fn = oget(call, "function")
-  local id, name, args = oget(call, "id"), oget(fn, "name"), oget(fn, "arguments")
-  if type(id) ~= "string" or type(name) ~= "string" or type(args) ~= "string" then
-    return nil, "a tool call needs id, function.name and function.arguments (a string)"
+-- The blocks of a message's `content` pushed to `out`: `text(t)` of a string or of each text or
+-- refusal part, `image(part)` of an image_url part where given (nil, message: refused); any other
+-- part is refused (nil, message). nil or null: no blocks.
+function C.content(content, out, text, image)
+  if content == nil or content == NULL then return out end
+  if type(content) == "string" then
+    apush(out, text(content))
+    return out
   end
-  local input = args == "" and obj() or decode(args)
-  if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
-  return id, name, input
+  if not is_arr(content) then return nil, "'content' must be a string or an array of parts" end
+  for i = 1, content.n do
+    local part = content[i]
+    local ptype = oget(part, "type")
+    local t = ptype == "text" and oget(part, "text") or ptype == "refusal" and oget(part, "refusal") or nil
+    local block, err
+    if type(t) == "string" then
+      block = text(t)
+    elseif ptype == "image_url" and image then
+      block, err = image(part)
+      if not block then return nil, err end
+    else
+      return nil, "content part type " .. tostring(ptype) .. " is not supported here by this provider"
+    end
+    apush(out, block)
+  end
+  return out
+end
+
+-- An assistant message's `tool_calls` pushed to `out` as `each(id, name, arguments, ctx)` (the
+-- arguments a decoded JSON object); nil, message for a malformed call. nil or null: none.
+function C.tool_calls(calls, out, each, ctx)
+  if calls == nil or calls == NULL then return out end
+  if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
+  for i = 1, calls.n do
+    local fn = oget(calls[i], "function")
+    local id, name, args = oget(calls[i], "id"), oget(fn, "name"), oget(fn, "arguments")
+    if type(id) ~= "string" or type(name) ~= "string" or type(args) ~= "string" then
+      return nil, "a tool call needs id, function.name and function.arguments (a string)"
+    end
+    local input = args == "" and obj() or decode(args)
+    if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
+    apush(out, each(id, name, input, ctx))
+  end
+  return out
 end
 
 -- `tools` (nil: none) -> the list of `declare(fn, parameters)` of each function tool; nil, message
@@ -93,10 +134,10 @@ function C.tools(tools, declare)
   local out = arr()
   for i = 1, tools.n do
     local fn = oget(tools[i], "function")
-    if oget(tools[i], "type") ~= "function" or type(oget(fn, "name")) ~= "string" then
+    if oget(tools[i], "type") ~= "function" or not text_or(oget(fn, "name")) then
       return nil, "only function tools with a name are supported by this provider"
     end
-    values.apush(out, declare(fn, oget(fn, "parameters")))
+    apush(out, declare(fn, oget(fn, "parameters")))
   end
   return out
 end
@@ -115,6 +156,27 @@ function C.tool_choice(choice, modes)
   return nil
 end
 
+-- Appends message `items` (a list under `key`) of `role` to `list`, into its last message when that
+-- has the same role (both providers want alternating roles; tool results must be merged).
+function C.append(list, role, key, items)
+  local last = list[list.n]
+  if last ~= nil and oget(last, "role") == role then
+    local target = oget(last, key)
+    for k = 1, items.n do apush(target, items[k]) end
+  else
+    apush(list, obj("role", role, key, items))
+  end
+end
+
+-- The note the response path gets back (the contract's): "<format>", or "<format>+usage" when a
+-- streaming client asked for usage (stream_options.include_usage).
+function C.note(format_name, stream, req)
+  if stream == true and oget(oget(req, "stream_options"), "include_usage") == true then
+    return format_name .. "+usage"
+  end
+  return format_name
+end
+
 -- An image_url part's URL; nil and a message when it has none.
 function C.image_url(part)
   local url = oget(oget(part, "image_url"), "url")
@@ -126,6 +188,20 @@ end
 function C.message(texts, calls)
   return obj("role", "assistant", "content", #texts > 0 and concat(texts) or NULL,
     "refusal", NULL, "tool_calls", calls.n > 0 and calls or nil)
+end
+
+-- A tool call of the answer (`index`: a streamed call's, else nil); `args` a decoded object.
+function C.call(index, id, name, args)
+  return obj("index", index, "id", id, "type", "function", "function", obj("name", name,
+    "arguments", is_obj(args) and args.s and values.source_of(args) or "{}"))
+end
+
+-- OpenAI's usage object: prompt_tokens_details.cached_tokens always, completion_tokens_details
+-- with the reasoning tokens where the provider reports them.
+function C.usage(prompt, completion, cached, reasoning)
+  return obj("prompt_tokens", prompt, "completion_tokens", completion, "total_tokens", prompt + completion,
+    "prompt_tokens_details", obj("cached_tokens", cached),
+    "completion_tokens_details", reasoning and obj("reasoning_tokens", reasoning))
 end
 
 -- A chat.completion with one choice.
@@ -150,14 +226,18 @@ C.DONE = "data: [DONE]\n\n"
 
 -- The error event of a stream the provider ended with error `e` (its message, else a generic one).
 function C.error_event(e, etype, code)
-  return event(openai_error(type(oget(e, "message")) == "string" and oget(e, "message")
-    or "llmc: the provider reported an error", etype, code))
+  return event(openai_error(text_or(oget(e, "message"), "llmc: the provider reported an error"), etype, code))
 end
 
--- The OpenAI error body of an error answer without a message (empty, HTML, not JSON).
-function C.unexplained(status, etype)
+-- The OpenAI error body of a provider's error answer `s` with HTTP `status`: its error object's
+-- message ({"error": {"message": ...}}), with the type and code `types(e, status)` gives; an
+-- answer without one (empty, HTML, not JSON) becomes a generic error naming the status, of type
+-- `fallback` (else api_error).
+function C.error_body(s, status, types, fallback)
+  local e = oget(decode(s), "error")
+  if type(oget(e, "message")) == "string" then return encode(openai_error(oget(e, "message"), types(e, status))) end
   return encode(openai_error("llmc: the provider answered " .. tostring(status) .. " without an error message",
-    etype or "api_error"))
+    fallback or "api_error"))
 end
 
 -- The 502 body of a 2xx answer that is not a `what` (message, response) llmc can translate.
@@ -169,7 +249,6 @@ end
 -- A translated stream's event may be this large (waiting for its end in memory); a larger one ends
 -- the stream with an OpenAI error event, never with finish_reason and [DONE] over a gap.
 local MAX_EVENT = 1048576
-C.MAX_EVENT = MAX_EVENT
 
 -- The `feed` of stream state `st`: takes body chunks and returns what `on_line` makes of every
 -- complete "data:" line in them (a partial line waits for the next chunk; a trailing "\r" is
@@ -181,9 +260,8 @@ function C.feeder(st, on_line)
 
   local function too_large()
     st.done, st.failed, pending, npending = true, true, {}, 0
-    return event(openai_error(format("llmc: an event of the provider's stream is over %d MiB, " ..
-      "which llmc does not translate; the answer is incomplete", MAX_EVENT / 1048576), "server_error",
-      "llmc_event_too_large"))
+    return event(openai_error(format("llmc: an event of the provider's stream is over %d MiB, which llmc does not translate; the answer is incomplete",
+      MAX_EVENT / 1048576), "server_error", "llmc_event_too_large"))
   end
 
   return function(s)

@@ -20,7 +20,7 @@ local decode, encode, NULL = values.decode, values.encode, values.NULL
 local obj, arr, apush, raw = values.obj, values.arr, values.apush, values.raw
 local oget, is_obj, is_arr, present, source_of = values.oget, values.is_obj, values.is_arr, values.present,
   values.source_of
-local openai_error, count_of, chunk = values.openai_error, chat.count_of, chat.chunk
+local count_of, chunk, text_or = chat.count_of, chat.chunk, chat.text_or
 
 local sub, format, concat = string.sub, string.format, table.concat
 
@@ -37,23 +37,12 @@ local MAX_MODEL = 128
 
 -- The text of a content that may only hold text (system, assistant, tool): a string, or text and
 -- refusal parts; nil and a message otherwise.
+local function text_part(text)
+  return obj("text", text)
+end
+
 local function text_parts(content, parts)
-  if content == nil or content == NULL then return parts end
-  if type(content) == "string" then
-    apush(parts, obj("text", content))
-    return parts
-  end
-  if not is_arr(content) then return nil, "'content' must be a string or an array of parts" end
-  for i = 1, content.n do
-    local part = content[i]
-    local ptype = oget(part, "type")
-    local text = ptype == "text" and oget(part, "text") or ptype == "refusal" and oget(part, "refusal") or nil
-    if type(text) ~= "string" then
-      return nil, "content part type " .. tostring(ptype) .. " is not supported here by this provider"
-    end
-    apush(parts, obj("text", text))
-  end
-  return parts
+  return chat.content(content, parts, text_part)
 end
 
 -- A user's image: Gemini reads inline data (a base64 data: URL); it does not fetch arbitrary URLs.
@@ -64,35 +53,11 @@ local function image_part(part)
   return obj("inlineData", obj("mimeType", mime, "data", data))
 end
 
-local function user_parts(content)
-  if type(content) ~= "table" or not is_arr(content) then return text_parts(content, arr()) end
-  local parts = arr()
-  for i = 1, content.n do
-    local part = content[i]
-    if oget(part, "type") == "image_url" then
-      local p, err = image_part(part)
-      if not p then return nil, err end
-      apush(parts, p)
-    else
-      local ok, err = text_parts(arr({ part }), parts)
-      if not ok then return nil, err end
-    end
-  end
-  return parts
-end
-
--- An assistant's tool calls as functionCall parts; `names` learns each call's id -> function name
+-- An assistant's tool call as a functionCall part; `names` learns each call's id -> function name
 -- (a later tool message names only the id; Gemini's functionResponse needs the name).
-local function call_parts(calls, parts, names)
-  if calls == nil or calls == NULL then return parts end
-  if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
-  for i = 1, calls.n do
-    local id, name, input = chat.tool_call(calls[i])
-    if not id then return nil, name end
-    names[id] = name
-    apush(parts, obj("functionCall", obj("name", name, "args", input.s and raw(source_of(input)) or input)))
-  end
-  return parts
+local function call_part(id, name, input, names)
+  names[id] = name
+  return obj("functionCall", obj("name", name, "args", input.s and raw(source_of(input)) or input))
 end
 
 -- A tool message's result: a JSON object is the response itself; any other text is {"output": text}
@@ -121,11 +86,11 @@ local function translate_messages(messages)
       if not parts then return nil, nil, err end
     else
       if role == "user" then
-        parts, err = user_parts(oget(m, "content"))
+        parts, err = chat.content(oget(m, "content"), arr(), text_part, image_part)
       elseif role == "assistant" then
         role = "model"
         parts, err = text_parts(oget(m, "content"), arr())
-        if parts then parts, err = call_parts(oget(m, "tool_calls"), parts, names) end
+        if parts then parts, err = chat.tool_calls(oget(m, "tool_calls"), parts, call_part, names) end
       elseif role == "tool" then
         role = "user"
         local id = oget(m, "tool_call_id")
@@ -140,15 +105,8 @@ local function translate_messages(messages)
         return nil, nil, "message role " .. tostring(role) .. chat.UNSUPPORTED
       end
       if not parts then return nil, nil, err end
-      local last = contents[contents.n]
-      if parts.n == 0 then
-        -- nothing to say (an assistant turn without content or calls): Gemini rejects empty parts
-      elseif last ~= nil and oget(last, "role") == role then
-        local target = oget(last, "parts")
-        for k = 1, parts.n do apush(target, parts[k]) end
-      else
-        apush(contents, obj("role", role, "parts", parts))
-      end
+      -- no parts: nothing to say (an assistant turn without content or calls), and Gemini rejects empty parts
+      if parts.n > 0 then chat.append(contents, role, "parts", parts) end
     end
   end
   return system, contents
@@ -235,9 +193,7 @@ function G.request(s, b)
     "responseMimeType", mime, "responseJsonSchema", schema)
   local out = obj("contents", contents, "systemInstruction", system.n > 0 and obj("parts", system) or nil,
     "tools", tools, "toolConfig", tool_config, "generationConfig", encode(gc) ~= "{}" and gc or nil)
-  local note = "gemini"
-  if stream and oget(oget(req, "stream_options"), "include_usage") == true then note = "gemini+usage" end
-  return encode(out), nil, nil, note, G.path(b.path, model, stream)
+  return encode(out), nil, nil, chat.note("gemini", stream, req), G.path(b.path, model, stream)
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -246,9 +202,10 @@ end
 
 -- FinishReason -> finish_reason: the safety and policy stops are content filters; STOP with
 -- function calls is "tool_calls"; an unknown or unspecified reason is "stop".
-local FINISH = { STOP = "stop", MAX_TOKENS = "length", SAFETY = "content_filter", RECITATION = "content_filter",
-  BLOCKLIST = "content_filter", PROHIBITED_CONTENT = "content_filter", SPII = "content_filter",
-  IMAGE_SAFETY = "content_filter", LANGUAGE = "content_filter" }
+local FINISH = { STOP = "stop", MAX_TOKENS = "length" }
+for _, reason in ipairs({ "SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE" }) do
+  FINISH[reason] = "content_filter"
+end
 
 local function finish_of(reason, calls)
   local f = FINISH[reason] or "stop"
@@ -287,9 +244,7 @@ local function reason_of(cand)
 end
 
 local function usage_object(u)
-  return obj("prompt_tokens", u.prompt, "completion_tokens", u.completion, "total_tokens", u.total,
-    "prompt_tokens_details", obj("cached_tokens", u.cached),
-    "completion_tokens_details", obj("reasoning_tokens", u.thoughts))
+  return chat.usage(u.prompt, u.completion, u.cached, u.thoughts)
 end
 
 -- Gemini's error statuses (google.rpc.Code names) and HTTP statuses -> OpenAI error types.
@@ -302,14 +257,13 @@ local HTTP_TYPES = { [400] = "invalid_request_error", [401] = "authentication_er
 
 -- A Gemini error body ({"error": {code, message, status}}) as an OpenAI error body (code: Gemini's
 -- status); a body that is not one becomes a generic error naming the HTTP status.
-function G.error(s, status)
-  local e = oget(decode(s), "error")
+local function error_type(e, status)
   local gstatus = oget(e, "status")
-  if type(oget(e, "message")) == "string" then
-    return encode(openai_error(oget(e, "message"), STATUS_TYPES[gstatus] or HTTP_TYPES[status] or "api_error",
-      type(gstatus) == "string" and gstatus or nil))
-  end
-  return chat.unexplained(status, HTTP_TYPES[status])
+  return STATUS_TYPES[gstatus] or HTTP_TYPES[status] or "api_error", text_or(gstatus)
+end
+
+function G.error(s, status)
+  return chat.error_body(s, status, error_type, HTTP_TYPES[status])
 end
 
 -- The text and the tool calls of a candidate's parts (thought summaries are not the answer).
@@ -325,9 +279,8 @@ local function read_parts(content, ident, first_call, texts, calls, indexed)
       local args = oget(call, "args")
       local n = first_call + calls.n
       local id = oget(call, "id")
-      apush(calls, obj("index", indexed and n or nil, "id", type(id) == "string" and id or format("call_%s_%d", ident, n),
-        "type", "function", "function", obj("name", oget(call, "name"),
-          "arguments", is_obj(args) and args.s and source_of(args) or "{}")))
+      apush(calls, chat.call(indexed and n or nil, type(id) == "string" and id or format("call_%s_%d", ident, n),
+        oget(call, "name"), args))
     end
   end
 end
@@ -343,14 +296,14 @@ function G.response(s, status, created)
   if not is_obj(r) or not (is_arr(candidates) or is_obj(oget(r, "promptFeedback"))) then
     return chat.untranslatable(status, "response"), nil, nil, nil, nil, 502
   end
-  local ident = type(oget(r, "responseId")) == "string" and oget(r, "responseId") or "gemini"
+  local ident = text_or(oget(r, "responseId"), "gemini")
   local cand = is_arr(candidates) and candidates[1] or nil
   local texts, calls = {}, arr()
   read_parts(oget(cand, "content"), ident, 0, texts, calls, false)
   local finish = cand and finish_of(oget(cand, "finishReason"), calls.n) or "content_filter"
   local u = usage_from(oget(r, "usageMetadata"))
   local model = oget(r, "modelVersion")
-  model = type(model) == "string" and model or nil
+  model = text_or(model)
   local out = chat.completion(ident, created, model or "", chat.message(texts, calls), finish, u and usage_object(u) or nil)
   local x = details(u, reason_of(cand))
   if u == nil then return out, nil, nil, nil, model, status, x end
@@ -384,11 +337,9 @@ function G.stream(include_usage, created)
     local e = oget(ev, "error")
     if is_obj(e) then
       st.done, st.failed = true, true
-      local gstatus = oget(e, "status")
-      return chat.error_event(e, STATUS_TYPES[gstatus] or "api_error", type(gstatus) == "string" and gstatus or nil)
+      return chat.error_event(e, error_type(e))
     end
-    if type(oget(ev, "responseId")) == "string" then st.id = oget(ev, "responseId") end
-    if type(oget(ev, "modelVersion")) == "string" then st.model = oget(ev, "modelVersion") end
+    st.id, st.model = text_or(oget(ev, "responseId"), st.id), text_or(oget(ev, "modelVersion"), st.model)
     local out = {}
     if not st.started then
       st.started = true
