@@ -15,9 +15,17 @@ provider has several keys; a translator module
 protocol.
 
 The bundle drops comments, blank lines, indentation, and the spaces and line breaks that separate no
-tokens (a line break stays where a space would have to) and is ASCII only, so its size in bytes is its size in
-characters (Istio's ``TrafficExtension`` caps ``lua.inlineCode`` in characters). Both are checked
-here, for every module, every time.
+tokens (a line break stays where a space would have to), gives every local a short name
+(:func:`compiler.luamin.minify`: the stripped bytecode is unchanged, tests/test_luamin.py proves
+it) and is ASCII only, so its size in bytes is its size in characters (Istio's
+``TrafficExtension`` caps ``lua.inlineCode`` in characters; issue 28 wants every bundle a filter
+without failover needs within 56 KiB). Both are checked here, for every module, every time.
+
+There is one bundle: the minified one Envoy gets is what ``llmc render`` emits and what
+``llmc explain`` runs (it reads the emitted filter). No switch renders a readable variant: renaming
+changes no bytecode, so the committed modules are the readable form, and nothing user-visible
+names a local (docs/performance.md, "Bundle sizes"). Each module is minified once per process
+(:func:`minified`, cached by source), each bundle once per module set (:func:`bundle`).
 """
 
 from __future__ import annotations
@@ -29,8 +37,8 @@ from importlib import resources
 
 from . import luamin
 
-__all__ = ["ENTRY", "bundle", "bundle_modules", "closure", "module_names", "module_source", "modules_for",
-           "requires", "requires_of", "strip"]
+__all__ = ["ENTRY", "bundle", "bundle_modules", "closure", "minified", "module_names", "module_source",
+           "modules_for", "requires", "requires_of", "strip"]
 
 #: The entry module: envoy_on_request / envoy_on_response and the public surface.
 ENTRY = "main"

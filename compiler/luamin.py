@@ -48,7 +48,6 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"(?:0[xX](?:[0-9a-fA-F]*\.?[0-9a-fA-F]*)(?:[pP][+-]?[0-9]+)?"
                      r"|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)(?:[uU]?[lL][lL]|[iI])?")
 _LONG_OPEN = re.compile(r"\[(=*)\[")
-_OPS = ("...", "..", "==", "~=", "<=", ">=", "::")
 
 
 @dataclass(frozen=True)
@@ -58,74 +57,42 @@ class Token:
     pos: int
 
 
-def _long_bracket(src: str, i: int, what: str) -> int:
-    """The end (exclusive) of the long bracket opening at ``i``."""
-    m = _LONG_OPEN.match(src, i)
-    assert m is not None
-    close = src.find("]" + m.group(1) + "]", m.end())
-    if close < 0:
-        raise ValueError(f"unterminated long {what} at offset {i}")
-    return close + len(m.group(1)) + 2
-
-
-def _quoted(src: str, i: int) -> int:
-    """The end (exclusive) of the quoted string opening at ``i``: a backslash escapes the next
-    character, a newline included (``\\ddd`` and ``\\xXX`` go on with plain characters), and
-    ``\\z`` skips the white space after it, line breaks included (Lua 5.2, LuaJIT)."""
-    q, j, n = src[i], i + 1, len(src)
-    while j < n:
-        c = src[j]
-        if c == "\\":
-            j += 2
-            if src[j - 1:j] == "z":
-                while j < n and src[j] in " \t\r\n\f\v":
-                    j += 1
-            continue
-        if c == q:
-            return j + 1
-        if c == "\n":
-            break
-        j += 1
-    raise ValueError(f"unterminated string at offset {i}")
+# One pass over the source: white space, comments (long ones with their level of ``=``), names,
+# numbers, quoted strings (a backslash escapes any character, a newline included; ``\z`` skips
+# the white space after it, line breaks included: Lua 5.2, LuaJIT), long strings, operators.
+_TOKEN = re.compile(r"""
+    (?P<ws>[ \t\r\n\f\v]+)
+  | (?P<long_comment>--\[(?P<ceq>=*)\[.*?\](?P=ceq)\])
+  | (?P<comment>--[^\n]*)
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<number>""" + _NUMBER.pattern + r""")
+  | (?P<string>"(?:[^"\\\n]|\\z\s*|\\[\s\S])*"|'(?:[^'\\\n]|\\z\s*|\\[\s\S])*')
+  | (?P<long_string>\[(?P<seq>=*)\[.*?\](?P=seq)\])
+  | (?P<op>\.\.\.|\.\.|==|~=|<=|>=|::|.)
+""", re.S | re.X)
 
 
 def tokenize(src: str) -> list[Token]:
-    """The tokens of Lua source ``src`` (comments and white space dropped)."""
+    """The tokens of Lua source ``src`` (comments and white space dropped); an unterminated
+    string, long string or long comment is refused."""
     out: list[Token] = []
-    i, n = 0, len(src)
-    while i < n:
-        c = src[i]
-        if c in " \t\r\n\f\v":
-            i += 1
-        elif src.startswith("--", i):
-            if _LONG_OPEN.match(src, i + 2):
-                i = _long_bracket(src, i + 2, "comment")
-            else:
-                nl = src.find("\n", i)
-                i = n if nl < 0 else nl
-        elif c.isascii() and (c.isalpha() or c == "_"):
-            m = _NAME.match(src, i)
-            assert m is not None
-            word = m.group(0)
-            out.append(Token("keyword" if word in KEYWORDS else "name", word, i))
-            i = m.end()
-        elif c.isdigit() or (c == "." and i + 1 < n and src[i + 1].isdigit()):
-            m = _NUMBER.match(src, i)
-            assert m is not None
-            out.append(Token("number", m.group(0), i))
-            i = m.end()
-        elif c in "\"'":
-            j = _quoted(src, i)
-            out.append(Token("string", src[i:j], i))
-            i = j
-        elif c == "[" and _LONG_OPEN.match(src, i):
-            j = _long_bracket(src, i, "string")
-            out.append(Token("string", src[i:j], i))
-            i = j
+    for m in _TOKEN.finditer(src):
+        kind, text = m.lastgroup, m.group(m.lastgroup or 0)
+        if kind in ("ws", "long_comment"):
+            continue
+        if kind == "comment":
+            if _LONG_OPEN.match(src, m.start() + 2):
+                raise ValueError(f"unterminated long comment at offset {m.start()}")
+            continue
+        if kind == "op" and (text in "\"'" or (text == "[" and _LONG_OPEN.match(src, m.start()))):
+            what = "string" if text in "\"'" else "long string"
+            raise ValueError(f"unterminated {what} at offset {m.start()}")
+        if kind == "name":
+            out.append(Token("keyword" if text in KEYWORDS else "name", text, m.start()))
+        elif kind == "long_string":
+            out.append(Token("string", text, m.start()))
         else:
-            op = next((o for o in _OPS if src.startswith(o, i)), c)
-            out.append(Token("op", op, i))
-            i += len(op)
+            out.append(Token(kind or "op", text, m.start()))
     return out
 
 
