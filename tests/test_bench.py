@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import shutil
+import subprocess
+import threading
 
 import pytest
 from lupa import luajit21
@@ -10,7 +14,7 @@ from lupa import luajit21
 from tests.bench import __main__ as bench
 from tests.bench import bodies
 from tests.bench.calls import VARIANTS, variant_source
-from tests.bench.rig import parse_wrk, worktree_lua
+from tests.bench.rig import WRK_PACE, WRK_SCRIPT, parse_wrk, worktree_lua
 
 
 @pytest.mark.parametrize("name", ["1k", "64k", "1m-cjk", "1m-md"])
@@ -42,6 +46,44 @@ Requests/sec:   5000.00
     w = parse_wrk(out)
     assert (w["completed"], w["rps"], w["timeouts"]) == (15000, 5000.0, 3)
     assert (w["p50_ms"], w["p99_ms"]) == pytest.approx((0.412, 1.2))
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (the bench needs it)")
+def test_a_paced_load_offers_no_more_than_its_rate(tmp_path):
+    """The limits section compares variants at one offered rate (WRK_PACE). Pacing can only hold
+    wrk back, so the bound below does not depend on the machine's speed; a closed loop against the
+    same server exceeds it many times over."""
+    class Ok(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"messages":[]}')
+    try:
+        def run(pace: str) -> int:
+            script = tmp_path / "s.lua"
+            script.write_text(WRK_SCRIPT.format(host="h", body=body, cap=10**6, status="") + pace)
+            out = subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script),
+                                  f"http://127.0.0.1:{server.server_address[1]}/"],
+                                 capture_output=True, text=True, check=True, timeout=60).stdout
+            return parse_wrk(out)["completed"]
+
+        paced = run(WRK_PACE.format(rate=20))
+        assert 0 < paced <= 20 * 2 + 4 + 10, paced  # rate x duration, one per connection, slack
+        assert run("") > 3 * (20 * 2 + 14)
+    finally:
+        server.shutdown()
 
 
 @pytest.mark.parametrize("variant", [v for v, tail in VARIANTS.items() if tail is not None])

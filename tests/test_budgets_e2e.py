@@ -54,7 +54,7 @@ def redis_server():
 
 @pytest.fixture(scope="module")
 def objects():
-    return llmc_render("-f", str(INPUT), "--rate-limit-service", RLS)
+    return llmc_render("-f", str(INPUT), "--rate-limit-service", RLS, "--rate-limit-timeout", "10s")
 
 
 @pytest.fixture(scope="module")

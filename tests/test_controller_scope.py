@@ -107,11 +107,14 @@ def test_tenant_cannot_get_objects_written_into_namespaces_not_allowed(api):
         assert "kube-system" in conds["Programmed"]["message"] and "--gateway-namespaces" in conds["Programmed"]["message"]
         writes = [p for _, _, p in api.writes_by("llmc-controller")]
         assert writes and not [p for p in writes if "/namespaces/kube-system/" in p or "/namespaces/tenant-b/" in p]
-        assert programmed(api, "LLMProvider", "p", "tenant-a")  # the tenant's own namespace is fine
+        # the tenant's own namespace is fine (the provider's status is its own write: not
+        # necessarily in before the route's, so waited for)
+        wait_for(lambda: programmed(api, "LLMProvider", "p", "tenant-a"), what="provider programmed")
         # an allowed gateway namespace is written
         put(api, route("r", "tenant-a", "api.example.com", gateways=["istio-system/gw"]))
         wait_for(lambda: programmed(api, "LLMRoute", "r", "tenant-a"), what="allowed gateway programmed")
-        assert [o for o in api.list(EF, "envoyfilters") if o["metadata"]["namespace"] == "istio-system"]
+        wait_for(lambda: [o for o in api.list(EF, "envoyfilters") if o["metadata"]["namespace"] == "istio-system"],
+                 what="an EnvoyFilter in the allowed gateway namespace")
     finally:
         ctrl.stop()
 

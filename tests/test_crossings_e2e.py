@@ -105,7 +105,10 @@ TRAFFIC = [c for c in CELLS if not c.rejected]
 def objects(tmp_path_factory):
     path = tmp_path_factory.mktemp("crossings") / "crossings.yaml"
     path.write_text(X.manifest(TRAFFIC))
-    limits = ["--rate-limit-service", X.RATE_LIMIT_SERVICE] if X.limited(TRAFFIC) else []
+    # a generous timeout: the cells count the service's calls, and a starved machine's Python
+    # double must not have a call cancelled before it counts it (tests/test_token_limits_e2e.py)
+    limits = (["--rate-limit-service", X.RATE_LIMIT_SERVICE, "--rate-limit-timeout", "10s"]
+              if X.limited(TRAFFIC) else [])
     return llmc_render("-f", str(path), "--istio-version", "1.31", *limits)
 
 

@@ -37,6 +37,11 @@ pytestmark = pytest.mark.envoy
 
 INPUT = TESTDATA / "e2e" / "token-limits.yaml"
 RLS = "llmc-system/ratelimit:8081"
+#: The tests count the service's calls exactly, so none may be given up: with the default timeout
+#: (100 ms) a starved CI machine's Python double can take longer to pick a call up, and Envoy then
+#: cancels it before the double counts it (fail-open lets the request pass). The "service down"
+#: tests keep the default: a refused connection fails at once.
+RLS_ARGS = ("--rate-limit-service", RLS, "--rate-limit-timeout", "10s")
 HOSTS = ("qwen.example.com", "kimi.example.com", "openai.example.com", "any.example.com")
 CHAT = "chat-gateway"
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -63,7 +68,7 @@ def redis_server():
 
 @pytest.fixture(scope="module")
 def objects():
-    return llmc_render("-f", str(INPUT), "--rate-limit-service", RLS)
+    return llmc_render("-f", str(INPUT), *RLS_ARGS)
 
 
 @pytest.fixture(scope="module")
@@ -435,7 +440,7 @@ def test_an_ingress_gateway_enforces_limits_on_a_shared_virtual_host(upstreams, 
 
     source = TESTDATA / "e2e" / "token-limits-gateway.yaml"
     gateway = next(d for d in YAML(typ="safe").load_all(source.read_text()) if d["kind"] == "Gateway")
-    objects = llmc_render("-f", str(source), "--rate-limit-service", RLS)
+    objects = llmc_render("-f", str(source), *RLS_ARGS)
     double = RateLimitDouble(redis_server.client, configmap_files(objects))
     with serving(double) as port:
         layout = build_gateway_bootstrap(for_istiod(objects) + [gateway], "istio-system", {"istio": "ingressgateway"},

@@ -9,6 +9,7 @@ one ``match`` entry must hold, any entry selects the route (see :func:`route_mat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..constants import ENVOY_FILTER, FILTER_NAME, VIRTUAL_SERVICE
@@ -87,13 +88,11 @@ def describe_proxy(req: Request) -> str:
     return f"in namespace {req.namespace}" + (f" with labels {labels}" if labels else "")
 
 
-def find_filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[dict | None, dict[str, dict]]:
-    """(the virtual host's filter_context, {route name: route-level patch value}) from the EnvoyFilters
-    that apply to the calling proxy."""
+def applicable_patches(objects: list[dict], req: Request) -> Iterator[dict]:
+    """The config patches of the EnvoyFilters that apply to the calling proxy (its namespace, and for
+    a sidecar its labels against the workload selector) in its context, in the objects' order."""
     context_kind = "SIDECAR_OUTBOUND" if req.via == "mesh" else "GATEWAY"
     proxy_ns = req.namespace if req.via == "mesh" else req.via.split("/", 1)[0]
-    context: dict | None = None
-    routes: dict[str, dict] = {}
     for ef in objects:
         if ef["kind"] != ENVOY_FILTER or ef["metadata"].get("namespace") != proxy_ns:
             continue
@@ -101,17 +100,26 @@ def find_filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[
         if req.via == "mesh" and any(req.labels.get(k) != v for k, v in selector.items()):
             continue
         for patch in ef["spec"]["configPatches"]:
-            match = patch.get("match", {})
-            rc = match.get("routeConfiguration", {})
-            if match.get("context") != context_kind or rc.get("vhost", {}).get("name") != vhost:
-                continue
-            value = patch["patch"]["value"]
-            if patch["applyTo"] == "VIRTUAL_HOST":
-                per_route = (value.get("typed_per_filter_config") or {}).get(FILTER_NAME) or {}
-                context = per_route.get("filter_context", context)
-            elif patch["applyTo"] == "HTTP_ROUTE":
-                # several patches may MERGE into one route (route metadata, then failover settings)
-                _merge(routes.setdefault(rc["vhost"]["route"]["name"], {}), value)
+            if patch.get("match", {}).get("context") == context_kind:
+                yield patch
+
+
+def find_filter_context(objects: list[dict], req: Request, vhost: str) -> tuple[dict | None, dict[str, dict]]:
+    """(the virtual host's filter_context, {route name: route-level patch value}) from the EnvoyFilters
+    that apply to the calling proxy."""
+    context: dict | None = None
+    routes: dict[str, dict] = {}
+    for patch in applicable_patches(objects, req):
+        rc = patch.get("match", {}).get("routeConfiguration", {})
+        if rc.get("vhost", {}).get("name") != vhost:
+            continue
+        value = patch["patch"]["value"]
+        if patch["applyTo"] == "VIRTUAL_HOST":
+            per_route = (value.get("typed_per_filter_config") or {}).get(FILTER_NAME) or {}
+            context = per_route.get("filter_context", context)
+        elif patch["applyTo"] == "HTTP_ROUTE":
+            # several patches may MERGE into one route (route metadata, then failover settings)
+            _merge(routes.setdefault(rc["vhost"]["route"]["name"], {}), value)
     return context, routes
 
 
@@ -119,27 +127,17 @@ def find_filter_sources(objects: list[dict], req: Request) -> tuple[str | None, 
     """The Lua bundles the calling proxy runs (compiler/luabundle.py): its ``llmc.lua`` filter's, and
     by filter name the router's upstream Lua filter's (failover tries), from the EnvoyFilters that
     apply to it, exactly as emitted."""
-    context_kind = "SIDECAR_OUTBOUND" if req.via == "mesh" else "GATEWAY"
-    proxy_ns = req.namespace if req.via == "mesh" else req.via.split("/", 1)[0]
     downstream: str | None = None
     upstream: dict[str, str] = {}
-    for ef in objects:
-        if ef["kind"] != ENVOY_FILTER or ef["metadata"].get("namespace") != proxy_ns:
+    for patch in applicable_patches(objects, req):
+        if patch["applyTo"] != "HTTP_FILTER":
             continue
-        selector = (ef["spec"].get("workloadSelector") or {}).get("labels") or {}
-        if req.via == "mesh" and any(req.labels.get(k) != v for k, v in selector.items()):
-            continue
-        for patch in ef["spec"]["configPatches"]:
-            match, value = patch.get("match", {}), patch["patch"].get("value") or {}
-            if match.get("context") != context_kind:
-                continue
-            if patch["applyTo"] != "HTTP_FILTER":
-                continue
-            if value.get("name") == FILTER_NAME:
-                downstream = _inline_source(value["typed_config"])
-            for flt in (value.get("typed_config") or {}).get("upstream_http_filters") or []:
-                if "source_codes" in (flt.get("typed_config") or {}):  # the router's upstream Lua filter
-                    upstream[flt["name"]] = _inline_source(flt["typed_config"])
+        value = patch["patch"].get("value") or {}
+        if value.get("name") == FILTER_NAME:
+            downstream = _inline_source(value["typed_config"])
+        for flt in (value.get("typed_config") or {}).get("upstream_http_filters") or []:
+            if "source_codes" in (flt.get("typed_config") or {}):  # the router's upstream Lua filter
+                upstream[flt["name"]] = _inline_source(flt["typed_config"])
     return downstream, upstream
 
 

@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_of(args: argparse.Namespace) -> Load:
     return Load(seconds=args.seconds, max_requests=args.max_requests, request_timeout=args.request_timeout,
-                status=getattr(args, "status", 200))
+                status=getattr(args, "status", 200), rate=getattr(args, "rate", None))
 
 
 def summarize(name: str, data: bytes, runs: dict, base: str, other: str) -> dict:

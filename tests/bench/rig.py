@@ -171,6 +171,25 @@ function response(status, headers, body)
 end
 """
 
+#: Open-loop pacing (``Load.rate``): wrk calls ``delay()`` before each request and waits that many
+#: milliseconds; the thread's schedule puts request i at start + i / rate on the monotonic clock
+#: (LuaJIT's FFI, as wrk links LuaJIT), so every variant is offered the same rate whatever its
+#: latency. A proxy's CPU per request depends on its rate (a slower rate pays the event loop's
+#: wake-ups over fewer requests), so variants compared at their own closed-loop rates are not
+#: comparable when one of them is held back by something else (the rate-limit double).
+WRK_PACE = """
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct {{ long tv_sec; long tv_nsec; }} llmc_ts; int clock_gettime(int, llmc_ts *); ]]
+local ts = ffi.new("llmc_ts")
+local interval, due = 1000 / {rate}, nil
+function delay()
+  ffi.C.clock_gettime(1, ts)
+  local now = tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  due = (due or now) + interval
+  return due > now and math.floor(due - now) or 0
+end
+"""
+
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -298,11 +317,13 @@ class Rig:
         path.write_bytes(data)
         return data, path
 
-    def script(self, body: Path, cap: int, status: int = 200) -> Path:
-        """wrk's script: POST ``body``; ``status`` 429 asks the mock provider for its 429 answer."""
-        path = body.with_suffix(f".{cap}.{status}.wrk.lua")
+    def script(self, body: Path, cap: int, status: int = 200, rate: float | None = None) -> Path:
+        """wrk's script: POST ``body``; ``status`` 429 asks the mock provider for its 429 answer;
+        ``rate`` paces the requests (:data:`WRK_PACE`, requests per second) instead of a closed loop."""
+        path = body.with_suffix(f".{cap}.{status}.{rate or 'closed'}.wrk.lua")
         ask = "" if status == 200 else f'wrk.headers["x-bench-status"] = "{status}"\n'
-        path.write_text(WRK_SCRIPT.format(host=HOST, body=body, cap=cap, status=ask))
+        pace = "" if rate is None else WRK_PACE.format(rate=rate)
+        path.write_text(WRK_SCRIPT.format(host=HOST, body=body, cap=cap, status=ask) + pace)
         return path
 
     def load(self, proxy: Proxy, script: Path, seconds: float, timeout_s: float, warmup: bool = False) -> Run:
@@ -357,6 +378,7 @@ class Load:
     request_timeout: float = 10.0
     warmup_seconds: float = 1.0
     status: int = 200  # the mock provider's answer: 200 (a completion with usage) or 429
+    rate: float | None = None  # requests per second offered (WRK_PACE); None: a closed loop
 
 
 def interleave(rig: Rig, proxies: dict[str, Proxy], body_file: Path, rounds: int, load: Load,
@@ -365,7 +387,7 @@ def interleave(rig: Rig, proxies: dict[str, Proxy], body_file: Path, rounds: int
     warm-up or a round times out is not run again for this body (its later rounds are None)."""
     from tests.bench.common import rotate
 
-    script = rig.script(body_file, load.max_requests, load.status)
+    script = rig.script(body_file, load.max_requests, load.status, load.rate)
     runs: dict[str, list[Run | None]] = {name: [] for name in proxies}
     dead: set[str] = set()
     for name, proxy in proxies.items():
