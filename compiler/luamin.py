@@ -113,6 +113,16 @@ class Decl:
         return ([] if self.token is None else [self.token]) + self.uses
 
 
+@dataclass
+class _Local:
+    """A ``local`` statement with as many expressions as names (``local a, b = x, y``): its first
+    token (``local``), its ``=``, its last token, and what it declares."""
+    first: int
+    eq: int
+    last: int
+    decls: list[Decl]
+
+
 class _Parser:
     """A recursive-descent Lua 5.1 (+ ``goto``) parser that records scopes, not a syntax tree."""
 
@@ -122,6 +132,7 @@ class _Parser:
         self.scopes: list[list[Decl]] = []
         self.decls: list[Decl] = []
         self.globals: set[str] = set()
+        self.locals: list[_Local] = []
 
     # -- tokens
     def peek(self, k: int = 0) -> Token | None:
@@ -256,13 +267,16 @@ class _Parser:
                 self.declare(n, n)  # visible in its own body
                 self.funcbody(False)
             else:
+                first = self.i - 1
                 names = [self.name()]
                 while self.accept(","):
                     names.append(self.name())
+                eq, count = self.i, 0
                 if self.accept("="):
-                    self.explist()
-                for n in names:  # in scope only after the statement: ``local x = x``
-                    self.declare(n, self.i)
+                    count = self.explist()
+                decls = [self.declare(n, self.i) for n in names]  # in scope only after it: ``local x = x``
+                if count == len(names):
+                    self.locals.append(_Local(first, eq, self.i - 1, decls))
         else:
             self.suffixedexp()
             if self.check(",") or self.check("="):
@@ -313,10 +327,13 @@ class _Parser:
         self.close(self.i)
         self.expect("end")
 
-    def explist(self) -> None:
+    def explist(self) -> int:
         self.expr()
+        count = 1
         while self.accept(","):
             self.expr()
+            count += 1
+        return count
 
     _BINOPS = frozenset(["+", "-", "*", "/", "%", "^", "..", "==", "~=", "<", "<=", ">", ">=", "and", "or"])
 
@@ -465,22 +482,56 @@ def rename(decls: list[Decl], keep: frozenset[str]) -> dict[int, str]:
 
 
 def minify(src: str) -> str:
-    """``src`` with every local renamed (:func:`rename`); everything else, white space included,
-    kept as it is."""
+    """``src`` with every local renamed (:func:`rename`) and adjacent ``local`` statements joined
+    (:func:`_mergeable`); everything else, white space included, kept as it is."""
     return minify_chunk(src)[0]
 
 
 def minify_chunk(src: str) -> tuple[str, frozenset[str]]:
     """:func:`minify` of ``src``, and the global names it reads or writes (unchanged)."""
-    tokens, decls, globals_ = analyze(src)
-    keep = globals_ | {d.name for d in decls if d.fixed}
-    names = rename(decls, keep)
-    edits = sorted((tokens[r].pos, len(tokens[r].text), names[i]) for i, d in enumerate(decls) if i in names
+    tokens = tokenize(src)
+    p = _Parser(tokens)
+    p.chunk()
+    keep = frozenset(p.globals) | {d.name for d in p.decls if d.fixed}
+    names = rename(p.decls, keep)
+    edits = sorted((tokens[r].pos, len(tokens[r].text), names[i]) for i, d in enumerate(p.decls) if i in names
                    for r in d.refs)
+
+    def renamed(start: int, end: int) -> str:
+        """``src[start:end]`` with the renames inside it applied."""
+        out, last = [], start
+        for pos, size, new in edits[bisect_left(edits, (start, 0, "")):]:
+            if pos >= end:
+                break
+            out += [src[last:pos], new]
+            last = pos + size
+        return "".join(out) + src[last:end]
+
+    def end_of(t: int) -> int:
+        return tokens[t].pos + len(tokens[t].text)
+
     out, last = [], 0
-    for pos, size, new in edits:
-        out.append(src[last:pos])
-        out.append(new)
-        last = pos + size
-    out.append(src[last:])
-    return "".join(out), globals_
+    for group in _mergeable(p.locals):
+        start = tokens[group[0].first].pos
+        out.append(renamed(last, start))
+        out.append("local " + ",".join(renamed(tokens[st.first + 1].pos, end_of(st.eq - 1)) for st in group) + "="
+                   + ",".join(renamed(tokens[st.eq + 1].pos, end_of(st.last)) for st in group))
+        last = end_of(group[-1].last)
+    out.append(renamed(last, len(src)))
+    return "".join(out), frozenset(p.globals)
+
+
+def _mergeable(statements: list[_Local]) -> list[list[_Local]]:
+    """Runs of adjacent ``local`` statements, each with as many expressions as names, none of whose
+    expressions reads a local an earlier one of the run declares: ``local a = x local b = y``
+    becomes ``local a, b = x, y``, which LuaJIT compiles to the same bytecode (each value to the next
+    register, calls truncated to one value, left to right); ``local a = x local b = a`` stays."""
+    runs: list[list[_Local]] = []
+    for st in statements:
+        run = runs[-1] if runs else None
+        if (run is not None and st.first == run[-1].last + 1
+                and not any(_any_in(d.uses, st.first, st.last) for prev in run for d in prev.decls)):
+            run.append(st)
+        else:
+            runs.append([st])
+    return [run for run in runs if len(run) > 1]

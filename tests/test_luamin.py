@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from compiler import luabundle
-from compiler.luamin import KEYWORDS, analyze, minify, tokenize
+from compiler.luamin import KEYWORDS, analyze, minify, rename, tokenize
 from tests.support.bytecode import stripped_bytecode
 from tests.support.lua import strict_runtime
 
@@ -131,6 +131,12 @@ SNIPPETS = {
         return n""",
     "many locals": "\n".join(f"local v{i} = {i}" for i in range(150)) + "\nreturn v0 + v77 + v149",
     "unused locals share a name": "local a = 1 local b = 2 local c = a + 1 return c",
+    "adjacent locals joined": """
+        local calls = 0
+        local function f() calls = calls + 1 return calls, "extra" end
+        local first = f() local second = f() local third, fourth = f()
+        local t = { first } local u = #t local v = function() return second end
+        return first + second + third + u + v() .. fourth""",
 }
 
 
@@ -162,10 +168,32 @@ def test_a_capture_would_change_the_bytecode():
 def test_new_names_are_short_and_never_a_keyword_or_a_global_the_chunk_uses():
     src = "\n".join(f"local v{i} = {i}" for i in range(200)) + "\nreturn a, b, c, _ENV, " + "+".join(
         f"v{i}" for i in range(200))
-    tokens = tokenize(minify(src))
-    names = {t.text for i, t in enumerate(tokens) if t.kind == "name" and tokens[i - 1].text == "local"}
+    _, decls, globals_ = analyze(src)
+    names = set(rename(decls, globals_).values())
     assert len(names) == 200 and not names & (KEYWORDS | {"a", "b", "c", "_ENV"})
     assert max(len(n) for n in names) == 2
+    out = minify(src)
+    assert out.startswith("local ") and out.count("local ") == 1  # one statement: they were adjacent
+
+
+@pytest.mark.parametrize("src,expected", [
+    ("local a = 1 local b = f() local c = {}", "local a,b,c=1,f(),{}"),
+    ("local a = 1 local b = a", "local a = 1 local b = a"),  # b reads a: a must be in scope first
+    ("local a = 1 local g = function() return a end", "local a = 1 local g = function() return a end"),
+    ("local a, b = f() local c = 1", "local a, b = f() local c = 1"),  # f() gives two values here
+    ("local a local b = 1", "local a local b = 1"),
+    ("local a = 1\nlocal b = 2 x = a + b", "local a,b=1,2 x = a + b"),
+])
+def test_adjacent_local_statements_are_joined_where_that_changes_nothing(src, expected):
+    """Renaming aside (these names are already short): ``local a = x local b = y`` is one statement."""
+    out = minify(src)
+    assert _shape(out) == _shape(expected)
+    assert stripped_bytecode(out) == stripped_bytecode(src)
+
+
+def _shape(text: str) -> list[str]:
+    """The tokens of ``text``, a local's or global's name as "name" (the renamer chooses them)."""
+    return [t.kind if t.kind == "name" else t.text for t in tokenize(text)]
 
 
 def test_a_method_keeps_self_and_no_local_becomes_self():
