@@ -15,9 +15,9 @@ provider has several keys; a translator module
 protocol.
 
 The bundle drops comments, blank lines, indentation, and the spaces and line breaks that separate no
-tokens (a line break stays where a space would have to), gives every local a short name
-(:func:`compiler.luamin.minify`: the stripped bytecode is unchanged, tests/test_luamin.py proves
-it) and is ASCII only, so its size in bytes is its size in characters (Istio's
+tokens (a line break stays where a space would have to), gives every local a short name and joins
+adjacent ``local`` statements (:func:`compiler.luamin.minify`: the stripped bytecode is
+unchanged, tests/test_luamin.py proves it) and is ASCII only, so its size in bytes is its size in characters (Istio's
 ``TrafficExtension`` caps ``lua.inlineCode`` in characters; issue 28 wants every bundle a filter
 without failover needs within 56 KiB). Both are checked here, for every module, every time.
 
