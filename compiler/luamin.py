@@ -137,6 +137,8 @@ class _Parser:
         self.decls: list[Decl] = []
         self.globals: set[str] = set()
         self.locals: list[_Local] = []
+        # each token's text where it is an operator or keyword (what check compares), then an end
+        self.keys: list[str | None] = [t.text if t.kind in ("op", "keyword") else None for t in tokens] + [None, None]
 
     # -- tokens
     def peek(self, k: int = 0) -> Token | None:
@@ -144,11 +146,10 @@ class _Parser:
         return self.t[j] if j < len(self.t) else None
 
     def check(self, text: str) -> bool:
-        tok = self.peek()
-        return tok is not None and tok.kind in ("op", "keyword") and tok.text == text
+        return self.keys[self.i] == text
 
     def accept(self, text: str) -> bool:
-        if self.check(text):
+        if self.keys[self.i] == text:
             self.i += 1
             return True
         return False
