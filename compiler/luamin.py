@@ -47,7 +47,6 @@ KEYWORDS = frozenset(
     "and break do else elseif end false for function goto if in local nil not or repeat return then true "
     "until while".split())
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # hex with optional fraction and binary exponent, or decimal with exponent; LuaJIT's suffixes
 _NUMBER = re.compile(r"(?:0[xX](?:[0-9a-fA-F]*\.?[0-9a-fA-F]*)(?:[pP][+-]?[0-9]+)?"
                      r"|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)(?:[uU]?[lL][lL]|[iI])?")
