@@ -125,7 +125,7 @@ def test_a_paused_leader_starts_no_write_after_its_renew_deadline(api, tmp_path)
                              kubeconfig(api, tmp_path / "kubeconfig"), "--health-port", str(port),
                              "--identity", "pod-a", "--lease-duration", "2", "--renew-deadline", "1.5",
                              "--retry-period", "0.2", "--request-timeout", "1"],
-                            cwd=REPO, stderr=subprocess.DEVNULL)
+                            cwd=REPO, stderr=(tmp_path / "stderr").open("wb"))
     b = None
     try:
         wait_for(lambda: len(api.writes_by("/pod-a")) >= 3, timeout=30, what="pod-a mid-pass")
@@ -136,7 +136,9 @@ def test_a_paused_leader_starts_no_write_after_its_renew_deadline(api, tmp_path)
         assert time.monotonic() - paused > 1.5
         resumed = time.monotonic()
         proc.send_signal(signal.SIGCONT)
-        assert proc.wait(timeout=15) == 1, "an ex-leader exits so that it is restarted"
+        code = proc.wait(timeout=15)
+        assert code == 1, ("an ex-leader exits with 1 so that it is restarted",
+                           (tmp_path / "stderr").read_text(errors="replace")[-2000:])
         assert api.writes_by("/pod-a", since=resumed) == []
         lease = api.get(LEASES, "leases", "llmc-system", "llmc-controller")
         assert lease["spec"]["holderIdentity"] == "b"

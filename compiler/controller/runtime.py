@@ -17,6 +17,7 @@ contents are never read).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -438,6 +439,13 @@ def run(opts: Options, kubeconfig: str | None, namespaces: list[str] | None, lea
     done.wait()
     if ctrl.lost.is_set():
         log.warning("exiting: leadership lost", extra={"leader": False})
-        return 1
+        # At once, as client-go's leader election does (klog.Fatal: os.Exit): every write has
+        # stopped (on_lost runs after them), and the watches' and workers' daemon threads would
+        # otherwise run on into the interpreter's shutdown, where one writing its log line to stderr
+        # aborts the process (SIGABRT, exit code 134 instead of 1: seen once in CI's leader test).
+        for h in logging.getLogger().handlers:
+            h.flush()
+        sys.stderr.flush()
+        os._exit(1)
     ctrl.stop()  # stop watches and loops, hand the Lease back
     return 0
