@@ -247,9 +247,8 @@ class Price(_Strict):
                        "other model.")
     prompt: float = Field(ge=0, le=1e9, description="Price of 1M prompt tokens.")
     completion: float = Field(ge=0, le=1e9, description="Price of 1M completion tokens.")
-    cachedPrompt: float | None = Field(None, ge=0, le=1e9, description="Price of 1M cached prompt tokens "
-                                       "(shown by explain; charged at the prompt price until the proxy records "
-                                       "cached tokens).")
+    cachedPrompt: float | None = Field(None, ge=0, le=1e9, description="Price of 1M prompt tokens read from "
+                                       "the provider's cache (default: the prompt price; docs/budgets.md).")
 
 
 class TokenLimit(_Strict):

@@ -96,7 +96,7 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC243", _E, "gateway pods the operator does not allow"),
     Message("LLMC250", _E, "an API key is listed twice"),
     Message("LLMC251", _W, "keySelection or retryKeysOn on a config with one key"),
-    Message("LLMC252", _E, "retryKeysOn on a failover rule"),
+    # LLMC252 (retryKeysOn on a failover rule) was lifted by issue 33: never reused
     Message("LLMC253", _E, "retryKeysOn needs Istio 1.31"),
     Message("LLMC254", _E, "retryKeysOn on the ambient target"),
     # token limits (issue 30); numbered apart from the 24x series other work extends

@@ -281,6 +281,24 @@ class Rule:
         rest = sorted((b for b in self.backends if b is not first), key=lambda b: (b.priority, -b.weight))
         return (first, *rest)
 
+    @staticmethod
+    def key_slots(b: Backend) -> int:
+        """How many consecutive tries backend ``b`` owns on a failover rule: one per key when it
+        retries with its next key (retryKeysOn, docs/failover.md "The next key before the next
+        provider"), else one."""
+        return b.config.key_count if b.config.key_retry else 1
+
+    def try_slots(self, first: Backend) -> tuple[tuple[Backend, int], ...]:
+        """(backend, slot 1..) of every try of the pinned route of ``first``, in the order Envoy takes
+        them: each backend of ``failover_order`` with one slot per key it may retry with."""
+        return tuple((b, k) for b in self.failover_order(first) for k in range(1, self.key_slots(b) + 1))
+
+    def allowed_tries(self, first: Backend) -> int:
+        """How many tries the pinned route of ``first`` may make: the slots of its first
+        ``retries.attempts`` backends (``attempts`` counts providers; key retries come on top)."""
+        assert self.retries is not None
+        return sum(self.key_slots(b) for b in self.failover_order(first)[: self.retries.attempts])
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -383,6 +401,8 @@ class Program:
     rate_limit: RateLimitService | None = None  # token limits' service (None: no limits anywhere)
     #: the ambient target: rules run on waypoints (a TrafficExtension each) instead of sidecars
     waypoint: Waypoint | None = None
+    #: what prices and the cost counter count in (``--cost-unit``, a key of options.COST_UNITS; resolve sets it)
+    cost_unit: str = ""
 
     def namespaces(self) -> list[str]:
         return sorted({p.namespace for p in self.providers} | {v.namespace for v in self.vhosts})

@@ -50,6 +50,17 @@ ANSWERED_BY_HEADER = "x-llmc-answered-by"
 #: whoever set them (the filter, or a client): none ever reaches a provider.
 INTERNAL_HEADERS = (ROUTING_HEADER, *(f.header for f in BODY_FIELDS.values()), ORDER_HEADER, TRANSLATE_HEADER,
                     FAILOVER_HEADER, ANSWERED_BY_HEADER)
+#: DestinationRule subset of a provider's k-th key slot on failover rules (k >= 2; the first slot
+#: is the provider's own cluster): a distinct Envoy cluster per key, so a retry that zeroes the
+#: clusters already tried can still reach the same provider with its next key (docs/failover.md)
+KEY_SUBSET_PREFIX = "llmc-key-"
+
+
+def key_subset(slot: int) -> str | None:
+    """The subset of key slot ``slot`` (1-based): None for the first (the plain cluster)."""
+    return None if slot == 1 else f"{KEY_SUBSET_PREFIX}{slot}"
+
+
 ROUTE_SEPARATOR = "/"  # appears in no Kubernetes name, rule name or provider name
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 RULE_NAME = re.compile(r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")

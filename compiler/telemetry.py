@@ -26,8 +26,11 @@ OpenTelemetry semantic conventions (:data:`SEMCONV`; every name is in the vendor
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .cost import USAGE, Priced, answer_cost, answer_model, priced_guard
+from .ir import Price
 from .protocols import DRIVERS
 
 PROVIDER_NAME = "llmc-access-log"
@@ -226,6 +229,8 @@ class Metric:
     dimensions: dict[str, str]  # Prometheus label → CEL
     name: str | None = None
     unit: str = ""
+    #: llmc's own OTel-style name of a metric the conventions do not define (the cost counter)
+    llmc_name: str | None = None
     #: convention name of each Prometheus label that is one (the rest are Istio's)
     attributes: dict[str, str] = field(default_factory=dict)
 
@@ -266,6 +271,31 @@ def genai_metrics() -> list[Metric]:
             _duration(), _time_to_first_chunk()]
 
 
+#: The cost counter's name: OpenTelemetry's GenAI conventions define no cost metric (cost is a
+#: price table's, not the model call's), so it is llmc's own, outside the ``gen_ai.`` namespace
+COST_NAME = "llmc.cost"
+COST_DEFINITION = "llm_cost_total"
+
+
+def cost_metric(prices: Sequence[tuple[str, tuple[Price, ...]]], cost_unit: str) -> Metric:
+    """The cost counter ``istio_llm_cost_total`` (:data:`COST_NAME`): each answer adds what it cost
+    in cost units (``--cost-unit``: millionths or thousandths of the prices' currency), computed by
+    the expression money budgets charge with (compiler/cost.py) from the usage the filter recorded
+    and ``prices`` — (LLMProvider name, its prices) of the providers the metric's proxies reach that
+    have prices — for the model that answered (else the requested one). An error, an answer without
+    usage, or an unpriced provider's answer adds 0 to the ``unknown`` series every non-LLM request
+    adds 0 to: no series names an unpriced provider or model."""
+    model = answer_model(f"(has({USAGE}.request_model) ? {USAGE}.request_model : '')")
+    priced: list[Priced] = [(name, table, model) for name, table in prices]
+    guard = priced_guard(priced)
+    attrs = {"gen_ai.provider.name": cel("gen_ai_provider"), "gen_ai.request.model": cel("request_model"),
+             "gen_ai.response.model": cel("response_model"), "gen_ai.operation.name": f"({OPERATION})"}
+    dims = {prometheus_name(k): f"{guard} ? {v} : 'unknown'" for k, v in attrs.items()}
+    dims["llm_provider"] = f"{guard} ? {cel('provider')} : 'unknown'"  # prices are an LLMProvider's
+    return Metric(COST_DEFINITION, "COUNTER", answer_cost(priced), {**dims, **KEY_ID, **WORKLOAD},
+                  unit=cost_unit, llmc_name=COST_NAME, attributes={prometheus_name(k): k for k in attrs})
+
+
 _LEGACY_DIMENSIONS = {"llm_provider": cel("provider"), "llm_model": cel("request_model"), **KEY_ID, **WORKLOAD}
 
 
@@ -299,7 +329,7 @@ class StatsPatch:
     drop: tuple[str, ...] = ()  # Istio's metrics this instance does not record
 
 
-def stats_patches(legacy: bool = False) -> list[StatsPatch]:
+def stats_patches(legacy: bool = False, cost: Metric | None = None) -> list[StatsPatch]:
     """What ``render --telemetry`` adds to the stats filter.
 
     istio.stats keeps one custom metric per name and records it once per request with one set of
@@ -308,11 +338,14 @@ def stats_patches(legacy: bool = False) -> list[StatsPatch]:
     come from one filter. The input sample comes from Istio's own filter; the output sample from a
     second instance of the same filter type inserted after it, which drops Istio's standard metrics
     (else each request would count twice) and defines the same histogram with the output value: the
-    same stat name, so Prometheus sees one histogram with both label values."""
+    same stat name, so Prometheus sees one histogram with both label values. The cost counter
+    (``cost``: where the proxies reach priced providers) joins Istio's filter, in either set of names
+    (it is new: it has no legacy name)."""
+    extra = (cost,) if cost is not None else ()
     if legacy:
-        return [StatsPatch("MERGE", tuple(legacy_metrics()))]
+        return [StatsPatch("MERGE", (*legacy_metrics(), *extra))]
     tokens_in, tokens_out, *times = genai_metrics()
-    return [StatsPatch("MERGE", (tokens_in, *times)),
+    return [StatsPatch("MERGE", (tokens_in, *times, *extra)),
             StatsPatch("INSERT_AFTER", (tokens_out,), name=OUTPUT_STATS_FILTER, drop=ISTIO_STANDARD_METRICS)]
 
 

@@ -28,7 +28,7 @@ E2E = ["tests/test_envoy_e2e.py", "tests/test_gateways_e2e.py", "tests/test_obse
        "tests/test_providers_e2e.py", "tests/test_failover_crossings_e2e.py",
        "tests/test_crossings_e2e.py", "tests/test_token_limits_e2e.py", "tests/test_budgets_e2e.py",
        "tests/test_ambient_e2e.py", "tests/test_several_keys_e2e.py", "tests/test_gemini_e2e.py",
-       "tests/test_failover_protocols_e2e.py"]
+       "tests/test_failover_protocols_e2e.py", "tests/test_cost_metric_e2e.py"]
 #: e2e modules run on the pinned release only (the normal ``pytest`` run), with why
 PINNED_ONLY = {"tests/test_asm_e2e.py": "ASM's guide manifests: the compiler's input, not a data-plane version matter",
                "tests/test_diff_e2e.py": "llmc diff's predictions against one Envoy: a compiler matter"}

@@ -141,6 +141,17 @@ def test_the_price_is_the_answering_models(proxy, redis_server):
     eventually(redis_server, team("red"), DEAR_MINI + DEAR)
 
 
+def test_cache_reads_are_charged_at_the_cached_prompt_price(proxy, redis_server):
+    """dear-1-mini's cachedPrompt (1.5 per 1M, prompt 3): an answer reporting 4 of its 11 prompt
+    tokens as cached (``prompt_tokens_details.cached_tokens``) is charged 4 × 1.5 less than 4 × 3 —
+    the same arithmetic as the cost counter (compiler/cost.py); dear-1 has no cachedPrompt: full price."""
+    client = sdk(proxy, **{"x-team": "amber", "x-test-usage": "details"})
+    client.chat.completions.create(model="dear-1-mini", messages=MESSAGES)
+    eventually(redis_server, team("amber"), DEAR_MINI - 4 * (3 - 1.5))
+    client.chat.completions.create(model="dear-1", messages=MESSAGES)
+    eventually(redis_server, team("amber"), DEAR_MINI - 4 * (3 - 1.5) + DEAR)
+
+
 def test_an_error_is_charged_nothing(proxy, redis_server, rls):
     before = len(rls.requests)
     with pytest.raises(openai.InternalServerError):

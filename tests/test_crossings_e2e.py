@@ -130,7 +130,7 @@ AMBIENT = [c for c in TRAFFIC if c.target == "ambient"]
 def waypoint_of(cell: X.Cell) -> str:
     """The waypoint serving an ambient cell. A waypoint's Lua is capped (TrafficExtension: 65,536
     characters; docs/ambient.md, "Size"), and the bundle with both translators (Anthropic's and
-    Gemini's, one TrafficExtension since the bundle is minified) leaves room for about 21 providers'
+    Gemini's, one TrafficExtension since the bundle is minified) leaves room for about 20 providers'
     route table: the cells whose rule uses a translated provider get a waypoint of their own (as
     docs/ambient.md advises: split the providers over several waypoints)."""
     translated = any(X.PROVIDERS[n].format != "openai" for n in cell.kind.providers(cell.protocol))
@@ -179,13 +179,25 @@ def access_log_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def envoy(objects, upstreams, rls, access_log_path):
+def cost_fields(tmp_path_factory):
+    """The cost counter of ``render --telemetry`` (issue 34) for the matrix's priced providers, as CEL
+    access-log fields (``cost``, ``cost/<label>``: tests/test_cost_metric_e2e.py)."""
+    from tests.test_cost_metric_e2e import cost_fields as fields
+
+    path = tmp_path_factory.mktemp("crossings-telemetry") / "crossings.yaml"
+    path.write_text(X.manifest(TRAFFIC))
+    limits = ["--rate-limit-service", X.RATE_LIMIT_SERVICE] if X.limited(TRAFFIC) else []
+    return fields(llmc_render("-f", str(path), "--istio-version", "1.31", "--telemetry", *limits))
+
+
+@pytest.fixture(scope="module")
+def envoy(objects, upstreams, rls, access_log_path, cost_fields):
     from tests.test_observability_e2e import meshconfig_labels
 
     istio = [o for o in objects if o["kind"] != "ConfigMap"]  # the ConfigMap is the rate-limit service's
     layout = build_bootstrap(istio, {h: u.port for h, u in upstreams.items()}, None,
                              extra_clusters=[rls_cluster(rls.port)],
-                             access_logs=[access_log(str(access_log_path), meshconfig_labels())])
+                             access_logs=[access_log(str(access_log_path), {**meshconfig_labels(), **cost_fields})])
     assert layout.unmatched == []
     assert (layout.skipped == []) is (envoy_minor() >= FAILOVER_ENVOY)  # failover patches: 1.31+ proxies only
     proxy = Envoy(layout.bootstrap)

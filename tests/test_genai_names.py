@@ -166,3 +166,21 @@ def test_legacy_switch_needs_telemetry():
     assert problems == [("legacy-telemetry-names", "--legacy-telemetry-names needs --telemetry")]
     opts, problems = parse_options(legacy_telemetry_names=True, telemetry=True)
     assert problems == [] and opts is not None and opts.legacy_telemetry_names
+
+
+def test_every_emitted_metric_is_a_registry_name_but_llmcs_declared_cost_counter():
+    """With priced providers, ``render --telemetry`` emits the GenAI metrics (each a registry name,
+    above) and exactly one other: llmc's cost counter, which is declared as llmc's (``llmc_name``,
+    not ``name``) and whose name the registry does not hold (tests/test_cost_metric.py)."""
+    from compiler import Options, compile_text
+    from compiler.telemetry import COST_DEFINITION, COST_NAME
+    from tests.test_budgets import PROVIDERS, route
+    from tests.test_cost_metric import cost_definitions
+
+    result = compile_text(PROVIDERS + route("[]"), Options(telemetry=True), "in.yaml")
+    emitted = {d["name"] for o in result.objects if o["kind"] == "EnvoyFilter"
+               for p in o["spec"]["configPatches"] for d in p["patch"]["value"].get("typed_config", {}).get(
+                   "definitions", [])}
+    assert emitted - {m.definition for m in genai_metrics()} == {COST_DEFINITION}
+    assert cost_definitions(result.objects) and COST_NAME not in REGISTRY["metrics"]
+    assert all(m.name in REGISTRY["metrics"] for m in genai_metrics())

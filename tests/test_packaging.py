@@ -161,7 +161,10 @@ def test_shell_completion_is_on():
     env = {**os.environ, "_LLMC_COMPLETE": "complete_bash", "COMP_WORDS": "llmc ren", "COMP_CWORD": "1"}
     out = subprocess.run([str(llmc)], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.split() == ["render"]
-    script = subprocess.run([str(llmc), "--show-completion", "bash"], capture_output=True, text=True)
+    # the shell named, not detected: typer's detection looks for a shell among the process's
+    # ancestors, and a test run from a service or nohup has none ("Shell  not supported.")
+    named = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    script = subprocess.run([str(llmc), "--show-completion", "bash"], capture_output=True, text=True, env=named)
     assert script.returncode == 0 and "_LLMC_COMPLETE=complete_bash" in script.stdout
 
 

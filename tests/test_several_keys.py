@@ -288,10 +288,58 @@ def failover_route() -> dict:
     return backup, rt
 
 
-def test_retry_keys_on_a_failover_rule_is_not_supported_yet():
+def _objects(result) -> list[dict]:
+    return list(YAML(typ="safe").load_all(dump_yaml(result.objects)))
+
+
+def test_retry_keys_on_a_failover_rule_gives_each_key_a_try_before_the_next_provider():
+    """Issue 33: the provider with retryKeysOn owns one try per key, each its own cluster (a subset),
+    before the backup; Envoy retries the union of retryOn and retryKeysOn; the rule's attempts count
+    providers, so the route may make keys + 1 tries."""
     backup, rt = failover_route()
+    rt["spec"]["rules"][0]["retries"] = {"retryOn": ["5xx"]}
+    result = compiled(provider({"apiKeys": KEYS, "retryKeysOn": [429, 401]}), backup, rt)
+    assert result.ok, result.diagnostics.format_text()
+    objects = _objects(result)
+    (dr,) = [o for o in objects if o["kind"] == "DestinationRule" and o["spec"]["host"] == "p.example.com"]
+    assert [s["name"] for s in dr["spec"]["subsets"]] == ["llmc-key-2", "llmc-key-3"]
+    assert all("labels" not in s for s in dr["spec"]["subsets"])
+    routes = [r for o in objects if o["kind"] == "VirtualService" for r in o["spec"]["http"] if "retries" in r]
+    (pinned,) = routes
+    assert [(d["destination"]["host"], d["destination"].get("subset")) for d in pinned["route"]] == [
+        ("p.example.com", None), ("p.example.com", "llmc-key-2"), ("p.example.com", "llmc-key-3"),
+        ("b.example.com", None)]
+    assert [d["weight"] for d in pinned["route"]] == [97, 1, 1, 1]
+    assert pinned["retries"]["attempts"] == 3 and pinned["retries"]["retryOn"] == "401,429,5xx"
+    patches = [p for o in objects if o["kind"] == "EnvoyFilter" for p in o["spec"]["configPatches"]]
+    (ctx,) = [c["filter_context"] for p in patches if p["applyTo"] == "HTTP_ROUTE"
+              for c in p["patch"]["value"].get("typed_per_filter_config", {}).values() if "tries" in c.get("filter_context", {})]
+    assert ctx["slots"] == [1, 1, 1, 2] and ctx["retry_on"] == {"5xx": True, "statuses": []}
+    assert ctx["tries"][0]["key_retry"] == [401, 429] and "key_retry" not in ctx["tries"][1]
+    # no plain key-retry patch on a failover rule: its tries carry the keys
+    assert not [p for p in patches if "retry_policy" in p["patch"]["value"].get("route", {})
+                and "num_retries" in p["patch"]["value"]["route"]["retry_policy"]]
+
+
+def test_attempts_count_providers_and_key_slots_come_on_top():
+    backup, rt = failover_route()
+    rt["spec"]["rules"][0]["retries"] = {"attempts": 1}
     result = compiled(provider({"apiKeys": KEYS, "retryKeysOn": [429]}), backup, rt)
-    assert ("LLMC252", "spec.rules[0].retries") in codes(result) and not result.objects
+    assert result.ok, result.diagnostics.format_text()
+    (pinned,) = [r for o in _objects(result) if o["kind"] == "VirtualService" for r in o["spec"]["http"]
+                 if "retries" in r]
+    assert pinned["retries"]["attempts"] == 2  # the provider's three keys, never the backup
+
+
+def test_a_failover_rule_without_retry_keys_on_is_unchanged():
+    backup, rt = failover_route()
+    result = compiled(provider({"apiKeys": KEYS}), backup, rt)
+    objects = _objects(result)
+    assert not [o for o in objects if o["kind"] == "DestinationRule" and o["spec"].get("subsets")]
+    patches = [p for o in objects if o["kind"] == "EnvoyFilter" for p in o["spec"]["configPatches"]]
+    ctxs = [c["filter_context"] for p in patches if p["applyTo"] == "HTTP_ROUTE"
+            for c in p["patch"]["value"].get("typed_per_filter_config", {}).values() if "tries" in c.get("filter_context", {})]
+    assert ctxs and all("slots" not in c for c in ctxs)
 
 
 def test_retry_keys_on_needs_istio_1_31():

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
 from tests.support.mesh import llmc_render
-from tests.support.sdk import chat, status_error
+from tests.support.sdk import chat, chat_stream, status_error
 from tests.support.upstream import start_upstreams
 from tests.test_observability_e2e import meshconfig_labels
 
@@ -25,11 +25,14 @@ pytestmark = pytest.mark.envoy
 RR, WEIGHTED, SINGLE, PRIMARY, BACKUP = ("rr.example.com", "weighted.example.com", "single.example.com",
                                          "primary.example.com", "backup.example.com")
 RETRY, NORETRY = "retry.example.com", "noretry.example.com"
-HOSTS = (RR, WEIGHTED, SINGLE, PRIMARY, BACKUP, RETRY, NORETRY)
+FKA, FKB = "fka.example.com", "fkb.example.com"  # a failover rule: A retries its keys on 429, then B
+HOSTS = (RR, WEIGHTED, SINGLE, PRIMARY, BACKUP, RETRY, NORETRY, FKA, FKB)
 LITERALS = {PRIMARY: ["sk-primary-a-000000000001", "sk-primary-b-000000000002"],
             SINGLE: ["sk-single-0000000000000001"],
             RETRY: ["sk-retry-0-00000000000001", "sk-retry-1-00000000000002", "sk-retry-2-00000000000003"],
-            NORETRY: ["sk-noretry-0-000000000001", "sk-noretry-1-000000000002"]}
+            NORETRY: ["sk-noretry-0-000000000001", "sk-noretry-1-000000000002"],
+            FKA: ["sk-fka-0-0000000000000001", "sk-fka-1-0000000000000002"],
+            FKB: ["sk-fkb-00000000000000001"]}
 FILES = {RR: {"a": "sk-rr-a-1", "b": "sk-rr-b-1", "c": "sk-rr-c-1"},
          WEIGHTED: {"x": "sk-weighted-x-1", "y": "sk-weighted-y-1"},
          BACKUP: {"one": "sk-backup-one-1", "two": "sk-backup-two-1"}}
@@ -61,6 +64,18 @@ def manifest() -> str:
                     "spec": {"host": PRIMARY, "rules": [{"name": "default", "backendRefs": [
                         {"providerHost": PRIMARY}, {"providerHost": BACKUP, "priority": 1}],
                         "retries": {"attempts": 2}}]}}),
+        _provider("fka", FKA, {"apiKeys": LITERALS[FKA], "retryKeysOn": [429]}),
+        _provider("fkb", FKB, {"apiKey": LITERALS[FKB][0]}),
+        # the next key before the next provider (docs/failover.md): `strict` moves to B on a 5xx only,
+        # the default rule (retryOn: connect-failure, reset, 5xx, 429) on a 429 too
+        json.dumps({"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMRoute",
+                    "metadata": {"name": "keyed-failover", "namespace": "default"},
+                    "spec": {"host": FKA, "rules": [
+                        {"name": "strict", "matches": [{"headers": {"x-case": {"exact": "strict"}}}],
+                         "backendRefs": [{"providerHost": FKA}, {"providerHost": FKB, "priority": 1}],
+                         "retries": {"retryOn": ["5xx"]}},
+                        {"name": "default", "backendRefs": [{"providerHost": FKA}, {"providerHost": FKB, "priority": 1}],
+                         "retries": {}}]}}),
     ]
     return "\n---\n".join(docs)
 
@@ -279,3 +294,116 @@ def test_an_older_proxy_does_not_retry_keys_and_reuses_none(env):
     ups[RETRY].fail_keys = {bearer(RETRY, i): 429 for i in range(3)}
     err = status_error(chat, envoy.port, RETRY)
     assert err.status_code == 429 and len(received(ups, RETRY)) == 1
+
+
+# ---- the next key before the next provider: a failover rule (docs/failover.md) ----------------------
+
+STRICT = {"x-case": "strict"}  # the rule whose retryOn is 5xx only
+
+
+def answered_by(completion) -> str:
+    return completion.model.removesuffix("-2026").removesuffix("-model")
+
+
+@needs_1_39
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_failover_429_on_a_key_moves_to_the_same_providers_next_key(env, stream):
+    envoy, d, ups = env
+    first_key_next(envoy, ups, FKA)
+    ups[FKA].fail_keys = {bearer(FKA, 0): 429}
+    tag = f"fk429{stream}"
+    if stream:
+        got = chat_stream(envoy.port, FKA, extra_query={"t": tag})
+        assert got.text and got.chunks[0].model.startswith("fka-model")
+    else:
+        assert answered_by(chat(envoy.port, FKA, extra_query={"t": tag})) == "fka"
+    assert received(ups, FKA) == [bearer(FKA, 0), bearer(FKA, 1)] and received(ups, FKB) == []
+    for r in ups[FKA].requests:
+        assert r.json()["model"] == "fka-model" and r.json().get("stream", False) is stream
+        assert not [k for k in r.headers if k.lower().startswith("x-llmc")], r.headers
+    (line,) = log_lines(d, tag, 1)
+    assert (line["llm_provider"], line["llm_api_key_id"], line["response_code"]) == ("fka", "1", 200)
+    assert_no_key_crossed(ups)
+
+
+@needs_1_39
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_every_key_of_a_provider_refused_moves_to_the_next_provider_when_retry_on_allows(env, stream):
+    envoy, d, ups = env
+    ups[FKA].fail_keys = {bearer(FKA, 0): 429, bearer(FKA, 1): 429}
+    tag = f"fkall{stream}"
+    if stream:
+        got = chat_stream(envoy.port, FKA, extra_query={"t": tag})
+        assert got.text and got.chunks[0].model.startswith("fkb-model")
+    else:
+        assert answered_by(chat(envoy.port, FKA, extra_query={"t": tag})) == "fkb"
+    # each of A's keys once (a refused key is never sent twice), then B with its own key
+    assert sorted(received(ups, FKA)) == [bearer(FKA, 0), bearer(FKA, 1)]
+    assert received(ups, FKB) == [bearer(FKB, 0)]
+    (line,) = log_lines(d, tag, 1)
+    # B has one key: no key index (not A's last one)
+    assert (line["llm_provider"], line["llm_api_key_id"], line["response_code"]) == ("fkb", None, 200)
+    assert_no_key_crossed(ups)
+
+
+@needs_1_39
+def test_every_key_refused_is_the_clients_429_when_retry_on_does_not_allow_the_next_provider(env):
+    envoy, d, ups = env
+    ups[FKA].fail_keys = {bearer(FKA, 0): 429, bearer(FKA, 1): 429}
+    err = status_error(chat, envoy.port, FKA, headers=STRICT, extra_query={"t": "fkstrict"})
+    assert err.status_code == 429 and err.code == "rate_limit_exceeded"
+    assert sorted(received(ups, FKA)) == [bearer(FKA, 0), bearer(FKA, 1)] and received(ups, FKB) == []
+    # the upstream filter's mark that stopped Envoy's retry never reaches the client
+    assert "x-envoy-ratelimited" not in err.response.headers
+    assert not any(k.lower().startswith("x-llmc-") for k in err.response.headers)
+    (line,) = log_lines(d, "fkstrict", 1)
+    assert (line["llm_provider"], line["llm_api_key_id"], line["response_code"]) == ("fka", "1", 429) or \
+        (line["llm_provider"], line["llm_api_key_id"], line["response_code"]) == ("fka", "0", 429)
+    assert_no_key_crossed(ups)
+
+
+@needs_1_39
+@pytest.mark.parametrize("headers", [None, STRICT], ids=["default", "strict"])
+def test_a_401_not_in_retry_keys_on_is_final(env, headers):
+    envoy, _, ups = env
+    ups[FKA].fail_keys = {bearer(FKA, 0): 401, bearer(FKA, 1): 401}  # whichever key comes first
+    err = status_error(chat, envoy.port, FKA, headers=headers)
+    assert err.status_code == 401
+    assert len(received(ups, FKA)) == 1 and received(ups, FKB) == []
+    assert "x-envoy-ratelimited" not in err.response.headers
+
+
+@needs_1_39
+@pytest.mark.parametrize("failure", ["503", "reset"])
+def test_a_provider_failure_tries_its_next_key_then_the_next_provider(env, failure):
+    """A 503 or a reset that the rule's retryOn names: Envoy's next try is the provider's next key
+    (its next cluster in the route's order; no filter can skip it), each key once, then B."""
+    envoy, d, ups = env
+    ups[FKA].fail = failure
+    assert answered_by(chat(envoy.port, FKA, extra_query={"t": f"fkfail{failure}"})) == "fkb"
+    assert sorted(received(ups, FKA)) == [bearer(FKA, 0), bearer(FKA, 1)] and received(ups, FKB) == [bearer(FKB, 0)]
+    (line,) = log_lines(d, f"fkfail{failure}", 1)
+    assert (line["llm_provider"], line["llm_api_key_id"], line["response_code"]) == ("fkb", None, 200)
+    assert_no_key_crossed(ups)
+
+
+@needs_1_39
+def test_when_every_try_failed_the_client_gets_the_last_answer(env):
+    """B answering 503 after A's keys: nothing follows B; a failed key is never sent twice."""
+    envoy, _, ups = env
+    ups[FKA].fail_keys = {bearer(FKA, 0): 429, bearer(FKA, 1): 429}
+    ups[FKB].fail = "503"
+    err = status_error(chat, envoy.port, FKA)
+    assert err.status_code == 503
+    assert sorted(received(ups, FKA)) == [bearer(FKA, 0), bearer(FKA, 1)] and received(ups, FKB) == [bearer(FKB, 0)]
+
+
+@pytest.mark.skipif(envoy_minor() >= (1, 39), reason="older proxies only: an Istio <= 1.30 proxy (Envoy <= 1.38) "
+                    "gets no failover patch")
+def test_an_older_proxy_refuses_a_keyed_failover_rule_and_sends_nothing(env):
+    """The per-key subsets reach every proxy, the failover patches only Istio >= 1.31 ones: an older
+    proxy answers failover_unsupported and no key is sent anywhere."""
+    envoy, _, ups = env
+    err = status_error(chat, envoy.port, FKA)
+    assert err.status_code == 503 and err.code == "failover_unsupported"
+    assert received(ups, FKA) == [] and received(ups, FKB) == []

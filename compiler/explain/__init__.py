@@ -334,6 +334,9 @@ def _attempts(sources: dict[str, str], objects: list[dict], http: dict, patch: d
         for k, v in metadata.items():
             h.dynamic_metadata[k] = v
         rt.lua.globals().envoy_on_request(h)
+        # the stream's metadata is shared by the tries too: e.g. the keys a provider's earlier tries
+        # used (docs/failover.md, "The next key before the next provider")
+        metadata = _py(h.dynamic_metadata)
         shared = {k: v for k, v in _py(h.headers_map).items() if k != "x-envoy-attempt-count"}
         one = {"route": [dest]}
         up = _upstream(objects, one, {**shared, ":authority": shared.get(":authority", d["host"])}, _text(h), secrets)

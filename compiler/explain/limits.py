@@ -65,10 +65,17 @@ def charge_text(fmt: str, unit: str = "cost") -> str:
             model = "other models" if p["model"] == "*" else p["model"]
             return f"{provider}/{model}" if provider and provider != "other providers" else provider or model
 
-        prices = "; ".join(f"{who(p)} [{p['prompt']}, {p['completion']}]" for p in describe_money(fmt))
-        return (f"ceil((prompt tokens × P + completion tokens × C) / 1000000) {unit} units, at the price "
-                f"[P, C per 1M tokens] of the provider and model that answered: {prices}; without usage "
-                "request bytes / 4 × P; 0 for errors")
+        described = describe_money(fmt)
+        cached = any("cached_prompt" in p for p in described)
+        prices = "; ".join(f"{who(p)} [{p['prompt']}, {p['completion']}"
+                           + (f", {p.get('cached_prompt', p['prompt'])}" if cached else "") + "]" for p in described)
+        if not cached:
+            return (f"ceil((prompt tokens × P + completion tokens × C) / 1000000) {unit} units, at the price "
+                    f"[P, C per 1M tokens] of the provider and model that answered: {prices}; without usage "
+                    "request bytes / 4 × P; 0 for errors")
+        return (f"ceil((prompt tokens × P + completion tokens × C - cache-read tokens × (P - Pc)) / 1000000) {unit} "
+                f"units, at the price [P, C, Pc per 1M tokens] of the provider and model that answered: {prices}; "
+                "without usage request bytes / 4 × P; 0 for errors")
     parts = [f"{float(w):g}×{kind}" for w, kind in _WEIGHT.findall(fmt)]
     return " + ".join(parts) + " tokens (else request bytes / 4)" if parts else fmt
 

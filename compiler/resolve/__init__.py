@@ -123,7 +123,7 @@ def resolve(items: list[Sourced], opts: Options, diags: Diagnostics) -> Program 
     return Program(secrets_dir=opts.secrets_dir.rstrip("/") or "/", providers=providers,
                    egress=egress, telemetry=opts.telemetry, rate_limit=rate_limit_service(opts),
                    telemetry_names="legacy" if opts.legacy_telemetry_names else "gen_ai",
-                   waypoint=Waypoint(*opts.waypoint) if opts.ambient else None,
+                   waypoint=Waypoint(*opts.waypoint) if opts.ambient else None, cost_unit=opts.cost_unit,
                    vhosts=tuple(sorted(placed, key=lambda v: (v.namespace, v.object_name))))
 
 def _provider_limits(providers_by_ns, provider_docs, unique: list[Sourced], opts: Options,

@@ -296,7 +296,8 @@ def _unknown_provider(host: str, found: visibility.Lookup, catalog: visibility.C
 
 def _check_key_retry(rule, backends: tuple[Backend, ...], opts: Options, doc: Document, rpath: tuple,
                      diags: Diagnostics) -> bool:
-    """retryKeysOn (docs/api-keys.md): Istio >= 1.31 (its upstream filter), and not on failover rules yet."""
+    """retryKeysOn (docs/api-keys.md): Istio >= 1.31 (its upstream filter); on failover rules too
+    (the next key before the next provider, docs/failover.md)."""
     ok = True
     for b in backends:
         if not b.config.key_retry:
@@ -308,12 +309,6 @@ def _check_key_retry(rule, backends: tuple[Backend, ...], opts: Options, doc: Do
                         **doc.where(rpath + ("backendRefs", ref)),
                         hint=f"render with --istio-version {FAILOVER_ISTIO_VERSION} once the mesh runs it, or "
                         "remove retryKeysOn from the provider")
-            ok = False
-        elif rule.retries is not None:
-            diags.error("LLMC252", f"provider {b.provider.name} retries with its next key (retryKeysOn), which is "
-                        "not supported on a failover rule yet: each try there uses one key of its provider",
-                        **doc.where(rpath + ("retries",)),
-                        hint="send this rule to a provider without retryKeysOn, or remove retries")
             ok = False
     return ok
 

@@ -10,26 +10,49 @@ server's filter chain (Istio's egress-gateway pattern).
 from __future__ import annotations
 
 from .. import names
-from ..ir import Program
+from ..ir import Program, Rule
 from .common import egress_subset, export_to, metadata, provider_gateway_namespaces, waypoint_namespaces
+
+
+def key_slots(program: Program) -> dict[tuple[str, str], int]:
+    """(namespace, provider name) → the most key slots a failover rule gives it (> 1 only): its
+    DestinationRule carries a subset for each slot after the first (``names.key_subset``)."""
+    out: dict[tuple[str, str], int] = {}
+    for vh in program.vhosts:
+        for rule in vh.rules:
+            if rule.retries is None:
+                continue
+            for b in rule.backends:
+                n = Rule.key_slots(b)
+                if n > 1:
+                    key = (b.provider.namespace, b.provider.name)
+                    out[key] = max(out.get(key, 1), n)
+    return out
 
 
 def translate_destinationrules(program: Program) -> list[dict]:
     gateways = provider_gateway_namespaces(program)
+    slots = key_slots(program)
     out = []
     for p in program.providers:
-        if not p.tls or p.in_mesh:
+        n = slots.get((p.namespace, p.name), 1)
+        if (not p.tls or p.in_mesh) and n == 1:
             continue
-        tls = {"mode": "SIMPLE", "sni": p.sni, "subjectAltNames": list(p.subject_alt_names)}
-        if p.ca_certificates:
-            tls["caCertificates"] = p.ca_certificates
+        tls = None
+        if p.tls and not p.in_mesh:
+            tls = {"mode": "SIMPLE", "sni": p.sni, "subjectAltNames": list(p.subject_alt_names)}
+            if p.ca_certificates:
+                tls["caCertificates"] = p.ca_certificates
         out.append({
             "metadata": metadata(names.object_name("provider", p.name), p.namespace, [p.source]),
             "host": p.host,
             "export_to": export_to(p.namespace, gateways.get((p.namespace, p.name), set())
                                    | waypoint_namespaces(program, p.namespace), p.export_to),
-            "port_settings": [{"port": p.service_port, "tls": tls}],
-            "subsets": [],
+            "port_settings": [{"port": p.service_port, "tls": tls}] if tls else [],
+            # one subset per further key slot, with the provider's own TLS: no labels, so each is
+            # the provider's endpoints again under another cluster name (docs/failover.md)
+            "subsets": [{"name": names.key_subset(k), "port": p.service_port, "tls": tls}
+                        for k in range(2, n + 1)],
         })
     egress = program.egress
     if egress is not None:

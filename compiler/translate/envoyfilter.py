@@ -181,7 +181,20 @@ def tries_context(vh: VirtualHost, rule: Rule, first: Backend, secrets_dir: str)
     order = rule.failover_order(first)
     # the Host of each try: Envoy applies a weighted cluster's host rewrite to the first try only
     tries = [{**_backend_context(b, secrets_dir, None), "authority": b.host_header} for b in order]
-    body = {"route": f"{vh.namespace}/{vh.label}", "rule": rule.name, "tries": tries,
+    keyed: dict = {}
+    if any(Rule.key_slots(b) > 1 for b in order):
+        # the next key before the next provider (docs/failover.md): a backend with retryKeysOn owns
+        # one try per key; `slots` names each try's backend (1-based, in `tries`), up to the tries
+        # the rule allows, and `retry_on` the statuses the rule's retryOn retries (5xx: every one)
+        for t, b in zip(tries, order, strict=True):
+            if Rule.key_slots(b) > 1:
+                t["key_retry"] = list(b.config.key_retry)
+        index = {id(b): i + 1 for i, b in enumerate(order)}
+        assert rule.retries is not None
+        keyed = {"slots": [index[id(b)] for b, _ in rule.try_slots(first)][: rule.allowed_tries(first)],
+                 "retry_on": {"5xx": "5xx" in rule.retries.retry_on,
+                              "statuses": [429] if "429" in rule.retries.retry_on else []}}
+    body = {"route": f"{vh.namespace}/{vh.label}", "rule": rule.name, "tries": tries, **keyed,
             "protocols": {p: PROTOCOLS[p].context() for p in sorted({b.provider.protocol for b in order})},
             # the header map is shared by the tries: every header an earlier try of this rule may
             # have set a key in (each protocol's, every backend's authHeader) is removed first
@@ -221,7 +234,8 @@ def failover_routes(vh: VirtualHost, secrets_dir: str) -> list[dict]:
 
 def _key_retry_sends(vh: VirtualHost) -> list[tuple[str, Rule, Backend]]:
     """(route name, rule, backend) of each route that sends to a backend with retryKeysOn: the rule's
-    route (one backend) or each pinned route (weighted). Failover rules never (LLMC252)."""
+    route (one backend) or each pinned route (weighted). Failover rules never: their tries carry
+    the key slots (``tries_context``)."""
     out = []
     for rule in vh.rules:
         if rule.retries is not None:

@@ -28,7 +28,20 @@ import re
 import yaml
 
 from .. import names
-from ..ir import Backend, Price, Program, RateLimitService, Rule, TokenLimit, VirtualHost
+from ..cost import (
+    CACHED,
+    HAS_USAGE,
+    PER,
+    USAGE,
+    Priced,
+    answer_model,
+    discounts,
+    price_switch,
+    provider_switch,
+    size_estimate,
+    usage_charge,
+)
+from ..ir import Backend, Program, RateLimitService, Rule, TokenLimit, VirtualHost
 from ..protocols import PROTOCOLS
 from .common import metadata, rule_route_names
 
@@ -49,7 +62,7 @@ STAGE = 7
 WORKLOAD_KEY = "source_cluster"  # Envoy's source_cluster action: the node cluster, <app>.<namespace> in Istio
 MODEL_KEY = "model"
 ABSENT = "-"  # the value of a key part a request lacks (a shared bucket)
-_USAGE = "metadata.filter_metadata.llmc"
+_USAGE = USAGE
 RATE_LIMITED_BODY = json.dumps({"error": {
     "message": "llmc: token limit exceeded; retry after the window resets (retry-after)",
     "type": "tokens", "param": None, "code": "rate_limit_exceeded"}}, separators=(",", ":"))
@@ -93,53 +106,29 @@ def charge_format(limit: TokenLimit) -> str:
             f"uint(request.size) / 4u))%")
 
 
-#: a price is per 1M tokens: the charge in cost units is ceil(Σ tokens × units per 1M / 1M)
-PER = 1_000_000
-
-
-def _price_switch(prices: tuple[Price, ...], field: str, model: str) -> str:
-    """A CEL uint: ``field`` (prompt or completion) of the price of the model ``model`` (a CEL string)
-    names. A price's model matches the same name, or a dated snapshot of it (``gpt-4o`` matches
-    ``gpt-4o-2024-08-06``): the longest matching name wins; no match: the ``*`` price, or — never a
-    free answer — the provider's highest price."""
-    star = [p for p in prices if p.model == "*"]
-    fallback = getattr(star[0], field) if star else max(getattr(p, field) for p in prices)
-    expr = f"{fallback}u"
-    for price in sorted((p for p in prices if p.model != "*"), key=lambda p: (len(p.model), p.model)):
-        name = json.dumps(price.model)
-        expr = f"({model} == {name} || {model}.startsWith({json.dumps(price.model + '-')}) ? " \
-               f"{getattr(price, field)}u : {expr})"
-    return expr
-
-
 def _prices_for(rule: Rule, backend: Backend, field: str) -> str:
-    """The price (cost units per 1M tokens) a request of ``rule`` on ``backend``'s route pays: at the
-    provider that answered (a failover rule: ``llmc.provider``, which the filter records from the try
-    that answered) for the model that answered (``llmc.response_model``; without it, the model the
-    provider is configured with)."""
-    def model(b: Backend) -> str:
-        configured = json.dumps(b.config.model or "")
-        return f"(has({_USAGE}.response_model) ? {_USAGE}.response_model : {configured})"
+    """The price (cost units per 1M tokens) a request of ``rule`` on ``backend``'s route pays
+    (compiler/cost.py): at the provider that answered (a failover rule: ``llmc.provider``) for the
+    model that answered (``llmc.response_model``; without it, the model the provider is configured
+    with)."""
+    def priced(b: Backend) -> Priced:
+        return b.provider.name, b.provider.prices, answer_model(json.dumps(b.config.model or ""))
 
     if rule.retries is None:
-        return _price_switch(backend.provider.prices, field, model(backend))
-    priced = [b for b in rule.backends if b.provider.prices]
-    expr = f"{max(getattr(p, field) for b in priced for p in b.provider.prices)}u"
-    for b in reversed(priced):
-        price = _price_switch(b.provider.prices, field, model(b))
-        expr = f"({_USAGE}.provider == {json.dumps(b.provider.name)} ? {price} : {expr})"
-    return expr
+        _, prices, model = priced(backend)
+        return price_switch(prices, field, model)
+    return provider_switch([priced(b) for b in rule.backends if b.provider.prices], field)
 
 
 def money_format(rule: Rule, backend: Backend) -> str:
     """The charge of a money budget, in cost units, rounded up: the answer's prompt and completion
     tokens at the answering provider's prices for the answering model; without usage, ``request.size
     / 4`` tokens at its prompt price (a 2xx); 0 for errors."""
-    p, c = f"{_USAGE}.request_prompt_tokens", f"{_USAGE}.request_completion_tokens"
     pp, cp = _prices_for(rule, backend, "prompt"), _prices_for(rule, backend, "completion")
-    return (f"%CEL(response.code >= 400 ? 0u : (has({p}) && has({c}) ? "
-            f"(uint({p}) * {pp} + uint({c}) * {cp} + {PER - 1}u) / {PER}u : "
-            f"(uint(request.size) / 4u * {pp} + {PER - 1}u) / {PER}u))%")
+    answering = [b for b in rule.backends if b.provider.prices] if rule.retries is not None else [backend]
+    dp = _prices_for(rule, backend, "cache_discount") if any(discounts(b.provider.prices) for b in answering) else None
+    charge = usage_charge(pp, cp, cache_discount=dp)
+    return f"%CEL(response.code >= 400 ? 0u : ({HAS_USAGE} ? {charge} : {size_estimate(pp)}))%"
 
 
 _COMPARED = re.compile(r' == ("(?:[^"\\\\]|\\\\.)*")')
@@ -162,7 +151,7 @@ def _split_top(expr: str) -> tuple[str, str, str] | None:
 
 
 def _read_switch(expr: str, provider: str = "") -> list[tuple[str, str, int]]:
-    """The prices a :func:`_price_switch` or provider switch holds: (provider, model, units), in the
+    """The prices a :func:`~compiler.cost.price_switch` or provider switch holds: (provider, model, units), in the
     order they are tested ("" provider: any; model "*": no listed model matched)."""
     expr = expr.strip()
     if expr.endswith("u") and expr[:-1].isdigit():
@@ -180,14 +169,17 @@ def _read_switch(expr: str, provider: str = "") -> list[tuple[str, str, int]]:
 def describe_money(fmt: str) -> list[dict]:
     """A money charge's prices, read back from :func:`money_format`'s expression (``llmc explain`` and
     ``llmc diff`` work from the emitted objects): per (provider, model), cost units per 1M prompt and
-    completion tokens."""
+    completion tokens, and ``cached_prompt`` where cache reads cost less."""
     inner = fmt[len("%CEL("):-len(")%")]
     usage = inner[inner.index("? (uint(") + 2:]
     p_mark, c_mark = ") * ", f" + uint({_USAGE}.request_completion_tokens) * "
     pp = usage[usage.index(p_mark) + len(p_mark):usage.index(c_mark)]
     cp = usage[usage.index(c_mark) + len(c_mark):usage.index(f" + {PER - 1}u) / {PER}u")]
+    cp, _, dp = cp.partition(f" - {CACHED} * ")
     completions = {(prov, model): units for prov, model, units in _read_switch(cp)}
-    return [{"provider": prov, "model": model, "prompt": units, "completion": completions.get((prov, model))}
+    discount = {(prov, model): units for prov, model, units in _read_switch(dp)} if dp else {}
+    return [{"provider": prov, "model": model, "prompt": units, "completion": completions.get((prov, model)),
+             **({"cached_prompt": units - discount[(prov, model)]} if discount.get((prov, model)) else {})}
             for prov, model, units in _read_switch(pp)]
 
 

@@ -98,22 +98,33 @@ def _failover(vh: VirtualHost, rule: Rule, first) -> dict:
     destination in failover order (the EnvoyFilter makes Envoy try them in this order; the weights
     only apply if that patch is missing, where the filter refuses the request anyway), and Istio's
     retry policy with attempts = retries (tries - 1)."""
-    order = rule.failover_order(first)
-    weights = [1] * len(order)
-    weights[0] = 100 - (len(order) - 1)  # Istio drops weight 0; the weights add up to 100
-    timeouts = [b.provider.timeout for b in order if b.provider.timeout]
+    slots = rule.try_slots(first)  # a provider retrying with its next key owns one try per key
+    weights = [1] * len(slots)
+    weights[0] = 100 - (len(slots) - 1)  # Istio drops weight 0; the weights add up to 100
+    timeouts = [b.provider.timeout for b, _ in slots if b.provider.timeout]
     retries = rule.retries
     assert retries is not None  # only failover rules get here
     return {
         "destinations": [{"host": b.provider.host, "port": b.provider.service_port, "weight": w,
-                          "host_header": b.host_header} for b, w in zip(order, weights, strict=True)],
-        "retries": {"attempts": retries.attempts - 1,
+                          "subset": names.key_subset(k), "host_header": b.host_header}
+                         for (b, k), w in zip(slots, weights, strict=True)],
+        "retries": {"attempts": rule.allowed_tries(first) - 1,
                     **({"perTryTimeout": retries.per_try_timeout} if retries.per_try_timeout else {}),
-                    "retryOn": ",".join(sorted({RETRY_ON[c] for c in retries.retry_on}))},
+                    "retryOn": failover_retry_on(rule)},
         "timeout": max(timeouts, key=_seconds) if timeouts else None,
         # every credential header: each try sets its own (the upstream filter of its provider)
         "remove": [*names.INTERNAL_HEADERS, *vhost_credential_headers(vh)],
     }
+
+
+def failover_retry_on(rule: Rule) -> str:
+    """Istio's ``retryOn`` of a failover rule: the rule's conditions and, for the backends that retry
+    with their next key, their ``retryKeysOn`` statuses (Envoy retries the union; the upstream filter
+    marks an answer the rule's table does not retry as final, docs/failover.md)."""
+    assert rule.retries is not None
+    items = {RETRY_ON[c] for c in rule.retries.retry_on}
+    items |= {str(s) for b in rule.backends if Rule.key_slots(b) > 1 for s in b.config.key_retry}
+    return ",".join(sorted(items))
 
 
 def _seconds(duration: str) -> float:

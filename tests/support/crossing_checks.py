@@ -41,8 +41,12 @@ def failover_tries(c: X.Cell) -> list[str]:
     if not c.kind.failover or not reaches(c):
         return []
     levels = c.kind.priorities(c.protocol)
-    # no failure: the first pick only; else every first choice fails, then the next priority's first
-    return levels[0][:1] if c.failure == "none" else [*levels[0], levels[1][0]]
+    # no failure: the first pick only; else every first choice fails (with each of its keys when it
+    # retries with its next key: every failure of the matrix is in the rule's retryOn), then the
+    # next priority's first
+    if c.failure == "none":
+        return levels[0][:1]
+    return [*(n for n in levels[0] for _ in range(X.PROVIDERS[n].key_slots)), levels[1][0]]
 
 
 @dataclass
@@ -222,6 +226,8 @@ def check_telemetry(cell: X.Cell, x: Exchange) -> None:
     if x.status >= 300:
         assert all(v is None for v in usage.values()), log
         assert log["gen_ai.response.time_to_first_chunk"] is None, log
+        if cell.limit == "budget":
+            check_cost(None, log)
         return
     answered = X.PROVIDERS[x.received[-1][0]]  # the last try answered
     served = answered.serves(cell.endpoint)
@@ -234,6 +240,21 @@ def check_telemetry(cell: X.Cell, x: Exchange) -> None:
         assert first is not None and 0 <= float(first) * 1000 <= int(log["duration_ms"]) + 1, log
     else:
         assert first is None, log
+    if cell.limit == "budget":
+        check_cost(answered, log)
+
+
+def check_cost(answered: X.Provider | None, log: dict) -> None:
+    """The cost counter (issue 34; a money cell, whose providers have prices): the answer's usage as
+    the access log has it at the answering provider's price, in micro units (the matrix's prices are
+    whole units per 1M tokens: exact), labelled with that provider; an error adds 0 to ``unknown``."""
+    tokens = log["gen_ai.usage.input_tokens"], log["gen_ai.usage.output_tokens"]
+    if answered is None or tokens[0] is None:
+        assert int(log["cost"]) == 0 and log["cost/llm_provider"] == "unknown", log
+        return
+    prompt, completion = (int(float(t)) if t is not None else 0 for t in tokens)
+    assert int(log["cost"]) == prompt * answered.price["prompt"] + completion * answered.price["completion"], log
+    assert log["cost/llm_provider"] == f"p-{answered.name}", log
 
 
 def check_tries(cell: X.Cell, x: Exchange) -> None:
@@ -249,8 +270,14 @@ def check_tries(cell: X.Cell, x: Exchange) -> None:
         assert len(got) == 1 and got[0] in first_tries(cell), got
     elif cell.kind.failover:
         assert sorted(got) == sorted(failover_tries(cell)), got
-        assert set(got[:len(first_tries(cell))]) == set(first_tries(cell)), ("priorities in order", got)
+        first = sum(X.PROVIDERS[n].key_slots for n in first_tries(cell))  # a try per key (keyretry)
+        assert set(got[:first]) == set(first_tries(cell)), ("priorities in order", got)
     else:
         assert got and set(got) <= set(names), got
     for name, rec in x.received:
         check_request(cell, X.PROVIDERS[name], rec, x.problems.get(id(rec)))
+    # a key that failed is never sent twice in one request (several keys: each try its own)
+    for name in set(got):
+        creds = [v for n, rec in x.received if n == name for k, v in rec.raw_headers if k in X.CREDENTIAL_HEADERS]
+        if len(X.PROVIDERS[name].keys) > 1:
+            assert len(creds) == len(set(creds)), (name, "a key sent twice", len(creds))

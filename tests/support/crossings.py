@@ -6,7 +6,7 @@ a line to the table it extends (DEVELOPERS.md: every feature joins the matrix):
 * ``RULES`` — how the route picks providers: one backend, weighted, routed by the body's model,
   failover with priorities, failover on a model-routed host, weighted first choices with a backup;
 * ``PROTOCOLS`` — the provider the cell is about: its API, where its key goes (or that it has none),
-  and the key form (one key, or several: ``multikey``);
+  and the key form (one key, or several: ``multikey``; several with the next key first: ``keyretry``);
 * ``ENDPOINTS`` — what the client calls: chat, embeddings (through ``basePath``), an unknown path;
 * ``EXTRAS`` — what a client adds: its own credentials, every internal ``x-llmc-*`` header, a body
   with two ``model`` members, ``Accept-Encoding: gzip``, a stream with usage (``stream_options``);
@@ -65,6 +65,12 @@ class Provider:
     @property
     def keys(self) -> tuple[str, ...]:
         return ((self.key,) if self.key else ()) + self.more_keys
+
+    @property
+    def key_slots(self) -> int:
+        """The tries it owns on a failover rule: one per key with retryKeysOn, else one."""
+        retry = any(v.get("retryKeysOn") for v in self.config.values())
+        return len(self.keys) if retry and len(self.keys) > 1 else 1
 
     @property
     def host(self) -> str:
@@ -133,6 +139,11 @@ PROTOCOLS: dict[str, Provider] = {p.name: p for p in (
     Provider("multikey", {"openAIConfig": {"model": "multikey-model"}}, "/multikey/v1/chat/completions",
              "/multikey/v1", key=_key("multikey"), model="multikey-model",
              more_keys=(_key("multikey2"), _key("multikey3"))),
+    # the key form "several keys, the next one first" (issue 33): retryKeysOn [429]; on a failover
+    # rule one try per key before the next provider (docs/failover.md), each key once
+    Provider("keyretry", {"openAIConfig": {"model": "keyretry-model", "retryKeysOn": [429]}},
+             "/keyretry/v1/chat/completions", "/keyretry/v1", key=_key("keyretry"), model="keyretry-model",
+             more_keys=(_key("keyretry2"),)),
     # the model in the path; no basePath (LLMC241)
     Provider("gemini", {"geminiConfig": {"model": "gemini-x"}}, "/v1beta/models/gemini-x:generateContent", None,
              key=_key("gemini"), auth_header="x-goog-api-key", auth_prefix="", model="gemini-x", format="gemini",
@@ -236,10 +247,11 @@ AMBIENT_REJECTED: dict[str, tuple[str, str]] = {
 AMBIENT_LIMITS = ("LLMC274", "tokenLimits")
 
 
-#: (target, protocol) pairs the matrix does not run: none since the bundle is minified (issue 28,
-#: docs/performance.md "Bundle sizes"); several keys on a waypoint were left out while the matrix's
-#: waypoint was within 600 characters of TrafficExtension's 65,536 (LLMC279)
-NOT_RUN: frozenset[tuple[str, str]] = frozenset()
+#: (target, protocol) pairs the matrix does not run: a waypoint cannot retry with the next key at all
+#: (LLMC254, tested by tests/test_several_keys.py). Several keys on a waypoint (``multikey``) run
+#: since the bundle is minified (issue 28, docs/performance.md "Bundle sizes"); they were left out
+#: while the matrix's waypoint was within 600 characters of TrafficExtension's 65,536 (LLMC279)
+NOT_RUN: frozenset[tuple[str, str]] = frozenset({("ambient", "keyretry")})
 
 
 def not_run(row: dict) -> bool:
@@ -250,7 +262,7 @@ def not_run(row: dict) -> bool:
 #: mixed-protocol failover, which a waypoint refuses (its other cells are an OpenAI-compatible
 #: provider's, which the other protocols cover there). Gemini joined the waypoint cells when the
 #: minified bundle let one TrafficExtension carry Anthropic's and Gemini's translators together
-#: (issue 28: 55.3 K characters with both; 77.9 K before, over the 65,536 of LLMC279).
+#: (issue 28: 55.7 K characters with both; 77.9 K before, over the 65,536 of LLMC279).
 AMBIENT_WITHOUT: frozenset[str] = frozenset({"plain"})
 
 

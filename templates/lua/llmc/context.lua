@@ -114,8 +114,25 @@ local function prepare_attempt(ctx)
   local tries = ctx:get("tries")
   local rule = prepare_rule(ctx:get("route"), ctx:get("rule"), { backends = tries }, ctx:get("protocols"))
   for i = 1, #tries do rule.backends[i].authority = tries[i].authority end
-  return { attempt = true, upstream = true, tries = rule.backends, rule_id = rule.rule_id,
+  local a = { attempt = true, upstream = true, tries = rule.backends, rule_id = rule.rule_id,
     credential_headers = ctx:get("credential_headers"), internal_headers = ctx:get("internal_headers") }
+  local slots = ctx:get("slots")
+  if slots ~= nil then
+    -- the next key before the next provider (llmc.failover): each try's backend, the statuses each
+    -- backend retries with its next key, and every status Envoy's retry policy retries (the union)
+    local retry_on = ctx:get("retry_on")
+    local rule_statuses, retriable = {}, {}
+    for _, s in ipairs(retry_on.statuses) do rule_statuses[s], retriable[s] = true, true end
+    for i = 1, #tries do
+      if tries[i].key_retry ~= nil then
+        local set = {}
+        for _, s in ipairs(tries[i].key_retry) do set[s], retriable[s] = true, true end
+        rule.backends[i].key_retry = set
+      end
+    end
+    a.slots, a.retry_5xx, a.rule_statuses, a.retriable = slots, retry_on["5xx"] == true, rule_statuses, retriable
+  end
+  return a
 end
 
 -- The prepared context of this route: a virtual host's ({by_route = ...}), or in the upstream

@@ -32,6 +32,15 @@ local ATTEMPT_COUNT = "x-envoy-attempt-count"
 local match = string.match
 local prepare, set_headers, encode_string = request.prepare, request.set_headers, require("llmc.scanner").encode_string
 
+-- llmc.keys is in the bundle only where a provider has several keys (compiler/luabundle.py), so
+-- it is looked up, not required by name (as llmc.context does)
+local KEYS_MODULE = "llmc.keys"
+local keys = package.preload[KEYS_MODULE] and require(KEYS_MODULE)
+-- An answer with this header is never retried by Envoy's router unless the retry policy names
+-- envoy-ratelimited, which llmc's never does (Envoy's RetryStateImpl::wouldRetryFromHeaders; it
+-- once held for x-envoy-overloaded too, no longer: tested on Envoy 1.39.3)
+local FINAL = "x-envoy-ratelimited"
+
 local M = {}
 
 function M.failover_unsupported(h, cfg)
@@ -120,6 +129,26 @@ local function fixed_headers(a)
   return fixed
 end
 
+-- The next key before the next provider (docs/failover.md): on a rule whose backends retry with
+-- their next key (retryKeysOn), such a backend owns one try per key, consecutive, each a cluster of
+-- its own (a DestinationRule subset: Envoy never returns to a cluster already tried), and
+-- `a.slots[n]` names the backend of try n. A backend's first try uses the key keySelection
+-- chooses; each later one the next key the request has not used (llmc.keys): a key that failed is
+-- never sent again. Returns the key, or false (none readable: sent without one, refused).
+local function slot_key(h, a, b, n, i, tmd, mine)
+  if n == 1 or a.slots[n - 1] ~= i then
+    local key = request.credential(b, h) -- by keySelection (llmc.keys records llmc:api_key_id)
+    if b.keys ~= nil then
+      tmd:set(METADATA_NS, "keys_tried", "," .. tostring((tmd:get(METADATA_NS) or {}).api_key_id) .. ",")
+    end
+    return key
+  end
+  local key, id, tried = keys.next_unused(b.keys, mine.keys_tried or ",", h, b.provider)
+  tmd:set(METADATA_NS, "keys_tried", tried)
+  if id ~= nil then tmd:set(METADATA_NS, "api_key_id", id) end
+  return key or false
+end
+
 -- One try, in the upstream filter of the provider's cluster: shapes the original client body and
 -- the headers for this provider, through the same step as the request path (llmc.request's prepare
 -- and set_headers). The header map is shared by all tries and keeps what an earlier
@@ -134,7 +163,10 @@ function M.on_attempt(h, a)
   -- which try this is: Envoy's attempt count (1 for the first), set on every try of a virtual host
   -- with include_request_attempt_count (Istio's default; llmc's patch sets it on failover hosts)
   local n = tonumber(headers:get(ATTEMPT_COUNT) or "")
-  local b = n and a.tries[n]
+  local slots = a.slots
+  local i = n
+  if slots ~= nil then i = n and slots[n] end
+  local b = i and a.tries[i]
   if b == nil then
     h:logErr("llmc: try " .. tostring(n) .. " of rule " .. a.rule_id .. " has no provider")
     return request.reply(h, 503, "server_error", "failover_unknown_try",
@@ -147,7 +179,16 @@ function M.on_attempt(h, a)
   -- try: the stream info, and so an earlier try's value, is shared by the tries)
   tmd:set(METADATA_NS, "try_format", b.format)
   local mine = tmd:get(METADATA_NS) or {} -- the same wrapper: nothing yielded since (body() does)
-  local key = request.credential(b, h)
+  local key
+  if slots ~= nil then
+    tmd:set(METADATA_NS, "try_slot", n)
+    key = slot_key(h, a, b, n, i, tmd, mine)
+  else
+    key = request.credential(b, h)
+  end
+  if b.keys == nil and mine.api_key_id ~= nil then
+    tmd:set(METADATA_NS, "api_key_id", nil) -- an earlier try's key id: this provider has one key
+  end
   if key == false then
     h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
     key = nil -- sent without a key: the provider refuses it, and the next try moves on
@@ -181,13 +222,40 @@ function M.on_attempt(h, a)
   headers:replace(":authority", b.authority)
 end
 
+-- The answer `status` of try `n` on a rule with key slots (docs/failover.md, the decision table):
+-- Envoy's retry policy retries the union of the rule's retryOn and every backend's retryKeysOn, and
+-- its next try is always the next slot (the backend's next key, else the next provider). This
+-- filter keeps the retries the table allows -- one of the backend's key statuses while it has a key
+-- left, a failure the rule's retryOn names -- and marks every other answer Envoy would retry as
+-- final (FINAL, which Envoy's router never retries; the downstream filter removes it).
+-- So a key status from a backend's last key reaches the next provider only when retryOn allows it.
+local function slot_answer(a, headers, status, n, tmd)
+  local slots = a.slots
+  if status < 400 or slots[n + 1] == nil then return end
+  local b = a.tries[slots[n]]
+  if (a.retry_5xx and status >= 500) or a.rule_statuses[status] then return end
+  if slots[n + 1] == slots[n] and b.key_retry ~= nil and b.key_retry[status] then return end
+  if a.retriable[status] then
+    headers:replace(FINAL, "true")
+    tmd:set(METADATA_NS, "final", true)
+  end
+end
+
 -- The mark of the try that answered: its provider, and its body format when that is translated (a
 -- format a provider sent itself is removed: only this filter's mark counts).
 function M.on_attempt_response(h)
-  local mine = h:streamInfo():dynamicMetadata():get(METADATA_NS)
+  local tmd = h:streamInfo():dynamicMetadata()
+  local mine = tmd:get(METADATA_NS)
   local by = mine and mine.try_provider
   if by == nil then return end
   local headers = h:headers()
+  local n = mine.try_slot
+  if n ~= nil then -- a rule with key slots (M.on_attempt set it)
+    local a = context.load_context(h)
+    if a ~= nil and a.slots ~= nil then
+      slot_answer(a, headers, tonumber(headers:get(":status") or "") or 0, n, tmd)
+    end
+  end
   -- "<provider> <gen_ai.provider.name>" (a provider name is a DNS label: no space in it)
   headers:replace(ANSWERED_BY, by .. " " .. (mine.try_gen_ai_provider or by))
   local fmt = mine.try_format
@@ -209,6 +277,7 @@ function M.failover_response(h, headers)
   local answered = headers:get(ANSWERED_BY)
   if answered ~= nil then
     headers:remove(ANSWERED_BY)
+    if mine.final then headers:remove(FINAL) end -- the upstream filter's mark (slot_answer)
     local by, gen_ai = match(answered, "^(%S+) ?(%S*)")
     by = by or answered
     md:set(METADATA_NS, "provider", by)

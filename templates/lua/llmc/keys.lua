@@ -63,16 +63,11 @@ end
 -- (the provider refuses it), never with one that failed.
 local METADATA_NS = "llmc"
 
-function M.on_attempt(h, a)
-  local b = a.b
-  local md = h:streamInfo():dynamicMetadata()
-  local mine = md:get(METADATA_NS) or {}
-  local tried = mine.keys_tried
-  if tried == nil then
-    md:set(METADATA_NS, "keys_tried", "," .. tostring(mine.api_key_id) .. ",")
-    return
-  end
-  local list = b.keys.list
+-- The next key of prepared keys `ks` this request has not used (`tried`, ",0,2,": the first is the
+-- one keySelection chose), in list order after that first, wrapping around; a key whose file is
+-- missing counts as used (logged on `h`). Returns the key (nil: none left), its id and the new `tried`.
+function M.next_unused(ks, tried, h, provider)
+  local list = ks.list
   local n, first = #list, 1
   for i = 1, n do
     if "," .. list[i].id .. "," == sub(tried, 1, #list[i].id + 2) then first = i end
@@ -82,17 +77,31 @@ function M.on_attempt(h, a)
     local k = list[(first + j - 1) % n + 1]
     if not find(tried, "," .. k.id .. ",", 1, true) then
       tried = tried .. k.id .. ","
-      local key = k.api_key or b.keys.context.api_key(k, now)
-      if key ~= nil then
-        h:headers():replace(b.auth_header, b.auth_prefix .. key)
-        md:set(METADATA_NS, "keys_tried", tried)
-        md:set(METADATA_NS, "api_key_id", k.id)
-        return
-      end
-      h:logErr("llmc: API key file for provider " .. b.provider .. " is missing or empty")
+      local key = k.api_key or ks.context.api_key(k, now)
+      if key ~= nil then return key, k.id, tried end
+      h:logErr("llmc: API key file for provider " .. provider .. " is missing or empty")
     end
   end
+  return nil, nil, tried
+end
+
+function M.on_attempt(h, a)
+  local b = a.b
+  local md = h:streamInfo():dynamicMetadata()
+  local mine = md:get(METADATA_NS) or {}
+  local tried = mine.keys_tried
+  if tried == nil then
+    md:set(METADATA_NS, "keys_tried", "," .. tostring(mine.api_key_id) .. ",")
+    return
+  end
+  local key, id
+  key, id, tried = M.next_unused(b.keys, tried, h, b.provider)
   md:set(METADATA_NS, "keys_tried", tried)
+  if key ~= nil then
+    h:headers():replace(b.auth_header, b.auth_prefix .. key)
+    md:set(METADATA_NS, "api_key_id", id)
+    return
+  end
   h:headers():remove(b.auth_header) -- no key left: never one that failed again
 end
 
