@@ -15,9 +15,17 @@ provider has several keys; a translator module
 protocol.
 
 The bundle drops comments, blank lines, indentation, and the spaces and line breaks that separate no
-tokens (a line break stays where a space would have to) and is ASCII only, so its size in bytes is its size in
-characters (Istio's ``TrafficExtension`` caps ``lua.inlineCode`` in characters). Both are checked
-here, for every module, every time.
+tokens (a line break stays where a space would have to), gives every local a short name and joins
+adjacent ``local`` statements (:func:`compiler.luamin.minify`: the stripped bytecode is
+unchanged, tests/test_luamin.py proves it) and is ASCII only, so its size in bytes is its size in characters (Istio's
+``TrafficExtension`` caps ``lua.inlineCode`` in characters; issue 28 wants every bundle a filter
+without failover needs within 56 KiB). Both are checked here, for every module, every time.
+
+There is one bundle: the minified one Envoy gets is what ``llmc render`` emits and what
+``llmc explain`` runs (it reads the emitted filter). No switch renders a readable variant: renaming
+changes no bytecode, so the committed modules are the readable form, and nothing user-visible
+names a local (docs/performance.md, "Bundle sizes"). Each module is minified once per process
+(:func:`minified`, cached by source), each bundle once per module set (:func:`bundle`).
 """
 
 from __future__ import annotations
@@ -27,8 +35,10 @@ from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 
-__all__ = ["ENTRY", "bundle", "bundle_modules", "closure", "module_names", "module_source", "modules_for",
-           "requires", "requires_of", "strip"]
+from . import luamin
+
+__all__ = ["ENTRY", "bundle", "bundle_modules", "closure", "minified", "module_names", "module_source",
+           "modules_for", "requires", "requires_of", "strip"]
 
 #: The entry module: envoy_on_request / envoy_on_response and the public surface.
 ENTRY = "main"
@@ -175,13 +185,37 @@ def strip(source: str) -> str:
     return text + "\n"
 
 
+@cache
+def _minified(source: str) -> tuple[str, frozenset[str]]:
+    text, free = luamin.minify_chunk(strip(source))
+    return text, free
+
+
+def minified(source: str) -> str:
+    """``source`` stripped (:func:`strip`) and with its locals renamed (:func:`compiler.luamin.minify`):
+    what the bundle carries of a module. Cached: each module is minified once per process."""
+    return _minified(source)[0]
+
+
 # ---- bundling ----------------------------------------------------------------------------------
 
+#: The bundle's own locals (the preload table, the loaded table, the function that registers a
+#: module): a module's chunk must not read a global of these names, or it would read these.
+_WRAPPER = ("P", "L", "M")
+_HEAD = 'local P,L=package.preload,package.loaded\nlocal function M(n,f)n="llmc."..n P[n],L[n]=f,nil end'
+
+
 def bundle_modules(sources: dict[str, str]) -> str:
-    """The bundle of the given module sources (name -> source, comments included), in name order."""
-    parts = ["local P, L = package.preload, package.loaded"]
+    """The bundle of the given module sources (name -> source, comments included), in name order:
+    each module's minified chunk becomes the body of a ``package.preload`` function (registered
+    by ``M``, which also clears the module from ``package.loaded``)."""
+    parts = [_HEAD]
     for name in sorted(sources):
-        parts.append(f'P["llmc.{name}"] = function(...)\n{strip(sources[name])}end\nL["llmc.{name}"] = nil')
+        text, free = _minified(sources[name])
+        clash = sorted(free & set(_WRAPPER))
+        if clash:
+            raise ValueError(f"module llmc.{name} reads the global(s) {clash}, which the bundle's own locals would hide")
+        parts.append(f'M("{name}",function(...)\n{text}end)')
     parts.append(f'return require("llmc.{ENTRY}")\n')
     text = "\n".join(parts)
     bad = sorted({c for c in text if ord(c) > 127})

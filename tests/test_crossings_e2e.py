@@ -129,9 +129,10 @@ AMBIENT = [c for c in TRAFFIC if c.target == "ambient"]
 
 def waypoint_of(cell: X.Cell) -> str:
     """The waypoint serving an ambient cell. A waypoint's Lua is capped (TrafficExtension: 65,536
-    characters; docs/ambient.md, "Size"), and the bundle with the Anthropic translator leaves room
-    for a few providers' route table only: the cells whose rule uses a translated provider get a
-    waypoint of their own (as docs/ambient.md advises: split the providers over several waypoints)."""
+    characters; docs/ambient.md, "Size"), and the bundle with both translators (Anthropic's and
+    Gemini's, one TrafficExtension since the bundle is minified) leaves room for about 20 providers'
+    route table: the cells whose rule uses a translated provider get a waypoint of their own (as
+    docs/ambient.md advises: split the providers over several waypoints)."""
     translated = any(X.PROVIDERS[n].format != "openai" for n in cell.kind.providers(cell.protocol))
     return "translated" if translated else "openai"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import combinations
 
 import pytest
 
@@ -223,7 +224,8 @@ def test_main_without_failover_refuses_a_failover_rule():
 
 def test_every_module_declares_what_it_requires():
     assert requires("main") >= {"scanner", "context", "request", "usage"}
-    assert requires("anthropic") == {"values"} and requires("scanner") == frozenset()
+    assert requires("anthropic") == {"values", "chat"} and requires("scanner") == frozenset()
+    assert requires("chat") == {"values"}  # the OpenAI side every translator shares
     assert "failover" not in luabundle.closure(["main"])  # optional: looked up in package.preload
 
 
@@ -231,7 +233,7 @@ def test_filters_get_only_the_modules_they_need():
     plain = modules_for(["openai"])
     assert plain == {"main", "scanner", "context", "request", "usage"}
     assert modules_for(["openai"], keys=True) == plain | {"keys"}  # several keys per provider
-    assert modules_for(["openai", "anthropic"]) == plain | {"anthropic", "values"}
+    assert modules_for(["openai", "anthropic"]) == plain | {"anthropic", "chat", "values"}
     assert modules_for([], failover=True) == plain | {"failover"}
 
 
@@ -293,19 +295,51 @@ def test_stripping_changes_no_behaviour():
         assert dump(strip(src)) == dump(src), name
 
 
-def test_the_plain_bundle_fits_in_56_kib_of_traffic_extension_inline_code():
-    """Issue 28's mandatory target: what a non-failover filter without translated providers carries
-    leaves room in TrafficExtension's lua.inlineCode (65,536 characters) for settings."""
-    assert len(lua_source(["openai"], False)) <= 56 * 1024
+#: Issue 28's mandatory target: 56 KiB, leaving room in TrafficExtension's lua.inlineCode (65,536
+#: characters) for settings.
+TARGET = 56 * 1024
+#: A regression ceiling for bundles with llmc.failover (sidecars and gateways only: EnvoyFilter has
+#: no inline limit, and a waypoint never fails over), keeping 2 KiB of 65,536 free.
+FAILOVER_CEILING = 62 * 1024
+TRANSLATED = sorted({d.record.format for d in DRIVERS.values()} - {"openai"})
+COMBINATIONS = [(formats, keys) for k in range(len(TRANSLATED) + 1) for formats in combinations(TRANSLATED, k)
+                for keys in (False, True)]
 
 
-@pytest.mark.parametrize("fmt", sorted({d.record.format for d in DRIVERS.values()} - {"openai"}))
-def test_a_bundle_with_one_translator_leaves_room_in_traffic_extension_inline_code(fmt):
-    """With a translator the bundle missed issue 28's 56 KiB once several keys, GenAI telemetry and
-    the drivers' one request path landed (docs/performance.md, "Bundle sizes"): this is a ceiling
-    against regressions that keeps 2 KiB of TrafficExtension's 65,536 characters for settings, not
-    the target. Each translator (Anthropic's, Gemini's) on its own."""
-    assert len(lua_source(["openai", fmt], False)) <= 62 * 1024
+def _id(case) -> str:
+    formats, keys = case
+    return "+".join(("openai", *formats)) + ("+keys" if keys else "")
+
+
+@pytest.mark.parametrize("formats,keys", COMBINATIONS, ids=[_id(c) for c in COMBINATIONS])
+def test_every_bundle_a_filter_without_failover_needs_fits_in_56_kib(formats, keys):
+    """Every set of translators a filter's providers may need, with and without several keys:
+    the bundle (minified: compiler/luamin.py) is ASCII and within 56 KiB."""
+    text = luabundle.bundle(modules_for(["openai", *formats], failover=False, keys=keys))
+    assert text == lua_source(["openai", *formats], False, keys)
+    assert text.isascii() and len(text) <= TARGET, len(text)
+
+
+@pytest.mark.parametrize("formats,keys", COMBINATIONS, ids=[_id(c) for c in COMBINATIONS])
+def test_failover_bundles_stay_under_their_ceiling(formats, keys):
+    text = lua_source(["openai", *formats], True, keys)
+    assert text.isascii() and len(text) <= FAILOVER_CEILING, len(text)
+
+
+def test_filters_and_unit_tests_get_the_minified_modules():
+    """What Envoy gets, what `llmc explain` runs (it reads the emitted filter) and what every Lua
+    unit test loads (LuaFilter: lua_source; load_modules: bundle_modules) is the minified code."""
+    sources = {n: module_source(n) for n in luabundle.closure(["anthropic"])}
+    text = bundle_modules(sources)
+    for name, source in sources.items():
+        assert f'M("{name}",function(...)\n{luabundle.minified(source)}end)' in text
+    assert "local function translate_messages" in module_source("anthropic")
+    assert "translate_messages" not in text and "translate_messages" not in bundle()
+
+
+def test_a_module_reading_a_global_the_wrapper_hides_is_refused():
+    with pytest.raises(ValueError, match="hide"):
+        bundle_modules({"main": "return P\n"})
 
 
 def test_preparing_a_context_steps_the_collector_once_and_a_cached_one_never():

@@ -12,7 +12,7 @@ from compiler.luabundle import bundle
 
 _BLOCK = re.compile(r"^( *)inline_string: \|[-+]?\n((?:\1  .*\n|\n)+)", re.M)
 _INLINE = re.compile(r"^( *)inlineCode: \|[-+]?\n((?:\1  .*\n|\n)+)", re.M)
-_MODULE = re.compile(r'^P\["llmc\.(\w+)"\] = function', re.M)
+_MODULE = re.compile(r'^M\("(\w+)",function', re.M)
 MARKER = re.compile(r"<llmc\.lua modules=([\w,]+)>")
 
 

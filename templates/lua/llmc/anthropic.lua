@@ -34,40 +34,28 @@
 -- Anthropic's specifics: docs/protocols.md.
 
 local values = require("llmc.values")
+local chat = require("llmc.chat")
 
-local sub, find, format, concat, byte = string.sub, string.find, string.format, table.concat, string.byte
-local NULL, NUM = values.NULL, values.NUM
+local sub = string.sub
+local NULL, present = values.NULL, values.present
 local is_obj, is_arr, oget, oset, obj, arr, apush, raw = values.is_obj, values.is_arr, values.oget, values.oset,
   values.obj, values.arr, values.apush, values.raw
-local present, source_of, decode, encode, openai_error = values.present, values.source_of, values.decode,
-  values.encode, values.openai_error
+local source_of, decode, encode = values.source_of, values.decode, values.encode
+local count_of, image_url, chunk, feeder, text_or = chat.count_of, chat.image_url, chat.chunk, chat.feeder,
+  chat.text_or
 
 -- OpenAI chat request -> Messages request
 
-local UNSUPPORTED = " is not supported by this provider"
+local UNSUPPORTED = chat.UNSUPPORTED
 
 -- Request fields that would change the shape of the answer and have no Messages equivalent: the
--- request is refused (400) rather than answered differently. Every other field without a mapping
--- is tuning only and dropped (README, "Providers").
+-- request is refused (400) rather than answered differently (llmc.chat refuses those no
+-- translated protocol maps; this, run among them, Anthropic's own). Every other field without a
+-- mapping is tuning only and dropped (README, "Providers").
 local function refused(req)
-  local n = oget(req, "n")
-  if n ~= nil and n ~= NULL and not (getmetatable(n) == NUM and tonumber(n[1]) == 1) then
-    return "n", "'n' other than 1 (several choices)" .. UNSUPPORTED
-  end
-  if oget(req, "logprobs") == true then return "logprobs", "'logprobs'" .. UNSUPPORTED end
-  local tl = oget(req, "top_logprobs")
-  if tl ~= nil and tl ~= NULL then return "top_logprobs", "'top_logprobs'" .. UNSUPPORTED end
   local rf = oget(req, "response_format")
   if rf ~= nil and rf ~= NULL and oget(rf, "type") ~= "text" then
     return "response_format", "'response_format' other than text" .. UNSUPPORTED
-  end
-  local audio = oget(req, "audio")
-  if audio ~= nil and audio ~= NULL then return "audio", "audio output" .. UNSUPPORTED end
-  local modalities = oget(req, "modalities")
-  if is_arr(modalities) then
-    for i = 1, modalities.n do
-      if modalities[i] ~= "text" then return "modalities", "output modalities other than text are not supported by this provider" end
-    end
   end
   return nil
 end
@@ -75,9 +63,8 @@ end
 local IMAGE_TYPES = { ["image/jpeg"] = true, ["image/png"] = true, ["image/gif"] = true, ["image/webp"] = true }
 
 local function image_block(part)
-  local url = oget(oget(part, "image_url"), "url")
-  if type(url) ~= "string" then return nil, "an image_url part needs image_url.url" end
-  local mt, data = url:match("^data:([^;,]+);base64,(.*)$")
+  local url, mt, data = image_url(part)
+  if not url then return nil, mt end
   if mt then
     if not IMAGE_TYPES[mt] then return nil, "image type " .. mt .. UNSUPPORTED end
     return obj("type", "image", "source", obj("type", "base64", "media_type", mt, "data", data))
@@ -86,49 +73,16 @@ local function image_block(part)
   return nil, "an image URL must be https:// or a base64 data: URL"
 end
 
--- Content blocks of a message's `content`: a string, or an array of parts (text; images where
--- `images`), or null (no blocks). An empty text is no block: Anthropic refuses empty text blocks
--- (400), and agents store `content: ""` on an assistant turn that only calls tools.
-local function content_blocks(content, images, blocks)
-  if content == nil or content == NULL then return blocks end
-  if type(content) == "string" then
-    if content ~= "" then apush(blocks, obj("type", "text", "text", content)) end
-    return blocks
-  end
-  if not is_arr(content) then return nil, "'content' must be a string or an array of parts" end
-  for i = 1, content.n do
-    local part = content[i]
-    local ptype = oget(part, "type")
-    local text = ptype == "text" and oget(part, "text") or ptype == "refusal" and oget(part, "refusal") or nil
-    if type(text) == "string" then
-      if text ~= "" then apush(blocks, obj("type", "text", "text", text)) end
-    elseif ptype == "image_url" and images then
-      local block, err = image_block(part)
-      if not block then return nil, err end
-      apush(blocks, block)
-    else
-      return nil, "content part type " .. tostring(ptype) .. " is not supported here by this provider"
-    end
-  end
-  return blocks
+local function text_block(text)
+  return obj("type", "text", "text", text)
 end
 
-local function tool_use_blocks(calls, blocks)
-  if calls == nil or calls == NULL then return blocks end
-  if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
-  for i = 1, calls.n do
-    local call = calls[i]
-    local fn = oget(call, "function")
-    local id, name, args = oget(call, "id"), oget(fn, "name"), oget(fn, "arguments")
-    if type(id) ~= "string" or type(name) ~= "string" or type(args) ~= "string" then
-      return nil, "a tool call needs id, function.name and function.arguments (a string)"
-    end
-    local input = args == "" and obj() or decode(args)
-    if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
-    apush(blocks, obj("type", "tool_use", "id", id, "name", name,
-      "input", input.s and raw(source_of(input)) or input))
-  end
-  return blocks
+-- Content blocks of a message's `content`: llmc.chat's content with text blocks (and images in a
+-- user's message).
+local content_blocks = chat.content
+
+local function tool_use_block(id, name, input)
+  return obj("type", "tool_use", "id", id, "name", name, "input", input.s and raw(source_of(input)) or input)
 end
 
 -- OpenAI messages -> Anthropic `system` blocks and alternating `messages` (consecutive messages of
@@ -141,21 +95,20 @@ local function translate_messages(messages)
     local role = oget(m, "role")
     local blocks, err
     if role == "system" or role == "developer" then
-      blocks, err = content_blocks(oget(m, "content"), false, system)
+      blocks, err = content_blocks(oget(m, "content"), system, text_block)
       if not blocks then return nil, nil, err end
     else
-      local target
       if role == "user" then
-        blocks, err = content_blocks(oget(m, "content"), true, arr())
+        blocks, err = content_blocks(oget(m, "content"), arr(), text_block, image_block)
       elseif role == "assistant" then
-        blocks, err = content_blocks(oget(m, "content"), false, arr())
-        if blocks then blocks, err = tool_use_blocks(oget(m, "tool_calls"), blocks) end
+        blocks, err = content_blocks(oget(m, "content"), arr(), text_block)
+        if blocks then blocks, err = chat.tool_calls(oget(m, "tool_calls"), blocks, tool_use_block) end
       elseif role == "tool" then
         local id = oget(m, "tool_call_id")
         if type(id) ~= "string" then return nil, nil, "a tool message needs tool_call_id" end
         local inner
-        inner, err = content_blocks(oget(m, "content"), false, arr())
-        if inner then -- an empty result: no content (Anthropic's is optional)
+        inner, err = content_blocks(oget(m, "content"), arr(), text_block)
+        if inner then -- an empty result: no content (Anthropic's is optional; empty texts are refused)
           blocks = arr({ obj("type", "tool_result", "tool_use_id", id, "content", inner.n > 0 and inner or nil) })
         end
         role = "user"
@@ -163,15 +116,8 @@ local function translate_messages(messages)
         return nil, nil, "message role " .. tostring(role) .. UNSUPPORTED
       end
       if not blocks then return nil, nil, err end
-      local last = out[out.n]
-      if blocks.n == 0 then
-        -- nothing to say (an empty turn): Anthropic refuses empty content
-      elseif last ~= nil and oget(last, "role") == role then
-        target = oget(last, "content")
-        for k = 1, blocks.n do apush(target, blocks[k]) end
-      else
-        apush(out, obj("role", role, "content", blocks))
-      end
+      -- no blocks: nothing to say (an empty turn), and Anthropic refuses empty content
+      if blocks.n > 0 then chat.append(out, role, "content", blocks) end
     end
   end
   return system, out
@@ -179,31 +125,17 @@ end
 
 local TOOL_CHOICE = { none = "none", auto = "auto", required = "any" }
 
+local function declare(fn, params)
+  return obj("name", oget(fn, "name"), "description", oget(fn, "description"),
+    "input_schema", is_obj(params) and raw(source_of(params)) or obj("type", "object"))
+end
+
 local function translate_tools(req)
-  local tools, choice = oget(req, "tools"), oget(req, "tool_choice")
-  local out
-  if tools ~= nil and tools ~= NULL then
-    if not is_arr(tools) then return nil, nil, "tools", "'tools' must be an array" end
-    out = arr()
-    for i = 1, tools.n do
-      local fn = oget(tools[i], "function")
-      if oget(tools[i], "type") ~= "function" or type(oget(fn, "name")) ~= "string" then
-        return nil, nil, "tools", "only function tools with a name are supported by this provider"
-      end
-      local params = oget(fn, "parameters")
-      apush(out, obj("name", oget(fn, "name"), "description", oget(fn, "description"),
-        "input_schema", is_obj(params) and raw(source_of(params)) or obj("type", "object")))
-    end
-  end
-  local tc
-  if type(choice) == "string" then
-    if not TOOL_CHOICE[choice] then return nil, nil, "tool_choice", "unknown tool_choice " .. choice end
-    tc = obj("type", TOOL_CHOICE[choice])
-  elseif is_obj(choice) then
-    local name = oget(oget(choice, "function"), "name")
-    if type(name) ~= "string" then return nil, nil, "tool_choice", "tool_choice needs function.name" end
-    tc = obj("type", "tool", "name", name)
-  end
+  local out, err = chat.tools(oget(req, "tools"), declare)
+  if err then return nil, nil, "tools", err end
+  local mode, name, cerr = chat.tool_choice(oget(req, "tool_choice"), TOOL_CHOICE)
+  if cerr then return nil, nil, "tool_choice", cerr end
+  local tc = mode and obj("type", mode) or name and obj("type", "tool", "name", name) or nil
   if oget(req, "parallel_tool_calls") == false and out ~= nil then
     tc = tc or obj("type", "auto")
     if oget(tc, "type") ~= "none" then oset(tc, "disable_parallel_tool_use", true) end
@@ -215,41 +147,29 @@ end
 -- backend `b`. Returns the text and a note for the response path ("anthropic", or
 -- "anthropic+usage" when a streaming client asked for usage), or nil, message, field.
 local function request(s, b)
-  local req, err = decode(s)
-  if err then return nil, "the request body is not valid JSON: " .. err end
-  if not is_obj(req) then return nil, "the request body must be a JSON object" end
-  local param, why = refused(req)
-  if param then return nil, why, param end
+  local req, why, param = chat.parse(s, refused)
+  if not req then return nil, why, param end
   local model = b.model or oget(req, "model")
   if type(model) ~= "string" then return nil, "'model' is required", "model" end
-  local stream = oget(req, "stream")
-  if stream ~= nil and stream ~= NULL and type(stream) ~= "boolean" then return nil, "'stream' must be a boolean", "stream" end
+  local stream, serr = chat.stream(req)
+  if serr then return nil, serr, "stream" end
   local system, messages, merr = translate_messages(oget(req, "messages"))
   if not system then return nil, merr, "messages" end
   local tools, choice, tparam, terr = translate_tools(req)
   if tparam then return nil, terr, tparam end
-  local max_tokens = present(oget(req, "max_completion_tokens")) or present(oget(req, "max_tokens")) or b.max_tokens
-  local stop = oget(req, "stop")
-  if type(stop) == "string" then stop = arr({ stop }) elseif not is_arr(stop) then stop = nil end
+  local stop, max_tokens = chat.limits(req, b)
   local user = oget(req, "user")
   local out = obj("model", model, "max_tokens", max_tokens, "system", system.n > 0 and system or nil,
     "messages", messages, "temperature", present(oget(req, "temperature")), "top_p", present(oget(req, "top_p")),
     "stop_sequences", stop, "stream", stream == true or nil, "tools", tools, "tool_choice", choice,
     "metadata", type(user) == "string" and obj("user_id", user) or nil)
-  local note = "anthropic"
-  if stream == true and oget(oget(req, "stream_options"), "include_usage") == true then note = "anthropic+usage" end
-  return encode(out), nil, nil, note
+  return encode(out), nil, nil, chat.note("anthropic", stream, req)
 end
 
 -- Response -> OpenAI chat completion, stream -> chat.completion.chunk events
 
 local FINISH = { end_turn = "stop", stop_sequence = "stop", max_tokens = "length", tool_use = "tool_calls",
   refusal = "content_filter", pause_turn = "stop", model_context_window_exceeded = "length" }
-
-local function count_of(v)
-  if getmetatable(v) == NUM then return tonumber(v[1]) end
-  return nil
-end
 
 -- OpenAI usage from Anthropic usage: prompt_tokens includes the cache read and cache creation
 -- tokens (as OpenAI's includes its cached tokens; the cache reads are also in
@@ -274,23 +194,21 @@ end
 local function usage_object(u)
   local prompt = (u.input or 0) + (u.created or 0) + (u.read or 0)
   local completion = u.output or 0
-  return obj("prompt_tokens", prompt, "completion_tokens", completion, "total_tokens", prompt + completion,
-    "prompt_tokens_details", obj("cached_tokens", u.read or 0)), prompt, completion, prompt + completion
+  return chat.usage(prompt, completion, u.read or 0), prompt, completion, prompt + completion
 end
 
 -- Anthropic's error types by status: for an error whose body says none (empty, HTML)
 local ERROR_TYPES = values.ERROR_TYPES
 
--- An Anthropic error body ({"type":"error","error":{type, message}}) as an OpenAI error body; a
--- body that is not one (empty, not JSON) becomes a generic error naming the status.
+-- The OpenAI error type of an Anthropic error object ({"type":"error","error":{type, message}}).
+local function error_type(e)
+  return text_or(oget(e, "type"), "api_error")
+end
+
+-- An Anthropic error body as an OpenAI error body; a body that is not one (empty, not JSON)
+-- becomes a generic error naming the status.
 local function error_body(s, status)
-  local v = decode(s)
-  local e = oget(v, "error")
-  if type(oget(e, "message")) == "string" then
-    return encode(openai_error(oget(e, "message"), type(oget(e, "type")) == "string" and oget(e, "type") or "api_error"))
-  end
-  return encode(openai_error("llmc: the provider answered " .. tostring(status) .. " without an error message",
-    ERROR_TYPES[status] or "api_error"))
+  return chat.error_body(s, status, error_type, ERROR_TYPES[status])
 end
 
 -- Anthropic's tool-use documentation shows messages without "type": one with no other type and
@@ -304,9 +222,8 @@ end
 -- A 2xx answer that is not a message: a 502 (never an error body under a 2xx).
 local function untranslatable(msg, status)
   local e = oget(msg, "error")
-  local detail = type(oget(e, "message")) == "string" and (": " .. oget(e, "message")) or ""
-  return encode(openai_error("llmc: the provider's answer (HTTP " .. tostring(status) ..
-    ") is not a message llmc can translate" .. detail, "server_error", "llmc_untranslatable_answer"))
+  local message = text_or(oget(e, "message"))
+  return chat.untranslatable(status, "message", message and ": " .. message)
 end
 
 -- A non-streamed Messages answer `s` with HTTP `status` -> the OpenAI body, prompt, completion,
@@ -324,51 +241,35 @@ local function response(s, status, created)
     if btype == "text" then
       texts[#texts + 1] = oget(block, "text")
     elseif btype == "tool_use" then
-      local input = oget(block, "input")
-      apush(calls, obj("id", oget(block, "id"), "type", "function", "function", obj("name", oget(block, "name"),
-        "arguments", is_obj(input) and input.s and source_of(input) or "{}")))
+      apush(calls, chat.call(nil, oget(block, "id"), oget(block, "name"), oget(block, "input")))
     end -- thinking and other blocks have no OpenAI equivalent: dropped
   end
-  local message = obj("role", "assistant", "content", #texts > 0 and concat(texts) or NULL,
-    "refusal", NULL, "tool_calls", calls.n > 0 and calls or nil)
   local counts = usage_from(oget(msg, "usage"))
   local usage, p, c, t = usage_object(counts)
   local model, reason = oget(msg, "model"), oget(msg, "stop_reason")
-  local out = obj("id", oget(msg, "id"), "object", "chat.completion", "created", created, "model", model,
-    "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL,
-      "finish_reason", FINISH[reason] or "stop") }), "usage", usage)
-  return encode(out), p, c, t, type(model) == "string" and model or nil, status,
+  return chat.completion(oget(msg, "id"), created, model, chat.message(texts, calls), FINISH[reason] or "stop", usage),
+    p, c, t, text_or(model), status,
     details(counts, type(reason) == "string" and { reason } or nil)
 end
-
--- A translated stream's event may be this large (waiting for its end in memory); a larger one
--- ends the stream with an OpenAI error event, never with finish_reason and [DONE] over a gap.
-local MAX_TRANSLATED_EVENT = 1048576
 
 -- The translation state of one streamed answer: `feed` takes body chunks and returns the OpenAI
 -- events for every complete Anthropic event in them (a partial line waits for the next chunk);
 -- afterwards `prompt`, `completion`, `total`, `model` hold the usage for accounting. `failed` is
--- set when an event was over MAX_TRANSLATED_EVENT.
+-- set when an event was over llmc.chat's MAX_EVENT.
 local function stream(include_usage, created)
   local st = { id = "", model = "", tools = {}, ntools = 0, usage = {} }
 
-  local function event(delta, finish)
-    return "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
-      "model", st.model, "choices", arr({ obj("index", 0, "delta", delta, "logprobs", NULL,
-        "finish_reason", finish or NULL) }))) .. "\n\n"
-  end
-
   local function tool_delta(index, fields)
-    return event(obj("tool_calls", arr({ obj("index", st.tools[index], unpack(fields)) })))
+    return chunk(st, created, obj("tool_calls", arr({ obj("index", st.tools[index], unpack(fields)) })))
   end
 
   local handlers = {}
   function handlers.message_start(ev)
     local msg = oget(ev, "message")
-    st.id = type(oget(msg, "id")) == "string" and oget(msg, "id") or ""
-    st.model = type(oget(msg, "model")) == "string" and oget(msg, "model") or ""
+    st.id = text_or(oget(msg, "id"), "")
+    st.model = text_or(oget(msg, "model"), "")
     st.usage = usage_from(oget(msg, "usage"), st.usage)
-    return event(obj("role", "assistant", "content", ""))
+    return chunk(st, created, obj("role", "assistant", "content", ""))
   end
   function handlers.content_block_start(ev)
     local block, index = oget(ev, "content_block"), count_of(oget(ev, "index"))
@@ -378,14 +279,14 @@ local function stream(include_usage, created)
       return tool_delta(index, { "id", oget(block, "id"), "type", "function",
         "function", obj("name", oget(block, "name"), "arguments", "") })
     elseif oget(block, "type") == "text" and type(oget(block, "text")) == "string" and oget(block, "text") ~= "" then
-      return event(obj("content", oget(block, "text")))
+      return chunk(st, created, obj("content", oget(block, "text")))
     end
     return ""
   end
   function handlers.content_block_delta(ev)
     local delta, index = oget(ev, "delta"), count_of(oget(ev, "index"))
     local dtype = oget(delta, "type")
-    if dtype == "text_delta" then return event(obj("content", oget(delta, "text"))) end
+    if dtype == "text_delta" then return chunk(st, created, obj("content", oget(delta, "text"))) end
     if dtype == "input_json_delta" and index and st.tools[index] then
       return tool_delta(index, { "function", obj("arguments", oget(delta, "partial_json")) })
     end
@@ -396,26 +297,20 @@ local function stream(include_usage, created)
     local reason = oget(oget(ev, "delta"), "stop_reason")
     if type(reason) == "string" then
       st.reasons = { reason }
-      return event(obj(), FINISH[reason] or "stop")
+      return chunk(st, created, obj(), FINISH[reason] or "stop")
     end
     return ""
   end
   function handlers.message_stop()
     local out = ""
-    if include_usage then
-      local usage = usage_object(st.usage)
-      out = "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
-        "model", st.model, "choices", arr(), "usage", usage)) .. "\n\n"
-    end
+    if include_usage then out = chunk(st, created, nil, nil, (usage_object(st.usage))) end
     st.done = true
-    return out .. "data: [DONE]\n\n"
+    return out .. chat.DONE
   end
   function handlers.error(ev)
     local e = oget(ev, "error")
     st.done = true
-    return "data: " .. encode(openai_error(type(oget(e, "message")) == "string" and oget(e, "message")
-      or "llmc: the provider reported an error", type(oget(e, "type")) == "string" and oget(e, "type")
-      or "api_error")) .. "\n\n"
+    return chat.error_event(e, error_type(e))
   end
 
   local function on_line(line)
@@ -425,50 +320,7 @@ local function stream(include_usage, created)
     return handler(ev)
   end
 
-  -- the pieces of an unfinished line (a list: a string grown per chunk copies it per chunk)
-  local pending, npending = {}, 0
-
-  local function too_large()
-    st.done, st.failed, pending, npending = true, true, {}, 0
-    return "data: " .. encode(openai_error(format("llmc: an event of the provider's stream is over %d MiB, " ..
-      "which llmc does not translate; the answer is incomplete", MAX_TRANSLATED_EVENT / 1048576), "server_error",
-      "llmc_event_too_large")) .. "\n\n"
-  end
-
-  function st.feed(s)
-    if st.failed then return "" end
-    if not find(s, "\n", 1, true) then
-      npending = npending + #s
-      if npending > MAX_TRANSLATED_EVENT then return too_large() end
-      pending[#pending + 1] = s
-      return ""
-    end
-    local text = s
-    if npending > 0 then
-      pending[#pending + 1] = s
-      text, pending = concat(pending), {}
-    end
-    local out, start = {}, 1
-    while true do
-      local nl = find(text, "\n", start, true)
-      if not nl then break end
-      if nl - start > MAX_TRANSLATED_EVENT then
-        out[#out + 1] = too_large()
-        return concat(out)
-      end
-      if byte(text, start) == 100 and sub(text, start, start + 4) == "data:" then
-        out[#out + 1] = on_line(sub(text, start + 5, nl - 1))
-      end
-      start = nl + 1
-    end
-    npending = #text - start + 1
-    if npending > MAX_TRANSLATED_EVENT then
-      out[#out + 1] = too_large()
-    elseif npending > 0 then
-      pending[1] = sub(text, start)
-    end
-    return concat(out)
-  end
+  st.feed = feeder(st, on_line)
 
   function st.totals()
     if st.usage.input == nil and st.usage.output == nil then return nil end

@@ -15,21 +15,16 @@
 -- for a stream), which the request steps (llmc.request) use instead of b.path.
 
 local values = require("llmc.values")
-local decode, encode, NULL, NUM = values.decode, values.encode, values.NULL, values.NUM
+local chat = require("llmc.chat")
+local decode, encode, NULL = values.decode, values.encode, values.NULL
 local obj, arr, apush, raw = values.obj, values.arr, values.apush, values.raw
 local oget, is_obj, is_arr, present, source_of = values.oget, values.is_obj, values.is_arr, values.present,
   values.source_of
-local openai_error = values.openai_error
+local count_of, chunk, text_or = chat.count_of, chat.chunk, chat.text_or
 
-local function count_of(v)
-  if getmetatable(v) == NUM then return tonumber(v[1]) end
-  return nil
-end
-
-local find, sub, format, concat, byte = string.find, string.sub, string.format, table.concat, string.byte
+local sub, format, concat = string.sub, string.format, table.concat
 
 local G = {}
-local NOT_HERE = " is not supported by this provider"
 
 local METHOD, STREAM_METHOD = ":generateContent", ":streamGenerateContent"
 -- A model name as Gemini's paths take it (models/{model}); the compiler checks configured ones alike.
@@ -40,71 +35,22 @@ local MAX_MODEL = 128
 -- Request: OpenAI chat -> GenerateContentRequest
 ---------------------------------------------------------------------------------------------------
 
--- Fields that would change the shape of the answer and have no Gemini equivalent here: refused
--- (400) rather than answered differently; every other unmapped field is tuning only and dropped.
-local function refused(req)
-  local n = present(oget(req, "n"))
-  if n ~= nil and count_of(n) ~= 1 then
-    return "n", "'n' other than 1 (several choices)" .. NOT_HERE
-  end
-  if oget(req, "logprobs") == true then return "logprobs", "'logprobs'" .. NOT_HERE end
-  if present(oget(req, "top_logprobs")) ~= nil then return "top_logprobs", "'top_logprobs'" .. NOT_HERE end
-  if present(oget(req, "audio")) ~= nil then return "audio", "audio output" .. NOT_HERE end
-  local modalities = oget(req, "modalities")
-  if is_arr(modalities) then
-    for i = 1, modalities.n do
-      if modalities[i] ~= "text" then return "modalities", "'modalities' other than text" .. NOT_HERE end
-    end
-  end
-  return nil
+-- The text of a content that may only hold text (system, assistant, tool): a string, or text and
+-- refusal parts; nil and a message otherwise.
+local function text_part(text)
+  return obj("text", text)
 end
 
--- The text of a content that may only hold text (system, assistant, tool): a string, or text and
--- refusal parts; nil and a message otherwise. An empty text adds no part: Gemini refuses empty text
--- parts (400 "empty text parameter"), and clients send `content: ""` beside an assistant's tool calls.
 local function text_parts(content, parts)
-  if content == nil or content == NULL then return parts end
-  if type(content) == "string" then
-    if content ~= "" then apush(parts, obj("text", content)) end
-    return parts
-  end
-  if not is_arr(content) then return nil, "'content' must be a string or an array of parts" end
-  for i = 1, content.n do
-    local part = content[i]
-    local ptype = oget(part, "type")
-    local text = ptype == "text" and oget(part, "text") or ptype == "refusal" and oget(part, "refusal") or nil
-    if type(text) ~= "string" then
-      return nil, "content part type " .. tostring(ptype) .. NOT_HERE
-    end
-    if text ~= "" then apush(parts, obj("text", text)) end
-  end
-  return parts
+  return chat.content(content, parts, text_part)
 end
 
 -- A user's image: Gemini reads inline data (a base64 data: URL); it does not fetch arbitrary URLs.
 local function image_part(part)
-  local url = oget(oget(part, "image_url"), "url")
-  if type(url) ~= "string" then return nil, "an image_url part needs image_url.url" end
-  local mime, data = url:match("^data:([^;,]+);base64,(.*)$")
-  if not mime then return nil, "an image must be a base64 data: URL for this provider" end
+  local url, mime, data = chat.image_url(part)
+  if not url then return nil, mime end
+  if not mime then return nil, "an image must be a base64 data: URL here" end
   return obj("inlineData", obj("mimeType", mime, "data", data))
-end
-
-local function user_parts(content)
-  if type(content) ~= "table" or not is_arr(content) then return text_parts(content, arr()) end
-  local parts = arr()
-  for i = 1, content.n do
-    local part = content[i]
-    if oget(part, "type") == "image_url" then
-      local p, err = image_part(part)
-      if not p then return nil, err end
-      apush(parts, p)
-    else
-      local ok, err = text_parts(arr({ part }), parts)
-      if not ok then return nil, err end
-    end
-  end
-  return parts
 end
 
 -- Gemini 3 signs the first function call of each step (thoughtSignature on its part) and refuses
@@ -117,25 +63,13 @@ end
 -- documents for calls Gemini did not sign.
 local UNSIGNED = "skip_thought_signature_validator"
 
--- An assistant's tool calls as functionCall parts; `names` learns each call's id -> function name
--- (a later tool message names only the id; Gemini's functionResponse needs the name).
-local function call_parts(calls, parts, names)
-  if calls == nil or calls == NULL then return parts end
-  if not is_arr(calls) then return nil, "'tool_calls' must be an array" end
-  for i = 1, calls.n do
-    local fn = oget(calls[i], "function")
-    local id, name, args = oget(calls[i], "id"), oget(fn, "name"), oget(fn, "arguments")
-    if type(id) ~= "string" or type(name) ~= "string" or type(args) ~= "string" then
-      return nil, "a tool call needs id, function.name and function.arguments (a string)"
-    end
-    local input = args == "" and obj() or decode(args)
-    if not is_obj(input) then return nil, "tool call arguments must be a JSON object" end
-    names[id] = name
-    local sig = oget(oget(oget(calls[i], "extra_content"), "google"), "thought_signature")
-    apush(parts, obj("functionCall", obj("name", name, "args", input.s and raw(source_of(input)) or input),
-      "thoughtSignature", type(sig) == "string" and sig or i == 1 and UNSIGNED or nil))
-  end
-  return parts
+-- An assistant's tool call (the i-th) as a functionCall part; `names` learns each call's id ->
+-- function name (a later tool message names only the id; Gemini's functionResponse needs the name).
+local function call_part(id, name, input, names, call, i)
+  names[id] = name
+  local sig = oget(oget(oget(call, "extra_content"), "google"), "thought_signature")
+  return obj("functionCall", obj("name", name, "args", input.s and raw(source_of(input)) or input),
+    "thoughtSignature", text_or(sig) or i == 1 and UNSIGNED or nil)
 end
 
 -- A tool message's result: a JSON object is the response itself; any other text is {"output": text}
@@ -164,34 +98,27 @@ local function translate_messages(messages)
       if not parts then return nil, nil, err end
     else
       if role == "user" then
-        parts, err = user_parts(oget(m, "content"))
+        parts, err = chat.content(oget(m, "content"), arr(), text_part, image_part)
       elseif role == "assistant" then
         role = "model"
         parts, err = text_parts(oget(m, "content"), arr())
-        if parts then parts, err = call_parts(oget(m, "tool_calls"), parts, names) end
+        if parts then parts, err = chat.tool_calls(oget(m, "tool_calls"), parts, call_part, names) end
       elseif role == "tool" then
         role = "user"
         local id = oget(m, "tool_call_id")
         local name = type(id) == "string" and names[id] or nil
         if name == nil then
-          return nil, nil, "a tool message's tool_call_id must name a tool call of an earlier assistant message"
+          return nil, nil, "'tool_call_id' names no earlier tool call"
         end
         local response
         response, err = tool_response(oget(m, "content"))
         if response then parts = arr({ obj("functionResponse", obj("name", name, "response", response)) }) end
       else
-        return nil, nil, "message role " .. tostring(role) .. NOT_HERE
+        return nil, nil, "message role " .. tostring(role) .. chat.UNSUPPORTED
       end
       if not parts then return nil, nil, err end
-      local last = contents[contents.n]
-      if parts.n == 0 then
-        -- nothing to say (an assistant turn without content or calls): Gemini rejects empty parts
-      elseif last ~= nil and oget(last, "role") == role then
-        local target = oget(last, "parts")
-        for k = 1, parts.n do apush(target, parts[k]) end
-      else
-        apush(contents, obj("role", role, "parts", parts))
-      end
+      -- no parts: nothing to say (an assistant turn without content or calls), and Gemini rejects empty parts
+      if parts.n > 0 then chat.append(contents, role, "parts", parts) end
     end
   end
   return system, contents
@@ -201,33 +128,19 @@ local MODES = { none = "NONE", auto = "AUTO", required = "ANY" }
 
 -- tools -> [{functionDeclarations}] (the client's JSON Schema passed as parametersJsonSchema, as
 -- sent); tool_choice -> toolConfig.functionCallingConfig.
+local function declare(fn, params)
+  return obj("name", oget(fn, "name"), "description", present(oget(fn, "description")),
+    "parametersJsonSchema", is_obj(params) and raw(source_of(params)) or nil)
+end
+
 local function translate_tools(req)
-  local tools, choice = oget(req, "tools"), oget(req, "tool_choice")
-  local out
-  if tools ~= nil and tools ~= NULL then
-    if not is_arr(tools) then return nil, nil, "tools", "'tools' must be an array" end
-    local decls = arr()
-    for i = 1, tools.n do
-      local fn = oget(tools[i], "function")
-      if oget(tools[i], "type") ~= "function" or type(oget(fn, "name")) ~= "string" then
-        return nil, nil, "tools", "only function tools with a name are supported by this provider"
-      end
-      local params = oget(fn, "parameters")
-      apush(decls, obj("name", oget(fn, "name"), "description", present(oget(fn, "description")),
-        "parametersJsonSchema", is_obj(params) and raw(source_of(params)) or nil))
-    end
-    if decls.n > 0 then out = arr({ obj("functionDeclarations", decls) }) end
-  end
-  local config
-  if type(choice) == "string" then
-    if not MODES[choice] then return nil, nil, "tool_choice", "unknown tool_choice " .. choice end
-    config = obj("mode", MODES[choice])
-  elseif is_obj(choice) then
-    local name = oget(oget(choice, "function"), "name")
-    if type(name) ~= "string" then return nil, nil, "tool_choice", "tool_choice needs function.name" end
-    config = obj("mode", "ANY", "allowedFunctionNames", arr({ name }))
-  end
-  return out, config and obj("functionCallingConfig", config) or nil
+  local decls, err = chat.tools(oget(req, "tools"), declare)
+  if err then return nil, nil, "tools", err end
+  local mode, name, cerr = chat.tool_choice(oget(req, "tool_choice"), MODES)
+  if cerr then return nil, nil, "tool_choice", cerr end
+  local config = mode and obj("mode", mode) or name and obj("mode", "ANY", "allowedFunctionNames", arr({ name })) or nil
+  return decls and decls.n > 0 and arr({ obj("functionDeclarations", decls) }) or nil,
+    config and obj("functionCallingConfig", config) or nil
 end
 
 -- response_format -> responseMimeType (+ responseJsonSchema, the client's schema as sent).
@@ -250,7 +163,7 @@ local function path_model(b, req)
   if type(model) ~= "string" then return nil, "'model' is required" end
   if sub(model, 1, 7) == "models/" then model = sub(model, 8) end
   if #model > MAX_MODEL or not model:match(MODEL_NAME) then
-    return nil, "'model' must be a Gemini model name (letters, digits, '.', '_', '-')"
+    return nil, "'model' is not a Gemini model name"
   end
   return model
 end
@@ -271,15 +184,12 @@ end
 -- nil, nil, the note for the response path ("gemini", or "gemini+usage" when a streaming client
 -- asked for usage) and the path; or nil, message, field.
 function G.request(s, b)
-  local req, err = decode(s)
-  if err then return nil, "the request body is not valid JSON: " .. err end
-  if not is_obj(req) then return nil, "the request body must be a JSON object" end
-  local param, why = refused(req)
-  if param then return nil, why, param end
+  local req, why, param = chat.parse(s)
+  if not req then return nil, why, param end
   local model, merr = path_model(b, req)
   if not model then return nil, merr, "model" end
-  local stream = oget(req, "stream")
-  if stream ~= nil and stream ~= NULL and type(stream) ~= "boolean" then return nil, "'stream' must be a boolean", "stream" end
+  local stream, serr = chat.stream(req)
+  if serr then return nil, serr, "stream" end
   if stream == nil or stream == NULL then stream = b.stream == true end
   local system, contents, cerr = translate_messages(oget(req, "messages"))
   if not system then return nil, cerr, "messages" end
@@ -287,9 +197,7 @@ function G.request(s, b)
   if tparam then return nil, terr, tparam end
   local mime, schema, rerr = response_format(req)
   if rerr then return nil, rerr, "response_format" end
-  local stop = oget(req, "stop")
-  if type(stop) == "string" then stop = arr({ stop }) elseif not is_arr(stop) then stop = nil end
-  local max_tokens = present(oget(req, "max_completion_tokens")) or present(oget(req, "max_tokens")) or b.max_tokens
+  local stop, max_tokens = chat.limits(req, b)
   local gc = obj("stopSequences", stop, "maxOutputTokens", max_tokens,
     "temperature", present(oget(req, "temperature")), "topP", present(oget(req, "top_p")),
     "presencePenalty", present(oget(req, "presence_penalty")),
@@ -297,9 +205,7 @@ function G.request(s, b)
     "responseMimeType", mime, "responseJsonSchema", schema)
   local out = obj("contents", contents, "systemInstruction", system.n > 0 and obj("parts", system) or nil,
     "tools", tools, "toolConfig", tool_config, "generationConfig", encode(gc) ~= "{}" and gc or nil)
-  local note = "gemini"
-  if stream and oget(oget(req, "stream_options"), "include_usage") == true then note = "gemini+usage" end
-  return encode(out), nil, nil, note, G.path(b.path, model, stream)
+  return encode(out), nil, nil, chat.note("gemini", stream, req), G.path(b.path, model, stream)
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -308,9 +214,10 @@ end
 
 -- FinishReason -> finish_reason: the safety and policy stops are content filters; STOP with
 -- function calls is "tool_calls"; an unknown or unspecified reason is "stop".
-local FINISH = { STOP = "stop", MAX_TOKENS = "length", SAFETY = "content_filter", RECITATION = "content_filter",
-  BLOCKLIST = "content_filter", PROHIBITED_CONTENT = "content_filter", SPII = "content_filter",
-  IMAGE_SAFETY = "content_filter", LANGUAGE = "content_filter" }
+local FINISH = { STOP = "stop", MAX_TOKENS = "length" }
+for _, reason in ipairs({ "SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE" }) do
+  FINISH[reason] = "content_filter"
+end
 
 local function finish_of(reason, calls)
   local f = FINISH[reason] or "stop"
@@ -349,9 +256,7 @@ local function reason_of(cand)
 end
 
 local function usage_object(u)
-  return obj("prompt_tokens", u.prompt, "completion_tokens", u.completion, "total_tokens", u.total,
-    "prompt_tokens_details", obj("cached_tokens", u.cached),
-    "completion_tokens_details", obj("reasoning_tokens", u.thoughts))
+  return chat.usage(u.prompt, u.completion, u.cached, u.thoughts)
 end
 
 -- Gemini's error statuses (google.rpc.Code names) and HTTP statuses -> OpenAI error types.
@@ -364,18 +269,13 @@ local HTTP_TYPES = { [400] = "invalid_request_error", [401] = "authentication_er
 
 -- A Gemini error body ({"error": {code, message, status}}) as an OpenAI error body (code: Gemini's
 -- status); a body that is not one becomes a generic error naming the HTTP status.
--- (`e`: Gemini's error object, maybe nil; `status`: the HTTP status, nil for an error event of a stream)
-local function google_error(e, message, status)
+local function error_type(e, status)
   local gstatus = oget(e, "status")
-  return encode(openai_error(message, STATUS_TYPES[gstatus] or HTTP_TYPES[status] or "api_error",
-    type(gstatus) == "string" and gstatus or nil))
+  return STATUS_TYPES[gstatus] or HTTP_TYPES[status] or "api_error", text_or(gstatus)
 end
 
 function G.error(s, status)
-  local e = oget(decode(s), "error")
-  local message = oget(e, "message")
-  return google_error(e, type(message) == "string" and message or
-    "llmc: the provider answered " .. tostring(status) .. " without an error message", status)
+  return chat.error_body(s, status, error_type, HTTP_TYPES[status])
 end
 
 -- The text and the tool calls of a candidate's parts (thought summaries are not the answer).
@@ -390,19 +290,12 @@ local function read_parts(content, ident, first_call, texts, calls, indexed)
     elseif is_obj(call) then
       local args = oget(call, "args")
       local n = first_call + calls.n
-      local id, sig = oget(call, "id"), oget(part, "thoughtSignature")
-      apush(calls, obj("index", indexed and n or nil, "id", type(id) == "string" and id or format("call_%s_%d", ident, n),
-        "type", "function", "function", obj("name", oget(call, "name"),
-          "arguments", is_obj(args) and args.s and source_of(args) or "{}"),
-        -- the call's signature, where Gemini's OpenAI-compatible endpoint puts it (see UNSIGNED)
-        "extra_content", type(sig) == "string" and obj("google", obj("thought_signature", sig)) or nil))
+      local id, sig = oget(call, "id"), text_or(oget(part, "thoughtSignature"))
+      -- the call's signature, where Gemini's OpenAI-compatible endpoint puts it (see UNSIGNED)
+      apush(calls, chat.call(indexed and n or nil, type(id) == "string" and id or format("call_%s_%d", ident, n),
+        oget(call, "name"), args, sig and obj("google", obj("thought_signature", sig))))
     end
   end
-end
-
-local function untranslatable(status)
-  return encode(openai_error("llmc: the provider's answer (HTTP " .. tostring(status) ..
-    ") is not a response llmc can translate", "server_error", "llmc_untranslatable_answer"))
 end
 
 -- A non-streamed answer `s` with HTTP `status` -> the OpenAI body, prompt, completion and total
@@ -414,52 +307,38 @@ function G.response(s, status, created)
   local r = decode(s)
   local candidates = oget(r, "candidates")
   if not is_obj(r) or not (is_arr(candidates) or is_obj(oget(r, "promptFeedback"))) then
-    return untranslatable(status), nil, nil, nil, nil, 502
+    return chat.untranslatable(status, "response"), nil, nil, nil, nil, 502
   end
-  local ident = type(oget(r, "responseId")) == "string" and oget(r, "responseId") or "gemini"
+  local ident = text_or(oget(r, "responseId"), "gemini")
   local cand = is_arr(candidates) and candidates[1] or nil
   local texts, calls = {}, arr()
   read_parts(oget(cand, "content"), ident, 0, texts, calls, false)
   local finish = cand and finish_of(oget(cand, "finishReason"), calls.n) or "content_filter"
-  local message = obj("role", "assistant", "content", #texts > 0 and concat(texts) or NULL,
-    "refusal", NULL, "tool_calls", calls.n > 0 and calls or nil)
   local u = usage_from(oget(r, "usageMetadata"))
   local model = oget(r, "modelVersion")
-  model = type(model) == "string" and model or nil
-  local out = obj("id", ident, "object", "chat.completion", "created", created, "model", model or "",
-    "choices", arr({ obj("index", 0, "message", message, "logprobs", NULL, "finish_reason", finish) }),
-    "usage", u and usage_object(u) or nil)
+  model = text_or(model)
+  local out = chat.completion(ident, created, model or "", chat.message(texts, calls), finish, u and usage_object(u) or nil)
   local x = details(u, reason_of(cand))
-  if u == nil then return encode(out), nil, nil, nil, model, status, x end
-  return encode(out), u.prompt, u.completion, u.total, model, status, x
+  if u == nil then return out, nil, nil, nil, model, status, x end
+  return out, u.prompt, u.completion, u.total, model, status, x
 end
-
--- A streamed event may be this large (held until its line ends); a larger one ends the stream with
--- an OpenAI error event, never with finish_reason and [DONE] over a gap.
-local MAX_EVENT = 1048576
 
 -- The translation state of one streamed answer (streamGenerateContent?alt=sse: every event a
 -- GenerateContentResponse with the next parts). `feed` takes body chunks and returns the OpenAI
 -- events of every complete line; the event with a finishReason ends the OpenAI stream (its finish
 -- event, the usage event when the client asked, [DONE]) -- Gemini sends no end marker of its own.
--- `totals` gives the usage and the details for accounting; `failed` is set after an event over MAX_EVENT.
+-- `totals` gives the usage and the details for accounting; `failed` is set after an event over
+-- llmc.chat's MAX_EVENT.
 function G.stream(include_usage, created)
   local st = { id = "gemini", model = "", ncalls = 0, started = false }
 
-  local function chunk(delta, finish)
-    return "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
-      "model", st.model, "choices", arr({ obj("index", 0, "delta", delta, "logprobs", NULL,
-        "finish_reason", finish or NULL) }))) .. "\n\n"
-  end
-
   local function finish(reason)
-    local out = { chunk(obj(), reason) }
+    local out = { chunk(st, created, obj(), reason) }
     if include_usage and st.usage then
-      out[#out + 1] = "data: " .. encode(obj("id", st.id, "object", "chat.completion.chunk", "created", created,
-        "model", st.model, "choices", arr(), "usage", usage_object(st.usage))) .. "\n\n"
+      out[#out + 1] = chunk(st, created, nil, nil, usage_object(st.usage))
     end
     st.done = true
-    out[#out + 1] = "data: [DONE]\n\n"
+    out[#out + 1] = chat.DONE
     return concat(out)
   end
 
@@ -471,25 +350,22 @@ function G.stream(include_usage, created)
     local e = oget(ev, "error")
     if is_obj(e) then
       st.done, st.failed = true, true
-      local message = oget(e, "message")
-      return "data: " .. google_error(e, type(message) == "string" and message or
-        "llmc: the provider reported an error") .. "\n\n"
+      return chat.error_event(e, error_type(e))
     end
-    if type(oget(ev, "responseId")) == "string" then st.id = oget(ev, "responseId") end
-    if type(oget(ev, "modelVersion")) == "string" then st.model = oget(ev, "modelVersion") end
+    st.id, st.model = text_or(oget(ev, "responseId"), st.id), text_or(oget(ev, "modelVersion"), st.model)
     local out = {}
     if not st.started then
       st.started = true
-      out[1] = chunk(obj("role", "assistant", "content", ""))
+      out[1] = chunk(st, created, obj("role", "assistant", "content", ""))
     end
     local candidates = oget(ev, "candidates")
     local cand = is_arr(candidates) and candidates[1] or nil
     local texts, calls = {}, arr()
     read_parts(oget(cand, "content"), st.id, st.ncalls, texts, calls, true)
-    if #texts > 0 then out[#out + 1] = chunk(obj("content", concat(texts))) end
+    if #texts > 0 then out[#out + 1] = chunk(st, created, obj("content", concat(texts))) end
     if calls.n > 0 then
       st.ncalls = st.ncalls + calls.n
-      out[#out + 1] = chunk(obj("tool_calls", calls))
+      out[#out + 1] = chunk(st, created, obj("tool_calls", calls))
     end
     local reason = reason_of(cand)
     if reason then
@@ -503,49 +379,7 @@ function G.stream(include_usage, created)
     return concat(out)
   end
 
-  local pending, npending = {}, 0 -- the pieces of an unfinished line
-
-  local function too_large()
-    st.done, st.failed, pending, npending = true, true, {}, 0
-    return "data: " .. encode(openai_error(format("llmc: an event of the provider's stream is over %d MiB, " ..
-      "which llmc does not translate; the answer is incomplete", MAX_EVENT / 1048576), "server_error",
-      "llmc_event_too_large")) .. "\n\n"
-  end
-
-  function st.feed(s)
-    if st.failed then return "" end
-    if not find(s, "\n", 1, true) then
-      npending = npending + #s
-      if npending > MAX_EVENT then return too_large() end
-      pending[#pending + 1] = s
-      return ""
-    end
-    local text = s
-    if npending > 0 then
-      pending[#pending + 1] = s
-      text, pending = concat(pending), {}
-    end
-    local out, start = {}, 1
-    while true do
-      local nl = find(text, "\n", start, true)
-      if not nl then break end
-      if nl - start > MAX_EVENT then
-        out[#out + 1] = too_large()
-        return concat(out)
-      end
-      if byte(text, start) == 100 and sub(text, start, start + 4) == "data:" then
-        out[#out + 1] = on_line(sub(text, start + 5, nl - 1)) -- a trailing "\r" is JSON whitespace
-      end
-      start = nl + 1
-    end
-    npending = #text - start + 1
-    if npending > MAX_EVENT then
-      out[#out + 1] = too_large()
-    elseif npending > 0 then
-      pending[1] = sub(text, start)
-    end
-    return concat(out)
-  end
+  st.feed = chat.feeder(st, on_line)
 
   function st.totals()
     local u = st.usage

@@ -187,7 +187,7 @@ local function openai_error(message, etype, code)
   return obj("error", obj("message", message, "type", etype, "param", NULL, "code", code or NULL))
 end
 
-M.OBJ, M.ARR, M.NUM, M.RAW = OBJ, ARR, NUM, RAW
+M.NUM = NUM
 M.is_obj, M.is_arr, M.oget, M.oset, M.obj, M.arr, M.apush, M.raw = is_obj, is_arr, oget, oset, obj, arr, apush, raw
 M.present, M.source_of, M.decode, M.encode, M.openai_error = present, source_of, decode, encode, openai_error
 
