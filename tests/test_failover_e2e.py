@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import TESTDATA
 from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_binary, envoy_minor
-from tests.support.mesh import llmc_render
+from tests.support.mesh import llmc_render, running_envoy
 from tests.support.sdk import APP_KEY, SENT, chat, chat_stream, status_error
 from tests.support.upstream import start_upstreams
 
@@ -63,12 +63,9 @@ def access_log_path(tmp_path_factory):
 def envoy(objects, upstreams, access_log_path):
     if envoy_minor() < (1, 39):
         pytest.skip("failover needs Envoy 1.39+")
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None,
-                             access_logs=[access_log(str(access_log_path), LOG_FORMAT)])
-    assert layout.unmatched == [] and layout.skipped == []
-    proxy = Envoy(layout.bootstrap)
-    yield proxy
-    proxy.stop()
+    with running_envoy(objects, upstreams, every_patch=True,
+                       access_logs=[access_log(str(access_log_path), LOG_FORMAT)]) as proxy:
+        yield proxy
 
 
 @pytest.fixture(autouse=True)

@@ -15,9 +15,9 @@ import pytest
 from tests.conftest import TESTDATA
 from tests.support import anthropic, gemini
 from tests.support.anthropic import AnthropicUpstream
-from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_minor
+from tests.support.envoy_harness import access_log, envoy_minor
 from tests.support.gemini import GeminiUpstream
-from tests.support.mesh import llmc_render
+from tests.support.mesh import llmc_render, running_envoy
 from tests.support.sdk import APP_KEY, chat, chat_stream, status_error
 from tests.support.upstream import Upstream
 
@@ -56,12 +56,9 @@ def log_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def envoy(upstreams, log_path):
     objects = llmc_render("-f", str(TESTDATA / "e2e" / "failover-protocols.yaml"), "--istio-version", "1.31")
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None,
-                             access_logs=[access_log(str(log_path), LOG_FORMAT)])
-    assert layout.unmatched == [] and layout.skipped == []
-    proxy = Envoy(layout.bootstrap)
-    yield proxy
-    proxy.stop()
+    with running_envoy(objects, upstreams, every_patch=True,
+                       access_logs=[access_log(str(log_path), LOG_FORMAT)]) as proxy:
+        yield proxy
 
 
 @pytest.fixture(autouse=True)

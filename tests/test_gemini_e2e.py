@@ -18,9 +18,9 @@ import pytest
 from compiler.explain import Request, explain
 from tests.conftest import TESTDATA
 from tests.support import gemini
-from tests.support.envoy_harness import Envoy, access_log, build_bootstrap
+from tests.support.envoy_harness import access_log
 from tests.support.gemini import GeminiUpstream
-from tests.support.mesh import llmc_render
+from tests.support.mesh import llmc_render, running_envoy
 from tests.support.sdk import APP_KEY, chat, chat_stream, status_error
 from tests.support.upstream import Upstream
 
@@ -57,12 +57,8 @@ def log_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def envoy(objects, upstreams, log_path):
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None,
-                             access_logs=[access_log(str(log_path), LOG_FORMAT)])
-    assert layout.unmatched == []
-    proxy = Envoy(layout.bootstrap)
-    yield proxy
-    proxy.stop()
+    with running_envoy(objects, upstreams, access_logs=[access_log(str(log_path), LOG_FORMAT)]) as proxy:
+        yield proxy
 
 
 @pytest.fixture(autouse=True)

@@ -22,8 +22,8 @@ import pytest
 from tests.conftest import TESTDATA
 from tests.support.anthropic import USAGE, AnthropicUpstream
 from tests.support.azure import AzureUpstream
-from tests.support.envoy_harness import Envoy, access_log, build_bootstrap
-from tests.support.mesh import llmc_render
+from tests.support.envoy_harness import access_log
+from tests.support.mesh import llmc_render, running_envoy
 from tests.support.sdk import APP_KEY, chat, chat_stream, status_error
 from tests.support.upstream import Upstream
 from tests.test_envoy_e2e import call
@@ -62,11 +62,8 @@ def envoy(upstreams, logs):
     # test_observability_e2e.py): the same names for every protocol
     access = [access_log(str(logs / "access.log"), meshconfig_labels()),
               access_log(str(logs / "metrics.log"), {**metric_expressions(), "path": "%REQ(:PATH)%"})]
-    layout = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, None, access_logs=access)
-    assert layout.unmatched == []
-    proxy = Envoy(layout.bootstrap)
-    yield proxy
-    proxy.stop()
+    with running_envoy(objects, upstreams, access_logs=access) as proxy:
+        yield proxy
 
 
 @pytest.fixture(autouse=True)

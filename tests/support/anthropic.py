@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 import time
 import zlib
 from http.server import BaseHTTPRequestHandler
 
-from tests.support.upstream import ProviderHandler, Recorded, Server, end_stream, failed, read_request
+from tests.support.upstream import ProviderDouble, end_stream, failed
 
 TOP_LEVEL = {"model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k", "stop_sequences",
              "stream", "tools", "tool_choice", "metadata", "thinking", "service_tier"}
@@ -190,34 +189,12 @@ def stream_events(model: str, ident: str, tool: dict | None, error: bool) -> lis
     return ev
 
 
-class AnthropicUpstream:
-    def __init__(self, name: str, sse_pause: float = 0.6):
-        self.name, self.sse_pause = name, sse_pause
-        self.fail: str | None = None  # as Upstream.fail: "429"/"503"/"529" (that error), "reset", "hang"
-        self.hang = 5.0
-        self.requests: list[Recorded] = []
-        self.problems: list[list[str]] = []
-        self._lock = threading.Lock()
-        self._n = 0
-        upstream = self
-
-        class Handler(ProviderHandler):
-            def do_POST(self):
-                upstream._handle(self)
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+class AnthropicUpstream(ProviderDouble):
+    # fail: as Upstream.fail: "429"/"503"/"529" (that error), "reset", "hang"
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        rec = read_request(h)
+        rec, problems, ident = self.record(h, request_problems)
         body, headers = rec.body, rec.headers
-        problems = request_problems(h.path, headers, body)
-        with self._lock:
-            self.requests.append(rec)
-            self.problems.append(problems)
-            self._n += 1
-            ident = f"{self._n:04d}"
         if failed(h, self.fail, self.hang):
             return
         status = int(self.fail) if self.fail and self.fail.isdigit() else int(headers.get("x-test-status", "200"))
@@ -295,13 +272,3 @@ class AnthropicUpstream:
             tail = compress.flush()
             h.wfile.write(f"{len(tail):x}\r\n".encode() + tail + b"\r\n")
         end_stream(h)
-
-    def clear(self) -> None:
-        with self._lock:
-            self.requests.clear()
-            self.problems.clear()
-        self.fail = None
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

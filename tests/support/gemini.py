@@ -31,11 +31,10 @@ import base64
 import binascii
 import json
 import re
-import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
-from tests.support.upstream import ProviderHandler, Recorded, Server, end_stream, failed, read_request
+from tests.support.upstream import ProviderDouble, end_stream, failed
 
 TOP_LEVEL = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "safetySettings",
              "cachedContent"}
@@ -226,33 +225,11 @@ def stream_events(model: str, ident: str, tool: dict | None) -> list[dict]:
     return [*out, last]
 
 
-class GeminiUpstream:
-    def __init__(self, name: str, sse_pause: float = 0.6):
-        self.name, self.sse_pause = name, sse_pause
-        self.fail: str | None = None  # as Upstream.fail: "429"/"503" (that error), "reset", "hang"
-        self.hang = 5.0
-        self.requests: list[Recorded] = []
-        self.problems: list[list[str]] = []
-        self._lock = threading.Lock()
-        self._n = 0
-        upstream = self
-
-        class Handler(ProviderHandler):
-            def do_POST(self):
-                upstream._handle(self)
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+class GeminiUpstream(ProviderDouble):
+    # fail: as Upstream.fail: "429"/"503" (that error), "reset", "hang"
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        rec = read_request(h)
-        problems = request_problems(h.path, rec.headers, rec.body)
-        with self._lock:
-            self.requests.append(rec)
-            self.problems.append(problems)
-            self._n += 1
-            ident = f"{self._n:04d}"
+        rec, problems, ident = self.record(h, request_problems)
         if failed(h, self.fail, self.hang):
             return
         status = int(self.fail) if self.fail and self.fail.isdigit() else int(rec.headers.get("x-test-status", "200"))
@@ -293,13 +270,3 @@ class GeminiUpstream:
             if i == 0:
                 time.sleep(self.sse_pause)
         end_stream(h)
-
-    def clear(self) -> None:
-        with self._lock:
-            self.requests.clear()
-            self.problems.clear()
-        self.fail = None
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

@@ -55,10 +55,14 @@ def sidecar_layouts(upstreams: dict[str, int], ca_file: str, secrets_dir: Path) 
 
 
 @contextmanager
-def running_envoy(objects: list[dict], upstreams: dict, ca_file: str | None = None, **layout) -> Iterator[Envoy]:
-    """A real Envoy with ``objects`` laid out as istiod would (every EnvoyFilter patch must match)."""
+def running_envoy(objects: list[dict], upstreams: dict, ca_file: str | None = None, *, every_patch: bool = False,
+                  **layout) -> Iterator[Envoy]:
+    """A real Envoy with ``objects`` laid out as istiod would (every EnvoyFilter patch must match);
+    ``every_patch``: none may be skipped for the proxy's version either (failover's patches are for
+    Istio 1.31 proxies only, and a test of failover on a proxy without them would prove nothing)."""
     built = build_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, ca_file, **layout)
     assert built.unmatched == [], built.unmatched
+    assert not every_patch or built.skipped == [], built.skipped
     proxy = Envoy(built.bootstrap)
     try:
         yield proxy

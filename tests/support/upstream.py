@@ -47,7 +47,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -185,6 +185,57 @@ def failed(h: BaseHTTPRequestHandler, fail: str | None, hang: float) -> bool:
         time.sleep(hang)
     _reset(h)
     return True
+
+
+class ProviderDouble:
+    """What the translated providers' doubles (tests/support/anthropic.py, gemini.py) share: a server
+    on a loopback port whose POSTs go to the subclass's ``_handle``, the requests received with the
+    protocol problems found in each (``record``), failure injection (``fail``, as ``Upstream.fail``;
+    ``hang`` seconds for "hang"), ``clear`` and ``stop``."""
+
+    def __init__(self, name: str, sse_pause: float = 0.6):
+        self.name, self.sse_pause = name, sse_pause
+        self.fail: str | None = None
+        self.hang = 5.0
+        self.requests: list[Recorded] = []
+        self.problems: list[list[str]] = []
+        self._lock = threading.Lock()
+        self._n = 0
+        double = self
+
+        class Handler(ProviderHandler):
+            def do_POST(self):
+                double._handle(self)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+    def record(self, h: BaseHTTPRequestHandler,
+               problems_of: Callable[[str, dict, bytes], list[str]]) -> tuple[Recorded, list[str], str]:
+        """Reads the request, checks it with ``problems_of(path, headers, body)`` and records both;
+        with the answer's id (a counter, 4 digits)."""
+        rec = read_request(h)
+        problems = problems_of(h.path, rec.headers, rec.body)
+        with self._lock:
+            self.requests.append(rec)
+            self.problems.append(problems)
+            self._n += 1
+            ident = f"{self._n:04d}"
+        return rec, problems, ident
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.problems.clear()
+        self.fail = None
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @dataclass
