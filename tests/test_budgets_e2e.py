@@ -18,15 +18,12 @@ from tests.conftest import REPO, TESTDATA
 from tests.support.envoy_harness import envoy_minor
 from tests.support.mesh import llmc_render, running_envoy
 from tests.support.ratelimit import (
-    RateLimitDouble,
     RedisServer,
-    configmap_files,
     counter,
     prometheus,
     rls_cluster,
-    serving,
 )
-from tests.support.realrls import ExternalRedis, RecordingProxy, load, real_service
+from tests.support.realrls import ExternalRedis, rate_limit_service, real_service
 from tests.support.upstream import serving as serving_upstreams
 from tests.test_token_limits_e2e import MESSAGES, eventually, for_istiod, sdk, settle
 
@@ -59,18 +56,7 @@ def objects():
 
 @pytest.fixture(scope="module")
 def rls(redis_server, objects):
-    if REAL:
-        proxy = RecordingProxy(REAL.address)
-        with serving(proxy) as port:
-            proxy.port = port
-            load(REAL, configmap_files(objects), proxy)
-            yield proxy
-        proxy.close()
-        return
-    double = RateLimitDouble(redis_server.client, configmap_files(objects))
-    with serving(double) as port:
-        double.port = port
-        yield double
+    yield from rate_limit_service(REAL, redis_server.client, objects)
 
 
 @pytest.fixture(scope="module")

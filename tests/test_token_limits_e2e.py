@@ -30,7 +30,7 @@ from tests.support.ratelimit import (
     rls_cluster,
     serving,
 )
-from tests.support.realrls import ExternalRedis, RecordingProxy, load, real_service
+from tests.support.realrls import ExternalRedis, rate_limit_service, real_service
 from tests.support.upstream import serving as serving_upstreams
 
 pytestmark = pytest.mark.envoy
@@ -75,18 +75,7 @@ def objects():
 def rls(redis_server, objects):
     """The service the sidecars call: the double, or (LLMC_RLS) a recording proxy to the real one,
     loaded with the ConfigMap llmc emitted."""
-    if REAL:
-        proxy = RecordingProxy(REAL.address)
-        with serving(proxy) as port:
-            proxy.port = port
-            load(REAL, configmap_files(objects), proxy)
-            yield proxy
-        proxy.close()
-        return
-    double = RateLimitDouble(redis_server.client, configmap_files(objects))
-    with serving(double) as port:
-        double.port = port
-        yield double
+    yield from rate_limit_service(REAL, redis_server.client, objects)
 
 
 @pytest.fixture(scope="module")

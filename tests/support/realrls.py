@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import yaml
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
-from tests.support.ratelimit import RedisServer
+from tests.support.ratelimit import RateLimitDouble, RedisServer, configmap_files, serving
 
 _ADDRESS = re.compile(r"([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):([0-9]{1,5})")
 
@@ -131,3 +132,22 @@ def load(service: RealService, files: dict[str, str], proxy: RecordingProxy, tim
             pytest.fail(f"the rate-limit service at {service.address} did not load llmc's configuration "
                         f"from {service.config_dir}")
         time.sleep(0.2)
+
+
+def rate_limit_service(real: RealService | None, redis_client, objects: list[dict]) -> Iterator:
+    """What the sidecars of an e2e module call, loaded with the ConfigMap llmc emitted for
+    ``objects``: the double counting in ``redis_client``, or (``real``, from LLMC_RLS) a recording
+    proxy to the real service. A generator for a module-scoped fixture to ``yield from``; what it
+    yields has ``port`` (the loopback port to route the rate-limit cluster to) and ``requests``."""
+    if real:
+        proxy = RecordingProxy(real.address)
+        with serving(proxy) as port:
+            proxy.port = port
+            load(real, configmap_files(objects), proxy)
+            yield proxy
+        proxy.close()
+        return
+    double = RateLimitDouble(redis_client, configmap_files(objects))
+    with serving(double) as port:
+        double.port = port
+        yield double
