@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
 import subprocess
 import threading
 
@@ -15,6 +14,7 @@ from tests.bench import __main__ as bench
 from tests.bench import bodies
 from tests.bench.calls import VARIANTS, variant_source
 from tests.bench.rig import WRK_PACE, WRK_SCRIPT, parse_wrk, worktree_lua
+from tests.conftest import require_tool
 
 
 @pytest.mark.parametrize("name", ["1k", "64k", "1m-cjk", "1m-md"])
@@ -48,7 +48,6 @@ Requests/sec:   5000.00
     assert (w["p50_ms"], w["p99_ms"]) == pytest.approx((0.412, 1.2))
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (the bench needs it)")
 def test_a_paced_load_offers_no_more_than_its_rate(tmp_path):
     """The limits section compares variants at one offered rate (WRK_PACE). Pacing can only hold
     wrk back, so the bound below does not depend on the machine's speed; a closed loop against the
@@ -66,6 +65,7 @@ def test_a_paced_load_offers_no_more_than_its_rate(tmp_path):
         def log_message(self, *args):
             pass
 
+    wrk = require_tool("wrk")  # .ci/run installs it
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     body = tmp_path / "body.json"
@@ -74,7 +74,7 @@ def test_a_paced_load_offers_no_more_than_its_rate(tmp_path):
         def run(pace: str) -> int:
             script = tmp_path / "s.lua"
             script.write_text(WRK_SCRIPT.format(host="h", body=body, cap=10**6, status="") + pace)
-            out = subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script),
+            out = subprocess.run([wrk, "-t1", "-c4", "-d2s", "-s", str(script),
                                   f"http://127.0.0.1:{server.server_address[1]}/"],
                                  capture_output=True, text=True, check=True, timeout=60).stdout
             return parse_wrk(out)["completed"]
