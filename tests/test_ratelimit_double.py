@@ -288,6 +288,39 @@ def test_the_recording_proxy_forwards_to_a_service_and_keeps_the_requests(redis_
         proxy.close()
 
 
+def test_a_call_is_kept_once_answered_so_a_counted_call_is_in_redis(double, redis_server):
+    """Tests wait for N calls, then read Redis: the double and the recording proxy keep a call only
+    once the service answered it, never while its counters are still being written (CI saw a charge
+    counted before its INCRBY landed)."""
+    from tests.support.realrls import RecordingProxy
+
+    seen: list[int] = []
+    counting = double._do_limit
+
+    def do_limit(request, limits):
+        seen.append(len(double.requests))
+        return counting(request, limits)
+
+    double._do_limit = do_limit
+    with serving(double) as service_port:
+        proxy = RecordingProxy(f"127.0.0.1:{service_port}")
+        forward = proxy.stub.ShouldRateLimit
+
+        def forwarding(request, timeout):
+            seen.append(len(proxy.requests))
+            return forward(request, timeout=timeout)
+
+        proxy.stub.ShouldRateLimit = forwarding
+        with serving(proxy) as port:
+            stub = rls_pb2_grpc.RateLimitServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+            stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="test", descriptors=[desc(("tenant", "acme"),
+                                                                                         addend=4)]))
+        proxy.close()
+    assert seen == [0, 0], "kept before the answer"
+    assert len(double.requests) == len(proxy.requests) == 1
+    assert sum(redis_server.counters("test").values()) == 4
+
+
 def test_stats_follow_the_service_and_map_through_deploys_mapper(redis_server):
     """The double keeps the service's per-limit stats (weighted by hits_addend: a check counts 0,
     even refused) and deploy/ratelimit's mapper turns them into Prometheus samples per limit and key;

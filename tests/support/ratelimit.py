@@ -285,7 +285,9 @@ class RateLimitDouble(rls_pb2_grpc.RateLimitServiceServicer):
         self.settings = settings or Settings()
         self.clock = clock
         self.domains = load_config(files, self.settings.merge_domains)
-        self.requests: list = []  # every RateLimitRequest received (tests count checks and charges)
+        #: every RateLimitRequest answered over gRPC (tests count checks and charges). A call is kept
+        #: once its answer is ready, so a test that counted N calls sees all N in Redis.
+        self.requests: list = []
         self.stats: dict[str, int] = {}  # the service's own stats, by their statsd names (count_stats)
         self._lock = threading.Lock()
         self._jitter = random.Random(0)
@@ -296,8 +298,6 @@ class RateLimitDouble(rls_pb2_grpc.RateLimitServiceServicer):
 
     def should_rate_limit(self, request) -> rls_pb2.RateLimitResponse:
         """ratelimit.go ``shouldRateLimitWorker``; raises on a service or Redis error."""
-        with self._lock:
-            self.requests.append(request)
         if not request.domain:
             raise ServiceError("rate limit domain must not be empty")
         if not request.descriptors:
@@ -368,6 +368,9 @@ class RateLimitDouble(rls_pb2_grpc.RateLimitServiceServicer):
             return self.should_rate_limit(request)
         except (ServiceError, redis.RedisError) as exc:
             context.abort(grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self.requests.append(request)
 
 
 class ServiceError(RuntimeError):

@@ -88,12 +88,13 @@ class RecordingProxy(rls_pb2_grpc.RateLimitServiceServicer):
         self.port = 0
 
     def ShouldRateLimit(self, request, context):  # noqa: N802 (the proto's name)
-        with self._lock:
-            self.requests.append(request)
         try:
             return self.stub.ShouldRateLimit(request, timeout=5)
         except grpc.RpcError as err:
             context.abort(err.code(), err.details() or "")
+        finally:  # kept once answered: a test that counted N calls sees their effects in Redis
+            with self._lock:
+                self.requests.append(request)
 
     def close(self) -> None:
         self.channel.close()
