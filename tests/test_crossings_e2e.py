@@ -356,7 +356,7 @@ def charged(cell: X.Cell, xs: list[Exchange], rls: RateLimitDouble) -> tuple[int
     def charged_now() -> int:
         return rls.redis_server.counters().get(counter(cell.limit_id), 0)  # type: ignore[attr-defined]
 
-    # the double logs a call before it counts it: await both (a wrong charge still fails, once waited)
+    # await the calls and the charge (a call is logged once counted; a wrong charge still fails, once waited)
     deadline = time.monotonic() + 15
     while (calls() < want_calls or charged_now() != want) and time.monotonic() < deadline:
         time.sleep(0.02)
