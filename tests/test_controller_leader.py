@@ -217,9 +217,9 @@ def test_the_lease_records_transitions_and_acquire_time(api):
         lease = api.get(LEASES, "leases", "llmc-system", "llmc-controller")
         assert lease["spec"]["holderIdentity"] == "a" and lease["spec"]["leaseDurationSeconds"] == 2
         first = dt.datetime.fromisoformat(lease["spec"]["acquireTime"])
-        time.sleep(0.5)
-        renewed = api.get(LEASES, "leases", "llmc-system", "llmc-controller")
-        assert renewed["spec"]["renewTime"] != lease["spec"]["renewTime"]
+        renewed = wait_for(lambda: (got := api.get(LEASES, "leases", "llmc-system", "llmc-controller"))
+                           and got["spec"]["renewTime"] != lease["spec"]["renewTime"] and got, what="a renewal")
+        assert renewed["spec"]["holderIdentity"] == "a"
         assert dt.datetime.fromisoformat(renewed["spec"]["acquireTime"]) == first
     finally:
         a.stop()
