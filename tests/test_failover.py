@@ -389,3 +389,81 @@ def test_a_first_choice_not_picked_is_a_later_try_and_its_format_is_validated(pi
     urls = [a["url"] for a in x["attempts"]]
     assert urls[1] == ("https://gemini.example.com/v1beta/models/gemini-x:generateContent" if other == "gemini"
                        else "https://openai.example.com/v1/chat/completions"), urls
+
+
+SAME_FORMAT_MODEL = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-first}
+spec:
+  host: first.example.com
+  configs: {defaultConfig: {%(config)s: {model: %(model)s, apiKey: sk-first-000000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-backup}
+spec:
+  host: backup.example.com
+  configs: {defaultConfig: {%(config)s: {apiKey: sk-backup-00000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: chat}
+spec:
+  host: chat.example.com
+  rules:
+  - backendRefs:
+    - {providerHost: first.example.com}
+    - {providerHost: backup.example.com, priority: 1}
+    retries: {perTryTimeout: 2s}
+"""
+
+
+@pytest.mark.parametrize("config, model, body", [
+    ("anthropicConfig", "claude-x", b'{"messages":[{"role":"user","content":"hi"}]}'),
+    ("geminiConfig", "gemini-x", b'{"messages":[{"role":"user","content":"hi"}]}'),
+    ("geminiConfig", "gemini-x", b'{"model":"no such/model","messages":[{"role":"user","content":"hi"}]}'),
+], ids=["anthropic-no-model", "gemini-no-model", "gemini-bad-model"])
+def test_a_later_try_of_the_same_format_without_a_model_is_validated_too(config, model, body):
+    """A translated format takes the model from the provider's config, else the client's: a first
+    choice with a model accepts a request its backup of the same format (no model) must refuse. The
+    request is validated for the backup too and refused (400, param model) before any try; before,
+    the backup's try got the client's OpenAI body as it was, a request shaped for no provider."""
+    from compiler.explain import Request, explain
+
+    text = SAME_FORMAT_MODEL % {"config": config, "model": model}
+    result = compile_text(text, parse_options(istio_version="1.31")[0], "same.yaml")
+    assert result.ok, [d.format() for d in result.diagnostics.sorted()]
+    x = explain(result.objects, Request(host="chat.example.com", body=body))
+    assert x.get("result", {}).get("status") == 400, x
+    assert json.loads(x["result"]["body"])["error"]["param"] == "model", x
+    assert "attempts" not in x or x["attempts"] == [], x
+    ok = body.replace(b'"no such/model"', b'"gemini-y"') if b"model" in body else \
+        body.replace(b'{"messages"', b'{"model":"m-1","messages"')
+    x = explain(result.objects, Request(host="chat.example.com", body=ok))
+    assert "result" not in x and len(x["attempts"]) == 2, x
+
+
+def test_a_try_whose_request_step_refuses_is_answered_never_sent_as_the_client_wrote_it():
+    """The upstream filter's last guard: should a try's provider refuse what the downstream filter
+    validated (it validates once per Driver.validation_key, so only a stale or hand-made context can
+    get here), the try gets the OpenAI-format 400 a plain rule gives, not the client's OpenAI body
+    at the provider's path template."""
+    from compiler.protocols import ANTHROPIC, OPENAI
+    from tests.support.lua import LuaFilter
+
+    lua = LuaFilter()
+    one = {"provider": "p-one", "protocol": "openai", "host": "one.example.com", "authority": "one.example.com",
+           "path": "/v1/chat/completions", "weight": 1, "max_body": 1 << 20, "api_key": "sk-one"}
+    two = {"provider": "p-two", "protocol": "anthropic", "format": "anthropic", "host": "two.example.com",
+           "authority": "two.example.com", "path": "/v1/messages", "weight": 1, "max_body": 1 << 20,
+           "api_key": "sk-two"}
+    ctx = {"id": "t4", "route": "default/chat", "rule": "r", "tries": [one, two],
+           "protocols": {"openai": OPENAI.context(), "anthropic": ANTHROPIC.context()},
+           "credential_headers": ["authorization", "x-api-key"], "internal_headers": ["x-llmc-order"]}
+    r = lua.request(ctx, '{"messages":[{"role":"user","content":"hi"}]}', headers={"x-envoy-attempt-count": "2"},
+                    path="/v1/chat/completions", route="x")
+    assert r.status == 400, (r.headers, r.body)
+    error = json.loads(r.response_body)["error"]
+    assert error["param"] == "model" and error["type"] == "invalid_request_error"
+    assert "sk-two" not in str(r.headers)

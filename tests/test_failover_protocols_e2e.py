@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.envoy, pytest.mark.skipif(
 ROUTE_HOST = "chat.example.com"
 KEYS = {"openai.example.com": ("authorization", "Bearer sk-openai-00000000000000"),
         "claude.example.com": ("x-api-key", "sk-ant-claude-0000000000"),
+        "claude-open.example.com": ("x-api-key", "sk-ant-open-000000000000"),
         "gemini.example.com": ("x-goog-api-key", "sk-gemini-00000000000000")}
 LOG_FORMAT = {"provider": "%DYNAMIC_METADATA(llmc:provider)%", "first": "%DYNAMIC_METADATA(llmc:first_provider)%",
               "prompt": "%DYNAMIC_METADATA(llmc:request_prompt_tokens)%",
@@ -42,6 +43,7 @@ CLAUDE_PROMPT = sum(anthropic.USAGE[k] for k in ("input_tokens", "cache_creation
 def upstreams():
     ups = {"openai.example.com": Upstream("openai.example.com", sse_pause=0.3),
            "claude.example.com": AnthropicUpstream("claude.example.com", sse_pause=0.3),
+           "claude-open.example.com": AnthropicUpstream("claude-open.example.com", sse_pause=0.3),
            "gemini.example.com": GeminiUpstream("gemini.example.com", sse_pause=0.3)}
     yield ups
     for u in ups.values():
@@ -54,8 +56,12 @@ def log_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def envoy(upstreams, log_path):
-    objects = llmc_render("-f", str(TESTDATA / "e2e" / "failover-protocols.yaml"), "--istio-version", "1.31")
+def objects():
+    return llmc_render("-f", str(TESTDATA / "e2e" / "failover-protocols.yaml"), "--istio-version", "1.31")
+
+
+@pytest.fixture(scope="module")
+def envoy(objects, upstreams, log_path):
     with running_envoy(objects, upstreams, every_patch=True,
                        access_logs=[access_log(str(log_path), LOG_FORMAT)]) as proxy:
         yield proxy
@@ -241,3 +247,75 @@ def test_gemini_503_then_openai_answers_untranslated(envoy, upstreams, log_path,
     line = log_lines(log_path, "gemini-to-openai")[-1]
     assert line["provider"] == "p-openai" and line["first"] == "p-gemini" and str(line["tries"]) == "2"
     assert line["total"] not in (None, "-", "")
+
+
+def post(port: int, body: bytes, case: str) -> tuple[int, dict]:
+    """What an app of the seed sends: plain HTTP, ``{"messages": [...]}`` without a model."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/v1/chat/completions", body, {"Host": ROUTE_HOST, "content-type": "application/json",
+                                                              "x-case": case})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+NO_MODEL = b'{"messages":[{"role":"user","content":"hi"}]}'
+
+
+def test_a_backup_of_the_same_format_without_a_model_refuses_before_any_try(envoy, upstreams):
+    """Anthropic with a model first, Anthropic without one the backup: a request without a model suits
+    the first, not the backup, so it is refused (OpenAI-format 400) before any try, never sent to the
+    backup as the client wrote it; with a model, the backup's try carries it."""
+    upstreams["claude.example.com"].fail = "503"
+    status, body = post(envoy.port, NO_MODEL, "claude-to-open")
+    assert status == 400 and body["error"]["param"] == "model", body
+    assert received(upstreams) == []
+    completion = chat(envoy.port, ROUTE_HOST, headers={"x-case": "claude-to-open"}, model="claude-y")
+    tries = received(upstreams)
+    assert [h for h, _ in tries] == ["claude.example.com", "claude-open.example.com"]
+    assert upstreams["claude-open.example.com"].problems == [[]]
+    assert tries[0][1].json()["model"] == "claude-x" and tries[1][1].json()["model"] == "claude-y"
+    assert_own("claude-open.example.com", tries[1][1])
+    assert completion.choices[0].message.content == "Hello from Claude"
+
+
+def test_a_try_the_request_step_refuses_is_never_sent(objects, upstreams):
+    """The upstream filter's guard, in real Envoy: a context without the downstream validation of the
+    backup (``later`` removed, as a stale or hand-edited filter would be) still never sends the
+    client's OpenAI body to the Anthropic backup: the try is answered locally, the client gets the
+    OpenAI-format 400 a plain rule gives and the backup receives nothing."""
+    doctored = json.loads(json.dumps(objects))
+    removed = 0
+    for o in doctored:
+        if o["kind"] != "EnvoyFilter":
+            continue
+        for patch in o["spec"]["configPatches"]:
+            text = json.dumps(patch)
+            if '"later"' in text:
+                patch.clear()
+                patch.update(json.loads(_drop_later(text)))
+                removed += 1
+    assert removed
+    upstreams["claude.example.com"].fail = "503"
+    with running_envoy(doctored, upstreams, every_patch=True) as proxy:
+        status, body = post(proxy.port, NO_MODEL, "claude-to-open")
+    assert [h for h, _ in received(upstreams)] == ["claude.example.com"]
+    assert status == 400 and body["error"]["param"] == "model" and body["error"]["type"] == "invalid_request_error", body
+
+
+def _drop_later(text: str) -> str:
+    """The patch's JSON with every rule's ``later`` removed (the rule contexts are JSON text in it)."""
+    def walk(v):
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items() if k != "later"}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, str) and '"later"' in v:
+            return json.dumps(walk(json.loads(v)), separators=(",", ":"))
+        return v
+
+    return json.dumps(walk(json.loads(text)))

@@ -136,6 +136,16 @@ class Driver:
         """The query string every endpoint under ``spec.basePath`` needs (None: none)."""
         return None
 
+    def validation_key(self, config: Any) -> tuple:
+        """What the request step's refusals for a backend depend on besides the request: backends with
+        equal keys accept exactly the same requests, so a failover rule validates each request once per
+        key its tries have (translate.envoyfilter ``later``). OpenAI's format is validated alike for
+        every backend; a translator takes the configured model, else the client's, and refuses a request
+        without one (or, for Gemini, one that cannot go in a path; a configured model is schema-checked)."""
+        if not self.record.translated:
+            return (self.record.format,)
+        return (self.record.format, config.model is None)
+
     def sent(self, url: str, headers: dict[str, str]) -> bool:
         """Whether an upstream request (as ``llmc explain`` shows it) was made for this protocol;
         only translated protocols need say (every other request is in OpenAI's format)."""

@@ -70,18 +70,22 @@ def buffer_limit(max_request_bytes: int) -> int:
 _KEYS = ("api_key", "api_key_file", "keys", "key_order", "key_selection")
 
 
-def _later_formats(rule: Rule, listed: tuple[Backend, ...]) -> list[Backend]:
-    """The first backend (in failover order) of each body format a later try may speak, besides the
-    format of the first choice the filter picks (``listed``). When the first choices speak several
-    formats, the ones not picked are later tries, and which is picked is known only per request: every
-    format of the rule is listed then (the picked one's is validated twice, which costs only there)."""
-    formats = {PROTOCOLS[b.provider.protocol].format for b in listed}
-    seen = formats if len(formats) == 1 else set()
+def _later_validations(rule: Rule, listed: tuple[Backend, ...]) -> list[Backend]:
+    """One backend (the first in failover order) of each kind of validation a later try needs
+    (``Driver.validation_key``: the body format, and for a translated one whether the model comes from
+    the client), besides the first choice the filter picks (``listed``). When the first choices
+    differ in it, the ones not picked are later tries, and which is picked is known only per request:
+    every kind of the rule is listed then (the picked one's is validated twice, which costs only there)."""
+    def key(b: Backend) -> tuple:
+        return protocols.get(b.provider.protocol).validation_key(b.config)
+
+    firsts = {key(b) for b in listed}
+    seen = firsts if len(firsts) == 1 else set()
     out = []
     for b in rule.backends:
-        fmt = PROTOCOLS[b.provider.protocol].format
-        if fmt not in seen:
-            seen.add(fmt)
+        k = key(b)
+        if k not in seen:
+            seen.add(k)
             out.append(b)
     return out
 
@@ -135,10 +139,10 @@ def lua_context(vh: VirtualHost, secrets_dir: str, rate_limit: RateLimitService 
                                          for b in listed]}
         if rule.retries is not None:
             rules[rule.name]["failover"] = True
-            # a later try's provider of each body format no first choice speaks (no keys): the filter
-            # validates the request for every format a try may speak before the first try is sent
+            # a later try's provider of each kind of validation no first choice has (no keys): the
+            # filter validates the request for every try before the first one is sent
             later = [{k: v for k, v in _backend_context(b, secrets_dir, None).items() if k not in _KEYS}
-                     for b in _later_formats(rule, listed)]
+                     for b in _later_validations(rule, listed)]
             if later:
                 rules[rule.name]["later"] = later
         mark_usage(rules[rule.name], rule, rate_limit)

@@ -40,6 +40,8 @@ local keys = package.preload[KEYS_MODULE] and require(KEYS_MODULE)
 -- envoy-ratelimited, which llmc's never does (Envoy's RetryStateImpl::wouldRetryFromHeaders; it
 -- once held for x-envoy-overloaded too, no longer: tested on Envoy 1.39.3)
 local FINAL = "x-envoy-ratelimited"
+-- how every error llmc answers itself begins (llmc.request's reply)
+local OWN_ERROR = '{"error":{"message":"llmc: '
 
 local M = {}
 
@@ -211,9 +213,13 @@ function M.on_attempt(h, a)
   local kept = mine.first_shaped and (tmd:get(BODY_NS) or {}).client_body or nil
   local body = h:body()
   local s = kept or body:getBytes(0, body:length())
-  -- the downstream filter validated the request for this try's body format (failover_accept)
+  -- the downstream filter validated the request for this try (failover_accept, cfg.later); should the
+  -- step refuse it still, the try is answered as a plain rule would be, never sent as the client wrote it
   local endpoint, out, path = prepare(b, s, original_path, mine.routed_model)
-  if endpoint == nil then out, path = s, b.path end
+  if endpoint == nil then
+    if out == nil then return request.unknown_endpoint(h, nil, nil, original_path) end
+    return request.reply(h, 400, "invalid_request_error", "invalid_json", "llmc: " .. out, nil, nil, path)
+  end
   if kept ~= nil or out ~= s then body:setBytes(out) end
   headers = h:headers()
   set_headers(headers, b, key, original_path, path)
@@ -294,6 +300,8 @@ function M.failover_response(h, headers)
   if status < 400 then return false end
   local body = h:body()
   local detail = body and body:length() > 0 and body:getBytes(0, body:length()) or ""
+  -- llmc's own OpenAI-format error, from a try's filter (M.on_attempt): the client gets it as it is
+  if detail:sub(1, #OWN_ERROR) == OWN_ERROR then return true end
   body:setBytes('{"error":{"message":' .. encode_string("llmc: no provider answered (" .. detail .. ")") ..
     ',"type":"server_error","param":null,"code":"upstream_unavailable"}}')
   headers = h:headers()
