@@ -467,3 +467,54 @@ def test_a_try_whose_request_step_refuses_is_answered_never_sent_as_the_client_w
     error = json.loads(r.response_body)["error"]
     assert error["param"] == "model" and error["type"] == "invalid_request_error"
     assert "sk-two" not in str(r.headers)
+
+
+BACKUP_LIMIT = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-first}
+spec:
+  host: first.example.com
+  path: /v1/chat/completions
+  configs: {defaultConfig: {openAIConfig: {model: m-1, apiKey: sk-first-000000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-backup}
+spec:
+  host: backup.example.com
+  path: /v1/chat/completions
+  maxRequestBytes: 2048
+  configs: {defaultConfig: {openAIConfig: {model: m-2, apiKey: sk-backup-00000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: chat}
+spec:
+  host: chat.example.com
+  rules:
+  - %(matches)sbackendRefs:
+    - {providerHost: first.example.com}
+    - {providerHost: backup.example.com, priority: 1}
+    retries: {perTryTimeout: 2s}
+"""
+
+
+@pytest.mark.parametrize("matches", ["", "matches: [{model: {prefix: m}}]\n    "], ids=["rule", "model-routed"])
+def test_a_body_over_a_backups_limit_is_refused_before_any_try(matches):
+    """maxRequestBytes is the largest body a provider is sent; on a failover rule any try may be
+    sent the body, so the rule's limit is the smallest of its providers' (413 before any try). Was:
+    only the first choice's limit was checked, and the backup's try carried a body over its own."""
+    from compiler.explain import Request, explain
+
+    result = compile_text(BACKUP_LIMIT % {"matches": matches}, parse_options(istio_version="1.31")[0], "lim.yaml")
+    assert result.ok, [d.format() for d in result.diagnostics.sorted()]
+    big = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 4000}]}).encode()
+    x = explain(result.objects, Request(host="chat.example.com", body=big))
+    assert x.get("result", {}).get("status") == 413, x
+    assert json.loads(x["result"]["body"])["error"]["code"] == "request_too_large"
+    assert "2048 bytes" in json.loads(x["result"]["body"])["error"]["message"]
+    assert not x.get("attempts"), x
+    small = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 1000}]}).encode()
+    x = explain(result.objects, Request(host="chat.example.com", body=small))
+    assert "result" not in x and len(x["attempts"]) == 2, x

@@ -139,6 +139,11 @@ def lua_context(vh: VirtualHost, secrets_dir: str, rate_limit: RateLimitService 
                                          for b in listed]}
         if rule.retries is not None:
             rules[rule.name]["failover"] = True
+            # any try may be sent the body: the rule's limit is its smallest provider's, checked once
+            # before the first try (a backup's try never carries a body over its maxRequestBytes)
+            limit = min(b.provider.max_request_bytes for b in rule.backends)
+            for ctx in rules[rule.name]["backends"]:
+                ctx["max_body"] = limit
             # a later try's provider of each kind of validation no first choice has (no keys): the
             # filter validates the request for every try before the first one is sent
             later = [{k: v for k, v in _backend_context(b, secrets_dir, None).items() if k not in _KEYS}
