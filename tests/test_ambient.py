@@ -111,6 +111,36 @@ def test_matching_a_header_the_filter_rewrites_is_refused():
     assert found(result) == {("LLMC275", "spec.rules[0].matches[0].headers.authorization")}
 
 
+ANTHROPIC_PROVIDER = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: c, namespace: default}
+spec:
+  host: c.example.com
+  configs: {defaultConfig: {anthropicConfig: {model: claude-x, apiKey: sk-c-0000000000000000}}}
+"""
+
+
+@pytest.mark.parametrize("header", ["x-b-key", "anthropic-version", "Anthropic-Version"])
+def test_matching_a_header_the_filter_writes_for_a_later_rule_is_refused(header):
+    """A waypoint selects the route again on the headers the filter shaped: an earlier rule matching a
+    header the filter writes for a later rule's provider -- that provider's authHeader, a protocol's
+    fixed header (anthropic-version, in any case) -- would take a request shaped for the later
+    provider to the earlier rule's provider (tests/test_ambient_e2e.py shows it on a real waypoint).
+    Was: only the auth headers of the rule itself and of earlier rules, and no fixed header."""
+    b = provider("b").replace("apiKey: sk-b", "authHeader: x-b-key, apiKey: sk-b")
+    result = compile_ambient(provider("a"), b, ANTHROPIC_PROVIDER, route(f"""\
+        rules:
+        - matches: [{{headers: {{{header}: {{}}}}}}]
+          backendRefs: [{{providerHost: a.example.com}}]
+        - matches: [{{headers: {{user-type: {{exact: vip}}}}}}]
+          backendRefs: [{{providerHost: b.example.com}}]
+        - backendRefs: [{{providerHost: c.example.com}}]
+        """))
+    assert {(c, p.lower()) for c, p in found(result)} == {("LLMC275", f"spec.rules[0].matches[0].headers.{header}".lower())}, \
+        result.diagnostics.format_text()
+
+
 def test_provider_token_limits_are_refused():
     doc = provider("a") + "  tokenLimits: [{name: t, tokens: 100, per: Minute, key: [{header: x-user}]}]\n"
     assert ("LLMC274", "spec.tokenLimits") in found(compile_ambient(doc))

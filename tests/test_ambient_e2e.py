@@ -377,3 +377,69 @@ def test_a_shared_waypoint_in_another_namespace_serves_the_sources(upstreams, ca
     # the waypoint of `default` serves none of these hosts: they are enrolled in the other one
     other = build_waypoint_bootstrap(objects, {h: u.port for h, u in upstreams.items()}, ca[1])
     assert other.bootstrap["static_resources"]["listeners"] == []
+
+
+# --- why LLMC275 counts every rule's written headers ---------------------------------------------
+
+REWRITTEN_MATCH = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: pa}
+spec:
+  host: openai.example.com
+  path: /v1/chat/completions
+  tls: {mode: DISABLE}
+  configs: {defaultConfig: {openAIConfig: {model: model-a, apiKey: sk-a-0000000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: pb}
+spec:
+  host: keyed.example.com
+  path: /v1/chat/completions
+  tls: {mode: DISABLE}
+  configs: {defaultConfig: {openAIConfig: {model: model-b, authHeader: x-b-key, apiKey: sk-b-0000000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: chat}
+spec:
+  host: openai.example.com
+  rules:
+  - matches: [{headers: {x-b-key: {}}}]
+    backendRefs: [{providerHost: openai.example.com}]
+  - backendRefs: [{providerHost: keyed.example.com}]
+"""
+
+
+def test_an_earlier_rule_matching_a_header_written_for_a_later_rules_provider_is_refused(upstreams, ca, monkeypatch):
+    """On a real waypoint Envoy selects the route again on the headers the filter shaped: an earlier
+    rule matching the later provider's authHeader takes the request shaped for that provider (its
+    model) to the earlier rule's provider. So the ambient target refuses the match (LLMC275, any
+    rule's written headers); was: checked only against the rule's own and earlier rules' headers,
+    and the render went out."""
+    from compiler import compile_text
+    from compiler.diagnostics import Severity
+    from compiler.options import parse_options
+    from compiler.resolve import ambient
+
+    opts = parse_options(target="ambient")[0]
+    refused = compile_text(REWRITTEN_MATCH, opts, "rewritten.yaml")
+    assert {(d.code, d.path) for d in refused.diagnostics.items if d.severity is Severity.ERROR} == {
+        ("LLMC275", "spec.rules[0].matches[0].headers.x-b-key")}, refused.diagnostics.format_text()
+    assert refused.objects == []
+    # the check's premise, on the render without it: the waypoint sends pb's request to pa
+    monkeypatch.setattr(ambient, "written_headers", lambda vh: set(ambient.SHAPED_HEADERS))
+    unchecked = compile_text(REWRITTEN_MATCH, opts, "rewritten.yaml")
+    assert unchecked.ok, unchecked.diagnostics.format_text()
+    layout = build_waypoint_bootstrap(unchecked.objects, {h: u.port for h, u in upstreams.items()}, ca[1],
+                                      waypoint_namespace="default", services={})
+    proxy = Waypoint(layout.bootstrap)
+    try:
+        port = proxy.ports[next(h for h in proxy.ports if h.startswith("openai.example.com"))]
+        status, _ = raw(port, "openai.example.com")
+    finally:
+        proxy.stop()
+    assert status == 200
+    got = [(host, json.loads(r.body)["model"]) for host, u in upstreams.items() for r in u.requests]
+    assert got == [("openai.example.com", "model-b")], got

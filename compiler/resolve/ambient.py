@@ -11,10 +11,11 @@ context and buffer limits, cluster-level (upstream) filters, Envoy's rate-limit 
 
 from __future__ import annotations
 
+from .. import protocols
 from ..api import LLMProvider, LLMRoute
 from ..diagnostics import Diagnostics
 from ..ir import VirtualHost
-from ..protocols import credential_headers
+from ..protocols import PROTOCOLS, credential_headers
 from .providers import DEFAULT_MAX_REQUEST_BYTES
 
 #: EnvoyFilter on waypoints: the Istio issue whose resolution would lift most of these limits
@@ -70,15 +71,29 @@ def _no_limits(doc, path: tuple, diags: Diagnostics) -> None:
                 **doc.where(path), hint="drop tokenLimits for the ambient target, or serve this host from sidecars")
 
 
+def written_headers(vh: VirtualHost) -> set[str]:
+    """Every header the filter may write while shaping a request of virtual host ``vh``, for any rule:
+    the credential headers (each protocol's, every backend's authHeader; Authorization is removed
+    before a provider whose key goes elsewhere), the fixed headers of each backend's protocol and its
+    own (anthropic-version), and SHAPED_HEADERS. Any rule counts, not only the one the request matched
+    first: a header written for a later rule's provider makes an earlier rule that matches on it the
+    one Envoy selects again, which sends the request shaped for that provider to another."""
+    out = set(credential_headers(h for r in vh.rules for h in r.auth_headers)) | set(SHAPED_HEADERS)
+    for rule in vh.rules:
+        for b in rule.backends:
+            out |= {h.lower() for h in PROTOCOLS[b.provider.protocol].headers}
+            out |= {h.lower() for h in protocols.get(b.provider.protocol).filter_settings(b.config).get("headers", {})}
+    return out
+
+
 def check_program(vhosts: list[VirtualHost], route_docs, provider_docs, diags: Diagnostics) -> None:
     """Rule matches on headers the filter rewrites (on a waypoint Envoy selects the route again on the
     shaped headers), request limits beyond the waypoint's buffer, keys the waypoint must hold, and
     in-mesh hosts the user must enrol in the waypoint."""
     for vh in vhosts:
         doc = route_docs.get(vh.sources[0])
-        written = set(credential_headers(vh.rules[0].auth_headers if vh.rules else ())) | set(SHAPED_HEADERS)
+        written = written_headers(vh)
         for i, rule in enumerate(vh.rules):
-            written |= set(rule.auth_headers)
             for j, m in enumerate(rule.matches):
                 for h in m.headers:
                     if h.name in written and doc is not None:
