@@ -518,3 +518,49 @@ def test_a_body_over_a_backups_limit_is_refused_before_any_try(matches):
     small = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 1000}]}).encode()
     x = explain(result.objects, Request(host="chat.example.com", body=small))
     assert "result" not in x and len(x["attempts"]) == 2, x
+
+
+BETA = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-openai}
+spec:
+  host: openai.example.com
+  path: /v1/chat/completions
+  configs: {defaultConfig: {openAIConfig: {model: m-1, apiKey: sk-openai-00000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-claude}
+spec:
+  host: claude.example.com
+  configs: {defaultConfig: {anthropicConfig: {model: claude-x, apiKey: sk-claude-00000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: chat}
+spec:
+  host: chat.example.com
+  rules:
+  - backendRefs:
+    - {providerHost: %s}
+    - {providerHost: %s, priority: 1}
+    retries: {perTryTimeout: 2s}
+"""
+
+
+@pytest.mark.parametrize("first, backup", [("openai.example.com", "claude.example.com"),
+                                           ("claude.example.com", "openai.example.com")])
+def test_a_keyed_anthropic_try_never_gets_the_clients_anthropic_beta(first, backup):
+    """A client's anthropic-beta is removed before a keyed Anthropic provider (a beta feature is opted
+    into with the platform's key and bill), on a failover rule too, first try or backup. Was: a
+    plain rule's route removed it, a failover rule's did not, so every Anthropic try carried it."""
+    from compiler.explain import Request, explain
+
+    result = compile_text(BETA % (first, backup), parse_options(istio_version="1.31")[0], "beta.yaml")
+    assert result.ok, [d.format() for d in result.diagnostics.sorted()]
+    body = b'{"messages":[{"role":"user","content":"hi"}]}'
+    x = explain(result.objects, Request(host="chat.example.com", body=body, headers={"anthropic-beta": "b-1"}))
+    tries = {a["url"].split("/")[2]: a["headers"] for a in x["attempts"]}
+    assert set(tries) == {"openai.example.com", "claude.example.com"}, x
+    assert "anthropic-beta" not in tries["claude.example.com"], tries

@@ -184,6 +184,19 @@ def test_the_first_try_shaped_downstream_or_upstream(envoy, upstreams, size):
     assert completion.choices[0].message.content == "Hello from Claude"
 
 
+@pytest.mark.parametrize("case, failing", [("to-claude", "openai.example.com"), ("to-openai", "claude.example.com")])
+def test_a_keyed_anthropic_try_never_gets_the_clients_anthropic_beta(envoy, upstreams, case, failing):
+    """A client's anthropic-beta (a beta feature, opted into with the platform's key and bill) never
+    reaches a keyed Anthropic try, first or backup (was: a failover route kept it for every try)."""
+    upstreams[failing].fail = "503"
+    chat(envoy.port, ROUTE_HOST, headers={"x-case": case, "anthropic-beta": "tools-2024-04-04"})
+    tries = received(upstreams)
+    assert sorted(h for h, _ in tries) == ["claude.example.com", "openai.example.com"]
+    claude = next(r for h, r in tries if h == "claude.example.com")
+    assert "anthropic-beta" not in claude.headers, claude.headers
+    assert_own("claude.example.com", claude)
+
+
 def test_a_provider_cannot_fake_the_mark(envoy, upstreams):
     """An OpenAI answer carrying the internal header as if a translated try answered is passed as sent."""
     completion = chat(envoy.port, ROUTE_HOST, headers={"x-case": "to-claude", "x-test-response-header":

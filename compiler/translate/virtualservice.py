@@ -112,8 +112,11 @@ def _failover(vh: VirtualHost, rule: Rule, first) -> dict:
                     **({"perTryTimeout": retries.per_try_timeout} if retries.per_try_timeout else {}),
                     "retryOn": failover_retry_on(rule)},
         "timeout": max(timeouts, key=_seconds) if timeouts else None,
-        # every credential header: each try sets its own (the upstream filter of its provider)
-        "remove": [*names.INTERNAL_HEADERS, *vhost_credential_headers(vh)],
+        # every credential header: each try sets its own (the upstream filter of its provider); and
+        # the client headers a keyed backend's driver keeps from it (anthropic-beta): the tries share
+        # the header map, so any keyed try of the rule removes them for all (a keyless one gets no key)
+        "remove": [*names.INTERNAL_HEADERS, *vhost_credential_headers(vh),
+                   *sorted({h for b in rule.backends if b.keyed for h in protocols.get(b.provider.protocol).keyed_removes})],
     }
 
 
