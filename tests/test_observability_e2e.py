@@ -196,7 +196,7 @@ def test_usage_of_large_answers_is_read_whole_or_by_chunks(env, host, pad, model
 def test_streaming_usage_is_read_from_the_last_event(env):
     """The app streams and asks for usage: the provider's last event carries it, llmc logs it, and
     the time to the stream's first chunk."""
-    out = logged(env, lambda port: chat_stream(port, "stream.example.com"))
+    out = logged(env, lambda port: chat_stream(port, "stream.example.com", hold=env[2]["stream.example.com"]))
     streamed, log, metrics = out.result, out.log, out.metrics
     assert streamed.lead > 0.15, streamed.lead  # first event well before the end: the upstream pauses 0.3 s after it
     req = env[2]["stream.example.com"].requests[-1]

@@ -101,7 +101,7 @@ def test_anthropic_max_tokens_default_and_system(envoy, upstreams):
 
 
 def test_anthropic_streaming_with_usage(envoy, upstreams):
-    streamed = chat_stream(envoy.port, "claude.example.com")
+    streamed = chat_stream(envoy.port, "claude.example.com", hold=upstreams["claude.example.com"])
     sent = claude_request(upstreams).json()
     assert sent["stream"] is True and "stream_options" not in sent
     assert streamed.text == "Hello"

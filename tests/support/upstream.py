@@ -187,7 +187,29 @@ def failed(h: BaseHTTPRequestHandler, fail: str | None, hang: float) -> bool:
     return True
 
 
-class ProviderDouble:
+#: How long a held stream waits for its client (``Held``): only reached when a proxy buffered the
+#: stream, so the client saw no event; the test then fails on its stream's ``lead``.
+HOLD_LIMIT = 10.0
+
+
+class Held:
+    """Streams that pause after their first event until the client saw it: ``chat_stream(...,
+    hold=double)`` arms ``double.held`` and sets it on its first parsed event; the double waits for
+    that (at most ``HOLD_LIMIT``), then its ``sse_pause``. Streamed through, the client's first event
+    comes at least ``sse_pause`` before the end whatever the machine's load; buffered, both come at the
+    end. Without a client armed, the pause alone (a timing, not a proof)."""
+
+    held: threading.Event | None = None
+    sse_pause: float
+
+    def pause_after_first(self) -> None:
+        gate, self.held = self.held, None
+        if gate is not None:
+            gate.wait(HOLD_LIMIT)
+        time.sleep(self.sse_pause)
+
+
+class ProviderDouble(Held):
     """What the translated providers' doubles (tests/support/anthropic.py, gemini.py) share: a server
     on a loopback port whose POSTs go to the subclass's ``_handle``, the requests received with the
     protocol problems found in each (``record``), failure injection (``fail``, as ``Upstream.fail``;
@@ -239,7 +261,7 @@ class ProviderDouble:
 
 
 @dataclass
-class Upstream:
+class Upstream(Held):
     name: str
     tls_context: ssl.SSLContext | None = None
     sse_pause: float = 0.6  # after the first SSE chunk
@@ -367,7 +389,7 @@ class Upstream:
                 _reset(h)  # the stream breaks after its first event
                 return
             if i == 0:
-                time.sleep(self.sse_pause)
+                self.pause_after_first()
         end_stream(h)
 
     def _first_events(self) -> list[dict]:
