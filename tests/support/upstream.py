@@ -18,8 +18,9 @@ follow OpenAI's documented chat-completions API, so the official ``openai`` SDK 
 Test controls, sent as request headers (they pass through the proxy untouched):
 ``x-test-usage: none | malformed | details``, ``x-test-status: <an HTTP status to answer with>`` and
 ``x-test-pad: <n>`` (n more characters in a completion's content: a large answer) and
-``x-test-linger: <seconds>`` (a stream's end comes that long after its last event, ``data: [DONE]``:
-the official SDK stops reading at ``[DONE]`` and closes the connection before the end arrives).
+``x-test-linger: <seconds>`` (a stream's end waits, after its last event ``data: [DONE]``, until the
+proxy closed the connection or that long: the official SDK stops reading at ``[DONE]`` and leaves,
+so the end never arrives, whatever the machine's load).
 Per upstream (failover tests), ``Upstream.fail``: ``"429"``/``"503"`` (always that OpenAI error),
 ``"reset"`` (close the connection without answering), ``"hang"`` (answer nothing for ``hang``
 seconds, then close), ``"stream-reset"`` (a streaming request gets the headers and the first SSE
@@ -41,6 +42,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import select
 import socket
 import ssl
 import struct
@@ -407,10 +409,16 @@ class Upstream(Held):
 
 
 def end_stream(h: BaseHTTPRequestHandler) -> None:
-    """Ends a chunked stream, ``x-test-linger`` seconds (none without it) after its last event. If the
-    proxy has closed the connection meanwhile (its client left), the end is not sent, as a provider's
-    write would fail."""
-    time.sleep(float(h.headers.get("x-test-linger", "0")))
+    """Ends a chunked stream after its last event; with ``x-test-linger``, once the proxy closed the
+    connection (its client left: the end is not sent, as a provider's write would fail) or after that
+    many seconds. The proxy sends nothing else on a connection whose response is under way, so the
+    connection turning readable means it closed (plain or TLS: no peeking needed)."""
+    linger = float(h.headers.get("x-test-linger", "0"))
+    if linger > 0:
+        readable, _, _ = select.select([h.connection], [], [], linger)
+        if readable:
+            h.close_connection = True
+            return
     try:
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
