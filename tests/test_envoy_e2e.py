@@ -234,7 +234,7 @@ def test_one_mib_body_and_unicode_bytes_are_preserved(mesh, upstreams):
 
 
 def test_sse_streams_through_chunk_by_chunk(mesh, upstreams):
-    streamed = chat_stream(mesh.port, "stream.example.com")
+    streamed = chat_stream(mesh.port, "stream.example.com", hold=upstreams["stream.example.com"])
     pause = upstreams["stream.example.com"].sse_pause
     assert streamed.headers["content-type"].startswith("text/event-stream")
     assert streamed.lead > pause / 2, (streamed.first_at, streamed.total)

@@ -117,7 +117,8 @@ def test_openai_503_then_anthropic_answers(envoy, upstreams, log_path):
 
 def test_openai_503_then_anthropic_streams(envoy, upstreams, log_path):
     upstreams["openai.example.com"].fail = "503"
-    streamed = chat_stream(envoy.port, ROUTE_HOST, headers={"x-case": "to-claude"})
+    streamed = chat_stream(envoy.port, ROUTE_HOST, headers={"x-case": "to-claude"},
+                           hold=upstreams["claude.example.com"])
     assert [h for h, _ in received(upstreams)] == ["openai.example.com", "claude.example.com"]
     assert upstreams["claude.example.com"].problems == [[]]
     assert streamed.text == "Hello"

@@ -145,7 +145,7 @@ def test_egress_gateway_rejects_bad_json_at_the_gateway(egress, upstreams):
 
 def test_egress_gateway_streams_chunk_by_chunk(egress, upstreams):
     """SSE through two Envoys (sidecar, then the gateway that shapes): events arrive one by one."""
-    streamed = chat_stream(egress[0].port, "stream.example.com")
+    streamed = chat_stream(egress[0].port, "stream.example.com", hold=upstreams["stream.example.com"])
     pause = upstreams["stream.example.com"].sse_pause
     assert streamed.lead > pause / 2, (streamed.first_at, streamed.total)
     assert streamed.text == "Hello" and streamed.usage.total_tokens == 18

@@ -102,7 +102,7 @@ def test_the_clients_query_string_stays_off_geminis_path(envoy, upstreams, strea
 
 
 def test_streaming_with_usage(envoy, upstreams):
-    streamed = chat_stream(envoy.port, "gemini.example.com")
+    streamed = chat_stream(envoy.port, "gemini.example.com", hold=upstreams["gemini.example.com"])
     req = one_request(upstreams)
     assert req.path == "/v1beta/models/gemini-test:streamGenerateContent?alt=sse"
     assert streamed.text == "Hello" and streamed.usage.total_tokens == gemini.PROMPT + gemini.COMPLETION

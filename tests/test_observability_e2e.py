@@ -196,7 +196,7 @@ def test_usage_of_large_answers_is_read_whole_or_by_chunks(env, host, pad, model
 def test_streaming_usage_is_read_from_the_last_event(env):
     """The app streams and asks for usage: the provider's last event carries it, llmc logs it, and
     the time to the stream's first chunk."""
-    out = logged(env, lambda port: chat_stream(port, "stream.example.com"))
+    out = logged(env, lambda port: chat_stream(port, "stream.example.com", hold=env[2]["stream.example.com"]))
     streamed, log, metrics = out.result, out.log, out.metrics
     assert streamed.lead > 0.15, streamed.lead  # first event well before the end: the upstream pauses 0.3 s after it
     req = env[2]["stream.example.com"].requests[-1]
@@ -215,9 +215,10 @@ def test_streaming_usage_is_read_from_the_last_event(env):
 
 def test_streamed_usage_is_kept_when_the_client_leaves_at_done(env):
     """The official SDK stops reading at ``data: [DONE]`` and closes the connection; the provider's
-    stream ends a moment later (here 0.5 s), so Envoy never sees its end. The model and the usage
-    passed before [DONE]: llmc records them as they pass, and they are in the log."""
-    out = logged(env, lambda port: chat_stream(port, "stream.example.com", headers={"x-test-linger": "0.5"}))
+    stream would end later (the double waits until Envoy closed its connection), so Envoy never sees
+    its end. The model and the usage passed before [DONE]: llmc records them as they pass, and they
+    are in the log."""
+    out = logged(env, lambda port: chat_stream(port, "stream.example.com", headers={"x-test-linger": "10"}))
     log = out.log
     assert out.result.usage.prompt_tokens == 11
     assert "DC" in log["response_flags"]  # the client left before the end (downstream connection termination)

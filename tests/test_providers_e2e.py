@@ -101,7 +101,7 @@ def test_anthropic_max_tokens_default_and_system(envoy, upstreams):
 
 
 def test_anthropic_streaming_with_usage(envoy, upstreams):
-    streamed = chat_stream(envoy.port, "claude.example.com")
+    streamed = chat_stream(envoy.port, "claude.example.com", hold=upstreams["claude.example.com"])
     sent = claude_request(upstreams).json()
     assert sent["stream"] is True and "stream_options" not in sent
     assert streamed.text == "Hello"
@@ -279,12 +279,12 @@ def test_anthropic_usage_reaches_access_logs_and_metrics_like_openai(envoy, upst
     and each beside it, Anthropic's own stop reason, and a stream's time to first chunk."""
     marker = f"obs-{stream}"
     if stream:  # usage recorded though the client did not ask for it
-        linger = {"x-test-linger": "0.5"} if stream == "client-leaves-at-done" else None
+        linger = {"x-test-linger": "10"} if stream == "client-leaves-at-done" else None
         chat_stream(envoy.port, "claude.example.com", headers=linger, stream_options={}, extra_query={"t": marker})
     else:
         chat(envoy.port, "claude.example.com", extra_query={"t": marker})
     entry = line_with(logs / "access.log", marker)
-    if stream == "client-leaves-at-done":  # without the linger the client may leave early too, now and then
+    if stream == "client-leaves-at-done":  # the double ends its stream only once Envoy closed its connection
         assert "DC" in entry["response_flags"]
     assert entry["llm_provider"] == "claude" and entry["gen_ai.provider.name"] == "anthropic"
     assert entry["gen_ai.operation.name"] == "chat"

@@ -267,7 +267,7 @@ class AnthropicUpstream(ProviderDouble):
                 if len(chunk) > PIECE:
                     time.sleep(0.002)
             if i == 0:
-                time.sleep(self.sse_pause)
+                self.pause_after_first()
         if compress is not None:
             tail = compress.flush()
             h.wfile.write(f"{len(tail):x}\r\n".encode() + tail + b"\r\n")

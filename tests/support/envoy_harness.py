@@ -506,6 +506,22 @@ def build_bootstrap(objects: list[dict], upstreams: dict[str, int], ca_file: str
     return layout
 
 
+def _merged_tls(tls: dict | None, policy: dict | None, port: int) -> dict | None:
+    """The TLS settings of a cluster once ``policy`` is merged over settings giving ``tls``, as istiod's
+    ``MergeTrafficPolicy`` (pilot/pkg/networking/core/cluster_builder.go, 1.30/1.31) does for the
+    destination's policy and then a subset's: no policy keeps ``tls``; the policy's ``tls`` replaces
+    it; a port-level setting for the port replaces it whole (port-level settings do not inherit,
+    an unset ``tls`` there included)."""
+    if policy is None:
+        return tls
+    if policy.get("tls") is not None:
+        tls = policy["tls"]
+    for pls in policy.get("portLevelSettings", []):
+        if pls.get("port", {}).get("number") == port:
+            return pls.get("tls")
+    return tls
+
+
 def _cluster(host: str, port: int, upstream_port: int, dr: dict | None, ca_file: str | None,
              subset: str = "", mesh_cert: tuple[str, str] | None = None) -> dict:
     name = f"outbound|{port}|{subset}|{host}"
@@ -517,15 +533,10 @@ def _cluster(host: str, port: int, upstream_port: int, dr: dict | None, ca_file:
             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
                                                           "port_value": upstream_port}}}}]}]},
     }
-    policy = (dr or {}).get("spec", {}).get("trafficPolicy", {})
-    if subset:
-        policy = next(s for s in dr["spec"]["subsets"] if s["name"] == subset).get("trafficPolicy", {})
-    tls = None
-    for pls in policy.get("portLevelSettings", []):
-        if pls["port"]["number"] == port:
-            tls = pls.get("tls")
-    if tls is None:
-        tls = policy.get("tls")
+    tls = _merged_tls(None, (dr or {}).get("spec", {}).get("trafficPolicy"), port)
+    if subset:  # a subset without labels: the same endpoints (buildSubsetCluster, for DNS ServiceEntries)
+        tls = _merged_tls(tls, next(s for s in dr["spec"]["subsets"] if s["name"] == subset).get("trafficPolicy"),
+                          port)
     if tls and tls.get("mode") == "ISTIO_MUTUAL":
         # istiod: the workload certificate from SDS; here the test mesh CA's certificate.
         cert, key = mesh_cert

@@ -31,7 +31,6 @@ import base64
 import binascii
 import json
 import re
-import time
 from http.server import BaseHTTPRequestHandler
 
 from tests.support.upstream import ProviderDouble, end_stream, failed
@@ -268,5 +267,5 @@ class GeminiUpstream(ProviderDouble):
             h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             h.wfile.flush()
             if i == 0:
-                time.sleep(self.sse_pause)
+                self.pause_after_first()
         end_stream(h)

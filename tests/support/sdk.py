@@ -10,6 +10,7 @@ llmc must replace both, so a test seeing ``APP_KEY`` or ``SDK_PATH`` at a provid
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -63,9 +64,14 @@ class Streamed:
 
 
 def chat_stream(port: int, host: str, headers: dict | None = None,
-                stream_options: dict | None = None, **params) -> Streamed:
+                stream_options: dict | None = None, hold=None, **params) -> Streamed:
     """``stream=True`` with ``stream_options`` (default ``{"include_usage": True}``; pass ``{}`` to send
-    none), read event by event as the SDK parses them."""
+    none), read event by event as the SDK parses them. ``hold``: the upstream double (a
+    ``tests.support.upstream.Held``) that pauses after its first event until this client parsed one,
+    so ``lead`` tells streamed from buffered whatever the machine's load."""
+    gate = None
+    if hold is not None:
+        gate = hold.held = threading.Event()
     params.setdefault("messages", MESSAGES)
     params.setdefault("model", APP_MODEL)
     options = {"include_usage": True} if stream_options is None else stream_options
@@ -79,6 +85,8 @@ def chat_stream(port: int, host: str, headers: dict | None = None,
             for chunk in stream:
                 if first_at is None:
                     first_at = time.monotonic() - start
+                    if gate is not None:
+                        gate.set()
                 chunks.append(chunk)
         total = time.monotonic() - start
     return Streamed(chunks, {k.lower(): v for k, v in stream.response.headers.items()}, first_at or total, total)

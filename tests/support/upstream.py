@@ -18,8 +18,9 @@ follow OpenAI's documented chat-completions API, so the official ``openai`` SDK 
 Test controls, sent as request headers (they pass through the proxy untouched):
 ``x-test-usage: none | malformed | details``, ``x-test-status: <an HTTP status to answer with>`` and
 ``x-test-pad: <n>`` (n more characters in a completion's content: a large answer) and
-``x-test-linger: <seconds>`` (a stream's end comes that long after its last event, ``data: [DONE]``:
-the official SDK stops reading at ``[DONE]`` and closes the connection before the end arrives).
+``x-test-linger: <seconds>`` (a stream's end waits, after its last event ``data: [DONE]``, until the
+proxy closed the connection or that long: the official SDK stops reading at ``[DONE]`` and leaves,
+so the end never arrives, whatever the machine's load).
 Per upstream (failover tests), ``Upstream.fail``: ``"429"``/``"503"`` (always that OpenAI error),
 ``"reset"`` (close the connection without answering), ``"hang"`` (answer nothing for ``hang``
 seconds, then close), ``"stream-reset"`` (a streaming request gets the headers and the first SSE
@@ -41,6 +42,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import select
 import socket
 import ssl
 import struct
@@ -187,7 +189,29 @@ def failed(h: BaseHTTPRequestHandler, fail: str | None, hang: float) -> bool:
     return True
 
 
-class ProviderDouble:
+#: How long a held stream waits for its client (``Held``): only reached when a proxy buffered the
+#: stream, so the client saw no event; the test then fails on its stream's ``lead``.
+HOLD_LIMIT = 10.0
+
+
+class Held:
+    """Streams that pause after their first event until the client saw it: ``chat_stream(...,
+    hold=double)`` arms ``double.held`` and sets it on its first parsed event; the double waits for
+    that (at most ``HOLD_LIMIT``), then its ``sse_pause``. Streamed through, the client's first event
+    comes at least ``sse_pause`` before the end whatever the machine's load; buffered, both come at the
+    end. Without a client armed, the pause alone (a timing, not a proof)."""
+
+    held: threading.Event | None = None
+    sse_pause: float
+
+    def pause_after_first(self) -> None:
+        gate, self.held = self.held, None
+        if gate is not None:
+            gate.wait(HOLD_LIMIT)
+        time.sleep(self.sse_pause)
+
+
+class ProviderDouble(Held):
     """What the translated providers' doubles (tests/support/anthropic.py, gemini.py) share: a server
     on a loopback port whose POSTs go to the subclass's ``_handle``, the requests received with the
     protocol problems found in each (``record``), failure injection (``fail``, as ``Upstream.fail``;
@@ -239,7 +263,7 @@ class ProviderDouble:
 
 
 @dataclass
-class Upstream:
+class Upstream(Held):
     name: str
     tls_context: ssl.SSLContext | None = None
     sse_pause: float = 0.6  # after the first SSE chunk
@@ -367,7 +391,7 @@ class Upstream:
                 _reset(h)  # the stream breaks after its first event
                 return
             if i == 0:
-                time.sleep(self.sse_pause)
+                self.pause_after_first()
         end_stream(h)
 
     def _first_events(self) -> list[dict]:
@@ -385,10 +409,16 @@ class Upstream:
 
 
 def end_stream(h: BaseHTTPRequestHandler) -> None:
-    """Ends a chunked stream, ``x-test-linger`` seconds (none without it) after its last event. If the
-    proxy has closed the connection meanwhile (its client left), the end is not sent, as a provider's
-    write would fail."""
-    time.sleep(float(h.headers.get("x-test-linger", "0")))
+    """Ends a chunked stream after its last event; with ``x-test-linger``, once the proxy closed the
+    connection (its client left: the end is not sent, as a provider's write would fail) or after that
+    many seconds. The proxy sends nothing else on a connection whose response is under way, so the
+    connection turning readable means it closed (plain or TLS: no peeking needed)."""
+    linger = float(h.headers.get("x-test-linger", "0"))
+    if linger > 0:
+        readable, _, _ = select.select([h.connection], [], [], linger)
+        if readable:
+            h.close_connection = True
+            return
     try:
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
