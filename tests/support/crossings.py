@@ -300,8 +300,9 @@ def internal_headers() -> list[str]:
 #: openai SDK does; an endpoint without `messages` (embeddings) is not streamed
 EXTRAS: dict[str, tuple[dict, bool, bool]] = {
     "none": ({"accept-encoding": "identity"}, False, False),
-    "client_keys": ({"accept-encoding": "identity", "authorization": f"Bearer {APP_KEY}", "x-api-key": APP_XKEY},
-                    False, False),
+    # its own credentials, and a beta opt-in no keyed Anthropic provider may get (Driver.keyed_removes)
+    "client_keys": ({"accept-encoding": "identity", "authorization": f"Bearer {APP_KEY}", "x-api-key": APP_XKEY,
+                     "anthropic-beta": "llmc-cross-beta"}, False, False),
     "internal": ({"accept-encoding": "identity", **{h: "1" for h in internal_headers()}}, False, False),
     "dup_model": ({"accept-encoding": "identity"}, True, False),
     "gzip": ({"accept-encoding": "gzip"}, False, False),
