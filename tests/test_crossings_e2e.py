@@ -84,13 +84,7 @@ FAILOVER_ENVOY = (1, 39)
 #:   ("new: Azure's basePath endpoints are sent without ?api-version",
 #:    lambda c: c.endpoint == "embeddings" and "azure" in (failover_tries(c) if c.kind.failover else
 #:                                                         c.kind.providers(c.protocol))),
-KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = [
-    # found when the target dimension (issue 35) reshaped the covering array: a failover try on the
-    # model-routed host for a non-chat endpoint (here embeddings, to a provider without a configured
-    # model) keeps the client's two `model` members instead of the one model that routed
-    ("new: failover tries on a model-routed host keep a duplicate `model` on non-chat endpoints",
-     lambda c: c.rule == "failover_model" and c.extra == "dup_model" and c.endpoint == "embeddings"),
-]
+KNOWN: list[tuple[str, Callable[[X.Cell], bool]]] = []
 
 
 def marks(cell: X.Cell) -> list:
@@ -328,15 +322,16 @@ def expected_charge(cell: X.Cell, x: Exchange) -> int:
     """What the answer costs: the usage the client got, prompt + completion tokens (a token limit,
     cost {total: 1}) or priced at the provider that answered — the last to receive the request —
     (a money budget, micro units: the matrix's prices are whole units per 1M tokens); a 2xx without
-    both: the request's size / 4 (Envoy's ``request.size``: the body as the client sent it) tokens, at
-    the prompt price for a budget; an error: 0."""
+    both: the request's size / 4 (Envoy's ``request.size``: the body as the downstream filter shaped
+    it, which the first try received as it was) tokens, at the prompt price for a budget; an error: 0."""
     if x.status >= 400:
         return 0
     price = X.PROVIDERS[x.received[-1][0]].price if cell.limit == "budget" else {"prompt": 1, "completion": 1}
     usage = answer_usage(x)
     if isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int):
         return usage["prompt_tokens"] * price["prompt"] + usage["completion_tokens"] * price["completion"]
-    return len(x.sent_body) // 4 * price["prompt"]
+    size = len(x.received[0][1].body) if x.received else len(x.sent_body)
+    return size // 4 * price["prompt"]
 
 
 def charged(cell: X.Cell, xs: list[Exchange], rls: RateLimitDouble) -> tuple[int, int, int, int]:

@@ -128,6 +128,17 @@ def test_the_last_duplicate_model_routes_and_is_the_one_sent(envoy, upstreams):
     assert req.body == b'{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}'
 
 
+def test_the_last_duplicate_model_of_an_embeddings_request_routes_and_is_the_one_sent(envoy, upstreams):
+    """On every endpoint the duplicates collapse to the model that routed (was: chat only, so an
+    embeddings provider got both members, and one that reads the first took a model no rule chose)."""
+    body = '{"model":"gpt-4o","input":["a","b"],"model":"text-embedding-3-small"}'
+    status, _, payload = call(envoy, HOST, body=body, path="/v1/embeddings")
+    assert status == 200, payload
+    (host, req), = received(upstreams)
+    assert host == "openai.example.com" and req.path == "/v1/embeddings"
+    assert req.body == b'{"model":"text-embedding-3-small","input":["a","b"]}'
+
+
 def test_models_list_answers_without_reaching_a_provider(envoy, upstreams):
     models = sdk(envoy).models.list()
     assert [(m.id, m.owned_by) for m in models.data] == [

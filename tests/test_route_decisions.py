@@ -1,10 +1,13 @@
 """Decisions where features cross (issue 24, item 10), each documented in docs/failover.md ("Where features cross")
 ("Where features cross") and held here: what ``GET /v1/models`` lists, whether a client's
-``anthropic-beta`` reaches Anthropic with the platform's key, and what ``hostRewrite`` may name."""
+``anthropic-beta`` reaches Anthropic with the platform's key, what ``hostRewrite`` may name, and
+which model a request with duplicate ``model`` members sends on every endpoint."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from compiler.options import parse_options
 from compiler.pipeline import compile_text
@@ -102,3 +105,56 @@ spec:
     assert [(d.code, d.path) for d in other.diagnostics.sorted() if d.code == "LLMC240"] == [
         ("LLMC240", "spec.rules[0].backendRefs[0].hostRewrite")]
     assert other.ok and not [d for d in same.diagnostics.sorted() if d.code == "LLMC240"]
+
+
+DUP_EMBEDDINGS = """\
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-a}
+spec:
+  host: a.example.com
+  path: /v1/chat/completions
+  basePath: /v1
+  configs: {defaultConfig: {openAIConfig: {model: chat-a, apiKey: sk-a-000000000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: p-b}
+spec:
+  host: b.example.com
+  path: /v1/chat/completions
+  basePath: /v1
+  configs: {defaultConfig: {openAIConfig: {apiKey: sk-b-000000000000000000}}}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: emb}
+spec:
+  host: emb.example.com
+  rules:
+  - matches: [{model: {exact: emb-cheap}}]
+    backendRefs: [{providerHost: a.example.com}]
+  - matches: [{model: {exact: emb-dear}}]
+    backendRefs: [{providerHost: b.example.com}%s
+"""
+
+
+@pytest.mark.parametrize("backup", ["]", ", {providerHost: a.example.com, priority: 1}]\n    retries: {perTryTimeout: 2s}"],
+                         ids=["rule", "failover"])
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/v1/completions"])
+def test_duplicate_models_collapse_to_the_one_that_routed_on_every_endpoint(backup, path):
+    """The model that routed a request (the last `model` member, as providers' parsers read
+    duplicates) is the one every try sends, on every endpoint; a configured chat model never replaces
+    it there (was: chat only, so an embeddings or completions request kept both members and a
+    provider that reads the first took a model no rule chose: a KNOWN cell of the crossing matrix)."""
+    from compiler.explain import Request, explain
+
+    result = compile_text(DUP_EMBEDDINGS % backup, parse_options(istio_version="1.31")[0], "emb.yaml")
+    assert result.ok, [d.format() for d in result.diagnostics.sorted()]
+    body = b'{"model":"emb-cheap","input":"hi","model":"emb-dear"}'
+    x = explain(result.objects, Request(host="emb.example.com", body=body, path=path))
+    tries = x.get("attempts") or [x["upstream"]]
+    assert [t["url"].split("/")[2] for t in tries] == ["b.example.com", "a.example.com"][:len(tries)], x
+    assert len(tries) == (1 if backup == "]" else 2)
+    for t in tries:
+        assert json.loads(t["body"], object_pairs_hook=list) == [("model", "emb-dear"), ("input", "hi")], t

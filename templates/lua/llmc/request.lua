@@ -152,15 +152,17 @@ M.shape = shape
 -- Google's APIs refuse parameters they do not define), and the translation note. Returns endpoint,
 -- body, path, note; or nil, nil (an unknown endpoint), or nil, message, param (a body `b` cannot take). `model_json`: the client's model (JSON text) when
 -- it chose the rule and no model is configured: written back so duplicates collapse to the model that routed.
--- A chat completion is shaped (M.shape); other endpoints keep the client's model and get no stream
--- fields, and are still validated.
+-- A chat completion is shaped (M.shape); other endpoints keep the client's model (`model_json`, the
+-- one that routed, when given: duplicates collapse to it there too) and get no stream fields, and
+-- are still validated.
 local function prepare(b, s, original_path, model_json, scanned)
   local endpoint = endpoint_for(b, original_path)
   if endpoint == nil then return nil, nil end
   local path, out, err, param, note, own_path = b.path
   if endpoint ~= "chat" then
     path = b.base_path .. "/" .. endpoint .. b.base_query
-    out, err, param = rewrite(s, {}, scanned and scanned[1], scanned and scanned[2])
+    out, err, param = rewrite(s, model_json and { { "model", model_json } } or {}, scanned and scanned[1],
+      scanned and scanned[2])
   else
     out, err, param, note, own_path = shape(s, b, model_json, scanned)
   end
