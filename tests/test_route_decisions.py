@@ -88,6 +88,30 @@ def test_a_clients_anthropic_beta_never_reaches_anthropic_with_the_platforms_key
     assert not {"authorization", "x-api-key", "api-key"} & set(keyless)
 
 
+def test_a_clients_openai_organization_and_project_never_reach_a_provider_with_the_platforms_key():
+    """Decided: ``OpenAI-Organization`` and ``OpenAI-Project`` choose which organization and project a
+    request is billed to; with the platform's key that is the platform's choice (the key's own
+    default), and an app's leftover ``OPENAI_ORG_ID`` would otherwise get the platform's key refused
+    (401 mismatched_organization). A keyed OpenAI-protocol provider's route removes both; with the
+    client's own key they pass."""
+    keyless = """\
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMProvider
+metadata: {name: byo-openai}
+spec:
+  host: byo-openai.example.com
+  path: /v1/chat/completions
+  configs: {defaultConfig: {openAIConfig: {model: gpt-x}}}
+"""
+    objects = _objects(PROVIDERS + keyless)
+    routes = {host: set([r for r in _routes(objects, host) if "route" in r][0]["headers"]["request"].get("remove", []))
+              for host in ("qwen.example.com", "claude.example.com", "byo-openai.example.com")}
+    billing = {"openai-organization", "openai-project"}
+    assert billing <= routes["qwen.example.com"]
+    assert not billing & (routes["claude.example.com"] | routes["byo-openai.example.com"])
+
+
 def test_host_rewrite_to_another_name_with_a_key_is_a_warning_and_to_the_same_name_is_not():
     route = """\
 ---

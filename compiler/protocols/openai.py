@@ -32,6 +32,9 @@ def _auth_header(cfg: Any, site: Site) -> str | None:
 class OpenAIDriver(Driver):
     record = OPENAI
     config_field = "openAIConfig"
+    #: OpenAI's billing selectors: with the platform's key, the key's own organization and project
+    #: (an app's leftover OPENAI_ORG_ID would get the platform's key refused, 401 mismatched_organization)
+    keyed_removes = ("openai-organization", "openai-project")
 
     def request_fields(self, cfg: Any, site: Site) -> dict[str, Any]:
         warn_stream(cfg, site)

@@ -148,8 +148,10 @@ def check_request(cell: X.Cell, p: X.Provider, rec: Recorded, problems: list[str
         assert other == p.name or not any(k in text for k in keys), (where, f"the key of {other}")
     if not own_client_key:
         assert X.APP_KEY not in text and X.APP_XKEY not in text, (where, "the client's credential")
-    if p.format == "anthropic" and p.keys:  # a beta feature is opted into with the platform's key and bill
-        assert "anthropic-beta" not in rec.headers, (where, "the client's anthropic-beta")
+    if p.keys:  # a beta feature, a billing organization or project: the platform's, with its key
+        kept = {"anthropic": ("anthropic-beta",), "openai": ("openai-organization", "openai-project")}
+        for name in kept.get(p.format if p.double != "azure" else "azure", ()):
+            assert name not in rec.headers, (where, f"the client's {name}")
     # endpoint, host, body
     assert rec.path == p.path(cell.endpoint, cell.streams), (where, rec.path)
     assert rec.headers.get("host") == p.host, (where, rec.headers.get("host"))

@@ -300,9 +300,11 @@ def internal_headers() -> list[str]:
 #: openai SDK does; an endpoint without `messages` (embeddings) is not streamed
 EXTRAS: dict[str, tuple[dict, bool, bool]] = {
     "none": ({"accept-encoding": "identity"}, False, False),
-    # its own credentials, and a beta opt-in no keyed Anthropic provider may get (Driver.keyed_removes)
+    # its own credentials, and what no keyed provider of the protocol may get (Driver.keyed_removes):
+    # Anthropic's beta opt-in, OpenAI's billing organization and project
     "client_keys": ({"accept-encoding": "identity", "authorization": f"Bearer {APP_KEY}", "x-api-key": APP_XKEY,
-                     "anthropic-beta": "llmc-cross-beta"}, False, False),
+                     "anthropic-beta": "llmc-cross-beta", "openai-organization": "org-llmc-cross",
+                     "openai-project": "proj_llmc_cross"}, False, False),
     "internal": ({"accept-encoding": "identity", **{h: "1" for h in internal_headers()}}, False, False),
     "dup_model": ({"accept-encoding": "identity"}, True, False),
     "gzip": ({"accept-encoding": "gzip"}, False, False),
