@@ -238,3 +238,16 @@ def test_a_2xx_that_cannot_be_translated_is_a_502_openai_error(status, ctype, bo
     got, headers, out, _ = translated_response(status, {"content-type": ctype}, body)
     assert got == 502 and headers["content-type"] == "application/json"
     assert openai_error(out)["message"]
+
+
+# --- g. a 2xx message whose text block's text is not a string (review 9's fuzzing) ----------------
+
+@pytest.mark.parametrize("text", [5, [], {"a": 1}, None, True])
+def test_a_text_block_without_string_text_is_dropped_not_an_internal_error(text):
+    """A text block carrying no string is dropped, as blocks without an OpenAI equivalent are (was:
+    a Lua error in the response path, so the client got Anthropic's message untranslated under 200)."""
+    msg = {**MESSAGE, "content": [{"type": "text", "text": text}, {"type": "text", "text": "Hello"}]}
+    status, headers, out, md = translated_response(200, {"content-type": "application/json"}, json.dumps(msg).encode())
+    assert status == 200 and headers["content-type"] == "application/json"
+    completion = ChatCompletion.model_validate_json(out)
+    assert completion.choices[0].message.content == "Hello" and completion.usage.total_tokens == 5

@@ -239,7 +239,7 @@ local function response(s, status, created)
     local block = content[i]
     local btype = oget(block, "type")
     if btype == "text" then
-      texts[#texts + 1] = oget(block, "text")
+      texts[#texts + 1] = text_or(oget(block, "text")) -- not a string: dropped
     elseif btype == "tool_use" then
       apush(calls, chat.call(nil, oget(block, "id"), oget(block, "name"), oget(block, "input")))
     end -- thinking and other blocks have no OpenAI equivalent: dropped
