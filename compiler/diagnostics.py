@@ -120,6 +120,7 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC277", _W, "Secret key on the ambient target: the waypoint must mount it"),
     Message("LLMC278", _N, "in-mesh host must be enrolled in the waypoint"),
     Message("LLMC279", _E, "TrafficExtension larger than Istio accepts"),
+    Message("LLMC280", _E, "literal API key cannot be sent in a header"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

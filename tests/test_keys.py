@@ -97,3 +97,15 @@ def test_source_labels_rejected_in_egress_mode():
 def test_bad_egress_flag_is_a_usage_error(value):
     res = runner.invoke(app_(), ["render", "-f", str(REPO / "samples"), "--egress-gateway", value])
     assert res.exit_code == 2
+
+
+def test_a_key_no_header_can_carry_is_refused_without_being_printed():
+    """LLMC280 (review 9): a literal key with a line break, a control or non-ASCII character, or
+    blanks around it is refused where written, and neither it nor its sendable part is printed."""
+    case = str(TESTDATA / "invalid" / "unsendable-key.yaml")
+    for args in (["validate", "-f", case], ["validate", "-f", case, "-o", "json"], ["render", "-f", case]):
+        res = runner.invoke(app_(), args)
+        assert res.exit_code == 1 and res.stdout.count("LLMC280") + res.stderr.count("LLMC280") == 4, args
+        for part in ("sk-newline-0000000000", "sk-ant-blank-00000000000", "sk-ant-good-000000000000",
+                     "non-ascii", "azure-nul-0000000000"):
+            assert part not in res.stdout and part not in res.stderr, (args, part)

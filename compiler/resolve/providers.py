@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 PLACEHOLDER = re.compile(r"^\s*(\$\{.*\}|\$[A-Z_][A-Z0-9_]*|<.*>|changeme|xxx+|todo)\s*$", re.I)
+#: A literal key a header can carry as written: visible ASCII, blanks only inside. A line break or a
+#: control character makes Envoy refuse the header; a non-ASCII character or a blank at either end
+#: reaches the provider as another key (review 9: refused where written, LLMC280).
+SENDABLE_KEY = re.compile(r"[!-~]([ !-~]*[!-~])?")
 
 
 KEY_FORMS = ("apiKey", "apiKeySecretRef", "apiKeys", "apiKeySecretRefs")
@@ -56,7 +60,13 @@ def _check_key(cfg: Any, doc: Document, path: tuple, diags: Diagnostics, carrier
 
 def _check_literal(key: str, doc: Document, path: tuple, diags: Diagnostics, carrier: str) -> None:
     field, secret_form = ("apiKeys", "apiKeySecretRefs") if isinstance(path[-1], int) else ("apiKey", "apiKeySecretRef")
-    if PLACEHOLDER.match(key) or "${" in key:
+    if not SENDABLE_KEY.fullmatch(key):
+        diags.register_secret(key)  # masked wherever it could still be printed
+        diags.error("LLMC280", f"{field} cannot be sent in an HTTP header as written: it holds a line break, "
+                    "a control or non-ASCII character, or blanks before or after it", **doc.where(path),
+                    hint="copy the key again without its line break or blanks; a key read from a Secret "
+                    f"({secret_form}) loses a trailing line break")
+    elif PLACEHOLDER.match(key) or "${" in key:
         diags.warning("LLMC207", f"{field} looks like a placeholder, not a key; the provider will "
                       "reject requests", **doc.where(path),
                       hint=f"put the real key in a Secret and use {secret_form}")
