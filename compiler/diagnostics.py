@@ -167,10 +167,20 @@ class Diagnostics:
     # masked text by text: a mesh with a thousand literal keys draws a thousand warnings with the
     # same message, and masking one message tries every registered secret
     _masked: dict[str, str] = field(default_factory=dict)
+    _order: tuple[str, ...] | None = None
 
     def register_secret(self, value: str) -> None:
-        if value and value not in self._secrets:
-            self._secrets.add(value)
+        """Mask ``value`` in every later message, also in the forms a message prints it: escaped as
+        Python's repr and JSON do (a list of keys in a schema message; a line break or a backslash
+        in a key) and without blanks around it."""
+        if not value:
+            return
+        forms = {value, value.strip(), repr(value)[1:-1], json.dumps(value)[1:-1],
+                 json.dumps(value, ensure_ascii=False)[1:-1]}
+        new = {f for f in forms if len(f) >= min(4, len(value))} - self._secrets
+        if new:
+            self._secrets |= new
+            self._order = None
             self._masked.clear()
 
     def add(self, code: str, severity: Severity, message: str, **where: object) -> Diagnostic:
@@ -200,7 +210,9 @@ class Diagnostics:
         masked = self._masked.get(text)
         if masked is None:
             masked = text
-            for secret in self._secrets:
+            if self._order is None:  # longest first, then by value: one output whatever the order
+                self._order = tuple(sorted(self._secrets, key=lambda f: (-len(f), f)))
+            for secret in self._order:
                 masked = masked.replace(secret, "***")
             self._masked[text] = masked
         return masked

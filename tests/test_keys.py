@@ -109,3 +109,23 @@ def test_a_key_no_header_can_carry_is_refused_without_being_printed():
         for part in ("sk-newline-0000000000", "sk-ant-blank-00000000000", "sk-ant-good-000000000000",
                      "non-ascii", "azure-nul-0000000000"):
             assert part not in res.stdout and part not in res.stderr, (args, part)
+
+
+@pytest.mark.parametrize("key", ["sk-nl-5ecret-0000001\n", "sk-bs\\5ecret-0000002", "sk-q'5ecret-0000003",
+                                 "sk-dq\"5ecret-0000004", "sk-both'\"5ecret-0000005", "sk-tab\t5ecret-0000006",
+                                 " sk-blank-5ecret-0000007 "])
+def test_a_key_is_masked_in_the_escaped_form_a_message_prints(tmp_path, key):
+    """A message that prints a value as Python or JSON does (LLMC104 prints the whole over-long
+    apiKeys list) escapes a line break, a backslash or a quote: the key is masked in that form too
+    (was: 'sk-...\\n' printed in clear, review 9)."""
+    keys = [key] + [f"sk-other-5ecret-{i:07d}" for i in range(16)]
+    f = tmp_path / "p.yaml"
+    f.write_text("apiVersion: istio.alibabacloud.com/v1beta1\nkind: LLMProvider\nmetadata: {name: p}\n"
+                 "spec:\n  host: a.example.com\n  path: /v1/chat/completions\n  configs:\n"
+                 f"    defaultConfig: {{openAIConfig: {{apiKeys: {json.dumps(keys)}}}}}\n")
+    core = key.strip().split("5ecret")[1]
+    for args in (["validate", "-f", str(f)], ["validate", "-f", str(f), "-o", "json"]):
+        res = runner.invoke(app_(), args)
+        assert res.exit_code == 1 and "LLMC104" in res.stdout + res.stderr, res.stderr
+        assert "5ecret" + core not in res.stdout + res.stderr, (args, res.stdout + res.stderr)
+        assert "other-5ecret" not in res.stdout + res.stderr
