@@ -228,3 +228,22 @@ def test_a_token_limit_change_shows_on_exactly_the_requests_it_charges(tmp_path)
     assert {c[1] for c in changes} == {per_user[1], "limit provider/platform/shared-openai/provider-tpm"}
     text_out = llmc_diff("--base", str(base), "--head", str(head), "--generate", *RLS).stdout
     assert "charge 1×prompt + 4×completion tokens" in text_out
+
+
+def test_a_clients_credentials_in_the_requests_are_never_printed(base, tmp_path):
+    """The report goes into a pull request: a request's credential headers (Authorization, a key
+    header, a cookie) are shown masked, their scheme kept; other headers as sent (review 9; was:
+    the client's key in clear in every format)."""
+    head = variant(tmp_path, "head", {"providers.yaml": [("{name: llm-keys, key: moonshot}",
+                                                          "{name: moonshot-keys, key: api-key}")]})
+    creds = {"authorization": "Bearer sk-client-0wn-0000001", "x-api-key": "sk-client-0wn-0000002",
+             "api-key": "sk-client-0wn-0000003", "x-goog-api-key": "AIza-client-0wn-0000004",
+             "cookie": "session=client-0wn-0000005", "proxy-authorization": "Basic Y2xpZW50LTB3bg==",
+             "x-team-token": "client-0wn-0000006"}
+    req = {**ANYONE, "headers": {**creds, "x-app": "reporting"}}
+    for fmt in ("text", "json", "markdown"):
+        result = llmc_diff("--base", str(base), "--head", str(head), "--requests", requests_file(tmp_path, [req]),
+                           "-o", fmt)
+        assert result.exit_code == 1, result.output
+        assert "0wn" not in result.output and "Y2xpZW50LTB3bg" not in result.output, fmt
+        assert "reporting" in result.stdout and "Bearer ***" in result.stdout, fmt

@@ -248,10 +248,25 @@ def run(base_objects: list[dict], head_objects: list[dict], cases: list[Case]) -
     return {"schema": SCHEMA, "summary": counts, "requests": items}
 
 
+#: Request headers whose values are credentials: shown masked in the report, which goes into a pull
+#: request (the request still runs with them). By name: the auth headers of every protocol and proxy,
+#: cookies, and any name that says it holds a key, token, secret, password or session.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+CREDENTIAL_WORDS = ("key", "token", "secret", "password", "session", "auth")
+
+
+def _shown_header(name: str, value: str) -> str:
+    """A header's value as the report shows it: a credential masked, its scheme kept ("Bearer ***")."""
+    if name not in CREDENTIAL_HEADERS and not any(w in name for w in CREDENTIAL_WORDS):
+        return value
+    scheme, sep, _ = value.strip().partition(" ")
+    return f"{scheme} ***" if sep and scheme.isalpha() else "***"
+
+
 def _describe(req: Request) -> dict:
     out: dict[str, Any] = {"host": req.host, "method": req.method, "path": req.path}
     if req.headers:
-        out["headers"] = dict(sorted(req.headers.items()))
+        out["headers"] = {k: _shown_header(k.lower(), v) for k, v in sorted(req.headers.items())}
     model = _model_of(req.body.decode("utf-8", "replace") if req.body else None)
     if model is not None:
         out["model"] = model
