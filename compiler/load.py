@@ -135,8 +135,9 @@ def format_path(path: Iterable[str | int]) -> str:
     return out
 
 
-def _register_secrets(node: Any, diags: Diagnostics) -> None:
-    """Literal ``apiKey`` and ``apiKeys`` values are masked in every diagnostic from the start."""
+def register_secrets(node: Any, diags: Diagnostics) -> None:
+    """Literal ``apiKey`` and ``apiKeys`` values are masked in every diagnostic from the start (the
+    pipeline calls it for every document, however it was read: a file, or the API server's object)."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "apiKey" and isinstance(value, str) and len(value) >= 4:
@@ -146,10 +147,10 @@ def _register_secrets(node: Any, diags: Diagnostics) -> None:
                     if isinstance(v, str) and len(v) >= 4:
                         diags.register_secret(v)
             else:
-                _register_secrets(value, diags)
+                register_secrets(value, diags)
     elif isinstance(node, list):
         for value in node:
-            _register_secrets(value, diags)
+            register_secrets(value, diags)
 
 
 def expand_inputs(inputs: list[str], diags: Diagnostics) -> list[tuple[str, str]]:
@@ -319,7 +320,7 @@ def _documents(name: str, text: str, parsed: tuple[list[Any], list[Marks | None]
             diags.error("LLMC002", f"{where} is not a Kubernetes object (needs apiVersion and kind)",
                         **{**doc.where(()), "object": "", "path": ""})
             continue
-        _register_secrets(data, diags)
+        register_secrets(data, diags)
         api_version = str(data.get("apiVersion", ""))
         if doc.kind not in KINDS:
             if keep is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .constants import GENERATED, KIND_ORDER, SOURCES_ANNOTATION, TRAFFIC_EXTENSION, is_generated
 from .diagnostics import Diagnostics
 from .ir import Program
-from .load import Document, Passthrough, apply_default_namespace, load_inputs, load_text
+from .load import Document, Passthrough, apply_default_namespace, load_inputs, load_text, register_secrets
 from .resolve import Options, Sourced, resolve
 from .schema import check_document
 
@@ -61,6 +61,8 @@ def _compile_documents(docs: list[Document], opts: Options, diags: Diagnostics) 
         diags.warning("LLMC011", ISTIO_LIMITS[opts.istio_version], file="--istio-version",
                       hint="upgrade the mesh to Istio 1.29 or newer for request bodies over 1 MiB "
                       "(docs/data-plane.md#supported-istio-and-envoy-versions)")
+    for d in docs:  # before any stage reports: a schema message may print a list of keys
+        register_secrets(d.data, diags)
     items = []
     for d in docs:
         obj = check_document(d, diags)

@@ -129,3 +129,21 @@ def test_a_key_is_masked_in_the_escaped_form_a_message_prints(tmp_path, key):
         assert res.exit_code == 1 and "LLMC104" in res.stdout + res.stderr, res.stderr
         assert "5ecret" + core not in res.stdout + res.stderr, (args, res.stdout + res.stderr)
         assert "other-5ecret" not in res.stdout + res.stderr
+
+
+def test_the_controllers_status_masks_literal_keys_from_the_first_stage():
+    """The controller compiles objects read from the API server, not files: its diagnostics mask
+    literal keys from the schema stage on, as the CLI's do (was: LLMC104 on an over-long apiKeys
+    list put every key, in clear, into the LLMProvider's Accepted and Programmed conditions)."""
+    from compiler.controller.reconcile import conditions, desired_state
+    from compiler.resolve import Options
+
+    keys = [f"sk-status-5ecret-{i:02d}" for i in range(17)]
+    src = {"apiVersion": "istio.alibabacloud.com/v1beta1", "kind": "LLMProvider",
+           "metadata": {"name": "p", "namespace": "default", "uid": "u1", "generation": 1},
+           "spec": {"host": "a.example.com", "path": "/v1/chat/completions",
+                    "configs": {"defaultConfig": {"openAIConfig": {"model": "m", "apiKeys": keys}}}}}
+    outcome = desired_state([src], Options())
+    conds = conditions(src, outcome, [], [], [], [])
+    text = json.dumps(conds)
+    assert "LLMC104" in text and "5ecret" not in text, text
