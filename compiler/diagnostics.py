@@ -121,6 +121,7 @@ MESSAGES: tuple[Message, ...] = (
     Message("LLMC278", _N, "in-mesh host must be enrolled in the waypoint"),
     Message("LLMC279", _E, "TrafficExtension larger than Istio accepts"),
     Message("LLMC280", _E, "literal API key cannot be sent in a header"),
+    Message("LLMC281", _W, "credential in the query of spec.path or spec.basePath"),
     Message("LLMC901", _E, "internal error"),
 )
 REGISTRY: dict[str, Message] = {m.code: m for m in MESSAGES}

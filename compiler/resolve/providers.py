@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from .. import protocols, visibility
 from ..api import LLMProvider, ProviderConfig
@@ -77,6 +78,31 @@ def _check_literal(key: str, doc: Document, path: tuple, diags: Diagnostics, car
                       **doc.where(path), hint=f"use {secret_form}")
 
 
+#: Query parameter names that carry a credential (compared lower-case, percent-decoded, "-" as "_").
+QUERY_CREDENTIALS = frozenset({"key", "api_key", "apikey", "access_token", "token", "code", "sig", "signature",
+                               "auth", "password", "secret", "client_secret"})
+
+
+def _check_query_credential(value: str | None, protocol: str, doc: Document, path: tuple,
+                            diags: Diagnostics) -> None:
+    """LLMC281: a credential in the query of spec.path or spec.basePath sits in plain text in the
+    generated filter and in every URL `llmc explain` and `llmc diff` print, where the key fields are
+    masked. A warning, not an error: some endpoints take their key only in the query (decided in
+    review 9). The value is masked in diagnostics; the message names the parameter, never the value."""
+    query = (value or "").partition("?")[2]
+    for pair in query.split("&"):
+        name, _, secret = pair.partition("=")
+        plain = unquote(name).lower().replace("-", "_")
+        if plain not in QUERY_CREDENTIALS or not secret or (protocol == "gemini" and plain == "key"):
+            continue  # Gemini's ?key= is refused (LLMC237)
+        diags.register_secret(secret)
+        diags.register_secret(unquote(secret))
+        diags.warning("LLMC281", f"{path[-1]} carries a credential in its query ({unquote(name)}=...): it is "
+                      "stored in plain text in the generated filter and printed in every URL of `llmc explain` "
+                      "and `llmc diff`", **doc.where(path),
+                      hint="if the provider takes the key in a header, use apiKeySecretRef (and authHeader)")
+
+
 def _credential(cfg: Any) -> dict:
     """The RequestConfig fields of a config's credential, in whichever of the four forms it is."""
     secret = cfg.apiKeySecretRef
@@ -144,6 +170,8 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
     protocols.get(protocol).check_endpoint(
         spec.path, [(default or RequestConfig()).overlay(rc) for _, rc in [("", None), *overrides]],
         Site(doc, ("spec",), diags))
+    for field in ("path", "basePath"):
+        _check_query_credential(getattr(spec, field), protocol, doc, ("spec", field), diags)
     if spec.basePath is not None and PROTOCOLS[protocol].translated:
         diags.error("LLMC241", f"basePath is for providers that speak OpenAI's API: a {protocol} provider "
                     "serves chat completions only (translated), so embeddings and completions requests would be "
