@@ -83,8 +83,7 @@ QUERY_CREDENTIALS = frozenset({"key", "api_key", "apikey", "access_token", "toke
                                "auth", "password", "secret", "client_secret"})
 
 
-def _check_query_credential(value: str | None, protocol: str, doc: Document, path: tuple,
-                            diags: Diagnostics) -> None:
+def _check_query_credential(value: str | None, doc: Document, path: tuple, diags: Diagnostics) -> None:
     """LLMC281: a credential in the query of spec.path or spec.basePath sits in plain text in the
     generated filter and in every URL `llmc explain` and `llmc diff` print, where the key fields are
     masked. A warning, not an error: some endpoints take their key only in the query (decided in
@@ -93,8 +92,8 @@ def _check_query_credential(value: str | None, protocol: str, doc: Document, pat
     for pair in query.split("&"):
         name, _, secret = pair.partition("=")
         plain = unquote(name).lower().replace("-", "_")
-        if plain not in QUERY_CREDENTIALS or not secret or (protocol == "gemini" and plain == "key"):
-            continue  # Gemini's ?key= is refused (LLMC237)
+        if plain not in QUERY_CREDENTIALS or not secret:
+            continue
         diags.register_secret(secret)
         diags.register_secret(unquote(secret))
         diags.warning("LLMC281", f"{path[-1]} carries a credential in its query ({unquote(name)}=...): it is "
@@ -171,7 +170,7 @@ def resolve_provider(item: Sourced, opts: Options, diags: Diagnostics) -> Provid
         spec.path, [(default or RequestConfig()).overlay(rc) for _, rc in [("", None), *overrides]],
         Site(doc, ("spec",), diags))
     for field in ("path", "basePath"):
-        _check_query_credential(getattr(spec, field), protocol, doc, ("spec", field), diags)
+        _check_query_credential(getattr(spec, field), doc, ("spec", field), diags)
     if spec.basePath is not None and PROTOCOLS[protocol].translated:
         diags.error("LLMC241", f"basePath is for providers that speak OpenAI's API: a {protocol} provider "
                     "serves chat completions only (translated), so embeddings and completions requests would be "
