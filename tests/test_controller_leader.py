@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -118,11 +117,10 @@ def test_a_paused_leader_starts_no_write_after_its_renew_deadline(api, tmp_path)
             "metadata": {"name": f"p{i}", "namespace": "default"},
             "spec": {"host": f"p{i}.example.com", "path": "/v1/chat/completions"}})
     api.delay("PATCH", 0.1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # health port 0: the kernel's free port at bind (a port chosen here and bound by the process a
+    # moment later could be taken in between; nothing here reads the probes)
     proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "controller", "--kubeconfig",
-                             kubeconfig(api, tmp_path / "kubeconfig"), "--health-port", str(port),
+                             kubeconfig(api, tmp_path / "kubeconfig"), "--health-port", "0",
                              "--identity", "pod-a", "--lease-duration", "2", "--renew-deadline", "1.5",
                              "--retry-period", "0.2", "--request-timeout", "1"],
                             cwd=REPO, stderr=(tmp_path / "stderr").open("wb"))
