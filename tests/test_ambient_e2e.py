@@ -23,7 +23,7 @@ from compiler.translate.trafficextension import route_index
 from tests.conftest import TESTDATA
 from tests.support.anthropic import AnthropicUpstream
 from tests.support.azure import AzureUpstream
-from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_binary
+from tests.support.envoy_harness import Envoy, access_log, build_bootstrap, envoy_binary, logged_entries
 from tests.support.mesh import llmc_render
 from tests.support.sdk import APP_KEY, chat, chat_stream
 from tests.support.upstream import start_upstreams
@@ -107,8 +107,7 @@ class Pair:
         self.waypoint.stop()
 
     def log_lines(self, target: str) -> list[dict]:
-        path = self.logs[target]
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return logged_entries(self.logs[target])
 
 
 @pytest.fixture(scope="module")

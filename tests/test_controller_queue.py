@@ -33,15 +33,25 @@ def test_per_key_exponential_backoff_and_forget():
     q.add("bad")
     delays = []
     for _ in range(4):
-        assert q.get(timeout=2) == "bad"
+        assert q.get(timeout=10) == "bad"  # the bounds only matter when the key never comes back
         delays.append(q.retry("bad"))
     assert delays == [0.1, 0.2, 0.4, 0.5]
-    q.add("good")  # another key is not held up by the failing one's backoff
-    assert q.get(timeout=0.2) == "good"
-    q.done("good")
-    assert q.get(timeout=2) == "bad"
+    assert q.get(timeout=10) == "bad"  # back after its backoff
     q.forget("bad")
     assert q.retry("bad") == 0.1
+
+
+def test_another_key_is_not_held_up_by_a_failing_ones_backoff():
+    """The failing key backs off 30 s, so "good" comes first however long the machine stalls between
+    two lines (a backoff of 0.5 s could have run out first on a loaded machine, and "bad" came first)."""
+    q = WorkQueue(debounce=0, base=30, cap=30)
+    q.add("bad")
+    assert q.get(timeout=10) == "bad"
+    assert q.retry("bad") == 30
+    q.add("good")
+    assert q.get(timeout=10) == "good"
+    q.done("good")
+    assert q.get(timeout=0.05) is None  # "bad" still backs off
 
 
 def test_rate_limiter_spends_its_burst_then_waits():

@@ -352,7 +352,7 @@ def charged(cell: X.Cell, xs: list[Exchange], rls: RateLimitDouble) -> tuple[int
         return rls.redis_server.counters().get(counter(cell.limit_id), 0)  # type: ignore[attr-defined]
 
     # await the calls and the charge (a call is logged once counted; a wrong charge still fails, once waited)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60  # generous: only a wrong charge waits it out
     while (calls() < want_calls or charged_now() != want) and time.monotonic() < deadline:
         time.sleep(0.02)
     return calls(), want_calls, charged_now(), want

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from compiler.cli import app
 from tests.conftest import REPO
+from tests.support.envoy_harness import logged_lines
 from tests.support.mesh import EXTRAS
 from tests.support.sdk import chat
 from tests.test_observability_e2e import env  # noqa: F401  (the module's Envoy, upstreams and logs)
@@ -42,7 +43,7 @@ def test_the_access_log_of_a_real_envoy_is_replayed(env, tmp_path):  # noqa: F81
     chat(envoy.port, "dashscope.aliyuncs.com")
     chat(envoy.port, "dashscope.aliyuncs.com", headers={"user-type": "subscriber"})
     for _ in range(1000):  # Envoy flushes its access log on its own schedule (every second); 20 s at most
-        lines = log.read_text().splitlines()[before:] if log.exists() else []
+        lines = logged_lines(log)[before:]  # complete lines: Envoy may be mid-write
         if len(lines) >= 3:
             break
         time.sleep(0.02)
@@ -70,7 +71,7 @@ def test_the_access_log_of_a_real_envoy_is_replayed(env, tmp_path):  # noqa: F81
 
     # the same requests logged in the legacy names (--legacy-telemetry-names) replay the same way
     for _ in range(1000):
-        legacy = legacy_log.read_text().splitlines()[legacy_before:]
+        legacy = logged_lines(legacy_log)[legacy_before:]
         if len(legacy) >= 3:
             break
         time.sleep(0.02)

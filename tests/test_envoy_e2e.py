@@ -259,8 +259,9 @@ def _set_key_file(secrets_dir, value: str | None) -> None:
     os.replace(tmp, path)
 
 
-def _until(probe, want, timeout: float = 10.0):
-    """Calls ``probe`` until it returns ``want`` (the key file is re-read at most once a second)."""
+def _until(probe, want, timeout: float = 30.0):
+    """Calls ``probe`` until it returns ``want`` (the key file is re-read at most once a second; the
+    bound only matters when it never comes, and a loaded machine can take several seconds)."""
     deadline = time.monotonic() + timeout
     seen = probe()
     while seen != want and time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import TESTDATA
 from tests.support import anthropic, gemini
 from tests.support.anthropic import AnthropicUpstream
-from tests.support.envoy_harness import access_log, envoy_minor
+from tests.support.envoy_harness import access_log, envoy_minor, logged_entries
 from tests.support.gemini import GeminiUpstream
 from tests.support.mesh import llmc_render, running_envoy
 from tests.support.sdk import APP_KEY, chat, chat_stream, status_error
@@ -92,10 +92,10 @@ def assert_own(host: str, req) -> None:
 def log_lines(path, case: str, n: int = 1) -> list[dict]:
     deadline = time.monotonic() + 20  # a bounded wait for Envoy's access-log flush on a loaded machine
     while True:
-        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-        lines = [x for x in lines if x["case"] == case]
+        lines = [x for x in logged_entries(path) if x["case"] == case]
         if len(lines) >= n or time.monotonic() > deadline:
             return lines
+        time.sleep(0.02)  # not a busy loop: Envoy needs the CPU to write the line
 
 
 def test_openai_503_then_anthropic_answers(envoy, upstreams, log_path):

@@ -200,3 +200,31 @@ def test_writes_honour_the_timeout_parameter_as_kube_apiserver_does(api):
     assert api.get(NET, "serviceentries", "default", "se")["spec"]["hosts"] == ["b.example.com"]
     code, body = patch("soon", "c.example.com")
     assert code == 400 and "invalid timeout" in body["message"]
+
+
+def test_a_held_request_is_unanswered_until_it_is_answered_even_when_its_client_left(api):
+    """``unanswered`` lists a client's requests still held (what a test waits out instead of
+    sleeping for the hold); a request leaves it once answered, also when its client gave up."""
+    import threading
+    import time
+    import urllib.request
+
+    api.hold("held-client", 1.0)
+    url = f"{api.url}/{NET}/namespaces/default/serviceentries"
+
+    def get(agent: str, timeout: float) -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers={"user-agent": agent}), timeout=timeout)
+        except OSError:
+            pass  # the client that gives up first
+
+    quitter = threading.Thread(target=get, args=("held-client/quitter", 0.1))
+    patient = threading.Thread(target=get, args=("held-client/patient", 30))
+    quitter.start()
+    patient.start()
+    wait_for(lambda: len(api.unanswered("held-client", time.monotonic())) == 2, what="both held")
+    assert api.unanswered("held-client", received_before=0.0) == []  # received later than that
+    get("other-client", 30)  # not held, and answered: never listed
+    wait_for(lambda: not api.unanswered("held-client", time.monotonic()), what="both answered")
+    quitter.join()
+    patient.join()

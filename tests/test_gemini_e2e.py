@@ -18,7 +18,7 @@ import pytest
 from compiler.explain import Request, explain
 from tests.conftest import TESTDATA
 from tests.support import gemini
-from tests.support.envoy_harness import access_log
+from tests.support.envoy_harness import access_log, logged_entries
 from tests.support.gemini import GeminiUpstream
 from tests.support.mesh import llmc_render, running_envoy
 from tests.support.sdk import APP_KEY, chat, chat_stream, status_error
@@ -189,10 +189,10 @@ def test_usage_is_recorded(envoy, upstreams, log_path):
     chat_stream(envoy.port, "gemini.example.com", headers={"x-case": "usage"}, stream_options={})
     deadline = time.monotonic() + 20
     while True:
-        lines = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
-        lines = [x for x in lines if x["case"] == "usage"]
+        lines = [x for x in logged_entries(log_path) if x["case"] == "usage"]
         if len(lines) >= 2 or time.monotonic() > deadline:
             break
+        time.sleep(0.02)  # not a busy loop: Envoy needs the CPU to write the line
     assert [str(x["total"]) for x in lines] == [str(gemini.PROMPT + gemini.COMPLETION)] * 2
     assert {x["provider"] for x in lines} == {"gemini"} and {x["model"] for x in lines} == {"gemini-test"}
 

@@ -4,7 +4,7 @@ which is how llmc's per-key subsets (docs/failover.md) reach the provider over T
 
 from __future__ import annotations
 
-from tests.support.envoy_harness import _cluster, _merged_tls
+from tests.support.envoy_harness import _cluster, _merged_tls, logged_entries, logged_lines
 
 SIMPLE = {"mode": "SIMPLE", "sni": "api.example.com"}
 
@@ -35,3 +35,14 @@ def test_a_subsets_tls_replaces_the_destinations_and_port_level_settings_do_not_
     plain = _cluster("api.example.com", 443, 1, dr({"tls": SIMPLE}, {"portLevelSettings": [{"port": {"number": 443}}]}),
                      "ca.pem", subset="llmc-key-2")
     assert "transport_socket" not in plain
+
+
+def test_access_log_readers_skip_the_line_envoy_is_still_writing(tmp_path):
+    """Envoy's flush can be mid-line when a test reads: only complete lines are returned (the cut
+    one would fail json.loads), and a file not written yet has none."""
+    path = tmp_path / "access.log"
+    assert logged_lines(path) == [] and logged_entries(path) == []
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a"')
+    assert logged_entries(path) == [{"a": 1}, {"a": 2}]
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3}\n')
+    assert logged_lines(path) == ['{"a": 1}', '{"a": 2}', '{"a": 3}']

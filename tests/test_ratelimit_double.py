@@ -359,3 +359,24 @@ descriptors:
     shadow = (("domain", "llmc"), ("key", ""), ("limit", "route/team-a/chat/r/tph"))
     assert samples[("ratelimit_service_rate_limit_shadow_mode", shadow)] == 8
     assert samples[("ratelimit_service_rate_limit_over_limit", shadow)] == 8
+
+
+def test_redis_starts_when_its_chosen_port_is_taken_before_it_binds(monkeypatch):
+    """The port is chosen free, then bound by redis-server: another process can take it in between
+    (here a listener that accepts and never answers). redis exits; the fixture tries a new port."""
+    import socket
+
+    from tests.support import ratelimit
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = [taken.getsockname()[1]]
+        chosen = ratelimit.free_port
+        monkeypatch.setattr(ratelimit, "free_port", lambda: ports.pop() if ports else chosen())
+        server = RedisServer()
+        try:
+            assert server.port != taken.getsockname()[1] and not ports
+            assert server.client.ping()
+        finally:
+            server.stop()

@@ -104,7 +104,7 @@ def proxies(objects, rls, upstreams):
 def _fresh(redis_server, upstreams, rls):
     # A request to a limited route makes two calls, the check and (when its stream is done) the
     # charge: wait until the previous test's charges arrived, so none lands in this test's counters.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # generous: past it, a late charge would land in this test's counters
     while len(rls.requests) % 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     redis_server.flush()

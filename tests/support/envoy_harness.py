@@ -322,6 +322,18 @@ def _hcm(stat_prefix: str, route_config: dict) -> dict:
         "stat_prefix": stat_prefix, "route_config": route_config, "http_filters": _http_filters()}}
 
 
+def logged_lines(path: Path) -> list[str]:
+    """The complete lines of an access-log file Envoy writes (none while it does not exist): a read
+    can meet a line Envoy's flush is still writing, which would not parse; it is read next time."""
+    text = path.read_text() if path.exists() else ""
+    return text[:text.rfind("\n") + 1].splitlines()
+
+
+def logged_entries(path: Path) -> list[dict]:
+    """The JSON entries of the complete lines of an access-log file (see :func:`logged_lines`)."""
+    return [json.loads(line) for line in logged_lines(path)]
+
+
 def access_log(path: str, labels: dict[str, str]) -> dict:
     """What istiod makes of a MeshConfig ``envoyFileAccessLog`` provider with ``logFormat.labels``
     (enabled by a Telemetry resource): a file access log with that JSON format, CEL formatter on."""

@@ -81,6 +81,9 @@ class FakeAPIServer:
         self.queries: list[tuple[str, str, dict]] = []  # (method, path, query) of every request
         self.committed: list[tuple[float, str, str, str]] = []  # writes that changed the store, as log
         self.request_local = threading.local()  # the request a handler thread is serving
+        # requests received and not yet answered, watches aside: token -> (receipt, method, path, agent)
+        self.open_requests: dict[int, tuple[float, str, str, str]] = {}
+        self.next_token = 0
         self.chaos_rate, self.chaos_rng, self.chaos_count = 0.0, None, 0
         self.watch_generation = 0
         server = self
@@ -171,6 +174,14 @@ class FakeAPIServer:
             return [(t, m, p) for t, m, p, ua in self.log
                     if m in ("POST", "PUT", "PATCH", "DELETE") and agent_part in ua and t >= since
                     and (leases or "/leases" not in p)]
+
+    def unanswered(self, agent_part: str, received_before: float) -> list[tuple[float, str, str]]:
+        """(receipt, method, path) of the requests, watches aside, whose User-Agent contains
+        ``agent_part``, received before ``received_before`` (monotonic) and not answered yet: a held
+        request is answered (applied, or refused past its deadline) only when it leaves this list."""
+        with self.lock:
+            return [(t, m, p) for t, m, p, ua in self.open_requests.values()
+                    if agent_part in ua and t < received_before]
 
     def drop_watches(self) -> None:
         with self.lock:
@@ -311,12 +322,21 @@ class FakeAPIServer:
         h.close_connection = True
 
     def _dispatch(self, h: BaseHTTPRequestHandler, method: str) -> None:
-        self.request_local.request = (method, urlparse(h.path).path, h.headers.get("user-agent", ""))
+        url = urlparse(h.path)
+        self.request_local.request = (method, url.path, h.headers.get("user-agent", ""))
+        with self.lock:
+            token, self.next_token = self.next_token, self.next_token + 1
+            if "watch=" not in url.query:
+                self.open_requests[token] = (time.monotonic(), *self.request_local.request)
         try:
-            self._handle(h, method)
+            try:
+                self._handle(h, method)
+            finally:
+                self.request_local.request = None
+                self._flush(h)  # raises when the client left (it gave up waiting)
         finally:
-            self.request_local.request = None
-            self._flush(h)
+            with self.lock:
+                self.open_requests.pop(token, None)
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         url = urlparse(h.path)

@@ -69,6 +69,8 @@ import pytest
 import redis
 import yaml
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400, "month": 30 * 86400,
          "year": 365 * 86400}
@@ -420,7 +422,14 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A real redis-server on a loopback port with a temporary directory, no persistence."""
+    """A real redis-server on a loopback port with a temporary directory, no persistence.
+
+    redis-server cannot bind port 0 and say which port it got, so the port is chosen free and bound
+    by redis a moment later; another process (a parallel suite, an outgoing connection's ephemeral
+    port) can take it in between. redis then exits at once (``Could not create server TCP listening
+    socket``): a new port is tried, a few times, rather than failing the module."""
+
+    ATTEMPTS = 5
 
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
@@ -430,21 +439,40 @@ class RedisServer:
                 pytest.fail(message + ": missing under CI=true")
             pytest.skip(message)
         self.dir = tempfile.mkdtemp(prefix="llmc-redis-")
+        for _ in range(self.ATTEMPTS):
+            if self._start(binary):
+                return
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on any of {self.ATTEMPTS} free ports")
+
+    def _start(self, binary: str) -> bool:
+        """Start redis on a free port and wait until it answers; False when it exited (the port was
+        taken before it bound it). The deadline only matters when redis hangs without exiting."""
         self.port = free_port()
         self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
                                       "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        # the startup probe: one try per call with a short timeout, so that a foreign listener that
+        # accepts and never answers costs a second per round, not the client's retries
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1,
+                            retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
+        try:
+            while self.proc.poll() is None:
+                if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("redis-server did not start") from None
+                    raise RuntimeError("redis-server did not start")
+                try:
+                    # whoever answers must be ours: another process's redis could hold the port
+                    if probe.config_get("dir").get("dir") == os.path.realpath(self.dir):
+                        return True
+                except redis.RedisError:  # not listening yet, or a foreign listener
+                    pass
                 time.sleep(0.05)
+            return False
+        finally:
+            probe.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
