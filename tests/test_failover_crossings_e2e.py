@@ -9,7 +9,6 @@ runs this file through ``python -m tests.envoy_versions 1.39.3 1.40.0``, where a
 
 from __future__ import annotations
 
-import http.client
 import json
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from tests.conftest import TESTDATA
 from tests.support.envoy_harness import envoy_minor
 from tests.support.mesh import llmc_render, running_envoy
-from tests.support.sdk import APP_KEY, APP_MODEL, MESSAGES, chat
+from tests.support.sdk import APP_KEY, APP_MODEL, MESSAGES, chat, post
 from tests.support.upstream import serving
 
 pytestmark = pytest.mark.envoy
@@ -60,17 +59,6 @@ def envoy(upstreams):
 def _clear(upstreams):
     for u in upstreams.values():
         u.clear()
-
-
-def post(port: int, host: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict, bytes]:
-    """One raw HTTP/1.1 request (exact body bytes, any headers): status, headers, body."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("POST", path, body=body, headers={"Host": host, "content-type": "application/json", **headers})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def assert_credentials_of(host: str, req) -> None:

@@ -18,7 +18,7 @@ from tests.support.anthropic import AnthropicUpstream
 from tests.support.envoy_harness import access_log, envoy_minor, logged_entries
 from tests.support.gemini import GeminiUpstream
 from tests.support.mesh import llmc_render, running_envoy
-from tests.support.sdk import APP_KEY, chat, chat_stream, status_error
+from tests.support.sdk import APP_KEY, chat, chat_stream, post, status_error
 from tests.support.upstream import Upstream
 
 pytestmark = [pytest.mark.envoy, pytest.mark.skipif(
@@ -263,20 +263,6 @@ def test_gemini_503_then_openai_answers_untranslated(envoy, upstreams, log_path,
     assert line["total"] not in (None, "-", "")
 
 
-def post(port: int, body: bytes, case: str) -> tuple[int, dict]:
-    """What an app of the seed sends: plain HTTP, ``{"messages": [...]}`` without a model."""
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("POST", "/v1/chat/completions", body, {"Host": ROUTE_HOST, "content-type": "application/json",
-                                                              "x-case": case})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
-    finally:
-        conn.close()
-
-
 NO_MODEL = b'{"messages":[{"role":"user","content":"hi"}]}'
 
 
@@ -285,7 +271,8 @@ def test_a_backup_of_the_same_format_without_a_model_refuses_before_any_try(envo
     the first, not the backup, so it is refused (OpenAI-format 400) before any try, never sent to the
     backup as the client wrote it; with a model, the backup's try carries it."""
     upstreams["claude.example.com"].fail = "503"
-    status, body = post(envoy.port, NO_MODEL, "claude-to-open")
+    status, _, body = post(envoy.port, ROUTE_HOST, "/v1/chat/completions", NO_MODEL, {"x-case": "claude-to-open"})
+    body = json.loads(body)
     assert status == 400 and body["error"]["param"] == "model", body
     assert received(upstreams) == []
     completion = chat(envoy.port, ROUTE_HOST, headers={"x-case": "claude-to-open"}, model="claude-y")
@@ -302,34 +289,23 @@ def test_a_try_the_request_step_refuses_is_never_sent(objects, upstreams):
     backup (``later`` removed, as a stale or hand-edited filter would be) still never sends the
     client's OpenAI body to the Anthropic backup: the try is answered locally, the client gets the
     OpenAI-format 400 a plain rule gives and the backup receives nothing."""
-    doctored = json.loads(json.dumps(objects))
-    removed = 0
-    for o in doctored:
-        if o["kind"] != "EnvoyFilter":
-            continue
-        for patch in o["spec"]["configPatches"]:
-            text = json.dumps(patch)
-            if '"later"' in text:
-                patch.clear()
-                patch.update(json.loads(_drop_later(text)))
-                removed += 1
-    assert removed
+    doctored = _without_later(objects)
+    assert doctored != objects, "no rule context had `later`"
     upstreams["claude.example.com"].fail = "503"
     with running_envoy(doctored, upstreams, every_patch=True) as proxy:
-        status, body = post(proxy.port, NO_MODEL, "claude-to-open")
+        status, _, body = post(proxy.port, ROUTE_HOST, "/v1/chat/completions", NO_MODEL, {"x-case": "claude-to-open"})
+    body = json.loads(body)
     assert [h for h, _ in received(upstreams)] == ["claude.example.com"]
     assert status == 400 and body["error"]["param"] == "model" and body["error"]["type"] == "invalid_request_error", body
 
 
-def _drop_later(text: str) -> str:
-    """The patch's JSON with every rule's ``later`` removed (the rule contexts are JSON text in it)."""
-    def walk(v):
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items() if k != "later"}
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        if isinstance(v, str) and '"later"' in v:
-            return json.dumps(walk(json.loads(v)), separators=(",", ":"))
-        return v
-
-    return json.dumps(walk(json.loads(text)))
+def _without_later(v):
+    """A copy of ``v`` with every rule context's ``later`` removed (the contexts are JSON text in the
+    EnvoyFilter patches)."""
+    if isinstance(v, dict):
+        return {k: _without_later(x) for k, x in v.items() if k != "later"}
+    if isinstance(v, list):
+        return [_without_later(x) for x in v]
+    if isinstance(v, str) and '"later"' in v:
+        return json.dumps(_without_later(json.loads(v)), separators=(",", ":"))
+    return v

@@ -10,6 +10,7 @@ llmc must replace both, so a test seeing ``APP_KEY`` or ``SDK_PATH`` at a provid
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from dataclasses import dataclass
@@ -99,3 +100,15 @@ def status_error(call, *args, **kwargs) -> openai.APIStatusError:
     except openai.APIStatusError as err:
         return err
     raise AssertionError(f"{call.__name__} succeeded; an error status was expected")
+
+
+def post(port: int, host: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict, bytes]:
+    """One raw HTTP/1.1 request (exact body bytes, any headers), as an app without the SDK sends it:
+    status, headers, body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers={"Host": host, "content-type": "application/json", **headers})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
